@@ -1,0 +1,63 @@
+# MedSeg — `make up` starts the whole local stack, `make test` runs the test suite.
+# Both install what they need on a fresh machine.
+SHELL := /bin/bash
+PY_BOOT ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+GEN := build/gen
+TS_JAR = $(shell $(PY) -c "import ts, os; print(os.path.join(os.path.dirname(ts.__file__), 'frontend', 'model-server.jar'))")
+
+.PHONY: up down test protos bench lint train-liver train-cells ablation system-deps clean-gen
+
+# --- installation -----------------------------------------------------------------------------
+system-deps:
+	@command -v java >/dev/null 2>&1 || { echo "installing Java 17 (TorchServe needs it)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless >/dev/null; }
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PY_BOOT) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q -e '.[dev]'
+	@# generated gRPC code lives outside the source tree; make it importable from the venv
+	@echo "$(CURDIR)/$(GEN)" > $$($(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/medseg-generated.pth
+	@touch $@
+
+# --- generated code ---------------------------------------------------------------------------
+# TorchServe's own protos ship inside its frontend jar: extract them, never copy them by hand.
+$(GEN)/.stamp: $(STAMP) $(wildcard protos/medseg/v1/*.proto)
+	rm -rf $(GEN) build/protos && mkdir -p $(GEN) build/protos/torchserve
+	cd build/protos/torchserve && unzip -q -o -j "$(TS_JAR)" proto/inference.proto proto/management.proto
+	$(PY) -m gateway.protogen --out $(GEN) --torchserve-protos build/protos/torchserve --medseg-protos protos
+	@touch $@
+
+protos: $(GEN)/.stamp
+
+# --- running ----------------------------------------------------------------------------------
+up: system-deps $(STAMP) protos
+	$(VENV)/bin/medseg stack up
+
+down:
+	@test -x $(VENV)/bin/medseg && $(VENV)/bin/medseg stack down || echo "nothing to stop (no .venv)"
+
+# --- checks -----------------------------------------------------------------------------------
+test: system-deps $(STAMP) protos
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check gateway services trainer tests
+	$(VENV)/bin/ruff format --check gateway services trainer tests
+
+bench: system-deps $(STAMP) protos
+	$(PY) -m gateway.bench
+
+# --- models -----------------------------------------------------------------------------------
+train-liver: $(STAMP) protos
+	$(VENV)/bin/medseg train --organ liver --data ../shared/data/liver/train --arch erunet --out model-store
+
+train-cells: $(STAMP) protos
+	$(VENV)/bin/medseg train --organ cells --data ../shared/data/monuseg/train --arch erunet-cells --out model-store
+
+ablation: $(STAMP)
+	$(PY) -m trainer.ablation
