@@ -1,0 +1,85 @@
+"""Array-level preprocessing shared by the organ handler, the trainer and the benchmarks.
+
+One implementation so that what the model saw in training is exactly what it sees in serving.
+Images arrive here already decoded (see `services.imaging`) as float32 arrays scaled to [0, 1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from services.spec import OrganSpec
+
+
+def to_channels(img01: np.ndarray, channels: int) -> np.ndarray:
+    """Return a float32 H×W×C array with the organ's channel count (grey↔RGB, alpha dropped)."""
+    arr = np.asarray(img01, dtype=np.float32)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3:
+        raise ValueError(f"expected a 2-D image (H×W or H×W×C), got shape {arr.shape}")
+    if arr.shape[2] in (2, 4):  # grey+alpha, RGBA: drop alpha
+        arr = arr[:, :, :-1]
+    have = arr.shape[2]
+    if have == channels:
+        return arr
+    if channels == 1:
+        return arr.mean(axis=2, keepdims=True)
+    if have == 1:
+        return np.repeat(arr, channels, axis=2)
+    raise ValueError(f"cannot convert a {have}-channel image to {channels} channels")
+
+
+def normalize(x: torch.Tensor, spec: OrganSpec) -> torch.Tensor:
+    """(N, C, H, W) in [0, 1] → standardised with the organ's mean/std."""
+    mean = torch.tensor(spec.mean, dtype=x.dtype).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std, dtype=x.dtype).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+@dataclass(frozen=True)
+class Restore:
+    """How to map a model-sized probability map back onto the input image."""
+
+    height: int
+    width: int
+    pad_h: int = 0
+    pad_w: int = 0
+    resized: bool = False
+
+
+def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    shrinking = x.shape[-2] > size[0] or x.shape[-1] > size[1]
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrinking)
+
+
+def prepare(img01: np.ndarray, spec: OrganSpec) -> tuple[torch.Tensor, Restore]:
+    """H×W[×C] image in [0, 1] → normalised (1, C, h, w) model input and the way back."""
+    arr = to_channels(img01, spec.channels)
+    height, width = arr.shape[:2]
+    x = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))[None]
+    if spec.inference.mode == "resize":
+        x = resize(x, spec.inference.size)
+        return normalize(x, spec), Restore(height, width, resized=True)
+    m = spec.inference.pad_multiple
+    pad_h, pad_w = (-height) % m, (-width) % m
+    x = normalize(x, spec)
+    if pad_h or pad_w:
+        mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+        x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+    return x, Restore(height, width, pad_h, pad_w)
+
+
+def restore(prob: torch.Tensor, how: Restore) -> torch.Tensor:
+    """(1, 1, h, w) probabilities at model size → (H, W) at the input's size."""
+    if how.resized:
+        prob = F.interpolate(prob, size=(how.height, how.width), mode="bilinear", align_corners=False)
+    else:
+        prob = prob[..., : how.height, : how.width]
+    return prob[0, 0].clamp_(0.0, 1.0)

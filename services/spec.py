@@ -1,0 +1,97 @@
+"""Organ specs: one `services/<organ>/spec.yaml` per organ, read by the handler, gateway and trainer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+SERVICES_DIR = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class InferenceSpec:
+    mode: str  # "resize" | "whole"
+    size: tuple[int, int] | None
+    pad_multiple: int = 16
+
+
+@dataclass(frozen=True)
+class OrganSpec:
+    name: str
+    display_name: str
+    modality: str
+    label: str
+    channels: int
+    inference: InferenceSpec
+    window: dict | None
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    default_threshold: float
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> OrganSpec:
+        inf = raw.get("inference") or {}
+        mode = inf.get("mode", "resize")
+        if mode not in ("resize", "whole"):
+            raise ValueError(f"organ {raw.get('name')!r}: inference.mode must be 'resize' or 'whole', not {mode!r}")
+        size = inf.get("size")
+        if mode == "resize" and not size:
+            raise ValueError(f"organ {raw.get('name')!r}: inference.mode 'resize' needs inference.size [h, w]")
+        norm = raw.get("normalize") or {}
+        channels = int(raw["channels"])
+        mean = tuple(float(v) for v in norm.get("mean", [0.0] * channels))
+        std = tuple(float(v) for v in norm.get("std", [1.0] * channels))
+        if len(mean) != channels or len(std) != channels:
+            raise ValueError(f"organ {raw['name']!r}: normalize.mean/std need {channels} values")
+        known = {"name", "display_name", "modality", "label", "channels", "inference", "window", "normalize",
+                 "default_threshold"}
+        return cls(
+            name=raw["name"],
+            display_name=raw.get("display_name", raw["name"]),
+            modality=raw.get("modality", ""),
+            label=raw.get("label", raw["name"]),
+            channels=channels,
+            inference=InferenceSpec(mode=mode, size=tuple(size) if size else None,
+                                    pad_multiple=int(inf.get("pad_multiple", 16))),
+            window=raw.get("window"),
+            mean=mean,
+            std=std,
+            default_threshold=float(raw.get("default_threshold", 0.5)),
+            extra={k: v for k, v in raw.items() if k not in known},
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "display_name": self.display_name,
+            "modality": self.modality,
+            "label": self.label,
+            "channels": self.channels,
+            "inference": {"mode": self.inference.mode,
+                          "size": list(self.inference.size) if self.inference.size else None,
+                          "pad_multiple": self.inference.pad_multiple},
+            "window": self.window,
+            "normalize": {"mean": list(self.mean), "std": list(self.std)},
+            "default_threshold": self.default_threshold,
+            **self.extra,
+        }
+
+
+def load_spec(path: str | Path) -> OrganSpec:
+    with open(path) as fh:
+        return OrganSpec.from_dict(yaml.safe_load(fh))
+
+
+def organ_dirs(services_dir: Path = SERVICES_DIR) -> dict[str, Path]:
+    """Every folder under services/ with a spec.yaml is an organ: adding an organ is adding a folder."""
+    return {p.parent.name: p.parent for p in sorted(services_dir.glob("*/spec.yaml"))}
+
+
+def load_organ_spec(organ: str, services_dir: Path = SERVICES_DIR) -> OrganSpec:
+    dirs = organ_dirs(services_dir)
+    if organ not in dirs:
+        raise KeyError(f"unknown organ {organ!r}; known organs: {', '.join(dirs) or 'none'}")
+    return load_spec(dirs[organ] / "spec.yaml")
