@@ -1,0 +1,52 @@
+"""Transport-neutral errors. Deep code raises these; each edge maps them once
+(FastAPI exception handlers → HTTP status + {"error": {...}}, gRPC interceptor → status code)."""
+
+from __future__ import annotations
+
+
+class MedSegError(Exception):
+    """Base class: `code` is the stable machine-readable error code, `http_status` / `grpc_code` the mapping."""
+
+    code = "internal"
+    http_status = 500
+    grpc_code = "INTERNAL"
+
+    def __init__(self, message: str, *, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        if code:
+            self.code = code
+
+
+class InvalidInput(MedSegError):
+    code, http_status, grpc_code = "invalid_input", 400, "INVALID_ARGUMENT"
+
+
+class Unauthenticated(MedSegError):
+    code, http_status, grpc_code = "unauthenticated", 401, "UNAUTHENTICATED"
+
+
+class Forbidden(MedSegError):
+    code, http_status, grpc_code = "forbidden", 403, "PERMISSION_DENIED"
+
+
+class NotFound(MedSegError):
+    code, http_status, grpc_code = "not_found", 404, "NOT_FOUND"
+
+
+class Conflict(MedSegError):
+    code, http_status, grpc_code = "conflict", 409, "ALREADY_EXISTS"
+
+
+class PayloadTooLarge(MedSegError):
+    code, http_status, grpc_code = "payload_too_large", 413, "RESOURCE_EXHAUSTED"
+
+
+class UnsupportedMediaType(MedSegError):
+    code, http_status, grpc_code = "unsupported_media_type", 415, "INVALID_ARGUMENT"
+
+
+class ServiceUnavailable(MedSegError):
+    """A dependency (organ server, object store, database) is down or timed out."""
+
+    code, http_status, grpc_code = "service_unavailable", 503, "UNAVAILABLE"
