@@ -32,7 +32,28 @@ class Settings(BaseSettings):
 
     http_host: str = "127.0.0.1"
     http_port: int = 8000
+    grpc_host: str = "127.0.0.1"
     grpc_port: int = 50051
+    # Both directions of the public gRPC API; a 512x512 request is ~0.5 MB, an evaluate batch far more.
+    grpc_max_message_bytes: int = 64 * 1024 * 1024
+
+    # Organ servers (TorchServe gRPC inference API). Locally every organ listens on organ_host at the
+    # inference port of its services/<organ>/config.properties; in Kubernetes override per organ,
+    # e.g. MEDSEG_ORGAN_ADDRESSES='{"liver": "torchserve-liver:7070"}'.
+    organ_host: str = "127.0.0.1"
+    organ_addresses: dict[str, str] = {}
+    # Inference keys per organ (TorchServe token auth), e.g. from a Kubernetes Secret. Empty: read the
+    # key_file.json the local launcher's TorchServe wrote under state_dir.
+    organ_inference_keys: dict[str, str] = {}
+    inference_timeout_s: float = 10.0  # deadline of one call to an organ server
+    inference_retries: int = 2  # extra attempts when an organ server answers UNAVAILABLE
+    readiness_timeout_s: float = 1.0  # /readyz probes must answer fast even when a dependency hangs
+
+    # Uploads: refused before the body is read when Content-Length says too much, and capped while streaming.
+    max_upload_bytes: int = 32 * 1024 * 1024  # one image
+    max_request_bytes: int = 256 * 1024 * 1024  # a whole request (evaluate sends many)
+    max_image_pixels: int = 40_000_000  # decompression-bomb guard: width x height of one decoded image
+    max_evaluate_images: int = 64
 
     @property
     def sqlalchemy_url(self) -> str:
