@@ -1,0 +1,409 @@
+"""Decode uploaded image bytes into float arrays, and encode result PNGs.
+
+One decoder for the whole platform (organ handler, gateway, trainer), so that an upload means the same
+thing everywhere:
+
+    decode_image(data, window=spec.window) -> DecodedImage(array, format, spacing_mm, metadata)
+    decode_mask(data) -> bool H×W array (any non-zero pixel is foreground)
+    encode_png(uint8 or bool array) -> PNG bytes
+
+Accepted: PNG, JPEG, TIFF (1/8/16-bit integer, 32-bit float; first page of a multi-page file) and DICOM
+(uncompressed or deflated transfer syntaxes; first frame). The format is recognised from the content, not
+from a file name. Scaling to [0, 1]:
+
+* 1/8/16-bit unsigned integers: divided by the type's maximum (1, 255, 65535);
+* float, signed or 32-bit integers: kept if already inside [0, 1], else min-max scaled over the image;
+* DICOM: modality LUT (RescaleSlope/Intercept), then the given window {center, width} (the organ's
+  intensity window; falls back to the file's own window, then min-max), MONOCHROME1 inverted.
+
+Grey images come back as H×W, colour as H×W×3 (palette, CMYK, YCbCr converted to RGB; alpha dropped).
+Every refusal is an `ImageDecodeError` (a ValueError) whose message says what is wrong and what is accepted.
+Decompression bombs are refused from the header, before any pixel is decoded.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_PIXELS = 40_000_000  # width × height of one image (one page / frame)
+MIN_SIDE = 16
+ACCEPTED = "PNG, JPEG, TIFF (8/16-bit, float) or DICOM"
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not an image we accept; the message says why and what is accepted."""
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """A decoded upload: `array` is float32 in [0, 1], H×W (grey) or H×W×3 (colour)."""
+
+    array: np.ndarray
+    format: str  # "PNG" | "JPEG" | "TIFF" | "DICOM"
+    spacing_mm: tuple[float, float] | None = (
+        None  # (row, col) pixel spacing; only DICOM carries a reliable one
+    )
+    metadata: dict = field(
+        default_factory=dict
+    )  # width, height, channels, dtype, bits, mode, pages/frames, ...
+
+    @property
+    def height(self) -> int:
+        return int(self.array.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.array.shape[1])
+
+
+@dataclass
+class _Raw:
+    """Pixels as stored (alpha already dropped), before scaling to [0, 1]."""
+
+    pixels: np.ndarray
+    format: str
+    metadata: dict
+    spacing_mm: tuple[float, float] | None = None
+    unit_range: tuple[float, float] | None = None  # the value range that maps to [0, 1], when known
+    invert: bool = False
+
+
+# --- public API -------------------------------------------------------------------------------
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The accepted format the bytes start like ("PNG", "JPEG", "TIFF", "DICOM"), or None."""
+    # DICOM first: its 128-byte preamble may itself hold a TIFF header (dual-personality files).
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return "DICOM"
+    if data.startswith(_PNG_MAGIC):
+        return "PNG"
+    if data.startswith(_JPEG_MAGIC):
+        return "JPEG"
+    if data[:4] in _TIFF_MAGICS:
+        return "TIFF"
+    return None
+
+
+def decode_image(
+    data: bytes,
+    *,
+    window: dict | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int = MIN_SIDE,
+) -> DecodedImage:
+    """Decode PNG/JPEG/TIFF/DICOM bytes to a float32 [0, 1] array (see the module docstring).
+
+    `window` ({"center": c, "width": w}, in the modality's units, e.g. Hounsfield) applies to DICOM only:
+    other formats are taken as already windowed. Raises ImageDecodeError for anything we do not accept.
+    """
+    raw = _read(data, max_pixels=max_pixels, min_side=min_side, window=window)
+    array = _to_unit(raw)
+    meta = dict(raw.metadata)
+    meta.update(height=int(array.shape[0]), width=int(array.shape[1]), channels=_channels(array))
+    return DecodedImage(array=array, format=raw.format, spacing_mm=raw.spacing_mm, metadata=meta)
+
+
+def decode_mask(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = MIN_SIDE) -> np.ndarray:
+    """Decode a label mask (PNG/TIFF/DICOM; JPEG works but is lossy) to a bool H×W array.
+
+    Any non-zero stored value in any colour channel is foreground (0/1, 0/255 and multi-label maps all
+    work); alpha is ignored.
+    """
+    raw = _read(data, max_pixels=max_pixels, min_side=min_side, window=None, stored_values=True)
+    pixels = np.nan_to_num(raw.pixels, nan=0.0) if raw.pixels.dtype.kind == "f" else raw.pixels
+    nonzero = pixels != 0
+    return nonzero.any(axis=2) if nonzero.ndim == 3 else nonzero
+
+
+def encode_png(array: np.ndarray, *, compress_level: int = 1) -> bytes:
+    """Encode a uint8 H×W (grey) or H×W×3 (RGB) array — or a bool mask, written as 0/255 — as PNG.
+
+    Compression level 1 by default: probability maps are encoded on every request, and level 1 is
+    several times faster than the default for a few percent more bytes.
+    """
+    arr = np.asarray(array)
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8) * 255
+    if arr.dtype != np.uint8:
+        raise TypeError(f"encode_png needs a uint8 (or bool) array, got {arr.dtype}; scale and cast first")
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))):
+        raise ValueError(f"encode_png needs H×W, H×W×3 or H×W×4, got shape {arr.shape}")
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(arr)).save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+def _read(
+    data: bytes, *, max_pixels: int, min_side: int, window: dict | None, stored_values: bool = False
+) -> _Raw:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ImageDecodeError(f"expected image bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if not data:
+        raise ImageDecodeError(f"empty upload: send a {ACCEPTED} image")
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise ImageDecodeError(f"unrecognised image format (first bytes {data[:8]!r}); accepted: {ACCEPTED}")
+    limits = {"max_pixels": max_pixels, "min_side": min_side}
+    try:
+        if fmt == "DICOM":
+            raw = _read_dicom(data, window=window, stored_values=stored_values, **limits)
+        elif fmt == "TIFF":
+            raw = _read_tiff(data, **limits)
+        else:
+            raw = _read_pillow(data, fmt, **limits)
+    except (ImageDecodeError, MemoryError):
+        raise
+    except Exception as exc:  # decoders raise anything (OSError, SyntaxError, struct.error, zlib.error...)
+        raise ImageDecodeError(f"corrupt or truncated {fmt} file ({exc}); accepted: {ACCEPTED}") from exc
+    raw.pixels = _drop_alpha(raw.pixels, fmt)
+    return raw
+
+
+def _check_size(fmt: str, height: int, width: int, *, max_pixels: int, min_side: int) -> None:
+    if height * width > max_pixels:
+        raise ImageDecodeError(
+            f"{fmt} image is {width}×{height} = {height * width / 1e6:.1f} megapixels, more than the "
+            f"{max_pixels / 1e6:.0f} megapixel limit; downscale or crop it"
+        )
+    if min(height, width) < min_side:
+        raise ImageDecodeError(
+            f"{fmt} image is {width}×{height}: too small, each side needs at least {min_side} pixels"
+        )
+
+
+def _read_pillow(data: bytes, fmt: str, *, max_pixels: int, min_side: int) -> _Raw:
+    with warnings.catch_warnings():
+        # Pillow's own bomb guard warns first, then errors at twice its limit: make both refusals.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(io.BytesIO(data), formats=[fmt])
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageDecodeError(f"{fmt} image refused as a decompression bomb ({exc})") from exc
+        width, height = im.size  # header only; nothing decoded yet
+        _check_size(fmt, height, width, max_pixels=max_pixels, min_side=min_side)
+        pages = getattr(im, "n_frames", 1)
+        im.seek(0)
+        im.load()  # raises on truncated / corrupt data
+    meta = {"mode": im.mode, "pages": pages}
+    if "dpi" in im.info:
+        meta["dpi"] = tuple(float(v) for v in im.info["dpi"])
+    mode = im.mode
+    unit_range = None
+    if mode == "1":
+        pixels = np.asarray(im, dtype=bool)
+        meta["bits"] = 1
+    elif mode == "P" or mode == "PA":
+        im = im.convert("RGBA" if ("transparency" in im.info or mode == "PA") else "RGB")
+        pixels = np.asarray(im)
+        meta["bits"] = 8
+    elif mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa", "La"):
+        im = im.convert("RGB" if mode != "La" else "L")
+        pixels = np.asarray(im)
+        meta["bits"] = 8
+    elif mode == "I" and fmt == "PNG":
+        pixels = np.asarray(im)  # Pillow reads 16-bit grey PNG as 32-bit "I" in some versions
+        unit_range = (0.0, 65535.0)
+        meta["bits"] = 16
+    else:
+        pixels = np.asarray(im)
+        meta["bits"] = pixels.dtype.itemsize * 8 if pixels.dtype != bool else 1
+    meta["dtype"] = str(pixels.dtype)
+    return _Raw(pixels=pixels, format=fmt, metadata=meta, unit_range=unit_range)
+
+
+def _read_tiff(data: bytes, *, max_pixels: int, min_side: int) -> _Raw:
+    """tifffile first (any depth, float, >8-bit colour); Pillow for compressions tifffile cannot decode
+    without imagecodecs (LZW, PackBits, JPEG)."""
+    import tifffile
+
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        page = tif.pages.first
+        axes = page.axes
+        shape = dict(zip(axes, page.shape, strict=True))
+        height, width = shape.get("Y", 0), shape.get("X", 0)
+        _check_size("TIFF", height, width, max_pixels=max_pixels, min_side=min_side)
+        meta = {
+            "pages": len(tif.pages),
+            "bits": int(page.bitspersample),
+            "photometric": page.photometric.name,
+            "compression": page.compression.name,
+        }
+        try:
+            pixels = page.asarray()
+        except (KeyError, ValueError, NotImplementedError) as exc:
+            if "imagecodecs" not in str(exc):
+                raise
+            logger.debug("tifffile cannot decode %s without imagecodecs; using Pillow", page.compression.name)
+            raw = _read_pillow(data, "TIFF", max_pixels=max_pixels, min_side=min_side)
+            raw.metadata.update(meta)
+            return raw
+        colormap = page.colormap
+        photometric = page.photometric.name
+    pixels = _to_yxs(pixels, axes)
+    invert = False
+    unit_range = None
+    if photometric == "PALETTE" and colormap is not None:
+        # TIFF colormaps are 16-bit; writers store v*256 or v*257 for 8-bit colours: keep the high byte.
+        cmap = (colormap >> 8).astype(np.uint8) if colormap.max() > 255 else colormap.astype(np.uint8)
+        pixels = np.moveaxis(cmap[:, pixels[:, :, 0].astype(np.intp)], 0, -1)
+    elif photometric == "MINISWHITE":
+        invert = True
+    if pixels.shape[2] == 1:
+        pixels = pixels[:, :, 0]
+    meta["dtype"] = str(pixels.dtype)
+    return _Raw(pixels=pixels, format="TIFF", metadata=meta, unit_range=unit_range, invert=invert)
+
+
+def _to_yxs(pixels: np.ndarray, axes: str) -> np.ndarray:
+    """Reorder one TIFF page to Y, X, S (samples), dropping any other singleton axes."""
+    keep = [a for a in "YXS" if a in axes]
+    extra = [i for i, a in enumerate(axes) if a not in keep]
+    if any(pixels.shape[i] != 1 for i in extra):
+        raise ImageDecodeError(f"TIFF page with axes {axes!r} and shape {pixels.shape} is not a 2-D image")
+    pixels = pixels.reshape([pixels.shape[i] for i, a in enumerate(axes) if a in keep])
+    ordered = [a for a in axes if a in keep]
+    pixels = np.transpose(pixels, [ordered.index(a) for a in keep])
+    return pixels if "S" in keep else pixels[:, :, None]
+
+
+def _read_dicom(
+    data: bytes, *, window: dict | None, stored_values: bool, max_pixels: int, min_side: int
+) -> _Raw:
+    import pydicom
+    from pydicom.pixels import apply_modality_lut
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    if "PixelData" not in ds:
+        raise ImageDecodeError("DICOM file has no pixel data (is it a report or a structured document?)")
+    rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+    _check_size("DICOM", rows, cols, max_pixels=max_pixels, min_side=min_side)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    transfer_syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    try:
+        pixels = ds.pixel_array if frames == 1 else ds.pixel_array[0]
+    except (NotImplementedError, RuntimeError) as exc:
+        name = getattr(transfer_syntax, "name", str(transfer_syntax))
+        raise ImageDecodeError(
+            f"DICOM transfer syntax {name!r} cannot be decoded here ({exc}); send an uncompressed DICOM "
+            f"or a PNG/TIFF export"
+        ) from exc
+    meta = {
+        "frames": frames,
+        "bits": int(ds.get("BitsStored", ds.get("BitsAllocated", 0)) or 0),
+        "photometric": photometric,
+        "modality": str(ds.get("Modality", "")),
+        "dtype": str(pixels.dtype),
+    }
+    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
+    spacing_mm = (float(spacing[0]), float(spacing[1])) if spacing and len(spacing) == 2 else None
+    if photometric.startswith("MONOCHROME") and not stored_values:
+        values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)
+        lo_hi = _dicom_window(window, ds)
+        if lo_hi is not None:
+            meta["window"] = {"center": (lo_hi[0] + lo_hi[1]) / 2, "width": lo_hi[1] - lo_hi[0]}
+        return _Raw(
+            pixels=values,
+            format="DICOM",
+            metadata=meta,
+            spacing_mm=spacing_mm,
+            unit_range=lo_hi,
+            invert=photometric == "MONOCHROME1",
+        )
+    # colour (RGB / YBR converted to RGB by pydicom): no intensity window applies. Masks: stored values.
+    bits = int(ds.get("BitsStored", 8) or 8)
+    return _Raw(
+        pixels=pixels, format="DICOM", metadata=meta, spacing_mm=spacing_mm, unit_range=(0.0, 2**bits - 1)
+    )
+
+
+def _dicom_window(window: dict | None, ds) -> tuple[float, float] | None:
+    """(low, high) of the window to apply: the organ's, else the file's first, else None (min-max)."""
+    if window:
+        center, width = float(window["center"]), float(window["width"])
+    else:
+        center_raw, width_raw = ds.get("WindowCenter"), ds.get("WindowWidth")
+        if center_raw is None or width_raw is None:
+            return None
+        center, width = _first_value(center_raw), _first_value(width_raw)
+    if width <= 0:
+        raise ImageDecodeError(f"intensity window width must be positive, got {width}")
+    return center - width / 2, center + width / 2
+
+
+def _first_value(value) -> float:
+    """DICOM multi-valued attributes (several windows) → the first value."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+        return float(value)
+    return float(value[0])
+
+
+# --- scaling ----------------------------------------------------------------------------------
+
+
+def _drop_alpha(pixels: np.ndarray, fmt: str) -> np.ndarray:
+    if pixels.ndim == 2:
+        return pixels
+    channels = pixels.shape[2]
+    if channels == 1:
+        return pixels[:, :, 0]
+    if channels == 2:  # grey + alpha
+        return pixels[:, :, 0]
+    if channels in (3, 4):  # RGB, RGBA
+        return pixels[:, :, :3]
+    raise ImageDecodeError(f"{fmt} image has {channels} channels; accepted: grey, grey+alpha, RGB or RGBA")
+
+
+def _to_unit(raw: _Raw) -> np.ndarray:
+    pixels = raw.pixels
+    if pixels.dtype == np.bool_:
+        out = pixels.astype(np.float32)
+    else:
+        if raw.unit_range is not None:
+            lo, hi = raw.unit_range
+        elif pixels.dtype.kind == "u" and pixels.dtype.itemsize <= 2:
+            lo, hi = 0.0, float(np.iinfo(pixels.dtype).max)
+        else:
+            lo, hi = _value_range(pixels)
+        values = pixels.astype(np.float32)
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            values = np.where(np.isfinite(values), values, np.float32(lo))
+        out = (values - np.float32(lo)) / np.float32(hi - lo) if hi > lo else np.zeros_like(values)
+        np.clip(out, 0.0, 1.0, out=out)
+    if raw.invert:
+        out = 1.0 - out
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def _value_range(pixels: np.ndarray) -> tuple[float, float]:
+    """Float / signed / 32-bit data: identity if already in [0, 1], else the image's own min-max."""
+    finite = pixels[np.isfinite(pixels)] if pixels.dtype.kind == "f" else pixels
+    if finite.size == 0:
+        raise ImageDecodeError("image has no finite pixel values")
+    lo, hi = float(finite.min()), float(finite.max())
+    if lo >= 0.0 and hi <= 1.0:
+        return 0.0, 1.0
+    return lo, hi
+
+
+def _channels(array: np.ndarray) -> int:
+    return 1 if array.ndim == 2 else int(array.shape[2])
