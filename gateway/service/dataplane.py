@@ -1,0 +1,425 @@
+"""The operations of the public API (list organs, segment, evaluate, readiness), edge-neutral.
+
+Segment: validate organ and upload (size, decodable, pixel count) before bothering an organ server,
+call the organ server, threshold its probability map at 0.2 … 0.8, store the probability map and the
+masks in the results bucket, then record the Segmentation row. Objects are written before the row and
+removed again when the row cannot be written, so a row never points at objects that are not there.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+import numpy as np
+
+from gateway.errors import InvalidInput, MedSegError, PayloadTooLarge, ServiceUnavailable
+from gateway.service import images
+from gateway.service.inference import OrganClient
+from gateway.service.masks import THRESHOLDS, dice_iou, probability_mask
+from gateway.service.organs import ModelInfo, Organ, OrganRegistry
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MaskResult:
+    threshold: float
+    area_px: int
+    mask_png: bytes
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    id: str
+    organ: str
+    model: ModelInfo
+    width: int
+    height: int
+    default_threshold: float
+    probability_png: bytes
+    masks: list[MaskResult]
+
+
+@dataclass(frozen=True)
+class OrganStatus:
+    name: str
+    display_name: str
+    modality: str
+    label: str
+    model: ModelInfo
+    default_threshold: float
+    ready: bool
+
+
+@dataclass(frozen=True)
+class ImageScore:
+    filename: str
+    dice: float
+    iou: float
+    width: int
+    height: int
+    predicted_px: int
+    label_px: int
+
+
+@dataclass(frozen=True)
+class ThresholdScore:
+    threshold: float
+    mean_dice: float
+    mean_iou: float
+
+
+@dataclass(frozen=True)
+class EvaluateResult:
+    organ: str
+    model: ModelInfo
+    threshold: float
+    images: list[ImageScore]
+    mean_dice: float
+    mean_iou: float
+    per_threshold: list[ThresholdScore]
+
+
+@dataclass(frozen=True)
+class Upload:
+    filename: str
+    data: bytes
+
+
+@dataclass
+class Readiness:
+    components: dict[str, str] = field(default_factory=dict)  # name → "ok" or what is wrong
+
+    @property
+    def ready(self) -> bool:
+        return all(v == "ok" for v in self.components.values())
+
+    @property
+    def down(self) -> list[str]:
+        return [k for k, v in self.components.items() if v != "ok"]
+
+
+class DataPlane:
+    """Everything both edges serve. Collaborators are injected so tests can swap any of them."""
+
+    def __init__(
+        self,
+        registry: OrganRegistry,
+        clients: dict[str, OrganClient],
+        store,
+        *,
+        results_bucket: str,
+        record_segmentation: Callable[..., None],
+        max_upload_bytes: int,
+        max_image_pixels: int,
+        max_evaluate_images: int = 64,
+        readiness_timeout_s: float = 1.0,
+    ):
+        self.registry = registry
+        self.clients = clients
+        self.store = store
+        self.results_bucket = results_bucket
+        self.record_segmentation = record_segmentation
+        self.max_upload_bytes = max_upload_bytes
+        self.max_image_pixels = max_image_pixels
+        self.max_evaluate_images = max_evaluate_images
+        self.readiness_timeout_s = readiness_timeout_s
+        # Probes run here so a hung dependency costs a probe its timeout, not a request thread forever.
+        self._probes = ThreadPoolExecutor(max_workers=4, thread_name_prefix="medseg-probe")
+
+    # --- health -------------------------------------------------------------------------------
+    def readiness(self) -> Readiness:
+        """Every organ server and the object store, probed concurrently within readiness_timeout_s."""
+        futures = {
+            f"organ:{name}": self._probes.submit(client.ping, self.readiness_timeout_s)
+            for name, client in self.clients.items()
+        }
+        futures["objectstore"] = self._probes.submit(self._store_ping)
+        result = Readiness()
+        for name, future in futures.items():
+            try:
+                ok, detail = future.result(timeout=self.readiness_timeout_s + 0.5)
+            except FutureTimeout:
+                ok, detail = False, "timeout"
+            except Exception as exc:  # a probe must report, never raise
+                logger.warning("readiness probe %s failed: %s", name, exc)
+                ok, detail = False, type(exc).__name__
+            result.components[name] = "ok" if ok else (detail or "down")
+        return result
+
+    def _store_ping(self) -> tuple[bool, str]:
+        try:
+            return bool(self.store.ping()), "unreachable"
+        except MedSegError as exc:
+            return False, exc.message
+
+    def list_organs(self) -> list[OrganStatus]:
+        futures = {
+            o.name: self._probes.submit(self.clients[o.name].ping, self.readiness_timeout_s)
+            for o in self.registry.all()
+        }
+        statuses = []
+        for organ in self.registry.all():
+            try:
+                ready = futures[organ.name].result(timeout=self.readiness_timeout_s + 0.5)[0]
+            except FutureTimeout:
+                ready = False
+            spec = organ.spec
+            statuses.append(
+                OrganStatus(
+                    organ.name,
+                    spec.display_name,
+                    spec.modality,
+                    spec.label,
+                    self.registry.model(organ.name),
+                    spec.default_threshold,
+                    ready,
+                )
+            )
+        return statuses
+
+    # --- segment ------------------------------------------------------------------------------
+    def _check_upload(self, data: bytes, filename: str, what: str = "file") -> None:
+        if len(data) > self.max_upload_bytes:
+            raise PayloadTooLarge(
+                f"{what} {filename!r} is {len(data)} bytes; the limit is "
+                f"{self.max_upload_bytes} bytes per image"
+            )
+        if not data:
+            raise InvalidInput(f"{what} {filename!r} is empty", code="empty_file")
+
+    def _infer(self, organ: Organ, data: bytes, filename: str) -> tuple[np.ndarray, bytes]:
+        """Validate, run the organ server; return the probability map (uint8 H×W) and its PNG."""
+        self._check_upload(data, filename)
+        height, width = images.image_size(
+            data, filename, max_pixels=self.max_image_pixels, window=organ.spec.window
+        )
+        prob_png = self.clients[organ.name].predict(data)
+        try:
+            prob = images.decode_probability(prob_png)
+        except ValueError as exc:
+            logger.error("organ %s returned an unreadable probability map: %s", organ.name, exc)
+            raise ServiceUnavailable(
+                f"organ server {organ.name!r} returned an invalid answer", code="organ_error"
+            ) from None
+        if prob.shape != (height, width):
+            logger.error("organ %s answered %s for a %dx%d image", organ.name, prob.shape, height, width)
+            raise ServiceUnavailable(
+                f"organ server {organ.name!r} returned a map of the wrong size", code="organ_error"
+            )
+        return prob, prob_png
+
+    def segment(
+        self,
+        session,
+        organ_name: str,
+        data: bytes,
+        filename: str = "",
+        patient_id: str | None = None,
+        api_key_id=None,
+    ) -> SegmentResult:
+        organ = self.registry.get(organ_name)
+        filename = filename or "upload"
+        if patient_id is not None and (len(patient_id) > 128 or not patient_id.isprintable()):
+            raise InvalidInput(
+                "patient_id must be at most 128 printable characters", code="invalid_patient_id"
+            )
+        prob, prob_png = self._infer(organ, data, filename)
+        height, width = prob.shape
+        masks = []
+        for t in THRESHOLDS:
+            mask = probability_mask(prob, t)
+            masks.append(MaskResult(t, int(np.count_nonzero(mask)), images.encode_mask(mask)))
+
+        seg_id = uuid.uuid4().hex
+        prefix = f"segmentations/{organ.name}/{seg_id}"
+        objects = {f"{prefix}/probability.png": prob_png}
+        objects.update({f"{prefix}/mask_{m.threshold:.1f}.png": m.mask_png for m in masks})
+        written: list[str] = []
+        try:
+            for key, blob in objects.items():
+                self.store.put_bytes(self.results_bucket, key, blob, content_type="image/png")
+                written.append(key)
+            model = self.registry.model(organ.name)
+            self.record_segmentation(
+                session,
+                id=seg_id,
+                organ=organ.name,
+                model=model,
+                patient_id=patient_id,
+                filename=filename,
+                width=width,
+                height=height,
+                bucket=self.results_bucket,
+                probability_key=f"{prefix}/probability.png",
+                mask_keys={f"{m.threshold:.1f}": f"{prefix}/mask_{m.threshold:.1f}.png" for m in masks},
+                areas={f"{m.threshold:.1f}": m.area_px for m in masks},
+                api_key_id=api_key_id,
+            )
+        except Exception:
+            self._remove(written)
+            raise
+        return SegmentResult(
+            seg_id, organ.name, model, width, height, organ.spec.default_threshold, prob_png, masks
+        )
+
+    def _remove(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            try:
+                self.store.delete(self.results_bucket, key)
+            except Exception as exc:  # store likely down; orphans without a row are harmless
+                logger.warning("could not remove orphaned result object %s: %s", key, exc)
+
+    # --- evaluate -----------------------------------------------------------------------------
+    def evaluate(
+        self, organ_name: str, image_files: Sequence[Upload], label_files: Sequence[Upload]
+    ) -> EvaluateResult:
+        organ = self.registry.get(organ_name)
+        pairs = pair_by_name(image_files, label_files, self.max_evaluate_images)
+        threshold = organ.spec.default_threshold
+        scores: list[ImageScore] = []
+        per_t: dict[float, list[tuple[float, float]]] = {t: [] for t in THRESHOLDS}
+        for image, label in pairs:
+            self._check_upload(label.data, label.filename, what="label")
+            try:
+                truth = images.decode_label(label.data, label.filename, max_pixels=self.max_image_pixels)
+            except InvalidInput as exc:
+                raise InvalidInput(f"label {label.filename!r}: {exc.message}", code=exc.code) from None
+            try:
+                prob, _ = self._infer(organ, image.data, image.filename)
+            except InvalidInput as exc:
+                raise InvalidInput(f"image {image.filename!r}: {exc.message}", code=exc.code) from None
+            if truth.shape != prob.shape:
+                raise InvalidInput(
+                    f"label {label.filename!r} is {truth.shape[1]}x{truth.shape[0]} but image "
+                    f"{image.filename!r} is {prob.shape[1]}x{prob.shape[0]}; they must be the same size",
+                    code="size_mismatch",
+                )
+            pred = probability_mask(prob, threshold)
+            dice, iou = dice_iou(pred, truth)
+            scores.append(
+                ImageScore(
+                    image.filename,
+                    dice,
+                    iou,
+                    prob.shape[1],
+                    prob.shape[0],
+                    int(np.count_nonzero(pred)),
+                    int(np.count_nonzero(truth)),
+                )
+            )
+            for t in THRESHOLDS:
+                per_t[t].append(dice_iou(probability_mask(prob, t), truth))
+        return EvaluateResult(
+            organ=organ.name,
+            model=self.registry.model(organ.name),
+            threshold=threshold,
+            images=scores,
+            mean_dice=float(np.mean([s.dice for s in scores])),
+            mean_iou=float(np.mean([s.iou for s in scores])),
+            per_threshold=[
+                ThresholdScore(t, float(np.mean([d for d, _ in v])), float(np.mean([i for _, i in v])))
+                for t, v in per_t.items()
+            ],
+        )
+
+    def close(self) -> None:
+        self._probes.shutdown(wait=False, cancel_futures=True)
+        for client in self.clients.values():
+            client.close()
+
+
+LABEL_SUFFIXES = ("_mask", "_label", "_labels", "_seg", "_gt")
+
+
+def _pair_key(filename: str, *, label: bool) -> str:
+    stem = PurePosixPath(filename.replace("\\", "/")).name
+    stem = stem.split(".", 1)[0] if not stem.startswith(".") else stem
+    if label:
+        for suffix in LABEL_SUFFIXES:
+            if stem.endswith(suffix) and len(stem) > len(suffix):
+                return stem[: -len(suffix)]
+    return stem
+
+
+def pair_by_name(
+    image_files: Sequence[Upload], label_files: Sequence[Upload], max_images: int
+) -> list[tuple[Upload, Upload]]:
+    """Match labels to images by file name: `x.png` ↔ `x.png`, `x_mask.png`, `x.tif` (same stem)."""
+    if not image_files:
+        raise InvalidInput("send at least one image and its label", code="missing_images")
+    if len(image_files) > max_images:
+        raise InvalidInput(
+            f"{len(image_files)} images; at most {max_images} per request", code="too_many_images"
+        )
+    if len(label_files) != len(image_files):
+        raise InvalidInput(
+            f"{len(image_files)} images but {len(label_files)} labels; send one label per image",
+            code="label_mismatch",
+        )
+    by_key: dict[str, Upload] = {}
+    for image in image_files:
+        key = _pair_key(image.filename, label=False)
+        if key in by_key:
+            raise InvalidInput(
+                f"two images named {key!r}; image file names must be unique", code="duplicate_name"
+            )
+        by_key[key] = image
+    labels: dict[str, Upload] = {}
+    for label in label_files:
+        key = _pair_key(label.filename, label=True)
+        if key not in by_key and _pair_key(label.filename, label=False) in by_key:
+            key = _pair_key(label.filename, label=False)
+        if key in labels:
+            raise InvalidInput(f"two labels for image {key!r}", code="duplicate_name")
+        labels[key] = label
+    unmatched_images = sorted(set(by_key) - set(labels))
+    unmatched_labels = sorted(labels[k].filename for k in set(labels) - set(by_key))
+    if unmatched_images or unmatched_labels:
+        raise InvalidInput(
+            f"labels are matched to images by file name (x.png ↔ x.png or x_mask.png); no label for images "
+            f"{unmatched_images}, no image for labels {unmatched_labels}",
+            code="label_mismatch",
+        )
+    return [(image, labels[key]) for key, image in by_key.items()]
+
+
+def build_dataplane(settings) -> DataPlane:
+    """The production DataPlane: organs from services/, one OrganClient each, the S3 store, SQL rows."""
+    from gateway import crud
+    from gateway.service.keys import inference_key
+    from gateway.storage import ObjectStore
+
+    registry = OrganRegistry(
+        settings.services_dir,
+        settings.model_store_dir,
+        host=settings.organ_host,
+        addresses=settings.organ_addresses,
+    )
+    clients = {
+        organ.name: OrganClient(
+            organ.name,
+            organ.address,
+            key=lambda organ=organ: inference_key(settings, organ.name),
+            timeout_s=settings.inference_timeout_s,
+            retries=settings.inference_retries,
+        )
+        for organ in registry.all()
+    }
+    return DataPlane(
+        registry,
+        clients,
+        ObjectStore.from_settings(settings),
+        results_bucket=settings.bucket_results,
+        record_segmentation=crud.record_segmentation,
+        max_upload_bytes=settings.max_upload_bytes,
+        max_image_pixels=settings.max_image_pixels,
+        max_evaluate_images=settings.max_evaluate_images,
+        readiness_timeout_s=settings.readiness_timeout_s,
+    )

@@ -1,0 +1,24 @@
+"""Thresholds, masks and overlap scores on the organ server's 8-bit probability map."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# The contract's thresholds: 0.2, 0.3 … 0.8 (one mask each).
+THRESHOLDS: tuple[float, ...] = tuple(round(0.2 + 0.1 * i, 1) for i in range(7))
+
+
+def probability_mask(prob_u8: np.ndarray, threshold: float) -> np.ndarray:
+    """Boolean mask of pixels whose probability (byte / 255) is at least `threshold`."""
+    return prob_u8.astype(np.float64) / 255.0 >= threshold
+
+
+def dice_iou(pred: np.ndarray, label: np.ndarray) -> tuple[float, float]:
+    """Dice and IoU of two boolean masks; two empty masks agree perfectly (1.0, 1.0)."""
+    pred, label = pred.astype(bool, copy=False), label.astype(bool, copy=False)
+    inter = int(np.count_nonzero(pred & label))
+    total = int(np.count_nonzero(pred)) + int(np.count_nonzero(label))
+    if total == 0:
+        return 1.0, 1.0
+    union = total - inter
+    return 2.0 * inter / total, inter / union

@@ -1,0 +1,237 @@
+"""DataPlane with fake organ clients and a fake object store: thresholds, storage order, pairing."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gateway.errors import InvalidInput, NotFound, PayloadTooLarge, ServiceUnavailable
+from gateway.service.dataplane import DataPlane, Upload, pair_by_name
+from gateway.service.masks import THRESHOLDS, dice_iou
+from gateway.service.organs import OrganRegistry
+from services.spec import SERVICES_DIR
+
+
+def png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def ramp(height: int, width: int) -> np.ndarray:
+    """Probability bytes 0..255 across the columns."""
+    return np.tile(np.linspace(0, 255, width).round().astype(np.uint8), (height, 1))
+
+
+class FakeClient:
+    def __init__(self, answer=None, error: Exception | None = None):
+        self.answer, self.error, self.calls = answer, error, 0
+
+    def predict(self, data: bytes) -> bytes:
+        self.calls += 1
+        if self.error:
+            raise self.error
+        image = Image.open(io.BytesIO(data))
+        return png(self.answer(image.height, image.width))
+
+    def ping(self, timeout_s):
+        return (self.error is None, "ok" if self.error is None else "unavailable")
+
+    def close(self):
+        pass
+
+
+class FakeStore:
+    def __init__(self, fail_after: int | None = None):
+        self.objects: dict[tuple[str, str], bytes] = {}
+        self.fail_after = fail_after
+
+    def put_bytes(self, bucket, key, data, content_type=None):
+        if self.fail_after is not None and len(self.objects) >= self.fail_after:
+            raise ServiceUnavailable("object store is unavailable")
+        self.objects[(bucket, key)] = data
+
+    def delete(self, bucket, key):
+        self.objects.pop((bucket, key), None)
+
+    def ping(self):
+        return self.fail_after is None
+
+
+@pytest.fixture
+def registry(tmp_path):
+    return OrganRegistry(SERVICES_DIR, tmp_path)
+
+
+def make_plane(registry, clients, store=None, rows=None):
+    rows = rows if rows is not None else []
+    return DataPlane(
+        registry,
+        clients,
+        store or FakeStore(),
+        results_bucket="results",
+        record_segmentation=lambda session, **row: rows.append(row),
+        max_upload_bytes=2_000_000,
+        max_image_pixels=4_000_000,
+    )
+
+
+def test_segment_thresholds_masks_and_storage(registry):
+    rows, store = [], FakeStore()
+    plane = make_plane(registry, {"liver": FakeClient(ramp), "cells": FakeClient(ramp)}, store, rows)
+    result = plane.segment(None, "liver", png(np.zeros((40, 64), np.uint8)), "x.png", patient_id="p1")
+    assert (result.width, result.height) == (64, 40)
+    assert [m.threshold for m in result.masks] == [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+    prob = ramp(40, 64)
+    for m in result.masks:
+        mask = np.asarray(Image.open(io.BytesIO(m.mask_png)))
+        assert mask.shape == (40, 64) and set(np.unique(mask)) <= {0, 255}
+        assert m.area_px == int((prob / 255.0 >= m.threshold).sum()) == int((mask == 255).sum())
+    areas = [m.area_px for m in result.masks]
+    assert areas == sorted(areas, reverse=True) and areas[0] > areas[-1] > 0
+    assert len(store.objects) == 8 and len(rows) == 1
+    assert rows[0]["patient_id"] == "p1" and rows[0]["id"] == result.id
+    assert ("results", rows[0]["probability_key"]) in store.objects
+
+
+def test_store_down_leaves_no_row_and_no_objects(registry):
+    rows, store = [], FakeStore(fail_after=3)
+    plane = make_plane(registry, {"liver": FakeClient(ramp), "cells": FakeClient(ramp)}, store, rows)
+    with pytest.raises(ServiceUnavailable):
+        plane.segment(None, "liver", png(np.zeros((32, 32), np.uint8)), "x.png")
+    assert rows == [] and store.objects == {}
+
+
+def test_row_failure_removes_written_objects(registry):
+    store = FakeStore()
+
+    def broken_row(session, **row):
+        raise RuntimeError("database is locked")
+
+    plane = DataPlane(
+        registry,
+        {"liver": FakeClient(ramp)},
+        store,
+        results_bucket="results",
+        record_segmentation=broken_row,
+        max_upload_bytes=10**6,
+        max_image_pixels=10**6,
+    )
+    with pytest.raises(RuntimeError):
+        plane.segment(None, "liver", png(np.zeros((32, 32), np.uint8)), "x.png")
+    assert store.objects == {}
+
+
+@pytest.mark.parametrize(
+    "organ, error",
+    [
+        ("kidney", NotFound),
+        ("Liver", InvalidInput),
+        ("../etc", InvalidInput),
+        ("", InvalidInput),
+        ("x" * 300, InvalidInput),
+    ],
+)
+def test_bad_organ_names_never_reach_a_server(registry, organ, error):
+    client = FakeClient(ramp)
+    plane = make_plane(registry, {"liver": client, "cells": client})
+    with pytest.raises(error):
+        plane.segment(None, organ, png(np.zeros((32, 32), np.uint8)), "x.png")
+    assert client.calls == 0
+
+
+@pytest.mark.parametrize(
+    "data, error",
+    [
+        (b"", InvalidInput),
+        (b"not an image at all", InvalidInput),
+        (png(np.zeros((64, 64), np.uint8))[:60], InvalidInput),  # truncated
+        (png(np.zeros((8, 8), np.uint8)), InvalidInput),  # tiny
+        (b"\x89PNG\r\n\x1a\n" + b"\0" * 3_000_000, PayloadTooLarge),
+    ],
+)
+def test_bad_uploads_are_refused_before_inference(registry, data, error):
+    client = FakeClient(ramp)
+    plane = make_plane(registry, {"liver": client, "cells": client})
+    with pytest.raises(error):
+        plane.segment(None, "liver", data, "x.png")
+    assert client.calls == 0
+
+
+def test_wrong_size_answer_is_unavailable_not_a_crash(registry):
+    plane = make_plane(
+        registry, {"liver": FakeClient(lambda h, w: ramp(h // 2, w)), "cells": FakeClient(ramp)}
+    )
+    with pytest.raises(ServiceUnavailable):
+        plane.segment(None, "liver", png(np.zeros((32, 32), np.uint8)), "x.png")
+
+
+def test_readiness_names_what_is_down(registry):
+    plane = make_plane(
+        registry,
+        {"liver": FakeClient(ramp), "cells": FakeClient(error=ServiceUnavailable("x"))},
+        FakeStore(fail_after=0),
+    )
+    readiness = plane.readiness()
+    assert not readiness.ready
+    assert sorted(readiness.down) == ["objectstore", "organ:cells"]
+    assert readiness.components["organ:liver"] == "ok"
+
+
+def test_evaluate_scores_against_labels(registry):
+    half = lambda h, w: np.hstack([np.zeros((h, w // 2), np.uint8), np.full((h, w - w // 2), 200, np.uint8)])  # noqa: E731
+    plane = make_plane(registry, {"liver": FakeClient(half), "cells": FakeClient(half)})
+    image = png(np.zeros((32, 32), np.uint8))
+    right = np.zeros((32, 32), np.uint8)
+    right[:, 16:] = 255
+    result = plane.evaluate(
+        "liver",
+        [Upload("a.png", image), Upload("b.png", image)],
+        [Upload("b_mask.png", png(np.zeros((32, 32), np.uint8))), Upload("a_mask.png", png(right))],
+    )
+    by_name = {s.filename: s for s in result.images}
+    assert by_name["a.png"].dice == pytest.approx(1.0) and by_name["a.png"].iou == pytest.approx(1.0)
+    assert by_name["b.png"].dice == 0.0
+    assert result.mean_dice == pytest.approx(0.5)
+    per_t = {t.threshold: t.mean_dice for t in result.per_threshold}
+    assert list(per_t) == list(THRESHOLDS)
+    assert per_t[0.2] == pytest.approx(0.5) and per_t[0.8] == pytest.approx(0.5)  # 200/255 = 0.78 ≥ 0.7 only
+    assert result.per_threshold[-1].mean_dice == pytest.approx(0.5)
+
+
+def test_evaluate_label_size_mismatch_is_4xx(registry):
+    plane = make_plane(registry, {"liver": FakeClient(ramp), "cells": FakeClient(ramp)})
+    with pytest.raises(InvalidInput, match="same size"):
+        plane.evaluate(
+            "liver",
+            [Upload("a.png", png(np.zeros((32, 32), np.uint8)))],
+            [Upload("a_mask.png", png(np.zeros((32, 48), np.uint8)))],
+        )
+
+
+def test_pairing_by_file_name():
+    im = lambda n: Upload(n, b"i")  # noqa: E731
+    pairs = pair_by_name([im("dir/001.png"), im("002.dcm")], [im("002.png"), im("001_mask.png")], 10)
+    assert [(a.filename, b.filename) for a, b in pairs] == [
+        ("dir/001.png", "001_mask.png"),
+        ("002.dcm", "002.png"),
+    ]
+    with pytest.raises(InvalidInput, match="no label for images"):
+        pair_by_name([im("a.png")], [im("b.png")], 10)
+    with pytest.raises(InvalidInput, match="1 images but 2 labels"):
+        pair_by_name([im("a.png")], [im("a.png"), im("a_mask.png")], 10)
+    with pytest.raises(InvalidInput, match="unique"):
+        pair_by_name([im("a.png"), im("x/a.png")], [im("a.png"), im("b.png")], 10)
+    with pytest.raises(InvalidInput, match="at most"):
+        pair_by_name([im(f"{i}.png") for i in range(3)], [im(f"{i}.png") for i in range(3)], 2)
+
+
+def test_dice_iou_edge_cases():
+    empty = np.zeros((4, 4), bool)
+    full = np.ones((4, 4), bool)
+    assert dice_iou(empty, empty) == (1.0, 1.0)
+    assert dice_iou(full, empty) == (0.0, 0.0)
+    assert dice_iou(full, full) == (1.0, 1.0)
