@@ -1,0 +1,110 @@
+"""OrganClient against an in-process fake of TorchServe's gRPC inference API: deadline, bounded retry on
+UNAVAILABLE, token in metadata, fast failure when the organ server is down."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent import futures
+
+import grpc
+import pytest
+
+from gateway.errors import InvalidInput, ServiceUnavailable
+from gateway.service.inference import OrganClient
+
+inference_pb2 = pytest.importorskip("torchserve_grpc.inference_pb2", reason="run `make protos`")
+from torchserve_grpc import inference_pb2_grpc  # noqa: E402
+
+
+class FakeTorchServe(inference_pb2_grpc.InferenceAPIsServiceServicer):
+    def __init__(self):
+        self.failures = []  # status codes to answer before succeeding
+        self.calls = 0
+        self.metadata = None
+        self.release = threading.Event()
+        self.hang = False
+
+    def Predictions(self, request, context):
+        self.calls += 1
+        self.metadata = dict(context.invocation_metadata())
+        if self.hang:
+            self.release.wait(10)
+        if self.failures:
+            context.abort(self.failures.pop(0), "simulated")
+        return inference_pb2.PredictionResponse(prediction=b"answer:" + request.input["data"])
+
+    def Ping(self, request, context):
+        return inference_pb2.TorchServeHealthResponse(health='{"status": "Healthy"}')
+
+
+@pytest.fixture
+def fake():
+    servicer = FakeTorchServe()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    inference_pb2_grpc.add_InferenceAPIsServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield servicer, f"127.0.0.1:{port}"
+    servicer.release.set()
+    server.stop(0)
+
+
+def test_predict_sends_model_name_and_key(fake):
+    servicer, address = fake
+    client = OrganClient("liver", address, key=lambda: "secret-key")
+    assert client.predict(b"img") == b"answer:img"
+    assert servicer.metadata["authorization"] == "Bearer secret-key"
+    assert client.ping() == (True, "Healthy")
+
+
+def test_retries_unavailable_a_bounded_number_of_times(fake):
+    servicer, address = fake
+    servicer.failures = [grpc.StatusCode.UNAVAILABLE] * 2
+    assert OrganClient("liver", address, retries=2).predict(b"x") == b"answer:x"
+    assert servicer.calls == 3
+    servicer.calls, servicer.failures = 0, [grpc.StatusCode.UNAVAILABLE] * 5
+    with pytest.raises(ServiceUnavailable):
+        OrganClient("liver", address, retries=2).predict(b"x")
+    assert servicer.calls == 3
+
+
+def test_invalid_argument_is_not_retried_and_maps_to_4xx(fake):
+    servicer, address = fake
+    servicer.failures = [grpc.StatusCode.INVALID_ARGUMENT]
+    with pytest.raises(InvalidInput):
+        OrganClient("liver", address, retries=2).predict(b"x")
+    assert servicer.calls == 1
+
+
+def test_hung_server_costs_at_most_the_deadline(fake):
+    servicer, address = fake
+    servicer.hang = True
+    started = time.monotonic()
+    with pytest.raises(ServiceUnavailable):
+        OrganClient("liver", address, timeout_s=0.5).predict(b"x")
+    assert time.monotonic() - started < 2.0
+
+
+def test_down_server_fails_fast():
+    with socket_reserved() as port:
+        client = OrganClient("cells", f"127.0.0.1:{port}", timeout_s=5.0, retries=2)
+        started = time.monotonic()
+        with pytest.raises(ServiceUnavailable, match="cells"):
+            client.predict(b"x")
+        assert time.monotonic() - started < 2.0
+        assert client.ping(0.5)[0] is False
+
+
+class socket_reserved:
+    """A local port nothing listens on (bound, never listening) for the duration."""
+
+    def __enter__(self):
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        return self.sock.getsockname()[1]
+
+    def __exit__(self, *exc):
+        self.sock.close()
