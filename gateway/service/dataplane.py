@@ -155,9 +155,10 @@ class DataPlane:
 
     def _store_ping(self) -> tuple[bool, str]:
         try:
-            return bool(self.store.ping()), "unreachable"
+            self.store.ping()  # raises ServiceUnavailable when the store does not answer
         except MedSegError as exc:
             return False, exc.message
+        return True, "ok"
 
     def list_organs(self) -> list[OrganStatus]:
         futures = {

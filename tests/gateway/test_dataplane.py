@@ -58,7 +58,8 @@ class FakeStore:
         self.objects.pop((bucket, key), None)
 
     def ping(self):
-        return self.fail_after is None
+        if self.fail_after is not None:
+            raise ServiceUnavailable("object store unavailable: connection refused")
 
 
 @pytest.fixture

@@ -1,0 +1,260 @@
+"""`medseg serve` (the gateway: HTTP + gRPC in one process) and `medseg stack up|down|status`.
+
+`stack up` is idempotent: it starts only what is not already running — the object store, one TorchServe
+per organ folder whose `.mar` is in model-store/ (an organ without one is skipped with a warning), and
+the gateway — then waits for /readyz and prints the URLs. Each process it starts gets a pid file under
+`.medseg/pids/` holding the pid and the kernel start time, so `stack down` stops exactly those
+processes (a reused pid is never signalled) and nothing else. Data lives under `.medseg/` and survives.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from gateway.core.config import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 180.0
+
+
+# --- pid files ----------------------------------------------------------------------------------------
+def _start_time(pid: int) -> int | None:
+    """Kernel start time of a live (non-zombie) process, to tell our process from a reused pid."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return None if fields[0] == "Z" else int(fields[19])
+
+
+class PidFile:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def write(self, pid: int, **extra) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps({"pid": pid, "start_time": _start_time(pid), **extra}))
+
+    def alive_pid(self) -> int | None:
+        """The recorded pid if that very process still runs."""
+        try:
+            info = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+        pid = int(info["pid"])
+        return pid if _start_time(pid) == info.get("start_time") else None
+
+    def stop(self, timeout_s: float = 20.0) -> bool:
+        """SIGTERM the recorded process group's leader, SIGKILL after timeout. False if it was not running."""
+        pid = self.alive_pid()
+        if pid is None:
+            self.path.unlink(missing_ok=True)
+            return False
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while _start_time(pid) is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _start_time(pid) is not None:
+            logger.warning("pid %s ignored SIGTERM for %.0fs; killing it", pid, timeout_s)
+            os.kill(pid, signal.SIGKILL)
+        self.path.unlink(missing_ok=True)
+        return True
+
+
+def pid_dir(settings: Settings) -> Path:
+    return settings.state_dir / "pids"
+
+
+def log_dir(settings: Settings) -> Path:
+    return settings.state_dir / "logs"
+
+
+# --- serve -------------------------------------------------------------------------------------------
+def serve(settings: Settings) -> int:
+    """Run the gateway in this process: migrations, gRPC server, then uvicorn until SIGTERM/SIGINT."""
+    import uvicorn
+
+    from gateway.core.db import run_migrations, session_scope
+    from gateway.grpc_server import create_server
+    from gateway.main import create_app
+    from gateway.service import build_dataplane
+
+    run_migrations()
+    dataplane = build_dataplane(settings)
+    grpc_server, grpc_port = create_server(
+        f"{settings.grpc_host}:{settings.grpc_port}",
+        dataplane,
+        session_scope,
+        max_message_bytes=settings.grpc_max_message_bytes,
+    )
+    grpc_server.start()
+    logger.info("gRPC medseg.v1 on %s:%d", settings.grpc_host, grpc_port)
+    try:
+        config = uvicorn.Config(
+            create_app(settings, dataplane),
+            host=settings.http_host,
+            port=settings.http_port,
+            timeout_graceful_shutdown=10,
+            log_config=None,
+        )
+        uvicorn.Server(config).run()  # handles SIGTERM / SIGINT itself
+    finally:
+        grpc_server.stop(grace=5).wait()
+        dataplane.close()
+    return 0
+
+
+# --- stack -------------------------------------------------------------------------------------------
+def _object_store(settings: Settings):
+    from gateway.objectstore_server import ObjectStoreServer
+
+    server = ObjectStoreServer.from_settings(settings)
+    server.pid_path = pid_dir(settings) / "objectstore.pid"
+    return server
+
+
+def _organs_with_models(settings: Settings) -> tuple[list[str], list[str]]:
+    from services.spec import organ_dirs
+
+    ready, skipped = [], []
+    for organ in organ_dirs(settings.services_dir):
+        (ready if (settings.model_store_dir / f"{organ}.mar").is_file() else skipped).append(organ)
+    return ready, skipped
+
+
+def _organ_launcher(settings: Settings, organ: str):
+    from services.launcher import OrganServer
+
+    return OrganServer(
+        organ,
+        settings.services_dir / organ,
+        model_store=settings.model_store_dir,
+        state_dir=settings.state_dir,
+        pid_file=pid_dir(settings) / f"torchserve-{organ}.pid",
+    )
+
+
+def _gateway_pid(settings: Settings) -> PidFile:
+    return PidFile(pid_dir(settings) / "gateway.pid")
+
+
+def _start_gateway(settings: Settings) -> None:
+    pidfile = _gateway_pid(settings)
+    if pid := pidfile.alive_pid():
+        logger.info("gateway already running (pid %s)", pid)
+        return
+    log_dir(settings).mkdir(parents=True, exist_ok=True)
+    with open(log_dir(settings) / "gateway.log", "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "serve"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    pidfile.write(proc.pid)
+    logger.info("gateway starting (pid %s); log in %s", proc.pid, log_dir(settings) / "gateway.log")
+
+
+def _wait_ready(settings: Settings, skipped: list[str], timeout_s: float = READY_TIMEOUT_S) -> dict:
+    """Poll /readyz until everything that was started answers (skipped organs may stay down)."""
+    url = f"http://{settings.http_host}:{settings.http_port}/readyz"
+    tolerated = {f"organ:{organ}" for organ in skipped}
+    deadline, last = time.monotonic() + timeout_s, "no answer"
+    while time.monotonic() < deadline:
+        if _gateway_pid(settings).alive_pid() is None:
+            raise SystemExit(f"the gateway exited; see {log_dir(settings) / 'gateway.log'}")
+        try:
+            body = httpx.get(url, timeout=5.0).json()
+            components = body.get("components", {})
+            down = {name for name, state in components.items() if state != "ok"}
+            if components and down <= tolerated:
+                return components
+            last = ", ".join(sorted(down))
+        except (httpx.HTTPError, ValueError) as exc:
+            last = str(exc)
+        time.sleep(0.5)
+    raise SystemExit(f"stack not ready after {timeout_s:.0f}s (down: {last}); logs in {log_dir(settings)}")
+
+
+def stack_up(settings: Settings) -> int:
+    pid_dir(settings).mkdir(parents=True, exist_ok=True)
+    _object_store(settings).start()
+    organs, skipped = _organs_with_models(settings)
+    for organ in skipped:
+        logger.warning(
+            "skipping organ %r: %s is missing (train it, e.g. `make train-%s`)",
+            organ,
+            settings.model_store_dir / f"{organ}.mar",
+            organ,
+        )
+    for organ in organs:
+        _organ_launcher(settings, organ).start()
+    _start_gateway(settings)
+    components = _wait_ready(settings, skipped)
+    print(f"MedSeg is up ({', '.join(f'{k}={v}' for k, v in components.items())})")
+    print(f"  HTTP  http://{settings.http_host}:{settings.http_port}  (API docs /docs, readiness /readyz)")
+    print(f"  gRPC  {settings.grpc_host}:{settings.grpc_port}  (medseg.v1.Segmentation, reflection on)")
+    print(f"  S3    http://{settings.s3_endpoint}")
+    return 0
+
+
+def stack_down(settings: Settings) -> int:
+    stopped = []
+    if _gateway_pid(settings).stop():
+        stopped.append("gateway")
+    from services.spec import organ_dirs
+
+    for organ in organ_dirs(settings.services_dir):
+        if _organ_launcher(settings, organ).stop():
+            stopped.append(f"torchserve-{organ}")
+    if _object_store(settings).stop():
+        stopped.append("objectstore")
+    print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+    return 0
+
+
+def stack_status(settings: Settings) -> int:
+    from services.spec import organ_dirs
+
+    rows = [("gateway", _gateway_pid(settings).alive_pid())]
+    rows += [
+        (f"torchserve-{o}", _organ_launcher(settings, o).running_pid())
+        for o in organ_dirs(settings.services_dir)
+    ]
+    rows.append(("objectstore", _object_store(settings).running_pid()))
+    for name, pid in rows:
+        print(f"{name:20s} {'running (pid ' + str(pid) + ')' if pid else 'stopped'}")
+    try:
+        response = httpx.get(f"http://{settings.http_host}:{settings.http_port}/readyz", timeout=5.0)
+        print(f"readyz: {response.status_code} {response.text}")
+    except httpx.HTTPError as exc:
+        print(f"readyz: no answer ({exc})")
+    return 0
+
+
+def add_commands(subparsers) -> None:
+    serve_parser = subparsers.add_parser("serve", help="run the gateway (HTTP and gRPC) in the foreground")
+    serve_parser.set_defaults(func=lambda args: serve(get_settings()))
+
+    stack = subparsers.add_parser(
+        "stack", help="start/stop the local stack (object store, organ servers, gateway)"
+    )
+    actions = stack.add_subparsers(dest="action", required=True)
+    for name, func, text in (
+        ("up", stack_up, "start what is not running and wait until ready"),
+        ("down", stack_down, "stop what `stack up` started"),
+        ("status", stack_status, "show what runs"),
+    ):
+        actions.add_parser(name, help=text).set_defaults(func=lambda args, func=func: func(get_settings()))

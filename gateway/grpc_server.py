@@ -1,0 +1,165 @@
+"""The medseg.v1 gRPC edge over the same DataPlane as HTTP.
+
+`create_server(address, dataplane, session_factory) -> (server, port)`; the health service and
+reflection are registered. Errors are mapped once, in `ErrorMappingInterceptor`: our transport-neutral
+errors become their status codes, anything else INTERNAL with a generic message (logged here).
+The API key comes in metadata `authorization: Bearer <key>`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent import futures
+from contextlib import AbstractContextManager
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from medseg.v1 import segmentation_pb2 as pb
+from medseg.v1 import segmentation_pb2_grpc as pb_grpc
+
+from gateway.api.deps import bearer_token
+from gateway.errors import MedSegError
+from gateway.security import authenticate_api_key
+from gateway.service import DataPlane
+from gateway.service.dataplane import Upload
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Segmentation"].full_name  # "medseg.v1.Segmentation"
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def _status(exc: MedSegError) -> grpc.StatusCode:
+    return getattr(grpc.StatusCode, exc.grpc_code, grpc.StatusCode.INTERNAL)
+
+
+class ErrorMappingInterceptor(grpc.ServerInterceptor):
+    """Maps MedSegError → its status code; any other exception → INTERNAL without internals."""
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner, method = handler.unary_unary, handler_call_details.method
+
+        def guarded(request, context):
+            try:
+                return inner(request, context)
+            except MedSegError as exc:
+                if exc.http_status >= 500:
+                    logger.warning("%s %s: %s", method, exc.code, exc.message)
+                context.set_trailing_metadata((("medseg-error-code", exc.code),))
+                context.abort(_status(exc), exc.message)
+            except Exception:
+                logger.exception("unhandled error in %s", method)
+                context.abort(grpc.StatusCode.INTERNAL, "internal error; the gateway logged the details")
+
+        return grpc.unary_unary_rpc_method_handler(
+            guarded,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def _model(m) -> pb.ModelRef:
+    return pb.ModelRef(name=m.name, version=m.version)
+
+
+class SegmentationServicer(pb_grpc.SegmentationServicer):
+    def __init__(self, dataplane: DataPlane, session_factory: Callable[[], AbstractContextManager]):
+        self.dataplane = dataplane
+        self.session_factory = session_factory
+
+    def _authorize(self, session, context: grpc.ServicerContext, scope: str | None):
+        metadata = dict(context.invocation_metadata())
+        return authenticate_api_key(session, bearer_token(metadata.get("authorization")), scope)
+
+    def ListOrgans(self, request, context):
+        with self.session_factory() as session:
+            self._authorize(session, context, None)
+        return pb.ListOrgansResponse(
+            organs=[
+                pb.Organ(
+                    name=s.name,
+                    display_name=s.display_name,
+                    modality=s.modality,
+                    label=s.label,
+                    model=_model(s.model),
+                    default_threshold=s.default_threshold,
+                    ready=s.ready,
+                )
+                for s in self.dataplane.list_organs()
+            ]
+        )
+
+    def Segment(self, request, context):
+        with self.session_factory() as session:
+            key = self._authorize(session, context, "segment")
+            patient_id = request.patient_id if request.HasField("patient_id") and request.patient_id else None
+            r = self.dataplane.segment(
+                session,
+                request.organ,
+                request.image,
+                request.filename or "upload",
+                patient_id,
+                api_key_id=key.id,
+            )
+        return pb.SegmentResponse(
+            id=r.id,
+            organ=r.organ,
+            model=_model(r.model),
+            width=r.width,
+            height=r.height,
+            default_threshold=r.default_threshold,
+            probability_png=r.probability_png,
+            masks=[pb.Mask(threshold=m.threshold, area_px=m.area_px, mask_png=m.mask_png) for m in r.masks],
+        )
+
+    def Evaluate(self, request, context):
+        with self.session_factory() as session:
+            self._authorize(session, context, "evaluate")
+        r = self.dataplane.evaluate(
+            request.organ,
+            [Upload(i.filename or f"image-{n}", i.image) for n, i in enumerate(request.images)],
+            [Upload(i.filename or f"label-{n}", i.image) for n, i in enumerate(request.labels)],
+        )
+        return pb.EvaluateResponse(
+            organ=r.organ,
+            model=_model(r.model),
+            threshold=r.threshold,
+            images=[pb.ImageScore(**vars(s)) for s in r.images],
+            mean_dice=r.mean_dice,
+            mean_iou=r.mean_iou,
+            per_threshold=[pb.ThresholdScore(**vars(t)) for t in r.per_threshold],
+        )
+
+
+def create_server(
+    address: str,
+    dataplane: DataPlane,
+    session_factory: Callable[[], AbstractContextManager],
+    *,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    max_workers: int = 8,
+) -> tuple[grpc.Server, int]:
+    """Build (not start) the gRPC server; `address` may use port 0, the bound port is returned."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="medseg-grpc"),
+        interceptors=[ErrorMappingInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ],
+    )
+    pb_grpc.add_SegmentationServicer_to_server(SegmentationServicer(dataplane, session_factory), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise RuntimeError(f"could not bind the gRPC server to {address}")
+    return server, port

@@ -1,0 +1,104 @@
+"""FastAPI app factory. Errors are mapped to `{"error": {"code", "message"}}` here, once for the HTTP edge."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gateway.api.routes import evaluate, health, organs, segment
+from gateway.api.uploads import FORM_OVERHEAD_BYTES, BodyLimitMiddleware
+from gateway.core.config import Settings, get_settings
+from gateway.errors import MedSegError
+from gateway.service import DataPlane, build_dataplane
+
+logger = logging.getLogger(__name__)
+
+STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "too_many_requests",
+}
+
+
+def error_response(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(
+        status_code=status, content={"error": {"code": code, "message": message}}, headers=headers
+    )
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "header", "path")]
+        field = ".".join(loc) or "request"
+        parts.append(
+            f"missing field {field!r}" if err.get("type") == "missing" else f"{field}: {err.get('msg')}"
+        )
+    return "; ".join(parts) or "invalid request"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(MedSegError)
+    async def medseg_error(_: Request, exc: MedSegError) -> JSONResponse:
+        if exc.http_status >= 500:
+            logger.warning("%s: %s", exc.code, exc.message)
+        return error_response(exc.http_status, exc.code, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's 422 becomes our 400 with the field named: a client mistake like any other.
+        return error_response(400, "invalid_input", _validation_message(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = STATUS_CODES.get(exc.status_code, "error" if exc.status_code < 500 else "internal")
+        message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+        return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal", "internal error; the gateway logged the details")
+
+
+def create_app(settings: Settings | None = None, dataplane: DataPlane | None = None) -> FastAPI:
+    """The HTTP edge. Without `dataplane`, one is built from `settings` at startup and closed at shutdown."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        owned = dataplane is None
+        app.state.dataplane = dataplane or build_dataplane(settings)
+        try:
+            yield
+        finally:
+            if owned:
+                app.state.dataplane.close()
+
+    app = FastAPI(title="MedSeg", version="1", lifespan=lifespan)
+    if dataplane is not None:  # usable without running the lifespan (e.g. TestClient without `with`)
+        app.state.dataplane = dataplane
+    install_error_handlers(app)
+    api = APIRouter(prefix="/api/v1")
+    api.include_router(organs.router)
+    api.include_router(segment.router)
+    api.include_router(evaluate.router)
+    app.include_router(health.router)
+    app.include_router(api)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        default=settings.max_request_bytes,
+        limits={"/api/v1/segment": settings.max_upload_bytes + FORM_OVERHEAD_BYTES},
+    )
+    return app
