@@ -1,0 +1,36 @@
+"""Model registry: `create_model(name, **kw)`.
+
+| name           | what                                                                   |
+|----------------|------------------------------------------------------------------------|
+| unet           | plain U-Net baseline (double conv + BatchNorm), 3 levels                |
+| unet-res       | U-Net with Residual Block II (GroupNorm)                               |
+| unet-eg        | U-Net with the EG module                                               |
+| erunet         | ERU-Net (liver): 5 EGRConv blocks — two down, bottom, two up            |
+| erunet-cells   | ERU-Net-cells: dilated convolutions in the residual blocks, depth 5     |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+from torch import nn
+
+from trainer.models.unet import EncoderDecoder
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "unet": partial(EncoderDecoder, widths=(24, 48, 96), block="double"),
+    "unet-res": partial(EncoderDecoder, widths=(24, 48, 96), block="residual"),
+    "unet-eg": partial(EncoderDecoder, widths=(24, 48, 96), block="eg"),
+    "erunet": partial(EncoderDecoder, widths=(24, 48, 96), block="egr"),
+    "erunet-cells": partial(EncoderDecoder, widths=(12, 24, 48, 96, 192), block="egr", dilation=2),
+}
+
+
+def create_model(name: str, **kw) -> nn.Module:
+    """Build a registered architecture. kw: in_channels, out_channels, widths, …"""
+    try:
+        factory = MODELS[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}") from None
+    return factory(**kw)

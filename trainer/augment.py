@@ -1,0 +1,75 @@
+"""Batch augmentation on tensors (cheap on a CPU): random crop, geometry, colour jitter, Gaussian noise."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    crop: int | None = None  # random crop side (for organs trained on crops of large tiles)
+    flips: bool = False  # histology has no orientation; CT anatomy has one (no flips)
+    rot90: bool = False
+    rotate_deg: float = 10.0
+    scale: tuple[float, float] = (0.85, 1.15)  # zoom > 1 is a random crop resized back
+    translate: float = 0.06
+    brightness: float = 0.1
+    contrast: tuple[float, float] = (0.85, 1.15)
+    gamma: tuple[float, float] = (0.8, 1.25)
+    per_channel_jitter: float = 0.0  # stain variation for H&E
+    noise_std: float = 0.03
+
+
+def random_crop(images: torch.Tensor, masks: torch.Tensor, size: int, gen: torch.Generator):
+    n, _, h, w = images.shape
+    ys = torch.randint(0, h - size + 1, (n,), generator=gen)
+    xs = torch.randint(0, w - size + 1, (n,), generator=gen)
+    img = torch.stack(
+        [images[i, :, y : y + size, x : x + size] for i, (y, x) in enumerate(zip(ys, xs, strict=True))]
+    )
+    msk = torch.stack(
+        [masks[i, :, y : y + size, x : x + size] for i, (y, x) in enumerate(zip(ys, xs, strict=True))]
+    )
+    return img, msk
+
+
+def augment(images: torch.Tensor, masks: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator):
+    """images float (N, C, H, W) in [0, 1], masks float (N, 1, H, W) → augmented copies."""
+    n = images.shape[0]
+
+    def uniform(lo, hi, *shape):
+        return lo + (hi - lo) * torch.rand(n, *shape, generator=gen)
+
+    if cfg.crop:
+        images, masks = random_crop(images, masks, cfg.crop, gen)
+    if cfg.flips:
+        flip = torch.rand(n, generator=gen) < 0.5
+        images[flip], masks[flip] = images[flip].flip(-1), masks[flip].flip(-1)
+        flip = torch.rand(n, generator=gen) < 0.5
+        images[flip], masks[flip] = images[flip].flip(-2), masks[flip].flip(-2)
+    if cfg.rot90:
+        k = int(torch.randint(0, 4, (1,), generator=gen))
+        images, masks = images.rot90(k, (-2, -1)), masks.rot90(k, (-2, -1))
+    if cfg.rotate_deg or cfg.scale != (1.0, 1.0) or cfg.translate:
+        angle = uniform(-cfg.rotate_deg, cfg.rotate_deg) * math.pi / 180
+        zoom = uniform(*cfg.scale)
+        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+        tx, ty = uniform(-cfg.translate, cfg.translate), uniform(-cfg.translate, cfg.translate)
+        theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        images = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        masks = (
+            F.grid_sample(masks, grid, mode="bilinear", padding_mode="zeros", align_corners=False) > 0.5
+        ).float()
+    images = images * uniform(*cfg.contrast, 1, 1, 1) + uniform(-cfg.brightness, cfg.brightness, 1, 1, 1)
+    if cfg.per_channel_jitter:
+        c = images.shape[1]
+        images = images * (1 + uniform(-cfg.per_channel_jitter, cfg.per_channel_jitter, c, 1, 1))
+    images = images.clamp(0, 1) ** uniform(*cfg.gamma, 1, 1, 1)
+    if cfg.noise_std:
+        images = images + torch.randn(images.shape, generator=gen) * uniform(0, cfg.noise_std, 1, 1, 1)
+    return images.clamp(0, 1), masks

@@ -1,0 +1,101 @@
+"""In-memory 2-D training data: image/mask pairs, K-fold splits, batches on the organ's preprocessing."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from services.preprocess import resize, to_channels
+from services.spec import OrganSpec
+
+log = logging.getLogger(__name__)
+
+
+def find_pairs(root: str | Path) -> list[tuple[str, Path, Path]]:
+    """(name, image, mask) for both layouts we accept: `X.png` + `X_mask.png`, or `images/X` + `masks/X`."""
+    root = Path(root)
+    if (root / "images").is_dir() and (root / "masks").is_dir():
+        pairs = [
+            (p.stem, p, root / "masks" / p.name) for p in sorted((root / "images").iterdir()) if p.is_file()
+        ]
+    else:
+        pairs = [
+            (p.stem, p, p.with_name(f"{p.stem}_mask{p.suffix}"))
+            for p in sorted(root.glob("*.png"))
+            if not p.stem.endswith("_mask")
+        ]
+    missing = [str(m) for _, _, m in pairs if not m.exists()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} image(s) without a mask, e.g. {missing[0]}")
+    if not pairs:
+        raise FileNotFoundError(f"no image/mask pairs under {root}")
+    return pairs
+
+
+def kfold_indices(n: int, folds: int = 5, fold: int = 0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed-seed K-fold split (4:1 for 5 folds): (train indices, validation indices)."""
+    if not 0 <= fold < folds:
+        raise ValueError(f"fold must be in 0..{folds - 1}, got {fold}")
+    order = np.random.default_rng(seed).permutation(n)
+    val = np.sort(np.array_split(order, folds)[fold])
+    train = np.sort(np.setdiff1d(order, val))
+    return train, val
+
+
+@dataclass
+class PairSet:
+    """Images (N, C, H, W) uint8 at training size and masks (N, 1, H, W) uint8 {0,1}; for validation also
+    the masks at the original size, so Dice is measured the way the served model is judged."""
+
+    names: list[str]
+    images: torch.Tensor
+    masks: torch.Tensor
+    full_masks: list[torch.Tensor]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def subset(self, idx) -> PairSet:
+        idx = [int(i) for i in idx]
+        return PairSet(
+            [self.names[i] for i in idx], self.images[idx], self.masks[idx], [self.full_masks[i] for i in idx]
+        )
+
+
+def load_pairs(root: str | Path, spec: OrganSpec, limit: int | None = None) -> PairSet:
+    """Load every pair, converted to the organ's channels and (for `resize` organs) its model input size."""
+    pairs = find_pairs(root)[:limit]
+    names, images, masks, full_masks = [], [], [], []
+    for name, img_path, mask_path in pairs:
+        img = np.asarray(Image.open(img_path).convert("RGB"), dtype=np.float32) / 255.0
+        arr = torch.from_numpy(to_channels(img, spec.channels).transpose(2, 0, 1).copy())[None]
+        mask = torch.from_numpy((np.asarray(Image.open(mask_path).convert("L")) > 127).astype(np.float32))[
+            None, None
+        ]
+        if arr.shape[-2:] != mask.shape[-2:]:
+            raise ValueError(
+                f"{name}: image {tuple(arr.shape[-2:])} and mask {tuple(mask.shape[-2:])} differ in size"
+            )
+        full_masks.append(mask[0, 0].to(torch.uint8))
+        if spec.inference.mode == "resize":
+            arr = resize(arr, spec.inference.size)
+            mask = (resize(mask, spec.inference.size) > 0.5).float()
+        names.append(name)
+        images.append((arr[0] * 255).round().to(torch.uint8))
+        masks.append(mask[0].to(torch.uint8))
+    same = len({tuple(i.shape) for i in images}) == 1
+    if not same:
+        raise ValueError("images differ in size; for a 'whole' organ crop them to one size first")
+    log.info("loaded %d pairs from %s at %s", len(names), root, tuple(images[0].shape))
+    return PairSet(names, torch.stack(images), torch.stack(masks), full_masks)
+
+
+def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean/std of uint8 images scaled to [0, 1] (the organ spec's normalisation)."""
+    x = images.float() / 255.0
+    return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).tolist()

@@ -1,0 +1,290 @@
+"""The training loop: a fixed sequence of hooks (nnU-Net style). A variant overrides one hook
+(e.g. `build_loss`) instead of copying the loop.
+
+Runs single-process or under `torchrun` (DDP over gloo on the CPU): every rank trains on its own slice
+of each epoch's batches; rank 0 validates, checkpoints and decides when to stop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from monai.losses import DiceFocalLoss
+from torch import nn
+from tqdm import tqdm
+
+from services.preprocess import Restore, normalize, restore
+from services.spec import OrganSpec
+from trainer.augment import AugmentConfig, augment
+from trainer.data import PairSet
+from trainer.models import create_model
+
+log = logging.getLogger(__name__)
+
+THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+
+
+@dataclass
+class TrainConfig:
+    arch: str = "erunet"
+    widths: tuple[int, ...] | None = None
+    epochs: int = 200
+    time_budget_min: float = 40.0  # the LR schedule and the run end when either budget is spent
+    batch_size: int = 8
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup: float = 0.03  # fraction of the budget
+    patience: int = 40  # epochs without a better validation Dice
+    samples_per_epoch: int | None = None  # default: one pass over the training images
+    loss: str = "dicefocal"  # dicefocal | bce
+    seed: int = 0
+    threads: int | None = None
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+def dice_score(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """Dice of two binary masks; two empty masks agree perfectly."""
+    pred, target = pred.bool(), target.bool()
+    total = int(pred.sum()) + int(target.sum())
+    return 1.0 if total == 0 else 2.0 * int((pred & target).sum()) / total
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class Trainer:
+    """Hooks, in order: build_model, build_loss, build_optimizer; per epoch: on_epoch_start, train_step × n,
+    validate, on_epoch_end (checkpoint, early stopping). Override one to make a variant."""
+
+    def __init__(
+        self, spec: OrganSpec, train: PairSet, val: PairSet, config: TrainConfig, run_dir: str | Path
+    ):
+        self.spec, self.train_set, self.val_set, self.cfg = spec, train, val, config
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.rank, self.world = _world()
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        torch.manual_seed(config.seed)
+        self.gen = torch.Generator().manual_seed(config.seed * 1000 + self.rank)
+        self.model = self.build_model()
+        self.net: nn.Module = (
+            nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model
+        )
+        self.loss_fn = self.build_loss()
+        self.optimizer = self.build_optimizer()
+        self.epoch = 0
+        self.best_dice = -1.0
+        self.best_epoch = -1
+        self.history: list[dict] = []
+        self.elapsed_before = 0.0  # seconds spent in earlier (resumed) sessions
+
+    # --- hooks ------------------------------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        kw = {"in_channels": self.spec.channels, "out_channels": 1}
+        if self.cfg.widths:
+            kw["widths"] = tuple(self.cfg.widths)
+        return create_model(self.cfg.arch, **kw).to(memory_format=torch.channels_last)
+
+    def build_loss(self) -> nn.Module:
+        if self.cfg.loss == "dicefocal":
+            # Dice + binary focal, weighted α = β = 0.5.
+            return DiceFocalLoss(sigmoid=True, lambda_dice=0.5, lambda_focal=0.5, gamma=2.0)
+        if self.cfg.loss == "bce":
+            return nn.BCEWithLogitsLoss()
+        raise KeyError(f"unknown loss {self.cfg.loss!r}; valid: dicefocal, bce")
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+
+    def learning_rate(self, progress: float) -> float:
+        """Linear warm-up then cosine decay over the run's progress (0 → 1)."""
+        if progress < self.cfg.warmup:
+            return self.cfg.lr * max(progress / self.cfg.warmup, 0.05)
+        p = (progress - self.cfg.warmup) / (1 - self.cfg.warmup)
+        return self.cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
+
+    def on_epoch_start(self, progress: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate(progress)
+        self.net.train()
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images = self.train_set.images[idx].float() / 255.0
+        masks = self.train_set.masks[idx].float()
+        images, masks = augment(images, masks, self.cfg.augment, self.gen)
+        x = normalize(images, self.spec).contiguous(memory_format=torch.channels_last)
+        return x, masks
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss_fn(self.net(x), y)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def predict_val(self, i: int) -> torch.Tensor:
+        """Probability map of validation case i at its original size (as the organ server returns it)."""
+        img = self.val_set.images[i : i + 1].float() / 255.0
+        full = self.val_set.full_masks[i]
+        x = normalize(img, self.spec)
+        if self.spec.inference.mode == "resize":
+            how = Restore(full.shape[0], full.shape[1], resized=True)
+        else:
+            m = self.spec.inference.pad_multiple
+            h, w = x.shape[-2:]
+            how = Restore(h, w, (-h) % m, (-w) % m)
+            x = torch.nn.functional.pad(x, (0, how.pad_w, 0, how.pad_h), mode="reflect")
+        prob = torch.sigmoid(self.model(x.contiguous(memory_format=torch.channels_last)))
+        return restore(prob, how)
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        self.model.eval()
+        per_threshold = {t: [] for t in THRESHOLDS}
+        losses = []
+        for i in range(len(self.val_set)):
+            prob = self.predict_val(i)
+            target = self.val_set.full_masks[i]
+            for t in THRESHOLDS:
+                per_threshold[t].append(dice_score(prob >= t, target))
+            losses.append(
+                float(
+                    self.loss_fn(
+                        torch.logit(prob.clamp(1e-4, 1 - 1e-4))[None, None], target.float()[None, None]
+                    )
+                )
+            )
+        dice_at = {f"{t:.1f}": float(np.mean(v)) for t, v in per_threshold.items()}
+        return {
+            "val_dice": dice_at["0.5"],
+            "val_loss": float(np.mean(losses)),
+            "val_dice_at": dice_at,
+            "val_dice_per_case": dict(zip(self.val_set.names, per_threshold[0.5], strict=True)),
+        }
+
+    def on_epoch_end(self, record: dict) -> bool:
+        """Record, checkpoint, and return True to stop early."""
+        self.history.append(record)
+        if record["val_dice"] > self.best_dice:
+            self.best_dice, self.best_epoch = record["val_dice"], record["epoch"]
+            torch.save(self.model.state_dict(), self.run_dir / "best.pt")
+        self.save_checkpoint()
+        self.write_metrics()
+        return record["epoch"] - self.best_epoch >= self.cfg.patience
+
+    # --- state ------------------------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "best_dice": self.best_dice,
+            "best_epoch": self.best_epoch,
+            "history": self.history,
+            "elapsed": self.elapsed_before + (time.monotonic() - self.started),
+            "gen": self.gen.get_state(),
+            "config": asdict(self.cfg),
+        }
+        tmp = self.run_dir / "checkpoint.pt.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, self.run_dir / "checkpoint.pt")  # a crash mid-save never corrupts the last checkpoint
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.best_dice, self.best_epoch = state["epoch"], state["best_dice"], state["best_epoch"]
+        self.history, self.elapsed_before = state["history"], state["elapsed"]
+        self.gen.set_state(state["gen"])
+        log.info("resumed from %s at epoch %d (best Dice %.4f)", path, self.epoch, self.best_dice)
+
+    def write_metrics(self) -> None:
+        best = next((h for h in self.history if h["epoch"] == self.best_epoch), None)
+        summary = {
+            "best_epoch": self.best_epoch,
+            "best_val_dice": self.best_dice,
+            "epochs_run": self.epoch,
+            "train_seconds": round(self.elapsed(), 1),
+            "val_dice_at_best": best["val_dice_at"] if best else None,
+            "val_dice_per_case_at_best": best["val_dice_per_case"] if best else None,
+            "history": [{k: v for k, v in h.items() if k != "val_dice_per_case"} for h in self.history],
+        }
+        (self.run_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + (time.monotonic() - self.started)
+
+    # --- the loop ---------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        self.started = time.monotonic()
+        cfg = self.cfg
+        budget = cfg.time_budget_min * 60
+        n_train = len(self.train_set)
+        samples = cfg.samples_per_epoch or n_train
+        steps = max(1, samples // (cfg.batch_size * self.world))
+        while self.epoch < cfg.epochs:
+            progress = torch.tensor([max(self.epoch / cfg.epochs, self.elapsed() / budget)])
+            if self.world > 1:
+                dist.broadcast(progress, 0)  # every rank follows rank 0's clock
+            if progress.item() >= 1.0:
+                break
+            self.on_epoch_start(progress.item())
+            order = torch.randint(
+                0,
+                n_train,
+                (steps * cfg.batch_size * self.world,),
+                generator=torch.Generator().manual_seed(cfg.seed + self.epoch),
+            )
+            mine = order.view(steps, self.world, cfg.batch_size)[:, self.rank]
+            losses = [
+                self.train_step(*self.batch(idx))
+                for idx in tqdm(mine, desc=f"epoch {self.epoch + 1}", leave=False, disable=self.rank != 0)
+            ]
+            self.epoch += 1
+            stop = torch.tensor([0])
+            if self.rank == 0:
+                record = {
+                    "epoch": self.epoch,
+                    "train_loss": float(np.mean(losses)),
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "seconds": round(self.elapsed(), 1),
+                    **self.validate(),
+                }
+                log.info(
+                    "epoch %d  loss %.4f  val loss %.4f  val Dice %.4f  (best %.4f @ %d)  %.0fs",
+                    self.epoch,
+                    record["train_loss"],
+                    record["val_loss"],
+                    record["val_dice"],
+                    max(self.best_dice, record["val_dice"]),
+                    self.best_epoch,
+                    record["seconds"],
+                )
+                stop[0] = int(self.on_epoch_end(record))
+            if self.world > 1:
+                dist.broadcast(stop, 0)
+            if stop.item():
+                log.info("early stop: no better validation Dice for %d epochs", cfg.patience)
+                break
+        if self.rank == 0:
+            self.write_metrics()
+        return {
+            "best_val_dice": self.best_dice,
+            "best_epoch": self.best_epoch,
+            "epochs": self.epoch,
+            "seconds": self.elapsed(),
+        }

@@ -1,0 +1,65 @@
+"""The per-level blocks the encoder–decoder is built from; the ablation swaps one for another."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from trainer.models.eg_module import EGModule
+from trainer.models.norm import conv_gn_relu, group_norm
+from trainer.models.residual import ResidualBlockII
+
+
+class DoubleConv(nn.Sequential):
+    """Plain U-Net block: (conv 3×3 – BatchNorm – ReLU) × 2."""
+
+    def __init__(self, in_channels: int, out_channels: int, dilation: int = 1):
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, 3, padding=dilation, dilation=dilation, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 3, padding=dilation, dilation=dilation, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class ResidualStage(nn.Sequential):
+    """U-Net + Residual Block II: a conv–GN–ReLU stem to the level's width, then Residual Block II."""
+
+    def __init__(self, in_channels: int, out_channels: int, dilation: int = 1):
+        super().__init__(
+            conv_gn_relu(in_channels, out_channels, dilation=dilation),
+            ResidualBlockII(out_channels, out_channels, dilation),
+        )
+
+
+class EGStage(nn.Sequential):
+    """U-Net + EG module: EG module – GN – ReLU, then a conv–GN–ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, dilation: int = 1, branches: int = 3):
+        super().__init__(
+            EGModule(in_channels, out_channels, branches),
+            group_norm(out_channels),
+            nn.ReLU(inplace=True),
+            conv_gn_relu(out_channels, out_channels, dilation=dilation),
+        )
+
+
+class EGRConv(nn.Sequential):
+    """ERU-Net's EGRConv block: EG module + GN (+ ReLU) + Residual Block II."""
+
+    def __init__(self, in_channels: int, out_channels: int, dilation: int = 1, branches: int = 3):
+        super().__init__(
+            EGModule(in_channels, out_channels, branches),
+            group_norm(out_channels),
+            nn.ReLU(inplace=True),
+            ResidualBlockII(out_channels, out_channels, dilation),
+        )
+
+
+BLOCKS: dict[str, type[nn.Module]] = {
+    "double": DoubleConv,
+    "residual": ResidualStage,
+    "eg": EGStage,
+    "egr": EGRConv,
+}

@@ -1,0 +1,200 @@
+"""A training run end to end: data → K-fold split → Trainer → TorchScript → metrics card (→ .mar)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import subprocess
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.utils.flop_counter import FlopCounterMode
+
+from services.spec import OrganSpec, load_organ_spec
+from trainer.augment import AugmentConfig
+from trainer.data import channel_stats, find_pairs, kfold_indices, load_pairs
+from trainer.loop import TrainConfig, Trainer
+from trainer.models import create_model
+
+log = logging.getLogger(__name__)
+
+# Per-organ augmentation: CT anatomy has a left and a right (no flips); histology has no orientation and
+# varies in stain, and its 1000×1000 tiles are trained on random crops.
+ORGAN_AUGMENT = {
+    "liver": AugmentConfig(),
+    "cells": AugmentConfig(
+        crop=256,
+        flips=True,
+        rot90=True,
+        rotate_deg=0.0,
+        scale=(0.9, 1.1),
+        translate=0.0,
+        per_channel_jitter=0.08,
+        gamma=(0.85, 1.15),
+    ),
+}
+
+
+def dataset_hash(root: str | Path) -> str:
+    """sha256 over the sorted per-file sha256 of every image and mask (same rule as dataset manifests)."""
+    digests = []
+    for name, image, mask in find_pairs(root):
+        for kind, path in (("images", image), ("masks", mask)):
+            digests.append(f"{kind}/{name}:{hashlib.sha256(path.read_bytes()).hexdigest()}")
+    return hashlib.sha256("\n".join(sorted(digests)).encode()).hexdigest()
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def export_torchscript(model: torch.nn.Module, spec: OrganSpec, path: Path) -> Path:
+    """Trace the network in eval mode (its control flow does not depend on the data) and save it."""
+    model = model.eval().to(memory_format=torch.contiguous_format)
+    size = spec.inference.size or (256, 256)
+    example = torch.zeros(1, spec.channels, *size)
+    with torch.no_grad():
+        scripted = torch.jit.trace(model, example)
+    scripted.save(str(path))
+    return path
+
+
+def inference_gflops(model: torch.nn.Module, channels: int, size: tuple[int, int]) -> float:
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model.eval()(torch.zeros(1, channels, *size))
+    return counter.get_total_flops() / 1e9
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax1.plot(epochs, [h["train_loss"] for h in history], label="train loss")
+    ax1.plot(epochs, [h["val_loss"] for h in history], label="validation loss")
+    ax1.set_xlabel("epoch")
+    ax1.legend()
+    ax2.plot(epochs, [h["val_dice"] for h in history], label="validation Dice @0.5", color="tab:green")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylim(0, 1)
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run_training(
+    organ: str,
+    data: str | Path,
+    run_dir: str | Path,
+    config: TrainConfig,
+    *,
+    fold: int = 0,
+    folds: int = 5,
+    limit: int | None = None,
+    resume: bool = False,
+) -> dict:
+    """Train one fold; returns the run summary. Rank 0 writes best.pt, model.ts, spec.yaml, metrics.json,
+    curves.png and card.json into run_dir."""
+    run_dir = Path(run_dir)
+    spec = load_organ_spec(organ)
+    pairs = load_pairs(data, spec, limit=limit)
+    train_idx, val_idx = kfold_indices(len(pairs), folds, fold, config.seed)
+    train, val = pairs.subset(train_idx), pairs.subset(val_idx)
+    mean, std = channel_stats(train.images)
+    spec = dataclasses.replace(
+        spec, mean=tuple(round(m, 4) for m in mean), std=tuple(round(s, 4) for s in std)
+    )
+    trainer = Trainer(spec, train, val, config, run_dir)
+    if resume and (run_dir / "checkpoint.pt").exists():
+        trainer.load_checkpoint(run_dir / "checkpoint.pt")
+    result = trainer.fit()
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if rank != 0:
+        return result
+
+    model = create_model(
+        config.arch,
+        in_channels=spec.channels,
+        out_channels=1,
+        **({"widths": tuple(config.widths)} if config.widths else {}),
+    )
+    model.load_state_dict(torch.load(run_dir / "best.pt", map_location="cpu"))
+    best = next(h for h in trainer.history if h["epoch"] == trainer.best_epoch)
+    threshold = max(best["val_dice_at"], key=lambda t: best["val_dice_at"][t])
+    spec = dataclasses.replace(spec, default_threshold=float(threshold))
+    import yaml
+
+    (run_dir / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    export_torchscript(model, spec, run_dir / "model.ts")
+    plot_curves(trainer.history, run_dir / "curves.png")
+    size = spec.inference.size or (512, 512)
+    card = {
+        "organ": organ,
+        "architecture": config.arch,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "inference_gflops": round(inference_gflops(model, spec.channels, tuple(size)), 3),
+        "inference_gflops_input": list(size),
+        "dataset": {
+            "source": str(data),
+            "hash": dataset_hash(data) if limit is None else None,
+            "pairs": len(pairs),
+            "train": len(train),
+            "validation": len(val),
+        },
+        "split": {"folds": folds, "fold": fold, "seed": config.seed},
+        "metrics": {
+            "val_dice": best["val_dice"],
+            "val_dice_at_threshold": best["val_dice_at"],
+            "val_loss": best["val_loss"],
+            "best_epoch": trainer.best_epoch,
+        },
+        "default_threshold": float(threshold),
+        "training": {
+            "seconds": round(trainer.elapsed(), 1),
+            "epochs": trainer.epoch,
+            "processes": int(os.environ.get("WORLD_SIZE", 1)),
+            "torch_threads": torch.get_num_threads(),
+            "config": json.loads(json.dumps(dataclasses.asdict(config))),
+        },
+        "commit": git_commit(),
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+    }
+    (run_dir / "card.json").write_text(json.dumps(card, indent=1))
+    log.info(
+        "run done: best validation Dice %.4f at epoch %d, threshold %s, %.0fs",
+        trainer.best_dice,
+        trainer.best_epoch,
+        threshold,
+        trainer.elapsed(),
+    )
+    return {**result, "card": card, "spec": spec}
+
+
+def default_config(organ: str, **overrides) -> TrainConfig:
+    base = {
+        "liver": {"arch": "erunet", "widths": (12, 24, 48), "batch_size": 8},
+        "cells": {"arch": "erunet-cells", "batch_size": 8, "samples_per_epoch": 96},
+    }.get(organ, {})
+    cfg = {**base, **{k: v for k, v in overrides.items() if v is not None}}
+    return TrainConfig(augment=ORGAN_AUGMENT.get(organ, AugmentConfig()), **cfg)
