@@ -30,7 +30,7 @@ class EGModule(nn.Module):
         super().__init__()
         if out_channels % branches:
             raise ValueError(
-                f"EG module: out_channels ({out_channels}) must be divisible by the branch count K={branches}; "
+                f"EG module: out_channels ({out_channels}) must be divisible by K={branches} branches; "
                 f"choose widths that are multiples of {branches}"
             )
         d = out_channels // branches

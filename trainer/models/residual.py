@@ -1,4 +1,4 @@
-"""Residual Block II: conv–GN–ReLU–conv–GN plus an identity (or 1×1 projection) shortcut, ReLU after the sum."""
+"""Residual Block II: conv–GN–ReLU–conv–GN plus an identity (or 1×1 projection) shortcut; ReLU after sum."""
 
 from __future__ import annotations
 
