@@ -129,7 +129,7 @@ def read_credentials_file(path: Path) -> S3Credentials | None:
 
 
 def port_is_free(port: int, host: str = HOST) -> bool:
-    """True when nothing listens on host:port (SO_REUSEADDR: TIME_WAIT leftovers of a stopped server are fine)."""
+    """True when nothing listens on host:port (SO_REUSEADDR: TIME_WAIT sockets of a stopped server are ok)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:

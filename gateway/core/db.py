@@ -1,0 +1,115 @@
+"""Database engine, sessions and migrations (SQLite by default, PostgreSQL through the same code)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from gateway.core.config import get_settings
+from gateway.errors import ServiceUnavailable
+
+logger = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"
+BUSY_TIMEOUT_S = 5.0  # a writer waits this long for SQLite's lock, then gets a clear error (not a hang)
+
+
+def make_engine(url: str, *, busy_timeout_s: float = BUSY_TIMEOUT_S, echo: bool = False) -> Engine:
+    """Engine for `url`. SQLite: WAL, foreign keys on, busy timeout. PostgreSQL: pre-ping, connect timeout."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, echo=echo, connect_args={"timeout": busy_timeout_s})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):
+            cursor = dbapi_conn.cursor()
+            # WAL: readers never block the writer (the gateway reads while the trainer records results).
+            if parsed.database and parsed.database != ":memory:":
+                cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+            cursor.close()
+
+        return engine
+    connect_args = {"connect_timeout": 5} if parsed.get_backend_name() == "postgresql" else {}
+    return create_engine(url, echo=echo, pool_pre_ping=True, connect_args=connect_args)
+
+
+@lru_cache
+def get_engine() -> Engine:
+    """The process-wide engine for Settings.sqlalchemy_url."""
+    return make_engine(get_settings().sqlalchemy_url)
+
+
+@lru_cache
+def get_sessionmaker() -> sessionmaker[Session]:
+    return sessionmaker(bind=get_engine(), expire_on_commit=False)
+
+
+def database_unavailable(exc: OperationalError) -> ServiceUnavailable:
+    """Map a driver-level failure (locked SQLite, PostgreSQL down) to a transport-neutral error."""
+    text = str(exc.orig) if exc.orig is not None else str(exc)
+    if "locked" in text or "busy" in text:
+        return ServiceUnavailable(
+            f"database unavailable: it stayed locked by another writer for more than "
+            f"{BUSY_TIMEOUT_S:.0f}s ({text}); retry shortly"
+        )
+    return ServiceUnavailable(f"database unavailable: {text}")
+
+
+def get_db() -> Iterator[Session]:
+    """FastAPI dependency: one session per request; driver failures become ServiceUnavailable."""
+    with get_sessionmaker()() as session:
+        try:
+            yield session
+        except OperationalError as exc:
+            session.rollback()
+            raise database_unavailable(exc) from exc
+
+
+@contextlib.contextmanager
+def session_scope(engine: Engine | None = None) -> Iterator[Session]:
+    """A session that commits on success and rolls back on error (for CLIs, the trainer, scripts)."""
+    factory = sessionmaker(bind=engine, expire_on_commit=False) if engine is not None else get_sessionmaker()
+    with factory() as session:
+        try:
+            yield session
+            session.commit()
+        except OperationalError as exc:
+            session.rollback()
+            raise database_unavailable(exc) from exc
+        except BaseException:
+            session.rollback()
+            raise
+
+
+def alembic_config(url: str):
+    """Programmatic Alembic config (no alembic.ini needed at run time)."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))  # ConfigParser interpolation
+    return cfg
+
+
+def run_migrations(url: str | None = None) -> None:
+    """`alembic upgrade head` for `url` (default: Settings.sqlalchemy_url). The app runs it at start."""
+    from alembic import command
+
+    url = url or get_settings().sqlalchemy_url
+    logger.info("migrating database %s to head", make_url(url).render_as_string(hide_password=True))
+    try:
+        command.upgrade(alembic_config(url), "head")
+    except OperationalError as exc:
+        raise database_unavailable(exc) from exc

@@ -1,0 +1,155 @@
+"""ORM tables (SQLAlchemy 2, typed). Tables are never the API schema: see gateway/schemas.py for those.
+
+Portable across SQLite and PostgreSQL: JSON, Uuid and timezone-aware datetimes (stored as UTC) only.
+The schema is created by Alembic migrations (gateway/migrations), never by create_all outside tests.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    Uuid,
+    event,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+# Stable constraint names: Alembic batch mode on SQLite and later migrations refer to them by name.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on every backend (SQLite drops the zone; we put it back on read)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column; use datetime.now(UTC)")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect):
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# SQLite only auto-increments INTEGER PRIMARY KEY, not BIGINT.
+BigId = BigInteger().with_variant(Integer, "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime(), dict: JSON, list: JSON}
+
+
+class ApiKey(Base):
+    """An API key for hospital systems; only the SHA-256 of the raw key is stored (gateway/security.py)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    prefix: Mapped[str] = mapped_column(String(16), unique=True, index=True)
+    hashed_secret: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[list] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+    def __repr__(self) -> str:
+        return f"ApiKey(prefix={self.prefix!r}, name={self.name!r}, scopes={self.scopes!r})"
+
+
+class Segmentation(Base):
+    """One segmentation request (history per doctor and per patient); pixels live in the results bucket."""
+
+    __tablename__ = "segmentations"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    organ: Mapped[str] = mapped_column(String(64), index=True)
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(64))
+    patient_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    width: Mapped[int]
+    height: Mapped[int]
+    pixel_spacing_row_mm: Mapped[float | None] = mapped_column(Float)
+    pixel_spacing_col_mm: Mapped[float | None] = mapped_column(Float)
+    probability_key: Mapped[str] = mapped_column(String(512))  # object key in the results bucket
+    mask_keys: Mapped[dict] = mapped_column(JSON, default=dict)  # {"0.5": "<key>", ...}
+    areas_px: Mapped[dict] = mapped_column(JSON, default=dict)  # {"0.5": 1234, ...}
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"), index=True)
+    # No users table yet: the migration that adds users turns this into a foreign key.
+    user_id: Mapped[int | None] = mapped_column(Integer, index=True)
+
+
+class Dataset(Base):
+    """A labelled dataset uploaded to the datasets bucket under `<id>/`; the manifest is written last."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    organ: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    pair_count: Mapped[int]
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    dataset_hash: Mapped[str] = mapped_column(String(64), index=True)
+    manifest_key: Mapped[str] = mapped_column(String(512))
+    status: Mapped[str] = mapped_column(String(16), default="ready")  # uploading | ready | failed
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    notes: Mapped[str | None] = mapped_column(Text)
+
+
+class AuditLog(Base):
+    """Append-only record of who did what; rows are never updated or deleted (enforced below)."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    target: Mapped[str | None] = mapped_column(String(256))
+    detail: Mapped[dict | None] = mapped_column(JSON)
+
+
+@event.listens_for(AuditLog, "before_update")
+@event.listens_for(AuditLog, "before_delete")
+def _audit_log_is_append_only(mapper, connection, target: AuditLog) -> None:
+    raise PermissionError("audit_log is append-only: rows cannot be updated or deleted")
+
+
+def audit(
+    session: Session, actor: str, action: str, target: str | None = None, detail: dict | None = None
+) -> AuditLog:
+    """Append an audit record to the session (committed with the caller's transaction)."""
+    row = AuditLog(actor=actor, action=action, target=target, detail=detail)
+    session.add(row)
+    return row
