@@ -195,10 +195,11 @@ class DataPlane:
         if not data:
             raise InvalidInput(f"{what} {filename!r} is empty", code="empty_file")
 
-    def _infer(self, organ: Organ, data: bytes, filename: str) -> tuple[np.ndarray, bytes]:
-        """Validate, run the organ server; return the probability map (uint8 H×W) and its PNG."""
+    def _infer(self, organ: Organ, data: bytes, filename: str) -> tuple[np.ndarray, bytes, tuple | None]:
+        """Validate, run the organ server; return the probability map (uint8 H×W), its PNG and the
+        image's pixel spacing (mm, when the file carries one)."""
         self._check_upload(data, filename)
-        height, width = images.image_size(
+        height, width, spacing_mm = images.inspect(
             data, filename, max_pixels=self.max_image_pixels, window=organ.spec.window
         )
         prob_png = self.clients[organ.name].predict(data)
@@ -214,7 +215,7 @@ class DataPlane:
             raise ServiceUnavailable(
                 f"organ server {organ.name!r} returned a map of the wrong size", code="organ_error"
             )
-        return prob, prob_png
+        return prob, prob_png, spacing_mm
 
     def segment(
         self,
@@ -231,14 +232,14 @@ class DataPlane:
             raise InvalidInput(
                 "patient_id must be at most 128 printable characters", code="invalid_patient_id"
             )
-        prob, prob_png = self._infer(organ, data, filename)
+        prob, prob_png, spacing_mm = self._infer(organ, data, filename)
         height, width = prob.shape
         masks = []
         for t in THRESHOLDS:
             mask = probability_mask(prob, t)
             masks.append(MaskResult(t, int(np.count_nonzero(mask)), images.encode_mask(mask)))
 
-        seg_id = uuid.uuid4().hex
+        seg_id = str(uuid.uuid4())
         prefix = f"segmentations/{organ.name}/{seg_id}"
         objects = {f"{prefix}/probability.png": prob_png}
         objects.update({f"{prefix}/mask_{m.threshold:.1f}.png": m.mask_png for m in masks})
@@ -254,10 +255,9 @@ class DataPlane:
                 organ=organ.name,
                 model=model,
                 patient_id=patient_id,
-                filename=filename,
                 width=width,
                 height=height,
-                bucket=self.results_bucket,
+                spacing_mm=spacing_mm,
                 probability_key=f"{prefix}/probability.png",
                 mask_keys={f"{m.threshold:.1f}": f"{prefix}/mask_{m.threshold:.1f}.png" for m in masks},
                 areas={f"{m.threshold:.1f}": m.area_px for m in masks},
@@ -293,7 +293,7 @@ class DataPlane:
             except InvalidInput as exc:
                 raise InvalidInput(f"label {label.filename!r}: {exc.message}", code=exc.code) from None
             try:
-                prob, _ = self._infer(organ, image.data, image.filename)
+                prob, _, _ = self._infer(organ, image.data, image.filename)
             except InvalidInput as exc:
                 raise InvalidInput(f"image {image.filename!r}: {exc.message}", code=exc.code) from None
             if truth.shape != prob.shape:

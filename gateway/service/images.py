@@ -9,14 +9,16 @@ from gateway.errors import InvalidInput
 from services import imaging
 
 
-def image_size(data: bytes, filename: str, *, max_pixels: int, window: dict | None = None) -> tuple[int, int]:
-    """(height, width) of an upload, after decoding it completely: a file the organ server could not
-    decode is refused here, before it costs an inference slot."""
+def inspect(
+    data: bytes, filename: str, *, max_pixels: int, window: dict | None = None
+) -> tuple[int, int, tuple[float, float] | None]:
+    """(height, width, pixel spacing in mm or None) of an upload, after decoding it completely: a file
+    the organ server could not decode is refused here, before it costs an inference slot."""
     try:
         decoded = imaging.decode_image(data, window=window, max_pixels=max_pixels)
     except imaging.ImageDecodeError as exc:
         raise InvalidInput(f"{filename}: {exc}", code="invalid_image") from None
-    return decoded.height, decoded.width
+    return decoded.height, decoded.width, decoded.spacing_mm
 
 
 def decode_label(data: bytes, filename: str, *, max_pixels: int) -> np.ndarray:

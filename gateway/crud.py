@@ -1,0 +1,53 @@
+"""Database writes the service layer needs (one function per operation; the caller owns the session)."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy.orm import Session
+
+from gateway.models import Segmentation, audit
+from gateway.service.organs import ModelInfo
+
+
+def record_segmentation(
+    session: Session,
+    *,
+    id: str,
+    organ: str,
+    model: ModelInfo,
+    patient_id: str | None,
+    width: int,
+    height: int,
+    spacing_mm: tuple[float, float] | None,
+    probability_key: str,
+    mask_keys: dict[str, str],
+    areas: dict[str, int],
+    api_key_id: int | None,
+) -> Segmentation:
+    """Insert the Segmentation row (and its audit record) and commit: the objects it names already exist."""
+    row = Segmentation(
+        id=uuid.UUID(id),
+        organ=organ,
+        model_name=model.name,
+        model_version=model.version,
+        patient_id=patient_id,
+        width=width,
+        height=height,
+        pixel_spacing_row_mm=spacing_mm[0] if spacing_mm else None,
+        pixel_spacing_col_mm=spacing_mm[1] if spacing_mm else None,
+        probability_key=probability_key,
+        mask_keys=mask_keys,
+        areas_px=areas,
+        api_key_id=api_key_id,
+    )
+    session.add(row)
+    audit(
+        session,
+        actor=f"api-key:{api_key_id}" if api_key_id else "anonymous",
+        action="segment",
+        target=f"segmentation:{id}",
+        detail={"organ": organ, "model_version": model.version},
+    )
+    session.commit()
+    return row
