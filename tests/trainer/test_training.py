@@ -1,0 +1,111 @@
+"""Smoke training runs on a few real images: single process, resume, cells crops, and DDP with torchrun."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from trainer.data import kfold_indices
+from trainer.loop import THRESHOLDS
+from trainer.train import default_config, run_training
+
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+LIVER = DATA / "liver" / "train"
+CELLS = DATA / "monuseg" / "train"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_kfold_partitions_the_data_four_to_one():
+    vals = [kfold_indices(400, 5, f, seed=0)[1] for f in range(5)]
+    assert sorted(np.concatenate(vals).tolist()) == list(range(400))
+    train, val = kfold_indices(400, 5, 2, seed=0)
+    assert len(train) == 320 and len(val) == 80 and not set(train) & set(val)
+    assert np.array_equal(kfold_indices(400, 5, 2, seed=0)[1], val)  # fixed seed → same split
+    with pytest.raises(ValueError, match="fold must be"):
+        kfold_indices(10, 5, 5)
+
+
+def tiny(organ, **kw):
+    return default_config(organ, epochs=2, batch_size=2, widths=(6, 12, 24), threads=1, **kw)
+
+
+def test_liver_smoke_run_writes_a_consistent_card_and_torchscript(tmp_path):
+    result = run_training("liver", LIVER, tmp_path, tiny("liver"), limit=6)
+    card = json.loads((tmp_path / "card.json").read_text())
+    assert card["dataset"]["pairs"] == 6 and card["dataset"]["validation"] == 2
+    assert card["training"]["epochs"] == 2
+    assert set(card["metrics"]["val_dice_at_threshold"]) == {f"{t:.1f}" for t in THRESHOLDS}
+    best_t = max(card["metrics"]["val_dice_at_threshold"], key=card["metrics"]["val_dice_at_threshold"].get)
+    assert card["default_threshold"] == float(best_t)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+    # the exported TorchScript is the best checkpoint
+    from trainer.models import create_model
+
+    model = create_model("erunet", in_channels=1, widths=(6, 12, 24)).eval()
+    model.load_state_dict(torch.load(tmp_path / "best.pt"))
+    scripted = torch.jit.load(str(tmp_path / "model.ts"))
+    x = torch.randn(1, 1, 256, 256)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x), rtol=1e-4, atol=1e-5)
+    assert result["spec"].default_threshold == card["default_threshold"]
+
+
+def test_resume_continues_from_the_checkpoint(tmp_path):
+    run_training(
+        "liver",
+        LIVER,
+        tmp_path,
+        default_config("liver", epochs=1, batch_size=2, widths=(6, 12, 24), threads=1),
+        limit=5,
+    )
+    result = run_training("liver", LIVER, tmp_path, tiny("liver"), limit=5, resume=True)
+    assert result["epochs"] == 2
+    history = json.loads((tmp_path / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+
+
+def test_cells_trains_on_crops_and_validates_on_whole_tiles(tmp_path):
+    cfg = default_config("cells", epochs=1, batch_size=2, widths=(6, 12, 24), samples_per_epoch=2, threads=1)
+    run_training("cells", CELLS, tmp_path, cfg, limit=3, folds=3)
+    card = json.loads((tmp_path / "card.json").read_text())
+    assert card["dataset"]["validation"] == 1
+    spec = (tmp_path / "spec.yaml").read_text()
+    assert "mode: whole" in spec
+
+
+def test_ddp_with_two_processes(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        str(Path(sys.executable).with_name("torchrun")),
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "gateway.cli",
+        "train",
+        "--organ",
+        "liver",
+        "--data",
+        str(LIVER),
+        "--limit",
+        "6",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--threads",
+        "1",
+        "--run-dir",
+        str(tmp_path),
+    ]
+    out = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    card = json.loads((tmp_path / "card.json").read_text())
+    assert card["training"]["processes"] == 2
