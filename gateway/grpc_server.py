@@ -19,9 +19,8 @@ from grpc_reflection.v1alpha import reflection
 from medseg.v1 import segmentation_pb2 as pb
 from medseg.v1 import segmentation_pb2_grpc as pb_grpc
 
-from gateway.api.deps import bearer_token
+from gateway.api.deps import authorize
 from gateway.errors import MedSegError
-from gateway.security import authenticate_api_key
 from gateway.service import DataPlane
 from gateway.service.dataplane import Upload
 
@@ -72,13 +71,12 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
         self.dataplane = dataplane
         self.session_factory = session_factory
 
-    def _authorize(self, session, context: grpc.ServicerContext, scope: str | None):
-        metadata = dict(context.invocation_metadata())
-        return authenticate_api_key(session, bearer_token(metadata.get("authorization")), scope)
+    def _authorize(self, session, context: grpc.ServicerContext, *scopes: str):
+        return authorize(session, dict(context.invocation_metadata()).get("authorization"), scopes)
 
     def ListOrgans(self, request, context):
         with self.session_factory() as session:
-            self._authorize(session, context, None)
+            self._authorize(session, context, "segment", "evaluate")
         return pb.ListOrgansResponse(
             organs=[
                 pb.Organ(

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from gateway.core.config import Settings, get_settings
 from gateway.core.db import get_db
-from gateway.errors import Unauthenticated
+from gateway.errors import Forbidden, Unauthenticated
 from gateway.models import ApiKey
 from gateway.security import authenticate_api_key
 from gateway.service import DataPlane
@@ -36,13 +36,30 @@ def bearer_token(authorization: str | None) -> str:
     return token.strip()
 
 
-def require_scope(scope: str | None) -> Callable[..., ApiKey]:
+def authorize(session: Session, authorization: str | None, scopes: tuple[str, ...]) -> ApiKey:
+    """The API key from an Authorization value if it grants any of `scopes` (Unauthenticated / Forbidden)."""
+    raw_key = bearer_token(authorization)
+    for scope in scopes[:-1]:
+        try:
+            return authenticate_api_key(session, raw_key, scope)
+        except Forbidden:
+            continue
+    try:
+        return authenticate_api_key(session, raw_key, scopes[-1])
+    except Forbidden:
+        if len(scopes) == 1:
+            raise
+        raise Forbidden(f"this API key needs one of the scopes {', '.join(scopes)}") from None
+
+
+def require_scope(*scopes: str) -> Callable[..., ApiKey]:
     def api_key(session: SessionDep, authorization: Annotated[str | None, Header()] = None) -> ApiKey:
-        return authenticate_api_key(session, bearer_token(authorization), scope)
+        return authorize(session, authorization, scopes)
 
     return api_key
 
 
-AnyApiKey = Annotated[ApiKey, Depends(require_scope(None))]
+# Reading the organ list is part of segmenting or evaluating: either scope will do.
+OrgansApiKey = Annotated[ApiKey, Depends(require_scope("segment", "evaluate"))]
 SegmentApiKey = Annotated[ApiKey, Depends(require_scope("segment"))]
 EvaluateApiKey = Annotated[ApiKey, Depends(require_scope("evaluate"))]
