@@ -17,6 +17,7 @@ from gateway.core.config import get_settings
 from gateway.errors import ServiceUnavailable
 
 logger = logging.getLogger(__name__)
+logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # one INFO line per plugin: noise
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"
 BUSY_TIMEOUT_S = 5.0  # a writer waits this long for SQLite's lock, then gets a clear error (not a hang)

@@ -1,0 +1,143 @@
+"""API keys for hospital systems: `msk_<prefix>_<secret>`, shown once; only a SHA-256 of the key is stored.
+
+Why SHA-256 and not argon2/bcrypt: a slow, salted hash protects *low-entropy* secrets (passwords people
+choose) against offline guessing. Our secrets are 256 random bits from `secrets`, so guessing is already
+infeasible and a plain SHA-256 gives the same protection if the table leaks, while costing microseconds
+instead of ~50 ms of CPU on every API request. The prefix (public, unique, indexed) finds the row; the
+hash comparison is constant-time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from gateway.errors import Forbidden, InvalidInput, NotFound, Unauthenticated
+from gateway.models import ApiKey, audit
+
+KEY_SCHEME = "msk"
+KNOWN_SCOPES = ("segment", "evaluate", "datasets", "models", "train", "admin")
+ADMIN_SCOPE = "admin"  # grants every scope
+LAST_USED_RESOLUTION = timedelta(minutes=1)  # at most one write per key per minute, not one per request
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def hash_api_key(raw_key: str) -> str:
+    """Hex SHA-256 of the whole raw key (see the module docstring for why no slow hash)."""
+    return hashlib.sha256(raw_key.encode()).hexdigest()
+
+
+def parse_scopes(scopes: str | Iterable[str]) -> list[str]:
+    """Validate scopes ("segment,evaluate" or a list); InvalidInput names the valid ones."""
+    items = scopes.split(",") if isinstance(scopes, str) else list(scopes)
+    cleaned = sorted({s.strip() for s in items if s and s.strip()})
+    if not cleaned:
+        raise InvalidInput(f"an API key needs at least one scope; valid scopes: {', '.join(KNOWN_SCOPES)}")
+    unknown = [s for s in cleaned if s not in KNOWN_SCOPES]
+    if unknown:
+        raise InvalidInput(f"unknown scope(s) {', '.join(unknown)}; valid scopes: {', '.join(KNOWN_SCOPES)}")
+    return cleaned
+
+
+def create_api_key(
+    session: Session,
+    name: str,
+    scopes: str | Iterable[str],
+    expires_at: datetime | None = None,
+    *,
+    actor: str = "cli",
+) -> tuple[ApiKey, str]:
+    """Create and commit a key; returns (row, raw_key). The raw key is not stored: show it once."""
+    name = (name or "").strip()
+    if not name:
+        raise InvalidInput("an API key needs a name (who or what uses it)")
+    scope_list = parse_scopes(scopes)
+    if expires_at is not None and expires_at.tzinfo is None:
+        raise InvalidInput("expires_at must be timezone-aware (UTC)")
+    while True:  # 32-bit prefixes: a collision is rare but possible, and the prefix must stay unique
+        prefix = secrets.token_hex(4)
+        if session.scalar(select(ApiKey.id).where(ApiKey.prefix == prefix)) is None:
+            break
+    raw_key = f"{KEY_SCHEME}_{prefix}_{secrets.token_urlsafe(32)}"
+    row = ApiKey(
+        name=name,
+        prefix=prefix,
+        hashed_secret=hash_api_key(raw_key),
+        scopes=scope_list,
+        expires_at=expires_at,
+    )
+    session.add(row)
+    audit(
+        session,
+        actor,
+        "api_key.create",
+        prefix,
+        {"name": name, "scopes": scope_list, "expires_at": expires_at.isoformat() if expires_at else None},
+    )
+    session.commit()
+    return row, raw_key
+
+
+def authenticate_api_key(session: Session, raw_key: str | None, required_scope: str) -> ApiKey:
+    """The key's row if `raw_key` is valid and grants `required_scope`.
+
+    Raises Unauthenticated (missing, malformed, unknown, revoked, expired) or Forbidden (scope missing).
+    Updates last_used_at (at most once a minute per key) and commits it.
+    """
+    if required_scope not in KNOWN_SCOPES:
+        raise ValueError(f"unknown scope {required_scope!r}; valid: {', '.join(KNOWN_SCOPES)}")
+    if not raw_key:
+        raise Unauthenticated("missing API key: send 'Authorization: Bearer msk_...'")
+    parts = raw_key.strip().split("_", 2)
+    if len(parts) != 3 or parts[0] != KEY_SCHEME or not parts[1] or not parts[2]:
+        raise Unauthenticated("malformed API key: expected 'msk_<prefix>_<secret>'")
+    row = session.scalar(select(ApiKey).where(ApiKey.prefix == parts[1]))
+    # compare_digest even when the prefix is unknown, so both paths take about the same time
+    expected = row.hashed_secret if row is not None else "0" * 64
+    if not hmac.compare_digest(expected, hash_api_key(raw_key.strip())) or row is None:
+        raise Unauthenticated("unknown API key")
+    now = _now()
+    if row.revoked_at is not None:
+        raise Unauthenticated(f"API key {row.prefix} was revoked")
+    if row.expires_at is not None and row.expires_at <= now:
+        raise Unauthenticated(f"API key {row.prefix} expired at {row.expires_at.isoformat()}")
+    if required_scope not in row.scopes and ADMIN_SCOPE not in row.scopes:
+        raise Forbidden(
+            f"API key {row.prefix} lacks scope '{required_scope}' (it has: {', '.join(row.scopes)})"
+        )
+    if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
+        row.last_used_at = now
+        session.commit()
+    return row
+
+
+def list_api_keys(session: Session, include_revoked: bool = True) -> list[ApiKey]:
+    """Keys, newest first (rows carry the prefix and metadata, never a secret)."""
+    query = select(ApiKey).order_by(ApiKey.created_at.desc(), ApiKey.id.desc())
+    if not include_revoked:
+        query = query.where(ApiKey.revoked_at.is_(None))
+    return list(session.scalars(query))
+
+
+def revoke_api_key(session: Session, prefix: str, *, actor: str = "cli") -> ApiKey:
+    """Revoke the key with this prefix (idempotent); NotFound when there is none."""
+    prefix = prefix.strip()
+    if prefix.startswith(f"{KEY_SCHEME}_"):  # accept a whole key too
+        prefix = prefix.split("_", 2)[1]
+    row = session.scalar(select(ApiKey).where(ApiKey.prefix == prefix))
+    if row is None:
+        raise NotFound(f"no API key with prefix {prefix!r}")
+    if row.revoked_at is None:
+        row.revoked_at = _now()
+        audit(session, actor, "api_key.revoke", prefix, {"name": row.name})
+        session.commit()
+    return row
