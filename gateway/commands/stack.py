@@ -133,16 +133,35 @@ def _organs_with_models(settings: Settings) -> tuple[list[str], list[str]]:
     return ready, skipped
 
 
-def _organ_launcher(settings: Settings, organ: str):
+def _organ_pid(settings: Settings, organ: str) -> PidFile:
+    return PidFile(pid_dir(settings) / f"torchserve-{organ}.pid")
+
+
+def _start_organ(settings: Settings, organ: str) -> None:
     from services.launcher import OrganServer
 
-    return OrganServer(
+    pidfile = _organ_pid(settings, organ)
+    if pid := pidfile.alive_pid():
+        logger.info("%s organ server already running (pid %s)", organ, pid)
+        return
+    server = OrganServer(
         organ,
-        settings.services_dir / organ,
-        model_store=settings.model_store_dir,
-        state_dir=settings.state_dir,
-        pid_file=pid_dir(settings) / f"torchserve-{organ}.pid",
+        settings.state_dir,
+        settings.model_store_dir,
+        models={organ: f"{organ}.mar"},
+        services_dir=settings.services_dir,
     )
+    server.start()
+    pidfile.write(server.pid, organ=organ)
+
+
+def _stop_organ(settings: Settings, organ: str) -> bool:
+    """Stop the organ server's process group (the launcher checks it is still our TorchServe)."""
+    from services.launcher import stop_from_state
+
+    stopped = stop_from_state(settings.state_dir, organ)
+    _organ_pid(settings, organ).path.unlink(missing_ok=True)
+    return stopped
 
 
 def _gateway_pid(settings: Settings) -> PidFile:
@@ -200,7 +219,7 @@ def stack_up(settings: Settings) -> int:
             organ,
         )
     for organ in organs:
-        _organ_launcher(settings, organ).start()
+        _start_organ(settings, organ)
     _start_gateway(settings)
     components = _wait_ready(settings, skipped)
     print(f"MedSeg is up ({', '.join(f'{k}={v}' for k, v in components.items())})")
@@ -217,7 +236,7 @@ def stack_down(settings: Settings) -> int:
     from services.spec import organ_dirs
 
     for organ in organ_dirs(settings.services_dir):
-        if _organ_launcher(settings, organ).stop():
+        if _stop_organ(settings, organ):
             stopped.append(f"torchserve-{organ}")
     if _object_store(settings).stop():
         stopped.append("objectstore")
@@ -230,7 +249,7 @@ def stack_status(settings: Settings) -> int:
 
     rows = [("gateway", _gateway_pid(settings).alive_pid())]
     rows += [
-        (f"torchserve-{o}", _organ_launcher(settings, o).running_pid())
+        (f"torchserve-{o}", _organ_pid(settings, o).alive_pid())
         for o in organ_dirs(settings.services_dir)
     ]
     rows.append(("objectstore", _object_store(settings).running_pid()))

@@ -130,6 +130,7 @@ class DataPlane:
         self.max_image_pixels = max_image_pixels
         self.max_evaluate_images = max_evaluate_images
         self.readiness_timeout_s = readiness_timeout_s
+        self._buckets_ready = False
         # Probes run here so a hung dependency costs a probe its timeout, not a request thread forever.
         self._probes = ThreadPoolExecutor(max_workers=4, thread_name_prefix="medseg-probe")
 
@@ -245,6 +246,9 @@ class DataPlane:
         objects.update({f"{prefix}/mask_{m.threshold:.1f}.png": m.mask_png for m in masks})
         written: list[str] = []
         try:
+            if not self._buckets_ready:  # once per process: the store may have been empty or down at start
+                self.store.ensure_buckets()
+                self._buckets_ready = True
             for key, blob in objects.items():
                 self.store.put_bytes(self.results_bucket, key, blob, content_type="image/png")
                 written.append(key)

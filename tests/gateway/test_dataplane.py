@@ -54,6 +54,9 @@ class FakeStore:
             raise ServiceUnavailable("object store is unavailable")
         self.objects[(bucket, key)] = data
 
+    def ensure_buckets(self):
+        pass
+
     def delete(self, bucket, key):
         self.objects.pop((bucket, key), None)
 
