@@ -13,56 +13,7 @@ from gateway.service.dataplane import DataPlane, Upload, pair_by_name
 from gateway.service.masks import THRESHOLDS, dice_iou
 from gateway.service.organs import OrganRegistry
 from services.spec import SERVICES_DIR
-
-
-def png(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def ramp(height: int, width: int) -> np.ndarray:
-    """Probability bytes 0..255 across the columns."""
-    return np.tile(np.linspace(0, 255, width).round().astype(np.uint8), (height, 1))
-
-
-class FakeClient:
-    def __init__(self, answer=None, error: Exception | None = None):
-        self.answer, self.error, self.calls = answer, error, 0
-
-    def predict(self, data: bytes) -> bytes:
-        self.calls += 1
-        if self.error:
-            raise self.error
-        image = Image.open(io.BytesIO(data))
-        return png(self.answer(image.height, image.width))
-
-    def ping(self, timeout_s):
-        return (self.error is None, "ok" if self.error is None else "unavailable")
-
-    def close(self):
-        pass
-
-
-class FakeStore:
-    def __init__(self, fail_after: int | None = None):
-        self.objects: dict[tuple[str, str], bytes] = {}
-        self.fail_after = fail_after
-
-    def put_bytes(self, bucket, key, data, content_type=None):
-        if self.fail_after is not None and len(self.objects) >= self.fail_after:
-            raise ServiceUnavailable("object store is unavailable")
-        self.objects[(bucket, key)] = data
-
-    def ensure_buckets(self):
-        pass
-
-    def delete(self, bucket, key):
-        self.objects.pop((bucket, key), None)
-
-    def ping(self):
-        if self.fail_after is not None:
-            raise ServiceUnavailable("object store unavailable: connection refused")
+from tests.gateway.fakes import FakeClient, FakeStore, png, ramp
 
 
 @pytest.fixture

@@ -1,0 +1,66 @@
+"""Fakes for the DataPlane's collaborators (organ clients, object store), for edge and service tests."""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import numpy as np
+from PIL import Image
+
+from gateway.errors import ServiceUnavailable
+
+
+def png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def ramp(height: int, width: int) -> np.ndarray:
+    """Probability bytes 0..255 across the columns."""
+    return np.tile(np.linspace(0, 255, width).round().astype(np.uint8), (height, 1))
+
+
+class FakeClient:
+    """Answers like an organ server: a probability PNG at the input's size, computed by `answer(h, w)`."""
+
+    def __init__(self, answer=ramp, error: Exception | None = None):
+        self.answer, self.error, self.calls = answer, error, 0
+        self.lock = threading.Lock()
+
+    def predict(self, data: bytes) -> bytes:
+        with self.lock:
+            self.calls += 1
+        if self.error:
+            raise self.error
+        image = Image.open(io.BytesIO(data))
+        return png(self.answer(image.height, image.width))
+
+    def ping(self, timeout_s):
+        return (self.error is None, "Healthy" if self.error is None else "unavailable")
+
+    def close(self):
+        pass
+
+
+class FakeStore:
+    def __init__(self, fail_after: int | None = None):
+        self.objects: dict[tuple[str, str], bytes] = {}
+        self.fail_after = fail_after
+
+    def ensure_buckets(self):
+        if self.fail_after == 0:
+            raise ServiceUnavailable("object store unavailable: connection refused")
+
+    def put_bytes(self, bucket, key, data, content_type=None):
+        if self.fail_after is not None and len(self.objects) >= self.fail_after:
+            raise ServiceUnavailable("object store unavailable: connection refused")
+        self.objects[(bucket, key)] = data
+
+    def delete(self, bucket, key):
+        self.objects.pop((bucket, key), None)
+
+    def ping(self):
+        if self.fail_after is not None:
+            raise ServiceUnavailable("object store unavailable: connection refused")
