@@ -1,0 +1,197 @@
+"""The one TorchServe handler every organ server runs: decode → normalise → batch → infer → encode.
+
+An organ's `services/<organ>/handler.py` subclasses `SegmentationHandler` and overrides only the hook that
+differs for it (and says why). Everything organ-specific that is data — channels, input size, intensity
+window, normalisation — comes from the organ spec `spec.yaml` packed in the .mar, not from code.
+
+Request:  one image per request (PNG/JPEG/TIFF/DICOM bytes, see services.imaging), under any input name
+          (the gRPC client sends it as `data`; HTTP `curl -T` sends it as `body`).
+Response: an 8-bit grey PNG at the input's size; pixel value = round(255 · P(foreground)).
+          The network returns logits (N, 1, h, w); the handler applies the sigmoid.
+
+Errors — what TorchServe 0.12 can carry back (read from its frontend: BatchAggregator.sendResponse and
+GRPCJob.response/sendError):
+* An exception out of the handler fails the *whole batch*: every request gets the same status and message
+  (PredictionException(message, 400) → HTTP 400 / gRPC INVALID_ARGUMENT with that message).
+* A per-request status (`context.set_response_status(code, phrase, idx)`) reaches HTTP clients as that
+  status, but the gRPC frontend ignores it: a gRPC client gets OK and the body.
+So: when every request of a batch is bad for the same reason (always the case for a batch of one) the
+handler raises PredictionException(message, 400). Otherwise each bad request gets its own 400 status and a
+JSON body `{"error": {"code": "invalid_input", "message": ...}}` while the good ones in the same batch get
+their PNG; `services.torchserve_client.predict` turns such a body into InvalidInput, so over gRPC too a bad
+image fails only itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from ts.torch_handler.base_handler import BaseHandler
+from ts.utils.util import PredictionException
+
+from services.imaging import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, encode_png
+from services.preprocess import Restore, prepare, restore
+from services.spec import OrganSpec, load_spec
+
+logger = logging.getLogger(__name__)
+
+INPUT_KEYS = ("data", "body")  # gRPC client / HTTP raw body; anything else: the first bytes value
+PNG_CONTENT_TYPE = "image/png"
+ERROR_CONTENT_TYPE = "application/json"
+
+
+@dataclass
+class _Item:
+    """One request on its way through the pipeline: either a model input or the reason it was refused."""
+
+    tensor: torch.Tensor | None = None
+    how: Restore | None = None
+    error: str | None = None
+    prob: torch.Tensor | None = None
+
+
+class SegmentationHandler(BaseHandler):
+    """Binary segmentation of one image per request; see the module docstring for the wire format."""
+
+    def __init__(self):
+        super().__init__()
+        self.spec: OrganSpec | None = None
+        self.max_pixels = DEFAULT_MAX_PIXELS
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def initialize(self, context):
+        """Read the organ spec and handler settings, size torch's thread pools, load the TorchScript net."""
+        model_dir = Path(context.system_properties["model_dir"])
+        spec_path = model_dir / "spec.yaml"
+        if not spec_path.is_file():
+            raise RuntimeError(f"{spec_path} missing: the .mar must carry the organ spec (trainer.package)")
+        self.spec = load_spec(spec_path)
+        settings = (getattr(context, "model_yaml_config", None) or {}).get("handler") or {}
+        self.max_pixels = int(settings.get("max_image_pixels", DEFAULT_MAX_PIXELS))
+        self._set_threads(settings)
+        super().initialize(context)  # device, manifest, torch.jit.load(serializedFile)
+        logger.info(
+            "organ %s: model %s loaded (%d intra-op threads, inference %s)",
+            self.spec.name,
+            self.model_pt_path,
+            torch.get_num_threads(),
+            self.spec.inference.mode,
+        )
+        if settings.get("warmup", True):
+            self._warmup()
+
+    @staticmethod
+    def _set_threads(settings: dict) -> None:
+        threads = settings.get("torch_threads")
+        if threads:
+            torch.set_num_threads(int(threads))
+        interop = settings.get("torch_interop_threads")
+        if interop:
+            try:
+                torch.set_num_interop_threads(int(interop))
+            except RuntimeError:  # only settable before the first parallel work in the process
+                logger.warning("torch interop threads already fixed at %d", torch.get_num_interop_threads())
+
+    def _warmup(self) -> None:
+        """One forward pass on zeros, so the TorchScript profiling passes do not land on the first patient."""
+        size = self.spec.inference.size or (256, 256)
+        x = torch.zeros((1, self.spec.channels, *size), device=self.device)
+        with torch.inference_mode():
+            self.model(x)
+
+    # --- the four hooks ---------------------------------------------------------------------
+
+    def preprocess(self, data):
+        """Decode each request body and prepare the model input; a bad image marks only its own item."""
+        items = [self._prepare_one(row) for row in data]
+        errors = [item.error for item in items]
+        if all(errors) and len(set(errors)) == 1:
+            # the whole batch is bad for one reason (always so for a batch of one): a real error status
+            raise PredictionException(errors[0], 400)
+        return items
+
+    def inference(self, data, *args, **kwargs):
+        """Run the network once per group of same-shaped inputs; store sigmoid probabilities per item."""
+        groups: dict[tuple[int, ...], list[_Item]] = defaultdict(list)
+        for item in data:
+            if item.error is None:
+                groups[tuple(item.tensor.shape)].append(item)
+        with torch.inference_mode():
+            for shape, members in groups.items():
+                batch = torch.cat([m.tensor for m in members]).to(self.device)
+                logits = self.model(batch, *args, **kwargs)
+                if isinstance(logits, (tuple, list)):
+                    logits = logits[0]
+                expected = (len(members), 1, *shape[2:])
+                if tuple(logits.shape) != expected:
+                    raise PredictionException(
+                        f"model returned shape {tuple(logits.shape)} for input {tuple(batch.shape)}; "
+                        f"expected logits {expected}",
+                        500,
+                    )
+                probs = torch.sigmoid(logits.float()).cpu()
+                for i, member in enumerate(members):
+                    member.prob = probs[i : i + 1]
+        return data
+
+    def postprocess(self, data):
+        """Probabilities back at the input's size → 8-bit PNG bytes; refused items → JSON error + 400."""
+        out = []
+        for idx, item in enumerate(data):
+            if item.error is not None:
+                self._set_status(idx, 400, "Bad Request")  # an HTTP reason phrase: keep it ASCII
+                self._set_content_type(idx, ERROR_CONTENT_TYPE)
+                body = {"error": {"code": "invalid_input", "message": item.error}}
+                out.append(json.dumps(body).encode())
+                continue
+            prob = restore(item.prob, item.how)
+            grey = (prob * 255.0).round_().to(torch.uint8).numpy()
+            self._set_content_type(idx, PNG_CONTENT_TYPE)
+            out.append(encode_png(grey))
+        return out
+
+    # --- helpers an organ may override --------------------------------------------------------
+
+    def decode(self, body: bytes) -> np.ndarray:
+        """Request bytes → float32 [0, 1] H×W[×C]. Raises ImageDecodeError for bad input."""
+        return decode_image(body, window=self.spec.window, max_pixels=self.max_pixels).array
+
+    def _prepare_one(self, row) -> _Item:
+        try:
+            body = self._body(row)
+            tensor, how = prepare(self.decode(body), self.spec)
+        except (ImageDecodeError, ValueError) as exc:  # to_channels / shape checks raise ValueError
+            logger.info("request refused: %s", exc)
+            return _Item(error=str(exc))
+        return _Item(tensor=tensor, how=how)
+
+    @staticmethod
+    def _body(row) -> bytes:
+        if isinstance(row, (bytes, bytearray)):
+            return bytes(row)
+        if not isinstance(row, dict) or not row:
+            raise ImageDecodeError("request carries no image: send the image bytes as the request body")
+        value = next((row[k] for k in INPUT_KEYS if k in row), None)
+        if value is None:
+            value = next((v for v in row.values() if isinstance(v, (bytes, bytearray))), None)
+        if not isinstance(value, (bytes, bytearray)):
+            raise ImageDecodeError(
+                f"request input is {type(value).__name__}, not image bytes: send the file itself, "
+                "not JSON or a form field with text"
+            )
+        return bytes(value)
+
+    def _set_status(self, idx: int, code: int, phrase: str) -> None:
+        if self.context is not None and self.context.request_processor:
+            self.context.set_response_status(code, phrase, idx)
+
+    def _set_content_type(self, idx: int, content_type: str) -> None:
+        if self.context is not None and self.context.request_processor:
+            self.context.set_response_content_type(idx, content_type)

@@ -1,0 +1,129 @@
+"""Build a self-contained TorchServe .mar for one organ from a TorchScript network.
+
+    build_mar("run/model.pt", "liver", spec, "model-store", "liver", "3", card={...})
+    → model-store/liver.mar (+ model-store/liver.json)
+
+What goes in (archive root = the model dir TorchServe unpacks and puts first on the worker's PYTHONPATH):
+    model.pt             the TorchScript network (logits (N, 1, h, w))
+    handler.py           services/<organ>/handler.py, the entry point (exactly one handler class)
+    services/            the helper package the handler imports — __init__, spec, preprocess, imaging,
+                         handler_base — packed as a package (not flat) because those modules import each
+                         other as `services.*`; with the model dir first on PYTHONPATH the packed copies win
+                         over any installed ones, so the archive runs exactly the code it was built with
+    spec.yaml            the organ spec as passed (may carry normalisation values measured in training)
+    model-config.yaml    services/<organ>/model-config.yaml: batching, workers, timeouts, torch threads
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from services.spec import SERVICES_DIR, OrganSpec
+
+logger = logging.getLogger(__name__)
+
+HELPER_MODULES = ("__init__.py", "spec.py", "preprocess.py", "imaging.py", "handler_base.py")
+
+
+class PackageError(RuntimeError):
+    """The archive could not be built; the message says which input is missing or what the archiver said."""
+
+
+def build_mar(
+    scripted_model_path: str | Path,
+    organ: str,
+    spec: OrganSpec,
+    out_dir: str | Path,
+    model_name: str,
+    version: str,
+    card: dict | None = None,
+    *,
+    services_dir: Path = SERVICES_DIR,
+) -> Path:
+    """Archive a TorchScript model for `organ` as `<out_dir>/<model_name>.mar` and return its path.
+
+    `card` (data, metrics, training time, ...) is written beside it as `<model_name>.json`, with the
+    archive's sha256 and size added. An existing archive of the same name is replaced.
+    """
+    scripted = Path(scripted_model_path)
+    organ_dir = Path(services_dir) / organ
+    handler = organ_dir / "handler.py"
+    model_config = organ_dir / "model-config.yaml"
+    for required, what in (
+        (scripted, "TorchScript model"),
+        (handler, f"handler of organ {organ!r}"),
+        (model_config, f"model-config.yaml of organ {organ!r}"),
+    ):
+        if not required.is_file():
+            raise PackageError(f"{what} not found at {required}")
+    if spec.name != organ:
+        raise PackageError(f"spec is for organ {spec.name!r}, not {organ!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    with tempfile.TemporaryDirectory(prefix=f"mar-{model_name}-") as tmp:
+        stage = Path(tmp)
+        shutil.copyfile(scripted, stage / "model.pt")  # BaseHandler loads TorchScript from a *.pt name
+        shutil.copyfile(handler, stage / "handler.py")
+        extra = stage / "extra"
+        package = extra / "services"
+        package.mkdir(parents=True)
+        for name in HELPER_MODULES:
+            shutil.copyfile(Path(services_dir) / name, package / name)
+        (extra / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+        # the archiver stages files under $TMPDIR/<model_name>: a private TMPDIR keeps parallel builds apart
+        archiver_tmp = stage / "archiver-tmp"
+        archiver_tmp.mkdir()
+        cmd = [
+            _archiver_executable(),
+            "--model-name",
+            model_name,
+            "--version",
+            str(version),
+            "--serialized-file",
+            str(stage / "model.pt"),
+            "--handler",
+            str(stage / "handler.py"),
+            "--extra-files",
+            str(extra),
+            "--config-file",
+            str(model_config),
+            "--export-path",
+            str(out),
+            "--force",
+        ]
+        result = subprocess.run(
+            cmd, capture_output=True, text=True, env={**os.environ, "TMPDIR": str(archiver_tmp)}, check=False
+        )
+        if result.returncode != 0:
+            raise PackageError(f"torch-model-archiver failed ({result.returncode}): {result.stderr.strip()}")
+
+    mar = out / f"{model_name}.mar"
+    if not mar.is_file():
+        raise PackageError(f"torch-model-archiver reported success but {mar} is missing")
+    logger.info("built %s (%s version %s, %.1f MB)", mar, organ, version, mar.stat().st_size / 1e6)
+    if card is not None:
+        digest = hashlib.sha256(mar.read_bytes()).hexdigest()
+        full_card = {**card, "mar_file": mar.name, "mar_sha256": digest, "mar_bytes": mar.stat().st_size}
+        (out / f"{model_name}.json").write_text(json.dumps(full_card, indent=2, sort_keys=True) + "\n")
+    return mar
+
+
+def _archiver_executable() -> str:
+    candidate = Path(sys.executable).with_name("torch-model-archiver")
+    if candidate.is_file():
+        return str(candidate)
+    found = shutil.which("torch-model-archiver")
+    if found:
+        return found
+    raise PackageError("torch-model-archiver not found; install the project's dependencies (make up)")
