@@ -12,6 +12,7 @@ COMMAND_MODULES = (
     "gateway.commands.stack",
     "gateway.commands.api_keys",
     "trainer.cli",
+    "trainer.dataset_cli",
 )
 
 
