@@ -30,6 +30,7 @@ CHANNEL_OPTIONS = [
     ("grpc.enable_retries", 0),  # our own bounded retry below; keeps the deadline arithmetic in one place
 ]
 RETRY_BACKOFF_S = 0.1
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _stubs():
@@ -82,7 +83,7 @@ class OrganClient:
                 )
             try:
                 response = self._stub.Predictions(request, timeout=remaining, metadata=self._metadata())
-                return response.prediction
+                return self._checked(response.prediction)
             except grpc.RpcError as exc:
                 code = exc.code()
                 if code == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
@@ -97,6 +98,28 @@ class OrganClient:
                     time.sleep(min(RETRY_BACKOFF_S * attempt, max(0.0, deadline - time.monotonic())))
                     continue
                 raise self._translate(exc) from None
+
+    def _checked(self, body: bytes) -> bytes:
+        """The PNG, or the handler's per-image JSON error (a bad image batched with good ones is
+        answered OK with `{"error": {"code", "message"}}`, see services.handler_base)."""
+        if body.startswith(PNG_MAGIC):
+            return body
+        try:
+            error = json.loads(body)["error"]
+            message, code = str(error["message"]), error.get("code")
+        except (ValueError, KeyError, TypeError):
+            logger.error(
+                "organ %s returned %d bytes that are neither a PNG nor an error", self.organ, len(body)
+            )
+            raise ServiceUnavailable(
+                f"organ server {self.organ!r} returned an invalid answer", code="organ_error"
+            ) from None
+        if code == "invalid_input":
+            raise InvalidInput(f"organ {self.organ!r} could not process the image: {message}")
+        logger.error("organ %s failed on one image: %s", self.organ, message)
+        raise ServiceUnavailable(
+            f"organ server {self.organ!r} failed to segment the image", code="organ_error"
+        )
 
     def _translate(self, exc: grpc.RpcError) -> Exception:
         code, details = exc.code(), exc.details() or ""

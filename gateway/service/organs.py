@@ -121,23 +121,25 @@ class OrganRegistry:
         cached = self._model_cache.get(name)
         if cached and cached[0] == stamp:
             return cached[1]
-        info = _model_from_card(card, name) or _model_from_mar(mar) or ModelInfo(name, "unknown")
+        info = _model_from_card(card, _model_from_mar(mar) or ModelInfo(name, "unknown"))
         self._model_cache[name] = (stamp, info)
         return info
 
 
-def _model_from_card(path: Path, organ: str) -> ModelInfo | None:
+def _model_from_card(path: Path, fallback: ModelInfo) -> ModelInfo:
+    """The card's name/version (`model_name`/`version`, or a nested `model` object), each field
+    falling back to the archive's manifest."""
     if not path.is_file():
-        return None
+        return fallback
     try:
         card = json.loads(path.read_text())
         model = card.get("model") if isinstance(card.get("model"), dict) else card
-        name = str(model.get("name") or model.get("model_name") or organ)
-        version = str(model.get("version") or model.get("model_version") or "unknown")
-        return ModelInfo(name, version)
+        name = model.get("model_name") or model.get("name") or fallback.name
+        version = model.get("version") or model.get("model_version") or fallback.version
+        return ModelInfo(str(name), str(version))
     except (OSError, ValueError, AttributeError) as exc:
         logger.warning("unreadable model card %s: %s", path, exc)
-        return None
+        return fallback
 
 
 def _model_from_mar(path: Path) -> ModelInfo | None:

@@ -16,6 +16,8 @@ from gateway.service.inference import OrganClient
 inference_pb2 = pytest.importorskip("torchserve_grpc.inference_pb2", reason="run `make protos`")
 from torchserve_grpc import inference_pb2_grpc  # noqa: E402
 
+PNG = b"\x89PNG\r\n\x1a\n"
+
 
 class FakeTorchServe(inference_pb2_grpc.InferenceAPIsServiceServicer):
     def __init__(self):
@@ -32,7 +34,10 @@ class FakeTorchServe(inference_pb2_grpc.InferenceAPIsServiceServicer):
             self.release.wait(10)
         if self.failures:
             context.abort(self.failures.pop(0), "simulated")
-        return inference_pb2.PredictionResponse(prediction=b"answer:" + request.input["data"])
+        if request.input["data"] == b"bad":
+            body = b'{"error": {"code": "invalid_input", "message": "not an image"}}'
+            return inference_pb2.PredictionResponse(prediction=body)
+        return inference_pb2.PredictionResponse(prediction=PNG + request.input["data"])
 
     def Ping(self, request, context):
         return inference_pb2.TorchServeHealthResponse(health='{"status": "Healthy"}')
@@ -53,7 +58,7 @@ def fake():
 def test_predict_sends_model_name_and_key(fake):
     servicer, address = fake
     client = OrganClient("liver", address, key=lambda: "secret-key")
-    assert client.predict(b"img") == b"answer:img"
+    assert client.predict(b"img") == PNG + b"img"
     assert servicer.metadata["authorization"] == "Bearer secret-key"
     assert client.ping() == (True, "Healthy")
 
@@ -61,7 +66,7 @@ def test_predict_sends_model_name_and_key(fake):
 def test_retries_unavailable_a_bounded_number_of_times(fake):
     servicer, address = fake
     servicer.failures = [grpc.StatusCode.UNAVAILABLE] * 2
-    assert OrganClient("liver", address, retries=2).predict(b"x") == b"answer:x"
+    assert OrganClient("liver", address, retries=2).predict(b"x") == PNG + b"x"
     assert servicer.calls == 3
     servicer.calls, servicer.failures = 0, [grpc.StatusCode.UNAVAILABLE] * 5
     with pytest.raises(ServiceUnavailable):
@@ -108,3 +113,9 @@ class socket_reserved:
 
     def __exit__(self, *exc):
         self.sock.close()
+
+
+def test_per_image_error_body_is_invalid_input(fake):
+    _, address = fake
+    with pytest.raises(InvalidInput, match="not an image"):
+        OrganClient("liver", address).predict(b"bad")
