@@ -32,6 +32,7 @@ import string
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -245,6 +246,9 @@ class ObjectStoreServer:
         from gateway.storage import ObjectStore  # the one module that speaks S3
 
         store = ObjectStore(self.endpoint, self.credentials, connect_timeout=1.0, read_timeout=5.0, retries=0)
+        # After a restart S3 lists buckets before the volume server has re-registered its volumes with the
+        # master, and reads of existing objects fail with InternalError until it has: wait for both.
+        volumes_on_disk = len(list(self.data_dir.glob("*.dat")))
         deadline = time.monotonic() + timeout
         last_error = ""
         while time.monotonic() < deadline:
@@ -254,12 +258,30 @@ class ObjectStoreServer:
                 )
             try:
                 store.ping()
-                return
+                registered = self._registered_volumes()
+                if registered >= volumes_on_disk:
+                    return
+                last_error = f"{registered} of {volumes_on_disk} volumes registered"
             except ServiceUnavailable as exc:
                 last_error = exc.message
             time.sleep(0.2)
         raise ServiceUnavailable(
             f"object store not ready after {timeout:.0f}s ({last_error}); log tail:\n{self.log_tail()}"
+        )
+
+    def _registered_volumes(self) -> int:
+        """Volumes the master knows about (its /dir/status topology), summed over data nodes."""
+        url = f"http://{HOST}:{self.ports.master}/dir/status"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                topology = json.load(response)["Topology"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise ServiceUnavailable(f"object store master not answering: {exc}") from exc
+        return sum(
+            node.get("Volumes", 0)
+            for dc in topology.get("DataCenters") or []
+            for rack in dc.get("Racks") or []
+            for node in rack.get("DataNodes") or []
         )
 
     def stop(self, timeout: float = 20.0) -> bool:

@@ -1,0 +1,150 @@
+"""ObjectStore against a real SeaweedFS: round trips, streaming, NotFound and ServiceUnavailable."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import os
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+
+from gateway.errors import NotFound, ServiceUnavailable
+from gateway.objectstore_server import S3Credentials
+from gateway.storage import PART_SIZE, ObjectStore
+
+pytestmark = pytest.mark.integration
+
+
+def test_put_get_list_delete_round_trip(clean_buckets):
+    store = clean_buckets
+    bucket = store.buckets.results
+    store.put_bytes(bucket, "a/1.bin", b"one")
+    store.put_bytes(bucket, "a/2.bin", b"two!")
+    store.put_bytes(bucket, "b/3.bin", b"three")
+
+    assert store.get_bytes(bucket, "a/2.bin") == b"two!"
+    assert store.exists(bucket, "a/1.bin") and not store.exists(bucket, "a/9.bin")
+    assert store.stat(bucket, "b/3.bin").size == 5
+    assert [o.key for o in store.list(bucket, "a/")] == ["a/1.bin", "a/2.bin"]
+    assert {o.key for o in store.list(bucket, recursive=False)} == {"a/", "b/"}
+
+    assert store.delete_prefix(bucket, "a/") == 2
+    assert [o.key for o in store.list(bucket)] == ["b/3.bin"]
+    store.delete(bucket, "b/3.bin")
+    store.delete(bucket, "b/3.bin")  # deleting a missing object is not an error
+    assert store.list(bucket) == []
+
+
+def test_missing_object_and_bucket_are_not_found(objectstore):
+    with pytest.raises(NotFound):
+        objectstore.get_bytes(objectstore.buckets.results, "no/such/key")
+    with pytest.raises(NotFound):
+        objectstore.stat(objectstore.buckets.results, "no/such/key")
+    with pytest.raises(NotFound):
+        objectstore.get_bytes("medseg-no-such-bucket", "key")
+
+
+def test_big_file_is_uploaded_in_parts_and_streamed_back(clean_buckets, tmp_path):
+    store = clean_buckets
+    path = tmp_path / "big.bin"
+    data = os.urandom(PART_SIZE + 123_457)  # more than one multipart part
+    path.write_bytes(data)
+    store.put_file(store.buckets.runs, "big.bin", path)
+    assert store.stat(store.buckets.runs, "big.bin").size == len(data)
+
+    digest = hashlib.sha256()
+    for chunk in store.stream(store.buckets.runs, "big.bin", chunk_size=1 << 20):
+        assert len(chunk) <= 1 << 20
+        digest.update(chunk)
+    assert digest.hexdigest() == hashlib.sha256(data).hexdigest()
+
+    with store.open(store.buckets.runs, "big.bin") as fh:
+        assert fh.read(10) == data[:10]
+    assert store.download(store.buckets.runs, "big.bin", tmp_path / "copy.bin").read_bytes() == data
+
+
+def test_stream_of_unknown_length(clean_buckets):
+    store = clean_buckets
+    info = store.put_stream(store.buckets.runs, "log.txt", io.BytesIO(b"x" * 1000), length=-1)
+    assert info.size == 1000
+    assert store.get_bytes(store.buckets.runs, "log.txt") == b"x" * 1000
+
+
+def test_presigned_url_works_and_anonymous_access_is_refused(clean_buckets):
+    store = clean_buckets
+    store.put_bytes(store.buckets.results, "p.txt", b"signed")
+    url = store.presigned_get_url(store.buckets.results, "p.txt")
+    assert httpx.get(url, timeout=5).content == b"signed"
+    anonymous = httpx.get(f"http://{store.endpoint}/{store.buckets.results}/p.txt", timeout=5)
+    assert anonymous.status_code == 403
+
+
+def test_wrong_credentials_are_service_unavailable(objectstore):
+    wrong = ObjectStore(objectstore.endpoint, S3Credentials("NOPE", "not-the-secret"), retries=0)
+    with pytest.raises(ServiceUnavailable, match="object store unavailable"):
+        wrong.ping()
+
+
+def test_store_down_fails_fast_and_data_survives_restart(objectstore_server, objectstore):
+    bucket = objectstore.buckets.models
+    objectstore.put_bytes(bucket, "survivor.txt", b"still here")
+    objectstore_server.stop()
+    try:
+        for call in (
+            objectstore.ping,
+            lambda: objectstore.get_bytes(bucket, "survivor.txt"),
+            lambda: objectstore.put_bytes(bucket, "x", b"x"),
+        ):
+            started = time.monotonic()
+            with pytest.raises(ServiceUnavailable, match="object store unavailable"):
+                call()
+            assert time.monotonic() - started < 3.0
+    finally:
+        objectstore_server.start(timeout=60)
+    assert objectstore.get_bytes(bucket, "survivor.txt") == b"still here"
+
+
+def test_a_server_that_never_answers_times_out(tmp_path):
+    # A listening socket that never accepts: TCP connects (kernel backlog) but no byte ever comes back.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        port = sock.getsockname()[1]
+        store = ObjectStore(
+            f"127.0.0.1:{port}", S3Credentials("a", "b"), connect_timeout=0.5, read_timeout=0.5, retries=1
+        )
+        started = time.monotonic()
+        with pytest.raises(ServiceUnavailable, match="object store unavailable"):
+            store.ping()
+        assert time.monotonic() - started < 4.0
+
+
+def test_5xx_is_retried_a_bounded_number_of_times():
+    hits = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            hits.append(self.path)
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        store = ObjectStore(f"127.0.0.1:{server.server_port}", S3Credentials("a", "b"), retries=2)
+        with pytest.raises(ServiceUnavailable, match="object store unavailable"):
+            store.ping()
+        assert len(hits) == 3  # first try + 2 retries, then give up
+    finally:
+        server.shutdown()
+        server.server_close()
