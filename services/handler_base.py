@@ -151,8 +151,9 @@ class SegmentationHandler(BaseHandler):
                 body = {"error": {"code": "invalid_input", "message": item.error}}
                 out.append(json.dumps(body).encode())
                 continue
-            prob = restore(item.prob, item.how)
-            grey = (prob * 255.0).round_().to(torch.uint8).numpy()
+            with torch.inference_mode():  # restore() clamps in place; probs are inference tensors
+                prob = restore(item.prob, item.how)
+                grey = (prob * 255.0).round_().to(torch.uint8).numpy()
             self._set_content_type(idx, PNG_CONTENT_TYPE)
             out.append(encode_png(grey))
         return out

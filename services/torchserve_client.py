@@ -66,6 +66,9 @@ _ERRORS: dict[grpc.StatusCode, type[MedSegError]] = {
 }
 
 
+_NOT_FOUND = re.compile(r"Model (version )?not found", re.IGNORECASE)
+
+
 class _Client:
     def __init__(self, address: str, key: KeySource = None, *, timeout: float = 10.0):
         self.address = address
@@ -161,8 +164,11 @@ class ManagementClient(_Client):
         request = management_pb2.RegisterModelRequest(
             url=url, model_name=model_name, initial_workers=initial_workers, synchronous=synchronous
         )
-        message = self._call(self._stub.RegisterModel, request, timeout, f"register {model_name}").msg
-        message = _message_of(message)
+        try:
+            reply = self._call(self._stub.RegisterModel, request, timeout, f"register {model_name}")
+        except MedSegError as exc:  # TorchServe echoes the URL: keep a presigned signature out of messages
+            raise type(exc)(exc.message.replace(url, _redact(url)), code=exc.code) from exc
+        message = _message_of(reply.msg)
         logger.info("registered %s from %s: %s", model_name, _redact(url), message)
         if set_default:
             registered = version or _version_in(message)
@@ -230,6 +236,8 @@ def _translate(exc: grpc.RpcError, address: str, what: str) -> MedSegError:
             f"organ server {address} refused our token for {what}: {detail}", code="organ_auth"
         )
     error_type = _ERRORS.get(code, MedSegError)
+    if code == grpc.StatusCode.INTERNAL and _NOT_FOUND.match(detail):
+        error_type = NotFound  # the inference API reports an unknown model / version as INTERNAL
     logger.debug("%s on %s failed: %s %s", what, address, code, detail)
     return error_type(detail or f"{what} failed with {code.name}")
 

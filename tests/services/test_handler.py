@@ -1,0 +1,238 @@
+"""SegmentationHandler with a fake TorchServe context (no server): decode → batch → infer → PNG, errors."""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from torch import nn
+from ts.context import Context, RequestProcessor
+from ts.metrics.metrics_store import MetricsStore
+from ts.utils.util import PredictionException
+
+from services.cells.handler import CellsHandler
+from services.imaging import decode_image
+from services.liver.handler import LiverHandler
+from services.preprocess import prepare, restore
+from services.spec import load_organ_spec
+
+LIVER_SLICE = Path(__file__).resolve().parents[3] / "shared" / "data" / "liver" / "train" / "000.png"
+RNG = np.random.default_rng(1)
+
+
+class ChannelMean(nn.Module):
+    """Deterministic stand-in network: logits = mean over channels of the normalised input."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=1, keepdim=True)
+
+
+class WrongShape(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :, ::2, ::2].mean(dim=1, keepdim=True)
+
+
+class CountingModel:
+    """Wraps the loaded TorchScript module to count forward passes."""
+
+    def __init__(self, model):
+        self.model, self.calls, self.shapes = model, 0, []
+
+    def __call__(self, x):
+        self.calls += 1
+        self.shapes.append(tuple(x.shape))
+        return self.model(x)
+
+
+def make_model_dir(tmp_path: Path, organ: str, net: nn.Module) -> Path:
+    model_dir = tmp_path / organ
+    model_dir.mkdir()
+    torch.jit.script(net).save(str(model_dir / "model.pt"))
+    (model_dir / "spec.yaml").write_text(yaml.safe_dump(load_organ_spec(organ).to_dict()))
+    return model_dir
+
+
+def make_context(model_dir: Path, organ: str, handler_settings: dict | None = None) -> Context:
+    """A real ts.context.Context as TorchServe's worker builds it, without a server."""
+    manifest = {
+        "model": {"modelName": organ, "modelVersion": "1", "serializedFile": "model.pt", "handler": "h.py"}
+    }
+    settings = {"torch_threads": 1, "warmup": False, **(handler_settings or {})}
+    ctx = Context(organ, str(model_dir), manifest, 4, None, "0.12.0", model_yaml_config={"handler": settings})
+    ctx.metrics = MetricsStore(uuid.uuid4(), organ)
+    return ctx
+
+
+def run(handler, ctx: Context, bodies: list) -> list[bytes]:
+    """What ts.service.Service.predict does per batch: request processors, then handle()."""
+    rows = [b if isinstance(b, dict) else {"data": b} for b in bodies]
+    ctx.request_processor = [RequestProcessor({}) for _ in rows]
+    ctx.request_ids = {i: f"req-{i}" for i in range(len(rows))}
+    return handler.handle(rows, ctx)
+
+
+def png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def expected_probability_png(data: bytes, organ: str) -> np.ndarray:
+    spec = load_organ_spec(organ)
+    x, how = prepare(decode_image(data, window=spec.window).array, spec)
+    prob = restore(torch.sigmoid(x.mean(dim=1, keepdim=True)), how)
+    return (prob * 255).round().to(torch.uint8).numpy()
+
+
+def decode_png(body: bytes) -> np.ndarray:
+    im = Image.open(io.BytesIO(body))
+    assert im.format == "PNG" and im.mode == "L"
+    return np.asarray(im)
+
+
+@pytest.fixture
+def liver(tmp_path):
+    model_dir = make_model_dir(tmp_path, "liver", ChannelMean())
+    ctx = make_context(model_dir, "liver")
+    handler = LiverHandler()
+    handler.initialize(ctx)
+    return handler, ctx
+
+
+@pytest.fixture
+def cells(tmp_path):
+    model_dir = make_model_dir(tmp_path, "cells", ChannelMean())
+    ctx = make_context(model_dir, "cells")
+    handler = CellsHandler()
+    handler.initialize(ctx)
+    return handler, ctx
+
+
+def test_initialize_reads_spec_and_threads(liver):
+    handler, _ = liver
+    assert handler.spec.name == "liver" and handler.spec.inference.size == (256, 256)
+    assert torch.get_num_threads() == 1
+    assert isinstance(handler.model, torch.jit.ScriptModule)
+
+
+def test_initialize_without_spec_fails_clearly(tmp_path):
+    model_dir = make_model_dir(tmp_path, "liver", ChannelMean())
+    (model_dir / "spec.yaml").unlink()
+    with pytest.raises(RuntimeError, match="organ spec"):
+        LiverHandler().initialize(make_context(model_dir, "liver"))
+
+
+def test_real_liver_slice_gives_probability_png_at_input_size(liver):
+    if not LIVER_SLICE.exists():
+        pytest.skip(f"{LIVER_SLICE} missing (../shared/data)")
+    handler, ctx = liver
+    data = LIVER_SLICE.read_bytes()
+    [body] = run(handler, ctx, [data])
+    out = decode_png(body)
+    assert out.shape == (512, 512)
+    np.testing.assert_allclose(out.astype(int), expected_probability_png(data, "liver").astype(int), atol=1)
+    assert ctx.get_response_content_type(0) == "image/png"
+
+
+def test_same_shape_batch_is_one_forward_pass_in_request_order(liver):
+    handler, ctx = liver
+    handler.model = counting = CountingModel(handler.model)
+    images = [png(RNG.integers(0, 256, size=(64 + 16 * i, 80), dtype=np.uint8)) for i in range(3)]
+    outputs = run(handler, ctx, images)
+    assert counting.calls == 1 and counting.shapes == [(3, 1, 256, 256)]
+    for data, body in zip(images, outputs, strict=True):
+        np.testing.assert_allclose(
+            decode_png(body).astype(int), expected_probability_png(data, "liver"), atol=1
+        )
+
+
+def test_whole_mode_groups_by_shape_and_crops_padding(cells):
+    handler, ctx = cells
+    handler.model = counting = CountingModel(handler.model)
+    sizes = [(50, 70), (50, 70), (33, 41)]
+    images = [png(RNG.integers(0, 256, size=(*s, 3), dtype=np.uint8)) for s in sizes]
+    outputs = run(handler, ctx, images)
+    assert counting.calls == 2  # two distinct padded shapes
+    assert sorted(counting.shapes) == [(1, 3, 48, 48), (2, 3, 64, 80)]
+    for (h, w), data, body in zip(sizes, images, outputs, strict=True):
+        out = decode_png(body)
+        assert out.shape == (h, w)
+        np.testing.assert_allclose(out.astype(int), expected_probability_png(data, "cells"), atol=1)
+
+
+def test_single_bad_image_raises_400_with_the_reason(liver):
+    handler, ctx = liver
+    with pytest.raises(PredictionException) as info:
+        run(handler, ctx, [b"not an image"])
+    assert info.value.error_code == 400
+    assert "unrecognised image format" in info.value.message and "PNG, JPEG, TIFF" in info.value.message
+
+
+def test_bad_image_in_a_batch_fails_only_itself(liver):
+    handler, ctx = liver
+    good = png(RNG.integers(0, 256, size=(40, 40), dtype=np.uint8))
+    tiny = png(np.zeros((8, 8), dtype=np.uint8))
+    outputs = run(handler, ctx, [good, tiny, good])
+    assert decode_png(outputs[0]).shape == (40, 40) and decode_png(outputs[2]).shape == (40, 40)
+    error = json.loads(outputs[1])["error"]
+    assert error["code"] == "invalid_input" and "at least 16 pixels" in error["message"]
+    assert ctx.get_response_status(1)[0] == 400
+    assert ctx.get_response_content_type(1) == "application/json"
+    assert ctx.get_response_status(0)[0] == 200 and ctx.get_response_status(2)[0] == 200
+
+
+def test_batch_of_differently_bad_images_answers_each(liver):
+    handler, ctx = liver
+    outputs = run(handler, ctx, [b"", b"\x89PNG\r\n\x1a\n" + b"\0" * 30])
+    messages = [json.loads(o)["error"]["message"] for o in outputs]
+    assert "empty upload" in messages[0] and "corrupt or truncated PNG" in messages[1]
+
+
+@pytest.mark.parametrize("key", ["data", "body", "file"])
+def test_image_under_any_input_name(liver, key):
+    handler, ctx = liver
+    [body] = run(handler, ctx, [{key: bytearray(png(np.zeros((20, 30), dtype=np.uint8)))}])
+    assert decode_png(body).shape == (20, 30)
+
+
+def test_text_input_is_refused(liver):
+    handler, ctx = liver
+    with pytest.raises(PredictionException, match="not image bytes"):
+        run(handler, ctx, [{"data": "a string, e.g. JSON"}])
+
+
+def test_dicom_input_uses_the_organ_window(liver):
+    from tests.services.test_imaging import dicom_bytes
+
+    handler, ctx = liver
+    hu = np.full((64, 48), 60, dtype=np.int16)  # the window centre: 0.5 after windowing
+    [body] = run(handler, ctx, [dicom_bytes(hu)])
+    out = decode_png(body)
+    assert out.shape == (64, 48)
+    assert np.all(out == round(255 / (1 + np.exp(-0.5))))  # sigmoid(0.5) with mean 0 / std 1
+
+
+def test_wrong_model_output_shape_is_a_server_error(tmp_path):
+    model_dir = make_model_dir(tmp_path, "liver", WrongShape())
+    ctx = make_context(model_dir, "liver")
+    handler = LiverHandler()
+    handler.initialize(ctx)
+    with pytest.raises(PredictionException) as info:
+        run(handler, ctx, [png(np.zeros((32, 32), dtype=np.uint8))])
+    assert info.value.error_code == 500 and "expected logits" in info.value.message
+
+
+def test_image_pixel_cap_from_model_config(tmp_path):
+    model_dir = make_model_dir(tmp_path, "cells", ChannelMean())
+    ctx = make_context(model_dir, "cells", {"max_image_pixels": 1000})
+    handler = CellsHandler()
+    handler.initialize(ctx)
+    with pytest.raises(PredictionException, match="megapixel limit"):
+        run(handler, ctx, [png(np.zeros((40, 40, 3), dtype=np.uint8))])

@@ -1,0 +1,82 @@
+"""trainer.package.build_mar: a self-contained archive that carries the passed spec and the organ config."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from services.spec import load_organ_spec
+from trainer.package import PackageError, build_mar
+
+
+class Tiny(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, 1, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+@pytest.fixture
+def scripted(tmp_path):
+    path = tmp_path / "net.pt"
+    torch.jit.script(Tiny(3)).save(str(path))
+    return path
+
+
+def test_archive_contents_spec_and_card(tmp_path, scripted):
+    spec = dataclasses.replace(load_organ_spec("cells"), mean=(0.7, 0.6, 0.5), std=(0.2, 0.2, 0.2))
+    mar = build_mar(scripted, "cells", spec, tmp_path / "out", "cells-test", "7", card={"dice": 0.5})
+    assert mar == tmp_path / "out" / "cells-test.mar"
+    with zipfile.ZipFile(mar) as zf:
+        names = set(zf.namelist())
+        manifest = json.loads(zf.read("MAR-INF/MANIFEST.json"))
+        packed_spec = yaml.safe_load(zf.read("spec.yaml"))
+        packed_config = yaml.safe_load(zf.read("model-config.yaml"))
+    assert {"model.pt", "handler.py", "spec.yaml", "model-config.yaml"} <= names
+    assert {
+        f"services/{m}" for m in ("__init__.py", "spec.py", "preprocess.py", "imaging.py", "handler_base.py")
+    } <= names
+    assert manifest["model"]["modelName"] == "cells-test" and manifest["model"]["modelVersion"] == "7"
+    assert manifest["model"]["handler"] == "handler.py" and manifest["model"]["serializedFile"] == "model.pt"
+    assert packed_spec["normalize"]["mean"] == [0.7, 0.6, 0.5]
+    assert packed_config["batchSize"] >= 1 and "torch_threads" in packed_config["handler"]
+    card = json.loads((tmp_path / "out" / "cells-test.json").read_text())
+    assert card["dice"] == 0.5 and card["mar_sha256"] == hashlib.sha256(mar.read_bytes()).hexdigest()
+
+
+def test_archive_runs_its_own_packed_code(tmp_path, scripted):
+    """Unpacked as TorchServe does it (model dir first on PYTHONPATH): the packed modules are imported."""
+    mar = build_mar(scripted, "cells", load_organ_spec("cells"), tmp_path, "cells", "1")
+    model_dir = tmp_path / "unpacked"
+    with zipfile.ZipFile(mar) as zf:
+        zf.extractall(model_dir)
+    probe = (
+        "import handler, services.imaging as m; print(m.__file__); "
+        "print(handler.CellsHandler.__mro__[1].__module__)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(model_dir)}
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=model_dir, env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out[0].startswith(str(model_dir)), out
+    assert out[1] == "services.handler_base"
+
+
+def test_missing_inputs_are_named(tmp_path, scripted):
+    spec = load_organ_spec("liver")
+    with pytest.raises(PackageError, match="TorchScript model not found"):
+        build_mar(tmp_path / "nope.pt", "liver", spec, tmp_path, "liver", "1")
+    with pytest.raises(PackageError, match="not 'cells'"):
+        build_mar(scripted, "cells", spec, tmp_path, "liver", "1")
