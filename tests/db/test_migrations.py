@@ -1,0 +1,136 @@
+"""Alembic migrations on a fresh SQLite file, the schema they build, and SQLite's connection settings."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+import uuid
+from contextlib import redirect_stdout
+from datetime import UTC, datetime
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
+
+from gateway.core.db import alembic_config, make_engine, run_migrations, session_scope
+from gateway.errors import ServiceUnavailable
+from gateway.models import ApiKey, AuditLog, Base, Segmentation, audit
+
+
+def test_fresh_database_is_migrated_to_head_and_matches_the_models(db_url, db_engine):
+    with db_engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        head = ScriptDirectory.from_config(alembic_config(db_url)).get_current_head()
+        assert context.get_current_revision() == head
+        assert set(inspect(conn).get_table_names()) >= {"api_keys", "segmentations", "datasets", "audit_log"}
+        # the migration and the ORM describe the same schema (no pending autogenerate diff)
+        assert compare_metadata(context, Base.metadata) == []
+    run_migrations(db_url)  # idempotent
+
+
+def test_migrations_render_for_postgresql():
+    """Portability: the same migrations produce PostgreSQL DDL (offline mode, no server needed)."""
+    out = io.StringIO()
+    with redirect_stdout(out):
+        command.upgrade(alembic_config("postgresql://u:p@localhost/medseg"), "head", sql=True)
+    ddl = out.getvalue()
+    assert "CREATE TABLE segmentations" in ddl
+    assert "UUID" in ddl and "TIMESTAMP WITH TIME ZONE" in ddl and "BIGSERIAL" in ddl
+
+
+def test_sqlite_runs_in_wal_with_foreign_keys_and_a_busy_timeout(db_engine):
+    with db_engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 5000
+
+
+def test_foreign_keys_are_enforced(db_session):
+    db_session.add(
+        Segmentation(
+            organ="liver",
+            model_name="m",
+            model_version="1",
+            width=4,
+            height=4,
+            probability_key="k",
+            api_key_id=999,
+        )
+    )
+    with pytest.raises(IntegrityError):
+        db_session.commit()
+
+
+def test_datetimes_come_back_timezone_aware_utc(db_session):
+    key = ApiKey(name="n", prefix="abcd1234", hashed_secret="0" * 64, scopes=["segment"])
+    db_session.add(key)
+    db_session.commit()
+    db_session.expire_all()
+    row = db_session.get(ApiKey, key.id)
+    assert row.created_at.tzinfo is not None and row.created_at.utcoffset().total_seconds() == 0
+    assert abs((datetime.now(UTC) - row.created_at).total_seconds()) < 60
+
+
+def test_segmentation_row_round_trip(db_session):
+    seg = Segmentation(
+        organ="liver",
+        model_name="erunet",
+        model_version="3",
+        patient_id=None,
+        width=512,
+        height=512,
+        probability_key="s/p.png",
+        mask_keys={"0.5": "s/m.png"},
+        areas_px={"0.5": 1234},
+    )
+    db_session.add(seg)
+    db_session.commit()
+    db_session.expire_all()
+    row = db_session.get(Segmentation, seg.id)
+    assert isinstance(row.id, uuid.UUID) and row.areas_px == {"0.5": 1234}
+
+
+def test_audit_log_is_append_only(db_session):
+    row = audit(db_session, "alice", "dataset.push", "liver-1", {"pairs": 5})
+    db_session.commit()
+    row.actor = "mallory"
+    with pytest.raises(PermissionError, match="append-only"):
+        db_session.commit()
+    db_session.rollback()
+    db_session.delete(db_session.get(AuditLog, row.id))
+    with pytest.raises(PermissionError, match="append-only"):
+        db_session.commit()
+
+
+def test_a_locked_database_gives_a_clear_error_not_a_hang(db_url):
+    holder = make_engine(db_url)
+    waiter = make_engine(db_url, busy_timeout_s=0.3)
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_write_lock():
+        with holder.connect() as conn:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            conn.execute(text("INSERT INTO audit_log (at, actor, action) VALUES ('2026-01-01', 'x', 'lock')"))
+            locked.set()
+            release.wait(10)
+            conn.rollback()
+
+    thread = threading.Thread(target=hold_write_lock)
+    thread.start()
+    try:
+        assert locked.wait(5)
+        started = time.monotonic()
+        with pytest.raises(ServiceUnavailable, match="locked"):
+            with session_scope(waiter) as session:
+                audit(session, "y", "blocked")
+        assert time.monotonic() - started < 3.0
+    finally:
+        release.set()
+        thread.join()
+        holder.dispose()
+        waiter.dispose()
