@@ -36,26 +36,40 @@ class OrganSpec:
         inf = raw.get("inference") or {}
         mode = inf.get("mode", "resize")
         if mode not in ("resize", "whole"):
-            raise ValueError(f"organ {raw.get('name')!r}: inference.mode must be 'resize' or 'whole', not {mode!r}")
+            raise ValueError(
+                f"organ {raw.get('name')!r}: inference.mode must be 'resize' or 'whole', not {mode!r}"
+            )
         size = inf.get("size")
         if mode == "resize" and not size:
-            raise ValueError(f"organ {raw.get('name')!r}: inference.mode 'resize' needs inference.size [h, w]")
+            raise ValueError(
+                f"organ {raw.get('name')!r}: inference.mode 'resize' needs inference.size [h, w]"
+            )
         norm = raw.get("normalize") or {}
         channels = int(raw["channels"])
         mean = tuple(float(v) for v in norm.get("mean", [0.0] * channels))
         std = tuple(float(v) for v in norm.get("std", [1.0] * channels))
         if len(mean) != channels or len(std) != channels:
             raise ValueError(f"organ {raw['name']!r}: normalize.mean/std need {channels} values")
-        known = {"name", "display_name", "modality", "label", "channels", "inference", "window", "normalize",
-                 "default_threshold"}
+        known = {
+            "name",
+            "display_name",
+            "modality",
+            "label",
+            "channels",
+            "inference",
+            "window",
+            "normalize",
+            "default_threshold",
+        }
         return cls(
             name=raw["name"],
             display_name=raw.get("display_name", raw["name"]),
             modality=raw.get("modality", ""),
             label=raw.get("label", raw["name"]),
             channels=channels,
-            inference=InferenceSpec(mode=mode, size=tuple(size) if size else None,
-                                    pad_multiple=int(inf.get("pad_multiple", 16))),
+            inference=InferenceSpec(
+                mode=mode, size=tuple(size) if size else None, pad_multiple=int(inf.get("pad_multiple", 16))
+            ),
             window=raw.get("window"),
             mean=mean,
             std=std,
@@ -70,9 +84,11 @@ class OrganSpec:
             "modality": self.modality,
             "label": self.label,
             "channels": self.channels,
-            "inference": {"mode": self.inference.mode,
-                          "size": list(self.inference.size) if self.inference.size else None,
-                          "pad_multiple": self.inference.pad_multiple},
+            "inference": {
+                "mode": self.inference.mode,
+                "size": list(self.inference.size) if self.inference.size else None,
+                "pad_multiple": self.inference.pad_multiple,
+            },
             "window": self.window,
             "normalize": {"mean": list(self.mean), "std": list(self.std)},
             "default_threshold": self.default_threshold,
