@@ -1,0 +1,255 @@
+"""push / fetch / list datasets on a real SeaweedFS: real liver and MoNuSeg pairs, crafted bad zips."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import stat
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gateway.errors import ServiceUnavailable
+from gateway.models import Dataset
+from trainer.datasets import (
+    DatasetError,
+    DatasetIntegrityError,
+    dataset_hash,
+    fetch_dataset,
+    list_datasets,
+    push_dataset,
+)
+
+pytestmark = pytest.mark.integration
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+LIVER = DATA / "liver" / "train"
+MONUSEG = DATA / "monuseg" / "train"
+
+
+def _need(path: Path) -> Path:
+    if not path.is_dir():
+        pytest.skip(f"shared data not found at {path}")
+    return path
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _liver_zip(tmp_path: Path, n: int, folder: str = "train") -> Path:
+    src = _need(LIVER)
+    path = tmp_path / f"liver{n}.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        for i in range(n):
+            for name in (f"{i:03d}.png", f"{i:03d}_mask.png"):
+                zf.write(src / name, f"{folder}/{name}" if folder else name)
+    return path
+
+
+def _png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+GOOD_IMAGE = _png(np.full((32, 32), 100, np.uint8))
+GOOD_MASK = _png(np.pad(np.full((8, 8), 255, np.uint8), 12))
+
+
+def _zip(tmp_path: Path, entries: dict[str, bytes], name: str = "bad.zip") -> Path:
+    path = tmp_path / name
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for entry, data in entries.items():
+            zf.writestr(entry, data)
+    return path
+
+
+def _objects(store) -> list[str]:
+    return [o.key for o in store.list(store.buckets.datasets)]
+
+
+def test_push_liver_zip_manifest_matches_the_files(clean_buckets, tmp_path):
+    store = clean_buckets
+    manifest = push_dataset(store, "liver", _liver_zip(tmp_path, 5), name="liver five")
+
+    assert manifest["pair_count"] == 5 and manifest["layout"] == "paired" and manifest["name"] == "liver five"
+    hashes, total = [], 0
+    for i, pair in enumerate(manifest["pairs"]):
+        for kind, source in (("image", f"{i:03d}.png"), ("mask", f"{i:03d}_mask.png")):
+            rec = pair[kind]
+            original = (LIVER / source).read_bytes()
+            assert (
+                rec["source"] == source and rec["size"] == len(original) and rec["sha256"] == _sha(original)
+            )
+            assert (rec["width"], rec["height"]) == (512, 512)
+            assert store.get_bytes(store.buckets.datasets, f"{manifest['id']}/{rec['key']}") == original
+            hashes.append(rec["sha256"])
+            total += len(original)
+        assert pair["image"]["key"] == f"images/{i:03d}.png" and pair["mask"]["key"] == f"masks/{i:03d}.png"
+    assert manifest["dataset_hash"] == dataset_hash(hashes) and manifest["size_bytes"] == total
+    stored = json.loads(store.get_bytes(store.buckets.datasets, f"{manifest['id']}/manifest.json"))
+    assert stored == manifest
+    assert [m["id"] for m in list_datasets(store)] == [manifest["id"]]
+    assert "pairs" not in list_datasets(store)[0]
+
+
+def test_push_monuseg_dir_then_fetch_gives_a_verified_trainable_copy(clean_buckets, tmp_path):
+    store = clean_buckets
+    src = _need(MONUSEG)
+    names = sorted(p.name for p in (src / "images").iterdir())[:2]
+    root = tmp_path / "monuseg2"
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+        for name in names:
+            shutil.copyfile(src / sub / name, root / sub / name)
+
+    manifest = push_dataset(store, "cells", root)
+    assert manifest["pair_count"] == 2 and manifest["layout"] == "split"
+    assert {p["image"]["width"] for p in manifest["pairs"]} == {1000}
+
+    local = fetch_dataset(store, manifest["id"], tmp_path / "cache")
+    for name in names:
+        assert (local / "images" / name).read_bytes() == (src / "images" / name).read_bytes()
+        assert (local / "masks" / name).read_bytes() == (src / "masks" / name).read_bytes()
+    from trainer.data import find_pairs  # the trainer reads the fetched copy as-is
+
+    assert [n for n, _, _ in find_pairs(local)] == [Path(n).stem for n in names]
+    assert (
+        fetch_dataset(store, manifest["id"], tmp_path / "cache") == local
+    )  # cached: verified, not refetched
+
+
+def test_fetch_detects_a_corrupted_object(clean_buckets, tmp_path):
+    store = clean_buckets
+    manifest = push_dataset(store, "liver", _liver_zip(tmp_path, 1))
+    key = f"{manifest['id']}/{manifest['pairs'][0]['mask']['key']}"
+    store.put_bytes(store.buckets.datasets, key, GOOD_MASK)  # tampered in the store
+    with pytest.raises(DatasetIntegrityError, match="sha256"):
+        fetch_dataset(store, manifest["id"], tmp_path / "cache")
+
+
+def test_push_records_a_dataset_row(clean_buckets, tmp_path, db_session):
+    manifest = push_dataset(clean_buckets, "liver", _liver_zip(tmp_path, 2), session=db_session, notes="n")
+    row = db_session.get(Dataset, manifest["id"])
+    assert row.pair_count == 2 and row.dataset_hash == manifest["dataset_hash"] and row.status == "ready"
+    assert row.manifest_key == f"{manifest['id']}/manifest.json" and row.notes == "n"
+
+
+def _symlink_zip(tmp_path: Path) -> Path:
+    path = tmp_path / "symlink.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("000.png", GOOD_IMAGE)
+        link = zipfile.ZipInfo("000_mask.png")
+        link.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zf.writestr(link, "/etc/passwd")
+    return path
+
+
+def _bomb_zip(tmp_path: Path) -> Path:
+    return _zip(tmp_path, {"000.png": GOOD_IMAGE, "000_mask.png": b"\0" * (8 * 1024 * 1024)}, "bomb.zip")
+
+
+BAD_ZIPS = {
+    "traversal": (
+        lambda t: _zip(t, {"../000.png": GOOD_IMAGE, "../000_mask.png": GOOD_MASK}),
+        r"\.\./000\.png: path traversal",
+    ),
+    "absolute": (lambda t: _zip(t, {"/tmp/000.png": GOOD_IMAGE}), r"/tmp/000\.png: absolute"),
+    "zip bomb": (_bomb_zip, r"000_mask\.png: compression ratio"),
+    "missing mask": (
+        lambda t: _zip(t, {"000.png": GOOD_IMAGE, "000_mask.png": GOOD_MASK, "001.png": GOOD_IMAGE}),
+        r"001\.png: missing mask",
+    ),
+    "non-binary mask": (
+        lambda t: _zip(
+            t, {"000.png": GOOD_IMAGE, "000_mask.png": _png(np.arange(1024, dtype=np.uint8).reshape(32, 32))}
+        ),
+        r"000_mask\.png: mask is not binary",
+    ),
+    "corrupt image": (
+        lambda t: _zip(t, {"000.png": b"\x89PNG\r\n\x1a\n" + b"garbage" * 50, "000_mask.png": GOOD_MASK}),
+        r"000\.png: not a decodable image",
+    ),
+    "size mismatch": (
+        lambda t: _zip(t, {"000.png": GOOD_IMAGE, "000_mask.png": _png(np.zeros((16, 16), np.uint8))}),
+        r"000_mask\.png: mask is 16×16 but its image 000\.png is 32×32",
+    ),
+    "no entries": (lambda t: _zip(t, {}), r"empty"),
+    "symlink": (_symlink_zip, r"000_mask\.png: symbolic link"),
+    "mask without image": (
+        lambda t: _zip(t, {"images/a.png": GOOD_IMAGE, "masks/a.png": GOOD_MASK, "masks/b.png": GOOD_MASK}),
+        r"masks/b\.png: mask without an image",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ZIPS))
+def test_bad_zip_is_refused_naming_the_entry_and_leaves_nothing(clean_buckets, tmp_path, case):
+    make, message = BAD_ZIPS[case]
+    with pytest.raises(DatasetError, match=message):
+        push_dataset(clean_buckets, "liver", make(tmp_path))
+    assert _objects(clean_buckets) == []
+
+
+def test_good_synthetic_zip_is_accepted(clean_buckets, tmp_path):
+    """The bad-zip cases differ from this one only by the defect, so each refusal is about that defect."""
+    path = _zip(
+        tmp_path,
+        {
+            "000.png": GOOD_IMAGE,
+            "000_mask.png": GOOD_MASK,
+            "001.png": GOOD_IMAGE,
+            "001_mask.png": _png((np.eye(32) > 0).astype(np.uint8)),
+        },
+    )
+    assert push_dataset(clean_buckets, "liver", path)["pair_count"] == 2
+
+
+def test_symlink_in_a_directory_is_refused(clean_buckets, tmp_path):
+    root = tmp_path / "d"
+    root.mkdir()
+    (root / "000.png").write_bytes(GOOD_IMAGE)
+    (root / "000_mask.png").symlink_to(tmp_path / "elsewhere.png")
+    with pytest.raises(DatasetError, match="000_mask.png: symbolic link"):
+        push_dataset(clean_buckets, "liver", root)
+
+
+def test_unknown_organ_is_refused(clean_buckets, tmp_path):
+    with pytest.raises(DatasetError, match="known organs"):
+        push_dataset(clean_buckets, "spleen", _liver_zip(tmp_path, 1))
+
+
+def test_failure_during_upload_deletes_what_was_uploaded(clean_buckets, tmp_path):
+    store = clean_buckets
+    real_put, calls = store.put_bytes, []
+
+    def flaky_put(bucket, key, data, content_type="application/octet-stream"):
+        calls.append(key)
+        if len(calls) == 5:
+            raise ServiceUnavailable("object store unavailable: injected failure")
+        return real_put(bucket, key, data, content_type)
+
+    store.put_bytes = flaky_put
+    try:
+        with pytest.raises(ServiceUnavailable, match="injected"):
+            push_dataset(store, "liver", _liver_zip(tmp_path, 4))
+    finally:
+        del store.put_bytes
+    assert len(calls) >= 5
+    assert _objects(store) == []
+    assert list_datasets(store) == []
+
+
+@pytest.mark.slow
+def test_push_the_whole_liver_folder_as_a_zip(clean_buckets, tmp_path):
+    src = _need(LIVER)
+    pairs = len(list(src.glob("*_mask.png")))
+    manifest = push_dataset(clean_buckets, "liver", _liver_zip(tmp_path, pairs, folder=""))
+    assert pairs == 400 and manifest["pair_count"] == 400
+    assert len(_objects(clean_buckets)) == 801  # 400 images + 400 masks + manifest
