@@ -5,7 +5,7 @@ from __future__ import annotations
 
 
 class MedSegError(Exception):
-    """Base class: `code` is the stable machine-readable error code; `http_status`, `grpc_code` map it."""
+    """Base class: `code` is the stable machine-readable error code; `http_status` / `grpc_code` map it."""
 
     code = "internal"
     http_status = 500
