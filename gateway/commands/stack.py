@@ -249,8 +249,7 @@ def stack_status(settings: Settings) -> int:
 
     rows = [("gateway", _gateway_pid(settings).alive_pid())]
     rows += [
-        (f"torchserve-{o}", _organ_pid(settings, o).alive_pid())
-        for o in organ_dirs(settings.services_dir)
+        (f"torchserve-{o}", _organ_pid(settings, o).alive_pid()) for o in organ_dirs(settings.services_dir)
     ]
     rows.append(("objectstore", _object_store(settings).running_pid()))
     for name, pid in rows:
