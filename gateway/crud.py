@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import uuid
 
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from gateway.core.db import database_unavailable
 from gateway.models import Segmentation, audit
 from gateway.service.organs import ModelInfo
 
@@ -49,5 +51,9 @@ def record_segmentation(
         target=f"segmentation:{id}",
         detail={"organ": organ, "model_version": model.version},
     )
-    session.commit()
+    try:
+        session.commit()
+    except OperationalError as exc:  # locked SQLite, PostgreSQL gone: the caller removes the objects, 503
+        session.rollback()
+        raise database_unavailable(exc) from exc
     return row
