@@ -46,6 +46,16 @@ class UnsupportedMediaType(MedSegError):
     code, http_status, grpc_code = "unsupported_media_type", 415, "INVALID_ARGUMENT"
 
 
+class TooManyRequests(MedSegError):
+    """The caller must wait (e.g. sign-in throttled after repeated failures); `retry_after_s` says how long."""
+
+    code, http_status, grpc_code = "too_many_requests", 429, "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str, *, retry_after_s: int = 60, code: str | None = None):
+        super().__init__(message, code=code)
+        self.retry_after_s = retry_after_s
+
+
 class ServiceUnavailable(MedSegError):
     """A dependency (organ server, object store, database) is down or timed out."""
 
