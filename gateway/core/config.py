@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -54,6 +55,22 @@ class Settings(BaseSettings):
     max_request_bytes: int = 256 * 1024 * 1024  # a whole request (evaluate sends many)
     max_image_pixels: int = 40_000_000  # decompression-bomb guard: width x height of one decoded image
     max_evaluate_images: int = 64
+
+    # Datasets (zip upload): refused from Content-Length before the body is read, capped while streaming.
+    max_dataset_upload_bytes: int = 2 * 1024 * 1024 * 1024
+    upload_tmp_dir: Path | None = None  # where uploads are spooled; None: the system temp dir
+
+    # People: cookie sessions, sign-in throttling, the first admin (created at start when no admin exists).
+    session_ttl_hours: float = 12.0
+    session_cookie_name: str = "medseg_session"
+    csrf_cookie_name: str = "medseg_csrf"
+    # None: Secure cookies when the request came over https (behind a TLS proxy: run uvicorn with
+    # --proxy-headers); always Secure in production.
+    session_cookie_secure: bool | None = None
+    sign_in_max_failures: int = 5  # failures per account within the window before sign-in is refused
+    sign_in_window_s: int = 15 * 60
+    admin_email: str = ""
+    admin_password: SecretStr = SecretStr("")
 
     @property
     def sqlalchemy_url(self) -> str:
