@@ -82,6 +82,8 @@ class ApiKey(Base):
     expires_at: Mapped[datetime | None]
     last_used_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+    # The hospital system using the key; a key sees that hospital's datasets (none: only its own uploads).
+    hospital: Mapped[str | None] = mapped_column(String(200))
 
     def __repr__(self) -> str:
         return f"ApiKey(prefix={self.prefix!r}, name={self.name!r}, scopes={self.scopes!r})"
@@ -106,8 +108,7 @@ class Segmentation(Base):
     areas_px: Mapped[dict] = mapped_column(JSON, default=dict)  # {"0.5": 1234, ...}
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"), index=True)
-    # No users table yet: the migration that adds users turns this into a foreign key.
-    user_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), index=True)
 
 
 class Dataset(Base):
@@ -122,9 +123,61 @@ class Dataset(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     dataset_hash: Mapped[str] = mapped_column(String(64), index=True)
     manifest_key: Mapped[str] = mapped_column(String(512))
-    status: Mapped[str] = mapped_column(String(16), default="ready")  # uploading | ready | failed
+    status: Mapped[str] = mapped_column(String(16), default="ready")  # uploading | ready | failed | deleted
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     notes: Mapped[str | None] = mapped_column(Text)
+    # Who uploaded it (a person or a hospital system's key) and for which hospital: doctors see their
+    # hospital's datasets, researchers all of them.
+    uploaded_by_user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), index=True
+    )
+    uploaded_by_api_key_id: Mapped[int | None] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="SET NULL"), index=True
+    )
+    hospital: Mapped[str | None] = mapped_column(String(200), index=True)
+    deleted_at: Mapped[datetime | None]  # soft delete: the row and the objects stay, the dataset is hidden
+
+
+ROLES = ("doctor", "researcher", "admin")
+USER_STATUSES = ("pending", "active", "disabled")
+
+
+class User(Base):
+    """A person. Registers as `pending`; an admin approves (`active`) and assigns the role."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True, index=True)  # stored lower-case
+    password_hash: Mapped[str] = mapped_column(String(255))  # argon2id (gateway/accounts.py)
+    full_name: Mapped[str] = mapped_column(String(200))
+    title: Mapped[str | None] = mapped_column(String(200))  # title / position
+    department: Mapped[str | None] = mapped_column(String(200))
+    hospital: Mapped[str | None] = mapped_column(String(200), index=True)
+    role: Mapped[str] = mapped_column(String(16))  # doctor | researcher | admin
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    approved_at: Mapped[datetime | None]
+    last_sign_in_at: Mapped[datetime | None]
+
+    def __repr__(self) -> str:
+        return f"User(id={self.id!r}, email={self.email!r}, role={self.role!r}, status={self.status!r})"
+
+
+class UserSession(Base):
+    """A signed-in browser: only the SHA-256 of the cookie token is stored; one CSRF token per session."""
+
+    __tablename__ = "user_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    last_seen_at: Mapped[datetime | None]
+    ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(256))
 
 
 class AuditLog(Base):
