@@ -15,6 +15,7 @@ TS_JAR = $(shell $(PY) -c "import ts, os; print(os.path.join(os.path.dirname(ts.
 system-deps:
 	@command -v java >/dev/null 2>&1 || { echo "installing Java 17 (TorchServe needs it)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless >/dev/null; }
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { echo "installing PostgreSQL (database tests run on it too)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PY_BOOT) -m venv $(VENV)
