@@ -4,6 +4,11 @@ import importlib.util
 
 pytest_plugins = [
     name
-    for name in ("tests.fixtures.objectstore", "tests.fixtures.torchserve", "tests.fixtures.stack")
+    for name in (
+        "tests.fixtures.objectstore",
+        "tests.fixtures.torchserve",
+        "tests.fixtures.stack",
+        "tests.fixtures.postgres",
+    )
     if importlib.util.find_spec(name) is not None
 ]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.core.config import get_settings
@@ -42,7 +42,10 @@ def make_engine(url: str, *, busy_timeout_s: float = BUSY_TIMEOUT_S, echo: bool 
             cursor.close()
 
         return engine
-    connect_args = {"connect_timeout": 5} if parsed.get_backend_name() == "postgresql" else {}
+    connect_args = {}
+    if parsed.get_backend_name() == "postgresql":
+        # lock_timeout: a statement waiting for a lock fails after the same time as SQLite's busy timeout
+        connect_args = {"connect_timeout": 5, "options": f"-c lock_timeout={int(busy_timeout_s * 1000)}"}
     return create_engine(url, echo=echo, pool_pre_ping=True, connect_args=connect_args)
 
 
@@ -57,13 +60,26 @@ def get_sessionmaker() -> sessionmaker[Session]:
     return sessionmaker(bind=get_engine(), expire_on_commit=False)
 
 
-def database_unavailable(exc: OperationalError) -> ServiceUnavailable:
-    """Map a driver-level failure (locked SQLite, PostgreSQL down) to a transport-neutral error."""
-    text = str(exc.orig) if exc.orig is not None else str(exc)
-    if "locked" in text or "busy" in text:
+READ_ONLY_SQLSTATE = "25006"  # PostgreSQL: read_only_sql_transaction (an InternalError, not Operational)
+
+
+def is_unavailable(exc: DBAPIError) -> bool:
+    """True for failures of the database itself (down, locked, read-only), not of the statement."""
+    return isinstance(exc, OperationalError) or getattr(exc.orig, "sqlstate", None) == READ_ONLY_SQLSTATE
+
+
+def database_unavailable(exc: DBAPIError) -> ServiceUnavailable:
+    """Map a driver-level failure (locked, read-only, PostgreSQL down) to a transport-neutral error."""
+    text = (str(exc.orig) if exc.orig is not None else str(exc)).strip()
+    if "locked" in text or "busy" in text or "lock timeout" in text:
         return ServiceUnavailable(
             f"database unavailable: it stayed locked by another writer for more than "
             f"{BUSY_TIMEOUT_S:.0f}s ({text}); retry shortly"
+        )
+    if "readonly" in text or "read-only" in text:
+        return ServiceUnavailable(
+            f"database unavailable: it is read-only ({text}); check the database file's permissions, "
+            "the disk, or the PostgreSQL server's read-only setting"
         )
     return ServiceUnavailable(f"database unavailable: {text}")
 
@@ -73,8 +89,10 @@ def get_db() -> Iterator[Session]:
     with get_sessionmaker()() as session:
         try:
             yield session
-        except OperationalError as exc:
+        except DBAPIError as exc:
             session.rollback()
+            if not is_unavailable(exc):
+                raise
             raise database_unavailable(exc) from exc
 
 
@@ -86,8 +104,10 @@ def session_scope(engine: Engine | None = None) -> Iterator[Session]:
         try:
             yield session
             session.commit()
-        except OperationalError as exc:
+        except DBAPIError as exc:
             session.rollback()
+            if not is_unavailable(exc):
+                raise
             raise database_unavailable(exc) from exc
         except BaseException:
             session.rollback()

@@ -1,4 +1,7 @@
-"""A fresh, migrated SQLite database per test."""
+"""A fresh, migrated database per test, on SQLite and on PostgreSQL (`db_url` is parametrized over both).
+
+SQLite-only behaviour (WAL, busy timeout, file locks) is tested through `sqlite_url`.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +12,15 @@ from gateway.core.db import make_engine, run_migrations
 
 
 @pytest.fixture
-def db_url(tmp_path) -> str:
+def sqlite_url(tmp_path) -> str:
     url = f"sqlite:///{tmp_path / 'medseg.db'}"
     run_migrations(url)
     return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request) -> str:
+    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
 
 
 @pytest.fixture
@@ -26,3 +34,9 @@ def db_engine(db_url):
 def db_session(db_engine):
     with sessionmaker(bind=db_engine, expire_on_commit=False)() as session:
         yield session
+
+
+@pytest.fixture
+def postgres_server_if_used(request, db_url):
+    """The PostgreSQL cluster when this test runs on PostgreSQL, else None."""
+    return request.getfixturevalue("postgres_server") if db_url.startswith("postgresql") else None

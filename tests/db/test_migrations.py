@@ -15,7 +15,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from gateway.core.db import alembic_config, make_engine, run_migrations, session_scope
 from gateway.errors import ServiceUnavailable
@@ -43,11 +43,13 @@ def test_migrations_render_for_postgresql():
     assert "UUID" in ddl and "TIMESTAMP WITH TIME ZONE" in ddl and "BIGSERIAL" in ddl
 
 
-def test_sqlite_runs_in_wal_with_foreign_keys_and_a_busy_timeout(db_engine):
-    with db_engine.connect() as conn:
+def test_sqlite_runs_in_wal_with_foreign_keys_and_a_busy_timeout(sqlite_url):
+    engine = make_engine(sqlite_url)
+    with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 5000
+    engine.dispose()
 
 
 def test_foreign_keys_are_enforced(db_session):
@@ -114,7 +116,10 @@ def test_a_locked_database_gives_a_clear_error_not_a_hang(db_url):
 
     def hold_write_lock():
         with holder.connect() as conn:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            else:  # PostgreSQL: a writer holding the table lock; the waiter's lock_timeout ends the wait
+                conn.exec_driver_sql("LOCK TABLE audit_log IN ACCESS EXCLUSIVE MODE")
             conn.execute(text("INSERT INTO audit_log (at, actor, action) VALUES ('2026-01-01', 'x', 'lock')"))
             locked.set()
             release.wait(10)
@@ -134,3 +139,31 @@ def test_a_locked_database_gives_a_clear_error_not_a_hang(db_url):
         thread.join()
         holder.dispose()
         waiter.dispose()
+
+
+def test_a_read_only_database_gives_a_clear_error(db_url, postgres_server_if_used):
+    """A read-only SQLite file (opened with mode=ro) or a read-only PostgreSQL database: 503, not a 500."""
+    if db_url.startswith("sqlite"):
+        path = db_url.removeprefix("sqlite:///")
+        read_only = make_engine(f"sqlite:///file:{path}?mode=ro&uri=true")
+    else:
+        database = db_url.rsplit("/", 1)[1]
+        postgres_server_if_used.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
+        read_only = make_engine(db_url)
+    try:
+        with pytest.raises(ServiceUnavailable, match="read-only"):
+            with session_scope(read_only) as session:
+                audit(session, "y", "blocked")
+    finally:
+        read_only.dispose()
+
+
+@pytest.mark.parametrize("statement", ["UPDATE audit_log SET actor = 'mallory'", "DELETE FROM audit_log"])
+def test_audit_log_is_append_only_in_sql_too(db_engine, statement):
+    with session_scope(db_engine) as session:
+        audit(session, "alice", "sign_in")
+    with pytest.raises(DBAPIError, match="append-only"):
+        with db_engine.begin() as conn:
+            conn.execute(text(statement))
+    with db_engine.connect() as conn:
+        assert conn.execute(text("SELECT actor FROM audit_log")).scalars().all() == ["alice"]
