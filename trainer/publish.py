@@ -1,5 +1,6 @@
-"""From a finished run to a served model: .mar + card in the model store folder, optionally uploaded to the
-object store's models bucket and registered with the organ's TorchServe (management API over gRPC)."""
+"""From a finished run to stored artifacts: the .mar + card in a model store folder (`publish_run`), and the
+run's files in the runs bucket (`upload_run`). Upload to the models bucket and registration with the
+organ's TorchServe are trainer.register."""
 
 from __future__ import annotations
 
@@ -39,3 +40,36 @@ def publish_run(
     )
     log.info("packaged %s version %s → %s (%.1f MB)", model_name, version, mar, mar.stat().st_size / 1e6)
     return mar
+
+
+RUN_FILES = {
+    "card.json": "application/json",
+    "metrics.json": "application/json",
+    "curves.png": "image/png",
+    "spec.yaml": "application/yaml",
+}
+
+
+def default_run_id(arch: str, fold: int) -> str:
+    return f"{dt.datetime.now(dt.UTC).strftime('%Y%m%d-%H%M%S')}-{arch}-fold{fold}"
+
+
+def upload_run(store, organ: str, run_id: str, run_dir: str | Path) -> list[str]:
+    """Upload a finished run's files (card, metrics, curves, spec) to the runs bucket under
+    `<organ>/<run_id>/`; returns the keys written. The card names the dataset (id and hash) it came from."""
+    from gateway.errors import InvalidInput
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "card.json").is_file():
+        raise InvalidInput(f"{run_dir} holds no finished run (card.json missing)")
+    if not run_id or "/" in run_id or run_id.startswith("."):
+        raise InvalidInput(f"invalid run id {run_id!r}")
+    keys = []
+    for name, content_type in RUN_FILES.items():
+        path = run_dir / name
+        if path.is_file():
+            key = f"{organ}/{run_id}/{name}"
+            store.put_file(store.buckets.runs, key, path, content_type=content_type)
+            keys.append(key)
+    log.info("uploaded run %s to %s/%s/%s/", run_id, store.buckets.runs, organ, run_id)
+    return keys

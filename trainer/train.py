@@ -41,12 +41,30 @@ ORGAN_AUGMENT = {
 
 
 def dataset_hash(root: str | Path) -> str:
-    """sha256 over the sorted per-file sha256 of every image and mask (same rule as dataset manifests)."""
+    """The dataset hash of a local folder by the manifests' rule (trainer.datasets.dataset_hash: sha256
+    over the sorted per-file sha256 of every image and mask), so a pushed folder keeps its hash."""
+    from trainer.datasets import dataset_hash as manifest_hash
+
     digests = []
-    for name, image, mask in find_pairs(root):
-        for kind, path in (("images", image), ("masks", mask)):
-            digests.append(f"{kind}/{name}:{hashlib.sha256(path.read_bytes()).hexdigest()}")
-    return hashlib.sha256("\n".join(sorted(digests)).encode()).hexdigest()
+    for _, image, mask in find_pairs(root):
+        digests += [hashlib.sha256(path.read_bytes()).hexdigest() for path in (image, mask)]
+    return manifest_hash(digests)
+
+
+def dataset_record(data: str | Path, pairs: int, limit: int | None) -> dict:
+    """What the card says about the data: a fetched dataset (manifest.json beside images/) by its id and
+    manifest hash; a local folder by its path and hash (no hash when only part of it was used)."""
+    manifest_path = Path(data) / "manifest.json"
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text())
+        return {
+            "id": manifest["id"],
+            "name": manifest.get("name"),
+            "source": f"dataset:{manifest['id']}",
+            "hash": manifest["dataset_hash"] if limit is None else None,
+            "pairs": pairs,
+        }
+    return {"source": str(data), "hash": dataset_hash(data) if limit is None else None, "pairs": pairs}
 
 
 def git_commit() -> str:
@@ -112,9 +130,10 @@ def run_training(
     folds: int = 5,
     limit: int | None = None,
     resume: bool = False,
+    run_id: str | None = None,
 ) -> dict:
     """Train one fold; returns the run summary. Rank 0 writes best.pt, model.ts, spec.yaml, metrics.json,
-    curves.png and card.json into run_dir."""
+    curves.png and card.json (naming `run_id`, default the run dir's name) into run_dir."""
     run_dir = Path(run_dir)
     spec = load_organ_spec(organ)
     pairs = load_pairs(data, spec, limit=limit)
@@ -149,18 +168,13 @@ def run_training(
     plot_curves(trainer.history, run_dir / "curves.png")
     size = spec.inference.size or (512, 512)
     card = {
+        "run_id": run_id or run_dir.name,
         "organ": organ,
         "architecture": config.arch,
         "parameters": sum(p.numel() for p in model.parameters()),
         "inference_gflops": round(inference_gflops(model, spec.channels, tuple(size)), 3),
         "inference_gflops_input": list(size),
-        "dataset": {
-            "source": str(data),
-            "hash": dataset_hash(data) if limit is None else None,
-            "pairs": len(pairs),
-            "train": len(train),
-            "validation": len(val),
-        },
+        "dataset": {**dataset_record(data, len(pairs), limit), "train": len(train), "validation": len(val)},
         "split": {"folds": folds, "fold": fold, "seed": config.seed},
         "metrics": {
             "val_dice": best["val_dice"],

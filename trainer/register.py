@@ -1,0 +1,216 @@
+"""Register a packaged model as a new version with its organ's TorchServe.
+
+    with management_client("liver") as mgmt:
+        register_version(store, mgmt, "model-store/liver.mar", "liver", "20250101.120000", set_default=True)
+
+The archive (and the card JSON beside it) goes to the models bucket as `<organ>/<model>-<version>.mar`
+(+ `.json`): TorchServe downloads a URL into its model store under the URL's last path segment and
+refuses a name it already holds, so the name carries the version. The organ server then fetches it from
+a presigned URL (its `allowed_urls` admit the models bucket) through the management API over gRPC.
+
+Versions are immutable: a version TorchServe already serves, or a different archive already stored
+under the same version, is a `Conflict`; re-running after a failed registration re-uses the identical
+stored archive. An organ server or object store that does not answer is `ServiceUnavailable`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import zipfile
+from datetime import timedelta
+from pathlib import Path
+
+from gateway.errors import Conflict, InvalidInput, MedSegError, NotFound, ServiceUnavailable
+
+logger = logging.getLogger(__name__)
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+URL_LIFETIME = timedelta(minutes=30)  # TorchServe downloads at once; the margin covers a busy server
+
+
+def mar_manifest(mar_path: str | Path) -> dict:
+    """The `model` section of the archive's MAR-INF/MANIFEST.json (modelName, modelVersion, handler...)."""
+    path = Path(mar_path)
+    try:
+        with zipfile.ZipFile(path) as mar:
+            return json.loads(mar.read("MAR-INF/MANIFEST.json"))["model"]
+    except FileNotFoundError:
+        raise InvalidInput(f"{path}: no such .mar file") from None
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
+        raise InvalidInput(f"{path}: not a TorchServe .mar archive ({exc})") from None
+
+
+def store_keys(organ: str, model_name: str, version: str) -> tuple[str, str]:
+    """Object keys of the archive and its card in the models bucket, unique per version."""
+    stem = f"{organ}/{model_name}-{version}"
+    return f"{stem}.mar", f"{stem}.json"
+
+
+def register_version(
+    store,
+    mgmt_client,
+    mar_path: str | Path,
+    organ: str,
+    version: str,
+    *,
+    set_default: bool = False,
+    model_name: str | None = None,
+) -> dict:
+    """Upload `mar_path` (+ its card) to the models bucket and register it as `version` of the organ's model.
+
+    `version` must be the version packed in the archive (TorchServe registers that one). The model is
+    made the default only with `set_default`. Returns what was done: organ, model_name, version, default,
+    bucket, mar_key, card_key (None without a card), sha256, message (TorchServe's).
+    Raises InvalidInput (bad archive, version or card), Conflict (version exists), ServiceUnavailable.
+    """
+    from services.spec import organ_dirs
+
+    mar_path = Path(mar_path)
+    model_name = model_name or organ
+    if organ not in organ_dirs():
+        raise InvalidInput(f"unknown organ {organ!r}; known organs: {', '.join(organ_dirs())}")
+    for what, value in (("model name", model_name), ("version", version)):
+        if not isinstance(value, str) or not NAME.match(value):
+            raise InvalidInput(
+                f"invalid {what} {value!r}: use letters, digits, '.', '_' or '-' (at most 64, e.g. 2025.1)"
+            )
+    packed = str(mar_manifest(mar_path).get("modelVersion", ""))
+    if packed != version:
+        raise InvalidInput(
+            f"{mar_path.name} was packaged as version {packed!r}, not {version!r}; TorchServe registers the "
+            f"packaged version, so re-package with --version {version} or register it as {packed}"
+        )
+    digest = _sha256(mar_path)
+    card_path = mar_path.with_suffix(".json")
+    card = _read_card(card_path, digest) if card_path.is_file() else None
+
+    # Ask the organ server first: nothing is uploaded for a version it already serves or when it is down.
+    try:
+        mgmt_client.describe(model_name, version)
+    except NotFound:
+        pass
+    except ServiceUnavailable as exc:
+        raise ServiceUnavailable(f"cannot register {model_name} {version}: {exc.message}") from exc
+    else:
+        raise Conflict(
+            f"{model_name} version {version} is already registered with the {organ} organ server; "
+            "versions are immutable, package the model under a new --version",
+            code="version_exists",
+        )
+
+    bucket = store.buckets.models
+    mar_key, card_key = store_keys(organ, model_name, version)
+    _upload_archive(store, bucket, mar_key, mar_path, digest)
+    if card is not None:
+        store.put_bytes(
+            bucket, card_key, json.dumps(card, indent=2, sort_keys=True).encode(), "application/json"
+        )
+    url = store.presigned_get_url(bucket, mar_key, expires=URL_LIFETIME)
+    try:
+        message = mgmt_client.register(url, model_name, version=version, set_default=False)
+    except Conflict as exc:  # registered by someone else between our check and now
+        raise Conflict(
+            f"{model_name} version {version} is already registered with the {organ} organ server "
+            f"({exc.message})",
+            code="version_exists",
+        ) from exc
+    except ServiceUnavailable as exc:
+        raise ServiceUnavailable(f"cannot register {model_name} {version}: {exc.message}") from exc
+    logger.info("registered %s version %s with the %s organ server: %s", model_name, version, organ, message)
+    if set_default:
+        try:
+            mgmt_client.set_default(model_name, version)
+        except MedSegError as exc:
+            raise type(exc)(
+                f"{model_name} version {version} is registered but NOT the default ({exc.message}); "
+                f"retry with `medseg model register --organ {organ} --set-default` or the management API",
+                code=exc.code,
+            ) from exc
+        logger.info("%s version %s is now the default of the %s organ server", model_name, version, organ)
+    return {
+        "organ": organ,
+        "model_name": model_name,
+        "version": version,
+        "default": set_default,
+        "bucket": bucket,
+        "mar_key": mar_key,
+        "card_key": card_key if card is not None else None,
+        "sha256": digest,
+        "message": message,
+    }
+
+
+def management_client(
+    organ: str, settings=None, *, address: str | None = None, key: str | None = None, timeout: float = 30.0
+):
+    """A ManagementClient for the organ's TorchServe.
+
+    Address: `address`, else `Settings.organ_host` at the organ's configured gRPC management port
+    (services/<organ>/config.properties). Key: `key`, else the management key in the key_file.json the
+    local launcher's TorchServe wrote under the state dir (re-read on every call, so renewed keys work).
+    """
+    from gateway.core.config import get_settings
+    from services.launcher import KEY_FILE, LauncherError, configured_ports, read_keys, server_dir
+    from services.torchserve_client import ManagementClient
+
+    settings = settings or get_settings()
+    if address is None:
+        try:
+            port = configured_ports(organ, Path(settings.services_dir)).grpc_management
+        except (FileNotFoundError, KeyError) as exc:
+            raise InvalidInput(
+                f"no gRPC management port for organ {organ!r} in services/{organ}/config.properties ({exc})"
+            ) from exc
+        address = f"{settings.organ_host}:{port}"
+    if key is None:
+        key_file = server_dir(settings.state_dir, organ) / KEY_FILE
+        try:
+            read_keys(key_file)
+        except LauncherError as exc:
+            raise ServiceUnavailable(
+                f"no management key for the {organ} organ server: {exc} "
+                "(start it with `medseg stack up`, or pass --management-key-file)"
+            ) from exc
+        return ManagementClient(address, lambda: read_keys(key_file).management, timeout=timeout)
+    return ManagementClient(address, key, timeout=timeout)
+
+
+def _read_card(path: Path, digest: str) -> dict:
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(f"{path}: unreadable model card ({exc})") from None
+    if card.get("mar_sha256") not in (None, digest):
+        raise InvalidInput(
+            f"{path} describes a different archive (sha256 {card['mar_sha256'][:12]}…, the .mar is "
+            f"{digest[:12]}…): re-package the model so the card matches"
+        )
+    return card
+
+
+def _upload_archive(store, bucket: str, key: str, path: Path, digest: str) -> None:
+    """Upload unless the identical archive is already stored; a different one under the key is a Conflict."""
+    if store.exists(bucket, key):
+        stored = hashlib.sha256()
+        for chunk in store.stream(bucket, key):
+            stored.update(chunk)
+        if stored.hexdigest() != digest:
+            raise Conflict(
+                f"{bucket}/{key} already holds a different archive for this version; versions are "
+                "immutable, package the model under a new --version",
+                code="version_exists",
+            )
+        logger.info("%s/%s already stored (same sha256), re-using it", bucket, key)
+        return
+    store.put_file(bucket, key, path, content_type="application/octet-stream")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
