@@ -55,6 +55,7 @@ def create_api_key(
     expires_at: datetime | None = None,
     *,
     actor: str = "cli",
+    hospital: str | None = None,
 ) -> tuple[ApiKey, str]:
     """Create and commit a key; returns (row, raw_key). The raw key is not stored: show it once."""
     name = (name or "").strip()
@@ -74,6 +75,7 @@ def create_api_key(
         hashed_secret=hash_api_key(raw_key),
         scopes=scope_list,
         expires_at=expires_at,
+        hospital=(hospital or "").strip() or None,
     )
     session.add(row)
     audit(
@@ -81,7 +83,12 @@ def create_api_key(
         actor,
         "api_key.create",
         prefix,
-        {"name": name, "scopes": scope_list, "expires_at": expires_at.isoformat() if expires_at else None},
+        {
+            "name": name,
+            "scopes": scope_list,
+            "expires_at": expires_at.isoformat() if expires_at else None,
+            "hospital": row.hospital,
+        },
     )
     session.commit()
     return row, raw_key
@@ -91,7 +98,8 @@ def authenticate_api_key(session: Session, raw_key: str | None, required_scope: 
     """The key's row if `raw_key` is valid and grants `required_scope`.
 
     Raises Unauthenticated (missing, malformed, unknown, revoked, expired) or Forbidden (scope missing).
-    Updates last_used_at (at most once a minute per key) and commits it.
+    Updates last_used_at and appends an `api_key.use` audit record (both at most once a minute per key, so
+    the audit log shows when a key was in use without one row per request) and commits them.
     """
     if required_scope not in KNOWN_SCOPES:
         raise ValueError(f"unknown scope {required_scope!r}; valid: {', '.join(KNOWN_SCOPES)}")
@@ -116,6 +124,7 @@ def authenticate_api_key(session: Session, raw_key: str | None, required_scope: 
         )
     if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
         row.last_used_at = now
+        audit(session, f"api-key:{row.prefix}", "api_key.use", row.prefix, {"scope": required_scope})
         session.commit()
     return row
 
