@@ -23,21 +23,23 @@ pytestmark = pytest.mark.integration
 def test_put_get_list_delete_round_trip(clean_buckets):
     store = clean_buckets
     bucket = store.buckets.results
-    store.put_bytes(bucket, "a/1.bin", b"one")
-    store.put_bytes(bucket, "a/2.bin", b"two!")
-    store.put_bytes(bucket, "b/3.bin", b"three")
+    # Under a prefix of its own: SeaweedFS keeps emptied "directories" that other tests' keys left behind.
+    root = f"roundtrip-{os.getpid()}-{time.monotonic_ns()}/"
+    store.put_bytes(bucket, f"{root}a/1.bin", b"one")
+    store.put_bytes(bucket, f"{root}a/2.bin", b"two!")
+    store.put_bytes(bucket, f"{root}b/3.bin", b"three")
 
-    assert store.get_bytes(bucket, "a/2.bin") == b"two!"
-    assert store.exists(bucket, "a/1.bin") and not store.exists(bucket, "a/9.bin")
-    assert store.stat(bucket, "b/3.bin").size == 5
-    assert [o.key for o in store.list(bucket, "a/")] == ["a/1.bin", "a/2.bin"]
-    assert {o.key for o in store.list(bucket, recursive=False)} == {"a/", "b/"}
+    assert store.get_bytes(bucket, f"{root}a/2.bin") == b"two!"
+    assert store.exists(bucket, f"{root}a/1.bin") and not store.exists(bucket, f"{root}a/9.bin")
+    assert store.stat(bucket, f"{root}b/3.bin").size == 5
+    assert [o.key for o in store.list(bucket, f"{root}a/")] == [f"{root}a/1.bin", f"{root}a/2.bin"]
+    assert {o.key for o in store.list(bucket, root, recursive=False)} == {f"{root}a/", f"{root}b/"}
 
-    assert store.delete_prefix(bucket, "a/") == 2
-    assert [o.key for o in store.list(bucket)] == ["b/3.bin"]
-    store.delete(bucket, "b/3.bin")
-    store.delete(bucket, "b/3.bin")  # deleting a missing object is not an error
-    assert store.list(bucket) == []
+    assert store.delete_prefix(bucket, f"{root}a/") == 2
+    assert [o.key for o in store.list(bucket, root)] == [f"{root}b/3.bin"]
+    store.delete(bucket, f"{root}b/3.bin")
+    store.delete(bucket, f"{root}b/3.bin")  # deleting a missing object is not an error
+    assert store.list(bucket, root) == []
 
 
 def test_missing_object_and_bucket_are_not_found(objectstore):
