@@ -1,0 +1,122 @@
+"""Authentication and authorisation for the HTTP edge, in one place per route.
+
+A route declares a typed dependency built from an `Access`, e.g.
+    DatasetReader = Annotated[Principal, Depends(require(Access(roles=(...), scopes=("datasets",))))]
+and receives the `Principal` (a signed-in person or an API key) only if it may call the route:
+
+* `Authorization: Bearer <key>` → the API key must grant one of the scopes (routes without scopes are
+  for people only → 403);
+* otherwise the session cookie → the person's role must be one of the roles; unsafe methods (POST, PUT,
+  PATCH, DELETE) must also carry the session's CSRF token, as an `X-CSRF-Token` header or, from a
+  server-rendered (urlencoded) form, a `csrf_token` field. API keys are not sent by browsers on their
+  own, so requests with them need no CSRF token.
+No credentials → 401; credentials that do not grant the route → 403.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import Depends, Header, Request, Response
+
+from gateway.accounts import csrf_matches, resolve_session
+from gateway.api.deps import SessionDep, SettingsDep, authorize
+from gateway.core.config import Settings
+from gateway.errors import Forbidden, Unauthenticated
+from gateway.models import UserSession
+from gateway.principal import Access, Principal
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+CSRF_HEADER = "X-CSRF-Token"
+CSRF_FIELD = "csrf_token"
+
+
+async def presented_csrf_token(request: Request) -> str | None:
+    """The CSRF token the request carries (header, or the field of an urlencoded form), if any."""
+    if request.method in SAFE_METHODS:
+        return None
+    if token := request.headers.get(CSRF_HEADER):
+        return token
+    # Only urlencoded forms are read here: they are small, and reading a multipart body would consume a
+    # streamed upload (the dataset upload); multipart requests send the header.
+    if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        value = (await request.form()).get(CSRF_FIELD)
+        return value if isinstance(value, str) else None
+    return None
+
+
+def require(access: Access) -> Callable[..., Principal]:
+    """A dependency that returns the caller's Principal if `access` admits it (401/403 otherwise)."""
+
+    def principal(
+        request: Request,
+        session: SessionDep,
+        settings: SettingsDep,
+        csrf_token: Annotated[str | None, Depends(presented_csrf_token)],
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> Principal:
+        if authorization:
+            if not access.scopes:
+                raise Forbidden(f"API keys cannot call this; it needs {access.describe()}")
+            return Principal(api_key=authorize(session, authorization, access.scopes))
+        token = request.cookies.get(settings.session_cookie_name)
+        if not token:
+            raise Unauthenticated(
+                f"sign in first; this needs {access.describe()}", code="missing_credentials"
+            )
+        user_session, user = resolve_session(session, token)
+        if request.method not in SAFE_METHODS and not csrf_matches(user_session, csrf_token):
+            raise Forbidden(
+                f"missing or wrong CSRF token: send the session's token as {CSRF_HEADER} "
+                f"(or a '{CSRF_FIELD}' form field)",
+                code="csrf_failed",
+            )
+        if not access.roles:
+            raise Forbidden(f"people cannot call this; it needs {access.describe()}")
+        access.check_role(user)
+        return Principal(user=user, session=user_session)
+
+    return principal
+
+
+PEOPLE = ("doctor", "researcher", "admin")
+
+SignedIn = Annotated[Principal, Depends(require(Access(roles=PEOPLE)))]
+Admin = Annotated[Principal, Depends(require(Access(roles=("admin",), scopes=("admin",))))]
+DatasetUploader = Annotated[Principal, Depends(require(Access(roles=("doctor",), scopes=("datasets",))))]
+DatasetReader = Annotated[Principal, Depends(require(Access(roles=PEOPLE, scopes=("datasets",))))]
+DatasetDeleter = Annotated[
+    Principal, Depends(require(Access(roles=("doctor", "admin"), scopes=("datasets",))))
+]
+
+
+# --- cookies ---------------------------------------------------------------------------------------------
+def cookie_secure(request: Request, settings: Settings) -> bool:
+    """Secure cookies behind TLS: forced by setting, always in production, else when the request was https."""
+    if settings.session_cookie_secure is not None:
+        return settings.session_cookie_secure
+    return settings.environment == "production" or request.url.scheme == "https"
+
+
+def set_session_cookies(
+    response: Response, request: Request, settings: Settings, raw_token: str, user_session: UserSession
+) -> None:
+    secure = cookie_secure(request, settings)
+    max_age = int(timedelta(hours=settings.session_ttl_hours).total_seconds())
+    response.set_cookie(
+        settings.session_cookie_name, raw_token, max_age=max_age, httponly=True, samesite="lax",
+        secure=secure, path="/",
+    )  # fmt: skip
+    # Readable by the page's scripts (not HttpOnly): they echo it in X-CSRF-Token. Alone it grants nothing.
+    response.set_cookie(
+        settings.csrf_cookie_name, user_session.csrf_token, max_age=max_age, httponly=False,
+        samesite="lax", secure=secure, path="/",
+    )  # fmt: skip
+
+
+def clear_session_cookies(response: Response, request: Request, settings: Settings) -> None:
+    secure = cookie_secure(request, settings)
+    for name, httponly in ((settings.session_cookie_name, True), (settings.csrf_cookie_name, False)):
+        response.delete_cookie(name, path="/", secure=secure, httponly=httponly, samesite="lax")

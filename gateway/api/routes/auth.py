@@ -1,0 +1,96 @@
+from datetime import timedelta
+
+from fastapi import APIRouter, Request, Response, status
+
+from gateway import accounts
+from gateway.api.auth import SignedIn, clear_session_cookies, set_session_cookies
+from gateway.api.deps import SessionDep, SettingsDep
+from gateway.schemas_people import (
+    PasswordChange,
+    ProfileUpdate,
+    SessionPublic,
+    SignIn,
+    UserPublic,
+    UserRegister,
+)
+
+router = APIRouter(tags=["accounts"])
+
+
+def _ip(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+@router.post("/auth/register", response_model=UserPublic, status_code=status.HTTP_201_CREATED)
+def register(body: UserRegister, session: SessionDep) -> UserPublic:
+    """Create a pending doctor or researcher account; an admin approves it."""
+    return UserPublic.model_validate(accounts.register(session, **body.model_dump()))
+
+
+@router.post("/auth/sign-in", response_model=SessionPublic)
+def sign_in(
+    body: SignIn, request: Request, response: Response, session: SessionDep, settings: SettingsDep
+) -> SessionPublic:
+    """Check the password and start a cookie session; returns the session's CSRF token."""
+    user = accounts.sign_in(
+        session,
+        body.email,
+        body.password,
+        max_failures=settings.sign_in_max_failures,
+        window_s=settings.sign_in_window_s,
+        ip=_ip(request),
+    )
+    user_session, raw = accounts.start_session(
+        session,
+        user,
+        ttl=timedelta(hours=settings.session_ttl_hours),
+        ip=_ip(request),
+        user_agent=request.headers.get("user-agent"),
+    )
+    set_session_cookies(response, request, settings, raw, user_session)
+    return SessionPublic(
+        user=UserPublic.model_validate(user),
+        csrf_token=user_session.csrf_token,
+        expires_at=user_session.expires_at,
+    )
+
+
+@router.post("/auth/sign-out", status_code=status.HTTP_204_NO_CONTENT)
+def sign_out(principal: SignedIn, request: Request, session: SessionDep, settings: SettingsDep) -> Response:
+    """End this session and clear its cookies."""
+    accounts.end_session(session, principal.session, principal.user)
+    response = Response(status_code=status.HTTP_204_NO_CONTENT)
+    clear_session_cookies(response, request, settings)
+    return response
+
+
+@router.get("/users/me", response_model=SessionPublic)
+def me(principal: SignedIn) -> SessionPublic:
+    """Who is signed in, with the session's CSRF token (for pages that need it again)."""
+    return SessionPublic(
+        user=UserPublic.model_validate(principal.user),
+        csrf_token=principal.session.csrf_token,
+        expires_at=principal.session.expires_at,
+    )
+
+
+@router.patch("/users/me", response_model=UserPublic)
+def update_me(body: ProfileUpdate, principal: SignedIn, session: SessionDep) -> UserPublic:
+    """Edit one's own name, title/position and department."""
+    user = session.merge(principal.user)
+    return UserPublic.model_validate(
+        accounts.update_profile(session, user, **body.model_dump(exclude_unset=True))
+    )
+
+
+@router.post("/users/me/password", status_code=status.HTTP_204_NO_CONTENT)
+def change_password(body: PasswordChange, principal: SignedIn, session: SessionDep) -> Response:
+    """Replace one's password (the current one is required); other sessions end."""
+    accounts.change_password(
+        session,
+        principal.user,
+        body.current_password,
+        body.new_password,
+        keep_session_id=principal.session.id,
+    )
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,25 @@
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from gateway import accounts
+from gateway.api.auth import Admin
+from gateway.api.deps import SessionDep
+from gateway.schemas_people import Status, UserAdminUpdate, UserPublic, UsersPublic
+
+router = APIRouter(prefix="/users", tags=["users"])
+
+
+@router.get("", response_model=UsersPublic)
+def list_users(
+    _admin: Admin, session: SessionDep, status: Annotated[Status | None, Query()] = None
+) -> UsersPublic:
+    """Accounts, newest first; `?status=pending` lists those awaiting approval."""
+    return UsersPublic(users=[UserPublic.model_validate(u) for u in accounts.list_users(session, status)])
+
+
+@router.patch("/{user_id}", response_model=UserPublic)
+def administer_user(user_id: int, body: UserAdminUpdate, admin: Admin, session: SessionDep) -> UserPublic:
+    """Approve or disable an account, assign its role or hospital."""
+    user = accounts.administer_user(session, admin.actor, user_id, **body.model_dump(exclude_unset=True))
+    return UserPublic.model_validate(user)

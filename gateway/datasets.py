@@ -1,0 +1,129 @@
+"""Datasets as the gateway sees them: an upload validated and stored by trainer.datasets (the one
+validator), recorded as a `Dataset` row with its uploader and hospital; listing by who may see what.
+
+Visibility: researchers and admins see every dataset; a doctor sees their hospital's (or, without a
+hospital, their own uploads); an API key sees its hospital's (or, without one, its own uploads).
+Deletion is soft (row and objects stay, the dataset is hidden): by its uploader or an admin.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import ColumnElement, or_, select, true
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from gateway.core.db import database_unavailable, is_unavailable
+from gateway.errors import Forbidden, MedSegError, NotFound
+from gateway.models import Dataset, audit
+from gateway.principal import Principal
+from trainer.datasets import MANIFEST, DatasetLimits, push_dataset
+
+logger = logging.getLogger(__name__)
+
+
+def upload_dataset(
+    session: Session,
+    store,
+    principal: Principal,
+    *,
+    organ: str,
+    archive: Path,
+    name: str | None = None,
+    notes: str | None = None,
+    limits: DatasetLimits | None = None,
+) -> Dataset:
+    """Validate and store the zip at `archive`, then record it. Nothing is left behind on failure:
+
+    bad input → DatasetError naming the entry (nothing was uploaded); store down → ServiceUnavailable
+    (push_dataset deletes its partial upload); database failure → the uploaded objects are deleted.
+    """
+    manifest = push_dataset(
+        store, organ, archive, name=name or None, notes=notes, limits=limits, actor=principal.actor
+    )
+    try:
+        row = Dataset(
+            id=manifest["id"],
+            organ=manifest["organ"],
+            name=manifest["name"],
+            pair_count=manifest["pair_count"],
+            size_bytes=manifest["size_bytes"],
+            dataset_hash=manifest["dataset_hash"],
+            manifest_key=f"{manifest['id']}/{MANIFEST}",
+            status="ready",
+            notes=notes,
+            uploaded_by_user_id=principal.user.id if principal.user else None,
+            uploaded_by_api_key_id=principal.api_key.id if principal.api_key else None,
+            hospital=principal.hospital,
+        )
+        session.add(row)
+        audit(
+            session,
+            principal.actor,
+            "dataset.upload",
+            manifest["id"],
+            {"organ": organ, "pairs": manifest["pair_count"], "hash": manifest["dataset_hash"]},
+        )
+        session.commit()
+    except BaseException as exc:
+        session.rollback()
+        _delete_objects(store, manifest["id"])
+        if isinstance(exc, DBAPIError) and is_unavailable(exc):
+            raise database_unavailable(exc) from exc
+        raise
+    return row
+
+
+def _delete_objects(store, dataset_id: str) -> None:
+    try:
+        store.delete_prefix(store.buckets.datasets, f"{dataset_id}/")
+    except (
+        MedSegError
+    ) as exc:  # its manifest goes too, or nothing does: an incomplete dataset is never listed
+        logger.error("dataset %s was not recorded and its objects could not be deleted: %s", dataset_id, exc)
+
+
+def visible_to(principal: Principal) -> ColumnElement[bool]:
+    """The WHERE clause selecting the datasets `principal` may see (deleted ones excluded elsewhere)."""
+    if principal.user is not None:
+        if principal.user.role in ("researcher", "admin"):
+            return true()
+        own = Dataset.uploaded_by_user_id == principal.user.id
+    else:
+        own = Dataset.uploaded_by_api_key_id == principal.api_key.id
+    return or_(Dataset.hospital == principal.hospital, own) if principal.hospital else own
+
+
+def list_datasets(session: Session, principal: Principal, organ: str | None = None) -> list[Dataset]:
+    query = select(Dataset).where(visible_to(principal), Dataset.deleted_at.is_(None))
+    if organ:
+        query = query.where(Dataset.organ == organ)
+    return list(session.scalars(query.order_by(Dataset.created_at.desc(), Dataset.id)))
+
+
+def get_dataset(session: Session, principal: Principal, dataset_id: str) -> Dataset:
+    """The dataset if `principal` may see it; NotFound otherwise (no hint that it exists elsewhere)."""
+    row = session.scalar(
+        select(Dataset).where(Dataset.id == dataset_id, visible_to(principal), Dataset.deleted_at.is_(None))
+    )
+    if row is None:
+        raise NotFound(f"no dataset {dataset_id!r}")
+    return row
+
+
+def delete_dataset(session: Session, principal: Principal, dataset_id: str) -> Dataset:
+    """Soft-delete: hidden from every listing; the row and the objects stay for the audit trail."""
+    row = get_dataset(session, principal, dataset_id)
+    own = (principal.user is not None and row.uploaded_by_user_id == principal.user.id) or (
+        principal.api_key is not None and row.uploaded_by_api_key_id == principal.api_key.id
+    )
+    if not (own or principal.is_admin):
+        raise Forbidden("only the dataset's uploader or an admin may delete it")
+    row.deleted_at = datetime.now(UTC)
+    row.status = "deleted"
+    audit(session, principal.actor, "dataset.delete", row.id, {"organ": row.organ})
+    session.commit()
+    return row
