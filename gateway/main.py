@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gateway.api.routes import evaluate, health, organs, segment
+from gateway.api.routes import api_keys, audit, auth, datasets, evaluate, health, organs, segment, users
 from gateway.api.uploads import FORM_OVERHEAD_BYTES, BodyLimitMiddleware
 from gateway.core.config import Settings, get_settings
 from gateway.errors import MedSegError
@@ -53,7 +53,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def medseg_error(_: Request, exc: MedSegError) -> JSONResponse:
         if exc.http_status >= 500:
             logger.warning("%s: %s", exc.code, exc.message)
-        return error_response(exc.http_status, exc.code, exc.message)
+        retry_after = getattr(exc, "retry_after_s", None)
+        headers = {"Retry-After": str(retry_after)} if retry_after else None
+        return error_response(exc.http_status, exc.code, exc.message, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -94,11 +96,16 @@ def create_app(settings: Settings | None = None, dataplane: DataPlane | None = N
     api.include_router(organs.router)
     api.include_router(segment.router)
     api.include_router(evaluate.router)
+    for people_router in (auth.router, users.router, api_keys.router, datasets.router, audit.router):
+        api.include_router(people_router)
     app.include_router(health.router)
     app.include_router(api)
     app.add_middleware(
         BodyLimitMiddleware,
         default=settings.max_request_bytes,
-        limits={"/api/v1/segment": settings.max_upload_bytes + FORM_OVERHEAD_BYTES},
+        limits={
+            "/api/v1/segment": settings.max_upload_bytes + FORM_OVERHEAD_BYTES,
+            "/api/v1/datasets": settings.max_dataset_upload_bytes + FORM_OVERHEAD_BYTES,
+        },
     )
     return app
