@@ -1,0 +1,76 @@
+"""Init container of an organ server: put the organ's model into the model store before TorchServe starts.
+
+Environment (ConfigMap `organ-model-<organ>` and `medseg-s3`, Secret `medseg-s3`):
+  MEDSEG_ORGAN            organ name, also the TorchServe model name (TS_LOAD_MODELS=<organ>=<organ>.mar)
+  MEDSEG_MODEL_VERSION    a version registered in the models bucket (trainer.register's layout
+                          <organ>/<model>-<version>.mar), or `latest`: the newest .mar under <organ>/
+  MEDSEG_MODEL_STORE_DIR  where TorchServe's model store is mounted
+  MEDSEG_S3_*             the object store, as for every MedSeg process
+
+Writes <store>/<organ>.mar and, when the bucket has it, the card <store>/<organ>.json.
+Exits non-zero with the fix in the message; the kubelet retries the init container with back-off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from gateway.core.config import get_settings
+from gateway.errors import MedSegError
+from gateway.storage import ObjectStore
+from trainer.register import store_keys
+
+logger = logging.getLogger("pull_model")
+
+
+def choose_mar_key(store: ObjectStore, organ: str, version: str) -> str:
+    """Object key of the organ's archive for `version` (`latest`: the most recently stored one)."""
+    bucket = store.buckets.models
+    if version != "latest":
+        mar_key, _ = store_keys(organ, organ, version)
+        if not store.exists(bucket, mar_key):
+            raise SystemExit(
+                f"{bucket}/{mar_key} not found: register version {version} of {organ} first "
+                f"(trainer), or set MEDSEG_MODEL_VERSION in k8s/base/organs/{organ}/kustomization.yaml"
+            )
+        return mar_key
+    archives = [o for o in store.list(bucket, prefix=f"{organ}/") if o.key.endswith(".mar")]
+    if not archives:
+        raise SystemExit(
+            f"no {organ} model in bucket {bucket} (expected {organ}/{organ}-<version>.mar): "
+            f"train and register one (docs/operations.md, 'Roll out a model version')"
+        )
+    return max(archives, key=lambda o: (o.last_modified is not None, o.last_modified, o.key)).key
+
+
+def pull(store: ObjectStore, organ: str, version: str, model_store: Path) -> Path:
+    """Download the archive (and its card, if any) as <model_store>/<organ>.mar / .json."""
+    bucket = store.buckets.models
+    mar_key = choose_mar_key(store, organ, version)
+    mar = store.download(bucket, mar_key, model_store / f"{organ}.mar")
+    card_key = mar_key[: -len(".mar")] + ".json"
+    if store.exists(bucket, card_key):
+        store.download(bucket, card_key, model_store / f"{organ}.json")
+    logger.info("pulled %s/%s into %s (%d bytes)", bucket, mar_key, mar, mar.stat().st_size)
+    return mar
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    organ = os.environ.get("MEDSEG_ORGAN", "")
+    if not organ:
+        raise SystemExit("MEDSEG_ORGAN is not set (ConfigMap organ-model-<organ>)")
+    version = os.environ.get("MEDSEG_MODEL_VERSION", "latest")
+    settings = get_settings()
+    try:
+        pull(ObjectStore.from_settings(settings), organ, version, Path(settings.model_store_dir))
+    except MedSegError as exc:  # object store down or object vanished: retried by the kubelet
+        raise SystemExit(f"could not pull the {organ} model: {exc}") from None
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
