@@ -180,7 +180,7 @@ class DataPlane:
                     spec.modality,
                     spec.label,
                     self.registry.model(organ.name),
-                    spec.default_threshold,
+                    self.registry.default_threshold(organ.name),
                     ready,
                 )
             )
@@ -203,7 +203,11 @@ class DataPlane:
         height, width, spacing_mm = images.inspect(
             data, filename, max_pixels=self.max_image_pixels, window=organ.spec.window
         )
-        prob_png = self.clients[organ.name].predict(data)
+        # Ask for the version the registry reports, so the answer and its label always agree.
+        model = self.registry.model(organ.name)
+        prob_png = self.clients[organ.name].predict(
+            data, version=model.version if model.version != "unknown" else None
+        )
         try:
             prob = images.decode_probability(prob_png)
         except ValueError as exc:
@@ -271,7 +275,14 @@ class DataPlane:
             self._remove(written)
             raise
         return SegmentResult(
-            seg_id, organ.name, model, width, height, organ.spec.default_threshold, prob_png, masks
+            seg_id,
+            organ.name,
+            model,
+            width,
+            height,
+            self.registry.default_threshold(organ.name),
+            prob_png,
+            masks,
         )
 
     def _remove(self, keys: Sequence[str]) -> None:
@@ -287,7 +298,7 @@ class DataPlane:
     ) -> EvaluateResult:
         organ = self.registry.get(organ_name)
         pairs = pair_by_name(image_files, label_files, self.max_evaluate_images)
-        threshold = organ.spec.default_threshold
+        threshold = self.registry.default_threshold(organ.name)
         scores: list[ImageScore] = []
         per_t: dict[float, list[tuple[float, float]]] = {t: [] for t in THRESHOLDS}
         for image, label in pairs:

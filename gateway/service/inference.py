@@ -70,9 +70,12 @@ class OrganClient:
         key = self._key()
         return (("authorization", f"Bearer {key}"),) if key else ()
 
-    def predict(self, data: bytes, *, timeout_s: float | None = None) -> bytes:
-        """Encoded image → the organ server's answer (8-bit probability PNG at the input's size)."""
-        request = self._pb2.PredictionsRequest(model_name=self.model_name, input={"data": data})
+    def predict(self, data: bytes, *, version: str | None = None, timeout_s: float | None = None) -> bytes:
+        """Encoded image → the organ server's answer (8-bit probability PNG at the input's size).
+        `version`: the model version to run (TorchServe's default version when None)."""
+        request = self._pb2.PredictionsRequest(
+            model_name=self.model_name, model_version=version or "", input={"data": data}
+        )
         deadline = time.monotonic() + (timeout_s or self.timeout_s)
         attempt = 0
         while True:

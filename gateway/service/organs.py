@@ -33,6 +33,7 @@ DEFAULT_GRPC_INFERENCE_PORT = 7070  # TorchServe's default when config.propertie
 class ModelInfo:
     name: str
     version: str
+    default_threshold: float | None = None  # the threshold the model's card recommends (validation Dice)
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,11 @@ class OrganRegistry:
                 code="unknown_organ",
             ) from None
 
+    def default_threshold(self, name: str) -> float:
+        """The published model's recommended threshold, else the organ spec's."""
+        threshold = self.model(name).default_threshold
+        return self.get(name).spec.default_threshold if threshold is None else threshold
+
     def model(self, name: str) -> ModelInfo:
         """Model currently published for the organ (card, else .mar manifest, else name=organ/'unknown')."""
         card = self.model_store_dir / f"{name}.json"
@@ -136,7 +142,8 @@ def _model_from_card(path: Path, fallback: ModelInfo) -> ModelInfo:
         model = card.get("model") if isinstance(card.get("model"), dict) else card
         name = model.get("model_name") or model.get("name") or fallback.name
         version = model.get("version") or model.get("model_version") or fallback.version
-        return ModelInfo(str(name), str(version))
+        threshold = card.get("default_threshold")
+        return ModelInfo(str(name), str(version), None if threshold is None else float(threshold))
     except (OSError, ValueError, AttributeError) as exc:
         logger.warning("unreadable model card %s: %s", path, exc)
         return fallback

@@ -27,11 +27,13 @@ class FakeClient:
 
     def __init__(self, answer=ramp, error: Exception | None = None):
         self.answer, self.error, self.calls = answer, error, 0
+        self.versions: list[str | None] = []
         self.lock = threading.Lock()
 
-    def predict(self, data: bytes) -> bytes:
+    def predict(self, data: bytes, version: str | None = None) -> bytes:
         with self.lock:
             self.calls += 1
+            self.versions.append(version)
         if self.error:
             raise self.error
         image = Image.open(io.BytesIO(data))

@@ -52,6 +52,20 @@ def test_segment_thresholds_masks_and_storage(registry):
     assert ("results", rows[0]["probability_key"]) in store.objects
 
 
+def test_the_published_card_sets_the_version_asked_for_and_the_default_threshold(registry, tmp_path):
+    client = FakeClient(ramp)
+    plane = make_plane(registry, {"liver": client, "cells": FakeClient(ramp)})
+    image = png(np.zeros((32, 32), np.uint8))
+    first = plane.segment(None, "liver", image, "x.png")
+    assert client.versions == [None]  # nothing published: the organ server's default version
+    assert first.default_threshold == registry.get("liver").spec.default_threshold
+    (tmp_path / "liver.json").write_text('{"model_name": "liver", "version": "7", "default_threshold": 0.4}')
+    result = plane.segment(None, "liver", image, "x.png")
+    assert client.versions[-1] == "7"
+    assert (result.model.version, result.default_threshold) == ("7", 0.4)
+    assert [s.default_threshold for s in plane.list_organs() if s.name == "liver"] == [0.4]
+
+
 def test_store_down_leaves_no_row_and_no_objects(registry):
     rows, store = [], FakeStore(fail_after=3)
     plane = make_plane(registry, {"liver": FakeClient(ramp), "cells": FakeClient(ramp)}, store, rows)
