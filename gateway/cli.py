@@ -11,6 +11,7 @@ import sys
 COMMAND_MODULES = (
     "gateway.commands.stack",
     "gateway.commands.api_keys",
+    "gateway.commands.users",
     "trainer.cli",
     "trainer.dataset_cli",
 )
