@@ -85,12 +85,14 @@ def serve(settings: Settings) -> int:
     """Run the gateway in this process: migrations, gRPC server, then uvicorn until SIGTERM/SIGINT."""
     import uvicorn
 
+    from gateway.commands.users import bootstrap_admin
     from gateway.core.db import run_migrations, session_scope
     from gateway.grpc_server import create_server
     from gateway.main import create_app
     from gateway.service import build_dataplane
 
     run_migrations()
+    bootstrap_admin(settings)  # the first admin from MEDSEG_ADMIN_EMAIL / MEDSEG_ADMIN_PASSWORD, once
     dataplane = build_dataplane(settings)
     grpc_server, grpc_port = create_server(
         f"{settings.grpc_host}:{settings.grpc_port}",
