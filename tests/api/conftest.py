@@ -23,7 +23,7 @@ from PIL import Image
 from sqlalchemy.orm import sessionmaker
 
 from gateway import accounts
-from gateway.core.config import Settings
+from gateway.core.config import Settings, get_settings
 from gateway.core.db import get_db, make_engine, run_migrations, session_scope
 from gateway.errors import NotFound
 from gateway.models import User
@@ -141,25 +141,30 @@ class World:
             return self._apps["app"]
         return self._build_app(settings)
 
-    def _build_app(self, settings: Settings):
+    def _build_app(self, settings: Settings, engine=None):
         from gateway.main import create_app
 
         app = create_app(settings, make_dataplane(self.store))
-        engine = self.engine
+        engine = engine or self.engine
 
         def test_db() -> Iterator:
             with sessionmaker(bind=engine, expire_on_commit=False)() as session:
                 yield session
 
         app.dependency_overrides[get_db] = test_db
+        app.dependency_overrides[get_settings] = lambda: settings
         return app
 
     def session(self):
         return session_scope(self.engine)
 
-    def client(self, who: str, *, csrf: bool = True, settings: Settings | None = None) -> TestClient:
-        """`who`: anonymous, a PEOPLE name, or key:<scope>. People get a new session each time."""
-        client = TestClient(self.app(settings), raise_server_exceptions=False)
+    def client(
+        self, who: str, *, csrf: bool = True, settings: Settings | None = None, engine=None, **kwargs
+    ) -> TestClient:
+        """`who`: anonymous, a PEOPLE name, or key:<scope>. People get a new session each time.
+        `engine`: serve from another engine on the same database (e.g. a read-only one)."""
+        app = self._build_app(settings or self.settings, engine) if engine else self.app(settings)
+        client = TestClient(app, raise_server_exceptions=False, **kwargs)
         if who.startswith("key:"):
             client.headers["Authorization"] = f"Bearer {self.keys[who[4:]]}"
         elif who != "anonymous":
@@ -167,6 +172,7 @@ class World:
                 user_session, raw = accounts.start_session(
                     session, session.get(User, self.users[who].id), ttl=timedelta(hours=1)
                 )
+                user_session.last_seen_at = user_session.created_at  # no write on its first use
             client.cookies.set(self.settings.session_cookie_name, raw)
             if csrf:
                 client.headers["X-CSRF-Token"] = user_session.csrf_token
