@@ -1,0 +1,837 @@
+"""`make bench`: latency and throughput of one 512×512 liver slice along four paths, on a stack of its own.
+
+    .venv/bin/python -m gateway.bench [--requests 30] [--concurrency 8] [--burst 48] [--image PATH]
+
+What it starts (free ports, a temporary state dir, all stopped at the end, also on error or Ctrl-C):
+the local object store (SeaweedFS), the liver TorchServe (`model-store/liver.mar` when it exists, else a
+.mar built now from an untrained ERU-Net), and the gateway (`medseg serve`, HTTP and gRPC) as a
+subprocess, with an API key created through gateway.security.
+
+Paths, each timed from the caller's side with the same image bytes:
+  in-process     decode → services.preprocess.prepare → TorchScript forward → sigmoid → restore → 8-bit PNG,
+                 the organ handler's work without TorchServe (the model is read from the same .mar)
+  torchserve     direct TorchServe gRPC Predictions (the organ server alone)
+  gateway-grpc   medseg.v1 Segment (gateway: validate, TorchServe, 7 masks, object store, database)
+  gateway-http   POST /api/v1/segment (the same plus multipart, base64 JSON, uvicorn)
+Each gets p50/p95 at concurrency 1 after a warm-up, and images/s with `--concurrency` callers in flight.
+When the HTTP path misses its target, a breakdown of the gateway's segment work follows (measured by
+running the gateway's own DataPlane.segment in this process with timers around its collaborators).
+
+The table is printed as markdown and written as JSON under .medseg/bench/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import logging
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_IMAGE = REPO_ROOT.parent / "shared" / "data" / "liver" / "train" / "000.png"
+RESULTS_DIR = REPO_ROOT / ".medseg" / "bench"
+ORGAN = "liver"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+MASK_COUNT = 7  # thresholds 0.2 … 0.8
+
+# The issue's targets on this 2-core machine, and what the original system reported.
+HTTP_P50_TARGET_MS = 150.0
+HTTP_RATIO_TARGET = 1.2
+ORIGINAL_MS_PER_IMAGE = 340.0
+
+BASELINE = "in-process"
+PATHS = (BASELINE, "torchserve", "gateway-grpc", "gateway-http")
+
+
+# --- measuring ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PathResult:
+    """One path's numbers: latency at concurrency 1, throughput with `concurrency` callers in flight."""
+
+    path: str
+    requests: int
+    p50_ms: float
+    p95_ms: float
+    mean_ms: float
+    concurrency: int
+    burst_requests: int
+    images_per_s: float
+    p50_ms_concurrent: float
+    cpu_ms_per_image: dict[str, float] = field(default_factory=dict)  # by process, during the burst
+
+
+def percentile(samples: list[float], q: float) -> float:
+    """Linear-interpolated percentile (q in [0, 100]) of a non-empty sample."""
+    ordered = sorted(samples)
+    if not ordered:
+        raise ValueError("no samples")
+    pos = (len(ordered) - 1) * q / 100.0
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def _timed(call: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    call()
+    return (time.perf_counter() - start) * 1000.0
+
+
+CpuProbe = Callable[[], dict[str, float]]  # CPU seconds used so far, by process (group) name
+
+
+def _burst(
+    path: str, call: Callable[[], object], concurrency: int, burst_requests: int, cpu: CpuProbe | None
+) -> tuple[float, float, dict[str, float]]:
+    """(images/s, p50 ms, CPU ms per image by process) of `burst_requests` calls from `concurrency`
+    threads."""
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"bench-{path}") as pool:
+        # one untimed call per thread first, so connection set-up is not counted as throughput
+        list(pool.map(lambda _: call(), range(concurrency)))
+        cpu_before = cpu() if cpu else {}
+        start = time.perf_counter()
+        latencies = list(pool.map(lambda _: _timed(call), range(burst_requests)))
+        wall = time.perf_counter() - start
+        cpu_after = cpu() if cpu else {}
+    cpu_ms = {
+        name: round((cpu_after[name] - cpu_before.get(name, 0.0)) * 1000.0 / burst_requests, 1)
+        for name in cpu_after
+    }
+    return burst_requests / wall, percentile(latencies, 50), cpu_ms
+
+
+def measure_paths(
+    callers: dict[str, Callable[[], object]],
+    *,
+    requests: int = 30,
+    concurrency: int = 8,
+    burst_requests: int = 48,
+    warmup: int = 3,
+    cpu: CpuProbe | None = None,
+) -> list[PathResult]:
+    """Time each caller (one image per call; it raises on a wrong answer).
+
+    Concurrency 1: after `warmup` untimed calls each, `requests` rounds that call every path once in turn,
+    so the load of a shared machine drifting during the run falls on all paths alike. Then, path by path,
+    `burst_requests` calls from `concurrency` threads give images/s, and with `cpu` the CPU time each
+    process spent per image during the burst (independent of how busy the machine is).
+    """
+    if requests < 1 or concurrency < 1 or burst_requests < 1:
+        raise ValueError("requests, concurrency and burst_requests must be at least 1")
+    for call in callers.values():
+        for _ in range(warmup):
+            call()
+    serial: dict[str, list[float]] = {path: [] for path in callers}
+    for _ in range(requests):
+        for path, call in callers.items():
+            serial[path].append(_timed(call))
+    results = []
+    for path, call in callers.items():
+        logger.info("measuring %s at concurrency %d", path, concurrency)
+        images_per_s, p50_concurrent, cpu_ms = _burst(path, call, concurrency, burst_requests, cpu)
+        samples = serial[path]
+        results.append(
+            PathResult(
+                path=path,
+                requests=requests,
+                p50_ms=round(percentile(samples, 50), 1),
+                p95_ms=round(percentile(samples, 95), 1),
+                mean_ms=round(statistics.fmean(samples), 1),
+                concurrency=concurrency,
+                burst_requests=burst_requests,
+                images_per_s=round(images_per_s, 2),
+                p50_ms_concurrent=round(p50_concurrent, 1),
+                cpu_ms_per_image=cpu_ms,
+            )
+        )
+    return results
+
+
+def table_rows(results: list[PathResult], baseline: str = BASELINE) -> list[dict]:
+    """One dict per path with its p50 ratio to the baseline path (None when the baseline is missing)."""
+    base = next((r for r in results if r.path == baseline), None)
+    rows = []
+    for r in results:
+        row = asdict(r)
+        row["ratio_p50"] = round(r.p50_ms / base.p50_ms, 2) if base and base.p50_ms > 0 else None
+        rows.append(row)
+    return rows
+
+
+def targets(rows: list[dict]) -> dict:
+    """The issue's HTTP targets, checked against the rows (None when the HTTP path was not measured)."""
+    http = next((r for r in rows if r["path"] == "gateway-http"), None)
+    return {
+        "http_p50_target_ms": HTTP_P50_TARGET_MS,
+        "http_ratio_target": HTTP_RATIO_TARGET,
+        "original_ms_per_image": ORIGINAL_MS_PER_IMAGE,
+        "http_p50_ms": http["p50_ms"] if http else None,
+        "http_ratio": http["ratio_p50"] if http else None,
+        "http_p50_met": http["p50_ms"] <= HTTP_P50_TARGET_MS if http else None,
+        "http_ratio_met": (
+            http["ratio_p50"] is not None and http["ratio_p50"] <= HTTP_RATIO_TARGET if http else None
+        ),
+    }
+
+
+def markdown_table(rows: list[dict]) -> str:
+    concurrency = rows[0]["concurrency"] if rows else 0
+    lines = [
+        f"| path | p50 ms (c=1) | p95 ms (c=1) | p50 ratio to {BASELINE} | images/s (c={concurrency}) "
+        f"| p50 ms (c={concurrency}) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        ratio = f"{r['ratio_p50']:.2f}×" if r["ratio_p50"] is not None else "–"
+        lines.append(
+            f"| {r['path']} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {ratio} | {r['images_per_s']:.1f} "
+            f"| {r['p50_ms_concurrent']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def machine_facts(server_torch_threads: int | None) -> dict:
+    import torch
+
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        usable = os.cpu_count()
+    return {
+        "cpu_count": os.cpu_count(),
+        "usable_cores": usable,
+        "cpu": platform.processor() or platform.machine(),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "torch": torch.__version__,
+        "torch_threads_in_process": torch.get_num_threads(),
+        "torch_interop_threads_in_process": torch.get_num_interop_threads(),
+        "torch_threads_torchserve": server_torch_threads,
+        "python": platform.python_version(),
+    }
+
+
+def process_group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU seconds of the live processes in process group `pgid` (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid:  # fields[2] = pgrp; utime and stime are fields 14 and 15 of stat
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
+def cpu_probe(groups: dict[str, int]) -> CpuProbe:
+    """CPU seconds so far of this process ("bench": in-process model and every client) and of each named
+    process group (each server the bench starts runs in a session of its own)."""
+
+    def probe() -> dict[str, float]:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return {
+            "bench": usage.ru_utime + usage.ru_stime,
+            **{name: process_group_cpu_seconds(pgid) for name, pgid in groups.items()},
+        }
+
+    return probe
+
+
+# --- the model ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelChoice:
+    mar: Path
+    description: str
+    card: Path | None = None
+
+
+def choose_model(model_store: Path, work_dir: Path) -> ModelChoice:
+    """model-store/liver.mar (copied, so a model published mid-run does not change under us), else a .mar of
+    an untrained ERU-Net built now."""
+    shipped = model_store / f"{ORGAN}.mar"
+    if shipped.is_file():
+        mar = work_dir / shipped.name
+        shutil.copyfile(shipped, mar)
+        card = model_store / f"{ORGAN}.json"
+        copied_card = None
+        if card.is_file():
+            copied_card = work_dir / card.name
+            shutil.copyfile(card, copied_card)
+        return ModelChoice(mar, f"trained model {shipped} ({_manifest_version(mar)})", copied_card)
+    return ModelChoice(
+        build_untrained_mar(work_dir), "UNTRAINED erunet widths=(12, 24, 48), built on the fly"
+    )
+
+
+def build_untrained_mar(out_dir: Path) -> Path:
+    import torch
+
+    from services.spec import load_organ_spec
+    from trainer.models import create_model
+    from trainer.package import build_mar
+
+    spec = load_organ_spec(ORGAN)
+    torch.manual_seed(0)
+    net = create_model("erunet", in_channels=spec.channels, widths=(12, 24, 48)).eval()
+    scripted = out_dir / "untrained.pt"
+    torch.jit.script(net).save(str(scripted))
+    try:
+        return build_mar(scripted, ORGAN, spec, out_dir, ORGAN, "untrained")
+    finally:
+        scripted.unlink(missing_ok=True)
+
+
+def _manifest_version(mar: Path) -> str:
+    with zipfile.ZipFile(mar) as archive:
+        model = json.loads(archive.read("MAR-INF/MANIFEST.json"))["model"]
+    return f"{model.get('modelName')} version {model.get('modelVersion')}"
+
+
+def mar_handler_settings(mar: Path) -> dict:
+    """The `handler:` block of the model-config.yaml packed in the .mar (torch threads, ...)."""
+    import yaml
+
+    with zipfile.ZipFile(mar) as archive:
+        names = [n for n in archive.namelist() if n.endswith("model-config.yaml")]
+        if not names:
+            return {}
+        return (yaml.safe_load(archive.read(names[0])) or {}).get("handler") or {}
+
+
+class InProcessSegmenter:
+    """The organ handler's pipeline in this process, with the TorchScript network and spec from the .mar."""
+
+    def __init__(self, mar: Path, work_dir: Path, torch_threads: int | None = None):
+        import torch
+
+        from services.spec import load_spec
+
+        with zipfile.ZipFile(mar) as archive:
+            archive.extract("model.pt", work_dir)
+            archive.extract("spec.yaml", work_dir)
+        self.spec = load_spec(work_dir / "spec.yaml")
+        if torch_threads:
+            torch.set_num_threads(int(torch_threads))  # as the organ server's handler does
+        self.model = torch.jit.load(str(work_dir / "model.pt"), map_location="cpu").eval()
+        self._lock = threading.Lock()  # one forward at a time, like TorchServe's single worker
+
+    def __call__(self, data: bytes) -> bytes:
+        import torch
+
+        from services.imaging import decode_image, encode_png
+        from services.preprocess import prepare, restore
+
+        image = decode_image(data, window=self.spec.window).array
+        x, how = prepare(image, self.spec)
+        with self._lock, torch.inference_mode():
+            logits = self.model(x)
+            if isinstance(logits, (tuple, list)):
+                logits = logits[0]
+            prob = restore(torch.sigmoid(logits.float()), how)
+            grey = (prob * 255.0).round_().to(torch.uint8).numpy()
+        return encode_png(grey)
+
+
+# --- the stack ----------------------------------------------------------------------------------------
+def _free_port(taken: set[int]) -> int:
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in taken:
+            taken.add(port)
+            return port
+    raise RuntimeError("no free TCP port found on 127.0.0.1")
+
+
+def free_objectstore_ports(taken: set[int]):
+    """Free ports for every SeaweedFS component (the admin gRPC port is always admin + 10000)."""
+    from gateway.objectstore_server import ObjectStorePorts, port_is_free
+
+    for _ in range(200):
+        admin = _free_port(taken)
+        if admin + 10000 <= 65535 and port_is_free(admin + 10000) and admin + 10000 not in taken:
+            taken.add(admin + 10000)
+            break
+    else:
+        raise RuntimeError("no free port pair for the object store's admin server")
+    names = ("s3", "master", "volume", "filer", "s3_grpc", "master_grpc", "volume_grpc", "filer_grpc")
+    return ObjectStorePorts(admin=admin, **{name: _free_port(taken) for name in names})
+
+
+@dataclass
+class Stack:
+    state_dir: Path
+    model_store: Path
+    s3_endpoint: str
+    torchserve_address: str
+    torchserve_key: str
+    http_url: str
+    grpc_address: str
+    api_key: str
+    gateway_env: dict = field(default_factory=dict)
+    gateway_log: Path | None = None
+    process_groups: dict[str, int] = field(default_factory=dict)  # name → pgid, for CPU accounting
+
+
+@contextlib.contextmanager
+def running_stack(state_dir: Path, choice: ModelChoice) -> Iterator[Stack]:
+    """Object store, liver TorchServe and gateway on free ports under `state_dir`; all stopped on exit."""
+    from gateway.core.db import make_engine, run_migrations, session_scope
+    from gateway.objectstore_server import ObjectStoreServer
+    from gateway.security import create_api_key
+    from services.launcher import OrganServer, free_ports
+
+    taken: set[int] = set()
+    model_store = state_dir / "model-store"
+    model_store.mkdir(parents=True)
+    shutil.copyfile(choice.mar, model_store / f"{ORGAN}.mar")
+    if choice.card is not None:
+        shutil.copyfile(choice.card, model_store / f"{ORGAN}.json")
+
+    with contextlib.ExitStack() as cleanup:
+        store = ObjectStoreServer(state_dir, free_objectstore_ports(taken))
+        print(f"starting object store on {store.endpoint} …", flush=True)
+        store.start(timeout=60)
+        cleanup.callback(store.stop)
+
+        organ = OrganServer(ORGAN, state_dir, model_store, models={ORGAN: f"{ORGAN}.mar"}, ports=free_ports())
+        print(f"starting liver TorchServe on {organ.grpc_inference_address} …", flush=True)
+        cleanup.callback(organ.stop)  # before start(): a failed start stops itself, stop() is idempotent
+        organ.start(timeout=300)
+
+        db_url = f"sqlite:///{state_dir / 'medseg.db'}"
+        run_migrations(db_url)
+        engine = make_engine(db_url)
+        with session_scope(engine) as session:
+            api_key = create_api_key(session, "bench", "segment", actor="bench")[1]
+        engine.dispose()
+
+        http_port, grpc_port = _free_port(taken), _free_port(taken)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MEDSEG_")}
+        env.update(
+            MEDSEG_STATE_DIR=str(state_dir),
+            MEDSEG_MODEL_STORE_DIR=str(model_store),
+            MEDSEG_DATABASE_URL=db_url,
+            MEDSEG_S3_ENDPOINT=store.endpoint,
+            MEDSEG_HTTP_PORT=str(http_port),
+            MEDSEG_GRPC_PORT=str(grpc_port),
+            # cells is not started: point it at a port nobody listens on, never at someone else's server
+            MEDSEG_ORGAN_ADDRESSES=json.dumps(
+                {ORGAN: organ.grpc_inference_address, "cells": f"127.0.0.1:{_free_port(taken)}"}
+            ),
+            MEDSEG_INFERENCE_TIMEOUT_S="60",  # the machine is shared with training runs
+        )
+        log_path = state_dir / "logs" / "gateway.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log:
+            gateway = subprocess.Popen(
+                [sys.executable, "-m", "gateway.cli", "serve"],
+                cwd=REPO_ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        cleanup.callback(_stop_process, gateway)
+        http_url = f"http://127.0.0.1:{http_port}"
+        print(f"starting gateway on {http_url} and 127.0.0.1:{grpc_port} …", flush=True)
+        _wait_gateway_ready(gateway, http_url, log_path)
+        yield Stack(
+            state_dir=state_dir,
+            model_store=model_store,
+            s3_endpoint=store.endpoint,
+            torchserve_address=organ.grpc_inference_address,
+            torchserve_key=organ.keys.inference,
+            http_url=http_url,
+            grpc_address=f"127.0.0.1:{grpc_port}",
+            api_key=api_key,
+            gateway_env=env,
+            gateway_log=log_path,
+            process_groups={
+                "gateway": gateway.pid,
+                "torchserve": organ.pid,
+                "objectstore": store.running_pid(),
+            },
+        )
+
+
+def _stop_process(proc: subprocess.Popen, grace: float = 15.0) -> None:
+    """SIGTERM the gateway we started (its own process group), SIGKILL after `grace` seconds."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        logger.warning("gateway (pid %d) ignored SIGTERM; killing it", proc.pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
+
+
+def _wait_gateway_ready(
+    proc: subprocess.Popen, http_url: str, log_path: Path, timeout: float = 120.0
+) -> None:
+    """Until /readyz reports the liver server and the object store ok (cells is not started here)."""
+    import httpx
+
+    deadline, last = time.monotonic() + timeout, "no answer"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the gateway exited with code {proc.returncode}; see {log_path}")
+        try:
+            components = httpx.get(f"{http_url}/readyz", timeout=5.0).json().get("components", {})
+            if components.get(f"organ:{ORGAN}") == "ok" and components.get("objectstore") == "ok":
+                return
+            last = json.dumps(components)
+        except (httpx.HTTPError, ValueError) as exc:
+            last = str(exc)
+        time.sleep(0.3)
+    raise RuntimeError(f"gateway not ready after {timeout:.0f}s (last: {last}); see {log_path}")
+
+
+# --- the four callers -------------------------------------------------------------------------------
+def _check_png(body: bytes, what: str) -> None:
+    if not body.startswith(PNG_MAGIC):
+        raise RuntimeError(f"{what} did not return a PNG ({body[:80]!r})")
+
+
+def _check_masks(count: int, width: int, height: int, what: str) -> None:
+    if count != MASK_COUNT or (width, height) != (512, 512):
+        raise RuntimeError(f"{what} returned {count} masks at {width}x{height}; expected 7 at 512x512")
+
+
+def torchserve_caller(stack: Stack, image: bytes) -> tuple[Callable[[], object], Callable[[], None]]:
+    from services.torchserve_client import InferenceClient
+
+    client = InferenceClient(stack.torchserve_address, stack.torchserve_key, timeout=60)
+
+    def call() -> None:
+        _check_png(client.predict(ORGAN, image), "TorchServe")
+
+    return call, client.close
+
+
+def gateway_grpc_caller(stack: Stack, image: bytes) -> tuple[Callable[[], object], Callable[[], None]]:
+    import grpc
+    from medseg.v1 import segmentation_pb2 as pb
+    from medseg.v1 import segmentation_pb2_grpc as pb_grpc
+
+    channel = grpc.insecure_channel(
+        stack.grpc_address,
+        options=[
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        ],
+    )
+    stub = pb_grpc.SegmentationStub(channel)
+    request = pb.SegmentRequest(organ=ORGAN, image=image, filename="slice.png")
+    metadata = (("authorization", f"Bearer {stack.api_key}"),)
+
+    def call() -> None:
+        reply = stub.Segment(request, timeout=120, metadata=metadata)
+        _check_masks(len(reply.masks), reply.width, reply.height, "gateway gRPC")
+
+    return call, channel.close
+
+
+def gateway_http_caller(stack: Stack, image: bytes) -> tuple[Callable[[], object], Callable[[], None]]:
+    import httpx
+
+    local = threading.local()
+    clients: list[httpx.Client] = []
+    lock = threading.Lock()
+
+    def client() -> httpx.Client:
+        # one keep-alive connection per calling thread, as a hospital system's worker would hold
+        if not hasattr(local, "client"):
+            local.client = httpx.Client(
+                base_url=stack.http_url, headers={"Authorization": f"Bearer {stack.api_key}"}, timeout=120
+            )
+            with lock:
+                clients.append(local.client)
+        return local.client
+
+    def call() -> None:
+        response = client().post(
+            "/api/v1/segment", data={"organ": ORGAN}, files={"file": ("slice.png", image, "image/png")}
+        )
+        if response.status_code != 200:
+            raise RuntimeError(f"gateway HTTP answered {response.status_code}: {response.text[:300]}")
+        body = response.json()
+        _check_masks(len(body["masks"]), body["width"], body["height"], "gateway HTTP")
+        _check_png(base64.b64decode(body["probability_png"]), "gateway HTTP")
+
+    def close() -> None:
+        for c in clients:
+            c.close()
+
+    return call, close
+
+
+# --- where the time goes on the gateway's segment path --------------------------------------------
+@contextlib.contextmanager
+def _timing(obj, attr: str, bucket: str, totals: dict[str, float]) -> Iterator[None]:
+    """Wrap `obj.attr` so its wall time adds up in totals[bucket]; the original is restored on exit."""
+    original = getattr(obj, attr)
+
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            totals[bucket] = totals.get(bucket, 0.0) + (time.perf_counter() - start) * 1000.0
+
+    setattr(obj, attr, timed)
+    try:
+        yield
+    finally:
+        setattr(obj, attr, original)
+
+
+def segment_breakdown(stack: Stack, image: bytes, runs: int = 15) -> dict[str, float]:
+    """Median ms per part of DataPlane.segment, run in this process against the bench's own stack (same
+    object store, organ server and database as the gateway), one request at a time."""
+    from gateway.api.deps import authorize
+    from gateway.core.config import Settings
+    from gateway.core.db import make_engine, session_scope
+    from gateway.schemas import SegmentationPublic
+    from gateway.service import build_dataplane, images
+    from gateway.service import dataplane as dataplane_module
+
+    env = stack.gateway_env
+    settings = Settings(
+        state_dir=Path(env["MEDSEG_STATE_DIR"]),
+        model_store_dir=Path(env["MEDSEG_MODEL_STORE_DIR"]),
+        database_url=env["MEDSEG_DATABASE_URL"],
+        s3_endpoint=env["MEDSEG_S3_ENDPOINT"],
+        organ_addresses=json.loads(env["MEDSEG_ORGAN_ADDRESSES"]),
+        inference_timeout_s=60.0,
+    )
+    dataplane = build_dataplane(settings)
+    engine = make_engine(settings.sqlalchemy_url)
+    parts = {
+        "decode+validate upload": (images, "inspect"),
+        "TorchServe call": (dataplane.clients[ORGAN], "predict"),
+        "decode probability PNG": (images, "decode_probability"),
+        "threshold 7 masks": (dataplane_module, "probability_mask"),
+        "encode 7 mask PNGs": (images, "encode_mask"),
+        "object store: 8 writes": (dataplane.store, "put_bytes"),
+        "database row + audit": (dataplane, "record_segmentation"),
+    }
+    samples: dict[str, list[float]] = {name: [] for name in parts}
+    samples.update({"other in segment": [], "segment total": [], "API key check": []})
+    samples["response JSON (base64)"] = []
+    samples["gateway work besides TorchServe"] = []
+    try:
+        with session_scope(engine) as session:
+            dataplane.segment(session, ORGAN, image, "slice.png")  # warm-up; creates buckets once
+        for _ in range(runs):
+            totals: dict[str, float] = {}
+            with contextlib.ExitStack() as patches:
+                for name, (obj, attr) in parts.items():
+                    patches.enter_context(_timing(obj, attr, name, totals))
+                with session_scope(engine) as session:
+                    start = time.perf_counter()
+                    key = authorize(session, f"Bearer {stack.api_key}", ("segment",))
+                    samples["API key check"].append((time.perf_counter() - start) * 1000.0)
+                    start = time.perf_counter()
+                    result = dataplane.segment(session, ORGAN, image, "slice.png", api_key_id=key.id)
+                    samples["segment total"].append((time.perf_counter() - start) * 1000.0)
+            start = time.perf_counter()
+            SegmentationPublic.of(result).model_dump_json()
+            samples["response JSON (base64)"].append((time.perf_counter() - start) * 1000.0)
+            for name in parts:
+                samples[name].append(totals.get(name, 0.0))
+            samples["other in segment"].append(samples["segment total"][-1] - sum(totals.values()))
+            samples["gateway work besides TorchServe"].append(
+                samples["segment total"][-1]
+                + samples["API key check"][-1]
+                - totals.get("TorchServe call", 0.0)
+            )
+    finally:
+        dataplane.close()
+        engine.dispose()
+    return {name: round(statistics.median(values), 1) for name, values in samples.items()}
+
+
+# --- main ---------------------------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> dict:
+    image_path = Path(args.image)
+    if not image_path.is_file():
+        raise SystemExit(f"{image_path} not found: pass --image, a 512×512 liver slice (PNG)")
+    image = image_path.read_bytes()
+    tmp_root = Path(tempfile.mkdtemp(prefix="medseg-bench-"))
+    try:
+        work = tmp_root / "work"
+        work.mkdir()
+        choice = choose_model(REPO_ROOT / "model-store", work)
+        print(f"model: {choice.description}", flush=True)
+        handler_settings = mar_handler_settings(choice.mar)
+        server_threads = handler_settings.get("torch_threads")
+        in_process = InProcessSegmenter(choice.mar, work, server_threads)
+        load_before = round(os.getloadavg()[0], 2)
+        with running_stack(tmp_root / "state", choice) as stack:
+            callers = {BASELINE: lambda: _check_png(in_process(image), BASELINE)}
+            closers = []
+            try:
+                for path, make_caller in (
+                    ("torchserve", torchserve_caller),
+                    ("gateway-grpc", gateway_grpc_caller),
+                    ("gateway-http", gateway_http_caller),
+                ):
+                    callers[path], close = make_caller(stack, image)
+                    closers.append(close)
+                print(
+                    f"measuring {', '.join(callers)}: {args.requests} interleaved rounds at concurrency 1, "
+                    f"then {args.burst} requests each at concurrency {args.concurrency} …",
+                    flush=True,
+                )
+                results = measure_paths(
+                    callers,
+                    requests=args.requests,
+                    concurrency=args.concurrency,
+                    burst_requests=args.burst,
+                    cpu=cpu_probe(stack.process_groups),
+                )
+            finally:
+                for close in closers:
+                    close()
+            rows = table_rows(results)
+            checked = targets(rows)
+            breakdown = None
+            if args.breakdown or not (checked["http_p50_met"] and checked["http_ratio_met"]):
+                print("HTTP target missed: measuring where the time goes …", flush=True)
+                breakdown = segment_breakdown(stack, image)
+        report = {
+            "when": datetime.now(UTC).isoformat(timespec="seconds"),
+            "image": str(image_path),
+            "image_bytes": len(image),
+            "model": choice.description,
+            "machine": {
+                **machine_facts(server_threads),
+                "load_average_1m_before": load_before,
+                "note": "2 cores shared with other work (training runs): numbers are pessimistic",
+            },
+            "rows": rows,
+            "targets": checked,
+            "http_breakdown_ms": breakdown,
+        }
+    finally:
+        shutil.rmtree(tmp_root, ignore_errors=True)
+    return report
+
+
+def print_report(report: dict) -> None:
+    m, t = report["machine"], report["targets"]
+    print()
+    print(f"## MedSeg bench — one {report['image']} ({report['image_bytes']} bytes), organ {ORGAN}")
+    print(f"model: {report['model']}")
+    print(
+        f"machine: {m['usable_cores']} usable cores (cpu_count {m['cpu_count']}), torch {m['torch']}, "
+        f"torch threads in-process {m['torch_threads_in_process']} (interop "
+        f"{m['torch_interop_threads_in_process']}), TorchServe handler torch_threads "
+        f"{m['torch_threads_torchserve']}; 1-min load average {m['load_average_1m_before']} before, "
+        f"{m['load_average_1m']} after — {m['note']}"
+    )
+    print()
+    print(markdown_table(report["rows"]))
+    print()
+
+    def verdict(met) -> str:
+        return "n/a" if met is None else ("MET" if met else "MISSED")
+
+    print(
+        f"targets: HTTP p50 ≤ {t['http_p50_target_ms']:.0f} ms → {t['http_p50_ms']} ms "
+        f"{verdict(t['http_p50_met'])}; HTTP ≤ {t['http_ratio_target']}× in-process → "
+        f"{t['http_ratio']}× {verdict(t['http_ratio_met'])}; original system: "
+        f"{t['original_ms_per_image']:.0f} ms/image"
+    )
+    by_path = {r["path"]: r for r in report["rows"]}
+    if {"torchserve", "gateway-grpc", "gateway-http"} <= set(by_path):
+        ts, grpc_, http = (by_path[p]["p50_ms"] for p in ("torchserve", "gateway-grpc", "gateway-http"))
+        print(
+            f"gateway over TorchServe (p50, interleaved): gRPC +{grpc_ - ts:.1f} ms, HTTP +{http - ts:.1f} ms"
+        )
+    if any(r["cpu_ms_per_image"] for r in report["rows"]):
+        names = sorted({n for r in report["rows"] for n in r["cpu_ms_per_image"]})
+        print()
+        print("CPU ms per image during the concurrent burst, by process (does not depend on the load):")
+        print()
+        print("| path | " + " | ".join(names) + " | total |")
+        print("|---|" + "---:|" * (len(names) + 1))
+        for r in report["rows"]:
+            cpu = r["cpu_ms_per_image"]
+            cells = " | ".join(f"{cpu.get(n, 0.0):.1f}" for n in names)
+            print(f"| {r['path']} | {cells} | {sum(cpu.values()):.1f} |")
+        print("(bench = this process: the in-process model, and the client side of every other path)")
+    if report["http_breakdown_ms"]:
+        print()
+        print(
+            "where the time goes (the gateway's DataPlane.segment run in the bench process against the same "
+            "stack, median ms of 15 sequential runs; the parts are medians, so they need not add up):"
+        )
+        print()
+        print("| part | ms |")
+        print("|---|---:|")
+        breakdown = report["http_breakdown_ms"]
+        for name, ms in breakdown.items():
+            if name != "gateway work besides TorchServe":
+                print(f"| {name} | {ms:.1f} |")
+        besides = breakdown["gateway work besides TorchServe"]
+        print(f"| gateway work besides the TorchServe call (key check included) | {besides:.1f} |")
+
+
+def _interrupt(signum, _frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gateway.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=30, help="sequential requests per path (c=1)")
+    parser.add_argument("--concurrency", type=int, default=8, help="callers in flight for images/s")
+    parser.add_argument("--burst", type=int, default=48, help="requests per path at --concurrency")
+    parser.add_argument("--image", default=str(DEFAULT_IMAGE), help="the slice to segment")
+    parser.add_argument("--breakdown", action="store_true", help="time the segment parts even if on target")
+    parser.add_argument("--out", default=str(RESULTS_DIR), help="directory for the JSON result")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # SIGTERM (e.g. make interrupted) unwinds like Ctrl-C, so the stack's cleanup still runs
+    signal.signal(signal.SIGTERM, _interrupt)
+    report = run(args)
+    print_report(report)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"bench-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwritten: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
