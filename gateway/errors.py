@@ -47,7 +47,7 @@ class UnsupportedMediaType(MedSegError):
 
 
 class TooManyRequests(MedSegError):
-    """The caller must wait (e.g. sign-in throttled after repeated failures); `retry_after_s` says how long."""
+    """The caller must wait (e.g. sign-in throttled after failures); `retry_after_s` says how long."""
 
     code, http_status, grpc_code = "too_many_requests", 429, "RESOURCE_EXHAUSTED"
 
