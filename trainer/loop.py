@@ -264,17 +264,17 @@ class Trainer:
                     "seconds": round(self.elapsed(), 1),
                     **self.validate(),
                 }
+                stop[0] = int(self.on_epoch_end(record))
                 log.info(
                     "epoch %d  loss %.4f  val loss %.4f  val Dice %.4f  (best %.4f @ %d)  %.0fs",
                     self.epoch,
                     record["train_loss"],
                     record["val_loss"],
                     record["val_dice"],
-                    max(self.best_dice, record["val_dice"]),
+                    self.best_dice,
                     self.best_epoch,
                     record["seconds"],
                 )
-                stop[0] = int(self.on_epoch_end(record))
             if self.world > 1:
                 dist.broadcast(stop, 0)
             if stop.item():
