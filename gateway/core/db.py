@@ -86,7 +86,12 @@ def database_unavailable(exc: DBAPIError) -> ServiceUnavailable:
 
 def get_db() -> Iterator[Session]:
     """FastAPI dependency: one session per request; driver failures become ServiceUnavailable."""
-    with get_sessionmaker()() as session:
+    yield from request_session(get_sessionmaker())
+
+
+def request_session(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """The body of get_db for any session factory (tests bind it to their own engine)."""
+    with factory() as session:
         try:
             yield session
         except DBAPIError as exc:
