@@ -24,7 +24,7 @@ from sqlalchemy.orm import sessionmaker
 
 from gateway import accounts
 from gateway.core.config import Settings, get_settings
-from gateway.core.db import get_db, make_engine, run_migrations, session_scope
+from gateway.core.db import get_db, make_engine, request_session, run_migrations, session_scope
 from gateway.errors import NotFound
 from gateway.models import User
 from gateway.security import create_api_key
@@ -147,9 +147,10 @@ class World:
         app = create_app(settings, make_dataplane(self.store))
         engine = engine or self.engine
 
+        factory = sessionmaker(bind=engine, expire_on_commit=False)
+
         def test_db() -> Iterator:
-            with sessionmaker(bind=engine, expire_on_commit=False)() as session:
-                yield session
+            yield from request_session(factory)
 
         app.dependency_overrides[get_db] = test_db
         app.dependency_overrides[get_settings] = lambda: settings
