@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 GEN := build/gen
 TS_JAR = $(shell $(PY) -c "import ts, os; print(os.path.join(os.path.dirname(ts.__file__), 'frontend', 'model-server.jar'))")
 
-.PHONY: up down test protos bench lint train-liver train-cells ablation system-deps clean-gen
+.PHONY: up down test protos bench lint train-liver train-cells ablation system-deps clean-gen cv-liver cv-cells
 
 # --- installation -----------------------------------------------------------------------------
 system-deps:
@@ -68,3 +68,13 @@ train-cells: $(STAMP) protos
 
 ablation: $(STAMP)
 	$(PY) -m trainer.ablation
+
+# K-fold cross-validation of the training recipe (fold 0 is the shipped run); CV_MINUTES per fold.
+CV_MINUTES ?= 10
+cv-liver: $(STAMP)
+	$(PY) -m trainer.cv --organ liver --minutes $(CV_MINUTES) --only 1 2 3 4 \
+	  --reuse 0=.medseg/runs/liver-erunet-fold0 --card model-store/liver.json
+
+cv-cells: $(STAMP)
+	$(PY) -m trainer.cv --organ cells --minutes $(CV_MINUTES) --only 1 2 3 4 \
+	  --reuse 0=.medseg/runs/cells-erunet-cells-fold0 --card model-store/cells.json
