@@ -1,1 +1,1 @@
-from tests.db.conftest import db_engine, db_session, db_url  # noqa: F401  (same fresh database fixtures)
+from tests.db.conftest import db_engine, db_session, db_url, sqlite_url  # noqa: F401  (same fresh database fixtures)
