@@ -9,13 +9,17 @@ STAMP := $(VENV)/.installed
 GEN := build/gen
 TS_JAR = $(shell $(PY) -c "import ts, os; print(os.path.join(os.path.dirname(ts.__file__), 'frontend', 'model-server.jar'))")
 
-.PHONY: up down test protos bench lint train-liver train-cells ablation system-deps clean-gen cv-liver cv-cells
+.PHONY: up down test protos bench lint train-liver train-cells ablation system-deps test-deps clean-gen cv-liver cv-cells
 
 # --- installation -----------------------------------------------------------------------------
 system-deps:
 	@command -v java >/dev/null 2>&1 || { echo "installing Java 17 (TorchServe needs it)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless >/dev/null; }
-	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { echo "installing PostgreSQL (database tests run on it too)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+
+# Only the tests need these: the database tests run on PostgreSQL too, the UI tests drive Chromium.
+test-deps:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { echo "installing PostgreSQL (database tests run on it too)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PY_BOOT) -m venv $(VENV)
@@ -43,7 +47,7 @@ down:
 	@test -x $(VENV)/bin/medseg && $(VENV)/bin/medseg stack down || echo "nothing to stop (no .venv)"
 
 # --- checks -----------------------------------------------------------------------------------
-test: system-deps $(STAMP) protos
+test: system-deps test-deps $(STAMP) protos
 	$(PY) -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
