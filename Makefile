@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 GEN := build/gen
 TS_JAR = $(shell $(PY) -c "import ts, os; print(os.path.join(os.path.dirname(ts.__file__), 'frontend', 'model-server.jar'))")
 
-.PHONY: up down test protos bench lint train-liver train-cells ablation system-deps test-deps clean-gen cv-liver cv-cells
+.PHONY: up down test protos assets bench lint train-liver train-cells ablation system-deps test-deps clean-gen cv-liver cv-cells
 
 # --- installation -----------------------------------------------------------------------------
 system-deps:
@@ -20,6 +20,8 @@ system-deps:
 test-deps:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { echo "installing PostgreSQL (database tests run on it too)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+	@command -v chromium >/dev/null 2>&1 || { echo "installing Chromium (tests/web drive it with Playwright)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PY_BOOT) -m venv $(VENV)
@@ -39,15 +41,28 @@ $(GEN)/.stamp: $(STAMP) $(wildcard protos/medseg/v1/*.proto)
 
 protos: $(GEN)/.stamp
 
+# --- web assets -------------------------------------------------------------------------------
+# Bootstrap comes from the npm registry at build time (package-lock.json), never from a CDN at run time.
+VENDOR := gateway/web/static/vendor
+$(VENDOR)/.stamp: package.json package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "installing Node.js/npm (web assets)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; }
+	npm ci --no-audit --no-fund --loglevel=error
+	rm -rf $(VENDOR) && mkdir -p $(VENDOR)/bootstrap
+	cp -r node_modules/bootstrap/dist/css node_modules/bootstrap/dist/js $(VENDOR)/bootstrap/
+	@touch $@
+
+assets: $(VENDOR)/.stamp
+
 # --- running ----------------------------------------------------------------------------------
-up: system-deps $(STAMP) protos
+up: system-deps $(STAMP) protos assets
 	$(VENV)/bin/medseg stack up
 
 down:
 	@test -x $(VENV)/bin/medseg && $(VENV)/bin/medseg stack down || echo "nothing to stop (no .venv)"
 
 # --- checks -----------------------------------------------------------------------------------
-test: system-deps test-deps $(STAMP) protos
+test: system-deps test-deps $(STAMP) protos assets
 	$(PY) -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
