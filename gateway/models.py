@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
     Uuid,
     event,
 )
@@ -109,6 +110,13 @@ class Segmentation(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"), index=True)
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), index=True)
+    # The clinical loop (gateway/service/history.py): agreement of the 0.2 and 0.8 masks, a small preview,
+    # and the one threshold the doctor chose (with a note).
+    stability: Mapped[float | None] = mapped_column(Float)
+    thumbnail_key: Mapped[str | None] = mapped_column(String(512))
+    chosen_threshold: Mapped[float | None] = mapped_column(Float)
+    chosen_note: Mapped[str | None] = mapped_column(Text)
+    chosen_at: Mapped[datetime | None]
 
 
 class Dataset(Base):
@@ -191,6 +199,182 @@ class AuditLog(Base):
     action: Mapped[str] = mapped_column(String(64), index=True)
     target: Mapped[str | None] = mapped_column(String(256))
     detail: Mapped[dict | None] = mapped_column(JSON)
+
+
+MODEL_STATES = ("candidate", "default", "retired")
+
+
+class ModelVersion(Base):
+    """A trained model version of an organ (gateway/service/model_registry.py): candidate → default → retired.
+
+    `parent_id` is its lineage (the default it was trained to replace); `previous_default_id` is the default
+    it replaced when promoted, which a rollback restores.
+    """
+
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("organ", "version", name="uq_model_versions_organ_version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    organ: Mapped[str] = mapped_column(String(64), index=True)
+    model_name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), default="candidate", index=True)
+    mar_key: Mapped[str | None] = mapped_column(String(512))  # object key in the models bucket
+    mar_sha256: Mapped[str | None] = mapped_column(String(64))
+    card: Mapped[dict] = mapped_column(JSON, default=dict)
+    metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+    dataset_id: Mapped[str | None] = mapped_column(String(64))
+    dataset_hash: Mapped[str | None] = mapped_column(String(64))
+    commit: Mapped[str | None] = mapped_column(String(64))
+    default_threshold: Mapped[float | None] = mapped_column(Float)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id", ondelete="SET NULL"))
+    previous_default_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="SET NULL")
+    )
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    promoted_at: Mapped[datetime | None]
+    retired_at: Mapped[datetime | None]
+
+
+class ModelEvent(Base):
+    """What happened to a model version (recorded, promoted, promotion refused/forced, rolled back)."""
+
+    __tablename__ = "model_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"), index=True)
+    action: Mapped[str] = mapped_column(String(32))
+    actor: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str | None] = mapped_column(Text)
+    detail: Mapped[dict | None] = mapped_column(JSON)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ReferenceSet(Base):
+    """The organ's frozen reference dataset for promotion: its hash is recorded and checked at every use."""
+
+    __tablename__ = "reference_sets"
+
+    organ: Mapped[str] = mapped_column(String(64), primary_key=True)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"))
+    dataset_hash: Mapped[str] = mapped_column(String(64))
+    set_by: Mapped[str] = mapped_column(String(128))
+    set_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Evaluation(Base):
+    """A model version scored on labelled cases (uploaded, or a dataset); one EvaluationCase per image."""
+
+    __tablename__ = "evaluations"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    organ: Mapped[str] = mapped_column(String(64), index=True)
+    model_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="SET NULL"), index=True
+    )
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(64))
+    purpose: Mapped[str] = mapped_column(String(16), default="test")  # test | promotion
+    dataset_id: Mapped[str | None] = mapped_column(String(64))
+    dataset_hash: Mapped[str | None] = mapped_column(String(64))
+    threshold: Mapped[float] = mapped_column(Float)
+    case_count: Mapped[int]
+    mean_dice: Mapped[float] = mapped_column(Float)
+    std_dice: Mapped[float] = mapped_column(Float)
+    mean_iou: Mapped[float] = mapped_column(Float)
+    mean_hd95: Mapped[float | None] = mapped_column(Float)
+    per_threshold: Mapped[list] = mapped_column(JSON, default=list)
+    best_threshold: Mapped[float] = mapped_column(Float)
+    created_by: Mapped[str] = mapped_column(String(128))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), index=True)
+    api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class EvaluationCase(Base):
+    __tablename__ = "evaluation_cases"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    evaluation_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("evaluations.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(256))  # the pair's name (image file stem)
+    dice: Mapped[float] = mapped_column(Float)
+    iou: Mapped[float] = mapped_column(Float)
+    hd95: Mapped[float | None] = mapped_column(Float)  # pixels; None when prediction or label is empty
+    dice_at: Mapped[dict] = mapped_column(JSON, default=dict)  # {"0.2": dice, ...}
+    width: Mapped[int]
+    height: Mapped[int]
+    predicted_px: Mapped[int]
+    label_px: Mapped[int]
+    overlay_key: Mapped[str | None] = mapped_column(String(512))  # results bucket
+
+
+FEEDBACK_STATUSES = ("open", "in_progress", "resolved")
+
+
+class Feedback(Base):
+    """A doctor's feedback on a model version, optionally on one evaluated case or one segmentation."""
+
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    author_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    body: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="open", index=True)
+    evaluation_case_id: Mapped[int | None] = mapped_column(
+        ForeignKey("evaluation_cases.id", ondelete="SET NULL")
+    )
+    segmentation_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("segmentations.id", ondelete="SET NULL")
+    )
+    threshold: Mapped[float | None] = mapped_column(Float)
+    addressed_by_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class FeedbackReply(Base):
+    __tablename__ = "feedback_replies"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    feedback_id: Mapped[int] = mapped_column(ForeignKey("feedback.id", ondelete="CASCADE"), index=True)
+    author_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelling", "cancelled")
+
+
+class TrainingJob(Base):
+    """A training run started from the API, run by a separate worker process (gateway/training_worker)."""
+
+    __tablename__ = "training_jobs"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    organ: Mapped[str] = mapped_column(String(64), index=True)
+    dataset_id: Mapped[str] = mapped_column(String(64))
+    arch: Mapped[str] = mapped_column(String(64))
+    budget_minutes: Mapped[float] = mapped_column(Float)
+    epochs: Mapped[int]
+    state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    progress: Mapped[dict] = mapped_column(JSON, default=dict)  # epoch, loss, val_dice, best_val_dice
+    error: Mapped[str | None] = mapped_column(Text)
+    pid: Mapped[int | None]
+    version: Mapped[str] = mapped_column(String(64))  # the candidate version it will record
+    candidate_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="SET NULL")
+    )
+    created_by: Mapped[str] = mapped_column(String(128))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
 
 
 @event.listens_for(AuditLog, "before_update")
