@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     admin_email: str = ""
     admin_password: SecretStr = SecretStr("")
 
+    # The clinical loop (gateway/service/model_registry.py, history.py, training_jobs.py).
+    promotion_max_dice_drop: float = 0.02  # refuse a candidate whose reference mean Dice is lower by more
+    stability_doubtful_below: float = 0.8  # Dice between the 0.2 and 0.8 masks under this: flagged doubtful
+    max_running_training_jobs: int = 1  # worker processes at once (CPU training is heavy)
+
     @property
     def sqlalchemy_url(self) -> str:
         return self.database_url or f"sqlite:///{self.state_dir / 'medseg.db'}"
