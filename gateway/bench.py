@@ -1,6 +1,7 @@
 """`make bench`: latency and throughput of one 512×512 liver slice along four paths, on a stack of its own.
 
     .venv/bin/python -m gateway.bench [--requests 30] [--concurrency 8] [--burst 48] [--image PATH]
+                                      [--model-store DIR] [--breakdown]
 
 What it starts (free ports, a temporary state dir, all stopped at the end, also on error or Ctrl-C):
 the local object store (SeaweedFS), the liver TorchServe (`model-store/liver.mar` when it exists, else a
@@ -641,7 +642,7 @@ def segment_breakdown(stack: Stack, image: bytes, runs: int = 15) -> dict[str, f
         "decode probability PNG": (images, "decode_probability"),
         "threshold 7 masks": (dataplane_module, "probability_mask"),
         "encode 7 mask PNGs": (images, "encode_mask"),
-        "object store: 8 writes": (dataplane.store, "put_bytes"),
+        "object store: 8 concurrent writes": (dataplane, "_put_all"),
         "database row + audit": (dataplane, "record_segmentation"),
     }
     samples: dict[str, list[float]] = {name: [] for name in parts}
@@ -690,7 +691,7 @@ def run(args: argparse.Namespace) -> dict:
     try:
         work = tmp_root / "work"
         work.mkdir()
-        choice = choose_model(REPO_ROOT / "model-store", work)
+        choice = choose_model(Path(args.model_store), work)
         print(f"model: {choice.description}", flush=True)
         handler_settings = mar_handler_settings(choice.mar)
         server_threads = handler_settings.get("torch_threads")
@@ -818,6 +819,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst", type=int, default=48, help="requests per path at --concurrency")
     parser.add_argument("--image", default=str(DEFAULT_IMAGE), help="the slice to segment")
     parser.add_argument("--breakdown", action="store_true", help="time the segment parts even if on target")
+    parser.add_argument(
+        "--model-store",
+        default=str(REPO_ROOT / "model-store"),
+        help="where liver.mar (and its card) come from, e.g. the same model packed with other settings",
+    )
     parser.add_argument("--out", default=str(RESULTS_DIR), help="directory for the JSON result")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

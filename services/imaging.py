@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import io
 import logging
+import struct
 import warnings
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -116,6 +118,39 @@ def decode_image(
     return DecodedImage(array=array, format=raw.format, spacing_mm=raw.spacing_mm, metadata=meta)
 
 
+@dataclass(frozen=True)
+class ImageInfo:
+    """What `inspect_image` found: the size, format and pixel spacing of an upload that decodes."""
+
+    height: int
+    width: int
+    format: str
+    spacing_mm: tuple[float, float] | None = None
+
+
+def inspect_image(
+    data: bytes, *, window: dict | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> ImageInfo:
+    """Validate an upload as `decode_image` would — every pixel decoded, so corrupt or truncated files are
+    refused — without scaling it to float (the gateway checks uploads; the organ server scales them)."""
+    raw = _read(data, max_pixels=max_pixels, min_side=MIN_SIDE, window=window)
+    return ImageInfo(int(raw.pixels.shape[0]), int(raw.pixels.shape[1]), raw.format, raw.spacing_mm)
+
+
+def decode_grey8(data: bytes) -> np.ndarray | None:
+    """An 8-bit grey PNG's bytes as uint8 H×W, or None when the data are anything else (the caller then
+    decodes them the general way, which explains what is wrong)."""
+    if not data.startswith(_PNG_MAGIC):
+        return None
+    try:
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as im:
+            if im.mode != "L":
+                return None
+            return np.asarray(im)
+    except Exception:  # corrupt: let decode_image say why
+        return None
+
+
 def decode_mask(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = MIN_SIDE) -> np.ndarray:
     """Decode a label mask (PNG/TIFF/DICOM; JPEG works but is lossy) to a bool H×W array.
 
@@ -131,21 +166,43 @@ def decode_mask(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: 
 def encode_png(array: np.ndarray, *, compress_level: int = 1) -> bytes:
     """Encode a uint8 H×W (grey) or H×W×3 (RGB) array — or a bool mask, written as 0/255 — as PNG.
 
-    Compression level 1 by default: probability maps are encoded on every request, and level 1 is
-    several times faster than the default for a few percent more bytes.
+    Grey images (every probability map and mask, encoded on every request) are written here directly:
+    the "Up" filter on every row and zlib's run-length strategy at level 1 encode a 512×512 map or mask
+    2–3× faster than Pillow's adaptive filtering, and smaller. Colour goes through Pillow.
     """
     arr = np.asarray(array)
     if arr.dtype == np.bool_:
-        arr = arr.astype(np.uint8) * 255
+        arr = arr.view(np.uint8) * np.uint8(255)
     if arr.dtype != np.uint8:
         raise TypeError(f"encode_png needs a uint8 (or bool) array, got {arr.dtype}; scale and cast first")
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
-    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))):
+    if arr.ndim == 2:
+        return _encode_grey_png(arr, compress_level)
+    if not (arr.ndim == 3 and arr.shape[2] in (3, 4)):
         raise ValueError(f"encode_png needs H×W, H×W×3 or H×W×4, got shape {arr.shape}")
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(arr)).save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()
+
+
+def _encode_grey_png(arr: np.ndarray, compress_level: int) -> bytes:
+    """8-bit grey PNG (colour type 0): each scanline filtered with "Up" (filter byte 2; the first row
+    has no row above it and is stored unfiltered), deflated with Z_RLE."""
+    height, width = arr.shape
+    rows = np.empty((height, width + 1), np.uint8)
+    rows[:, 0] = 2
+    rows[0, 0] = 0
+    rows[0, 1:] = arr[0]
+    np.subtract(arr[1:], arr[:-1], out=rows[1:, 1:])  # modulo 256, as PNG's Up filter defines it
+    deflate = zlib.compressobj(compress_level, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    idat = deflate.compress(rows.data) + deflate.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return _PNG_MAGIC + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
 
 # --- reading ----------------------------------------------------------------------------------
@@ -384,14 +441,25 @@ def _to_unit(raw: _Raw) -> np.ndarray:
             lo, hi = 0.0, float(np.iinfo(pixels.dtype).max)
         else:
             lo, hi = _value_range(pixels)
-        values = pixels.astype(np.float32)
-        if values.dtype.kind == "f" and not np.isfinite(values).all():
-            values = np.where(np.isfinite(values), values, np.float32(lo))
-        out = (values - np.float32(lo)) / np.float32(hi - lo) if hi > lo else np.zeros_like(values)
-        np.clip(out, 0.0, 1.0, out=out)
+        if pixels.dtype.kind == "u" and pixels.dtype.itemsize <= 2:
+            # 8/16-bit: the same float32 arithmetic once per possible value, then one table lookup
+            table = _scale(np.arange(2 ** (8 * pixels.dtype.itemsize), dtype=np.float32), lo, hi)
+            out = table[pixels]
+        else:
+            values = pixels.astype(np.float32)
+            if values.dtype.kind == "f" and not np.isfinite(values).all():
+                values = np.where(np.isfinite(values), values, np.float32(lo))
+            out = _scale(values, lo, hi)
     if raw.invert:
         out = 1.0 - out
     return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def _scale(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """float32 values → (values - lo) / (hi - lo) clipped to [0, 1] (zeros when the range is empty)."""
+    out = (values - np.float32(lo)) / np.float32(hi - lo) if hi > lo else np.zeros_like(values)
+    np.clip(out, 0.0, 1.0, out=out)
+    return out
 
 
 def _value_range(pixels: np.ndarray) -> tuple[float, float]:

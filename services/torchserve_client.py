@@ -7,16 +7,26 @@
         mgmt.register("http://127.0.0.1:8333/medseg-models/liver-3.mar?X-Amz-...", "liver",
                       version="3", set_default=True)
 
+One implementation for every caller: the gateway (one InferenceClient per organ, `label` naming the organ
+in its messages), the launcher's readiness wait, the trainer's registration, the bench and the tests.
+
 Token authorization (TorchServe 0.12, GRPCInterceptor): every call carries the metadata
 `authorization: Bearer <key>` — the inference key on the inference port (Ping included), the management
 key on the management port. A wrong or expired key is answered with PERMISSION_DENIED. `key` may be a
 callable returning the current key (e.g. `lambda: read_keys(path).inference`), read on every call, so a
 renewed key file is picked up without rebuilding the client.
 
+Isolation: one channel per server, every call has a deadline, and a refused connection fails at once (no
+wait-for-ready), so one organ server being down costs the others nothing and its own callers at most the
+deadline. `predict` retries only UNAVAILABLE (nothing was processed), a bounded number of times, inside
+the same overall deadline. Reconnect backoff is kept short so a server that comes back is used again
+within seconds instead of gRPC's default two minutes.
+
 Failures are raised as the platform's transport-neutral errors (gateway.errors): INVALID_ARGUMENT →
-InvalidInput, NOT_FOUND → NotFound, UNAVAILABLE / DEADLINE_EXCEEDED → ServiceUnavailable, ... A bad image
-in a batch with good ones comes back as OK + JSON error body (see services.handler_base); `predict`
-turns that into InvalidInput too.
+InvalidInput, NOT_FOUND (and the inference API's "Model not found") → NotFound, UNAVAILABLE /
+DEADLINE_EXCEEDED → ServiceUnavailable, a refused token → ServiceUnavailable with code "organ_auth"
+(our configuration, never the caller's fault). A bad image in a batch with good ones comes back as OK +
+JSON error body (see services.handler_base); `predict` turns that into InvalidInput too.
 
 Registration: `url` is either a .mar file name in the server's model store or an http(s) URL matching the
 server's `allowed_urls` (e.g. a presigned URL from the object store). TorchServe downloads a URL into its
@@ -29,6 +39,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections.abc import Callable
 
 import grpc
@@ -51,18 +62,25 @@ except ImportError as exc:  # pragma: no cover - environment problem, not a code
 logger = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # matches max_request_size / max_response_size in config.properties
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.enable_retries", 0),  # our own bounded retry in predict(); one place for the deadline arithmetic
+]
+RETRY_BACKOFF_S = 0.1
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 INPUT_NAME = "data"  # the handler reads this input name (services.handler_base.INPUT_KEYS)
 
-KeySource = str | Callable[[], str] | None
+KeySource = str | Callable[[], str | None] | None
 
 _ERRORS: dict[grpc.StatusCode, type[MedSegError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidInput,
     grpc.StatusCode.NOT_FOUND: NotFound,
     grpc.StatusCode.ALREADY_EXISTS: Conflict,
     grpc.StatusCode.RESOURCE_EXHAUSTED: PayloadTooLarge,
-    grpc.StatusCode.UNAVAILABLE: ServiceUnavailable,
-    grpc.StatusCode.DEADLINE_EXCEEDED: ServiceUnavailable,
 }
 
 
@@ -70,17 +88,23 @@ _NOT_FOUND = re.compile(r"Model (version )?not found", re.IGNORECASE)
 
 
 class _Client:
-    def __init__(self, address: str, key: KeySource = None, *, timeout: float = 10.0):
+    """One channel to one TorchServe port; `label` names the server in error messages (default: its
+    address; the gateway uses "organ server 'liver'", so callers never see internal addresses)."""
+
+    def __init__(
+        self,
+        address: str,
+        key: KeySource = None,
+        *,
+        timeout: float = 10.0,
+        label: str | None = None,
+        channel: grpc.Channel | None = None,
+    ):
         self.address = address
+        self.label = label or f"organ server {address}"
         self._key = key
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
+        self._channel = channel or grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
         key = self._key() if callable(self._key) else self._key
@@ -90,7 +114,35 @@ class _Client:
         try:
             return method(request, timeout=timeout or self.timeout, metadata=self._metadata())
         except grpc.RpcError as exc:
-            raise _translate(exc, self.address, what) from exc
+            raise self._translate(exc, what) from exc
+
+    def _translate(self, exc: grpc.RpcError, what: str) -> MedSegError:
+        code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+        detail = _clean_detail(exc.details() if hasattr(exc, "details") else str(exc))
+        logger.debug("%s on %s failed: %s %s", what, self.address, code, detail)
+        if code == grpc.StatusCode.UNAVAILABLE:
+            # the connection detail names internal addresses: log it, keep it out of the message
+            logger.info("%s (%s) unavailable for %s: %s", self.label, self.address, what, detail)
+            return ServiceUnavailable(f"{self.label} is unavailable", code="organ_unavailable")
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return ServiceUnavailable(
+                f"{self.label} did not answer in time ({what})", code="organ_unavailable"
+            )
+        if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+            # our own configuration is wrong (key file out of date): a server-side failure, not the caller's
+            logger.error("%s (%s) refused our token for %s: %s", self.label, self.address, what, detail)
+            return ServiceUnavailable(
+                f"{self.label} refused our token for {what}: {detail}", code="organ_auth"
+            )
+        error_type = _ERRORS.get(code)
+        if code == grpc.StatusCode.INTERNAL and _NOT_FOUND.match(detail):
+            error_type = NotFound  # the inference API reports an unknown model / version as INTERNAL
+        if error_type is None:
+            return self._other_error(code, detail, what)
+        return error_type(detail or f"{what} failed with {code.name}")
+
+    def _other_error(self, code: grpc.StatusCode, detail: str, what: str) -> MedSegError:
+        return MedSegError(detail or f"{what} failed with {code.name}")
 
     def close(self) -> None:
         self._channel.close()
@@ -103,10 +155,23 @@ class _Client:
 
 
 class InferenceClient(_Client):
-    """TorchServe gRPC inference API of one organ server (address "host:port", inference key)."""
+    """TorchServe gRPC inference API of one organ server (address "host:port", inference key).
 
-    def __init__(self, address: str, key: KeySource = None, *, timeout: float = 10.0):
-        super().__init__(address, key, timeout=timeout)
+    `retries`: extra attempts of `predict` when the server answers UNAVAILABLE, within its deadline.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        key: KeySource = None,
+        *,
+        timeout: float = 10.0,
+        retries: int = 2,
+        label: str | None = None,
+        channel: grpc.Channel | None = None,
+    ):
+        super().__init__(address, key, timeout=timeout, label=label, channel=channel)
+        self.retries = max(0, retries)
         self._stub = inference_pb2_grpc.InferenceAPIsServiceStub(self._channel)
 
     def predict(
@@ -114,17 +179,35 @@ class InferenceClient(_Client):
     ) -> bytes:
         """Segment one image (PNG/JPEG/TIFF/DICOM bytes); returns the 8-bit probability PNG.
 
-        Raises InvalidInput (bad image, with the server's message), NotFound (no such model/version),
-        ServiceUnavailable (server down, overloaded or too slow), MedSegError (anything else).
+        `version`: the model version to run (TorchServe's default version when None); `timeout`: the
+        overall deadline, retries included. Raises InvalidInput (bad image, with the server's message),
+        NotFound (no such model/version), ServiceUnavailable (server down, too slow, refusing our token,
+        or failing on the image), MedSegError (anything else).
         """
         request = inference_pb2.PredictionsRequest(
             model_name=model_name, model_version=version or "", input={INPUT_NAME: data}
         )
-        reply = self._call(self._stub.Predictions, request, timeout, f"predict {model_name}")
-        body = reply.prediction
-        if body.startswith(PNG_MAGIC):
-            return body
-        raise _error_from_body(body, model_name)
+        deadline = time.monotonic() + (timeout or self.timeout)
+        what = f"predict {model_name}"
+        attempt = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ServiceUnavailable(
+                    f"{self.label} did not answer in time ({what})", code="organ_unavailable"
+                )
+            try:
+                reply = self._stub.Predictions(request, timeout=remaining, metadata=self._metadata())
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
+                    attempt += 1
+                    logger.info(
+                        "%s unavailable (%s), retry %d/%d", self.label, exc.details(), attempt, self.retries
+                    )
+                    time.sleep(min(RETRY_BACKOFF_S * attempt, max(0.0, deadline - time.monotonic())))
+                    continue
+                raise self._translate(exc, what) from None
+            return self._checked(reply.prediction, model_name)
 
     def ping(self, timeout: float | None = None) -> str:
         """Server health as TorchServe reports it (e.g. "Healthy"); raises ServiceUnavailable if down."""
@@ -133,6 +216,37 @@ class InferenceClient(_Client):
             return json.loads(reply.health).get("status", reply.health)
         except (ValueError, AttributeError):
             return reply.health
+
+    def health(self, timeout: float = 1.0) -> tuple[bool, str]:
+        """(healthy, TorchServe's status or the gRPC status code, e.g. "unavailable") for readiness
+        probes; never raises."""
+        try:
+            status = self.ping(timeout)
+        except MedSegError as exc:
+            cause = exc.__cause__
+            return False, cause.code().name.lower() if isinstance(cause, grpc.RpcError) else exc.code
+        return status == "Healthy", str(status)
+
+    def _checked(self, body: bytes, model_name: str) -> bytes:
+        """The PNG, or the handler's per-image JSON error (a bad image batched with good ones is answered
+        OK with `{"error": {"code", "message"}}`, see services.handler_base)."""
+        if body.startswith(PNG_MAGIC):
+            return body
+        try:
+            error = json.loads(body)["error"]
+            message, code = str(error["message"]), error.get("code")
+        except (ValueError, KeyError, TypeError):
+            logger.error("%s returned %d bytes that are neither a PNG nor an error", self.label, len(body))
+            raise ServiceUnavailable(f"{self.label} returned an invalid answer", code="organ_error") from None
+        if code == "invalid_input":
+            raise InvalidInput(f"{self.label} could not process the image: {message}")
+        logger.error("%s (model %s) failed on one image: %s", self.label, model_name, message)
+        raise ServiceUnavailable(f"{self.label} failed to segment the image", code="organ_error")
+
+    def _other_error(self, code: grpc.StatusCode, detail: str, what: str) -> MedSegError:
+        # the server's internals (stack traces, paths) stay in our log, not in the caller's answer
+        logger.error("%s (%s) failed on %s: %s %s", self.label, self.address, what, code, detail)
+        return ServiceUnavailable(f"{self.label} failed to segment the image", code="organ_error")
 
 
 class ManagementClient(_Client):
@@ -223,25 +337,6 @@ class ManagementClient(_Client):
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def _translate(exc: grpc.RpcError, address: str, what: str) -> MedSegError:
-    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
-    detail = _clean_detail(exc.details() if hasattr(exc, "details") else str(exc))
-    if code == grpc.StatusCode.UNAVAILABLE:
-        detail = f"organ server {address} unavailable ({detail})"
-    elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        detail = f"organ server {address} did not answer in time ({what})"
-    elif code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
-        # our own configuration is wrong (key file out of date): a server-side failure, not the caller's
-        return MedSegError(
-            f"organ server {address} refused our token for {what}: {detail}", code="organ_auth"
-        )
-    error_type = _ERRORS.get(code, MedSegError)
-    if code == grpc.StatusCode.INTERNAL and _NOT_FOUND.match(detail):
-        error_type = NotFound  # the inference API reports an unknown model / version as INTERNAL
-    logger.debug("%s on %s failed: %s %s", what, address, code, detail)
-    return error_type(detail or f"{what} failed with {code.name}")
-
-
 def _clean_detail(detail: str | None) -> str:
     """TorchServe appends its Java exception class as a last line; keep the human message."""
     lines = [line for line in (detail or "").splitlines() if not line.startswith("org.pytorch.serve.")]
@@ -254,18 +349,6 @@ def _message_of(msg: str) -> str:
     except ValueError:
         return msg
     return parsed.get("status", msg) if isinstance(parsed, dict) else msg
-
-
-def _error_from_body(body: bytes, model_name: str) -> MedSegError:
-    try:
-        error = json.loads(body)["error"]
-        return (
-            InvalidInput(str(error["message"]))
-            if error.get("code") == "invalid_input"
-            else MedSegError(str(error.get("message")))
-        )
-    except (ValueError, KeyError, TypeError):
-        return MedSegError(f"model {model_name} returned {len(body)} bytes that are not a PNG")
 
 
 def _version_in(message: str) -> str | None:

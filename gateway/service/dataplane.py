@@ -2,8 +2,9 @@
 
 Segment: validate organ and upload (size, decodable, pixel count) before bothering an organ server,
 call the organ server, threshold its probability map at 0.2 … 0.8, store the probability map and the
-masks in the results bucket, then record the Segmentation row. Objects are written before the row and
-removed again when the row cannot be written, so a row never points at objects that are not there.
+masks in the results bucket (concurrently), then record the Segmentation row. Every object is written
+before the row, and all of them are removed again when any write or the row fails, so a row never points
+at objects that are not there.
 """
 
 from __future__ import annotations
@@ -11,18 +12,18 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 import numpy as np
 
-from gateway.errors import InvalidInput, MedSegError, PayloadTooLarge, ServiceUnavailable
+from gateway.errors import InvalidInput, MedSegError, NotFound, PayloadTooLarge, ServiceUnavailable
 from gateway.service import images
-from gateway.service.inference import OrganClient
 from gateway.service.masks import THRESHOLDS, dice_iou, probability_mask
 from gateway.service.organs import ModelInfo, Organ, OrganRegistry
+from services.torchserve_client import InferenceClient
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class DataPlane:
     def __init__(
         self,
         registry: OrganRegistry,
-        clients: dict[str, OrganClient],
+        clients: dict[str, InferenceClient],
         store,
         *,
         results_bucket: str,
@@ -133,12 +134,15 @@ class DataPlane:
         self._buckets_ready = False
         # Probes run here so a hung dependency costs a probe its timeout, not a request thread forever.
         self._probes = ThreadPoolExecutor(max_workers=4, thread_name_prefix="medseg-probe")
+        # Result objects of one segmentation are written side by side: 8 sequential round trips to the
+        # store were a third of the gateway's own time per request.
+        self._writers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="medseg-store")
 
     # --- health -------------------------------------------------------------------------------
     def readiness(self) -> Readiness:
         """Every organ server and the object store, probed concurrently within readiness_timeout_s."""
         futures = {
-            f"organ:{name}": self._probes.submit(client.ping, self.readiness_timeout_s)
+            f"organ:{name}": self._probes.submit(client.health, self.readiness_timeout_s)
             for name, client in self.clients.items()
         }
         futures["objectstore"] = self._probes.submit(self._store_ping)
@@ -163,7 +167,7 @@ class DataPlane:
 
     def list_organs(self) -> list[OrganStatus]:
         futures = {
-            o.name: self._probes.submit(self.clients[o.name].ping, self.readiness_timeout_s)
+            o.name: self._probes.submit(self.clients[o.name].health, self.readiness_timeout_s)
             for o in self.registry.all()
         }
         statuses = []
@@ -205,9 +209,15 @@ class DataPlane:
         )
         # Ask for the version the registry reports, so the answer and its label always agree.
         model = self.registry.model(organ.name)
-        prob_png = self.clients[organ.name].predict(
-            data, version=model.version if model.version != "unknown" else None
-        )
+        try:
+            prob_png = self.clients[organ.name].predict(
+                organ.name, data, version=model.version if model.version != "unknown" else None
+            )
+        except NotFound as exc:  # the organ exists, so a missing model is ours to fix, not the caller's
+            logger.error("organ %s has no model loaded: %s", organ.name, exc.message)
+            raise ServiceUnavailable(
+                f"organ {organ.name!r} has no model loaded", code="model_not_ready"
+            ) from None
         try:
             prob = images.decode_probability(prob_png)
         except ValueError as exc:
@@ -253,9 +263,7 @@ class DataPlane:
             if not self._buckets_ready:  # once per process: the store may have been empty or down at start
                 self.store.ensure_buckets()
                 self._buckets_ready = True
-            for key, blob in objects.items():
-                self.store.put_bytes(self.results_bucket, key, blob, content_type="image/png")
-                written.append(key)
+            self._put_all(objects, written)
             model = self.registry.model(organ.name)
             self.record_segmentation(
                 session,
@@ -284,6 +292,21 @@ class DataPlane:
             prob_png,
             masks,
         )
+
+    def _put_all(self, objects: dict[str, bytes], written: list[str]) -> None:
+        """Write every object concurrently, appending each written key to `written`. Returns once all are
+        written; otherwise raises the first failure, but only after every write has finished, so nothing
+        is still in flight when the caller removes what was written."""
+        futures = {
+            key: self._writers.submit(
+                self.store.put_bytes, self.results_bucket, key, blob, content_type="image/png"
+            )
+            for key, blob in objects.items()
+        }
+        wait(futures.values())
+        written.extend(key for key, future in futures.items() if future.exception() is None)
+        for future in futures.values():
+            future.result()
 
     def _remove(self, keys: Sequence[str]) -> None:
         for key in keys:
@@ -347,6 +370,7 @@ class DataPlane:
 
     def close(self) -> None:
         self._probes.shutdown(wait=False, cancel_futures=True)
+        self._writers.shutdown(wait=True)
         for client in self.clients.values():
             client.close()
 
@@ -407,7 +431,7 @@ def pair_by_name(
 
 
 def build_dataplane(settings) -> DataPlane:
-    """The production DataPlane: organs from services/, one OrganClient each, the S3 store, SQL rows."""
+    """The production DataPlane: organs from services/, one InferenceClient each, the S3 store, SQL rows."""
     from gateway import crud
     from gateway.service.keys import inference_key
     from gateway.storage import ObjectStore
@@ -419,12 +443,12 @@ def build_dataplane(settings) -> DataPlane:
         addresses=settings.organ_addresses,
     )
     clients = {
-        organ.name: OrganClient(
-            organ.name,
+        organ.name: InferenceClient(
             organ.address,
             key=lambda organ=organ: inference_key(settings, organ.name),
-            timeout_s=settings.inference_timeout_s,
+            timeout=settings.inference_timeout_s,
             retries=settings.inference_retries,
+            label=f"organ server {organ.name!r}",
         )
         for organ in registry.all()
     }

@@ -15,10 +15,10 @@ def inspect(
     """(height, width, pixel spacing in mm or None) of an upload, after decoding it completely: a file
     the organ server could not decode is refused here, before it costs an inference slot."""
     try:
-        decoded = imaging.decode_image(data, window=window, max_pixels=max_pixels)
+        info = imaging.inspect_image(data, window=window, max_pixels=max_pixels)
     except imaging.ImageDecodeError as exc:
         raise InvalidInput(f"{filename}: {exc}", code="invalid_image") from None
-    return decoded.height, decoded.width, decoded.spacing_mm
+    return info.height, info.width, info.spacing_mm
 
 
 def decode_label(data: bytes, filename: str, *, max_pixels: int) -> np.ndarray:
@@ -31,6 +31,9 @@ def decode_label(data: bytes, filename: str, *, max_pixels: int) -> np.ndarray:
 
 def decode_probability(png: bytes) -> np.ndarray:
     """The organ server's 8-bit grey probability PNG → uint8 H×W (raises ValueError if it is not one)."""
+    decoded = imaging.decode_grey8(png)
+    if decoded is not None:  # what every organ server sends: the bytes are the answer, no rescaling
+        return decoded
     decoded = imaging.decode_image(png, min_side=1)
     if decoded.array.ndim != 2:
         raise ValueError(f"probability map has shape {decoded.array.shape}, expected a grey image")

@@ -23,14 +23,17 @@ def ramp(height: int, width: int) -> np.ndarray:
 
 
 class FakeClient:
-    """Answers like an organ server: a probability PNG at the input's size, computed by `answer(h, w)`."""
+    """Answers like services.torchserve_client.InferenceClient on an organ server: a probability PNG at
+    the input's size, computed by `answer(h, w)`."""
 
     def __init__(self, answer=ramp, error: Exception | None = None):
         self.answer, self.error, self.calls = answer, error, 0
         self.versions: list[str | None] = []
         self.lock = threading.Lock()
 
-    def predict(self, data: bytes, version: str | None = None) -> bytes:
+    def predict(
+        self, model_name: str, data: bytes, version: str | None = None, timeout: float | None = None
+    ) -> bytes:
         with self.lock:
             self.calls += 1
             self.versions.append(version)
@@ -39,7 +42,7 @@ class FakeClient:
         image = Image.open(io.BytesIO(data))
         return png(self.answer(image.height, image.width))
 
-    def ping(self, timeout_s):
+    def health(self, timeout: float = 1.0) -> tuple[bool, str]:
         return (self.error is None, "Healthy" if self.error is None else "unavailable")
 
     def close(self):

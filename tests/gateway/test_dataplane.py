@@ -10,7 +10,7 @@ from PIL import Image
 
 from gateway.errors import InvalidInput, NotFound, PayloadTooLarge, ServiceUnavailable
 from gateway.service.dataplane import DataPlane, Upload, pair_by_name
-from gateway.service.masks import THRESHOLDS, dice_iou
+from gateway.service.masks import THRESHOLDS, dice_iou, probability_mask
 from gateway.service.organs import OrganRegistry
 from services.spec import SERVICES_DIR
 from tests.gateway.fakes import FakeClient, FakeStore, png, ramp
@@ -21,14 +21,14 @@ def registry(tmp_path):
     return OrganRegistry(SERVICES_DIR, tmp_path)
 
 
-def make_plane(registry, clients, store=None, rows=None):
+def make_plane(registry, clients, store=None, rows=None, record=None):
     rows = rows if rows is not None else []
     return DataPlane(
         registry,
         clients,
         store or FakeStore(),
         results_bucket="results",
-        record_segmentation=lambda session, **row: rows.append(row),
+        record_segmentation=record or (lambda session, **row: rows.append(row)),
         max_upload_bytes=2_000_000,
         max_image_pixels=4_000_000,
     )
@@ -204,3 +204,46 @@ def test_dice_iou_edge_cases():
     assert dice_iou(empty, empty) == (1.0, 1.0)
     assert dice_iou(full, empty) == (0.0, 0.0)
     assert dice_iou(full, full) == (1.0, 1.0)
+
+
+@pytest.mark.parametrize("threshold", [*THRESHOLDS, 0.0, 0.001, 0.5 + 1e-12, 1.0, 1.5])
+def test_byte_cutoffs_give_exactly_the_float_masks(threshold):
+    every_byte = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    expected = every_byte.astype(np.float64) / 255.0 >= threshold
+    np.testing.assert_array_equal(probability_mask(every_byte, threshold), expected)
+
+
+def test_every_object_is_in_the_store_before_the_row_is_written(registry):
+    store = FakeStore()
+    seen_at_row_time = []
+
+    def row(session, **fields):
+        keys = [fields["probability_key"], *fields["mask_keys"].values()]
+        seen_at_row_time.append(all(("results", key) in store.objects for key in keys))
+
+    plane = make_plane(registry, {"liver": FakeClient(ramp)}, store, record=row)
+    plane.segment(None, "liver", png(np.zeros((32, 32), np.uint8)), "x.png")
+    assert seen_at_row_time == [True] and len(store.objects) == 8
+
+
+def test_one_failed_write_among_concurrent_ones_leaves_nothing(registry):
+    class OneKeyFails(FakeStore):
+        def put_bytes(self, bucket, key, data, content_type=None):
+            if key.endswith("mask_0.5.png"):
+                raise ServiceUnavailable("object store unavailable: timeout")
+            super().put_bytes(bucket, key, data, content_type)
+
+    rows, store = [], OneKeyFails()
+    plane = make_plane(registry, {"liver": FakeClient(ramp), "cells": FakeClient(ramp)}, store, rows)
+    with pytest.raises(ServiceUnavailable):
+        plane.segment(None, "liver", png(np.zeros((32, 32), np.uint8)), "x.png")
+    assert rows == [] and store.objects == {}
+
+
+def test_a_missing_model_on_a_known_organ_is_unavailable_not_unknown(registry):
+    plane = make_plane(
+        registry, {"liver": FakeClient(error=NotFound("Model not found: liver")), "cells": FakeClient(ramp)}
+    )
+    with pytest.raises(ServiceUnavailable) as info:
+        plane.segment(None, "liver", png(np.zeros((32, 32), np.uint8)), "x.png")
+    assert info.value.code == "model_not_ready"

@@ -375,6 +375,53 @@ def test_encode_png_round_trip():
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(encode_png(rgb)))), rgb)
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (1, 300), (300, 1), (2, 2), (512, 512), (77, 513)])
+def test_grey_png_writer_is_lossless_and_decodes_everywhere(shape):
+    """The hand-written grey encoder (Up filter, Z_RLE) against Pillow's decoder and our own."""
+    for grey in (
+        RNG.integers(0, 256, size=shape, dtype=np.uint8),
+        np.zeros(shape, np.uint8),
+        np.full(shape, 255, np.uint8),
+        np.tile(np.arange(shape[1], dtype=np.uint8), (shape[0], 1)),
+    ):
+        data = encode_png(grey)
+        with Image.open(io.BytesIO(data)) as im:
+            assert (im.format, im.mode, im.size) == ("PNG", "L", (shape[1], shape[0]))
+            np.testing.assert_array_equal(np.asarray(im), grey)
+        if min(shape) >= 16:
+            np.testing.assert_array_equal(decode_image(data).array, grey.astype(np.float32) / 255.0)
+
+
+def test_encode_png_takes_non_contiguous_and_single_channel_arrays():
+    grey = RNG.integers(0, 256, size=(40, 60, 1), dtype=np.uint8)
+    for view in (grey[:, :, 0].T, grey[::2, ::3, 0], grey):
+        data = encode_png(view)
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), np.squeeze(view))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_integer_scaling_by_table_equals_the_float_arithmetic(dtype):
+    top = np.iinfo(dtype).max
+    pixels = np.concatenate([np.arange(0, top + 1, max(1, top // 4095), dtype=dtype), [dtype(top)]])
+    image = np.resize(pixels, (64, max(16, pixels.size // 64 + 1))).astype(dtype)
+    expected = np.clip((image.astype(np.float32) - np.float32(0.0)) / np.float32(top), 0.0, 1.0)
+    got = decode_image(tiff_bytes(image)).array
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_inspect_image_validates_like_decode_image_without_scaling():
+    from services.imaging import inspect_image
+
+    png = pil_bytes(Image.fromarray(RNG.integers(0, 256, size=(40, 64), dtype=np.uint8)), "PNG")
+    info = inspect_image(png)
+    assert (info.height, info.width, info.format, info.spacing_mm) == (40, 64, "PNG", None)
+    with pytest.raises(ImageDecodeError, match="corrupt or truncated"):
+        inspect_image(png[: len(png) // 2])
+    with pytest.raises(ImageDecodeError, match="megapixel"):
+        inspect_image(png, max_pixels=1000)
+
+
 def test_encode_png_refuses_floats():
     with pytest.raises(TypeError, match="uint8"):
         encode_png(np.zeros((20, 20), dtype=np.float32))

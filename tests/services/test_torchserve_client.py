@@ -1,5 +1,5 @@
-"""OrganClient against an in-process fake of TorchServe's gRPC inference API: deadline, bounded retry on
-UNAVAILABLE, token in metadata, fast failure when the organ server is down."""
+"""InferenceClient against an in-process fake of TorchServe's gRPC inference API: deadline, bounded retry
+on UNAVAILABLE, token in metadata, fast failure when the organ server is down, per-image JSON errors."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from concurrent import futures
 import grpc
 import pytest
 
-from gateway.errors import InvalidInput, ServiceUnavailable
-from gateway.service.inference import OrganClient
+from gateway.errors import InvalidInput, MedSegError, NotFound, ServiceUnavailable
 
 inference_pb2 = pytest.importorskip("torchserve_grpc.inference_pb2", reason="run `make protos`")
 from torchserve_grpc import inference_pb2_grpc  # noqa: E402
+
+from services.torchserve_client import InferenceClient  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -30,6 +31,7 @@ class FakeTorchServe(inference_pb2_grpc.InferenceAPIsServiceServicer):
     def Predictions(self, request, context):
         self.calls += 1
         self.metadata = dict(context.invocation_metadata())
+        self.model_name = request.model_name
         if self.hang:
             self.release.wait(10)
         if self.failures:
@@ -57,20 +59,22 @@ def fake():
 
 def test_predict_sends_model_name_and_key(fake):
     servicer, address = fake
-    client = OrganClient("liver", address, key=lambda: "secret-key")
-    assert client.predict(b"img") == PNG + b"img"
+    client = InferenceClient(address, key=lambda: "secret-key")
+    assert client.predict("liver", b"img") == PNG + b"img"
+    assert servicer.model_name == "liver"
     assert servicer.metadata["authorization"] == "Bearer secret-key"
-    assert client.ping() == (True, "Healthy")
+    assert client.ping() == "Healthy"
+    assert client.health() == (True, "Healthy")
 
 
 def test_retries_unavailable_a_bounded_number_of_times(fake):
     servicer, address = fake
     servicer.failures = [grpc.StatusCode.UNAVAILABLE] * 2
-    assert OrganClient("liver", address, retries=2).predict(b"x") == PNG + b"x"
+    assert InferenceClient(address, retries=2).predict("liver", b"x") == PNG + b"x"
     assert servicer.calls == 3
     servicer.calls, servicer.failures = 0, [grpc.StatusCode.UNAVAILABLE] * 5
     with pytest.raises(ServiceUnavailable):
-        OrganClient("liver", address, retries=2).predict(b"x")
+        InferenceClient(address, retries=2).predict("liver", b"x")
     assert servicer.calls == 3
 
 
@@ -78,7 +82,7 @@ def test_invalid_argument_is_not_retried_and_maps_to_4xx(fake):
     servicer, address = fake
     servicer.failures = [grpc.StatusCode.INVALID_ARGUMENT]
     with pytest.raises(InvalidInput):
-        OrganClient("liver", address, retries=2).predict(b"x")
+        InferenceClient(address, retries=2).predict("liver", b"x")
     assert servicer.calls == 1
 
 
@@ -87,18 +91,19 @@ def test_hung_server_costs_at_most_the_deadline(fake):
     servicer.hang = True
     started = time.monotonic()
     with pytest.raises(ServiceUnavailable):
-        OrganClient("liver", address, timeout_s=0.5).predict(b"x")
+        InferenceClient(address, timeout=0.5).predict("liver", b"x")
     assert time.monotonic() - started < 2.0
 
 
 def test_down_server_fails_fast():
     with socket_reserved() as port:
-        client = OrganClient("cells", f"127.0.0.1:{port}", timeout_s=5.0, retries=2)
+        client = InferenceClient(f"127.0.0.1:{port}", timeout=5.0, retries=2, label="organ server 'cells'")
         started = time.monotonic()
-        with pytest.raises(ServiceUnavailable, match="cells"):
-            client.predict(b"x")
+        with pytest.raises(ServiceUnavailable, match="organ server 'cells' is unavailable") as info:
+            client.predict("cells", b"x")
         assert time.monotonic() - started < 2.0
-        assert client.ping(0.5)[0] is False
+        assert info.value.code == "organ_unavailable" and str(port) not in info.value.message
+        assert client.health(0.5) == (False, "unavailable")
 
 
 class socket_reserved:
@@ -118,4 +123,21 @@ class socket_reserved:
 def test_per_image_error_body_is_invalid_input(fake):
     _, address = fake
     with pytest.raises(InvalidInput, match="not an image"):
-        OrganClient("liver", address).predict(b"bad")
+        InferenceClient(address).predict("liver", b"bad")
+
+
+def test_server_side_failures_map_to_transport_neutral_errors(fake):
+    servicer, address = fake
+    client = InferenceClient(address, retries=0, label="organ server 'liver'")
+    servicer.failures = [grpc.StatusCode.NOT_FOUND]
+    with pytest.raises(NotFound):
+        client.predict("liver", b"x")
+    servicer.failures = [grpc.StatusCode.PERMISSION_DENIED]
+    with pytest.raises(ServiceUnavailable, match="refused our token") as info:
+        client.predict("liver", b"x")
+    assert info.value.code == "organ_auth"
+    servicer.failures = [grpc.StatusCode.INTERNAL]
+    with pytest.raises(ServiceUnavailable, match="failed to segment") as info:
+        client.predict("liver", b"x")
+    assert info.value.code == "organ_error" and "simulated" not in info.value.message
+    assert isinstance(info.value, MedSegError)
