@@ -1,0 +1,284 @@
+"""Server-rendered pages. Pages only read; every change goes through the JSON API (/api/v1) from the
+page's script with the session's CSRF token, so the API stays the one place that checks and writes.
+
+A signed-out visitor of a page that needs a person is redirected to /sign-in?next=<page>; a person whose
+role does not fit gets the 403 page (never the API's JSON).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from jinja2 import Environment, FileSystemLoader
+
+from gateway.accounts import resolve_session
+from gateway.api.deps import SessionDep, SettingsDep
+from gateway.errors import Unauthenticated
+from gateway.models import User
+from gateway.web import i18n
+
+WEB_DIR = Path(__file__).resolve().parent
+# Autoescape everything: names, notes and file names typed by people are shown on these pages.
+templates = Jinja2Templates(env=Environment(loader=FileSystemLoader(WEB_DIR / "templates"), autoescape=True))
+
+LANG_COOKIE = "medseg_lang"
+LANG_COOKIE_MAX_AGE = 365 * 24 * 3600
+DOCTOR_SIDE = ("doctor", "researcher", "admin")
+RESEARCHER_SIDE = ("researcher", "admin")
+ADMIN_SIDE = ("admin",)
+# Pages never load anything from elsewhere: hospital networks are often closed, and this stops injected
+# markup from running script even if an escape were ever missed.
+CSP = (
+    "default-src 'self'; img-src 'self' data: blob:; script-src 'self'; style-src 'self'; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+)
+
+# (path, message key, roles); the navigation bar shows the entries the viewer's role may open.
+NAV = [
+    ("/segment", "nav.segment", DOCTOR_SIDE),
+    ("/history", "nav.history", DOCTOR_SIDE),
+    ("/datasets", "nav.datasets", DOCTOR_SIDE),
+    ("/model-test", "nav.model_test", DOCTOR_SIDE),
+    ("/feedback", "nav.feedback", DOCTOR_SIDE),
+    ("/training", "nav.training", RESEARCHER_SIDE),
+    ("/models", "nav.models", RESEARCHER_SIDE),
+]
+ADMIN_NAV = [
+    ("/admin/users", "nav.users", ADMIN_SIDE),
+    ("/admin/api-keys", "nav.api_keys", ADMIN_SIDE),
+    ("/admin/audit", "nav.audit", ADMIN_SIDE),
+]
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """Who is looking at a page: a signed-in person (with the session's CSRF token) or nobody."""
+
+    user: User | None
+    csrf_token: str | None
+    lang: str
+
+    @property
+    def role(self) -> str | None:
+        return self.user.role if self.user else None
+
+
+class SignInRequired(Exception):
+    def __init__(self, next_path: str):
+        self.next_path = next_path
+
+
+class PageForbidden(Exception):
+    def __init__(self, viewer: Viewer, roles: tuple[str, ...]):
+        self.viewer = viewer
+        self.roles = roles
+
+
+def user_lang_cookie(user_id: int) -> str:
+    # One cookie per account: on a shared ward workstation each doctor keeps their own language.
+    return f"{LANG_COOKIE}_u{user_id}"
+
+
+def get_viewer(request: Request, session: SessionDep, settings: SettingsDep) -> Viewer:
+    user, csrf = None, None
+    token = request.cookies.get(settings.session_cookie_name)
+    if token:
+        try:
+            user_session, user = resolve_session(session, token)
+            csrf = user_session.csrf_token
+        except Unauthenticated:
+            user = None
+    lang = i18n.pick_language(
+        request.cookies.get(user_lang_cookie(user.id)) if user else None,
+        request.cookies.get(LANG_COOKIE),
+        accept_language=request.headers.get("accept-language"),
+    )
+    return Viewer(user=user, csrf_token=csrf, lang=lang)
+
+
+ViewerDep = Annotated[Viewer, Depends(get_viewer)]
+
+
+def page_for(*roles: str):
+    """A dependency admitting signed-in people with one of `roles` (redirect or 403 page otherwise)."""
+
+    def viewer_with_role(request: Request, viewer: ViewerDep) -> Viewer:
+        if viewer.user is None:
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            raise SignInRequired(target)
+        if viewer.role not in roles:
+            raise PageForbidden(viewer, roles)
+        return viewer
+
+    return Depends(viewer_with_role)
+
+
+DoctorSide = Annotated[Viewer, page_for(*DOCTOR_SIDE)]
+ResearcherSide = Annotated[Viewer, page_for(*RESEARCHER_SIDE)]
+AdminSide = Annotated[Viewer, page_for(*ADMIN_SIDE)]
+SignedInPage = Annotated[Viewer, page_for(*DOCTOR_SIDE)]
+
+
+def safe_next(target: str | None, default: str = "/") -> str:
+    """Only paths on this site: '//evil.example' or 'https://…' would make sign-in an open redirect."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return default
+    return target
+
+
+def home_for(viewer: Viewer) -> str:
+    if viewer.role == "admin":
+        return "/admin/users"
+    if viewer.role == "researcher":
+        return "/models"
+    return "/segment"
+
+
+def render(request: Request, viewer: Viewer, name: str, status_code: int = 200, **context) -> HTMLResponse:
+    lang = viewer.lang
+
+    def t(key: str, **params) -> str:
+        return i18n.translate(lang, key, **params)
+
+    nav_items = [(p, k) for p, k, roles in NAV if viewer.role in roles]
+    admin_items = [(p, k) for p, k, roles in ADMIN_NAV if viewer.role in roles]
+    settings = request.app.state.web_settings
+    response = templates.TemplateResponse(
+        request,
+        name,
+        {
+            "viewer": viewer,
+            "t": t,
+            "lang": lang,
+            "languages": i18n.LANGUAGES,
+            "messages": i18n.messages(lang),
+            "nav_items": nav_items,
+            "admin_items": admin_items,
+            "current_path": request.url.path,
+            "current_url": request.url.path + (f"?{request.url.query}" if request.url.query else ""),
+            "max_upload_bytes": settings.max_upload_bytes,
+            "max_dataset_upload_bytes": settings.max_dataset_upload_bytes,
+            **context,
+        },
+        status_code=status_code,
+    )
+    response.headers["Content-Security-Policy"] = CSP
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "same-origin"
+    response.headers["Cache-Control"] = "no-store"  # pages show patients' data and a CSRF token
+    return response
+
+
+def organ_choices(request: Request) -> list[tuple[str, str]]:
+    """(name, display name) of every organ the gateway serves, from its registry (no network call)."""
+    registry = request.app.state.dataplane.registry
+    return [(o.name, o.spec.display_name) for o in registry.all()]
+
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/")
+def index(viewer: ViewerDep) -> Response:
+    if viewer.user is None:
+        return RedirectResponse("/sign-in", status_code=303)
+    return RedirectResponse(home_for(viewer), status_code=303)
+
+
+@router.get("/sign-in")
+def sign_in_page(request: Request, viewer: ViewerDep, next: Annotated[str | None, Query()] = None):
+    return render(request, viewer, "sign_in.html", next_path=safe_next(next, ""))
+
+
+@router.get("/register")
+def register_page(request: Request, viewer: ViewerDep):
+    return render(request, viewer, "register.html")
+
+
+@router.get("/set-language")
+def set_language(
+    viewer: ViewerDep,
+    lang: Annotated[str, Query(max_length=8)],
+    next: Annotated[str | None, Query(max_length=2000)] = None,
+) -> Response:
+    """Switch the pages' language; remembered for this account (and for signed-out pages) in this browser."""
+    response = RedirectResponse(safe_next(next), status_code=303)
+    if lang in i18n.LANGUAGES:
+        response.set_cookie(LANG_COOKIE, lang, max_age=LANG_COOKIE_MAX_AGE, samesite="lax", path="/")
+        if viewer.user is not None:
+            response.set_cookie(
+                user_lang_cookie(viewer.user.id), lang, max_age=LANG_COOKIE_MAX_AGE, samesite="lax", path="/"
+            )
+    return response
+
+
+@router.get("/profile")
+def profile_page(request: Request, viewer: SignedInPage):
+    return render(request, viewer, "profile.html")
+
+
+@router.get("/datasets")
+def datasets_page(request: Request, viewer: DoctorSide):
+    return render(request, viewer, "datasets.html", organs=organ_choices(request))
+
+
+@router.get("/segment")
+def segment_page(request: Request, viewer: DoctorSide):
+    return render(request, viewer, "segment.html", organs=organ_choices(request))
+
+
+@router.get("/history")
+def history_page(request: Request, viewer: DoctorSide):
+    return render(request, viewer, "history.html", organs=organ_choices(request))
+
+
+@router.get("/model-test")
+def model_test_page(request: Request, viewer: DoctorSide):
+    return render(request, viewer, "model_test.html", organs=organ_choices(request))
+
+
+@router.get("/feedback")
+def feedback_page(request: Request, viewer: DoctorSide):
+    return render(request, viewer, "feedback.html", organs=organ_choices(request))
+
+
+@router.get("/training")
+def training_page(request: Request, viewer: ResearcherSide):
+    return render(request, viewer, "training.html", organs=organ_choices(request))
+
+
+@router.get("/models")
+def models_page(request: Request, viewer: ResearcherSide):
+    return render(request, viewer, "models.html", organs=organ_choices(request))
+
+
+@router.get("/admin/users")
+def admin_users_page(request: Request, viewer: AdminSide):
+    return render(request, viewer, "admin_users.html")
+
+
+@router.get("/admin/api-keys")
+def admin_keys_page(request: Request, viewer: AdminSide):
+    return render(request, viewer, "admin_keys.html")
+
+
+@router.get("/admin/audit")
+def admin_audit_page(request: Request, viewer: AdminSide):
+    return render(request, viewer, "admin_audit.html")
+
+
+def sign_in_redirect(_: Request, exc: SignInRequired) -> Response:
+    return RedirectResponse(f"/sign-in?next={quote(exc.next_path, safe='/')}", status_code=303)
+
+
+def forbidden_page(request: Request, exc: PageForbidden) -> Response:
+    viewer = exc.viewer
+    roles = " / ".join(i18n.translate(viewer.lang, f"role.{r}") for r in exc.roles)
+    role = i18n.translate(viewer.lang, f"role.{viewer.role}")
+    return render(request, viewer, "error.html", status_code=403, code=403, roles=roles, role=role)

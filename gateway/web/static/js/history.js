@@ -1,0 +1,77 @@
+/* History: the doctor's recent segmentations (thumbnails, chosen threshold, area, stability), filtered by
+   patient and organ; with a patient ID, that patient's area over time. */
+"use strict";
+(function () {
+  const M = window.MedSeg;
+  const form = document.getElementById("history-form");
+  const table = document.querySelector("#history-table tbody");
+  const error = document.getElementById("history-error");
+
+  function filters() {
+    const q = new URLSearchParams();
+    for (const name of ["patient_id", "organ"]) {
+      const v = form.elements[name].value.trim();
+      if (v) q.set(name, v);
+    }
+    return q;
+  }
+
+  async function loadHistory(q) {
+    try {
+      const body = await M.api("GET", "/api/v1/segmentations" + (q.toString() ? "?" + q : ""));
+      if (!body.segmentations.length) {
+        table.replaceChildren(M.h("tr", {}, [M.h("td", { colspan: 9, text: M.t("history.none") })]));
+        return;
+      }
+      table.replaceChildren.apply(table, body.segmentations.map(function (s) {
+        const when = M.when(s.created_at);
+        const thumb = s.thumbnail_url
+          ? M.h("img", { class: "thumb", src: s.thumbnail_url, alt: M.t("history.thumb_alt", { organ: s.organ, when: when }) })
+          : "";
+        const stability = typeof s.stability === "number"
+          ? M.h("span", { class: s.doubtful ? "badge text-bg-warning" : "" }, [s.stability.toFixed(2)]) : "—";
+        return M.h("tr", { "data-segmentation-id": s.id }, [
+          M.h("td", {}, [thumb]), M.h("td", { text: when }), M.h("td", { text: s.patient_id || "—" }),
+          M.h("td", { text: s.organ }), M.h("td", { text: s.model_name + " v" + s.model_version }),
+          M.h("td", { "data-field": "threshold", text: s.chosen_threshold !== null ? s.chosen_threshold.toFixed(1) : "—" }),
+          M.h("td", { text: Math.round(s.area) + " " + (s.area_unit === "mm2" ? "mm²" : "px") }),
+          M.h("td", {}, [stability]), M.h("td", { class: "small", text: s.chosen_note || "" }),
+        ]);
+      }));
+    } catch (err) {
+      M.showError(error, err.status === 404 ? M.t("common.unavailable") : err);
+      table.replaceChildren();
+    }
+  }
+
+  async function loadTrend(q) {
+    const patient = q.get("patient_id"), heading = document.getElementById("trend-heading");
+    const holder = document.getElementById("trend-plot");
+    if (!patient) { heading.textContent = M.t("history.trend_help"); holder.replaceChildren(); return; }
+    heading.textContent = M.t("history.trend", { patient: patient });
+    try {
+      const tq = new URLSearchParams();
+      if (q.get("organ")) tq.set("organ", q.get("organ"));
+      const body = await M.api("GET", "/api/v1/patients/" + encodeURIComponent(patient) + "/trend" + (tq.toString() ? "?" + tq : ""));
+      if (!body.points.length) { holder.replaceChildren(M.h("p", { text: M.t("history.none") })); return; }
+      const t0 = new Date(body.points[0].at).getTime();
+      const points = body.points.map(function (p) { return [(new Date(p.at).getTime() - t0) / 86400000, p.area]; });
+      M.plot(holder, [{ points: points, label: body.points[0].unit }], {
+        label: heading.textContent, xLabel: "days", xFormat: function (x) { return x.toFixed(1); },
+      });
+    } catch (err) { holder.replaceChildren(M.h("p", { class: "text-body-secondary", text: err.status === 404 ? M.t("common.unavailable") : M.describe(err) })); }
+  }
+
+  function load() {
+    M.hide(error);
+    const q = filters();
+    history.replaceState(null, "", q.toString() ? "?" + q : location.pathname);
+    loadHistory(q);
+    loadTrend(q);
+  }
+
+  const initial = new URLSearchParams(location.search);
+  for (const name of ["patient_id", "organ"]) if (initial.get(name)) form.elements[name].value = initial.get(name);
+  form.addEventListener("submit", function (event) { event.preventDefault(); load(); });
+  load();
+})();

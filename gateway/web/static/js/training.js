@@ -1,0 +1,80 @@
+/* Training: start a job on a dataset, watch its progress (loss and validation Dice per epoch), cancel. */
+"use strict";
+(function () {
+  const M = window.MedSeg;
+  const form = document.getElementById("train-form"), jobs = document.getElementById("jobs");
+  const error = document.getElementById("jobs-error");
+  const FINISHED = ["succeeded", "failed", "cancelled"];
+  let timer = null;
+
+  async function loadDatasets() {
+    const select = form.elements.dataset;
+    select.replaceChildren();
+    try {
+      const body = await M.api("GET", "/api/v1/datasets?organ=" + encodeURIComponent(form.elements.organ.value));
+      body.datasets.forEach(function (d) { select.append(M.h("option", { value: d.id }, [d.name + " (" + d.pair_count + ")"])); });
+    } catch (err) { M.showError(error, err); }
+  }
+
+  function job(j) {
+    const progress = j.progress || [];
+    const plotBox = M.h("div");
+    if (progress.length) {
+      M.plot(plotBox, [
+        { label: M.t("training.loss"), points: progress.map(function (p) { return [p.epoch, p.loss]; }) },
+        { label: M.t("training.val_dice"), cls: "second", points: progress.filter(function (p) { return typeof p.val_dice === "number"; }).map(function (p) { return [p.epoch, p.val_dice]; }) },
+      ], { label: M.t("training.loss") + " / " + M.t("training.val_dice"), xLabel: "epoch" });
+    }
+    const cancel = FINISHED.indexOf(j.status) >= 0 ? null : M.h("button", {
+      type: "button", class: "btn btn-sm btn-outline-danger", text: M.t("training.cancel"),
+      onclick: async function () {
+        try { await M.api("POST", "/api/v1/training/jobs/" + encodeURIComponent(j.id) + "/cancel"); } catch (err) { M.showError(error, err); }
+        loadJobs();
+      },
+    });
+    const last = progress[progress.length - 1];
+    return M.h("article", { class: "card", "data-job-id": j.id, "data-status": j.status }, [M.h("div", { class: "card-body" }, [
+      M.h("div", { class: "d-flex justify-content-between gap-2" }, [
+        M.h("div", {}, [M.h("strong", { text: j.organ + " · " + (j.arch || "") }), " ",
+          M.h("span", { class: "badge text-bg-secondary", "data-field": "status", text: j.status })]),
+        cancel,
+      ]),
+      M.h("p", { class: "small text-body-secondary mb-1", text: M.when(j.created_at) + (j.dataset_id ? " · " + j.dataset_id : "") +
+        (last ? " · epoch " + last.epoch + (typeof last.loss === "number" ? ", " + M.t("training.loss") + " " + last.loss.toFixed(4) : "") : "") }),
+      j.error ? M.h("p", { class: "text-danger small", text: j.error }) : null,
+      j.result_version ? M.h("p", { class: "small", text: M.t("models.versions") + ": " + j.result_version }) : null,
+      plotBox,
+    ])]);
+  }
+
+  async function loadJobs() {
+    M.hide(error);
+    try {
+      const body = await M.api("GET", "/api/v1/training/jobs");
+      const list = body.jobs || [];
+      jobs.replaceChildren.apply(jobs, list.length ? list.map(job) : [M.h("p", { text: M.t("common.none") })]);
+      const running = list.some(function (j) { return FINISHED.indexOf(j.status) < 0; });
+      clearTimeout(timer);
+      if (running) timer = setTimeout(loadJobs, 3000);
+    } catch (err) { M.showError(error, err.status === 404 ? M.t("common.unavailable") : err); }
+  }
+
+  form.addEventListener("submit", async function (event) {
+    event.preventDefault();
+    const e = document.getElementById("train-error"), ok = document.getElementById("train-ok");
+    M.hide(e); M.hide(ok);
+    if (!form.elements.dataset.value) { M.showError(e, M.t("common.required") + ": " + M.t("training.dataset")); return; }
+    const minutes = Number(form.elements.minutes.value);
+    if (!(minutes >= 1 && minutes <= 600)) { M.showError(e, M.t("training.minutes") + ": 1–600"); return; }
+    try {
+      await M.api("POST", "/api/v1/training/jobs", { json: {
+        organ: form.elements.organ.value, dataset_id: form.elements.dataset.value, arch: form.elements.arch.value, minutes: minutes,
+      } });
+      M.show(ok, M.t("training.started"), "success");
+      loadJobs();
+    } catch (err) { M.showError(e, err.status === 404 && err.code === "not_found" ? M.t("common.unavailable") : err); }
+  });
+  form.elements.organ.addEventListener("change", loadDatasets);
+  loadDatasets();
+  loadJobs();
+})();
