@@ -15,6 +15,7 @@ from gateway.api.uploads import FORM_OVERHEAD_BYTES, BodyLimitMiddleware
 from gateway.core.config import Settings, get_settings
 from gateway.errors import MedSegError
 from gateway.service import DataPlane, build_dataplane
+from gateway.web import install_web
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ def create_app(settings: Settings | None = None, dataplane: DataPlane | None = N
         api.include_router(people_router)
     app.include_router(health.router)
     app.include_router(api)
+    install_web(app, settings)  # the pages (gateway/web): they call the API above
     app.add_middleware(
         BodyLimitMiddleware,
         default=settings.max_request_bytes,
