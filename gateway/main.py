@@ -10,11 +10,26 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gateway.api.routes import api_keys, audit, auth, datasets, evaluate, health, organs, segment, users
+from gateway.api.routes import (
+    api_keys,
+    audit,
+    auth,
+    datasets,
+    evaluate,
+    evaluations,
+    feedback,
+    health,
+    models,
+    organs,
+    segment,
+    segmentations,
+    users,
+)
 from gateway.api.uploads import FORM_OVERHEAD_BYTES, BodyLimitMiddleware
 from gateway.core.config import Settings, get_settings
 from gateway.errors import MedSegError
 from gateway.service import DataPlane, build_dataplane
+from gateway.service.clinic import Clinic
 from gateway.web import install_web
 
 logger = logging.getLogger(__name__)
@@ -83,6 +98,8 @@ def create_app(settings: Settings | None = None, dataplane: DataPlane | None = N
     async def lifespan(app: FastAPI):
         owned = dataplane is None
         app.state.dataplane = dataplane or build_dataplane(settings)
+        if owned or not hasattr(app.state, "clinic"):
+            app.state.clinic = Clinic(app.state.dataplane, settings)
         try:
             yield
         finally:
@@ -92,6 +109,7 @@ def create_app(settings: Settings | None = None, dataplane: DataPlane | None = N
     app = FastAPI(title="MedSeg", version="1", lifespan=lifespan)
     if dataplane is not None:  # usable without running the lifespan (e.g. TestClient without `with`)
         app.state.dataplane = dataplane
+        app.state.clinic = Clinic(dataplane, settings)
     install_error_handlers(app)
     api = APIRouter(prefix="/api/v1")
     api.include_router(organs.router)
@@ -99,6 +117,8 @@ def create_app(settings: Settings | None = None, dataplane: DataPlane | None = N
     api.include_router(evaluate.router)
     for people_router in (auth.router, users.router, api_keys.router, datasets.router, audit.router):
         api.include_router(people_router)
+    for clinic_router in (models.router, evaluations.router, feedback.router, segmentations.router):
+        api.include_router(clinic_router)
     app.include_router(health.router)
     app.include_router(api)
     install_web(app, settings)  # the pages (gateway/web): they call the API above

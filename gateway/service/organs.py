@@ -4,7 +4,9 @@ Where its server listens comes from the folder's TorchServe `config.properties` 
 port, on `Settings.organ_host`), unless `Settings.organ_addresses` names an address for it
 (Kubernetes: one Service per organ).
 
-Which model an organ serves is read from the model card beside its archive, `model-store/<organ>.json`
+Which model an organ serves is the default version in the model registry (the database, see
+gateway/service/model_registry.py) once `model_source` is set; the shipped card seeds it. Without a registry
+entry it is read from the model card beside its archive, `model-store/<organ>.json`
 (`{"name": ..., "version": ...}`), falling back to the archive's own MAR-INF/MANIFEST.json. The card is
 what the trainer writes when it publishes a model, so the gateway reports the version it shipped without
 needing TorchServe's management API (which stays disabled on serving-only organ servers). Both files are
@@ -17,6 +19,7 @@ import json
 import logging
 import re
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,6 +99,9 @@ class OrganRegistry:
         if unknown:
             logger.warning("organ addresses given for organs without a services/ folder: %s", sorted(unknown))
         self._model_cache: dict[str, tuple[tuple, ModelInfo]] = {}
+        # The model registry in the database (gateway.service.model_registry.ModelDirectory.get): when it
+        # names a default for the organ, that is what the gateway serves and labels; the card is the seed.
+        self.model_source: Callable[[str], ModelInfo | None] | None = None
 
     def names(self) -> list[str]:
         return list(self._organs)
@@ -120,7 +126,10 @@ class OrganRegistry:
         return self.get(name).spec.default_threshold if threshold is None else threshold
 
     def model(self, name: str) -> ModelInfo:
-        """Model currently published for the organ (card, else .mar manifest, else name=organ/'unknown')."""
+        """Model currently served for the organ: the registry's default when there is one, else the card,
+        else the .mar manifest, else name=organ/'unknown'."""
+        if self.model_source is not None and (registered := self.model_source(name)) is not None:
+            return registered
         card = self.model_store_dir / f"{name}.json"
         mar = self.model_store_dir / f"{name}.mar"
         stamp = tuple(p.stat().st_mtime_ns if p.exists() else None for p in (card, mar))

@@ -2,7 +2,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
 
-from gateway.api.deps import DataPlaneDep, EvaluateApiKey
+from gateway.api.clinic_deps import ClinicDep, EvaluationRunner
+from gateway.api.deps import DataPlaneDep
 from gateway.api.uploads import read_upload
 from gateway.schemas import EvaluationPublic
 
@@ -12,7 +13,8 @@ router = APIRouter(tags=["evaluate"])
 @router.post("/evaluate", response_model=EvaluationPublic)
 def evaluate(
     dataplane: DataPlaneDep,
-    _key: EvaluateApiKey,
+    _clinic: ClinicDep,  # serves the registry's default version
+    _who: EvaluationRunner,
     organ: Annotated[str, Form(max_length=200)],
     images: Annotated[list[UploadFile], File(description="images to segment")],
     labels: Annotated[list[UploadFile], File(description="one label mask per image, matched by file name")],

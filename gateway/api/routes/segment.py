@@ -2,25 +2,41 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
 
-from gateway.api.deps import DataPlaneDep, SegmentApiKey, SessionDep
+from gateway.api.clinic_deps import ClinicDep, Segmenter
+from gateway.api.deps import DataPlaneDep, SessionDep
 from gateway.api.uploads import read_upload
 from gateway.schemas import SegmentationPublic
+from gateway.schemas_clinic import SegmentRecordPublic
+from gateway.service import history
 
 router = APIRouter(tags=["segment"])
 
 
-@router.post("/segment", response_model=SegmentationPublic)
+@router.post("/segment", response_model=SegmentRecordPublic)
 def segment(
     dataplane: DataPlaneDep,
+    clinic: ClinicDep,
     session: SessionDep,
-    api_key: SegmentApiKey,
+    who: Segmenter,
     organ: Annotated[str, Form(max_length=200)],
     file: Annotated[UploadFile, File(description="PNG, JPEG, TIFF or DICOM")],
     patient_id: Annotated[str | None, Form(max_length=128)] = None,
-) -> SegmentationPublic:
-    """Segment one image: probability map and masks at 0.2 … 0.8, at the input's size."""
+) -> SegmentRecordPublic:
+    """Segment one image: probability map and masks at 0.2 … 0.8, at the input's size; recorded in history."""
     upload = read_upload(file, dataplane.max_upload_bytes)
-    result = dataplane.segment(
-        session, organ, upload.data, upload.filename, patient_id or None, api_key_id=api_key.id
+    record = history.segment(
+        session,
+        dataplane,
+        who,
+        organ,
+        upload.data,
+        upload.filename,
+        patient_id or None,
+        doubtful_below=clinic.settings.stability_doubtful_below,
     )
-    return SegmentationPublic.of(result)
+    return SegmentRecordPublic(
+        **SegmentationPublic.of(record.result).model_dump(),
+        stability=record.stability,
+        doubtful=record.doubtful,
+        suggested_threshold=record.suggested_threshold,
+    )

@@ -1,0 +1,37 @@
+"""The clinical loop's services for both edges, built once per process beside the DataPlane."""
+
+from __future__ import annotations
+
+from gateway.service.dataplane import DataPlane
+from gateway.service.evaluations import Evaluator
+from gateway.service.model_registry import ManagementFactory, ModelDirectory, Promotions
+
+
+def default_management(settings) -> ManagementFactory:
+    """organ → a ManagementClient for its TorchServe (address and key as trainer.register finds them)."""
+
+    def factory(organ: str):
+        from trainer.register import management_client
+
+        return management_client(organ, settings, timeout=30.0)
+
+    return factory
+
+
+class Clinic:
+    def __init__(self, dataplane: DataPlane, settings, *, management: ManagementFactory | None = None):
+        self.dataplane = dataplane
+        self.settings = settings
+        self.directory = ModelDirectory()
+        dataplane.registry.model_source = self.directory.get  # the gateway serves the database's default
+        self.evaluator = Evaluator(dataplane)
+        self.promotions = Promotions(
+            self.evaluator.evaluate_dataset,
+            management or default_management(settings),
+            self.directory,
+            settings.promotion_max_dice_drop,
+        )
+        self.jobs = None  # gateway.service.training_jobs.TrainingJobs, when built
+
+    def default_threshold(self, organ: str) -> float:
+        return self.dataplane.registry.default_threshold(organ)

@@ -1,0 +1,176 @@
+"""Feedback threads on a model version: a doctor writes, researchers reply; open → in progress → resolved;
+optionally attached to one evaluated case or one segmentation (with the threshold looked at), and linked to
+the version that addresses it."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from gateway.errors import Forbidden, InvalidInput, NotFound
+from gateway.models import (
+    FEEDBACK_STATUSES,
+    EvaluationCase,
+    Feedback,
+    FeedbackReply,
+    ModelVersion,
+    audit,
+)
+from gateway.principal import Principal
+from gateway.service import model_registry
+from gateway.service.masks import THRESHOLDS
+
+MAX_BODY = 5000
+
+
+def _body(text: str) -> str:
+    text = (text or "").strip()
+    if not text:
+        raise InvalidInput("feedback needs some text", code="empty_body")
+    if len(text) > MAX_BODY:
+        raise InvalidInput(f"feedback is at most {MAX_BODY} characters", code="body_too_long")
+    return text
+
+
+def create(
+    session: Session,
+    principal: Principal,
+    organ: str,
+    version: str,
+    body: str,
+    *,
+    evaluation_case_id: int | None = None,
+    segmentation_id: str | None = None,
+    threshold: float | None = None,
+) -> Feedback:
+    model = model_registry.get_version(session, organ, version)
+    text = _body(body)
+    if evaluation_case_id is not None:
+        case = session.get(EvaluationCase, evaluation_case_id)
+        if case is None:
+            raise NotFound(f"no evaluated case {evaluation_case_id}", code="unknown_case")
+    seg_key = None
+    if segmentation_id is not None:
+        from gateway.service.history import get_segmentation
+
+        seg_key = get_segmentation(session, principal, segmentation_id).id
+    if threshold is not None and round(threshold, 1) not in THRESHOLDS:
+        raise InvalidInput(
+            f"threshold must be one of {', '.join(f'{t:.1f}' for t in THRESHOLDS)}", code="invalid_threshold"
+        )
+    row = Feedback(
+        model_version_id=model.id,
+        author_user_id=principal.user.id if principal.user else None,
+        body=text,
+        evaluation_case_id=evaluation_case_id,
+        segmentation_id=seg_key,
+        threshold=round(threshold, 1) if threshold is not None else None,
+    )
+    session.add(row)
+    session.flush()
+    audit(
+        session,
+        principal.actor,
+        "feedback.create",
+        f"feedback:{row.id}",
+        {"organ": organ, "version": version},
+    )
+    session.commit()
+    return row
+
+
+def get(session: Session, feedback_id: int) -> Feedback:
+    row = session.get(Feedback, feedback_id)
+    if row is None:
+        raise NotFound(f"no feedback {feedback_id}", code="unknown_feedback")
+    return row
+
+
+def replies(session: Session, row: Feedback) -> list[FeedbackReply]:
+    return list(
+        session.scalars(
+            select(FeedbackReply).where(FeedbackReply.feedback_id == row.id).order_by(FeedbackReply.id)
+        )
+    )
+
+
+def list_feedback(
+    session: Session,
+    organ: str | None = None,
+    version: str | None = None,
+    status: str | None = None,
+    limit: int = 100,
+) -> list[tuple[Feedback, ModelVersion]]:
+    query = (
+        select(Feedback, ModelVersion)
+        .join(ModelVersion, Feedback.model_version_id == ModelVersion.id)
+        .order_by(Feedback.id.desc())
+        .limit(limit)
+    )
+    if organ:
+        query = query.where(ModelVersion.organ == organ)
+    if version:
+        query = query.where(ModelVersion.version == version)
+    if status:
+        if status not in FEEDBACK_STATUSES:
+            raise InvalidInput(f"status must be one of {', '.join(FEEDBACK_STATUSES)}", code="invalid_status")
+        query = query.where(Feedback.status == status)
+    return [(f, m) for f, m in session.execute(query).all()]
+
+
+def reply(session: Session, principal: Principal, feedback_id: int, body: str) -> FeedbackReply:
+    row = get(session, feedback_id)
+    reply_row = FeedbackReply(
+        feedback_id=row.id, author_user_id=principal.user.id if principal.user else None, body=_body(body)
+    )
+    session.add(reply_row)
+    row.updated_at = datetime.now(UTC)
+    audit(session, principal.actor, "feedback.reply", f"feedback:{row.id}")
+    session.commit()
+    return reply_row
+
+
+def update(
+    session: Session,
+    principal: Principal,
+    feedback_id: int,
+    *,
+    status: str | None = None,
+    addressed_by_version: str | None = None,
+) -> Feedback:
+    row = get(session, feedback_id)
+    if principal.role == "doctor" and (principal.user is None or row.author_user_id != principal.user.id):
+        raise Forbidden("a doctor changes only the status of their own feedback")
+    if status is not None:
+        if status not in FEEDBACK_STATUSES:
+            raise InvalidInput(f"status must be one of {', '.join(FEEDBACK_STATUSES)}", code="invalid_status")
+        row.status = status
+    if addressed_by_version is not None:
+        model = session.get(ModelVersion, row.model_version_id)
+        row.addressed_by_version_id = model_registry.get_version(
+            session, model.organ, addressed_by_version
+        ).id
+    row.updated_at = datetime.now(UTC)
+    audit(
+        session,
+        principal.actor,
+        "feedback.update",
+        f"feedback:{row.id}",
+        {"status": row.status, "addressed_by": addressed_by_version},
+    )
+    session.commit()
+    return row
+
+
+def version_of(session: Session, version_id: int | None) -> str | None:
+    if version_id is None:
+        return None
+    row = session.get(ModelVersion, version_id)
+    return row.version if row else None
+
+
+def segmentation_key(value: str | None) -> uuid.UUID | None:
+    return uuid.UUID(value) if value else None

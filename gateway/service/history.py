@@ -1,0 +1,214 @@
+"""Segmentation as a clinical record: who, which patient, which version; the doctor's chosen threshold;
+history, per-patient trend, stability and the suggested threshold.
+
+* Stability: Dice between the masks at 0.2 and 0.8. A confident model gives nearly the same mask at
+  both; a low value means the outline depends on the threshold, so the result is flagged doubtful
+  (below `Settings.stability_doubtful_below`).
+* Suggested threshold for a model version: the mean of (a) the best threshold of each of that version's
+  evaluations, weighted by case count, and (b) the thresholds doctors saved for its segmentations, each
+  counting as one case; rounded to the contract's 0.1 grid. Without either, the version's default.
+* Area over time: the area at the chosen threshold (else the default threshold), in mm² when the image
+  carried its pixel spacing, else in pixels.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from gateway.core.db import database_unavailable
+from gateway.errors import Forbidden, InvalidInput, NotFound
+from gateway.models import Evaluation, Segmentation, audit
+from gateway.principal import Principal
+from gateway.service import images, scoring
+from gateway.service.dataplane import DataPlane, SegmentResult
+from gateway.service.masks import THRESHOLDS
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SegmentRecord:
+    result: SegmentResult
+    stability: float
+    doubtful: bool
+    suggested_threshold: float
+
+
+def stability(result: SegmentResult) -> float:
+    by_t = {round(m.threshold, 1): m for m in result.masks}
+    low = images.imaging.decode_mask(by_t[0.2].mask_png, min_side=1)
+    high = images.imaging.decode_mask(by_t[0.8].mask_png, min_side=1)
+    return scoring.dice_only(high, low)
+
+
+def owned_by(principal: Principal):
+    if principal.user is not None:
+        return Segmentation.user_id == principal.user.id
+    return Segmentation.api_key_id == principal.api_key.id
+
+
+def segment(
+    session: Session,
+    dataplane: DataPlane,
+    principal: Principal,
+    organ: str,
+    data: bytes,
+    filename: str,
+    patient_id: str | None,
+    *,
+    doubtful_below: float,
+) -> SegmentRecord:
+    """The data plane's segment, then the record completed: who (person or key), stability, thumbnail."""
+    api_key_id = principal.api_key.id if principal.api_key else None
+    result = dataplane.segment(session, organ, data, filename, patient_id, api_key_id=api_key_id)
+    score = stability(result)
+    row = session.get(Segmentation, uuid.UUID(result.id))
+    if row is not None:  # the production recorder wrote it (test data planes may record nothing)
+        thumb_key = row.probability_key.rsplit("/", 1)[0] + "/thumbnail.png"
+        try:
+            prob = images.decode_probability(result.probability_png)
+            dataplane.store.put_bytes(
+                dataplane.results_bucket, thumb_key, scoring.thumbnail_png(prob), content_type="image/png"
+            )
+            row.thumbnail_key = thumb_key
+        except Exception as exc:  # the segmentation stands without a preview
+            logger.warning("no thumbnail for segmentation %s: %s", result.id, exc)
+        row.stability = score
+        if principal.user is not None:
+            row.user_id = principal.user.id
+        _commit(session)
+    return SegmentRecord(
+        result,
+        score,
+        score < doubtful_below,
+        suggested_threshold(session, result.organ, result.model.version, result.default_threshold),
+    )
+
+
+def _commit(session: Session) -> None:
+    try:
+        session.commit()
+    except OperationalError as exc:
+        session.rollback()
+        raise database_unavailable(exc) from exc
+
+
+def get_segmentation(session: Session, principal: Principal, segmentation_id: str) -> Segmentation:
+    """A segmentation the caller made (admins: any); 404 otherwise, so ids of others are not revealed."""
+    try:
+        key = uuid.UUID(str(segmentation_id))
+    except ValueError:
+        raise NotFound(f"no segmentation {segmentation_id!r}", code="unknown_segmentation") from None
+    row = session.get(Segmentation, key)
+    mine = row is not None and (
+        principal.is_admin
+        or (principal.user is not None and row.user_id == principal.user.id)
+        or (principal.api_key is not None and row.api_key_id == principal.api_key.id)
+    )
+    if not mine:
+        raise NotFound(f"no segmentation {segmentation_id!r}", code="unknown_segmentation")
+    return row
+
+
+def choose_threshold(
+    session: Session, principal: Principal, segmentation_id: str, threshold: float, note: str | None
+) -> Segmentation:
+    row = get_segmentation(session, principal, segmentation_id)
+    if principal.user is None or row.user_id != principal.user.id:
+        raise Forbidden("only the doctor who made the segmentation saves its threshold")
+    key = f"{threshold:.1f}"
+    if round(threshold, 1) not in THRESHOLDS or abs(threshold - round(threshold, 1)) > 1e-9:
+        raise InvalidInput(
+            f"threshold must be one of {', '.join(f'{t:.1f}' for t in THRESHOLDS)}, not {threshold}",
+            code="invalid_threshold",
+        )
+    if key not in (row.mask_keys or {}):
+        raise InvalidInput(f"segmentation {row.id} has no mask at {key}", code="invalid_threshold")
+    row.chosen_threshold, row.chosen_note, row.chosen_at = round(threshold, 1), note, datetime.now(UTC)
+    audit(session, principal.actor, "segmentation.choose", f"segmentation:{row.id}", {"threshold": key})
+    _commit(session)
+    return row
+
+
+def history(
+    session: Session,
+    principal: Principal,
+    *,
+    patient_id: str | None = None,
+    organ: str | None = None,
+    limit: int = 50,
+) -> list[Segmentation]:
+    query = (
+        select(Segmentation).where(owned_by(principal)).order_by(Segmentation.created_at.desc()).limit(limit)
+    )
+    if patient_id:
+        query = query.where(Segmentation.patient_id == patient_id)
+    if organ:
+        query = query.where(Segmentation.organ == organ)
+    return list(session.scalars(query))
+
+
+def area(row: Segmentation, default_threshold: float) -> tuple[float, str, float]:
+    """(area, unit, threshold used) at the chosen threshold, else the default one."""
+    threshold = row.chosen_threshold if row.chosen_threshold is not None else default_threshold
+    pixels = (row.areas_px or {}).get(f"{threshold:.1f}")
+    if pixels is None:  # a default threshold off the grid: nearest mask
+        nearest = min(THRESHOLDS, key=lambda t: abs(t - threshold))
+        threshold, pixels = nearest, (row.areas_px or {}).get(f"{nearest:.1f}", 0)
+    if row.pixel_spacing_row_mm and row.pixel_spacing_col_mm:
+        return float(pixels) * row.pixel_spacing_row_mm * row.pixel_spacing_col_mm, "mm2", threshold
+    return float(pixels), "px", threshold
+
+
+def trend(
+    session: Session, principal: Principal, patient_id: str, organ: str | None, default_threshold
+) -> list[dict]:
+    rows = history(session, principal, patient_id=patient_id, organ=organ, limit=500)
+    points = []
+    for row in sorted(rows, key=lambda r: r.created_at):
+        value, unit, threshold = area(row, default_threshold(row.organ))
+        points.append(
+            {
+                "segmentation_id": str(row.id),
+                "at": row.created_at,
+                "organ": row.organ,
+                "model_version": row.model_version,
+                "area": value,
+                "unit": unit,
+                "threshold": threshold,
+                "chosen": row.chosen_threshold is not None,
+            }
+        )
+    return points
+
+
+def suggested_threshold(session: Session, organ: str, version: str, default: float) -> float:
+    weighted: list[tuple[float, int]] = [
+        (e.best_threshold, e.case_count)
+        for e in session.scalars(
+            select(Evaluation).where(Evaluation.organ == organ, Evaluation.model_version == version)
+        )
+    ]
+    weighted += [
+        (t, 1)
+        for t in session.scalars(
+            select(Segmentation.chosen_threshold).where(
+                Segmentation.organ == organ,
+                Segmentation.model_version == version,
+                Segmentation.chosen_threshold.is_not(None),
+            )
+        )
+    ]
+    if not weighted:
+        return default
+    values, weights = zip(*weighted, strict=True)
+    mean = float(np.average(values, weights=weights))
+    return min(THRESHOLDS, key=lambda t: (abs(t - mean), t))

@@ -1,0 +1,524 @@
+"""Model versions in the database: organs → versions (candidate → default → retired), lineage, promotion.
+
+* Seeding: at start, an organ without any version gets the shipped model (model-store/<organ>.json card,
+  else the .mar manifest) as its default, so the card stays the seed and the database the truth.
+* Recording: the trainer uploads the .mar to the models bucket and registers it with the organ's TorchServe
+  (trainer/register.py), then records the version with `POST /api/v1/models/{organ}/versions` (scope
+  `models`), which lands in `record_version`. A training job started from the API records its candidate
+  through the same function.
+* Promotion is gated: candidate and current default are evaluated on the organ's reference set (a dataset
+  whose hash is recorded when it is chosen and checked at every use); the candidate is refused when its
+  mean Dice is lower by more than `Settings.promotion_max_dice_drop`, unless an admin forces it with a
+  written reason. TorchServe's default version follows through the management API before the database
+  changes, so an organ server that does not answer leaves everything as it was (503).
+* Rollback restores the default the current one replaced (`previous_default_id`), in one call.
+* The gateway serves and labels the database's default: `ModelDirectory` is the in-memory view the organ
+  registry consults (refreshed from the database at most every `ttl_s`, and at once after a change here).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from gateway.errors import Conflict, Forbidden, InvalidInput, MedSegError, NotFound, ServiceUnavailable
+from gateway.models import Dataset, ModelEvent, ModelVersion, ReferenceSet, audit
+from gateway.principal import Principal
+from gateway.service.organs import ModelInfo, OrganRegistry, _model_from_card, _model_from_mar
+
+logger = logging.getLogger(__name__)
+
+VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- the gateway's view of the defaults ---------------------------------------------------------------
+class ModelDirectory:
+    """organ → the default version's ModelInfo, as the database says; read by OrganRegistry.model()."""
+
+    def __init__(self, ttl_s: float = 2.0):
+        self.ttl_s = ttl_s
+        self._defaults: dict[str, ModelInfo] = {}
+        self._loaded_at: float | None = None
+        self._lock = threading.Lock()
+
+    def get(self, organ: str) -> ModelInfo | None:
+        return self._defaults.get(organ)
+
+    def refresh(self, session: Session, *, force: bool = False) -> None:
+        """Re-read the defaults when older than ttl_s (or `force`)."""
+        now = time.monotonic()
+        if not force and self._loaded_at is not None and now - self._loaded_at < self.ttl_s:
+            return
+        rows = session.execute(
+            select(
+                ModelVersion.organ,
+                ModelVersion.model_name,
+                ModelVersion.version,
+                ModelVersion.default_threshold,
+            ).where(ModelVersion.state == "default")
+        ).all()
+        with self._lock:
+            self._defaults = {r.organ: ModelInfo(r.model_name, r.version, r.default_threshold) for r in rows}
+            self._loaded_at = now
+
+    def invalidate(self) -> None:
+        self._loaded_at = None
+
+
+# --- reading ------------------------------------------------------------------------------------------
+def list_versions(session: Session, organ: str) -> list[ModelVersion]:
+    return list(
+        session.scalars(
+            select(ModelVersion).where(ModelVersion.organ == organ).order_by(ModelVersion.id.desc())
+        )
+    )
+
+
+def get_version(session: Session, organ: str, version: str) -> ModelVersion:
+    row = session.scalar(
+        select(ModelVersion).where(ModelVersion.organ == organ, ModelVersion.version == version)
+    )
+    if row is None:
+        known = [v.version for v in list_versions(session, organ)[:10]]
+        raise NotFound(
+            f"no version {version!r} of the {organ} model; recent versions: {', '.join(known) or 'none'}",
+            code="unknown_version",
+        )
+    return row
+
+
+def current_default(session: Session, organ: str) -> ModelVersion | None:
+    return session.scalar(
+        select(ModelVersion).where(ModelVersion.organ == organ, ModelVersion.state == "default")
+    )
+
+
+def events(session: Session, version: ModelVersion) -> list[ModelEvent]:
+    return list(
+        session.scalars(select(ModelEvent).where(ModelEvent.version_id == version.id).order_by(ModelEvent.id))
+    )
+
+
+def lineage(session: Session, version: ModelVersion, limit: int = 50) -> list[ModelVersion]:
+    """The version, its parent, its parent's parent … (oldest last)."""
+    chain, seen, row = [], set(), version
+    while row is not None and row.id not in seen and len(chain) < limit:
+        chain.append(row)
+        seen.add(row.id)
+        row = session.get(ModelVersion, row.parent_id) if row.parent_id else None
+    return chain
+
+
+# --- writing ------------------------------------------------------------------------------------------
+def _commit(session: Session, what: str) -> None:
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise Conflict(f"{what} already exists", code="version_exists") from None
+
+
+def seed_from_model_store(session: Session, organs: OrganRegistry) -> list[ModelVersion]:
+    """Record the shipped model of every organ that has no version yet, as its default."""
+    seeded = []
+    for organ in organs.names():
+        if session.scalar(select(ModelVersion.id).where(ModelVersion.organ == organ).limit(1)) is not None:
+            continue
+        card_path = organs.model_store_dir / f"{organ}.json"
+        mar_path = organs.model_store_dir / f"{organ}.mar"
+        info = _model_from_card(card_path, _model_from_mar(mar_path) or ModelInfo(organ, "unknown"))
+        if info.version == "unknown":
+            logger.info("no shipped model for organ %s in %s: nothing to seed", organ, organs.model_store_dir)
+            continue
+        card = _read_json(card_path)
+        dataset = card.get("dataset") if isinstance(card.get("dataset"), dict) else {}
+        row = ModelVersion(
+            organ=organ,
+            model_name=info.name,
+            version=info.version,
+            state="default",
+            mar_key=None,
+            mar_sha256=card.get("mar_sha256"),
+            card=card,
+            metrics=card.get("metrics") if isinstance(card.get("metrics"), dict) else {},
+            dataset_id=dataset.get("id"),
+            dataset_hash=dataset.get("hash"),
+            commit=card.get("commit"),
+            default_threshold=info.default_threshold,
+            created_by="seed:model-store",
+            promoted_at=_now(),
+        )
+        session.add(row)
+        session.flush()
+        session.add(
+            ModelEvent(
+                version_id=row.id,
+                action="seeded",
+                actor="seed:model-store",
+                detail={"card": str(card_path), "mar": mar_path.is_file()},
+            )
+        )
+        seeded.append(row)
+        logger.info("seeded %s model %s version %s as the default", organ, info.name, info.version)
+    session.commit()
+    return seeded
+
+
+def _read_json(path) -> dict:
+    import json
+
+    try:
+        value = json.loads(path.read_text())
+        return value if isinstance(value, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+@dataclass(frozen=True)
+class NewVersion:
+    model_name: str
+    version: str
+    mar_key: str | None = None
+    mar_sha256: str | None = None
+    card: dict | None = None
+    metrics: dict | None = None
+    dataset_id: str | None = None
+    dataset_hash: str | None = None
+    commit: str | None = None
+    default_threshold: float | None = None
+    parent_version: str | None = None  # default: the organ's current default
+
+
+def record_version(
+    session: Session, actor: str, organ: str, new: NewVersion, *, store=None, models_bucket: str | None = None
+) -> ModelVersion:
+    """Record a trained version as a candidate. With `store`, its .mar must exist in the models bucket."""
+    import re
+
+    if not re.match(VERSION_PATTERN, new.version or "") or not re.match(
+        VERSION_PATTERN, new.model_name or ""
+    ):
+        raise InvalidInput(
+            "model_name and version: letters, digits, '.', '_' or '-', at most 64 (e.g. 20250101.120000)"
+        )
+    if new.default_threshold is not None and not 0.0 < new.default_threshold < 1.0:
+        raise InvalidInput(f"default_threshold must be between 0 and 1, not {new.default_threshold}")
+    if session.scalar(
+        select(ModelVersion.id).where(ModelVersion.organ == organ, ModelVersion.version == new.version)
+    ):
+        raise Conflict(
+            f"{organ} version {new.version} is already recorded; versions are immutable",
+            code="version_exists",
+        )
+    parent = (
+        get_version(session, organ, new.parent_version)
+        if new.parent_version
+        else current_default(session, organ)
+    )
+    if store is not None and new.mar_key:
+        if not store.exists(models_bucket, new.mar_key):  # ServiceUnavailable when the store is down
+            raise InvalidInput(
+                f"no object {new.mar_key!r} in bucket {models_bucket}: upload the .mar first "
+                "(trainer.register.register_version does)",
+                code="missing_archive",
+            )
+    row = ModelVersion(
+        organ=organ,
+        model_name=new.model_name,
+        version=new.version,
+        state="candidate",
+        mar_key=new.mar_key,
+        mar_sha256=new.mar_sha256,
+        card=new.card or {},
+        metrics=new.metrics or {},
+        dataset_id=new.dataset_id,
+        dataset_hash=new.dataset_hash,
+        commit=new.commit,
+        default_threshold=new.default_threshold,
+        parent_id=parent.id if parent else None,
+        created_by=actor,
+    )
+    session.add(row)
+    session.flush()
+    session.add(
+        ModelEvent(
+            version_id=row.id,
+            action="recorded",
+            actor=actor,
+            detail={"parent": parent.version if parent else None},
+        )
+    )
+    audit(
+        session,
+        actor,
+        "model.record",
+        f"model:{organ}:{new.version}",
+        {"parent": parent.version if parent else None},
+    )
+    _commit(session, f"{organ} version {new.version}")
+    return row
+
+
+def set_reference_set(session: Session, principal: Principal, organ: str, dataset_id: str) -> ReferenceSet:
+    """Freeze `dataset_id` (its current hash) as the organ's reference set for promotions."""
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None or dataset.status != "ready" or dataset.deleted_at is not None:
+        raise NotFound(f"no dataset {dataset_id!r}", code="unknown_dataset")
+    if dataset.organ != organ:
+        raise InvalidInput(
+            f"dataset {dataset_id} is a {dataset.organ} dataset, not {organ}", code="wrong_organ"
+        )
+    row = session.get(ReferenceSet, organ) or ReferenceSet(organ=organ)
+    row.dataset_id, row.dataset_hash, row.set_by, row.set_at = (
+        dataset.id,
+        dataset.dataset_hash,
+        principal.actor,
+        _now(),
+    )
+    session.add(row)
+    audit(
+        session,
+        principal.actor,
+        "model.reference_set",
+        f"organ:{organ}",
+        {"dataset": dataset.id, "hash": dataset.dataset_hash},
+    )
+    session.commit()
+    return row
+
+
+def get_reference_set(session: Session, organ: str) -> ReferenceSet:
+    row = session.get(ReferenceSet, organ)
+    if row is None:
+        raise NotFound(
+            f"organ {organ} has no reference set; a researcher sets one with "
+            f"PUT /api/v1/models/{organ}/reference-set",
+            code="no_reference_set",
+        )
+    return row
+
+
+# --- promotion and rollback -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PromotionOutcome:
+    version: ModelVersion
+    previous: ModelVersion | None
+    forced: bool
+    candidate_evaluation: object | None  # gateway.models.Evaluation
+    default_evaluation: object | None
+    dice_drop: float | None
+
+
+ManagementFactory = Callable[[str], AbstractContextManager]  # organ → ManagementClient (context manager)
+
+
+class Promotions:
+    """Gated promotion and rollback. `evaluate(session, principal, organ, version_row, dataset_id, purpose)`
+    returns a stored Evaluation (gateway.service.evaluations.Evaluator.evaluate_dataset)."""
+
+    def __init__(
+        self, evaluate, management: ManagementFactory, directory: ModelDirectory, max_dice_drop: float
+    ):
+        self.evaluate = evaluate
+        self.management = management
+        self.directory = directory
+        self.max_dice_drop = max_dice_drop
+
+    def promote(
+        self,
+        session: Session,
+        principal: Principal,
+        organ: str,
+        version: str,
+        *,
+        force: bool = False,
+        reason: str | None = None,
+    ) -> PromotionOutcome:
+        candidate = get_version(session, organ, version)
+        reason = (reason or "").strip() or None
+        if candidate.state == "retired":
+            raise Conflict(
+                f"{organ} version {version} is retired and cannot be promoted; to restore the previous "
+                f"default use POST /api/v1/models/{organ}/rollback",
+                code="version_retired",
+            )
+        if candidate.state == "default":
+            raise Conflict(f"{organ} version {version} is already the default", code="already_default")
+        if force:
+            if not principal.is_admin:
+                raise Forbidden("only an admin may force a promotion past the reference-set gate")
+            if not reason or len(reason) < 10:
+                raise InvalidInput(
+                    "a forced promotion needs a written reason (at least 10 characters)",
+                    code="reason_required",
+                )
+        current = current_default(session, organ)
+        cand_eval = default_eval = drop = None
+        gate_failed = False
+        if current is not None:
+            reference = session.get(ReferenceSet, organ)
+            if reference is None and not force:
+                raise Conflict(
+                    f"organ {organ} has no reference set to compare {version} with the default "
+                    f"{current.version}; set one (PUT /api/v1/models/{organ}/reference-set) or have an "
+                    "admin force the promotion",
+                    code="no_reference_set",
+                )
+            if reference is not None:
+                cand_eval = self.evaluate(
+                    session,
+                    principal,
+                    organ,
+                    candidate,
+                    reference.dataset_id,
+                    purpose="promotion",
+                    expected_hash=reference.dataset_hash,
+                )
+                default_eval = self.evaluate(
+                    session,
+                    principal,
+                    organ,
+                    current,
+                    reference.dataset_id,
+                    purpose="promotion",
+                    expected_hash=reference.dataset_hash,
+                )
+                drop = default_eval.mean_dice - cand_eval.mean_dice
+                gate_failed = drop > self.max_dice_drop
+            if gate_failed and not force:
+                detail = self._gate_detail(cand_eval, default_eval, drop)
+                session.add(
+                    ModelEvent(
+                        version_id=candidate.id,
+                        action="promotion_refused",
+                        actor=principal.actor,
+                        detail=detail,
+                    )
+                )
+                audit(session, principal.actor, "model.promotion_refused", f"model:{organ}:{version}", detail)
+                session.commit()
+                raise Conflict(
+                    f"promotion refused: {version} scores mean Dice {cand_eval.mean_dice:.4f} on the "
+                    f"reference set, {drop:.4f} below the default {current.version} "
+                    f"({default_eval.mean_dice:.4f}); the allowed drop is {self.max_dice_drop:.4f}. An admin "
+                    "may force it with a written reason.",
+                    code="promotion_refused",
+                )
+        self._set_torchserve_default(organ, candidate)
+        now = _now()
+        if current is not None:
+            current.state, current.retired_at = "retired", now
+        candidate.state, candidate.promoted_at = "default", now
+        candidate.previous_default_id = current.id if current else None
+        forced = bool(force and (gate_failed or current is not None and cand_eval is None))
+        detail = {
+            "previous": current.version if current else None,
+            "forced": forced,
+            **(self._gate_detail(cand_eval, default_eval, drop) if cand_eval else {}),
+        }
+        session.add(
+            ModelEvent(
+                version_id=candidate.id,
+                action="forced_promotion" if forced else "promoted",
+                actor=principal.actor,
+                reason=reason,
+                detail=detail,
+            )
+        )
+        audit(
+            session,
+            principal.actor,
+            "model.promote",
+            f"model:{organ}:{version}",
+            {**detail, "reason": reason},
+        )
+        session.commit()
+        self.directory.invalidate()
+        return PromotionOutcome(candidate, current, forced, cand_eval, default_eval, drop)
+
+    def rollback(
+        self, session: Session, principal: Principal, organ: str, reason: str | None = None
+    ) -> ModelVersion:
+        """Make the default the current one replaced the default again; the current one is retired."""
+        current = current_default(session, organ)
+        if current is None:
+            raise Conflict(f"organ {organ} has no default version", code="nothing_to_roll_back")
+        previous = (
+            session.get(ModelVersion, current.previous_default_id) if current.previous_default_id else None
+        )
+        if previous is None:
+            raise Conflict(
+                f"{organ} version {current.version} did not replace another default; nothing to roll back to",
+                code="nothing_to_roll_back",
+            )
+        self._set_torchserve_default(organ, previous)
+        now = _now()
+        current.state, current.retired_at = "retired", now
+        previous.state, previous.promoted_at, previous.retired_at = "default", now, None
+        detail = {"from": current.version, "to": previous.version}
+        session.add(
+            ModelEvent(
+                version_id=previous.id,
+                action="rolled_back_to",
+                actor=principal.actor,
+                reason=reason,
+                detail=detail,
+            )
+        )
+        session.add(
+            ModelEvent(
+                version_id=current.id,
+                action="rolled_back_from",
+                actor=principal.actor,
+                reason=reason,
+                detail=detail,
+            )
+        )
+        audit(session, principal.actor, "model.rollback", f"model:{organ}", {**detail, "reason": reason})
+        session.commit()
+        self.directory.invalidate()
+        return previous
+
+    @staticmethod
+    def _gate_detail(cand_eval, default_eval, drop) -> dict:
+        return {
+            "candidate_mean_dice": cand_eval.mean_dice,
+            "default_mean_dice": default_eval.mean_dice,
+            "dice_drop": drop,
+            "candidate_evaluation": str(cand_eval.id),
+            "default_evaluation": str(default_eval.id),
+            "reference_dataset": cand_eval.dataset_id,
+            "reference_hash": cand_eval.dataset_hash,
+        }
+
+    def _set_torchserve_default(self, organ: str, version: ModelVersion) -> None:
+        try:
+            with self.management(organ) as mgmt:
+                mgmt.set_default(version.model_name, version.version)
+        except NotFound as exc:
+            raise Conflict(
+                f"the {organ} organ server does not have {version.model_name} version {version.version} "
+                f"registered ({exc.message}); register it first (medseg model register)",
+                code="version_not_registered",
+            ) from None
+        except MedSegError as exc:
+            if isinstance(exc, ServiceUnavailable):
+                raise ServiceUnavailable(
+                    f"the {organ} organ server's management API did not answer ({exc.message}); "
+                    "nothing was changed",
+                    code="organ_unavailable",
+                ) from None
+            raise

@@ -1,0 +1,143 @@
+"""How good one prediction is against its label (MONAI metrics), and the picture that shows it.
+
+Dice, IoU and the 95 % Hausdorff distance come from `monai.metrics`, on the mask at the evaluation's
+threshold; Dice is also computed at every contract threshold (0.2 … 0.8) so the best one can be marked.
+Conventions: two empty masks agree perfectly (Dice = IoU = 1); HD95 is undefined (None) when either mask
+is empty. HD95 is in pixels.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from gateway.service.masks import THRESHOLDS, probability_mask
+
+OVERLAY_TILE = 256  # longest side of each of the four overlay panels
+
+
+@dataclass(frozen=True)
+class CaseScore:
+    dice: float
+    iou: float
+    hd95: float | None
+    dice_at: dict[str, float]  # "0.2" → Dice at that threshold
+    predicted_px: int
+    label_px: int
+    prediction: np.ndarray  # bool H×W at the evaluation's threshold
+
+
+def _tensor(mask: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
+
+
+def dice_iou_hd95(pred: np.ndarray, label: np.ndarray) -> tuple[float, float, float | None]:
+    """MONAI's Dice, IoU and HD95 of two boolean masks of the same shape."""
+    from monai.metrics import compute_dice, compute_hausdorff_distance, compute_iou
+
+    p, y = _tensor(pred), _tensor(label)
+    dice = float(compute_dice(p, y, include_background=True, ignore_empty=False).item())
+    iou = float(compute_iou(p, y, include_background=True, ignore_empty=False).item())
+    hd95 = None
+    if pred.any() and label.any():
+        with warnings.catch_warnings():  # MONAI 1.6 warns about its own deprecated argument
+            warnings.simplefilter("ignore", FutureWarning)
+            value = float(compute_hausdorff_distance(p, y, include_background=True, percentile=95).item())
+        hd95 = value if math.isfinite(value) else None
+    return dice, iou, hd95
+
+
+def dice_only(pred: np.ndarray, label: np.ndarray) -> float:
+    from monai.metrics import compute_dice
+
+    return float(compute_dice(_tensor(pred), _tensor(label), ignore_empty=False).item())
+
+
+def score_case(prob_u8: np.ndarray, label: np.ndarray, threshold: float) -> CaseScore:
+    """Scores of one probability map (uint8 H×W) against its label (bool H×W)."""
+    if prob_u8.shape != label.shape:
+        raise ValueError(f"prediction {prob_u8.shape} and label {label.shape} differ in size")
+    pred = probability_mask(prob_u8, threshold)
+    dice, iou, hd95 = dice_iou_hd95(pred, label)
+    dice_at = {f"{t:.1f}": dice_only(probability_mask(prob_u8, t), label) for t in THRESHOLDS}
+    return CaseScore(
+        dice, iou, hd95, dice_at, int(np.count_nonzero(pred)), int(np.count_nonzero(label)), pred
+    )
+
+
+def summarize(cases: list[CaseScore]) -> dict:
+    """Mean and spread over cases, Dice per threshold with the best threshold (ties: the lower one)."""
+    dice = np.array([c.dice for c in cases], dtype=np.float64)
+    hd = [c.hd95 for c in cases if c.hd95 is not None]
+    per_threshold = [
+        {"threshold": t, "mean_dice": float(np.mean([c.dice_at[f"{t:.1f}"] for c in cases]))}
+        for t in THRESHOLDS
+    ]
+    best = max(per_threshold, key=lambda row: (row["mean_dice"], -row["threshold"]))
+    for row in per_threshold:
+        row["best"] = row is best
+    return {
+        "mean_dice": float(dice.mean()),
+        "std_dice": float(dice.std()),
+        "min_dice": float(dice.min()),
+        "max_dice": float(dice.max()),
+        "mean_iou": float(np.mean([c.iou for c in cases])),
+        "mean_hd95": float(np.mean(hd)) if hd else None,
+        "per_threshold": per_threshold,
+        "best_threshold": best["threshold"],
+    }
+
+
+def grey_preview(image: np.ndarray) -> np.ndarray:
+    """A decoded image (float [0, 1], H×W or H×W×C) as uint8 H×W grey."""
+    if image.ndim == 3:
+        image = image.mean(axis=2)
+    return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+
+
+def overlay_png(grey: np.ndarray, label: np.ndarray, pred: np.ndarray) -> bytes:
+    """Four panels side by side: image | label (green) | prediction (red) | differences
+    (agreement yellow, false positive red, false negative blue)."""
+    base = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
+
+    def tint(mask: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
+        out = base.copy()
+        out[mask] = 0.45 * out[mask] + 0.55 * np.array(colour, np.float32)
+        return out
+
+    diff = base.copy()
+    for mask, colour in (
+        (label & pred, (255, 220, 0)),
+        (pred & ~label, (230, 30, 30)),
+        (label & ~pred, (30, 90, 255)),
+    ):
+        diff[mask] = 0.35 * diff[mask] + 0.65 * np.array(colour, np.float32)
+    panels = [base, tint(label, (0, 200, 60)), tint(pred, (230, 30, 30)), diff]
+    tiles = []
+    for panel in panels:
+        tile = Image.fromarray(np.clip(panel, 0, 255).astype(np.uint8), "RGB")
+        tile.thumbnail((OVERLAY_TILE, OVERLAY_TILE), Image.Resampling.NEAREST)
+        tiles.append(tile)
+    sheet = Image.new("RGB", (sum(t.width for t in tiles) + 3 * 4, tiles[0].height), (0, 0, 0))
+    x = 0
+    for tile in tiles:
+        sheet.paste(tile, (x, 0))
+        x += tile.width + 4
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def thumbnail_png(prob_u8: np.ndarray, size: int = 128) -> bytes:
+    """A small grey preview of a probability map (history lists)."""
+    image = Image.fromarray(prob_u8, "L")
+    image.thumbnail((size, size), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
