@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from gateway.models import Dataset
+from tests.api.clinic_access import CLINIC_ACCESS
 from tests.api.conftest import HOSPITAL_A, png, small_dataset_zip
 
 CALLERS = ("anonymous", "doctor", "researcher", "admin", "key_with_scope", "key_without_scope")
@@ -85,17 +86,19 @@ def _visible_dataset(world) -> str:
 
 
 ADMIN = frozenset({"admin"})
+RESEARCH = frozenset({"researcher", "admin"})
+MODEL_READERS = ("models", "segment", "evaluate")
 ALL_PEOPLE = frozenset(PEOPLE)
 ACCESS: dict[tuple[str, str], Rule] = {
     ("GET", "/healthz"): Rule(frozenset(), (), lambda w, c, who: c.get("/healthz"), public=True),
     ("GET", "/readyz"): Rule(frozenset(), (), lambda w, c, who: c.get("/readyz"), public=True),
     ("GET", "/api/v1/organs"): Rule(
-        frozenset(), ("segment", "evaluate"), lambda w, c, who: c.get("/api/v1/organs")
+        ALL_PEOPLE, ("models", "segment", "evaluate"), lambda w, c, who: c.get("/api/v1/organs")
     ),
     ("POST", "/api/v1/segment"): Rule(
-        frozenset(), ("segment",), lambda w, c, who: _image(c, "/api/v1/segment")
+        ALL_PEOPLE, ("segment",), lambda w, c, who: _image(c, "/api/v1/segment")
     ),
-    ("POST", "/api/v1/evaluate"): Rule(frozenset(), ("evaluate",), _evaluate),
+    ("POST", "/api/v1/evaluate"): Rule(ALL_PEOPLE, ("evaluate",), _evaluate),
     ("POST", "/api/v1/auth/register"): Rule(
         frozenset(),
         (),
@@ -164,6 +167,9 @@ ACCESS: dict[tuple[str, str], Rule] = {
         ADMIN, ("admin",), lambda w, c, who: c.get("/api/v1/audit/export.csv")
     ),
 }
+
+
+ACCESS.update({route: Rule(*fields) for route, fields in CLINIC_ACCESS.items()})
 
 
 def _app_routes(world) -> set[tuple[str, str]]:

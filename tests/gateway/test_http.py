@@ -98,7 +98,14 @@ def test_segment_contract_shape(client, api_keys):
         "default_threshold",
         "probability_png",
         "masks",
+        # the clinical record's additions (issue 5): agreement of the 0.2 and 0.8 masks, its flag, and the
+        # threshold learned from evaluations and doctors' choices
+        "stability",
+        "doubtful",
+        "suggested_threshold",
     }
+    assert 0.0 <= body["stability"] <= 1.0
+    assert body["suggested_threshold"] in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
     assert (body["width"], body["height"], body["organ"]) == (512, 512, "liver")
     assert [m["threshold"] for m in body["masks"]] == [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
     for m in [{"mask_png": body["probability_png"]}, *body["masks"]]:

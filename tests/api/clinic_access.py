@@ -1,0 +1,267 @@
+"""Rows of the route × caller table (tests/api/test_access.py) for the clinical loop's routes, with the
+fixtures each call needs (a version, an evaluation, a feedback thread, a segmentation owned by the caller)."""
+
+from __future__ import annotations
+
+import uuid
+from contextlib import contextmanager
+
+import numpy as np
+from sqlalchemy import select
+
+from gateway.models import Evaluation, EvaluationCase, Feedback, ModelVersion, ReferenceSet, Segmentation
+
+PEOPLE = frozenset({"doctor", "researcher", "admin"})
+RESEARCH = frozenset({"researcher", "admin"})
+READERS = ("models", "segment", "evaluate")
+
+
+class _Management:
+    @contextmanager
+    def __call__(self, organ):
+        yield self
+
+    def set_default(self, model_name, version, timeout=None):
+        return "ok"
+
+
+def _prepare(world) -> None:
+    world.app().state.clinic.promotions.management = _Management()
+
+
+def _version(world, state="candidate", **kw) -> ModelVersion:
+    _prepare(world)
+    with world.session() as session:
+        row = ModelVersion(
+            organ="liver",
+            model_name="liver",
+            version=f"acc-{uuid.uuid4().hex[:10]}",
+            state=state,
+            created_by="test",
+            **kw,
+        )
+        session.add(row)
+    return row
+
+
+def _no_default(world) -> None:
+    with world.session() as session:
+        for row in session.scalars(select(ModelVersion).where(ModelVersion.state == "default")):
+            row.state = "retired"
+    world.app().state.clinic.directory.invalidate()
+
+
+def _promote(world, client, who):
+    _no_default(world)  # no default: the first promotion has nothing to be gated against
+    return client.post(f"/api/v1/models/liver/versions/{_version(world).version}/promote", json={})
+
+
+def _rollback(world, client, who):
+    _no_default(world)
+    old = _version(world, state="retired")
+    _version(world, state="default", previous_default_id=old.id)
+    world.app().state.clinic.directory.invalidate()
+    return client.post("/api/v1/models/liver/rollback", json={})
+
+
+def _dataset(world) -> str:
+    from tests.api.test_access import _visible_dataset
+
+    return _visible_dataset(world)
+
+
+def _reference(world) -> None:
+    with world.session() as session:
+        if session.get(ReferenceSet, "liver") is None:
+            session.add(
+                ReferenceSet(organ="liver", dataset_id=_dataset(world), dataset_hash="0" * 64, set_by="t")
+            )
+
+
+def _evaluation(world) -> tuple[str, int]:
+    eval_id = uuid.uuid4()
+    key = f"evaluations/{eval_id}/0000.png"
+    world.store.put_bytes("medseg-results", key, b"\x89PNG\r\n\x1a\nfake")
+    with world.session() as session:
+        session.add(
+            Evaluation(
+                id=eval_id,
+                organ="liver",
+                model_name="liver",
+                model_version="acc",
+                threshold=0.5,
+                case_count=1,
+                mean_dice=0.9,
+                std_dice=0.0,
+                mean_iou=0.8,
+                per_threshold=[{"threshold": 0.5, "mean_dice": 0.9, "best": True}],
+                best_threshold=0.5,
+                created_by="test",
+            )
+        )
+        session.flush()
+        case = EvaluationCase(
+            evaluation_id=eval_id,
+            name="a",
+            dice=0.9,
+            iou=0.8,
+            dice_at={"0.5": 0.9},
+            width=32,
+            height=32,
+            predicted_px=10,
+            label_px=10,
+            overlay_key=key,
+        )
+        session.add(case)
+        session.flush()
+        return str(eval_id), case.id
+
+
+def _feedback(world, who) -> int:
+    version = _version(world)
+    with world.session() as session:
+        row = Feedback(
+            model_version_id=version.id,
+            body="missing part",
+            author_user_id=world.users[who].id if who in world.users else None,
+        )
+        session.add(row)
+        session.flush()
+        return row.id
+
+
+def _segmentation(world, who) -> str:
+    seg_id = uuid.uuid4()
+    key = f"segmentations/liver/{seg_id}/thumbnail.png"
+    world.store.put_bytes("medseg-results", key, b"\x89PNG\r\n\x1a\nfake")
+    with world.session() as session:
+        session.add(
+            Segmentation(
+                id=seg_id,
+                organ="liver",
+                model_name="liver",
+                model_version="acc",
+                patient_id="P-1",
+                width=32,
+                height=32,
+                probability_key="p",
+                mask_keys={"0.5": "m"},
+                areas_px={"0.5": 4},
+                thumbnail_key=key,
+                user_id=world.users[who].id if who in world.users else None,
+                api_key_id=world.key_rows["segment"].id if who == "key_with_scope" else None,
+            )
+        )
+    return str(seg_id)
+
+
+def _upload_eval(world, client, who):
+    from tests.api.conftest import png
+
+    _prepare(world)
+    image = png(np.zeros((32, 32), np.uint8))
+    label = png(np.pad(np.full((8, 8), 255, np.uint8), 12))
+    return client.post(
+        "/api/v1/evaluations",
+        data={"organ": "liver"},
+        files=[("images", ("a.png", image)), ("labels", ("a.png", label))],
+    )
+
+
+def _rule(roles, scopes, call) -> tuple:
+    """(roles, scopes, call): test_access.Rule's fields."""
+    return frozenset(roles), tuple(scopes), call
+
+
+def _rules() -> dict:
+    return {
+        ("GET", "/api/v1/models/{organ}/versions"): _rule(
+            PEOPLE, READERS, lambda w, c, who: c.get("/api/v1/models/liver/versions")
+        ),
+        ("POST", "/api/v1/models/{organ}/versions"): _rule(
+            RESEARCH,
+            ("models",),
+            lambda w, c, who: c.post(
+                "/api/v1/models/liver/versions",
+                json={"model_name": "liver", "version": f"r-{uuid.uuid4().hex[:10]}"},
+            ),
+        ),
+        ("GET", "/api/v1/models/{organ}/versions/{version}"): _rule(
+            PEOPLE, READERS, lambda w, c, who: c.get(f"/api/v1/models/liver/versions/{_version(w).version}")
+        ),
+        ("POST", "/api/v1/models/{organ}/versions/{version}/promote"): _rule(RESEARCH, ("models",), _promote),
+        ("POST", "/api/v1/models/{organ}/rollback"): _rule(RESEARCH, ("models",), _rollback),
+        ("PUT", "/api/v1/models/{organ}/reference-set"): _rule(
+            RESEARCH,
+            ("models",),
+            lambda w, c, who: c.put("/api/v1/models/liver/reference-set", json={"dataset_id": _dataset(w)}),
+        ),
+        ("GET", "/api/v1/models/{organ}/reference-set"): _rule(
+            PEOPLE, READERS, lambda w, c, who: (_reference(w), c.get("/api/v1/models/liver/reference-set"))[1]
+        ),
+        ("GET", "/api/v1/models/{organ}/suggested-threshold"): _rule(
+            PEOPLE, READERS, lambda w, c, who: c.get("/api/v1/models/liver/suggested-threshold")
+        ),
+        ("POST", "/api/v1/evaluations"): _rule(PEOPLE, ("evaluate",), _upload_eval),
+        ("GET", "/api/v1/evaluations"): _rule(
+            PEOPLE, ("evaluate",), lambda w, c, who: c.get("/api/v1/evaluations")
+        ),
+        ("GET", "/api/v1/evaluations/compare"): _rule(
+            PEOPLE,
+            ("evaluate",),
+            lambda w, c, who: c.get(
+                "/api/v1/evaluations/compare", params={"a": _evaluation(w)[0], "b": _evaluation(w)[0]}
+            ),
+        ),
+        ("GET", "/api/v1/evaluations/{evaluation_id}"): _rule(
+            PEOPLE, ("evaluate",), lambda w, c, who: c.get(f"/api/v1/evaluations/{_evaluation(w)[0]}")
+        ),
+        ("GET", "/api/v1/evaluations/{evaluation_id}/cases/{case_id}/overlay.png"): _rule(
+            PEOPLE,
+            ("evaluate",),
+            lambda w, c, who: c.get("/api/v1/evaluations/{}/cases/{}/overlay.png".format(*_evaluation(w))),
+        ),
+        ("POST", "/api/v1/models/{organ}/versions/{version}/feedback"): _rule(
+            {"doctor", "admin"},
+            (),
+            lambda w, c, who: c.post(
+                f"/api/v1/models/liver/versions/{_version(w).version}/feedback",
+                json={"body": "case 6: part missing"},
+            ),
+        ),
+        ("GET", "/api/v1/feedback"): _rule(PEOPLE, (), lambda w, c, who: c.get("/api/v1/feedback")),
+        ("GET", "/api/v1/feedback/{feedback_id}"): _rule(
+            PEOPLE, (), lambda w, c, who: c.get(f"/api/v1/feedback/{_feedback(w, who)}")
+        ),
+        ("POST", "/api/v1/feedback/{feedback_id}/replies"): _rule(
+            PEOPLE,
+            (),
+            lambda w, c, who: c.post(f"/api/v1/feedback/{_feedback(w, who)}/replies", json={"body": "ok"}),
+        ),
+        ("PATCH", "/api/v1/feedback/{feedback_id}"): _rule(
+            PEOPLE,
+            (),
+            lambda w, c, who: c.patch(f"/api/v1/feedback/{_feedback(w, who)}", json={"status": "resolved"}),
+        ),
+        ("GET", "/api/v1/segmentations"): _rule(
+            PEOPLE, ("segment",), lambda w, c, who: c.get("/api/v1/segmentations")
+        ),
+        ("POST", "/api/v1/segmentations/{segmentation_id}/choice"): _rule(
+            {"doctor"},
+            (),
+            lambda w, c, who: c.post(
+                f"/api/v1/segmentations/{_segmentation(w, who)}/choice", json={"threshold": 0.5}
+            ),
+        ),
+        ("GET", "/api/v1/segmentations/{segmentation_id}/thumbnail.png"): _rule(
+            PEOPLE,
+            ("segment",),
+            lambda w, c, who: c.get(f"/api/v1/segmentations/{_segmentation(w, who)}/thumbnail.png"),
+        ),
+        ("GET", "/api/v1/patients/{patient_id}/trend"): _rule(
+            PEOPLE, ("segment",), lambda w, c, who: c.get("/api/v1/patients/P-1/trend")
+        ),
+    }
+
+
+CLINIC_ACCESS = _rules()
