@@ -90,10 +90,15 @@ def serve(settings: Settings) -> int:
     from gateway.grpc_server import create_server
     from gateway.main import create_app
     from gateway.service import build_dataplane
+    from gateway.service.model_registry import seed_from_model_store
 
     run_migrations()
     bootstrap_admin(settings)  # the first admin from MEDSEG_ADMIN_EMAIL / MEDSEG_ADMIN_PASSWORD, once
     dataplane = build_dataplane(settings)
+    app = create_app(settings, dataplane)
+    with session_scope() as session:  # the shipped models become the registry's defaults, once
+        seed_from_model_store(session, dataplane.registry)
+        app.state.clinic.directory.refresh(session, force=True)
     grpc_server, grpc_port = create_server(
         f"{settings.grpc_host}:{settings.grpc_port}",
         dataplane,
@@ -104,7 +109,7 @@ def serve(settings: Settings) -> int:
     logger.info("gRPC medseg.v1 on %s:%d", settings.grpc_host, grpc_port)
     try:
         config = uvicorn.Config(
-            create_app(settings, dataplane),
+            app,
             host=settings.http_host,
             port=settings.http_port,
             timeout_graceful_shutdown=10,

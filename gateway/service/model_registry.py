@@ -446,7 +446,7 @@ class Promotions:
             {**detail, "reason": reason},
         )
         session.commit()
-        self.directory.invalidate()
+        self.directory.refresh(session, force=True)  # this process serves the new default at once
         return PromotionOutcome(candidate, current, forced, cand_eval, default_eval, drop)
 
     def rollback(
@@ -489,7 +489,7 @@ class Promotions:
         )
         audit(session, principal.actor, "model.rollback", f"model:{organ}", {**detail, "reason": reason})
         session.commit()
-        self.directory.invalidate()
+        self.directory.refresh(session, force=True)  # this process serves the new default at once
         return previous
 
     @staticmethod
