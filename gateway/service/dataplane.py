@@ -249,21 +249,14 @@ class DataPlane:
             )
         prob, prob_png, spacing_mm = self._infer(organ, data, filename)
         height, width = prob.shape
-        masks = []
-        for t in THRESHOLDS:
-            mask = probability_mask(prob, t)
-            masks.append(MaskResult(t, int(np.count_nonzero(mask)), images.encode_mask(mask)))
-
         seg_id = str(uuid.uuid4())
         prefix = f"segmentations/{organ.name}/{seg_id}"
-        objects = {f"{prefix}/probability.png": prob_png}
-        objects.update({f"{prefix}/mask_{m.threshold:.1f}.png": m.mask_png for m in masks})
         written: list[str] = []
         try:
             if not self._buckets_ready:  # once per process: the store may have been empty or down at start
                 self.store.ensure_buckets()
                 self._buckets_ready = True
-            self._put_all(objects, written)
+            masks = self._store_results(prefix, prob, prob_png, written)
             model = self.registry.model(organ.name)
             self.record_segmentation(
                 session,
@@ -293,20 +286,33 @@ class DataPlane:
             masks,
         )
 
-    def _put_all(self, objects: dict[str, bytes], written: list[str]) -> None:
-        """Write every object concurrently, appending each written key to `written`. Returns once all are
-        written; otherwise raises the first failure, but only after every write has finished, so nothing
+    def _store_results(
+        self, prefix: str, prob: np.ndarray, prob_png: bytes, written: list[str]
+    ) -> list[MaskResult]:
+        """Write the probability map and, for each threshold, threshold → encode → write its mask, all side
+        by side in the writer pool (numpy and zlib release the GIL, so encodes overlap each other and the
+        writes). Each written key is appended to `written`. Returns the masks once every object is
+        written; otherwise raises the first failure, but only after every task has finished, so nothing
         is still in flight when the caller removes what was written."""
-        futures = {
-            key: self._writers.submit(
-                self.store.put_bytes, self.results_bucket, key, blob, content_type="image/png"
-            )
-            for key, blob in objects.items()
-        }
+
+        def put(key: str, blob: bytes) -> None:
+            self.store.put_bytes(self.results_bucket, key, blob, content_type="image/png")
+
+        def mask_and_put(threshold: float) -> MaskResult:
+            mask = probability_mask(prob, threshold)
+            result = MaskResult(threshold, int(np.count_nonzero(mask)), images.encode_mask(mask))
+            put(mask_keys[threshold], result.mask_png)
+            return result
+
+        probability_key = f"{prefix}/probability.png"
+        mask_keys = {t: f"{prefix}/mask_{t:.1f}.png" for t in THRESHOLDS}
+        futures = {probability_key: self._writers.submit(put, probability_key, prob_png)}
+        futures.update({mask_keys[t]: self._writers.submit(mask_and_put, t) for t in THRESHOLDS})
         wait(futures.values())
         written.extend(key for key, future in futures.items() if future.exception() is None)
         for future in futures.values():
-            future.result()
+            future.result()  # the first failure, if any
+        return [futures[mask_keys[t]].result() for t in THRESHOLDS]
 
     def _remove(self, keys: Sequence[str]) -> None:
         for key in keys:
