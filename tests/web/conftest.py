@@ -77,6 +77,7 @@ def web(stack_settings, stack_dataplane, tmp_path_factory) -> Iterator[WebGatewa
     from sqlalchemy.orm import sessionmaker
 
     from gateway.main import create_app
+    from gateway.service.model_registry import seed_from_model_store
 
     url = f"sqlite:///{tmp_path_factory.mktemp('web-db') / 'medseg.db'}"
     run_migrations(url)
@@ -100,6 +101,7 @@ def web(stack_settings, stack_dataplane, tmp_path_factory) -> Iterator[WebGatewa
                 role=role, status="active", hospital=hospital, actor="test",
             )  # fmt: skip
             gateway.users[name] = user.email
+        seed_from_model_store(session, stack_dataplane.registry)  # as `medseg serve` does at start
 
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))

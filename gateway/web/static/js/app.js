@@ -170,7 +170,7 @@
   /** A small SVG line plot: series = [{points: [[x, y], ...], label, cls}], with axes and ticks. */
   function plot(svgParent, series, opts) {
     opts = opts || {};
-    const W = 480, H = 240, L = 44, R = 12, T = 12, B = 34;
+    const W = 480, H = 240, L = 56, R = 12, T = 12, B = 34;
     const ns = "http://www.w3.org/2000/svg";
     const all = [].concat.apply([], series.map(function (s) { return s.points; }));
     if (!all.length) return null;
@@ -197,7 +197,7 @@
     add("line", { x1: L, y1: T, x2: L, y2: H - B, class: "axis" });
     for (let i = 0; i <= 4; i++) {
       const y = y0 + (y1 - y0) * i / 4;
-      add("text", { x: L - 6, y: sy(y) + 4, "text-anchor": "end" }, y.toFixed(2));
+      add("text", { x: L - 6, y: sy(y) + 4, "text-anchor": "end" }, Math.abs(y1) >= 100 ? Math.round(y) : y.toFixed(2));
     }
     const xticks = opts.xTicks || [x0, (x0 + x1) / 2, x1];
     for (const x of xticks) add("text", { x: sx(x), y: H - B + 16, "text-anchor": "middle" }, opts.xFormat ? opts.xFormat(x) : x);

@@ -172,7 +172,7 @@
     const button = saveForm.querySelector("button[type=submit]");
     M.busy(button, true);
     try {
-      await M.api("PUT", "/api/v1/segmentations/" + encodeURIComponent(state.result.id) + "/choice",
+      await M.api("POST", "/api/v1/segmentations/" + encodeURIComponent(state.result.id) + "/choice",
         { json: { threshold: threshold, note: note || null } });
       M.show(ok, state.patientId ? M.t("segment.saved", { t: threshold.toFixed(1), patient: state.patientId })
         : M.t("segment.saved_no_patient", { t: threshold.toFixed(1) }), "success");
