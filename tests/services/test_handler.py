@@ -236,3 +236,13 @@ def test_image_pixel_cap_from_model_config(tmp_path):
     handler.initialize(ctx)
     with pytest.raises(PredictionException, match="megapixel limit"):
         run(handler, ctx, [png(np.zeros((40, 40, 3), dtype=np.uint8))])
+
+
+@pytest.mark.parametrize("shape", [(40, 50, 3), (17, 19, 3), (16, 16, 2), (16, 16, 4)])
+def test_grey_conversion_is_exactly_the_channel_mean(shape):
+    """Serving and training share to_channels: its fast path must give numpy's mean bit for bit."""
+    from services.preprocess import to_channels
+
+    rgb = np.random.default_rng(1).random(shape, dtype=np.float32)
+    colour = rgb[:, :, :3] if shape[2] != 2 else rgb[:, :, :1]
+    np.testing.assert_array_equal(to_channels(rgb, 1), colour.mean(axis=2, keepdims=True))
