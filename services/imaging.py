@@ -441,25 +441,14 @@ def _to_unit(raw: _Raw) -> np.ndarray:
             lo, hi = 0.0, float(np.iinfo(pixels.dtype).max)
         else:
             lo, hi = _value_range(pixels)
-        if pixels.dtype.kind == "u" and pixels.dtype.itemsize <= 2:
-            # 8/16-bit: the same float32 arithmetic once per possible value, then one table lookup
-            table = _scale(np.arange(2 ** (8 * pixels.dtype.itemsize), dtype=np.float32), lo, hi)
-            out = table[pixels]
-        else:
-            values = pixels.astype(np.float32)
-            if values.dtype.kind == "f" and not np.isfinite(values).all():
-                values = np.where(np.isfinite(values), values, np.float32(lo))
-            out = _scale(values, lo, hi)
+        values = pixels.astype(np.float32)
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            values = np.where(np.isfinite(values), values, np.float32(lo))
+        out = (values - np.float32(lo)) / np.float32(hi - lo) if hi > lo else np.zeros_like(values)
+        np.clip(out, 0.0, 1.0, out=out)
     if raw.invert:
         out = 1.0 - out
     return np.ascontiguousarray(out, dtype=np.float32)
-
-
-def _scale(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """float32 values → (values - lo) / (hi - lo) clipped to [0, 1] (zeros when the range is empty)."""
-    out = (values - np.float32(lo)) / np.float32(hi - lo) if hi > lo else np.zeros_like(values)
-    np.clip(out, 0.0, 1.0, out=out)
-    return out
 
 
 def _value_range(pixels: np.ndarray) -> tuple[float, float]:

@@ -400,7 +400,7 @@ def test_encode_png_takes_non_contiguous_and_single_channel_arrays():
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
-def test_integer_scaling_by_table_equals_the_float_arithmetic(dtype):
+def test_integer_scaling_is_the_float32_division_by_the_type_maximum(dtype):
     top = np.iinfo(dtype).max
     pixels = np.concatenate([np.arange(0, top + 1, max(1, top // 4095), dtype=dtype), [dtype(top)]])
     image = np.resize(pixels, (64, max(16, pixels.size // 64 + 1))).astype(dtype)
