@@ -442,9 +442,14 @@ def _to_unit(raw: _Raw) -> np.ndarray:
         else:
             lo, hi = _value_range(pixels)
         values = pixels.astype(np.float32)
-        if values.dtype.kind == "f" and not np.isfinite(values).all():
+        if pixels.dtype.kind == "f" and not np.isfinite(values).all():
             values = np.where(np.isfinite(values), values, np.float32(lo))
-        out = (values - np.float32(lo)) / np.float32(hi - lo) if hi > lo else np.zeros_like(values)
+        if hi > lo:  # in place: one 512×512×3 float buffer instead of three (each a fresh, page-faulted one)
+            out = values
+            out -= np.float32(lo)
+            out /= np.float32(hi - lo)
+        else:
+            out = np.zeros_like(values)
         np.clip(out, 0.0, 1.0, out=out)
     if raw.invert:
         out = 1.0 - out
