@@ -76,7 +76,13 @@ def assert_contract(body: dict, width: int, height: int) -> None:
         "default_threshold",
         "probability_png",
         "masks",
+        # the clinical record's additions (issue 5), as tests/gateway/test_http.py checks them
+        "stability",
+        "doubtful",
+        "suggested_threshold",
     }
+    assert 0.0 <= body["stability"] <= 1.0
+    assert body["suggested_threshold"] in THRESHOLDS
     assert (body["width"], body["height"]) == (width, height)
     assert [m["threshold"] for m in body["masks"]] == THRESHOLDS
     prob = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["probability_png"]))))
