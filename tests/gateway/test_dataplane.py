@@ -247,3 +247,16 @@ def test_a_missing_model_on_a_known_organ_is_unavailable_not_unknown(registry):
     with pytest.raises(ServiceUnavailable) as info:
         plane.segment(None, "liver", png(np.zeros((32, 32), np.uint8)), "x.png")
     assert info.value.code == "model_not_ready"
+
+
+@pytest.mark.parametrize("answer", [ramp, lambda h, w: np.zeros((h, w), np.uint8)])
+def test_stability_from_areas_equals_the_pixel_dice_of_the_02_and_08_masks(registry, answer):
+    from gateway.service.history import stability
+
+    plane = make_plane(registry, {"liver": FakeClient(answer), "cells": FakeClient(answer)})
+    result = plane.segment(None, "liver", png(np.zeros((40, 64), np.uint8)), "x.png")
+    by_t = {m.threshold: np.asarray(Image.open(io.BytesIO(m.mask_png))) > 0 for m in result.masks}
+    low, high = by_t[0.2], by_t[0.8]
+    total = low.sum() + high.sum()
+    expected = 1.0 if total == 0 else 2 * (low & high).sum() / total
+    assert stability(result) == pytest.approx(expected)
