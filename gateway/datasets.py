@@ -45,15 +45,9 @@ def upload_dataset(
         store, organ, archive, name=name or None, notes=notes, limits=limits, actor=principal.actor
     )
     try:
-        row = Dataset(
-            id=manifest["id"],
-            organ=manifest["organ"],
-            name=manifest["name"],
-            pair_count=manifest["pair_count"],
-            size_bytes=manifest["size_bytes"],
-            dataset_hash=manifest["dataset_hash"],
-            manifest_key=f"{manifest['id']}/{MANIFEST}",
-            status="ready",
+        row = Dataset.from_manifest(
+            manifest,
+            MANIFEST,
             notes=notes,
             uploaded_by_user_id=principal.user.id if principal.user else None,
             uploaded_by_api_key_id=principal.api_key.id if principal.api_key else None,

@@ -145,6 +145,22 @@ class Dataset(Base):
     hospital: Mapped[str | None] = mapped_column(String(200), index=True)
     deleted_at: Mapped[datetime | None]  # soft delete: the row and the objects stay, the dataset is hidden
 
+    @classmethod
+    def from_manifest(cls, manifest: dict, manifest_name: str, **who) -> Dataset:
+        """The row for a dataset whose manifest (`trainer.datasets`) was just written; `who`: notes,
+        uploaded_by_user_id, uploaded_by_api_key_id, hospital."""
+        return cls(
+            id=manifest["id"],
+            organ=manifest["organ"],
+            name=manifest["name"],
+            pair_count=manifest["pair_count"],
+            size_bytes=manifest["size_bytes"],
+            dataset_hash=manifest["dataset_hash"],
+            manifest_key=f"{manifest['id']}/{manifest_name}",
+            status="ready",
+            **who,
+        )
+
 
 ROLES = ("doctor", "researcher", "admin")
 USER_STATUSES = ("pending", "active", "disabled")

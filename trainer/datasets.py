@@ -485,19 +485,7 @@ def _cleanup(store: ObjectStore, bucket: str, dataset_id: str) -> None:
 def _record(session, manifest: dict, notes: str | None, actor: str) -> None:
     from gateway.models import Dataset, audit
 
-    session.add(
-        Dataset(
-            id=manifest["id"],
-            organ=manifest["organ"],
-            name=manifest["name"],
-            pair_count=manifest["pair_count"],
-            size_bytes=manifest["size_bytes"],
-            dataset_hash=manifest["dataset_hash"],
-            manifest_key=f"{manifest['id']}/{MANIFEST}",
-            status="ready",
-            notes=notes,
-        )
-    )
+    session.add(Dataset.from_manifest(manifest, MANIFEST, notes=notes))
     audit(
         session,
         actor,
