@@ -47,10 +47,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from trainer.data import LIVER_TRAIN
+
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_IMAGE = REPO_ROOT.parent / "shared" / "data" / "liver" / "train" / "000.png"
+DEFAULT_IMAGE = LIVER_TRAIN / "000.png"
 RESULTS_DIR = REPO_ROOT / ".medseg" / "bench"
 ORGAN = "liver"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -11,6 +11,7 @@ import json
 import logging
 from pathlib import Path
 
+from trainer.data import LIVER_TRAIN
 from trainer.train import default_config, run_training
 
 # (row label, architecture, loss)
@@ -25,9 +26,7 @@ VARIANTS = [
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument(
-        "--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/liver/train")
-    )
+    parser.add_argument("--data", default=str(LIVER_TRAIN))
     parser.add_argument("--minutes", type=float, default=8.0, help="time budget per variant")
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--fold", type=int, default=0)

@@ -11,10 +11,10 @@ import logging
 from pathlib import Path
 from statistics import mean, stdev
 
+from trainer.data import CELLS_TRAIN, LIVER_TRAIN
 from trainer.train import default_config, run_training
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-SOURCES = {"liver": DATA / "liver" / "train", "cells": DATA / "monuseg" / "train"}
+SOURCES = {"liver": LIVER_TRAIN, "cells": CELLS_TRAIN}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,11 @@ from services.spec import OrganSpec
 
 log = logging.getLogger(__name__)
 
+# The project's labelled data lives beside the repository (../shared/data), never inside it.
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+LIVER_TRAIN = SHARED_DATA / "liver" / "train"
+CELLS_TRAIN = SHARED_DATA / "monuseg" / "train"
+
 
 def find_pairs(root: str | Path) -> list[tuple[str, Path, Path]]:
     """(name, image, mask) for both layouts we accept: `X.png` + `X_mask.png`, or `images/X` + `masks/X`."""

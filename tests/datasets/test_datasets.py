@@ -16,6 +16,7 @@ from PIL import Image
 
 from gateway.errors import ServiceUnavailable
 from gateway.models import Dataset
+from tests.data import SHARED_DATA
 from trainer.datasets import (
     DatasetError,
     DatasetIntegrityError,
@@ -27,7 +28,7 @@ from trainer.datasets import (
 
 pytestmark = pytest.mark.integration
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+DATA = SHARED_DATA
 LIVER = DATA / "liver" / "train"
 MONUSEG = DATA / "monuseg" / "train"
 

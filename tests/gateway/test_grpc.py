@@ -17,9 +17,8 @@ from gateway.errors import ServiceUnavailable
 from gateway.service.dataplane import DataPlane
 from gateway.service.organs import OrganRegistry
 from services.spec import SERVICES_DIR
+from tests.data import LIVER_SLICE
 from tests.gateway.fakes import FakeClient, FakeStore, png
-
-LIVER_SLICE = "/work/shared/data/liver/train/000.png"
 
 
 def make_plane(tmp_path, clients=None) -> DataPlane:

@@ -17,12 +17,13 @@ from sqlalchemy import func, select
 
 from gateway.models import Segmentation
 from gateway.service import DataPlane
+from tests.data import LIVER_TRAIN
 from tests.fixtures.stack import bearer
+from tests.gateway.contract import THRESHOLDS, assert_contract
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-LIVER_DIR = "/work/shared/data/liver/train"
-THRESHOLDS = [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+LIVER_DIR = str(LIVER_TRAIN)
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **kw) -> bytes:
@@ -64,33 +65,6 @@ def dicom_ct(width: int = 64, height: int = 48) -> bytes:
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
-
-
-def assert_contract(body: dict, width: int, height: int) -> None:
-    assert set(body) == {
-        "id",
-        "organ",
-        "model",
-        "width",
-        "height",
-        "default_threshold",
-        "probability_png",
-        "masks",
-        # the clinical record's additions (issue 5), as tests/gateway/test_http.py checks them
-        "stability",
-        "doubtful",
-        "suggested_threshold",
-    }
-    assert 0.0 <= body["stability"] <= 1.0
-    assert body["suggested_threshold"] in THRESHOLDS
-    assert (body["width"], body["height"]) == (width, height)
-    assert [m["threshold"] for m in body["masks"]] == THRESHOLDS
-    prob = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["probability_png"]))))
-    assert prob.shape == (height, width) and prob.dtype == np.uint8
-    for m in body["masks"]:
-        mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(m["mask_png"]))))
-        assert mask.shape == (height, width) and set(np.unique(mask)) <= {0, 255}
-        assert m["area_px"] == int((mask == 255).sum()) == int((prob / 255.0 >= m["threshold"]).sum())
 
 
 @pytest.fixture(scope="module")

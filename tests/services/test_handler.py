@@ -22,8 +22,8 @@ from services.imaging import decode_image
 from services.liver.handler import LiverHandler
 from services.preprocess import prepare, restore
 from services.spec import load_organ_spec
+from tests.data import LIVER_SLICE
 
-LIVER_SLICE = Path(__file__).resolve().parents[3] / "shared" / "data" / "liver" / "train" / "000.png"
 RNG = np.random.default_rng(1)
 
 

@@ -23,8 +23,9 @@ from services.imaging import (
     encode_png,
     sniff_format,
 )
+from tests.data import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+DATA = SHARED_DATA
 LIVER = DATA / "liver" / "train"
 MONUSEG = DATA / "monuseg" / "train"
 RNG = np.random.default_rng(0)

@@ -20,11 +20,12 @@ from gateway.errors import InvalidInput, MedSegError, NotFound
 from services.launcher import OrganServer, free_ports, server_dir, stop_from_state
 from services.spec import SERVICES_DIR
 from services.torchserve_client import InferenceClient, ManagementClient
+from tests.data import SHARED_DATA
 from tests.fixtures.torchserve import build_test_mar
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+DATA = SHARED_DATA
 LIVER_SLICE = DATA / "liver" / "train" / "000.png"
 TIMEOUT = 120  # s per call: the 2-core test machine also runs training
 

@@ -19,13 +19,14 @@ from PIL import Image
 
 from gateway.core.config import get_settings
 from services.torchserve_client import InferenceClient, ManagementClient
+from tests.data import LIVER_TRAIN
 from tests.fixtures.stack import bearer
 from trainer.datasets import push_dataset
 from trainer.train import dataset_hash
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-LIVER = Path(__file__).resolve().parents[3] / "shared" / "data" / "liver" / "train"
+LIVER = LIVER_TRAIN
 VERSION = "smoke-1"
 
 

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from tests.data import SHARED_DATA
 from trainer.data import kfold_indices
 from trainer.loop import THRESHOLDS
 from trainer.train import default_config, run_training
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+DATA = SHARED_DATA
 LIVER = DATA / "liver" / "train"
 CELLS = DATA / "monuseg" / "train"
 REPO = Path(__file__).resolve().parents[2]

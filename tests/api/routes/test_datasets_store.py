@@ -14,10 +14,11 @@ from sqlalchemy import func, select
 
 from gateway.models import Dataset
 from tests.api.conftest import small_dataset_zip
+from tests.data import LIVER_TRAIN
 
 pytestmark = pytest.mark.integration
 
-LIVER = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "liver" / "train"
+LIVER = LIVER_TRAIN
 
 
 @pytest.fixture
