@@ -23,6 +23,7 @@ from gateway.api.routes import (
     organs,
     segment,
     segmentations,
+    training,
     users,
 )
 from gateway.api.uploads import FORM_OVERHEAD_BYTES, BodyLimitMiddleware
@@ -117,7 +118,13 @@ def create_app(settings: Settings | None = None, dataplane: DataPlane | None = N
     api.include_router(evaluate.router)
     for people_router in (auth.router, users.router, api_keys.router, datasets.router, audit.router):
         api.include_router(people_router)
-    for clinic_router in (models.router, evaluations.router, feedback.router, segmentations.router):
+    for clinic_router in (
+        models.router,
+        evaluations.router,
+        feedback.router,
+        segmentations.router,
+        training.router,
+    ):
         api.include_router(clinic_router)
     app.include_router(health.router)
     app.include_router(api)

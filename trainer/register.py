@@ -66,26 +66,9 @@ def register_version(
     bucket, mar_key, card_key (None without a card), sha256, message (TorchServe's).
     Raises InvalidInput (bad archive, version or card), Conflict (version exists), ServiceUnavailable.
     """
-    from services.spec import organ_dirs
-
     mar_path = Path(mar_path)
     model_name = model_name or organ
-    if organ not in organ_dirs():
-        raise InvalidInput(f"unknown organ {organ!r}; known organs: {', '.join(organ_dirs())}")
-    for what, value in (("model name", model_name), ("version", version)):
-        if not isinstance(value, str) or not NAME.match(value):
-            raise InvalidInput(
-                f"invalid {what} {value!r}: use letters, digits, '.', '_' or '-' (at most 64, e.g. 2025.1)"
-            )
-    packed = str(mar_manifest(mar_path).get("modelVersion", ""))
-    if packed != version:
-        raise InvalidInput(
-            f"{mar_path.name} was packaged as version {packed!r}, not {version!r}; TorchServe registers the "
-            f"packaged version, so re-package with --version {version} or register it as {packed}"
-        )
-    digest = _sha256(mar_path)
-    card_path = mar_path.with_suffix(".json")
-    card = _read_card(card_path, digest) if card_path.is_file() else None
+    digest, card = _checked_archive(mar_path, organ, version, model_name)
 
     # Ask the organ server first: nothing is uploaded for a version it already serves or when it is down.
     try:
@@ -102,12 +85,7 @@ def register_version(
         )
 
     bucket = store.buckets.models
-    mar_key, card_key = store_keys(organ, model_name, version)
-    _upload_archive(store, bucket, mar_key, mar_path, digest)
-    if card is not None:
-        store.put_bytes(
-            bucket, card_key, json.dumps(card, indent=2, sort_keys=True).encode(), "application/json"
-        )
+    mar_key, card_key = _store_archive(store, mar_path, organ, model_name, version, digest, card)
     url = store.presigned_get_url(bucket, mar_key, expires=URL_LIFETIME)
     try:
         message = mgmt_client.register(url, model_name, version=version, set_default=False)
@@ -141,6 +119,65 @@ def register_version(
         "sha256": digest,
         "message": message,
     }
+
+
+def upload_version(
+    store, mar_path: str | Path, organ: str, version: str, model_name: str | None = None
+) -> dict:
+    """Upload `mar_path` (+ its card) to the models bucket as `version`, without an organ server (a training
+    job's candidate: `register_version` registers it with TorchServe later). Returns organ, model_name,
+    version, bucket, mar_key, card_key (None without a card), sha256, card.
+    Raises InvalidInput (bad archive, version or card), Conflict (another archive under the version)."""
+    mar_path = Path(mar_path)
+    model_name = model_name or organ
+    digest, card = _checked_archive(mar_path, organ, version, model_name)
+    mar_key, card_key = _store_archive(store, mar_path, organ, model_name, version, digest, card)
+    return {
+        "organ": organ,
+        "model_name": model_name,
+        "version": version,
+        "bucket": store.buckets.models,
+        "mar_key": mar_key,
+        "card_key": card_key if card is not None else None,
+        "sha256": digest,
+        "card": card,
+    }
+
+
+def _checked_archive(mar_path: Path, organ: str, version: str, model_name: str) -> tuple[str, dict | None]:
+    """(sha256, card or None) of an archive packaged as `version` of a known organ's model."""
+    from services.spec import organ_dirs
+
+    if organ not in organ_dirs():
+        raise InvalidInput(f"unknown organ {organ!r}; known organs: {', '.join(organ_dirs())}")
+    for what, value in (("model name", model_name), ("version", version)):
+        if not isinstance(value, str) or not NAME.match(value):
+            raise InvalidInput(
+                f"invalid {what} {value!r}: use letters, digits, '.', '_' or '-' (at most 64, e.g. 2025.1)"
+            )
+    packed = str(mar_manifest(mar_path).get("modelVersion", ""))
+    if packed != version:
+        raise InvalidInput(
+            f"{mar_path.name} was packaged as version {packed!r}, not {version!r}; TorchServe registers the "
+            f"packaged version, so re-package with --version {version} or register it as {packed}"
+        )
+    digest = _sha256(mar_path)
+    card_path = mar_path.with_suffix(".json")
+    return digest, (_read_card(card_path, digest) if card_path.is_file() else None)
+
+
+def _store_archive(
+    store, mar_path: Path, organ: str, model_name: str, version: str, digest: str, card: dict | None
+) -> tuple[str, str]:
+    """Upload the archive (and the card) under the version's keys in the models bucket."""
+    bucket = store.buckets.models
+    mar_key, card_key = store_keys(organ, model_name, version)
+    _upload_archive(store, bucket, mar_key, mar_path, digest)
+    if card is not None:
+        store.put_bytes(
+            bucket, card_key, json.dumps(card, indent=2, sort_keys=True).encode(), "application/json"
+        )
+    return mar_key, card_key
 
 
 def management_client(

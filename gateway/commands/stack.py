@@ -99,6 +99,7 @@ def serve(settings: Settings) -> int:
     with session_scope() as session:  # the shipped models become the registry's defaults, once
         seed_from_model_store(session, dataplane.registry)
         app.state.clinic.directory.refresh(session, force=True)
+        app.state.clinic.jobs.mark_interrupted(session)  # jobs a previous gateway left running: failed
     grpc_server, grpc_port = create_server(
         f"{settings.grpc_host}:{settings.grpc_port}",
         dataplane,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from gateway.service.dataplane import DataPlane
 from gateway.service.evaluations import Evaluator
 from gateway.service.model_registry import ManagementFactory, ModelDirectory, Promotions
+from gateway.service.training_jobs import TrainingJobs
 
 
 def default_management(settings) -> ManagementFactory:
@@ -31,7 +32,7 @@ class Clinic:
             self.directory,
             settings.promotion_max_dice_drop,
         )
-        self.jobs = None  # gateway.service.training_jobs.TrainingJobs, when built
+        self.jobs = TrainingJobs(settings, dataplane.store)
 
     def default_threshold(self, organ: str) -> float:
         return self.dataplane.registry.default_threshold(organ)

@@ -3,13 +3,25 @@ fixtures each call needs (a version, an evaluation, a feedback thread, a segment
 
 from __future__ import annotations
 
+import sys
+import tempfile
 import uuid
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 from sqlalchemy import select
 
-from gateway.models import Evaluation, EvaluationCase, Feedback, ModelVersion, ReferenceSet, Segmentation
+from gateway.models import (
+    Evaluation,
+    EvaluationCase,
+    Feedback,
+    ModelVersion,
+    ReferenceSet,
+    Segmentation,
+    TrainingJob,
+)
+from gateway.service.training_jobs import spawn_worker
 
 PEOPLE = frozenset({"doctor", "researcher", "admin"})
 RESEARCH = frozenset({"researcher", "admin"})
@@ -168,6 +180,32 @@ def _upload_eval(world, client, who):
     )
 
 
+def _no_training(world):
+    """The app's training jobs with a worker that exits at once (access is the point, not training)."""
+    jobs = world.app().state.clinic.jobs
+    if not hasattr(jobs, "_access_runs"):
+        jobs._access_runs = jobs.runs_dir = Path(tempfile.mkdtemp(prefix="medseg-access-runs-"))
+        jobs.max_running = 1_000_000
+        jobs.launcher = lambda argv, **kw: spawn_worker([sys.executable, "-c", "pass"], **kw)
+    return jobs
+
+
+def _start_job(world, client, who):
+    _no_training(world)
+    body = {"organ": "liver", "dataset_id": _dataset(world), "arch": "erunet", "minutes": 1, "epochs": 1}
+    return client.post("/api/v1/training/jobs", json=body)
+
+
+def _job(world, state: str) -> str:
+    _no_training(world)
+    with world.session() as session:
+        row = TrainingJob(organ="liver", dataset_id="d", arch="erunet", budget_minutes=1, epochs=1,
+                          state=state, version=f"job-{uuid.uuid4().hex[:8]}", created_by="test")  # fmt: skip
+        session.add(row)
+        session.flush()
+        return str(row.id)
+
+
 def _rule(roles, scopes, call) -> tuple:
     """(roles, scopes, call): test_access.Rule's fields."""
     return frozenset(roles), tuple(scopes), call
@@ -257,6 +295,18 @@ def _rules() -> dict:
             PEOPLE,
             ("segment",),
             lambda w, c, who: c.get(f"/api/v1/segmentations/{_segmentation(w, who)}/thumbnail.png"),
+        ),
+        ("GET", "/api/v1/training/jobs"): _rule(
+            RESEARCH, ("train",), lambda w, c, who: (_no_training(w), c.get("/api/v1/training/jobs"))[1]
+        ),
+        ("POST", "/api/v1/training/jobs"): _rule(RESEARCH, ("train",), _start_job),
+        ("GET", "/api/v1/training/jobs/{job_id}"): _rule(
+            RESEARCH, ("train",), lambda w, c, who: c.get(f"/api/v1/training/jobs/{_job(w, 'failed')}")
+        ),
+        ("POST", "/api/v1/training/jobs/{job_id}/cancel"): _rule(
+            RESEARCH,
+            ("train",),
+            lambda w, c, who: c.post(f"/api/v1/training/jobs/{_job(w, 'queued')}/cancel"),
         ),
         ("GET", "/api/v1/patients/{patient_id}/trend"): _rule(
             PEOPLE, ("segment",), lambda w, c, who: c.get("/api/v1/patients/P-1/trend")

@@ -22,12 +22,6 @@ def test_researcher_sees_model_versions_and_the_admin_pages_stay_closed(web, bro
 
 
 def test_researcher_starts_training_and_sees_progress(web, browser_page):
-    from gateway.main import create_app
-
-    if "/api/v1/training/jobs" not in create_app().openapi()["paths"]:
-        pytest.skip(
-            "the training jobs API (issue 5) is not served yet; the page is built against its contract"
-        )
     page = browser_page()
     web.sign_in(page, "researcher")
     page.goto("/training")

@@ -1,0 +1,185 @@
+"""Training jobs over HTTP with real worker processes and the real object store (SeaweedFS): a tiny job on
+real liver slices trains, packages and records a candidate version; a running job is cancelled (its process
+group is gone) and a second job waits its turn (429); a job on a missing dataset fails and says why; jobs a
+previous gateway left running are failed at start and their worker is stopped."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import time
+import zipfile
+
+import pytest
+from sqlalchemy import select
+
+from gateway.models import Dataset, ModelVersion, TrainingJob
+from gateway.service.training_jobs import TrainingJobs
+from tests.data import LIVER_TRAIN
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+PAIRS = 6
+TINY = {"organ": "liver", "arch": "erunet", "widths": [3, 6, 12], "limit": PAIRS}
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+@pytest.fixture
+def jobs_world(world, objectstore, s3_settings, tmp_path):
+    """The module's world in front of the real object store, with its own state dir for the runs."""
+    if world.engine.dialect.name != "sqlite":
+        pytest.skip("the job lifecycle does not depend on the database backend; the workers run once")
+    settings = world.settings.model_copy(
+        update={
+            "state_dir": tmp_path / "state",
+            "s3_endpoint": s3_settings.s3_endpoint,
+            "s3_access_key": s3_settings.s3_access_key,
+            "s3_secret_key": s3_settings.s3_secret_key,
+            "max_running_training_jobs": 1,
+        }
+    )
+    jobs_world = dataclasses.replace(world, store=objectstore, settings=settings, _apps={})
+    jobs = jobs_world.app().state.clinic.jobs
+    jobs.threads = 1  # the CPU is shared with other runs
+    yield jobs_world
+    jobs.stop_workers()  # a failed assertion must not leave a worker training
+
+
+@pytest.fixture
+def liver_dataset(jobs_world) -> str:
+    """A few real liver slices uploaded as a dataset (by a doctor, through the API)."""
+    if not LIVER_TRAIN.is_dir():
+        pytest.skip(f"shared data not found at {LIVER_TRAIN}")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i in range(PAIRS):
+            for name in (f"{i:03d}.png", f"{i:03d}_mask.png"):
+                zf.write(LIVER_TRAIN / name, f"train/{name}")
+    response = jobs_world.client("doctor").post(
+        "/api/v1/datasets", data={"organ": "liver"}, files={"file": ("train.zip", buf.getvalue())}
+    )
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def _wait(client, job_id: str, timeout_s: float = 420.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        job = client.get(f"/api/v1/training/jobs/{job_id}").json()
+        if job["status"] in FINISHED or time.monotonic() > deadline:
+            return job
+        time.sleep(0.5)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_tiny_job_trains_and_records_a_candidate_version(jobs_world, liver_dataset):
+    client = jobs_world.client("researcher")
+    response = client.post(
+        "/api/v1/training/jobs", json={**TINY, "dataset_id": liver_dataset, "epochs": 1, "minutes": 5}
+    )
+    assert response.status_code == 201, response.text
+    started = response.json()
+    assert started["status"] == "running" and started["pid"] and started["result_version"] is None
+
+    job = _wait(client, started["id"])
+    assert job["status"] == "succeeded", job["error"]
+    assert [p["epoch"] for p in job["progress"]] == [1]
+    assert job["progress"][0]["loss"] > 0 and 0.0 <= job["progress"][0]["val_dice"] <= 1.0
+    assert job["best_val_dice"] == job["progress"][0]["val_dice"]
+    assert job["result_version"] == started["version"] and job["error"] is None and job["pid"] is None
+
+    versions = client.get("/api/v1/models/liver/versions").json()["versions"]
+    candidate = next(v for v in versions if v["version"] == job["result_version"])
+    assert candidate["state"] == "candidate" and candidate["dataset_id"] == liver_dataset
+    assert candidate["mar_key"] == f"liver/liver-{job['result_version']}.mar"
+    assert candidate["card"]["training_job"] == job["id"] and candidate["card"]["dataset"]["pairs"] == PAIRS
+    assert candidate["card"]["architecture"] == "erunet" and candidate["metrics"]["best_epoch"] == 1
+    assert candidate["created_by"].startswith("user:") and "researcher@" in candidate["created_by"]
+    store = jobs_world.store
+    assert store.exists(store.buckets.models, candidate["mar_key"])
+    assert store.exists(store.buckets.models, candidate["mar_key"].replace(".mar", ".json"))
+    listed = client.get("/api/v1/training/jobs").json()["jobs"]
+    assert listed[0]["id"] == job["id"] and listed[0]["progress"] == job["progress"]
+    again = client.post(f"/api/v1/training/jobs/{job['id']}/cancel")
+    assert again.status_code == 409 and again.json()["error"]["code"] == "job_finished", again.text
+
+
+def test_cancel_stops_the_jobs_process_group_and_a_second_job_waits(jobs_world, liver_dataset):
+    client = jobs_world.client("key:train")
+    long_run = {**TINY, "dataset_id": liver_dataset, "epochs": 1000, "minutes": 60}
+    job = client.post("/api/v1/training/jobs", json=long_run).json()
+    assert job["status"] == "running" and _alive(job["pid"])
+
+    busy = client.post("/api/v1/training/jobs", json=long_run)
+    assert busy.status_code == 429 and busy.json()["error"]["code"] == "too_many_training_jobs", busy.text
+    assert (
+        "at most 1 at once" in busy.json()["error"]["message"]
+        and job["id"] in busy.json()["error"]["message"]
+    )
+
+    cancelled = client.post(f"/api/v1/training/jobs/{job['id']}/cancel")
+    assert cancelled.status_code == 200, cancelled.text
+    body = cancelled.json()
+    assert body["status"] == "cancelled" and body["error"].startswith("cancelled by api-key:")
+    assert not _alive(job["pid"])
+    assert client.get(f"/api/v1/training/jobs/{job['id']}").json()["status"] == "cancelled"
+    with jobs_world.session() as session:
+        assert session.scalar(select(ModelVersion).where(ModelVersion.version == job["version"])) is None
+
+
+def test_a_job_on_a_missing_dataset_fails_and_says_why(jobs_world):
+    client = jobs_world.client("researcher")
+    unknown = client.post(
+        "/api/v1/training/jobs", json={**TINY, "dataset_id": "liver-nosuchset", "epochs": 1}
+    )
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "unknown_dataset", unknown.text
+    wrong = client.post("/api/v1/training/jobs", json={**TINY, "arch": "resnet", "dataset_id": "x"})
+    assert wrong.status_code == 400 and "valid: erunet" in wrong.json()["error"]["message"], wrong.text
+
+    with jobs_world.session() as session:  # a row whose objects are gone from the store
+        session.add(
+            Dataset(id="liver-gone0001", organ="liver", name="gone", pair_count=6, size_bytes=1,
+                    dataset_hash="0" * 64, manifest_key="liver-gone0001/manifest.json")
+        )  # fmt: skip
+    job = client.post("/api/v1/training/jobs", json={**TINY, "dataset_id": "liver-gone0001", "epochs": 1})
+    assert job.status_code == 201, job.text
+    failed = _wait(client, job.json()["id"])
+    assert failed["status"] == "failed" and failed["progress"] == [] and failed["result_version"] is None
+    assert failed["error"].startswith("the trainer exited with code 2"), failed["error"]
+    assert "no dataset 'liver-gone0001' in bucket" in failed["error"]
+
+
+def test_jobs_a_previous_gateway_left_running_are_failed_at_start(jobs_world, liver_dataset):
+    client = jobs_world.client("researcher")
+    job = client.post(
+        "/api/v1/training/jobs", json={**TINY, "dataset_id": liver_dataset, "epochs": 1000, "minutes": 60}
+    ).json()
+    assert job["status"] == "running" and _alive(job["pid"])
+
+    restarted = TrainingJobs(jobs_world.settings, jobs_world.store)  # a new gateway process's view
+    with jobs_world.session() as session:
+        session.add(
+            TrainingJob(organ="liver", dataset_id=liver_dataset, arch="erunet", budget_minutes=1, epochs=1,
+                        state="queued", version="v-queued", created_by="test")
+        )  # fmt: skip
+        session.flush()
+        left = {str(j.id): j.error for j in restarted.mark_interrupted(session)}
+    # the old gateway here is still the worker's parent: its next read reaps it (after a restart, init does)
+    shown = client.get(f"/api/v1/training/jobs/{job['id']}").json()
+    assert not _alive(job["pid"])
+    assert left[job["id"]] == (
+        f"the gateway restarted while this job was running; its worker (pid {job['pid']}) was stopped; "
+        "start the job again"
+    )
+    assert any(
+        e == "the gateway restarted while this job was queued; start the job again" for e in left.values()
+    )
+    assert shown["status"] == "failed" and shown["error"] == left[job["id"]]
