@@ -26,13 +26,11 @@ class Clinic:
         self.directory = ModelDirectory()
         dataplane.registry.model_source = self.directory.get  # the gateway serves the database's default
         self.evaluator = Evaluator(dataplane)
+        management = management or default_management(settings)
         self.promotions = Promotions(
-            self.evaluator.evaluate_dataset,
-            management or default_management(settings),
-            self.directory,
-            settings.promotion_max_dice_drop,
+            self.evaluator.evaluate_dataset, management, self.directory, settings.promotion_max_dice_drop
         )
-        self.jobs = TrainingJobs(settings, dataplane.store)
+        self.jobs = TrainingJobs(settings, dataplane.store, management=management)
 
     def default_threshold(self, organ: str) -> float:
         return self.dataplane.registry.default_threshold(organ)

@@ -8,8 +8,10 @@
   job's progress (epoch, training loss, validation Dice) while it runs.
 * When the worker exits, the gateway process that started it finishes the job the next time anyone looks
   (`reconcile`, called by every read and start): exit code 0 → the packaged .mar goes to the models bucket
-  (`trainer.register.upload_version`) and is recorded as a *candidate* (`model_registry.record_version`);
-  otherwise the job failed, with its exit code and the tail of its log as the reason.
+  (`trainer.register.upload_version`) and is recorded as a *candidate* (`model_registry.record_version`),
+  then registered with the organ's TorchServe, not as its default (`register_version`: the model event
+  `registered` or `not_registered` says which); otherwise the job failed, with its exit code and the tail
+  of its log as the reason.
 * At gateway start, jobs still marked running belong to a gateway that is gone: they are marked failed
   (`mark_interrupted`), and a worker they left behind is stopped when it is still recognisably theirs.
 """
@@ -36,7 +38,7 @@ from sqlalchemy.orm import Session
 
 from gateway.core.config import REPO_ROOT
 from gateway.errors import Conflict, InvalidInput, MedSegError, NotFound, TooManyRequests
-from gateway.models import Dataset, ModelVersion, TrainingJob, audit
+from gateway.models import Dataset, ModelEvent, ModelVersion, TrainingJob, audit
 from gateway.principal import Principal
 from gateway.service import model_registry
 
@@ -79,9 +81,11 @@ class JobRequest:
 class TrainingJobs:
     """Starts, watches and cancels the training workers of this gateway process."""
 
-    def __init__(self, settings, store, *, launcher: Launcher = spawn_worker):
+    def __init__(self, settings, store, *, management=None, launcher: Launcher = spawn_worker):
         self.settings = settings
         self.store = store
+        # organ → a ManagementClient (context manager) of its TorchServe; None: candidates are only stored
+        self.management = management
         self.launcher = launcher
         self.max_running = settings.max_running_training_jobs
         self.runs_dir = Path(settings.state_dir) / "runs"
@@ -280,6 +284,7 @@ class TrainingJobs:
             return
         job.state, job.candidate_version_id = "succeeded", version.id
         session.commit()
+        self._register(session, job, version)
         logger.info("training job %s succeeded: %s candidate %s", job.id, job.organ, version.version)
 
     def _record_candidate(self, session: Session, job: TrainingJob) -> ModelVersion:
@@ -311,6 +316,37 @@ class TrainingJobs:
             store=self.store,
             models_bucket=done["bucket"],
         )
+
+    def _register(self, session: Session, job: TrainingJob, version: ModelVersion) -> None:
+        """Register the candidate with the organ's TorchServe (not as its default) so it can be evaluated and
+        promoted. A server that does not answer leaves the recorded candidate and an event saying what to run.
+        """
+        from trainer.register import register_version
+
+        if self.management is None:
+            return
+        mar = self.run_dir(job) / "package" / f"{job.organ}.mar"
+        try:
+            with self.management(job.organ) as mgmt:
+                register_version(self.store, mgmt, mar, job.organ, job.version, model_name=version.model_name)
+        except MedSegError as exc:
+            action = "not_registered"
+            reason = (
+                f"{exc.message}; register it with `medseg model register --organ {job.organ} --mar {mar}`"
+            )
+            logger.warning("training job %s: candidate %s not registered: %s", job.id, job.version, reason)
+        else:
+            action, reason = "registered", None
+        session.add(
+            ModelEvent(
+                version_id=version.id,
+                action=action,
+                actor=job.created_by,
+                reason=reason,
+                detail={"training_job": str(job.id)},
+            )
+        )
+        session.commit()
 
     # --- cancelling ---------------------------------------------------------------------------------------
     def cancel(self, session: Session, principal: Principal, job_id: uuid.UUID) -> TrainingJob:

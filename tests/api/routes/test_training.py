@@ -1,7 +1,8 @@
 """Training jobs over HTTP with real worker processes and the real object store (SeaweedFS): a tiny job on
-real liver slices trains, packages and records a candidate version; a running job is cancelled (its process
-group is gone) and a second job waits its turn (429); a job on a missing dataset fails and says why; jobs a
-previous gateway left running are failed at start and their worker is stopped."""
+real liver slices trains, packages and records a candidate version, registered with a real liver TorchServe;
+a running job is cancelled (its process group is gone) and a second job waits its turn (429); a job on a
+missing dataset fails and says why; jobs a previous gateway left running are failed at start and their
+worker is stopped."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from sqlalchemy import select
 
 from gateway.models import Dataset, ModelVersion, TrainingJob
 from gateway.service.training_jobs import TrainingJobs
+from services.torchserve_client import ManagementClient
 from tests.data import LIVER_TRAIN
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -80,7 +82,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def test_a_tiny_job_trains_and_records_a_candidate_version(jobs_world, liver_dataset):
+def test_a_tiny_job_trains_and_records_a_candidate_version(jobs_world, liver_dataset, torchserve_liver):
+    jobs = jobs_world.app().state.clinic.jobs
+    address, key = torchserve_liver.grpc_management_address, torchserve_liver.management_key
+    jobs.management = lambda organ: ManagementClient(address, key, timeout=60)
     client = jobs_world.client("researcher")
     response = client.post(
         "/api/v1/training/jobs", json={**TINY, "dataset_id": liver_dataset, "epochs": 1, "minutes": 5}
@@ -106,6 +111,19 @@ def test_a_tiny_job_trains_and_records_a_candidate_version(jobs_world, liver_dat
     store = jobs_world.store
     assert store.exists(store.buckets.models, candidate["mar_key"])
     assert store.exists(store.buckets.models, candidate["mar_key"].replace(".mar", ".json"))
+    # registered with the organ server (not as its default), so it can be evaluated and promoted
+    detail = client.get(f"/api/v1/models/liver/versions/{job['result_version']}").json()
+    assert [e["action"] for e in detail["events"]] == ["recorded", "registered"], detail["events"]
+    with ManagementClient(address, key, timeout=60) as mgmt:
+        try:
+            assert (
+                mgmt.describe(candidate["model_name"], job["result_version"])[0]["modelVersion"]
+                == (job["result_version"])
+            )
+            assert mgmt.describe(candidate["model_name"])[0]["modelVersion"] != job["result_version"]
+        finally:
+            mgmt.unregister(candidate["model_name"], job["result_version"])
+
     listed = client.get("/api/v1/training/jobs").json()["jobs"]
     assert listed[0]["id"] == job["id"] and listed[0]["progress"] == job["progress"]
     again = client.post(f"/api/v1/training/jobs/{job['id']}/cancel")
