@@ -46,6 +46,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--patience", type=int, default=None)
+    p.add_argument("--val-every", type=int, default=None, help="validate every N epochs (and after the last)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N pairs (smoke runs)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--resume", action="store_true")
@@ -145,6 +146,7 @@ def train_command(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             lr=args.lr,
             patience=args.patience,
+            val_every=args.val_every,
             threads=args.threads,
         )
         run_dir = Path(args.run_dir or Path(".medseg/runs") / f"{args.organ}-{config.arch}-fold{args.fold}")

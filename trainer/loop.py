@@ -44,6 +44,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup: float = 0.03  # fraction of the budget
     patience: int = 40  # epochs without a better validation Dice
+    val_every: int = 1  # validate every N epochs (and always after the last); full-size validation is costly
     samples_per_epoch: int | None = None  # default: one pass over the training images
     loss: str = "dicefocal"  # dicefocal | bce
     seed: int = 0
@@ -229,8 +230,32 @@ class Trainer:
         return self.elapsed_before + (time.monotonic() - self.started)
 
     # --- the loop ---------------------------------------------------------------------------------
+    def end_epoch(self, train_loss: float) -> bool:
+        """Validate the current weights, record the epoch and log it; True means stop early."""
+        self.unvalidated_loss = None
+        record = {
+            "epoch": self.epoch,
+            "train_loss": train_loss,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "seconds": round(self.elapsed(), 1),
+            **self.validate(),
+        }
+        stop = self.on_epoch_end(record)
+        log.info(
+            "epoch %d  loss %.4f  val loss %.4f  val Dice %.4f  (best %.4f @ %d)  %.0fs",
+            self.epoch,
+            record["train_loss"],
+            record["val_loss"],
+            record["val_dice"],
+            self.best_dice,
+            self.best_epoch,
+            record["seconds"],
+        )
+        return stop
+
     def fit(self) -> dict:
         self.started = time.monotonic()
+        self.unvalidated_loss: float | None = None
         cfg = self.cfg
         budget = cfg.time_budget_min * 60
         n_train = len(self.train_set)
@@ -257,30 +282,18 @@ class Trainer:
             self.epoch += 1
             stop = torch.tensor([0])
             if self.rank == 0:
-                record = {
-                    "epoch": self.epoch,
-                    "train_loss": float(np.mean(losses)),
-                    "lr": self.optimizer.param_groups[0]["lr"],
-                    "seconds": round(self.elapsed(), 1),
-                    **self.validate(),
-                }
-                stop[0] = int(self.on_epoch_end(record))
-                log.info(
-                    "epoch %d  loss %.4f  val loss %.4f  val Dice %.4f  (best %.4f @ %d)  %.0fs",
-                    self.epoch,
-                    record["train_loss"],
-                    record["val_loss"],
-                    record["val_dice"],
-                    self.best_dice,
-                    self.best_epoch,
-                    record["seconds"],
-                )
+                if self.epoch % cfg.val_every == 0 or self.epoch >= cfg.epochs:
+                    stop[0] = int(self.end_epoch(float(np.mean(losses))))
+                else:
+                    self.unvalidated_loss = float(np.mean(losses))
             if self.world > 1:
                 dist.broadcast(stop, 0)
             if stop.item():
                 log.info("early stop: no better validation Dice for %d epochs", cfg.patience)
                 break
         if self.rank == 0:
+            if self.unvalidated_loss is not None:  # the budget ended between validations: judge the last weights
+                self.end_epoch(self.unvalidated_loss)
             self.write_metrics()
         return {
             "best_val_dice": self.best_dice,

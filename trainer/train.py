@@ -208,7 +208,7 @@ def run_training(
 def default_config(organ: str, **overrides) -> TrainConfig:
     base = {
         "liver": {"arch": "erunet", "widths": (12, 24, 48), "batch_size": 8},
-        "cells": {"arch": "erunet-cells", "batch_size": 8, "samples_per_epoch": 96},
+        "cells": {"arch": "erunet-cells", "batch_size": 8, "samples_per_epoch": 96, "val_every": 5},
     }.get(organ, {})
     cfg = {**base, **{k: v for k, v in overrides.items() if v is not None}}
     return TrainConfig(augment=ORGAN_AUGMENT.get(organ, AugmentConfig()), **cfg)

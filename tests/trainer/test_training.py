@@ -72,6 +72,14 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
     assert [h["epoch"] for h in history] == [1, 2]
 
 
+def test_validation_every_n_epochs_still_judges_the_last_weights(tmp_path):
+    cfg = default_config("liver", epochs=5, val_every=2, batch_size=2, widths=(6, 12, 24), threads=1)
+    result = run_training("liver", LIVER, tmp_path, cfg, limit=4)
+    history = json.loads((tmp_path / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [2, 4, 5]
+    assert result["epochs"] == 5
+
+
 def test_cells_trains_on_crops_and_validates_on_whole_tiles(tmp_path):
     cfg = default_config("cells", epochs=1, batch_size=2, widths=(6, 12, 24), samples_per_epoch=2, threads=1)
     run_training("cells", CELLS, tmp_path, cfg, limit=3, folds=3)
