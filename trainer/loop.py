@@ -292,7 +292,7 @@ class Trainer:
                 log.info("early stop: no better validation Dice for %d epochs", cfg.patience)
                 break
         if self.rank == 0:
-            if self.unvalidated_loss is not None:  # the budget ended between validations: judge the last weights
+            if self.unvalidated_loss is not None:  # budget ended between validations
                 self.end_epoch(self.unvalidated_loss)
             self.write_metrics()
         return {
