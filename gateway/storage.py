@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -235,11 +237,17 @@ class ObjectStore:
         """Stream the object into a local file (written to a temp name, renamed when complete)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".part")
-        with open(tmp, "wb") as fh:
-            for chunk in self.stream(bucket, key):
-                fh.write(chunk)
-        tmp.replace(path)
+        # a private temp name: concurrent downloads of one object into one cache never share a file
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        tmp = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                for chunk in self.stream(bucket, key):
+                    fh.write(chunk)
+            tmp.replace(path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return path
 
     def exists(self, bucket: str, key: str) -> bool:

@@ -70,6 +70,35 @@ def test_big_file_is_uploaded_in_parts_and_streamed_back(clean_buckets, tmp_path
     assert store.download(store.buckets.runs, "big.bin", tmp_path / "copy.bin").read_bytes() == data
 
 
+def test_concurrent_downloads_into_one_cache_never_collide(clean_buckets, tmp_path):
+    store = clean_buckets
+    data = os.urandom(3 * 1024 * 1024)
+    store.put_bytes(store.buckets.runs, "shared.bin", data)
+    target = tmp_path / "cache" / "shared.bin"
+    errors: list[BaseException] = []
+
+    def fetch():
+        try:
+            store.download(store.buckets.runs, "shared.bin", target)
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=fetch) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert target.read_bytes() == data
+    assert sorted(p.name for p in target.parent.iterdir()) == ["shared.bin"]  # no temp file left behind
+
+
+def test_a_failed_download_leaves_no_temp_file(clean_buckets, tmp_path):
+    with pytest.raises(NotFound):
+        clean_buckets.download(clean_buckets.buckets.runs, "missing.bin", tmp_path / "missing.bin")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_stream_of_unknown_length(clean_buckets):
     store = clean_buckets
     info = store.put_stream(store.buckets.runs, "log.txt", io.BytesIO(b"x" * 1000), length=-1)
