@@ -26,6 +26,7 @@ from gateway.api.routes import (
     training,
     users,
 )
+from gateway.api.security_headers import SecurityHeadersMiddleware
 from gateway.api.uploads import FORM_OVERHEAD_BYTES, BodyLimitMiddleware
 from gateway.core.config import Settings, get_settings
 from gateway.errors import MedSegError
@@ -137,4 +138,5 @@ def create_app(settings: Settings | None = None, dataplane: DataPlane | None = N
             "/api/v1/datasets": settings.max_dataset_upload_bytes + FORM_OVERHEAD_BYTES,
         },
     )
+    app.add_middleware(SecurityHeadersMiddleware)  # outside the body limit: its 413 gets the headers too
     return app

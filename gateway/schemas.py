@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import base64
+from typing import Annotated
 
+from annotated_types import Ge, Le
 from pydantic import BaseModel
 
 from gateway.service import dataplane as dp
+
+# Row ids as the API accepts them (path, query or body): within the database's integer column, so a huge
+# number is a 400 like any bad input, not an overflow inside the driver (PostgreSQL INTEGER / BIGINT).
+RowId = Annotated[int, Ge(1), Le(2**31 - 1)]
+BigRowId = Annotated[int, Ge(1), Le(2**63 - 1)]
 
 
 def b64(data: bytes) -> str:

@@ -8,7 +8,7 @@ from typing import Annotated
 from pydantic import BaseModel, Field
 
 from gateway import models as m
-from gateway.schemas import SegmentationPublic
+from gateway.schemas import RowId, SegmentationPublic
 
 
 class ModelVersionPublic(BaseModel):
@@ -211,7 +211,7 @@ class PromotionPublic(BaseModel):
 
 class FeedbackCreate(BaseModel):
     body: str = Field(max_length=5000)
-    evaluation_case_id: int | None = None
+    evaluation_case_id: RowId | None = None
     segmentation_id: str | None = Field(default=None, max_length=64)
     threshold: float | None = None
 

@@ -27,6 +27,7 @@ from gateway.core.config import Settings
 from gateway.errors import Forbidden, Unauthenticated
 from gateway.models import UserSession
 from gateway.principal import Access, Principal
+from gateway.security import KNOWN_SCOPES
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 CSRF_HEADER = "X-CSRF-Token"
@@ -59,6 +60,7 @@ def require(access: Access) -> Callable[..., Principal]:
     ) -> Principal:
         if authorization:
             if not access.scopes:
+                authorize(session, authorization, KNOWN_SCOPES)  # a forged or revoked key: 401 as anywhere
                 raise Forbidden(f"API keys cannot call this; it needs {access.describe()}")
             return Principal(api_key=authorize(session, authorization, access.scopes))
         token = request.cookies.get(settings.session_cookie_name)

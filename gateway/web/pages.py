@@ -32,13 +32,6 @@ LANG_COOKIE_MAX_AGE = 365 * 24 * 3600
 DOCTOR_SIDE = ("doctor", "researcher", "admin")
 RESEARCHER_SIDE = ("researcher", "admin")
 ADMIN_SIDE = ("admin",)
-# Pages never load anything from elsewhere: hospital networks are often closed, and this stops injected
-# markup from running script even if an escape were ever missed.
-CSP = (
-    "default-src 'self'; img-src 'self' data: blob:; script-src 'self'; style-src 'self'; "
-    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
-)
-
 # (path, message key, roles); the navigation bar shows the entries the viewer's role may open.
 NAV = [
     ("/segment", "nav.segment", DOCTOR_SIDE),
@@ -168,9 +161,7 @@ def render(request: Request, viewer: Viewer, name: str, status_code: int = 200, 
         },
         status_code=status_code,
     )
-    response.headers["Content-Security-Policy"] = CSP
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Referrer-Policy"] = "same-origin"
+    # CSP, nosniff, frame and referrer policies: gateway/api/security_headers.py, on every response
     response.headers["Cache-Control"] = "no-store"  # pages show patients' data and a CSRF token
     return response
 

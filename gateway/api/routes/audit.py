@@ -7,6 +7,7 @@ from fastapi.responses import StreamingResponse
 from gateway.api.auth import Admin
 from gateway.api.deps import SessionDep
 from gateway.auditlog import audit_csv, audit_page
+from gateway.schemas import BigRowId
 from gateway.schemas_people import AuditEntryPublic, AuditPagePublic
 
 router = APIRouter(prefix="/audit", tags=["audit"])
@@ -27,7 +28,7 @@ def audit_log(
     since: TimeQ = None,
     until: TimeQ = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    before_id: Annotated[int | None, Query(ge=1)] = None,
+    before_id: Annotated[BigRowId | None, Query()] = None,
 ) -> AuditPagePublic:
     """Who did what and when, newest first, one page at a time."""
     rows = audit_page(

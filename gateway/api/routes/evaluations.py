@@ -7,6 +7,7 @@ from gateway.api.deps import SessionDep
 from gateway.api.uploads import read_upload
 from gateway.errors import InvalidInput, NotFound
 from gateway.models import EvaluationCase
+from gateway.schemas import RowId
 from gateway.schemas_clinic import (
     ComparisonPublic,
     EvaluationCasePublic,
@@ -118,7 +119,9 @@ def show_evaluation(evaluation_id: str, _who: EvaluationReader, session: Session
     response_class=Response,
     responses={200: {"content": {"image/png": {}}}},
 )
-def overlay(evaluation_id: str, case_id: int, clinic: ClinicDep, _who: EvaluationReader, session: SessionDep):
+def overlay(
+    evaluation_id: str, case_id: RowId, clinic: ClinicDep, _who: EvaluationReader, session: SessionDep
+):
     """The case's overlay: image | label | prediction | differences."""
     row = evaluations.get_evaluation(session, evaluation_id)
     case = session.get(EvaluationCase, case_id)

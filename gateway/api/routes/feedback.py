@@ -6,6 +6,7 @@ from gateway.api.clinic_deps import FeedbackReader, FeedbackWriter
 from gateway.api.deps import SessionDep
 from gateway.errors import Forbidden
 from gateway.models import Feedback, ModelVersion
+from gateway.schemas import RowId
 from gateway.schemas_clinic import (
     FeedbackCreate,
     FeedbackListPublic,
@@ -83,7 +84,7 @@ def list_feedback(
 
 
 @router.get("/feedback/{feedback_id}", response_model=FeedbackPublic)
-def show_feedback(feedback_id: int, _who: FeedbackReader, session: SessionDep) -> FeedbackPublic:
+def show_feedback(feedback_id: RowId, _who: FeedbackReader, session: SessionDep) -> FeedbackPublic:
     """One thread with its replies."""
     return _public(session, feedback.get(session, feedback_id), with_replies=True)
 
@@ -91,7 +92,7 @@ def show_feedback(feedback_id: int, _who: FeedbackReader, session: SessionDep) -
 @router.post(
     "/feedback/{feedback_id}/replies", response_model=FeedbackPublic, status_code=status.HTTP_201_CREATED
 )
-def reply(feedback_id: int, body: ReplyCreate, who: FeedbackWriter, session: SessionDep) -> FeedbackPublic:
+def reply(feedback_id: RowId, body: ReplyCreate, who: FeedbackWriter, session: SessionDep) -> FeedbackPublic:
     """Reply to a thread (researchers answer; the doctor may follow up)."""
     feedback.reply(session, who, feedback_id, body.body)
     return _public(session, feedback.get(session, feedback_id), with_replies=True)
@@ -99,7 +100,7 @@ def reply(feedback_id: int, body: ReplyCreate, who: FeedbackWriter, session: Ses
 
 @router.patch("/feedback/{feedback_id}", response_model=FeedbackPublic)
 def update_feedback(
-    feedback_id: int, body: FeedbackUpdate, who: FeedbackWriter, session: SessionDep
+    feedback_id: RowId, body: FeedbackUpdate, who: FeedbackWriter, session: SessionDep
 ) -> FeedbackPublic:
     """Set the status (open, in_progress, resolved) and/or the version that addresses it."""
     row = feedback.update(

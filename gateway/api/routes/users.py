@@ -5,6 +5,7 @@ from fastapi import APIRouter, Query
 from gateway import accounts
 from gateway.api.auth import Admin
 from gateway.api.deps import SessionDep
+from gateway.schemas import RowId
 from gateway.schemas_people import Status, UserAdminUpdate, UserPublic, UsersPublic
 
 router = APIRouter(prefix="/users", tags=["users"])
@@ -19,7 +20,7 @@ def list_users(
 
 
 @router.patch("/{user_id}", response_model=UserPublic)
-def administer_user(user_id: int, body: UserAdminUpdate, admin: Admin, session: SessionDep) -> UserPublic:
+def administer_user(user_id: RowId, body: UserAdminUpdate, admin: Admin, session: SessionDep) -> UserPublic:
     """Approve or disable an account, assign its role or hospital."""
     user = accounts.administer_user(session, admin.actor, user_id, **body.model_dump(exclude_unset=True))
     return UserPublic.model_validate(user)

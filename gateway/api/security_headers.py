@@ -1,0 +1,80 @@
+"""Security headers on every response (pages, API, static files, the body limit's 413), set once here.
+
+Pages never load anything from elsewhere: hospital networks are often closed, and the policy stops
+injected markup from running script even if an escape were ever missed. Scripts, styles and fonts come
+from this origin only (gateway/web/static: no inline script or style, no CDN); images may also be
+`data:`/`blob:` URLs (result PNGs in base64, Bootstrap's SVG icons, the user's own file previewed before
+upload). The interactive API docs (/docs, /redoc) are FastAPI's Swagger UI / ReDoc pages, which load from
+jsDelivr with an inline bootstrap script: they get a policy of their own that allows exactly that.
+"""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+PAGE_POLICY = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data: blob:",
+        "font-src 'self'",
+        "connect-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ]
+)
+DOCS_CDN = "https://cdn.jsdelivr.net"
+DOCS_POLICY = "; ".join(
+    [
+        "default-src 'self'",
+        f"script-src 'self' 'unsafe-inline' {DOCS_CDN}",
+        f"style-src 'self' 'unsafe-inline' {DOCS_CDN} https://fonts.googleapis.com",
+        "img-src 'self' data: https://fastapi.tiangolo.com",
+        f"font-src 'self' {DOCS_CDN} https://fonts.gstatic.com",
+        "worker-src 'self' blob:",
+        "connect-src 'self'",
+        "object-src 'none'",
+        "base-uri 'self'",
+        "frame-ancestors 'none'",
+    ]
+)
+DOCS_PATHS = ("/docs", "/redoc")
+
+COMMON_HEADERS = {
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    # Page URLs carry patient ids (?patient_id=): never send them to another site.
+    "referrer-policy": "same-origin",
+    "permissions-policy": "camera=(), microphone=(), geolocation=(), payment=(), usb=(), interest-cohort=()",
+    "cross-origin-opener-policy": "same-origin",
+}
+
+
+class SecurityHeadersMiddleware:
+    """Adds COMMON_HEADERS and the Content-Security-Policy to every HTTP response that lacks them."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+        self.common = [(k.encode(), v.encode()) for k, v in COMMON_HEADERS.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        docs = scope["path"].startswith(DOCS_PATHS)
+        policy = (DOCS_POLICY if docs else PAGE_POLICY).encode()
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                extra = [(k, v) for k, v in self.common if k not in present]
+                if b"content-security-policy" not in present:
+                    extra.append((b"content-security-policy", policy))
+                message = {**message, "headers": headers + extra}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
