@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 GEN := build/gen
 TS_JAR = $(shell $(PY) -c "import ts, os; print(os.path.join(os.path.dirname(ts.__file__), 'frontend', 'model-server.jar'))")
 
-.PHONY: up down test protos assets bench lint train-liver train-cells ablation system-deps test-deps clean-gen cv-liver cv-cells
+.PHONY: up down test audit protos assets bench lint train-liver train-cells ablation system-deps test-deps clean-gen cv-liver cv-cells
 
 # --- installation -----------------------------------------------------------------------------
 system-deps:
@@ -64,8 +64,18 @@ down:
 	@test -x $(VENV)/bin/medseg && $(VENV)/bin/medseg stack down || echo "nothing to stop (no .venv)"
 
 # --- checks -----------------------------------------------------------------------------------
-test: system-deps test-deps $(STAMP) protos assets
+test: system-deps test-deps $(STAMP) protos assets audit
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# Known vulnerabilities in the installed, pinned dependencies (PyPI's JSON API; the local editable package is
+# skipped). Accepted ones are listed in .pip-audit-ignore, each with its reason. Packages the service cannot
+# look up are listed as skipped; AUDIT_FLAGS=--strict makes that an error too.
+IGNORE_VULNS = $(shell awk '!/^[[:space:]]*(\#|$$)/ { printf "--ignore-vuln %s ", $$1 }' .pip-audit-ignore)
+audit: $(STAMP)
+	@awk '!/^[[:space:]]*(#|$$)/ && NF < 2 { print ".pip-audit-ignore:" NR ": give the reason after " $$1; bad = 1 } \
+	  END { exit bad }' .pip-audit-ignore
+	$(VENV)/bin/pip-audit --local --skip-editable --vulnerability-service pypi --progress-spinner off \
+	  $(IGNORE_VULNS) $(AUDIT_FLAGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check gateway services trainer tests
