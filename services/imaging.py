@@ -39,6 +39,12 @@ DEFAULT_MAX_PIXELS = 40_000_000  # width × height of one image (one page / fram
 MIN_SIDE = 16
 ACCEPTED = "PNG, JPEG, TIFF (8/16-bit, float) or DICOM"
 
+# Raw bytes one pixel may take (4 samples of 16 bits, or one 64-bit float): what an image within the
+# pixel limit may cost before it is scaled; a file that would make us allocate more is refused first.
+MAX_BYTES_PER_PIXEL = 8
+DICOM_HEADER_ALLOWANCE = 1024 * 1024  # the elements around the pixel data of a deflated DICOM
+_DEFLATED_UID = b"1.2.840.10008.1.2.1.99"
+
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
@@ -298,6 +304,13 @@ def _read_tiff(data: bytes, *, max_pixels: int, min_side: int) -> _Raw:
         shape = dict(zip(axes, page.shape, strict=True))
         height, width = shape.get("Y", 0), shape.get("X", 0)
         _check_size("TIFF", height, width, max_pixels=max_pixels, min_side=min_side)
+        # The page's other axes (samples, depth) multiply what asarray() would allocate: bound it too.
+        page_bytes = int(np.prod(page.shape, dtype=np.float64)) * (page.dtype.itemsize if page.dtype else 1)
+        if page_bytes > max_pixels * MAX_BYTES_PER_PIXEL:
+            raise ImageDecodeError(
+                f"TIFF page of shape {page.shape} would take {page_bytes} bytes, more than "
+                f"{MAX_BYTES_PER_PIXEL} bytes per pixel of the {max_pixels / 1e6:.0f} megapixel limit"
+            )
         meta = {
             "pages": len(tif.pages),
             "bits": int(page.bitspersample),
@@ -348,16 +361,22 @@ def _read_dicom(
     import pydicom
     from pydicom.pixels import apply_modality_lut
 
+    _check_deflated_dicom(data, max_bytes=max_pixels * MAX_BYTES_PER_PIXEL + DICOM_HEADER_ALLOWANCE)
     ds = pydicom.dcmread(io.BytesIO(data))
     if "PixelData" not in ds:
         raise ImageDecodeError("DICOM file has no pixel data (is it a report or a structured document?)")
     rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
     _check_size("DICOM", rows, cols, max_pixels=max_pixels, min_side=min_side)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if samples not in (1, 3):
+        raise ImageDecodeError(f"DICOM image has {samples} samples per pixel; accepted: 1 (grey) or 3 (RGB)")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     transfer_syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     try:
-        pixels = ds.pixel_array if frames == 1 else ds.pixel_array[0]
+        # Only the first frame is decoded: a file claiming thousands of frames costs one frame's memory.
+        ds.pixel_array_options(index=0)
+        pixels = ds.pixel_array
     except (NotImplementedError, RuntimeError) as exc:
         name = getattr(transfer_syntax, "name", str(transfer_syntax))
         raise ImageDecodeError(
@@ -391,6 +410,28 @@ def _read_dicom(
     return _Raw(
         pixels=pixels, format="DICOM", metadata=meta, spacing_mm=spacing_mm, unit_range=(0.0, 2**bits - 1)
     )
+
+
+def _check_deflated_dicom(data: bytes, *, max_bytes: int) -> None:
+    """A deflated DICOM (PS3.5 A.5) is inflated whole by pydicom before any header is read: refuse one
+    that would expand beyond `max_bytes` (a deflate bomb), measuring without keeping the output."""
+    group_length = data[132:144]
+    if group_length[:4] != b"\x02\x00\x00\x00" or group_length[4:6] != b"UL":
+        if _DEFLATED_UID in data[132:4096]:
+            raise ImageDecodeError("deflated DICOM without a file meta group length; send it uncompressed")
+        return
+    meta_end = 144 + struct.unpack("<I", group_length[8:12])[0]
+    if _DEFLATED_UID not in data[132:meta_end]:
+        return
+    inflater, size, rest = zlib.decompressobj(-zlib.MAX_WBITS), 0, data[meta_end:]
+    while rest and not inflater.eof:
+        size += len(inflater.decompress(rest, 1024 * 1024))
+        rest = inflater.unconsumed_tail
+        if size > max_bytes:
+            raise ImageDecodeError(
+                f"deflated DICOM expands to more than {max_bytes} bytes (a decompression bomb?); send one "
+                "image, uncompressed"
+            )
 
 
 def _dicom_window(window: dict | None, ds) -> tuple[float, float] | None:
