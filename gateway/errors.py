@@ -35,7 +35,15 @@ class NotFound(MedSegError):
 
 
 class Conflict(MedSegError):
-    code, http_status, grpc_code = "conflict", 409, "ALREADY_EXISTS"
+    """409: the request contradicts what is stored. Over gRPC a duplicate is ALREADY_EXISTS; anything else
+    (a retired version, a finished job, a refused promotion) is FAILED_PRECONDITION."""
+
+    code, http_status = "conflict", 409
+    DUPLICATES = frozenset({"version_exists", "email_taken"})
+
+    @property
+    def grpc_code(self) -> str:
+        return "ALREADY_EXISTS" if self.code in self.DUPLICATES else "FAILED_PRECONDITION"
 
 
 class PayloadTooLarge(MedSegError):

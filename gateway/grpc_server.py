@@ -1,8 +1,10 @@
-"""The medseg.v1 gRPC edge over the same DataPlane as HTTP.
+"""The medseg.v1 gRPC edge over the same DataPlane and Clinic as HTTP.
 
-`create_server(address, dataplane, session_factory) -> (server, port)`; the health service and
-reflection are registered. Errors are mapped once, in `ErrorMappingInterceptor`: our transport-neutral
-errors become their status codes, anything else INTERNAL with a generic message (logged here).
+`create_server(address, dataplane, session_factory, clinic=...) -> (server, port)`: Segmentation here, the
+clinical loop's services (Models, Evaluations, Feedback, History, Training) from gateway/grpc_clinic.py; the
+health service and reflection are registered for all of them. Errors are mapped once, in
+`ErrorMappingInterceptor`: our transport-neutral errors become their status codes, anything
+else INTERNAL with a generic message (logged here).
 The API key comes in metadata `authorization: Bearer <key>`.
 """
 
@@ -20,8 +22,13 @@ from medseg.v1 import segmentation_pb2 as pb
 from medseg.v1 import segmentation_pb2_grpc as pb_grpc
 
 from gateway.api.deps import authorize
+from gateway.core.config import get_settings
 from gateway.errors import MedSegError
-from gateway.service import DataPlane
+from gateway.grpc_clinic import SERVICES as CLINIC_SERVICES
+from gateway.grpc_clinic import add_clinic_servicers
+from gateway.principal import Principal
+from gateway.service import DataPlane, history
+from gateway.service.clinic import Clinic
 from gateway.service.dataplane import Upload
 
 logger = logging.getLogger(__name__)
@@ -67,9 +74,12 @@ def _model(m) -> pb.ModelRef:
 
 
 class SegmentationServicer(pb_grpc.SegmentationServicer):
-    def __init__(self, dataplane: DataPlane, session_factory: Callable[[], AbstractContextManager]):
+    def __init__(
+        self, dataplane: DataPlane, session_factory: Callable[[], AbstractContextManager], clinic: Clinic
+    ):
         self.dataplane = dataplane
         self.session_factory = session_factory
+        self.clinic = clinic
 
     def _authorize(self, session, context: grpc.ServicerContext, *scopes: str):
         return authorize(session, dict(context.invocation_metadata()).get("authorization"), scopes)
@@ -95,15 +105,19 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
     def Segment(self, request, context):
         with self.session_factory() as session:
             key = self._authorize(session, context, "segment")
+            self.clinic.directory.refresh(session)
             patient_id = request.patient_id if request.HasField("patient_id") and request.patient_id else None
-            r = self.dataplane.segment(
+            record = history.segment(  # recorded like HTTP's: who, stability, thumbnail
                 session,
+                self.dataplane,
+                Principal(api_key=key),
                 request.organ,
                 request.image,
                 request.filename or "upload",
                 patient_id,
-                api_key_id=key.id,
+                doubtful_below=self.clinic.settings.stability_doubtful_below,
             )
+        r = record.result
         return pb.SegmentResponse(
             id=r.id,
             organ=r.organ,
@@ -113,6 +127,9 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
             default_threshold=r.default_threshold,
             probability_png=r.probability_png,
             masks=[pb.Mask(threshold=m.threshold, area_px=m.area_px, mask_png=m.mask_png) for m in r.masks],
+            stability=record.stability,
+            doubtful=record.doubtful,
+            suggested_threshold=record.suggested_threshold,
         )
 
     def Evaluate(self, request, context):
@@ -139,10 +156,14 @@ def create_server(
     dataplane: DataPlane,
     session_factory: Callable[[], AbstractContextManager],
     *,
+    clinic: Clinic | None = None,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     max_workers: int = 8,
 ) -> tuple[grpc.Server, int]:
-    """Build (not start) the gRPC server; `address` may use port 0, the bound port is returned."""
+    """Build (not start) the gRPC server; `address` may use port 0, the bound port is returned.
+    `clinic`: the HTTP app's (`app.state.clinic`), so both edges share one model directory and one set of
+    training workers; without it, one is built over `dataplane` (a gRPC-only gateway, tests)."""
+    clinic = clinic or Clinic(dataplane, get_settings())
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="medseg-grpc"),
         interceptors=[ErrorMappingInterceptor()],
@@ -151,12 +172,17 @@ def create_server(
             ("grpc.max_send_message_length", max_message_bytes),
         ],
     )
-    pb_grpc.add_SegmentationServicer_to_server(SegmentationServicer(dataplane, session_factory), server)
+    pb_grpc.add_SegmentationServicer_to_server(
+        SegmentationServicer(dataplane, session_factory, clinic), server
+    )
+    add_clinic_servicers(server, clinic, session_factory)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ("", SERVICE_NAME):
+    for name in ("", SERVICE_NAME, *CLINIC_SERVICES):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, *CLINIC_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
     port = server.add_insecure_port(address)
     if port == 0:
         raise RuntimeError(f"could not bind the gRPC server to {address}")

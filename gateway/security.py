@@ -22,7 +22,7 @@ from gateway.errors import Forbidden, InvalidInput, NotFound, Unauthenticated
 from gateway.models import ApiKey, audit
 
 KEY_SCHEME = "msk"
-KNOWN_SCOPES = ("segment", "evaluate", "datasets", "models", "train", "admin")
+KNOWN_SCOPES = ("segment", "evaluate", "datasets", "models", "train", "feedback", "admin")
 ADMIN_SCOPE = "admin"  # grants every scope
 LAST_USED_RESOLUTION = timedelta(minutes=1)  # at most one write per key per minute, not one per request
 

@@ -1,4 +1,5 @@
-"""Dependencies of the clinical loop's routes: the Clinic services and who may call what."""
+"""Dependencies of the clinical loop's routes: the Clinic services and who may call what (the `Access`
+declarations in gateway/service/clinic_ops.py, shared with the gRPC edge)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from gateway.api.auth import PEOPLE, require
+from gateway.api.auth import require
 from gateway.api.deps import SessionDep
 from gateway.principal import Access, Principal
+from gateway.service import clinic_ops as ops
 from gateway.service.clinic import Clinic
 
 
@@ -25,21 +27,19 @@ def fresh_clinic(request: Request, session: SessionDep) -> Clinic:
 
 ClinicDep = Annotated[Clinic, Depends(fresh_clinic)]
 
-RESEARCH = ("researcher", "admin")
+
+def _who(access: Access):
+    return Annotated[Principal, Depends(require(access))]
 
 
-def _who(roles: tuple[str, ...], scopes: tuple[str, ...] = ()):
-    return Annotated[Principal, Depends(require(Access(roles=roles, scopes=scopes)))]
-
-
-ModelReader = _who(PEOPLE, ("models", "segment", "evaluate"))
-ModelRecorder = _who(RESEARCH, ("models",))
-ModelPromoter = _who(RESEARCH, ("models",))
-Segmenter = _who(PEOPLE, ("segment",))
-EvaluationRunner = _who(PEOPLE, ("evaluate",))
-EvaluationReader = _who(PEOPLE, ("evaluate",))
-HistoryReader = _who(PEOPLE, ("segment",))
-ThresholdChooser = _who(("doctor",))
-FeedbackWriter = _who(PEOPLE)
-FeedbackReader = _who(PEOPLE)
-TrainingRunner = _who(RESEARCH, ("train",))
+ModelReader = _who(ops.MODEL_READER)
+ModelRecorder = _who(ops.MODEL_WRITER)
+ModelPromoter = _who(ops.MODEL_WRITER)
+Segmenter = _who(ops.SEGMENTER)
+EvaluationRunner = _who(ops.EVALUATOR)
+EvaluationReader = _who(ops.EVALUATOR)
+HistoryReader = _who(ops.HISTORY_READER)
+ThresholdChooser = _who(ops.THRESHOLD_CHOOSER)
+FeedbackWriter = _who(ops.FEEDBACK)
+FeedbackReader = _who(ops.FEEDBACK)
+TrainingRunner = _who(ops.TRAINING)

@@ -104,6 +104,7 @@ def serve(settings: Settings) -> int:
         f"{settings.grpc_host}:{settings.grpc_port}",
         dataplane,
         session_scope,
+        clinic=app.state.clinic,  # one model directory and one set of training workers for both edges
         max_message_bytes=settings.grpc_max_message_bytes,
     )
     grpc_server.start()

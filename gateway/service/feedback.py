@@ -46,6 +46,8 @@ def create(
     segmentation_id: str | None = None,
     threshold: float | None = None,
 ) -> Feedback:
+    if principal.user is not None and principal.role != "doctor" and not principal.is_admin:
+        raise Forbidden("doctors write feedback; researchers reply to it")
     model = model_registry.get_version(session, organ, version)
     text = _body(body)
     if evaluation_case_id is not None:

@@ -123,8 +123,11 @@ def choose_threshold(
     session: Session, principal: Principal, segmentation_id: str, threshold: float, note: str | None
 ) -> Segmentation:
     row = get_segmentation(session, principal, segmentation_id)
-    if principal.user is None or row.user_id != principal.user.id:
-        raise Forbidden("only the doctor who made the segmentation saves its threshold")
+    made_it = (principal.user is not None and row.user_id == principal.user.id) or (
+        principal.api_key is not None and row.api_key_id == principal.api_key.id
+    )
+    if not made_it:  # an API key saves the choice of the doctor it segmented for
+        raise Forbidden("only the doctor (or the API key) who made the segmentation saves its threshold")
     key = f"{threshold:.1f}"
     if round(threshold, 1) not in THRESHOLDS or abs(threshold - round(threshold, 1)) > 1e-9:
         raise InvalidInput(

@@ -261,24 +261,26 @@ def _rules() -> dict:
         ),
         ("POST", "/api/v1/models/{organ}/versions/{version}/feedback"): _rule(
             {"doctor", "admin"},
-            (),
+            ("feedback",),
             lambda w, c, who: c.post(
                 f"/api/v1/models/liver/versions/{_version(w).version}/feedback",
                 json={"body": "case 6: part missing"},
             ),
         ),
-        ("GET", "/api/v1/feedback"): _rule(PEOPLE, (), lambda w, c, who: c.get("/api/v1/feedback")),
+        ("GET", "/api/v1/feedback"): _rule(
+            PEOPLE, ("feedback",), lambda w, c, who: c.get("/api/v1/feedback")
+        ),
         ("GET", "/api/v1/feedback/{feedback_id}"): _rule(
-            PEOPLE, (), lambda w, c, who: c.get(f"/api/v1/feedback/{_feedback(w, who)}")
+            PEOPLE, ("feedback",), lambda w, c, who: c.get(f"/api/v1/feedback/{_feedback(w, who)}")
         ),
         ("POST", "/api/v1/feedback/{feedback_id}/replies"): _rule(
             PEOPLE,
-            (),
+            ("feedback",),
             lambda w, c, who: c.post(f"/api/v1/feedback/{_feedback(w, who)}/replies", json={"body": "ok"}),
         ),
         ("PATCH", "/api/v1/feedback/{feedback_id}"): _rule(
             PEOPLE,
-            (),
+            ("feedback",),
             lambda w, c, who: c.patch(f"/api/v1/feedback/{_feedback(w, who)}", json={"status": "resolved"}),
         ),
         ("GET", "/api/v1/segmentations"): _rule(
@@ -286,7 +288,7 @@ def _rules() -> dict:
         ),
         ("POST", "/api/v1/segmentations/{segmentation_id}/choice"): _rule(
             {"doctor"},
-            (),
+            ("segment",),  # the key that made the segmentation (a hospital system, for its doctor)
             lambda w, c, who: c.post(
                 f"/api/v1/segmentations/{_segmentation(w, who)}/choice", json={"threshold": 0.5}
             ),

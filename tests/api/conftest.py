@@ -44,7 +44,7 @@ PEOPLE = {
     "admin": ("admin", None, "active"),
     "pending": ("doctor", HOSPITAL_A, "pending"),
 }
-KEY_SCOPES = ("segment", "evaluate", "datasets", "models", "train", "admin")
+KEY_SCOPES = ("segment", "evaluate", "datasets", "models", "train", "feedback", "admin")
 
 
 class MemoryStore:

@@ -151,4 +151,8 @@ def test_health_and_reflection(stub):
         iter([reflection_pb2.ServerReflectionRequest(list_services="")])
     )
     names = {s.name for r in responses for s in r.list_services_response.service}
-    assert "medseg.v1.Segmentation" in names and "grpc.health.v1.Health" in names
+    clinic = {f"medseg.v1.{s}" for s in ("Models", "Evaluations", "Feedback", "History", "Training")}
+    assert {"medseg.v1.Segmentation", "grpc.health.v1.Health", *clinic} <= names
+    for service in clinic:
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service))
+        assert status.status == health_pb2.HealthCheckResponse.SERVING

@@ -5,7 +5,7 @@ from fastapi import APIRouter, status
 from gateway.api.clinic_deps import ClinicDep, TrainingRunner
 from gateway.api.deps import SessionDep
 from gateway.schemas_clinic import TrainingJobCreate, TrainingJobPublic, TrainingJobsPublic
-from gateway.service.training_jobs import JobRequest
+from gateway.service import clinic_ops as ops
 
 router = APIRouter(prefix="/training", tags=["training"])
 
@@ -13,8 +13,7 @@ router = APIRouter(prefix="/training", tags=["training"])
 @router.get("/jobs", response_model=TrainingJobsPublic)
 def list_jobs(clinic: ClinicDep, _who: TrainingRunner, session: SessionDep) -> TrainingJobsPublic:
     """Recent training jobs, newest first, with their progress."""
-    jobs = clinic.jobs
-    return TrainingJobsPublic(jobs=[TrainingJobPublic.of(j, jobs.progress(j)) for j in jobs.recent(session)])
+    return ops.list_jobs(clinic, session)
 
 
 @router.post("/jobs", response_model=TrainingJobPublic, status_code=status.HTTP_201_CREATED)
@@ -22,10 +21,7 @@ def start_job(
     body: TrainingJobCreate, clinic: ClinicDep, who: TrainingRunner, session: SessionDep
 ) -> TrainingJobPublic:
     """Start training on a dataset in a separate worker process (429 when enough jobs run already)."""
-    clinic.dataplane.registry.get(body.organ)
-    request = JobRequest(**{**body.model_dump(), "widths": tuple(body.widths) if body.widths else None})
-    job = clinic.jobs.start(session, who, request)
-    return TrainingJobPublic.of(job, clinic.jobs.progress(job))
+    return ops.start_job(clinic, session, who, body)
 
 
 @router.get("/jobs/{job_id}", response_model=TrainingJobPublic)
@@ -33,8 +29,7 @@ def show_job(
     job_id: uuid.UUID, clinic: ClinicDep, _who: TrainingRunner, session: SessionDep
 ) -> TrainingJobPublic:
     """One job: status, progress per epoch, the reason it failed, the candidate version it recorded."""
-    job = clinic.jobs.get(session, job_id)
-    return TrainingJobPublic.of(job, clinic.jobs.progress(job))
+    return ops.show_job(clinic, session, job_id)
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=TrainingJobPublic)
@@ -42,5 +37,4 @@ def cancel_job(
     job_id: uuid.UUID, clinic: ClinicDep, who: TrainingRunner, session: SessionDep
 ) -> TrainingJobPublic:
     """Stop a queued or running job's worker (409 when it has already finished)."""
-    job = clinic.jobs.cancel(session, who, job_id)
-    return TrainingJobPublic.of(job, clinic.jobs.progress(job))
+    return ops.cancel_job(clinic, session, who, job_id)

@@ -412,9 +412,13 @@ def test_segment_as_api_key_and_organ_server_down(loop):
     key = world.client("key:segment")
     r = _segment(key, patient="P-KEY")
     assert r.status_code == 200
-    assert (
-        key.post(f"/api/v1/segmentations/{r.json()['id']}/choice", json={"threshold": 0.5}).status_code == 403
+    # the hospital system that segmented saves its doctor's choice (the gRPC edge has only API keys)
+    chosen = key.post(f"/api/v1/segmentations/{r.json()['id']}/choice", json={"threshold": 0.5})
+    assert chosen.status_code == 200 and chosen.json()["chosen_threshold"] == 0.5
+    other = world.client("key:admin").post(
+        f"/api/v1/segmentations/{r.json()['id']}/choice", json={"threshold": 0.4}
     )
+    assert other.status_code == 403  # an admin key sees it, but did not make it
     assert [i["patient_id"] for i in key.get("/api/v1/segmentations").json()["segmentations"]][:1] == [
         "P-KEY"
     ]
