@@ -19,12 +19,13 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from medseg.v1 import clinic_pb2 as pb
 from medseg.v1 import clinic_pb2_grpc as pb_grpc
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from gateway.api.deps import authorize
 from gateway.errors import Forbidden, InvalidInput
 from gateway.main import _validation_message
 from gateway.principal import Access, Principal
+from gateway.schemas import RowId
 from gateway.schemas_clinic import (
     ChoiceRequest,
     EvaluationSummary,
@@ -73,6 +74,14 @@ def from_message(message: Message, schema: type[BaseModel]):
         return schema.model_validate(data)
     except ValidationError as exc:
         raise InvalidInput(_validation_message(exc), code="invalid_input") from None
+
+
+def row_id(value: int, what: str) -> int:
+    """An id as HTTP's path accepts it (gateway.schemas.RowId): 0 or less is a 400, not a 404."""
+    try:
+        return TypeAdapter(RowId).validate_python(value)
+    except ValidationError as exc:
+        raise InvalidInput(f"{what}: {exc.errors()[0]['msg']}", code="invalid_input") from None
 
 
 def optional(message: Message, field: str):
@@ -184,7 +193,11 @@ class Evaluations(pb_grpc.EvaluationsServicer):
 
     def GetOverlay(self, request, context):
         with self.edge.call(context, ops.EVALUATOR) as (session, _):
-            return pb.Png(png=ops.overlay(self.clinic, session, request.evaluation_id, request.case_id))
+            return pb.Png(
+                png=ops.overlay(
+                    self.clinic, session, request.evaluation_id, row_id(request.case_id, "case_id")
+                )
+            )
 
 
 class Feedback(pb_grpc.FeedbackServicer):
@@ -206,17 +219,21 @@ class Feedback(pb_grpc.FeedbackServicer):
 
     def GetFeedback(self, request, context):
         with self.edge.call(context, ops.FEEDBACK) as (session, _):
-            return to_message(ops.show_feedback(session, request.id), pb.FeedbackThread)
+            return to_message(ops.show_feedback(session, row_id(request.id, "id")), pb.FeedbackThread)
 
     def Reply(self, request, context):
         with self.edge.call(context, ops.FEEDBACK) as (session, who):
             body = from_message(request, ReplyCreate).body
-            return to_message(ops.reply(session, who, request.feedback_id, body), pb.FeedbackThread)
+            return to_message(
+                ops.reply(session, who, row_id(request.feedback_id, "feedback_id"), body), pb.FeedbackThread
+            )
 
     def UpdateFeedback(self, request, context):
         with self.edge.call(context, ops.FEEDBACK) as (session, who):
             body = from_message(request, FeedbackUpdate)
-            return to_message(ops.update_feedback(session, who, request.id, body), pb.FeedbackThread)
+            return to_message(
+                ops.update_feedback(session, who, row_id(request.id, "id"), body), pb.FeedbackThread
+            )
 
 
 class History(pb_grpc.HistoryServicer):

@@ -382,6 +382,8 @@ ROWS = [
         {"body": "missing part", "replies": []}),
     Row("GetFeedback", "feedback", lambda w: {"id": 987654}, Err(404, S.NOT_FOUND, "unknown_feedback"),
         id="unknown thread"),
+    Row("GetFeedback", "feedback", lambda w: {"id": 0}, Err(400, S.INVALID_ARGUMENT, "invalid_input"),
+        id="id out of range"),
     Row("Reply", "feedback",
         lambda w: {"feedback_id": _feedback(w, OWNER), "body": "fixed in the next version"},
         {"replies": lambda v: [r["body"] for r in v] == ["fixed in the next version"]}),
