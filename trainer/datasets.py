@@ -42,6 +42,7 @@ MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "medseg-dataset/1"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm"}
 MASK_SUFFIX = "_mask"
+ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
 # Files people's archivers add; skipped silently. Anything else that is not an image is refused.
 JUNK_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini"}
 JUNK_DIRS = {"__MACOSX"}
@@ -112,8 +113,8 @@ def _is_junk(name: str) -> bool:
 def _zip_entries(path: Path, limits: DatasetLimits) -> tuple[list[_Entry], zipfile.ZipFile]:
     try:
         archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise DatasetError(f"{path.name}: not a readable zip file ({exc})") from exc
+    except Exception as exc:  # a damaged central directory raises more than BadZipFile (see _zip_reader)
+        raise DatasetError(f"{path.name}: not a readable zip file ({type(exc).__name__}: {exc})") from exc
     infos = archive.infolist()
     if len(infos) > limits.max_entries:
         raise DatasetError(f"{path.name}: {len(infos)} entries, more than the limit of {limits.max_entries}")
@@ -127,6 +128,11 @@ def _zip_entries(path: Path, limits: DatasetLimits) -> tuple[list[_Entry], zipfi
             continue
         if info.flag_bits & 0x1:
             raise DatasetError(f"{info.filename}: encrypted entries are not supported")
+        if info.compress_type not in ZIP_METHODS:
+            raise DatasetError(
+                f"{info.filename}: compression method {info.compress_type} is not supported "
+                "(use deflate or no compression)"
+            )
         if name in seen:
             raise DatasetError(f"{info.filename}: duplicate entry")
         seen.add(name)
@@ -163,8 +169,11 @@ def _zip_reader(archive: zipfile.ZipFile, info: zipfile.ZipInfo, lock: threading
                     if got > info.file_size:
                         raise DatasetError(f"{info.filename}: expands beyond its declared size (zip bomb?)")
                     chunks.append(chunk)
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
-            raise DatasetError(f"{info.filename}: corrupt zip entry ({exc})") from exc
+        except DatasetError:
+            raise
+        except Exception as exc:  # zipfile on damaged input raises anything (zlib.error, NotImplementedError,
+            # UnicodeDecodeError for a mangled name...): every one of them is this entry's fault
+            raise DatasetError(f"{info.filename}: corrupt zip entry ({type(exc).__name__}: {exc})") from exc
         return b"".join(chunks)
 
     return read
