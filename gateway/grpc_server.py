@@ -23,7 +23,7 @@ from medseg.v1 import segmentation_pb2_grpc as pb_grpc
 
 from gateway.api.deps import authorize
 from gateway.core.config import get_settings
-from gateway.errors import MedSegError
+from gateway.errors import InvalidInput, MedSegError
 from gateway.grpc_clinic import SERVICES as CLINIC_SERVICES
 from gateway.grpc_clinic import add_clinic_servicers
 from gateway.principal import Principal
@@ -42,16 +42,19 @@ def _status(exc: MedSegError) -> grpc.StatusCode:
 
 
 class ErrorMappingInterceptor(grpc.ServerInterceptor):
-    """Maps MedSegError → its status code; any other exception → INTERNAL without internals."""
+    """Parses the request (malformed → INVALID_ARGUMENT), maps MedSegError → its status code; any other
+    exception → INTERNAL without internals."""
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
         inner, method = handler.unary_unary, handler_call_details.method
+        deserialize = handler.request_deserializer
 
-        def guarded(request, context):
+        def guarded(raw, context):
             try:
+                request = _parse(deserialize, raw, method)
                 return inner(request, context)
             except MedSegError as exc:
                 if exc.http_status >= 500:
@@ -64,9 +67,20 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):
 
         return grpc.unary_unary_rpc_method_handler(
             guarded,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=None,  # parsed in `guarded`: a malformed request is the caller's mistake
             response_serializer=handler.response_serializer,
         )
+
+
+def _parse(deserialize, raw: bytes, method: str):
+    """The request message from its bytes; InvalidInput when they are not that message (grpc's own
+    deserialization failure would be an INTERNAL "Exception deserializing request!")."""
+    if deserialize is None:
+        return raw
+    try:
+        return deserialize(raw)
+    except Exception as exc:  # protobuf's DecodeError (or anything a corrupt message makes it raise)
+        raise InvalidInput(f"malformed request for {method}: {exc}", code="malformed_request") from exc
 
 
 def _model(m) -> pb.ModelRef:
