@@ -27,7 +27,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from gateway.errors import Conflict, Forbidden, InvalidInput, NotFound, TooManyRequests, Unauthenticated
-from gateway.models import ROLES, USER_STATUSES, AuditLog, User, UserSession, audit
+from gateway.models import LANGUAGES, ROLES, USER_STATUSES, AuditLog, User, UserSession, audit
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,13 @@ MIN_PASSWORD_LENGTH = 10
 MAX_PASSWORD_LENGTH = 1024  # argon2 hashes anything, but an unbounded input is free CPU for an attacker
 LAST_SEEN_RESOLUTION = timedelta(minutes=1)
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+class UnsupportedLanguage(InvalidInput):
+    """A well-formed profile update naming a language the pages are not translated into: 422."""
+
+    code, http_status = "unsupported_language", 422
+
 
 _hasher = PasswordHasher()  # argon2id with the library's defaults (RFC 9106 low-memory profile)
 # Verified when the address is unknown, so "no such user" costs the same time as "wrong password".
@@ -138,13 +145,19 @@ def ensure_admin(session: Session, email: str, password: str) -> User | None:
 
 
 def update_profile(session: Session, user: User, **fields: str | None) -> User:
-    """A person edits their own name, title/position and department (hospital and role are admin-set)."""
+    """A person edits their own name, title/position, department and the pages' language (hospital and role
+    are admin-set)."""
+    if "language" in fields and fields["language"] not in LANGUAGES:
+        asked = str(fields["language"])[:20]
+        raise UnsupportedLanguage(f"language must be one of {', '.join(LANGUAGES)}, not {asked!r}")
     for name in ("full_name", "title", "department"):
         if name in fields:
             value = _clean(fields[name])
             if name == "full_name" and not value:
                 raise InvalidInput("full_name: cannot be empty")
             setattr(user, name, value)
+    if "language" in fields:
+        user.language = fields["language"]
     audit(session, user_actor(user), "user.profile", user_actor(user), {k: fields[k] for k in sorted(fields)})
     session.commit()
     return user

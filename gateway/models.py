@@ -164,6 +164,7 @@ class Dataset(Base):
 
 ROLES = ("doctor", "researcher", "admin")
 USER_STATUSES = ("pending", "active", "disabled")
+LANGUAGES = ("en", "zh")  # the web pages' languages (gateway/web/i18n.py has their messages)
 
 
 class User(Base):
@@ -183,6 +184,7 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     approved_at: Mapped[datetime | None]
     last_sign_in_at: Mapped[datetime | None]
+    language: Mapped[str | None] = mapped_column(String(8))  # the web pages' language; None: not chosen
 
     def __repr__(self) -> str:
         return f"User(id={self.id!r}, email={self.email!r}, role={self.role!r}, status={self.status!r})"

@@ -36,6 +36,8 @@ class ProfileUpdate(BaseModel):
     full_name: str | None = _text
     title: str | None = _text
     department: str | None = _text
+    # any text here: accounts.update_profile answers 422 for a language the pages are not translated into
+    language: str | None = Field(default=None, description="the web pages' language: en or zh")
 
 
 class PasswordChange(BaseModel):
@@ -64,6 +66,7 @@ class UserPublic(BaseModel):
     created_at: datetime
     approved_at: datetime | None
     last_sign_in_at: datetime | None
+    language: str | None = None
 
 
 class UsersPublic(BaseModel):

@@ -5,17 +5,29 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.core.config import Settings
-from gateway.web.pages import WEB_DIR, PageForbidden, SignInRequired, forbidden_page, router, sign_in_redirect
+from gateway.errors import MedSegError
+from gateway.web.pages import (
+    WEB_DIR,
+    PageForbidden,
+    SignInRequired,
+    error_page,
+    forbidden_page,
+    is_page_request,
+    router,
+    sign_in_redirect,
+)
 
 logger = logging.getLogger(__name__)
 
 
 def install_web(app: FastAPI, settings: Settings) -> None:
-    """Serve the pages and their static files on `app`."""
+    """Serve the pages and their static files on `app` (after its API error handlers are installed)."""
     if not (WEB_DIR / "static" / "vendor" / "bootstrap").is_dir():
         logger.warning("Bootstrap is missing under gateway/web/static/vendor: run `make assets`")
     app.state.web_settings = settings
@@ -23,3 +35,31 @@ def install_web(app: FastAPI, settings: Settings) -> None:
     app.include_router(router)
     app.add_exception_handler(SignInRequired, sign_in_redirect)
     app.add_exception_handler(PageForbidden, forbidden_page)
+    install_error_pages(app)
+
+
+def install_error_pages(app: FastAPI) -> None:
+    """Errors on page URLs (unknown page, bad query, a failing dependency, a bug) become the styled HTML page
+    in the base layout; on API paths the app's own handler answers with its JSON error shape, as before."""
+    for exc_class, status in (
+        (StarletteHTTPException, None),
+        (RequestValidationError, 400),  # the API's handler maps FastAPI's 422 to 400 too
+        (MedSegError, None),
+        (Exception, 500),
+    ):
+        api_handler = app.exception_handlers[exc_class]
+        app.add_exception_handler(exc_class, _page_or_api(api_handler, status))
+
+
+def _page_or_api(api_handler, status: int | None):
+    async def handle(request: Request, exc: Exception):
+        if not is_page_request(request):
+            return await api_handler(request, exc)
+        code = status or getattr(exc, "status_code", None) or getattr(exc, "http_status", 500)
+        if status == 500:
+            logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        elif code >= 500:
+            logger.warning("%s on %s %s: %s", code, request.method, request.url.path, exc)
+        return error_page(request, code)
+
+    return handle

@@ -7,6 +7,7 @@ role does not fit gets the 403 page (never the API's JSON).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -19,9 +20,13 @@ from jinja2 import Environment, FileSystemLoader
 
 from gateway.accounts import resolve_session
 from gateway.api.deps import SessionDep, SettingsDep
+from gateway.core.config import get_settings
+from gateway.core.db import get_db
 from gateway.errors import Unauthenticated
 from gateway.models import User
 from gateway.web import i18n
+
+logger = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).resolve().parent
 # Autoescape everything: names, notes and file names typed by people are shown on these pages.
@@ -73,11 +78,6 @@ class PageForbidden(Exception):
         self.roles = roles
 
 
-def user_lang_cookie(user_id: int) -> str:
-    # One cookie per account: on a shared ward workstation each doctor keeps their own language.
-    return f"{LANG_COOKIE}_u{user_id}"
-
-
 def get_viewer(request: Request, session: SessionDep, settings: SettingsDep) -> Viewer:
     user, csrf = None, None
     token = request.cookies.get(settings.session_cookie_name)
@@ -87,12 +87,17 @@ def get_viewer(request: Request, session: SessionDep, settings: SettingsDep) -> 
             csrf = user_session.csrf_token
         except Unauthenticated:
             user = None
-    lang = i18n.pick_language(
-        request.cookies.get(user_lang_cookie(user.id)) if user else None,
+    return Viewer(user=user, csrf_token=csrf, lang=language_for(request, user))
+
+
+def language_for(request: Request, user: User | None) -> str:
+    """The account's language (kept in the database: the same on every browser), else this browser's cookie
+    (signed-out visitors), else the browser's preference."""
+    return i18n.pick_language(
+        user.language if user else None,
         request.cookies.get(LANG_COOKIE),
         accept_language=request.headers.get("accept-language"),
     )
-    return Viewer(user=user, csrf_token=csrf, lang=lang)
 
 
 ViewerDep = Annotated[Viewer, Depends(get_viewer)]
@@ -194,18 +199,15 @@ def register_page(request: Request, viewer: ViewerDep):
 
 @router.get("/set-language")
 def set_language(
-    viewer: ViewerDep,
     lang: Annotated[str, Query(max_length=8)],
     next: Annotated[str | None, Query(max_length=2000)] = None,
 ) -> Response:
-    """Switch the pages' language; remembered for this account (and for signed-out pages) in this browser."""
+    """Switch the pages' language in this browser (a cookie, for signed-out pages). For a signed-in person the
+    page's script first saves it to the account (PATCH /api/v1/users/me with the CSRF token): a GET link
+    must not write to the database."""
     response = RedirectResponse(safe_next(next), status_code=303)
     if lang in i18n.LANGUAGES:
         response.set_cookie(LANG_COOKIE, lang, max_age=LANG_COOKIE_MAX_AGE, samesite="lax", path="/")
-        if viewer.user is not None:
-            response.set_cookie(
-                user_lang_cookie(viewer.user.id), lang, max_age=LANG_COOKIE_MAX_AGE, samesite="lax", path="/"
-            )
     return response
 
 
@@ -272,4 +274,46 @@ def forbidden_page(request: Request, exc: PageForbidden) -> Response:
     viewer = exc.viewer
     roles = " / ".join(i18n.translate(viewer.lang, f"role.{r}") for r in exc.roles)
     role = i18n.translate(viewer.lang, f"role.{viewer.role}")
-    return render(request, viewer, "error.html", status_code=403, code=403, roles=roles, role=role)
+    return render(
+        request, viewer, "error.html", status_code=403, code=403, key="error.403", roles=roles, role=role
+    )
+
+
+# Paths whose errors keep the API's JSON shape: the API itself, the probes and the API's documentation.
+JSON_PATHS = ("/api/", "/healthz", "/readyz", "/openapi.json", "/docs", "/redoc")
+
+
+def is_page_request(request: Request) -> bool:
+    """True when an error on this path should be an HTML page (everything but JSON_PATHS)."""
+    path = request.url.path
+    return not any(path == p.rstrip("/") or path.startswith(p) for p in JSON_PATHS)
+
+
+def viewer_outside_routes(request: Request) -> Viewer:
+    """The viewer for an error page, where no route (so no dependency) ran: resolved through the app's own
+    database dependency when it answers, else signed out. An error page must never fail itself."""
+    overrides = request.app.dependency_overrides
+    sessions = overrides.get(get_db, get_db)()
+    try:
+        return get_viewer(request, next(sessions), overrides.get(get_settings, get_settings)())
+    except Exception:  # the database may be why this request failed
+        return Viewer(user=None, csrf_token=None, lang=language_for(request, None))
+    finally:
+        sessions.close()
+
+
+def error_page(request: Request, status_code: int) -> Response:
+    """The styled error page in the base layout for `status_code` (a general text: never the exception's own
+    message, which may name internals, and never a stack trace)."""
+    key = f"error.{status_code}"
+    if f"{key}.title" not in i18n.EN:
+        key = "error.4xx" if status_code < 500 else "error.500"
+    try:
+        viewer = viewer_outside_routes(request)
+        return render(
+            request, viewer, "error.html", status_code=status_code, code=status_code, key=key,
+            path=request.url.path,
+        )  # fmt: skip
+    except Exception:
+        logger.exception("the %s error page for %s failed to render", status_code, request.url.path)
+        return HTMLResponse(f"<!doctype html><title>{status_code}</title><p>{status_code}</p>", status_code)

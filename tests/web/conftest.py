@@ -51,6 +51,7 @@ class WebGateway:
     engine: object
     settings: Settings
     users: dict[str, str] = field(default_factory=dict)  # name → e-mail
+    app: object = None  # the FastAPI app (its state: e.g. the training jobs to stop after a failed test)
 
     def sign_in(self, page, who: str, password: str = PASSWORD, next_path: str = "/") -> None:
         email = self.users.get(who, who)
@@ -93,7 +94,7 @@ def web(stack_settings, stack_dataplane, tmp_path_factory) -> Iterator[WebGatewa
 
     app.dependency_overrides[get_db] = test_db
     app.dependency_overrides[get_settings] = lambda: settings
-    gateway = WebGateway("", engine, settings)
+    gateway = WebGateway("", engine, settings, app=app)
     with session_scope(engine) as session:
         for name, (role, hospital) in STAFF.items():
             user = accounts.create_user(

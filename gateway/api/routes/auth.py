@@ -76,7 +76,7 @@ def me(principal: SignedIn) -> SessionPublic:
 
 @router.patch("/users/me", response_model=UserPublic)
 def update_me(body: ProfileUpdate, principal: SignedIn, session: SessionDep) -> UserPublic:
-    """Edit one's own name, title/position and department."""
+    """Edit one's own name, title/position, department and the pages' language (en or zh, else 422)."""
     user = session.merge(principal.user)
     return UserPublic.model_validate(
         accounts.update_profile(session, user, **body.model_dump(exclude_unset=True))

@@ -218,6 +218,17 @@
 
   window.MedSeg = { t, api, upload, h, show, hide, showError, describe, checkFile, bytes, when, busy, b64ToBlob, plot, ApiError };
 
+  // Language links: a signed-in person's choice is saved to the account first (PATCH with the CSRF token),
+  // so every browser they sign in on uses it; the link itself then sets this browser's cookie.
+  document.addEventListener("click", async function (event) {
+    const link = event.target.closest ? event.target.closest("a[data-language]") : null;
+    if (!link || !csrfMeta || event.defaultPrevented || event.button !== 0 || event.ctrlKey || event.metaKey) return;
+    event.preventDefault();
+    try { await api("PATCH", "/api/v1/users/me", { json: { language: link.dataset.language }, noRedirect: true }); }
+    catch (_) { /* not saved to the account: this browser still switches */ }
+    location.assign(link.href);
+  });
+
   const signOut = document.getElementById("sign-out");
   if (signOut) {
     signOut.addEventListener("click", async function () {

@@ -1,4 +1,6 @@
-/* Feedback: threads per model version (and case), replies, status. */
+/* Feedback: threads per model version (and case), replies, status. A link from a case opens this page with
+   the form filled in: ?organ&version and either &evaluation&case&image (an evaluated image) or
+   &segmentation&threshold (a saved segmentation). */
 "use strict";
 (function () {
   const M = window.MedSeg;
@@ -6,14 +8,19 @@
   const threads = document.getElementById("threads");
   const STATUS = { open: "feedback.open", in_progress: "feedback.in_progress", resolved: "feedback.resolved" };
   const base = function () { return "/api/v1/models/" + encodeURIComponent(form.elements.organ.value); };
+  const preset = new URLSearchParams(location.search);
+  let presetVersion = preset.get("version");
 
   async function loadVersions() {
     const select = form.elements.version;
     select.replaceChildren();
     try {
       const body = await M.api("GET", base() + "/versions");
+      const wanted = body.versions.some(function (v) { return v.version === presetVersion; }) ? presetVersion : null;
+      presetVersion = null; // only the first load follows the link
       body.versions.forEach(function (v) {
-        select.append(M.h("option", { value: v.version, selected: v.state === "default" }, [v.version + " (" + v.state + ")"]));
+        const selected = wanted ? v.version === wanted : v.state === "default";
+        select.append(M.h("option", { value: v.version, selected: selected }, [v.version + " (" + v.state + ")"]));
       });
     } catch (err) { M.showError(document.getElementById("threads-error"), err.status === 404 ? M.t("common.unavailable") : err); }
     loadThreads();
@@ -41,7 +48,9 @@
     return M.h("article", { class: "card", "data-feedback-id": f.id }, [M.h("div", { class: "card-body" }, [
       M.h("div", { class: "d-flex justify-content-between align-items-start gap-2" }, [
         M.h("div", { class: "small text-body-secondary" }, [f.organ + " v" + f.model_version + " · " + M.when(f.created_at) +
-          (f.segmentation_id ? " · " + f.segmentation_id : "") + (f.threshold ? " · " + f.threshold : "")]),
+          (f.evaluation_case_id ? " · " + M.t("feedback.evaluated_case", { id: f.evaluation_case_id }) : "") +
+          (f.segmentation_id ? " · " + f.segmentation_id : "") +
+          (f.threshold ? " · " + M.t("segment.threshold") + " " + f.threshold.toFixed(1) : "")]),
         status,
       ]),
       M.h("p", { class: "mb-2", text: f.body }),
@@ -72,6 +81,8 @@
     if (!form.elements.version.value) { M.showError(error, M.t("common.required") + ": " + M.t("feedback.version")); return; }
     const c = form.elements.case.value.trim();
     if (c) body.segmentation_id = c;
+    if (form.elements.evaluation_case_id.value) body.evaluation_case_id = Number(form.elements.evaluation_case_id.value);
+    if (form.elements.threshold.value) body.threshold = Number(form.elements.threshold.value);
     try {
       await M.api("POST", base() + "/versions/" + encodeURIComponent(form.elements.version.value) + "/feedback", { json: body });
       M.show(ok, M.t("feedback.sent"), "success");
@@ -79,9 +90,32 @@
       loadThreads();
     } catch (err) { M.showError(error, err.status === 404 && err.code === "not_found" ? M.t("common.unavailable") : err); }
   });
+  const context = document.getElementById("case-context");
+  function clearCase() {
+    form.elements.evaluation_case_id.value = "";
+    context.classList.add("d-none");
+    form.elements.body.focus();
+  }
+
+  function fillFromLink() {
+    const organ = preset.get("organ");
+    if (organ && Array.from(form.elements.organ.options).some(function (o) { return o.value === organ; })) form.elements.organ.value = organ;
+    if (preset.get("segmentation")) form.elements.case.value = preset.get("segmentation");
+    const threshold = Number(preset.get("threshold"));
+    const option = Array.from(form.elements.threshold.options).find(function (o) { return o.value && Math.abs(Number(o.value) - threshold) < 1e-9; });
+    if (option) form.elements.threshold.value = option.value;
+    if (/^\d+$/.test(preset.get("case") || "")) {
+      form.elements.evaluation_case_id.value = preset.get("case");
+      document.getElementById("case-context-text").textContent = M.t("feedback.about_case", {
+        name: preset.get("image") || "#" + preset.get("case"), evaluation: (preset.get("evaluation") || "").slice(0, 8),
+      });
+      context.classList.remove("d-none");
+    }
+  }
+
+  document.getElementById("case-context-clear").addEventListener("click", clearCase);
   form.elements.organ.addEventListener("change", loadVersions);
   form.elements.version.addEventListener("change", loadThreads);
-  const preset = new URLSearchParams(location.search).get("segmentation");
-  if (preset) form.elements.case.value = preset;
+  fillFromLink();
   loadVersions();
 })();

@@ -20,7 +20,7 @@
     try {
       const body = await M.api("GET", "/api/v1/segmentations" + (q.toString() ? "?" + q : ""));
       if (!body.segmentations.length) {
-        table.replaceChildren(M.h("tr", {}, [M.h("td", { colspan: 9, text: M.t("history.none") })]));
+        table.replaceChildren(M.h("tr", {}, [M.h("td", { colspan: 10, text: M.t("history.none") })]));
         return;
       }
       table.replaceChildren.apply(table, body.segmentations.map(function (s) {
@@ -36,12 +36,20 @@
           M.h("td", { "data-field": "threshold", text: s.chosen_threshold !== null ? s.chosen_threshold.toFixed(1) : "—" }),
           M.h("td", { text: Math.round(s.area) + " " + (s.area_unit === "mm2" ? "mm²" : "px") }),
           M.h("td", {}, [stability]), M.h("td", { class: "small", text: s.chosen_note || "" }),
+          M.h("td", {}, [feedbackLink(s)]),
         ]);
       }));
     } catch (err) {
       M.showError(error, err.status === 404 ? M.t("common.unavailable") : err);
       table.replaceChildren();
     }
+  }
+
+  /** The feedback form, filled in with this saved result's model version, ID and chosen threshold. */
+  function feedbackLink(s) {
+    const q = new URLSearchParams({ organ: s.organ, version: s.model_version, segmentation: s.id });
+    if (s.chosen_threshold !== null) q.set("threshold", s.chosen_threshold.toFixed(1));
+    return M.h("a", { class: "small", href: "/feedback?" + q, "data-action": "feedback", text: M.t("model_test.feedback") });
   }
 
   async function loadTrend(q) {

@@ -1,18 +1,22 @@
-/* Model test: images + labels (or a dataset) → per-image Dice/IoU/HD95 with overlays, Dice per threshold. */
+/* Model test: images + labels (or a dataset) → per-image Dice/IoU/HD95 with overlays, Dice per threshold, a
+   feedback link per image; and the paired comparison of two stored tests (two versions on the same cases). */
 "use strict";
 (function () {
   const M = window.MedSeg;
   const form = document.getElementById("test-form");
   const error = document.getElementById("test-error");
+  const compareForm = document.getElementById("compare-form");
+  const compareError = document.getElementById("compare-error");
   const IMAGE_TYPES = [".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom"];
+  const organ = function () { return form.elements.organ.value; };
 
   async function loadVersions() {
-    const select = form.elements.version;
-    select.replaceChildren(select.options[0]);
+    const selects = [form.elements.version, form.elements.version_b];
+    selects.forEach(function (select) { select.replaceChildren(select.options[0]); });
     try {
-      const body = await M.api("GET", "/api/v1/models/" + encodeURIComponent(form.elements.organ.value) + "/versions");
+      const body = await M.api("GET", "/api/v1/models/" + encodeURIComponent(organ()) + "/versions");
       body.versions.forEach(function (v) {
-        select.append(M.h("option", { value: v.version }, [v.version + " (" + v.state + ")"]));
+        selects.forEach(function (select) { select.append(M.h("option", { value: v.version }, [v.version + " (" + v.state + ")"])); });
       });
     } catch (_) { /* registry not offered: the current default is tested */ }
   }
@@ -21,9 +25,16 @@
     const select = form.elements.dataset;
     select.replaceChildren(select.options[0]);
     try {
-      const body = await M.api("GET", "/api/v1/datasets?organ=" + encodeURIComponent(form.elements.organ.value));
+      const body = await M.api("GET", "/api/v1/datasets?organ=" + encodeURIComponent(organ()));
       body.datasets.forEach(function (d) { select.append(M.h("option", { value: d.id }, [d.name + " (" + d.pair_count + ")"])); });
     } catch (_) { /* listing failed: uploads still work */ }
+  }
+
+  /** The feedback form, filled in with this evaluated image (its test, case and model version). */
+  function feedbackLink(result, c) {
+    if (!result.id || c.id === undefined) return "—";
+    const q = new URLSearchParams({ organ: result.organ, version: result.model_version, evaluation: result.id, case: c.id, image: c.name });
+    return M.h("a", { class: "small", href: "/feedback?" + q, "data-action": "feedback", text: M.t("model_test.feedback") });
   }
 
   function render(result) {
@@ -43,13 +54,25 @@
     const tbody = document.querySelector("#cases-table tbody");
     tbody.replaceChildren.apply(tbody, cases.map(function (c) {
       const overlay = c.overlay_url ? M.h("img", { class: "overlay-img", src: c.overlay_url, alt: M.t("model_test.overlays") + ": " + c.name }) : "—";
-      return M.h("tr", {}, [
-        M.h("td", { class: "text-break-all", text: c.name }), M.h("td", { text: c.dice.toFixed(3) }),
+      return M.h("tr", { "data-case": c.name }, [
+        M.h("td", { class: "text-break-all", text: c.name }), M.h("td", { "data-field": "dice", text: c.dice.toFixed(3) }),
         M.h("td", { text: c.iou.toFixed(3) }), M.h("td", { text: typeof c.hd95 === "number" ? c.hd95.toFixed(1) : "—" }),
-        M.h("td", {}, [overlay]),
+        M.h("td", {}, [overlay]), M.h("td", {}, [feedbackLink(result, c)]),
       ]);
     }));
     document.getElementById("test-result").classList.remove("d-none");
+  }
+
+  async function runTest(data, version) {
+    const body = new FormData();
+    for (const [name, value] of data.entries()) body.append(name, value);
+    if (version) body.set("version", version);
+    try {
+      return await M.api("POST", "/api/v1/evaluations", { form: body });
+    } catch (err) {
+      if (err.status !== 404 && err.status !== 405) throw err;
+      return await M.api("POST", "/api/v1/evaluate", { form: body }); // the v1 contract's evaluate
+    }
   }
 
   form.addEventListener("submit", async function (event) {
@@ -58,8 +81,7 @@
     const images = Array.from(form.elements.images.files), labels = Array.from(form.elements.labels.files);
     const dataset = form.elements.dataset.value;
     const data = new FormData();
-    data.append("organ", form.elements.organ.value);
-    if (form.elements.version.value) data.append("version", form.elements.version.value);
+    data.append("organ", organ());
     if (dataset && !images.length) {
       data.append("dataset_id", dataset);
     } else {
@@ -74,17 +96,112 @@
     const button = form.querySelector("button[type=submit]");
     M.busy(button, true, M.t("model_test.running"));
     try {
-      let result;
-      try {
-        result = await M.api("POST", "/api/v1/evaluations", { form: data });
-      } catch (err) {
-        if (err.status !== 404 && err.status !== 405) throw err;
-        result = await M.api("POST", "/api/v1/evaluate", { form: data }); // the v1 contract's evaluate
+      const a = await runTest(data, form.elements.version.value);
+      render(a);
+      if (form.elements.version_b.value) {
+        // the same cases through the second version, then the paired comparison of the two tests
+        const b = await runTest(data, form.elements.version_b.value);
+        await loadEvaluations(a.id, b.id);
+        await compare(a.id, b.id);
+      } else {
+        await loadEvaluations(a.id);
       }
-      render(result);
     } catch (err) { M.showError(error, err); } finally { M.busy(button, false); }
   });
-  form.elements.organ.addEventListener("change", function () { loadVersions(); loadDatasets(); });
+
+  // --- paired comparison of two stored tests ------------------------------------------------------------
+  function evaluationLabel(e) {
+    return M.t("compare.option", {
+      version: e.model_version, cases: e.case_count, dice: e.mean_dice.toFixed(3), when: M.when(e.created_at), id: e.id.slice(0, 8),
+    });
+  }
+
+  async function loadEvaluations(preferA, preferB) {
+    const a = compareForm.elements.eval_a, b = compareForm.elements.eval_b;
+    try {
+      const body = await M.api("GET", "/api/v1/evaluations?organ=" + encodeURIComponent(organ()));
+      const list = body.evaluations || [];
+      [a, b].forEach(function (select) {
+        select.replaceChildren.apply(select, list.map(function (e) { return M.h("option", { value: e.id }, [evaluationLabel(e)]); }));
+      });
+      // newest first: by default the latest test (A) against the one before it (B)
+      if (list.length) a.value = preferA || list[0].id;
+      if (list.length > 1) b.value = preferB || list.find(function (e) { return e.id !== a.value; }).id;
+    } catch (err) {
+      a.replaceChildren(); b.replaceChildren();
+      if (err.status !== 404) M.showError(compareError, err);
+    }
+  }
+
+  function signed(x) { return (x > 0 ? "+" : x < 0 ? "−" : "±") + Math.abs(x).toFixed(3); }
+
+  function overlayFigure(detail, which, name) {
+    const c = (detail.cases || []).find(function (x) { return x.name === name; });
+    const caption = M.t("compare.side", { which: which }) + " · v" + detail.model_version + (c ? " · Dice " + c.dice.toFixed(3) : "");
+    return M.h("figure", { class: "col-md-6 mb-0", "data-side": which }, [
+      c ? M.h("img", { class: "overlay-img compare-overlay", src: c.overlay_url,
+        alt: M.t("compare.overlay_alt", { name: name, which: which, version: detail.model_version }) }) : "—",
+      M.h("figcaption", { class: "small text-body-secondary", text: caption }),
+    ]);
+  }
+
+  async function compare(aId, bId) {
+    M.hide(compareError);
+    const result = document.getElementById("compare-result");
+    if (!aId || !bId) { M.showError(compareError, M.t("compare.need_two")); return; }
+    if (aId === bId) { M.showError(compareError, M.t("compare.same_choice")); return; }
+    const button = compareForm.querySelector("button[type=submit]");
+    M.busy(button, true);
+    try {
+      const q = new URLSearchParams({ a: aId, b: bId });
+      const [cmp, detailA, detailB] = await Promise.all([
+        M.api("GET", "/api/v1/evaluations/compare?" + q),
+        M.api("GET", "/api/v1/evaluations/" + encodeURIComponent(aId)),
+        M.api("GET", "/api/v1/evaluations/" + encodeURIComponent(bId)),
+      ]);
+      document.getElementById("compare-summary").textContent = M.t("compare.summary", {
+        a: "v" + cmp.a.model_version, b: "v" + cmp.b.model_version, wins: cmp.wins, losses: cmp.losses, ties: cmp.ties,
+        mean: signed(cmp.mean_difference),
+      });
+      const note = document.getElementById("compare-note");
+      const only = [];
+      if (cmp.only_in_a.length) only.push(M.t("compare.only_in", { which: "A", names: cmp.only_in_a.join(", ") }));
+      if (cmp.only_in_b.length) only.push(M.t("compare.only_in", { which: "B", names: cmp.only_in_b.join(", ") }));
+      if (only.length) { // uploads carry no dataset hash: what matters is whether every image is in both
+        note.textContent = [M.t("compare.different_data", { n: cmp.cases.length })].concat(only).join(" ");
+        note.classList.remove("d-none");
+      } else { note.classList.add("d-none"); }
+      const winner = { win: "A", loss: "B", tie: M.t("compare.tie") };
+      const tbody = document.querySelector("#compare-table tbody");
+      tbody.replaceChildren.apply(tbody, cmp.cases.map(function (c) {
+        return M.h("tr", { "data-case": c.case, "data-outcome": c.outcome }, [
+          M.h("th", { scope: "row", class: "text-break-all fw-normal", text: c.case }),
+          M.h("td", { "data-field": "dice_a", text: c.dice_a.toFixed(3) }),
+          M.h("td", { "data-field": "dice_b", text: c.dice_b.toFixed(3) }),
+          M.h("td", { "data-field": "difference", text: signed(c.difference) }),
+          M.h("td", { "data-field": "winner", text: winner[c.outcome] }),
+        ]);
+      }));
+      const overlays = document.getElementById("compare-overlays");
+      overlays.replaceChildren.apply(overlays, cmp.cases.map(function (c) {
+        return M.h("div", { class: "row g-2", "data-case": c.case }, [
+          M.h("h4", { class: "h6 col-12 mb-0 text-break-all", text: c.case }),
+          overlayFigure(detailA, "A", c.case), overlayFigure(detailB, "B", c.case),
+        ]);
+      }));
+      result.classList.remove("d-none");
+    } catch (err) {
+      result.classList.add("d-none");
+      M.showError(compareError, err);
+    } finally { M.busy(button, false); }
+  }
+
+  compareForm.addEventListener("submit", function (event) {
+    event.preventDefault();
+    compare(compareForm.elements.eval_a.value, compareForm.elements.eval_b.value);
+  });
+  form.elements.organ.addEventListener("change", function () { loadVersions(); loadDatasets(); loadEvaluations(); });
   loadVersions();
   loadDatasets();
+  loadEvaluations();
 })();
