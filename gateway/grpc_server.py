@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from medseg.v1 import segmentation_pb2 as pb
 from medseg.v1 import segmentation_pb2_grpc as pb_grpc
 
+from gateway import metrics
 from gateway.api.deps import authorize
 from gateway.core.config import get_settings
 from gateway.errors import InvalidInput, MedSegError
@@ -55,15 +56,19 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):
         def guarded(raw, context):
             try:
                 request = _parse(deserialize, raw, method)
-                return inner(request, context)
+                response = inner(request, context)
             except MedSegError as exc:
+                metrics.count_grpc(method, exc.grpc_code, exc.code)
                 if exc.http_status >= 500:
                     logger.warning("%s %s: %s", method, exc.code, exc.message)
                 context.set_trailing_metadata((("medseg-error-code", exc.code),))
                 context.abort(_status(exc), exc.message)
             except Exception:
+                metrics.count_grpc(method, "INTERNAL", "internal")
                 logger.exception("unhandled error in %s", method)
                 context.abort(grpc.StatusCode.INTERNAL, "internal error; the gateway logged the details")
+            metrics.count_grpc(method, "OK")
+            return response
 
         return grpc.unary_unary_rpc_method_handler(
             guarded,

@@ -7,9 +7,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gateway import metrics
 from gateway.api.routes import (
     api_keys,
     audit,
@@ -50,6 +51,7 @@ STATUS_CODES = {
 
 
 def error_response(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+    metrics.count_error("http", code)
     return JSONResponse(
         status_code=status, content={"error": {"code": code, "message": message}}, headers=headers
     )
@@ -129,6 +131,12 @@ def create_app(settings: Settings | None = None, dataplane: DataPlane | None = N
         api.include_router(clinic_router)
     app.include_router(health.router)
     app.include_router(api)
+    if settings.metrics_port is None:  # else on a port of its own (metrics.serve), out of the ingress's reach
+        # Unauthenticated, like every Prometheus target: counts and labels only, never patients or people.
+        @app.get("/metrics", include_in_schema=False)
+        def prometheus_metrics() -> Response:
+            return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)
+
     install_web(app, settings)  # the pages (gateway/web): they call the API above
     app.add_middleware(
         BodyLimitMiddleware,
@@ -139,4 +147,5 @@ def create_app(settings: Settings | None = None, dataplane: DataPlane | None = N
         },
     )
     app.add_middleware(SecurityHeadersMiddleware)  # outside the body limit: its 413 gets the headers too
+    app.add_middleware(metrics.HttpMetrics)  # outermost: counts every answer, refusals included
     return app

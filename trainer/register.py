@@ -185,15 +185,20 @@ def management_client(
 ):
     """A ManagementClient for the organ's TorchServe.
 
-    Address: `address`, else `Settings.organ_host` at the organ's configured gRPC management port
-    (services/<organ>/config.properties). Key: `key`, else the management key in the key_file.json the
-    local launcher's TorchServe wrote under the state dir (re-read on every call, so renewed keys work).
+    Address: `address`, else `Settings.organ_management_addresses[organ]` (Kubernetes, without a key), else
+    `Settings.organ_host` at the organ's configured gRPC management port (services/<organ>/config.properties).
+    Key: `key`, else the management key in the key_file.json the local launcher's TorchServe wrote under the
+    state dir (re-read on every call, so renewed keys work).
     """
     from gateway.core.config import get_settings
     from services.launcher import KEY_FILE, LauncherError, configured_ports, read_keys, server_dir
     from services.torchserve_client import ManagementClient
 
     settings = settings or get_settings()
+    if address is None and organ in settings.organ_management_addresses:
+        # Kubernetes: the organ's Service. TorchServe token auth is off there (NetworkPolicies admit only
+        # trainer pods to the management port), so no key unless one is given.
+        return ManagementClient(settings.organ_management_addresses[organ], key, timeout=timeout)
     if address is None:
         try:
             port = configured_ports(organ, Path(settings.services_dir)).grpc_management

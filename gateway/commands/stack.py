@@ -100,6 +100,12 @@ def serve(settings: Settings) -> int:
         seed_from_model_store(session, dataplane.registry)
         app.state.clinic.directory.refresh(session, force=True)
         app.state.clinic.jobs.mark_interrupted(session)  # jobs a previous gateway left running: failed
+    metrics_server = None
+    if settings.metrics_port is not None:  # /metrics beside, not on, the HTTP port (docs/operations.md)
+        from gateway import metrics
+
+        metrics_server = metrics.serve(settings.metrics_port, settings.http_host)
+        logger.info("Prometheus metrics on %s:%d/metrics", settings.http_host, settings.metrics_port)
     grpc_server, grpc_port = create_server(
         f"{settings.grpc_host}:{settings.grpc_port}",
         dataplane,
@@ -120,6 +126,8 @@ def serve(settings: Settings) -> int:
         uvicorn.Server(config).run()  # handles SIGTERM / SIGINT itself
     finally:
         grpc_server.stop(grace=5).wait()
+        if metrics_server is not None:
+            metrics_server.shutdown()
         dataplane.close()
     return 0
 

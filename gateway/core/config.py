@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -46,6 +47,9 @@ class Settings(BaseSettings):
     # Inference keys per organ (TorchServe token auth), e.g. from a Kubernetes Secret. Empty: read the
     # key_file.json the local launcher's TorchServe wrote under state_dir.
     organ_inference_keys: dict[str, str] = {}
+    # Where the trainer reaches each organ's gRPC management API in Kubernetes (k8s/base/trainer), e.g.
+    # '{"liver": "torchserve-liver:7071"}'. Empty: organ_host at the port in config.properties.
+    organ_management_addresses: dict[str, str] = {}
     inference_timeout_s: float = 10.0  # deadline of one call to an organ server
     inference_retries: int = 2  # extra attempts when an organ server answers UNAVAILABLE
     readiness_timeout_s: float = 1.0  # /readyz probes must answer fast even when a dependency hangs
@@ -76,6 +80,17 @@ class Settings(BaseSettings):
     promotion_max_dice_drop: float = 0.02  # refuse a candidate whose reference mean Dice is lower by more
     stability_doubtful_below: float = 0.8  # Dice between the 0.2 and 0.8 masks under this: flagged doubtful
     max_running_training_jobs: int = 1  # worker processes at once (CPU training is heavy)
+    # Where training jobs run: "local" (a worker process beside the gateway) or "kubernetes" (a batch/v1 Job
+    # copied from the CronJob template `trainer_job_template` in `namespace`, through the in-cluster API).
+    training_launcher: Literal["local", "kubernetes"] = "local"
+    namespace: str = ""  # empty: the pod's own (the service account's namespace file)
+    trainer_job_template: str = "medseg-trainer"
+    kubernetes_api_url: str = "https://kubernetes.default.svc"
+    service_account_dir: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+    # Prometheus: None serves /metrics on the HTTP port (local); a port serves it there instead, so the
+    # public ingress (which routes the HTTP port) never exposes it (k8s: MEDSEG_METRICS_PORT=9102).
+    metrics_port: int | None = None
 
     @property
     def sqlalchemy_url(self) -> str:

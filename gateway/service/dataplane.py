@@ -10,6 +10,7 @@ at objects that are not there.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -19,6 +20,7 @@ from pathlib import PurePosixPath
 
 import numpy as np
 
+from gateway import metrics
 from gateway.errors import InvalidInput, MedSegError, NotFound, PayloadTooLarge, ServiceUnavailable
 from gateway.service import images
 from gateway.service.masks import THRESHOLDS, dice_iou, probability_mask
@@ -241,6 +243,7 @@ class DataPlane:
         patient_id: str | None = None,
         api_key_id=None,
     ) -> SegmentResult:
+        started = time.perf_counter()
         organ = self.registry.get(organ_name)
         filename = filename or "upload"
         if patient_id is not None and (len(patient_id) > 128 or not patient_id.isprintable()):
@@ -275,6 +278,7 @@ class DataPlane:
         except Exception:
             self._remove(written)
             raise
+        metrics.observe_latency("segment", organ.name, model.version, started)
         return SegmentResult(
             seg_id,
             organ.name,
@@ -325,6 +329,7 @@ class DataPlane:
     def evaluate(
         self, organ_name: str, image_files: Sequence[Upload], label_files: Sequence[Upload]
     ) -> EvaluateResult:
+        started = time.perf_counter()
         organ = self.registry.get(organ_name)
         pairs = pair_by_name(image_files, label_files, self.max_evaluate_images)
         threshold = self.registry.default_threshold(organ.name)
@@ -361,7 +366,7 @@ class DataPlane:
             )
             for t in THRESHOLDS:
                 per_t[t].append(dice_iou(probability_mask(prob, t), truth))
-        return EvaluateResult(
+        result = EvaluateResult(
             organ=organ.name,
             model=self.registry.model(organ.name),
             threshold=threshold,
@@ -373,6 +378,9 @@ class DataPlane:
                 for t, v in per_t.items()
             ],
         )
+        metrics.observe_latency("evaluate", organ.name, result.model.version, started)
+        metrics.observe_evaluation(organ.name, result.model.version, "evaluate", result.mean_dice)
+        return result
 
     def close(self) -> None:
         self._probes.shutdown(wait=False, cancel_futures=True)

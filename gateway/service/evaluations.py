@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from gateway import metrics
 from gateway.core.db import database_unavailable
 from gateway.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
 from gateway.models import Dataset, Evaluation, EvaluationCase, ModelVersion, audit
@@ -198,6 +200,7 @@ class Evaluator:
     ) -> Evaluation:
         if not cases:
             raise InvalidInput("nothing to evaluate: no image/label pairs", code="missing_images")
+        started = time.perf_counter()
         organ = self.dataplane.registry.get(target.organ)
         dp = self.dataplane
         eval_id = uuid.uuid4()
@@ -297,6 +300,8 @@ class Evaluator:
                 except Exception as exc:  # the store is probably down; objects without a row are harmless
                     logger.warning("could not remove orphaned overlay %s: %s", key, exc)
             raise
+        metrics.observe_latency("evaluation", target.organ, target.version, started)
+        metrics.observe_evaluation(target.organ, target.version, purpose, evaluation.mean_dice)
         return evaluation
 
     @staticmethod

@@ -23,6 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from gateway import metrics
 from gateway.core.db import database_unavailable
 from gateway.errors import Forbidden, InvalidInput, NotFound
 from gateway.models import Evaluation, Segmentation, audit
@@ -86,6 +87,7 @@ def segment(
         if principal.user is not None:
             row.user_id = principal.user.id
         _commit(session)
+    metrics.observe_segmentation(result.organ, result.model.version, score, score < doubtful_below)
     return SegmentRecord(
         result,
         score,
@@ -139,6 +141,7 @@ def choose_threshold(
     row.chosen_threshold, row.chosen_note, row.chosen_at = round(threshold, 1), note, datetime.now(UTC)
     audit(session, principal.actor, "segmentation.choose", f"segmentation:{row.id}", {"threshold": key})
     _commit(session)
+    metrics.observe_chosen_threshold(row.organ, row.model_version, row.chosen_threshold)
     return row
 
 

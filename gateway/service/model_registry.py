@@ -1,7 +1,9 @@
 """Model versions in the database: organs → versions (candidate → default → retired), lineage, promotion.
 
 * Seeding: at start, an organ without any version gets the shipped model (model-store/<organ>.json card,
-  else the .mar manifest) as its default, so the card stays the seed and the database the truth.
+  else the .mar manifest) as its default, so the card stays the seed and the database the truth. A card
+  that changed later (a new shipped version) is recorded too, and replaces a default that was itself
+  shipped (`seed_from_model_store`).
 * Recording: the trainer uploads the .mar to the models bucket and registers it with the organ's TorchServe
   (trainer/register.py), then records the version with `POST /api/v1/models/{organ}/versions` (scope
   `models`), which lands in `record_version`. A training job started from the API records its candidate
@@ -9,8 +11,9 @@
 * Promotion is gated: candidate and current default are evaluated on the organ's reference set (a dataset
   whose hash is recorded when it is chosen and checked at every use); the candidate is refused when its
   mean Dice is lower by more than `Settings.promotion_max_dice_drop`, unless an admin forces it with a
-  written reason. TorchServe's default version follows through the management API before the database
-  changes, so an organ server that does not answer leaves everything as it was (503).
+  written reason. TorchServe's default version and the database change as one unit
+  (`Promotions._commit_with_torchserve`): an organ server that does not answer leaves everything as it was
+  (503), and a database that cannot commit gets TorchServe's previous default restored.
 * Rollback restores the default the current one replaced (`previous_default_id`), in one call.
 * The gateway serves and labels the database's default: `ModelDirectory` is the in-memory view the organ
   registry consults (refreshed from the database at most every `ttl_s`, and at once after a change here).
@@ -27,9 +30,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
+from gateway.core.db import database_unavailable
 from gateway.errors import Conflict, Forbidden, InvalidInput, MedSegError, NotFound, ServiceUnavailable
 from gateway.models import Dataset, ModelEvent, ModelVersion, ReferenceSet, audit
 from gateway.principal import Principal
@@ -131,25 +135,44 @@ def _commit(session: Session, what: str) -> None:
         raise Conflict(f"{what} already exists", code="version_exists") from None
 
 
+SEED_ACTOR = "seed:model-store"
+
+
 def seed_from_model_store(session: Session, organs: OrganRegistry) -> list[ModelVersion]:
-    """Record the shipped model of every organ that has no version yet, as its default."""
+    """Record the shipped model (model-store/<organ>.json card, else the .mar manifest) of every organ whose
+    shipped version the database does not know yet.
+
+    * An organ without any version: the shipped one becomes its default.
+    * A changed card (model-store/ replaced, e.g. cells 1.0 → 1.1): the new version is recorded with the
+      current default as its parent. When that default is itself a shipped seed (not a version researchers
+      promoted), the new shipped version replaces it as the default, since the organ server now loads only
+      the shipped archive; otherwise it stays a candidate for the usual gated promotion. Both cases leave
+      a model event and an audit entry."""
     seeded = []
     for organ in organs.names():
-        if session.scalar(select(ModelVersion.id).where(ModelVersion.organ == organ).limit(1)) is not None:
-            continue
         card_path = organs.model_store_dir / f"{organ}.json"
         mar_path = organs.model_store_dir / f"{organ}.mar"
         info = _model_from_card(card_path, _model_from_mar(mar_path) or ModelInfo(organ, "unknown"))
         if info.version == "unknown":
             logger.info("no shipped model for organ %s in %s: nothing to seed", organ, organs.model_store_dir)
             continue
+        known = session.scalar(
+            select(ModelVersion.id).where(ModelVersion.organ == organ, ModelVersion.version == info.version)
+        )
+        if known is not None:
+            continue
+        any_version = session.scalar(select(ModelVersion.id).where(ModelVersion.organ == organ).limit(1))
+        current = current_default(session, organ) if any_version is not None else None
+        # no default to keep (none yet, or none left): the organ must serve something
+        replaces = current is None or current.created_by == SEED_ACTOR
         card = _read_json(card_path)
         dataset = card.get("dataset") if isinstance(card.get("dataset"), dict) else {}
+        now = _now()
         row = ModelVersion(
             organ=organ,
             model_name=info.name,
             version=info.version,
-            state="default",
+            state="default" if replaces else "candidate",
             mar_key=None,
             mar_sha256=card.get("mar_sha256"),
             card=card,
@@ -158,21 +181,40 @@ def seed_from_model_store(session: Session, organs: OrganRegistry) -> list[Model
             dataset_hash=dataset.get("hash"),
             commit=card.get("commit"),
             default_threshold=info.default_threshold,
-            created_by="seed:model-store",
-            promoted_at=_now(),
+            parent_id=current.id if current else None,
+            previous_default_id=current.id if current and replaces else None,
+            created_by=SEED_ACTOR,
+            promoted_at=now if replaces else None,
         )
         session.add(row)
         session.flush()
-        session.add(
-            ModelEvent(
-                version_id=row.id,
-                action="seeded",
-                actor="seed:model-store",
-                detail={"card": str(card_path), "mar": mar_path.is_file()},
+        detail = {"card": str(card_path), "mar": mar_path.is_file()}
+        if any_version is not None:
+            detail["previous_default"] = current.version if current else None
+            if replaces and current is not None:
+                current.state, current.retired_at = "retired", now
+                session.add(
+                    ModelEvent(version_id=current.id, action="replaced_by_shipped", actor=SEED_ACTOR,
+                               detail={"version": info.version, "card": str(card_path)})
+                )  # fmt: skip
+            audit(
+                session,
+                SEED_ACTOR,
+                "model.seed_default" if replaces else "model.seed_candidate",
+                f"model:{organ}:{info.version}",
+                detail,
             )
-        )
+        session.add(ModelEvent(version_id=row.id, action="seeded", actor=SEED_ACTOR, detail=detail))
         seeded.append(row)
-        logger.info("seeded %s model %s version %s as the default", organ, info.name, info.version)
+        if replaces:
+            logger.info("seeded %s model %s version %s as the default", organ, info.name, info.version)
+        else:
+            logger.warning(
+                "the shipped %s model is now version %s; the default %s was promoted by people and stays the "
+                "default, %s is recorded as a candidate. The organ server must still have %s registered "
+                "(medseg model register) or segmentation of %s fails",
+                organ, info.version, current.version, info.version, current.version, organ,
+            )  # fmt: skip
     session.commit()
     return seeded
 
@@ -417,7 +459,6 @@ class Promotions:
                     "may force it with a written reason.",
                     code="promotion_refused",
                 )
-        self._set_torchserve_default(organ, candidate)
         now = _now()
         if current is not None:
             current.state, current.retired_at = "retired", now
@@ -445,7 +486,7 @@ class Promotions:
             f"model:{organ}:{version}",
             {**detail, "reason": reason},
         )
-        session.commit()
+        self._commit_with_torchserve(session, organ, candidate, current)
         self.directory.refresh(session, force=True)  # this process serves the new default at once
         return PromotionOutcome(candidate, current, forced, cand_eval, default_eval, drop)
 
@@ -464,7 +505,6 @@ class Promotions:
                 f"{organ} version {current.version} did not replace another default; nothing to roll back to",
                 code="nothing_to_roll_back",
             )
-        self._set_torchserve_default(organ, previous)
         now = _now()
         current.state, current.retired_at = "retired", now
         previous.state, previous.promoted_at, previous.retired_at = "default", now, None
@@ -488,7 +528,7 @@ class Promotions:
             )
         )
         audit(session, principal.actor, "model.rollback", f"model:{organ}", {**detail, "reason": reason})
-        session.commit()
+        self._commit_with_torchserve(session, organ, previous, current)
         self.directory.refresh(session, force=True)  # this process serves the new default at once
         return previous
 
@@ -504,13 +544,60 @@ class Promotions:
             "reference_hash": cand_eval.dataset_hash,
         }
 
-    def _set_torchserve_default(self, organ: str, version: ModelVersion) -> None:
+    def _commit_with_torchserve(
+        self, session: Session, organ: str, new_default: ModelVersion, old_default: ModelVersion | None
+    ) -> None:
+        """Commit the session's pending change of default and move TorchServe's default with it, as one unit.
+        TorchServe goes first: when it refuses or does not answer, the session is rolled back and nothing
+        changed. When the commit then fails, TorchServe's default is set back to `old_default` before the
+        error is raised, so the organ server never serves a default the database does not name."""
+        target = (new_default.model_name, new_default.version)
+        previous = (old_default.model_name, old_default.version) if old_default is not None else None
+        try:
+            self._set_torchserve_default(organ, *target)
+        except BaseException:
+            session.rollback()
+            raise
+        try:
+            session.commit()
+        except Exception as exc:
+            session.rollback()
+            logger.error("%s: the database did not record the new default %s: %s", organ, target[1], exc)
+            self._restore_torchserve_default(organ, previous, target)
+            if isinstance(exc, OperationalError):
+                raise database_unavailable(exc) from exc
+            raise
+
+    def _restore_torchserve_default(self, organ: str, previous: tuple[str, str] | None, target) -> None:
+        if previous is None:
+            logger.error(
+                "%s: TorchServe's default is now %s %s, which the database does not record; there was no "
+                "default before it to restore", organ, *target,
+            )  # fmt: skip
+            return
+        try:
+            self._set_torchserve_default(organ, *previous)
+        except MedSegError as exc:
+            logger.error(
+                "%s: TorchServe's default is %s %s but the database still names %s; restoring it failed "
+                "(%s): run `medseg model set-default --organ %s --version %s`",
+                organ, *target, previous[1], exc.message, organ, previous[1],
+            )  # fmt: skip
+            raise ServiceUnavailable(
+                f"the database did not record the change and the {organ} organ server's default could not be "
+                f"set back to {previous[1]} ({exc.message}); run `medseg model set-default --organ {organ} "
+                f"--version {previous[1]}`",
+                code="default_out_of_sync",
+            ) from None
+        logger.warning("%s: TorchServe's default restored to %s %s", organ, *previous)
+
+    def _set_torchserve_default(self, organ: str, model_name: str, version: str) -> None:
         try:
             with self.management(organ) as mgmt:
-                mgmt.set_default(version.model_name, version.version)
+                mgmt.set_default(model_name, version)
         except NotFound as exc:
             raise Conflict(
-                f"the {organ} organ server does not have {version.model_name} version {version.version} "
+                f"the {organ} organ server does not have {model_name} version {version} "
                 f"registered ({exc.message}); register it first (medseg model register)",
                 code="version_not_registered",
             ) from None

@@ -186,7 +186,7 @@ def _no_training(world):
     if not hasattr(jobs, "_access_runs"):
         jobs._access_runs = jobs.runs_dir = Path(tempfile.mkdtemp(prefix="medseg-access-runs-"))
         jobs.max_running = 1_000_000
-        jobs.launcher = lambda argv, **kw: spawn_worker([sys.executable, "-c", "pass"], **kw)
+        jobs.launcher.spawn = lambda argv, **kw: spawn_worker([sys.executable, "-c", "pass"], **kw)
     return jobs
 
 
