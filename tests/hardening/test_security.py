@@ -255,13 +255,13 @@ def test_secrets_never_appear_in_any_log_record(world, caplog):
             assert signed_in.status_code == 200, signed_in.text
             session_token = signed_in.cookies[world.settings.session_cookie_name]
             secrets["session"], secrets["csrf"] = session_token, signed_in.json()["csrf_token"]
-            cookies = {world.settings.session_cookie_name: session_token}
-            http.get("/api/v1/users/me", cookies=cookies)
-            http.get("/", cookies=cookies)
+            assert http.cookies[world.settings.session_cookie_name] == session_token  # sent from now on
+            assert http.get("/api/v1/users/me").status_code == 200
+            http.get("/")
             csrf = {"X-CSRF-Token": secrets["csrf"]}
             too_short = {"current_password": PASSWORD, "new_password": "x"}  # refused, after checking both
-            http.post("/api/v1/users/me/password", cookies=cookies, headers=csrf, json=too_short)
-            http.post("/api/v1/auth/sign-out", cookies=cookies, headers=csrf)
+            http.post("/api/v1/users/me/password", headers=csrf, json=too_short)
+            assert http.post("/api/v1/auth/sign-out", headers=csrf).status_code == 204
     finally:
         stop()
     ours = [r for r in caplog.records if not r.name.startswith(("httpx", "httpcore"))]  # the test's client
