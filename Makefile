@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 GEN := build/gen
 TS_JAR = $(shell $(PY) -c "import ts, os; print(os.path.join(os.path.dirname(ts.__file__), 'frontend', 'model-server.jar'))")
 
-.PHONY: up down test audit protos assets bench lint train-liver train-cells ablation system-deps test-deps clean-gen cv-liver cv-cells
+.PHONY: up down test audit protos assets bench soak lint train-liver train-cells ablation system-deps test-deps clean-gen cv-liver cv-cells
 
 # --- installation -----------------------------------------------------------------------------
 system-deps:
@@ -83,6 +83,12 @@ lint: $(STAMP)
 
 bench: system-deps $(STAMP) protos
 	$(PY) -m gateway.bench
+
+# 500 segmentations at concurrency 16 through HTTP and gRPC against the running stack (or one of its own),
+# with errors, p50/p95/p99, throughput and every process's memory; e.g. SOAK_ARGS="--requests 50".
+SOAK_ARGS ?=
+soak: system-deps $(STAMP) protos
+	$(PY) -m gateway.soak $(SOAK_ARGS)
 
 # --- models -----------------------------------------------------------------------------------
 # The shipped models were trained side by side, one torch thread each, with these settings

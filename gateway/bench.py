@@ -47,6 +47,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pydantic import SecretStr
+
+from gateway.core.config import Settings
 from trainer.data import LIVER_TRAIN
 
 logger = logging.getLogger(__name__)
@@ -433,36 +436,24 @@ def running_stack(state_dir: Path, choice: ModelChoice) -> Iterator[Stack]:
         engine.dispose()
 
         http_port, grpc_port = _free_port(taken), _free_port(taken)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MEDSEG_")}
-        env.update(
-            MEDSEG_STATE_DIR=str(state_dir),
-            MEDSEG_MODEL_STORE_DIR=str(model_store),
-            MEDSEG_DATABASE_URL=db_url,
-            MEDSEG_S3_ENDPOINT=store.endpoint,
-            MEDSEG_HTTP_PORT=str(http_port),
-            MEDSEG_GRPC_PORT=str(grpc_port),
+        settings = Settings.model_construct(  # these settings only, not this process's MEDSEG_* environment
+            state_dir=state_dir,
+            model_store_dir=model_store,
+            database_url=db_url,
+            s3_endpoint=store.endpoint,
+            http_port=http_port,
+            grpc_port=grpc_port,
             # cells is not started: point it at a port nobody listens on, never at someone else's server
-            MEDSEG_ORGAN_ADDRESSES=json.dumps(
-                {ORGAN: organ.grpc_inference_address, "cells": f"127.0.0.1:{_free_port(taken)}"}
-            ),
-            MEDSEG_INFERENCE_TIMEOUT_S="60",  # the machine is shared with training runs
+            organ_addresses={ORGAN: organ.grpc_inference_address, "cells": f"127.0.0.1:{_free_port(taken)}"},
+            inference_timeout_s=60.0,  # the machine is shared with training runs
         )
         log_path = state_dir / "logs" / "gateway.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as log:
-            gateway = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", "serve"],
-                cwd=REPO_ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        cleanup.callback(_stop_process, gateway)
-        http_url = f"http://127.0.0.1:{http_port}"
-        print(f"starting gateway on {http_url} and 127.0.0.1:{grpc_port} …", flush=True)
-        _wait_gateway_ready(gateway, http_url, log_path)
+        print(f"starting gateway on {gateway_http_url(settings)} and 127.0.0.1:{grpc_port} …", flush=True)
+        gateway = start_gateway(settings, log_path)
+        cleanup.callback(stop_gateway, gateway)
+        wait_gateway_ready(gateway, settings, log_path, required=(f"organ:{ORGAN}", "objectstore"))
+        env = settings_env(settings)
+        http_url = gateway_http_url(settings)
         yield Stack(
             state_dir=state_dir,
             model_store=model_store,
@@ -482,7 +473,42 @@ def running_stack(state_dir: Path, choice: ModelChoice) -> Iterator[Stack]:
         )
 
 
-def _stop_process(proc: subprocess.Popen, grace: float = 15.0) -> None:
+def settings_env(settings: Settings) -> dict[str, str]:
+    """This process's environment without MEDSEG_* variables, plus `settings` as MEDSEG_* variables, so a
+    `medseg serve` child reads exactly these settings (dicts as JSON, as pydantic-settings parses them)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDSEG_")}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if isinstance(value, (dict, list, bool)):
+            value = json.dumps(value)
+        env[f"MEDSEG_{name.upper()}"] = str(value)
+    return env
+
+
+def gateway_http_url(settings: Settings) -> str:
+    return f"http://{settings.http_host}:{settings.http_port}"
+
+
+def start_gateway(settings: Settings, log_path: Path) -> subprocess.Popen:
+    """`medseg serve` (HTTP + gRPC) as a child in a session of its own (its pid is its process group),
+    configured by `settings` only; output appended to `log_path`. Pair with stop_gateway."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "serve"],
+            cwd=REPO_ROOT,
+            env=settings_env(settings),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def stop_gateway(proc: subprocess.Popen, grace: float = 15.0) -> None:
     """SIGTERM the gateway we started (its own process group), SIGKILL after `grace` seconds."""
     if proc.poll() is not None:
         return
@@ -497,20 +523,26 @@ def _stop_process(proc: subprocess.Popen, grace: float = 15.0) -> None:
         proc.wait(timeout=5)
 
 
-def _wait_gateway_ready(
-    proc: subprocess.Popen, http_url: str, log_path: Path, timeout: float = 120.0
-) -> None:
-    """Until /readyz reports the liver server and the object store ok (cells is not started here)."""
+def wait_gateway_ready(
+    proc: subprocess.Popen,
+    settings: Settings,
+    log_path: Path,
+    required: tuple[str, ...] | None = None,
+    timeout: float = 120.0,
+) -> dict:
+    """Until /readyz reports every `required` component ok (None: all of them); returns the components."""
     import httpx
 
+    url = f"{gateway_http_url(settings)}/readyz"
     deadline, last = time.monotonic() + timeout, "no answer"
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"the gateway exited with code {proc.returncode}; see {log_path}")
         try:
-            components = httpx.get(f"{http_url}/readyz", timeout=5.0).json().get("components", {})
-            if components.get(f"organ:{ORGAN}") == "ok" and components.get("objectstore") == "ok":
-                return
+            components = httpx.get(url, timeout=5.0).json().get("components", {})
+            wanted = required if required is not None else tuple(components)
+            if components and all(components.get(name) == "ok" for name in wanted):
+                return components
             last = json.dumps(components)
         except (httpx.HTTPError, ValueError) as exc:
             last = str(exc)
@@ -814,6 +846,11 @@ def _interrupt(signum, _frame) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def unwind_on_sigterm() -> None:
+    """SIGTERM (e.g. make interrupted) unwinds like Ctrl-C, so the stack's cleanup still runs."""
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gateway.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=30, help="sequential requests per path (c=1)")
@@ -829,8 +866,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(RESULTS_DIR), help="directory for the JSON result")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # SIGTERM (e.g. make interrupted) unwinds like Ctrl-C, so the stack's cleanup still runs
-    signal.signal(signal.SIGTERM, _interrupt)
+    unwind_on_sigterm()
     report = run(args)
     print_report(report)
     out = Path(args.out)

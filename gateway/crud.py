@@ -26,8 +26,12 @@ def record_segmentation(
     mask_keys: dict[str, str],
     areas: dict[str, int],
     api_key_id: int | None,
+    stability: float | None = None,
+    user_id: int | None = None,
+    actor: str | None = None,
 ) -> Segmentation:
-    """Insert the Segmentation row (and its audit record) and commit: the objects it names already exist."""
+    """Insert the Segmentation row, complete (who asked it: a person or a key; its stability), and its audit
+    record, in one commit: the objects it names already exist."""
     row = Segmentation(
         id=uuid.UUID(id),
         organ=organ,
@@ -41,12 +45,14 @@ def record_segmentation(
         probability_key=probability_key,
         mask_keys=mask_keys,
         areas_px=areas,
+        stability=stability,
         api_key_id=api_key_id,
+        user_id=user_id,
     )
     session.add(row)
     audit(
         session,
-        actor=f"api-key:{api_key_id}" if api_key_id else "anonymous",
+        actor=actor or (f"api-key:{api_key_id}" if api_key_id else "anonymous"),
         action="segment",
         target=f"segmentation:{id}",
         detail={"organ": organ, "model_version": model.version},

@@ -88,6 +88,7 @@ class ObjectStore:
         connect_timeout: float = 2.0,
         read_timeout: float = 15.0,
         retries: int = 2,
+        max_connections: int = 32,
     ):
         self.endpoint = endpoint
         self.buckets = buckets or Buckets()
@@ -95,7 +96,11 @@ class ObjectStore:
         # raise_on_status=False: after the last retry the 5xx response goes back to minio, which raises it.
         http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
-            maxsize=10,
+            # One client serves every thread that may talk S3 at once: the data plane's 8 result writers,
+            # request threads (thumbnails, overlays), readiness probes, dataset uploads (4 threads each).
+            # Under load (make soak, 16 callers) a pool of 10 was full: connections were discarded after
+            # each burst ("Connection pool is full") and opened again for the next.
+            maxsize=max_connections,
             cert_reqs="CERT_REQUIRED" if secure else "CERT_NONE",
             ca_certs=certifi.where() if secure else None,
             retries=urllib3.Retry(

@@ -261,6 +261,19 @@ def stack_down(settings: Settings) -> int:
     return 0
 
 
+def stack_process_groups(settings: Settings) -> dict[str, int]:
+    """Name → process group id of each part of the stack that runs (each was started in a session of its
+    own, so its pid is its group): "gateway", "torchserve-<organ>", "objectstore"."""
+    from services.spec import organ_dirs
+
+    groups = {"gateway": _gateway_pid(settings).alive_pid()}
+    groups.update(
+        {f"torchserve-{o}": _organ_pid(settings, o).alive_pid() for o in organ_dirs(settings.services_dir)}
+    )
+    groups["objectstore"] = _object_store(settings).running_pid()
+    return {name: pid for name, pid in groups.items() if pid}
+
+
 def stack_status(settings: Settings) -> int:
     from services.spec import organ_dirs
 

@@ -23,7 +23,7 @@ import numpy as np
 from gateway import metrics
 from gateway.errors import InvalidInput, MedSegError, NotFound, PayloadTooLarge, ServiceUnavailable
 from gateway.service import images
-from gateway.service.masks import THRESHOLDS, dice_iou, probability_mask
+from gateway.service.masks import THRESHOLDS, dice_iou, probability_mask, stability
 from gateway.service.organs import ModelInfo, Organ, OrganRegistry
 from services.torchserve_client import InferenceClient
 
@@ -242,7 +242,11 @@ class DataPlane:
         filename: str = "",
         patient_id: str | None = None,
         api_key_id=None,
+        user_id=None,
+        actor: str | None = None,
     ) -> SegmentResult:
+        """Segment and record: every object first, then the complete row (who asked, stability) in one
+        commit; objects are removed again when a write or the row fails."""
         started = time.perf_counter()
         organ = self.registry.get(organ_name)
         filename = filename or "upload"
@@ -260,6 +264,7 @@ class DataPlane:
                 self.store.ensure_buckets()
                 self._buckets_ready = True
             masks = self._store_results(prefix, prob, prob_png, written)
+            areas = {f"{m.threshold:.1f}": m.area_px for m in masks}
             model = self.registry.model(organ.name)
             self.record_segmentation(
                 session,
@@ -272,8 +277,11 @@ class DataPlane:
                 spacing_mm=spacing_mm,
                 probability_key=f"{prefix}/probability.png",
                 mask_keys={f"{m.threshold:.1f}": f"{prefix}/mask_{m.threshold:.1f}.png" for m in masks},
-                areas={f"{m.threshold:.1f}": m.area_px for m in masks},
+                areas=areas,
+                stability=stability(areas),
                 api_key_id=api_key_id,
+                user_id=user_id,
+                actor=actor,
             )
         except Exception:
             self._remove(written)

@@ -28,7 +28,7 @@ from gateway.core.db import database_unavailable
 from gateway.errors import Forbidden, InvalidInput, NotFound
 from gateway.models import Evaluation, Segmentation, audit
 from gateway.principal import Principal
-from gateway.service import images, scoring
+from gateway.service import images, masks, scoring
 from gateway.service.dataplane import DataPlane, SegmentResult
 from gateway.service.masks import THRESHOLDS
 
@@ -44,11 +44,8 @@ class SegmentRecord:
 
 
 def stability(result: SegmentResult) -> float:
-    """Dice between the masks at 0.2 and 0.8. Both threshold one probability map, so the 0.8 mask lies
-    inside the 0.2 mask and their overlap is the 0.8 area: the areas alone give the Dice, no pixels read."""
-    by_t = {round(m.threshold, 1): m.area_px for m in result.masks}
-    low, high = by_t[0.2], by_t[0.8]
-    return 1.0 if low + high == 0 else 2.0 * high / (low + high)
+    """Dice between the masks at 0.2 and 0.8 (gateway.service.masks.stability)."""
+    return masks.stability({f"{m.threshold:.1f}": m.area_px for m in result.masks})
 
 
 def owned_by(principal: Principal):
@@ -68,9 +65,19 @@ def segment(
     *,
     doubtful_below: float,
 ) -> SegmentRecord:
-    """The data plane's segment, then the record completed: who (person or key), stability, thumbnail."""
-    api_key_id = principal.api_key.id if principal.api_key else None
-    result = dataplane.segment(session, organ, data, filename, patient_id, api_key_id=api_key_id)
+    """The data plane's segment, recorded complete in one commit (who: person or key, stability), then its
+    thumbnail: an optional preview, written before the row names it. A gateway stopped between the two
+    leaves a complete record without a preview, never a record without its owner (issue 8)."""
+    result = dataplane.segment(
+        session,
+        organ,
+        data,
+        filename,
+        patient_id,
+        api_key_id=principal.api_key.id if principal.api_key else None,
+        user_id=principal.user.id if principal.user else None,
+        actor=principal.actor,
+    )
     score = stability(result)
     row = session.get(Segmentation, uuid.UUID(result.id))
     if row is not None:  # the production recorder wrote it (test data planes may record nothing)
@@ -81,12 +88,10 @@ def segment(
                 dataplane.results_bucket, thumb_key, scoring.thumbnail_png(prob), content_type="image/png"
             )
             row.thumbnail_key = thumb_key
+            _commit(session)
         except Exception as exc:  # the segmentation stands without a preview
+            session.rollback()
             logger.warning("no thumbnail for segmentation %s: %s", result.id, exc)
-        row.stability = score
-        if principal.user is not None:
-            row.user_id = principal.user.id
-        _commit(session)
     metrics.observe_segmentation(result.organ, result.model.version, score, score < doubtful_below)
     return SegmentRecord(
         result,

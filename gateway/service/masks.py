@@ -32,3 +32,11 @@ def dice_iou(pred: np.ndarray, label: np.ndarray) -> tuple[float, float]:
         return 1.0, 1.0
     union = total - inter
     return 2.0 * inter / total, inter / union
+
+
+def stability(areas_px: dict[str, int]) -> float:
+    """Dice between the masks at 0.2 and 0.8 (areas by threshold "0.2" … "0.8"). Both threshold one
+    probability map, so the 0.8 mask lies inside the 0.2 mask and their overlap is the 0.8 area: the areas
+    alone give the Dice, no pixels read."""
+    low, high = areas_px["0.2"], areas_px["0.8"]
+    return 1.0 if low + high == 0 else 2.0 * high / (low + high)
