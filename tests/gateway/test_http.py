@@ -162,7 +162,9 @@ def test_bad_fields_are_4xx(client, api_keys, data, files, status, code, mention
 
 
 def test_unknown_route_and_method_are_json(client):
-    assert_error(client.get("/nope"), 404, "not_found")
+    assert_error(client.get("/api/v1/nope"), 404, "not_found")
+    page = client.get("/nope")  # outside the API, people get the HTML 404 page
+    assert page.status_code == 404 and page.headers["content-type"].startswith("text/html")
     assert_error(client.get("/api/v1/segment"), 405, "method_not_allowed")
     assert_error(
         client.post("/api/v1/segment", content=b"{", headers={"content-type": "application/json"}), 401
