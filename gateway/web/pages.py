@@ -24,6 +24,7 @@ from gateway.core.config import get_settings
 from gateway.core.db import get_db
 from gateway.errors import Unauthenticated
 from gateway.models import User
+from gateway.security import KNOWN_SCOPES
 from gateway.web import i18n
 
 logger = logging.getLogger(__name__)
@@ -258,7 +259,7 @@ def admin_users_page(request: Request, viewer: AdminSide):
 
 @router.get("/admin/api-keys")
 def admin_keys_page(request: Request, viewer: AdminSide):
-    return render(request, viewer, "admin_keys.html")
+    return render(request, viewer, "admin_keys.html", scopes=KNOWN_SCOPES)
 
 
 @router.get("/admin/audit")

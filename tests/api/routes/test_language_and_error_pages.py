@@ -126,3 +126,12 @@ def test_a_failing_api_route_keeps_the_json_500(world, monkeypatch):
 def test_forbidden_pages_stay_html_403(world):
     response = world.client("doctor").get("/admin/users")
     assert response.status_code == 403 and 'data-testid="forbidden"' in response.text
+
+
+def test_the_api_key_page_offers_every_scope_a_key_can_have(world):
+    from gateway.security import KNOWN_SCOPES
+
+    page = world.client("admin").get("/admin/api-keys")
+    assert page.status_code == 200
+    offered = re.findall(r'name="scopes" value="([a-z]+)"', page.text)
+    assert offered == list(KNOWN_SCOPES)
