@@ -27,7 +27,7 @@ from gateway.api.routes import (
     training,
     users,
 )
-from gateway.api.security_headers import SecurityHeadersMiddleware
+from gateway.api.security_headers import COMMON_HEADERS, PAGE_POLICY, SecurityHeadersMiddleware
 from gateway.api.uploads import FORM_OVERHEAD_BYTES, BodyLimitMiddleware
 from gateway.core.config import Settings, get_settings
 from gateway.errors import MedSegError
@@ -91,7 +91,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal", "internal error; the gateway logged the details")
+        # Starlette answers this from its outermost layer, outside SecurityHeadersMiddleware: add them here
+        headers = {**COMMON_HEADERS, "content-security-policy": PAGE_POLICY}
+        message = "internal error; the gateway logged the details"
+        return error_response(500, "internal", message, headers=headers)
 
 
 def create_app(settings: Settings | None = None, dataplane: DataPlane | None = None) -> FastAPI:

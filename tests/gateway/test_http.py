@@ -184,6 +184,9 @@ def test_unexpected_exception_is_generic_500(tmp_path, http_client_for, api_keys
     assert_error(response, 500, "internal")
     assert "secret" not in response.text and "Traceback" not in response.text
     assert "secret internals" in caplog.text
+    # answered outside the middleware stack, yet with the security headers
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert "default-src 'self'" in response.headers["content-security-policy"]
 
 
 def test_organ_down_is_503_for_that_organ_only(tmp_path, http_client_for, api_keys):
