@@ -29,6 +29,7 @@ from gateway.errors import NotFound, ServiceUnavailable
 logger = logging.getLogger(__name__)
 
 _NOT_FOUND_CODES = {"NoSuchKey", "NoSuchBucket", "NoSuchObject", "ResourceNotFound"}
+UNAVAILABLE_MESSAGE = "object store unavailable (details in the server log)"
 PART_SIZE = 16 * 1024 * 1024  # multipart chunk: bounds memory when streaming big files of unknown length
 
 
@@ -301,19 +302,17 @@ class _map_errors:  # noqa: N801 — used as a context manager, reads like one
         if isinstance(exc, S3Error):
             if exc.code in _NOT_FOUND_CODES:
                 raise NotFound(f"{self.what}: not found ({exc.code})") from exc
-            raise ServiceUnavailable(
-                f"object store unavailable: {self.what} failed at {self.endpoint}: {exc.code}: {exc.message}"
-            ) from exc
-        if isinstance(exc, (ServerError, InvalidResponseError, MinioException)):
-            raise ServiceUnavailable(
-                f"object store unavailable: {self.what} failed at {self.endpoint}: {exc}"
-            ) from exc
-        if isinstance(exc, (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)):
+            detail = f"{exc.code}: {exc.message}"
+        elif isinstance(exc, (ServerError, InvalidResponseError, MinioException)):
+            detail = str(exc)
+        elif isinstance(exc, (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)):
             reason = getattr(exc, "reason", None) or exc
-            raise ServiceUnavailable(
-                f"object store unavailable: {self.what} at {self.endpoint}: {type(reason).__name__}: {reason}"
-            ) from exc
-        return False
+            detail = f"{type(reason).__name__}: {reason}"
+        else:
+            return False
+        # the address, bucket and key stay in the log: callers (and API clients) only learn that it is down
+        logger.warning("object store unavailable: %s at %s: %s", self.what, self.endpoint, detail)
+        raise ServiceUnavailable(UNAVAILABLE_MESSAGE) from exc
 
 
 class _ResponseReader(io.RawIOBase):

@@ -115,10 +115,27 @@ def test_presigned_url_works_and_anonymous_access_is_refused(clean_buckets):
     assert anonymous.status_code == 403
 
 
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def test_wrong_credentials_are_service_unavailable(objectstore):
     wrong = ObjectStore(objectstore.endpoint, S3Credentials("NOPE", "not-the-secret"), retries=0)
     with pytest.raises(ServiceUnavailable, match="object store unavailable"):
         wrong.ping()
+
+
+def test_unavailable_names_no_address_bucket_or_key_but_the_log_does(caplog):
+    port = _closed_port()
+    store = ObjectStore(f"127.0.0.1:{port}", S3Credentials("k", "s"), retries=0)
+    with caplog.at_level("WARNING", logger="gateway.storage"):
+        with pytest.raises(ServiceUnavailable) as raised:
+            store.put_bytes("medseg-results", "patients/p-17/probability.png", b"x")
+    for secret in (str(port), "medseg-results", "p-17"):
+        assert secret not in raised.value.message
+        assert secret in caplog.text  # the operator still sees where it failed
 
 
 def test_store_down_fails_fast_and_data_survives_restart(objectstore_server, objectstore):
