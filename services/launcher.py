@@ -243,6 +243,21 @@ class OrganServer:
         self.config_file.write_text("\n".join(lines) + "\n")
         return self.config_file
 
+    def environment(self) -> dict[str, str]:
+        """The server's environment: ours without any TS_* variable. config.properties sets
+        enable_envvars_config (the Kubernetes pods configure TorchServe through TS_* variables), so an
+        inherited TS_MANAGEMENT_ADDRESS, TS_DISABLE_TOKEN_AUTHORIZATION or TS_CONFIG_FILE would silently
+        override the written config, e.g. open the management API beyond the loopback address or without
+        its token. Locally the written config is the only source."""
+        env = {name: value for name, value in os.environ.items() if not name.startswith("TS_")}
+        env.update(
+            TMPDIR=str(self.dir / "tmp"),
+            TEMP=str(self.dir / "tmp"),
+            LOG_LOCATION=str(self.dir / "logs"),
+            METRICS_LOCATION=str(self.dir / "logs"),
+        )
+        return env
+
     def start(self, timeout: float = 180.0) -> OrganServer:
         """Start TorchServe and wait until it answers and every start-up model has a ready worker."""
         if self.process is not None and self.process.poll() is None:
@@ -254,14 +269,7 @@ class OrganServer:
         tmp.mkdir(exist_ok=True)
         (self.dir / "logs").mkdir(exist_ok=True)
         self.key_file.unlink(missing_ok=True)  # a stale key file must not pass for readiness
-        env = dict(os.environ)
-        env.update(
-            TMPDIR=str(tmp),
-            TEMP=str(tmp),
-            LOG_LOCATION=str(self.dir / "logs"),
-            METRICS_LOCATION=str(self.dir / "logs"),
-        )
-        env.pop("TS_CONFIG_FILE", None)  # would silently replace our --ts-config
+        env = self.environment()
         cmd = [
             _torchserve_executable(),
             "--start",
