@@ -18,7 +18,9 @@ from gateway import crud
 from gateway.errors import ServiceUnavailable
 from gateway.models import Evaluation, ModelVersion, Segmentation
 from gateway.service import model_registry
+from services.imaging import decode_image
 from tests.api.conftest import png, small_dataset_zip
+from tests.services.test_imaging import dicom_bytes
 
 SIZE = 32
 SQUARE = np.pad(np.full((8, 8), 255, np.uint8), 12)  # the label of every case of small_dataset_zip
@@ -51,8 +53,8 @@ class VersionedOrgan:
         if self.down:
             raise ServiceUnavailable("organ server 'liver' unavailable", code="organ_unavailable")
         self.calls.append(version)
-        image = Image.open(io.BytesIO(data))
-        return png(self.answers[version](image.height, image.width))
+        height, width = decode_image(data).array.shape[:2]  # any upload the gateway accepts, DICOM too
+        return png(self.answers[version](height, width))
 
     def health(self, timeout=1.0):
         return (not self.down, "ok")
@@ -428,3 +430,41 @@ def test_segment_as_api_key_and_organ_server_down(loop):
     finally:
         organ.down = False
     assert base64.b64decode(r.json()["probability_png"]).startswith(b"\x89PNG")
+
+
+def test_evaluation_reports_the_spread_of_dice_over_its_cases(loop):
+    world, _, _ = loop
+    shifted = np.zeros((SIZE, SIZE), np.uint8)
+    shifted[12:20, 16:24] = 255  # half of it overlaps the predicted square: Dice 0.5
+    files = [
+        ("images", ("a.png", png(np.full((SIZE, SIZE), 40, np.uint8)))),
+        ("labels", ("a_mask.png", png(SQUARE))),
+        ("images", ("b.png", png(np.full((SIZE, SIZE), 41, np.uint8)))),
+        ("labels", ("b_mask.png", png(shifted))),
+    ]
+    doctor = world.client("doctor")
+    r = doctor.post("/api/v1/evaluations", data={"organ": "liver", "version": "1"}, files=files)
+    assert r.status_code == 201, r.text
+    dice = sorted(c["dice"] for c in r.json()["cases"])
+    assert dice == pytest.approx([0.5, 1.0])
+    assert r.json()["mean_dice"] == pytest.approx(0.75) and r.json()["std_dice"] == pytest.approx(0.25)
+
+
+def test_trend_is_in_square_millimetres_when_the_image_carries_its_pixel_spacing(loop):
+    world, _, _ = loop
+    doctor = world.client("doctor")
+    scan = dicom_bytes(np.arange(SIZE * SIZE, dtype=np.int16).reshape(SIZE, SIZE), spacing=(0.75, 0.8))
+    r = doctor.post(
+        "/api/v1/segment",
+        data={"organ": "liver", "patient_id": "P-MM"},
+        files={"file": ("slice.dcm", scan)},
+    )
+    assert r.status_code == 200, r.text
+    chosen = doctor.post(f"/api/v1/segmentations/{r.json()['id']}/choice", json={"threshold": 0.5})
+    assert chosen.status_code == 200, chosen.text
+    pixels = next(m["area_px"] for m in r.json()["masks"] if m["threshold"] == 0.5)
+    assert pixels > 0
+    item = doctor.get("/api/v1/segmentations", params={"patient_id": "P-MM"}).json()["segmentations"][0]
+    assert item["area_unit"] == "mm2" and item["area"] == pytest.approx(pixels * 0.75 * 0.8)
+    (point,) = doctor.get("/api/v1/patients/P-MM/trend").json()["points"]
+    assert point["unit"] == "mm2" and point["area"] == pytest.approx(pixels * 0.75 * 0.8)
