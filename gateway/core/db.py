@@ -27,7 +27,9 @@ def make_engine(url: str, *, busy_timeout_s: float = BUSY_TIMEOUT_S, echo: bool 
     """Engine for `url`. SQLite: WAL, foreign keys on, busy timeout. PostgreSQL: pre-ping, connect timeout."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
+        # A URI filename (file:…?uri=true) is SQLite's to parse, not a path: creating its "parent" made a
+        # `file:` folder tree in the working directory.
+        if parsed.database and parsed.database != ":memory:" and not parsed.query.get("uri"):
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, echo=echo, connect_args={"timeout": busy_timeout_s})
 

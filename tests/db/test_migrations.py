@@ -141,11 +141,15 @@ def test_a_locked_database_gives_a_clear_error_not_a_hang(db_url):
         waiter.dispose()
 
 
-def test_a_read_only_database_gives_a_clear_error(db_url, postgres_server_if_used):
+def test_a_read_only_database_gives_a_clear_error(db_url, postgres_server_if_used, tmp_path, monkeypatch):
     """A read-only SQLite file (opened with mode=ro) or a read-only PostgreSQL database: 503, not a 500."""
     if db_url.startswith("sqlite"):
         path = db_url.removeprefix("sqlite:///")
+        cwd = tmp_path / "cwd"
+        cwd.mkdir()
+        monkeypatch.chdir(cwd)
         read_only = make_engine(f"sqlite:///file:{path}?mode=ro&uri=true")
+        assert list(cwd.iterdir()) == []  # a URI filename is not a path to create folders for
     else:
         database = db_url.rsplit("/", 1)[1]
         postgres_server_if_used.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
