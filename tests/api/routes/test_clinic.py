@@ -448,6 +448,9 @@ def test_evaluation_reports_the_spread_of_dice_over_its_cases(loop):
     dice = sorted(c["dice"] for c in r.json()["cases"])
     assert dice == pytest.approx([0.5, 1.0])
     assert r.json()["mean_dice"] == pytest.approx(0.75) and r.json()["std_dice"] == pytest.approx(0.25)
+    # IoU of the shifted case: 32 shared pixels of 96 covered
+    assert sorted(c["iou"] for c in r.json()["cases"]) == pytest.approx([1 / 3, 1.0])
+    assert r.json()["mean_iou"] == pytest.approx(2 / 3)
 
 
 def test_trend_is_in_square_millimetres_when_the_image_carries_its_pixel_spacing(loop):
