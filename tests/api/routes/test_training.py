@@ -8,17 +8,23 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import os
+import shutil
 import time
 import zipfile
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
-from gateway.models import Dataset, ModelVersion, TrainingJob
+from gateway import crud
+from gateway.models import Dataset, Evaluation, ModelVersion, TrainingJob
 from gateway.service.training_jobs import TrainingJobs
-from services.torchserve_client import ManagementClient
+from services.torchserve_client import InferenceClient, ManagementClient
 from tests.data import LIVER_TRAIN
+
+MODEL_STORE = Path(__file__).resolve().parents[3] / "model-store"
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -201,3 +207,156 @@ def test_jobs_a_previous_gateway_left_running_are_failed_at_start(jobs_world, li
         e == "the gateway restarted while this job was queued; start the job again" for e in left.values()
     )
     assert shown["status"] == "failed" and shown["error"] == left[job["id"]]
+
+
+# --- the whole clinical loop on real data (issue 5, "Must show") ----------------------------------------
+REFERENCE = range(200, 204)  # liver slices the tiny job never sees: the organ's frozen reference set
+PATIENT_SLICES = ("300.png", "301.png", "302.png")
+
+
+def _upload(client, name: str, indices) -> dict:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i in indices:
+            for file in (f"{i:03d}.png", f"{i:03d}_mask.png"):
+                zf.write(LIVER_TRAIN / file, file)
+    response = client.post(
+        "/api/v1/datasets",
+        data={"organ": "liver", "name": name},
+        files={"file": (f"{name}.zip", buf.getvalue())},
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def test_the_clinical_loop_end_to_end_on_real_liver_slices(jobs_world, liver_dataset, torchserve_liver):
+    """Train a candidate for one epoch → evaluated against the default (the shipped, trained liver model) on a
+    reference set → promotion refused, forced with a reason, rolled back (TorchServe's default follows each
+    step) → feedback on one evaluated case, replied and resolved → three slices of one patient segmented,
+    thresholds saved, history and trend read. Real TorchServe, real object store, real liver slices."""
+    if not (MODEL_STORE / "liver.mar").is_file():
+        pytest.skip("the shipped model-store/liver.mar is missing")
+    app = jobs_world.app()
+    address, key = torchserve_liver.grpc_management_address, torchserve_liver.management_key
+    management = lambda organ: ManagementClient(address, key, timeout=120)  # noqa: E731
+    app.state.clinic.jobs.management = management
+    app.state.clinic.promotions.management = management
+    app.state.dataplane.clients["liver"] = InferenceClient(
+        torchserve_liver.grpc_inference_address, torchserve_liver.inference_key, timeout=120
+    )
+    app.state.dataplane.record_segmentation = crud.record_segmentation
+    name = torchserve_liver.model_name
+    shipped = json.loads((MODEL_STORE / "liver.json").read_text())["version"]
+    shutil.copy(MODEL_STORE / "liver.mar", torchserve_liver.model_store / "liver-shipped.mar")
+    candidate = None
+    with ManagementClient(address, key, timeout=300) as mgmt:
+        mgmt.register("liver-shipped.mar", name, version=shipped, set_default=True)
+    try:
+        with jobs_world.session() as session:
+            session.add(
+                ModelVersion(organ="liver", model_name=name, version=shipped, state="default",
+                             default_threshold=0.5, created_by="test")
+            )  # fmt: skip
+        app.state.clinic.directory.invalidate()
+        doctor, researcher, admin = (jobs_world.client(r) for r in ("doctor", "researcher", "admin"))
+
+        # a candidate trained for one epoch on six slices
+        started = researcher.post(
+            "/api/v1/training/jobs", json={**TINY, "dataset_id": liver_dataset, "epochs": 1, "minutes": 5}
+        )
+        assert started.status_code == 201, started.text
+        job = _wait(researcher, started.json()["id"])
+        assert job["status"] == "succeeded", job["error"]
+        candidate = job["result_version"]
+
+        # evaluated against the default on the reference set: worse, so refused; forced; rolled back
+        reference = _upload(doctor, "liver-reference", REFERENCE)
+        r = researcher.put("/api/v1/models/liver/reference-set", json={"dataset_id": reference["id"]})
+        assert r.status_code == 200 and r.json()["dataset_hash"] == reference["dataset_hash"], r.text
+        refused = researcher.post(f"/api/v1/models/liver/versions/{candidate}/promote", json={})
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["error"]["code"] == "promotion_refused"
+        with jobs_world.session() as session:
+            gate = {
+                e.model_version: e.mean_dice
+                for e in session.scalars(select(Evaluation).where(Evaluation.purpose == "promotion"))
+            }
+        assert set(gate) == {candidate, shipped} and gate[shipped] > gate[candidate] + 0.02, gate
+        with ManagementClient(address, key) as mgmt:
+            assert mgmt.describe(name)[0]["modelVersion"] == shipped
+
+        reason = "accepted for the scanner trial despite the reference set"
+        forced = admin.post(
+            f"/api/v1/models/liver/versions/{candidate}/promote", json={"force": True, "reason": reason}
+        )
+        assert forced.status_code == 200 and forced.json()["forced"] is True, forced.text
+        with ManagementClient(address, key) as mgmt:
+            assert mgmt.describe(name)[0]["modelVersion"] == candidate
+        slice_png = (LIVER_TRAIN / PATIENT_SLICES[0]).read_bytes()
+        served = doctor.post("/api/v1/segment", data={"organ": "liver"}, files={"file": ("s.png", slice_png)})
+        assert served.status_code == 200 and served.json()["model"]["version"] == candidate, served.text
+
+        rolled = researcher.post("/api/v1/models/liver/rollback", json={"reason": "worse on real cases"})
+        assert rolled.status_code == 200 and rolled.json()["version"] == shipped, rolled.text
+        with ManagementClient(address, key) as mgmt:
+            assert mgmt.describe(name)[0]["modelVersion"] == shipped
+        detail = doctor.get(f"/api/v1/models/liver/versions/{candidate}").json()
+        assert detail["state"] == "retired"
+        assert [e["action"] for e in detail["events"]][-3:] == [
+            "promotion_refused", "forced_promotion", "rolled_back_from"
+        ]  # fmt: skip
+
+        # the doctor tests the candidate on the reference set and leaves feedback on one case
+        tested = doctor.post(
+            "/api/v1/evaluations",
+            data={"organ": "liver", "version": candidate, "dataset_id": reference["id"]},
+        )
+        assert tested.status_code == 201, tested.text
+        case = tested.json()["cases"][0]
+        assert (
+            len(tested.json()["cases"]) == len(REFERENCE)
+            and doctor.get(case["overlay_url"]).status_code == 200
+        )
+        thread = doctor.post(
+            f"/api/v1/models/liver/versions/{candidate}/feedback",
+            json={"body": f"{case['name']}: lower-right part of the liver missing",
+                  "evaluation_case_id": case["id"], "threshold": 0.5},
+        )  # fmt: skip
+        assert thread.status_code == 201, thread.text
+        fid = thread.json()["id"]
+        replied = researcher.post(f"/api/v1/feedback/{fid}/replies", json={"body": "more slices next run"})
+        assert replied.status_code == 201, replied.text
+        resolved = researcher.patch(f"/api/v1/feedback/{fid}", json={"status": "resolved"})
+        assert resolved.status_code == 200 and resolved.json()["status"] == "resolved", resolved.text
+        shown = doctor.get(f"/api/v1/feedback/{fid}").json()
+        assert shown["evaluation_case_id"] == case["id"] and [x["body"] for x in shown["replies"]] == [
+            "more slices next run"
+        ]
+
+        # three slices of one patient with the default model, a threshold saved for each
+        ids = []
+        for file, threshold in zip(PATIENT_SLICES, (0.4, 0.5, 0.6), strict=True):
+            r = doctor.post(
+                "/api/v1/segment",
+                data={"organ": "liver", "patient_id": "P-E2E"},
+                files={"file": (file, (LIVER_TRAIN / file).read_bytes())},
+            )
+            assert r.status_code == 200 and r.json()["model"]["version"] == shipped, r.text
+            chosen = doctor.post(
+                f"/api/v1/segmentations/{r.json()['id']}/choice", json={"threshold": threshold, "note": "e2e"}
+            )
+            assert chosen.status_code == 200, chosen.text
+            ids.append(r.json()["id"])
+        history = doctor.get("/api/v1/segmentations", params={"patient_id": "P-E2E"}).json()["segmentations"]
+        assert [h["id"] for h in history] == ids[::-1]
+        assert all(h["area"] > 0 and doctor.get(h["thumbnail_url"]).status_code == 200 for h in history)
+        trend = doctor.get("/api/v1/patients/P-E2E/trend").json()["points"]
+        assert [(p["segmentation_id"], p["threshold"], p["chosen"]) for p in trend] == [
+            (i, t, True) for i, t in zip(ids, (0.4, 0.5, 0.6), strict=True)
+        ]
+    finally:
+        with ManagementClient(address, key, timeout=120) as mgmt:
+            mgmt.set_default(name, torchserve_liver.version)  # the session's other tests expect version 1
+            for version in (shipped, candidate):
+                if version:
+                    mgmt.unregister(name, version)
