@@ -68,16 +68,22 @@ def dataset_record(data: str | Path, pairs: int, limit: int | None) -> dict:
 
 
 def git_commit() -> str:
+    """The checkout's commit, with "-dirty" when the code that trains or serves (trainer/, services/) has
+    uncommitted changes. Read when training starts: the code may move on during an hour-long run."""
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5, cwd=here)
+        return out.stdout.strip()
+
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        )
-        return out.stdout.strip() or "unknown"
-    except OSError:
+        commit = git("rev-parse", "--short", "HEAD")
+        if not commit:
+            return "unknown"
+        code = (str(here), str(here.parent / "services"))
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", *code)
+        return f"{commit}-dirty" if dirty else commit
+    except (OSError, subprocess.SubprocessError):
         return "unknown"
 
 
@@ -135,6 +141,7 @@ def run_training(
     """Train one fold; returns the run summary. Rank 0 writes best.pt, model.ts, spec.yaml, metrics.json,
     curves.png and card.json (naming `run_id`, default the run dir's name) into run_dir."""
     run_dir = Path(run_dir)
+    commit = git_commit()
     spec = load_organ_spec(organ)
     pairs = load_pairs(data, spec, limit=limit)
     train_idx, val_idx = kfold_indices(len(pairs), folds, fold, config.seed)
@@ -190,7 +197,7 @@ def run_training(
             "torch_threads": torch.get_num_threads(),
             "config": json.loads(json.dumps(dataclasses.asdict(config))),
         },
-        "commit": git_commit(),
+        "commit": commit,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "torch": torch.__version__,
     }

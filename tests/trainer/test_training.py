@@ -35,9 +35,14 @@ def tiny(organ, **kw):
     return default_config(organ, epochs=2, batch_size=2, widths=(6, 12, 24), threads=1, **kw)
 
 
-def test_liver_smoke_run_writes_a_consistent_card_and_torchscript(tmp_path):
+def test_liver_smoke_run_writes_a_consistent_card_and_torchscript(tmp_path, monkeypatch):
+    import trainer.train
+
+    commits = iter(["c0ffee1", "later99"])  # the checkout moves on while a run trains
+    monkeypatch.setattr(trainer.train, "git_commit", lambda: next(commits))
     result = run_training("liver", LIVER, tmp_path, tiny("liver"), limit=6)
     card = json.loads((tmp_path / "card.json").read_text())
+    assert card["commit"] == "c0ffee1"  # the code the run started from
     assert card["dataset"]["pairs"] == 6 and card["dataset"]["validation"] == 2
     assert card["training"]["epochs"] == 2
     assert set(card["metrics"]["val_dice_at_threshold"]) == {f"{t:.1f}" for t in THRESHOLDS}
