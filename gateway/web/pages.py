@@ -249,7 +249,8 @@ def training_page(request: Request, viewer: ResearcherSide):
 
 @router.get("/models")
 def models_page(request: Request, viewer: ResearcherSide):
-    return render(request, viewer, "models.html", organs=organ_choices(request))
+    max_dice_drop = request.app.state.web_settings.promotion_max_dice_drop  # shown beside the comparison
+    return render(request, viewer, "models.html", organs=organ_choices(request), max_dice_drop=max_dice_drop)
 
 
 @router.get("/admin/users")

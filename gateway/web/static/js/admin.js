@@ -87,8 +87,10 @@
       M.hide(error); created.classList.add("d-none");
       const scopes = Array.from(form.querySelectorAll("input[name=scopes]:checked")).map(function (c) { return c.value; });
       const body = { name: form.elements.name.value.trim(), scopes: scopes };
-      if (!body.name || !scopes.length) {
-        M.showError(error, M.t("common.required") + ": " + [!body.name && M.t("admin.key_name"), !scopes.length && M.t("admin.key_scopes")].filter(Boolean).join(", "));
+      const missing = [!body.name && M.t("admin.key_name_missing"), !scopes.length && M.t("admin.key_scopes_missing")];
+      if (missing.some(Boolean)) {
+        M.showError(error, missing.filter(Boolean).join(" "));
+        (body.name ? form.querySelector("input[name=scopes]") : form.elements.name).focus();
         return;
       }
       const hospital = form.elements.hospital.value.trim();
