@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     training_launcher: Literal["local", "kubernetes"] = "local"
     namespace: str = ""  # empty: the pod's own (the service account's namespace file)
     trainer_job_template: str = "medseg-trainer"
+    # How a promotion or rollback moves the organ servers' default (gateway/service/model_rollout.py):
+    # "torchserve" (the organ's TorchServe management API, local) or "kubernetes" (the version pinned in the
+    # Deployment torchserve-<organ>, so every replica rolls to it; through the in-cluster API).
+    model_rollout: Literal["torchserve", "kubernetes"] = "torchserve"
     kubernetes_api_url: str = "https://kubernetes.default.svc"
     service_account_dir: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from gateway.service.dataplane import DataPlane
 from gateway.service.evaluations import Evaluator
-from gateway.service.model_registry import ManagementFactory, ModelDirectory, Promotions
+from gateway.service.model_registry import ModelDirectory, Promotions
+from gateway.service.model_rollout import ManagementFactory, ModelRollout, build_rollout
 from gateway.service.training_jobs import TrainingJobs
 
 
@@ -20,17 +21,26 @@ def default_management(settings) -> ManagementFactory:
 
 
 class Clinic:
-    def __init__(self, dataplane: DataPlane, settings, *, management: ManagementFactory | None = None):
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        settings,
+        *,
+        management: ManagementFactory | None = None,
+        rollout: ModelRollout | None = None,
+    ):
         self.dataplane = dataplane
         self.settings = settings
         self.directory = ModelDirectory()
         dataplane.registry.model_source = self.directory.get  # the gateway serves the database's default
         self.evaluator = Evaluator(dataplane)
         management = management or default_management(settings)
+        rollout = rollout or build_rollout(settings, dataplane.store, management)
         self.promotions = Promotions(
-            self.evaluator.evaluate_dataset, management, self.directory, settings.promotion_max_dice_drop
+            self.evaluator.evaluate_dataset, rollout, self.directory, settings.promotion_max_dice_drop
         )
         self.jobs = TrainingJobs(settings, dataplane.store, management=management)
+        self.jobs.on_candidate = self.promotions.serve_candidates
 
     def default_threshold(self, organ: str) -> float:
         return self.dataplane.registry.default_threshold(organ)

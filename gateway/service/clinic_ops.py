@@ -128,6 +128,7 @@ def record_version(
         store=store if body.mar_key else None,
         models_bucket=store.buckets.models,
     )
+    clinic.promotions.serve_candidates(session, organ)
     return _version_public(session, row)
 
 

@@ -110,8 +110,8 @@ class KubernetesApi:
             transport=transport,
         )
 
-    def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {self._token()}", "Accept": "application/json"}
+    def _request(self, method: str, path: str, headers: dict | None = None, **kwargs) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self._token()}", "Accept": "application/json"} | (headers or {})
         try:
             response = self._client.request(method, path, headers=headers, **kwargs)
         except httpx.HTTPError as exc:
@@ -125,7 +125,12 @@ class KubernetesApi:
                 message = response.json().get("message") or response.text
             except ValueError:
                 message = response.text
-            hint = " (check the Role medseg-gateway-trainer-launcher)" if response.status_code == 403 else ""
+            hint = (
+                " (check the gateway's Roles medseg-gateway-trainer-launcher and "
+                "medseg-gateway-model-rollout, k8s/base/gateway/rbac.yaml)"
+                if response.status_code == 403
+                else ""
+            )
             raise ServiceUnavailable(
                 f"the Kubernetes API refused {method} {path}: {response.status_code} {message[:300]}{hint}",
                 code="kubernetes_refused",
@@ -169,6 +174,21 @@ class KubernetesApi:
             f"/api/v1/namespaces/{self.namespace}/pods/{pod}/log",
             params={"container": container, "tailLines": tail_lines},
         ).text
+
+    def _deployment(self, name: str) -> str:
+        return f"/apis/apps/v1/namespaces/{self.namespace}/deployments/{name}"
+
+    def get_deployment(self, name: str) -> dict:
+        return self._request("GET", self._deployment(name)).json()
+
+    def patch_deployment(self, name: str, patch: dict) -> dict:
+        """A strategic-merge patch (lists of containers and env merge by name)."""
+        return self._request(
+            "PATCH",
+            self._deployment(name),
+            content=json.dumps(patch),
+            headers={"Content-Type": "application/strategic-merge-patch+json"},
+        ).json()
 
     def close(self) -> None:
         self._client.close()

@@ -11,9 +11,11 @@
 * Promotion is gated: candidate and current default are evaluated on the organ's reference set (a dataset
   whose hash is recorded when it is chosen and checked at every use); the candidate is refused when its
   mean Dice is lower by more than `Settings.promotion_max_dice_drop`, unless an admin forces it with a
-  written reason. TorchServe's default version and the database change as one unit
-  (`Promotions._commit_with_torchserve`): an organ server that does not answer leaves everything as it was
-  (503), and a database that cannot commit gets TorchServe's previous default restored.
+  written reason. The organ servers' default and the database change as one unit
+  (`Promotions._commit_with_rollout`): servers that cannot be changed leave everything as it was (503), and a
+  database that cannot commit gets the previous default set back. What "the organ servers' default" means
+  is the `ModelRollout` `Settings.model_rollout` names (gateway/service/model_rollout.py): TorchServe's
+  management API locally, the organ Deployment's pinned version in Kubernetes.
 * Rollback restores the default the current one replaced (`previous_default_id`), in one call.
 * The gateway serves and labels the database's default: `ModelDirectory` is the in-memory view the organ
   registry consults (refreshed from the database at most every `ttl_s`, and at once after a change here).
@@ -24,8 +26,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -37,6 +37,7 @@ from gateway.core.db import database_unavailable
 from gateway.errors import Conflict, Forbidden, InvalidInput, MedSegError, NotFound, ServiceUnavailable
 from gateway.models import Dataset, ModelEvent, ModelVersion, ReferenceSet, audit
 from gateway.principal import Principal
+from gateway.service.model_rollout import ModelRollout
 from gateway.service.organs import ModelInfo, OrganRegistry, _model_from_card, _model_from_mar
 
 logger = logging.getLogger(__name__)
@@ -354,6 +355,24 @@ def get_reference_set(session: Session, organ: str) -> ReferenceSet:
 
 
 # --- promotion and rollback -----------------------------------------------------------------------------
+MAX_SERVED_CANDIDATES = 3  # each served version is one more model (and its workers) in every organ pod
+
+
+def served_beside(session: Session, organ: str, default: ModelVersion) -> list[str]:
+    """The versions the organ servers load beside `default`: the one a rollback would restore (so a rollback
+    is served everywhere before it happens) and the newest candidates (the promotion gate and doctors' model
+    tests run them)."""
+    previous = session.get(ModelVersion, default.previous_default_id) if default.previous_default_id else None
+    candidates = session.scalars(
+        select(ModelVersion.version)
+        .where(ModelVersion.organ == organ, ModelVersion.state == "candidate")
+        .order_by(ModelVersion.id.desc())
+        .limit(MAX_SERVED_CANDIDATES)
+    ).all()
+    versions = ([previous.version] if previous is not None else []) + list(candidates)
+    return [v for v in dict.fromkeys(versions) if v != default.version]
+
+
 @dataclass(frozen=True)
 class PromotionOutcome:
     version: ModelVersion
@@ -364,18 +383,14 @@ class PromotionOutcome:
     dice_drop: float | None
 
 
-ManagementFactory = Callable[[str], AbstractContextManager]  # organ → ManagementClient (context manager)
-
-
 class Promotions:
     """Gated promotion and rollback. `evaluate(session, principal, organ, version_row, dataset_id, purpose)`
-    returns a stored Evaluation (gateway.service.evaluations.Evaluator.evaluate_dataset)."""
+    returns a stored Evaluation (gateway.service.evaluations.Evaluator.evaluate_dataset); `rollout` moves the
+    organ servers' default (gateway/service/model_rollout.py)."""
 
-    def __init__(
-        self, evaluate, management: ManagementFactory, directory: ModelDirectory, max_dice_drop: float
-    ):
+    def __init__(self, evaluate, rollout: ModelRollout, directory: ModelDirectory, max_dice_drop: float):
         self.evaluate = evaluate
-        self.management = management
+        self.rollout = rollout
         self.directory = directory
         self.max_dice_drop = max_dice_drop
 
@@ -486,7 +501,7 @@ class Promotions:
             f"model:{organ}:{version}",
             {**detail, "reason": reason},
         )
-        self._commit_with_torchserve(session, organ, candidate, current)
+        self._commit_with_rollout(session, organ, candidate, current)
         self.directory.refresh(session, force=True)  # this process serves the new default at once
         return PromotionOutcome(candidate, current, forced, cand_eval, default_eval, drop)
 
@@ -528,7 +543,7 @@ class Promotions:
             )
         )
         audit(session, principal.actor, "model.rollback", f"model:{organ}", {**detail, "reason": reason})
-        self._commit_with_torchserve(session, organ, previous, current)
+        self._commit_with_rollout(session, organ, previous, current)
         self.directory.refresh(session, force=True)  # this process serves the new default at once
         return previous
 
@@ -544,17 +559,49 @@ class Promotions:
             "reference_hash": cand_eval.dataset_hash,
         }
 
-    def _commit_with_torchserve(
+    def serve_candidates(self, session: Session, organ: str) -> None:
+        """After a candidate was recorded: have the organ servers load it beside the default (in Kubernetes a
+        rollout of the Deployment; locally nothing, registration loaded it). The candidate stays recorded when
+        that fails; an event on it says why and what runs the rollout again (any promotion or rollback)."""
+        default = current_default(session, organ)
+        newest = session.scalar(
+            select(ModelVersion)
+            .where(ModelVersion.organ == organ, ModelVersion.state == "candidate")
+            .order_by(ModelVersion.id.desc())
+            .limit(1)
+        )
+        if default is None or newest is None:
+            return
+        try:
+            self.rollout.serve(
+                organ, default.model_name, default.version, served_beside(session, organ, default)
+            )
+        except MedSegError as exc:
+            logger.warning(
+                "%s: candidate %s is recorded but not served: %s", organ, newest.version, exc.message
+            )
+            session.add(
+                ModelEvent(version_id=newest.id, action="not_served", actor="gateway", reason=exc.message)
+            )
+            session.commit()
+
+    def _commit_with_rollout(
         self, session: Session, organ: str, new_default: ModelVersion, old_default: ModelVersion | None
     ) -> None:
-        """Commit the session's pending change of default and move TorchServe's default with it, as one unit.
-        TorchServe goes first: when it refuses or does not answer, the session is rolled back and nothing
-        changed. When the commit then fails, TorchServe's default is set back to `old_default` before the
-        error is raised, so the organ server never serves a default the database does not name."""
+        """Commit the session's pending change of default and move the organ servers' default with it, as one
+        unit. The servers go first: when the rollout refuses or does not answer, the session is rolled back
+        and nothing changed. When the commit then fails, the servers' default is set back to `old_default`
+        before the error is raised, so they never serve a default the database does not name. Beside the
+        default the servers keep serving what `served_beside` names (and, after a failed commit, the version
+        that was to become the default too: serving one more version is harmless)."""
         target = (new_default.model_name, new_default.version)
         previous = (old_default.model_name, old_default.version) if old_default is not None else None
+        also_serve = served_beside(session, organ, new_default)  # the session's pending states (autoflush)
+        restore_also = [
+            v for v in dict.fromkeys([*also_serve, new_default.version]) if v != (previous or target)[1]
+        ]
         try:
-            self._set_torchserve_default(organ, *target)
+            self.rollout.set_default(organ, *target, also_serve)
         except BaseException:
             session.rollback()
             raise
@@ -563,49 +610,29 @@ class Promotions:
         except Exception as exc:
             session.rollback()
             logger.error("%s: the database did not record the new default %s: %s", organ, target[1], exc)
-            self._restore_torchserve_default(organ, previous, target)
+            self._restore_default(organ, previous, target, restore_also)
             if isinstance(exc, OperationalError):
                 raise database_unavailable(exc) from exc
             raise
 
-    def _restore_torchserve_default(self, organ: str, previous: tuple[str, str] | None, target) -> None:
+    def _restore_default(self, organ: str, previous: tuple[str, str] | None, target, also_serve) -> None:
         if previous is None:
             logger.error(
-                "%s: TorchServe's default is now %s %s, which the database does not record; there was no "
-                "default before it to restore", organ, *target,
+                "%s: the organ servers' default is now %s %s, which the database does not record; there was "
+                "no default before it to restore", organ, *target,
             )  # fmt: skip
             return
         try:
-            self._set_torchserve_default(organ, *previous)
+            self.rollout.set_default(organ, *previous, also_serve)
         except MedSegError as exc:
+            fix = self.rollout.manual_fix(organ, *previous, also_serve)
             logger.error(
-                "%s: TorchServe's default is %s %s but the database still names %s; restoring it failed "
-                "(%s): run `medseg model set-default --organ %s --version %s`",
-                organ, *target, previous[1], exc.message, organ, previous[1],
+                "%s: the organ servers' default is %s %s but the database still names %s; restoring it "
+                "failed (%s): run `%s`", organ, *target, previous[1], exc.message, fix,
             )  # fmt: skip
             raise ServiceUnavailable(
-                f"the database did not record the change and the {organ} organ server's default could not be "
-                f"set back to {previous[1]} ({exc.message}); run `medseg model set-default --organ {organ} "
-                f"--version {previous[1]}`",
+                f"the database did not record the change and the {organ} organ servers' default could not be "
+                f"set back to {previous[1]} ({exc.message}); run `{fix}`",
                 code="default_out_of_sync",
             ) from None
-        logger.warning("%s: TorchServe's default restored to %s %s", organ, *previous)
-
-    def _set_torchserve_default(self, organ: str, model_name: str, version: str) -> None:
-        try:
-            with self.management(organ) as mgmt:
-                mgmt.set_default(model_name, version)
-        except NotFound as exc:
-            raise Conflict(
-                f"the {organ} organ server does not have {model_name} version {version} "
-                f"registered ({exc.message}); register it first (medseg model register)",
-                code="version_not_registered",
-            ) from None
-        except MedSegError as exc:
-            if isinstance(exc, ServiceUnavailable):
-                raise ServiceUnavailable(
-                    f"the {organ} organ server's management API did not answer ({exc.message}); "
-                    "nothing was changed",
-                    code="organ_unavailable",
-                ) from None
-            raise
+        logger.warning("%s: the organ servers' default restored to %s %s", organ, *previous)

@@ -319,6 +319,8 @@ class TrainingJobs:
         self.store = store
         # organ → a ManagementClient (context manager) of its TorchServe; None: candidates are only stored
         self.management = management
+        # (session, organ) after a candidate was recorded: Promotions.serve_candidates (set by Clinic)
+        self.on_candidate: Callable[[Session, str], None] | None = None
         self.max_running = settings.max_running_training_jobs
         self.runs_dir = Path(settings.state_dir) / "runs"
         self.threads: int | None = None  # torch threads per local worker (None: the trainer's default)
@@ -478,6 +480,8 @@ class TrainingJobs:
         session.commit()
         self.publish_states(session)
         self._register(session, job, version)
+        if self.on_candidate is not None:
+            self.on_candidate(session, job.organ)
         logger.info("training job %s succeeded: %s candidate %s", job.id, job.organ, version.version)
 
     def _record_candidate(self, session: Session, job: TrainingJob) -> ModelVersion:

@@ -38,7 +38,7 @@ class _Management:
 
 
 def _prepare(world) -> None:
-    world.app().state.clinic.promotions.management = _Management()
+    world.app().state.clinic.promotions.rollout.management = _Management()
 
 
 def _version(world, state="candidate", **kw) -> ModelVersion:

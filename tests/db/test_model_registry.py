@@ -21,6 +21,7 @@ from gateway.errors import ServiceUnavailable
 from gateway.models import AuditLog, ModelEvent, ModelVersion, User
 from gateway.principal import Principal
 from gateway.service import model_registry
+from gateway.service.model_rollout import TorchServeRollout
 from gateway.service.organs import OrganRegistry
 from services.spec import SERVICES_DIR
 
@@ -139,8 +140,7 @@ ADMIN = Principal(user=User(id=1, email="admin@example.org", role="admin"))
 REASON = "the reference set is being rebuilt this week"
 
 
-@pytest.fixture
-def registry(engine):
+def liver_default_and_candidate(engine):
     """liver: version 1 the default, version 2 a candidate (no reference set: an admin forces)."""
     with session_scope(engine) as session:
         one = ModelVersion(organ="liver", model_name="liver", version="1", state="default", created_by="t")
@@ -151,8 +151,14 @@ def registry(engine):
     return engine
 
 
+@pytest.fixture
+def registry(engine):
+    return liver_default_and_candidate(engine)
+
+
 def _promotions(management) -> model_registry.Promotions:
-    return model_registry.Promotions(None, management, model_registry.ModelDirectory(), max_dice_drop=0.02)
+    rollout = TorchServeRollout(management)
+    return model_registry.Promotions(None, rollout, model_registry.ModelDirectory(), max_dice_drop=0.02)
 
 
 def _states(engine) -> dict[str, str]:

@@ -81,7 +81,7 @@ def test_organ_config_maps_carry_the_organs_own_files(rendered, organ):
         assert config["data"][filename] == (organ_dir / filename).read_text(), f"{organ}/{filename}"
     model = by_kind(objects, "ConfigMap")[spec["initContainers"][0]["envFrom"][1]["configMapRef"]["name"]]
     assert model["data"]["MEDSEG_ORGAN"] == organ
-    assert model["data"]["TS_LOAD_MODELS"] == f"{organ}={organ}.mar"
+    assert model["data"]["TS_LOAD_MODELS"] == "all"  # the default and the versions served beside it
 
 
 def test_gateway_and_trainer_know_every_organ_server(rendered):

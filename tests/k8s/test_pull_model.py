@@ -75,3 +75,58 @@ def test_init_container_exits_non_zero_when_the_store_refuses(clean_buckets, s3_
     result = _run(s3_settings, tmp_path, MEDSEG_ORGAN="cells", MEDSEG_S3_SECRET_KEY="wrong")
     assert result.returncode != 0
     assert "could not pull the cells model" in result.stderr
+
+
+def test_versions_to_serve_beside_the_default_are_pulled_and_missing_ones_skipped(
+    clean_buckets, s3_settings, tmp_path
+):
+    for version in ("1", "2", "3"):
+        put_version(clean_buckets, "liver", version, f"archive {version}".encode())
+    result = _run(s3_settings, tmp_path, MEDSEG_ORGAN="liver", MEDSEG_MODEL_VERSION="2",
+                  MEDSEG_ALSO_SERVE="1,2,9,3")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    store = tmp_path / "model-store"
+    assert sorted(p.name for p in store.glob("*.mar")) == ["liver-1.mar", "liver-3.mar", "liver.mar"]
+    assert (store / "liver.mar").read_bytes() == b"archive 2"
+    assert (store / "liver-3.mar").read_bytes() == b"archive 3"
+    assert "liver/liver-9.mar not found" in result.stderr
+
+
+def test_the_pods_torchserve_serves_every_version_pulled(clean_buckets, tmp_path):
+    """The model store pull_model.py fills, served with the organ ConfigMap's TS_LOAD_MODELS (real
+    TorchServe): the default and a version beside it both answer, each by its version."""
+    import numpy as np
+
+    from services.launcher import OrganServer, free_ports
+    from services.torchserve_client import InferenceClient
+    from tests.api.conftest import png
+    from tests.fixtures.torchserve import _require_runtime, build_test_mar
+    from tests.k8s.conftest import by_kind, render
+
+    _require_runtime()
+    organ_model = next(
+        c["data"] for n, c in by_kind(render(K8S / "overlays" / "dev"), "ConfigMap").items()
+        if n.startswith("organ-model-liver")
+    )  # fmt: skip
+    for version in ("1", "2"):
+        (tmp_path / version).mkdir()
+        built = build_test_mar("liver", tmp_path / version, "liver", version)
+        clean_buckets.put_bytes(
+            clean_buckets.buckets.models, f"liver/liver-{version}.mar", built.read_bytes()
+        )
+    store = tmp_path / "model-store"
+    store.mkdir()
+    pull_model.pull(clean_buckets, "liver", "2", store)
+    pull_model.pull_also(clean_buckets, "liver", ["1"], store)
+    load = {"load_models": organ_model["TS_LOAD_MODELS"]}  # what TS_LOAD_MODELS sets in the pod
+    server = OrganServer(
+        "liver", state_dir=tmp_path / "state", model_store=store, models={}, ports=free_ports(),
+        extra_properties=load,
+    )  # fmt: skip
+    try:
+        server.start(timeout=300)
+        with InferenceClient(server.grpc_inference_address, server.keys.inference, timeout=120) as client:
+            for version in ("1", "2"):
+                assert client.predict("liver", png(np.full((64, 64), 100, dtype=np.uint8)), version=version)
+    finally:
+        server.stop()

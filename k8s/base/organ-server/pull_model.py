@@ -1,14 +1,19 @@
 """Init container of an organ server: put the organ's model into the model store before TorchServe starts.
 
-Environment (ConfigMap `organ-model-<organ>` and `medseg-s3`, Secret `medseg-s3`):
-  MEDSEG_ORGAN            organ name, also the TorchServe model name (TS_LOAD_MODELS=<organ>=<organ>.mar)
-  MEDSEG_MODEL_VERSION    a version registered in the models bucket (trainer.register's layout
+Environment (ConfigMap `organ-model-<organ>` and `medseg-s3`, Secret `medseg-s3`; the gateway pins the two
+version variables in the Deployment itself on promotion and rollback, gateway/service/model_rollout.py):
+  MEDSEG_ORGAN            organ name, also the TorchServe model name of every archive
+  MEDSEG_MODEL_VERSION    the default: a version registered in the models bucket (trainer.register's layout
                           <organ>/<model>-<version>.mar), or `latest`: the newest .mar under <organ>/
+  MEDSEG_ALSO_SERVE       comma-separated versions loaded beside it (the rollback target, candidates)
   MEDSEG_MODEL_STORE_DIR  where TorchServe's model store is mounted
   MEDSEG_S3_*             the object store, as for every MedSeg process
 
-Writes <store>/<organ>.mar and, when the bucket has it, the card <store>/<organ>.json.
-Exits non-zero with the fix in the message; the kubelet retries the init container with back-off.
+Writes <store>/<organ>.mar and, when the bucket has it, the card <store>/<organ>.json, then
+<store>/<organ>-<version>.mar for each version to serve beside it; TorchServe loads every archive in the
+store (TS_LOAD_MODELS=all). Exits non-zero with the fix in the message when the default cannot be pulled;
+the kubelet retries the init container with back-off. A missing extra version is skipped with a warning:
+it must not keep the default from serving.
 """
 
 from __future__ import annotations
@@ -58,15 +63,33 @@ def pull(store: ObjectStore, organ: str, version: str, model_store: Path) -> Pat
     return mar
 
 
+def pull_also(store: ObjectStore, organ: str, versions: list[str], model_store: Path) -> list[Path]:
+    """Download each version's archive as <model_store>/<organ>-<version>.mar; missing ones are skipped."""
+    bucket, pulled = store.buckets.models, []
+    for version in versions:
+        mar_key, _ = store_keys(organ, organ, version)
+        if not store.exists(bucket, mar_key):
+            logger.warning(
+                "%s/%s not found: version %s is not served beside the default", bucket, mar_key, version
+            )
+            continue
+        pulled.append(store.download(bucket, mar_key, model_store / f"{organ}-{version}.mar"))
+        logger.info("pulled %s/%s to serve beside the default", bucket, mar_key)
+    return pulled
+
+
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     organ = os.environ.get("MEDSEG_ORGAN", "")
     if not organ:
         raise SystemExit("MEDSEG_ORGAN is not set (ConfigMap organ-model-<organ>)")
     version = os.environ.get("MEDSEG_MODEL_VERSION", "latest")
+    also = [v for v in os.environ.get("MEDSEG_ALSO_SERVE", "").split(",") if v.strip() and v != version]
     settings = get_settings()
     try:
-        pull(ObjectStore.from_settings(settings), organ, version, Path(settings.model_store_dir))
+        store, model_store = ObjectStore.from_settings(settings), Path(settings.model_store_dir)
+        pull(store, organ, version, model_store)
+        pull_also(store, organ, [v.strip() for v in also], model_store)
     except MedSegError as exc:  # object store down or object vanished: retried by the kubelet
         raise SystemExit(f"could not pull the {organ} model: {exc}") from None
     return 0

@@ -85,7 +85,7 @@ def loop(world):
     app.state.dataplane.clients["liver"] = organ
     app.state.dataplane.record_segmentation = crud.record_segmentation
     mgmt = FakeManagement()
-    app.state.clinic.promotions.management = mgmt
+    app.state.clinic.promotions.rollout.management = mgmt
     with world.session() as session:
         session.add(
             ModelVersion(

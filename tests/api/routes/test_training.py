@@ -240,7 +240,7 @@ def test_the_clinical_loop_end_to_end_on_real_liver_slices(jobs_world, liver_dat
     address, key = torchserve_liver.grpc_management_address, torchserve_liver.management_key
     management = lambda organ: ManagementClient(address, key, timeout=120)  # noqa: E731
     app.state.clinic.jobs.management = management
-    app.state.clinic.promotions.management = management
+    app.state.clinic.promotions.rollout.management = management
     app.state.dataplane.clients["liver"] = InferenceClient(
         torchserve_liver.grpc_inference_address, torchserve_liver.inference_key, timeout=120
     )
