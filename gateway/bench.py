@@ -12,7 +12,7 @@ Paths, each timed from the caller's side with the same image bytes:
   in-process     decode → services.preprocess.prepare → TorchScript forward → sigmoid → restore → 8-bit PNG,
                  the organ handler's work without TorchServe (the model is read from the same .mar)
   torchserve     direct TorchServe gRPC Predictions (the organ server alone)
-  gateway-grpc   medseg.v1 Segment (gateway: validate, TorchServe, 7 masks, object store, database)
+  gateway-grpc   medseg.v1 Segment (gateway: validate, TorchServe, 7 masks, thumbnail, object store, DB)
   gateway-http   POST /api/v1/segment (the same plus multipart, base64 JSON, uvicorn)
 Each gets p50/p95 at concurrency 1 after a warm-up, and images/s with `--concurrency` callers in flight.
 When the HTTP path misses its target, a breakdown of the gateway's segment work follows (measured by
@@ -676,7 +676,7 @@ def segment_breakdown(stack: Stack, image: bytes, runs: int = 15) -> dict[str, f
         "decode probability PNG": (images, "decode_probability"),
         "threshold 7 masks (summed over threads)": (dataplane_module, "probability_mask"),
         "encode 7 mask PNGs (summed over threads)": (images, "encode_mask"),
-        "masks + object store: 8 concurrent writes": (dataplane, "_store_results"),
+        "masks, thumbnail + object store: 9 concurrent writes": (dataplane, "_store_results"),
         "database row + audit": (dataplane, "record_segmentation"),
     }
     samples: dict[str, list[float]] = {name: [] for name in parts}

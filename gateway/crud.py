@@ -27,11 +27,12 @@ def record_segmentation(
     areas: dict[str, int],
     api_key_id: int | None,
     stability: float | None = None,
+    thumbnail_key: str | None = None,
     user_id: int | None = None,
     actor: str | None = None,
 ) -> Segmentation:
-    """Insert the Segmentation row, complete (who asked it: a person or a key; its stability), and its audit
-    record, in one commit: the objects it names already exist."""
+    """Insert the Segmentation row, complete (who asked it: a person or a key; its stability; its thumbnail
+    when there is one), and its audit record, in one commit: the objects it names already exist."""
     row = Segmentation(
         id=uuid.UUID(id),
         organ=organ,
@@ -46,6 +47,7 @@ def record_segmentation(
         mask_keys=mask_keys,
         areas_px=areas,
         stability=stability,
+        thumbnail_key=thumbnail_key,
         api_key_id=api_key_id,
         user_id=user_id,
     )

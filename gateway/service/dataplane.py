@@ -1,10 +1,11 @@
 """The operations of the public API (list organs, segment, evaluate, readiness), edge-neutral.
 
 Segment: validate organ and upload (size, decodable, pixel count) before bothering an organ server,
-call the organ server, threshold its probability map at 0.2 … 0.8, store the probability map and the
-masks in the results bucket (concurrently), then record the Segmentation row. Every object is written
-before the row, and all of them are removed again when any write or the row fails, so a row never points
-at objects that are not there.
+call the organ server, threshold its probability map at 0.2 … 0.8, store the probability map, the
+masks and a thumbnail (the history's preview) in the results bucket (concurrently), then record the
+Segmentation row in one commit. Every object is written before the row, and all of them are removed again
+when any write or the row fails, so a row never points at objects that are not there; only the thumbnail
+is optional: when its write fails the row is recorded without one.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 
 from gateway import metrics
 from gateway.errors import InvalidInput, MedSegError, NotFound, PayloadTooLarge, ServiceUnavailable
-from gateway.service import images
+from gateway.service import images, scoring
 from gateway.service.masks import THRESHOLDS, dice_iou, probability_mask, stability
 from gateway.service.organs import ModelInfo, Organ, OrganRegistry
 from services.torchserve_client import InferenceClient
@@ -263,7 +264,7 @@ class DataPlane:
             if not self._buckets_ready:  # once per process: the store may have been empty or down at start
                 self.store.ensure_buckets()
                 self._buckets_ready = True
-            masks = self._store_results(prefix, prob, prob_png, written)
+            masks, thumbnail_key = self._store_results(prefix, prob, prob_png, written)
             areas = {f"{m.threshold:.1f}": m.area_px for m in masks}
             model = self.registry.model(organ.name)
             self.record_segmentation(
@@ -279,6 +280,7 @@ class DataPlane:
                 mask_keys={f"{m.threshold:.1f}": f"{prefix}/mask_{m.threshold:.1f}.png" for m in masks},
                 areas=areas,
                 stability=stability(areas),
+                thumbnail_key=thumbnail_key,
                 api_key_id=api_key_id,
                 user_id=user_id,
                 actor=actor,
@@ -300,12 +302,14 @@ class DataPlane:
 
     def _store_results(
         self, prefix: str, prob: np.ndarray, prob_png: bytes, written: list[str]
-    ) -> list[MaskResult]:
-        """Write the probability map and, for each threshold, threshold → encode → write its mask, all side
-        by side in the writer pool (numpy and zlib release the GIL, so encodes overlap each other and the
-        writes). Each written key is appended to `written`. Returns the masks once every object is
-        written; otherwise raises the first failure, but only after every task has finished, so nothing
-        is still in flight when the caller removes what was written."""
+    ) -> tuple[list[MaskResult], str | None]:
+        """Write the probability map, the thumbnail and, for each threshold, threshold → encode → write its
+        mask, all side by side in the writer pool (numpy, zlib and Pillow release the GIL, so encodes
+        overlap each other and the writes). Each written key is appended to `written`. Returns the masks
+        and the thumbnail's key (None when the thumbnail could not be made or written: it is a preview,
+        the segmentation stands without it) once every object is written; otherwise raises the first
+        failure, but only after every task has finished, so nothing is still in flight when the caller
+        removes what was written."""
 
         def put(key: str, blob: bytes) -> None:
             self.store.put_bytes(self.results_bucket, key, blob, content_type="image/png")
@@ -317,14 +321,24 @@ class DataPlane:
             return result
 
         probability_key = f"{prefix}/probability.png"
+        thumbnail_key = f"{prefix}/thumbnail.png"
         mask_keys = {t: f"{prefix}/mask_{t:.1f}.png" for t in THRESHOLDS}
         futures = {probability_key: self._writers.submit(put, probability_key, prob_png)}
         futures.update({mask_keys[t]: self._writers.submit(mask_and_put, t) for t in THRESHOLDS})
-        wait(futures.values())
+        thumbnail = self._writers.submit(lambda: put(thumbnail_key, scoring.thumbnail_png(prob)))
+        wait([*futures.values(), thumbnail])
         written.extend(key for key, future in futures.items() if future.exception() is None)
+        if thumbnail.exception() is None:
+            written.append(thumbnail_key)
         for future in futures.values():
             future.result()  # the first failure, if any
-        return [futures[mask_keys[t]].result() for t in THRESHOLDS]
+        failed = thumbnail.exception()
+        if failed is not None:
+            if not isinstance(failed, Exception):  # KeyboardInterrupt, SystemExit: not a failed preview
+                raise failed
+            logger.warning("no thumbnail for %s: %s", prefix, failed)
+            thumbnail_key = None
+        return [futures[mask_keys[t]].result() for t in THRESHOLDS], thumbnail_key
 
     def _remove(self, keys: Sequence[str]) -> None:
         for key in keys:

@@ -28,7 +28,7 @@ from gateway.core.db import database_unavailable
 from gateway.errors import Forbidden, InvalidInput, NotFound
 from gateway.models import Evaluation, Segmentation, audit
 from gateway.principal import Principal
-from gateway.service import images, masks, scoring
+from gateway.service import masks
 from gateway.service.dataplane import DataPlane, SegmentResult
 from gateway.service.masks import THRESHOLDS
 
@@ -65,9 +65,9 @@ def segment(
     *,
     doubtful_below: float,
 ) -> SegmentRecord:
-    """The data plane's segment, recorded complete in one commit (who: person or key, stability), then its
-    thumbnail: an optional preview, written before the row names it. A gateway stopped between the two
-    leaves a complete record without a preview, never a record without its owner (issue 8)."""
+    """The data plane's segment, recorded complete in one commit: who asked (person or key), stability and
+    the thumbnail preview, whose object is written with the masks before the row names it (a gateway
+    stopped at any point leaves a complete record or none, never one without its owner: issue 8)."""
     result = dataplane.segment(
         session,
         organ,
@@ -79,19 +79,6 @@ def segment(
         actor=principal.actor,
     )
     score = stability(result)
-    row = session.get(Segmentation, uuid.UUID(result.id))
-    if row is not None:  # the production recorder wrote it (test data planes may record nothing)
-        thumb_key = row.probability_key.rsplit("/", 1)[0] + "/thumbnail.png"
-        try:
-            prob = images.decode_probability(result.probability_png)
-            dataplane.store.put_bytes(
-                dataplane.results_bucket, thumb_key, scoring.thumbnail_png(prob), content_type="image/png"
-            )
-            row.thumbnail_key = thumb_key
-            _commit(session)
-        except Exception as exc:  # the segmentation stands without a preview
-            session.rollback()
-            logger.warning("no thumbnail for segmentation %s: %s", result.id, exc)
     metrics.observe_segmentation(result.organ, result.model.version, score, score < doubtful_below)
     return SegmentRecord(
         result,

@@ -47,9 +47,26 @@ def test_segment_thresholds_masks_and_storage(registry):
         assert m.area_px == int((prob / 255.0 >= m.threshold).sum()) == int((mask == 255).sum())
     areas = [m.area_px for m in result.masks]
     assert areas == sorted(areas, reverse=True) and areas[0] > areas[-1] > 0
-    assert len(store.objects) == 8 and len(rows) == 1
+    assert len(store.objects) == 9 and len(rows) == 1  # probability map, 7 masks, thumbnail
     assert rows[0]["patient_id"] == "p1" and rows[0]["id"] == result.id
     assert ("results", rows[0]["probability_key"]) in store.objects
+
+
+class ThumbnailRefusingStore(FakeStore):
+    def put_bytes(self, bucket, key, data, content_type=None):
+        if key.endswith("/thumbnail.png"):
+            raise ServiceUnavailable("object store unavailable: disk full")
+        return super().put_bytes(bucket, key, data, content_type)
+
+
+def test_a_failed_thumbnail_leaves_the_segmentation_whole_without_a_preview(registry):
+    rows, store = [], ThumbnailRefusingStore()
+    plane = make_plane(registry, {"liver": FakeClient(ramp), "cells": FakeClient(ramp)}, store, rows)
+    result = plane.segment(None, "liver", png(np.zeros((32, 32), np.uint8)), "x.png")
+    assert len(result.masks) == 7 and len(rows) == 1 and rows[0]["thumbnail_key"] is None
+    assert sorted(key for _, key in store.objects) == sorted(
+        [rows[0]["probability_key"], *rows[0]["mask_keys"].values()]
+    )
 
 
 def test_the_published_card_sets_the_version_asked_for_and_the_default_threshold(registry, tmp_path):
@@ -218,12 +235,14 @@ def test_every_object_is_in_the_store_before_the_row_is_written(registry):
     seen_at_row_time = []
 
     def row(session, **fields):
-        keys = [fields["probability_key"], *fields["mask_keys"].values()]
+        keys = [fields["probability_key"], *fields["mask_keys"].values(), fields["thumbnail_key"]]
         seen_at_row_time.append(all(("results", key) in store.objects for key in keys))
 
     plane = make_plane(registry, {"liver": FakeClient(ramp)}, store, record=row)
-    plane.segment(None, "liver", png(np.zeros((32, 32), np.uint8)), "x.png")
-    assert seen_at_row_time == [True] and len(store.objects) == 8
+    result = plane.segment(None, "liver", png(np.zeros((40, 64), np.uint8)), "x.png")
+    assert seen_at_row_time == [True] and len(store.objects) == 9
+    thumbnail = store.objects[("results", f"segmentations/liver/{result.id}/thumbnail.png")]
+    assert Image.open(io.BytesIO(thumbnail)).mode == "L"
 
 
 def test_one_failed_write_among_concurrent_ones_leaves_nothing(registry):

@@ -427,11 +427,12 @@ class _Stopped(BaseException):
     """The process stops here: nothing after this point runs, no except-Exception clean-up either."""
 
 
-def test_a_gateway_stopped_after_the_row_leaves_a_complete_segmentation(tmp_path):
+def test_a_gateway_stopped_mid_segmentation_leaves_a_complete_segmentation_or_none(tmp_path):
     """Found by the kill test's reasoning: the row was committed first and its owner and stability in a
     second commit after the thumbnail, so a gateway stopped in between left a doctor's segmentation without
-    its owner (gone from their history). Now the row is complete in one commit; only the optional preview
-    comes after it, and its object is written before the row names it."""
+    its owner (gone from their history). Now the row is complete in one commit, thumbnail included: the
+    preview is written with the masks, before the row. Stopped at the thumbnail write there is no row yet
+    (the objects already written are orphans, harmless); without the stop the row is whole."""
     from gateway import accounts, crud
     from gateway.core.db import make_engine, run_migrations, session_scope
     from gateway.principal import Principal
@@ -439,8 +440,10 @@ def test_a_gateway_stopped_after_the_row_leaves_a_complete_segmentation(tmp_path
     from tests.api.conftest import MemoryStore, make_dataplane
 
     class StopsAtThumbnail(MemoryStore):
+        stop_at_thumbnail = True
+
         def put_bytes(self, bucket, key, data, content_type=None):
-            if key.endswith("/thumbnail.png"):
+            if self.stop_at_thumbnail and key.endswith("/thumbnail.png"):
                 raise _Stopped()
             return super().put_bytes(bucket, key, data, content_type)
 
@@ -462,12 +465,20 @@ def test_a_gateway_stopped_after_the_row_leaves_a_complete_segmentation(tmp_path
                     doubtful_below=0.8,
                 )  # fmt: skip
         with session_scope(engine) as session:
+            assert session.scalars(select(Segmentation)).all() == []
+            store.stop_at_thumbnail = False
+            doctor = session.merge(doctor)
+            history.segment(
+                session, dataplane, Principal(user=doctor), "liver", liver_slice(), "x.png", "P-1",
+                doubtful_below=0.8,
+            )  # fmt: skip
+        with session_scope(engine) as session:
             rows = session.scalars(select(Segmentation)).all()
             assert len(rows) == 1
             row = rows[0]
-            assert row.user_id == doctor.id and row.stability is not None and row.thumbnail_key is None
+            assert row.user_id == doctor.id and row.stability is not None and row.thumbnail_key is not None
             assert [r.id for r in history.history(session, Principal(user=doctor))] == [row.id]
-            keys = [row.probability_key, *row.mask_keys.values()]
+            keys = [row.probability_key, *row.mask_keys.values(), row.thumbnail_key]
             assert all(("medseg-results", key) in store.objects for key in keys)
     finally:
         dataplane.close()
