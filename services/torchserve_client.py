@@ -69,6 +69,10 @@ CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.enable_retries", 0),  # our own bounded retry in predict(); one place for the deadline arithmetic
+    # Spread calls over every address the target resolves to: in Kubernetes the gateway dials the organ's
+    # headless Service (dns:///torchserve-pods-<organ>:7070), one connection per replica. One address
+    # (a local server) behaves as before.
+    ("grpc.lb_policy_name", "round_robin"),
 ]
 RETRY_BACKOFF_S = 0.1
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -94,8 +94,14 @@ def test_gateway_and_trainer_know_every_organ_server(rendered):
     assert sorted(inference) == ORGANS and sorted(management) == ORGANS
     for organ in ORGANS:
         ports = {p["name"]: p["port"] for p in services[f"torchserve-{organ}"]["spec"]["ports"]}
-        assert inference[organ] == f"torchserve-{organ}:{ports['grpc-inference']}"
         assert management[organ] == f"torchserve-{organ}:{ports['grpc-management']}"
+        # inference goes to the headless Service: DNS lists every replica and the gateway's channel
+        # balances over them (a ClusterIP would pin each gateway replica to one organ pod)
+        pods = services[f"torchserve-pods-{organ}"]
+        assert pods["spec"]["clusterIP"] == "None"
+        assert pods["spec"]["selector"] == services[f"torchserve-{organ}"]["spec"]["selector"]
+        pod_ports = {p["name"]: p["port"] for p in pods["spec"]["ports"]}
+        assert inference[organ] == f"dns:///torchserve-pods-{organ}:{pod_ports['grpc-inference']}"
 
 
 def _containers(obj: dict):

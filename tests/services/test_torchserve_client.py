@@ -45,16 +45,37 @@ class FakeTorchServe(inference_pb2_grpc.InferenceAPIsServiceServicer):
         return inference_pb2.TorchServeHealthResponse(health='{"status": "Healthy"}')
 
 
-@pytest.fixture
-def fake():
-    servicer = FakeTorchServe()
+def _serve(servicer: FakeTorchServe) -> tuple[grpc.Server, int]:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     inference_pb2_grpc.add_InferenceAPIsServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
+    return server, port
+
+
+@pytest.fixture
+def fake():
+    servicer = FakeTorchServe()
+    server, port = _serve(servicer)
     yield servicer, f"127.0.0.1:{port}"
     servicer.release.set()
     server.stop(0)
+
+
+def test_calls_are_spread_over_every_replica_the_target_names():
+    # in Kubernetes the target is a headless Service whose DNS lists each replica; "ipv4:a,b" is the same
+    # resolver result without DNS
+    replicas = [FakeTorchServe() for _ in range(3)]
+    servers = [_serve(r) for r in replicas]
+    try:
+        target = "ipv4:" + ",".join(f"127.0.0.1:{port}" for _, port in servers)
+        client = InferenceClient(target)
+        for _ in range(30):
+            assert client.predict("liver", b"img") == PNG + b"img"
+        assert [r.calls for r in replicas] == [10, 10, 10]
+    finally:
+        for server, _ in servers:
+            server.stop(0)
 
 
 def test_predict_sends_model_name_and_key(fake):
