@@ -24,7 +24,7 @@ import numpy as np
 from gateway import metrics
 from gateway.errors import InvalidInput, MedSegError, NotFound, PayloadTooLarge, ServiceUnavailable
 from gateway.service import images, scoring
-from gateway.service.masks import THRESHOLDS, dice_iou, probability_mask, stability
+from gateway.service.masks import THRESHOLDS, probability_mask, stability
 from gateway.service.organs import ModelInfo, Organ, OrganRegistry
 from services.torchserve_client import InferenceClient
 
@@ -374,7 +374,8 @@ class DataPlane:
                     code="size_mismatch",
                 )
             pred = probability_mask(prob, threshold)
-            dice, iou = dice_iou(pred, truth)
+            at = scoring.dice_iou_at(prob, truth, {threshold, *THRESHOLDS})  # MONAI, as stored evaluations
+            dice, iou = at[threshold]
             scores.append(
                 ImageScore(
                     image.filename,
@@ -387,7 +388,7 @@ class DataPlane:
                 )
             )
             for t in THRESHOLDS:
-                per_t[t].append(dice_iou(probability_mask(prob, t), truth))
+                per_t[t].append(at[t])
         result = EvaluateResult(
             organ=organ.name,
             model=self.registry.model(organ.name),

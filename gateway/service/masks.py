@@ -23,17 +23,6 @@ def byte_cutoff(threshold: float) -> int:
     return int(passing[0]) if passing.size else 256
 
 
-def dice_iou(pred: np.ndarray, label: np.ndarray) -> tuple[float, float]:
-    """Dice and IoU of two boolean masks; two empty masks agree perfectly (1.0, 1.0)."""
-    pred, label = pred.astype(bool, copy=False), label.astype(bool, copy=False)
-    inter = int(np.count_nonzero(pred & label))
-    total = int(np.count_nonzero(pred)) + int(np.count_nonzero(label))
-    if total == 0:
-        return 1.0, 1.0
-    union = total - inter
-    return 2.0 * inter / total, inter / union
-
-
 def stability(areas_px: dict[str, int]) -> float:
     """Dice between the masks at 0.2 and 0.8 (areas by threshold "0.2" … "0.8"). Both threshold one
     probability map, so the 0.8 mask lies inside the 0.2 mask and their overlap is the 0.8 area: the areas

@@ -53,6 +53,18 @@ def dice_iou_hd95(pred: np.ndarray, label: np.ndarray) -> tuple[float, float, fl
     return dice, iou, hd95
 
 
+def dice_iou_at(prob_u8: np.ndarray, label: np.ndarray, thresholds) -> dict[float, tuple[float, float]]:
+    """MONAI's Dice and IoU of the mask at each threshold against the label, in one batched call each."""
+    from monai.metrics import compute_dice, compute_iou
+
+    thresholds = list(thresholds)
+    preds = torch.from_numpy(np.stack([probability_mask(prob_u8, t) for t in thresholds]).astype(np.float32))
+    p, y = preds[:, None], _tensor(label).expand(len(thresholds), -1, -1, -1)
+    dice = compute_dice(p, y, include_background=True, ignore_empty=False)[:, 0].tolist()
+    iou = compute_iou(p, y, include_background=True, ignore_empty=False)[:, 0].tolist()
+    return {t: (float(d), float(i)) for t, d, i in zip(thresholds, dice, iou, strict=True)}
+
+
 def dice_only(pred: np.ndarray, label: np.ndarray) -> float:
     from monai.metrics import compute_dice
 

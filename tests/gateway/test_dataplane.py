@@ -10,8 +10,9 @@ from PIL import Image
 
 from gateway.errors import InvalidInput, NotFound, PayloadTooLarge, ServiceUnavailable
 from gateway.service.dataplane import DataPlane, Upload, pair_by_name
-from gateway.service.masks import THRESHOLDS, dice_iou, probability_mask
+from gateway.service.masks import THRESHOLDS, probability_mask
 from gateway.service.organs import OrganRegistry
+from gateway.service.scoring import dice_iou_at, score_case
 from services.spec import SERVICES_DIR
 from tests.gateway.fakes import FakeClient, FakeStore, png, ramp
 
@@ -215,12 +216,20 @@ def test_pairing_by_file_name():
         pair_by_name([im(f"{i}.png") for i in range(3)], [im(f"{i}.png") for i in range(3)], 2)
 
 
-def test_dice_iou_edge_cases():
+def test_dice_iou_edge_cases_and_the_stored_evaluations_agree():
     empty = np.zeros((4, 4), bool)
     full = np.ones((4, 4), bool)
-    assert dice_iou(empty, empty) == (1.0, 1.0)
-    assert dice_iou(full, empty) == (0.0, 0.0)
-    assert dice_iou(full, full) == (1.0, 1.0)
+    prob = np.full((4, 4), 200, np.uint8)  # above 0.5, below 0.8
+    assert dice_iou_at(prob, empty, [0.5, 0.8]) == {0.5: (0.0, 0.0), 0.8: (1.0, 1.0)}
+    assert dice_iou_at(prob, full, [0.5, 0.8]) == {0.5: (1.0, 1.0), 0.8: (0.0, 0.0)}
+    # /evaluate and stored evaluations (model test) score one case identically
+    rng = np.random.default_rng(0)
+    prob = rng.integers(0, 256, (32, 32), dtype=np.uint8)
+    label = rng.random((32, 32)) > 0.6
+    case = score_case(prob, label, 0.5)
+    at = dice_iou_at(prob, label, THRESHOLDS)
+    assert at[0.5] == pytest.approx((case.dice, case.iou))
+    assert {f"{t:.1f}": d for t, (d, _) in at.items()} == pytest.approx(case.dice_at)
 
 
 @pytest.mark.parametrize("threshold", [*THRESHOLDS, 0.0, 0.001, 0.5 + 1e-12, 1.0, 1.5])
