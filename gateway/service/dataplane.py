@@ -11,6 +11,7 @@ is optional: when its write fails the row is recorded without one.
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -29,6 +30,21 @@ from gateway.service.organs import ModelInfo, Organ, OrganRegistry
 from services.torchserve_client import InferenceClient
 
 logger = logging.getLogger(__name__)
+
+# A pseudonymous patient ID as hospitals issue them (e.g. "P-0042", "LITS-000", "2024.17:3"): ASCII letters
+# and digits with . _ : - inside, at most 64 characters. No spaces and no other scripts, so a name typed by
+# mistake ("Anna Schmidt", "张三") is refused instead of stored beside a patient's images.
+PATIENT_ID = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._:-]{0,62}[A-Za-z0-9])?")
+
+
+def check_patient_id(value: str) -> str:
+    if not PATIENT_ID.fullmatch(value):
+        raise InvalidInput(
+            "patient_id must be a pseudonymous ID, not a name: 1-64 ASCII letters and digits with . _ : - "
+            f"inside and no spaces (e.g. P-0042); got {value[:70]!r}",
+            code="invalid_patient_id",
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -251,10 +267,8 @@ class DataPlane:
         started = time.perf_counter()
         organ = self.registry.get(organ_name)
         filename = filename or "upload"
-        if patient_id is not None and (len(patient_id) > 128 or not patient_id.isprintable()):
-            raise InvalidInput(
-                "patient_id must be at most 128 printable characters", code="invalid_patient_id"
-            )
+        if patient_id is not None:
+            check_patient_id(patient_id)
         prob, prob_png, spacing_mm = self._infer(organ, data, filename)
         height, width = prob.shape
         seg_id = str(uuid.uuid4())

@@ -29,7 +29,7 @@ from gateway.errors import Forbidden, InvalidInput, NotFound
 from gateway.models import Evaluation, Segmentation, audit
 from gateway.principal import Principal
 from gateway.service import masks
-from gateway.service.dataplane import DataPlane, SegmentResult
+from gateway.service.dataplane import DataPlane, SegmentResult, check_patient_id
 from gateway.service.masks import THRESHOLDS
 
 logger = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ def history(
         select(Segmentation).where(owned_by(principal)).order_by(Segmentation.created_at.desc()).limit(limit)
     )
     if patient_id:
-        query = query.where(Segmentation.patient_id == patient_id)
+        query = query.where(Segmentation.patient_id == check_patient_id(patient_id))
     if organ:
         query = query.where(Segmentation.organ == organ)
     return list(session.scalars(query))

@@ -117,7 +117,9 @@ EN: dict[str, str] = {
     "segment.title": "Segment an image",
     "segment.file": "Image (PNG, JPEG, TIFF or DICOM)",
     "segment.patient_id": "Patient ID",
-    "segment.patient_help": "A pseudonymous ID from your hospital system; never a name.",
+    "segment.patient_help": (
+        "A pseudonymous ID from your hospital system (letters, digits, . _ : -; e.g. P-0042); never a name."
+    ),
     "segment.run": "Segment",
     "segment.running": "Segmenting…",
     "segment.result": "Result",
@@ -405,7 +407,7 @@ ZH: dict[str, str] = {
     "segment.title": "图像分割",
     "segment.file": "图像（PNG、JPEG、TIFF 或 DICOM）",
     "segment.patient_id": "患者编号",
-    "segment.patient_help": "医院系统中的匿名编号，切勿填写姓名。",
+    "segment.patient_help": "医院系统中的匿名编号（字母、数字及 . _ : -，例如 P-0042），切勿填写姓名。",
     "segment.run": "开始分割",
     "segment.running": "分割中…",
     "segment.result": "结果",

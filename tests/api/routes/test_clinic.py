@@ -8,6 +8,7 @@ import base64
 import io
 import json
 from contextlib import contextmanager
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -385,6 +386,33 @@ def test_history_choice_stability_and_trend(loop):
     with world.session() as session:
         rows = session.scalars(select(Segmentation).where(Segmentation.patient_id == "P-777")).all()
         assert {r.user_id for r in rows} == {world.users["doctor"].id}
+
+
+@pytest.mark.parametrize("name", ["Anna Schmidt", "张三", "P 0042", "-P1", "x" * 65, "P1\n"])
+def test_a_patient_id_that_could_be_a_name_is_refused_everywhere(loop, name):
+    world, _, _ = loop
+    doctor = world.client("doctor")
+    with world.session() as session:
+        before = session.scalar(select(func.count()).select_from(Segmentation))
+    response = _segment(doctor, patient=name)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_patient_id"
+    listed = doctor.get("/api/v1/segmentations", params={"patient_id": name})
+    assert listed.status_code == 400 and listed.json()["error"]["code"] == "invalid_patient_id"
+    if "\n" not in name and len(name) < 65:  # a path segment
+        trend = doctor.get(f"/api/v1/patients/{quote(name)}/trend")
+        assert trend.status_code == 400 and trend.json()["error"]["code"] == "invalid_patient_id"
+    with world.session() as session:  # nothing stored
+        assert session.scalar(select(func.count()).select_from(Segmentation)) == before
+
+
+@pytest.mark.parametrize("patient_id", ["P-0042", "LITS-000", "2024.17:3", "a"])
+def test_pseudonymous_patient_ids_are_accepted(loop, patient_id):
+    doctor = loop[0].client("doctor")
+    response = _segment(doctor, patient=patient_id)
+    assert response.status_code == 200, response.text
+    listed = doctor.get("/api/v1/segmentations", params={"patient_id": patient_id}).json()["segmentations"]
+    assert response.json()["id"] in [item["id"] for item in listed]
+    assert doctor.get(f"/api/v1/patients/{patient_id}/trend").status_code == 200
 
 
 def test_unstable_result_is_flagged_and_suggested_threshold_learns(loop):
