@@ -248,3 +248,14 @@ def _group_members(pgid: int) -> list[int]:
 def test_key_file_is_private(torchserve_liver):
     mode = os.stat(torchserve_liver.server.key_file).st_mode & 0o777
     assert mode == 0o600
+
+
+def test_keys_outlive_a_long_running_server(torchserve_liver):
+    # the gateway never renews TorchServe's keys: they must not expire while the server runs (30 days was
+    # the old setting: every segmentation would have become a 503 on day 31)
+    from datetime import UTC, datetime, timedelta
+
+    raw = json.loads(Path(torchserve_liver.server.key_file).read_text())
+    for kind in ("inference", "management"):
+        expires = datetime.fromisoformat(raw[kind]["expiration time"].replace("Z", "+00:00"))
+        assert expires > datetime.now(UTC) + timedelta(days=5 * 365), (kind, expires)
