@@ -113,7 +113,9 @@ def create_app(settings: Settings | None = None, dataplane: DataPlane | None = N
             if owned:
                 app.state.dataplane.close()
 
-    app = FastAPI(title="MedSeg", version="1", lifespan=lifespan)
+    # /docs is served by gateway.web from this server's own files (FastAPI's default loads Swagger UI from a
+    # CDN, which a closed hospital network cannot reach); no ReDoc.
+    app = FastAPI(title="MedSeg", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     if dataplane is not None:  # usable without running the lifespan (e.g. TestClient without `with`)
         app.state.dataplane = dataplane
         app.state.clinic = Clinic(dataplane, settings)

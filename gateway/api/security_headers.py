@@ -4,8 +4,8 @@ Pages never load anything from elsewhere: hospital networks are often closed, an
 injected markup from running script even if an escape were ever missed. Scripts, styles and fonts come
 from this origin only (gateway/web/static: no inline script or style, no CDN); images may also be
 `data:`/`blob:` URLs (result PNGs in base64, Bootstrap's SVG icons, the user's own file previewed before
-upload). The interactive API docs (/docs, /redoc) are FastAPI's Swagger UI / ReDoc pages, which load from
-jsDelivr with an inline bootstrap script: they get a policy of their own that allows exactly that.
+upload). The interactive API docs (/docs) are Swagger UI from `make assets` with its start-up in a static
+script; their policy differs only in allowing the style attributes Swagger UI sets while rendering.
 """
 
 from __future__ import annotations
@@ -26,22 +26,20 @@ PAGE_POLICY = "; ".join(
         "frame-ancestors 'none'",
     ]
 )
-DOCS_CDN = "https://cdn.jsdelivr.net"
 DOCS_POLICY = "; ".join(
     [
         "default-src 'self'",
-        f"script-src 'self' 'unsafe-inline' {DOCS_CDN}",
-        f"style-src 'self' 'unsafe-inline' {DOCS_CDN} https://fonts.googleapis.com",
-        "img-src 'self' data: https://fastapi.tiangolo.com",
-        f"font-src 'self' {DOCS_CDN} https://fonts.gstatic.com",
-        "worker-src 'self' blob:",
+        "script-src 'self'",
+        "style-src 'self' 'unsafe-inline'",  # Swagger UI sets style attributes while it renders
+        "img-src 'self' data:",
+        "font-src 'self'",
         "connect-src 'self'",
         "object-src 'none'",
         "base-uri 'self'",
         "frame-ancestors 'none'",
     ]
 )
-DOCS_PATHS = ("/docs", "/redoc")
+DOCS_PATHS = ("/docs",)
 
 COMMON_HEADERS = {
     "x-content-type-options": "nosniff",

@@ -7,6 +7,7 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -26,6 +27,27 @@ from gateway.web.pages import (
 logger = logging.getLogger(__name__)
 
 
+API_DOCS = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>MedSeg API</title>
+<link rel="stylesheet" href="/static/vendor/swagger-ui/swagger-ui.css">
+</head>
+<body>
+<div id="swagger-ui"></div>
+<script src="/static/vendor/swagger-ui/swagger-ui-bundle.js"></script>
+<script src="/static/js/api_docs.js"></script>
+</body>
+</html>
+"""
+
+
+def api_docs() -> HTMLResponse:
+    """The interactive API documentation (Swagger UI from `make assets`, nothing from elsewhere)."""
+    return HTMLResponse(API_DOCS)
+
+
 def install_web(app: FastAPI, settings: Settings) -> None:
     """Serve the pages and their static files on `app` (after its API error handlers are installed)."""
     if not (WEB_DIR / "static" / "vendor" / "bootstrap").is_dir():
@@ -33,6 +55,7 @@ def install_web(app: FastAPI, settings: Settings) -> None:
     app.state.web_settings = settings
     app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")
     app.include_router(router)
+    app.add_api_route("/docs", api_docs, methods=["GET"], include_in_schema=False)
     app.add_exception_handler(SignInRequired, sign_in_redirect)
     app.add_exception_handler(PageForbidden, forbidden_page)
     install_error_pages(app)
