@@ -69,7 +69,7 @@ class ProcessMemory:
     process: str  # "<group>/<role>", e.g. "torchserve-liver/worker"
     pid: int
     start_mb: float  # before the first request
-    after_mb: dict[str, float]  # when each transport's run ended, in order ("grpc": the end)
+    after_mb: dict[str, float]  # when each transport's run ended, in order
     peak_mb: float
     end_mb: float
 

@@ -51,7 +51,8 @@ def test_soak_reports_errors_latency_and_memory_of_every_process(live, torchserv
     assert expected <= roles, roles
     for m in report["memory"]:
         assert 0 < m["start_mb"] <= m["peak_mb"] and 0 < m["end_mb"] <= m["peak_mb"], m
-        assert list(m["after_mb"]) == ["http", "grpc"] and m["after_mb"]["grpc"] == m["end_mb"], m
+        # the sampler keeps sampling between the last checkpoint and the end: the two may differ
+        assert list(m["after_mb"]) == ["http", "grpc"] and 0 < m["after_mb"]["grpc"] <= m["peak_mb"], m
 
     table = soak.format_report(report).splitlines()
     assert table[2] == "| transport | requests | errors | p50 ms | p95 ms | p99 ms | throughput req/s |"
