@@ -33,6 +33,8 @@ def _run_test(page, tmp_path, labels: dict[str, np.ndarray]) -> str:
     page.evaluate("document.getElementById('test-result').classList.add('d-none')")
     page.get_by_role("button", name="Run the test").click()
     page.locator("#test-result").wait_for(state="visible", timeout=RESULT_TIMEOUT_MS)
+    # the page then refreshes the stored tests the comparison offers; the button is busy until it has
+    expect(page.get_by_role("button", name="Run the test")).to_be_enabled(timeout=RESULT_TIMEOUT_MS)
     expect(page.locator("#cases-table tbody tr")).to_have_count(len(CASES))
     href = page.locator("#cases-table tbody tr a[data-action=feedback]").first.get_attribute("href")
     return parse_qs(urlparse(href).query)["evaluation"][0]
