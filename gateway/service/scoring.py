@@ -65,19 +65,13 @@ def dice_iou_at(prob_u8: np.ndarray, label: np.ndarray, thresholds) -> dict[floa
     return {t: (float(d), float(i)) for t, d, i in zip(thresholds, dice, iou, strict=True)}
 
 
-def dice_only(pred: np.ndarray, label: np.ndarray) -> float:
-    from monai.metrics import compute_dice
-
-    return float(compute_dice(_tensor(pred), _tensor(label), ignore_empty=False).item())
-
-
 def score_case(prob_u8: np.ndarray, label: np.ndarray, threshold: float) -> CaseScore:
     """Scores of one probability map (uint8 H×W) against its label (bool H×W)."""
     if prob_u8.shape != label.shape:
         raise ValueError(f"prediction {prob_u8.shape} and label {label.shape} differ in size")
     pred = probability_mask(prob_u8, threshold)
     dice, iou, hd95 = dice_iou_hd95(pred, label)
-    dice_at = {f"{t:.1f}": dice_only(probability_mask(prob_u8, t), label) for t in THRESHOLDS}
+    dice_at = {f"{t:.1f}": d for t, (d, _) in dice_iou_at(prob_u8, label, THRESHOLDS).items()}
     return CaseScore(
         dice, iou, hd95, dice_at, int(np.count_nonzero(pred)), int(np.count_nonzero(label)), pred
     )
