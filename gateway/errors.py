@@ -68,3 +68,12 @@ class ServiceUnavailable(MedSegError):
     """A dependency (organ server, object store, database) is down or timed out."""
 
     code, http_status, grpc_code = "service_unavailable", 503, "UNAVAILABLE"
+
+
+def http_headers(exc: Exception) -> dict[str, str] | None:
+    """The headers an HTTP answer to `exc` carries whether the edge answers in JSON (API) or HTML (pages):
+    an HTTPException's own (405's `Allow`, required by RFC 9110) and a wait's `Retry-After`."""
+    retry_after = getattr(exc, "retry_after_s", None)
+    if retry_after:
+        return {"Retry-After": str(retry_after)}
+    return getattr(exc, "headers", None)  # starlette's HTTPException: None when it has none

@@ -27,10 +27,10 @@ from gateway.api.routes import (
     training,
     users,
 )
-from gateway.api.security_headers import COMMON_HEADERS, PAGE_POLICY, SecurityHeadersMiddleware
+from gateway.api.security_headers import UNHANDLED_ERROR_HEADERS, SecurityHeadersMiddleware
 from gateway.api.uploads import FORM_OVERHEAD_BYTES, BodyLimitMiddleware
 from gateway.core.config import Settings, get_settings
-from gateway.errors import MedSegError
+from gateway.errors import MedSegError, http_headers
 from gateway.service import DataPlane, build_dataplane
 from gateway.service.clinic import Clinic
 from gateway.web import install_web
@@ -73,9 +73,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def medseg_error(_: Request, exc: MedSegError) -> JSONResponse:
         if exc.http_status >= 500:
             logger.warning("%s: %s", exc.code, exc.message)
-        retry_after = getattr(exc, "retry_after_s", None)
-        headers = {"Retry-After": str(retry_after)} if retry_after else None
-        return error_response(exc.http_status, exc.code, exc.message, headers=headers)
+        return error_response(exc.http_status, exc.code, exc.message, headers=http_headers(exc))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -86,15 +84,13 @@ def install_error_handlers(app: FastAPI) -> None:
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = STATUS_CODES.get(exc.status_code, "error" if exc.status_code < 500 else "internal")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
-        return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))
+        return error_response(exc.status_code, code, message, headers=http_headers(exc))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        # Starlette answers this from its outermost layer, outside SecurityHeadersMiddleware: add them here
-        headers = {**COMMON_HEADERS, "content-security-policy": PAGE_POLICY}
         message = "internal error; the gateway logged the details"
-        return error_response(500, "internal", message, headers=headers)
+        return error_response(500, "internal", message, headers=UNHANDLED_ERROR_HEADERS)
 
 
 def create_app(settings: Settings | None = None, dataplane: DataPlane | None = None) -> FastAPI:

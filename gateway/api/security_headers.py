@@ -49,6 +49,9 @@ COMMON_HEADERS = {
     "permissions-policy": "camera=(), microphone=(), geolocation=(), payment=(), usb=(), interest-cohort=()",
     "cross-origin-opener-policy": "same-origin",
 }
+# For answers Starlette gives from its outermost layer (an unhandled exception's 500, JSON or HTML page),
+# which SecurityHeadersMiddleware never sees: their handlers add these themselves.
+UNHANDLED_ERROR_HEADERS = {**COMMON_HEADERS, "content-security-policy": PAGE_POLICY}
 
 
 class SecurityHeadersMiddleware:

@@ -11,8 +11,9 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gateway.api.security_headers import UNHANDLED_ERROR_HEADERS
 from gateway.core.config import Settings
-from gateway.errors import MedSegError
+from gateway.errors import MedSegError, http_headers
 from gateway.web.pages import (
     WEB_DIR,
     PageForbidden,
@@ -79,10 +80,12 @@ def _page_or_api(api_handler, status: int | None):
         if not is_page_request(request):
             return await api_handler(request, exc)
         code = status or getattr(exc, "status_code", None) or getattr(exc, "http_status", 500)
+        headers = http_headers(exc)
         if status == 500:
             logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+            headers = UNHANDLED_ERROR_HEADERS  # answered outside SecurityHeadersMiddleware, as the API's 500
         elif code >= 500:
             logger.warning("%s on %s %s: %s", code, request.method, request.url.path, exc)
-        return error_page(request, code)
+        return error_page(request, code, headers=headers)
 
     return handle

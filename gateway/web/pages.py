@@ -304,18 +304,21 @@ def viewer_outside_routes(request: Request) -> Viewer:
         sessions.close()
 
 
-def error_page(request: Request, status_code: int) -> Response:
+def error_page(request: Request, status_code: int, headers: dict[str, str] | None = None) -> Response:
     """The styled error page in the base layout for `status_code` (a general text: never the exception's own
-    message, which may name internals, and never a stack trace)."""
+    message, which may name internals, and never a stack trace), carrying the error's own `headers` (e.g.
+    405's `Allow`) as the API's JSON answer does."""
     key = f"error.{status_code}"
     if f"{key}.title" not in i18n.EN:
         key = "error.4xx" if status_code < 500 else "error.500"
     try:
         viewer = viewer_outside_routes(request)
-        return render(
+        page = render(
             request, viewer, "error.html", status_code=status_code, code=status_code, key=key,
             path=request.url.path,
         )  # fmt: skip
     except Exception:
         logger.exception("the %s error page for %s failed to render", status_code, request.url.path)
-        return HTMLResponse(f"<!doctype html><title>{status_code}</title><p>{status_code}</p>", status_code)
+        page = HTMLResponse(f"<!doctype html><title>{status_code}</title><p>{status_code}</p>", status_code)
+    page.headers.update(headers or {})
+    return page

@@ -7,7 +7,10 @@ from __future__ import annotations
 import re
 
 import pytest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gateway.api.security_headers import COMMON_HEADERS, PAGE_POLICY
+from gateway.errors import TooManyRequests
 from gateway.models import User
 from gateway.web import pages
 
@@ -109,6 +112,10 @@ def test_a_failing_page_gets_the_html_500_page_without_a_stack_trace(world, monk
     assert "Something went wrong on the server" in response.text and 'href="/history"' in response.text
     assert "Traceback" not in response.text and "secret internals" not in response.text
     assert "RuntimeError" not in response.text
+    # Starlette answers an unhandled error outside SecurityHeadersMiddleware: the page still has its headers
+    for name, value in COMMON_HEADERS.items():
+        assert response.headers.get(name) == value, name
+    assert response.headers.get("content-security-policy") == PAGE_POLICY
 
 
 def test_a_failing_api_route_keeps_the_json_500(world, monkeypatch):
@@ -135,3 +142,39 @@ def test_the_api_key_page_offers_every_scope_a_key_can_have(world):
     assert page.status_code == 200
     offered = re.findall(r'name="scopes" value="([a-z]+)"', page.text)
     assert offered == list(KNOWN_SCOPES)
+
+
+WRONG_METHODS = [("delete", "/segment"), ("post", "/history"), ("put", "/models")]  # each page is GET-only
+
+
+@pytest.mark.parametrize(("method", "path"), WRONG_METHODS)
+def test_a_wrong_method_on_a_page_gets_the_html_405_page_with_its_allow_header(world, method, path):
+    researcher = world.client("researcher")
+    page = getattr(researcher, method)(path)
+    assert page.status_code == 405 and page.headers["content-type"].startswith("text/html")
+    assert 'data-testid="error-status">405<' in page.text
+    # RFC 9110: a 405 names the methods the resource does allow, on the page as the API does (both GET-only)
+    api = getattr(researcher, method)("/api/v1/organs")
+    assert api.status_code == 405 and api.json()["error"]["code"] == "method_not_allowed"
+    assert page.headers.get("allow") == api.headers.get("allow") == "GET"
+    assert researcher.get(path).status_code == 200
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]  # the middleware's, as before
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "headers"),
+    [
+        (TooManyRequests("slow down", retry_after_s=17), 429, {"retry-after": "17"}),
+        (StarletteHTTPException(503, "down", headers={"Retry-After": "5", "X-Why": "maintenance"}), 503,
+         {"retry-after": "5", "x-why": "maintenance"}),
+    ],
+)  # fmt: skip
+def test_an_error_page_keeps_the_errors_own_headers(world, monkeypatch, error, status, headers):
+    def failing(_request):
+        raise error
+
+    monkeypatch.setattr(pages, "organ_choices", failing)
+    page = world.client("doctor").get("/segment")
+    assert page.status_code == status and page.headers["content-type"].startswith("text/html")
+    assert {name: page.headers.get(name) for name in headers} == headers
+    assert page.headers["cache-control"] == "no-store" and "content-security-policy" in page.headers
