@@ -264,6 +264,12 @@ class History(pb_grpc.HistoryServicer):
         with self.edge.call(context, ops.HISTORY_READER) as (session, who):
             return pb.Png(png=ops.thumbnail(self.clinic, session, who, request.segmentation_id))
 
+    def GetMask(self, request, context):
+        with self.edge.call(context, ops.HISTORY_READER) as (session, who):
+            threshold = optional(request, "threshold")
+            used, png = ops.mask(self.clinic, session, who, request.segmentation_id, threshold)
+            return pb.MaskPng(png=png, threshold=used)
+
     def GetPatientTrend(self, request, context):
         with self.edge.call(context, ops.HISTORY_READER) as (session, who):
             out = ops.trend(self.clinic, session, who, request.patient_id, optional(request, "organ"))

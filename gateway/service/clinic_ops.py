@@ -48,6 +48,7 @@ from gateway.schemas_clinic import (
 from gateway.service import evaluations, feedback, history, model_registry
 from gateway.service.clinic import Clinic
 from gateway.service.dataplane import Upload
+from gateway.service.masks import THRESHOLDS, unpack_mask
 from gateway.service.training_jobs import JobRequest
 
 PEOPLE = ("doctor", "researcher", "admin")
@@ -395,6 +396,21 @@ def thumbnail(clinic: Clinic, session: Session, who: Principal, segmentation_id:
     if not row.thumbnail_key:
         raise NotFound(f"segmentation {segmentation_id} has no thumbnail", code="no_thumbnail")
     return clinic.dataplane.store.get_bytes(clinic.dataplane.results_bucket, row.thumbnail_key)
+
+
+def mask(
+    clinic: Clinic, session: Session, who: Principal, segmentation_id: str, threshold: float | None
+) -> tuple[float, bytes]:
+    """(threshold, mask PNG) of a stored segmentation: at `threshold`, else at the one the doctor saved,
+    else at the organ's default (the nearest on the grid)."""
+    row = history.get_segmentation(session, who, segmentation_id)
+    if threshold is None:
+        threshold = row.chosen_threshold
+    if threshold is None:
+        threshold = min(THRESHOLDS, key=lambda t: abs(t - clinic.default_threshold(row.organ)))
+    label, key = history.mask_key(row, threshold)
+    store = clinic.dataplane.store
+    return float(label), unpack_mask(key, store.get_bytes(clinic.dataplane.results_bucket, key), threshold)
 
 
 def trend(

@@ -2,10 +2,11 @@
 
 Segment: validate organ and upload (size, decodable, pixel count) before bothering an organ server,
 call the organ server, threshold its probability map at 0.2 … 0.8, store the probability map, the
-masks and a thumbnail (the history's preview) in the results bucket (concurrently), then record the
-Segmentation row in one commit. Every object is written before the row, and all of them are removed again
-when any write or the row fails, so a row never points at objects that are not there; only the thumbnail
-is optional: when its write fails the row is recorded without one.
+seven masks (one zip, see masks.pack_masks) and a thumbnail (the history's preview) in the results
+bucket (three concurrent writes), then record the Segmentation row in one commit. Every object is written
+before the row, and all of them are removed again when any write or the row fails, so a row never points
+at objects that are not there; only the thumbnail is optional: when its write fails the row is recorded
+without one.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 from gateway import metrics
 from gateway.errors import InvalidInput, MedSegError, NotFound, PayloadTooLarge, ServiceUnavailable
 from gateway.service import images, scoring
-from gateway.service.masks import THRESHOLDS, probability_mask, stability
+from gateway.service.masks import MASKS_OBJECT, THRESHOLDS, pack_masks, probability_mask, stability
 from gateway.service.organs import ModelInfo, Organ, OrganRegistry
 from services.torchserve_client import InferenceClient
 
@@ -291,7 +292,7 @@ class DataPlane:
                 height=height,
                 spacing_mm=spacing_mm,
                 probability_key=f"{prefix}/probability.png",
-                mask_keys={f"{m.threshold:.1f}": f"{prefix}/mask_{m.threshold:.1f}.png" for m in masks},
+                mask_keys={f"{m.threshold:.1f}": f"{prefix}/{MASKS_OBJECT}" for m in masks},
                 areas=areas,
                 stability=stability(areas),
                 thumbnail_key=thumbnail_key,
@@ -317,28 +318,34 @@ class DataPlane:
     def _store_results(
         self, prefix: str, prob: np.ndarray, prob_png: bytes, written: list[str]
     ) -> tuple[list[MaskResult], str | None]:
-        """Write the probability map, the thumbnail and, for each threshold, threshold → encode → write its
-        mask, all side by side in the writer pool (numpy, zlib and Pillow release the GIL, so encodes
-        overlap each other and the writes). Each written key is appended to `written`. Returns the masks
-        and the thumbnail's key (None when the thumbnail could not be made or written: it is a preview,
-        the segmentation stands without it) once every object is written; otherwise raises the first
-        failure, but only after every task has finished, so nothing is still in flight when the caller
-        removes what was written."""
+        """Write the probability map, the thumbnail and the seven masks (threshold → encode, packed into one
+        zip) side by side in the writer pool (numpy, zlib and Pillow release the GIL, so the encodes overlap
+        the other writes; the seven encodes take a few ms in all). Each written key is appended to
+        `written`. Returns the masks and the thumbnail's key (None when the thumbnail could not be made or
+        written: it is a preview, the segmentation stands without it) once every object is written;
+        otherwise raises the first failure, but only after every task has finished, so nothing is still in
+        flight when the caller removes what was written."""
 
         def put(key: str, blob: bytes) -> None:
-            self.store.put_bytes(self.results_bucket, key, blob, content_type="image/png")
+            kind = "application/zip" if key.endswith(".zip") else "image/png"
+            self.store.put_bytes(self.results_bucket, key, blob, content_type=kind)
 
-        def mask_and_put(threshold: float) -> MaskResult:
+        def mask(threshold: float) -> MaskResult:
             mask = probability_mask(prob, threshold)
-            result = MaskResult(threshold, int(np.count_nonzero(mask)), images.encode_mask(mask))
-            put(mask_keys[threshold], result.mask_png)
-            return result
+            return MaskResult(threshold, int(np.count_nonzero(mask)), images.encode_mask(mask))
+
+        def masks_and_put() -> list[MaskResult]:
+            masks = [mask(t) for t in THRESHOLDS]  # not in the pool: a task that waits on tasks can deadlock
+            put(masks_key, pack_masks({m.threshold: m.mask_png for m in masks}))
+            return masks
 
         probability_key = f"{prefix}/probability.png"
         thumbnail_key = f"{prefix}/thumbnail.png"
-        mask_keys = {t: f"{prefix}/mask_{t:.1f}.png" for t in THRESHOLDS}
-        futures = {probability_key: self._writers.submit(put, probability_key, prob_png)}
-        futures.update({mask_keys[t]: self._writers.submit(mask_and_put, t) for t in THRESHOLDS})
+        masks_key = f"{prefix}/{MASKS_OBJECT}"
+        futures = {
+            probability_key: self._writers.submit(put, probability_key, prob_png),
+            masks_key: self._writers.submit(masks_and_put),
+        }
         thumbnail = self._writers.submit(lambda: put(thumbnail_key, scoring.thumbnail_png(prob)))
         wait([*futures.values(), thumbnail])
         written.extend(key for key, future in futures.items() if future.exception() is None)
@@ -352,7 +359,7 @@ class DataPlane:
                 raise failed
             logger.warning("no thumbnail for %s: %s", prefix, failed)
             thumbnail_key = None
-        return [futures[mask_keys[t]].result() for t in THRESHOLDS], thumbnail_key
+        return futures[masks_key].result(), thumbnail_key
 
     def _remove(self, keys: Sequence[str]) -> None:
         for key in keys:

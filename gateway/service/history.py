@@ -113,6 +113,19 @@ def get_segmentation(session: Session, principal: Principal, segmentation_id: st
     return row
 
 
+def mask_key(row: Segmentation, threshold: float) -> tuple[str, str]:
+    """("0.5", the object key of the segmentation's mask at that threshold); 400 off the thresholds' grid."""
+    key = f"{threshold:.1f}"
+    if round(threshold, 1) not in THRESHOLDS or abs(threshold - round(threshold, 1)) > 1e-9:
+        raise InvalidInput(
+            f"threshold must be one of {', '.join(f'{t:.1f}' for t in THRESHOLDS)}, not {threshold}",
+            code="invalid_threshold",
+        )
+    if key not in (row.mask_keys or {}):
+        raise InvalidInput(f"segmentation {row.id} has no mask at {key}", code="invalid_threshold")
+    return key, row.mask_keys[key]
+
+
 def choose_threshold(
     session: Session, principal: Principal, segmentation_id: str, threshold: float, note: str | None
 ) -> Segmentation:
@@ -122,14 +135,7 @@ def choose_threshold(
     )
     if not made_it:  # an API key saves the choice of the doctor it segmented for
         raise Forbidden("only the doctor (or the API key) who made the segmentation saves its threshold")
-    key = f"{threshold:.1f}"
-    if round(threshold, 1) not in THRESHOLDS or abs(threshold - round(threshold, 1)) > 1e-9:
-        raise InvalidInput(
-            f"threshold must be one of {', '.join(f'{t:.1f}' for t in THRESHOLDS)}, not {threshold}",
-            code="invalid_threshold",
-        )
-    if key not in (row.mask_keys or {}):
-        raise InvalidInput(f"segmentation {row.id} has no mask at {key}", code="invalid_threshold")
+    key = mask_key(row, threshold)[0]
     row.chosen_threshold, row.chosen_note, row.chosen_at = round(threshold, 1), note, datetime.now(UTC)
     audit(session, principal.actor, "segmentation.choose", f"segmentation:{row.id}", {"threshold": key})
     _commit(session)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import io
+import zipfile
 
 import numpy as np
 
@@ -29,3 +31,29 @@ def stability(areas_px: dict[str, int]) -> float:
     alone give the Dice, no pixels read."""
     low, high = areas_px["0.2"], areas_px["0.8"]
     return 1.0 if low + high == 0 else 2.0 * high / (low + high)
+
+
+# A segmentation's seven masks are stored as one object, a zip (stored, not deflated: PNGs are compressed
+# already) of the very PNGs the answer carried, one member per threshold. One write instead of seven.
+MASKS_OBJECT = "masks.zip"
+
+
+def mask_member(threshold: float) -> str:
+    return f"mask_{threshold:.1f}.png"
+
+
+def pack_masks(pngs: dict[float, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as archive:
+        for threshold, png in pngs.items():
+            archive.writestr(zipfile.ZipInfo(mask_member(threshold), date_time=(1980, 1, 1, 0, 0, 0)), png)
+    return buf.getvalue()
+
+
+def unpack_mask(key: str, blob: bytes, threshold: float) -> bytes:
+    """The mask PNG at `threshold` from the object stored at `key`: a member of a masks zip, or (rows
+    written before masks were packed) the object itself."""
+    if not key.endswith(".zip"):
+        return blob
+    with zipfile.ZipFile(io.BytesIO(blob)) as archive:
+        return archive.read(mask_member(threshold))

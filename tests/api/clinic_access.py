@@ -21,6 +21,8 @@ from gateway.models import (
     Segmentation,
     TrainingJob,
 )
+from gateway.service.images import encode_mask
+from gateway.service.masks import MASKS_OBJECT, THRESHOLDS, pack_masks
 from gateway.service.training_jobs import spawn_worker
 
 PEOPLE = frozenset({"doctor", "researcher", "admin"})
@@ -146,6 +148,9 @@ def _segmentation(world, who) -> str:
     seg_id = uuid.uuid4()
     key = f"segmentations/liver/{seg_id}/thumbnail.png"
     world.store.put_bytes("medseg-results", key, b"\x89PNG\r\n\x1a\nfake")
+    masks_key = f"segmentations/liver/{seg_id}/{MASKS_OBJECT}"
+    square = encode_mask(np.pad(np.ones((4, 4), bool), 14))  # 32×32, 16 px (the areas below are made up)
+    world.store.put_bytes("medseg-results", masks_key, pack_masks({t: square for t in THRESHOLDS}))
     with world.session() as session:
         session.add(
             Segmentation(
@@ -157,7 +162,7 @@ def _segmentation(world, who) -> str:
                 width=32,
                 height=32,
                 probability_key="p",
-                mask_keys={"0.5": "m"},
+                mask_keys={f"{t:.1f}": masks_key for t in THRESHOLDS},
                 areas_px={"0.5": 4},
                 thumbnail_key=key,
                 user_id=world.users[who].id if who in world.users else None,
@@ -297,6 +302,11 @@ def _rules() -> dict:
             PEOPLE,
             ("segment",),
             lambda w, c, who: c.get(f"/api/v1/segmentations/{_segmentation(w, who)}/thumbnail.png"),
+        ),
+        ("GET", "/api/v1/segmentations/{segmentation_id}/mask.png"): _rule(
+            PEOPLE,
+            ("segment",),
+            lambda w, c, who: c.get(f"/api/v1/segmentations/{_segmentation(w, who)}/mask.png"),
         ),
         ("GET", "/api/v1/training/jobs"): _rule(
             RESEARCH, ("train",), lambda w, c, who: (_no_training(w), c.get("/api/v1/training/jobs"))[1]

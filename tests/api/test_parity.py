@@ -152,6 +152,9 @@ HTTP_CALLS = {
         f"/api/v1/segmentations/{a['segmentation_id']}/choice", json=_json(a, "threshold", "note")
     ),
     "GetThumbnail": lambda c, a: c.get(f"/api/v1/segmentations/{a['segmentation_id']}/thumbnail.png"),
+    "GetMask": lambda c, a: c.get(
+        f"/api/v1/segmentations/{a['segmentation_id']}/mask.png", params=_json(a, "threshold")
+    ),
     "GetPatientTrend": lambda c, a: c.get(
         f"/api/v1/patients/{a['patient_id']}/trend", params=_json(a, "organ")
     ),
@@ -168,7 +171,8 @@ def call_http(world, channel, row: Row, args: dict):
     if response.status_code >= 400:
         return Failure(response.status_code, response.json()["error"]["code"])
     if response.headers["content-type"] == "image/png":
-        return {"png": response.content}
+        threshold = response.headers.get("x-medseg-threshold")  # a stored mask's, in the gRPC answer's field
+        return {"png": response.content} | ({"threshold": float(threshold)} if threshold else {})
     return response.json()
 
 
@@ -215,6 +219,8 @@ def call_grpc(world, channel, row: Row, args: dict):
         return Failure(exc.code(), codes.get("medseg-error-code", ""))
     if answer.DESCRIPTOR.name == "Png":
         return {"png": answer.png}
+    if answer.DESCRIPTOR.name == "MaskPng":
+        return {"png": answer.png, "threshold": answer.threshold}
     data = json_format.MessageToDict(
         answer, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
@@ -407,6 +413,14 @@ ROWS = [
         lambda w: {"segmentation_id": _segmentation(w, "doctor"), "threshold": 0.5},
         Err(404, S.NOT_FOUND, "unknown_segmentation"), id="someone else's segmentation"),
     Row("GetThumbnail", "segment", lambda w: {"segmentation_id": _segmentation(w, OWNER)}, {"png": _is_png}),
+    Row("GetMask", "segment", lambda w: {"segmentation_id": _segmentation(w, OWNER), "threshold": 0.7},
+        {"png": _is_png, "threshold": 0.7}),
+    Row("GetMask", "segment", lambda w: {"segmentation_id": _segmentation(w, OWNER)},
+        {"png": _is_png, "threshold": _between(0.2, 0.8)}, id="no threshold: the organ's default"),
+    Row("GetMask", "segment", lambda w: {"segmentation_id": _segmentation(w, OWNER), "threshold": 0.9},
+        Err(400, S.INVALID_ARGUMENT, "invalid_threshold"), id="mask off the grid"),
+    Row("GetMask", "segment", lambda w: {"segmentation_id": _segmentation(w, "doctor"), "threshold": 0.5},
+        Err(404, S.NOT_FOUND, "unknown_segmentation"), id="someone else's mask"),
     Row("GetPatientTrend", "segment", lambda w: (_segmentation(w, OWNER), {"patient_id": "P-1"})[1],
         {"patient_id": "P-1", "points": lambda v: v and all(p["unit"] == "px" for p in v)}),
     # --- training jobs

@@ -107,6 +107,13 @@ def test_segment_liver_slice_over_http(http, api_keys, stack_dataplane, objectst
     assert stored == base64.b64decode(body["probability_png"])
     assert set(row.mask_keys) == {f"{t:.1f}" for t in THRESHOLDS}
     assert all(objectstore.exists(stack_dataplane.results_bucket, key) for key in row.mask_keys.values())
+    answered = {m["threshold"]: base64.b64decode(m["mask_png"]) for m in body["masks"]}
+    for threshold, params in [(0.3, {"threshold": 0.3}), (0.5, {})]:  # no threshold: the organ's default
+        got = http.get(
+            f"/api/v1/segmentations/{body['id']}/mask.png", params=params, headers=bearer(api_keys["segment"])
+        )
+        assert got.status_code == 200 and got.headers["x-medseg-threshold"] == f"{threshold:.1f}"
+        assert got.content == answered[threshold]  # read back from the store: what the answer carried
 
 
 def test_segment_liver_slice_over_grpc(stub, api_keys):

@@ -43,6 +43,29 @@ def thumbnail(segmentation_id: str, clinic: ClinicDep, who: HistoryReader, sessi
     return Response(content=ops.thumbnail(clinic, session, who, segmentation_id), media_type="image/png")
 
 
+@router.get(
+    "/segmentations/{segmentation_id}/mask.png",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"image/png": {}},
+            "headers": {"X-MedSeg-Threshold": {"description": "the threshold of this mask", "schema": {}}},
+        }
+    },
+)
+def mask(
+    segmentation_id: str,
+    clinic: ClinicDep,
+    who: HistoryReader,
+    session: SessionDep,
+    threshold: float | None = None,
+):
+    """The stored mask (0/255 PNG at the image's size) at `threshold` (0.2 … 0.8), else at the threshold the
+    doctor saved, else at the organ's default; the header X-MedSeg-Threshold says which one it is."""
+    used, png = ops.mask(clinic, session, who, segmentation_id, threshold)
+    return Response(content=png, media_type="image/png", headers={"X-MedSeg-Threshold": f"{used:.1f}"})
+
+
 @router.get("/patients/{patient_id}/trend", response_model=TrendPublic)
 def trend(
     patient_id: PatientId,
