@@ -9,6 +9,11 @@ import numpy as np
 from PIL import Image
 
 PASSWORD = "correct horse battery"
+# Every page an admin can open (all of them): the layout checks (tablet, laptop) go through each.
+ADMIN_PAGES = [
+    "/segment", "/history", "/datasets", "/model-test", "/feedback", "/profile", "/training", "/models",
+    "/admin/users", "/admin/api-keys", "/admin/audit",
+]  # fmt: skip
 
 
 def png_bytes(array: np.ndarray) -> bytes:

@@ -7,14 +7,10 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
-from tests.web.helpers import disc_image, png_bytes
+from tests.web.helpers import ADMIN_PAGES, disc_image, png_bytes
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-PAGES = [
-    "/segment", "/history", "/datasets", "/model-test", "/feedback", "/profile", "/training", "/models",
-    "/admin/users", "/admin/api-keys", "/admin/audit",
-]  # fmt: skip
 TABLETS = {"portrait": {"width": 768, "height": 1024}, "landscape": {"width": 1024, "height": 768}}
 
 
@@ -37,7 +33,7 @@ def test_every_page_fits_a_tablet_and_the_navigation_works_by_keyboard(web, brow
     assert segmented.ok, segmented.text()
 
     wide = {}
-    for path in PAGES:
+    for path in ADMIN_PAGES:
         response = page.goto(path)
         assert response.status == 200, path
         page.wait_for_load_state("networkidle")
