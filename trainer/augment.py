@@ -21,6 +21,7 @@ class AugmentConfig:
     contrast: tuple[float, float] = (0.85, 1.15)
     gamma: tuple[float, float] = (0.8, 1.25)
     per_channel_jitter: float = 0.0  # stain variation for H&E
+    hed_jitter: float = 0.0  # stain variation for H&E in haematoxylin/eosin/DAB space (Tellez et al. 2018)
     noise_std: float = 0.03
 
 
@@ -35,6 +36,24 @@ def random_crop(images: torch.Tensor, masks: torch.Tensor, size: int, gen: torch
         [masks[i, :, y : y + size, x : x + size] for i, (y, x) in enumerate(zip(ys, xs, strict=True))]
     )
     return img, msk
+
+
+# Ruifrok & Johnston's stain vectors (rows: haematoxylin, eosin, DAB) as optical density per RGB channel,
+# the matrix scikit-image's rgb2hed inverts.
+RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+HED_FROM_RGB = torch.linalg.inv(RGB_FROM_HED)
+
+
+def hed_jitter(images: torch.Tensor, sigma: float, gen: torch.Generator) -> torch.Tensor:
+    """Scale each stain's optical density by U(1-σ, 1+σ) and shift it by U(-σ, σ), per image: the stain
+    variation between labs and scanners, which a per-RGB-channel jitter only approximates."""
+    n = images.shape[0]
+    od = -torch.log(images.clamp(min=1e-3)).permute(0, 2, 3, 1)  # (N, H, W, RGB) optical density
+    stains = od @ HED_FROM_RGB
+    alpha = 1 + sigma * (2 * torch.rand(n, 1, 1, 3, generator=gen) - 1)
+    beta = sigma * (2 * torch.rand(n, 1, 1, 3, generator=gen) - 1)
+    od = (stains * alpha + beta) @ RGB_FROM_HED
+    return torch.exp(-od).permute(0, 3, 1, 2).clamp(0, 1).contiguous()
 
 
 def augment(images: torch.Tensor, masks: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator):
@@ -65,6 +84,8 @@ def augment(images: torch.Tensor, masks: torch.Tensor, cfg: AugmentConfig, gen: 
         masks = (
             F.grid_sample(masks, grid, mode="bilinear", padding_mode="zeros", align_corners=False) > 0.5
         ).float()
+    if cfg.hed_jitter:
+        images = hed_jitter(images, cfg.hed_jitter, gen)
     images = images * uniform(*cfg.contrast, 1, 1, 1) + uniform(-cfg.brightness, cfg.brightness, 1, 1, 1)
     if cfg.per_channel_jitter:
         c = images.shape[1]

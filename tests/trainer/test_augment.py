@@ -1,0 +1,61 @@
+"""Augmentation: shapes and ranges kept, masks untouched by colour, stain jitter acting in H&E space."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.data import CELLS_TRAIN
+from trainer.augment import HED_FROM_RGB, RGB_FROM_HED, AugmentConfig, augment, hed_jitter
+
+
+def tile(size: int = 128) -> torch.Tensor:
+    path = sorted((CELLS_TRAIN / "images").glob("*.png"))[0]
+    rgb = np.array(Image.open(path).convert("RGB"))[:size, :size]
+    return torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0
+
+
+def test_the_stain_matrices_invert_each_other():
+    torch.testing.assert_close(RGB_FROM_HED @ HED_FROM_RGB, torch.eye(3), atol=1e-5, rtol=0)
+
+
+def test_hed_jitter_of_zero_changes_nothing_and_stays_in_range():
+    x = tile()
+    gen = torch.Generator().manual_seed(0)
+    torch.testing.assert_close(hed_jitter(x, 0.0, gen), x, atol=2e-3, rtol=0)  # 1/255 = 4e-3
+    y = hed_jitter(x.repeat(4, 1, 1, 1), 0.2, gen)
+    assert y.shape == (4, 3, 128, 128) and 0 <= float(y.min()) and float(y.max()) <= 1
+
+
+def test_hed_jitter_scales_each_stain_not_each_rgb_channel():
+    """In stain space the change of a jittered tile is a per-stain scale and shift, the same for every
+    pixel (up to the clamping of near-white pixels): fit it back per stain."""
+    x = tile()
+    y = hed_jitter(x, 0.1, torch.Generator().manual_seed(3))
+
+    def stains(img):
+        return (-torch.log(img.clamp(min=1e-3))).permute(0, 2, 3, 1).reshape(-1, 3) @ HED_FROM_RGB
+
+    before, after = stains(x), stains(y)
+    keep = (y > 1e-3).all(1).flatten() & (y < 1).all(1).flatten()  # pixels the clamp did not touch
+    for s in range(2):  # haematoxylin, eosin
+        a = before[keep, s]
+        design = torch.stack([a, torch.ones_like(a)], 1)
+        alpha, beta = torch.linalg.lstsq(design, after[keep, s, None]).solution.flatten()
+        residual = after[keep, s] - (alpha * a + beta)
+        assert 0.9 <= float(alpha) <= 1.1 and abs(float(beta)) <= 0.1 + 1e-4
+        assert float(residual.abs().max()) < 1e-3
+    assert not torch.allclose(x, y, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "cfg", [AugmentConfig(crop=64, flips=True, rot90=True, hed_jitter=0.05), AugmentConfig()]
+)
+def test_augment_keeps_shapes_ranges_and_binary_masks(cfg):
+    x = tile().repeat(3, 1, 1, 1)
+    masks = (x[:, :1] < 0.5).float()
+    img, msk = augment(x.clone(), masks.clone(), cfg, torch.Generator().manual_seed(1))
+    side = cfg.crop or 128
+    assert img.shape == (3, 3, side, side) and msk.shape == (3, 1, side, side)
+    assert 0 <= float(img.min()) and float(img.max()) <= 1
+    assert set(msk.unique().tolist()) <= {0.0, 1.0}
