@@ -674,9 +674,9 @@ def segment_breakdown(stack: Stack, image: bytes, runs: int = 15) -> dict[str, f
         "decode+validate upload": (images, "inspect"),
         "TorchServe call": (dataplane.clients[ORGAN], "predict"),
         "decode probability PNG": (images, "decode_probability"),
-        "threshold 7 masks (summed over threads)": (dataplane_module, "probability_mask"),
-        "encode 7 mask PNGs (summed over threads)": (images, "encode_mask"),
-        "masks, thumbnail + object store: 9 concurrent writes": (dataplane, "_store_results"),
+        "threshold 7 masks": (dataplane_module, "probability_mask"),
+        "encode 7 mask PNGs": (images, "encode_mask"),
+        "masks, thumbnail + object store: 3 concurrent writes": (dataplane, "_store_results"),
         "database row + audit": (dataplane, "record_segmentation"),
     }
     samples: dict[str, list[float]] = {name: [] for name in parts}
