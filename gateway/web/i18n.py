@@ -153,6 +153,8 @@ EN: dict[str, str] = {
     "history.trend_help": "Enter a patient ID to see the segmented area over time.",
     "history.none": "No saved segmentations match.",
     "history.thumb_alt": "Mask thumbnail for {organ}, {when}",
+    "history.mask": "Mask PNG",
+    "history.mask_col": "Saved mask",
     "model_test.title": "Test a model",
     "model_test.help": (
         "Upload images with their label masks (matched by file name, e.g. case1.png and case1_mask.png)."
@@ -439,6 +441,8 @@ ZH: dict[str, str] = {
     "history.trend_help": "输入患者编号以查看分割面积随时间的变化。",
     "history.none": "没有符合条件的已保存分割。",
     "history.thumb_alt": "{organ} 掩膜缩略图，{when}",
+    "history.mask": "掩膜 PNG",
+    "history.mask_col": "已保存的掩膜",
     "model_test.title": "模型测试",
     "model_test.help": "上传图像及其标注掩膜（按文件名匹配，如 case1.png 与 case1_mask.png）。",
     "model_test.images": "图像",

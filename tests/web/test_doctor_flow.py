@@ -5,6 +5,7 @@ Every page is photographed into test-artifacts/web/."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
@@ -144,6 +145,7 @@ def test_doctor_registers_is_approved_and_works_through_the_clinical_pages(web, 
     with doctor.expect_download() as download:
         doctor.get_by_role("link", name="Download mask PNG").click()
     assert download.value.suggested_filename.endswith(f"-t{chosen}.png")
+    shown_mask = Path(download.value.path()).read_bytes()
 
     doctor.get_by_label("Note").fill("<script>alert('x')</script> borderline")
     doctor.get_by_role("button", name="Save this result").click()
@@ -159,5 +161,9 @@ def test_doctor_registers_is_approved_and_works_through_the_clinical_pages(web, 
     expect(row.locator('[data-field="threshold"]')).to_have_text(chosen)
     assert "<script>alert('x')</script> borderline" in row.inner_text()  # shown as text, never run
     assert row.locator("img.thumb").get_attribute("alt").startswith("Mask thumbnail for liver")
+    with doctor.expect_download() as download:  # the saved mask, read back from the object store
+        row.get_by_role("link", name="Mask PNG").click()
+    assert download.value.suggested_filename.endswith(f"-t{chosen}.png")
+    assert Path(download.value.path()).read_bytes() == shown_mask
     doctor.locator("#trend-plot svg").wait_for()
     web.shot(doctor, "history")

@@ -20,7 +20,7 @@
     try {
       const body = await M.api("GET", "/api/v1/segmentations" + (q.toString() ? "?" + q : ""));
       if (!body.segmentations.length) {
-        table.replaceChildren(M.h("tr", {}, [M.h("td", { colspan: 10, text: M.t("history.none") })]));
+        table.replaceChildren(M.h("tr", {}, [M.h("td", { colspan: 11, text: M.t("history.none") })]));
         return;
       }
       table.replaceChildren.apply(table, body.segmentations.map(function (s) {
@@ -36,13 +36,23 @@
           M.h("td", { "data-field": "threshold", text: s.chosen_threshold !== null ? s.chosen_threshold.toFixed(1) : "—" }),
           M.h("td", { text: Math.round(s.area) + " " + (s.area_unit === "mm2" ? "mm²" : "px") }),
           M.h("td", {}, [stability]), M.h("td", { class: "small", text: s.chosen_note || "" }),
-          M.h("td", {}, [feedbackLink(s)]),
+          M.h("td", {}, [maskLink(s)]), M.h("td", {}, [feedbackLink(s)]),
         ]);
       }));
     } catch (err) {
       M.showError(error, err.status === 404 ? M.t("common.unavailable") : err);
       table.replaceChildren();
     }
+  }
+
+  /** The stored mask at the saved threshold (the server's default when none was saved), as a PNG file. */
+  function maskLink(s) {
+    const url = "/api/v1/segmentations/" + encodeURIComponent(s.id) + "/mask.png";
+    const t = s.chosen_threshold !== null ? s.chosen_threshold.toFixed(1) : "default";
+    return M.h("a", {
+      class: "small", href: url, "data-action": "mask",
+      download: "medseg-" + s.organ + "-" + s.id + "-t" + t + ".png", text: M.t("history.mask"),
+    });
   }
 
   /** The feedback form, filled in with this saved result's model version, ID and chosen threshold. */
