@@ -237,30 +237,38 @@ def machine_facts(server_torch_threads: int | None) -> dict:
     }
 
 
-def process_group_cpu_seconds(pgid: int) -> float:
-    """User + system CPU seconds of the live processes in process group `pgid` (Linux /proc)."""
+def process_group_cpu_seconds(pgid: int) -> dict[str, float]:
+    """User + system CPU seconds of the live processes in process group `pgid` (Linux /proc), by command
+    name (TorchServe's group holds its Java frontend and its Python workers)."""
     ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
+    totals: dict[str, float] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+            text = stat.read_text()
+            comm, fields = text[text.index("(") + 1 : text.rindex(")")], text.rsplit(")", 1)[1].split()
+        except (OSError, ValueError, IndexError):
             continue
         if int(fields[2]) == pgid:  # fields[2] = pgrp; utime and stime are fields 14 and 15 of stat
-            total += int(fields[11]) + int(fields[12])
-    return total / ticks
+            totals[comm] = totals.get(comm, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return totals
 
 
 def cpu_probe(groups: dict[str, int]) -> CpuProbe:
     """CPU seconds so far of this process ("bench": in-process model and every client) and of each named
-    process group (each server the bench starts runs in a session of its own)."""
+    process group (each server the bench starts runs in a session of its own); TorchServe's split into its
+    Java frontend and its Python worker."""
 
     def probe() -> dict[str, float]:
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        return {
-            "bench": usage.ru_utime + usage.ru_stime,
-            **{name: process_group_cpu_seconds(pgid) for name, pgid in groups.items()},
-        }
+        out = {"bench": usage.ru_utime + usage.ru_stime}
+        for name, pgid in groups.items():
+            by_comm = process_group_cpu_seconds(pgid)
+            if name == "torchserve":
+                out["torchserve java"] = by_comm.get("java", 0.0)
+                out["torchserve worker"] = sum(v for comm, v in by_comm.items() if comm != "java")
+            else:
+                out[name] = sum(by_comm.values())
+        return out
 
     return probe
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -84,3 +86,10 @@ def test_percentile_interpolates():
     assert bench.percentile([5.0], 95) == 5.0
     with pytest.raises(ValueError):
         bench.percentile([], 50)
+
+
+def test_process_group_cpu_is_split_by_command_name():
+    own = Path("/proc/self/comm").read_text().strip()
+    sum(i * i for i in range(300_000))  # some CPU time of our own
+    by_comm = bench.process_group_cpu_seconds(os.getpgrp())
+    assert by_comm.get(own, 0.0) > 0.0 and all(v >= 0.0 for v in by_comm.values())
