@@ -22,6 +22,12 @@ deadline. `predict` retries only UNAVAILABLE (nothing was processed), a bounded 
 the same overall deadline. Reconnect backoff is kept short so a server that comes back is used again
 within seconds instead of gRPC's default two minutes.
 
+Scale-out: gRPC resolves a target's addresses when the channel connects and again only when a connection
+breaks, and TorchServe cannot make clients reconnect (it has no max-connection-age setting). So with
+`renew_after_s` the inference client dials a new channel that often, which resolves the target afresh: in
+Kubernetes the organ's headless Service then names the replicas a scale-out added, and they get calls
+within that time. The old channel is closed one renewal later, when every call on it is past its deadline.
+
 Failures are raised as the platform's transport-neutral errors (gateway.errors): INVALID_ARGUMENT →
 InvalidInput, NOT_FOUND (and the inference API's "Model not found") → NotFound, UNAVAILABLE /
 DEADLINE_EXCEEDED → ServiceUnavailable, a refused token → ServiceUnavailable with code "organ_auth"
@@ -39,6 +45,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable
 
@@ -162,6 +169,9 @@ class InferenceClient(_Client):
     """TorchServe gRPC inference API of one organ server (address "host:port", inference key).
 
     `retries`: extra attempts of `predict` when the server answers UNAVAILABLE, within its deadline.
+    `renew_after_s`: dial a new channel this often (at least twice `timeout`), so the target is resolved
+    again; None: one channel for the client's life. (A call given a deadline longer than that may be cut
+    when its channel is closed.)
     """
 
     def __init__(
@@ -173,10 +183,29 @@ class InferenceClient(_Client):
         retries: int = 2,
         label: str | None = None,
         channel: grpc.Channel | None = None,
+        renew_after_s: float | None = None,
     ):
         super().__init__(address, key, timeout=timeout, label=label, channel=channel)
         self.retries = max(0, retries)
         self._stub = inference_pb2_grpc.InferenceAPIsServiceStub(self._channel)
+        # at least twice the deadline: a retired channel is closed only after its last call's deadline
+        self.renew_after_s = max(renew_after_s, 2 * timeout) if renew_after_s else None
+        self._born = time.monotonic()
+        self._retired: grpc.Channel | None = None
+        self._renewing = threading.Lock()
+
+    def _current(self):
+        """The stub to call through: on a channel renewed every `renew_after_s` (see the module's doc)."""
+        if self.renew_after_s is not None and time.monotonic() - self._born >= self.renew_after_s:
+            with self._renewing:
+                if time.monotonic() - self._born >= self.renew_after_s:
+                    if self._retired is not None:  # retired one renewal ago: its calls are all over
+                        self._retired.close()
+                    self._retired = self._channel
+                    self._channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+                    self._stub = inference_pb2_grpc.InferenceAPIsServiceStub(self._channel)
+                    self._born = time.monotonic()
+        return self._stub
 
     def predict(
         self, model_name: str, data: bytes, version: str | None = None, timeout: float | None = None
@@ -201,7 +230,7 @@ class InferenceClient(_Client):
                     f"{self.label} did not answer in time ({what})", code="organ_unavailable"
                 )
             try:
-                reply = self._stub.Predictions(request, timeout=remaining, metadata=self._metadata())
+                reply = self._current().Predictions(request, timeout=remaining, metadata=self._metadata())
             except grpc.RpcError as exc:
                 if exc.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
                     attempt += 1
@@ -213,9 +242,14 @@ class InferenceClient(_Client):
                 raise self._translate(exc, what) from None
             return self._checked(reply.prediction, model_name)
 
+    def close(self) -> None:
+        super().close()
+        if self._retired is not None:
+            self._retired.close()
+
     def ping(self, timeout: float | None = None) -> str:
         """Server health as TorchServe reports it (e.g. "Healthy"); raises ServiceUnavailable if down."""
-        reply = self._call(self._stub.Ping, empty_pb2.Empty(), timeout, "ping")
+        reply = self._call(self._current().Ping, empty_pb2.Empty(), timeout, "ping")
         try:
             return json.loads(reply.health).get("status", reply.health)
         except (ValueError, AttributeError):

@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     organ_management_addresses: dict[str, str] = {}
     inference_timeout_s: float = 10.0  # deadline of one call to an organ server
     inference_retries: int = 2  # extra attempts when an organ server answers UNAVAILABLE
+    # Dial each organ server afresh this often (seconds; 0: never), so the replicas a scale-out added get
+    # calls: a new channel resolves the organ's headless Service again (see services.torchserve_client).
+    organ_channel_renew_s: float = 60.0
     readiness_timeout_s: float = 1.0  # /readyz probes must answer fast even when a dependency hangs
 
     # Uploads: refused before the body is read when Content-Length says too much, and capped while streaming.

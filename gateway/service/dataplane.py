@@ -507,6 +507,7 @@ def build_dataplane(settings) -> DataPlane:
             timeout=settings.inference_timeout_s,
             retries=settings.inference_retries,
             label=f"organ server {organ.name!r}",
+            renew_after_s=settings.organ_channel_renew_s or None,
         )
         for organ in registry.all()
     }

@@ -169,3 +169,54 @@ def test_server_side_failures_map_to_transport_neutral_errors(fake):
         client.predict("liver", b"x")
     assert info.value.code == "organ_error" and "simulated" not in info.value.message
     assert isinstance(info.value, MedSegError)
+
+
+def test_a_renewed_channel_reaches_the_replicas_a_scale_out_added(monkeypatch):
+    """The target resolves to one replica, then (as a headless Service's DNS after `kubectl scale`) to three.
+    A client that renews its channel calls all three once the renewal is due; a call still running on the
+    old channel when it is renewed finishes, and the old channel is closed at the next renewal."""
+    replicas = [FakeTorchServe() for _ in range(3)]
+    servers = [_serve(r) for r in replicas]
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    try:
+        client = InferenceClient(f"ipv4:127.0.0.1:{servers[0][1]}", timeout=5, renew_after_s=60)
+        assert client.renew_after_s == 60
+        for _ in range(5):
+            client.predict("liver", b"img")
+        assert [r.calls for r in replicas] == [5, 0, 0]
+
+        replicas[0].hang = True  # a call that is running on the old channel while it is renewed
+        slow = futures.ThreadPoolExecutor(1).submit(client.predict, "liver", b"slow")
+        for _ in range(100):
+            if replicas[0].calls == 6:
+                break
+            time.sleep(0.01)
+        replicas[0].hang = False  # the slow call waits on; the next ones are answered at once
+        client.address = "ipv4:" + ",".join(f"127.0.0.1:{port}" for _, port in servers)  # DNS now says three
+        clock[0] += 59
+        client.predict("liver", b"img")  # not yet due: the old channel, the old answer (one replica)
+        assert [r.calls for r in replicas][1:] == [0, 0]
+        clock[0] += 1
+        for _ in range(60):  # due: a new channel, connecting to each replica in turn
+            if all(r.calls for r in replicas[1:]):
+                break
+            client.predict("liver", b"img")
+        assert all(r.calls for r in replicas), [r.calls for r in replicas]
+        replicas[0].release.set()
+        assert slow.result(timeout=10) == PNG + b"slow"  # the renewal did not cut it off
+
+        old = client._retired
+        clock[0] += 60
+        client.predict("liver", b"img")
+        assert client._retired is not old  # the channel retired a renewal ago is closed now
+        with pytest.raises(ValueError):
+            old.unary_unary("/x")(b"", timeout=1)  # a closed channel refuses new calls
+    finally:
+        for server, _ in servers:
+            server.stop(0)
+
+
+def test_renewal_waits_at_least_twice_the_deadline():
+    assert InferenceClient("127.0.0.1:1", timeout=10, renew_after_s=5).renew_after_s == 20
+    assert InferenceClient("127.0.0.1:1", timeout=10).renew_after_s is None
