@@ -24,7 +24,8 @@ from trainer.models import create_model
 log = logging.getLogger(__name__)
 
 # Per-organ augmentation: CT anatomy has a left and a right (no flips); histology has no orientation and
-# varies in stain, and its 1000×1000 tiles are trained on random crops.
+# varies in stain (jittered per RGB channel and per stain in H&E space), and its 1000×1000 tiles are
+# trained on random crops.
 ORGAN_AUGMENT = {
     "liver": AugmentConfig(),
     "cells": AugmentConfig(
@@ -35,6 +36,7 @@ ORGAN_AUGMENT = {
         scale=(0.9, 1.1),
         translate=0.0,
         per_channel_jitter=0.08,
+        hed_jitter=0.05,
         gamma=(0.85, 1.15),
     ),
 }
