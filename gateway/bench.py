@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import platform
+import re
 import resource
 import shutil
 import signal
@@ -767,6 +768,7 @@ def run(args: argparse.Namespace) -> dict:
                     close()
             rows = table_rows(results)
             checked = targets(rows)
+            handler = torchserve_handler_ms(stack.state_dir)
             breakdown = None
             if args.breakdown or not (checked["http_p50_met"] and checked["http_ratio_met"]):
                 print("HTTP target missed: measuring where the time goes …", flush=True)
@@ -784,10 +786,27 @@ def run(args: argparse.Namespace) -> dict:
             "rows": rows,
             "targets": checked,
             "http_breakdown_ms": breakdown,
+            "torchserve_handler_ms": handler,
         }
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
     return report
+
+
+# e.g. "HandlerTime.ms:70.46|#ModelName:liver,Level:Model|#hostname:vm,requestID:<id>[,<id>…],timestamp:…"
+HANDLER_TIME = re.compile(r"HandlerTime\.ms:([0-9.]+)\|.*requestID:(.*?)(?:,timestamp:.*)?$")
+
+
+def torchserve_handler_ms(state_dir: Path) -> dict | None:
+    """TorchServe's own record of the handler's time inside the worker (model_metrics.log), over the calls
+    that were batches of one image: {"median", "calls"}; None when the log has none."""
+    times = []
+    for log in state_dir.glob("torchserve/*/logs/model_metrics.log"):
+        for line in log.read_text(errors="replace").splitlines():
+            found = HANDLER_TIME.search(line)
+            if found and "," not in found.group(2):  # one request ID: a batch of one
+                times.append(float(found.group(1)))
+    return {"median": statistics.median(times), "calls": len(times)} if times else None
 
 
 def print_report(report: dict) -> None:
@@ -820,6 +839,14 @@ def print_report(report: dict) -> None:
         ts, grpc_, http = (by_path[p]["p50_ms"] for p in ("torchserve", "gateway-grpc", "gateway-http"))
         print(
             f"gateway over TorchServe (p50, interleaved): gRPC +{grpc_ - ts:.1f} ms, HTTP +{http - ts:.1f} ms"
+        )
+    handler = report.get("torchserve_handler_ms")
+    if handler and "torchserve" in by_path:
+        hop = by_path["torchserve"]["p50_ms"] - handler["median"]
+        print(
+            f"TorchServe's own HandlerTime (inside its worker, batches of one image): median "
+            f"{handler['median']:.1f} ms over {handler['calls']} calls; the direct TorchServe path's p50 is "
+            f"{hop:+.1f} ms more (gRPC, the Java frontend, the worker protocol)"
         )
     if any(r["cpu_ms_per_image"] for r in report["rows"]):
         names = sorted({n for r in report["rows"] for n in r["cpu_ms_per_image"]})

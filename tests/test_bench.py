@@ -93,3 +93,22 @@ def test_process_group_cpu_is_split_by_command_name():
     sum(i * i for i in range(300_000))  # some CPU time of our own
     by_comm = bench.process_group_cpu_seconds(os.getpgrp())
     assert by_comm.get(own, 0.0) > 0.0 and all(v >= 0.0 for v in by_comm.values())
+
+
+def test_torchserve_handler_time_counts_batches_of_one(tmp_path):
+    logs = tmp_path / "torchserve" / "liver" / "logs"
+    logs.mkdir(parents=True)
+    line = "2026-11-24T06:39:12,991 - HandlerTime.ms:{}|#ModelName:liver,Level:Model|#hostname:vm,"
+    line += "requestID:{},timestamp:1"
+    (logs / "model_metrics.log").write_text(
+        "\n".join(
+            [
+                line.format(70.0, "a"),
+                line.format(72.0, "b"),
+                line.format(400.0, "c,d,e"),  # a batch of three: not one image's time
+                "2026-11-24T06:39:12,995 - PredictionTime.ms:71.0|#ModelName:liver|#requestID:a,timestamp:1",
+            ]
+        )
+    )
+    assert bench.torchserve_handler_ms(tmp_path) == {"median": 71.0, "calls": 2}
+    assert bench.torchserve_handler_ms(tmp_path / "nothing") is None
