@@ -105,7 +105,9 @@ class Segmentation(Base):
     pixel_spacing_row_mm: Mapped[float | None] = mapped_column(Float)
     pixel_spacing_col_mm: Mapped[float | None] = mapped_column(Float)
     probability_key: Mapped[str] = mapped_column(String(512))  # object key in the results bucket
-    mask_keys: Mapped[dict] = mapped_column(JSON, default=dict)  # {"0.5": "<key>", ...}
+    # {"0.5": "<key>", ...}: a masks.zip holding mask_0.5.png (rows written before masks were packed: the PNG
+    # itself); read through masks.unpack_mask
+    mask_keys: Mapped[dict] = mapped_column(JSON, default=dict)
     areas_px: Mapped[dict] = mapped_column(JSON, default=dict)  # {"0.5": 1234, ...}
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"), index=True)
