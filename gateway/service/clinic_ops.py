@@ -48,7 +48,7 @@ from gateway.schemas_clinic import (
 from gateway.service import evaluations, feedback, history, model_registry
 from gateway.service.clinic import Clinic
 from gateway.service.dataplane import Upload
-from gateway.service.masks import THRESHOLDS, unpack_mask
+from gateway.service.masks import nearest_threshold, unpack_mask
 from gateway.service.training_jobs import JobRequest
 
 PEOPLE = ("doctor", "researcher", "admin")
@@ -407,7 +407,7 @@ def mask(
     if threshold is None:
         threshold = row.chosen_threshold
     if threshold is None:
-        threshold = min(THRESHOLDS, key=lambda t: abs(t - clinic.default_threshold(row.organ)))
+        threshold = nearest_threshold(clinic.default_threshold(row.organ))
     label, key = history.mask_key(row, threshold)
     store = clinic.dataplane.store
     return float(label), unpack_mask(key, store.get_bytes(clinic.dataplane.results_bucket, key), threshold)

@@ -166,7 +166,7 @@ def area(row: Segmentation, default_threshold: float) -> tuple[float, str, float
     threshold = row.chosen_threshold if row.chosen_threshold is not None else default_threshold
     pixels = (row.areas_px or {}).get(f"{threshold:.1f}")
     if pixels is None:  # a default threshold off the grid: nearest mask
-        nearest = min(THRESHOLDS, key=lambda t: abs(t - threshold))
+        nearest = masks.nearest_threshold(threshold)
         threshold, pixels = nearest, (row.areas_px or {}).get(f"{nearest:.1f}", 0)
     if row.pixel_spacing_row_mm and row.pixel_spacing_col_mm:
         return float(pixels) * row.pixel_spacing_row_mm * row.pixel_spacing_col_mm, "mm2", threshold
@@ -216,4 +216,4 @@ def suggested_threshold(session: Session, organ: str, version: str, default: flo
         return default
     values, weights = zip(*weighted, strict=True)
     mean = float(np.average(values, weights=weights))
-    return min(THRESHOLDS, key=lambda t: (abs(t - mean), t))
+    return masks.nearest_threshold(mean)

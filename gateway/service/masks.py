@@ -25,6 +25,11 @@ def byte_cutoff(threshold: float) -> int:
     return int(passing[0]) if passing.size else 256
 
 
+def nearest_threshold(value: float) -> float:
+    """The grid threshold nearest `value` (the lower one on a tie), e.g. for a default of 0.45."""
+    return min(THRESHOLDS, key=lambda t: (abs(t - value), t))
+
+
 def stability(areas_px: dict[str, int]) -> float:
     """Dice between the masks at 0.2 and 0.8 (areas by threshold "0.2" … "0.8"). Both threshold one
     probability map, so the 0.8 mask lies inside the 0.2 mask and their overlap is the 0.8 area: the areas
