@@ -72,9 +72,14 @@ def prepare(img01: np.ndarray, spec: OrganSpec) -> tuple[torch.Tensor, Restore]:
     if spec.inference.mode == "resize":
         x = resize(x, spec.inference.size)
         return normalize(x, spec), Restore(height, width, resized=True)
-    m = spec.inference.pad_multiple
-    pad_h, pad_w = (-height) % m, (-width) % m
-    x = normalize(x, spec)
+    return pad_to_multiple(normalize(x, spec), spec.inference.pad_multiple)
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, Restore]:
+    """Pad an (N, C, H, W) model input on the bottom and right to a multiple of the network's total stride
+    (reflected; replicated when the image is smaller than the padding) and say how to crop back."""
+    height, width = x.shape[-2:]
+    pad_h, pad_w = (-height) % multiple, (-width) % multiple
     if pad_h or pad_w:
         mode = "reflect" if pad_h < height and pad_w < width else "replicate"
         x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
-from services.preprocess import normalize
+from services.preprocess import normalize, pad_to_multiple, restore
 from services.spec import load_spec
 from trainer.cv import SOURCES
 from trainer.data import kfold_indices, load_pairs
@@ -29,16 +29,17 @@ THRESHOLDS = (0.4, 0.5, 0.6)
 
 
 def whole(model, x: torch.Tensor, multiple: int) -> torch.Tensor:
-    h, w = x.shape[-2:]
-    padded = torch.nn.functional.pad(x, (0, (-w) % multiple, 0, (-h) % multiple), mode="reflect")
-    return torch.sigmoid(model(padded))[..., :h, :w]
+    """(1, C, H, W) → (H, W) probabilities, as the organ server computes them (padded to the stride)."""
+    padded, how = pad_to_multiple(x, multiple)
+    return restore(torch.sigmoid(model(padded)), how)
 
 
 def windows(model, x: torch.Tensor, roi: int, overlap: float) -> torch.Tensor:
+    """(1, C, H, W) → (H, W) probabilities blended from roi² windows."""
     logits = sliding_window_inference(
         x, (roi, roi), 4, model, overlap=overlap, mode="gaussian", padding_mode="reflect"
     )
-    return torch.sigmoid(logits)
+    return torch.sigmoid(logits)[0, 0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         with torch.inference_mode():
             for i in val:
-                prob = predict(normalize(data.images[i : i + 1].float() / 255.0, spec))[0, 0]
+                prob = predict(normalize(data.images[i : i + 1].float() / 255.0, spec))
                 for t in THRESHOLDS:
                     scores[t].append(dice_score(prob >= t, data.full_masks[i]))
         seconds = (time.perf_counter() - start) / len(val)

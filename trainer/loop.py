@@ -22,7 +22,7 @@ from monai.losses import DiceFocalLoss
 from torch import nn
 from tqdm import tqdm
 
-from services.preprocess import Restore, normalize, restore
+from services.preprocess import Restore, normalize, pad_to_multiple, restore
 from services.spec import OrganSpec
 from trainer.augment import AugmentConfig, augment
 from trainer.data import PairSet
@@ -145,10 +145,7 @@ class Trainer:
         if self.spec.inference.mode == "resize":
             how = Restore(full.shape[0], full.shape[1], resized=True)
         else:
-            m = self.spec.inference.pad_multiple
-            h, w = x.shape[-2:]
-            how = Restore(h, w, (-h) % m, (-w) % m)
-            x = torch.nn.functional.pad(x, (0, how.pad_w, 0, how.pad_h), mode="reflect")
+            x, how = pad_to_multiple(x, self.spec.inference.pad_multiple)
         prob = torch.sigmoid(self.model(x.contiguous(memory_format=torch.channels_last)))
         return restore(prob, how)
 

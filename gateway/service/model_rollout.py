@@ -134,9 +134,8 @@ class DeploymentRollout:
             deployment = self.api.get_deployment(name)
             _pull_container(deployment, name)
             self.api.patch_deployment(name, pin_patch(version, also_serve))
-        except (
-            MedSegError
-        ) as exc:  # NotFound too: a missing Deployment is the cluster's fault, not the caller's
+        # NotFound too: a missing Deployment is the cluster's fault, not the caller's
+        except MedSegError as exc:
             raise ServiceUnavailable(
                 f"the {organ} Deployment {name} could not be set to version {version} ({exc.message}); "
                 "nothing was changed",
