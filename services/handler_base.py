@@ -36,7 +36,7 @@ from ts.torch_handler.base_handler import BaseHandler
 from ts.utils.util import PredictionException
 
 from services.imaging import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, encode_png
-from services.preprocess import Restore, prepare, restore
+from services.preprocess import Restore, forward, prepare, restore
 from services.spec import OrganSpec, load_spec
 
 logger = logging.getLogger(__name__)
@@ -118,7 +118,8 @@ class SegmentationHandler(BaseHandler):
         return items
 
     def inference(self, data, *args, **kwargs):
-        """Run the network once per group of same-shaped inputs; store sigmoid probabilities per item."""
+        """Run the network once per group of same-shaped inputs (over windows when the spec says so);
+        store sigmoid probabilities per item."""
         groups: dict[tuple[int, ...], list[_Item]] = defaultdict(list)
         for item in data:
             if item.error is None:
@@ -126,7 +127,7 @@ class SegmentationHandler(BaseHandler):
         with torch.inference_mode():
             for shape, members in groups.items():
                 batch = torch.cat([m.tensor for m in members]).to(self.device)
-                logits = self.model(batch, *args, **kwargs)
+                logits = forward(lambda x: self.model(x, *args, **kwargs), batch, self.spec)
                 if isinstance(logits, (tuple, list)):
                     logits = logits[0]
                 expected = (len(members), 1, *shape[2:])

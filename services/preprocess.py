@@ -6,6 +6,7 @@ Images arrive here already decoded (see `services.imaging`) as float32 arrays sc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from services.spec import OrganSpec
+
+WINDOW_BATCH = 4  # windows per forward pass in "sliding" inference
 
 
 def to_channels(img01: np.ndarray, channels: int) -> np.ndarray:
@@ -84,6 +87,21 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, Resto
         mode = "reflect" if pad_h < height and pad_w < width else "replicate"
         x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
     return x, Restore(height, width, pad_h, pad_w)
+
+
+def forward(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, spec: OrganSpec) -> torch.Tensor:
+    """Logits (N, 1, h, w) for a prepared input (N, C, h, w), the way the organ's spec says the network
+    sees it: in one pass, or ("sliding") through MONAI's sliding window over windows of `inference.size`
+    overlapping by `inference.overlap`, blended with Gaussian weights, so each pixel is predicted with the
+    context the network was trained with. An input no larger than one window goes through in one pass."""
+    inf = spec.inference
+    if inf.mode != "sliding" or (x.shape[-2] <= inf.size[0] and x.shape[-1] <= inf.size[1]):
+        return model(x)
+    from monai.inferers import sliding_window_inference  # only sliding-window organs pay for the import
+
+    return sliding_window_inference(
+        x, inf.size, WINDOW_BATCH, model, overlap=inf.overlap, mode="gaussian", padding_mode="replicate"
+    )
 
 
 def restore(prob: torch.Tensor, how: Restore) -> torch.Tensor:

@@ -8,13 +8,20 @@ from pathlib import Path
 import yaml
 
 SERVICES_DIR = Path(__file__).resolve().parent
+INFERENCE_MODES = ("resize", "whole", "sliding")
 
 
 @dataclass(frozen=True)
 class InferenceSpec:
-    mode: str  # "resize" | "whole"
+    """How the served network sees an image. "resize": scaled to `size` and back; "whole": the whole
+    image at native resolution, padded to `pad_multiple`; "sliding": at native resolution through windows
+    of `size` that overlap by `overlap` of a window, blended with Gaussian weights (images no larger than
+    a window go through whole)."""
+
+    mode: str  # "resize" | "whole" | "sliding"
     size: tuple[int, int] | None
     pad_multiple: int = 16
+    overlap: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -35,15 +42,19 @@ class OrganSpec:
     def from_dict(cls, raw: dict) -> OrganSpec:
         inf = raw.get("inference") or {}
         mode = inf.get("mode", "resize")
-        if mode not in ("resize", "whole"):
+        if mode not in INFERENCE_MODES:
             raise ValueError(
-                f"organ {raw.get('name')!r}: inference.mode must be 'resize' or 'whole', not {mode!r}"
+                f"organ {raw.get('name')!r}: inference.mode must be one of {', '.join(INFERENCE_MODES)}, "
+                f"not {mode!r}"
             )
         size = inf.get("size")
-        if mode == "resize" and not size:
+        if mode in ("resize", "sliding") and not size:
             raise ValueError(
-                f"organ {raw.get('name')!r}: inference.mode 'resize' needs inference.size [h, w]"
+                f"organ {raw.get('name')!r}: inference.mode {mode!r} needs inference.size [h, w]"
             )
+        overlap = float(inf.get("overlap", 0.25))
+        if not 0.0 <= overlap < 1.0:
+            raise ValueError(f"organ {raw.get('name')!r}: inference.overlap must be in [0, 1), not {overlap}")
         norm = raw.get("normalize") or {}
         channels = int(raw["channels"])
         mean = tuple(float(v) for v in norm.get("mean", [0.0] * channels))
@@ -68,7 +79,10 @@ class OrganSpec:
             label=raw.get("label", raw["name"]),
             channels=channels,
             inference=InferenceSpec(
-                mode=mode, size=tuple(size) if size else None, pad_multiple=int(inf.get("pad_multiple", 16))
+                mode=mode,
+                size=tuple(size) if size else None,
+                pad_multiple=int(inf.get("pad_multiple", 16)),
+                overlap=overlap,
             ),
             window=raw.get("window"),
             mean=mean,
@@ -88,6 +102,7 @@ class OrganSpec:
                 "mode": self.inference.mode,
                 "size": list(self.inference.size) if self.inference.size else None,
                 "pad_multiple": self.inference.pad_multiple,
+                "overlap": self.inference.overlap,
             },
             "window": self.window,
             "normalize": {"mean": list(self.mean), "std": list(self.std)},

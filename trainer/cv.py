@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", type=int, nargs="*", help="fold numbers to train (default: all)")
     parser.add_argument("--minutes", type=float, default=10.0, help="time budget per fold")
     parser.add_argument("--epochs", type=int, default=400)
+    parser.add_argument("--patience", type=int, default=None, help="early stopping (default: the recipe's)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=".medseg/cv")
     parser.add_argument("--reuse", nargs="*", default=[], help="fold=run_dir pairs of finished runs to count")
@@ -38,7 +39,11 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = reused.get(fold) or Path(args.out) / f"{args.organ}-fold{fold}"
         if fold not in reused:
             cfg = default_config(
-                args.organ, epochs=args.epochs, time_budget_min=args.minutes, threads=args.threads
+                args.organ,
+                epochs=args.epochs,
+                time_budget_min=args.minutes,
+                threads=args.threads,
+                patience=args.patience,
             )
             run_training(args.organ, SOURCES[args.organ], run_dir, cfg, fold=fold, folds=args.folds)
         card = json.loads((run_dir / "card.json").read_text())

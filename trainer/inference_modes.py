@@ -2,25 +2,25 @@
 
     python -m trainer.inference_modes --organ cells --run .medseg/runs/cells-v12
 
-The organ's spec says how the served model sees a tile (`inference.mode`: whole, padded to the network's
-stride); this measures the alternative the models issue names, MONAI's sliding-window inference with
-Gaussian blending over windows of the training crop's size and larger, and prints Dice per mode and
-threshold with the seconds per tile.
+The organ's spec says how the served model sees a tile (`inference.mode`); this scores the run's model
+through every candidate way — the whole tile padded to the network's stride, and MONAI's sliding window
+with Gaussian blending over windows of the training crop's size and larger — with the serving code
+(services.preprocess.forward), and prints Dice per mode and threshold with the seconds per tile.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from monai.inferers import sliding_window_inference
 
-from services.preprocess import normalize, pad_to_multiple, restore
-from services.spec import load_spec
+from services.preprocess import forward, normalize, pad_to_multiple, restore
+from services.spec import InferenceSpec, OrganSpec, load_spec
 from trainer.cv import SOURCES
 from trainer.data import kfold_indices, load_pairs
 from trainer.loop import dice_score
@@ -28,18 +28,24 @@ from trainer.loop import dice_score
 THRESHOLDS = (0.4, 0.5, 0.6)
 
 
-def whole(model, x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """(1, C, H, W) → (H, W) probabilities, as the organ server computes them (padded to the stride)."""
-    padded, how = pad_to_multiple(x, multiple)
-    return restore(torch.sigmoid(model(padded)), how)
+def probabilities(model, x: torch.Tensor, spec: OrganSpec) -> torch.Tensor:
+    """(1, C, H, W) normalised tile → (H, W) probabilities, as the organ server computes them under `spec`
+    (padded to the network's stride, then services.preprocess.forward)."""
+    padded, how = pad_to_multiple(x, spec.inference.pad_multiple)
+    return restore(torch.sigmoid(forward(model, padded, spec)), how)
 
 
-def windows(model, x: torch.Tensor, roi: int, overlap: float) -> torch.Tensor:
-    """(1, C, H, W) → (H, W) probabilities blended from roi² windows."""
-    logits = sliding_window_inference(
-        x, (roi, roi), 4, model, overlap=overlap, mode="gaussian", padding_mode="reflect"
-    )
-    return torch.sigmoid(logits)[0, 0]
+def candidate_modes(spec: OrganSpec, crop: int) -> dict[str, OrganSpec]:
+    """The whole tile and windows of the training crop's size and larger, each as a spec to serve with."""
+
+    def seen(mode: str, size: int | None = None, overlap: float = 0.25) -> OrganSpec:
+        inference = InferenceSpec(mode, (size, size) if size else None, spec.inference.pad_multiple, overlap)
+        return dataclasses.replace(spec, inference=inference)
+
+    modes = {"whole tile": seen("whole")}
+    for roi, overlap in ((crop, 0.25), (crop, 0.5), (2 * crop, 0.25)):
+        modes[f"window {roi}², overlap {overlap}"] = seen("sliding", roi, overlap)
+    return modes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,24 +64,25 @@ def main(argv: list[str] | None = None) -> int:
     _, val = kfold_indices(len(data), card["split"]["folds"], card["split"]["fold"], card["split"]["seed"])
     model = torch.jit.load(str(args.run / "model.ts"), map_location="cpu").eval()
     crop = card["training"]["config"]["augment"].get("crop") or 256
-    modes = {"whole tile": lambda x: whole(model, x, spec.inference.pad_multiple)}
-    for roi, overlap in ((crop, 0.25), (crop, 0.5), (2 * crop, 0.25)):
-        modes[f"window {roi}², overlap {overlap}"] = lambda x, r=roi, o=overlap: windows(model, x, r, o)
+    modes = candidate_modes(spec, crop)
 
     print(f"{args.run}: fold {card['split']['fold']}, {len(val)} validation images\n")
     print("| mode | " + " | ".join(f"Dice @{t}" for t in THRESHOLDS) + " | s per image |")
     print("|---|" + "---:|" * (len(THRESHOLDS) + 1))
-    for name, predict in modes.items():
+    for name, mode_spec in modes.items():
         scores = {t: [] for t in THRESHOLDS}
         start = time.perf_counter()
         with torch.inference_mode():
             for i in val:
-                prob = predict(normalize(data.images[i : i + 1].float() / 255.0, spec))
+                prob = probabilities(
+                    model, normalize(data.images[i : i + 1].float() / 255.0, spec), mode_spec
+                )
                 for t in THRESHOLDS:
                     scores[t].append(dice_score(prob >= t, data.full_masks[i]))
         seconds = (time.perf_counter() - start) / len(val)
         dice = " | ".join(f"{np.mean(scores[t]):.4f}" for t in THRESHOLDS)
-        print(f"| {name} | {dice} | {seconds:.1f} |")
+        served = " (served)" if mode_spec.inference == spec.inference else ""
+        print(f"| {name}{served} | {dice} | {seconds:.1f} |")
     return 0
 
 

@@ -89,6 +89,11 @@ def git_commit() -> str:
         return "unknown"
 
 
+def best_threshold(dice_at: dict[str, float]) -> float:
+    """The threshold a card recommends: the grid value with the best validation Dice."""
+    return float(max(dice_at, key=lambda t: dice_at[t]))
+
+
 def export_torchscript(model: torch.nn.Module, spec: OrganSpec, path: Path) -> Path:
     """Trace the network in eval mode (its control flow does not depend on the data) and save it."""
     model = model.eval().to(memory_format=torch.contiguous_format)
@@ -168,8 +173,8 @@ def run_training(
     )
     model.load_state_dict(torch.load(run_dir / "best.pt", map_location="cpu"))
     best = next(h for h in trainer.history if h["epoch"] == trainer.best_epoch)
-    threshold = max(best["val_dice_at"], key=lambda t: best["val_dice_at"][t])
-    spec = dataclasses.replace(spec, default_threshold=float(threshold))
+    threshold = best_threshold(best["val_dice_at"])
+    spec = dataclasses.replace(spec, default_threshold=threshold)
     import yaml
 
     (run_dir / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))

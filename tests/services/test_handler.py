@@ -153,7 +153,7 @@ def test_same_shape_batch_is_one_forward_pass_in_request_order(liver):
         )
 
 
-def test_whole_mode_groups_by_shape_and_crops_padding(cells):
+def test_tiles_no_larger_than_a_window_go_whole_grouped_by_shape_with_padding_cropped(cells):
     handler, ctx = cells
     handler.model = counting = CountingModel(handler.model)
     sizes = [(50, 70), (50, 70), (33, 41)]
@@ -165,6 +165,20 @@ def test_whole_mode_groups_by_shape_and_crops_padding(cells):
         out = decode_png(body)
         assert out.shape == (h, w)
         np.testing.assert_allclose(out.astype(int), expected_probability_png(data, "cells"), atol=1)
+
+
+def test_larger_tiles_go_through_overlapping_windows_and_come_back_whole(cells):
+    handler, ctx = cells
+    assert handler.spec.inference.mode == "sliding" and handler.spec.inference.size == (256, 256)
+    handler.model = counting = CountingModel(handler.model)
+    data = png(RNG.integers(0, 256, size=(300, 520, 3), dtype=np.uint8))
+    (body,) = run(handler, ctx, [data])
+    # padded to 304×528; windows every 192 px (overlap 0.25): 2 rows × 3 columns, four per forward pass
+    assert counting.shapes == [(4, 3, 256, 256), (2, 3, 256, 256)]
+    out = decode_png(body)
+    assert out.shape == (300, 520)
+    # the stand-in network is pointwise, so the blended windows must give the whole-image map
+    np.testing.assert_allclose(out.astype(int), expected_probability_png(data, "cells"), atol=1)
 
 
 def test_single_bad_image_raises_400_with_the_reason(liver):

@@ -1,8 +1,9 @@
-"""trainer.inference_modes: both ways of seeing a tile give the same map for a model without context."""
+"""trainer.inference_modes: every way of seeing a tile gives the same map for a model without context."""
 
 import torch
 
-from trainer.inference_modes import whole, windows
+from services.spec import load_organ_spec
+from trainer.inference_modes import candidate_modes, probabilities
 
 
 def test_whole_tile_and_windows_agree_for_a_pointwise_model():
@@ -10,7 +11,10 @@ def test_whole_tile_and_windows_agree_for_a_pointwise_model():
     model = torch.jit.script(torch.nn.Conv2d(3, 1, 1).eval())
     x = torch.randn(1, 3, 100, 131)  # not a multiple of the stride, nor of the window
     expected = torch.sigmoid(model(x))[0, 0]
+    modes = candidate_modes(load_organ_spec("cells"), crop=64)
+    assert [spec.inference.mode for spec in modes.values()] == ["whole", "sliding", "sliding", "sliding"]
     with torch.inference_mode():
-        torch.testing.assert_close(whole(model, x, 16), expected)
-        torch.testing.assert_close(windows(model, x, 64, 0.25), expected, atol=1e-5, rtol=0)
-        assert windows(model, x, 64, 0.5).shape == (100, 131)
+        for name, spec in modes.items():
+            prob = probabilities(model, x, spec)
+            assert prob.shape == (100, 131), name
+            torch.testing.assert_close(prob, expected, atol=1e-5, rtol=0, msg=name)

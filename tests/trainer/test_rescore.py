@@ -1,0 +1,75 @@
+"""trainer.rescore: a run trained under one inference mode, scored again under the organ's current one."""
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from services.preprocess import normalize
+from services.spec import load_organ_spec, load_spec
+from tests.data import SHARED_DATA
+from trainer.data import kfold_indices, load_pairs
+from trainer.inference_modes import probabilities
+from trainer.loop import THRESHOLDS, dice_score
+from trainer.rescore import main
+from trainer.train import default_config, run_training
+
+CELLS = SHARED_DATA / "monuseg" / "train"
+
+
+@pytest.fixture(scope="module")
+def whole_tile_run(tmp_path_factory):
+    """A smoke cells run whose spec says it was validated on whole tiles (as runs before v1.3 were)."""
+    run = tmp_path_factory.mktemp("runs") / "cells-whole"
+    cfg = default_config("cells", epochs=1, batch_size=2, widths=(6, 12, 24), samples_per_epoch=2, threads=1)
+    run_training("cells", CELLS, run, cfg, limit=3, folds=3)
+    spec = yaml.safe_load((run / "spec.yaml").read_text())
+    spec["inference"] = {"mode": "whole", "size": None, "pad_multiple": 16}
+    (run / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return run
+
+
+def test_rescore_scores_the_weights_as_the_organ_now_serves_them(whole_tile_run, tmp_path):
+    before = json.loads((whole_tile_run / "card.json").read_text())
+    out = tmp_path / "cells-sliding"
+    assert (
+        main(["--organ", "cells", "--run", str(whole_tile_run), "--out", str(out), "--data", str(CELLS)]) == 0
+    )
+
+    spec = load_spec(out / "spec.yaml")
+    assert spec.inference == load_organ_spec("cells").inference  # the organ's current way, sliding
+    assert spec.mean == load_spec(whole_tile_run / "spec.yaml").mean  # the run's own normalisation kept
+    card = json.loads((out / "card.json").read_text())
+    assert card["rescored"]["before"]["inference"]["mode"] == "whole"
+    assert card["rescored"]["before"]["metrics"] == before["metrics"]
+    assert card["default_threshold"] == spec.default_threshold
+    dice_at = card["metrics"]["val_dice_at_threshold"]
+    assert spec.default_threshold == float(max(dice_at, key=dice_at.get))
+
+    # the same figures, computed independently through the serving path on the held-out tile
+    data = load_pairs(CELLS, spec, limit=3)
+    _, val = kfold_indices(len(data), 3, 0, card["split"]["seed"])
+    model = torch.jit.load(str(out / "model.ts")).eval()
+    with torch.inference_mode():
+        probs = [
+            probabilities(model, normalize(data.images[i : i + 1].float() / 255.0, spec), spec) for i in val
+        ]
+    for t in THRESHOLDS:
+        expected = np.mean([dice_score(p >= t, data.full_masks[i]) for p, i in zip(probs, val, strict=True)])
+        assert dice_at[f"{t:.1f}"] == pytest.approx(expected, abs=1e-3)
+    # the source run is left as it was
+    assert json.loads((whole_tile_run / "card.json").read_text()) == before
+
+
+def test_rescore_packages_the_result(whole_tile_run, tmp_path):
+    out, store = tmp_path / "run", tmp_path / "store"
+    argv = ["--organ", "cells", "--run", str(whole_tile_run), "--out", str(out), "--data", str(CELLS)]
+    assert main([*argv, "--package", str(store), "--version", "9.9"]) == 0
+    card = json.loads((store / "cells.json").read_text())
+    assert card["version"] == "9.9" and "rescored" in card
+    with zipfile.ZipFile(store / "cells.mar") as mar:
+        packed = yaml.safe_load(mar.read("spec.yaml"))
+    assert packed["inference"]["mode"] == "sliding"

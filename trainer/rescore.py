@@ -1,0 +1,125 @@
+"""Score a finished run again under its organ's current serving spec, without retraining.
+
+    python -m trainer.rescore --organ cells --run .medseg/runs/cells-v12 --out .medseg/runs/cells-v13 \
+        [--package model-store --version 1.3]
+
+When an organ's spec changes how the served network sees an image (`inference` in
+services/<organ>/spec.yaml), a run's weights stay valid but its validation figures and recommended
+threshold do not. This copies the run to --out, validates its best weights on the same held-out fold with
+the trainer's own validation (Trainer.validate, which predicts through services.preprocess.forward as the
+organ server does), and rewrites spec.yaml (the new inference, the threshold it now recommends, the run's
+own normalisation) and card.json there; the card keeps the figures it had under `rescored.before`.
+--package builds the .mar and its card from the result, as `medseg train --out` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+import yaml
+
+from services.spec import load_organ_spec, load_spec
+from trainer.augment import AugmentConfig
+from trainer.cv import SOURCES
+from trainer.data import kfold_indices, load_pairs
+from trainer.loop import TrainConfig, Trainer
+from trainer.train import best_threshold, git_commit
+
+log = logging.getLogger(__name__)
+
+
+def train_config(card: dict) -> TrainConfig:
+    """The run's TrainConfig back from its card (JSON turned its tuples into lists)."""
+    raw = dict(card["training"]["config"])
+    augment = AugmentConfig(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in raw.pop("augment").items()}
+    )
+    if raw.get("widths"):
+        raw["widths"] = tuple(raw["widths"])
+    return TrainConfig(**raw, augment=augment)
+
+
+def rescore(organ: str, run: Path, out: Path, data: str | Path | None = None) -> dict:
+    """Copy `run` to `out`, score its best weights under the organ's current inference; return the card."""
+    if out.resolve() != run.resolve():
+        shutil.copytree(run, out, dirs_exist_ok=True)
+    card = json.loads((out / "card.json").read_text())
+    trained = load_spec(out / "spec.yaml")
+    spec = dataclasses.replace(trained, inference=load_organ_spec(organ).inference)
+    pairs = load_pairs(data or SOURCES[organ], spec, limit=card["dataset"]["pairs"])  # the run's own pairs
+    split = card["split"]
+    train_idx, val_idx = kfold_indices(len(pairs), split["folds"], split["fold"], split["seed"])
+    config = dataclasses.replace(train_config(card), threads=torch.get_num_threads())
+    trainer = Trainer(spec, pairs.subset(train_idx), pairs.subset(val_idx), config, out)
+    trainer.model.load_state_dict(torch.load(out / "best.pt", map_location="cpu"))
+    scores = trainer.validate()
+    threshold = best_threshold(scores["val_dice_at"])
+    spec = dataclasses.replace(spec, default_threshold=threshold)
+    (out / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    before = {
+        "inference": trained.to_dict()["inference"],
+        "default_threshold": card["default_threshold"],
+        "metrics": card["metrics"],
+    }
+    card["metrics"] = {
+        **card["metrics"],
+        "val_dice": scores["val_dice"],
+        "val_dice_at_threshold": scores["val_dice_at"],
+        "val_loss": scores["val_loss"],
+        "val_dice_per_case": scores["val_dice_per_case"],
+    }
+    card["default_threshold"] = threshold
+    card["rescored"] = {
+        "inference": spec.to_dict()["inference"],
+        "before": before,
+        "commit": git_commit(),
+        "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    (out / "card.json").write_text(json.dumps(card, indent=1))
+    log.info(
+        "%s: validation Dice @0.5 %.4f → %.4f under inference %s; threshold %s",
+        out,
+        before["metrics"]["val_dice"],
+        scores["val_dice"],
+        spec.inference.mode,
+        threshold,
+    )
+    return card
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--organ", required=True, choices=sorted(SOURCES))
+    parser.add_argument("--run", required=True, type=Path, help="finished run folder (best.pt, card.json, …)")
+    parser.add_argument("--out", required=True, type=Path, help="folder for the rescored run (may be --run)")
+    parser.add_argument("--data", help="image/mask folder (default: the organ's training data)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--package", type=Path, help="model store folder for <organ>.mar and its card")
+    parser.add_argument("--version", help="with --package: the model version")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    card = rescore(args.organ, args.run, args.out, args.data)
+    before = card["rescored"]["before"]["metrics"]["val_dice_at_threshold"]
+    print("| threshold | Dice before | Dice now |\n|---|---:|---:|")
+    for t, dice in card["metrics"]["val_dice_at_threshold"].items():
+        print(f"| {t} | {before[t]:.4f} | {dice:.4f} |")
+    if args.package:
+        from trainer.publish import publish_run
+
+        mar = publish_run(args.out, args.organ, args.package, version=args.version)
+        print(f"packaged {mar} (version {args.version})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
