@@ -91,6 +91,11 @@ class OrganSpec:
             extra={k: v for k, v in raw.items() if k not in known},
         )
 
+    def with_inference(self, mode: str, size: int | None = None, overlap: float = 0.25) -> OrganSpec:
+        """This organ seen another way (square `size` for resize/sliding), checked like a spec file."""
+        inference = {**self.to_dict()["inference"], "mode": mode, "size": [size, size] if size else None}
+        return OrganSpec.from_dict({**self.to_dict(), "inference": {**inference, "overlap": overlap}})
+
     def to_dict(self) -> dict:
         return {
             "name": self.name,

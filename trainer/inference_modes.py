@@ -11,7 +11,6 @@ with Gaussian blending over windows of the training crop's size and larger — w
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 
 from services.preprocess import forward, normalize, pad_to_multiple, restore
-from services.spec import InferenceSpec, OrganSpec, load_spec
+from services.spec import OrganSpec, load_spec
 from trainer.cv import SOURCES
 from trainer.data import kfold_indices, load_pairs
 from trainer.loop import dice_score
@@ -38,13 +37,9 @@ def probabilities(model, x: torch.Tensor, spec: OrganSpec) -> torch.Tensor:
 def candidate_modes(spec: OrganSpec, crop: int) -> dict[str, OrganSpec]:
     """The whole tile and windows of the training crop's size and larger, each as a spec to serve with."""
 
-    def seen(mode: str, size: int | None = None, overlap: float = 0.25) -> OrganSpec:
-        inference = InferenceSpec(mode, (size, size) if size else None, spec.inference.pad_multiple, overlap)
-        return dataclasses.replace(spec, inference=inference)
-
-    modes = {"whole tile": seen("whole")}
+    modes = {"whole tile": spec.with_inference("whole")}
     for roi, overlap in ((crop, 0.25), (crop, 0.5), (2 * crop, 0.25)):
-        modes[f"window {roi}², overlap {overlap}"] = seen("sliding", roi, overlap)
+        modes[f"window {roi}², overlap {overlap}"] = spec.with_inference("sliding", roi, overlap)
     return modes
 
 

@@ -1,11 +1,10 @@
 """TorchServe entry point for the cells server (H&E histology tiles, nuclei).
 
-Nothing differs from the shared handler: inference at native resolution through 256² windows that
-overlap by a quarter (the training crop's size, so every pixel is predicted with the context the network
-learned from; `python -m trainer.inference_modes` measured it against the whole tile) is
-`inference.mode: sliding` in spec.yaml, and tiles of different sizes in one batch are already run as
-separate passes by SegmentationHandler.inference. The size cap for a tile is `handler.max_image_pixels`
-in model-config.yaml.
+Nothing differs from the shared handler: whole-tile inference at native resolution with reflect padding
+to a multiple of the network stride is `inference.mode: whole` in spec.yaml, and tiles of different sizes
+in one batch are already run as separate forward passes by SegmentationHandler.inference. The size cap
+for a whole tile (memory of a full-resolution forward pass) is `handler.max_image_pixels` in
+model-config.yaml.
 """
 
 from services.handler_base import SegmentationHandler

@@ -21,7 +21,7 @@ from services.cells.handler import CellsHandler
 from services.imaging import decode_image
 from services.liver.handler import LiverHandler
 from services.preprocess import prepare, restore
-from services.spec import load_organ_spec
+from services.spec import OrganSpec, load_organ_spec
 from tests.data import LIVER_SLICE
 
 RNG = np.random.default_rng(1)
@@ -51,11 +51,11 @@ class CountingModel:
         return self.model(x)
 
 
-def make_model_dir(tmp_path: Path, organ: str, net: nn.Module) -> Path:
+def make_model_dir(tmp_path: Path, organ: str, net: nn.Module, spec: OrganSpec | None = None) -> Path:
     model_dir = tmp_path / organ
     model_dir.mkdir()
     torch.jit.script(net).save(str(model_dir / "model.pt"))
-    (model_dir / "spec.yaml").write_text(yaml.safe_dump(load_organ_spec(organ).to_dict()))
+    (model_dir / "spec.yaml").write_text(yaml.safe_dump((spec or load_organ_spec(organ)).to_dict()))
     return model_dir
 
 
@@ -167,18 +167,23 @@ def test_tiles_no_larger_than_a_window_go_whole_grouped_by_shape_with_padding_cr
         np.testing.assert_allclose(out.astype(int), expected_probability_png(data, "cells"), atol=1)
 
 
-def test_larger_tiles_go_through_overlapping_windows_and_come_back_whole(cells):
-    handler, ctx = cells
-    assert handler.spec.inference.mode == "sliding" and handler.spec.inference.size == (256, 256)
+def test_sliding_mode_runs_larger_tiles_through_overlapping_windows(tmp_path):
+    spec = load_organ_spec("cells").with_inference("sliding", 256, 0.25)
+    ctx = make_context(make_model_dir(tmp_path, "cells", ChannelMean(), spec), "cells")
+    handler = CellsHandler()
+    handler.initialize(ctx)
     handler.model = counting = CountingModel(handler.model)
     data = png(RNG.integers(0, 256, size=(300, 520, 3), dtype=np.uint8))
-    (body,) = run(handler, ctx, [data])
-    # padded to 304×528; windows every 192 px (overlap 0.25): 2 rows × 3 columns, four per forward pass
-    assert counting.shapes == [(4, 3, 256, 256), (2, 3, 256, 256)]
-    out = decode_png(body)
-    assert out.shape == (300, 520)
+    small = png(RNG.integers(0, 256, size=(200, 230, 3), dtype=np.uint8))
+    body, small_body = run(handler, ctx, [data, small])
+    # padded to 304×528; windows every 192 px (overlap 0.25): 2 rows × 3 columns, four per forward pass;
+    # a tile no larger than a window goes through in one pass
+    assert counting.shapes == [(4, 3, 256, 256), (2, 3, 256, 256), (1, 3, 208, 240)]
     # the stand-in network is pointwise, so the blended windows must give the whole-image map
-    np.testing.assert_allclose(out.astype(int), expected_probability_png(data, "cells"), atol=1)
+    for image, out, size in ((data, body, (300, 520)), (small, small_body, (200, 230))):
+        out = decode_png(out)
+        assert out.shape == size
+        np.testing.assert_allclose(out.astype(int), expected_probability_png(image, "cells"), atol=1)
 
 
 def test_single_bad_image_raises_400_with_the_reason(liver):

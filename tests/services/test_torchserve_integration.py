@@ -13,12 +13,14 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
 from gateway.errors import InvalidInput, MedSegError, NotFound
 from services.launcher import OrganServer, free_ports, server_dir, stop_from_state
-from services.spec import SERVICES_DIR
+from services.preprocess import forward, prepare, restore
+from services.spec import SERVICES_DIR, load_organ_spec
 from services.torchserve_client import InferenceClient, ManagementClient
 from tests.data import SHARED_DATA
 from tests.fixtures.torchserve import build_test_mar
@@ -100,6 +102,44 @@ def test_cells_tile(torchserve_cells):
     with InferenceClient(torchserve_cells.grpc_inference_address, torchserve_cells.inference_key) as client:
         body = client.predict(torchserve_cells.model_name, buf.getvalue(), timeout=TIMEOUT)
     assert png_size(body) == ((230, 200), "L")
+
+
+def test_a_sliding_window_spec_is_served_through_windows(torchserve_cells):
+    """A network that sees 31 px of context answers differently per window near window edges, so the
+    served map tells whether the worker slid the spec's 256² windows (with its packed services/) or not."""
+    from trainer.package import build_mar
+
+    torch.manual_seed(1)
+    net = torch.nn.Conv2d(3, 1, 31, padding=15).eval()
+    torch.nn.init.normal_(net.weight, std=0.05)
+    store, name = torchserve_cells.model_store, "cells-context"
+    scripted = store / f".{name}.pt"
+    torch.jit.script(net).save(str(scripted))
+    whole = load_organ_spec("cells")
+    spec = whole.with_inference("sliding", 256, 0.25)
+    build_mar(scripted, "cells", spec, store, name, "1")
+    tile = next(iter(sorted(shared(DATA / "monuseg" / "train" / "images").glob("*.png"))))
+    crop = np.asarray(Image.open(tile).convert("RGB"))[100:400, 200:630]  # 300×430: six windows
+    buf = io.BytesIO()
+    Image.fromarray(crop).save(buf, format="PNG")
+    x, how = prepare(crop.astype(np.float32) / 255.0, spec)
+    with torch.inference_mode():
+        sliding, in_one = (restore(torch.sigmoid(forward(net, x, s)), how) * 255 for s in (spec, whole))
+    assert (sliding - in_one).abs().max() > 10  # the two ways differ where it shows
+    with ManagementClient(
+        torchserve_cells.grpc_management_address, torchserve_cells.management_key
+    ) as management:
+        management.register(f"{name}.mar", name, version="1")
+        try:
+            with InferenceClient(
+                torchserve_cells.grpc_inference_address, torchserve_cells.inference_key
+            ) as client:
+                body = client.predict(name, buf.getvalue(), timeout=TIMEOUT)
+        finally:
+            management.unregister(name, "1")
+    served = np.asarray(Image.open(io.BytesIO(body)), dtype=int)
+    assert served.shape == (300, 430)
+    np.testing.assert_allclose(served, sliding.round().numpy().astype(int), atol=1)
 
 
 def test_register_second_version_and_make_it_default(torchserve_liver, liver_inference, liver_management):

@@ -31,4 +31,4 @@ def test_dice_score():
 
 def test_organ_specs_load():
     assert load_organ_spec("liver").channels == 1
-    assert load_organ_spec("cells").inference.mode == "sliding"
+    assert load_organ_spec("cells").inference.mode == "whole"

@@ -21,29 +21,27 @@ CELLS = SHARED_DATA / "monuseg" / "train"
 
 
 @pytest.fixture(scope="module")
-def whole_tile_run(tmp_path_factory):
-    """A smoke cells run whose spec says it was validated on whole tiles (as runs before v1.3 were)."""
-    run = tmp_path_factory.mktemp("runs") / "cells-whole"
+def sliding_run(tmp_path_factory):
+    """A smoke cells run whose spec says it was validated through 256² sliding windows."""
+    run = tmp_path_factory.mktemp("runs") / "cells-sliding"
     cfg = default_config("cells", epochs=1, batch_size=2, widths=(6, 12, 24), samples_per_epoch=2, threads=1)
     run_training("cells", CELLS, run, cfg, limit=3, folds=3)
     spec = yaml.safe_load((run / "spec.yaml").read_text())
-    spec["inference"] = {"mode": "whole", "size": None, "pad_multiple": 16}
+    spec["inference"] = {"mode": "sliding", "size": [256, 256], "overlap": 0.25, "pad_multiple": 16}
     (run / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     return run
 
 
-def test_rescore_scores_the_weights_as_the_organ_now_serves_them(whole_tile_run, tmp_path):
-    before = json.loads((whole_tile_run / "card.json").read_text())
-    out = tmp_path / "cells-sliding"
-    assert (
-        main(["--organ", "cells", "--run", str(whole_tile_run), "--out", str(out), "--data", str(CELLS)]) == 0
-    )
+def test_rescore_scores_the_weights_as_the_organ_now_serves_them(sliding_run, tmp_path):
+    before = json.loads((sliding_run / "card.json").read_text())
+    out = tmp_path / "cells-whole"
+    assert main(["--organ", "cells", "--run", str(sliding_run), "--out", str(out), "--data", str(CELLS)]) == 0
 
     spec = load_spec(out / "spec.yaml")
-    assert spec.inference == load_organ_spec("cells").inference  # the organ's current way, sliding
-    assert spec.mean == load_spec(whole_tile_run / "spec.yaml").mean  # the run's own normalisation kept
+    assert spec.inference == load_organ_spec("cells").inference  # the organ's current way: whole tiles
+    assert spec.mean == load_spec(sliding_run / "spec.yaml").mean  # the run's own normalisation kept
     card = json.loads((out / "card.json").read_text())
-    assert card["rescored"]["before"]["inference"]["mode"] == "whole"
+    assert card["rescored"]["before"]["inference"]["mode"] == "sliding"
     assert card["rescored"]["before"]["metrics"] == before["metrics"]
     assert card["default_threshold"] == spec.default_threshold
     dice_at = card["metrics"]["val_dice_at_threshold"]
@@ -61,15 +59,15 @@ def test_rescore_scores_the_weights_as_the_organ_now_serves_them(whole_tile_run,
         expected = np.mean([dice_score(p >= t, data.full_masks[i]) for p, i in zip(probs, val, strict=True)])
         assert dice_at[f"{t:.1f}"] == pytest.approx(expected, abs=1e-3)
     # the source run is left as it was
-    assert json.loads((whole_tile_run / "card.json").read_text()) == before
+    assert json.loads((sliding_run / "card.json").read_text()) == before
 
 
-def test_rescore_packages_the_result(whole_tile_run, tmp_path):
+def test_rescore_packages_the_result(sliding_run, tmp_path):
     out, store = tmp_path / "run", tmp_path / "store"
-    argv = ["--organ", "cells", "--run", str(whole_tile_run), "--out", str(out), "--data", str(CELLS)]
+    argv = ["--organ", "cells", "--run", str(sliding_run), "--out", str(out), "--data", str(CELLS)]
     assert main([*argv, "--package", str(store), "--version", "9.9"]) == 0
     card = json.loads((store / "cells.json").read_text())
     assert card["version"] == "9.9" and "rescored" in card
     with zipfile.ZipFile(store / "cells.mar") as mar:
         packed = yaml.safe_load(mar.read("spec.yaml"))
-    assert packed["inference"]["mode"] == "sliding"
+    assert packed["inference"]["mode"] == "whole"

@@ -85,13 +85,13 @@ def test_validation_every_n_epochs_still_judges_the_last_weights(tmp_path):
     assert result["epochs"] == 5
 
 
-def test_cells_trains_on_crops_and_validates_on_whole_tiles_through_windows(tmp_path):
+def test_cells_trains_on_crops_and_validates_on_whole_tiles(tmp_path):
     cfg = default_config("cells", epochs=1, batch_size=2, widths=(6, 12, 24), samples_per_epoch=2, threads=1)
     run_training("cells", CELLS, tmp_path, cfg, limit=3, folds=3)
     card = json.loads((tmp_path / "card.json").read_text())
     assert card["dataset"]["validation"] == 1
     spec = (tmp_path / "spec.yaml").read_text()
-    assert "mode: sliding" in spec
+    assert "mode: whole" in spec
 
 
 def test_ddp_with_two_processes(tmp_path):
