@@ -36,7 +36,7 @@ from ts.torch_handler.base_handler import BaseHandler
 from ts.utils.util import PredictionException
 
 from services.imaging import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, encode_png
-from services.preprocess import Restore, forward, prepare, restore
+from services.preprocess import Restore, prepare, probabilities, restore
 from services.spec import OrganSpec, load_spec
 
 logger = logging.getLogger(__name__)
@@ -118,29 +118,33 @@ class SegmentationHandler(BaseHandler):
         return items
 
     def inference(self, data, *args, **kwargs):
-        """Run the network once per group of same-shaped inputs (over windows when the spec says so);
-        store sigmoid probabilities per item."""
+        """Run the network once per group of same-shaped inputs (over windows and mirror images when the
+        spec says so); store sigmoid probabilities per item."""
         groups: dict[tuple[int, ...], list[_Item]] = defaultdict(list)
         for item in data:
             if item.error is None:
                 groups[tuple(item.tensor.shape)].append(item)
         with torch.inference_mode():
-            for shape, members in groups.items():
+            for members in groups.values():
                 batch = torch.cat([m.tensor for m in members]).to(self.device)
-                logits = forward(lambda x: self.model(x, *args, **kwargs), batch, self.spec)
-                if isinstance(logits, (tuple, list)):
-                    logits = logits[0]
-                expected = (len(members), 1, *shape[2:])
-                if tuple(logits.shape) != expected:
-                    raise PredictionException(
-                        f"model returned shape {tuple(logits.shape)} for input {tuple(batch.shape)}; "
-                        f"expected logits {expected}",
-                        500,
-                    )
-                probs = torch.sigmoid(logits.float()).cpu()
+                probs = probabilities(lambda x: self._logits(x, *args, **kwargs), batch, self.spec).cpu()
                 for i, member in enumerate(members):
                     member.prob = probs[i : i + 1]
         return data
+
+    def _logits(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """One forward pass, checked: a network answering another shape is a server error, not a mask."""
+        logits = self.model(x, *args, **kwargs)
+        if isinstance(logits, (tuple, list)):
+            logits = logits[0]
+        expected = (x.shape[0], 1, *x.shape[2:])
+        if tuple(logits.shape) != expected:
+            raise PredictionException(
+                f"model returned shape {tuple(logits.shape)} for input {tuple(x.shape)}; "
+                f"expected logits {expected}",
+                500,
+            )
+        return logits
 
     def postprocess(self, data):
         """Probabilities back at the input's size → 8-bit PNG bytes; refused items → JSON error + 400."""

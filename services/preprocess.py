@@ -104,6 +104,24 @@ def forward(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, spec
     )
 
 
+TTA_FLIPS = {"none": ((),), "flips": ((), (-1,), (-2,), (-2, -1))}  # dims each view mirrors
+
+
+def probabilities(
+    model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, spec: OrganSpec
+) -> torch.Tensor:
+    """Sigmoid probabilities (N, 1, h, w) for a prepared input (N, C, h, w): forward() once, or with
+    `inference.tta` "flips" the mean over the input and its mirror images, each mirrored back."""
+    views = TTA_FLIPS[spec.inference.tta]
+    total = torch.zeros(())
+    for dims in views:
+        if not dims:
+            total = total + torch.sigmoid(forward(model, x, spec).float())
+            continue
+        total = total + torch.sigmoid(forward(model, x.flip(dims), spec).float()).flip(dims)
+    return total / len(views)
+
+
 def restore(prob: torch.Tensor, how: Restore) -> torch.Tensor:
     """(1, 1, h, w) probabilities at model size → (H, W) at the input's size."""
     if how.resized:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import yaml
 
 SERVICES_DIR = Path(__file__).resolve().parent
 INFERENCE_MODES = ("resize", "whole", "sliding")
+TTA_MODES = ("none", "flips")
 
 
 @dataclass(frozen=True)
@@ -16,12 +18,14 @@ class InferenceSpec:
     """How the served network sees an image. "resize": scaled to `size` and back; "whole": the whole
     image at native resolution, padded to `pad_multiple`; "sliding": at native resolution through windows
     of `size` that overlap by `overlap` of a window, blended with Gaussian weights (images no larger than
-    a window go through whole)."""
+    a window go through whole). `tta` "flips": the probabilities are averaged over the image and its
+    horizontal, vertical and both-way mirror images (four passes; for organs with no orientation)."""
 
     mode: str  # "resize" | "whole" | "sliding"
     size: tuple[int, int] | None
     pad_multiple: int = 16
     overlap: float = 0.25
+    tta: str = "none"
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,11 @@ class OrganSpec:
         if mode in ("resize", "sliding") and not size:
             raise ValueError(
                 f"organ {raw.get('name')!r}: inference.mode {mode!r} needs inference.size [h, w]"
+            )
+        tta = inf.get("tta", "none")
+        if tta not in TTA_MODES:
+            raise ValueError(
+                f"organ {raw.get('name')!r}: inference.tta must be one of {', '.join(TTA_MODES)}, not {tta!r}"
             )
         overlap = float(inf.get("overlap", 0.25))
         if not 0.0 <= overlap < 1.0:
@@ -83,6 +92,7 @@ class OrganSpec:
                 size=tuple(size) if size else None,
                 pad_multiple=int(inf.get("pad_multiple", 16)),
                 overlap=overlap,
+                tta=tta,
             ),
             window=raw.get("window"),
             mean=mean,
@@ -91,10 +101,18 @@ class OrganSpec:
             extra={k: v for k, v in raw.items() if k not in known},
         )
 
-    def with_inference(self, mode: str, size: int | None = None, overlap: float = 0.25) -> OrganSpec:
-        """This organ seen another way (square `size` for resize/sliding), checked like a spec file."""
+    def with_inference(
+        self, mode: str, size: int | None = None, overlap: float = 0.25, tta: str | None = None
+    ) -> OrganSpec:
+        """This organ seen another way (square `size` for resize/sliding; `tta` default: as it is now),
+        checked like a spec file."""
         inference = {**self.to_dict()["inference"], "mode": mode, "size": [size, size] if size else None}
-        return OrganSpec.from_dict({**self.to_dict(), "inference": {**inference, "overlap": overlap}})
+        inference = {**inference, "overlap": overlap, "tta": tta or self.inference.tta}
+        return OrganSpec.from_dict({**self.to_dict(), "inference": inference})
+
+    def single_pass(self) -> OrganSpec:
+        """This organ without test-time augmentation (what the trainer validates with while it trains)."""
+        return dataclasses.replace(self, inference=dataclasses.replace(self.inference, tta="none"))
 
     def to_dict(self) -> dict:
         return {
@@ -108,6 +126,7 @@ class OrganSpec:
                 "size": list(self.inference.size) if self.inference.size else None,
                 "pad_multiple": self.inference.pad_multiple,
                 "overlap": self.inference.overlap,
+                "tta": self.inference.tta,
             },
             "window": self.window,
             "normalize": {"mean": list(self.mean), "std": list(self.std)},

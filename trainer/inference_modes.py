@@ -2,10 +2,11 @@
 
     python -m trainer.inference_modes --organ cells --run .medseg/runs/cells-v12
 
-The organ's spec says how the served model sees a tile (`inference.mode`); this scores the run's model
-through every candidate way — the whole tile padded to the network's stride, and MONAI's sliding window
-with Gaussian blending over windows of the training crop's size and larger — with the serving code
-(services.preprocess.forward), and prints Dice per mode and threshold with the seconds per tile.
+The organ's spec says how the served model sees a tile (`inference`); this scores the run's model
+through every candidate way — the whole tile padded to the network's stride, alone or averaged with its
+mirror images, and MONAI's sliding window with Gaussian blending over windows of the training crop's size
+and larger — with the serving code (services.preprocess.probabilities), and prints Dice per mode and
+threshold with the seconds per tile.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from services.preprocess import forward, normalize, pad_to_multiple, restore
+from services.preprocess import normalize, pad_to_multiple, probabilities, restore
 from services.spec import OrganSpec, load_spec
 from trainer.cv import SOURCES
 from trainer.data import kfold_indices, load_pairs
@@ -27,19 +28,22 @@ from trainer.loop import dice_score
 THRESHOLDS = (0.4, 0.5, 0.6)
 
 
-def probabilities(model, x: torch.Tensor, spec: OrganSpec) -> torch.Tensor:
+def tile_probabilities(model, x: torch.Tensor, spec: OrganSpec) -> torch.Tensor:
     """(1, C, H, W) normalised tile → (H, W) probabilities, as the organ server computes them under `spec`
-    (padded to the network's stride, then services.preprocess.forward)."""
+    (padded to the network's stride, then services.preprocess.probabilities)."""
     padded, how = pad_to_multiple(x, spec.inference.pad_multiple)
-    return restore(torch.sigmoid(forward(model, padded, spec)), how)
+    return restore(probabilities(model, padded, spec), how)
 
 
 def candidate_modes(spec: OrganSpec, crop: int) -> dict[str, OrganSpec]:
     """The whole tile and windows of the training crop's size and larger, each as a spec to serve with."""
 
-    modes = {"whole tile": spec.with_inference("whole")}
+    modes = {
+        "whole tile": spec.with_inference("whole", tta="none"),
+        "whole tile, mirror images averaged": spec.with_inference("whole", tta="flips"),
+    }
     for roi, overlap in ((crop, 0.25), (crop, 0.5), (2 * crop, 0.25)):
-        modes[f"window {roi}², overlap {overlap}"] = spec.with_inference("sliding", roi, overlap)
+        modes[f"window {roi}², overlap {overlap}"] = spec.with_inference("sliding", roi, overlap, tta="none")
     return modes
 
 
@@ -69,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         with torch.inference_mode():
             for i in val:
-                prob = probabilities(
+                prob = tile_probabilities(
                     model, normalize(data.images[i : i + 1].float() / 255.0, spec), mode_spec
                 )
                 for t in THRESHOLDS:

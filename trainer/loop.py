@@ -22,7 +22,7 @@ from monai.losses import DiceFocalLoss
 from torch import nn
 from tqdm import tqdm
 
-from services.preprocess import Restore, forward, normalize, pad_to_multiple, restore
+from services.preprocess import Restore, normalize, pad_to_multiple, probabilities, restore
 from services.spec import OrganSpec
 from trainer.augment import AugmentConfig, augment
 from trainer.data import PairSet
@@ -146,7 +146,7 @@ class Trainer:
             how = Restore(full.shape[0], full.shape[1], resized=True)
         else:
             x, how = pad_to_multiple(x, self.spec.inference.pad_multiple)
-        prob = torch.sigmoid(forward(self.model, x.contiguous(memory_format=torch.channels_last), self.spec))
+        prob = probabilities(self.model, x.contiguous(memory_format=torch.channels_last), self.spec)
         return restore(prob, how)
 
     @torch.no_grad()

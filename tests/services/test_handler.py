@@ -186,6 +186,34 @@ def test_sliding_mode_runs_larger_tiles_through_overlapping_windows(tmp_path):
         np.testing.assert_allclose(out.astype(int), expected_probability_png(image, "cells"), atol=1)
 
 
+class LeftNeighbour(nn.Module):
+    """A network with an orientation: each pixel's logit is its left neighbour's channel mean."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=1, keepdim=True)
+        return torch.cat([mean[..., :1], mean[..., :-1]], dim=-1)
+
+
+def test_mirror_images_are_averaged_when_the_spec_asks(tmp_path):
+    spec = load_organ_spec("cells").with_inference("whole", tta="flips")
+    ctx = make_context(make_model_dir(tmp_path, "cells", LeftNeighbour(), spec), "cells")
+    handler = CellsHandler()
+    handler.initialize(ctx)
+    handler.model = counting = CountingModel(handler.model)
+    data = png(RNG.integers(0, 256, size=(40, 56, 3), dtype=np.uint8))
+    (body,) = run(handler, ctx, [data])
+    assert counting.shapes == [(1, 3, 48, 64)] * 4  # the image and three mirror images, one pass each
+    x, how = prepare(decode_image(data).array, spec)
+    net = LeftNeighbour()
+    views = [net(x), net(x.flip(-1)).flip(-1), net(x.flip(-2)).flip(-2), net(x.flip((-2, -1))).flip((-2, -1))]
+    expected = restore(torch.stack([torch.sigmoid(v) for v in views]).mean(0), how)
+    np.testing.assert_allclose(
+        decode_png(body).astype(int), (expected * 255).round().numpy().astype(int), atol=1
+    )
+    single = restore(torch.sigmoid(views[0]), how)
+    assert (expected - single).abs().max() > 0.02  # the mirrored views do change the answer
+
+
 def test_single_bad_image_raises_400_with_the_reason(liver):
     handler, ctx = liver
     with pytest.raises(PredictionException) as info:

@@ -26,3 +26,12 @@ def test_sliding_window_needs_a_window_size_and_an_overlap_below_one():
 def test_an_unknown_mode_is_refused_naming_the_valid_ones():
     with pytest.raises(ValueError, match="must be one of resize, whole, sliding, not 'tiles'"):
         load_organ_spec("cells").with_inference("tiles", 256)
+
+
+def test_test_time_mirror_images_are_named_and_checked():
+    cells = load_organ_spec("cells")
+    flips = cells.with_inference("whole", tta="flips")
+    assert flips.inference.tta == "flips" and flips.single_pass().inference.tta == "none"
+    assert flips.single_pass().inference.mode == "whole"
+    with pytest.raises(ValueError, match="inference.tta must be one of none, flips, not 'rot90'"):
+        cells.with_inference("whole", tta="rot90")

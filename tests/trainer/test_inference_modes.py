@@ -3,7 +3,7 @@
 import torch
 
 from services.spec import load_organ_spec
-from trainer.inference_modes import candidate_modes, probabilities
+from trainer.inference_modes import candidate_modes, tile_probabilities
 
 
 def test_whole_tile_and_windows_agree_for_a_pointwise_model():
@@ -12,9 +12,15 @@ def test_whole_tile_and_windows_agree_for_a_pointwise_model():
     x = torch.randn(1, 3, 100, 131)  # not a multiple of the stride, nor of the window
     expected = torch.sigmoid(model(x))[0, 0]
     modes = candidate_modes(load_organ_spec("cells"), crop=64)
-    assert [spec.inference.mode for spec in modes.values()] == ["whole", "sliding", "sliding", "sliding"]
+    assert [spec.inference.mode for spec in modes.values()] == [
+        "whole",
+        "whole",
+        "sliding",
+        "sliding",
+        "sliding",
+    ]
     with torch.inference_mode():
         for name, spec in modes.items():
-            prob = probabilities(model, x, spec)
+            prob = tile_probabilities(model, x, spec)
             assert prob.shape == (100, 131), name
             torch.testing.assert_close(prob, expected, atol=1e-5, rtol=0, msg=name)

@@ -12,7 +12,7 @@ from services.preprocess import normalize
 from services.spec import load_organ_spec, load_spec
 from tests.data import SHARED_DATA
 from trainer.data import kfold_indices, load_pairs
-from trainer.inference_modes import probabilities
+from trainer.inference_modes import tile_probabilities
 from trainer.loop import THRESHOLDS, dice_score
 from trainer.rescore import main
 from trainer.train import default_config, run_training
@@ -53,7 +53,8 @@ def test_rescore_scores_the_weights_as_the_organ_now_serves_them(sliding_run, tm
     model = torch.jit.load(str(out / "model.ts")).eval()
     with torch.inference_mode():
         probs = [
-            probabilities(model, normalize(data.images[i : i + 1].float() / 255.0, spec), spec) for i in val
+            tile_probabilities(model, normalize(data.images[i : i + 1].float() / 255.0, spec), spec)
+            for i in val
         ]
     for t in THRESHOLDS:
         expected = np.mean([dice_score(p >= t, data.full_masks[i]) for p, i in zip(probs, val, strict=True)])
