@@ -159,8 +159,9 @@ def test_tiles_no_larger_than_a_window_go_whole_grouped_by_shape_with_padding_cr
     sizes = [(50, 70), (50, 70), (33, 41)]
     images = [png(RNG.integers(0, 256, size=(*s, 3), dtype=np.uint8)) for s in sizes]
     outputs = run(handler, ctx, images)
-    assert counting.calls == 2  # two distinct padded shapes
-    assert sorted(counting.shapes) == [(1, 3, 48, 48), (2, 3, 64, 80)]
+    # two distinct padded shapes, each seen as itself and three mirror images (cells: tta flips)
+    assert handler.spec.inference.tta == "flips"
+    assert sorted(counting.shapes) == [(1, 3, 48, 48)] * 4 + [(2, 3, 64, 80)] * 4
     for (h, w), data, body in zip(sizes, images, outputs, strict=True):
         out = decode_png(body)
         assert out.shape == (h, w)
@@ -168,7 +169,7 @@ def test_tiles_no_larger_than_a_window_go_whole_grouped_by_shape_with_padding_cr
 
 
 def test_sliding_mode_runs_larger_tiles_through_overlapping_windows(tmp_path):
-    spec = load_organ_spec("cells").with_inference("sliding", 256, 0.25)
+    spec = load_organ_spec("cells").with_inference("sliding", 256, 0.25, tta="none")
     ctx = make_context(make_model_dir(tmp_path, "cells", ChannelMean(), spec), "cells")
     handler = CellsHandler()
     handler.initialize(ctx)

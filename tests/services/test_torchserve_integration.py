@@ -115,8 +115,8 @@ def test_a_sliding_window_spec_is_served_through_windows(torchserve_cells):
     store, name = torchserve_cells.model_store, "cells-context"
     scripted = store / f".{name}.pt"
     torch.jit.script(net).save(str(scripted))
-    whole = load_organ_spec("cells")
-    spec = whole.with_inference("sliding", 256, 0.25)
+    whole = load_organ_spec("cells").single_pass()
+    spec = whole.with_inference("sliding", 256, 0.25, tta="none")
     build_mar(scripted, "cells", spec, store, name, "1")
     tile = next(iter(sorted(shared(DATA / "monuseg" / "train" / "images").glob("*.png"))))
     crop = np.asarray(Image.open(tile).convert("RGB"))[100:400, 200:630]  # 300×430: six windows
