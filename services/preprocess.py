@@ -113,13 +113,12 @@ def probabilities(
     """Sigmoid probabilities (N, 1, h, w) for a prepared input (N, C, h, w): forward() once, or with
     `inference.tta` "flips" the mean over the input and its mirror images, each mirrored back."""
     views = TTA_FLIPS[spec.inference.tta]
-    total = torch.zeros(())
-    for dims in views:
-        if not dims:
-            total = total + torch.sigmoid(forward(model, x, spec).float())
-            continue
-        total = total + torch.sigmoid(forward(model, x.flip(dims), spec).float()).flip(dims)
-    return total / len(views)
+
+    def mirror(t: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+        return t.flip(dims) if dims else t
+
+    views_back = (mirror(torch.sigmoid(forward(model, mirror(x, d), spec).float()), d) for d in views)
+    return sum(views_back) / len(views)
 
 
 def restore(prob: torch.Tensor, how: Restore) -> torch.Tensor:

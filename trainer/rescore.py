@@ -88,7 +88,7 @@ def rescore(organ: str, run: Path, out: Path, data: str | Path | None = None) ->
         out,
         before["metrics"]["val_dice"],
         scores["val_dice"],
-        spec.inference.mode,
+        spec.to_dict()["inference"],
         threshold,
     )
     return card
