@@ -504,7 +504,7 @@ def build_dataplane(settings) -> DataPlane:
         organ.name: InferenceClient(
             organ.address,
             key=lambda organ=organ: inference_key(settings, organ.name),
-            timeout=settings.inference_timeout_s,
+            timeout=settings.organ_inference_timeouts_s.get(organ.name, settings.inference_timeout_s),
             retries=settings.inference_retries,
             label=f"organ server {organ.name!r}",
             renew_after_s=settings.organ_channel_renew_s or None,

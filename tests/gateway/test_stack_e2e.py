@@ -278,3 +278,23 @@ def test_grpc_bad_input_codes(stub, api_keys):
         with pytest.raises(grpc.RpcError) as info:
             stub.Segment(pb.SegmentRequest(organ="liver", image=image), metadata=meta, timeout=60)
         assert info.value.code() == code
+
+
+def test_each_organ_call_has_its_organs_deadline(stack_settings, monkeypatch):
+    """A cells tile is four full-resolution passes: its calls get their own, longer deadline."""
+    from gateway.core.config import Settings
+    from gateway.service import build_dataplane
+
+    monkeypatch.setenv("MEDSEG_ORGAN_INFERENCE_TIMEOUTS_S", '{"cells": 45}')
+    from_env = Settings().organ_inference_timeouts_s
+    assert from_env == {"cells": 45.0}
+    assert Settings.model_fields["organ_inference_timeouts_s"].default == {"cells": 30.0}
+    settings = stack_settings.model_copy(
+        update={"inference_timeout_s": 10.0, "organ_inference_timeouts_s": from_env}
+    )
+    dataplane = build_dataplane(settings)
+    try:
+        assert dataplane.clients["cells"].timeout == 45.0
+        assert dataplane.clients["liver"].timeout == 10.0
+    finally:
+        dataplane.close()
