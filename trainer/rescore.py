@@ -5,10 +5,11 @@
 
 When an organ's spec changes how the served network sees an image (`inference` in
 services/<organ>/spec.yaml), a run's weights stay valid but its validation figures and recommended
-threshold do not. This copies the run to --out, validates its best weights on the same held-out fold with
-the trainer's own validation (Trainer.validate, which predicts through services.preprocess.forward as the
-organ server does), and rewrites spec.yaml (the new inference, the threshold it now recommends, the run's
-own normalisation) and card.json there; the card keeps the figures it had under `rescored.before`.
+threshold do not. This copies the run to --out, validates its best weights on the same held-out fold
+with the trainer's own validation (Trainer.validate, which predicts through
+services.preprocess.probabilities as the organ server does), and rewrites spec.yaml (the new inference,
+the threshold it now recommends, the run's own normalisation) and card.json there; the card keeps the
+figures it had under `rescored.before`.
 --package builds the .mar and its card from the result, as `medseg train --out` does.
 """
 
