@@ -11,10 +11,24 @@ import logging
 from pathlib import Path
 from statistics import mean, stdev
 
-from trainer.data import CELLS_TRAIN, LIVER_TRAIN
+import numpy as np
+
+from services.spec import OrganSpec
+from trainer.data import CELLS_TRAIN, LIVER_TRAIN, PairSet, kfold_indices, load_pairs
 from trainer.train import default_config, run_training
 
 SOURCES = {"liver": LIVER_TRAIN, "cells": CELLS_TRAIN}
+
+
+def run_split(
+    organ: str, card: dict, spec: OrganSpec, data: str | Path | None = None
+) -> tuple[PairSet, np.ndarray, np.ndarray]:
+    """A finished run's own pairs (as many as its card says it used, from `data` or the organ's training
+    data) and its training and held-out indices, by the split its card records."""
+    pairs = load_pairs(data or SOURCES[organ], spec, limit=card["dataset"]["pairs"])
+    split = card["split"]
+    train_idx, val_idx = kfold_indices(len(pairs), split["folds"], split["fold"], split["seed"])
+    return pairs, train_idx, val_idx
 
 
 def main(argv: list[str] | None = None) -> int:

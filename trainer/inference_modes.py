@@ -21,8 +21,7 @@ import torch
 
 from services.preprocess import normalize, pad_to_multiple, probabilities, restore
 from services.spec import OrganSpec, load_spec
-from trainer.cv import SOURCES
-from trainer.data import kfold_indices, load_pairs
+from trainer.cv import SOURCES, run_split
 from trainer.loop import dice_score
 
 THRESHOLDS = (0.4, 0.5, 0.6)
@@ -59,8 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
     card = json.loads((args.run / "card.json").read_text())
     spec = load_spec(args.run / "spec.yaml")
-    data = load_pairs(SOURCES[args.organ], spec)
-    _, val = kfold_indices(len(data), card["split"]["folds"], card["split"]["fold"], card["split"]["seed"])
+    data, _, val = run_split(args.organ, card, spec)
     model = torch.jit.load(str(args.run / "model.ts"), map_location="cpu").eval()
     crop = card["training"]["config"]["augment"].get("crop") or 256
     modes = candidate_modes(spec, crop)

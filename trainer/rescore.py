@@ -28,8 +28,7 @@ import yaml
 
 from services.spec import load_organ_spec, load_spec
 from trainer.augment import AugmentConfig
-from trainer.cv import SOURCES
-from trainer.data import kfold_indices, load_pairs
+from trainer.cv import SOURCES, run_split
 from trainer.loop import TrainConfig, Trainer
 from trainer.train import best_threshold, git_commit
 
@@ -54,9 +53,7 @@ def rescore(organ: str, run: Path, out: Path, data: str | Path | None = None) ->
     card = json.loads((out / "card.json").read_text())
     trained = load_spec(out / "spec.yaml")
     spec = dataclasses.replace(trained, inference=load_organ_spec(organ).inference)
-    pairs = load_pairs(data or SOURCES[organ], spec, limit=card["dataset"]["pairs"])  # the run's own pairs
-    split = card["split"]
-    train_idx, val_idx = kfold_indices(len(pairs), split["folds"], split["fold"], split["seed"])
+    pairs, train_idx, val_idx = run_split(organ, card, spec, data)
     config = dataclasses.replace(train_config(card), threads=torch.get_num_threads())
     trainer = Trainer(spec, pairs.subset(train_idx), pairs.subset(val_idx), config, out)
     trainer.model.load_state_dict(torch.load(out / "best.pt", map_location="cpu"))
