@@ -38,7 +38,7 @@ $(STAMP): pyproject.toml
 $(GEN)/.stamp: $(STAMP) $(wildcard protos/medseg/v1/*.proto)
 	rm -rf $(GEN) build/protos && mkdir -p $(GEN) build/protos/torchserve
 	cd build/protos/torchserve && unzip -q -o -j "$(TS_JAR)" proto/inference.proto proto/management.proto
-	$(PY) -m gateway.protogen --out $(GEN) --torchserve-protos build/protos/torchserve --medseg-protos protos
+	$(PY) -m tools.protogen --out $(GEN) --torchserve-protos build/protos/torchserve --medseg-protos protos
 	@touch $@
 
 protos: $(GEN)/.stamp
@@ -61,10 +61,10 @@ assets: $(VENDOR)/.stamp
 
 # --- running ----------------------------------------------------------------------------------
 up: system-deps $(STAMP) protos assets
-	$(VENV)/bin/medseg stack up
+	$(PY) -m tools.stack up
 
 down:
-	@test -x $(VENV)/bin/medseg && $(VENV)/bin/medseg stack down || echo "nothing to stop (no .venv)"
+	@test -x $(PY) && $(PY) -m tools.stack down || echo "nothing to stop (no .venv)"
 
 # --- checks -----------------------------------------------------------------------------------
 test: system-deps test-deps $(STAMP) protos assets audit
@@ -85,13 +85,13 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check gateway services trainer tests
 
 bench: system-deps $(STAMP) protos
-	$(PY) -m gateway.bench
+	$(PY) -m tools.bench
 
 # 500 segmentations at concurrency 16 through HTTP and gRPC against the running stack (or one of its own),
 # with errors, p50/p95/p99, throughput and every process's memory; e.g. SOAK_ARGS="--requests 50".
 SOAK_ARGS ?=
 soak: system-deps $(STAMP) protos
-	$(PY) -m gateway.soak $(SOAK_ARGS)
+	$(PY) -m tools.soak $(SOAK_ARGS)
 
 # --- models -----------------------------------------------------------------------------------
 # The shipped models were trained with one torch thread each, with these settings

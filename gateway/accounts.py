@@ -1,6 +1,6 @@
 """People: registration, argon2 passwords, throttled sign-in, cookie sessions, approval and roles.
 
-Transport-neutral: functions take a SQLAlchemy session, raise `gateway.errors` types and commit their own
+Transport-neutral: functions take a SQLAlchemy session, raise `common.errors` types and commit their own
 writes together with the audit record. The HTTP edge (gateway/api/auth.py) only moves cookies around.
 
 Sessions: the browser holds a random 256-bit token in an HttpOnly cookie; the table stores its SHA-256
@@ -26,7 +26,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from gateway.errors import Conflict, Forbidden, InvalidInput, NotFound, TooManyRequests, Unauthenticated
+from common.errors import Conflict, Forbidden, InvalidInput, NotFound, TooManyRequests, Unauthenticated
 from gateway.models import LANGUAGES, ROLES, USER_STATUSES, AuditLog, User, UserSession, audit
 
 logger = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ from sqlalchemy import ColumnElement, or_, select, true
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from common.errors import Forbidden, MedSegError, NotFound
 from gateway.core.db import database_unavailable, is_unavailable
-from gateway.errors import Forbidden, MedSegError, NotFound
 from gateway.models import Dataset, audit
 from gateway.principal import Principal
 from trainer.datasets import MANIFEST, DatasetLimits, push_dataset

@@ -21,8 +21,8 @@ from medseg.v1 import clinic_pb2 as pb
 from medseg.v1 import clinic_pb2_grpc as pb_grpc
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from common.errors import Forbidden, InvalidInput
 from gateway.api.deps import authorize
-from gateway.errors import Forbidden, InvalidInput
 from gateway.main import _validation_message
 from gateway.principal import Access, Principal
 from gateway.schemas import RowId

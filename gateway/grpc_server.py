@@ -21,10 +21,10 @@ from grpc_reflection.v1alpha import reflection
 from medseg.v1 import segmentation_pb2 as pb
 from medseg.v1 import segmentation_pb2_grpc as pb_grpc
 
+from common.errors import InvalidInput, MedSegError
+from common.settings import get_settings
 from gateway import metrics
 from gateway.api.deps import authorize
-from gateway.core.config import get_settings
-from gateway.errors import InvalidInput, MedSegError
 from gateway.grpc_clinic import SERVICES as CLINIC_SERVICES
 from gateway.grpc_clinic import add_clinic_servicers
 from gateway.principal import Principal

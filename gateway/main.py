@@ -10,6 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from common.errors import MedSegError, http_headers
+from common.settings import Settings, get_settings
 from gateway import metrics
 from gateway.api.routes import (
     api_keys,
@@ -29,8 +31,6 @@ from gateway.api.routes import (
 )
 from gateway.api.security_headers import UNHANDLED_ERROR_HEADERS, SecurityHeadersMiddleware
 from gateway.api.uploads import FORM_OVERHEAD_BYTES, BodyLimitMiddleware
-from gateway.core.config import Settings, get_settings
-from gateway.errors import MedSegError, http_headers
 from gateway.service import DataPlane, build_dataplane
 from gateway.service.clinic import Clinic
 from gateway.web import install_web

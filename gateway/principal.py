@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.errors import Forbidden
+from common.errors import Forbidden
 from gateway.models import ApiKey, User, UserSession
 from gateway.security import ADMIN_SCOPE
 

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gateway.errors import Forbidden, InvalidInput, NotFound, Unauthenticated
+from common.errors import Forbidden, InvalidInput, NotFound, Unauthenticated
 from gateway.models import ApiKey, audit
 
 KEY_SCHEME = "msk"

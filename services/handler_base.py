@@ -18,7 +18,7 @@ GRPCJob.response/sendError):
 So: when every request of a batch is bad for the same reason (always the case for a batch of one) the
 handler raises PredictionException(message, 400). Otherwise each bad request gets its own 400 status and a
 JSON body `{"error": {"code": "invalid_input", "message": ...}}` while the good ones in the same batch get
-their PNG; `services.torchserve_client.predict` turns such a body into InvalidInput, so over gRPC too a bad
+their PNG; `common.torchserve_client.predict` turns such a body into InvalidInput, so over gRPC too a bad
 image fails only itself.
 """
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway import bench
+from tools import bench
 
 
 def _fake_paths(calls: dict[str, int]) -> dict:

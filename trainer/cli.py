@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from gateway.errors import InvalidInput, MedSegError
+from common.errors import InvalidInput, MedSegError
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +96,8 @@ def _management_options(p: argparse.ArgumentParser) -> None:
 
 
 def _store():
-    from gateway.core.config import get_settings
-    from gateway.storage import ObjectStore
+    from common.objectstore import ObjectStore
+    from common.settings import get_settings
 
     store = ObjectStore.from_settings(get_settings())
     store.ensure_buckets()
@@ -109,7 +109,7 @@ def _management(args: argparse.Namespace):
 
     key = None
     if args.management_key_file is not None:
-        from services.launcher import LauncherError, read_keys
+        from common.launcher import LauncherError, read_keys
 
         try:
             key = read_keys(args.management_key_file).management
@@ -124,7 +124,7 @@ def _fail(exc: MedSegError) -> int:
 
 
 def train_command(args: argparse.Namespace) -> int:
-    from gateway.core.config import get_settings
+    from common.settings import get_settings
     from trainer.publish import default_run_id, default_version, publish_run, upload_run
     from trainer.register import register_version
     from trainer.train import default_config, run_training
@@ -257,7 +257,7 @@ def _report_registration(done: dict, model_store: str | Path | None) -> None:
     print(json.dumps(done, indent=1))
     if not done["default"]:
         return
-    from gateway.core.config import get_settings
+    from common.settings import get_settings
 
     gateway_store = Path(get_settings().model_store_dir).resolve()
     if model_store is None or Path(model_store).resolve() != gateway_store:

@@ -8,8 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
-from gateway.core.config import get_settings
-from gateway.errors import MedSegError
+from common.errors import MedSegError
+from common.settings import get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def add_commands(subparsers) -> None:
 
 
 def _store():
-    from gateway.storage import ObjectStore
+    from common.objectstore import ObjectStore
 
     store = ObjectStore.from_settings(get_settings())
     store.ensure_buckets()

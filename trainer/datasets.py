@@ -33,8 +33,8 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from gateway.errors import InvalidInput, MedSegError, NotFound
-from gateway.storage import ObjectStore
+from common.errors import InvalidInput, MedSegError, NotFound
+from common.objectstore import ObjectStore
 
 logger = logging.getLogger(__name__)
 

@@ -57,7 +57,7 @@ def default_run_id(arch: str, fold: int) -> str:
 def upload_run(store, organ: str, run_id: str, run_dir: str | Path) -> list[str]:
     """Upload a finished run's files (card, metrics, curves, spec) to the runs bucket under
     `<organ>/<run_id>/`; returns the keys written. The card names the dataset (id and hash) it came from."""
-    from gateway.errors import InvalidInput
+    from common.errors import InvalidInput
 
     run_dir = Path(run_dir)
     if not (run_dir / "card.json").is_file():

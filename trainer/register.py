@@ -23,7 +23,7 @@ import zipfile
 from datetime import timedelta
 from pathlib import Path
 
-from gateway.errors import Conflict, InvalidInput, MedSegError, NotFound, ServiceUnavailable
+from common.errors import Conflict, InvalidInput, MedSegError, NotFound, ServiceUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -190,9 +190,9 @@ def management_client(
     Key: `key`, else the management key in the key_file.json the local launcher's TorchServe wrote under the
     state dir (re-read on every call, so renewed keys work).
     """
-    from gateway.core.config import get_settings
-    from services.launcher import KEY_FILE, LauncherError, configured_ports, read_keys, server_dir
-    from services.torchserve_client import ManagementClient
+    from common.launcher import KEY_FILE, LauncherError, configured_ports, read_keys, server_dir
+    from common.settings import get_settings
+    from common.torchserve_client import ManagementClient
 
     settings = settings or get_settings()
     if address is None and organ in settings.organ_management_addresses:
@@ -214,7 +214,7 @@ def management_client(
         except LauncherError as exc:
             raise ServiceUnavailable(
                 f"no management key for the {organ} organ server: {exc} "
-                "(start it with `medseg stack up`, or pass --management-key-file)"
+                "(start it with `make up`, or pass --management-key-file)"
             ) from exc
         return ManagementClient(address, lambda: read_keys(key_file).management, timeout=timeout)
     return ManagementClient(address, key, timeout=timeout)

@@ -21,10 +21,10 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request, Response
 
+from common.errors import Forbidden, Unauthenticated
+from common.settings import Settings
 from gateway.accounts import csrf_matches, resolve_session
 from gateway.api.deps import SessionDep, SettingsDep, authorize
-from gateway.core.config import Settings
-from gateway.errors import Forbidden, Unauthenticated
 from gateway.models import UserSession
 from gateway.principal import Access, Principal
 from gateway.security import KNOWN_SCOPES

@@ -8,9 +8,9 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
 
-from gateway.core.config import Settings, get_settings
+from common.errors import Forbidden, Unauthenticated
+from common.settings import Settings, get_settings
 from gateway.core.db import get_db
-from gateway.errors import Forbidden, Unauthenticated
 from gateway.models import ApiKey
 from gateway.security import authenticate_api_key
 from gateway.service import DataPlane

@@ -14,7 +14,7 @@ from fastapi import Request
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from gateway.errors import InvalidInput, UnsupportedMediaType
+from common.errors import InvalidInput, UnsupportedMediaType
 
 MAX_FIELD_BYTES = 64 * 1024
 MAX_FIELDS = 16

@@ -9,7 +9,7 @@ from fastapi import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import PayloadTooLarge
+from common.errors import PayloadTooLarge
 from gateway.service.dataplane import Upload
 
 # Multipart framing and the small form fields around one file.

@@ -10,9 +10,9 @@ import logging
 import sys
 from datetime import UTC, datetime, timedelta
 
-from gateway.core.config import get_settings
+from common.errors import MedSegError
+from common.settings import get_settings
 from gateway.core.db import make_engine, run_migrations, session_scope
-from gateway.errors import MedSegError
 from gateway.security import KNOWN_SCOPES, create_api_key, list_api_keys, revoke_api_key
 
 logger = logging.getLogger(__name__)

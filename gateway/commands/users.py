@@ -12,10 +12,10 @@ import logging
 import os
 import sys
 
+from common.errors import MedSegError
+from common.settings import Settings, get_settings
 from gateway import accounts
-from gateway.core.config import Settings, get_settings
 from gateway.core.db import make_engine, run_migrations, session_scope
-from gateway.errors import MedSegError
 from gateway.models import ROLES, USER_STATUSES
 
 logger = logging.getLogger(__name__)

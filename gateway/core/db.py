@@ -13,8 +13,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway.core.config import get_settings
-from gateway.errors import ServiceUnavailable
+from common.errors import ServiceUnavailable
+from common.settings import get_settings
 
 logger = logging.getLogger(__name__)
 logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # one INFO line per plugin: noise

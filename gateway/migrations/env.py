@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from gateway.core.config import get_settings
+from common.settings import get_settings
 from gateway.core.db import make_engine
 from gateway.models import Base, UTCDateTime
 

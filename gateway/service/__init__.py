@@ -1,5 +1,5 @@
 """The gateway's one service layer: both edges (FastAPI routes, the medseg.v1 gRPC servicer) call
-`DataPlane`; deep code raises `gateway.errors` types and never knows which edge it serves."""
+`DataPlane`; deep code raises `common.errors` types and never knows which edge it serves."""
 
 from gateway.service.dataplane import DataPlane, build_dataplane
 

@@ -13,7 +13,7 @@ import uuid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gateway.errors import InvalidInput, NotFound
+from common.errors import InvalidInput, NotFound
 from gateway.models import EvaluationCase, Feedback, ModelVersion
 from gateway.principal import Access, Principal
 from gateway.schemas_clinic import (

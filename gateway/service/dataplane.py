@@ -23,12 +23,12 @@ from pathlib import PurePosixPath
 
 import numpy as np
 
+from common.errors import InvalidInput, MedSegError, NotFound, PayloadTooLarge, ServiceUnavailable
+from common.torchserve_client import InferenceClient
 from gateway import metrics
-from gateway.errors import InvalidInput, MedSegError, NotFound, PayloadTooLarge, ServiceUnavailable
 from gateway.service import images, scoring
 from gateway.service.masks import MASKS_OBJECT, THRESHOLDS, pack_masks, probability_mask, stability
 from gateway.service.organs import ModelInfo, Organ, OrganRegistry
-from services.torchserve_client import InferenceClient
 
 logger = logging.getLogger(__name__)
 
@@ -490,9 +490,9 @@ def pair_by_name(
 
 def build_dataplane(settings) -> DataPlane:
     """The production DataPlane: organs from services/, one InferenceClient each, the S3 store, SQL rows."""
+    from common.objectstore import ObjectStore
     from gateway import crud
     from gateway.service.keys import inference_key
-    from gateway.storage import ObjectStore
 
     registry = OrganRegistry(
         settings.services_dir,

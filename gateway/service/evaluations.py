@@ -22,9 +22,9 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from common.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
 from gateway import metrics
 from gateway.core.db import database_unavailable
-from gateway.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
 from gateway.models import Dataset, Evaluation, EvaluationCase, ModelVersion, audit
 from gateway.principal import Principal
 from gateway.service import images, scoring

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gateway.errors import Forbidden, InvalidInput, NotFound
+from common.errors import Forbidden, InvalidInput, NotFound
 from gateway.models import (
     FEEDBACK_STATUSES,
     EvaluationCase,

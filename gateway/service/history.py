@@ -23,9 +23,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from common.errors import Forbidden, InvalidInput, NotFound
 from gateway import metrics
 from gateway.core.db import database_unavailable
-from gateway.errors import Forbidden, InvalidInput, NotFound
 from gateway.models import Evaluation, Segmentation, audit
 from gateway.principal import Principal
 from gateway.service import masks

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gateway.errors import InvalidInput
+from common.errors import InvalidInput
 from services import imaging
 
 

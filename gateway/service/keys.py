@@ -13,7 +13,7 @@ def inference_key(settings, organ: str) -> str | None:
     keys are renewed. None when there is none (the organ server then refuses, which reads as unavailable)."""
     if key := settings.organ_inference_keys.get(organ):
         return key
-    from services.launcher import LauncherError, read_keys, server_dir
+    from common.launcher import LauncherError, read_keys, server_dir
 
     try:
         return read_keys(server_dir(settings.state_dir, organ) / "key_file.json").inference

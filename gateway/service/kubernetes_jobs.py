@@ -32,7 +32,7 @@ from pathlib import Path
 
 import httpx
 
-from gateway.errors import MedSegError, NotFound, ServiceUnavailable
+from common.errors import MedSegError, NotFound, ServiceUnavailable
 from gateway.models import TrainingJob
 from gateway.service.training_jobs import (
     LOG_TAIL_CHARS,

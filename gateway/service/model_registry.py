@@ -33,8 +33,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
+from common.errors import Conflict, Forbidden, InvalidInput, MedSegError, NotFound, ServiceUnavailable
 from gateway.core.db import database_unavailable
-from gateway.errors import Conflict, Forbidden, InvalidInput, MedSegError, NotFound, ServiceUnavailable
 from gateway.models import Dataset, ModelEvent, ModelVersion, ReferenceSet, audit
 from gateway.principal import Principal
 from gateway.service.model_rollout import ModelRollout

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Protocol
 
-from gateway.errors import Conflict, MedSegError, NotFound, ServiceUnavailable
+from common.errors import Conflict, MedSegError, NotFound, ServiceUnavailable
 
 logger = logging.getLogger(__name__)
 

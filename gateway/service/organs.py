@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.errors import InvalidInput, NotFound
+from common.errors import InvalidInput, NotFound
 from services.spec import OrganSpec, load_spec, organ_dirs
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Training jobs: the gateway runs the trainer once per job, where a *launcher* says.
 
-    python -m gateway.cli train --organ liver --dataset <id> --run-dir <state>/runs/<job id> --out …
+    python -m common.cli train --organ liver --dataset <id> --run-dir <state>/runs/<job id> --out …
 
 * Launchers (`TrainerLauncher`): `LocalProcessLauncher` runs the trainer as a separate local worker process
   (the default); `gateway.service.kubernetes_jobs.KubernetesLauncher` (MEDSEG_TRAINING_LAUNCHER=kubernetes)
@@ -43,9 +43,9 @@ from typing import Protocol
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from common.errors import Conflict, InvalidInput, MedSegError, NotFound, TooManyRequests
+from common.settings import REPO_ROOT
 from gateway import metrics
-from gateway.core.config import REPO_ROOT
-from gateway.errors import Conflict, InvalidInput, MedSegError, NotFound, TooManyRequests
 from gateway.models import Dataset, ModelEvent, ModelVersion, TrainingJob, audit
 from gateway.principal import Principal
 from gateway.service import model_registry
@@ -169,7 +169,7 @@ class LocalProcessLauncher:
 
     def command(self, job: TrainingJob, request: JobRequest) -> list[str]:
         run_dir = self.jobs.run_dir(job)
-        argv = [sys.executable, "-m", "gateway.cli"]
+        argv = [sys.executable, "-m", "common.cli"]
         argv += trainer_args(job, request, run_dir=str(run_dir), out=str(run_dir / "package"))
         if self.jobs.threads:
             argv += ["--threads", str(self.jobs.threads)]

@@ -11,9 +11,9 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from common.errors import MedSegError, http_headers
+from common.settings import Settings
 from gateway.api.security_headers import UNHANDLED_ERROR_HEADERS
-from gateway.core.config import Settings
-from gateway.errors import MedSegError, http_headers
 from gateway.web.pages import (
     WEB_DIR,
     PageForbidden,

@@ -18,11 +18,11 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader
 
+from common.errors import Unauthenticated
+from common.settings import get_settings
 from gateway.accounts import resolve_session
 from gateway.api.deps import SessionDep, SettingsDep
-from gateway.core.config import get_settings
 from gateway.core.db import get_db
-from gateway.errors import Unauthenticated
 from gateway.models import User
 from gateway.security import KNOWN_SCOPES
 from gateway.web import i18n

@@ -22,15 +22,15 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy.orm import sessionmaker
 
+from common.errors import NotFound
+from common.objectstore import Buckets, ObjectInfo
+from common.settings import Settings, get_settings
 from gateway import accounts
-from gateway.core.config import Settings, get_settings
 from gateway.core.db import get_db, make_engine, request_session, run_migrations, session_scope
-from gateway.errors import NotFound
 from gateway.models import User
 from gateway.security import create_api_key
 from gateway.service.dataplane import DataPlane
 from gateway.service.organs import OrganRegistry
-from gateway.storage import Buckets, ObjectInfo
 from services.spec import SERVICES_DIR
 from tests.gateway.fakes import FakeClient
 
@@ -57,7 +57,7 @@ class MemoryStore:
 
     def _check(self):
         if self.fail:
-            from gateway.errors import ServiceUnavailable
+            from common.errors import ServiceUnavailable
 
             raise ServiceUnavailable("object store unavailable: connection refused")
 

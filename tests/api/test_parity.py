@@ -21,9 +21,9 @@ from google.protobuf import json_format
 from medseg.v1 import clinic_pb2, clinic_pb2_grpc, segmentation_pb2, segmentation_pb2_grpc
 from sqlalchemy import func, select
 
+from common.errors import ServiceUnavailable
 from gateway import crud
 from gateway.core.db import run_migrations
-from gateway.errors import ServiceUnavailable
 from gateway.grpc_server import create_server
 from gateway.models import Evaluation, Feedback, FeedbackReply, ModelVersion, Segmentation, TrainingJob
 from gateway.service.training_jobs import FINISHED

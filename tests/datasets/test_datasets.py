@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gateway.errors import ServiceUnavailable
+from common.errors import ServiceUnavailable
 from gateway.models import Dataset
 from tests.data import SHARED_DATA
 from trainer.datasets import (

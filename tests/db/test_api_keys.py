@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from gateway.core.config import get_settings
-from gateway.errors import Forbidden, InvalidInput, NotFound, Unauthenticated
+from common.errors import Forbidden, InvalidInput, NotFound, Unauthenticated
+from common.settings import get_settings
 from gateway.models import AuditLog
 from gateway.security import (
     authenticate_api_key,
@@ -86,7 +86,7 @@ def test_bad_scopes_and_names_are_invalid_input(db_session):
 
 
 def test_cli_create_list_revoke(tmp_path, monkeypatch, capsys):
-    from gateway.cli import main
+    from common.cli import main
     from gateway.core.db import make_engine, session_scope
 
     monkeypatch.setenv("MEDSEG_STATE_DIR", str(tmp_path))

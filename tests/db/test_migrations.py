@@ -17,8 +17,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from common.errors import ServiceUnavailable
 from gateway.core.db import alembic_config, make_engine, run_migrations, session_scope
-from gateway.errors import ServiceUnavailable
 from gateway.models import ApiKey, AuditLog, Base, Segmentation, audit
 
 

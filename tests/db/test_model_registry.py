@@ -16,8 +16,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
+from common.errors import ServiceUnavailable
 from gateway.core.db import session_scope
-from gateway.errors import ServiceUnavailable
 from gateway.models import AuditLog, ModelEvent, ModelVersion, User
 from gateway.principal import Principal
 from gateway.service import model_registry

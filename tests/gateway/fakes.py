@@ -8,7 +8,7 @@ import threading
 import numpy as np
 from PIL import Image
 
-from gateway.errors import ServiceUnavailable
+from common.errors import ServiceUnavailable
 
 
 def png(array: np.ndarray) -> bytes:
@@ -23,7 +23,7 @@ def ramp(height: int, width: int) -> np.ndarray:
 
 
 class FakeClient:
-    """Answers like services.torchserve_client.InferenceClient on an organ server: a probability PNG at
+    """Answers like common.torchserve_client.InferenceClient on an organ server: a probability PNG at
     the input's size, computed by `answer(h, w)`."""
 
     def __init__(self, answer=ramp, error: Exception | None = None):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gateway.errors import InvalidInput, NotFound, PayloadTooLarge, ServiceUnavailable
+from common.errors import InvalidInput, NotFound, PayloadTooLarge, ServiceUnavailable
 from gateway.service.dataplane import DataPlane, Upload, pair_by_name
 from gateway.service.masks import THRESHOLDS, probability_mask, unpack_mask
 from gateway.service.organs import OrganRegistry

@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from medseg.v1 import segmentation_pb2 as pb
 from PIL import Image
 
-from gateway.errors import ServiceUnavailable
+from common.errors import ServiceUnavailable
 from gateway.service.dataplane import DataPlane
 from gateway.service.organs import OrganRegistry
 from services.spec import SERVICES_DIR

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gateway.core.config import Settings
-from gateway.errors import ServiceUnavailable
+from common.errors import ServiceUnavailable
+from common.settings import Settings
 from gateway.service.dataplane import DataPlane
 from gateway.service.organs import OrganRegistry
 from services.spec import SERVICES_DIR

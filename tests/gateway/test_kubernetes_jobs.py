@@ -16,10 +16,10 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from common.errors import Conflict
+from common.settings import Settings
 from gateway import accounts
-from gateway.core.config import Settings
 from gateway.core.db import make_engine, run_migrations, session_scope
-from gateway.errors import Conflict
 from gateway.models import AuditLog, Dataset, ModelEvent, ModelVersion, TrainingJob
 from gateway.principal import Principal
 from gateway.service.kubernetes_jobs import KubernetesLauncher, job_name

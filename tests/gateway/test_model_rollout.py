@@ -20,9 +20,9 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from gateway.core.config import Settings
+from common.errors import Conflict, ServiceUnavailable
+from common.settings import Settings
 from gateway.core.db import make_engine, run_migrations, session_scope
-from gateway.errors import Conflict, ServiceUnavailable
 from gateway.models import AuditLog, ModelEvent, ModelVersion
 from gateway.service.model_registry import ModelDirectory, Promotions
 from gateway.service.model_rollout import (

@@ -6,8 +6,8 @@ import json
 import subprocess
 import sys
 
-from gateway.cli import build_parser
-from gateway.commands.stack import PidFile
+from common.cli import build_parser
+from tools.stack import PidFile
 
 
 def test_pid_file_stops_exactly_its_process(tmp_path):

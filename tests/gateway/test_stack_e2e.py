@@ -282,7 +282,7 @@ def test_grpc_bad_input_codes(stub, api_keys):
 
 def test_each_organ_call_has_its_organs_deadline(stack_settings, monkeypatch):
     """A cells tile is four full-resolution passes: its calls get their own, longer deadline."""
-    from gateway.core.config import Settings
+    from common.settings import Settings
     from gateway.service import build_dataplane
 
     monkeypatch.setenv("MEDSEG_ORGAN_INFERENCE_TIMEOUTS_S", '{"cells": 45}')

@@ -1,4 +1,4 @@
-"""A real gateway process (`medseg serve`, started by gateway.bench.start_gateway as `make bench` and `make
+"""A real gateway process (`medseg serve`, started by tools.bench.start_gateway as `make bench` and `make
 soak` start it) over the test stack's components, with its own SQLite database and an API key; it can be
 killed (SIGKILL, no clean-up at all) and started again on the same database, as an operator would."""
 
@@ -15,10 +15,10 @@ from pathlib import Path
 import httpx
 from sqlalchemy import Engine
 
-from gateway.bench import gateway_http_url, start_gateway, stop_gateway, wait_gateway_ready
-from gateway.core.config import Settings
+from common.settings import Settings
 from gateway.core.db import make_engine, run_migrations, session_scope
 from gateway.security import create_api_key
+from tools.bench import gateway_http_url, start_gateway, stop_gateway, wait_gateway_ready
 
 KEY_SCOPES = "segment,evaluate,datasets"
 

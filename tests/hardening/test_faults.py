@@ -65,7 +65,7 @@ def work(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cells_server(work):
     """A cells TorchServe of this module's own, under the gateway's state dir (key file included)."""
-    from services.launcher import OrganServer, free_ports
+    from common.launcher import OrganServer, free_ports
 
     if not CELLS_TRAIN.is_dir() or not LIVER_SLICE.is_file():
         pytest.skip(f"shared data not found under {CELLS_TRAIN.parent.parent}")

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from services.launcher import OrganServer, read_properties
+from common.launcher import OrganServer, read_properties
 from services.spec import organ_dirs
 
 ORGANS = sorted(organ_dirs())

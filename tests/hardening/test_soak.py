@@ -1,4 +1,4 @@
-"""`make soak` (gateway.soak) against the test stack: a real gateway process over the session's object store
+"""`make soak` (tools.soak) against the test stack: a real gateway process over the session's object store
 and organ servers, a small run (20 requests per transport at concurrency 4). Checks the report's structure,
 that every request succeeded and that memory was sampled for every process of the stack — not timings."""
 
@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
+from common.objectstore import ObjectStore
 from gateway import soak
-from gateway.storage import ObjectStore
 from tests.data import LIVER_SLICE
 from tests.hardening.live_gateway import LiveGateway
 

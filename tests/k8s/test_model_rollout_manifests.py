@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from gateway.core.config import Settings
+from common.settings import Settings
 from gateway.service.model_rollout import (
     ALSO_SERVE_ENV,
     PULL_CONTAINER,

@@ -97,8 +97,8 @@ def test_the_pods_torchserve_serves_every_version_pulled(clean_buckets, tmp_path
     TorchServe): the default and a version beside it both answer, each by its version."""
     import numpy as np
 
-    from services.launcher import OrganServer, free_ports
-    from services.torchserve_client import InferenceClient
+    from common.launcher import OrganServer, free_ports
+    from common.torchserve_client import InferenceClient
     from tests.api.conftest import png
     from tests.fixtures.torchserve import _require_runtime, build_test_mar
     from tests.k8s.conftest import by_kind, render

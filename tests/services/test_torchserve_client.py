@@ -10,12 +10,12 @@ from concurrent import futures
 import grpc
 import pytest
 
-from gateway.errors import InvalidInput, MedSegError, NotFound, ServiceUnavailable
+from common.errors import InvalidInput, MedSegError, NotFound, ServiceUnavailable
 
 inference_pb2 = pytest.importorskip("torchserve_grpc.inference_pb2", reason="run `make protos`")
 from torchserve_grpc import inference_pb2_grpc  # noqa: E402
 
-from services.torchserve_client import InferenceClient  # noqa: E402
+from common.torchserve_client import InferenceClient  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

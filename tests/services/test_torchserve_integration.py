@@ -17,11 +17,11 @@ import torch
 import yaml
 from PIL import Image
 
-from gateway.errors import InvalidInput, MedSegError, NotFound
-from services.launcher import OrganServer, free_ports, server_dir, stop_from_state
+from common.errors import InvalidInput, MedSegError, NotFound
+from common.launcher import OrganServer, free_ports, server_dir, stop_from_state
+from common.torchserve_client import InferenceClient, ManagementClient
 from services.preprocess import forward, prepare, restore
 from services.spec import SERVICES_DIR, load_organ_spec
-from services.torchserve_client import InferenceClient, ManagementClient
 from tests.data import SHARED_DATA
 from tests.fixtures.torchserve import build_test_mar
 

@@ -13,9 +13,9 @@ import time
 import httpx
 import pytest
 
-from gateway.errors import NotFound, ServiceUnavailable
-from gateway.objectstore_server import S3Credentials
-from gateway.storage import PART_SIZE, ObjectStore
+from common.errors import NotFound, ServiceUnavailable
+from common.objectstore import PART_SIZE, ObjectStore
+from tools.objectstore_server import S3Credentials
 
 pytestmark = pytest.mark.integration
 
@@ -130,7 +130,7 @@ def test_wrong_credentials_are_service_unavailable(objectstore):
 def test_unavailable_names_no_address_bucket_or_key_but_the_log_does(caplog):
     port = _closed_port()
     store = ObjectStore(f"127.0.0.1:{port}", S3Credentials("k", "s"), retries=0)
-    with caplog.at_level("WARNING", logger="gateway.storage"):
+    with caplog.at_level("WARNING", logger="common.objectstore"):
         with pytest.raises(ServiceUnavailable) as raised:
             store.put_bytes("medseg-results", "patients/p-17/probability.png", b"x")
     for secret in (str(port), "medseg-results", "p-17"):

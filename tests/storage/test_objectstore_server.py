@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.objectstore_server import ObjectStoreServer, _proc_start_time
 from tests.fixtures.objectstore import free_objectstore_ports
+from tools.objectstore_server import ObjectStoreServer, _proc_start_time
 
 pytestmark = pytest.mark.integration
 

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gateway.core.config import get_settings
-from services.torchserve_client import InferenceClient, ManagementClient
+from common.settings import get_settings
+from common.torchserve_client import InferenceClient, ManagementClient
 from tests.data import LIVER_TRAIN
 from tests.fixtures.stack import bearer
 from trainer.datasets import push_dataset
@@ -77,7 +77,7 @@ def test_push_train_register_segment(
     api_keys,
     http_client_for,
 ):
-    from gateway.cli import main
+    from common.cli import main
     from gateway.service import build_dataplane
 
     manifest = push_dataset(objectstore, "liver", small_liver_dataset)

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from gateway.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
-from services.launcher import free_port
-from services.torchserve_client import ManagementClient
+from common.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
+from common.launcher import free_port
+from common.torchserve_client import ManagementClient
 from tests.fixtures.torchserve import build_test_mar
 from trainer.register import register_version, store_keys
 
@@ -88,7 +88,7 @@ def test_organ_server_down_is_service_unavailable_and_uploads_nothing(tmp_path, 
 
 
 def test_cli_refuses_set_default_without_register(capsys):
-    from gateway.cli import main
+    from common.cli import main
 
     assert main(["train", "--organ", "liver", "--data", "x", "--set-default"]) == 2
     assert "--set-default needs --register" in capsys.readouterr().err

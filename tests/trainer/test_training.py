@@ -107,7 +107,7 @@ def test_ddp_with_two_processes(tmp_path):
         "--nproc_per_node",
         "2",
         "-m",
-        "gateway.cli",
+        "common.cli",
         "train",
         "--organ",
         "liver",

@@ -23,11 +23,11 @@ from PIL import Image
 from playwright.sync_api import expect
 from sqlalchemy import select
 
+from common.torchserve_client import InferenceClient, ManagementClient
 from gateway.core.db import session_scope
 from gateway.models import ModelVersion
 from gateway.web.i18n import EN
 from services.spec import load_organ_spec
-from services.torchserve_client import InferenceClient, ManagementClient
 from tests.fixtures.torchserve import script_to
 from tests.web.helpers import disc_image, png_bytes
 

@@ -3,11 +3,11 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request, status
 from starlette.concurrency import run_in_threadpool
 
+from common.errors import InvalidInput
 from gateway import datasets
 from gateway.api.auth import DatasetDeleter, DatasetReader, DatasetUploader
 from gateway.api.deps import SessionDep, SettingsDep
 from gateway.api.multipart import receive_form
-from gateway.errors import InvalidInput
 from gateway.schemas_people import DatasetPublic, DatasetsPublic
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])

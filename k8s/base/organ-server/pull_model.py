@@ -23,9 +23,9 @@ import os
 import sys
 from pathlib import Path
 
-from gateway.core.config import get_settings
-from gateway.errors import MedSegError
-from gateway.storage import ObjectStore
+from common.settings import get_settings
+from common.errors import MedSegError
+from common.objectstore import ObjectStore
 from trainer.register import store_keys
 
 logger = logging.getLogger("pull_model")

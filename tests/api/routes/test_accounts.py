@@ -197,9 +197,9 @@ def test_admin_manages_api_keys_over_http(world):
 
 
 def test_cli_creates_the_first_admin_and_env_bootstrap_is_idempotent(tmp_path, monkeypatch, capsys):
-    from gateway.cli import main
+    from common.cli import main
+    from common.settings import Settings, get_settings
     from gateway.commands.users import bootstrap_admin
-    from gateway.core.config import Settings, get_settings
     from gateway.core.db import make_engine, session_scope
 
     monkeypatch.setenv("MEDSEG_STATE_DIR", str(tmp_path))

@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, select
 
+from common.errors import ServiceUnavailable
 from gateway import crud
-from gateway.errors import ServiceUnavailable
 from gateway.models import Evaluation, ModelVersion, Segmentation
 from gateway.service import model_registry
 from services.imaging import decode_image

@@ -9,8 +9,8 @@ import re
 import pytest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from common.errors import TooManyRequests
 from gateway.api.security_headers import COMMON_HEADERS, PAGE_POLICY
-from gateway.errors import TooManyRequests
 from gateway.models import User
 from gateway.web import pages
 

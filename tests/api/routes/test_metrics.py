@@ -10,10 +10,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
+from common.errors import InvalidInput
+from common.launcher import free_port
 from gateway import crud, metrics
-from gateway.errors import InvalidInput
 from gateway.models import ModelVersion, TrainingJob
-from services.launcher import free_port
 from tests.api.conftest import _database, png, small_dataset_zip
 from tests.gateway.fakes import FakeClient
 

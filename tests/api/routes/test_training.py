@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from common.torchserve_client import InferenceClient, ManagementClient
 from gateway import crud
 from gateway.models import Dataset, Evaluation, ModelVersion, TrainingJob
 from gateway.service.training_jobs import TrainingJobs
-from services.torchserve_client import InferenceClient, ManagementClient
 from tests.data import LIVER_TRAIN
 
 MODEL_STORE = Path(__file__).resolve().parents[3] / "model-store"

@@ -1,6 +1,6 @@
 """`make bench`: latency and throughput of one 512×512 liver slice along four paths, on a stack of its own.
 
-    .venv/bin/python -m gateway.bench [--requests 30] [--concurrency 8] [--burst 48] [--image PATH]
+    .venv/bin/python -m tools.bench [--requests 30] [--concurrency 8] [--burst 48] [--image PATH]
                                       [--model-store DIR] [--breakdown]
 
 What it starts (free ports, a temporary state dir, all stopped at the end, also on error or Ctrl-C):
@@ -50,7 +50,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from gateway.core.config import Settings
+from common.settings import Settings
 from trainer.data import LIVER_TRAIN
 
 logger = logging.getLogger(__name__)
@@ -383,7 +383,7 @@ def _free_port(taken: set[int]) -> int:
 
 def free_objectstore_ports(taken: set[int]):
     """Free ports for every SeaweedFS component (the admin gRPC port is always admin + 10000)."""
-    from gateway.objectstore_server import ObjectStorePorts, port_is_free
+    from tools.objectstore_server import ObjectStorePorts, port_is_free
 
     for _ in range(200):
         admin = _free_port(taken)
@@ -414,10 +414,10 @@ class Stack:
 @contextlib.contextmanager
 def running_stack(state_dir: Path, choice: ModelChoice) -> Iterator[Stack]:
     """Object store, liver TorchServe and gateway on free ports under `state_dir`; all stopped on exit."""
+    from common.launcher import OrganServer, free_ports
     from gateway.core.db import make_engine, run_migrations, session_scope
-    from gateway.objectstore_server import ObjectStoreServer
     from gateway.security import create_api_key
-    from services.launcher import OrganServer, free_ports
+    from tools.objectstore_server import ObjectStoreServer
 
     taken: set[int] = set()
     model_store = state_dir / "model-store"
@@ -507,7 +507,7 @@ def start_gateway(settings: Settings, log_path: Path) -> subprocess.Popen:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve"],
+            [sys.executable, "-m", "common.cli", "serve"],
             cwd=REPO_ROOT,
             env=settings_env(settings),
             stdin=subprocess.DEVNULL,
@@ -571,7 +571,7 @@ def _check_masks(count: int, width: int, height: int, what: str) -> None:
 
 
 def torchserve_caller(stack: Stack, image: bytes) -> tuple[Callable[[], object], Callable[[], None]]:
-    from services.torchserve_client import InferenceClient
+    from common.torchserve_client import InferenceClient
 
     client = InferenceClient(stack.torchserve_address, stack.torchserve_key, timeout=60)
 
@@ -661,8 +661,8 @@ def _timing(obj, attr: str, bucket: str, totals: dict[str, float]) -> Iterator[N
 def segment_breakdown(stack: Stack, image: bytes, runs: int = 15) -> dict[str, float]:
     """Median ms per part of DataPlane.segment, run in this process against the bench's own stack (same
     object store, organ server and database as the gateway), one request at a time."""
+    from common.settings import Settings
     from gateway.api.deps import authorize
-    from gateway.core.config import Settings
     from gateway.core.db import make_engine, session_scope
     from gateway.schemas import SegmentationPublic
     from gateway.service import build_dataplane, images
@@ -887,7 +887,7 @@ def unwind_on_sigterm() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="gateway.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="tools.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=30, help="sequential requests per path (c=1)")
     parser.add_argument("--concurrency", type=int, default=8, help="callers in flight for images/s")
     parser.add_argument("--burst", type=int, default=48, help="requests per path at --concurrency")

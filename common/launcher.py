@@ -301,7 +301,7 @@ class OrganServer:
 
     def wait_ready(self, timeout: float = 180.0) -> None:
         """Block until the key file exists, Ping answers, and every start-up model has a READY worker."""
-        from services.torchserve_client import InferenceClient, ManagementClient
+        from common.torchserve_client import InferenceClient, ManagementClient
 
         deadline = time.monotonic() + timeout
         last_error: Exception | None = None
@@ -352,7 +352,7 @@ class OrganServer:
 
 
 def stop_from_state(state_dir: str | Path, organ: str, grace: float = 20.0) -> bool:
-    """Stop an organ server started by another process (`medseg stack down`); False if none was running.
+    """Stop an organ server started by another process (`make down`); False if none was running.
 
     Only signals the recorded process group if its leader is still a TorchServe launched with this
     server's config file, so a recycled pid is never killed.

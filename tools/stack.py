@@ -1,4 +1,4 @@
-"""`medseg serve` (the gateway: HTTP + gRPC in one process) and `medseg stack up|down|status`.
+"""`python -m tools.stack up|down|status`: the local stack for development and a single server.
 
 `stack up` is idempotent: it starts only what is not already running — the object store, one TorchServe
 per organ folder whose `.mar` is in model-store/ (an organ without one is skipped with a warning), and
@@ -9,6 +9,7 @@ processes (a reused pid is never signalled) and nothing else. Data lives under `
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from gateway.core.config import Settings, get_settings
+from common.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -80,65 +81,8 @@ def log_dir(settings: Settings) -> Path:
     return settings.state_dir / "logs"
 
 
-# --- serve -------------------------------------------------------------------------------------------
-def serve(settings: Settings) -> int:
-    """Run the gateway in this process: migrations, gRPC server, then uvicorn until SIGTERM/SIGINT."""
-    import uvicorn
-
-    from gateway.commands.users import bootstrap_admin
-    from gateway.core.db import run_migrations, session_scope
-    from gateway.grpc_server import create_server
-    from gateway.main import create_app
-    from gateway.service import build_dataplane
-    from gateway.service.model_registry import seed_from_model_store
-
-    run_migrations()
-    bootstrap_admin(settings)  # the first admin from MEDSEG_ADMIN_EMAIL / MEDSEG_ADMIN_PASSWORD, once
-    dataplane = build_dataplane(settings)
-    app = create_app(settings, dataplane)
-    with session_scope() as session:  # the shipped models become the registry's defaults, once
-        seed_from_model_store(session, dataplane.registry)
-        app.state.clinic.directory.refresh(session, force=True)
-        app.state.clinic.jobs.mark_interrupted(session)  # jobs a previous gateway left running: failed
-    metrics_server = None
-    if settings.metrics_port is not None:  # /metrics beside, not on, the HTTP port (docs/operations.md)
-        from gateway import metrics
-
-        metrics_server = metrics.serve(settings.metrics_port, settings.http_host)
-        logger.info("Prometheus metrics on %s:%d/metrics", settings.http_host, settings.metrics_port)
-    grpc_server, grpc_port = create_server(
-        f"{settings.grpc_host}:{settings.grpc_port}",
-        dataplane,
-        session_scope,
-        clinic=app.state.clinic,  # one model directory and one set of training workers for both edges
-        max_message_bytes=settings.grpc_max_message_bytes,
-    )
-    grpc_server.start()
-    logger.info("gRPC medseg.v1 on %s:%d", settings.grpc_host, grpc_port)
-    try:
-        config = uvicorn.Config(
-            app,
-            host=settings.http_host,
-            port=settings.http_port,
-            timeout_graceful_shutdown=10,
-            log_config=None,
-            # C parsers and event loop (pinned in pyproject): uvicorn's pure-Python h11 and asyncio loop
-            # cost the HTTP edge several ms of CPU per segmentation (gateway.bench, README)
-            loop="uvloop",
-            http="httptools",
-        )
-        uvicorn.Server(config).run()  # handles SIGTERM / SIGINT itself
-    finally:
-        grpc_server.stop(grace=5).wait()
-        if metrics_server is not None:
-            metrics_server.shutdown()
-        dataplane.close()
-    return 0
-
-
-# --- stack -------------------------------------------------------------------------------------------
 def _object_store(settings: Settings):
-    from gateway.objectstore_server import ObjectStoreServer
+    from tools.objectstore_server import ObjectStoreServer
 
     server = ObjectStoreServer.from_settings(settings)
     server.pid_path = pid_dir(settings) / "objectstore.pid"
@@ -159,7 +103,7 @@ def _organ_pid(settings: Settings, organ: str) -> PidFile:
 
 
 def _start_organ(settings: Settings, organ: str) -> None:
-    from services.launcher import OrganServer
+    from common.launcher import OrganServer
 
     pidfile = _organ_pid(settings, organ)
     if pid := pidfile.alive_pid():
@@ -178,7 +122,7 @@ def _start_organ(settings: Settings, organ: str) -> None:
 
 def _stop_organ(settings: Settings, organ: str) -> bool:
     """Stop the organ server's process group (the launcher checks it is still our TorchServe)."""
-    from services.launcher import stop_from_state
+    from common.launcher import stop_from_state
 
     stopped = stop_from_state(settings.state_dir, organ)
     _organ_pid(settings, organ).path.unlink(missing_ok=True)
@@ -197,7 +141,7 @@ def _start_gateway(settings: Settings) -> None:
     log_dir(settings).mkdir(parents=True, exist_ok=True)
     with open(log_dir(settings) / "gateway.log", "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve"],
+            [sys.executable, "-m", "common.cli", "serve"],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -296,17 +240,22 @@ def stack_status(settings: Settings) -> int:
     return 0
 
 
-def add_commands(subparsers) -> None:
-    serve_parser = subparsers.add_parser("serve", help="run the gateway (HTTP and gRPC) in the foreground")
-    serve_parser.set_defaults(func=lambda args: serve(get_settings()))
-
-    stack = subparsers.add_parser(
-        "stack", help="start/stop the local stack (object store, organ servers, gateway)"
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.stack",
+        description="start/stop the local stack (object store, organ servers, gateway)",
     )
-    actions = stack.add_subparsers(dest="action", required=True)
+    actions = parser.add_subparsers(dest="action", required=True)
     for name, func, text in (
         ("up", stack_up, "start what is not running and wait until ready"),
         ("down", stack_down, "stop what `stack up` started"),
         ("status", stack_status, "show what runs"),
     ):
-        actions.add_parser(name, help=text).set_defaults(func=lambda args, func=func: func(get_settings()))
+        actions.add_parser(name, help=text).set_defaults(func=func)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args.func(get_settings()) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,10 +1,10 @@
 """`make soak`: sustained segmentation load through both edges, with errors, latency and memory per process.
 
-    .venv/bin/python -m gateway.soak [--requests 500] [--concurrency 16] [--image PATH] [--api-key KEY]
+    .venv/bin/python -m tools.soak [--requests 500] [--concurrency 16] [--image PATH] [--api-key KEY]
 
 Against the local stack `make up` started when it runs (an API key with scope `segment` is created for
 the run and revoked afterwards, unless `--api-key` is given); otherwise on a stack of its own, started and
-stopped exactly as `make bench` does (gateway.bench.running_stack: object store, liver TorchServe, gateway).
+stopped exactly as `make bench` does (tools.bench.running_stack: object store, liver TorchServe, gateway).
 
 `--requests` segmentations of one liver slice go through HTTP (POST /api/v1/segment), then as many through
 gRPC (medseg.v1 Segment), each from `--concurrency` threads; the callers are the bench's, which check every
@@ -32,8 +32,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from gateway import bench
-from gateway.core.config import Settings, get_settings
+from common.settings import Settings, get_settings
+from tools import bench
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def _role(cmdline: list[str]) -> str:
         return "frontend"
     if exe == "weed":
         return "weed"
-    if "gateway.cli" in joined:
+    if "common.cli" in joined:
         return "gateway"
     return exe
 
@@ -291,9 +291,9 @@ def local_stack_target(settings: Settings, api_key: str | None) -> Iterator[Targ
     """The stack `make up` runs (None when its gateway is not running or not ready), with a key for it."""
     import httpx
 
-    from gateway.commands.stack import stack_process_groups
     from gateway.core.db import make_engine, session_scope
     from gateway.security import create_api_key, revoke_api_key
+    from tools.stack import stack_process_groups
 
     groups = stack_process_groups(settings)
     http_url = bench.gateway_http_url(settings)
@@ -346,7 +346,7 @@ def own_stack_target(model_store: Path) -> Iterator[Target]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="gateway.soak", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="tools.soak", description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=500, help="segmentations per transport")
     parser.add_argument("--concurrency", type=int, default=16, help="callers in flight")
     parser.add_argument("--image", default=str(bench.DEFAULT_IMAGE), help="a 512×512 liver slice (PNG)")

@@ -1,34 +1,24 @@
-"""`medseg` command line. Each area contributes its sub-commands through `add_commands(subparsers)`."""
+"""`medseg` command line. Each area contributes its sub-commands through the `medseg.commands` entry points
+(pyproject.toml): a module with `add_commands(subparsers)` that sets `func` on its parsers. The command line
+names no area itself, so the gateway and the trainer each bring their own commands without importing the
+other."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
+from importlib.metadata import entry_points
 
-# Modules that contribute sub-commands; each exposes add_commands(subparsers) and sets `func` on its parsers.
-COMMAND_MODULES = (
-    "gateway.commands.stack",
-    "gateway.commands.api_keys",
-    "gateway.commands.users",
-    "trainer.cli",
-    "trainer.dataset_cli",
-)
+COMMAND_GROUP = "medseg.commands"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medseg", description="MedSeg platform command line")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:  # a real missing dependency inside the module: surface it
-                raise
-            continue  # area not built yet
-        module.add_commands(sub)
+    for entry in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):
+        entry.load().add_commands(sub)
     return parser
 
 

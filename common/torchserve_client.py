@@ -28,7 +28,7 @@ breaks, and TorchServe cannot make clients reconnect (it has no max-connection-a
 Kubernetes the organ's headless Service then names the replicas a scale-out added, and they get calls
 within that time. The old channel is closed one renewal later, when every call on it is past its deadline.
 
-Failures are raised as the platform's transport-neutral errors (gateway.errors): INVALID_ARGUMENT →
+Failures are raised as the platform's transport-neutral errors (common.errors): INVALID_ARGUMENT →
 InvalidInput, NOT_FOUND (and the inference API's "Model not found") → NotFound, UNAVAILABLE /
 DEADLINE_EXCEEDED → ServiceUnavailable, a refused token → ServiceUnavailable with code "organ_auth"
 (our configuration, never the caller's fault). A bad image in a batch with good ones comes back as OK +
@@ -52,7 +52,7 @@ from collections.abc import Callable
 import grpc
 from google.protobuf import empty_pb2
 
-from gateway.errors import (
+from common.errors import (
     Conflict,
     InvalidInput,
     MedSegError,

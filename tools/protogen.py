@@ -1,6 +1,6 @@
 """Compile the gRPC code the platform needs into one generated-code directory (`make protos`).
 
-    python -m gateway.protogen --out build/gen \
+    python -m tools.protogen --out build/gen \
         --torchserve-protos build/protos/torchserve --medseg-protos protos
 
 * TorchServe's `inference.proto` / `management.proto` (extracted from the installed frontend jar by the
@@ -109,7 +109,7 @@ def compile_protos(out: Path, torchserve_protos: Path | None, medseg_protos: Pat
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gateway.protogen", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.protogen", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="output directory (on sys.path via a .pth)")
     parser.add_argument("--torchserve-protos", type=Path, help="folder with inference/management.proto")
     parser.add_argument("--medseg-protos", type=Path, help="root of the medseg protos (medseg/v1/*.proto)")

@@ -8,6 +8,7 @@ store unavailable: ...")` after a short, bounded retry; a missing object or buck
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import tempfile
@@ -23,13 +24,16 @@ from minio import Minio
 from minio.deleteobjects import DeleteObject
 from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
 
-from gateway.core.config import Settings, get_settings
-from gateway.errors import NotFound, ServiceUnavailable
+from common.errors import NotFound, ServiceUnavailable
+from common.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
 _NOT_FOUND_CODES = {"NoSuchKey", "NoSuchBucket", "NoSuchObject", "ResourceNotFound"}
 UNAVAILABLE_MESSAGE = "object store unavailable (details in the server log)"
+CREDENTIALS_FILE = (
+    "s3-credentials.json"  # written by the local object store launcher (tools/objectstore_server)
+)
 PART_SIZE = 16 * 1024 * 1024  # multipart chunk: bounds memory when streaming big files of unknown length
 
 
@@ -59,10 +63,22 @@ class ObjectInfo:
     content_type: str | None = None
 
 
-def resolve_credentials(settings: Settings):
-    """S3 credentials: MEDSEG_S3_ACCESS_KEY/SECRET_KEY when set, else the file `medseg stack up` generated."""
-    from gateway.objectstore_server import CREDENTIALS_FILE, S3Credentials, read_credentials_file
+@dataclass(frozen=True)
+class S3Credentials:
+    access_key: str
+    secret_key: str
 
+
+def read_credentials_file(path: Path) -> S3Credentials | None:
+    """The S3 access/secret key from a generated credentials file, or None when it does not exist."""
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    return S3Credentials(data["access_key"], data["secret_key"])
+
+
+def resolve_credentials(settings: Settings):
+    """S3 credentials: MEDSEG_S3_ACCESS_KEY/SECRET_KEY when set, else the file `make up` generated."""
     if settings.s3_access_key and settings.s3_secret_key:
         return S3Credentials(settings.s3_access_key, settings.s3_secret_key)
     path = Path(settings.state_dir) / CREDENTIALS_FILE
@@ -70,7 +86,7 @@ def resolve_credentials(settings: Settings):
     if creds is None:
         raise ServiceUnavailable(
             f"object store unavailable: no credentials (set MEDSEG_S3_ACCESS_KEY and MEDSEG_S3_SECRET_KEY, "
-            f"or start the local store with `medseg stack up`, which generates {path})"
+            f"or start the local store with `make up`, which generates {path})"
         )
     return creds
 

@@ -36,20 +36,14 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from gateway.core.config import Settings
-from gateway.errors import ServiceUnavailable
+from common.errors import ServiceUnavailable
+from common.objectstore import CREDENTIALS_FILE, S3Credentials
+from common.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
-CREDENTIALS_FILE = "s3-credentials.json"
 _GRPC_OFFSET = 10000  # SeaweedFS default gRPC port = HTTP port + 10000; mini's worker assumes it for admin
-
-
-@dataclass(frozen=True)
-class S3Credentials:
-    access_key: str
-    secret_key: str
 
 
 @dataclass(frozen=True)
@@ -119,14 +113,6 @@ def load_or_create_credentials(path: Path) -> dict:
     _write_private(path, json.dumps(data, indent=2))
     logger.info("generated object store credentials in %s", path)
     return data
-
-
-def read_credentials_file(path: Path) -> S3Credentials | None:
-    """The S3 access/secret key from a generated credentials file, or None when it does not exist."""
-    if not path.exists():
-        return None
-    data = json.loads(path.read_text())
-    return S3Credentials(data["access_key"], data["secret_key"])
 
 
 def port_is_free(port: int, host: str = HOST) -> bool:
@@ -219,7 +205,7 @@ class ObjectStoreServer:
         creds = self._write_config()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
-            # own session: Ctrl-C in a terminal running `medseg stack up` must not kill the store mid-write
+            # own session: Ctrl-C in a terminal running `make up` must not kill the store mid-write
             self._proc = subprocess.Popen(
                 [str(weed_binary()), "mini", *self._flags()],
                 cwd=self.data_dir,
@@ -243,7 +229,7 @@ class ObjectStoreServer:
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Poll until S3 lists buckets with our credentials; fail fast if the process exits."""
-        from gateway.storage import ObjectStore  # the one module that speaks S3
+        from common.objectstore import ObjectStore  # the one module that speaks S3
 
         store = ObjectStore(self.endpoint, self.credentials, connect_timeout=1.0, read_timeout=5.0, retries=0)
         # After a restart S3 lists buckets before the volume server has re-registered its volumes with the

@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     organ_inference_timeouts_s: dict[str, float] = {"cells": 30.0}
     inference_retries: int = 2  # extra attempts when an organ server answers UNAVAILABLE
     # Dial each organ server afresh this often (seconds; 0: never), so the replicas a scale-out added get
-    # calls: a new channel resolves the organ's headless Service again (see services.torchserve_client).
+    # calls: a new channel resolves the organ's headless Service again (see common.torchserve_client).
     organ_channel_renew_s: float = 60.0
     readiness_timeout_s: float = 1.0  # /readyz probes must answer fast even when a dependency hangs
 
