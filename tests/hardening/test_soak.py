@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from common.objectstore import ObjectStore
-from gateway import soak
+from tools import soak
 from tests.data import LIVER_SLICE
 from tests.hardening.live_gateway import LiveGateway
 
