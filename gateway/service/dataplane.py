@@ -108,6 +108,29 @@ class EvaluateResult:
 
 
 @dataclass(frozen=True)
+class SegmentationRecord:
+    """One segmentation as the database records it (`DataPlane.record_segmentation`, in production
+    gateway.crud.record_segmentation): the model that made it, the objects already written for it (keys in
+    the results bucket), and who asked (a person, a key, or neither)."""
+
+    id: str
+    organ: str
+    model: ModelInfo
+    patient_id: str | None
+    width: int
+    height: int
+    spacing_mm: tuple[float, float] | None  # (row, column) pixel spacing, when the image carried one
+    probability_key: str
+    mask_keys: dict[str, str]  # "0.5" → object key
+    areas: dict[str, int]  # "0.5" → mask area in pixels
+    api_key_id: int | None
+    stability: float | None = None
+    thumbnail_key: str | None = None  # None: the preview could not be written; the record stands without it
+    user_id: int | None = None
+    actor: str | None = None
+
+
+@dataclass(frozen=True)
 class Upload:
     filename: str
     data: bytes
@@ -136,7 +159,7 @@ class DataPlane:
         store,
         *,
         results_bucket: str,
-        record_segmentation: Callable[..., None],
+        record_segmentation: Callable[[object, SegmentationRecord], object],
         max_upload_bytes: int,
         max_image_pixels: int,
         max_evaluate_images: int = 64,
@@ -282,8 +305,7 @@ class DataPlane:
             masks, thumbnail_key = self._store_results(prefix, prob, prob_png, written)
             areas = {f"{m.threshold:.1f}": m.area_px for m in masks}
             model = self.registry.model(organ.name)
-            self.record_segmentation(
-                session,
+            record = SegmentationRecord(
                 id=seg_id,
                 organ=organ.name,
                 model=model,
@@ -300,6 +322,7 @@ class DataPlane:
                 user_id=user_id,
                 actor=actor,
             )
+            self.record_segmentation(session, record)
         except Exception:
             self._remove(written)
             raise
