@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import io
+from dataclasses import fields
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from common.errors import InvalidInput, NotFound, PayloadTooLarge, ServiceUnavailable
-from gateway.service.dataplane import DataPlane, Upload, pair_by_name
+from gateway.schemas import ImageScorePublic, ThresholdScorePublic
+from gateway.service.dataplane import DataPlane, ImageScore, ThresholdScore, Upload, pair_by_name
 from gateway.service.masks import THRESHOLDS, probability_mask, unpack_mask
 from gateway.service.organs import OrganRegistry
 from gateway.service.scoring import dice_iou_at, score_case
@@ -291,3 +293,10 @@ def test_stability_from_areas_equals_the_pixel_dice_of_the_02_and_08_masks(regis
     total = low.sum() + high.sum()
     expected = 1.0 if total == 0 else 2 * (low & high).sum() / total
     assert stability(result) == pytest.approx(expected)
+
+
+def test_score_records_and_their_http_schemas_name_the_same_fields():
+    """The HTTP schemas are built from the data plane's records field by field (`**vars`), and pydantic
+    ignores names it does not know: a field added to a record only would vanish from the answer silently."""
+    for record, schema in ((ImageScore, ImageScorePublic), (ThresholdScore, ThresholdScorePublic)):
+        assert [f.name for f in fields(record)] == list(schema.model_fields)
