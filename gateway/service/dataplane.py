@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
+from typing import TypeVar
 
 import numpy as np
 
@@ -108,9 +109,49 @@ class EvaluateResult:
 
 
 @dataclass(frozen=True)
+class SegmentationRecord:
+    """One segmentation as the database records it (`DataPlane.record_segmentation`, in production
+    gateway.crud.record_segmentation): the model that made it, the objects already written for it (keys in
+    the results bucket), and who asked (a person, a key, or neither)."""
+
+    id: str
+    organ: str
+    model: ModelInfo
+    patient_id: str | None
+    width: int
+    height: int
+    spacing_mm: tuple[float, float] | None  # (row, column) pixel spacing, when the image carried one
+    probability_key: str
+    mask_keys: dict[str, str]  # "0.5" → object key
+    areas: dict[str, int]  # "0.5" → mask area in pixels
+    api_key_id: int | None
+    stability: float | None = None
+    thumbnail_key: str | None = None  # None: the preview could not be written; the record stands without it
+    user_id: int | None = None
+    actor: str | None = None
+
+
+@dataclass(frozen=True)
 class Upload:
     filename: str
     data: bytes
+
+
+@dataclass(frozen=True)
+class Case:
+    """An image and its label, named by the image's file stem (uploads) or by the dataset's pair name."""
+
+    name: str
+    image: Upload
+    label: Upload
+
+
+@dataclass(frozen=True)
+class _ScoredImage:
+    """One image of `DataPlane.evaluate`, scored: its public score and (Dice, IoU) at every threshold."""
+
+    score: ImageScore
+    at: dict[float, tuple[float, float]]
 
 
 @dataclass
@@ -136,7 +177,7 @@ class DataPlane:
         store,
         *,
         results_bucket: str,
-        record_segmentation: Callable[..., None],
+        record_segmentation: Callable[[object, SegmentationRecord], object],
         max_upload_bytes: int,
         max_image_pixels: int,
         max_evaluate_images: int = 64,
@@ -282,8 +323,7 @@ class DataPlane:
             masks, thumbnail_key = self._store_results(prefix, prob, prob_png, written)
             areas = {f"{m.threshold:.1f}": m.area_px for m in masks}
             model = self.registry.model(organ.name)
-            self.record_segmentation(
-                session,
+            record = SegmentationRecord(
                 id=seg_id,
                 organ=organ.name,
                 model=model,
@@ -300,6 +340,7 @@ class DataPlane:
                 user_id=user_id,
                 actor=actor,
             )
+            self.record_segmentation(session, record)
         except Exception:
             self._remove(written)
             raise
@@ -372,56 +413,20 @@ class DataPlane:
     def evaluate(
         self, organ_name: str, image_files: Sequence[Upload], label_files: Sequence[Upload]
     ) -> EvaluateResult:
+        """Score the model the organ serves on images and their labels (matched by file name) at the organ's
+        default threshold; nothing is stored (stored evaluations: gateway.service.evaluations)."""
         started = time.perf_counter()
         organ = self.registry.get(organ_name)
-        pairs = pair_by_name(image_files, label_files, self.max_evaluate_images)
+        cases = labelled_cases(image_files, label_files, self.max_evaluate_images)
         threshold = self.registry.default_threshold(organ.name)
-        scores: list[ImageScore] = []
-        per_t: dict[float, list[tuple[float, float]]] = {t: [] for t in THRESHOLDS}
-        for image, label in pairs:
-            self._check_upload(label.data, label.filename, what="label")
-            try:
-                truth = images.decode_label(label.data, label.filename, max_pixels=self.max_image_pixels)
-            except InvalidInput as exc:
-                raise InvalidInput(f"label {label.filename!r}: {exc.message}", code=exc.code) from None
-            try:
-                prob, _, _ = self._infer(organ, image.data, image.filename)
-            except InvalidInput as exc:
-                raise InvalidInput(f"image {image.filename!r}: {exc.message}", code=exc.code) from None
-            if truth.shape != prob.shape:
-                raise InvalidInput(
-                    f"label {label.filename!r} is {truth.shape[1]}x{truth.shape[0]} but image "
-                    f"{image.filename!r} is {prob.shape[1]}x{prob.shape[0]}; they must be the same size",
-                    code="size_mismatch",
-                )
-            pred = probability_mask(prob, threshold)
-            at = scoring.dice_iou_at(prob, truth, {threshold, *THRESHOLDS})  # MONAI, as stored evaluations
-            dice, iou = at[threshold]
-            scores.append(
-                ImageScore(
-                    image.filename,
-                    dice,
-                    iou,
-                    prob.shape[1],
-                    prob.shape[0],
-                    int(np.count_nonzero(pred)),
-                    int(np.count_nonzero(truth)),
-                )
-            )
-            for t in THRESHOLDS:
-                per_t[t].append(at[t])
-        result = EvaluateResult(
-            organ=organ.name,
-            model=self.registry.model(organ.name),
-            threshold=threshold,
-            images=scores,
-            mean_dice=float(np.mean([s.dice for s in scores])),
-            mean_iou=float(np.mean([s.iou for s in scores])),
-            per_threshold=[
-                ThresholdScore(t, float(np.mean([d for d, _ in v])), float(np.mean([i for _, i in v])))
-                for t, v in per_t.items()
-            ],
+        scored = score_cases(
+            cases,
+            lambda image: self._infer(organ, image.data, image.filename)[0],
+            lambda case, prob, label: _score_image(case.image.filename, prob, label, threshold),
+            max_image_pixels=self.max_image_pixels,
+            check_label=lambda label: self._check_upload(label.data, label.filename, what="label"),
         )
+        result = _evaluate_result(organ.name, self.registry.model(organ.name), threshold, scored)
         metrics.observe_latency("evaluate", organ.name, result.model.version, started)
         metrics.observe_evaluation(organ.name, result.model.version, "evaluate", result.mean_dice)
         return result
@@ -486,6 +491,92 @@ def pair_by_name(
             code="label_mismatch",
         )
     return [(image, labels[key]) for key, image in by_key.items()]
+
+
+def labelled_cases(
+    image_files: Sequence[Upload], label_files: Sequence[Upload], max_images: int
+) -> list[Case]:
+    """`pair_by_name`'s pairs as cases, each named by its image's file stem."""
+    pairs = pair_by_name(image_files, label_files, max_images)
+    return [Case(_pair_key(image.filename, label=False), image, label) for image, label in pairs]
+
+
+Scored = TypeVar("Scored")
+
+
+def score_cases(
+    cases: Sequence[Case],
+    predict: Callable[[Upload], np.ndarray],
+    score: Callable[[Case, np.ndarray, np.ndarray], Scored],
+    *,
+    max_image_pixels: int,
+    check_label: Callable[[Upload], None] | None = None,
+) -> list[Scored]:
+    """Score labelled images one case at a time: check the label (`check_label`, when given), decode it,
+    `predict` the image's probability map (uint8 H×W), check both are the same size, then
+    `score(case, probability map, label)`. The first bad case stops the loop with an error naming its file.
+    `DataPlane.evaluate` and stored evaluations (gateway.service.evaluations) both run this loop, so they
+    accept, refuse and report cases the same way."""
+    results = []
+    for case in cases:
+        image, label_file = case.image, case.label
+        if check_label is not None:
+            check_label(label_file)
+        try:
+            label = images.decode_label(label_file.data, label_file.filename, max_pixels=max_image_pixels)
+        except InvalidInput as exc:
+            raise InvalidInput(f"label {label_file.filename!r}: {exc.message}", code=exc.code) from None
+        try:
+            prob = predict(image)
+        except InvalidInput as exc:
+            raise InvalidInput(f"image {image.filename!r}: {exc.message}", code=exc.code) from None
+        if label.shape != prob.shape:
+            raise InvalidInput(
+                f"label {label_file.filename!r} is {label.shape[1]}x{label.shape[0]} but image "
+                f"{image.filename!r} is {prob.shape[1]}x{prob.shape[0]}; they must be the same size",
+                code="size_mismatch",
+            )
+        results.append(score(case, prob, label))
+    return results
+
+
+def _score_image(filename: str, prob: np.ndarray, label: np.ndarray, threshold: float) -> _ScoredImage:
+    at = scoring.dice_iou_at(prob, label, {threshold, *THRESHOLDS})  # MONAI, as stored evaluations
+    dice, iou = at[threshold]
+    predicted = probability_mask(prob, threshold)
+    height, width = prob.shape
+    score = ImageScore(
+        filename,
+        dice,
+        iou,
+        width,
+        height,
+        int(np.count_nonzero(predicted)),
+        int(np.count_nonzero(label)),
+    )
+    return _ScoredImage(score, at)
+
+
+def _evaluate_result(
+    organ: str, model: ModelInfo, threshold: float, scored: list[_ScoredImage]
+) -> EvaluateResult:
+    scores = [s.score for s in scored]
+    return EvaluateResult(
+        organ=organ,
+        model=model,
+        threshold=threshold,
+        images=scores,
+        mean_dice=float(np.mean([s.dice for s in scores])),
+        mean_iou=float(np.mean([s.iou for s in scores])),
+        per_threshold=[
+            ThresholdScore(
+                t,
+                float(np.mean([s.at[t][0] for s in scored])),
+                float(np.mean([s.at[t][1] for s in scored])),
+            )
+            for t in THRESHOLDS
+        ],
+    )
 
 
 def build_dataplane(settings) -> DataPlane:

@@ -28,19 +28,12 @@ from gateway.core.db import database_unavailable
 from gateway.models import Dataset, Evaluation, EvaluationCase, ModelVersion, audit
 from gateway.principal import Principal
 from gateway.service import images, scoring
-from gateway.service.dataplane import DataPlane, Upload, _pair_key, pair_by_name
+from gateway.service.dataplane import Case, DataPlane, Upload, labelled_cases, score_cases
 from services import imaging
 
 logger = logging.getLogger(__name__)
 
 TIE = 1e-9
-
-
-@dataclass(frozen=True)
-class Case:
-    name: str
-    image: Upload
-    label: Upload
 
 
 @dataclass(frozen=True)
@@ -52,6 +45,75 @@ class Target:
     version: str
     threshold: float
     row: ModelVersion | None
+
+
+@dataclass(frozen=True)
+class ScoredCase:
+    """One case of a stored evaluation, scored, with the overlay (PNG) that shows it, before it is stored."""
+
+    name: str
+    score: scoring.CaseScore
+    overlay_png: bytes
+    width: int
+    height: int
+
+
+def overlay_key(evaluation_id: uuid.UUID, index: int) -> str:
+    """Where the overlay of an evaluation's `index`-th case is stored in the results bucket."""
+    return f"evaluations/{evaluation_id}/{index:04d}.png"
+
+
+def case_row(evaluation_id: uuid.UUID, case: ScoredCase, key: str) -> EvaluationCase:
+    """The EvaluationCase row of a scored case whose overlay is stored under `key`."""
+    score = case.score
+    return EvaluationCase(
+        evaluation_id=evaluation_id,
+        name=case.name[:256],
+        dice=score.dice,
+        iou=score.iou,
+        hd95=score.hd95,
+        dice_at=score.dice_at,
+        width=case.width,
+        height=case.height,
+        predicted_px=score.predicted_px,
+        label_px=score.label_px,
+        overlay_key=key,
+    )
+
+
+def evaluation_row(
+    evaluation_id: uuid.UUID,
+    target: Target,
+    principal: Principal,
+    summary: dict,
+    *,
+    case_count: int,
+    purpose: str,
+    dataset: Dataset | None,
+) -> Evaluation:
+    """The Evaluation row: what was evaluated (the target version, on which dataset), the summary of its
+    cases (`scoring.summarize`) and who asked."""
+    return Evaluation(
+        id=evaluation_id,
+        organ=target.organ,
+        model_version_id=target.row.id if target.row else None,
+        model_name=target.model_name,
+        model_version=target.version,
+        purpose=purpose,
+        dataset_id=dataset.id if dataset else None,
+        dataset_hash=dataset.dataset_hash if dataset else None,
+        threshold=target.threshold,
+        case_count=case_count,
+        mean_dice=summary["mean_dice"],
+        std_dice=summary["std_dice"],
+        mean_iou=summary["mean_iou"],
+        mean_hd95=summary["mean_hd95"],
+        per_threshold=summary["per_threshold"],
+        best_threshold=summary["best_threshold"],
+        created_by=principal.actor,
+        user_id=principal.user.id if principal.user else None,
+        api_key_id=principal.api_key.id if principal.api_key else None,
+    )
 
 
 class Evaluator:
@@ -87,8 +149,7 @@ class Evaluator:
 
     # --- cases ----------------------------------------------------------------------------------------
     def upload_cases(self, images_: Sequence[Upload], labels: Sequence[Upload]) -> list[Case]:
-        pairs = pair_by_name(images_, labels, self.dataplane.max_evaluate_images)
-        return [Case(_pair_key(image.filename, label=False), image, label) for image, label in pairs]
+        return labelled_cases(images_, labels, self.dataplane.max_evaluate_images)
 
     def dataset_cases(
         self, session: Session, dataset_id: str, expected_hash: str | None = None
@@ -198,82 +259,63 @@ class Evaluator:
         purpose: str = "test",
         dataset: Dataset | None = None,
     ) -> Evaluation:
+        """Segment and score every case with the target version, then store the overlays and the Evaluation
+        with its cases (`_store`), and count it in the metrics."""
         if not cases:
             raise InvalidInput("nothing to evaluate: no image/label pairs", code="missing_images")
         started = time.perf_counter()
-        organ = self.dataplane.registry.get(target.organ)
-        dp = self.dataplane
-        eval_id = uuid.uuid4()
-        scored: list[tuple[Case, scoring.CaseScore, bytes, tuple[int, int]]] = []
-        for case in cases:
-            try:
-                label = images.decode_label(
-                    case.label.data, case.label.filename, max_pixels=dp.max_image_pixels
-                )
-            except InvalidInput as exc:
-                raise InvalidInput(f"label {case.label.filename!r}: {exc.message}", code=exc.code) from None
-            try:
-                prob = self._predict(target, case.image.data, case.image.filename, organ.spec.window)
-            except InvalidInput as exc:
-                raise InvalidInput(f"image {case.image.filename!r}: {exc.message}", code=exc.code) from None
-            if label.shape != prob.shape:
-                raise InvalidInput(
-                    f"label {case.label.filename!r} is {label.shape[1]}x{label.shape[0]} but image "
-                    f"{case.image.filename!r} is {prob.shape[1]}x{prob.shape[0]}; they must be the same size",
-                    code="size_mismatch",
-                )
-            score = scoring.score_case(prob, label, target.threshold)
-            grey = scoring.grey_preview(
-                imaging.decode_image(
-                    case.image.data, window=organ.spec.window, max_pixels=dp.max_image_pixels
-                ).array
-            )
-            scored.append((case, score, scoring.overlay_png(grey, label, score.prediction), prob.shape))
-        summary = scoring.summarize([s for _, s, _, _ in scored])
+        scored = self.score(target, cases)
+        evaluation = self._store(session, principal, target, scored, purpose=purpose, dataset=dataset)
+        metrics.observe_latency("evaluation", target.organ, target.version, started)
+        metrics.observe_evaluation(target.organ, target.version, purpose, evaluation.mean_dice)
+        return evaluation
 
+    def score(self, target: Target, cases: Sequence[Case]) -> list[ScoredCase]:
+        """Each case segmented by the target version, scored against its label at the target's threshold and
+        drawn as an overlay. The loop is `dataplane.score_cases`, the one `DataPlane.evaluate` runs."""
+        dp = self.dataplane
+        window = dp.registry.get(target.organ).spec.window
+
+        def scored(case: Case, prob: np.ndarray, label: np.ndarray) -> ScoredCase:
+            score = scoring.score_case(prob, label, target.threshold)
+            image = imaging.decode_image(case.image.data, window=window, max_pixels=dp.max_image_pixels)
+            overlay = scoring.overlay_png(scoring.grey_preview(image.array), label, score.prediction)
+            height, width = prob.shape
+            return ScoredCase(case.name, score, overlay, width, height)
+
+        return score_cases(
+            cases,
+            lambda image: self._predict(target, image.data, image.filename, window),
+            scored,
+            max_image_pixels=dp.max_image_pixels,
+        )
+
+    def _store(
+        self,
+        session: Session,
+        principal: Principal,
+        target: Target,
+        scored: list[ScoredCase],
+        *,
+        purpose: str,
+        dataset: Dataset | None,
+    ) -> Evaluation:
+        """Write the overlays, then the Evaluation, its cases and the audit entry in one commit. When anything
+        fails the session is rolled back and the overlays written so far are removed: no row names a missing
+        object."""
+        evaluation_id = uuid.uuid4()
+        summary = scoring.summarize([case.score for case in scored])
         written: list[str] = []
         try:
-            dp.store.ensure_buckets()
-            rows = []
-            for n, (case, score, overlay, (height, width)) in enumerate(scored):
-                key = f"evaluations/{eval_id}/{n:04d}.png"
-                dp.store.put_bytes(dp.results_bucket, key, overlay, content_type="image/png")
-                written.append(key)
-                rows.append(
-                    EvaluationCase(
-                        evaluation_id=eval_id,
-                        name=case.name[:256],
-                        dice=score.dice,
-                        iou=score.iou,
-                        hd95=score.hd95,
-                        dice_at=score.dice_at,
-                        width=width,
-                        height=height,
-                        predicted_px=score.predicted_px,
-                        label_px=score.label_px,
-                        overlay_key=key,
-                    )
-                )
-            evaluation = Evaluation(
-                id=eval_id,
-                organ=target.organ,
-                model_version_id=target.row.id if target.row else None,
-                model_name=target.model_name,
-                model_version=target.version,
-                purpose=purpose,
-                dataset_id=dataset.id if dataset else None,
-                dataset_hash=dataset.dataset_hash if dataset else None,
-                threshold=target.threshold,
+            rows = self._write_overlays(evaluation_id, scored, written)
+            evaluation = evaluation_row(
+                evaluation_id,
+                target,
+                principal,
+                summary,
                 case_count=len(rows),
-                mean_dice=summary["mean_dice"],
-                std_dice=summary["std_dice"],
-                mean_iou=summary["mean_iou"],
-                mean_hd95=summary["mean_hd95"],
-                per_threshold=summary["per_threshold"],
-                best_threshold=summary["best_threshold"],
-                created_by=principal.actor,
-                user_id=principal.user.id if principal.user else None,
-                api_key_id=principal.api_key.id if principal.api_key else None,
+                purpose=purpose,
+                dataset=dataset,
             )
             session.add(evaluation)
             session.flush()
@@ -282,7 +324,7 @@ class Evaluator:
                 session,
                 principal.actor,
                 "model.evaluate",
-                f"evaluation:{eval_id}",
+                f"evaluation:{evaluation_id}",
                 {
                     "organ": target.organ,
                     "version": target.version,
@@ -294,15 +336,31 @@ class Evaluator:
             self._commit(session)
         except BaseException:
             session.rollback()
-            for key in written:
-                try:
-                    dp.store.delete(dp.results_bucket, key)
-                except Exception as exc:  # the store is probably down; objects without a row are harmless
-                    logger.warning("could not remove orphaned overlay %s: %s", key, exc)
+            self._remove_overlays(written)
             raise
-        metrics.observe_latency("evaluation", target.organ, target.version, started)
-        metrics.observe_evaluation(target.organ, target.version, purpose, evaluation.mean_dice)
         return evaluation
+
+    def _write_overlays(
+        self, evaluation_id: uuid.UUID, scored: list[ScoredCase], written: list[str]
+    ) -> list[EvaluationCase]:
+        """Store each case's overlay in the results bucket, appending its key to `written` as soon as the
+        object exists (so a failure later removes it), and return the case rows that name them."""
+        dp = self.dataplane
+        dp.store.ensure_buckets()
+        rows = []
+        for n, case in enumerate(scored):
+            key = overlay_key(evaluation_id, n)
+            dp.store.put_bytes(dp.results_bucket, key, case.overlay_png, content_type="image/png")
+            written.append(key)
+            rows.append(case_row(evaluation_id, case, key))
+        return rows
+
+    def _remove_overlays(self, keys: list[str]) -> None:
+        for key in keys:
+            try:
+                self.dataplane.store.delete(self.dataplane.results_bucket, key)
+            except Exception as exc:  # the store is probably down; objects without a row are harmless
+                logger.warning("could not remove orphaned overlay %s: %s", key, exc)
 
     @staticmethod
     def _commit(session: Session) -> None:

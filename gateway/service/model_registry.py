@@ -28,6 +28,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import NoReturn
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -383,6 +384,17 @@ class PromotionOutcome:
     dice_drop: float | None
 
 
+@dataclass(frozen=True)
+class _Gate:
+    """A promotion's comparison on the reference set: both stored evaluations, the candidate's Dice loss
+    against the default, and whether that loss exceeds the allowed drop."""
+
+    candidate_evaluation: object  # gateway.models.Evaluation
+    default_evaluation: object
+    dice_drop: float
+    failed: bool
+
+
 class Promotions:
     """Gated promotion and rollback. `evaluate(session, principal, organ, version_row, dataset_id, purpose)`
     returns a stored Evaluation (gateway.service.evaluations.Evaluator.evaluate_dataset); `rollout` moves the
@@ -404,8 +416,36 @@ class Promotions:
         force: bool = False,
         reason: str | None = None,
     ) -> PromotionOutcome:
+        """Make `version` the organ's default: check it may be promoted, compare it with the current default
+        on the reference set (refused when it loses too much Dice, unless an admin forces it), record the
+        promotion, and move the organ servers' default and the database's as one unit."""
         candidate = get_version(session, organ, version)
         reason = (reason or "").strip() or None
+        self._check_promotable(principal, candidate, force, reason)
+        current = current_default(session, organ)
+        gate = self._compare_with_default(session, principal, candidate, current, force)
+        if gate is not None and gate.failed and not force:
+            self._refuse(session, principal, candidate, current, gate)
+        # Forced: past a failed gate, or past a default with no reference set to compare it with.
+        forced = bool(force and (gate.failed if gate is not None else current is not None))
+        self._record_promotion(session, principal, candidate, current, gate, forced=forced, reason=reason)
+        self._roll_out(session, organ, candidate, current)
+        return PromotionOutcome(
+            candidate,
+            current,
+            forced,
+            gate.candidate_evaluation if gate is not None else None,
+            gate.default_evaluation if gate is not None else None,
+            gate.dice_drop if gate is not None else None,
+        )
+
+    @staticmethod
+    def _check_promotable(
+        principal: Principal, candidate: ModelVersion, force: bool, reason: str | None
+    ) -> None:
+        """Refuse a version that is retired or already the default, and a forced promotion that is not an
+        admin's or has no written reason."""
+        organ, version = candidate.organ, candidate.version
         if candidate.state == "retired":
             raise Conflict(
                 f"{organ} version {version} is retired and cannot be promoted; to restore the previous "
@@ -422,68 +462,105 @@ class Promotions:
                     "a forced promotion needs a written reason (at least 10 characters)",
                     code="reason_required",
                 )
-        current = current_default(session, organ)
-        cand_eval = default_eval = drop = None
-        gate_failed = False
-        if current is not None:
-            reference = session.get(ReferenceSet, organ)
-            if reference is None and not force:
-                raise Conflict(
-                    f"organ {organ} has no reference set to compare {version} with the default "
-                    f"{current.version}; set one (PUT /api/v1/models/{organ}/reference-set) or have an "
-                    "admin force the promotion",
-                    code="no_reference_set",
-                )
-            if reference is not None:
-                cand_eval = self.evaluate(
-                    session,
-                    principal,
-                    organ,
-                    candidate,
-                    reference.dataset_id,
-                    purpose="promotion",
-                    expected_hash=reference.dataset_hash,
-                )
-                default_eval = self.evaluate(
-                    session,
-                    principal,
-                    organ,
-                    current,
-                    reference.dataset_id,
-                    purpose="promotion",
-                    expected_hash=reference.dataset_hash,
-                )
-                drop = default_eval.mean_dice - cand_eval.mean_dice
-                gate_failed = drop > self.max_dice_drop
-            if gate_failed and not force:
-                detail = self._gate_detail(cand_eval, default_eval, drop)
-                session.add(
-                    ModelEvent(
-                        version_id=candidate.id,
-                        action="promotion_refused",
-                        actor=principal.actor,
-                        detail=detail,
-                    )
-                )
-                audit(session, principal.actor, "model.promotion_refused", f"model:{organ}:{version}", detail)
-                session.commit()
-                raise Conflict(
-                    f"promotion refused: {version} scores mean Dice {cand_eval.mean_dice:.4f} on the "
-                    f"reference set, {drop:.4f} below the default {current.version} "
-                    f"({default_eval.mean_dice:.4f}); the allowed drop is {self.max_dice_drop:.4f}. An admin "
-                    "may force it with a written reason.",
-                    code="promotion_refused",
-                )
+
+    def _compare_with_default(
+        self,
+        session: Session,
+        principal: Principal,
+        candidate: ModelVersion,
+        current: ModelVersion | None,
+        force: bool,
+    ) -> _Gate | None:
+        """Evaluate the candidate, then the current default, on the organ's reference set. None when there is
+        no default to compare with, or (forced promotions only) no reference set."""
+        if current is None:
+            return None
+        organ = candidate.organ
+        reference = session.get(ReferenceSet, organ)
+        if reference is None:
+            if force:
+                return None
+            raise Conflict(
+                f"organ {organ} has no reference set to compare {candidate.version} with the default "
+                f"{current.version}; set one (PUT /api/v1/models/{organ}/reference-set) or have an "
+                "admin force the promotion",
+                code="no_reference_set",
+            )
+        candidate_evaluation = self._evaluate_on_reference(session, principal, candidate, reference)
+        default_evaluation = self._evaluate_on_reference(session, principal, current, reference)
+        drop = default_evaluation.mean_dice - candidate_evaluation.mean_dice
+        return _Gate(candidate_evaluation, default_evaluation, drop, failed=drop > self.max_dice_drop)
+
+    def _evaluate_on_reference(
+        self, session: Session, principal: Principal, row: ModelVersion, reference: ReferenceSet
+    ):
+        """A stored promotion Evaluation of `row` on the reference set (whose hash must still be the frozen
+        one)."""
+        return self.evaluate(
+            session,
+            principal,
+            row.organ,
+            row,
+            reference.dataset_id,
+            purpose="promotion",
+            expected_hash=reference.dataset_hash,
+        )
+
+    def _refuse(
+        self,
+        session: Session,
+        principal: Principal,
+        candidate: ModelVersion,
+        current: ModelVersion,
+        gate: _Gate,
+    ) -> NoReturn:
+        """Record the refusal (event and audit, committed: the refusal is history too) and raise it (409)."""
+        organ, version = candidate.organ, candidate.version
+        detail = self._gate_detail(gate.candidate_evaluation, gate.default_evaluation, gate.dice_drop)
+        session.add(
+            ModelEvent(
+                version_id=candidate.id,
+                action="promotion_refused",
+                actor=principal.actor,
+                detail=detail,
+            )
+        )
+        audit(session, principal.actor, "model.promotion_refused", f"model:{organ}:{version}", detail)
+        session.commit()
+        raise Conflict(
+            f"promotion refused: {version} scores mean Dice {gate.candidate_evaluation.mean_dice:.4f} on the "
+            f"reference set, {gate.dice_drop:.4f} below the default {current.version} "
+            f"({gate.default_evaluation.mean_dice:.4f}); the allowed drop is {self.max_dice_drop:.4f}. An "
+            "admin may force it with a written reason.",
+            code="promotion_refused",
+        )
+
+    def _record_promotion(
+        self,
+        session: Session,
+        principal: Principal,
+        candidate: ModelVersion,
+        current: ModelVersion | None,
+        gate: _Gate | None,
+        *,
+        forced: bool,
+        reason: str | None,
+    ) -> None:
+        """Stage the change of default in the session (states, the model event, the audit entry); `_roll_out`
+        commits it together with the organ servers' change."""
         now = _now()
         if current is not None:
             current.state, current.retired_at = "retired", now
         candidate.state, candidate.promoted_at = "default", now
         candidate.previous_default_id = current.id if current else None
-        forced = bool(force and (gate_failed or current is not None and cand_eval is None))
         detail = {
             "previous": current.version if current else None,
             "forced": forced,
-            **(self._gate_detail(cand_eval, default_eval, drop) if cand_eval else {}),
+            **(
+                self._gate_detail(gate.candidate_evaluation, gate.default_evaluation, gate.dice_drop)
+                if gate is not None
+                else {}
+            ),
         }
         session.add(
             ModelEvent(
@@ -498,12 +575,17 @@ class Promotions:
             session,
             principal.actor,
             "model.promote",
-            f"model:{organ}:{version}",
+            f"model:{candidate.organ}:{candidate.version}",
             {**detail, "reason": reason},
         )
-        self._commit_with_rollout(session, organ, candidate, current)
-        self.directory.refresh(session, force=True)  # this process serves the new default at once
-        return PromotionOutcome(candidate, current, forced, cand_eval, default_eval, drop)
+
+    def _roll_out(
+        self, session: Session, organ: str, new_default: ModelVersion, old_default: ModelVersion | None
+    ) -> None:
+        """Commit the staged change of default with the organ servers' (`_commit_with_rollout`), then refresh
+        this process's directory so it serves the new default at once."""
+        self._commit_with_rollout(session, organ, new_default, old_default)
+        self.directory.refresh(session, force=True)
 
     def rollback(
         self, session: Session, principal: Principal, organ: str, reason: str | None = None
@@ -543,8 +625,7 @@ class Promotions:
             )
         )
         audit(session, principal.actor, "model.rollback", f"model:{organ}", {**detail, "reason": reason})
-        self._commit_with_rollout(session, organ, previous, current)
-        self.directory.refresh(session, force=True)  # this process serves the new default at once
+        self._roll_out(session, organ, previous, current)
         return previous
 
     @staticmethod

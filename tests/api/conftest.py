@@ -102,7 +102,7 @@ def make_dataplane(store) -> DataPlane:
         {name: FakeClient() for name in registry.names()},
         store,
         results_bucket="medseg-results",
-        record_segmentation=lambda session, **row: None,
+        record_segmentation=lambda session, record: None,
         max_upload_bytes=2_000_000,
         max_image_pixels=4_000_000,
     )

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import io
+from dataclasses import fields
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from common.errors import InvalidInput, NotFound, PayloadTooLarge, ServiceUnavailable
-from gateway.service.dataplane import DataPlane, Upload, pair_by_name
+from gateway.schemas import ImageScorePublic, ThresholdScorePublic
+from gateway.service.dataplane import DataPlane, ImageScore, ThresholdScore, Upload, pair_by_name
 from gateway.service.masks import THRESHOLDS, probability_mask, unpack_mask
 from gateway.service.organs import OrganRegistry
 from gateway.service.scoring import dice_iou_at, score_case
@@ -29,7 +31,7 @@ def make_plane(registry, clients, store=None, rows=None, record=None):
         clients,
         store or FakeStore(),
         results_bucket="results",
-        record_segmentation=record or (lambda session, **row: rows.append(row)),
+        record_segmentation=record or (lambda session, record: rows.append(record)),
         max_upload_bytes=2_000_000,
         max_image_pixels=4_000_000,
     )
@@ -49,11 +51,11 @@ def test_segment_thresholds_masks_and_storage(registry):
     areas = [m.area_px for m in result.masks]
     assert areas == sorted(areas, reverse=True) and areas[0] > areas[-1] > 0
     assert len(store.objects) == 3 and len(rows) == 1  # probability map, the masks' zip, thumbnail
-    assert rows[0]["patient_id"] == "p1" and rows[0]["id"] == result.id
-    assert ("results", rows[0]["probability_key"]) in store.objects
-    assert set(rows[0]["mask_keys"]) == {f"{t:.1f}" for t in THRESHOLDS}
+    assert rows[0].patient_id == "p1" and rows[0].id == result.id
+    assert ("results", rows[0].probability_key) in store.objects
+    assert set(rows[0].mask_keys) == {f"{t:.1f}" for t in THRESHOLDS}
     for m in result.masks:  # the stored masks are the very PNGs of the answer
-        key = rows[0]["mask_keys"][f"{m.threshold:.1f}"]
+        key = rows[0].mask_keys[f"{m.threshold:.1f}"]
         assert unpack_mask(key, store.objects[("results", key)], m.threshold) == m.mask_png
 
 
@@ -68,8 +70,8 @@ def test_a_failed_thumbnail_leaves_the_segmentation_whole_without_a_preview(regi
     rows, store = [], ThumbnailRefusingStore()
     plane = make_plane(registry, {"liver": FakeClient(ramp), "cells": FakeClient(ramp)}, store, rows)
     result = plane.segment(None, "liver", png(np.zeros((32, 32), np.uint8)), "x.png")
-    assert len(result.masks) == 7 and len(rows) == 1 and rows[0]["thumbnail_key"] is None
-    assert {key for _, key in store.objects} == {rows[0]["probability_key"], *rows[0]["mask_keys"].values()}
+    assert len(result.masks) == 7 and len(rows) == 1 and rows[0].thumbnail_key is None
+    assert {key for _, key in store.objects} == {rows[0].probability_key, *rows[0].mask_keys.values()}
 
 
 def test_the_published_card_sets_the_version_asked_for_and_the_default_threshold(registry, tmp_path):
@@ -97,7 +99,7 @@ def test_store_down_leaves_no_row_and_no_objects(registry):
 def test_row_failure_removes_written_objects(registry):
     store = FakeStore()
 
-    def broken_row(session, **row):
+    def broken_row(session, record):
         raise RuntimeError("database is locked")
 
     plane = DataPlane(
@@ -245,8 +247,8 @@ def test_every_object_is_in_the_store_before_the_row_is_written(registry):
     store = FakeStore()
     seen_at_row_time = []
 
-    def row(session, **fields):
-        keys = [fields["probability_key"], *fields["mask_keys"].values(), fields["thumbnail_key"]]
+    def row(session, record):
+        keys = [record.probability_key, *record.mask_keys.values(), record.thumbnail_key]
         seen_at_row_time.append(all(("results", key) in store.objects for key in keys))
 
     plane = make_plane(registry, {"liver": FakeClient(ramp)}, store, record=row)
@@ -291,3 +293,10 @@ def test_stability_from_areas_equals_the_pixel_dice_of_the_02_and_08_masks(regis
     total = low.sum() + high.sum()
     expected = 1.0 if total == 0 else 2 * (low & high).sum() / total
     assert stability(result) == pytest.approx(expected)
+
+
+def test_score_records_and_their_http_schemas_name_the_same_fields():
+    """The HTTP schemas are built from the data plane's records field by field (`**vars`), and pydantic
+    ignores names it does not know: a field added to a record only would vanish from the answer silently."""
+    for record, schema in ((ImageScore, ImageScorePublic), (ThresholdScore, ThresholdScorePublic)):
+        assert [f.name for f in fields(record)] == list(schema.model_fields)

@@ -28,7 +28,7 @@ def make_plane(tmp_path, clients=None) -> DataPlane:
         clients or {n: FakeClient() for n in registry.names()},
         FakeStore(),
         results_bucket="results",
-        record_segmentation=lambda session, **row: None,
+        record_segmentation=lambda session, record: None,
         max_upload_bytes=2_000_000,
         max_image_pixels=4_000_000,
     )

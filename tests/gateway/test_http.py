@@ -29,7 +29,7 @@ def make_plane(tmp_path, clients=None, store=None, **limits) -> DataPlane:
         clients,
         store or FakeStore(),
         results_bucket="results",
-        record_segmentation=lambda session, **row: None,
+        record_segmentation=lambda session, record: None,
         max_upload_bytes=limits.get("max_upload_bytes", 2_000_000),
         max_image_pixels=limits.get("max_image_pixels", 4_000_000),
     )

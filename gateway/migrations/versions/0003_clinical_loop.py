@@ -18,6 +18,21 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    # Tables before the tables whose foreign keys name them; the order is the one the schema was first
+    # built in, so databases migrated before and after this split are the same.
+    _create_model_versions()
+    _create_evaluations()
+    _create_model_events()
+    _create_training_jobs()
+    _create_evaluation_cases()
+    _create_reference_sets()
+    _create_feedback()
+    _create_feedback_replies()
+    _add_segmentation_columns()
+
+
+def _create_model_versions() -> None:
+    """Model versions per organ (candidate → default → retired) with their lineage."""
     op.create_table(
         "model_versions",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -58,6 +73,9 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_model_versions_organ"), ["organ"], unique=False)
         batch_op.create_index(batch_op.f("ix_model_versions_state"), ["state"], unique=False)
 
+
+def _create_evaluations() -> None:
+    """Evaluations of a model version on labelled cases (upload or stored dataset)."""
     op.create_table(
         "evaluations",
         sa.Column("id", sa.Uuid(), nullable=False),
@@ -105,6 +123,9 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_evaluations_organ"), ["organ"], unique=False)
         batch_op.create_index(batch_op.f("ix_evaluations_user_id"), ["user_id"], unique=False)
 
+
+def _create_model_events() -> None:
+    """What happened to a model version, by whom and why (recorded, promoted, refused, …)."""
     op.create_table(
         "model_events",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -125,6 +146,9 @@ def upgrade() -> None:
     with op.batch_alter_table("model_events", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_model_events_version_id"), ["version_id"], unique=False)
 
+
+def _create_training_jobs() -> None:
+    """Training jobs started from the API and the candidate each recorded."""
     op.create_table(
         "training_jobs",
         sa.Column("id", sa.Uuid(), nullable=False),
@@ -160,6 +184,9 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_training_jobs_organ"), ["organ"], unique=False)
         batch_op.create_index(batch_op.f("ix_training_jobs_state"), ["state"], unique=False)
 
+
+def _create_evaluation_cases() -> None:
+    """Each case of an evaluation: its scores and the overlay's object key."""
     op.create_table(
         "evaluation_cases",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -187,6 +214,9 @@ def upgrade() -> None:
             batch_op.f("ix_evaluation_cases_evaluation_id"), ["evaluation_id"], unique=False
         )
 
+
+def _create_reference_sets() -> None:
+    """Each organ's frozen reference set (dataset and hash) for promotions."""
     op.create_table(
         "reference_sets",
         sa.Column("organ", sa.String(length=64), nullable=False),
@@ -199,6 +229,10 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("organ", name=op.f("pk_reference_sets")),
     )
+
+
+def _create_feedback() -> None:
+    """Doctors' feedback threads on a model version."""
     op.create_table(
         "feedback",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -247,6 +281,9 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_feedback_model_version_id"), ["model_version_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_feedback_status"), ["status"], unique=False)
 
+
+def _create_feedback_replies() -> None:
+    """Replies in a feedback thread."""
     op.create_table(
         "feedback_replies",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -271,6 +308,9 @@ def upgrade() -> None:
     with op.batch_alter_table("feedback_replies", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_feedback_replies_feedback_id"), ["feedback_id"], unique=False)
 
+
+def _add_segmentation_columns() -> None:
+    """Segmentations record stability, a thumbnail and the doctor's chosen threshold."""
     with op.batch_alter_table("segmentations", schema=None) as batch_op:
         batch_op.add_column(sa.Column("stability", sa.Float(), nullable=True))
         batch_op.add_column(sa.Column("thumbnail_key", sa.String(length=512), nullable=True))
