@@ -24,10 +24,9 @@ from medseg.v1 import segmentation_pb2_grpc as pb_grpc
 from common.errors import InvalidInput, MedSegError
 from common.settings import get_settings
 from gateway import metrics
-from gateway.api.deps import authorize
+from gateway.access import ACCESS
 from gateway.grpc_clinic import SERVICES as CLINIC_SERVICES
-from gateway.grpc_clinic import add_clinic_servicers
-from gateway.principal import Principal
+from gateway.grpc_clinic import ClinicEdge, add_clinic_servicers
 from gateway.service import DataPlane, history
 from gateway.service.clinic import Clinic
 from gateway.service.dataplane import Upload
@@ -93,19 +92,13 @@ def _model(m) -> pb.ModelRef:
 
 
 class SegmentationServicer(pb_grpc.SegmentationServicer):
-    def __init__(
-        self, dataplane: DataPlane, session_factory: Callable[[], AbstractContextManager], clinic: Clinic
-    ):
-        self.dataplane = dataplane
-        self.session_factory = session_factory
-        self.clinic = clinic
+    """ListOrgans, Segment and Evaluate; each admits the caller by its entry of the access table."""
 
-    def _authorize(self, session, context: grpc.ServicerContext, *scopes: str):
-        return authorize(session, dict(context.invocation_metadata()).get("authorization"), scopes)
+    def __init__(self, edge: ClinicEdge):
+        self.edge, self.clinic, self.dataplane = edge, edge.clinic, edge.clinic.dataplane
 
     def ListOrgans(self, request, context):
-        with self.session_factory() as session:
-            self._authorize(session, context, "segment", "evaluate")
+        self.edge.admit(context, ACCESS["organs.list"])
         return pb.ListOrgansResponse(
             organs=[
                 pb.Organ(
@@ -122,14 +115,12 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
         )
 
     def Segment(self, request, context):
-        with self.session_factory() as session:
-            key = self._authorize(session, context, "segment")
-            self.clinic.directory.refresh(session)
+        with self.edge.call(context, ACCESS["segment"]) as (session, who):
             patient_id = request.patient_id if request.HasField("patient_id") and request.patient_id else None
             record = history.segment(  # recorded like HTTP's: who, stability, thumbnail
                 session,
                 self.dataplane,
-                Principal(api_key=key),
+                who,
                 request.organ,
                 request.image,
                 request.filename or "upload",
@@ -152,8 +143,7 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
         )
 
     def Evaluate(self, request, context):
-        with self.session_factory() as session:
-            self._authorize(session, context, "evaluate")
+        self.edge.admit(context, ACCESS["evaluate"])
         r = self.dataplane.evaluate(
             request.organ,
             [Upload(i.filename or f"image-{n}", i.image) for n, i in enumerate(request.images)],
@@ -191,10 +181,9 @@ def create_server(
             ("grpc.max_send_message_length", max_message_bytes),
         ],
     )
-    pb_grpc.add_SegmentationServicer_to_server(
-        SegmentationServicer(dataplane, session_factory, clinic), server
-    )
-    add_clinic_servicers(server, clinic, session_factory)
+    edge = ClinicEdge(clinic, session_factory)
+    pb_grpc.add_SegmentationServicer_to_server(SegmentationServicer(edge), server)
+    add_clinic_servicers(server, edge)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME, *CLINIC_SERVICES):

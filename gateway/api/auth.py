@@ -1,7 +1,8 @@
 """Authentication and authorisation for the HTTP edge, in one place per route.
 
-A route declares a typed dependency built from an `Access`, e.g.
-    DatasetReader = Annotated[Principal, Depends(require(Access(roles=(...), scopes=("datasets",))))]
+A route declares a typed dependency built from its operation's entry of the access table (gateway/access.py),
+e.g.
+    ListDatasetsCaller = Annotated[Principal, Depends(require(ACCESS["datasets.list"]))]
 and receives the `Principal` (a signed-in person or an API key) only if it may call the route:
 
 * `Authorization: Bearer <key>` → the API key must grant one of the scopes (routes without scopes are
@@ -80,18 +81,8 @@ def require(access: Access) -> Callable[..., Principal]:
         access.check_role(user)
         return Principal(user=user, session=user_session)
 
+    principal.access = access  # which entry of the access table the route declared (the parity test reads it)
     return principal
-
-
-PEOPLE = ("doctor", "researcher", "admin")
-
-SignedIn = Annotated[Principal, Depends(require(Access(roles=PEOPLE)))]
-Admin = Annotated[Principal, Depends(require(Access(roles=("admin",), scopes=("admin",))))]
-DatasetUploader = Annotated[Principal, Depends(require(Access(roles=("doctor",), scopes=("datasets",))))]
-DatasetReader = Annotated[Principal, Depends(require(Access(roles=PEOPLE, scopes=("datasets",))))]
-DatasetDeleter = Annotated[
-    Principal, Depends(require(Access(roles=("doctor", "admin"), scopes=("datasets",))))
-]
 
 
 # --- cookies ---------------------------------------------------------------------------------------------

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from common.errors import Forbidden, Unauthenticated
@@ -50,16 +49,3 @@ def authorize(session: Session, authorization: str | None, scopes: tuple[str, ..
         if len(scopes) == 1:
             raise
         raise Forbidden(f"this API key needs one of the scopes {', '.join(scopes)}") from None
-
-
-def require_scope(*scopes: str) -> Callable[..., ApiKey]:
-    def api_key(session: SessionDep, authorization: Annotated[str | None, Header()] = None) -> ApiKey:
-        return authorize(session, authorization, scopes)
-
-    return api_key
-
-
-# Reading the organ list is part of segmenting or evaluating: either scope will do.
-OrgansApiKey = Annotated[ApiKey, Depends(require_scope("segment", "evaluate"))]
-SegmentApiKey = Annotated[ApiKey, Depends(require_scope("segment"))]
-EvaluateApiKey = Annotated[ApiKey, Depends(require_scope("evaluate"))]

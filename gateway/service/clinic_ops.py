@@ -1,9 +1,7 @@
 """The clinical loop's operations, once, for both edges: the HTTP routes (gateway/api/routes) and the gRPC
 servicers (gateway/grpc_clinic.py) parse their transport's input, then call these, which call the service
 layer and answer the public shapes of gateway/schemas_clinic.py (the gRPC messages carry the same fields).
-
-Who may call what is declared here too, as one `Access` per kind of operation, so both edges admit the same
-people (HTTP sessions) and API keys (HTTP `Authorization` header, gRPC metadata).
+Who may call what is declared once for both edges, in gateway/access.py.
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from common.errors import InvalidInput, NotFound
 from gateway.models import EvaluationCase, Feedback, ModelVersion
-from gateway.principal import Access, Principal
+from gateway.principal import Principal
 from gateway.schemas_clinic import (
     ComparisonPublic,
     EvaluationCasePublic,
@@ -50,19 +48,6 @@ from gateway.service.clinic import Clinic
 from gateway.service.dataplane import Upload
 from gateway.service.masks import nearest_threshold, unpack_mask
 from gateway.service.training_jobs import JobRequest
-
-PEOPLE = ("doctor", "researcher", "admin")
-RESEARCH = ("researcher", "admin")
-
-MODEL_READER = Access(PEOPLE, ("models", "segment", "evaluate"))
-MODEL_WRITER = Access(RESEARCH, ("models",))  # record, promote, roll back, set the reference set
-SEGMENTER = Access(PEOPLE, ("segment",))
-EVALUATOR = Access(PEOPLE, ("evaluate",))
-HISTORY_READER = Access(PEOPLE, ("segment",))
-# The doctor who made the segmentation, or the hospital system (key) that made it for them.
-THRESHOLD_CHOOSER = Access(("doctor",), ("segment",))
-FEEDBACK = Access(PEOPLE, ("feedback",))
-TRAINING = Access(RESEARCH, ("train",))
 
 DEFAULT_LIST, MAX_LIST = 50, 200
 

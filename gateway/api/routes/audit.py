@@ -1,16 +1,21 @@
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 
-from gateway.api.auth import Admin
+from gateway.access import ACCESS
+from gateway.api.auth import require
 from gateway.api.deps import SessionDep
 from gateway.auditlog import audit_csv, audit_page
+from gateway.principal import Principal
 from gateway.schemas import BigRowId
 from gateway.schemas_people import AuditEntryPublic, AuditPagePublic
 
 router = APIRouter(prefix="/audit", tags=["audit"])
+
+AuditListCaller = Annotated[Principal, Depends(require(ACCESS["audit.list"]))]
+AuditExportCaller = Annotated[Principal, Depends(require(ACCESS["audit.export"]))]
 
 ActionQ = Annotated[str | None, Query(max_length=64, description="exact, or a prefix ending in '.'")]
 ActorQ = Annotated[str | None, Query(max_length=128)]
@@ -20,7 +25,7 @@ TimeQ = Annotated[datetime | None, Query()]
 
 @router.get("", response_model=AuditPagePublic)
 def audit_log(
-    _admin: Admin,
+    _admin: AuditListCaller,
     session: SessionDep,
     action: ActionQ = None,
     actor: ActorQ = None,
@@ -43,7 +48,7 @@ def audit_log(
 
 @router.get("/export.csv", response_class=StreamingResponse)
 def export_csv(
-    _admin: Admin,
+    _admin: AuditExportCaller,
     session: SessionDep,
     action: ActionQ = None,
     actor: ActorQ = None,

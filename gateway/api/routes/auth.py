@@ -1,10 +1,13 @@
 from datetime import timedelta
+from typing import Annotated
 
-from fastapi import APIRouter, Request, Response, status
+from fastapi import APIRouter, Depends, Request, Response, status
 
 from gateway import accounts
-from gateway.api.auth import SignedIn, clear_session_cookies, set_session_cookies
+from gateway.access import ACCESS
+from gateway.api.auth import clear_session_cookies, require, set_session_cookies
 from gateway.api.deps import SessionDep, SettingsDep
+from gateway.principal import Principal
 from gateway.schemas_people import (
     PasswordChange,
     ProfileUpdate,
@@ -15,6 +18,11 @@ from gateway.schemas_people import (
 )
 
 router = APIRouter(tags=["accounts"])
+
+SignOutCaller = Annotated[Principal, Depends(require(ACCESS["accounts.sign_out"]))]
+MeCaller = Annotated[Principal, Depends(require(ACCESS["accounts.me"]))]
+UpdateMeCaller = Annotated[Principal, Depends(require(ACCESS["accounts.update_me"]))]
+ChangePasswordCaller = Annotated[Principal, Depends(require(ACCESS["accounts.change_password"]))]
 
 
 def _ip(request: Request) -> str | None:
@@ -56,7 +64,9 @@ def sign_in(
 
 
 @router.post("/auth/sign-out", status_code=status.HTTP_204_NO_CONTENT)
-def sign_out(principal: SignedIn, request: Request, session: SessionDep, settings: SettingsDep) -> Response:
+def sign_out(
+    principal: SignOutCaller, request: Request, session: SessionDep, settings: SettingsDep
+) -> Response:
     """End this session and clear its cookies."""
     accounts.end_session(session, principal.session, principal.user)
     response = Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -65,7 +75,7 @@ def sign_out(principal: SignedIn, request: Request, session: SessionDep, setting
 
 
 @router.get("/users/me", response_model=SessionPublic)
-def me(principal: SignedIn) -> SessionPublic:
+def me(principal: MeCaller) -> SessionPublic:
     """Who is signed in, with the session's CSRF token (for pages that need it again)."""
     return SessionPublic(
         user=UserPublic.model_validate(principal.user),
@@ -75,7 +85,7 @@ def me(principal: SignedIn) -> SessionPublic:
 
 
 @router.patch("/users/me", response_model=UserPublic)
-def update_me(body: ProfileUpdate, principal: SignedIn, session: SessionDep) -> UserPublic:
+def update_me(body: ProfileUpdate, principal: UpdateMeCaller, session: SessionDep) -> UserPublic:
     """Edit one's own name, title/position, department and the pages' language (en or zh, else 422)."""
     user = session.merge(principal.user)
     return UserPublic.model_validate(
@@ -84,7 +94,7 @@ def update_me(body: ProfileUpdate, principal: SignedIn, session: SessionDep) -> 
 
 
 @router.post("/users/me/password", status_code=status.HTTP_204_NO_CONTENT)
-def change_password(body: PasswordChange, principal: SignedIn, session: SessionDep) -> Response:
+def change_password(body: PasswordChange, principal: ChangePasswordCaller, session: SessionDep) -> Response:
     """Replace one's password (the current one is required); other sessions end."""
     accounts.change_password(
         session,

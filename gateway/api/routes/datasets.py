@@ -1,16 +1,23 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request, status
+from fastapi import APIRouter, Depends, Path, Query, Request, status
 from starlette.concurrency import run_in_threadpool
 
 from common.errors import InvalidInput
 from gateway import datasets
-from gateway.api.auth import DatasetDeleter, DatasetReader, DatasetUploader
+from gateway.access import ACCESS
+from gateway.api.auth import require
 from gateway.api.deps import SessionDep, SettingsDep
 from gateway.api.multipart import receive_form
+from gateway.principal import Principal
 from gateway.schemas_people import DatasetPublic, DatasetsPublic
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
+
+UploadCaller = Annotated[Principal, Depends(require(ACCESS["datasets.upload"]))]
+ListDatasetsCaller = Annotated[Principal, Depends(require(ACCESS["datasets.list"]))]
+ShowDatasetCaller = Annotated[Principal, Depends(require(ACCESS["datasets.show"]))]
+DeleteDatasetCaller = Annotated[Principal, Depends(require(ACCESS["datasets.delete"]))]
 
 DatasetId = Annotated[str, Path(max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
 
@@ -44,7 +51,7 @@ def get_store(request: Request):
     },
 )
 async def upload_dataset(
-    request: Request, principal: DatasetUploader, session: SessionDep, settings: SettingsDep
+    request: Request, principal: UploadCaller, session: SessionDep, settings: SettingsDep
 ) -> DatasetPublic:
     """Upload a zip of image/mask pairs (multipart: organ, file; optional name, notes), streamed to disk."""
     form = await receive_form(request, file_field="file", tmp_dir=settings.upload_tmp_dir, suffix=".zip")
@@ -74,7 +81,9 @@ async def upload_dataset(
 
 @router.get("", response_model=DatasetsPublic)
 def list_datasets(
-    principal: DatasetReader, session: SessionDep, organ: Annotated[str | None, Query(max_length=64)] = None
+    principal: ListDatasetsCaller,
+    session: SessionDep,
+    organ: Annotated[str | None, Query(max_length=64)] = None,
 ) -> DatasetsPublic:
     """Datasets this caller may see (researchers: all; doctors: their hospital's), newest first."""
     return DatasetsPublic(
@@ -83,12 +92,14 @@ def list_datasets(
 
 
 @router.get("/{dataset_id}", response_model=DatasetPublic)
-def show_dataset(dataset_id: DatasetId, principal: DatasetReader, session: SessionDep) -> DatasetPublic:
+def show_dataset(dataset_id: DatasetId, principal: ShowDatasetCaller, session: SessionDep) -> DatasetPublic:
     """One dataset (404 when it does not exist or is not visible to the caller)."""
     return DatasetPublic.of(datasets.get_dataset(session, principal, dataset_id))
 
 
 @router.delete("/{dataset_id}", response_model=DatasetPublic)
-def delete_dataset(dataset_id: DatasetId, principal: DatasetDeleter, session: SessionDep) -> DatasetPublic:
+def delete_dataset(
+    dataset_id: DatasetId, principal: DeleteDatasetCaller, session: SessionDep
+) -> DatasetPublic:
     """Hide a dataset (soft delete: the uploader or an admin)."""
     return DatasetPublic.of(datasets.delete_dataset(session, principal, dataset_id))

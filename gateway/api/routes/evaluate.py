@@ -1,20 +1,25 @@
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, Depends, File, Form, UploadFile
 
-from gateway.api.clinic_deps import ClinicDep, EvaluationRunner
+from gateway.access import ACCESS
+from gateway.api.auth import require
+from gateway.api.clinic_deps import ClinicDep
 from gateway.api.deps import DataPlaneDep
 from gateway.api.uploads import read_upload
+from gateway.principal import Principal
 from gateway.schemas import EvaluationPublic
 
 router = APIRouter(tags=["evaluate"])
+
+EvaluateCaller = Annotated[Principal, Depends(require(ACCESS["evaluate"]))]
 
 
 @router.post("/evaluate", response_model=EvaluationPublic)
 def evaluate(
     dataplane: DataPlaneDep,
     _clinic: ClinicDep,  # serves the registry's default version
-    _who: EvaluationRunner,
+    _who: EvaluateCaller,
     organ: Annotated[str, Form(max_length=200)],
     images: Annotated[list[UploadFile], File(description="images to segment")],
     labels: Annotated[list[UploadFile], File(description="one label mask per image, matched by file name")],

@@ -1,21 +1,30 @@
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile, status
 
-from gateway.api.clinic_deps import ClinicDep, EvaluationReader, EvaluationRunner
+from gateway.access import ACCESS
+from gateway.api.auth import require
+from gateway.api.clinic_deps import ClinicDep
 from gateway.api.deps import SessionDep
 from gateway.api.uploads import read_upload
+from gateway.principal import Principal
 from gateway.schemas import RowId
 from gateway.schemas_clinic import ComparisonPublic, EvaluationDetail, EvaluationsPublic
 from gateway.service import clinic_ops as ops
 
 router = APIRouter(prefix="/evaluations", tags=["evaluations"])
 
+RunEvaluationCaller = Annotated[Principal, Depends(require(ACCESS["evaluations.run"]))]
+ListEvaluationsCaller = Annotated[Principal, Depends(require(ACCESS["evaluations.list"]))]
+CompareCaller = Annotated[Principal, Depends(require(ACCESS["evaluations.compare"]))]
+ShowEvaluationCaller = Annotated[Principal, Depends(require(ACCESS["evaluations.show"]))]
+OverlayCaller = Annotated[Principal, Depends(require(ACCESS["evaluations.overlay"]))]
+
 
 @router.post("", response_model=EvaluationDetail, status_code=status.HTTP_201_CREATED)
 def run_evaluation(
     clinic: ClinicDep,
-    who: EvaluationRunner,
+    who: RunEvaluationCaller,
     session: SessionDep,
     organ: Annotated[str, Form(max_length=200)],
     version: Annotated[str | None, Form(max_length=64)] = None,
@@ -39,7 +48,7 @@ def run_evaluation(
 
 @router.get("", response_model=EvaluationsPublic)
 def list_evaluations(
-    _who: EvaluationReader,
+    _who: ListEvaluationsCaller,
     session: SessionDep,
     organ: Annotated[str | None, Query(max_length=64)] = None,
     version: Annotated[str | None, Query(max_length=64)] = None,
@@ -51,7 +60,7 @@ def list_evaluations(
 
 @router.get("/compare", response_model=ComparisonPublic)
 def compare(
-    _who: EvaluationReader,
+    _who: CompareCaller,
     session: SessionDep,
     a: Annotated[str, Query(max_length=64)],
     b: Annotated[str, Query(max_length=64)],
@@ -61,7 +70,7 @@ def compare(
 
 
 @router.get("/{evaluation_id}", response_model=EvaluationDetail)
-def show_evaluation(evaluation_id: str, _who: EvaluationReader, session: SessionDep) -> EvaluationDetail:
+def show_evaluation(evaluation_id: str, _who: ShowEvaluationCaller, session: SessionDep) -> EvaluationDetail:
     """One evaluation with its cases (Dice, IoU, HD95, Dice per threshold, overlay link)."""
     return ops.show_evaluation(session, evaluation_id)
 
@@ -71,8 +80,6 @@ def show_evaluation(evaluation_id: str, _who: EvaluationReader, session: Session
     response_class=Response,
     responses={200: {"content": {"image/png": {}}}},
 )
-def overlay(
-    evaluation_id: str, case_id: RowId, clinic: ClinicDep, _who: EvaluationReader, session: SessionDep
-):
+def overlay(evaluation_id: str, case_id: RowId, clinic: ClinicDep, _who: OverlayCaller, session: SessionDep):
     """The case's overlay: image | label | prediction | differences."""
     return Response(content=ops.overlay(clinic, session, evaluation_id, case_id), media_type="image/png")

@@ -1,9 +1,11 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Depends, Query, status
 
-from gateway.api.clinic_deps import FeedbackReader, FeedbackWriter
+from gateway.access import ACCESS
+from gateway.api.auth import require
 from gateway.api.deps import SessionDep
+from gateway.principal import Principal
 from gateway.schemas import RowId
 from gateway.schemas_clinic import (
     FeedbackCreate,
@@ -16,6 +18,12 @@ from gateway.service import clinic_ops as ops
 
 router = APIRouter(tags=["feedback"])
 
+CreateFeedbackCaller = Annotated[Principal, Depends(require(ACCESS["feedback.create"]))]
+ListFeedbackCaller = Annotated[Principal, Depends(require(ACCESS["feedback.list"]))]
+ShowFeedbackCaller = Annotated[Principal, Depends(require(ACCESS["feedback.show"]))]
+ReplyCaller = Annotated[Principal, Depends(require(ACCESS["feedback.reply"]))]
+UpdateFeedbackCaller = Annotated[Principal, Depends(require(ACCESS["feedback.update"]))]
+
 
 @router.post(
     "/models/{organ}/versions/{version}/feedback",
@@ -23,7 +31,7 @@ router = APIRouter(tags=["feedback"])
     status_code=status.HTTP_201_CREATED,
 )
 def create_feedback(
-    organ: str, version: str, body: FeedbackCreate, who: FeedbackWriter, session: SessionDep
+    organ: str, version: str, body: FeedbackCreate, who: CreateFeedbackCaller, session: SessionDep
 ) -> FeedbackPublic:
     """Feedback on a model version, optionally on one evaluated case or segmentation (and threshold)."""
     return ops.create_feedback(session, who, organ, version, body)
@@ -31,7 +39,7 @@ def create_feedback(
 
 @router.get("/feedback", response_model=FeedbackListPublic)
 def list_feedback(
-    _who: FeedbackReader,
+    _who: ListFeedbackCaller,
     session: SessionDep,
     organ: Annotated[str | None, Query(max_length=64)] = None,
     version: Annotated[str | None, Query(max_length=64)] = None,
@@ -42,7 +50,7 @@ def list_feedback(
 
 
 @router.get("/feedback/{feedback_id}", response_model=FeedbackPublic)
-def show_feedback(feedback_id: RowId, _who: FeedbackReader, session: SessionDep) -> FeedbackPublic:
+def show_feedback(feedback_id: RowId, _who: ShowFeedbackCaller, session: SessionDep) -> FeedbackPublic:
     """One thread with its replies."""
     return ops.show_feedback(session, feedback_id)
 
@@ -50,14 +58,14 @@ def show_feedback(feedback_id: RowId, _who: FeedbackReader, session: SessionDep)
 @router.post(
     "/feedback/{feedback_id}/replies", response_model=FeedbackPublic, status_code=status.HTTP_201_CREATED
 )
-def reply(feedback_id: RowId, body: ReplyCreate, who: FeedbackWriter, session: SessionDep) -> FeedbackPublic:
+def reply(feedback_id: RowId, body: ReplyCreate, who: ReplyCaller, session: SessionDep) -> FeedbackPublic:
     """Reply to a thread (researchers answer; the doctor may follow up)."""
     return ops.reply(session, who, feedback_id, body.body)
 
 
 @router.patch("/feedback/{feedback_id}", response_model=FeedbackPublic)
 def update_feedback(
-    feedback_id: RowId, body: FeedbackUpdate, who: FeedbackWriter, session: SessionDep
+    feedback_id: RowId, body: FeedbackUpdate, who: UpdateFeedbackCaller, session: SessionDep
 ) -> FeedbackPublic:
     """Set the status (open, in_progress, resolved) and/or the version that addresses it."""
     return ops.update_feedback(session, who, feedback_id, body)

@@ -1,7 +1,12 @@
-from fastapi import APIRouter, Path, status
+from typing import Annotated
 
-from gateway.api.clinic_deps import ClinicDep, ModelPromoter, ModelReader, ModelRecorder
+from fastapi import APIRouter, Depends, Path, status
+
+from gateway.access import ACCESS
+from gateway.api.auth import require
+from gateway.api.clinic_deps import ClinicDep
 from gateway.api.deps import SessionDep
+from gateway.principal import Principal
 from gateway.schemas_clinic import (
     ModelVersionCreate,
     ModelVersionDetail,
@@ -18,12 +23,21 @@ from gateway.service import clinic_ops as ops
 
 router = APIRouter(prefix="/models", tags=["models"])
 
+ListVersionsCaller = Annotated[Principal, Depends(require(ACCESS["models.versions.list"]))]
+RecordVersionCaller = Annotated[Principal, Depends(require(ACCESS["models.versions.record"]))]
+ShowVersionCaller = Annotated[Principal, Depends(require(ACCESS["models.versions.show"]))]
+PromoteCaller = Annotated[Principal, Depends(require(ACCESS["models.promote"]))]
+RollbackCaller = Annotated[Principal, Depends(require(ACCESS["models.rollback"]))]
+SetReferenceSetCaller = Annotated[Principal, Depends(require(ACCESS["models.reference_set.set"]))]
+ShowReferenceSetCaller = Annotated[Principal, Depends(require(ACCESS["models.reference_set.show"]))]
+SuggestedThresholdCaller = Annotated[Principal, Depends(require(ACCESS["models.suggested_threshold"]))]
+
 Version = Path(max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @router.get("/{organ}/versions", response_model=ModelVersionsPublic)
 def list_versions(
-    organ: str, clinic: ClinicDep, _who: ModelReader, session: SessionDep
+    organ: str, clinic: ClinicDep, _who: ListVersionsCaller, session: SessionDep
 ) -> ModelVersionsPublic:
     """Every recorded version of the organ's model, newest first, with its state and lineage."""
     return ops.list_versions(clinic, session, organ)
@@ -31,7 +45,7 @@ def list_versions(
 
 @router.post("/{organ}/versions", response_model=ModelVersionPublic, status_code=status.HTTP_201_CREATED)
 def record_version(
-    organ: str, body: ModelVersionCreate, clinic: ClinicDep, who: ModelRecorder, session: SessionDep
+    organ: str, body: ModelVersionCreate, clinic: ClinicDep, who: RecordVersionCaller, session: SessionDep
 ) -> ModelVersionPublic:
     """Record a trained version (its .mar already in the models bucket) as a candidate."""
     return ops.record_version(clinic, session, who, organ, body)
@@ -39,7 +53,7 @@ def record_version(
 
 @router.get("/{organ}/versions/{version}", response_model=ModelVersionDetail)
 def show_version(
-    organ: str, version: str, clinic: ClinicDep, _who: ModelReader, session: SessionDep
+    organ: str, version: str, clinic: ClinicDep, _who: ShowVersionCaller, session: SessionDep
 ) -> ModelVersionDetail:
     """One version with its events (recorded, promoted, refused, rolled back) and lineage."""
     return ops.show_version(clinic, session, organ, version)
@@ -47,7 +61,7 @@ def show_version(
 
 @router.post("/{organ}/versions/{version}/promote", response_model=PromotionPublic)
 def promote(
-    organ: str, version: str, body: PromoteRequest, clinic: ClinicDep, who: ModelPromoter, session: SessionDep
+    organ: str, version: str, body: PromoteRequest, clinic: ClinicDep, who: PromoteCaller, session: SessionDep
 ) -> PromotionPublic:
     """Make a candidate the default unless worse on the reference set (an admin may force, with a reason)."""
     return ops.promote(clinic, session, who, organ, version, body)
@@ -55,7 +69,7 @@ def promote(
 
 @router.post("/{organ}/rollback", response_model=ModelVersionPublic)
 def rollback(
-    organ: str, body: RollbackRequest, clinic: ClinicDep, who: ModelPromoter, session: SessionDep
+    organ: str, body: RollbackRequest, clinic: ClinicDep, who: RollbackCaller, session: SessionDep
 ) -> ModelVersionPublic:
     """Restore the default the current one replaced (the current one is retired)."""
     return ops.rollback(clinic, session, who, organ, body.reason)
@@ -63,7 +77,7 @@ def rollback(
 
 @router.put("/{organ}/reference-set", response_model=ReferenceSetPublic)
 def set_reference_set(
-    organ: str, body: ReferenceSetRequest, clinic: ClinicDep, who: ModelPromoter, session: SessionDep
+    organ: str, body: ReferenceSetRequest, clinic: ClinicDep, who: SetReferenceSetCaller, session: SessionDep
 ) -> ReferenceSetPublic:
     """Freeze a dataset (and its hash) as the organ's reference set for promotions."""
     return ops.set_reference_set(clinic, session, who, organ, body.dataset_id)
@@ -71,7 +85,7 @@ def set_reference_set(
 
 @router.get("/{organ}/reference-set", response_model=ReferenceSetPublic)
 def show_reference_set(
-    organ: str, clinic: ClinicDep, _who: ModelReader, session: SessionDep
+    organ: str, clinic: ClinicDep, _who: ShowReferenceSetCaller, session: SessionDep
 ) -> ReferenceSetPublic:
     """The organ's reference set (404 when none is set)."""
     return ops.show_reference_set(clinic, session, organ)
@@ -79,7 +93,11 @@ def show_reference_set(
 
 @router.get("/{organ}/suggested-threshold", response_model=SuggestedThresholdPublic)
 def suggested_threshold(
-    organ: str, clinic: ClinicDep, _who: ModelReader, session: SessionDep, version: str | None = None
+    organ: str,
+    clinic: ClinicDep,
+    _who: SuggestedThresholdCaller,
+    session: SessionDep,
+    version: str | None = None,
 ) -> SuggestedThresholdPublic:
     """The threshold learned from the version's evaluations and doctors' saved choices."""
     return ops.suggested_threshold(clinic, session, organ, version)

@@ -1,13 +1,20 @@
-from fastapi import APIRouter
+from typing import Annotated
 
-from gateway.api.clinic_deps import ClinicDep, ModelReader
+from fastapi import APIRouter, Depends
+
+from gateway.access import ACCESS
+from gateway.api.auth import require
+from gateway.api.clinic_deps import ClinicDep
 from gateway.api.deps import DataPlaneDep
+from gateway.principal import Principal
 from gateway.schemas import OrganPublic, OrgansPublic
 
 router = APIRouter(prefix="/organs", tags=["organs"])
 
+ListOrgansCaller = Annotated[Principal, Depends(require(ACCESS["organs.list"]))]
+
 
 @router.get("", response_model=OrgansPublic)
-def list_organs(dataplane: DataPlaneDep, _clinic: ClinicDep, _who: ModelReader) -> OrgansPublic:
+def list_organs(dataplane: DataPlaneDep, _clinic: ClinicDep, _who: ListOrgansCaller) -> OrgansPublic:
     """Organs with their current model version and readiness."""
     return OrgansPublic(organs=[OrganPublic.of(s) for s in dataplane.list_organs()])

@@ -1,15 +1,20 @@
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, Depends, File, Form, UploadFile
 
-from gateway.api.clinic_deps import ClinicDep, Segmenter
+from gateway.access import ACCESS
+from gateway.api.auth import require
+from gateway.api.clinic_deps import ClinicDep
 from gateway.api.deps import DataPlaneDep, SessionDep
 from gateway.api.uploads import read_upload
+from gateway.principal import Principal
 from gateway.schemas import SegmentationPublic
 from gateway.schemas_clinic import SegmentRecordPublic
 from gateway.service import history
 
 router = APIRouter(tags=["segment"])
+
+SegmentCaller = Annotated[Principal, Depends(require(ACCESS["segment"]))]
 
 
 @router.post("/segment", response_model=SegmentRecordPublic)
@@ -17,7 +22,7 @@ def segment(
     dataplane: DataPlaneDep,
     clinic: ClinicDep,
     session: SessionDep,
-    who: Segmenter,
+    who: SegmentCaller,
     organ: Annotated[str, Form(max_length=200)],
     file: Annotated[UploadFile, File(description="PNG, JPEG, TIFF or DICOM")],
     patient_id: Annotated[str | None, Form(max_length=128)] = None,

@@ -1,13 +1,22 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Depends, Path, Query, Response
 
-from gateway.api.clinic_deps import ClinicDep, HistoryReader, ThresholdChooser
+from gateway.access import ACCESS
+from gateway.api.auth import require
+from gateway.api.clinic_deps import ClinicDep
 from gateway.api.deps import SessionDep
+from gateway.principal import Principal
 from gateway.schemas_clinic import ChoiceRequest, HistoryItem, HistoryPublic, TrendPublic
 from gateway.service import clinic_ops as ops
 
 router = APIRouter(tags=["history"])
+
+ListSegmentationsCaller = Annotated[Principal, Depends(require(ACCESS["segmentations.list"]))]
+ChooseThresholdCaller = Annotated[Principal, Depends(require(ACCESS["segmentations.choose_threshold"]))]
+ThumbnailCaller = Annotated[Principal, Depends(require(ACCESS["segmentations.thumbnail"]))]
+MaskCaller = Annotated[Principal, Depends(require(ACCESS["segmentations.mask"]))]
+TrendCaller = Annotated[Principal, Depends(require(ACCESS["segmentations.trend"]))]
 
 PatientId = Annotated[str, Path(max_length=128)]
 
@@ -15,7 +24,7 @@ PatientId = Annotated[str, Path(max_length=128)]
 @router.get("/segmentations", response_model=HistoryPublic)
 def list_segmentations(
     clinic: ClinicDep,
-    who: HistoryReader,
+    who: ListSegmentationsCaller,
     session: SessionDep,
     patient_id: Annotated[str | None, Query(max_length=128)] = None,
     organ: Annotated[str | None, Query(max_length=64)] = None,
@@ -27,7 +36,11 @@ def list_segmentations(
 
 @router.post("/segmentations/{segmentation_id}/choice", response_model=HistoryItem)
 def choose_threshold(
-    segmentation_id: str, body: ChoiceRequest, clinic: ClinicDep, who: ThresholdChooser, session: SessionDep
+    segmentation_id: str,
+    body: ChoiceRequest,
+    clinic: ClinicDep,
+    who: ChooseThresholdCaller,
+    session: SessionDep,
 ) -> HistoryItem:
     """Save the threshold the doctor chose for this segmentation, with an optional note."""
     return ops.choose_threshold(clinic, session, who, segmentation_id, body.threshold, body.note)
@@ -38,7 +51,7 @@ def choose_threshold(
     response_class=Response,
     responses={200: {"content": {"image/png": {}}}},
 )
-def thumbnail(segmentation_id: str, clinic: ClinicDep, who: HistoryReader, session: SessionDep):
+def thumbnail(segmentation_id: str, clinic: ClinicDep, who: ThumbnailCaller, session: SessionDep):
     """A small preview of the segmentation's probability map."""
     return Response(content=ops.thumbnail(clinic, session, who, segmentation_id), media_type="image/png")
 
@@ -56,7 +69,7 @@ def thumbnail(segmentation_id: str, clinic: ClinicDep, who: HistoryReader, sessi
 def mask(
     segmentation_id: str,
     clinic: ClinicDep,
-    who: HistoryReader,
+    who: MaskCaller,
     session: SessionDep,
     threshold: float | None = None,
 ):
@@ -70,7 +83,7 @@ def mask(
 def trend(
     patient_id: PatientId,
     clinic: ClinicDep,
-    who: HistoryReader,
+    who: TrendCaller,
     session: SessionDep,
     organ: Annotated[str | None, Query(max_length=64)] = None,
 ) -> TrendPublic:

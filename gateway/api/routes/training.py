@@ -1,24 +1,33 @@
 import uuid
+from typing import Annotated
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Depends, status
 
-from gateway.api.clinic_deps import ClinicDep, TrainingRunner
+from gateway.access import ACCESS
+from gateway.api.auth import require
+from gateway.api.clinic_deps import ClinicDep
 from gateway.api.deps import SessionDep
+from gateway.principal import Principal
 from gateway.schemas_clinic import TrainingJobCreate, TrainingJobPublic, TrainingJobsPublic
 from gateway.service import clinic_ops as ops
 
 router = APIRouter(prefix="/training", tags=["training"])
 
+ListJobsCaller = Annotated[Principal, Depends(require(ACCESS["training.jobs.list"]))]
+StartJobCaller = Annotated[Principal, Depends(require(ACCESS["training.jobs.start"]))]
+ShowJobCaller = Annotated[Principal, Depends(require(ACCESS["training.jobs.show"]))]
+CancelJobCaller = Annotated[Principal, Depends(require(ACCESS["training.jobs.cancel"]))]
+
 
 @router.get("/jobs", response_model=TrainingJobsPublic)
-def list_jobs(clinic: ClinicDep, _who: TrainingRunner, session: SessionDep) -> TrainingJobsPublic:
+def list_jobs(clinic: ClinicDep, _who: ListJobsCaller, session: SessionDep) -> TrainingJobsPublic:
     """Recent training jobs, newest first, with their progress."""
     return ops.list_jobs(clinic, session)
 
 
 @router.post("/jobs", response_model=TrainingJobPublic, status_code=status.HTTP_201_CREATED)
 def start_job(
-    body: TrainingJobCreate, clinic: ClinicDep, who: TrainingRunner, session: SessionDep
+    body: TrainingJobCreate, clinic: ClinicDep, who: StartJobCaller, session: SessionDep
 ) -> TrainingJobPublic:
     """Start training on a dataset in a separate worker process (429 when enough jobs run already)."""
     return ops.start_job(clinic, session, who, body)
@@ -26,7 +35,7 @@ def start_job(
 
 @router.get("/jobs/{job_id}", response_model=TrainingJobPublic)
 def show_job(
-    job_id: uuid.UUID, clinic: ClinicDep, _who: TrainingRunner, session: SessionDep
+    job_id: uuid.UUID, clinic: ClinicDep, _who: ShowJobCaller, session: SessionDep
 ) -> TrainingJobPublic:
     """One job: status, progress per epoch, the reason it failed, the candidate version it recorded."""
     return ops.show_job(clinic, session, job_id)
@@ -34,7 +43,7 @@ def show_job(
 
 @router.post("/jobs/{job_id}/cancel", response_model=TrainingJobPublic)
 def cancel_job(
-    job_id: uuid.UUID, clinic: ClinicDep, who: TrainingRunner, session: SessionDep
+    job_id: uuid.UUID, clinic: ClinicDep, who: CancelJobCaller, session: SessionDep
 ) -> TrainingJobPublic:
     """Stop a queued or running job's worker (409 when it has already finished)."""
     return ops.cancel_job(clinic, session, who, job_id)
