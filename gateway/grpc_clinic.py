@@ -26,20 +26,18 @@ from gateway.access import ACCESS
 from gateway.api.deps import authorize
 from gateway.main import _validation_message
 from gateway.principal import Access, Principal
-from gateway.schemas import RowId
-from gateway.schemas_clinic import (
-    ChoiceRequest,
-    EvaluationSummary,
-    FeedbackCreate,
-    FeedbackUpdate,
+from gateway.resources.evaluations.schemas import EvaluationSummary
+from gateway.resources.feedback.schemas import FeedbackCreate, FeedbackUpdate, ReplyCreate
+from gateway.resources.models.schemas import (
     ModelVersionCreate,
     ModelVersionPublic,
     PromoteRequest,
     ReferenceSetRequest,
-    ReplyCreate,
     RollbackRequest,
-    TrainingJobCreate,
 )
+from gateway.resources.segmentations.schemas import ChoiceRequest
+from gateway.resources.shared import RowId
+from gateway.resources.training.schemas import TrainingJobCreate
 from gateway.service import clinic_ops as ops
 from gateway.service.clinic import Clinic
 from gateway.service.dataplane import Upload
@@ -78,7 +76,7 @@ def from_message(message: Message, schema: type[BaseModel]):
 
 
 def row_id(value: int, what: str) -> int:
-    """An id as HTTP's path accepts it (gateway.schemas.RowId): 0 or less is a 400, not a 404."""
+    """An id as HTTP's path accepts it (gateway.resources.shared.RowId): 0 or less is a 400, not a 404."""
     try:
         return TypeAdapter(RowId).validate_python(value)
     except ValidationError as exc:

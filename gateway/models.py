@@ -1,4 +1,5 @@
-"""ORM tables (SQLAlchemy 2, typed). Tables are never the API schema: see gateway/schemas.py for those.
+"""ORM tables (SQLAlchemy 2, typed). Tables are never the API schema: see gateway/resources/*/schemas.py
+for those.
 
 Portable across SQLite and PostgreSQL: JSON, Uuid and timezone-aware datetimes (stored as UTC) only.
 The schema is created by Alembic migrations (gateway/migrations), never by create_all outside tests.

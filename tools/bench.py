@@ -664,7 +664,7 @@ def segment_breakdown(stack: Stack, image: bytes, runs: int = 15) -> dict[str, f
     from common.settings import Settings
     from gateway.api.deps import authorize
     from gateway.core.db import make_engine, session_scope
-    from gateway.schemas import SegmentationPublic
+    from gateway.resources.segmentations.schemas import SegmentationPublic
     from gateway.service import build_dataplane, images
     from gateway.service import dataplane as dataplane_module
 

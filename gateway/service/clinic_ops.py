@@ -1,6 +1,8 @@
 """The clinical loop's operations, once, for both edges: the HTTP routes (gateway/api/routes) and the gRPC
 servicers (gateway/grpc_clinic.py) parse their transport's input, then call these, which call the service
-layer and answer the public shapes of gateway/schemas_clinic.py (the gRPC messages carry the same fields).
+layer and answer the public shapes of gateway/resources/<resource>/schemas.py (the gRPC messages carry
+the same fields).
+
 Who may call what is declared once for both edges, in gateway/access.py.
 """
 
@@ -14,35 +16,34 @@ from sqlalchemy.orm import Session
 from common.errors import InvalidInput, NotFound
 from gateway.models import EvaluationCase, Feedback, ModelVersion
 from gateway.principal import Principal
-from gateway.schemas_clinic import (
+from gateway.resources.evaluations.schemas import (
     ComparisonPublic,
     EvaluationCasePublic,
     EvaluationDetail,
     EvaluationsPublic,
     EvaluationSummary,
+    PairedCase,
+)
+from gateway.resources.feedback.schemas import (
     FeedbackCreate,
     FeedbackListPublic,
     FeedbackPublic,
     FeedbackUpdate,
-    HistoryItem,
-    HistoryPublic,
+    ReplyPublic,
+)
+from gateway.resources.models.schemas import (
     ModelEventPublic,
     ModelVersionCreate,
     ModelVersionDetail,
     ModelVersionPublic,
     ModelVersionsPublic,
-    PairedCase,
     PromoteRequest,
     PromotionPublic,
     ReferenceSetPublic,
-    ReplyPublic,
     SuggestedThresholdPublic,
-    TrainingJobCreate,
-    TrainingJobPublic,
-    TrainingJobsPublic,
-    TrendPoint,
-    TrendPublic,
 )
+from gateway.resources.segmentations.schemas import HistoryItem, HistoryPublic, TrendPoint, TrendPublic
+from gateway.resources.training.schemas import TrainingJobCreate, TrainingJobPublic, TrainingJobsPublic
 from gateway.service import evaluations, feedback, history, model_registry
 from gateway.service.clinic import Clinic
 from gateway.service.dataplane import Upload

@@ -6,7 +6,7 @@ from gateway.access import ACCESS
 from gateway.api.auth import require
 from gateway.api.deps import SessionDep
 from gateway.principal import Principal
-from gateway.schemas_people import ApiKeyCreate, ApiKeyCreated, ApiKeyPublic, ApiKeysPublic
+from gateway.resources.keys.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyPublic, ApiKeysPublic
 from gateway.security import create_api_key, list_api_keys, revoke_api_key
 
 router = APIRouter(prefix="/api-keys", tags=["api keys"])

@@ -9,8 +9,8 @@ from gateway.api.auth import require
 from gateway.api.deps import SessionDep
 from gateway.auditlog import audit_csv, audit_page
 from gateway.principal import Principal
-from gateway.schemas import BigRowId
-from gateway.schemas_people import AuditEntryPublic, AuditPagePublic
+from gateway.resources.audit.schemas import AuditEntryPublic, AuditPagePublic
+from gateway.resources.shared import BigRowId
 
 router = APIRouter(prefix="/audit", tags=["audit"])
 

@@ -8,7 +8,7 @@ from gateway.access import ACCESS
 from gateway.api.auth import clear_session_cookies, require, set_session_cookies
 from gateway.api.deps import SessionDep, SettingsDep
 from gateway.principal import Principal
-from gateway.schemas_people import (
+from gateway.resources.accounts.schemas import (
     PasswordChange,
     ProfileUpdate,
     SessionPublic,

@@ -10,7 +10,7 @@ from gateway.api.auth import require
 from gateway.api.deps import SessionDep, SettingsDep
 from gateway.api.multipart import receive_form
 from gateway.principal import Principal
-from gateway.schemas_people import DatasetPublic, DatasetsPublic
+from gateway.resources.datasets.schemas import DatasetPublic, DatasetsPublic
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 

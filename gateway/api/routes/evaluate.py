@@ -8,7 +8,7 @@ from gateway.api.clinic_deps import ClinicDep
 from gateway.api.deps import DataPlaneDep
 from gateway.api.uploads import read_upload
 from gateway.principal import Principal
-from gateway.schemas import EvaluationPublic
+from gateway.resources.evaluations.schemas import EvaluationPublic
 
 router = APIRouter(tags=["evaluate"])
 

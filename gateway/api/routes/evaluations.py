@@ -8,8 +8,8 @@ from gateway.api.clinic_deps import ClinicDep
 from gateway.api.deps import SessionDep
 from gateway.api.uploads import read_upload
 from gateway.principal import Principal
-from gateway.schemas import RowId
-from gateway.schemas_clinic import ComparisonPublic, EvaluationDetail, EvaluationsPublic
+from gateway.resources.evaluations.schemas import ComparisonPublic, EvaluationDetail, EvaluationsPublic
+from gateway.resources.shared import RowId
 from gateway.service import clinic_ops as ops
 
 router = APIRouter(prefix="/evaluations", tags=["evaluations"])

@@ -6,14 +6,14 @@ from gateway.access import ACCESS
 from gateway.api.auth import require
 from gateway.api.deps import SessionDep
 from gateway.principal import Principal
-from gateway.schemas import RowId
-from gateway.schemas_clinic import (
+from gateway.resources.feedback.schemas import (
     FeedbackCreate,
     FeedbackListPublic,
     FeedbackPublic,
     FeedbackUpdate,
     ReplyCreate,
 )
+from gateway.resources.shared import RowId
 from gateway.service import clinic_ops as ops
 
 router = APIRouter(tags=["feedback"])

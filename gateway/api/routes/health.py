@@ -2,7 +2,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from gateway.api.deps import DataPlaneDep
-from gateway.schemas import Health
+from gateway.resources.health.schemas import Health
 
 router = APIRouter(tags=["health"])
 

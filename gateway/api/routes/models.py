@@ -7,7 +7,7 @@ from gateway.api.auth import require
 from gateway.api.clinic_deps import ClinicDep
 from gateway.api.deps import SessionDep
 from gateway.principal import Principal
-from gateway.schemas_clinic import (
+from gateway.resources.models.schemas import (
     ModelVersionCreate,
     ModelVersionDetail,
     ModelVersionPublic,

@@ -7,7 +7,7 @@ from gateway.api.auth import require
 from gateway.api.clinic_deps import ClinicDep
 from gateway.api.deps import DataPlaneDep
 from gateway.principal import Principal
-from gateway.schemas import OrganPublic, OrgansPublic
+from gateway.resources.organs.schemas import OrganPublic, OrgansPublic
 
 router = APIRouter(prefix="/organs", tags=["organs"])
 

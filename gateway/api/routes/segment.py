@@ -8,8 +8,7 @@ from gateway.api.clinic_deps import ClinicDep
 from gateway.api.deps import DataPlaneDep, SessionDep
 from gateway.api.uploads import read_upload
 from gateway.principal import Principal
-from gateway.schemas import SegmentationPublic
-from gateway.schemas_clinic import SegmentRecordPublic
+from gateway.resources.segmentations.schemas import SegmentationPublic, SegmentRecordPublic
 from gateway.service import history
 
 router = APIRouter(tags=["segment"])

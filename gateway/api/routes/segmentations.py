@@ -7,7 +7,7 @@ from gateway.api.auth import require
 from gateway.api.clinic_deps import ClinicDep
 from gateway.api.deps import SessionDep
 from gateway.principal import Principal
-from gateway.schemas_clinic import ChoiceRequest, HistoryItem, HistoryPublic, TrendPublic
+from gateway.resources.segmentations.schemas import ChoiceRequest, HistoryItem, HistoryPublic, TrendPublic
 from gateway.service import clinic_ops as ops
 
 router = APIRouter(tags=["history"])

@@ -8,7 +8,7 @@ from gateway.api.auth import require
 from gateway.api.clinic_deps import ClinicDep
 from gateway.api.deps import SessionDep
 from gateway.principal import Principal
-from gateway.schemas_clinic import TrainingJobCreate, TrainingJobPublic, TrainingJobsPublic
+from gateway.resources.training.schemas import TrainingJobCreate, TrainingJobPublic, TrainingJobsPublic
 from gateway.service import clinic_ops as ops
 
 router = APIRouter(prefix="/training", tags=["training"])

@@ -7,8 +7,8 @@ from gateway.access import ACCESS
 from gateway.api.auth import require
 from gateway.api.deps import SessionDep
 from gateway.principal import Principal
-from gateway.schemas import RowId
-from gateway.schemas_people import Status, UserAdminUpdate, UserPublic, UsersPublic
+from gateway.resources.accounts.schemas import Status, UserAdminUpdate, UserPublic, UsersPublic
+from gateway.resources.shared import RowId
 
 router = APIRouter(prefix="/users", tags=["users"])
 
