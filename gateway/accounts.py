@@ -1,7 +1,8 @@
 """People: registration, argon2 passwords, throttled sign-in, cookie sessions, approval and roles.
 
 Transport-neutral: functions take a SQLAlchemy session, raise `common.errors` types and commit their own
-writes together with the audit record. The HTTP edge (gateway/api/auth.py) only moves cookies around.
+writes together with the audit record. The HTTP edge (gateway/api/deps.py, gateway/api/cookies.py) only
+moves cookies around.
 
 Sessions: the browser holds a random 256-bit token in an HttpOnly cookie; the table stores its SHA-256
 (the same reasoning as API keys in gateway/security.py: a leaked table gives no usable cookie). Each

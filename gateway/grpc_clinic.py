@@ -23,7 +23,6 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from common.errors import Forbidden, InvalidInput
 from gateway.access import ACCESS
-from gateway.api.deps import authorize
 from gateway.main import _validation_message
 from gateway.principal import Access, Principal
 from gateway.resources.evaluations.schemas import EvaluationSummary
@@ -38,6 +37,7 @@ from gateway.resources.models.schemas import (
 from gateway.resources.segmentations.schemas import ChoiceRequest
 from gateway.resources.shared import RowId
 from gateway.resources.training.schemas import TrainingJobCreate
+from gateway.security import authorize
 from gateway.service import clinic_ops as ops
 from gateway.service.clinic import Clinic
 from gateway.service.dataplane import Upload

@@ -526,7 +526,7 @@ def test_every_operation_has_a_case():
 
 
 def _declared_access(dependant) -> set:
-    """The `Access` of every `require(...)` among a route's dependencies (gateway/api/auth.py marks them)."""
+    """The `Access` of every `require(...)` among a route's dependencies (gateway/api/deps.py marks them)."""
     found = {d.call.access for d in dependant.dependencies if hasattr(d.call, "access")}
     for sub in dependant.dependencies:
         found |= _declared_access(sub)

@@ -3,8 +3,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, status
 
 from gateway.access import ACCESS
-from gateway.api.auth import require
-from gateway.api.deps import SessionDep
+from gateway.api.deps import SessionDep, require
 from gateway.principal import Principal
 from gateway.resources.keys.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyPublic, ApiKeysPublic
 from gateway.security import create_api_key, list_api_keys, revoke_api_key

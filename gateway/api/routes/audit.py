@@ -5,8 +5,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 
 from gateway.access import ACCESS
-from gateway.api.auth import require
-from gateway.api.deps import SessionDep
+from gateway.api.deps import SessionDep, require
 from gateway.auditlog import audit_csv, audit_page
 from gateway.principal import Principal
 from gateway.resources.audit.schemas import AuditEntryPublic, AuditPagePublic

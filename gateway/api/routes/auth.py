@@ -5,8 +5,8 @@ from fastapi import APIRouter, Depends, Request, Response, status
 
 from gateway import accounts
 from gateway.access import ACCESS
-from gateway.api.auth import clear_session_cookies, require, set_session_cookies
-from gateway.api.deps import SessionDep, SettingsDep
+from gateway.api.cookies import clear_session_cookies, set_session_cookies
+from gateway.api.deps import SessionDep, SettingsDep, require
 from gateway.principal import Principal
 from gateway.resources.accounts.schemas import (
     PasswordChange,

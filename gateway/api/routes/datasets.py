@@ -6,8 +6,7 @@ from starlette.concurrency import run_in_threadpool
 from common.errors import InvalidInput
 from gateway import datasets
 from gateway.access import ACCESS
-from gateway.api.auth import require
-from gateway.api.deps import SessionDep, SettingsDep
+from gateway.api.deps import SessionDep, SettingsDep, require
 from gateway.api.multipart import receive_form
 from gateway.principal import Principal
 from gateway.resources.datasets.schemas import DatasetPublic, DatasetsPublic

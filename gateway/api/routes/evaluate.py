@@ -3,9 +3,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 
 from gateway.access import ACCESS
-from gateway.api.auth import require
-from gateway.api.clinic_deps import ClinicDep
-from gateway.api.deps import DataPlaneDep
+from gateway.api.deps import ClinicDep, DataPlaneDep, require
 from gateway.api.uploads import read_upload
 from gateway.principal import Principal
 from gateway.resources.evaluations.schemas import EvaluationPublic

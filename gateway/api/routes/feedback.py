@@ -3,8 +3,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, status
 
 from gateway.access import ACCESS
-from gateway.api.auth import require
-from gateway.api.deps import SessionDep
+from gateway.api.deps import SessionDep, require
 from gateway.principal import Principal
 from gateway.resources.feedback.schemas import (
     FeedbackCreate,

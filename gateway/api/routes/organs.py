@@ -3,9 +3,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 
 from gateway.access import ACCESS
-from gateway.api.auth import require
-from gateway.api.clinic_deps import ClinicDep
-from gateway.api.deps import DataPlaneDep
+from gateway.api.deps import ClinicDep, DataPlaneDep, require
 from gateway.principal import Principal
 from gateway.resources.organs.schemas import OrganPublic, OrgansPublic
 

@@ -3,9 +3,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 
 from gateway.access import ACCESS
-from gateway.api.auth import require
-from gateway.api.clinic_deps import ClinicDep
-from gateway.api.deps import DataPlaneDep, SessionDep
+from gateway.api.deps import ClinicDep, DataPlaneDep, SessionDep, require
 from gateway.api.uploads import read_upload
 from gateway.principal import Principal
 from gateway.resources.segmentations.schemas import SegmentationPublic, SegmentRecordPublic

@@ -4,9 +4,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, status
 
 from gateway.access import ACCESS
-from gateway.api.auth import require
-from gateway.api.clinic_deps import ClinicDep
-from gateway.api.deps import SessionDep
+from gateway.api.deps import ClinicDep, SessionDep, require
 from gateway.principal import Principal
 from gateway.resources.training.schemas import TrainingJobCreate, TrainingJobPublic, TrainingJobsPublic
 from gateway.service import clinic_ops as ops

@@ -4,8 +4,7 @@ from fastapi import APIRouter, Depends, Query
 
 from gateway import accounts
 from gateway.access import ACCESS
-from gateway.api.auth import require
-from gateway.api.deps import SessionDep
+from gateway.api.deps import SessionDep, require
 from gateway.principal import Principal
 from gateway.resources.accounts.schemas import Status, UserAdminUpdate, UserPublic, UsersPublic
 from gateway.resources.shared import RowId
