@@ -1,7 +1,7 @@
-"""The clinical loop's operations, once, for both edges: the HTTP routes (gateway/api/routes) and the gRPC
-servicers (gateway/grpc_clinic.py) parse their transport's input, then call these, which call the service
-layer and answer the public shapes of gateway/resources/<resource>/schemas.py (the gRPC messages carry
-the same fields).
+"""The clinical loop's operations, once, for both edges: the HTTP routes and the gRPC servicers
+(gateway/resources/<resource>/http.py, grpc.py) parse their transport's input, then call these, which call
+the service layer and answer the public shapes of gateway/resources/<resource>/schemas.py (the gRPC
+messages carry the same fields).
 
 Who may call what is declared once for both edges, in gateway/access.py.
 """

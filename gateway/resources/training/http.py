@@ -1,3 +1,5 @@
+"""Training jobs over HTTP (/api/v1/training/jobs): list, start, show, cancel."""
+
 import uuid
 from typing import Annotated
 

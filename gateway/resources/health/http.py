@@ -1,3 +1,5 @@
+"""The probes: /healthz (the process runs) and /readyz (every dependency answers); outside /api/v1."""
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 

@@ -1,3 +1,5 @@
+"""The audit log over HTTP (/api/v1/audit): pages and the CSV export."""
+
 from datetime import datetime
 from typing import Annotated
 

@@ -1,3 +1,6 @@
+"""Model versions over HTTP (/api/v1/models): record, promote, roll back, the reference set and the
+suggested threshold."""
+
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, status

@@ -1,12 +1,19 @@
+"""Evaluations over HTTP: kept evaluations (/api/v1/evaluations) and evaluating at once (/api/v1/evaluate)."""
+
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile, status
 
 from gateway.access import ACCESS
-from gateway.api.deps import ClinicDep, SessionDep, require
+from gateway.api.deps import ClinicDep, DataPlaneDep, SessionDep, require
 from gateway.api.uploads import read_upload
 from gateway.principal import Principal
-from gateway.resources.evaluations.schemas import ComparisonPublic, EvaluationDetail, EvaluationsPublic
+from gateway.resources.evaluations.schemas import (
+    ComparisonPublic,
+    EvaluationDetail,
+    EvaluationPublic,
+    EvaluationsPublic,
+)
 from gateway.resources.shared import RowId
 from gateway.service import clinic_ops as ops
 
@@ -81,3 +88,26 @@ def show_evaluation(evaluation_id: str, _who: ShowEvaluationCaller, session: Ses
 def overlay(evaluation_id: str, case_id: RowId, clinic: ClinicDep, _who: OverlayCaller, session: SessionDep):
     """The case's overlay: image | label | prediction | differences."""
     return Response(content=ops.overlay(clinic, session, evaluation_id, case_id), media_type="image/png")
+
+
+# --- evaluating at once, nothing kept -----------------------------------------------------------------------
+evaluate_router = APIRouter(tags=["evaluate"])
+
+EvaluateCaller = Annotated[Principal, Depends(require(ACCESS["evaluate"]))]
+
+
+@evaluate_router.post("/evaluate", response_model=EvaluationPublic)
+def evaluate(
+    dataplane: DataPlaneDep,
+    _clinic: ClinicDep,  # serves the registry's default version
+    _who: EvaluateCaller,
+    organ: Annotated[str, Form(max_length=200)],
+    images: Annotated[list[UploadFile], File(description="images to segment")],
+    labels: Annotated[list[UploadFile], File(description="one label mask per image, matched by file name")],
+) -> EvaluationPublic:
+    """Per-image Dice and IoU, mean Dice, Dice per threshold."""
+    limit = dataplane.max_upload_bytes
+    result = dataplane.evaluate(
+        organ, [read_upload(f, limit) for f in images], [read_upload(f, limit) for f in labels]
+    )
+    return EvaluationPublic.of(result)

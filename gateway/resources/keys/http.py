@@ -1,3 +1,5 @@
+"""API keys over HTTP (/api/v1/api-keys): list, create (the secret shown once), revoke."""
+
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, status

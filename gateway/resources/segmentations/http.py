@@ -1,12 +1,24 @@
+"""Segmentations over HTTP: the history (list, the doctor's threshold, thumbnail, mask, a patient's trend)
+and segmenting an image (POST /api/v1/segment)."""
+
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Response
+from fastapi import APIRouter, Depends, File, Form, Path, Query, Response, UploadFile
 
 from gateway.access import ACCESS
-from gateway.api.deps import ClinicDep, SessionDep, require
+from gateway.api.deps import ClinicDep, DataPlaneDep, SessionDep, require
+from gateway.api.uploads import read_upload
 from gateway.principal import Principal
-from gateway.resources.segmentations.schemas import ChoiceRequest, HistoryItem, HistoryPublic, TrendPublic
+from gateway.resources.segmentations.schemas import (
+    ChoiceRequest,
+    HistoryItem,
+    HistoryPublic,
+    SegmentationPublic,
+    SegmentRecordPublic,
+    TrendPublic,
+)
 from gateway.service import clinic_ops as ops
+from gateway.service import history
 
 router = APIRouter(tags=["history"])
 
@@ -87,3 +99,39 @@ def trend(
 ) -> TrendPublic:
     """The patient's segmented area over time (mm² when the images carried pixel spacing, else pixels)."""
     return ops.trend(clinic, session, who, patient_id, organ)
+
+
+# --- segmenting an image (recorded in the history above) ----------------------------------------------------
+segment_router = APIRouter(tags=["segment"])
+
+SegmentCaller = Annotated[Principal, Depends(require(ACCESS["segment"]))]
+
+
+@segment_router.post("/segment", response_model=SegmentRecordPublic)
+def segment(
+    dataplane: DataPlaneDep,
+    clinic: ClinicDep,
+    session: SessionDep,
+    who: SegmentCaller,
+    organ: Annotated[str, Form(max_length=200)],
+    file: Annotated[UploadFile, File(description="PNG, JPEG, TIFF or DICOM")],
+    patient_id: Annotated[str | None, Form(max_length=128)] = None,
+) -> SegmentRecordPublic:
+    """Segment one image: probability map and masks at 0.2 … 0.8, at the input's size; recorded in history."""
+    upload = read_upload(file, dataplane.max_upload_bytes)
+    record = history.segment(
+        session,
+        dataplane,
+        who,
+        organ,
+        upload.data,
+        upload.filename,
+        patient_id or None,
+        doubtful_below=clinic.settings.stability_doubtful_below,
+    )
+    return SegmentRecordPublic(
+        **SegmentationPublic.of(record.result).model_dump(),
+        stability=record.stability,
+        doubtful=record.doubtful,
+        suggested_threshold=record.suggested_threshold,
+    )

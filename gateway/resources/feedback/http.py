@@ -1,3 +1,5 @@
+"""Feedback threads over HTTP: on a model version, replies and status (/api/v1/feedback)."""
+
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, status

@@ -1,7 +1,10 @@
+"""People's accounts over HTTP: registering, signing in and out, one's profile and password
+(/api/v1/auth, /api/v1/users/me) and administering accounts (/api/v1/users)."""
+
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 
 from gateway import accounts
 from gateway.access import ACCESS
@@ -13,9 +16,13 @@ from gateway.resources.accounts.schemas import (
     ProfileUpdate,
     SessionPublic,
     SignIn,
+    Status,
+    UserAdminUpdate,
     UserPublic,
     UserRegister,
+    UsersPublic,
 )
+from gateway.resources.shared import RowId
 
 router = APIRouter(tags=["accounts"])
 
@@ -104,3 +111,27 @@ def change_password(body: PasswordChange, principal: ChangePasswordCaller, sessi
         keep_session_id=principal.session.id,
     )
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+# --- administering people's accounts ------------------------------------------------------------------------
+users_router = APIRouter(prefix="/users", tags=["users"])
+
+ListUsersCaller = Annotated[Principal, Depends(require(ACCESS["users.list"]))]
+AdministerUserCaller = Annotated[Principal, Depends(require(ACCESS["users.administer"]))]
+
+
+@users_router.get("", response_model=UsersPublic)
+def list_users(
+    _admin: ListUsersCaller, session: SessionDep, status: Annotated[Status | None, Query()] = None
+) -> UsersPublic:
+    """Accounts, newest first; `?status=pending` lists those awaiting approval."""
+    return UsersPublic(users=[UserPublic.model_validate(u) for u in accounts.list_users(session, status)])
+
+
+@users_router.patch("/{user_id}", response_model=UserPublic)
+def administer_user(
+    user_id: RowId, body: UserAdminUpdate, admin: AdministerUserCaller, session: SessionDep
+) -> UserPublic:
+    """Approve or disable an account, assign its role or hospital."""
+    user = accounts.administer_user(session, admin.actor, user_id, **body.model_dump(exclude_unset=True))
+    return UserPublic.model_validate(user)

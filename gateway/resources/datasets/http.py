@@ -1,3 +1,5 @@
+"""Datasets over HTTP (/api/v1/datasets): upload (streamed), list, show, hide."""
+
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request, status

@@ -1,3 +1,5 @@
+"""The organs over HTTP: GET /api/v1/organs."""
+
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
