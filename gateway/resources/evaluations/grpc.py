@@ -7,9 +7,9 @@ from medseg.v1 import clinic_pb2_grpc as pb_grpc
 from medseg.v1 import segmentation_pb2 as seg_pb
 
 from gateway.access import ACCESS
+from gateway.resources.evaluations import service
 from gateway.resources.evaluations.schemas import EvaluationSummary
 from gateway.resources.grpc_edge import Servicer, model_ref, optional, row_id, to_message, uploads
-from gateway.service import clinic_ops as ops
 from gateway.service.dataplane import Upload
 
 
@@ -39,7 +39,7 @@ class Evaluations(Servicer, pb_grpc.EvaluationsServicer):
 
     def RunEvaluation(self, request, context):
         with self.edge.call(context, ACCESS["evaluations.run"]) as (session, who):
-            detail = ops.run_evaluation(
+            detail = service.run_evaluation(
                 self.clinic,
                 session,
                 who,
@@ -53,24 +53,24 @@ class Evaluations(Servicer, pb_grpc.EvaluationsServicer):
 
     def ListEvaluations(self, request, context):
         with self.edge.call(context, ACCESS["evaluations.list"]) as (session, _):
-            out = ops.list_evaluations(
+            out = service.list_evaluations(
                 session, optional(request, "organ"), optional(request, "version"), optional(request, "limit")
             )
             return to_message(out, pb.EvaluationList)
 
     def GetEvaluation(self, request, context):
         with self.edge.call(context, ACCESS["evaluations.show"]) as (session, _):
-            detail = ops.show_evaluation(session, request.id)
+            detail = service.show_evaluation(session, request.id)
             return to_message(detail, pb.EvaluationDetail, nest=("evaluation", EvaluationSummary))
 
     def CompareEvaluations(self, request, context):
         with self.edge.call(context, ACCESS["evaluations.compare"]) as (session, _):
-            return to_message(ops.compare(session, request.a, request.b), pb.Comparison)
+            return to_message(service.compare(session, request.a, request.b), pb.Comparison)
 
     def GetOverlay(self, request, context):
         with self.edge.call(context, ACCESS["evaluations.overlay"]) as (session, _):
             return pb.Png(
-                png=ops.overlay(
+                png=service.overlay(
                     self.clinic, session, request.evaluation_id, row_id(request.case_id, "case_id")
                 )
             )

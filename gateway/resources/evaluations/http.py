@@ -8,14 +8,14 @@ from gateway.access import ACCESS
 from gateway.api.deps import ClinicDep, DataPlaneDep, SessionDep, require
 from gateway.api.uploads import read_upload
 from gateway.principal import Principal
+from gateway.resources.evaluations import service
 from gateway.resources.evaluations.schemas import (
     ComparisonPublic,
     EvaluationDetail,
     EvaluationPublic,
     EvaluationsPublic,
 )
-from gateway.resources.shared import RowId
-from gateway.service import clinic_ops as ops
+from gateway.resources.shared import DEFAULT_LIST, MAX_LIST, RowId
 
 router = APIRouter(prefix="/evaluations", tags=["evaluations"])
 
@@ -39,7 +39,7 @@ def run_evaluation(
 ) -> EvaluationDetail:
     """Test a model version (default: the current one) on uploaded labelled images or a dataset; kept."""
     limit = clinic.dataplane.max_upload_bytes
-    return ops.run_evaluation(
+    return service.run_evaluation(
         clinic,
         session,
         who,
@@ -57,10 +57,10 @@ def list_evaluations(
     session: SessionDep,
     organ: Annotated[str | None, Query(max_length=64)] = None,
     version: Annotated[str | None, Query(max_length=64)] = None,
-    limit: Annotated[int, Query(ge=1, le=ops.MAX_LIST)] = ops.DEFAULT_LIST,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIST)] = DEFAULT_LIST,
 ) -> EvaluationsPublic:
     """Stored evaluations, newest first, filterable by organ and version."""
-    return ops.list_evaluations(session, organ, version, limit)
+    return service.list_evaluations(session, organ, version, limit)
 
 
 @router.get("/compare", response_model=ComparisonPublic)
@@ -71,13 +71,13 @@ def compare(
     b: Annotated[str, Query(max_length=64)],
 ) -> ComparisonPublic:
     """Paired comparison of two evaluations on their common cases: per-case wins/losses of `a`."""
-    return ops.compare(session, a, b)
+    return service.compare(session, a, b)
 
 
 @router.get("/{evaluation_id}", response_model=EvaluationDetail)
 def show_evaluation(evaluation_id: str, _who: ShowEvaluationCaller, session: SessionDep) -> EvaluationDetail:
     """One evaluation with its cases (Dice, IoU, HD95, Dice per threshold, overlay link)."""
-    return ops.show_evaluation(session, evaluation_id)
+    return service.show_evaluation(session, evaluation_id)
 
 
 @router.get(
@@ -87,7 +87,7 @@ def show_evaluation(evaluation_id: str, _who: ShowEvaluationCaller, session: Ses
 )
 def overlay(evaluation_id: str, case_id: RowId, clinic: ClinicDep, _who: OverlayCaller, session: SessionDep):
     """The case's overlay: image | label | prediction | differences."""
-    return Response(content=ops.overlay(clinic, session, evaluation_id, case_id), media_type="image/png")
+    return Response(content=service.overlay(clinic, session, evaluation_id, case_id), media_type="image/png")
 
 
 # --- evaluating at once, nothing kept -----------------------------------------------------------------------

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Depends, Query, status
 from gateway.access import ACCESS
 from gateway.api.deps import SessionDep, require
 from gateway.principal import Principal
+from gateway.resources.feedback import service
 from gateway.resources.feedback.schemas import (
     FeedbackCreate,
     FeedbackListPublic,
@@ -15,7 +16,6 @@ from gateway.resources.feedback.schemas import (
     ReplyCreate,
 )
 from gateway.resources.shared import RowId
-from gateway.service import clinic_ops as ops
 
 router = APIRouter(tags=["feedback"])
 
@@ -35,7 +35,7 @@ def create_feedback(
     organ: str, version: str, body: FeedbackCreate, who: CreateFeedbackCaller, session: SessionDep
 ) -> FeedbackPublic:
     """Feedback on a model version, optionally on one evaluated case or segmentation (and threshold)."""
-    return ops.create_feedback(session, who, organ, version, body)
+    return service.create_feedback(session, who, organ, version, body)
 
 
 @router.get("/feedback", response_model=FeedbackListPublic)
@@ -47,13 +47,13 @@ def list_feedback(
     status: Annotated[str | None, Query(max_length=16)] = None,
 ) -> FeedbackListPublic:
     """Feedback threads, newest first, filterable by organ, version and status."""
-    return ops.list_feedback(session, organ, version, status)
+    return service.list_feedback(session, organ, version, status)
 
 
 @router.get("/feedback/{feedback_id}", response_model=FeedbackPublic)
 def show_feedback(feedback_id: RowId, _who: ShowFeedbackCaller, session: SessionDep) -> FeedbackPublic:
     """One thread with its replies."""
-    return ops.show_feedback(session, feedback_id)
+    return service.show_feedback(session, feedback_id)
 
 
 @router.post(
@@ -61,7 +61,7 @@ def show_feedback(feedback_id: RowId, _who: ShowFeedbackCaller, session: Session
 )
 def reply(feedback_id: RowId, body: ReplyCreate, who: ReplyCaller, session: SessionDep) -> FeedbackPublic:
     """Reply to a thread (researchers answer; the doctor may follow up)."""
-    return ops.reply(session, who, feedback_id, body.body)
+    return service.reply(session, who, feedback_id, body.body)
 
 
 @router.patch("/feedback/{feedback_id}", response_model=FeedbackPublic)
@@ -69,4 +69,4 @@ def update_feedback(
     feedback_id: RowId, body: FeedbackUpdate, who: UpdateFeedbackCaller, session: SessionDep
 ) -> FeedbackPublic:
     """Set the status (open, in_progress, resolved) and/or the version that addresses it."""
-    return ops.update_feedback(session, who, feedback_id, body)
+    return service.update_feedback(session, who, feedback_id, body)

@@ -7,6 +7,7 @@ from medseg.v1 import clinic_pb2_grpc as pb_grpc
 
 from gateway.access import ACCESS
 from gateway.resources.grpc_edge import Servicer, from_message, optional, to_message
+from gateway.resources.models import service
 from gateway.resources.models.schemas import (
     ModelVersionCreate,
     ModelVersionPublic,
@@ -14,7 +15,6 @@ from gateway.resources.models.schemas import (
     ReferenceSetRequest,
     RollbackRequest,
 )
-from gateway.service import clinic_ops as ops
 
 
 class Models(Servicer, pb_grpc.ModelsServicer):
@@ -22,42 +22,46 @@ class Models(Servicer, pb_grpc.ModelsServicer):
 
     def ListVersions(self, request, context):
         with self.edge.call(context, ACCESS["models.versions.list"]) as (session, _):
-            return to_message(ops.list_versions(self.clinic, session, request.organ), pb.ModelVersions)
+            return to_message(service.list_versions(self.clinic, session, request.organ), pb.ModelVersions)
 
     def RecordVersion(self, request, context):
         with self.edge.call(context, ACCESS["models.versions.record"]) as (session, who):
             body = from_message(request.new_version, ModelVersionCreate)
-            out = ops.record_version(self.clinic, session, who, request.organ, body)
+            out = service.record_version(self.clinic, session, who, request.organ, body)
             return to_message(out, pb.ModelVersion)
 
     def GetVersion(self, request, context):
         with self.edge.call(context, ACCESS["models.versions.show"]) as (session, _):
-            detail = ops.show_version(self.clinic, session, request.organ, request.version)
+            detail = service.show_version(self.clinic, session, request.organ, request.version)
             return to_message(detail, pb.ModelVersionDetail, nest=("version", ModelVersionPublic))
 
     def Promote(self, request, context):
         with self.edge.call(context, ACCESS["models.promote"]) as (session, who):
             body = from_message(request, PromoteRequest)
-            out = ops.promote(self.clinic, session, who, request.organ, request.version, body)
+            out = service.promote(self.clinic, session, who, request.organ, request.version, body)
             return to_message(out, pb.Promotion)
 
     def Rollback(self, request, context):
         with self.edge.call(context, ACCESS["models.rollback"]) as (session, who):
             reason = from_message(request, RollbackRequest).reason
-            out = ops.rollback(self.clinic, session, who, request.organ, reason)
+            out = service.rollback(self.clinic, session, who, request.organ, reason)
             return to_message(out, pb.ModelVersion)
 
     def SetReferenceSet(self, request, context):
         with self.edge.call(context, ACCESS["models.reference_set.set"]) as (session, who):
             dataset_id = from_message(request, ReferenceSetRequest).dataset_id
-            out = ops.set_reference_set(self.clinic, session, who, request.organ, dataset_id)
+            out = service.set_reference_set(self.clinic, session, who, request.organ, dataset_id)
             return to_message(out, pb.ReferenceSet)
 
     def GetReferenceSet(self, request, context):
         with self.edge.call(context, ACCESS["models.reference_set.show"]) as (session, _):
-            return to_message(ops.show_reference_set(self.clinic, session, request.organ), pb.ReferenceSet)
+            return to_message(
+                service.show_reference_set(self.clinic, session, request.organ), pb.ReferenceSet
+            )
 
     def GetSuggestedThreshold(self, request, context):
         with self.edge.call(context, ACCESS["models.suggested_threshold"]) as (session, _):
-            out = ops.suggested_threshold(self.clinic, session, request.organ, optional(request, "version"))
+            out = service.suggested_threshold(
+                self.clinic, session, request.organ, optional(request, "version")
+            )
             return to_message(out, pb.SuggestedThreshold)

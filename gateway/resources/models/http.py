@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Path, status
 from gateway.access import ACCESS
 from gateway.api.deps import ClinicDep, SessionDep, require
 from gateway.principal import Principal
+from gateway.resources.models import service
 from gateway.resources.models.schemas import (
     ModelVersionCreate,
     ModelVersionDetail,
@@ -20,7 +21,6 @@ from gateway.resources.models.schemas import (
     RollbackRequest,
     SuggestedThresholdPublic,
 )
-from gateway.service import clinic_ops as ops
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -41,7 +41,7 @@ def list_versions(
     organ: str, clinic: ClinicDep, _who: ListVersionsCaller, session: SessionDep
 ) -> ModelVersionsPublic:
     """Every recorded version of the organ's model, newest first, with its state and lineage."""
-    return ops.list_versions(clinic, session, organ)
+    return service.list_versions(clinic, session, organ)
 
 
 @router.post("/{organ}/versions", response_model=ModelVersionPublic, status_code=status.HTTP_201_CREATED)
@@ -49,7 +49,7 @@ def record_version(
     organ: str, body: ModelVersionCreate, clinic: ClinicDep, who: RecordVersionCaller, session: SessionDep
 ) -> ModelVersionPublic:
     """Record a trained version (its .mar already in the models bucket) as a candidate."""
-    return ops.record_version(clinic, session, who, organ, body)
+    return service.record_version(clinic, session, who, organ, body)
 
 
 @router.get("/{organ}/versions/{version}", response_model=ModelVersionDetail)
@@ -57,7 +57,7 @@ def show_version(
     organ: str, version: str, clinic: ClinicDep, _who: ShowVersionCaller, session: SessionDep
 ) -> ModelVersionDetail:
     """One version with its events (recorded, promoted, refused, rolled back) and lineage."""
-    return ops.show_version(clinic, session, organ, version)
+    return service.show_version(clinic, session, organ, version)
 
 
 @router.post("/{organ}/versions/{version}/promote", response_model=PromotionPublic)
@@ -65,7 +65,7 @@ def promote(
     organ: str, version: str, body: PromoteRequest, clinic: ClinicDep, who: PromoteCaller, session: SessionDep
 ) -> PromotionPublic:
     """Make a candidate the default unless worse on the reference set (an admin may force, with a reason)."""
-    return ops.promote(clinic, session, who, organ, version, body)
+    return service.promote(clinic, session, who, organ, version, body)
 
 
 @router.post("/{organ}/rollback", response_model=ModelVersionPublic)
@@ -73,7 +73,7 @@ def rollback(
     organ: str, body: RollbackRequest, clinic: ClinicDep, who: RollbackCaller, session: SessionDep
 ) -> ModelVersionPublic:
     """Restore the default the current one replaced (the current one is retired)."""
-    return ops.rollback(clinic, session, who, organ, body.reason)
+    return service.rollback(clinic, session, who, organ, body.reason)
 
 
 @router.put("/{organ}/reference-set", response_model=ReferenceSetPublic)
@@ -81,7 +81,7 @@ def set_reference_set(
     organ: str, body: ReferenceSetRequest, clinic: ClinicDep, who: SetReferenceSetCaller, session: SessionDep
 ) -> ReferenceSetPublic:
     """Freeze a dataset (and its hash) as the organ's reference set for promotions."""
-    return ops.set_reference_set(clinic, session, who, organ, body.dataset_id)
+    return service.set_reference_set(clinic, session, who, organ, body.dataset_id)
 
 
 @router.get("/{organ}/reference-set", response_model=ReferenceSetPublic)
@@ -89,7 +89,7 @@ def show_reference_set(
     organ: str, clinic: ClinicDep, _who: ShowReferenceSetCaller, session: SessionDep
 ) -> ReferenceSetPublic:
     """The organ's reference set (404 when none is set)."""
-    return ops.show_reference_set(clinic, session, organ)
+    return service.show_reference_set(clinic, session, organ)
 
 
 @router.get("/{organ}/suggested-threshold", response_model=SuggestedThresholdPublic)
@@ -101,4 +101,4 @@ def suggested_threshold(
     version: str | None = None,
 ) -> SuggestedThresholdPublic:
     """The threshold learned from the version's evaluations and doctors' saved choices."""
-    return ops.suggested_threshold(clinic, session, organ, version)
+    return service.suggested_threshold(clinic, session, organ, version)

@@ -8,8 +8,8 @@ from medseg.v1 import segmentation_pb2 as seg_pb
 
 from gateway.access import ACCESS
 from gateway.resources.grpc_edge import Servicer, from_message, model_ref, optional, to_message
+from gateway.resources.segmentations import service
 from gateway.resources.segmentations.schemas import ChoiceRequest
-from gateway.service import clinic_ops as ops
 from gateway.service import history
 
 
@@ -52,7 +52,7 @@ class History(Servicer, pb_grpc.HistoryServicer):
 
     def ListSegmentations(self, request, context):
         with self.edge.call(context, ACCESS["segmentations.list"]) as (session, who):
-            out = ops.list_segmentations(
+            out = service.list_segmentations(
                 self.clinic,
                 session,
                 who,
@@ -65,22 +65,22 @@ class History(Servicer, pb_grpc.HistoryServicer):
     def ChooseThreshold(self, request, context):
         with self.edge.call(context, ACCESS["segmentations.choose_threshold"]) as (session, who):
             choice = from_message(request, ChoiceRequest)
-            out = ops.choose_threshold(
+            out = service.choose_threshold(
                 self.clinic, session, who, request.segmentation_id, choice.threshold, choice.note
             )
             return to_message(out, pb.HistoryItem)
 
     def GetThumbnail(self, request, context):
         with self.edge.call(context, ACCESS["segmentations.thumbnail"]) as (session, who):
-            return pb.Png(png=ops.thumbnail(self.clinic, session, who, request.segmentation_id))
+            return pb.Png(png=service.thumbnail(self.clinic, session, who, request.segmentation_id))
 
     def GetMask(self, request, context):
         with self.edge.call(context, ACCESS["segmentations.mask"]) as (session, who):
             threshold = optional(request, "threshold")
-            used, png = ops.mask(self.clinic, session, who, request.segmentation_id, threshold)
+            used, png = service.mask(self.clinic, session, who, request.segmentation_id, threshold)
             return pb.MaskPng(png=png, threshold=used)
 
     def GetPatientTrend(self, request, context):
         with self.edge.call(context, ACCESS["segmentations.trend"]) as (session, who):
-            out = ops.trend(self.clinic, session, who, request.patient_id, optional(request, "organ"))
+            out = service.trend(self.clinic, session, who, request.patient_id, optional(request, "organ"))
             return to_message(out, pb.PatientTrend)

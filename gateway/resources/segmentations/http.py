@@ -9,6 +9,7 @@ from gateway.access import ACCESS
 from gateway.api.deps import ClinicDep, DataPlaneDep, SessionDep, require
 from gateway.api.uploads import read_upload
 from gateway.principal import Principal
+from gateway.resources.segmentations import service
 from gateway.resources.segmentations.schemas import (
     ChoiceRequest,
     HistoryItem,
@@ -17,7 +18,7 @@ from gateway.resources.segmentations.schemas import (
     SegmentRecordPublic,
     TrendPublic,
 )
-from gateway.service import clinic_ops as ops
+from gateway.resources.shared import DEFAULT_LIST, MAX_LIST
 from gateway.service import history
 
 router = APIRouter(tags=["history"])
@@ -38,10 +39,10 @@ def list_segmentations(
     session: SessionDep,
     patient_id: Annotated[str | None, Query(max_length=128)] = None,
     organ: Annotated[str | None, Query(max_length=64)] = None,
-    limit: Annotated[int, Query(ge=1, le=ops.MAX_LIST)] = ops.DEFAULT_LIST,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIST)] = DEFAULT_LIST,
 ) -> HistoryPublic:
     """The caller's recent segmentations (newest first), filterable by patient and organ."""
-    return ops.list_segmentations(clinic, session, who, patient_id, organ, limit)
+    return service.list_segmentations(clinic, session, who, patient_id, organ, limit)
 
 
 @router.post("/segmentations/{segmentation_id}/choice", response_model=HistoryItem)
@@ -53,7 +54,7 @@ def choose_threshold(
     session: SessionDep,
 ) -> HistoryItem:
     """Save the threshold the doctor chose for this segmentation, with an optional note."""
-    return ops.choose_threshold(clinic, session, who, segmentation_id, body.threshold, body.note)
+    return service.choose_threshold(clinic, session, who, segmentation_id, body.threshold, body.note)
 
 
 @router.get(
@@ -63,7 +64,7 @@ def choose_threshold(
 )
 def thumbnail(segmentation_id: str, clinic: ClinicDep, who: ThumbnailCaller, session: SessionDep):
     """A small preview of the segmentation's probability map."""
-    return Response(content=ops.thumbnail(clinic, session, who, segmentation_id), media_type="image/png")
+    return Response(content=service.thumbnail(clinic, session, who, segmentation_id), media_type="image/png")
 
 
 @router.get(
@@ -85,7 +86,7 @@ def mask(
 ):
     """The stored mask (0/255 PNG at the image's size) at `threshold` (0.2 … 0.8), else at the threshold the
     doctor saved, else at the organ's default; the header X-MedSeg-Threshold says which one it is."""
-    used, png = ops.mask(clinic, session, who, segmentation_id, threshold)
+    used, png = service.mask(clinic, session, who, segmentation_id, threshold)
     return Response(content=png, media_type="image/png", headers={"X-MedSeg-Threshold": f"{used:.1f}"})
 
 
@@ -98,7 +99,7 @@ def trend(
     organ: Annotated[str | None, Query(max_length=64)] = None,
 ) -> TrendPublic:
     """The patient's segmented area over time (mm² when the images carried pixel spacing, else pixels)."""
-    return ops.trend(clinic, session, who, patient_id, organ)
+    return service.trend(clinic, session, who, patient_id, organ)
 
 
 # --- segmenting an image (recorded in the history above) ----------------------------------------------------
