@@ -24,9 +24,9 @@ from sqlalchemy.orm import Session
 
 from common.errors import Forbidden, Unauthenticated
 from common.settings import Settings, get_settings
-from gateway.accounts import csrf_matches, resolve_session
 from gateway.core.db import get_db
 from gateway.principal import Access, Principal
+from gateway.resources.accounts.service import csrf_matches, resolve_session
 from gateway.security import KNOWN_SCOPES, authorize
 from gateway.service import DataPlane
 from gateway.service.clinic import Clinic

@@ -6,11 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 
-from gateway import accounts
 from gateway.access import ACCESS
 from gateway.api.cookies import clear_session_cookies, set_session_cookies
 from gateway.api.deps import SessionDep, SettingsDep, require
 from gateway.principal import Principal
+from gateway.resources.accounts import service
 from gateway.resources.accounts.schemas import (
     PasswordChange,
     ProfileUpdate,
@@ -39,7 +39,7 @@ def _ip(request: Request) -> str | None:
 @router.post("/auth/register", response_model=UserPublic, status_code=status.HTTP_201_CREATED)
 def register(body: UserRegister, session: SessionDep) -> UserPublic:
     """Create a pending doctor or researcher account; an admin approves it."""
-    return UserPublic.model_validate(accounts.register(session, **body.model_dump()))
+    return UserPublic.model_validate(service.register(session, **body.model_dump()))
 
 
 @router.post("/auth/sign-in", response_model=SessionPublic)
@@ -47,7 +47,7 @@ def sign_in(
     body: SignIn, request: Request, response: Response, session: SessionDep, settings: SettingsDep
 ) -> SessionPublic:
     """Check the password and start a cookie session; returns the session's CSRF token."""
-    user = accounts.sign_in(
+    user = service.sign_in(
         session,
         body.email,
         body.password,
@@ -55,7 +55,7 @@ def sign_in(
         window_s=settings.sign_in_window_s,
         ip=_ip(request),
     )
-    user_session, raw = accounts.start_session(
+    user_session, raw = service.start_session(
         session,
         user,
         ttl=timedelta(hours=settings.session_ttl_hours),
@@ -75,7 +75,7 @@ def sign_out(
     principal: SignOutCaller, request: Request, session: SessionDep, settings: SettingsDep
 ) -> Response:
     """End this session and clear its cookies."""
-    accounts.end_session(session, principal.session, principal.user)
+    service.end_session(session, principal.session, principal.user)
     response = Response(status_code=status.HTTP_204_NO_CONTENT)
     clear_session_cookies(response, request, settings)
     return response
@@ -96,14 +96,14 @@ def update_me(body: ProfileUpdate, principal: UpdateMeCaller, session: SessionDe
     """Edit one's own name, title/position, department and the pages' language (en or zh, else 422)."""
     user = session.merge(principal.user)
     return UserPublic.model_validate(
-        accounts.update_profile(session, user, **body.model_dump(exclude_unset=True))
+        service.update_profile(session, user, **body.model_dump(exclude_unset=True))
     )
 
 
 @router.post("/users/me/password", status_code=status.HTTP_204_NO_CONTENT)
 def change_password(body: PasswordChange, principal: ChangePasswordCaller, session: SessionDep) -> Response:
     """Replace one's password (the current one is required); other sessions end."""
-    accounts.change_password(
+    service.change_password(
         session,
         principal.user,
         body.current_password,
@@ -125,7 +125,7 @@ def list_users(
     _admin: ListUsersCaller, session: SessionDep, status: Annotated[Status | None, Query()] = None
 ) -> UsersPublic:
     """Accounts, newest first; `?status=pending` lists those awaiting approval."""
-    return UsersPublic(users=[UserPublic.model_validate(u) for u in accounts.list_users(session, status)])
+    return UsersPublic(users=[UserPublic.model_validate(u) for u in service.list_users(session, status)])
 
 
 @users_router.patch("/{user_id}", response_model=UserPublic)
@@ -133,5 +133,5 @@ def administer_user(
     user_id: RowId, body: UserAdminUpdate, admin: AdministerUserCaller, session: SessionDep
 ) -> UserPublic:
     """Approve or disable an account, assign its role or hospital."""
-    user = accounts.administer_user(session, admin.actor, user_id, **body.model_dump(exclude_unset=True))
+    user = service.administer_user(session, admin.actor, user_id, **body.model_dump(exclude_unset=True))
     return UserPublic.model_validate(user)

@@ -8,9 +8,9 @@ from fastapi.responses import StreamingResponse
 
 from gateway.access import ACCESS
 from gateway.api.deps import SessionDep, require
-from gateway.auditlog import audit_csv, audit_page
 from gateway.principal import Principal
 from gateway.resources.audit.schemas import AuditEntryPublic, AuditPagePublic
+from gateway.resources.audit.service import audit_csv, audit_page
 from gateway.resources.shared import BigRowId
 
 router = APIRouter(prefix="/audit", tags=["audit"])
