@@ -10,7 +10,6 @@ from gateway.access import ACCESS
 from gateway.resources.evaluations import service
 from gateway.resources.evaluations.schemas import EvaluationSummary
 from gateway.resources.grpc_edge import Servicer, model_ref, optional, row_id, to_message, uploads
-from gateway.service.dataplane import Upload
 
 
 class EvaluateRpc(Servicer):
@@ -20,8 +19,8 @@ class EvaluateRpc(Servicer):
         self.edge.admit(context, ACCESS["evaluate"])
         r = self.dataplane.evaluate(
             request.organ,
-            [Upload(i.filename or f"image-{n}", i.image) for n, i in enumerate(request.images)],
-            [Upload(i.filename or f"label-{n}", i.image) for n, i in enumerate(request.labels)],
+            uploads(request.images, "image"),
+            uploads(request.labels, "label"),
         )
         return seg_pb.EvaluateResponse(
             organ=r.organ,
