@@ -1,10 +1,9 @@
-"""The medseg.v1 gRPC edge over the same DataPlane and Clinic as HTTP.
+"""The medseg.v1 gRPC server over the same DataPlane and Clinic as HTTP.
 
-`create_server(address, dataplane, session_factory, clinic=...) -> (server, port)`: Segmentation here, the
-clinical loop's services (Models, Evaluations, Feedback, History, Training) from gateway/grpc_clinic.py; the
-health service and reflection are registered for all of them. Errors are mapped once, in
-`ErrorMappingInterceptor`: our transport-neutral errors become their status codes, anything
-else INTERNAL with a generic message (logged here).
+`create_server(address, dataplane, session_factory, clinic=...) -> (server, port)` registers every
+service's servicer (each RPC lives with its resource: gateway/resources/<resource>/grpc.py), the health
+service and reflection. Errors are mapped once, in `ErrorMappingInterceptor`: our transport-neutral errors
+become their status codes, anything else INTERNAL with a generic message (logged here).
 The API key comes in metadata `authorization: Bearer <key>`.
 """
 
@@ -18,23 +17,27 @@ from contextlib import AbstractContextManager
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from medseg.v1 import clinic_pb2, clinic_pb2_grpc
 from medseg.v1 import segmentation_pb2 as pb
 from medseg.v1 import segmentation_pb2_grpc as pb_grpc
 
 from common.errors import InvalidInput, MedSegError
 from common.settings import get_settings
 from gateway import metrics
-from gateway.api.deps import authorize
-from gateway.grpc_clinic import SERVICES as CLINIC_SERVICES
-from gateway.grpc_clinic import add_clinic_servicers
-from gateway.principal import Principal
-from gateway.service import DataPlane, history
+from gateway.resources.evaluations.grpc import EvaluateRpc, Evaluations
+from gateway.resources.feedback.grpc import Feedback
+from gateway.resources.grpc_edge import Edge
+from gateway.resources.models.grpc import Models
+from gateway.resources.organs.grpc import OrgansRpc
+from gateway.resources.segmentations.grpc import History, SegmentRpc
+from gateway.resources.training.grpc import Training
+from gateway.service import DataPlane
 from gateway.service.clinic import Clinic
-from gateway.service.dataplane import Upload
 
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Segmentation"].full_name  # "medseg.v1.Segmentation"
+CLINIC_SERVICES = tuple(s.full_name for s in clinic_pb2.DESCRIPTOR.services_by_name.values())  # Models, …
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
@@ -88,86 +91,20 @@ def _parse(deserialize, raw: bytes, method: str):
         raise InvalidInput(f"malformed request for {method}: {exc}", code="malformed_request") from exc
 
 
-def _model(m) -> pb.ModelRef:
-    return pb.ModelRef(name=m.name, version=m.version)
+class Segmentation(OrgansRpc, SegmentRpc, EvaluateRpc, pb_grpc.SegmentationServicer):
+    """medseg.v1.Segmentation, whose RPCs belong to three resources: organs, segmentations, evaluations."""
 
 
-class SegmentationServicer(pb_grpc.SegmentationServicer):
-    def __init__(
-        self, dataplane: DataPlane, session_factory: Callable[[], AbstractContextManager], clinic: Clinic
-    ):
-        self.dataplane = dataplane
-        self.session_factory = session_factory
-        self.clinic = clinic
-
-    def _authorize(self, session, context: grpc.ServicerContext, *scopes: str):
-        return authorize(session, dict(context.invocation_metadata()).get("authorization"), scopes)
-
-    def ListOrgans(self, request, context):
-        with self.session_factory() as session:
-            self._authorize(session, context, "segment", "evaluate")
-        return pb.ListOrgansResponse(
-            organs=[
-                pb.Organ(
-                    name=s.name,
-                    display_name=s.display_name,
-                    modality=s.modality,
-                    label=s.label,
-                    model=_model(s.model),
-                    default_threshold=s.default_threshold,
-                    ready=s.ready,
-                )
-                for s in self.dataplane.list_organs()
-            ]
-        )
-
-    def Segment(self, request, context):
-        with self.session_factory() as session:
-            key = self._authorize(session, context, "segment")
-            self.clinic.directory.refresh(session)
-            patient_id = request.patient_id if request.HasField("patient_id") and request.patient_id else None
-            record = history.segment(  # recorded like HTTP's: who, stability, thumbnail
-                session,
-                self.dataplane,
-                Principal(api_key=key),
-                request.organ,
-                request.image,
-                request.filename or "upload",
-                patient_id,
-                doubtful_below=self.clinic.settings.stability_doubtful_below,
-            )
-        r = record.result
-        return pb.SegmentResponse(
-            id=r.id,
-            organ=r.organ,
-            model=_model(r.model),
-            width=r.width,
-            height=r.height,
-            default_threshold=r.default_threshold,
-            probability_png=r.probability_png,
-            masks=[pb.Mask(threshold=m.threshold, area_px=m.area_px, mask_png=m.mask_png) for m in r.masks],
-            stability=record.stability,
-            doubtful=record.doubtful,
-            suggested_threshold=record.suggested_threshold,
-        )
-
-    def Evaluate(self, request, context):
-        with self.session_factory() as session:
-            self._authorize(session, context, "evaluate")
-        r = self.dataplane.evaluate(
-            request.organ,
-            [Upload(i.filename or f"image-{n}", i.image) for n, i in enumerate(request.images)],
-            [Upload(i.filename or f"label-{n}", i.image) for n, i in enumerate(request.labels)],
-        )
-        return pb.EvaluateResponse(
-            organ=r.organ,
-            model=_model(r.model),
-            threshold=r.threshold,
-            images=[pb.ImageScore(**vars(s)) for s in r.images],
-            mean_dice=r.mean_dice,
-            mean_iou=r.mean_iou,
-            per_threshold=[pb.ThresholdScore(**vars(t)) for t in r.per_threshold],
-        )
+def _servicers(edge: Edge) -> tuple[tuple[Callable, object], ...]:
+    """(add_…_to_server, servicer) of every medseg.v1 service."""
+    return (
+        (pb_grpc.add_SegmentationServicer_to_server, Segmentation(edge)),
+        (clinic_pb2_grpc.add_ModelsServicer_to_server, Models(edge)),
+        (clinic_pb2_grpc.add_EvaluationsServicer_to_server, Evaluations(edge)),
+        (clinic_pb2_grpc.add_FeedbackServicer_to_server, Feedback(edge)),
+        (clinic_pb2_grpc.add_HistoryServicer_to_server, History(edge)),
+        (clinic_pb2_grpc.add_TrainingServicer_to_server, Training(edge)),
+    )
 
 
 def create_server(
@@ -191,10 +128,8 @@ def create_server(
             ("grpc.max_send_message_length", max_message_bytes),
         ],
     )
-    pb_grpc.add_SegmentationServicer_to_server(
-        SegmentationServicer(dataplane, session_factory, clinic), server
-    )
-    add_clinic_servicers(server, clinic, session_factory)
+    for add_to_server, servicer in _servicers(Edge(clinic, session_factory)):
+        add_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME, *CLINIC_SERVICES):

@@ -13,24 +13,20 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from common.errors import MedSegError, http_headers
 from common.settings import Settings, get_settings
 from gateway import metrics
-from gateway.api.routes import (
-    api_keys,
-    audit,
-    auth,
-    datasets,
-    evaluate,
-    evaluations,
-    feedback,
-    health,
-    models,
-    organs,
-    segment,
-    segmentations,
-    training,
-    users,
-)
 from gateway.api.security_headers import UNHANDLED_ERROR_HEADERS, SecurityHeadersMiddleware
 from gateway.api.uploads import FORM_OVERHEAD_BYTES, BodyLimitMiddleware
+from gateway.resources.accounts import http as accounts
+from gateway.resources.audit import http as audit
+from gateway.resources.datasets import http as datasets
+from gateway.resources.evaluations import http as evaluations
+from gateway.resources.feedback import http as feedback
+from gateway.resources.health import http as health
+from gateway.resources.keys import http as keys
+from gateway.resources.models import http as models
+from gateway.resources.organs import http as organs
+from gateway.resources.segmentations import http as segmentations
+from gateway.resources.shared import validation_message
+from gateway.resources.training import http as training
 from gateway.service import DataPlane, build_dataplane
 from gateway.service.clinic import Clinic
 from gateway.web import install_web
@@ -57,17 +53,6 @@ def error_response(status: int, code: str, message: str, headers: dict | None = 
     )
 
 
-def _validation_message(exc: RequestValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "header", "path")]
-        field = ".".join(loc) or "request"
-        parts.append(
-            f"missing field {field!r}" if err.get("type") == "missing" else f"{field}: {err.get('msg')}"
-        )
-    return "; ".join(parts) or "invalid request"
-
-
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(MedSegError)
     async def medseg_error(_: Request, exc: MedSegError) -> JSONResponse:
@@ -78,7 +63,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI's 422 becomes our 400 with the field named: a client mistake like any other.
-        return error_response(400, "invalid_input", _validation_message(exc))
+        return error_response(400, "invalid_input", validation_message(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -117,19 +102,23 @@ def create_app(settings: Settings | None = None, dataplane: DataPlane | None = N
         app.state.clinic = Clinic(dataplane, settings)
     install_error_handlers(app)
     api = APIRouter(prefix="/api/v1")
-    api.include_router(organs.router)
-    api.include_router(segment.router)
-    api.include_router(evaluate.router)
-    for people_router in (auth.router, users.router, api_keys.router, datasets.router, audit.router):
-        api.include_router(people_router)
-    for clinic_router in (
+    # In the order of the OpenAPI document; a resource may serve two URL roots (e.g. /evaluate, /evaluations).
+    for router in (
+        organs.router,
+        segmentations.segment_router,
+        evaluations.evaluate_router,
+        accounts.router,
+        accounts.users_router,
+        keys.router,
+        datasets.router,
+        audit.router,
         models.router,
         evaluations.router,
         feedback.router,
         segmentations.router,
         training.router,
     ):
-        api.include_router(clinic_router)
+        api.include_router(router)
     app.include_router(health.router)
     app.include_router(api)
     if settings.metrics_port is None:  # else on a port of its own (metrics.serve), out of the ingress's reach

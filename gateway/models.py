@@ -1,4 +1,5 @@
-"""ORM tables (SQLAlchemy 2, typed). Tables are never the API schema: see gateway/schemas.py for those.
+"""ORM tables (SQLAlchemy 2, typed). Tables are never the API schema: see gateway/resources/*/schemas.py
+for those.
 
 Portable across SQLite and PostgreSQL: JSON, Uuid and timezone-aware datetimes (stored as UTC) only.
 The schema is created by Alembic migrations (gateway/migrations), never by create_all outside tests.
@@ -176,7 +177,7 @@ class User(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str] = mapped_column(String(254), unique=True, index=True)  # stored lower-case
-    password_hash: Mapped[str] = mapped_column(String(255))  # argon2id (gateway/accounts.py)
+    password_hash: Mapped[str] = mapped_column(String(255))  # argon2id (resources/accounts/service.py)
     full_name: Mapped[str] = mapped_column(String(200))
     title: Mapped[str | None] = mapped_column(String(200))  # title / position
     department: Mapped[str | None] = mapped_column(String(200))

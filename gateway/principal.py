@@ -1,7 +1,8 @@
 """Who is asking: a signed-in person (with a role) or a hospital system's API key (with scopes).
 
-Routes declare an `Access` (which roles, which scopes); gateway/api/auth.py turns it into a typed FastAPI
-dependency that authenticates the caller and checks the access in one place.
+Each operation has an `Access` (which roles, which scopes) in the access table (gateway/access.py);
+gateway/api/deps.py's `require` turns it into a typed FastAPI dependency that authenticates the caller and
+checks the access in one place, the gRPC servicers check the same entry.
 """
 
 from __future__ import annotations

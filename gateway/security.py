@@ -150,3 +150,30 @@ def revoke_api_key(session: Session, prefix: str, *, actor: str = "cli") -> ApiK
         audit(session, actor, "api_key.revoke", prefix, {"name": row.name})
         session.commit()
     return row
+
+
+# --- the API key a request carries (HTTP header or gRPC metadata) -------------------------------------------
+def bearer_token(authorization: str | None) -> str:
+    """The key from an `Authorization: Bearer <key>` value (HTTP header or gRPC metadata)."""
+    if not authorization:
+        raise Unauthenticated("send an API key: Authorization: Bearer <key>", code="missing_credentials")
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("the Authorization header must be 'Bearer <key>'", code="invalid_credentials")
+    return token.strip()
+
+
+def authorize(session: Session, authorization: str | None, scopes: tuple[str, ...]) -> ApiKey:
+    """The API key from an Authorization value if it grants any of `scopes` (Unauthenticated / Forbidden)."""
+    raw_key = bearer_token(authorization)
+    for scope in scopes[:-1]:
+        try:
+            return authenticate_api_key(session, raw_key, scope)
+        except Forbidden:
+            continue
+    try:
+        return authenticate_api_key(session, raw_key, scopes[-1])
+    except Forbidden:
+        if len(scopes) == 1:
+            raise
+        raise Forbidden(f"this API key needs one of the scopes {', '.join(scopes)}") from None

@@ -662,9 +662,9 @@ def segment_breakdown(stack: Stack, image: bytes, runs: int = 15) -> dict[str, f
     """Median ms per part of DataPlane.segment, run in this process against the bench's own stack (same
     object store, organ server and database as the gateway), one request at a time."""
     from common.settings import Settings
-    from gateway.api.deps import authorize
     from gateway.core.db import make_engine, session_scope
-    from gateway.schemas import SegmentationPublic
+    from gateway.resources.segmentations.schemas import SegmentationPublic
+    from gateway.security import authorize
     from gateway.service import build_dataplane, images
     from gateway.service import dataplane as dataplane_module
 

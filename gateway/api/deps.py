@@ -1,4 +1,18 @@
-"""Typed dependencies: a route declares what it needs (`SessionDep`, `DataPlaneDep`, `SegmentKey`…)."""
+"""Typed dependencies of the HTTP routes, in one place: what a route needs (`SessionDep`, `SettingsDep`,
+`DataPlaneDep`, `ClinicDep`) and who may call it.
+
+A route declares who may call it by its operation's entry of the access table (gateway/access.py), e.g.
+    ListDatasetsCaller = Annotated[Principal, Depends(require(ACCESS["datasets.list"]))]
+and receives the `Principal` (a signed-in person or an API key) only if it may call the route:
+
+* `Authorization: Bearer <key>` → the API key must grant one of the scopes (routes without scopes are
+  for people only → 403);
+* otherwise the session cookie → the person's role must be one of the roles; unsafe methods (POST, PUT,
+  PATCH, DELETE) must also carry the session's CSRF token, as an `X-CSRF-Token` header or, from a
+  server-rendered (urlencoded) form, a `csrf_token` field. API keys are not sent by browsers on their
+  own, so requests with them need no CSRF token.
+No credentials → 401; credentials that do not grant the route → 403.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +25,11 @@ from sqlalchemy.orm import Session
 from common.errors import Forbidden, Unauthenticated
 from common.settings import Settings, get_settings
 from gateway.core.db import get_db
-from gateway.models import ApiKey
-from gateway.security import authenticate_api_key
+from gateway.principal import Access, Principal
+from gateway.resources.accounts.service import csrf_matches, resolve_session
+from gateway.security import KNOWN_SCOPES, authorize
 from gateway.service import DataPlane
+from gateway.service.clinic import Clinic
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_db)]
@@ -26,40 +42,67 @@ def get_dataplane(request: Request) -> DataPlane:
 DataPlaneDep = Annotated[DataPlane, Depends(get_dataplane)]
 
 
-def bearer_token(authorization: str | None) -> str:
-    """The key from an `Authorization: Bearer <key>` value (HTTP header or gRPC metadata)."""
-    if not authorization:
-        raise Unauthenticated("send an API key: Authorization: Bearer <key>", code="missing_credentials")
-    scheme, _, token = authorization.strip().partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthenticated("the Authorization header must be 'Bearer <key>'", code="invalid_credentials")
-    return token.strip()
+def fresh_clinic(request: Request, session: SessionDep) -> Clinic:
+    """The Clinic, with the model registry's defaults re-read when stale (what segment/evaluate serve)."""
+    clinic: Clinic = request.app.state.clinic
+    clinic.directory.refresh(session)
+    return clinic
 
 
-def authorize(session: Session, authorization: str | None, scopes: tuple[str, ...]) -> ApiKey:
-    """The API key from an Authorization value if it grants any of `scopes` (Unauthenticated / Forbidden)."""
-    raw_key = bearer_token(authorization)
-    for scope in scopes[:-1]:
-        try:
-            return authenticate_api_key(session, raw_key, scope)
-        except Forbidden:
-            continue
-    try:
-        return authenticate_api_key(session, raw_key, scopes[-1])
-    except Forbidden:
-        if len(scopes) == 1:
-            raise
-        raise Forbidden(f"this API key needs one of the scopes {', '.join(scopes)}") from None
+ClinicDep = Annotated[Clinic, Depends(fresh_clinic)]
 
 
-def require_scope(*scopes: str) -> Callable[..., ApiKey]:
-    def api_key(session: SessionDep, authorization: Annotated[str | None, Header()] = None) -> ApiKey:
-        return authorize(session, authorization, scopes)
+# --- who may call ------------------------------------------------------------------------------------------
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+CSRF_HEADER = "X-CSRF-Token"
+CSRF_FIELD = "csrf_token"
 
-    return api_key
+
+async def presented_csrf_token(request: Request) -> str | None:
+    """The CSRF token the request carries (header, or the field of an urlencoded form), if any."""
+    if request.method in SAFE_METHODS:
+        return None
+    if token := request.headers.get(CSRF_HEADER):
+        return token
+    # Only urlencoded forms are read here: they are small, and reading a multipart body would consume a
+    # streamed upload (the dataset upload); multipart requests send the header.
+    if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        value = (await request.form()).get(CSRF_FIELD)
+        return value if isinstance(value, str) else None
+    return None
 
 
-# Reading the organ list is part of segmenting or evaluating: either scope will do.
-OrgansApiKey = Annotated[ApiKey, Depends(require_scope("segment", "evaluate"))]
-SegmentApiKey = Annotated[ApiKey, Depends(require_scope("segment"))]
-EvaluateApiKey = Annotated[ApiKey, Depends(require_scope("evaluate"))]
+def require(access: Access) -> Callable[..., Principal]:
+    """A dependency that returns the caller's Principal if `access` admits it (401/403 otherwise)."""
+
+    def principal(
+        request: Request,
+        session: SessionDep,
+        settings: SettingsDep,
+        csrf_token: Annotated[str | None, Depends(presented_csrf_token)],
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> Principal:
+        if authorization:
+            if not access.scopes:
+                authorize(session, authorization, KNOWN_SCOPES)  # a forged or revoked key: 401 as anywhere
+                raise Forbidden(f"API keys cannot call this; it needs {access.describe()}")
+            return Principal(api_key=authorize(session, authorization, access.scopes))
+        token = request.cookies.get(settings.session_cookie_name)
+        if not token:
+            raise Unauthenticated(
+                f"sign in first; this needs {access.describe()}", code="missing_credentials"
+            )
+        user_session, user = resolve_session(session, token)
+        if request.method not in SAFE_METHODS and not csrf_matches(user_session, csrf_token):
+            raise Forbidden(
+                f"missing or wrong CSRF token: send the session's token as {CSRF_HEADER} "
+                f"(or a '{CSRF_FIELD}' form field)",
+                code="csrf_failed",
+            )
+        if not access.roles:
+            raise Forbidden(f"people cannot call this; it needs {access.describe()}")
+        access.check_role(user)
+        return Principal(user=user, session=user_session)
+
+    principal.access = access  # which entry of the access table the route declared (the parity test reads it)
+    return principal

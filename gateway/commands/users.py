@@ -14,9 +14,9 @@ import sys
 
 from common.errors import MedSegError
 from common.settings import Settings, get_settings
-from gateway import accounts
 from gateway.core.db import make_engine, run_migrations, session_scope
 from gateway.models import ROLES, USER_STATUSES
+from gateway.resources.accounts import service as accounts
 
 logger = logging.getLogger(__name__)
 PASSWORD_ENV = "MEDSEG_USER_PASSWORD"

@@ -20,10 +20,10 @@ from jinja2 import Environment, FileSystemLoader
 
 from common.errors import Unauthenticated
 from common.settings import get_settings
-from gateway.accounts import resolve_session
 from gateway.api.deps import SessionDep, SettingsDep
 from gateway.core.db import get_db
 from gateway.models import User
+from gateway.resources.accounts.service import resolve_session
 from gateway.security import KNOWN_SCOPES
 from gateway.web import i18n
 

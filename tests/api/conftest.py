@@ -25,9 +25,9 @@ from sqlalchemy.orm import sessionmaker
 from common.errors import NotFound
 from common.objectstore import Buckets, ObjectInfo
 from common.settings import Settings, get_settings
-from gateway import accounts
 from gateway.core.db import get_db, make_engine, request_session, run_migrations, session_scope
 from gateway.models import User
+from gateway.resources.accounts import service as accounts
 from gateway.security import create_api_key
 from gateway.service.dataplane import DataPlane
 from gateway.service.organs import OrganRegistry

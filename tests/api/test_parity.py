@@ -2,6 +2,12 @@
 expected outcome) and two drivers that run every row, HTTP through the ASGI test client and gRPC through an
 in-process medseg.v1 server and the generated stubs, over one app (one database, one Clinic).
 
+The operations are those of the access table (gateway/access.py), which names each one's HTTP route and gRPC
+method: an HTTP route under /api/v1 or a gRPC method missing from the table fails here, and so does an
+operation without a case (rows here when it has a gRPC method, else a rule of tests/api/test_access.py).
+Who may call an operation is checked from the table on both edges: the HTTP route declares the table's
+entry, every scope of the entry is admitted over both, a key without them and no key are refused over both.
+
 An answer is compared in the HTTP JSON shape (the gRPC message's fields, with a detail's summary lifted
 out of its sub-message). An error is compared as (HTTP status or gRPC code, our error code); after an error
 nothing stored may have changed.
@@ -17,12 +23,14 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 import pytest
+from fastapi.routing import APIRoute
 from google.protobuf import json_format
 from medseg.v1 import clinic_pb2, clinic_pb2_grpc, segmentation_pb2, segmentation_pb2_grpc
 from sqlalchemy import func, select
 
 from common.errors import ServiceUnavailable
 from gateway import crud
+from gateway.access import OPERATIONS
 from gateway.core.db import run_migrations
 from gateway.grpc_server import create_server
 from gateway.models import Evaluation, Feedback, FeedbackReply, ModelVersion, Segmentation, TrainingJob
@@ -38,7 +46,8 @@ from tests.api.clinic_access import (
     _segmentation,
     _version,
 )
-from tests.api.conftest import png
+from tests.api.conftest import KEY_SCOPES, png
+from tests.api.test_access import ACCESS as ROUTE_RULES
 from tests.gateway.fakes import FakeClient
 
 IMAGE = png(np.full((32, 32), 90, np.uint8))
@@ -90,7 +99,7 @@ class Err:
 
 @dataclass(frozen=True)
 class Row:
-    op: str  # the gRPC method name; HTTP_CALLS holds its route
+    op: str  # the operation's name in the access table; HTTP_CALLS holds how to call its route
     key: str | None  # the API key's scope (None: no credentials)
     args: Callable  # world → the input, by the proto's field names
     expect: dict | Err  # fields of the answer (a value or a predicate), or the error
@@ -109,59 +118,67 @@ def _files(a: dict) -> list:
 
 M = "/api/v1/models"
 HTTP_CALLS = {
-    "Segment": lambda c, a: c.post(
+    "organs.list": lambda c, a: c.get("/api/v1/organs"),
+    "segment": lambda c, a: c.post(
         "/api/v1/segment", data=_json(a, "organ", "patient_id"), files={"file": ("scan.png", a["image"])}
     ),
-    "ListVersions": lambda c, a: c.get(f"{M}/{a['organ']}/versions"),
-    "RecordVersion": lambda c, a: c.post(f"{M}/{a['organ']}/versions", json=a["new_version"]),
-    "GetVersion": lambda c, a: c.get(f"{M}/{a['organ']}/versions/{a['version']}"),
-    "Promote": lambda c, a: c.post(
+    "evaluate": lambda c, a: c.post("/api/v1/evaluate", data=_json(a, "organ"), files=_files(a)),
+    "models.versions.list": lambda c, a: c.get(f"{M}/{a['organ']}/versions"),
+    "models.versions.record": lambda c, a: c.post(f"{M}/{a['organ']}/versions", json=a["new_version"]),
+    "models.versions.show": lambda c, a: c.get(f"{M}/{a['organ']}/versions/{a['version']}"),
+    "models.promote": lambda c, a: c.post(
         f"{M}/{a['organ']}/versions/{a['version']}/promote", json=_json(a, "force", "reason")
     ),
-    "Rollback": lambda c, a: c.post(f"{M}/{a['organ']}/rollback", json=_json(a, "reason")),
-    "SetReferenceSet": lambda c, a: c.put(f"{M}/{a['organ']}/reference-set", json=_json(a, "dataset_id")),
-    "GetReferenceSet": lambda c, a: c.get(f"{M}/{a['organ']}/reference-set"),
-    "GetSuggestedThreshold": lambda c, a: c.get(
+    "models.rollback": lambda c, a: c.post(f"{M}/{a['organ']}/rollback", json=_json(a, "reason")),
+    "models.reference_set.set": lambda c, a: c.put(
+        f"{M}/{a['organ']}/reference-set", json=_json(a, "dataset_id")
+    ),
+    "models.reference_set.show": lambda c, a: c.get(f"{M}/{a['organ']}/reference-set"),
+    "models.suggested_threshold": lambda c, a: c.get(
         f"{M}/{a['organ']}/suggested-threshold", params=_json(a, "version")
     ),
-    "RunEvaluation": lambda c, a: c.post(
+    "evaluations.run": lambda c, a: c.post(
         "/api/v1/evaluations", data=_json(a, "organ", "version", "dataset_id"), files=_files(a)
     ),
-    "ListEvaluations": lambda c, a: c.get(
+    "evaluations.list": lambda c, a: c.get(
         "/api/v1/evaluations", params=_json(a, "organ", "version", "limit")
     ),
-    "GetEvaluation": lambda c, a: c.get(f"/api/v1/evaluations/{a['id']}"),
-    "CompareEvaluations": lambda c, a: c.get("/api/v1/evaluations/compare", params=_json(a, "a", "b")),
-    "GetOverlay": lambda c, a: c.get(
+    "evaluations.show": lambda c, a: c.get(f"/api/v1/evaluations/{a['id']}"),
+    "evaluations.compare": lambda c, a: c.get("/api/v1/evaluations/compare", params=_json(a, "a", "b")),
+    "evaluations.overlay": lambda c, a: c.get(
         f"/api/v1/evaluations/{a['evaluation_id']}/cases/{a['case_id']}/overlay.png"
     ),
-    "CreateFeedback": lambda c, a: c.post(
+    "feedback.create": lambda c, a: c.post(
         f"{M}/{a['organ']}/versions/{a['version']}/feedback",
         json=_json(a, "body", "evaluation_case_id", "segmentation_id", "threshold"),
     ),
-    "ListFeedback": lambda c, a: c.get("/api/v1/feedback", params=_json(a, "organ", "version", "status")),
-    "GetFeedback": lambda c, a: c.get(f"/api/v1/feedback/{a['id']}"),
-    "Reply": lambda c, a: c.post(f"/api/v1/feedback/{a['feedback_id']}/replies", json=_json(a, "body")),
-    "UpdateFeedback": lambda c, a: c.patch(
+    "feedback.list": lambda c, a: c.get("/api/v1/feedback", params=_json(a, "organ", "version", "status")),
+    "feedback.show": lambda c, a: c.get(f"/api/v1/feedback/{a['id']}"),
+    "feedback.reply": lambda c, a: c.post(
+        f"/api/v1/feedback/{a['feedback_id']}/replies", json=_json(a, "body")
+    ),
+    "feedback.update": lambda c, a: c.patch(
         f"/api/v1/feedback/{a['id']}", json=_json(a, "status", "addressed_by_version")
     ),
-    "ListSegmentations": lambda c, a: c.get(
+    "segmentations.list": lambda c, a: c.get(
         "/api/v1/segmentations", params=_json(a, "patient_id", "organ", "limit")
     ),
-    "ChooseThreshold": lambda c, a: c.post(
+    "segmentations.choose_threshold": lambda c, a: c.post(
         f"/api/v1/segmentations/{a['segmentation_id']}/choice", json=_json(a, "threshold", "note")
     ),
-    "GetThumbnail": lambda c, a: c.get(f"/api/v1/segmentations/{a['segmentation_id']}/thumbnail.png"),
-    "GetMask": lambda c, a: c.get(
+    "segmentations.thumbnail": lambda c, a: c.get(
+        f"/api/v1/segmentations/{a['segmentation_id']}/thumbnail.png"
+    ),
+    "segmentations.mask": lambda c, a: c.get(
         f"/api/v1/segmentations/{a['segmentation_id']}/mask.png", params=_json(a, "threshold")
     ),
-    "GetPatientTrend": lambda c, a: c.get(
+    "segmentations.trend": lambda c, a: c.get(
         f"/api/v1/patients/{a['patient_id']}/trend", params=_json(a, "organ")
     ),
-    "ListJobs": lambda c, a: c.get("/api/v1/training/jobs"),
-    "StartJob": lambda c, a: c.post("/api/v1/training/jobs", json=a),
-    "GetJob": lambda c, a: c.get(f"/api/v1/training/jobs/{a['id']}"),
-    "CancelJob": lambda c, a: c.post(f"/api/v1/training/jobs/{a['id']}/cancel"),
+    "training.jobs.list": lambda c, a: c.get("/api/v1/training/jobs"),
+    "training.jobs.start": lambda c, a: c.post("/api/v1/training/jobs", json=a),
+    "training.jobs.show": lambda c, a: c.get(f"/api/v1/training/jobs/{a['id']}"),
+    "training.jobs.cancel": lambda c, a: c.post(f"/api/v1/training/jobs/{a['id']}/cancel"),
 }
 
 
@@ -177,13 +194,13 @@ def call_http(world, channel, row: Row, args: dict):
 
 
 # --- gRPC driver --------------------------------------------------------------------------------------------
-def _methods() -> dict[str, tuple[object, object, str]]:
-    """method name → (pb2 module, pb2_grpc module, service name), over both medseg.v1 files."""
+def _methods() -> dict[str, tuple[object, object]]:
+    """ "Service/Method" → (pb2 module, pb2_grpc module), over both medseg.v1 files."""
     out = {}
     for pb, pb_grpc in ((segmentation_pb2, segmentation_pb2_grpc), (clinic_pb2, clinic_pb2_grpc)):
         for service in pb.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
-                out[method.name] = (pb, pb_grpc, service.name)
+                out[f"{service.name}/{method.name}"] = (pb, pb_grpc)
     return out
 
 
@@ -191,9 +208,9 @@ METHODS = _methods()
 NESTED = {"ModelVersionDetail": "version", "EvaluationDetail": "evaluation"}  # a detail's summary
 
 
-def _request(pb, method: str, args: dict):
-    service = next(s for s in pb.DESCRIPTOR.services_by_name.values() if method in s.methods_by_name)
-    message = getattr(pb, service.methods_by_name[method].input_type.name)()
+def _request(pb, service: str, method: str, args: dict):
+    input_type = pb.DESCRIPTOR.services_by_name[service].methods_by_name[method].input_type
+    message = getattr(pb, input_type.name)()
     for name, value in args.items():
         if name in ("images", "labels"):
             getattr(message, name).extend(
@@ -209,11 +226,13 @@ def _request(pb, method: str, args: dict):
 
 
 def call_grpc(world, channel, row: Row, args: dict):
-    pb, pb_grpc, service = METHODS[row.op]
+    rpc = OPERATIONS[row.op].grpc
+    pb, pb_grpc = METHODS[rpc]
+    service, method = rpc.split("/")
     stub = getattr(pb_grpc, f"{service}Stub")(channel)
     metadata = (("authorization", f"Bearer {world.keys[row.key]}"),) if row.key else ()
     try:
-        answer = getattr(stub, row.op)(_request(pb, row.op, args), metadata=metadata, timeout=60)
+        answer = getattr(stub, method)(_request(pb, service, method, args), metadata=metadata, timeout=60)
     except grpc.RpcError as exc:
         codes = dict(exc.trailing_metadata() or ())
         return Failure(exc.code(), codes.get("medseg-error-code", ""))
@@ -301,140 +320,173 @@ def _between(low, high):
 
 UNKNOWN_UUID = "00000000-0000-4000-8000-000000000000"
 S = grpc.StatusCode
+
+
+def _organs(names: list) -> bool:
+    return "liver" in [o["name"] for o in names]
+
+
 ROWS = [
+    # --- organs: any scope that reads models will do, on both edges (gRPC refused `models` keys before)
+    Row("organs.list", "segment", lambda w: {}, {"organs": _organs}),
+    Row("organs.list", "models", lambda w: {}, {"organs": _organs}, id="a models key"),
+    Row("organs.list", "evaluate", lambda w: {}, {"organs": _organs}, id="an evaluate key"),
+    Row("organs.list", "datasets", lambda w: {}, Err(403, S.PERMISSION_DENIED, "forbidden"),
+        id="key without the scope"),
+    Row("organs.list", None, lambda w: {}, Err(401, S.UNAUTHENTICATED, "missing_credentials"), id="no key"),
+    # --- evaluating at once, nothing kept
+    Row("evaluate", "evaluate",
+        lambda w: {"organ": "liver", "images": [("a.png", IMAGE)], "labels": [("a.png", LABEL)]},
+        {"organ": "liver", "images": lambda v: [i["filename"] for i in v] == ["a.png"],
+         "mean_dice": _between(0, 1), "per_threshold": lambda v: len(v) > 1}),
+    Row("evaluate", "evaluate",
+        lambda w: {"organ": "kidney", "images": [("a.png", IMAGE)], "labels": [("a.png", LABEL)]},
+        Err(404, S.NOT_FOUND, "unknown_organ"), id="unknown organ"),
     # --- segmentation, recorded as a clinical record on both edges
-    Row("Segment", "segment", lambda w: {"organ": "liver", "image": IMAGE, "patient_id": "P-9"},
+    Row("segment", "segment", lambda w: {"organ": "liver", "image": IMAGE, "patient_id": "P-9"},
         {"organ": "liver", "width": 32, "height": 32, "stability": _between(0, 1),
          "doubtful": lambda v: isinstance(v, bool), "suggested_threshold": _between(0.2, 0.8)}),
     # --- model versions
-    Row("ListVersions", "models", lambda w: {"organ": "liver"},
+    Row("models.versions.list", "models", lambda w: {"organ": "liver"},
         {"organ": "liver", "versions": lambda v: isinstance(v, list)}),
-    Row("ListVersions", "models", lambda w: {"organ": "kidney"}, Err(404, S.NOT_FOUND, "unknown_organ"),
+    Row("models.versions.list", "models", lambda w: {"organ": "kidney"},
+        Err(404, S.NOT_FOUND, "unknown_organ"),
         id="unknown organ"),
-    Row("ListVersions", None, lambda w: {"organ": "liver"},
+    Row("models.versions.list", None, lambda w: {"organ": "liver"},
         Err(401, S.UNAUTHENTICATED, "missing_credentials"), id="no key"),
-    Row("ListVersions", "datasets", lambda w: {"organ": "liver"},
+    Row("models.versions.list", "datasets", lambda w: {"organ": "liver"},
         Err(403, S.PERMISSION_DENIED, "forbidden"), id="key without the scope"),
-    Row("RecordVersion", "models", lambda w: {"organ": "liver", "new_version": _new_version()},
+    Row("models.versions.record", "models", lambda w: {"organ": "liver", "new_version": _new_version()},
         {"state": "candidate", "metrics": {"val_dice": 0.9},
          "created_by": lambda v: v.startswith("api-key:")}),
-    Row("RecordVersion", "models", lambda w: {"organ": "liver", "new_version": _existing_version(w)},
+    Row("models.versions.record", "models", lambda w: {"organ": "liver", "new_version": _existing_version(w)},
         Err(409, S.ALREADY_EXISTS, "version_exists"), id="version recorded twice"),
-    Row("RecordVersion", "models",
+    Row("models.versions.record", "models",
         lambda w: {"organ": "liver", "new_version": {"model_name": "liver", "version": "x" * 65}},
         Err(400, S.INVALID_ARGUMENT, "invalid_input"), id="version name too long"),
-    Row("GetVersion", "models", lambda w: {"organ": "liver", "version": _version(w).version},
+    Row("models.versions.show", "models", lambda w: {"organ": "liver", "version": _version(w).version},
         {"state": "candidate", "lineage": lambda v: len(v) == 1, "events": []}),
-    Row("GetVersion", "models", lambda w: {"organ": "liver", "version": "no-such-version"},
+    Row("models.versions.show", "models", lambda w: {"organ": "liver", "version": "no-such-version"},
         Err(404, S.NOT_FOUND, "unknown_version"), id="unknown version"),
-    Row("Promote", "models", _promotable, {"forced": False, "version": lambda v: v["state"] == "default"}),
-    Row("Promote", "models", lambda w: {"organ": "liver", "version": _version(w, state="retired").version},
+    Row("models.promote", "models", _promotable,
+        {"forced": False, "version": lambda v: v["state"] == "default"}),
+    Row("models.promote", "models",
+        lambda w: {"organ": "liver", "version": _version(w, state="retired").version},
         Err(409, S.FAILED_PRECONDITION, "version_retired"), id="retired version"),
-    Row("Promote", "models", lambda w: {"organ": "liver", "version": "no-such-version"},
+    Row("models.promote", "models", lambda w: {"organ": "liver", "version": "no-such-version"},
         Err(404, S.NOT_FOUND, "unknown_version"), id="unknown version"),
-    Row("Promote", "models",
+    Row("models.promote", "models",
         lambda w: {**_promotable(w), "force": True, "reason": "short"},
         Err(403, S.PERMISSION_DENIED, "forbidden"), id="force without admin"),
-    Row("Rollback", "models", _rollbackable, {"state": "default", "retired_at": None}),
-    Row("SetReferenceSet", "models", lambda w: {"organ": "liver", "dataset_id": _dataset(w)},
+    Row("models.rollback", "models", _rollbackable, {"state": "default", "retired_at": None}),
+    Row("models.reference_set.set", "models", lambda w: {"organ": "liver", "dataset_id": _dataset(w)},
         {"organ": "liver", "dataset_hash": "0" * 64}),
-    Row("SetReferenceSet", "models", lambda w: {"organ": "liver", "dataset_id": "no-such-dataset"},
+    Row("models.reference_set.set", "models", lambda w: {"organ": "liver", "dataset_id": "no-such-dataset"},
         Err(404, S.NOT_FOUND, "unknown_dataset"), id="unknown dataset"),
-    Row("GetReferenceSet", "segment", lambda w: (_reference(w), {"organ": "liver"})[1], {"organ": "liver"}),
-    Row("GetSuggestedThreshold", "evaluate", lambda w: {"organ": "liver"},
+    Row("models.reference_set.show", "segment", lambda w: (_reference(w), {"organ": "liver"})[1],
+        {"organ": "liver"}),
+    Row("models.suggested_threshold", "evaluate", lambda w: {"organ": "liver"},
         {"organ": "liver", "suggested_threshold": _between(0.2, 0.8)}),
-    Row("GetSuggestedThreshold", "evaluate", lambda w: {"organ": "liver", "version": "no-such-version"},
+    Row("models.suggested_threshold", "evaluate", lambda w: {"organ": "liver", "version": "no-such-version"},
         Err(404, S.NOT_FOUND, "unknown_version"), id="unknown version"),
     # --- evaluations
-    Row("RunEvaluation", "evaluate",
+    Row("evaluations.run", "evaluate",
         lambda w: {"organ": "liver", "images": [("a.png", IMAGE)], "labels": [("a_mask.png", LABEL)]},
         {"case_count": 1, "purpose": "test", "cases": lambda v: [c["name"] for c in v] == ["a"]}),
-    Row("RunEvaluation", "evaluate",
+    Row("evaluations.run", "evaluate",
         lambda w: {"organ": "liver", "images": [("a.png", IMAGE)], "labels": [("b.png", LABEL)]},
         Err(400, S.INVALID_ARGUMENT, "label_mismatch"), id="labels that do not match images"),
-    Row("RunEvaluation", "evaluate",
+    Row("evaluations.run", "evaluate",
         lambda w: {"organ": "liver", "images": [("a.png", IMAGE)], "labels": [("a.png", WIDE_LABEL)]},
         Err(400, S.INVALID_ARGUMENT, "size_mismatch"), id="label of another size"),
-    Row("RunEvaluation", "evaluate",
+    Row("evaluations.run", "evaluate",
         lambda w: {"organ": "liver", "version": "no-such-version", "images": [("a.png", IMAGE)],
                    "labels": [("a.png", LABEL)]},
         Err(404, S.NOT_FOUND, "unknown_version"), id="unknown version"),
-    Row("RunEvaluation", "evaluate",
+    Row("evaluations.run", "evaluate",
         lambda w: {"organ": "liver", "images": [("a.png", IMAGE)], "labels": [("a.png", LABEL)]},
         Err(503, S.UNAVAILABLE, "organ_unavailable"), during=_organ_down, id="organ server down"),
-    Row("ListEvaluations", "evaluate", lambda w: (_evaluation(w), {"organ": "liver", "limit": 5})[1],
+    Row("evaluations.list", "evaluate", lambda w: (_evaluation(w), {"organ": "liver", "limit": 5})[1],
         {"evaluations": lambda v: 1 <= len(v) <= 5}),
-    Row("ListEvaluations", "evaluate", lambda w: {"limit": 500},
+    Row("evaluations.list", "evaluate", lambda w: {"limit": 500},
         Err(400, S.INVALID_ARGUMENT, "invalid_input"), id="limit too large"),
-    Row("GetEvaluation", "evaluate", lambda w: {"id": _evaluation(w)[0]},
+    Row("evaluations.show", "evaluate", lambda w: {"id": _evaluation(w)[0]},
         {"mean_dice": 0.9, "cases": lambda v: v[0]["dice_at"] == {"0.5": 0.9}}),
-    Row("GetEvaluation", "evaluate", lambda w: {"id": UNKNOWN_UUID},
+    Row("evaluations.show", "evaluate", lambda w: {"id": UNKNOWN_UUID},
         Err(404, S.NOT_FOUND, "unknown_evaluation"), id="unknown evaluation"),
-    Row("CompareEvaluations", "evaluate", lambda w: {"a": _evaluation(w)[0], "b": _evaluation(w)[0]},
+    Row("evaluations.compare", "evaluate", lambda w: {"a": _evaluation(w)[0], "b": _evaluation(w)[0]},
         {"ties": 1, "wins": 0, "losses": 0, "cases": lambda v: v[0]["outcome"] == "tie"}),
-    Row("GetOverlay", "evaluate", _case, {"png": _is_png}),
+    Row("evaluations.overlay", "evaluate", _case, {"png": _is_png}),
     # --- feedback
-    Row("CreateFeedback", "feedback", _thread_with_case,
+    Row("feedback.create", "feedback", _thread_with_case,
         {"status": "open", "threshold": 0.5, "evaluation_case_id": lambda v: v > 0, "author_user_id": None}),
-    Row("CreateFeedback", "feedback", lambda w: {"organ": "liver", "version": "no-such-version", "body": "x"},
+    Row("feedback.create", "feedback",
+        lambda w: {"organ": "liver", "version": "no-such-version", "body": "x"},
         Err(404, S.NOT_FOUND, "unknown_version"), id="version that does not exist"),
-    Row("CreateFeedback", "feedback", lambda w: {**_thread_with_case(w), "threshold": 0.1},
+    Row("feedback.create", "feedback", lambda w: {**_thread_with_case(w), "threshold": 0.1},
         Err(400, S.INVALID_ARGUMENT, "invalid_threshold"), id="threshold off the grid"),
-    Row("ListFeedback", "feedback", lambda w: (_feedback(w, OWNER), {"status": "open"})[1],
+    Row("feedback.list", "feedback", lambda w: (_feedback(w, OWNER), {"status": "open"})[1],
         {"feedback": lambda v: v and all(f["status"] == "open" for f in v)}),
-    Row("ListFeedback", "feedback", lambda w: {"status": "closed"},
+    Row("feedback.list", "feedback", lambda w: {"status": "closed"},
         Err(400, S.INVALID_ARGUMENT, "invalid_status"), id="unknown status"),
-    Row("GetFeedback", "feedback", lambda w: {"id": _feedback(w, OWNER)},
+    Row("feedback.show", "feedback", lambda w: {"id": _feedback(w, OWNER)},
         {"body": "missing part", "replies": []}),
-    Row("GetFeedback", "feedback", lambda w: {"id": 987654}, Err(404, S.NOT_FOUND, "unknown_feedback"),
+    Row("feedback.show", "feedback", lambda w: {"id": 987654}, Err(404, S.NOT_FOUND, "unknown_feedback"),
         id="unknown thread"),
-    Row("GetFeedback", "feedback", lambda w: {"id": 0}, Err(400, S.INVALID_ARGUMENT, "invalid_input"),
+    Row("feedback.show", "feedback", lambda w: {"id": 0}, Err(400, S.INVALID_ARGUMENT, "invalid_input"),
         id="id out of range"),
-    Row("Reply", "feedback",
+    Row("feedback.reply", "feedback",
         lambda w: {"feedback_id": _feedback(w, OWNER), "body": "fixed in the next version"},
         {"replies": lambda v: [r["body"] for r in v] == ["fixed in the next version"]}),
-    Row("Reply", "feedback", lambda w: {"feedback_id": _feedback(w, OWNER), "body": "   "},
+    Row("feedback.reply", "feedback", lambda w: {"feedback_id": _feedback(w, OWNER), "body": "   "},
         Err(400, S.INVALID_ARGUMENT, "empty_body"), id="empty reply"),
-    Row("UpdateFeedback", "feedback", lambda w: {"id": _feedback(w, OWNER), "status": "resolved"},
+    Row("feedback.update", "feedback", lambda w: {"id": _feedback(w, OWNER), "status": "resolved"},
         {"status": "resolved"}),
-    Row("UpdateFeedback", "feedback",
+    Row("feedback.update", "feedback",
         lambda w: {"id": _feedback(w, OWNER), "addressed_by_version": "no-such-version"},
         Err(404, S.NOT_FOUND, "unknown_version"), id="addressed by an unknown version"),
     # --- history
-    Row("ListSegmentations", "segment", lambda w: (_segmentation(w, OWNER), {"patient_id": "P-1"})[1],
+    Row("segmentations.list", "segment", lambda w: (_segmentation(w, OWNER), {"patient_id": "P-1"})[1],
         {"segmentations": lambda v: v and all(s["patient_id"] == "P-1" for s in v)}),
-    Row("ChooseThreshold", "segment", lambda w: {"segmentation_id": _segmentation(w, OWNER), "threshold": 0.5,
-                                                  "note": "edge at 0.5 follows the capsule"},
+    Row("segmentations.choose_threshold", "segment",
+        lambda w: {"segmentation_id": _segmentation(w, OWNER), "threshold": 0.5,
+                   "note": "edge at 0.5 follows the capsule"},
         {"chosen_threshold": 0.5, "chosen_note": "edge at 0.5 follows the capsule", "area": 4.0}),
-    Row("ChooseThreshold", "segment",
+    Row("segmentations.choose_threshold", "segment",
         lambda w: {"segmentation_id": _segmentation(w, OWNER), "threshold": 0.55},
         Err(400, S.INVALID_ARGUMENT, "invalid_threshold"), id="threshold off the grid"),
-    Row("ChooseThreshold", "segment",
+    Row("segmentations.choose_threshold", "segment",
         lambda w: {"segmentation_id": _segmentation(w, "doctor"), "threshold": 0.5},
         Err(404, S.NOT_FOUND, "unknown_segmentation"), id="someone else's segmentation"),
-    Row("GetThumbnail", "segment", lambda w: {"segmentation_id": _segmentation(w, OWNER)}, {"png": _is_png}),
-    Row("GetMask", "segment", lambda w: {"segmentation_id": _segmentation(w, OWNER), "threshold": 0.7},
+    Row("segmentations.thumbnail", "segment", lambda w: {"segmentation_id": _segmentation(w, OWNER)},
+        {"png": _is_png}),
+    Row("segmentations.mask", "segment",
+        lambda w: {"segmentation_id": _segmentation(w, OWNER), "threshold": 0.7},
         {"png": _is_png, "threshold": 0.7}),
-    Row("GetMask", "segment", lambda w: {"segmentation_id": _segmentation(w, OWNER)},
+    Row("segmentations.mask", "segment", lambda w: {"segmentation_id": _segmentation(w, OWNER)},
         {"png": _is_png, "threshold": _between(0.2, 0.8)}, id="no threshold: the organ's default"),
-    Row("GetMask", "segment", lambda w: {"segmentation_id": _segmentation(w, OWNER), "threshold": 0.9},
+    Row("segmentations.mask", "segment",
+        lambda w: {"segmentation_id": _segmentation(w, OWNER), "threshold": 0.9},
         Err(400, S.INVALID_ARGUMENT, "invalid_threshold"), id="mask off the grid"),
-    Row("GetMask", "segment", lambda w: {"segmentation_id": _segmentation(w, "doctor"), "threshold": 0.5},
+    Row("segmentations.mask", "segment",
+        lambda w: {"segmentation_id": _segmentation(w, "doctor"), "threshold": 0.5},
         Err(404, S.NOT_FOUND, "unknown_segmentation"), id="someone else's mask"),
-    Row("GetPatientTrend", "segment", lambda w: (_segmentation(w, OWNER), {"patient_id": "P-1"})[1],
+    Row("segmentations.trend", "segment", lambda w: (_segmentation(w, OWNER), {"patient_id": "P-1"})[1],
         {"patient_id": "P-1", "points": lambda v: v and all(p["unit"] == "px" for p in v)}),
     # --- training jobs
-    Row("ListJobs", "train", lambda w: (_no_training(w), {})[1], {"jobs": lambda v: isinstance(v, list)}),
-    Row("StartJob", "train", _start, {"status": lambda v: v in ("running", "failed", "queued"), "epochs": 1}),
-    Row("StartJob", "train", lambda w: {**_start(w), "arch": "no-such-arch"},
+    Row("training.jobs.list", "train", lambda w: (_no_training(w), {})[1],
+        {"jobs": lambda v: isinstance(v, list)}),
+    Row("training.jobs.start", "train", _start,
+        {"status": lambda v: v in ("running", "failed", "queued"), "epochs": 1}),
+    Row("training.jobs.start", "train", lambda w: {**_start(w), "arch": "no-such-arch"},
         Err(400, S.INVALID_ARGUMENT, "unknown_arch"), id="unknown architecture"),
-    Row("GetJob", "train", lambda w: {"id": _job(w, "failed")}, {"status": "failed"}),
-    Row("GetJob", "train", lambda w: {"id": UNKNOWN_UUID}, Err(404, S.NOT_FOUND, "unknown_job"),
+    Row("training.jobs.show", "train", lambda w: {"id": _job(w, "failed")}, {"status": "failed"}),
+    Row("training.jobs.show", "train", lambda w: {"id": UNKNOWN_UUID}, Err(404, S.NOT_FOUND, "unknown_job"),
         id="unknown job"),
-    Row("GetJob", "train", lambda w: {"id": "not-a-uuid"}, Err(400, S.INVALID_ARGUMENT, "invalid_input"),
-        id="malformed job id"),
-    Row("CancelJob", "train", lambda w: {"id": _job(w, "queued")}, {"status": "cancelled"}),
-    Row("CancelJob", "train", lambda w: {"id": _job(w, "succeeded")},
+    Row("training.jobs.show", "train", lambda w: {"id": "not-a-uuid"},
+        Err(400, S.INVALID_ARGUMENT, "invalid_input"), id="malformed job id"),
+    Row("training.jobs.cancel", "train", lambda w: {"id": _job(w, "queued")}, {"status": "cancelled"}),
+    Row("training.jobs.cancel", "train", lambda w: {"id": _job(w, "succeeded")},
         Err(409, S.FAILED_PRECONDITION, "job_finished"), id="finished job"),
 ]  # fmt: skip
 
@@ -443,12 +495,101 @@ def _row_id(row: Row) -> str:
     return f"{row.op}: {row.id}" if row.id else row.op
 
 
-def test_every_operation_has_a_row_and_a_route():
-    """Every RPC of both medseg.v1 files is in the table and has an HTTP route here (Evaluate and ListOrgans
-    are covered by tests/gateway)."""
-    rpcs = set(METHODS) - {"Evaluate", "ListOrgans"}
-    assert {r.op for r in ROWS} == rpcs
-    assert set(HTTP_CALLS) == rpcs
+def _api_routes(app) -> set[tuple[str, str]]:
+    schema = app.openapi()
+    return {(method.upper(), path) for path, ops in schema["paths"].items() for method in ops} - {
+        ("GET", "/healthz"),
+        ("GET", "/readyz"),
+    }  # outside the API: probes, public
+
+
+def _route(op) -> tuple[str, str]:
+    return op.http[0], "/api/v1" + op.http[1]
+
+
+def test_every_route_and_rpc_is_in_the_access_table(app):
+    """Every HTTP route under /api/v1 and every RPC of both medseg.v1 files implements an operation of the
+    table, and every route and RPC the table names exists."""
+    assert _api_routes(app) == {_route(op) for op in OPERATIONS.values() if op.http}
+    assert set(METHODS) == {op.grpc for op in OPERATIONS.values() if op.grpc}
+
+
+def test_every_operation_has_a_case():
+    """An operation with a gRPC method has rows here (run over both edges) and an HTTP call; one that only
+    HTTP serves has its rule in tests/api/test_access.py (route × caller)."""
+    both = {name for name, op in OPERATIONS.items() if op.grpc}
+    assert {r.op for r in ROWS} == both
+    assert set(HTTP_CALLS) == both
+    for name, op in OPERATIONS.items():
+        if not op.grpc:
+            assert _route(op) in ROUTE_RULES, f"{name}: no rule in tests/api/test_access.py"
+
+
+def _declared_access(dependant) -> set:
+    """The `Access` of every `require(...)` among a route's dependencies (gateway/api/deps.py marks them)."""
+    found = {d.call.access for d in dependant.dependencies if hasattr(d.call, "access")}
+    for sub in dependant.dependencies:
+        found |= _declared_access(sub)
+    return found
+
+
+def _app_routes(routes, prefix: str = ""):
+    """(full path, APIRoute) of every route; FastAPI ≥ 0.165 keeps included routers nested."""
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield prefix + route.path, route
+        elif hasattr(route, "original_router"):
+            yield from _app_routes(route.original_router.routes, prefix + route.include_context.prefix)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, op in OPERATIONS.items() if op.http))
+def test_the_route_declares_the_table_entry(app, name):
+    """The HTTP route admits callers by its operation's entry of the table (by nothing: anyone may call)."""
+    method, path = _route(OPERATIONS[name])
+    route = next(r for p, r in _app_routes(app.routes) if p == path and method in r.methods)
+    access = OPERATIONS[name].access
+    assert _declared_access(route.dependant) == ({access} if access else set())
+
+
+def _ok_row(name: str) -> Row:
+    return next(r for r in ROWS if r.op == name and not isinstance(r.expect, Err))
+
+
+def _refused(outcome) -> bool:
+    return isinstance(outcome, Failure) and outcome.status in (
+        401, 403, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
+    )  # fmt: skip
+
+
+GRPC_OPERATIONS = sorted(n for n, op in OPERATIONS.items() if op.grpc)
+
+
+@pytest.mark.parametrize("transport", sorted(DRIVERS))
+@pytest.mark.parametrize("name", GRPC_OPERATIONS)
+def test_every_scope_of_the_entry_is_admitted(world, app, channel, name, transport):
+    """A key with any one scope of the operation's entry gets past the door on both edges."""
+    row = _ok_row(name)
+    for scope in OPERATIONS[name].access.scopes:
+        outcome = DRIVERS[transport](world, channel, Row(name, scope, row.args, row.expect), row.args(world))
+        assert not _refused(outcome), f"{name} with a {scope!r} key: {outcome}"
+
+
+@pytest.mark.parametrize("transport", sorted(DRIVERS))
+@pytest.mark.parametrize("name", GRPC_OPERATIONS)
+def test_other_keys_and_no_key_are_refused(world, app, channel, name, transport):
+    """A key with none of the entry's scopes: 403 / PERMISSION_DENIED; no key: 401 / UNAUTHENTICATED; on both
+    edges, and nothing stored changes."""
+    row, scopes = _ok_row(name), OPERATIONS[name].access.scopes
+    other = next(s for s in KEY_SCOPES if s not in scopes and s != "admin")
+    for key, expect in (
+        (other, Err(403, grpc.StatusCode.PERMISSION_DENIED, "forbidden")),
+        (None, Err(401, grpc.StatusCode.UNAUTHENTICATED, "missing_credentials")),
+    ):
+        args = row.args(world)
+        before = _stored(world)
+        outcome = DRIVERS[transport](world, channel, Row(name, key, row.args, expect), args)
+        _check(outcome, expect, transport)
+        _assert_unchanged(before, _stored(world))
 
 
 # --- what "nothing lost" means ------------------------------------------------------------------------------
@@ -516,12 +657,12 @@ def test_both_transports_answer_the_same_fields(world, app, channel, row: Row):
 
 def test_one_loop_across_both_transports(world, app, channel):
     """A segmentation made over gRPC is chosen over HTTP and read back over gRPC: one service layer."""
-    made = call_grpc(world, channel, Row("Segment", "segment", None, {}),
+    made = call_grpc(world, channel, Row("segment", "segment", None, {}),
                      {"organ": "liver", "image": IMAGE, "patient_id": "P-X"})  # fmt: skip
-    chosen = call_http(world, channel, Row("ChooseThreshold", "segment", None, {}),
+    chosen = call_http(world, channel, Row("segmentations.choose_threshold", "segment", None, {}),
                        {"segmentation_id": made["id"], "threshold": 0.7})  # fmt: skip
     assert chosen["chosen_threshold"] == 0.7
-    trend = call_grpc(world, channel, Row("GetPatientTrend", "segment", None, {}), {"patient_id": "P-X"})
+    trend = call_grpc(world, channel, Row("segmentations.trend", "segment", None, {}), {"patient_id": "P-X"})
     assert [(p["segmentation_id"], p["chosen"], p["threshold"]) for p in trend["points"]] == [
         (made["id"], True, 0.7)
     ]

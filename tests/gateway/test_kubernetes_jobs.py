@@ -18,10 +18,10 @@ from sqlalchemy import select
 
 from common.errors import Conflict
 from common.settings import Settings
-from gateway import accounts
 from gateway.core.db import make_engine, run_migrations, session_scope
 from gateway.models import AuditLog, Dataset, ModelEvent, ModelVersion, TrainingJob
 from gateway.principal import Principal
+from gateway.resources.accounts import service as accounts
 from gateway.service.kubernetes_jobs import KubernetesLauncher, job_name
 from gateway.service.training_jobs import JobRequest, TrainingJobs
 from tests.api.conftest import MemoryStore

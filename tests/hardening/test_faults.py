@@ -433,9 +433,10 @@ def test_a_gateway_stopped_mid_segmentation_leaves_a_complete_segmentation_or_no
     its owner (gone from their history). Now the row is complete in one commit, thumbnail included: the
     preview is written with the masks, before the row. Stopped at the thumbnail write there is no row yet
     (the objects already written are orphans, harmless); without the stop the row is whole."""
-    from gateway import accounts, crud
+    from gateway import crud
     from gateway.core.db import make_engine, run_migrations, session_scope
     from gateway.principal import Principal
+    from gateway.resources.accounts import service as accounts
     from gateway.service import history
     from tests.api.conftest import MemoryStore, make_dataplane
 

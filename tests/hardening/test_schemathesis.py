@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
-from gateway import accounts
 from gateway.models import User
+from gateway.resources.accounts import service as accounts
 from tests.api.conftest import PEOPLE
 
 CASES_PER_OPERATION = int(os.environ.get("MEDSEG_SCHEMATHESIS_CASES", "12"))

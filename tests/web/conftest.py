@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from common.settings import Settings, get_settings
-from gateway import accounts
 from gateway.core.db import get_db, make_engine, request_session, run_migrations, session_scope
+from gateway.resources.accounts import service as accounts
 from tests.web.helpers import PASSWORD
 
 CHROMIUM = "/usr/bin/chromium"

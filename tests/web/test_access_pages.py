@@ -8,8 +8,8 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from gateway import accounts
 from gateway.core.db import session_scope
+from gateway.resources.accounts import service as accounts
 from tests.web.helpers import PASSWORD
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -1,0 +1,355 @@
+"""People: registration, argon2 passwords, throttled sign-in, cookie sessions, approval and roles.
+
+Transport-neutral: functions take a SQLAlchemy session, raise `common.errors` types and commit their own
+writes together with the audit record. The HTTP edge (gateway/api/deps.py, gateway/api/cookies.py) only
+moves cookies around.
+
+Sessions: the browser holds a random 256-bit token in an HttpOnly cookie; the table stores its SHA-256
+(the same reasoning as API keys in gateway/security.py: a leaked table gives no usable cookie). Each
+session has its own CSRF token (synchronizer-token pattern), which server-rendered forms embed as a hidden
+`csrf_token` field and scripts send as `X-CSRF-Token`.
+
+Throttling: failed sign-ins are audit rows (`sign_in.failed`, target = the e-mail address); after
+`sign_in_max_failures` of them within `sign_in_window_s`, sign-in for that address is refused with 429 until
+the oldest failure leaves the window — even with the right password, so guessing gains nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import secrets
+from datetime import UTC, datetime, timedelta
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from common.errors import Conflict, Forbidden, InvalidInput, NotFound, TooManyRequests, Unauthenticated
+from gateway.models import LANGUAGES, ROLES, USER_STATUSES, AuditLog, User, UserSession, audit
+
+logger = logging.getLogger(__name__)
+
+SELF_SERVICE_ROLES = ("doctor", "researcher")  # admin is granted, never requested
+MIN_PASSWORD_LENGTH = 10
+MAX_PASSWORD_LENGTH = 1024  # argon2 hashes anything, but an unbounded input is free CPU for an attacker
+LAST_SEEN_RESOLUTION = timedelta(minutes=1)
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+class UnsupportedLanguage(InvalidInput):
+    """A well-formed profile update naming a language the pages are not translated into: 422."""
+
+    code, http_status = "unsupported_language", 422
+
+
+_hasher = PasswordHasher()  # argon2id with the library's defaults (RFC 9106 low-memory profile)
+# Verified when the address is unknown, so "no such user" costs the same time as "wrong password".
+_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def hash_password(password: str) -> str:
+    check_password(password)
+    return _hasher.hash(password)
+
+
+def check_password(password: str) -> None:
+    if not isinstance(password, str) or len(password) < MIN_PASSWORD_LENGTH:
+        raise InvalidInput(f"password: use at least {MIN_PASSWORD_LENGTH} characters")
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise InvalidInput(f"password: at most {MAX_PASSWORD_LENGTH} characters")
+
+
+def normalise_email(email: str) -> str:
+    email = (email or "").strip().lower()
+    if len(email) > 254 or not _EMAIL.match(email):
+        raise InvalidInput(f"email: {email!r} is not an e-mail address")
+    return email
+
+
+def user_actor(user: User) -> str:
+    """How a person appears in the audit log."""
+    return f"user:{user.id}:{user.email}"
+
+
+# --- accounts ------------------------------------------------------------------------------------------
+def create_user(
+    session: Session,
+    *,
+    email: str,
+    password: str,
+    full_name: str,
+    role: str,
+    status: str = "pending",
+    title: str | None = None,
+    department: str | None = None,
+    hospital: str | None = None,
+    actor: str = "self",
+) -> User:
+    """Create and commit a user (Conflict if the address is taken)."""
+    email = normalise_email(email)
+    full_name = (full_name or "").strip()
+    if not full_name:
+        raise InvalidInput("full_name: required")
+    if role not in ROLES:
+        raise InvalidInput(f"role: {role!r} is not one of {', '.join(ROLES)}")
+    if status not in USER_STATUSES:
+        raise InvalidInput(f"status: {status!r} is not one of {', '.join(USER_STATUSES)}")
+    if session.scalar(select(User.id).where(User.email == email)) is not None:
+        raise Conflict(f"an account for {email} already exists", code="email_taken")
+    user = User(
+        email=email,
+        password_hash=hash_password(password),
+        full_name=full_name,
+        title=_clean(title),
+        department=_clean(department),
+        hospital=_clean(hospital),
+        role=role,
+        status=status,
+        approved_at=_now() if status == "active" else None,
+    )
+    session.add(user)
+    session.flush()
+    audit(session, actor, "user.create", user_actor(user), {"role": role, "status": status})
+    session.commit()
+    return user
+
+
+def register(session: Session, *, role: str, **fields) -> User:
+    """Self-service registration: a pending doctor or researcher account, usable once an admin approves."""
+    if role not in SELF_SERVICE_ROLES:
+        raise InvalidInput(f"role: choose one of {', '.join(SELF_SERVICE_ROLES)} (admins are appointed)")
+    return create_user(session, role=role, status="pending", actor="self", **fields)
+
+
+def ensure_admin(session: Session, email: str, password: str) -> User | None:
+    """Create an active admin from `email`/`password` when the database has no admin yet (first start)."""
+    if session.scalar(select(User.id).where(User.role == "admin")) is not None:
+        return None
+    user = create_user(
+        session,
+        email=email,
+        password=password,
+        full_name="Administrator",
+        role="admin",
+        status="active",
+        actor="bootstrap",
+    )
+    logger.info("created the first admin %s", user.email)
+    return user
+
+
+def update_profile(session: Session, user: User, **fields: str | None) -> User:
+    """A person edits their own name, title/position, department and the pages' language (hospital and role
+    are admin-set)."""
+    if "language" in fields and fields["language"] not in LANGUAGES:
+        asked = str(fields["language"])[:20]
+        raise UnsupportedLanguage(f"language must be one of {', '.join(LANGUAGES)}, not {asked!r}")
+    for name in ("full_name", "title", "department"):
+        if name in fields:
+            value = _clean(fields[name])
+            if name == "full_name" and not value:
+                raise InvalidInput("full_name: cannot be empty")
+            setattr(user, name, value)
+    if "language" in fields:
+        user.language = fields["language"]
+    audit(session, user_actor(user), "user.profile", user_actor(user), {k: fields[k] for k in sorted(fields)})
+    session.commit()
+    return user
+
+
+def change_password(
+    session: Session, user: User, current: str, new: str, keep_session_id: int | None
+) -> None:
+    """Replace the password after checking the current one; ends the user's other sessions."""
+    if not _verify(user.password_hash, current):
+        raise Forbidden("the current password is wrong", code="wrong_password")
+    user.password_hash = hash_password(new)
+    session.execute(
+        delete(UserSession).where(UserSession.user_id == user.id, UserSession.id != (keep_session_id or -1))
+    )
+    audit(session, user_actor(user), "user.password", user_actor(user))
+    session.commit()
+
+
+def list_users(session: Session, status: str | None = None) -> list[User]:
+    query = select(User).order_by(User.created_at.desc(), User.id.desc())
+    if status:
+        if status not in USER_STATUSES:
+            raise InvalidInput(f"status: {status!r} is not one of {', '.join(USER_STATUSES)}")
+        query = query.where(User.status == status)
+    return list(session.scalars(query))
+
+
+def administer_user(
+    session: Session,
+    actor: str,
+    user_id: int,
+    *,
+    role: str | None = None,
+    status: str | None = None,
+    hospital: str | None = None,
+) -> User:
+    """An admin approves/disables an account, assigns its role or hospital; each change is audited."""
+    user = session.get(User, user_id)
+    if user is None:
+        raise NotFound(f"no user {user_id}")
+    if role is not None and role not in ROLES:
+        raise InvalidInput(f"role: {role!r} is not one of {', '.join(ROLES)}")
+    if status is not None and status not in USER_STATUSES:
+        raise InvalidInput(f"status: {status!r} is not one of {', '.join(USER_STATUSES)}")
+    loses_admin = (
+        user.role == "admin"
+        and user.status == "active"
+        and ((role is not None and role != "admin") or (status is not None and status != "active"))
+    )
+    if loses_admin:
+        admins = session.scalar(
+            select(func.count()).select_from(User).where(User.role == "admin", User.status == "active")
+        )
+        if admins <= 1:
+            raise Conflict("this is the last active admin; appoint another admin first", code="last_admin")
+    target = user_actor(user)
+    if role is not None and role != user.role:
+        audit(session, actor, "user.role_change", target, {"from": user.role, "to": role})
+        user.role = role
+    if status is not None and status != user.status:
+        action = "user.approve" if status == "active" and user.approved_at is None else "user.status_change"
+        audit(session, actor, action, target, {"from": user.status, "to": status})
+        if status == "active" and user.approved_at is None:
+            user.approved_at = _now()
+        if status != "active":  # a disabled account is signed out everywhere at once
+            session.execute(delete(UserSession).where(UserSession.user_id == user.id))
+        user.status = status
+    if hospital is not None and _clean(hospital) != user.hospital:
+        audit(session, actor, "user.hospital_change", target, {"from": user.hospital, "to": _clean(hospital)})
+        user.hospital = _clean(hospital)
+    session.commit()
+    return user
+
+
+# --- sign-in ---------------------------------------------------------------------------------------------
+def sign_in(
+    session: Session,
+    email: str,
+    password: str,
+    *,
+    max_failures: int,
+    window_s: int,
+    ip: str | None = None,
+) -> User:
+    """The active user with these credentials. Audits success and failure; throttles repeated failures.
+
+    Raises TooManyRequests (throttled), Unauthenticated (wrong address or password: one message for both),
+    Forbidden (right password, but the account is pending approval or disabled).
+    """
+    try:
+        email = normalise_email(email)
+    except InvalidInput:
+        email = (email or "").strip().lower()[:254]
+    now = _now()
+    since = now - timedelta(seconds=window_s)
+    failures = list(
+        session.scalars(
+            select(AuditLog.at)
+            .where(AuditLog.action == "sign_in.failed", AuditLog.target == email, AuditLog.at >= since)
+            .order_by(AuditLog.at)
+        )
+    )
+    if len(failures) >= max_failures:
+        retry_after = max(1, int((failures[-max_failures] - since).total_seconds()) + 1)
+        audit(session, f"ip:{ip}", "sign_in.throttled", email, {"ip": ip})
+        session.commit()
+        raise TooManyRequests(
+            f"too many failed sign-ins for {email}; try again in {retry_after} s", retry_after_s=retry_after
+        )
+    user = session.scalar(select(User).where(User.email == email))
+    if not _verify(user.password_hash if user else _DUMMY_HASH, password) or user is None:
+        audit(session, f"ip:{ip}", "sign_in.failed", email, {"ip": ip})
+        session.commit()
+        raise Unauthenticated("wrong e-mail address or password", code="invalid_credentials")
+    if user.status != "active":
+        audit(session, user_actor(user), "sign_in.refused", email, {"ip": ip, "status": user.status})
+        session.commit()
+        if user.status == "pending":
+            raise Forbidden("this account awaits approval by an administrator", code="account_pending")
+        raise Forbidden("this account is disabled", code="account_disabled")
+    if _hasher.check_needs_rehash(user.password_hash):
+        user.password_hash = _hasher.hash(password)
+    user.last_sign_in_at = now
+    audit(session, user_actor(user), "sign_in", email, {"ip": ip})
+    session.commit()
+    return user
+
+
+def _verify(password_hash: str, password: str) -> bool:
+    if not isinstance(password, str) or len(password) > MAX_PASSWORD_LENGTH:
+        return False
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+# --- sessions --------------------------------------------------------------------------------------------
+def _token_hash(raw_token: str) -> str:
+    return hashlib.sha256(raw_token.encode()).hexdigest()
+
+
+def start_session(
+    session: Session,
+    user: User,
+    *,
+    ttl: timedelta,
+    ip: str | None = None,
+    user_agent: str | None = None,
+) -> tuple[UserSession, str]:
+    """A new session for `user`; returns (row, raw cookie token). The raw token is not stored."""
+    raw = secrets.token_urlsafe(32)
+    row = UserSession(
+        token_hash=_token_hash(raw),
+        user_id=user.id,
+        csrf_token=secrets.token_urlsafe(32),
+        expires_at=_now() + ttl,
+        ip=(ip or "")[:64] or None,
+        user_agent=(user_agent or "")[:256] or None,
+    )
+    session.add(row)
+    session.commit()
+    return row, raw
+
+
+def resolve_session(session: Session, raw_token: str) -> tuple[UserSession, User]:
+    """The live session and its active user for a cookie token, else Unauthenticated."""
+    row = session.scalar(select(UserSession).where(UserSession.token_hash == _token_hash(raw_token)))
+    now = _now()
+    if row is None or row.expires_at <= now:
+        raise Unauthenticated("your session has expired or ended; sign in again", code="session_expired")
+    user = session.get(User, row.user_id)
+    if user is None or user.status != "active":
+        raise Unauthenticated("this account can no longer sign in", code="session_expired")
+    if row.last_seen_at is None or now - row.last_seen_at >= LAST_SEEN_RESOLUTION:
+        row.last_seen_at = now
+        session.commit()
+    return row, user
+
+
+def end_session(session: Session, user_session: UserSession, user: User) -> None:
+    session.delete(user_session)
+    audit(session, user_actor(user), "sign_out", user.email)
+    session.commit()
+
+
+def csrf_matches(user_session: UserSession, presented: str | None) -> bool:
+    return bool(presented) and secrets.compare_digest(user_session.csrf_token, presented)
+
+
+def _clean(value: str | None) -> str | None:
+    value = (value or "").strip()
+    return value or None

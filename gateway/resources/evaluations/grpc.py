@@ -1,0 +1,75 @@
+"""Evaluations over gRPC: medseg.v1.Segmentation/Evaluate and the medseg.v1.Evaluations service."""
+
+from __future__ import annotations
+
+from medseg.v1 import clinic_pb2 as pb
+from medseg.v1 import clinic_pb2_grpc as pb_grpc
+from medseg.v1 import segmentation_pb2 as seg_pb
+
+from gateway.access import ACCESS
+from gateway.resources.evaluations import service
+from gateway.resources.evaluations.schemas import EvaluationSummary
+from gateway.resources.grpc_edge import Servicer, model_ref, optional, row_id, to_message, uploads
+
+
+class EvaluateRpc(Servicer):
+    """medseg.v1.Segmentation's Evaluate (the service is assembled in gateway/grpc_server.py)."""
+
+    def Evaluate(self, request, context):
+        self.edge.admit(context, ACCESS["evaluate"])
+        r = self.dataplane.evaluate(
+            request.organ,
+            uploads(request.images, "image"),
+            uploads(request.labels, "label"),
+        )
+        return seg_pb.EvaluateResponse(
+            organ=r.organ,
+            model=model_ref(r.model),
+            threshold=r.threshold,
+            images=[seg_pb.ImageScore(**vars(s)) for s in r.images],
+            mean_dice=r.mean_dice,
+            mean_iou=r.mean_iou,
+            per_threshold=[seg_pb.ThresholdScore(**vars(t)) for t in r.per_threshold],
+        )
+
+
+class Evaluations(Servicer, pb_grpc.EvaluationsServicer):
+    """medseg.v1.Evaluations: kept evaluations, as /api/v1/evaluations."""
+
+    def RunEvaluation(self, request, context):
+        with self.edge.call(context, ACCESS["evaluations.run"]) as (session, who):
+            detail = service.run_evaluation(
+                self.clinic,
+                session,
+                who,
+                request.organ,
+                optional(request, "version"),
+                optional(request, "dataset_id"),
+                uploads(request.images, "image"),
+                uploads(request.labels, "label"),
+            )
+            return to_message(detail, pb.EvaluationDetail, nest=("evaluation", EvaluationSummary))
+
+    def ListEvaluations(self, request, context):
+        with self.edge.call(context, ACCESS["evaluations.list"]) as (session, _):
+            out = service.list_evaluations(
+                session, optional(request, "organ"), optional(request, "version"), optional(request, "limit")
+            )
+            return to_message(out, pb.EvaluationList)
+
+    def GetEvaluation(self, request, context):
+        with self.edge.call(context, ACCESS["evaluations.show"]) as (session, _):
+            detail = service.show_evaluation(session, request.id)
+            return to_message(detail, pb.EvaluationDetail, nest=("evaluation", EvaluationSummary))
+
+    def CompareEvaluations(self, request, context):
+        with self.edge.call(context, ACCESS["evaluations.compare"]) as (session, _):
+            return to_message(service.compare(session, request.a, request.b), pb.Comparison)
+
+    def GetOverlay(self, request, context):
+        with self.edge.call(context, ACCESS["evaluations.overlay"]) as (session, _):
+            return pb.Png(
+                png=service.overlay(
+                    self.clinic, session, request.evaluation_id, row_id(request.case_id, "case_id")
+                )
+            )

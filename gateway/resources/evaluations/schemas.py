@@ -1,0 +1,140 @@
+"""HTTP shapes of evaluating: at once (/evaluate, nothing kept) and kept evaluations (/evaluations)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel
+
+from gateway import models as m
+from gateway.resources.shared import ModelPublic
+from gateway.service import dataplane as dp
+
+
+class ImageScorePublic(BaseModel):
+    filename: str
+    dice: float
+    iou: float
+    width: int
+    height: int
+    predicted_px: int
+    label_px: int
+
+
+class ThresholdScorePublic(BaseModel):
+    threshold: float
+    mean_dice: float
+    mean_iou: float
+
+
+class EvaluationPublic(BaseModel):
+    organ: str
+    model: ModelPublic
+    threshold: float
+    images: list[ImageScorePublic]
+    mean_dice: float
+    mean_iou: float
+    per_threshold: list[ThresholdScorePublic]
+
+    @classmethod
+    def of(cls, r: dp.EvaluateResult) -> EvaluationPublic:
+        return cls(
+            organ=r.organ,
+            model=ModelPublic(name=r.model.name, version=r.model.version),
+            threshold=r.threshold,
+            images=[ImageScorePublic(**vars(s)) for s in r.images],
+            mean_dice=r.mean_dice,
+            mean_iou=r.mean_iou,
+            per_threshold=[ThresholdScorePublic(**vars(t)) for t in r.per_threshold],
+        )
+
+
+class EvaluationCasePublic(BaseModel):
+    id: int
+    name: str
+    dice: float
+    iou: float
+    hd95: float | None
+    dice_at: dict[str, float]
+    width: int
+    height: int
+    predicted_px: int
+    label_px: int
+    overlay_url: str
+
+
+class ThresholdDicePublic(BaseModel):
+    threshold: float
+    mean_dice: float
+    best: bool
+
+
+class EvaluationSummary(BaseModel):
+    id: str
+    organ: str
+    model_name: str
+    model_version: str
+    purpose: str
+    dataset_id: str | None
+    dataset_hash: str | None
+    threshold: float
+    case_count: int
+    mean_dice: float
+    std_dice: float
+    mean_iou: float
+    mean_hd95: float | None
+    best_threshold: float
+    per_threshold: list[ThresholdDicePublic]
+    created_by: str
+    created_at: datetime
+
+    @classmethod
+    def of(cls, e: m.Evaluation) -> EvaluationSummary:
+        return cls(
+            id=str(e.id),
+            organ=e.organ,
+            model_name=e.model_name,
+            model_version=e.model_version,
+            purpose=e.purpose,
+            dataset_id=e.dataset_id,
+            dataset_hash=e.dataset_hash,
+            threshold=e.threshold,
+            case_count=e.case_count,
+            mean_dice=e.mean_dice,
+            std_dice=e.std_dice,
+            mean_iou=e.mean_iou,
+            mean_hd95=e.mean_hd95,
+            best_threshold=e.best_threshold,
+            per_threshold=[ThresholdDicePublic(**t) for t in e.per_threshold],
+            created_by=e.created_by,
+            created_at=e.created_at,
+        )
+
+
+class EvaluationDetail(EvaluationSummary):
+    cases: list[EvaluationCasePublic]
+
+
+class EvaluationsPublic(BaseModel):
+    evaluations: list[EvaluationSummary]
+
+
+class PairedCase(BaseModel):
+    case: str
+    dice_a: float
+    dice_b: float
+    difference: float
+    outcome: str  # win | loss | tie (for a)
+
+
+class ComparisonPublic(BaseModel):
+    a: EvaluationSummary
+    b: EvaluationSummary
+    same_dataset: bool
+    wins: int
+    losses: int
+    ties: int
+    mean_difference: float
+    cases: list[PairedCase]
+    only_in_a: list[str]
+    only_in_b: list[str]

@@ -1,0 +1,85 @@
+"""Feedback threads, for both edges: each edge parses its transport's input and calls these, which call the
+service layer (gateway/service/feedback.py) and answer the public shapes of schemas.py.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from gateway.models import Feedback, ModelVersion
+from gateway.principal import Principal
+from gateway.resources.feedback.schemas import (
+    FeedbackCreate,
+    FeedbackListPublic,
+    FeedbackPublic,
+    FeedbackUpdate,
+    ReplyPublic,
+)
+from gateway.service import feedback
+
+
+def _feedback_public(
+    session: Session, row: Feedback, model: ModelVersion | None = None, with_replies: bool = False
+) -> FeedbackPublic:
+    model = model or session.get(ModelVersion, row.model_version_id)
+    return FeedbackPublic(
+        id=row.id,
+        organ=model.organ,
+        model_version=model.version,
+        author_user_id=row.author_user_id,
+        body=row.body,
+        status=row.status,
+        evaluation_case_id=row.evaluation_case_id,
+        segmentation_id=str(row.segmentation_id) if row.segmentation_id else None,
+        threshold=row.threshold,
+        addressed_by_version=feedback.version_of(session, row.addressed_by_version_id),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        replies=[
+            ReplyPublic(id=r.id, author_user_id=r.author_user_id, body=r.body, created_at=r.created_at)
+            for r in feedback.replies(session, row)
+        ]
+        if with_replies
+        else [],
+    )
+
+
+def create_feedback(
+    session: Session, who: Principal, organ: str, version: str, body: FeedbackCreate
+) -> FeedbackPublic:
+    row = feedback.create(
+        session,
+        who,
+        organ,
+        version,
+        body.body,
+        evaluation_case_id=body.evaluation_case_id,
+        segmentation_id=body.segmentation_id,
+        threshold=body.threshold,
+    )
+    return _feedback_public(session, row, with_replies=True)
+
+
+def list_feedback(
+    session: Session, organ: str | None, version: str | None, status: str | None
+) -> FeedbackListPublic:
+    rows = feedback.list_feedback(session, organ, version, status)
+    return FeedbackListPublic(feedback=[_feedback_public(session, f, m) for f, m in rows])
+
+
+def show_feedback(session: Session, feedback_id: int) -> FeedbackPublic:
+    return _feedback_public(session, feedback.get(session, feedback_id), with_replies=True)
+
+
+def reply(session: Session, who: Principal, feedback_id: int, body: str) -> FeedbackPublic:
+    feedback.reply(session, who, feedback_id, body)
+    return show_feedback(session, feedback_id)
+
+
+def update_feedback(
+    session: Session, who: Principal, feedback_id: int, body: FeedbackUpdate
+) -> FeedbackPublic:
+    row = feedback.update(
+        session, who, feedback_id, status=body.status, addressed_by_version=body.addressed_by_version
+    )
+    return _feedback_public(session, row, with_replies=True)

@@ -1,0 +1,20 @@
+"""The organs over HTTP: GET /api/v1/organs."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+
+from gateway.access import ACCESS
+from gateway.api.deps import ClinicDep, DataPlaneDep, require
+from gateway.principal import Principal
+from gateway.resources.organs.schemas import OrganPublic, OrgansPublic
+
+router = APIRouter(prefix="/organs", tags=["organs"])
+
+ListOrgansCaller = Annotated[Principal, Depends(require(ACCESS["organs.list"]))]
+
+
+@router.get("", response_model=OrgansPublic)
+def list_organs(dataplane: DataPlaneDep, _clinic: ClinicDep, _who: ListOrgansCaller) -> OrgansPublic:
+    """Organs with their current model version and readiness."""
+    return OrgansPublic(organs=[OrganPublic.of(s) for s in dataplane.list_organs()])

@@ -1,0 +1,138 @@
+"""Segmentations over HTTP: the history (list, the doctor's threshold, thumbnail, mask, a patient's trend)
+and segmenting an image (POST /api/v1/segment)."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Form, Path, Query, Response, UploadFile
+
+from gateway.access import ACCESS
+from gateway.api.deps import ClinicDep, DataPlaneDep, SessionDep, require
+from gateway.api.uploads import read_upload
+from gateway.principal import Principal
+from gateway.resources.segmentations import service
+from gateway.resources.segmentations.schemas import (
+    ChoiceRequest,
+    HistoryItem,
+    HistoryPublic,
+    SegmentationPublic,
+    SegmentRecordPublic,
+    TrendPublic,
+)
+from gateway.resources.shared import DEFAULT_LIST, MAX_LIST
+from gateway.service import history
+
+router = APIRouter(tags=["history"])
+
+ListSegmentationsCaller = Annotated[Principal, Depends(require(ACCESS["segmentations.list"]))]
+ChooseThresholdCaller = Annotated[Principal, Depends(require(ACCESS["segmentations.choose_threshold"]))]
+ThumbnailCaller = Annotated[Principal, Depends(require(ACCESS["segmentations.thumbnail"]))]
+MaskCaller = Annotated[Principal, Depends(require(ACCESS["segmentations.mask"]))]
+TrendCaller = Annotated[Principal, Depends(require(ACCESS["segmentations.trend"]))]
+
+PatientId = Annotated[str, Path(max_length=128)]
+
+
+@router.get("/segmentations", response_model=HistoryPublic)
+def list_segmentations(
+    clinic: ClinicDep,
+    who: ListSegmentationsCaller,
+    session: SessionDep,
+    patient_id: Annotated[str | None, Query(max_length=128)] = None,
+    organ: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIST)] = DEFAULT_LIST,
+) -> HistoryPublic:
+    """The caller's recent segmentations (newest first), filterable by patient and organ."""
+    return service.list_segmentations(clinic, session, who, patient_id, organ, limit)
+
+
+@router.post("/segmentations/{segmentation_id}/choice", response_model=HistoryItem)
+def choose_threshold(
+    segmentation_id: str,
+    body: ChoiceRequest,
+    clinic: ClinicDep,
+    who: ChooseThresholdCaller,
+    session: SessionDep,
+) -> HistoryItem:
+    """Save the threshold the doctor chose for this segmentation, with an optional note."""
+    return service.choose_threshold(clinic, session, who, segmentation_id, body.threshold, body.note)
+
+
+@router.get(
+    "/segmentations/{segmentation_id}/thumbnail.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}},
+)
+def thumbnail(segmentation_id: str, clinic: ClinicDep, who: ThumbnailCaller, session: SessionDep):
+    """A small preview of the segmentation's probability map."""
+    return Response(content=service.thumbnail(clinic, session, who, segmentation_id), media_type="image/png")
+
+
+@router.get(
+    "/segmentations/{segmentation_id}/mask.png",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"image/png": {}},
+            "headers": {"X-MedSeg-Threshold": {"description": "the threshold of this mask", "schema": {}}},
+        }
+    },
+)
+def mask(
+    segmentation_id: str,
+    clinic: ClinicDep,
+    who: MaskCaller,
+    session: SessionDep,
+    threshold: float | None = None,
+):
+    """The stored mask (0/255 PNG at the image's size) at `threshold` (0.2 … 0.8), else at the threshold the
+    doctor saved, else at the organ's default; the header X-MedSeg-Threshold says which one it is."""
+    used, png = service.mask(clinic, session, who, segmentation_id, threshold)
+    return Response(content=png, media_type="image/png", headers={"X-MedSeg-Threshold": f"{used:.1f}"})
+
+
+@router.get("/patients/{patient_id}/trend", response_model=TrendPublic)
+def trend(
+    patient_id: PatientId,
+    clinic: ClinicDep,
+    who: TrendCaller,
+    session: SessionDep,
+    organ: Annotated[str | None, Query(max_length=64)] = None,
+) -> TrendPublic:
+    """The patient's segmented area over time (mm² when the images carried pixel spacing, else pixels)."""
+    return service.trend(clinic, session, who, patient_id, organ)
+
+
+# --- segmenting an image (recorded in the history above) ----------------------------------------------------
+segment_router = APIRouter(tags=["segment"])
+
+SegmentCaller = Annotated[Principal, Depends(require(ACCESS["segment"]))]
+
+
+@segment_router.post("/segment", response_model=SegmentRecordPublic)
+def segment(
+    dataplane: DataPlaneDep,
+    clinic: ClinicDep,
+    session: SessionDep,
+    who: SegmentCaller,
+    organ: Annotated[str, Form(max_length=200)],
+    file: Annotated[UploadFile, File(description="PNG, JPEG, TIFF or DICOM")],
+    patient_id: Annotated[str | None, Form(max_length=128)] = None,
+) -> SegmentRecordPublic:
+    """Segment one image: probability map and masks at 0.2 … 0.8, at the input's size; recorded in history."""
+    upload = read_upload(file, dataplane.max_upload_bytes)
+    record = history.segment(
+        session,
+        dataplane,
+        who,
+        organ,
+        upload.data,
+        upload.filename,
+        patient_id or None,
+        doubtful_below=clinic.settings.stability_doubtful_below,
+    )
+    return SegmentRecordPublic(
+        **SegmentationPublic.of(record.result).model_dump(),
+        stability=record.stability,
+        doubtful=record.doubtful,
+        suggested_threshold=record.suggested_threshold,
+    )
