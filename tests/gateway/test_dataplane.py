@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from common.errors import InvalidInput, NotFound, PayloadTooLarge, ServiceUnavailable
-from gateway.schemas import ImageScorePublic, ThresholdScorePublic
+from gateway.resources.evaluations.schemas import ImageScorePublic, ThresholdScorePublic
 from gateway.service.dataplane import DataPlane, ImageScore, ThresholdScore, Upload, pair_by_name
 from gateway.service.masks import THRESHOLDS, probability_mask, unpack_mask
 from gateway.service.organs import OrganRegistry
