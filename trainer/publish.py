@@ -1,6 +1,6 @@
 """From a finished run to stored artifacts: the .mar + card in a model store folder (`publish_run`), and the
 run's files in the runs bucket (`upload_run`). Upload to the models bucket and registration with the
-organ's TorchServe are trainer.register."""
+organ's TorchServe are common.model_store."""
 
 from __future__ import annotations
 

@@ -44,6 +44,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from common.errors import Conflict, InvalidInput, MedSegError, NotFound, TooManyRequests
+from common.model_store import register_version, store_keys, upload_version
 from common.settings import REPO_ROOT
 from gateway import metrics
 from gateway.models import Dataset, ModelEvent, ModelVersion, TrainingJob, audit
@@ -487,8 +488,6 @@ class TrainingJobs:
     def _record_candidate(self, session: Session, job: TrainingJob) -> ModelVersion:
         """Record the job's model as a candidate version: its .mar and card are in the models bucket (uploaded
         here from the local run's package, or already by the trainer's Job)."""
-        from trainer.register import store_keys, upload_version
-
         if self.launcher.uploads_model:
             mar_key, card_key = store_keys(job.organ, job.organ, job.version)
             try:
@@ -532,8 +531,6 @@ class TrainingJobs:
         promoted. A server that does not answer leaves the recorded candidate and an event saying what to run.
         A trainer that registers its model itself (a Kubernetes Job: only the trainer reaches the management
         ports) has done so before it succeeded."""
-        from trainer.register import register_version
-
         if self.launcher.uploads_model:
             action, reason = "registered", "by the trainer's Job"
         elif self.management is None:
