@@ -39,7 +39,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", help="local folder of image/mask pairs")
     src.add_argument("--dataset", help="dataset id in the object store (fetched to a sha256-verified cache)")
-    p.add_argument("--arch", default=None, help="architecture (see trainer.models)")
+    p.add_argument("--arch", default=None, help="architecture (see services.networks)")
     p.add_argument("--widths", default=None, help="channel widths, comma-separated (e.g. 6,12,24)")
     p.add_argument("--run-dir", default=None, help="where the run writes its files (default .medseg/runs/…)")
     p.add_argument("--run-id", default=None, help="run id in the runs bucket (default: time, arch, fold)")

@@ -15,11 +15,11 @@ import torch
 import torch.distributed as dist
 from torch.utils.flop_counter import FlopCounterMode
 
+from services.networks import create_model
 from services.spec import OrganSpec, load_organ_spec
 from trainer.augment import AugmentConfig
 from trainer.data import channel_stats, find_pairs, kfold_indices, load_pairs
 from trainer.loop import TrainConfig, Trainer
-from trainer.models import create_model
 
 log = logging.getLogger(__name__)
 

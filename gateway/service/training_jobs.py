@@ -50,6 +50,7 @@ from gateway import metrics
 from gateway.models import Dataset, ModelEvent, ModelVersion, TrainingJob, audit
 from gateway.principal import Principal
 from gateway.service import model_registry
+from services.networks import MODELS
 
 logger = logging.getLogger(__name__)
 
@@ -373,8 +374,6 @@ class TrainingJobs:
 
     # --- starting -----------------------------------------------------------------------------------------
     def start(self, session: Session, principal: Principal, request: JobRequest) -> TrainingJob:
-        from trainer.models import MODELS
-
         if request.arch not in MODELS:
             raise InvalidInput(
                 f"unknown architecture {request.arch!r}; valid: {', '.join(sorted(MODELS))}",
