@@ -22,12 +22,12 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from common.datasets import fetch_dataset
 from common.errors import InvalidInput, MedSegError
 from common.launcher import LauncherError, read_keys
 from common.model_store import management_client, mar_manifest, register_version
 from common.objectstore import ObjectStore
 from common.settings import get_settings
-from trainer.datasets import fetch_dataset
 from trainer.publish import default_run_id, default_version, publish_run, upload_run
 
 log = logging.getLogger(__name__)
