@@ -30,6 +30,7 @@ from typing import Protocol
 
 from common.errors import Conflict, MedSegError, NotFound, ServiceUnavailable
 from common.model_store import store_keys
+from gateway.service.kubernetes_jobs import KubernetesApi
 
 logger = logging.getLogger(__name__)
 
@@ -109,8 +110,6 @@ class DeploymentRollout:
 
     @classmethod
     def from_settings(cls, settings, store, transport=None) -> DeploymentRollout:
-        from gateway.service.kubernetes_jobs import KubernetesApi
-
         return cls(KubernetesApi.in_cluster(settings, transport), store)
 
     def set_default(self, organ: str, model_name: str, version: str, also_serve: Sequence[str] = ()) -> None:
