@@ -10,9 +10,9 @@ import threading
 import pytest
 
 from common.objectstore import ObjectStore
-from gateway import soak
 from tests.data import LIVER_SLICE
 from tests.hardening.live_gateway import LiveGateway
+from tools import soak
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
