@@ -68,6 +68,7 @@ down:
 
 # --- checks -----------------------------------------------------------------------------------
 test: system-deps test-deps $(STAMP) protos assets audit
+	$(VENV)/bin/lint-imports  # the layers (pyproject.toml [tool.importlinter]): fails before an hour of tests
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # Known vulnerabilities in the installed, pinned dependencies (PyPI's JSON API; the local editable package is
@@ -81,8 +82,8 @@ audit: $(STAMP)
 	  $(IGNORE_VULNS) $(AUDIT_FLAGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check gateway services trainer tests
-	$(VENV)/bin/ruff format --check gateway services trainer tests
+	$(VENV)/bin/ruff check common gateway services trainer tools tests
+	$(VENV)/bin/ruff format --check common gateway services trainer tools tests
 
 bench: system-deps $(STAMP) protos
 	$(PY) -m tools.bench

@@ -1,5 +1,7 @@
-"""Datasets as the gateway sees them: an upload validated and stored by trainer.datasets (the one
+"""Datasets as the gateway sees them: an upload validated and stored by common.datasets (the one
 validator), recorded as a `Dataset` row with its uploader and hospital; listing by who may see what.
+The gateway owns the database, so recording a pushed dataset (the API's uploads and `medseg dataset push`,
+gateway/commands/datasets.py) happens here, never in common/ or the trainer.
 
 Visibility: researchers and admins see every dataset; a doctor sees their hospital's (or, without a
 hospital, their own uploads); an API key sees its hospital's (or, without one, its own uploads).
@@ -16,11 +18,11 @@ from sqlalchemy import ColumnElement, or_, select, true
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from common.datasets import MANIFEST, DatasetLimits, push_dataset
 from common.errors import Forbidden, MedSegError, NotFound
 from gateway.core.db import database_unavailable, is_unavailable
 from gateway.models import Dataset, audit
 from gateway.principal import Principal
-from trainer.datasets import MANIFEST, DatasetLimits, push_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -41,25 +43,53 @@ def upload_dataset(
     bad input → DatasetError naming the entry (nothing was uploaded); store down → ServiceUnavailable
     (push_dataset deletes its partial upload); database failure → the uploaded objects are deleted.
     """
-    manifest = push_dataset(
-        store, organ, archive, name=name or None, notes=notes, limits=limits, actor=principal.actor
+    manifest = push_dataset(store, organ, archive, name=name or None, limits=limits)
+    return record_dataset(
+        session,
+        store,
+        manifest,
+        actor=principal.actor,
+        action="dataset.upload",
+        notes=notes,
+        uploaded_by_user_id=principal.user.id if principal.user else None,
+        uploaded_by_api_key_id=principal.api_key.id if principal.api_key else None,
+        hospital=principal.hospital,
     )
+
+
+def record_dataset(
+    session: Session,
+    store,
+    manifest: dict,
+    *,
+    actor: str,
+    action: str = "dataset.push",
+    notes: str | None = None,
+    uploaded_by_user_id: int | None = None,
+    uploaded_by_api_key_id: int | None = None,
+    hospital: str | None = None,
+) -> Dataset:
+    """Record a dataset `push_dataset` just stored: its `Dataset` row and an audit entry (`action`, `actor`).
+
+    On any failure the session is rolled back and the dataset's objects are deleted, so no unrecorded
+    dataset is left in the bucket; a database that does not answer is ServiceUnavailable.
+    """
     try:
         row = Dataset.from_manifest(
             manifest,
             MANIFEST,
             notes=notes,
-            uploaded_by_user_id=principal.user.id if principal.user else None,
-            uploaded_by_api_key_id=principal.api_key.id if principal.api_key else None,
-            hospital=principal.hospital,
+            uploaded_by_user_id=uploaded_by_user_id,
+            uploaded_by_api_key_id=uploaded_by_api_key_id,
+            hospital=hospital,
         )
         session.add(row)
         audit(
             session,
-            principal.actor,
-            "dataset.upload",
+            actor,
+            action,
             manifest["id"],
-            {"organ": organ, "pairs": manifest["pair_count"], "hash": manifest["dataset_hash"]},
+            {"organ": manifest["organ"], "pairs": manifest["pair_count"], "hash": manifest["dataset_hash"]},
         )
         session.commit()
     except BaseException as exc:

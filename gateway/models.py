@@ -150,7 +150,7 @@ class Dataset(Base):
 
     @classmethod
     def from_manifest(cls, manifest: dict, manifest_name: str, **who) -> Dataset:
-        """The row for a dataset whose manifest (`trainer.datasets`) was just written; `who`: notes,
+        """The row for a dataset whose manifest (`common.datasets`) was just written; `who`: notes,
         uploaded_by_user_id, uploaded_by_api_key_id, hospital."""
         return cls(
             id=manifest["id"],

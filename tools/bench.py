@@ -303,8 +303,8 @@ def choose_model(model_store: Path, work_dir: Path) -> ModelChoice:
 def build_untrained_mar(out_dir: Path) -> Path:
     import torch
 
+    from services.networks import create_model
     from services.spec import load_organ_spec
-    from trainer.models import create_model
     from trainer.package import build_mar
 
     spec = load_organ_spec(ORGAN)

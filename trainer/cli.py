@@ -22,7 +22,13 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from common.datasets import fetch_dataset
 from common.errors import InvalidInput, MedSegError
+from common.launcher import LauncherError, read_keys
+from common.model_store import management_client, mar_manifest, register_version
+from common.objectstore import ObjectStore
+from common.settings import get_settings
+from trainer.publish import default_run_id, default_version, publish_run, upload_run
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +39,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", help="local folder of image/mask pairs")
     src.add_argument("--dataset", help="dataset id in the object store (fetched to a sha256-verified cache)")
-    p.add_argument("--arch", default=None, help="architecture (see trainer.models)")
+    p.add_argument("--arch", default=None, help="architecture (see services.networks)")
     p.add_argument("--widths", default=None, help="channel widths, comma-separated (e.g. 6,12,24)")
     p.add_argument("--run-dir", default=None, help="where the run writes its files (default .medseg/runs/…)")
     p.add_argument("--run-id", default=None, help="run id in the runs bucket (default: time, arch, fold)")
@@ -96,21 +102,14 @@ def _management_options(p: argparse.ArgumentParser) -> None:
 
 
 def _store():
-    from common.objectstore import ObjectStore
-    from common.settings import get_settings
-
     store = ObjectStore.from_settings(get_settings())
     store.ensure_buckets()
     return store
 
 
 def _management(args: argparse.Namespace):
-    from trainer.register import management_client
-
     key = None
     if args.management_key_file is not None:
-        from common.launcher import LauncherError, read_keys
-
         try:
             key = read_keys(args.management_key_file).management
         except LauncherError as exc:
@@ -124,9 +123,8 @@ def _fail(exc: MedSegError) -> int:
 
 
 def train_command(args: argparse.Namespace) -> int:
-    from common.settings import get_settings
-    from trainer.publish import default_run_id, default_version, publish_run, upload_run
-    from trainer.register import register_version
+    # Not a cycle: trainer.train pulls in MONAI (seconds), and every `medseg` command (`serve` too) loads
+    # this module to build its parser, so training's imports wait until `medseg train` runs.
     from trainer.train import default_config, run_training
 
     if args.set_default and not args.register:
@@ -198,8 +196,6 @@ def train_command(args: argparse.Namespace) -> int:
 def _fetch(store, dataset_id: str, cache: Path, distributed: bool) -> Path:
     """Fetch the dataset into the local cache; under torchrun rank 0 downloads, the others then find it
     cached (each still verifies every sha256)."""
-    from trainer.datasets import fetch_dataset
-
     if not distributed:
         return fetch_dataset(store, dataset_id, cache)
     root = fetch_dataset(store, dataset_id, cache) if dist.get_rank() == 0 else None
@@ -208,8 +204,6 @@ def _fetch(store, dataset_id: str, cache: Path, distributed: bool) -> Path:
 
 
 def register_command(args: argparse.Namespace) -> int:
-    from trainer.register import mar_manifest, register_version
-
     try:
         version = args.version or str(mar_manifest(args.mar).get("modelVersion", ""))
         with _management(args) as mgmt:
@@ -257,8 +251,6 @@ def _report_registration(done: dict, model_store: str | Path | None) -> None:
     print(json.dumps(done, indent=1))
     if not done["default"]:
         return
-    from common.settings import get_settings
-
     gateway_store = Path(get_settings().model_store_dir).resolve()
     if model_store is None or Path(model_store).resolve() != gateway_store:
         # the gateway reports the version named by the card in its model store, not TorchServe's default

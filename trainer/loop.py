@@ -22,11 +22,11 @@ from monai.losses import DiceFocalLoss
 from torch import nn
 from tqdm import tqdm
 
+from services.networks import create_model
 from services.preprocess import Restore, normalize, pad_to_multiple, probabilities, restore
 from services.spec import OrganSpec
 from trainer.augment import AugmentConfig, augment
 from trainer.data import PairSet
-from trainer.models import create_model
 
 log = logging.getLogger(__name__)
 

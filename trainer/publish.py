@@ -1,6 +1,6 @@
 """From a finished run to stored artifacts: the .mar + card in a model store folder (`publish_run`), and the
 run's files in the runs bucket (`upload_run`). Upload to the models bucket and registration with the
-organ's TorchServe are trainer.register."""
+organ's TorchServe are common.model_store."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import json
 import logging
 from pathlib import Path
 
+from common.errors import InvalidInput
 from services.spec import load_spec
+from trainer.package import build_mar
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +28,6 @@ def publish_run(
     model_name: str | None = None,
 ) -> Path:
     """Package run_dir/model.ts with its spec into out_dir/<model_name>.mar and write the card beside it."""
-    from trainer.package import build_mar
-
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     version = version or default_version()
@@ -57,8 +57,6 @@ def default_run_id(arch: str, fold: int) -> str:
 def upload_run(store, organ: str, run_id: str, run_dir: str | Path) -> list[str]:
     """Upload a finished run's files (card, metrics, curves, spec) to the runs bucket under
     `<organ>/<run_id>/`; returns the keys written. The card names the dataset (id and hash) it came from."""
-    from common.errors import InvalidInput
-
     run_dir = Path(run_dir)
     if not (run_dir / "card.json").is_file():
         raise InvalidInput(f"{run_dir} holds no finished run (card.json missing)")

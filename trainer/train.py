@@ -15,11 +15,12 @@ import torch
 import torch.distributed as dist
 from torch.utils.flop_counter import FlopCounterMode
 
+from common.datasets import dataset_hash as manifest_hash
+from services.networks import create_model
 from services.spec import OrganSpec, load_organ_spec
 from trainer.augment import AugmentConfig
 from trainer.data import channel_stats, find_pairs, kfold_indices, load_pairs
 from trainer.loop import TrainConfig, Trainer
-from trainer.models import create_model
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +44,8 @@ ORGAN_AUGMENT = {
 
 
 def dataset_hash(root: str | Path) -> str:
-    """The dataset hash of a local folder by the manifests' rule (trainer.datasets.dataset_hash: sha256
+    """The dataset hash of a local folder by the manifests' rule (common.datasets.dataset_hash: sha256
     over the sorted per-file sha256 of every image and mask), so a pushed folder keeps its hash."""
-    from trainer.datasets import dataset_hash as manifest_hash
-
     digests = []
     for _, image, mask in find_pairs(root):
         digests += [hashlib.sha256(path.read_bytes()).hexdigest() for path in (image, mask)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from common import model_store
 from gateway.service.dataplane import DataPlane
 from gateway.service.evaluations import Evaluator
 from gateway.service.model_registry import ModelDirectory, Promotions
@@ -10,12 +11,11 @@ from gateway.service.training_jobs import TrainingJobs
 
 
 def default_management(settings) -> ManagementFactory:
-    """organ → a ManagementClient for its TorchServe (address and key as trainer.register finds them)."""
+    """organ → a ManagementClient for its TorchServe (address and key as common.model_store finds them)."""
 
     def factory(organ: str):
-        from trainer.register import management_client
-
-        return management_client(organ, settings, timeout=30.0)
+        # looked up on the module at call time, so a test can point it at its own TorchServe
+        return model_store.management_client(organ, settings, timeout=30.0)
 
     return factory
 

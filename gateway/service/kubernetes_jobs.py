@@ -34,13 +34,7 @@ import httpx
 
 from common.errors import MedSegError, NotFound, ServiceUnavailable
 from gateway.models import TrainingJob
-from gateway.service.training_jobs import (
-    LOG_TAIL_CHARS,
-    JobRequest,
-    TrainerExit,
-    run_id,
-    trainer_args,
-)
+from gateway.service.trainer_launch import LOG_TAIL_CHARS, JobRequest, TrainerExit, run_id, trainer_args
 
 logger = logging.getLogger(__name__)
 

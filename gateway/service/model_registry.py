@@ -5,7 +5,7 @@
   that changed later (a new shipped version) is recorded too, and replaces a default that was itself
   shipped (`seed_from_model_store`).
 * Recording: the trainer uploads the .mar to the models bucket and registers it with the organ's TorchServe
-  (trainer/register.py), then records the version with `POST /api/v1/models/{organ}/versions` (scope
+  (common/model_store.py), then records the version with `POST /api/v1/models/{organ}/versions` (scope
   `models`), which lands in `record_version`. A training job started from the API records its candidate
   through the same function.
 * Promotion is gated: candidate and current default are evaluated on the organ's reference set (a dataset
@@ -276,7 +276,7 @@ def record_version(
         if not store.exists(models_bucket, new.mar_key):  # ServiceUnavailable when the store is down
             raise InvalidInput(
                 f"no object {new.mar_key!r} in bucket {models_bucket}: upload the .mar first "
-                "(trainer.register.register_version does)",
+                "(common.model_store.register_version does)",
                 code="missing_archive",
             )
     row = ModelVersion(

@@ -29,6 +29,8 @@ from contextlib import AbstractContextManager
 from typing import Protocol
 
 from common.errors import Conflict, MedSegError, NotFound, ServiceUnavailable
+from common.model_store import store_keys
+from gateway.service.kubernetes_jobs import KubernetesApi
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +83,7 @@ class TorchServeRollout:
             ) from None
 
     def serve(self, organ: str, model_name: str, default: str, also_serve: Sequence[str]) -> None:
-        """Nothing to do: a candidate is loaded when it is registered (trainer.register.register_version)."""
+        """Nothing to do: a candidate is loaded when it is registered (common.model_store)."""
 
     def manual_fix(self, organ: str, model_name: str, version: str, also_serve: Sequence[str] = ()) -> str:
         return f"medseg model set-default --organ {organ} --version {version}"
@@ -108,14 +110,10 @@ class DeploymentRollout:
 
     @classmethod
     def from_settings(cls, settings, store, transport=None) -> DeploymentRollout:
-        from gateway.service.kubernetes_jobs import KubernetesApi
-
         return cls(KubernetesApi.in_cluster(settings, transport), store)
 
     def set_default(self, organ: str, model_name: str, version: str, also_serve: Sequence[str] = ()) -> None:
         """Archives of `also_serve` missing from the bucket are skipped by the pods (pull_model.py warns)."""
-        from trainer.register import store_keys
-
         if model_name != organ:  # the pods load <organ>.mar under the model name <organ> (TS_LOAD_MODELS)
             raise Conflict(
                 f"the {organ} organ servers serve the model name {organ!r}, not {model_name!r}: in the "
@@ -126,7 +124,7 @@ class DeploymentRollout:
         if not self.store.exists(self.store.buckets.models, mar_key):  # ServiceUnavailable when it is down
             raise Conflict(
                 f"no {self.store.buckets.models}/{mar_key}: the {organ} pods could not pull version "
-                f"{version}; the trainer uploads it (trainer.register)",
+                f"{version}; the trainer uploads it (common.model_store)",
                 code="version_not_registered",
             )
         name = deployment_name(organ)

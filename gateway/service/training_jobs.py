@@ -35,7 +35,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
@@ -44,11 +43,15 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from common.errors import Conflict, InvalidInput, MedSegError, NotFound, TooManyRequests
+from common.model_store import register_version, store_keys, upload_version
 from common.settings import REPO_ROOT
 from gateway import metrics
 from gateway.models import Dataset, ModelEvent, ModelVersion, TrainingJob, audit
 from gateway.principal import Principal
 from gateway.service import model_registry
+from gateway.service.kubernetes_jobs import KubernetesLauncher
+from gateway.service.trainer_launch import LOG_TAIL_CHARS, JobRequest, TrainerExit, trainer_args
+from services.networks import MODELS
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +59,6 @@ ACTIVE = ("queued", "running", "cancelling")
 FINISHED = ("succeeded", "failed", "cancelled")
 STATES = ACTIVE + FINISHED
 LOG_NAME = "worker.log"
-LOG_TAIL_CHARS = 1500
 KILL_GRACE_S = 5.0
 
 # argv, env, cwd, log file → a started process (tests substitute a cheap one).
@@ -74,44 +76,6 @@ def spawn_worker(argv: list[str], *, env: dict[str, str], cwd: Path, log_path: P
             argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class JobRequest:
-    organ: str
-    dataset_id: str
-    arch: str
-    minutes: float
-    epochs: int
-    widths: tuple[int, ...] | None = None
-    limit: int | None = None  # only the first N pairs (small runs)
-
-
-@dataclass(frozen=True)
-class TrainerExit:
-    """How a job's trainer ended: `ok`, or `reason` says why not (without the log tail, added later)."""
-
-    ok: bool
-    reason: str | None = None
-
-
-def trainer_args(job: TrainingJob, request: JobRequest, *, run_dir: str, out: str) -> list[str]:
-    """The `medseg train` arguments of a job, wherever it runs."""
-    args = [
-        "train", "--organ", job.organ, "--dataset", job.dataset_id, "--arch", job.arch,
-        "--run-dir", run_dir, "--run-id", run_id(job), "--out", out,
-        "--version", job.version, "--minutes", str(job.budget_minutes), "--epochs", str(job.epochs),
-    ]  # fmt: skip
-    if request.widths:
-        args += ["--widths", ",".join(str(w) for w in request.widths)]
-    if request.limit:
-        # a handful of pairs cannot fill 5 folds: validate on a third of them
-        args += ["--limit", str(request.limit), "--folds", str(min(5, max(2, request.limit // 3)))]
-    return args
-
-
-def run_id(job: TrainingJob) -> str:
-    return f"job-{job.id}"
 
 
 def progress_from_metrics(metrics: dict | None) -> dict | None:
@@ -305,8 +269,6 @@ class LocalProcessLauncher:
 def build_launcher(settings, jobs: TrainingJobs) -> TrainerLauncher:
     """The launcher `Settings.training_launcher` names."""
     if settings.training_launcher == "kubernetes":
-        from gateway.service.kubernetes_jobs import KubernetesLauncher
-
         return KubernetesLauncher.from_settings(settings, jobs.store)
     return LocalProcessLauncher(jobs)
 
@@ -372,8 +334,6 @@ class TrainingJobs:
 
     # --- starting -----------------------------------------------------------------------------------------
     def start(self, session: Session, principal: Principal, request: JobRequest) -> TrainingJob:
-        from trainer.models import MODELS
-
         if request.arch not in MODELS:
             raise InvalidInput(
                 f"unknown architecture {request.arch!r}; valid: {', '.join(sorted(MODELS))}",
@@ -487,8 +447,6 @@ class TrainingJobs:
     def _record_candidate(self, session: Session, job: TrainingJob) -> ModelVersion:
         """Record the job's model as a candidate version: its .mar and card are in the models bucket (uploaded
         here from the local run's package, or already by the trainer's Job)."""
-        from trainer.register import store_keys, upload_version
-
         if self.launcher.uploads_model:
             mar_key, card_key = store_keys(job.organ, job.organ, job.version)
             try:
@@ -532,8 +490,6 @@ class TrainingJobs:
         promoted. A server that does not answer leaves the recorded candidate and an event saying what to run.
         A trainer that registers its model itself (a Kubernetes Job: only the trainer reaches the management
         ports) has done so before it succeeded."""
-        from trainer.register import register_version
-
         if self.launcher.uploads_model:
             action, reason = "registered", "by the trainer's Job"
         elif self.management is None:

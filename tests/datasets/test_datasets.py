@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
 import json
@@ -13,11 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from sqlalchemy import select
 
-from common.errors import ServiceUnavailable
-from gateway.models import Dataset
-from tests.data import SHARED_DATA
-from trainer.datasets import (
+from common.datasets import (
     DatasetError,
     DatasetIntegrityError,
     dataset_hash,
@@ -25,6 +24,13 @@ from trainer.datasets import (
     list_datasets,
     push_dataset,
 )
+from common.errors import ServiceUnavailable
+from common.settings import get_settings
+from gateway.commands import datasets as datasets_command
+from gateway.core.db import make_engine, session_scope
+from gateway.datasets import record_dataset
+from gateway.models import AuditLog, Dataset
+from tests.data import SHARED_DATA
 
 pytestmark = pytest.mark.integration
 
@@ -136,10 +142,50 @@ def test_fetch_detects_a_corrupted_object(clean_buckets, tmp_path):
 
 
 def test_push_records_a_dataset_row(clean_buckets, tmp_path, db_session):
-    manifest = push_dataset(clean_buckets, "liver", _liver_zip(tmp_path, 2), session=db_session, notes="n")
+    manifest = push_dataset(clean_buckets, "liver", _liver_zip(tmp_path, 2))
+    record_dataset(
+        db_session, clean_buckets, manifest, actor="cli", notes="n"
+    )  # what `medseg dataset push` does
     row = db_session.get(Dataset, manifest["id"])
     assert row.pair_count == 2 and row.dataset_hash == manifest["dataset_hash"] and row.status == "ready"
     assert row.manifest_key == f"{manifest['id']}/manifest.json" and row.notes == "n"
+
+
+def test_cli_push_records_the_dataset_in_the_gateway_database(
+    clean_buckets, s3_settings, tmp_path, monkeypatch, capsys
+):
+    """`medseg dataset push` (a gateway command: the gateway owns the database) stores, then records."""
+    for name, value in (
+        ("MEDSEG_S3_ENDPOINT", s3_settings.s3_endpoint),
+        ("MEDSEG_S3_ACCESS_KEY", s3_settings.s3_access_key),
+        ("MEDSEG_S3_SECRET_KEY", s3_settings.s3_secret_key),
+        ("MEDSEG_STATE_DIR", str(tmp_path / "state")),
+    ):
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    parser = argparse.ArgumentParser()
+    datasets_command.add_commands(parser.add_subparsers(dest="command", required=True))
+    try:
+        args = parser.parse_args(
+            ["dataset", "push", "--organ", "liver", "--notes", "n", str(_liver_zip(tmp_path, 2))]
+        )
+        assert args.func(args) == 0
+        url = get_settings().sqlalchemy_url
+    finally:
+        get_settings.cache_clear()
+    (manifest,) = list_datasets(clean_buckets)
+    assert manifest["id"] in capsys.readouterr().out
+    engine = make_engine(url)
+    try:
+        with session_scope(engine) as session:
+            row = session.get(Dataset, manifest["id"])
+            assert row.pair_count == 2 and row.dataset_hash == manifest["dataset_hash"] and row.notes == "n"
+            assert (
+                session.scalar(select(AuditLog.action).where(AuditLog.target == manifest["id"]))
+                == "dataset.push"
+            )
+    finally:
+        engine.dispose()
 
 
 def _symlink_zip(tmp_path: Path) -> Path:

@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import select
 
 from common.errors import Conflict
+from common.model_store import management_client
 from common.settings import Settings
 from gateway.core.db import make_engine, run_migrations, session_scope
 from gateway.models import AuditLog, Dataset, ModelEvent, ModelVersion, TrainingJob
@@ -310,8 +311,6 @@ def test_an_unreachable_or_refusing_api_fails_the_start_with_the_reason(world):
 def test_the_jobs_trainer_reaches_the_management_api_the_manifests_name(dev_objects):
     """--register in the Job: the trainer's ConfigMap (k8s/base/trainer) gives the organ Service's address;
     TorchServe token auth is off in the cluster, so no key is sent."""
-    from trainer.register import management_client
-
     config = next(
         o
         for o in dev_objects

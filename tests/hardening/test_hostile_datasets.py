@@ -1,4 +1,4 @@
-"""The dataset zip validator (trainer.datasets, behind POST /api/v1/datasets) under hostile archives
+"""The dataset zip validator (common.datasets, behind POST /api/v1/datasets) under hostile archives
 (hypothesis): random member names (traversal, absolute, Windows-style, duplicates, junk), corrupt
 members and corrupted archives are refused with a DatasetError naming the file, never another exception.
 The hand-written bad zips live in tests/datasets and tests/api/routes/test_datasets.py."""
@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from trainer.datasets import DatasetError, DatasetLimits, validate_dataset
+from common.datasets import DatasetError, DatasetLimits, validate_dataset
 
 LIMITS = DatasetLimits(max_entries=40, max_file_bytes=256 * 1024, max_total_bytes=1024 * 1024)
 

@@ -5,8 +5,8 @@ import io
 import pytest
 import torch
 
-from trainer.models import MODELS, create_model
-from trainer.models.eg_module import EGModule, branch_geometry
+from services.networks import MODELS, create_model
+from services.networks.eg_module import EGModule, branch_geometry
 
 SMALL = {
     "unet": (6, 12),

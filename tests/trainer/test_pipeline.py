@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from common.datasets import push_dataset
 from common.settings import get_settings
 from common.torchserve_client import InferenceClient, ManagementClient
 from tests.data import LIVER_TRAIN
 from tests.fixtures.stack import bearer
-from trainer.datasets import push_dataset
 from trainer.train import dataset_hash
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

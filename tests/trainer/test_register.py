@@ -1,4 +1,4 @@
-"""trainer.register on a real SeaweedFS and a real liver TorchServe: upload + register as a new version,
+"""common.model_store on a real SeaweedFS and a real liver TorchServe: upload + register as a new version,
 immutability of versions (Conflict), refusal of mismatched archives/cards, organ server down."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import pytest
 
 from common.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
 from common.launcher import free_port
+from common.model_store import register_version, store_keys
 from common.torchserve_client import ManagementClient
 from tests.fixtures.torchserve import build_test_mar
-from trainer.register import register_version, store_keys
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -28,7 +28,7 @@ def test_card_matches_its_archive_and_its_data(card_path):
     with zipfile.ZipFile(mar) as archive:
         manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
     assert manifest["model"]["modelVersion"] == card["version"]
-    # the same hash a `medseg dataset push` of that folder gets (trainer.datasets manifests)
+    # the same hash a `medseg dataset push` of that folder gets (common.datasets manifests)
     source = REPO / card["dataset"]["source"]
     if not source.is_dir():
         pytest.skip(f"shared data not found under {SHARED_DATA}")

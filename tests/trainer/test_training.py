@@ -52,7 +52,7 @@ def test_liver_smoke_run_writes_a_consistent_card_and_torchscript(tmp_path, monk
     assert [h["epoch"] for h in metrics["history"]] == [1, 2]
     assert (tmp_path / "curves.png").stat().st_size > 1000
     # the exported TorchScript is the best checkpoint
-    from trainer.models import create_model
+    from services.networks import create_model
 
     model = create_model("erunet", in_channels=1, widths=(6, 12, 24)).eval()
     model.load_state_dict(torch.load(tmp_path / "best.pt"))

@@ -124,7 +124,7 @@ def gate(web, browser_page, torchserve_cells, monkeypatch, tmp_path) -> Iterator
     ones). Afterwards: the default is version 1 again, in TorchServe and in the database."""
     endpoint = torchserve_cells
     monkeypatch.setattr(
-        "trainer.register.management_client",
+        "common.model_store.management_client",
         lambda organ, settings=None, **kw: ManagementClient(
             endpoint.grpc_management_address, endpoint.management_key, timeout=120
         ),

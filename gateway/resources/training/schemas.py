@@ -13,7 +13,7 @@ from gateway import models as m
 class TrainingJobCreate(BaseModel):
     organ: str = Field(max_length=64)
     dataset_id: str = Field(max_length=64)
-    arch: str = Field(max_length=64, description="architecture (trainer.models), e.g. erunet")
+    arch: str = Field(max_length=64, description="architecture (services.networks), e.g. erunet")
     minutes: float = Field(default=5.0, gt=0, le=600, description="time budget")
     epochs: int = Field(default=200, ge=1, le=10_000, description="at most this many epochs")
     widths: list[Annotated[int, Field(ge=1, le=512)]] | None = Field(

@@ -3,7 +3,7 @@
 Environment (ConfigMap `organ-model-<organ>` and `medseg-s3`, Secret `medseg-s3`; the gateway pins the two
 version variables in the Deployment itself on promotion and rollback, gateway/service/model_rollout.py):
   MEDSEG_ORGAN            organ name, also the TorchServe model name of every archive
-  MEDSEG_MODEL_VERSION    the default: a version registered in the models bucket (trainer.register's layout
+  MEDSEG_MODEL_VERSION    the default: a version registered in the models bucket (common.model_store's layout
                           <organ>/<model>-<version>.mar), or `latest`: the newest .mar under <organ>/
   MEDSEG_ALSO_SERVE       comma-separated versions loaded beside it (the rollback target, candidates)
   MEDSEG_MODEL_STORE_DIR  where TorchServe's model store is mounted
@@ -23,10 +23,10 @@ import os
 import sys
 from pathlib import Path
 
-from common.settings import get_settings
 from common.errors import MedSegError
+from common.model_store import store_keys
 from common.objectstore import ObjectStore
-from trainer.register import store_keys
+from common.settings import get_settings
 
 logger = logging.getLogger("pull_model")
 

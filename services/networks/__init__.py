@@ -1,4 +1,7 @@
-"""Model registry: `create_model(name, **kw)`.
+"""The network architectures: `create_model(name, **kw)` and the registry `MODELS` of their names.
+
+Part of the model contract (services/): the trainer builds these networks and the gateway checks a training
+job's architecture against `MODELS`, so neither imports the other for them.
 
 | name           | what                                                                   |
 |----------------|------------------------------------------------------------------------|
@@ -16,7 +19,7 @@ from functools import partial
 
 from torch import nn
 
-from trainer.models.unet import EncoderDecoder
+from services.networks.unet import EncoderDecoder
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "unet": partial(EncoderDecoder, widths=(24, 48, 96), block="double"),

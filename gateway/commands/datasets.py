@@ -1,4 +1,8 @@
-"""`medseg dataset push|list|fetch`: labelled datasets in the object store (see trainer/datasets.py)."""
+"""`medseg dataset push|list|fetch`: labelled datasets in the object store (the format: common/datasets.py).
+
+A gateway command because `push` records the dataset in the gateway's database (gateway/datasets.py), which
+the gateway alone owns; `list` and `fetch` read only the object store.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,14 @@ import logging
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
+from common.datasets import fetch_dataset, list_datasets, push_dataset
 from common.errors import MedSegError
+from common.objectstore import ObjectStore
 from common.settings import get_settings
+from gateway.core.db import make_engine, run_migrations, session_scope
+from gateway.datasets import record_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -39,18 +49,12 @@ def add_commands(subparsers) -> None:
 
 
 def _store():
-    from common.objectstore import ObjectStore
-
     store = ObjectStore.from_settings(get_settings())
     store.ensure_buckets()
     return store
 
 
 def _push(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from trainer.datasets import push_dataset
-
     try:
         store = _store()
         bar = tqdm(desc="upload", unit="file", disable=None)
@@ -60,24 +64,14 @@ def _push(args: argparse.Namespace) -> int:
             bar.update(done - bar.n)
 
         if args.no_db:
-            manifest = push_dataset(
-                store, args.organ, args.path, args.name, notes=args.notes, progress=progress
-            )
+            manifest = push_dataset(store, args.organ, args.path, args.name, progress=progress)
         else:
-            from gateway.core.db import make_engine, run_migrations, session_scope
-
             url = get_settings().sqlalchemy_url
-            run_migrations(url)
+            run_migrations(url)  # before the upload: a database that is down fails fast, nothing stored
             with session_scope(make_engine(url)) as session:
-                manifest = push_dataset(
-                    store,
-                    args.organ,
-                    args.path,
-                    args.name,
-                    session=session,
-                    notes=args.notes,
-                    progress=progress,
-                )
+                manifest = push_dataset(store, args.organ, args.path, args.name, progress=progress)
+                # a failure here deletes the uploaded dataset again (record_dataset)
+                record_dataset(session, store, manifest, actor="cli", action="dataset.push", notes=args.notes)
         bar.close()
     except MedSegError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
@@ -90,8 +84,6 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from trainer.datasets import list_datasets
-
     try:
         rows = list_datasets(_store(), organ=args.organ)
     except MedSegError as exc:
@@ -113,8 +105,6 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from trainer.datasets import fetch_dataset
-
     cache = args.cache_dir or get_settings().state_dir / "cache" / "datasets"
     try:
         root = fetch_dataset(_store(), args.dataset_id, cache)

@@ -1,6 +1,8 @@
-"""Labelled datasets in the object store, shared by the trainer (CLI, jobs) and the upload API.
+"""The dataset format: labelled datasets in the object store, shared by the trainer (fetches what it trains
+on) and the gateway (uploads through the API and `medseg dataset push`, and records them in its database:
+gateway/datasets.py; nothing here touches a database).
 
-    push_dataset(store, organ, path, name=None, session=None) -> manifest dict
+    push_dataset(store, organ, path, name=None) -> manifest dict (the caller records it)
     fetch_dataset(store, dataset_id, cache_dir) -> local dir with images/ and masks/ (sha256-verified)
     list_datasets(store) -> manifest summaries (without the per-file list)
 
@@ -35,6 +37,8 @@ import numpy as np
 
 from common.errors import InvalidInput, MedSegError, NotFound
 from common.objectstore import ObjectStore
+from services.imaging import decode_image
+from services.spec import organ_dirs
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +86,6 @@ class DatasetLimits:
 # --- decoding (services.imaging: one decoder for the whole platform) ---------------------------------
 def _decode(data: bytes) -> np.ndarray:
     """Decoded pixels as float in [0, 1] (H×W or H×W×C); ValueError (ImageDecodeError) if not an image."""
-    from services.imaging import decode_image
-
     return decode_image(data).array
 
 
@@ -349,8 +351,6 @@ def _file_record(f: _CheckedFile) -> dict:
 
 # --- push / fetch / list -----------------------------------------------------------------------------------
 def _known_organs() -> list[str]:
-    from services.spec import organ_dirs
-
     return list(organ_dirs())
 
 
@@ -386,15 +386,12 @@ def push_dataset(
     path: str | Path,
     name: str | None = None,
     *,
-    session=None,
-    notes: str | None = None,
     limits: DatasetLimits | None = None,
-    actor: str = "cli",
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Validate `path` (directory or zip), upload it under a new dataset id, write the manifest last.
 
-    Returns the manifest. With a SQLAlchemy `session`, also records a `Dataset` row (and an audit entry).
+    Returns the manifest; recording it (the gateway's `Dataset` row) is the caller's business.
     Raises DatasetError (bad input, nothing uploaded) or ServiceUnavailable (store down; the partial upload
     is deleted when the store still answers).
     """
@@ -405,10 +402,10 @@ def push_dataset(
     with _open_source(path, limits or DatasetLimits()) as entries:
         layout, pairs = _pair_entries(entries)
         checked = [_check_pair(p) for p in pairs]
-        return _upload(store, organ, path, name, layout, checked, session, notes, actor, progress)
+        return _upload(store, organ, path, name, layout, checked, progress)
 
 
-def _upload(store, organ, path, name, layout, checked, session, notes, actor, progress) -> dict:
+def _upload(store, organ, path, name, layout, checked, progress) -> dict:
     files = [f for pair in checked for f in pair]
     dataset_id = f"{organ}-{uuid.uuid4().hex[:12]}"
     bucket = store.buckets.datasets
@@ -437,11 +434,7 @@ def _upload(store, organ, path, name, layout, checked, session, notes, actor, pr
             json.dumps(manifest, indent=1).encode(),
             content_type="application/json",
         )
-        if session is not None:
-            _record(session, manifest, notes, actor)
     except BaseException:
-        if session is not None:
-            session.rollback()
         _cleanup(store, bucket, dataset_id)
         raise
     logger.info("dataset %s ready (hash %s)", dataset_id, manifest["dataset_hash"][:12])
@@ -489,20 +482,6 @@ def _cleanup(store: ObjectStore, bucket: str, dataset_id: str) -> None:
             dataset_id,
             exc.message,
         )
-
-
-def _record(session, manifest: dict, notes: str | None, actor: str) -> None:
-    from gateway.models import Dataset, audit
-
-    session.add(Dataset.from_manifest(manifest, MANIFEST, notes=notes))
-    audit(
-        session,
-        actor,
-        "dataset.push",
-        manifest["id"],
-        {"organ": manifest["organ"], "pairs": manifest["pair_count"], "hash": manifest["dataset_hash"]},
-    )
-    session.commit()
 
 
 def get_manifest(store: ObjectStore, dataset_id: str) -> dict:

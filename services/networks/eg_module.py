@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainer.models.norm import group_norm
+from services.networks.norm import group_norm
 
 
 def branch_geometry(i: int, dilation_base: int = 2) -> tuple[int, int, int]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from trainer.models.eg_module import EGModule
-from trainer.models.norm import conv_gn_relu, group_norm
-from trainer.models.residual import ResidualBlockII
+from services.networks.eg_module import EGModule
+from services.networks.norm import conv_gn_relu, group_norm
+from services.networks.residual import ResidualBlockII
 
 
 class DoubleConv(nn.Sequential):

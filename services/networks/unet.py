@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainer.models.blocks import BLOCKS
+from services.networks.blocks import BLOCKS
 
 
 class EncoderDecoder(nn.Module):

@@ -1,4 +1,7 @@
-"""Register a packaged model as a new version with its organ's TorchServe.
+"""The model-store protocol: how a packaged model (.mar + card) is stored in the models bucket and
+registered as a new version with its organ's TorchServe. Shared by the trainer (uploads and registers
+what it packaged), the gateway (training jobs' candidates, rollouts) and the organ servers' init container
+(k8s/base/organ-server/pull_model.py), so it lives in common/ and none of them imports another.
 
     with management_client("liver") as mgmt:
         register_version(store, mgmt, "model-store/liver.mar", "liver", "20250101.120000", set_default=True)
@@ -24,6 +27,10 @@ from datetime import timedelta
 from pathlib import Path
 
 from common.errors import Conflict, InvalidInput, MedSegError, NotFound, ServiceUnavailable
+from common.launcher import KEY_FILE, LauncherError, configured_ports, read_keys, server_dir
+from common.settings import get_settings
+from common.torchserve_client import ManagementClient
+from services.spec import organ_dirs
 
 logger = logging.getLogger(__name__)
 
@@ -146,8 +153,6 @@ def upload_version(
 
 def _checked_archive(mar_path: Path, organ: str, version: str, model_name: str) -> tuple[str, dict | None]:
     """(sha256, card or None) of an archive packaged as `version` of a known organ's model."""
-    from services.spec import organ_dirs
-
     if organ not in organ_dirs():
         raise InvalidInput(f"unknown organ {organ!r}; known organs: {', '.join(organ_dirs())}")
     for what, value in (("model name", model_name), ("version", version)):
@@ -190,10 +195,6 @@ def management_client(
     Key: `key`, else the management key in the key_file.json the local launcher's TorchServe wrote under the
     state dir (re-read on every call, so renewed keys work).
     """
-    from common.launcher import KEY_FILE, LauncherError, configured_ports, read_keys, server_dir
-    from common.settings import get_settings
-    from common.torchserve_client import ManagementClient
-
     settings = settings or get_settings()
     if address is None and organ in settings.organ_management_addresses:
         # Kubernetes: the organ's Service. TorchServe token auth is off there (NetworkPolicies admit only

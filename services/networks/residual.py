@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainer.models.norm import group_norm
+from services.networks.norm import group_norm
 
 
 class ResidualBlockII(nn.Module):
