@@ -89,7 +89,8 @@ class OrganSpec:
             "inference_deadline_s",
         }
         deadline = raw.get("inference_deadline_s")
-        if deadline is not None and not (isinstance(deadline, int | float) and deadline > 0):
+        valid = isinstance(deadline, int | float) and not isinstance(deadline, bool) and deadline > 0
+        if deadline is not None and not valid:
             raise ValueError(
                 f"organ {raw.get('name')!r}: inference_deadline_s must be a positive number of seconds "
                 f"(or left out for the gateway's default), not {deadline!r}"
