@@ -51,9 +51,9 @@ class Settings(BaseSettings):
     # '{"liver": "torchserve-liver:7071"}'. Empty: organ_host at the port in config.properties.
     organ_management_addresses: dict[str, str] = {}
     inference_timeout_s: float = 10.0  # deadline of one call to an organ server
-    # Organs whose calls take longer, by name (JSON in the environment): a cells tile is four passes at
-    # 1000×1000 (the tile and its mirror images, spec inference.tta), 5-10 s on two cores.
-    organ_inference_timeouts_s: dict[str, float] = {"cells": 30.0}
+    # Per-organ deadlines by name (JSON in the environment), overriding the `inference_deadline_s` an organ's
+    # services/<organ>/spec.yaml sets for its slower calls (gateway.service.dataplane.organ_deadline_s).
+    organ_inference_timeouts_s: dict[str, float] = {}
     inference_retries: int = 2  # extra attempts when an organ server answers UNAVAILABLE
     # Dial each organ server afresh this often (seconds; 0: never), so the replicas a scale-out added get
     # calls: a new channel resolves the organ's headless Service again (see common.torchserve_client).

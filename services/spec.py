@@ -1,4 +1,7 @@
-"""Organ specs: one `services/<organ>/spec.yaml` per organ, read by the handler, gateway and trainer."""
+"""An organ is one folder, `services/<organ>/`: its serving spec (`spec.yaml`, read by the handler, the
+gateway and the trainer), its training recipe (`recipe.yaml`, read by the trainer, `make train` and `make
+cv`) and its TorchServe files (`config.properties`, `model-config.yaml`, `handler.py`). Both YAML files are
+loaded and checked here, so an error names the file and what to write instead."""
 
 from __future__ import annotations
 
@@ -41,6 +44,9 @@ class OrganSpec:
     std: tuple[float, ...]
     default_threshold: float
     extra: dict = field(default_factory=dict)
+    # The gateway's deadline for one call to this organ's server (None: Settings.inference_timeout_s);
+    # MEDSEG_ORGAN_INFERENCE_TIMEOUTS_S overrides it per organ.
+    inference_deadline_s: float | None = None
 
     @classmethod
     def from_dict(cls, raw: dict) -> OrganSpec:
@@ -80,7 +86,15 @@ class OrganSpec:
             "window",
             "normalize",
             "default_threshold",
+            "inference_deadline_s",
         }
+        deadline = raw.get("inference_deadline_s")
+        valid = isinstance(deadline, int | float) and not isinstance(deadline, bool) and deadline > 0
+        if deadline is not None and not valid:
+            raise ValueError(
+                f"organ {raw.get('name')!r}: inference_deadline_s must be a positive number of seconds "
+                f"(or left out for the gateway's default), not {deadline!r}"
+            )
         return cls(
             name=raw["name"],
             display_name=raw.get("display_name", raw["name"]),
@@ -99,6 +113,7 @@ class OrganSpec:
             std=std,
             default_threshold=float(raw.get("default_threshold", 0.5)),
             extra={k: v for k, v in raw.items() if k not in known},
+            inference_deadline_s=None if deadline is None else float(deadline),
         )
 
     def with_inference(
@@ -131,6 +146,8 @@ class OrganSpec:
             "window": self.window,
             "normalize": {"mean": list(self.mean), "std": list(self.std)},
             "default_threshold": self.default_threshold,
+            # only when set, so the specs (and run cards) of organs without one keep their shape
+            **({"inference_deadline_s": self.inference_deadline_s} if self.inference_deadline_s else {}),
             **self.extra,
         }
 
@@ -150,3 +167,136 @@ def load_organ_spec(organ: str, services_dir: Path = SERVICES_DIR) -> OrganSpec:
     if organ not in dirs:
         raise KeyError(f"unknown organ {organ!r}; known organs: {', '.join(dirs) or 'none'}")
     return load_spec(dirs[organ] / "spec.yaml")
+
+
+DATA_LAYOUTS = ("paired", "split")  # the layouts trainer.data.find_pairs reads (see trainer/datasets.py)
+RECIPE_FIELDS = {
+    "arch",
+    "widths",
+    "budget_minutes",
+    "batch_size",
+    "samples_per_epoch",
+    "val_every",
+    "augment",
+    "data",
+}
+
+
+class RecipeError(ValueError):
+    """A recipe.yaml that cannot be used; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The organ's default training data: `train` resolved against the repository (the folder holding
+    services/), `layout` "paired" (`X.png` + `X_mask.png`) or "split" (`images/X` + `masks/X`)."""
+
+    train: Path
+    layout: str
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How the organ's shipped model is trained (`services/<organ>/recipe.yaml`). `augment` holds
+    trainer.augment.AugmentConfig fields (the trainer checks their names); omitted fields take
+    trainer.loop.TrainConfig's defaults."""
+
+    organ: str
+    arch: str
+    budget_minutes: float
+    batch_size: int
+    data: TrainingData
+    widths: tuple[int, ...] | None = None
+    samples_per_epoch: int | None = None
+    val_every: int = 1
+    augment: dict = field(default_factory=dict)
+    path: Path | None = None
+
+    def train_config(self) -> dict:
+        """The recipe as trainer.loop.TrainConfig keyword arguments (augment still a dict)."""
+        config = {
+            "arch": self.arch,
+            "time_budget_min": self.budget_minutes,
+            "batch_size": self.batch_size,
+            "val_every": self.val_every,
+            "widths": self.widths,
+            "samples_per_epoch": self.samples_per_epoch,
+        }
+        return {k: v for k, v in config.items() if v is not None}
+
+
+def _positive(raw: dict, key: str, kind: type, where: str, *, required: bool = True):
+    value = raw.get(key)
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise RecipeError(f"{where}: `{key}` must be a positive {kind.__name__}, not {value!r}")
+    if kind is int and int(value) != value:
+        raise RecipeError(f"{where}: `{key}` must be a whole number, not {value!r}")
+    return kind(value)
+
+
+def _training_data(raw: object, repo: Path, where: str) -> TrainingData:
+    if not isinstance(raw, dict) or not isinstance(raw.get("train"), str):
+        raise RecipeError(
+            f"{where}: `data` needs `train:` (a folder relative to the repository, e.g. "
+            f"../shared/data/<organ>/train) and `layout:` ({' or '.join(DATA_LAYOUTS)})"
+        )
+    layout = raw.get("layout")
+    if layout not in DATA_LAYOUTS:
+        raise RecipeError(f"{where}: data.layout must be one of {', '.join(DATA_LAYOUTS)}, not {layout!r}")
+    return TrainingData(train=(repo / raw["train"]).resolve(), layout=layout)
+
+
+def recipe_from_dict(raw: object, organ: str, path: Path, repo: Path) -> Recipe:
+    """Check a parsed recipe.yaml (`path` is only named in errors); data paths resolve against `repo`."""
+    where = str(path)
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{where}: expected a mapping with {', '.join(sorted(RECIPE_FIELDS))}")
+    unknown = set(raw) - RECIPE_FIELDS
+    if unknown:
+        raise RecipeError(
+            f"{where}: unknown field(s) {', '.join(sorted(unknown))}; "
+            f"a recipe has {', '.join(sorted(RECIPE_FIELDS))}"
+        )
+    if not isinstance(raw.get("arch"), str) or not raw["arch"]:
+        raise RecipeError(f"{where}: `arch` must name an architecture of services.networks, e.g. erunet")
+    widths = raw.get("widths")
+    if widths is not None and not (
+        isinstance(widths, list) and widths and all(isinstance(w, int) and w > 0 for w in widths)
+    ):
+        raise RecipeError(f"{where}: `widths` must be a list of positive channel counts, e.g. [12, 24, 48]")
+    augment = raw.get("augment") or {}
+    if not isinstance(augment, dict):
+        raise RecipeError(f"{where}: `augment` must be a mapping of trainer.augment.AugmentConfig fields")
+    return Recipe(
+        organ=organ,
+        arch=raw["arch"],
+        budget_minutes=_positive(raw, "budget_minutes", float, where),
+        batch_size=_positive(raw, "batch_size", int, where),
+        data=_training_data(raw.get("data"), repo, where),
+        widths=tuple(widths) if widths else None,
+        samples_per_epoch=_positive(raw, "samples_per_epoch", int, where, required=False),
+        val_every=_positive(raw, "val_every", int, where, required=False) or 1,
+        augment=augment,
+        path=path,
+    )
+
+
+def load_recipe(organ: str, services_dir: Path = SERVICES_DIR) -> Recipe:
+    """The organ's training recipe, `services/<organ>/recipe.yaml`; data paths resolve against the folder
+    holding services/ (the repository)."""
+    dirs = organ_dirs(services_dir)
+    if organ not in dirs:
+        raise KeyError(f"unknown organ {organ!r}; known organs: {', '.join(dirs) or 'none'}")
+    path = dirs[organ] / "recipe.yaml"
+    if not path.is_file():
+        raise RecipeError(
+            f"{path} is missing: an organ folder needs a training recipe (copy services/liver/recipe.yaml "
+            "and adapt arch, budget_minutes, batch_size and data)"
+        )
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML ({exc})") from exc
+    return recipe_from_dict(raw, organ, path, Path(services_dir).resolve().parent)

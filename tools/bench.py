@@ -51,12 +51,12 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from common.settings import Settings
-from trainer.data import LIVER_TRAIN
+from services.spec import load_recipe
 
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_IMAGE = LIVER_TRAIN / "000.png"
+DEFAULT_IMAGE = load_recipe("liver").data.train / "000.png"  # a slice of the liver training data
 RESULTS_DIR = REPO_ROOT / ".medseg" / "bench"
 ORGAN = "liver"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -178,7 +178,7 @@ def stack_up(settings: Settings) -> int:
     organs, skipped = _organs_with_models(settings)
     for organ in skipped:
         logger.warning(
-            "skipping organ %r: %s is missing (train it, e.g. `make train-%s`)",
+            "skipping organ %r: %s is missing (train it: `make train ORGAN=%s`)",
             organ,
             settings.model_store_dir / f"{organ}.mar",
             organ,

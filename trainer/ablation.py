@@ -11,7 +11,7 @@ import json
 import logging
 from pathlib import Path
 
-from trainer.data import LIVER_TRAIN
+from trainer.data import recipe_data
 from trainer.train import default_config, run_training
 
 # (row label, architecture, loss)
@@ -26,7 +26,8 @@ VARIANTS = [
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", default=str(LIVER_TRAIN))
+    parser.add_argument("--organ", default="liver", help="the paper's organ (default liver)")
+    parser.add_argument("--data", default=None, help="image/mask folder (default: the organ's recipe data)")
     parser.add_argument("--minutes", type=float, default=8.0, help="time budget per variant")
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--fold", type=int, default=0)
@@ -34,10 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=".medseg/ablation")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    data = args.data or recipe_data(args.organ)
     rows = []
     for label, arch, loss in VARIANTS:
         cfg = default_config(
-            "liver",
+            args.organ,
             arch=arch,
             loss=loss,
             widths=(12, 24, 48),
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             time_budget_min=args.minutes,
         )
         run_dir = Path(args.out) / f"{arch}-{loss}"
-        result = run_training("liver", args.data, run_dir, cfg, fold=args.fold, limit=args.limit)
+        result = run_training(args.organ, data, run_dir, cfg, fold=args.fold, limit=args.limit)
         card = result["card"]
         rows.append(
             {
@@ -66,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows
     ]
     text = "\n".join(table)
-    print(f"Liver fold {args.fold}, {args.minutes:g} min per variant (`make ablation`):\n\n{text}")
+    title = f"{args.organ.capitalize()} fold {args.fold}, {args.minutes:g} min per variant (`make ablation`)"
+    print(f"{title}:\n\n{text}")
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "table.md").write_text(text + "\n")
     (Path(args.out) / "table.json").write_text(json.dumps(rows, indent=1))

@@ -1,14 +1,16 @@
 """`medseg train …` and `medseg model register|set-default|list`.
 
     medseg train --organ liver --dataset liver-0123abcd --out model-store --register --set-default
+    medseg train --organ liver --out model-store      # the recipe's data, architecture and budget
     medseg model register --organ liver --mar model-store/liver.mar --set-default
 
-`train` trains one fold (optionally under torchrun), packages the run as a .mar with its card, uploads
-the run's files to the runs bucket (`--upload-run`) and registers the .mar with the organ's TorchServe
-(`--register`, made the default with `--set-default`). The organ server's gRPC management address is
-`Settings.organ_host` at the port in services/<organ>/config.properties and its key is read from the
-key_file.json its TorchServe wrote under the state dir, unless --management-address /
---management-key-file say otherwise.
+`train` trains one fold (optionally under torchrun) by the organ's recipe (services/<organ>/recipe.yaml:
+architecture, widths, budget, batch size, augmentation and, without --data/--dataset, the training data;
+options given here win), packages the run as a .mar with its card, uploads the run's files to the runs
+bucket (`--upload-run`) and registers the .mar with the organ's TorchServe (`--register`, made the default
+with `--set-default`). The organ server's gRPC management address is `Settings.organ_host` at the port in
+services/<organ>/config.properties and its key is read from the key_file.json its TorchServe wrote under
+the state dir, unless --management-address / --management-key-file say otherwise.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from common.launcher import LauncherError, read_keys
 from common.model_store import management_client, mar_manifest, register_version
 from common.objectstore import ObjectStore
 from common.settings import get_settings
+from trainer.data import recipe_data
 from trainer.publish import default_run_id, default_version, publish_run, upload_run
 
 log = logging.getLogger(__name__)
@@ -36,10 +39,10 @@ log = logging.getLogger(__name__)
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model for an organ and package it as a .mar")
     p.add_argument("--organ", required=True)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--data", help="local folder of image/mask pairs")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--data", help="local folder of image/mask pairs (default: the recipe's data.train)")
     src.add_argument("--dataset", help="dataset id in the object store (fetched to a sha256-verified cache)")
-    p.add_argument("--arch", default=None, help="architecture (see services.networks)")
+    p.add_argument("--arch", default=None, help="architecture (see services.networks; default: the recipe's)")
     p.add_argument("--widths", default=None, help="channel widths, comma-separated (e.g. 6,12,24)")
     p.add_argument("--run-dir", default=None, help="where the run writes its files (default .medseg/runs/…)")
     p.add_argument("--run-id", default=None, help="run id in the runs bucket (default: time, arch, fold)")
@@ -48,7 +51,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fold", type=int, default=0)
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--minutes", type=float, default=None, help="time budget")
+    p.add_argument("--minutes", type=float, default=None, help="time budget (default: the recipe's)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--patience", type=int, default=None)
@@ -125,7 +128,7 @@ def _fail(exc: MedSegError) -> int:
 def train_command(args: argparse.Namespace) -> int:
     # Not a cycle: trainer.train pulls in MONAI (seconds), and every `medseg` command (`serve` too) loads
     # this module to build its parser, so training's imports wait until `medseg train` runs.
-    from trainer.train import default_config, run_training
+    from trainer.train import default_config, default_run_dir, run_training
 
     if args.set_default and not args.register:
         return _fail(InvalidInput("--set-default needs --register"))
@@ -147,7 +150,7 @@ def train_command(args: argparse.Namespace) -> int:
             val_every=args.val_every,
             threads=args.threads,
         )
-        run_dir = Path(args.run_dir or Path(".medseg/runs") / f"{args.organ}-{config.arch}-fold{args.fold}")
+        run_dir = Path(args.run_dir or default_run_dir(args.organ, config.arch, args.fold))
         version = args.version or default_version()
         run_id = args.run_id or default_run_id(config.arch, args.fold)
         store = _store() if (args.dataset or args.upload_run or args.register) else None
@@ -156,6 +159,8 @@ def train_command(args: argparse.Namespace) -> int:
             mgmt = _management(args)
             mgmt.list_models(timeout=10)
         data = args.data
+        if not args.data and not args.dataset:
+            data = recipe_data(args.organ)
         if args.dataset:
             data = _fetch(store, args.dataset, get_settings().state_dir / "cache" / "datasets", distributed)
         result = run_training(

@@ -13,19 +13,17 @@ from statistics import mean, stdev
 
 import numpy as np
 
-from services.spec import OrganSpec
-from trainer.data import CELLS_TRAIN, LIVER_TRAIN, PairSet, kfold_indices, load_pairs
-from trainer.train import default_config, run_training
-
-SOURCES = {"liver": LIVER_TRAIN, "cells": CELLS_TRAIN}
+from services.spec import OrganSpec, organ_dirs
+from trainer.data import PairSet, kfold_indices, load_pairs, recipe_data
+from trainer.train import default_config, default_run_dir, run_training
 
 
 def run_split(
     organ: str, card: dict, spec: OrganSpec, data: str | Path | None = None
 ) -> tuple[PairSet, np.ndarray, np.ndarray]:
     """A finished run's own pairs (as many as its card says it used, from `data` or the organ's training
-    data) and its training and held-out indices, by the split its card records."""
-    pairs = load_pairs(data or SOURCES[organ], spec, limit=card["dataset"]["pairs"])
+    data in its recipe) and its training and held-out indices, by the split its card records."""
+    pairs = load_pairs(data or recipe_data(organ), spec, limit=card["dataset"]["pairs"])
     split = card["split"]
     train_idx, val_idx = kfold_indices(len(pairs), split["folds"], split["fold"], split["seed"])
     return pairs, train_idx, val_idx
@@ -33,7 +31,7 @@ def run_split(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--organ", required=True, choices=sorted(SOURCES))
+    parser.add_argument("--organ", required=True, choices=sorted(organ_dirs()))
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--only", type=int, nargs="*", help="fold numbers to train (default: all)")
     parser.add_argument("--minutes", type=float, default=10.0, help="time budget per fold")
@@ -42,11 +40,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=".medseg/cv")
     parser.add_argument("--reuse", nargs="*", default=[], help="fold=run_dir pairs of finished runs to count")
+    parser.add_argument(
+        "--reuse-shipped",
+        action="store_true",
+        help="count fold 0 from the recipe's `medseg train` run dir (.medseg/runs/<organ>-<arch>-fold0)",
+    )
     parser.add_argument("--card", help="model card JSON to record the result in")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     reused = {int(k): Path(v) for k, v in (item.split("=", 1) for item in args.reuse)}
+    if args.reuse_shipped:
+        reused.setdefault(0, default_run_dir(args.organ, default_config(args.organ).arch, 0))
     rows = []
     folds = sorted(set(args.only if args.only is not None else range(args.folds)) | set(reused))
     for fold in folds:
@@ -59,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                 threads=args.threads,
                 patience=args.patience,
             )
-            run_training(args.organ, SOURCES[args.organ], run_dir, cfg, fold=fold, folds=args.folds)
+            run_training(args.organ, recipe_data(args.organ), run_dir, cfg, fold=fold, folds=args.folds)
         card = json.loads((run_dir / "card.json").read_text())
         rows.append(
             {

@@ -11,20 +11,38 @@ import torch
 from PIL import Image
 
 from services.preprocess import resize, to_channels
-from services.spec import OrganSpec
+from services.spec import SERVICES_DIR, OrganSpec, load_recipe
 
 log = logging.getLogger(__name__)
 
-# The project's labelled data lives beside the repository (../shared/data), never inside it.
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-LIVER_TRAIN = SHARED_DATA / "liver" / "train"
-CELLS_TRAIN = SHARED_DATA / "monuseg" / "train"
+
+def layout_of(root: str | Path) -> str:
+    """ "split" when the folder has images/ and masks/, else "paired" (services.spec.DATA_LAYOUTS)."""
+    root = Path(root)
+    return "split" if (root / "images").is_dir() and (root / "masks").is_dir() else "paired"
+
+
+def recipe_data(organ: str, services_dir: Path = SERVICES_DIR) -> Path:
+    """The organ's default training data (its recipe's data.train), checked to be in the recipe's layout.
+    The project's labelled data lives beside the repository (../shared/data), never inside it."""
+    recipe = load_recipe(organ, services_dir)
+    root = recipe.data.train
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"{root} (data.train of {recipe.path}) is not a folder: fetch the data or pass --data"
+        )
+    if layout_of(root) != recipe.data.layout:
+        raise FileNotFoundError(
+            f"{root} is in the {layout_of(root)!r} layout, but {recipe.path} says "
+            f"data.layout: {recipe.data.layout}"
+        )
+    return root
 
 
 def find_pairs(root: str | Path) -> list[tuple[str, Path, Path]]:
     """(name, image, mask) for both layouts we accept: `X.png` + `X_mask.png`, or `images/X` + `masks/X`."""
     root = Path(root)
-    if (root / "images").is_dir() and (root / "masks").is_dir():
+    if layout_of(root) == "split":
         pairs = [
             (p.stem, p, root / "masks" / p.name) for p in sorted((root / "images").iterdir()) if p.is_file()
         ]

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from services.preprocess import normalize, pad_to_multiple, probabilities, restore
-from services.spec import OrganSpec, load_spec
-from trainer.cv import SOURCES, run_split
+from services.spec import OrganSpec, load_spec, organ_dirs
+from trainer.cv import run_split
 from trainer.loop import dice_score
 
 THRESHOLDS = (0.4, 0.5, 0.6)
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--organ", required=True, choices=sorted(SOURCES))
+    parser.add_argument("--organ", required=True, choices=sorted(organ_dirs()))
     parser.add_argument("--run", required=True, type=Path, help="run folder (model.ts, spec.yaml, card.json)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)

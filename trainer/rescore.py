@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from services.spec import load_organ_spec, load_spec
+from services.spec import load_organ_spec, load_spec, organ_dirs
 from trainer.augment import AugmentConfig
-from trainer.cv import SOURCES, run_split
+from trainer.cv import run_split
 from trainer.loop import TrainConfig, Trainer
 from trainer.train import best_threshold, git_commit
 
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--organ", required=True, choices=sorted(SOURCES))
+    parser.add_argument("--organ", required=True, choices=sorted(organ_dirs()))
     parser.add_argument("--run", required=True, type=Path, help="finished run folder (best.pt, card.json, …)")
     parser.add_argument("--out", required=True, type=Path, help="folder for the rescored run (may be --run)")
     parser.add_argument("--data", help="image/mask folder (default: the organ's training data)")

@@ -17,30 +17,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from common.datasets import dataset_hash as manifest_hash
 from services.networks import create_model
-from services.spec import OrganSpec, load_organ_spec
+from services.spec import SERVICES_DIR, OrganSpec, Recipe, RecipeError, load_organ_spec, load_recipe
 from trainer.augment import AugmentConfig
 from trainer.data import channel_stats, find_pairs, kfold_indices, load_pairs
 from trainer.loop import TrainConfig, Trainer
 
 log = logging.getLogger(__name__)
-
-# Per-organ augmentation: CT anatomy has a left and a right (no flips); histology has no orientation and
-# varies in stain (jittered per RGB channel and per stain in H&E space), and its 1000×1000 tiles are
-# trained on random crops.
-ORGAN_AUGMENT = {
-    "liver": AugmentConfig(),
-    "cells": AugmentConfig(
-        crop=256,
-        flips=True,
-        rot90=True,
-        rotate_deg=0.0,
-        scale=(0.9, 1.1),
-        translate=0.0,
-        per_channel_jitter=0.08,
-        hed_jitter=0.05,
-        gamma=(0.85, 1.15),
-    ),
-}
 
 
 def dataset_hash(root: str | Path) -> str:
@@ -227,10 +209,25 @@ def run_training(
     return {**result, "card": card, "spec": spec}
 
 
-def default_config(organ: str, **overrides) -> TrainConfig:
-    base = {
-        "liver": {"arch": "erunet", "widths": (12, 24, 48), "batch_size": 8},
-        "cells": {"arch": "erunet-cells", "batch_size": 8, "samples_per_epoch": 96, "val_every": 5},
-    }.get(organ, {})
-    cfg = {**base, **{k: v for k, v in overrides.items() if v is not None}}
-    return TrainConfig(augment=ORGAN_AUGMENT.get(organ, AugmentConfig()), **cfg)
+def default_run_dir(organ: str, arch: str, fold: int) -> Path:
+    """Where `medseg train` writes a run unless told (and where `make cv` finds the shipped fold 0)."""
+    return Path(".medseg/runs") / f"{organ}-{arch}-fold{fold}"
+
+
+def augment_config(recipe: Recipe) -> AugmentConfig:
+    """The recipe's `augment` section as an AugmentConfig (YAML lists become the tuples it holds)."""
+    names = {f.name for f in dataclasses.fields(AugmentConfig)}
+    unknown = set(recipe.augment) - names
+    if unknown:
+        raise RecipeError(
+            f"{recipe.path}: unknown augment field(s) {', '.join(sorted(unknown))}; "
+            f"trainer.augment.AugmentConfig has {', '.join(sorted(names))}"
+        )
+    return AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in recipe.augment.items()})
+
+
+def default_config(organ: str, *, services_dir: Path = SERVICES_DIR, **overrides) -> TrainConfig:
+    """The organ's recipe (services/<organ>/recipe.yaml) as a TrainConfig; overrides that are not None win."""
+    recipe = load_recipe(organ, services_dir)
+    cfg = {**recipe.train_config(), **{k: v for k, v in overrides.items() if v is not None}}
+    return TrainConfig(augment=augment_config(recipe), **cfg)

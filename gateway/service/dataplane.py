@@ -579,6 +579,14 @@ def _evaluate_result(
     )
 
 
+def organ_deadline_s(settings, organ: Organ) -> float:
+    """The deadline of one call to the organ's server: MEDSEG_ORGAN_INFERENCE_TIMEOUTS_S's entry for it,
+    else its spec's `inference_deadline_s` (services/<organ>/spec.yaml), else Settings.inference_timeout_s."""
+    if organ.name in settings.organ_inference_timeouts_s:
+        return settings.organ_inference_timeouts_s[organ.name]
+    return organ.spec.inference_deadline_s or settings.inference_timeout_s
+
+
 def build_dataplane(settings) -> DataPlane:
     """The production DataPlane: organs from services/, one InferenceClient each, the S3 store, SQL rows."""
     from common.objectstore import ObjectStore
@@ -595,7 +603,7 @@ def build_dataplane(settings) -> DataPlane:
         organ.name: InferenceClient(
             organ.address,
             key=lambda organ=organ: inference_key(settings, organ.name),
-            timeout=settings.organ_inference_timeouts_s.get(organ.name, settings.inference_timeout_s),
+            timeout=organ_deadline_s(settings, organ),
             retries=settings.inference_retries,
             label=f"organ server {organ.name!r}",
             renew_after_s=settings.organ_channel_renew_s or None,

@@ -281,14 +281,27 @@ def test_grpc_bad_input_codes(stub, api_keys):
 
 
 def test_each_organ_call_has_its_organs_deadline(stack_settings, monkeypatch):
-    """A cells tile is four full-resolution passes: its calls get their own, longer deadline."""
+    """A cells tile is four full-resolution passes: its calls get their own, longer deadline, set in its
+    organ folder (services/cells/spec.yaml) and overridable from the environment."""
     from common.settings import Settings
     from gateway.service import build_dataplane
+    from services.spec import load_organ_spec
+
+    assert load_organ_spec("cells").inference_deadline_s == 30.0
+    assert load_organ_spec("liver").inference_deadline_s is None
+    assert Settings.model_fields["organ_inference_timeouts_s"].default == {}
+    no_override = {"inference_timeout_s": 10.0, "organ_inference_timeouts_s": {}}
+    settings = stack_settings.model_copy(update=no_override)
+    dataplane = build_dataplane(settings)
+    try:
+        assert dataplane.clients["cells"].timeout == 30.0
+        assert dataplane.clients["liver"].timeout == 10.0
+    finally:
+        dataplane.close()
 
     monkeypatch.setenv("MEDSEG_ORGAN_INFERENCE_TIMEOUTS_S", '{"cells": 45}')
     from_env = Settings().organ_inference_timeouts_s
     assert from_env == {"cells": 45.0}
-    assert Settings.model_fields["organ_inference_timeouts_s"].default == {"cells": 30.0}
     settings = stack_settings.model_copy(
         update={"inference_timeout_s": 10.0, "organ_inference_timeouts_s": from_env}
     )

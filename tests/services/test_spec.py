@@ -35,3 +35,13 @@ def test_test_time_mirror_images_are_named_and_checked():
     assert flips.single_pass().inference.mode == "whole"
     with pytest.raises(ValueError, match="inference.tta must be one of none, flips, not 'rot90'"):
         cells.with_inference("whole", tta="rot90")
+
+
+def test_an_organ_may_set_its_own_gateway_deadline():
+    cells, liver = load_organ_spec("cells"), load_organ_spec("liver")
+    assert cells.inference_deadline_s == 30.0 and liver.inference_deadline_s is None
+    assert "inference_deadline_s" not in liver.to_dict()  # specs without one keep their shape
+    assert OrganSpec.from_dict(cells.to_dict()).inference_deadline_s == 30.0
+    for bad in (0, -5, "30s", True):
+        with pytest.raises(ValueError, match="inference_deadline_s must be a positive number of seconds"):
+            OrganSpec.from_dict({**cells.to_dict(), "inference_deadline_s": bad})

@@ -1,0 +1,58 @@
+"""The organs' recipes (services/<organ>/recipe.yaml) are the recipes the shipped models were trained with
+(they were dicts in trainer/train.py and trainer/data.py, and figures in the Makefile, until the move)."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.spec import SERVICES_DIR, load_recipe
+from trainer.augment import AugmentConfig
+from trainer.data import recipe_data
+from trainer.loop import TrainConfig
+from trainer.train import default_config
+
+SHARED_DATA = SERVICES_DIR.parents[1] / "shared" / "data"
+
+
+def test_liver_trains_as_it_shipped():
+    assert default_config("liver") == TrainConfig(
+        arch="erunet", widths=(12, 24, 48), batch_size=8, time_budget_min=50.0, augment=AugmentConfig()
+    )
+    assert load_recipe("liver").data.train == SHARED_DATA / "liver" / "train"
+    assert load_recipe("liver").data.layout == "paired"
+
+
+def test_cells_trains_as_it_shipped():
+    augment = AugmentConfig(
+        crop=256,
+        flips=True,
+        rot90=True,
+        rotate_deg=0.0,
+        scale=(0.9, 1.1),
+        translate=0.0,
+        per_channel_jitter=0.08,
+        hed_jitter=0.05,
+        gamma=(0.85, 1.15),
+    )
+    assert default_config("cells") == TrainConfig(
+        arch="erunet-cells",
+        batch_size=8,
+        samples_per_epoch=96,
+        val_every=5,
+        time_budget_min=56.0,
+        augment=augment,
+    )
+    assert load_recipe("cells").data.train == SHARED_DATA / "monuseg" / "train"
+    assert load_recipe("cells").data.layout == "split"
+
+
+def test_options_given_win_over_the_recipe():
+    config = default_config("cells", arch="unet", time_budget_min=3.0, val_every=None)
+    assert (config.arch, config.time_budget_min, config.val_every) == ("unet", 3.0, 5)
+
+
+def test_the_recipes_data_is_found_in_its_layout():
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found under {SHARED_DATA}")
+    assert recipe_data("liver") == SHARED_DATA / "liver" / "train"
+    assert recipe_data("cells") == SHARED_DATA / "monuseg" / "train"
