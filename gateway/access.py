@@ -131,6 +131,7 @@ OPERATIONS: dict[str, Operation] = {
         HISTORY_READER, ("GET", "/patients/{patient_id}/trend"), "History/GetPatientTrend"
     ),
     # --- training jobs
+    "training.architectures": Operation(TRAINING, ("GET", "/training/architectures")),
     "training.jobs.list": Operation(TRAINING, ("GET", "/training/jobs"), "Training/ListJobs"),
     "training.jobs.start": Operation(TRAINING, ("POST", "/training/jobs"), "Training/StartJob"),
     "training.jobs.show": Operation(TRAINING, ("GET", "/training/jobs/{job_id}"), "Training/GetJob"),

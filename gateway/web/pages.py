@@ -24,6 +24,7 @@ from gateway.api.deps import SessionDep, SettingsDep
 from gateway.core.db import get_db
 from gateway.models import User
 from gateway.resources.accounts.service import resolve_session
+from gateway.resources.training import service as training_service
 from gateway.security import KNOWN_SCOPES
 from gateway.web import i18n
 
@@ -244,7 +245,13 @@ def feedback_page(request: Request, viewer: DoctorSide):
 
 @router.get("/training")
 def training_page(request: Request, viewer: ResearcherSide):
-    return render(request, viewer, "training.html", organs=organ_choices(request))
+    return render(
+        request,
+        viewer,
+        "training.html",
+        organs=organ_choices(request),
+        architectures=training_service.architectures().architectures,
+    )
 
 
 @router.get("/models")

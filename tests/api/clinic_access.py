@@ -308,6 +308,9 @@ def _rules() -> dict:
             ("segment",),
             lambda w, c, who: c.get(f"/api/v1/segmentations/{_segmentation(w, who)}/mask.png"),
         ),
+        ("GET", "/api/v1/training/architectures"): _rule(
+            RESEARCH, ("train",), lambda w, c, who: c.get("/api/v1/training/architectures")
+        ),
         ("GET", "/api/v1/training/jobs"): _rule(
             RESEARCH, ("train",), lambda w, c, who: (_no_training(w), c.get("/api/v1/training/jobs"))[1]
         ),

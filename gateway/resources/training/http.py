@@ -1,4 +1,5 @@
-"""Training jobs over HTTP (/api/v1/training/jobs): list, start, show, cancel."""
+"""Training over HTTP: the architectures a job can use (/api/v1/training/architectures) and the jobs
+(/api/v1/training/jobs): list, start, show, cancel."""
 
 import uuid
 from typing import Annotated
@@ -9,14 +10,26 @@ from gateway.access import ACCESS
 from gateway.api.deps import ClinicDep, SessionDep, require
 from gateway.principal import Principal
 from gateway.resources.training import service
-from gateway.resources.training.schemas import TrainingJobCreate, TrainingJobPublic, TrainingJobsPublic
+from gateway.resources.training.schemas import (
+    ArchitecturesPublic,
+    TrainingJobCreate,
+    TrainingJobPublic,
+    TrainingJobsPublic,
+)
 
 router = APIRouter(prefix="/training", tags=["training"])
 
+ArchitecturesCaller = Annotated[Principal, Depends(require(ACCESS["training.architectures"]))]
 ListJobsCaller = Annotated[Principal, Depends(require(ACCESS["training.jobs.list"]))]
 StartJobCaller = Annotated[Principal, Depends(require(ACCESS["training.jobs.start"]))]
 ShowJobCaller = Annotated[Principal, Depends(require(ACCESS["training.jobs.show"]))]
 CancelJobCaller = Annotated[Principal, Depends(require(ACCESS["training.jobs.cancel"]))]
+
+
+@router.get("/architectures", response_model=ArchitecturesPublic)
+def list_architectures(_who: ArchitecturesCaller) -> ArchitecturesPublic:
+    """The network architectures a training job can use."""
+    return service.architectures()
 
 
 @router.get("/jobs", response_model=TrainingJobsPublic)

@@ -10,6 +10,10 @@ from pydantic import BaseModel, Field
 from gateway import models as m
 
 
+class ArchitecturesPublic(BaseModel):
+    architectures: list[str] = Field(description="names a training job's `arch` accepts (services.networks)")
+
+
 class TrainingJobCreate(BaseModel):
     organ: str = Field(max_length=64)
     dataset_id: str = Field(max_length=64)

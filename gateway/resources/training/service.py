@@ -9,9 +9,20 @@ import uuid
 from sqlalchemy.orm import Session
 
 from gateway.principal import Principal
-from gateway.resources.training.schemas import TrainingJobCreate, TrainingJobPublic, TrainingJobsPublic
+from gateway.resources.training.schemas import (
+    ArchitecturesPublic,
+    TrainingJobCreate,
+    TrainingJobPublic,
+    TrainingJobsPublic,
+)
 from gateway.service.clinic import Clinic
 from gateway.service.training_jobs import JobRequest
+from services.networks import MODELS
+
+
+def architectures() -> ArchitecturesPublic:
+    """The network architectures a job can train: the registry's names (services.networks.MODELS)."""
+    return ArchitecturesPublic(architectures=sorted(MODELS))
 
 
 def list_jobs(clinic: Clinic, session: Session) -> TrainingJobsPublic:
