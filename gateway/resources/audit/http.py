@@ -3,20 +3,18 @@
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
-from gateway.access import ACCESS
-from gateway.api.deps import SessionDep, require
-from gateway.principal import Principal
+from gateway.api.deps import SessionDep, caller
 from gateway.resources.audit.schemas import AuditEntryPublic, AuditPagePublic
 from gateway.resources.audit.service import audit_csv, audit_page
 from gateway.resources.shared import BigRowId
 
 router = APIRouter(prefix="/audit", tags=["audit"])
 
-AuditListCaller = Annotated[Principal, Depends(require(ACCESS["audit.list"]))]
-AuditExportCaller = Annotated[Principal, Depends(require(ACCESS["audit.export"]))]
+AuditListCaller = caller("audit.list")
+AuditExportCaller = caller("audit.export")
 
 ActionQ = Annotated[str | None, Query(max_length=64, description="exact, or a prefix ending in '.'")]
 ActorQ = Annotated[str | None, Query(max_length=128)]
