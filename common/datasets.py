@@ -36,7 +36,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from common.errors import InvalidInput, MedSegError, NotFound
-from common.objectstore import ObjectStore
+from common.objectstore import ObjectStore, sha256_file
 from services.imaging import decode_image
 from services.spec import organ_dirs
 
@@ -507,10 +507,10 @@ def fetch_dataset(store: ObjectStore, dataset_id: str, cache_dir: str | Path) ->
     local_manifest.unlink(missing_ok=True)  # written last again: its presence means "complete"
     for rec in _progress_iter(records, f"fetch {dataset_id}"):
         target = root / rec["key"]
-        if target.exists() and _sha256_file(target) == rec["sha256"]:
+        if target.exists() and sha256_file(target) == rec["sha256"]:
             continue
         store.download(bucket, f"{dataset_id}/{rec['key']}", target)
-        if _sha256_file(target) != rec["sha256"]:
+        if sha256_file(target) != rec["sha256"]:
             target.unlink()
             raise DatasetIntegrityError(
                 f"dataset {dataset_id}: {rec['key']} does not match the sha256 in its "
@@ -518,14 +518,6 @@ def fetch_dataset(store: ObjectStore, dataset_id: str, cache_dir: str | Path) ->
             )
     local_manifest.write_text(json.dumps(manifest, indent=1))
     return root
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _progress_iter(items: list, desc: str) -> Iterator:

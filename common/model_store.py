@@ -18,7 +18,6 @@ stored archive. An organ server or object store that does not answer is `Service
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -28,6 +27,7 @@ from pathlib import Path
 
 from common.errors import Conflict, InvalidInput, MedSegError, NotFound, ServiceUnavailable
 from common.launcher import KEY_FILE, LauncherError, configured_ports, read_keys, server_dir
+from common.objectstore import sha256_file, sha256_of
 from common.settings import get_settings
 from common.torchserve_client import ManagementClient
 from services.spec import organ_dirs
@@ -166,7 +166,7 @@ def _checked_archive(mar_path: Path, organ: str, version: str, model_name: str) 
             f"{mar_path.name} was packaged as version {packed!r}, not {version!r}; TorchServe registers the "
             f"packaged version, so re-package with --version {version} or register it as {packed}"
         )
-    digest = _sha256(mar_path)
+    digest = sha256_file(mar_path)
     card_path = mar_path.with_suffix(".json")
     return digest, (_read_card(card_path, digest) if card_path.is_file() else None)
 
@@ -237,10 +237,7 @@ def _read_card(path: Path, digest: str) -> dict:
 def _upload_archive(store, bucket: str, key: str, path: Path, digest: str) -> None:
     """Upload unless the identical archive is already stored; a different one under the key is a Conflict."""
     if store.exists(bucket, key):
-        stored = hashlib.sha256()
-        for chunk in store.stream(bucket, key):
-            stored.update(chunk)
-        if stored.hexdigest() != digest:
+        if sha256_of(store.stream(bucket, key)) != digest:
             raise Conflict(
                 f"{bucket}/{key} already holds a different archive for this version; versions are "
                 "immutable, package the model under a new --version",
@@ -249,11 +246,3 @@ def _upload_archive(store, bucket: str, key: str, path: Path, digest: str) -> No
         logger.info("%s/%s already stored (same sha256), re-using it", bucket, key)
         return
     store.put_file(bucket, key, path, content_type="application/octet-stream")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -7,12 +7,13 @@ store unavailable: ...")` after a short, bounded retry; a missing object or buck
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -35,6 +36,20 @@ CREDENTIALS_FILE = (
     "s3-credentials.json"  # written by the local object store launcher (tools/objectstore_server)
 )
 PART_SIZE = 16 * 1024 * 1024  # multipart chunk: bounds memory when streaming big files of unknown length
+
+
+def sha256_of(chunks: Iterable[bytes]) -> str:
+    """The hex sha256 of bytes arriving in chunks (a file read in pieces, an object's `stream`)."""
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """The hex sha256 of a file, read 1 MiB at a time (what dataset manifests and model cards record)."""
+    with open(path, "rb") as fh:
+        return sha256_of(iter(lambda: fh.read(1024 * 1024), b""))
 
 
 @dataclass(frozen=True)

@@ -11,18 +11,17 @@ threshold with the seconds per tile.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from services.preprocess import normalize, pad_to_multiple, probabilities, restore
-from services.spec import OrganSpec, load_spec, organ_dirs
+from services.spec import OrganSpec, load_spec
 from trainer.cv import run_split
 from trainer.loop import dice_score
+from trainer.run_args import run_tool_parser
 
 THRESHOLDS = (0.4, 0.5, 0.6)
 
@@ -47,13 +46,7 @@ def candidate_modes(spec: OrganSpec, crop: int) -> dict[str, OrganSpec]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--organ", required=True, choices=sorted(organ_dirs()))
-    parser.add_argument("--run", required=True, type=Path, help="run folder (model.ts, spec.yaml, card.json)")
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
+    args = run_tool_parser(__doc__, "run folder (model.ts, spec.yaml, card.json)").parse_args(argv)
     torch.set_num_threads(args.threads)
 
     card = json.loads((args.run / "card.json").read_text())

@@ -15,7 +15,6 @@ figures it had under `rescored.before`.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime as dt
 import json
@@ -26,10 +25,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from services.spec import load_organ_spec, load_spec, organ_dirs
+from services.spec import load_organ_spec, load_spec
 from trainer.augment import AugmentConfig
 from trainer.cv import run_split
 from trainer.loop import TrainConfig, Trainer
+from trainer.run_args import run_tool_parser
 from trainer.train import best_threshold, git_commit
 
 log = logging.getLogger(__name__)
@@ -93,14 +93,9 @@ def rescore(organ: str, run: Path, out: Path, data: str | Path | None = None) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--organ", required=True, choices=sorted(organ_dirs()))
-    parser.add_argument("--run", required=True, type=Path, help="finished run folder (best.pt, card.json, …)")
+    parser = run_tool_parser(__doc__, "finished run folder (best.pt, card.json, …)")
     parser.add_argument("--out", required=True, type=Path, help="folder for the rescored run (may be --run)")
     parser.add_argument("--data", help="image/mask folder (default: the organ's training data)")
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--package", type=Path, help="model store folder for <organ>.mar and its card")
     parser.add_argument("--version", help="with --package: the model version")
     args = parser.parse_args(argv)

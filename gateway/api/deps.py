@@ -2,7 +2,7 @@
 `DataPlaneDep`, `ClinicDep`) and who may call it.
 
 A route declares who may call it by its operation's entry of the access table (gateway/access.py), e.g.
-    ListDatasetsCaller = Annotated[Principal, Depends(require(ACCESS["datasets.list"]))]
+    ListDatasetsCaller = caller("datasets.list")  # Annotated[Principal, Depends(require(ACCESS[…]))]
 and receives the `Principal` (a signed-in person or an API key) only if it may call the route:
 
 * `Authorization: Bearer <key>` → the API key must grant one of the scopes (routes without scopes are
@@ -17,13 +17,14 @@ No credentials → 401; credentials that do not grant the route → 403.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
 
 from common.errors import Forbidden, Unauthenticated
 from common.settings import Settings, get_settings
+from gateway.access import ACCESS
 from gateway.core.db import get_db
 from gateway.principal import Access, Principal
 from gateway.resources.accounts.service import csrf_matches, resolve_session
@@ -106,3 +107,9 @@ def require(access: Access) -> Callable[..., Principal]:
 
     principal.access = access  # which entry of the access table the route declared (the parity test reads it)
     return principal
+
+
+def caller(operation: str) -> Any:
+    """The type of a route's caller admitted by `operation`'s entry of the access table:
+    `Annotated[Principal, Depends(require(ACCESS[operation]))]` (a KeyError names an unknown operation)."""
+    return Annotated[Principal, Depends(require(ACCESS[operation]))]

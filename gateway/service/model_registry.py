@@ -606,23 +606,9 @@ class Promotions:
         current.state, current.retired_at = "retired", now
         previous.state, previous.promoted_at, previous.retired_at = "default", now, None
         detail = {"from": current.version, "to": previous.version}
-        session.add(
-            ModelEvent(
-                version_id=previous.id,
-                action="rolled_back_to",
-                actor=principal.actor,
-                reason=reason,
-                detail=detail,
-            )
-        )
-        session.add(
-            ModelEvent(
-                version_id=current.id,
-                action="rolled_back_from",
-                actor=principal.actor,
-                reason=reason,
-                detail=detail,
-            )
+        session.add_all(  # one event on each side of the rollback
+            ModelEvent(version_id=v.id, action=action, actor=principal.actor, reason=reason, detail=detail)
+            for v, action in ((previous, "rolled_back_to"), (current, "rolled_back_from"))
         )
         audit(session, principal.actor, "model.rollback", f"model:{organ}", {**detail, "reason": reason})
         self._roll_out(session, organ, previous, current)

@@ -8,6 +8,7 @@ role does not fit gets the 403 page (never the API's JSON).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -218,29 +219,23 @@ def profile_page(request: Request, viewer: SignedInPage):
     return render(request, viewer, "profile.html")
 
 
-@router.get("/datasets")
-def datasets_page(request: Request, viewer: DoctorSide):
-    return render(request, viewer, "datasets.html", organs=organ_choices(request))
+def _doctor_page(template: str) -> Callable[..., Response]:
+    """A doctor-side page: its template with the organ choices."""
+
+    def page(request: Request, viewer: DoctorSide):
+        return render(request, viewer, template, organs=organ_choices(request))
+
+    return page
 
 
-@router.get("/segment")
-def segment_page(request: Request, viewer: DoctorSide):
-    return render(request, viewer, "segment.html", organs=organ_choices(request))
-
-
-@router.get("/history")
-def history_page(request: Request, viewer: DoctorSide):
-    return render(request, viewer, "history.html", organs=organ_choices(request))
-
-
-@router.get("/model-test")
-def model_test_page(request: Request, viewer: DoctorSide):
-    return render(request, viewer, "model_test.html", organs=organ_choices(request))
-
-
-@router.get("/feedback")
-def feedback_page(request: Request, viewer: DoctorSide):
-    return render(request, viewer, "feedback.html", organs=organ_choices(request))
+for _path, _name in (
+    ("/datasets", "datasets"),
+    ("/segment", "segment"),
+    ("/history", "history"),
+    ("/model-test", "model_test"),
+    ("/feedback", "feedback"),
+):
+    router.add_api_route(_path, _doctor_page(f"{_name}.html"), methods=["GET"], name=f"{_name}_page")
 
 
 @router.get("/training")

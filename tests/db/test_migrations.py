@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import threading
 import time
 import uuid
 from contextlib import redirect_stdout
@@ -20,6 +19,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from common.errors import ServiceUnavailable
 from gateway.core.db import alembic_config, make_engine, run_migrations, session_scope
 from gateway.models import ApiKey, AuditLog, Base, Segmentation, audit
+from tests.fixtures.db_lock import write_lock_held
 
 
 def test_fresh_database_is_migrated_to_head_and_matches_the_models(db_url, db_engine):
@@ -110,34 +110,15 @@ def test_audit_log_is_append_only(db_session):
 
 
 def test_a_locked_database_gives_a_clear_error_not_a_hang(db_url):
-    holder = make_engine(db_url)
     waiter = make_engine(db_url, busy_timeout_s=0.3)
-    locked, release = threading.Event(), threading.Event()
-
-    def hold_write_lock():
-        with holder.connect() as conn:
-            if conn.dialect.name == "sqlite":
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-            else:  # PostgreSQL: a writer holding the table lock; the waiter's lock_timeout ends the wait
-                conn.exec_driver_sql("LOCK TABLE audit_log IN ACCESS EXCLUSIVE MODE")
-            conn.execute(text("INSERT INTO audit_log (at, actor, action) VALUES ('2026-01-01', 'x', 'lock')"))
-            locked.set()
-            release.wait(10)
-            conn.rollback()
-
-    thread = threading.Thread(target=hold_write_lock)
-    thread.start()
     try:
-        assert locked.wait(5)
-        started = time.monotonic()
-        with pytest.raises(ServiceUnavailable, match="locked"):
-            with session_scope(waiter) as session:
-                audit(session, "y", "blocked")
-        assert time.monotonic() - started < 3.0
+        with write_lock_held(db_url, wait_s=5):
+            started = time.monotonic()
+            with pytest.raises(ServiceUnavailable, match="locked"):
+                with session_scope(waiter) as session:
+                    audit(session, "y", "blocked")
+            assert time.monotonic() - started < 3.0
     finally:
-        release.set()
-        thread.join()
-        holder.dispose()
         waiter.dispose()
 
 

@@ -290,24 +290,18 @@ def test_each_organ_call_has_its_organs_deadline(stack_settings, monkeypatch):
     assert load_organ_spec("cells").inference_deadline_s == 30.0
     assert load_organ_spec("liver").inference_deadline_s is None
     assert Settings.model_fields["organ_inference_timeouts_s"].default == {}
-    no_override = {"inference_timeout_s": 10.0, "organ_inference_timeouts_s": {}}
-    settings = stack_settings.model_copy(update=no_override)
-    dataplane = build_dataplane(settings)
-    try:
-        assert dataplane.clients["cells"].timeout == 30.0
-        assert dataplane.clients["liver"].timeout == 10.0
-    finally:
-        dataplane.close()
 
+    def timeouts(organ_timeouts: dict) -> dict[str, float]:
+        """The cells and liver clients' timeouts of a data plane built with a 10 s default and these."""
+        update = {"inference_timeout_s": 10.0, "organ_inference_timeouts_s": organ_timeouts}
+        dataplane = build_dataplane(stack_settings.model_copy(update=update))
+        try:
+            return {organ: dataplane.clients[organ].timeout for organ in ("cells", "liver")}
+        finally:
+            dataplane.close()
+
+    assert timeouts({}) == {"cells": 30.0, "liver": 10.0}
     monkeypatch.setenv("MEDSEG_ORGAN_INFERENCE_TIMEOUTS_S", '{"cells": 45}')
     from_env = Settings().organ_inference_timeouts_s
     assert from_env == {"cells": 45.0}
-    settings = stack_settings.model_copy(
-        update={"inference_timeout_s": 10.0, "organ_inference_timeouts_s": from_env}
-    )
-    dataplane = build_dataplane(settings)
-    try:
-        assert dataplane.clients["cells"].timeout == 45.0
-        assert dataplane.clients["liver"].timeout == 10.0
-    finally:
-        dataplane.close()
+    assert timeouts(from_env) == {"cells": 45.0, "liver": 10.0}

@@ -19,7 +19,7 @@ from PIL import Image
 
 from common.datasets import push_dataset
 from common.settings import get_settings
-from common.torchserve_client import InferenceClient, ManagementClient
+from common.torchserve_client import InferenceClient
 from tests.data import LIVER_TRAIN
 from tests.fixtures.stack import bearer
 from trainer.train import dataset_hash
@@ -55,15 +55,13 @@ def cli_settings(monkeypatch, tmp_path, s3_settings):
 
 
 @pytest.fixture
-def liver_management(torchserve_liver):
-    with ManagementClient(
-        torchserve_liver.grpc_management_address, torchserve_liver.management_key, timeout=60
-    ) as client:
-        yield client
-        # leave the shared session server as other tests expect it: version 1, the default
-        if VERSION in {d["modelVersion"] for d in client.describe(torchserve_liver.model_name, "all")}:
-            client.set_default(torchserve_liver.model_name, torchserve_liver.version)
-            client.unregister(torchserve_liver.model_name, VERSION)
+def liver_management(liver_management, torchserve_liver):
+    """tests/trainer/conftest.py's client, and afterwards the shared session server left as other tests
+    expect it: version 1, the default."""
+    yield liver_management
+    if VERSION in {d["modelVersion"] for d in liver_management.describe(torchserve_liver.model_name, "all")}:
+        liver_management.set_default(torchserve_liver.model_name, torchserve_liver.version)
+        liver_management.unregister(torchserve_liver.model_name, VERSION)
 
 
 def test_push_train_register_segment(

@@ -16,14 +16,6 @@ from tests.fixtures.torchserve import build_test_mar
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-@pytest.fixture
-def liver_management(torchserve_liver):
-    with ManagementClient(
-        torchserve_liver.grpc_management_address, torchserve_liver.management_key, timeout=60
-    ) as client:
-        yield client
-
-
 def mar_with_card(tmp_path, version: str):
     return build_test_mar("liver", tmp_path, "liver", version, card={"organ": "liver", "version": version})
 

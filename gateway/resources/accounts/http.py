@@ -4,12 +4,10 @@
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 
-from gateway.access import ACCESS
 from gateway.api.cookies import clear_session_cookies, set_session_cookies
-from gateway.api.deps import SessionDep, SettingsDep, require
-from gateway.principal import Principal
+from gateway.api.deps import SessionDep, SettingsDep, caller
 from gateway.resources.accounts import service
 from gateway.resources.accounts.schemas import (
     PasswordChange,
@@ -26,10 +24,10 @@ from gateway.resources.shared import RowId
 
 router = APIRouter(tags=["accounts"])
 
-SignOutCaller = Annotated[Principal, Depends(require(ACCESS["accounts.sign_out"]))]
-MeCaller = Annotated[Principal, Depends(require(ACCESS["accounts.me"]))]
-UpdateMeCaller = Annotated[Principal, Depends(require(ACCESS["accounts.update_me"]))]
-ChangePasswordCaller = Annotated[Principal, Depends(require(ACCESS["accounts.change_password"]))]
+SignOutCaller = caller("accounts.sign_out")
+MeCaller = caller("accounts.me")
+UpdateMeCaller = caller("accounts.update_me")
+ChangePasswordCaller = caller("accounts.change_password")
 
 
 def _ip(request: Request) -> str | None:
@@ -116,8 +114,8 @@ def change_password(body: PasswordChange, principal: ChangePasswordCaller, sessi
 # --- administering people's accounts ------------------------------------------------------------------------
 users_router = APIRouter(prefix="/users", tags=["users"])
 
-ListUsersCaller = Annotated[Principal, Depends(require(ACCESS["users.list"]))]
-AdministerUserCaller = Annotated[Principal, Depends(require(ACCESS["users.administer"]))]
+ListUsersCaller = caller("users.list")
+AdministerUserCaller = caller("users.administer")
 
 
 @users_router.get("", response_model=UsersPublic)

@@ -1,22 +1,21 @@
 """The audit log over HTTP (/api/v1/audit): pages and the CSV export."""
 
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 
-from gateway.access import ACCESS
-from gateway.api.deps import SessionDep, require
-from gateway.principal import Principal
+from gateway.api.deps import SessionDep, caller
 from gateway.resources.audit.schemas import AuditEntryPublic, AuditPagePublic
 from gateway.resources.audit.service import audit_csv, audit_page
 from gateway.resources.shared import BigRowId
 
 router = APIRouter(prefix="/audit", tags=["audit"])
 
-AuditListCaller = Annotated[Principal, Depends(require(ACCESS["audit.list"]))]
-AuditExportCaller = Annotated[Principal, Depends(require(ACCESS["audit.export"]))]
+AuditListCaller = caller("audit.list")
+AuditExportCaller = caller("audit.export")
 
 ActionQ = Annotated[str | None, Query(max_length=64, description="exact, or a prefix ending in '.'")]
 ActorQ = Annotated[str | None, Query(max_length=128)]
@@ -24,26 +23,36 @@ TargetQ = Annotated[str | None, Query(max_length=256)]
 TimeQ = Annotated[datetime | None, Query()]
 
 
+@dataclass
+class AuditFilters:
+    """The query parameters both routes filter by (service.audit_query's arguments)."""
+
+    action: ActionQ = None
+    actor: ActorQ = None
+    target: TargetQ = None
+    since: TimeQ = None
+    until: TimeQ = None
+
+
+@dataclass
+class AuditPageQuery(AuditFilters):
+    """The filters, then which page (the order of the query parameters in the OpenAPI document)."""
+
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    before_id: Annotated[BigRowId | None, Query()] = None
+
+
 @router.get("", response_model=AuditPagePublic)
 def audit_log(
     _admin: AuditListCaller,
     session: SessionDep,
-    action: ActionQ = None,
-    actor: ActorQ = None,
-    target: TargetQ = None,
-    since: TimeQ = None,
-    until: TimeQ = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    before_id: Annotated[BigRowId | None, Query()] = None,
+    query: Annotated[AuditPageQuery, Depends()],
 ) -> AuditPagePublic:
     """Who did what and when, newest first, one page at a time."""
-    rows = audit_page(
-        session, limit=limit, before_id=before_id, action=action, actor=actor, target=target, since=since,
-        until=until,
-    )  # fmt: skip
+    rows = audit_page(session, **asdict(query))
     return AuditPagePublic(
         entries=[AuditEntryPublic.model_validate(r) for r in rows],
-        next_before_id=rows[-1].id if len(rows) == limit else None,
+        next_before_id=rows[-1].id if len(rows) == query.limit else None,
     )
 
 
@@ -51,14 +60,10 @@ def audit_log(
 def export_csv(
     _admin: AuditExportCaller,
     session: SessionDep,
-    action: ActionQ = None,
-    actor: ActorQ = None,
-    target: TargetQ = None,
-    since: TimeQ = None,
-    until: TimeQ = None,
+    filters: Annotated[AuditFilters, Depends()],
 ) -> StreamingResponse:
     """The (filtered) audit log as CSV, streamed."""
-    chunks = audit_csv(session, action=action, actor=actor, target=target, since=since, until=until)
+    chunks = audit_csv(session, **asdict(filters))
     return StreamingResponse(
         chunks,
         media_type="text/csv; charset=utf-8",

@@ -2,23 +2,21 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request, status
+from fastapi import APIRouter, Path, Query, Request, status
 from starlette.concurrency import run_in_threadpool
 
 from common.errors import InvalidInput
 from gateway import datasets
-from gateway.access import ACCESS
-from gateway.api.deps import SessionDep, SettingsDep, require
+from gateway.api.deps import SessionDep, SettingsDep, caller
 from gateway.api.multipart import receive_form
-from gateway.principal import Principal
 from gateway.resources.datasets.schemas import DatasetPublic, DatasetsPublic
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
-UploadCaller = Annotated[Principal, Depends(require(ACCESS["datasets.upload"]))]
-ListDatasetsCaller = Annotated[Principal, Depends(require(ACCESS["datasets.list"]))]
-ShowDatasetCaller = Annotated[Principal, Depends(require(ACCESS["datasets.show"]))]
-DeleteDatasetCaller = Annotated[Principal, Depends(require(ACCESS["datasets.delete"]))]
+UploadCaller = caller("datasets.upload")
+ListDatasetsCaller = caller("datasets.list")
+ShowDatasetCaller = caller("datasets.show")
+DeleteDatasetCaller = caller("datasets.delete")
 
 DatasetId = Annotated[str, Path(max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
 

@@ -2,12 +2,10 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
 
-from gateway.access import ACCESS
-from gateway.api.deps import ClinicDep, DataPlaneDep, SessionDep, require
+from gateway.api.deps import ClinicDep, DataPlaneDep, SessionDep, caller
 from gateway.api.uploads import read_upload
-from gateway.principal import Principal
 from gateway.resources.evaluations import service
 from gateway.resources.evaluations.schemas import (
     ComparisonPublic,
@@ -19,11 +17,11 @@ from gateway.resources.shared import DEFAULT_LIST, MAX_LIST, RowId
 
 router = APIRouter(prefix="/evaluations", tags=["evaluations"])
 
-RunEvaluationCaller = Annotated[Principal, Depends(require(ACCESS["evaluations.run"]))]
-ListEvaluationsCaller = Annotated[Principal, Depends(require(ACCESS["evaluations.list"]))]
-CompareCaller = Annotated[Principal, Depends(require(ACCESS["evaluations.compare"]))]
-ShowEvaluationCaller = Annotated[Principal, Depends(require(ACCESS["evaluations.show"]))]
-OverlayCaller = Annotated[Principal, Depends(require(ACCESS["evaluations.overlay"]))]
+RunEvaluationCaller = caller("evaluations.run")
+ListEvaluationsCaller = caller("evaluations.list")
+CompareCaller = caller("evaluations.compare")
+ShowEvaluationCaller = caller("evaluations.show")
+OverlayCaller = caller("evaluations.overlay")
 
 
 @router.post("", response_model=EvaluationDetail, status_code=status.HTTP_201_CREATED)
@@ -93,7 +91,7 @@ def overlay(evaluation_id: str, case_id: RowId, clinic: ClinicDep, _who: Overlay
 # --- evaluating at once, nothing kept -----------------------------------------------------------------------
 evaluate_router = APIRouter(tags=["evaluate"])
 
-EvaluateCaller = Annotated[Principal, Depends(require(ACCESS["evaluate"]))]
+EvaluateCaller = caller("evaluate")
 
 
 @evaluate_router.post("/evaluate", response_model=EvaluationPublic)

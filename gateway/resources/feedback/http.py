@@ -2,11 +2,9 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, status
+from fastapi import APIRouter, Query, status
 
-from gateway.access import ACCESS
-from gateway.api.deps import SessionDep, require
-from gateway.principal import Principal
+from gateway.api.deps import SessionDep, caller
 from gateway.resources.feedback import service
 from gateway.resources.feedback.schemas import (
     FeedbackCreate,
@@ -19,11 +17,11 @@ from gateway.resources.shared import RowId
 
 router = APIRouter(tags=["feedback"])
 
-CreateFeedbackCaller = Annotated[Principal, Depends(require(ACCESS["feedback.create"]))]
-ListFeedbackCaller = Annotated[Principal, Depends(require(ACCESS["feedback.list"]))]
-ShowFeedbackCaller = Annotated[Principal, Depends(require(ACCESS["feedback.show"]))]
-ReplyCaller = Annotated[Principal, Depends(require(ACCESS["feedback.reply"]))]
-UpdateFeedbackCaller = Annotated[Principal, Depends(require(ACCESS["feedback.update"]))]
+CreateFeedbackCaller = caller("feedback.create")
+ListFeedbackCaller = caller("feedback.list")
+ShowFeedbackCaller = caller("feedback.show")
+ReplyCaller = caller("feedback.reply")
+UpdateFeedbackCaller = caller("feedback.update")
 
 
 @router.post(

@@ -1,20 +1,16 @@
 """API keys over HTTP (/api/v1/api-keys): list, create (the secret shown once), revoke."""
 
-from typing import Annotated
+from fastapi import APIRouter, status
 
-from fastapi import APIRouter, Depends, status
-
-from gateway.access import ACCESS
-from gateway.api.deps import SessionDep, require
-from gateway.principal import Principal
+from gateway.api.deps import SessionDep, caller
 from gateway.resources.keys.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyPublic, ApiKeysPublic
 from gateway.security import create_api_key, list_api_keys, revoke_api_key
 
 router = APIRouter(prefix="/api-keys", tags=["api keys"])
 
-ListKeysCaller = Annotated[Principal, Depends(require(ACCESS["keys.list"]))]
-CreateKeyCaller = Annotated[Principal, Depends(require(ACCESS["keys.create"]))]
-RevokeKeyCaller = Annotated[Principal, Depends(require(ACCESS["keys.revoke"]))]
+ListKeysCaller = caller("keys.list")
+CreateKeyCaller = caller("keys.create")
+RevokeKeyCaller = caller("keys.revoke")
 
 
 @router.get("", response_model=ApiKeysPublic)

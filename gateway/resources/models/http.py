@@ -1,13 +1,9 @@
 """Model versions over HTTP (/api/v1/models): record, promote, roll back, the reference set and the
 suggested threshold."""
 
-from typing import Annotated
+from fastapi import APIRouter, Path, status
 
-from fastapi import APIRouter, Depends, Path, status
-
-from gateway.access import ACCESS
-from gateway.api.deps import ClinicDep, SessionDep, require
-from gateway.principal import Principal
+from gateway.api.deps import ClinicDep, SessionDep, caller
 from gateway.resources.models import service
 from gateway.resources.models.schemas import (
     ModelVersionCreate,
@@ -24,14 +20,14 @@ from gateway.resources.models.schemas import (
 
 router = APIRouter(prefix="/models", tags=["models"])
 
-ListVersionsCaller = Annotated[Principal, Depends(require(ACCESS["models.versions.list"]))]
-RecordVersionCaller = Annotated[Principal, Depends(require(ACCESS["models.versions.record"]))]
-ShowVersionCaller = Annotated[Principal, Depends(require(ACCESS["models.versions.show"]))]
-PromoteCaller = Annotated[Principal, Depends(require(ACCESS["models.promote"]))]
-RollbackCaller = Annotated[Principal, Depends(require(ACCESS["models.rollback"]))]
-SetReferenceSetCaller = Annotated[Principal, Depends(require(ACCESS["models.reference_set.set"]))]
-ShowReferenceSetCaller = Annotated[Principal, Depends(require(ACCESS["models.reference_set.show"]))]
-SuggestedThresholdCaller = Annotated[Principal, Depends(require(ACCESS["models.suggested_threshold"]))]
+ListVersionsCaller = caller("models.versions.list")
+RecordVersionCaller = caller("models.versions.record")
+ShowVersionCaller = caller("models.versions.show")
+PromoteCaller = caller("models.promote")
+RollbackCaller = caller("models.rollback")
+SetReferenceSetCaller = caller("models.reference_set.set")
+ShowReferenceSetCaller = caller("models.reference_set.show")
+SuggestedThresholdCaller = caller("models.suggested_threshold")
 
 Version = Path(max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 

@@ -1,17 +1,13 @@
 """The organs over HTTP: GET /api/v1/organs."""
 
-from typing import Annotated
+from fastapi import APIRouter
 
-from fastapi import APIRouter, Depends
-
-from gateway.access import ACCESS
-from gateway.api.deps import ClinicDep, DataPlaneDep, require
-from gateway.principal import Principal
+from gateway.api.deps import ClinicDep, DataPlaneDep, caller
 from gateway.resources.organs.schemas import OrganPublic, OrgansPublic
 
 router = APIRouter(prefix="/organs", tags=["organs"])
 
-ListOrgansCaller = Annotated[Principal, Depends(require(ACCESS["organs.list"]))]
+ListOrgansCaller = caller("organs.list")
 
 
 @router.get("", response_model=OrgansPublic)

@@ -3,12 +3,10 @@ and segmenting an image (POST /api/v1/segment)."""
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, Path, Query, Response, UploadFile
+from fastapi import APIRouter, File, Form, Path, Query, Response, UploadFile
 
-from gateway.access import ACCESS
-from gateway.api.deps import ClinicDep, DataPlaneDep, SessionDep, require
+from gateway.api.deps import ClinicDep, DataPlaneDep, SessionDep, caller
 from gateway.api.uploads import read_upload
-from gateway.principal import Principal
 from gateway.resources.segmentations import service
 from gateway.resources.segmentations.schemas import (
     ChoiceRequest,
@@ -23,11 +21,11 @@ from gateway.service import history
 
 router = APIRouter(tags=["history"])
 
-ListSegmentationsCaller = Annotated[Principal, Depends(require(ACCESS["segmentations.list"]))]
-ChooseThresholdCaller = Annotated[Principal, Depends(require(ACCESS["segmentations.choose_threshold"]))]
-ThumbnailCaller = Annotated[Principal, Depends(require(ACCESS["segmentations.thumbnail"]))]
-MaskCaller = Annotated[Principal, Depends(require(ACCESS["segmentations.mask"]))]
-TrendCaller = Annotated[Principal, Depends(require(ACCESS["segmentations.trend"]))]
+ListSegmentationsCaller = caller("segmentations.list")
+ChooseThresholdCaller = caller("segmentations.choose_threshold")
+ThumbnailCaller = caller("segmentations.thumbnail")
+MaskCaller = caller("segmentations.mask")
+TrendCaller = caller("segmentations.trend")
 
 PatientId = Annotated[str, Path(max_length=128)]
 
@@ -105,7 +103,7 @@ def trend(
 # --- segmenting an image (recorded in the history above) ----------------------------------------------------
 segment_router = APIRouter(tags=["segment"])
 
-SegmentCaller = Annotated[Principal, Depends(require(ACCESS["segment"]))]
+SegmentCaller = caller("segment")
 
 
 @segment_router.post("/segment", response_model=SegmentRecordPublic)

@@ -2,13 +2,10 @@
 (/api/v1/training/jobs): list, start, show, cancel."""
 
 import uuid
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, status
+from fastapi import APIRouter, status
 
-from gateway.access import ACCESS
-from gateway.api.deps import ClinicDep, SessionDep, require
-from gateway.principal import Principal
+from gateway.api.deps import ClinicDep, SessionDep, caller
 from gateway.resources.training import service
 from gateway.resources.training.schemas import (
     ArchitecturesPublic,
@@ -19,11 +16,11 @@ from gateway.resources.training.schemas import (
 
 router = APIRouter(prefix="/training", tags=["training"])
 
-ArchitecturesCaller = Annotated[Principal, Depends(require(ACCESS["training.architectures"]))]
-ListJobsCaller = Annotated[Principal, Depends(require(ACCESS["training.jobs.list"]))]
-StartJobCaller = Annotated[Principal, Depends(require(ACCESS["training.jobs.start"]))]
-ShowJobCaller = Annotated[Principal, Depends(require(ACCESS["training.jobs.show"]))]
-CancelJobCaller = Annotated[Principal, Depends(require(ACCESS["training.jobs.cancel"]))]
+ArchitecturesCaller = caller("training.architectures")
+ListJobsCaller = caller("training.jobs.list")
+StartJobCaller = caller("training.jobs.start")
+ShowJobCaller = caller("training.jobs.show")
+CancelJobCaller = caller("training.jobs.cancel")
 
 
 @router.get("/architectures", response_model=ArchitecturesPublic)

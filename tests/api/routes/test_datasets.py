@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import csv
 import io
-import threading
 import time
 import zipfile
 
 import numpy as np
 import pytest
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import create_engine, func, select
 
 from gateway.core.db import make_engine
 from gateway.models import Dataset
 from tests.api.conftest import png, small_dataset_zip
+from tests.fixtures.db_lock import write_lock_held
 
 IMAGE = png(np.full((32, 32), 90, np.uint8))
 MASK = png(np.pad(np.full((8, 8), 255, np.uint8), 12))
@@ -179,36 +179,20 @@ def test_read_only_database_during_upload_is_503_and_the_objects_are_removed(wor
 
 def test_locked_database_gives_a_clear_error_not_a_hang(world):
     """Sign-in writes (audit); another writer holds the lock: 503 within the busy/lock timeout."""
-    waiter = make_engine(world.engine.url.render_as_string(hide_password=False), busy_timeout_s=0.3)
-    holder = make_engine(world.engine.url.render_as_string(hide_password=False))
-    locked, release = threading.Event(), threading.Event()
-
-    def hold():
-        with holder.connect() as conn:
-            if conn.dialect.name == "sqlite":
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-            else:
-                conn.exec_driver_sql("LOCK TABLE audit_log IN ACCESS EXCLUSIVE MODE")
-            conn.execute(text("INSERT INTO audit_log (at, actor, action) VALUES ('2026-01-01', 'x', 'lock')"))
-            locked.set()
-            release.wait(20)
-            conn.rollback()
-
-    thread = threading.Thread(target=hold)
-    thread.start()
+    url = world.engine.url.render_as_string(hide_password=False)
+    waiter = make_engine(url, busy_timeout_s=0.3)
     try:
-        assert locked.wait(10)
-        started = time.monotonic()
-        response = world.client("anonymous", engine=waiter).post(
-            "/api/v1/auth/sign-in", json={"email": "nobody@example.org", "password": "whatever password"}
-        )
-        assert time.monotonic() - started < 5
-        assert response.status_code == 503 and "locked" in response.json()["error"]["message"], response.text
+        with write_lock_held(url, wait_s=10):
+            started = time.monotonic()
+            response = world.client("anonymous", engine=waiter).post(
+                "/api/v1/auth/sign-in", json={"email": "nobody@example.org", "password": "whatever password"}
+            )
+            assert time.monotonic() - started < 5
+            assert response.status_code == 503 and "locked" in response.json()["error"]["message"], (
+                response.text
+            )
     finally:
-        release.set()
-        thread.join()
         waiter.dispose()
-        holder.dispose()
 
 
 def test_audit_log_csv_export(world):
