@@ -11,6 +11,9 @@ import yaml
 SERVICES_DIR = Path(__file__).resolve().parent
 INFERENCE_MODES = ("resize", "whole", "sliding")
 TTA_MODES = ("none", "flips")
+# What the organ server runs the network in (services.runtime); TorchScript is always in the .mar and is the
+# fallback. The default for a spec that names none: the .mar files built before ONNX was packed.
+RUNTIMES = ("torchscript", "onnxruntime", "openvino")
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class OrganSpec:
     std: tuple[float, ...]
     default_threshold: float
     extra: dict = field(default_factory=dict)
+    runtime: str = "torchscript"
 
     @classmethod
     def from_dict(cls, raw: dict) -> OrganSpec:
@@ -64,6 +68,11 @@ class OrganSpec:
         overlap = float(inf.get("overlap", 0.25))
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"organ {raw.get('name')!r}: inference.overlap must be in [0, 1), not {overlap}")
+        runtime = raw.get("runtime", "torchscript")
+        if runtime not in RUNTIMES:
+            raise ValueError(
+                f"organ {raw.get('name')!r}: runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}"
+            )
         norm = raw.get("normalize") or {}
         channels = int(raw["channels"])
         mean = tuple(float(v) for v in norm.get("mean", [0.0] * channels))
@@ -80,6 +89,7 @@ class OrganSpec:
             "window",
             "normalize",
             "default_threshold",
+            "runtime",
         }
         return cls(
             name=raw["name"],
@@ -99,6 +109,7 @@ class OrganSpec:
             std=std,
             default_threshold=float(raw.get("default_threshold", 0.5)),
             extra={k: v for k, v in raw.items() if k not in known},
+            runtime=runtime,
         )
 
     def with_inference(
@@ -131,6 +142,7 @@ class OrganSpec:
             "window": self.window,
             "normalize": {"mean": list(self.mean), "std": list(self.std)},
             "default_threshold": self.default_threshold,
+            "runtime": self.runtime,
             **self.extra,
         }
 
