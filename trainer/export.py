@@ -229,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--card", type=Path, help="its card (default: the .json beside the archive)")
     parser.add_argument("--runtime", choices=("auto", *RUNTIMES), default="auto")
+    parser.add_argument(
+        "--measure", nargs="+", choices=RUNTIMES, default=list(RUNTIMES), help="runtimes to score and time"
+    )
     parser.add_argument("--threads", type=int, help="default: the organ's model-config.yaml torch_threads")
     parser.add_argument("--data", help="image/mask folder (default: the organ's training data)")
     parser.add_argument("--rounds", type=int, help="timed passes per runtime (default 15, 3 above 512²)")
@@ -248,7 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     scripted, spec = unpack(args.mar, work)
     onnx_path = export_onnx(scripted, spec.channels, work / "model.onnx")
     trainer = validator(args.organ, card, spec, threads, args.data, args.limit)
-    models = {name: build(name, work, threads) for name in RUNTIMES}
+    measured = ["torchscript", *(r for r in args.measure if r != "torchscript")]  # the reference first
+    if args.runtime != "auto" and args.runtime not in measured:
+        measured.append(args.runtime)
+    models = {name: build(name, work, threads) for name in measured}
     results = {}
     for name, model in models.items():
         results[name] = measure(trainer, name, model)
