@@ -192,3 +192,11 @@ def test_in_process_segmenter_runs_the_spec_runtime_and_falls_back(tmp_path):
     a, b = (np.asarray(Image.open(io.BytesIO(seg(image)))).astype(int) for seg in (ts, ov))
     assert a.shape == b.shape and np.abs(a - b).max() <= 1
     assert bench.InProcessSegmenter(without, tmp_path / "none", 1, runtime="spec").runtime == "torchscript"
+
+
+def test_gateway_answers_are_checked_at_the_image_size():
+    image = Path(bench.DEFAULT_IMAGES["cells"]).read_bytes()
+    assert bench._image_size(image) == (1000, 1000)
+    bench._check_masks(7, 1000, 1000, "cells", bench._image_size(image))
+    with pytest.raises(RuntimeError, match="expected 7 at 1000x1000"):
+        bench._check_masks(7, 512, 512, "cells", (1000, 1000))

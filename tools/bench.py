@@ -1,16 +1,19 @@
-"""`make bench`: latency and throughput of one 512×512 liver slice along four paths, on a stack of its own.
+"""`make bench`: latency and throughput of one liver slice (or cells tile) along five paths, own stack.
 
-    .venv/bin/python -m tools.bench [--requests 30] [--concurrency 8] [--burst 48] [--image PATH]
-                                      [--model-store DIR] [--breakdown]
+    .venv/bin/python -m tools.bench [--organ liver|cells] [--requests 30] [--concurrency 8] [--burst 48]
+                                      [--image PATH] [--model-store DIR] [--breakdown]
+    e.g. a cells tile: .venv/bin/python -m tools.bench --organ cells --requests 3 --burst 4 --concurrency 2
 
 What it starts (free ports, a temporary state dir, all stopped at the end, also on error or Ctrl-C):
-the local object store (SeaweedFS), the liver TorchServe (`model-store/liver.mar` when it exists, else a
-.mar built now from an untrained ERU-Net), and the gateway (`medseg serve`, HTTP and gRPC) as a
+the local object store (SeaweedFS), the organ's TorchServe (`model-store/<organ>.mar` when it exists, else
+a .mar built now from an untrained ERU-Net), and the gateway (`medseg serve`, HTTP and gRPC) as a
 subprocess, with an API key created through gateway.security.
 
 Paths, each timed from the caller's side with the same image bytes:
-  in-process     decode → services.preprocess.prepare → TorchScript forward → sigmoid → restore → 8-bit PNG,
-                 the organ handler's work without TorchServe (the model is read from the same .mar)
+  in-process     decode → services.preprocess.prepare → TorchScript forward (mirror images where the spec
+                 says) → sigmoid → restore → 8-bit PNG, the organ handler's work without TorchServe (the
+                 model is read from the same .mar); the baseline of every ratio
+  in-process-runtime  the same with the network in the runtime the archive's spec names (services.runtime)
   torchserve     direct TorchServe gRPC Predictions (the organ server alone)
   gateway-grpc   medseg.v1 Segment (gateway: validate, TorchServe, 7 masks, thumbnail, object store, DB)
   gateway-http   POST /api/v1/segment (the same plus multipart, base64 JSON, uvicorn)
@@ -18,7 +21,9 @@ Each gets p50/p95 at concurrency 1 after a warm-up, and images/s with `--concurr
 When the HTTP path misses its target, a breakdown of the gateway's segment work follows (measured by
 running the gateway's own DataPlane.segment in this process with timers around its collaborators).
 
-The table is printed as markdown and written as JSON under .medseg/bench/.
+Each row also gets the model's GFLOP/s at its p50 (the card's GFLOP per pass, scaled to the input and
+times the passes) against sgemm's GFLOP/s (torch.mm of 2048² f32 on the server's threads), measured in the
+same run. The table is printed as markdown and written as JSON under .medseg/bench/.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import io
 import json
 import logging
 import os
@@ -609,9 +615,20 @@ def _check_png(body: bytes, what: str) -> None:
         raise RuntimeError(f"{what} did not return a PNG ({body[:80]!r})")
 
 
-def _check_masks(count: int, width: int, height: int, what: str) -> None:
-    if count != MASK_COUNT or (width, height) != (512, 512):
-        raise RuntimeError(f"{what} returned {count} masks at {width}x{height}; expected 7 at 512x512")
+def _check_masks(
+    count: int, width: int, height: int, what: str, expected: tuple[int, int] = (512, 512)
+) -> None:
+    if count != MASK_COUNT or (width, height) != tuple(expected):
+        raise RuntimeError(
+            f"{what} returned {count} masks at {width}x{height}; expected 7 at {expected[0]}x{expected[1]}"
+        )
+
+
+def _image_size(image: bytes) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(image)) as im:
+        return im.size
 
 
 def torchserve_caller(stack: Stack, image: bytes) -> tuple[Callable[[], object], Callable[[], None]]:
@@ -626,6 +643,7 @@ def torchserve_caller(stack: Stack, image: bytes) -> tuple[Callable[[], object],
 
 
 def gateway_grpc_caller(stack: Stack, image: bytes) -> tuple[Callable[[], object], Callable[[], None]]:
+    size = _image_size(image)
     import grpc
     from medseg.v1 import segmentation_pb2 as pb
     from medseg.v1 import segmentation_pb2_grpc as pb_grpc
@@ -643,12 +661,13 @@ def gateway_grpc_caller(stack: Stack, image: bytes) -> tuple[Callable[[], object
 
     def call() -> None:
         reply = stub.Segment(request, timeout=120, metadata=metadata)
-        _check_masks(len(reply.masks), reply.width, reply.height, "gateway gRPC")
+        _check_masks(len(reply.masks), reply.width, reply.height, "gateway gRPC", size)
 
     return call, channel.close
 
 
 def gateway_http_caller(stack: Stack, image: bytes) -> tuple[Callable[[], object], Callable[[], None]]:
+    size = _image_size(image)
     import httpx
 
     local = threading.local()
@@ -672,7 +691,7 @@ def gateway_http_caller(stack: Stack, image: bytes) -> tuple[Callable[[], object
         if response.status_code != 200:
             raise RuntimeError(f"gateway HTTP answered {response.status_code}: {response.text[:300]}")
         body = response.json()
-        _check_masks(len(body["masks"]), body["width"], body["height"], "gateway HTTP")
+        _check_masks(len(body["masks"]), body["width"], body["height"], "gateway HTTP", size)
         _check_png(base64.b64decode(body["probability_png"]), "gateway HTTP")
 
     def close() -> None:
