@@ -37,6 +37,7 @@ from ts.utils.util import PredictionException
 
 from services.imaging import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, encode_png
 from services.preprocess import Restore, prepare, probabilities, restore
+from services.runtime import load_runtime
 from services.spec import OrganSpec, load_spec
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,9 @@ class SegmentationHandler(BaseHandler):
         super().__init__()
         self.spec: OrganSpec | None = None
         self.max_pixels = DEFAULT_MAX_PIXELS
+        # the network in the spec's runtime (services.runtime); None: the TorchScript module self.model
+        self.runtime = None
+        self.runtime_name = "torchscript"
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -77,10 +81,19 @@ class SegmentationHandler(BaseHandler):
         self.max_pixels = int(settings.get("max_image_pixels", DEFAULT_MAX_PIXELS))
         self._set_threads(settings)
         super().initialize(context)  # device, manifest, torch.jit.load(serializedFile)
+        # the spec's runtime with the worker's threads; TorchScript (self.model) with a logged reason if
+        # its package or file is missing or fails to load
+        loaded = load_runtime(
+            self.spec.runtime, model_dir, torch.get_num_threads(), torchscript=lambda: self.model
+        )
+        self.runtime = None if loaded.name == "torchscript" else loaded.model
+        self.runtime_name = loaded.name
         logger.info(
-            "organ %s: model %s loaded (%d intra-op threads, inference %s)",
+            "organ %s: model %s loaded (runtime %s%s, %d intra-op threads, inference %s)",
             self.spec.name,
             self.model_pt_path,
+            loaded.name,
+            f", not {loaded.requested}: {loaded.fallback_reason}" if loaded.fallback_reason else "",
             torch.get_num_threads(),
             self.spec.inference.mode,
         )
@@ -100,11 +113,12 @@ class SegmentationHandler(BaseHandler):
                 logger.warning("torch interop threads already fixed at %d", torch.get_num_interop_threads())
 
     def _warmup(self) -> None:
-        """One forward pass on zeros, so the TorchScript profiling passes do not land on the first patient."""
+        """One forward pass on zeros, so the TorchScript profiling passes (or the runtime's first-call
+        allocations) do not land on the first patient."""
         size = self.spec.inference.size or (256, 256)
         x = torch.zeros((1, self.spec.channels, *size), device=self.device)
         with torch.inference_mode():
-            self.model(x)
+            self._logits(x)
 
     # --- the four hooks ---------------------------------------------------------------------
 
@@ -134,7 +148,10 @@ class SegmentationHandler(BaseHandler):
 
     def _logits(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         """One forward pass, checked: a network answering another shape is a server error, not a mask."""
-        logits = self.model(x, *args, **kwargs)
+        if self.runtime is not None:
+            logits = self.runtime(x)
+        else:
+            logits = self.model(x, *args, **kwargs)
         if isinstance(logits, (tuple, list)):
             logits = logits[0]
         expected = (x.shape[0], 1, *x.shape[2:])

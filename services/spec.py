@@ -14,6 +14,9 @@ import yaml
 SERVICES_DIR = Path(__file__).resolve().parent
 INFERENCE_MODES = ("resize", "whole", "sliding")
 TTA_MODES = ("none", "flips")
+# What the organ server runs the network in (services.runtime); TorchScript is always in the .mar and is the
+# fallback. The default for a spec that names none: the .mar files built before ONNX was packed.
+RUNTIMES = ("torchscript", "onnxruntime", "openvino")
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class OrganSpec:
     # The gateway's deadline for one call to this organ's server (None: Settings.inference_timeout_s);
     # MEDSEG_ORGAN_INFERENCE_TIMEOUTS_S overrides it per organ.
     inference_deadline_s: float | None = None
+    runtime: str = "torchscript"
 
     @classmethod
     def from_dict(cls, raw: dict) -> OrganSpec:
@@ -70,6 +74,11 @@ class OrganSpec:
         overlap = float(inf.get("overlap", 0.25))
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"organ {raw.get('name')!r}: inference.overlap must be in [0, 1), not {overlap}")
+        runtime = raw.get("runtime", "torchscript")
+        if runtime not in RUNTIMES:
+            raise ValueError(
+                f"organ {raw.get('name')!r}: runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}"
+            )
         norm = raw.get("normalize") or {}
         channels = int(raw["channels"])
         mean = tuple(float(v) for v in norm.get("mean", [0.0] * channels))
@@ -87,6 +96,7 @@ class OrganSpec:
             "normalize",
             "default_threshold",
             "inference_deadline_s",
+            "runtime",
         }
         deadline = raw.get("inference_deadline_s")
         valid = isinstance(deadline, int | float) and not isinstance(deadline, bool) and deadline > 0
@@ -114,6 +124,7 @@ class OrganSpec:
             default_threshold=float(raw.get("default_threshold", 0.5)),
             extra={k: v for k, v in raw.items() if k not in known},
             inference_deadline_s=None if deadline is None else float(deadline),
+            runtime=runtime,
         )
 
     def with_inference(
@@ -148,6 +159,7 @@ class OrganSpec:
             "default_threshold": self.default_threshold,
             # only when set, so the specs (and run cards) of organs without one keep their shape
             **({"inference_deadline_s": self.inference_deadline_s} if self.inference_deadline_s else {}),
+            "runtime": self.runtime,
             **self.extra,
         }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 from pathlib import Path
@@ -44,7 +45,7 @@ def test_measure_paths_calls_each_path_and_fills_the_table():
     table = bench.markdown_table(rows).splitlines()
     assert len(table) == 2 + len(bench.PATHS)  # header, rule, one line per path
     assert table[1].startswith("|---|")
-    assert all(line.startswith("| ") and line.count("|") == 7 for line in table[:1] + table[2:])
+    assert all(line.startswith("| ") and line.count("|") == 9 for line in table[:1] + table[2:])
     assert "images/s (c=2)" in table[0]
 
 
@@ -112,3 +113,90 @@ def test_torchserve_handler_time_counts_batches_of_one(tmp_path):
     )
     assert bench.torchserve_handler_ms(tmp_path) == {"median": 71.0, "calls": 2}
     assert bench.torchserve_handler_ms(tmp_path / "nothing") is None
+
+
+def test_gflop_rates_against_sgemm_from_known_numbers():
+    rows = [{"path": "in-process", "p50_ms": 500.0}, {"path": "in-process-runtime", "p50_ms": 250.0}]
+    bench.compute_rates(rows, gflop=10.0, sgemm=50.0)
+    assert [r["model_gflops"] for r in rows] == [20.0, 40.0]  # 10 GFLOP in 0.5 s / 0.25 s
+    assert [r["share_of_sgemm"] for r in rows] == [0.4, 0.8]
+    unknown = [{"path": "x", "p50_ms": 100.0}]
+    bench.compute_rates(unknown, gflop=None, sgemm=50.0)
+    assert unknown[0]["model_gflops"] is None and "| – | – |" in bench.markdown_table(
+        [
+            {
+                **unknown[0],
+                "p95_ms": 1.0,
+                "ratio_p50": None,
+                "images_per_s": 1.0,
+                "p50_ms_concurrent": 1.0,
+                "concurrency": 1,
+            }
+        ]
+    )
+
+
+def test_sgemm_and_per_input_gflop():
+    from tools import runtime_bench
+
+    assert runtime_bench.sgemm_gflops(n=256, rounds=2) > 0
+    card = {"inference_gflops": 15.741, "inference_gflops_input": [512, 512]}
+    assert runtime_bench.gflop_per_input(card, (1008, 1008)) == pytest.approx(61.01, abs=0.01)
+    assert runtime_bench.gflop_per_input(card, (512, 512)) == 15.741
+
+
+def test_runtime_bench_table_from_known_timings():
+    from tools import runtime_bench
+
+    table = runtime_bench.rows({("openvino", 1): 0.1, ("openvino", 4): 0.2}, gflop=2.0, sgemm=40.0)
+    assert [(r["batch"], r["inputs_per_s"], r["ms_per_input"]) for r in table] == [
+        (1, 10.0, 100.0),
+        (4, 20.0, 50.0),
+    ]
+    assert [r["share_of_sgemm"] for r in table] == [0.5, 1.0]
+    lines = runtime_bench.markdown(table).splitlines()
+    assert len(lines) == 4 and lines[2].startswith("| openvino | 1 | 100.0 | 10.00 | 100.0 | 20.0 | 50% |")
+
+
+def test_in_process_segmenter_runs_the_spec_runtime_and_falls_back(tmp_path):
+    """Both in-process rows answer the same image the same way; an archive without model.onnx runs TorchScript
+    for the 'spec' row (and says so)."""
+    import dataclasses
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from services.spec import load_organ_spec
+    from trainer.package import build_mar
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 1, 1))
+    scripted = tmp_path / "net.pt"
+    torch.jit.script(net.eval()).save(str(scripted))
+    spec = dataclasses.replace(load_organ_spec("liver"), runtime="openvino")
+    with_onnx = build_mar(scripted, "liver", spec, tmp_path / "a", "liver", "1")
+    without = build_mar(
+        scripted,
+        "liver",
+        spec.__class__.from_dict({**spec.to_dict(), "runtime": "torchscript"}),
+        tmp_path / "b",
+        "liver",
+        "1",
+        onnx=False,
+    )
+    image = Path(bench.DEFAULT_IMAGES["liver"]).read_bytes()
+    ts = bench.InProcessSegmenter(with_onnx, tmp_path / "ts", 1)
+    ov = bench.InProcessSegmenter(with_onnx, tmp_path / "ov", 1, runtime="spec")
+    assert (ts.runtime, ov.runtime) == ("torchscript", "openvino")
+    a, b = (np.asarray(Image.open(io.BytesIO(seg(image)))).astype(int) for seg in (ts, ov))
+    assert a.shape == b.shape and np.abs(a - b).max() <= 1
+    assert bench.InProcessSegmenter(without, tmp_path / "none", 1, runtime="spec").runtime == "torchscript"
+
+
+def test_gateway_answers_are_checked_at_the_image_size():
+    image = Path(bench.DEFAULT_IMAGES["cells"]).read_bytes()
+    assert bench._image_size(image) == (1000, 1000)
+    bench._check_masks(7, 1000, 1000, "cells", bench._image_size(image))
+    with pytest.raises(RuntimeError, match="expected 7 at 1000x1000"):
+        bench._check_masks(7, 512, 512, "cells", (1000, 1000))

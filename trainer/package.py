@@ -10,6 +10,8 @@ What goes in (archive root = the model dir TorchServe unpacks and puts first on 
                          handler_base — packed as a package (not flat) because those modules import each
                          other as `services.*`; with the model dir first on PYTHONPATH the packed copies win
                          over any installed ones, so the archive runs exactly the code it was built with
+    model.onnx           the same network exported to ONNX (trainer.export), for the runtime the spec names
+                         (`runtime:` onnxruntime / openvino; services.runtime falls back to model.pt)
     spec.yaml            the organ spec as passed (may carry normalisation values measured in training)
     model-config.yaml    services/<organ>/model-config.yaml: batching, workers, timeouts, torch threads
 """
@@ -28,11 +30,12 @@ from pathlib import Path
 
 import yaml
 
+from services.runtime import ONNX_FILE
 from services.spec import SERVICES_DIR, OrganSpec
 
 logger = logging.getLogger(__name__)
 
-HELPER_MODULES = ("__init__.py", "spec.py", "preprocess.py", "imaging.py", "handler_base.py")
+HELPER_MODULES = ("__init__.py", "spec.py", "preprocess.py", "imaging.py", "handler_base.py", "runtime.py")
 
 
 class PackageError(RuntimeError):
@@ -49,11 +52,14 @@ def build_mar(
     card: dict | None = None,
     *,
     services_dir: Path = SERVICES_DIR,
+    onnx: str | Path | bool = True,
 ) -> Path:
     """Archive a TorchScript model for `organ` as `<out_dir>/<model_name>.mar` and return its path.
 
     `card` (data, metrics, training time, ...) is written beside it as `<model_name>.json`, with the
     archive's sha256 and size added. An existing archive of the same name is replaced.
+    `onnx`: an exported model.onnx to pack, True to export one from the TorchScript network here
+    (trainer.export.export_onnx), False for none (the server then runs TorchScript, saying why).
     """
     scripted = Path(scripted_model_path)
     organ_dir = Path(services_dir) / organ
@@ -78,6 +84,20 @@ def build_mar(
         extra = stage / "extra"
         package = extra / "services"
         package.mkdir(parents=True)
+        if onnx is True:
+            from trainer.export import ExportError, export_onnx
+
+            try:
+                export_onnx(scripted, spec.channels, extra / ONNX_FILE)
+            except ExportError as exc:
+                (extra / ONNX_FILE).unlink(missing_ok=True)
+                if spec.runtime != "torchscript":
+                    raise PackageError(f"the spec asks for {spec.runtime}: {exc}") from exc
+                logger.warning("packing %s without model.onnx (it runs TorchScript): %s", model_name, exc)
+        elif onnx:
+            if not Path(onnx).is_file():
+                raise PackageError(f"ONNX model not found at {onnx}")
+            shutil.copyfile(onnx, extra / ONNX_FILE)
         for name in HELPER_MODULES:
             shutil.copyfile(Path(services_dir) / name, package / name)
         (extra / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))

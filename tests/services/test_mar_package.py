@@ -46,8 +46,10 @@ def test_archive_contents_spec_and_card(tmp_path, scripted):
         packed_config = yaml.safe_load(zf.read("model-config.yaml"))
     assert {"model.pt", "handler.py", "spec.yaml", "model-config.yaml"} <= names
     assert {
-        f"services/{m}" for m in ("__init__.py", "spec.py", "preprocess.py", "imaging.py", "handler_base.py")
+        f"services/{m}"
+        for m in ("__init__.py", "spec.py", "preprocess.py", "imaging.py", "handler_base.py", "runtime.py")
     } <= names
+    assert "model.onnx" in names  # exported from the TorchScript network by default
     assert manifest["model"]["modelName"] == "cells-test" and manifest["model"]["modelVersion"] == "7"
     assert manifest["model"]["handler"] == "handler.py" and manifest["model"]["serializedFile"] == "model.pt"
     assert packed_spec["normalize"]["mean"] == [0.7, 0.6, 0.5]
@@ -80,3 +82,32 @@ def test_missing_inputs_are_named(tmp_path, scripted):
         build_mar(tmp_path / "nope.pt", "liver", spec, tmp_path, "liver", "1")
     with pytest.raises(PackageError, match="not 'cells'"):
         build_mar(scripted, "cells", spec, tmp_path, "liver", "1")
+
+
+class SizeBaked(nn.Module):
+    """Upsamples to the input's size read in the graph: the TorchScript ONNX exporter cannot keep it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 1, 3, padding=1, stride=2)
+
+    def forward(self, x):
+        return nn.functional.interpolate(self.conv(x), size=x.shape[-2:], mode="bilinear")
+
+
+def test_onnx_choices(tmp_path, scripted):
+    """Pack a given ONNX file, none, or refuse an export that does not run when the spec asks for it."""
+    given = tmp_path / "given.onnx"
+    given.write_bytes(b"exported elsewhere")
+    spec = load_organ_spec("cells")
+    with zipfile.ZipFile(build_mar(scripted, "cells", spec, tmp_path, "given", "1", onnx=given)) as zf:
+        assert zf.read("model.onnx") == b"exported elsewhere"
+    with zipfile.ZipFile(build_mar(scripted, "cells", spec, tmp_path, "none", "1", onnx=False)) as zf:
+        assert "model.onnx" not in zf.namelist()
+    baked = tmp_path / "baked.pt"
+    torch.jit.script(SizeBaked()).save(str(baked))
+    with pytest.raises(PackageError, match="asks for openvino"):
+        build_mar(baked, "cells", dataclasses.replace(spec, runtime="openvino"), tmp_path, "b", "1")
+    plain = dataclasses.replace(spec, runtime="torchscript")
+    with zipfile.ZipFile(build_mar(baked, "cells", plain, tmp_path, "baked", "1")) as zf:
+        assert "model.onnx" not in zf.namelist() and "model.pt" in zf.namelist()

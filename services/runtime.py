@@ -1,0 +1,143 @@
+"""The inference runtime an organ server runs its network in: OpenVINO, ONNX Runtime or TorchScript.
+
+The .mar carries the TorchScript network (`model.pt`, always) and, from trainer.export, the same network
+exported to ONNX (`model.onnx`, dynamic batch and spatial axes). The organ spec names the runtime
+(`runtime: openvino | onnxruntime | torchscript`, chosen per organ by measurement: trainer.export prints
+the table); `load_runtime` builds it with the threads the worker was given and falls back to TorchScript,
+logging why, when the runtime's package or file is missing or fails to load.
+
+A runtime is a callable (N, C, h, w) float32 tensor → logits (N, 1, h, w) float32 tensor, so
+services.preprocess.probabilities (windows, mirror images) runs any of them unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+RUNTIMES = ("torchscript", "onnxruntime", "openvino")
+ONNX_FILE = "model.onnx"
+TORCHSCRIPT_FILE = "model.pt"
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+# OpenVINO's CPU plugin may otherwise run in bf16/f16 where the CPU has it: a max logit difference of 0.46
+# against TorchScript was measured that way. f32 keeps it within 1e-3 of TorchScript.
+OPENVINO_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
+
+
+class RuntimeUnavailable(RuntimeError):
+    """The runtime's package or model file is missing, or the model did not load in it."""
+
+
+def _as_numpy(x: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(x.detach().to(torch.float32).cpu().numpy())
+
+
+class OnnxRuntimeModel:
+    name = "onnxruntime"
+
+    def __init__(self, path: Path, threads: int):
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise RuntimeUnavailable(f"onnxruntime is not installed ({exc})") from exc
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... classes
+            raise RuntimeUnavailable(f"onnxruntime could not load {path.name}: {exc}") from exc
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        (logits,) = self.session.run(None, {self.input_name: _as_numpy(x)})[:1]
+        return torch.from_numpy(logits)
+
+
+class OpenVinoModel:
+    name = "openvino"
+
+    def __init__(self, path: Path, threads: int):
+        try:
+            import openvino as ov
+        except ImportError as exc:
+            raise RuntimeUnavailable(f"openvino is not installed ({exc})") from exc
+        config = {**OPENVINO_CONFIG, "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1}
+        try:
+            self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+        except Exception as exc:
+            raise RuntimeUnavailable(f"openvino could not compile {path.name}: {exc}") from exc
+        self.request = self.compiled.create_infer_request()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.request.infer({0: _as_numpy(x)})
+        return torch.from_numpy(self.request.get_output_tensor(0).data.copy())
+
+
+class TorchScriptModel:
+    name = "torchscript"
+
+    def __init__(self, path: Path, threads: int | None = None, module: torch.nn.Module | None = None):
+        if module is None:
+            if not path.is_file():
+                raise RuntimeUnavailable(f"{path} missing")
+            module = torch.jit.load(str(path), map_location="cpu")
+        self.module = module.eval()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.module(x)
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """The runtime a server ended up with, and why not the one asked for (None when it is)."""
+
+    model: Callable[[torch.Tensor], torch.Tensor]
+    name: str
+    requested: str
+    fallback_reason: str | None = None
+
+
+def build(
+    name: str, model_dir: Path, threads: int, onnx_file: str = ONNX_FILE
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The runtime `name` over the network files in `model_dir`; raises RuntimeUnavailable."""
+    model_dir = Path(model_dir)
+    if name == "torchscript":
+        return TorchScriptModel(model_dir / TORCHSCRIPT_FILE)
+    if name not in RUNTIMES:
+        raise RuntimeUnavailable(f"unknown runtime {name!r}; known: {', '.join(RUNTIMES)}")
+    path = model_dir / onnx_file
+    if not path.is_file():
+        raise RuntimeUnavailable(f"{onnx_file} missing from {model_dir} (package with trainer.export)")
+    return (OnnxRuntimeModel if name == "onnxruntime" else OpenVinoModel)(path, threads)
+
+
+def load_runtime(
+    name: str,
+    model_dir: Path,
+    threads: int,
+    torchscript: Callable[[], Callable[[torch.Tensor], torch.Tensor]] | None = None,
+) -> Loaded:
+    """The runtime the spec names, or TorchScript (built by `torchscript()`, default model.pt in model_dir)
+    with the reason logged as a warning when that runtime cannot be had."""
+    if name != "torchscript":
+        try:
+            return Loaded(build(name, model_dir, threads), name, name)
+        except RuntimeUnavailable as exc:
+            reason = str(exc)
+            logger.warning("runtime %s unavailable, falling back to TorchScript: %s", name, reason)
+    else:
+        reason = None
+    model = torchscript() if torchscript is not None else build("torchscript", model_dir, threads)
+    return Loaded(model, "torchscript", name, reason)

@@ -1,0 +1,71 @@
+"""The shipped archives (model-store/<organ>.mar) on a real TorchServe: each worker runs the network in the
+runtime its spec names (not a fallback), and answers a real image with the probability map that the same
+archive gives in this process through TorchScript (within one grey level)."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from common.launcher import OrganServer, free_ports, server_dir
+from common.torchserve_client import InferenceClient
+from services.imaging import decode_image
+from services.preprocess import prepare, probabilities, restore
+from services.spec import load_spec
+from tests.data import CELLS_TRAIN, LIVER_SLICE, SHARED_DATA
+from tests.fixtures.torchserve import _require_runtime
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+IMAGES = {"liver": LIVER_SLICE, "cells": CELLS_TRAIN / "images" / "TCGA-18-5592-01Z-00-DX1.png"}
+TIMEOUT = 300  # s: a cells tile is four 1008² passes on a shared 2-core machine
+
+
+@pytest.mark.parametrize("organ", ["liver", "cells"])
+def test_shipped_archive_serves_in_its_runtime(organ, tmp_path):
+    _require_runtime()
+    if not SHARED_DATA.is_dir():
+        pytest.skip("needs ../shared/data")
+    shipped = REPO / "model-store" / f"{organ}.mar"
+    with zipfile.ZipFile(shipped) as archive:
+        spec_raw = yaml.safe_load(archive.read("spec.yaml"))
+        archive.extract("model.pt", tmp_path)
+        archive.extract("spec.yaml", tmp_path)
+        assert "model.onnx" in archive.namelist()
+    assert spec_raw["runtime"] in ("onnxruntime", "openvino")
+    store = tmp_path / "store"
+    store.mkdir()
+    shutil.copyfile(shipped, store / shipped.name)
+    server = OrganServer(organ, tmp_path / "state", store, models={organ: shipped.name}, ports=free_ports())
+    try:
+        server.start(timeout=300)
+        image = IMAGES[organ].read_bytes()
+        with InferenceClient(server.grpc_inference_address, server.keys.inference) as client:
+            body = client.predict(organ, image, timeout=TIMEOUT)
+        logs = "".join(
+            p.read_text(errors="replace")
+            for p in (server_dir(tmp_path / "state", organ) / "logs").glob("*.log")
+        )
+    finally:
+        server.stop()
+    assert f"runtime {spec_raw['runtime']}, " in logs, "the worker did not say it runs the spec's runtime"
+    assert "falling back to TorchScript" not in logs
+    served = np.asarray(Image.open(io.BytesIO(body))).astype(int)
+
+    spec = load_spec(tmp_path / "spec.yaml")
+    model = torch.jit.load(str(tmp_path / "model.pt")).eval()
+    x, how = prepare(decode_image(image, window=spec.window).array, spec)
+    with torch.inference_mode():
+        prob = restore(probabilities(model, x, spec), how)
+    reference = (prob * 255.0).round().to(torch.uint8).numpy().astype(int)
+    assert served.shape == reference.shape
+    assert np.abs(served - reference).max() <= 1
