@@ -21,8 +21,8 @@ from services.imaging import decode_image
 from services.preprocess import prepare
 from services.runtime import build
 from services.spec import load_spec
-from tests.data import SHARED_DATA
-from trainer.data import CELLS_TRAIN, LIVER_TRAIN, find_pairs, kfold_indices
+from tests.data import CELLS_TRAIN, LIVER_TRAIN, SHARED_DATA
+from trainer.data import find_pairs, kfold_indices
 from trainer.export import MASK_DICE, export_onnx, organ_threads
 from trainer.loop import dice_score
 
