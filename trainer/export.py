@@ -212,6 +212,19 @@ def compare(reference: Measured, other: Measured) -> None:
     )
 
 
+def unpack_runtimes(mar: Path, into: Path) -> OrganSpec:
+    """Unpack an archive's networks and spec into `into` (model.pt, spec.yaml and model.onnx, exporting the
+    ONNX network from TorchScript when an older archive has none) for `services.runtime.build`."""
+    with zipfile.ZipFile(mar) as archive:
+        for name in ("model.pt", "spec.yaml", "model.onnx"):
+            if name in archive.namelist():
+                archive.extract(name, into)
+    spec = load_spec(into / "spec.yaml")
+    if not (into / "model.onnx").is_file():
+        export_onnx(into / "model.pt", spec.channels, into / "model.onnx")
+    return spec
+
+
 def unpack(mar: Path, into: Path) -> tuple[Path, OrganSpec]:
     with zipfile.ZipFile(mar) as zf:
         zf.extract("model.pt", into)

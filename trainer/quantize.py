@@ -16,7 +16,6 @@ import argparse
 import json
 import logging
 import tempfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,8 @@ import torch
 
 from services.preprocess import normalize
 from services.runtime import INPUT_NAME, build
-from trainer.export import export_onnx, measure, organ_threads, time_passes, validator
+from trainer.cv import run_split
+from trainer.export import measure, organ_threads, time_passes, unpack_runtimes, validator
 
 MAX_DICE_DROP = 0.002
 
@@ -71,22 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or organ_threads(args.organ)
     torch.set_num_threads(threads)
     work = Path(tempfile.mkdtemp(prefix=f"quantize-{args.organ}-"))
-    with zipfile.ZipFile(mar) as archive:
-        for name in ("model.pt", "spec.yaml", "model.onnx"):
-            if name in archive.namelist():
-                archive.extract(name, work)
-    from services.spec import load_spec
-
-    spec = load_spec(work / "spec.yaml")
-    if not (work / "model.onnx").is_file():
-        export_onnx(work / "model.pt", spec.channels, work / "model.onnx")
+    spec = unpack_runtimes(mar, work)
     trainer = validator(args.organ, card, spec, threads)
     if spec.inference.mode != "resize":
         raise SystemExit("calibration here feeds training-size images: only for organs served resized")
     images = trainer.train_set.images[: args.calibration]
     if len(images) < args.calibration:  # validator keeps one training image: load the calibration set
-        from trainer.cv import run_split
-
         pairs, train_idx, _ = run_split(args.organ, card, spec)
         images = pairs.subset(train_idx[: args.calibration]).images
     calibration = [normalize(img[None].float() / 255.0, spec).numpy() for img in images]

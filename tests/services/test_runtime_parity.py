@@ -10,7 +10,6 @@ one pass (a 1008² pass takes seconds; the mirror images are the same network on
 from __future__ import annotations
 
 import json
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +19,9 @@ import torch
 from services.imaging import decode_image
 from services.preprocess import prepare
 from services.runtime import build
-from services.spec import load_spec
 from tests.data import CELLS_TRAIN, LIVER_TRAIN, SHARED_DATA
 from trainer.data import find_pairs, kfold_indices
-from trainer.export import MASK_DICE, export_onnx, organ_threads
+from trainer.export import MASK_DICE, organ_threads, unpack_runtimes
 from trainer.loop import dice_score
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,13 +39,7 @@ def shipped(request, tmp_path_factory):
     mar = REPO / "model-store" / f"{organ}.mar"
     card = json.loads(mar.with_suffix(".json").read_text())
     work = tmp_path_factory.mktemp(organ)
-    with zipfile.ZipFile(mar) as archive:
-        for name in ("model.pt", "spec.yaml", "model.onnx"):
-            if name in archive.namelist():
-                archive.extract(name, work)
-    spec = load_spec(work / "spec.yaml")
-    if not (work / "model.onnx").is_file():
-        export_onnx(work / "model.pt", spec.channels, work / "model.onnx")
+    spec = unpack_runtimes(mar, work)
     root, count = CASES[organ]
     pairs = find_pairs(root)[: card["dataset"]["pairs"]]
     split = card["split"]
