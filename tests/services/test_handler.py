@@ -97,22 +97,25 @@ def decode_png(body: bytes) -> np.ndarray:
     return np.asarray(im)
 
 
-@pytest.fixture
-def liver(tmp_path):
-    model_dir = make_model_dir(tmp_path, "liver", ChannelMean())
-    ctx = make_context(model_dir, "liver")
-    handler = LiverHandler()
+HANDLERS = {"liver": LiverHandler, "cells": CellsHandler}
+
+
+def initialized(tmp_path: Path, organ: str, net: nn.Module, spec: OrganSpec | None = None, config=None):
+    """The organ's handler initialised on a model dir holding `net` (and `spec`), with its fake context."""
+    ctx = make_context(make_model_dir(tmp_path, organ, net, spec), organ, config)
+    handler = HANDLERS[organ]()
     handler.initialize(ctx)
     return handler, ctx
+
+
+@pytest.fixture
+def liver(tmp_path):
+    return initialized(tmp_path, "liver", ChannelMean())
 
 
 @pytest.fixture
 def cells(tmp_path):
-    model_dir = make_model_dir(tmp_path, "cells", ChannelMean())
-    ctx = make_context(model_dir, "cells")
-    handler = CellsHandler()
-    handler.initialize(ctx)
-    return handler, ctx
+    return initialized(tmp_path, "cells", ChannelMean())
 
 
 def test_initialize_reads_spec_and_threads(liver):
@@ -170,9 +173,7 @@ def test_tiles_no_larger_than_a_window_go_whole_grouped_by_shape_with_padding_cr
 
 def test_sliding_mode_runs_larger_tiles_through_overlapping_windows(tmp_path):
     spec = load_organ_spec("cells").with_inference("sliding", 256, 0.25, tta="none")
-    ctx = make_context(make_model_dir(tmp_path, "cells", ChannelMean(), spec), "cells")
-    handler = CellsHandler()
-    handler.initialize(ctx)
+    handler, ctx = initialized(tmp_path, "cells", ChannelMean(), spec)
     handler.model = counting = CountingModel(handler.model)
     data = png(RNG.integers(0, 256, size=(300, 520, 3), dtype=np.uint8))
     small = png(RNG.integers(0, 256, size=(200, 230, 3), dtype=np.uint8))
@@ -197,9 +198,7 @@ class LeftNeighbour(nn.Module):
 
 def test_mirror_images_are_averaged_when_the_spec_asks(tmp_path):
     spec = load_organ_spec("cells").with_inference("whole", tta="flips")
-    ctx = make_context(make_model_dir(tmp_path, "cells", LeftNeighbour(), spec), "cells")
-    handler = CellsHandler()
-    handler.initialize(ctx)
+    handler, ctx = initialized(tmp_path, "cells", LeftNeighbour(), spec)
     handler.model = counting = CountingModel(handler.model)
     data = png(RNG.integers(0, 256, size=(40, 56, 3), dtype=np.uint8))
     (body,) = run(handler, ctx, [data])
@@ -268,20 +267,14 @@ def test_dicom_input_uses_the_organ_window(liver):
 
 
 def test_wrong_model_output_shape_is_a_server_error(tmp_path):
-    model_dir = make_model_dir(tmp_path, "liver", WrongShape())
-    ctx = make_context(model_dir, "liver")
-    handler = LiverHandler()
-    handler.initialize(ctx)
+    handler, ctx = initialized(tmp_path, "liver", WrongShape())
     with pytest.raises(PredictionException) as info:
         run(handler, ctx, [png(np.zeros((32, 32), dtype=np.uint8))])
     assert info.value.error_code == 500 and "expected logits" in info.value.message
 
 
 def test_image_pixel_cap_from_model_config(tmp_path):
-    model_dir = make_model_dir(tmp_path, "cells", ChannelMean())
-    ctx = make_context(model_dir, "cells", {"max_image_pixels": 1000})
-    handler = CellsHandler()
-    handler.initialize(ctx)
+    handler, ctx = initialized(tmp_path, "cells", ChannelMean(), config={"max_image_pixels": 1000})
     with pytest.raises(PredictionException, match="megapixel limit"):
         run(handler, ctx, [png(np.zeros((40, 40, 3), dtype=np.uint8))])
 
