@@ -12,6 +12,7 @@ services.preprocess.probabilities (windows, mirror images) runs any of them unch
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,14 +41,20 @@ def _as_numpy(x: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(x.detach().to(torch.float32).cpu().numpy())
 
 
+def _runtime_package(name: str):
+    """Import a runtime's package when it is asked for (each is an optional speed-up: a server without it
+    it falls back to TorchScript, with this reason logged)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise RuntimeUnavailable(f"{name} is not installed ({exc})") from exc
+
+
 class OnnxRuntimeModel:
     name = "onnxruntime"
 
     def __init__(self, path: Path, threads: int):
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:
-            raise RuntimeUnavailable(f"onnxruntime is not installed ({exc})") from exc
+        ort = _runtime_package("onnxruntime")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -67,10 +74,7 @@ class OpenVinoModel:
     name = "openvino"
 
     def __init__(self, path: Path, threads: int):
-        try:
-            import openvino as ov
-        except ImportError as exc:
-            raise RuntimeUnavailable(f"openvino is not installed ({exc})") from exc
+        ov = _runtime_package("openvino")
         config = {**OPENVINO_CONFIG, "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1}
         try:
             self.compiled = ov.Core().compile_model(str(path), "CPU", config)
