@@ -43,7 +43,7 @@ def _as_numpy(x: torch.Tensor) -> np.ndarray:
 
 def _runtime_package(name: str):
     """Import a runtime's package when it is asked for (each is an optional speed-up: a server without it
-    it falls back to TorchScript, with this reason logged)."""
+    falls back to TorchScript, with this reason logged)."""
     try:
         return importlib.import_module(name)
     except ImportError as exc:
