@@ -281,19 +281,8 @@ def record_version(
     session: Session, actor: str, organ: str, new: NewVersion, *, store=None, models_bucket: str | None = None
 ) -> ModelVersion:
     """Record a trained version as a candidate. With `store`, its .mar must exist in the models bucket."""
-    import re
-
-    if not re.match(VERSION_PATTERN, new.version or "") or not re.match(
-        VERSION_PATTERN, new.model_name or ""
-    ):
-        raise InvalidInput(
-            "model_name and version: letters, digits, '.', '_' or '-', at most 64 (e.g. 20250101.120000)"
-        )
-    if new.default_threshold is not None and not 0.0 < new.default_threshold < 1.0:
-        raise InvalidInput(f"default_threshold must be between 0 and 1, not {new.default_threshold}")
-    if session.scalar(
-        select(ModelVersion.id).where(ModelVersion.organ == organ, ModelVersion.version == new.version)
-    ):
+    _check_new_version(new)
+    if _version_id(session, organ, new.version):
         raise Conflict(
             f"{organ} version {new.version} is already recorded; versions are immutable",
             code="version_exists",
@@ -304,12 +293,45 @@ def record_version(
         else current_default(session, organ)
     )
     if store is not None and new.mar_key:
-        if not store.exists(models_bucket, new.mar_key):  # ServiceUnavailable when the store is down
-            raise InvalidInput(
-                f"no object {new.mar_key!r} in bucket {models_bucket}: upload the .mar first "
-                "(common.model_store.register_version does)",
-                code="missing_archive",
-            )
+        _require_archive(store, models_bucket, new.mar_key)
+    row = _add_candidate_row(session, actor, organ, new, parent)
+    parent_version = parent.version if parent else None
+    session.add(
+        ModelEvent(version_id=row.id, action="recorded", actor=actor, detail={"parent": parent_version})
+    )
+    audit(session, actor, "model.record", f"model:{organ}:{new.version}", {"parent": parent_version})
+    _commit(session, f"{organ} version {new.version}")
+    return row
+
+
+def _check_new_version(new: NewVersion) -> None:
+    """Names that are safe in object keys and URLs, and a threshold a probability can cross."""
+    import re
+
+    if not re.match(VERSION_PATTERN, new.version or "") or not re.match(
+        VERSION_PATTERN, new.model_name or ""
+    ):
+        raise InvalidInput(
+            "model_name and version: letters, digits, '.', '_' or '-', at most 64 (e.g. 20250101.120000)"
+        )
+    if new.default_threshold is not None and not 0.0 < new.default_threshold < 1.0:
+        raise InvalidInput(f"default_threshold must be between 0 and 1, not {new.default_threshold}")
+
+
+def _require_archive(store, models_bucket: str | None, mar_key: str) -> None:
+    """A version nobody can load must not be recorded: its .mar has to be in the models bucket."""
+    if not store.exists(models_bucket, mar_key):  # ServiceUnavailable when the store is down
+        raise InvalidInput(
+            f"no object {mar_key!r} in bucket {models_bucket}: upload the .mar first "
+            "(common.model_store.register_version does)",
+            code="missing_archive",
+        )
+
+
+def _add_candidate_row(
+    session: Session, actor: str, organ: str, new: NewVersion, parent: ModelVersion | None
+) -> ModelVersion:
+    """Add (and flush, for its id) the candidate row of `new`, its lineage pointing at `parent`."""
     row = ModelVersion(
         organ=organ,
         model_name=new.model_name,
@@ -328,22 +350,6 @@ def record_version(
     )
     session.add(row)
     session.flush()
-    session.add(
-        ModelEvent(
-            version_id=row.id,
-            action="recorded",
-            actor=actor,
-            detail={"parent": parent.version if parent else None},
-        )
-    )
-    audit(
-        session,
-        actor,
-        "model.record",
-        f"model:{organ}:{new.version}",
-        {"parent": parent.version if parent else None},
-    )
-    _commit(session, f"{organ} version {new.version}")
     return row
 
 
