@@ -76,8 +76,31 @@ def register_version(
     mar_path = Path(mar_path)
     model_name = model_name or organ
     digest, card = _checked_archive(mar_path, organ, version, model_name)
-
     # Ask the organ server first: nothing is uploaded for a version it already serves or when it is down.
+    _refuse_served_version(mgmt_client, organ, model_name, version)
+    bucket = store.buckets.models
+    mar_key, card_key = _store_archive(store, mar_path, organ, model_name, version, digest, card)
+    url = store.presigned_get_url(bucket, mar_key, expires=URL_LIFETIME)
+    message = _register_url(mgmt_client, url, organ, model_name, version)
+    logger.info("registered %s version %s with the %s organ server: %s", model_name, version, organ, message)
+    if set_default:
+        _make_default(mgmt_client, organ, model_name, version)
+    return {
+        "organ": organ,
+        "model_name": model_name,
+        "version": version,
+        "default": set_default,
+        "bucket": bucket,
+        "mar_key": mar_key,
+        "card_key": card_key if card is not None else None,
+        "sha256": digest,
+        "message": message,
+    }
+
+
+def _refuse_served_version(mgmt_client, organ: str, model_name: str, version: str) -> None:
+    """Conflict when the organ server already has `version` (versions are immutable); ServiceUnavailable
+    when it cannot say."""
     try:
         mgmt_client.describe(model_name, version)
     except NotFound:
@@ -91,11 +114,11 @@ def register_version(
             code="version_exists",
         )
 
-    bucket = store.buckets.models
-    mar_key, card_key = _store_archive(store, mar_path, organ, model_name, version, digest, card)
-    url = store.presigned_get_url(bucket, mar_key, expires=URL_LIFETIME)
+
+def _register_url(mgmt_client, url: str, organ: str, model_name: str, version: str) -> str:
+    """Register the archive at `url` (not as the default); returns the organ server's message."""
     try:
-        message = mgmt_client.register(url, model_name, version=version, set_default=False)
+        return mgmt_client.register(url, model_name, version=version, set_default=False)
     except Conflict as exc:  # registered by someone else between our check and now
         raise Conflict(
             f"{model_name} version {version} is already registered with the {organ} organ server "
@@ -104,28 +127,19 @@ def register_version(
         ) from exc
     except ServiceUnavailable as exc:
         raise ServiceUnavailable(f"cannot register {model_name} {version}: {exc.message}") from exc
-    logger.info("registered %s version %s with the %s organ server: %s", model_name, version, organ, message)
-    if set_default:
-        try:
-            mgmt_client.set_default(model_name, version)
-        except MedSegError as exc:
-            raise type(exc)(
-                f"{model_name} version {version} is registered but NOT the default ({exc.message}); "
-                f"retry with `medseg model register --organ {organ} --set-default` or the management API",
-                code=exc.code,
-            ) from exc
-        logger.info("%s version %s is now the default of the %s organ server", model_name, version, organ)
-    return {
-        "organ": organ,
-        "model_name": model_name,
-        "version": version,
-        "default": set_default,
-        "bucket": bucket,
-        "mar_key": mar_key,
-        "card_key": card_key if card is not None else None,
-        "sha256": digest,
-        "message": message,
-    }
+
+
+def _make_default(mgmt_client, organ: str, model_name: str, version: str) -> None:
+    # a separate call after the registration: when it fails, the error says what is left to do
+    try:
+        mgmt_client.set_default(model_name, version)
+    except MedSegError as exc:
+        raise type(exc)(
+            f"{model_name} version {version} is registered but NOT the default ({exc.message}); "
+            f"retry with `medseg model register --organ {organ} --set-default` or the management API",
+            code=exc.code,
+        ) from exc
+    logger.info("%s version %s is now the default of the %s organ server", model_name, version, organ)
 
 
 def upload_version(

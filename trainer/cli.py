@@ -128,7 +128,7 @@ def _fail(exc: MedSegError) -> int:
 def train_command(args: argparse.Namespace) -> int:
     # Not a cycle: trainer.train pulls in MONAI (seconds), and every `medseg` command (`serve` too) loads
     # this module to build its parser, so training's imports wait until `medseg train` runs.
-    from trainer.train import default_config, default_run_dir, run_training
+    from trainer.train import default_run_dir, run_training
 
     if args.set_default and not args.register:
         return _fail(InvalidInput("--set-default needs --register"))
@@ -138,18 +138,7 @@ def train_command(args: argparse.Namespace) -> int:
     rank = dist.get_rank() if distributed else 0
     mgmt = None
     try:
-        config = default_config(
-            args.organ,
-            arch=args.arch,
-            widths=tuple(int(w) for w in args.widths.split(",")) if args.widths else None,
-            epochs=args.epochs,
-            time_budget_min=args.minutes,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            patience=args.patience,
-            val_every=args.val_every,
-            threads=args.threads,
-        )
+        config = _train_config(args)
         run_dir = Path(args.run_dir or default_run_dir(args.organ, config.arch, args.fold))
         version = args.version or default_version()
         run_id = args.run_id or default_run_id(config.arch, args.fold)
@@ -158,34 +147,14 @@ def train_command(args: argparse.Namespace) -> int:
             # fail before an hour of training, not after it
             mgmt = _management(args)
             mgmt.list_models(timeout=10)
-        data = args.data
-        if not args.data and not args.dataset:
-            data = recipe_data(args.organ)
-        if args.dataset:
-            data = _fetch(store, args.dataset, get_settings().state_dir / "cache" / "datasets", distributed)
+        data = _training_data(args, store, distributed)
         result = run_training(
-            args.organ,
-            data,
-            run_dir,
-            config,
-            fold=args.fold,
-            folds=args.folds,
-            limit=args.limit,
-            resume=args.resume,
-            run_id=run_id,
-        )
+            args.organ, data, run_dir, config,
+            fold=args.fold, folds=args.folds, limit=args.limit, resume=args.resume, run_id=run_id,
+        )  # fmt: skip
         if rank != 0 or "card" not in result:
             return 0
-        mar = None
-        if args.out or args.register:
-            mar = publish_run(run_dir, args.organ, Path(args.out or run_dir / "package"), version=version)
-            print(f"packaged {mar} (version {version})")
-        if args.upload_run:
-            keys = upload_run(store, args.organ, run_id, run_dir)
-            print(f"run {run_id}: {len(keys)} file(s) in {store.buckets.runs}/{args.organ}/{run_id}/")
-        if args.register:
-            done = register_version(store, mgmt, mar, args.organ, version, set_default=args.set_default)
-            _report_registration(done, args.out)
+        _publish_trained(args, store, mgmt, run_dir, run_id, version)
     except MedSegError as exc:
         return _fail(exc)
     except (ValueError, FileNotFoundError) as exc:  # bad options or data: the message names the fix
@@ -196,6 +165,48 @@ def train_command(args: argparse.Namespace) -> int:
         if distributed:
             dist.destroy_process_group()
     return 0
+
+
+def _train_config(args: argparse.Namespace):
+    """The organ's training config with the command line's overrides."""
+    from trainer.train import default_config  # see train_command: MONAI loads only for `medseg train`
+
+    return default_config(
+        args.organ,
+        arch=args.arch,
+        widths=tuple(int(w) for w in args.widths.split(",")) if args.widths else None,
+        epochs=args.epochs,
+        time_budget_min=args.minutes,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        patience=args.patience,
+        val_every=args.val_every,
+        threads=args.threads,
+    )
+
+
+def _training_data(args: argparse.Namespace, store, distributed: bool):
+    """--data, else the recipe's data; a --dataset of the gateway is fetched into the local cache."""
+    data = args.data
+    if not args.data and not args.dataset:
+        data = recipe_data(args.organ)
+    if args.dataset:
+        data = _fetch(store, args.dataset, get_settings().state_dir / "cache" / "datasets", distributed)
+    return data
+
+
+def _publish_trained(args: argparse.Namespace, store, mgmt, run_dir: Path, run_id: str, version: str) -> None:
+    """After training (rank 0): package the run, upload its files, register the archive, as asked."""
+    mar = None
+    if args.out or args.register:
+        mar = publish_run(run_dir, args.organ, Path(args.out or run_dir / "package"), version=version)
+        print(f"packaged {mar} (version {version})")
+    if args.upload_run:
+        keys = upload_run(store, args.organ, run_id, run_dir)
+        print(f"run {run_id}: {len(keys)} file(s) in {store.buckets.runs}/{args.organ}/{run_id}/")
+    if args.register:
+        done = register_version(store, mgmt, mar, args.organ, version, set_default=args.set_default)
+        _report_registration(done, args.out)
 
 
 def _fetch(store, dataset_id: str, cache: Path, distributed: bool) -> Path:

@@ -130,14 +130,7 @@ def run_training(
     curves.png and card.json (naming `run_id`, default the run dir's name) into run_dir."""
     run_dir = Path(run_dir)
     commit = git_commit()
-    spec = load_organ_spec(organ)
-    pairs = load_pairs(data, spec, limit=limit)
-    train_idx, val_idx = kfold_indices(len(pairs), folds, fold, config.seed)
-    train, val = pairs.subset(train_idx), pairs.subset(val_idx)
-    mean, std = channel_stats(train.images)
-    spec = dataclasses.replace(
-        spec, mean=tuple(round(m, 4) for m in mean), std=tuple(round(s, 4) for s in std)
-    )
+    spec, pairs, train, val = _fold_data(organ, data, config, fold=fold, folds=folds, limit=limit)
     # validation while training is single-pass (test-time mirror images would cost four times as much);
     # the card then scores the best weights the way the organ serves them
     trainer = Trainer(spec.single_pass(), train, val, config, run_dir)
@@ -148,6 +141,47 @@ def run_training(
     if rank != 0:
         return result
 
+    model = _best_model(config, spec, run_dir)
+    best, single_pass = _score_as_served(trainer, spec, model)
+    threshold = best_threshold(best["val_dice_at"])
+    spec = dataclasses.replace(spec, default_threshold=threshold)
+    _write_model_files(run_dir, spec, model, trainer.history)
+    card = {
+        "run_id": run_id or run_dir.name,
+        "organ": organ,
+        "architecture": config.arch,
+        **_model_size(model, spec),
+        "dataset": {**dataset_record(data, len(pairs), limit), "train": len(train), "validation": len(val)},
+        "split": {"folds": folds, "fold": fold, "seed": config.seed},
+        "metrics": _card_metrics(best, trainer.best_epoch, single_pass),
+        "default_threshold": float(threshold),
+        "training": _card_training(trainer, config),
+        "commit": commit,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+    }
+    (run_dir / "card.json").write_text(json.dumps(card, indent=1))
+    log.info("run done: best validation Dice %.4f at epoch %d, threshold %s, %.0fs",
+             trainer.best_dice, trainer.best_epoch, threshold, trainer.elapsed())  # fmt: skip
+    return {**result, "card": card, "spec": spec}
+
+
+def _fold_data(organ: str, data, config: TrainConfig, *, fold: int, folds: int, limit: int | None):
+    """(spec, pairs, train, val): the fold's split of the data, the spec normalising with the train
+    images' channel statistics."""
+    spec = load_organ_spec(organ)
+    pairs = load_pairs(data, spec, limit=limit)
+    train_idx, val_idx = kfold_indices(len(pairs), folds, fold, config.seed)
+    train, val = pairs.subset(train_idx), pairs.subset(val_idx)
+    mean, std = channel_stats(train.images)
+    spec = dataclasses.replace(
+        spec, mean=tuple(round(m, 4) for m in mean), std=tuple(round(s, 4) for s in std)
+    )
+    return spec, pairs, train, val
+
+
+def _best_model(config: TrainConfig, spec: OrganSpec, run_dir: Path):
+    """A fresh model of the run's architecture with the best epoch's weights (best.pt)."""
     model = create_model(
         config.arch,
         in_channels=spec.channels,
@@ -155,6 +189,12 @@ def run_training(
         **({"widths": tuple(config.widths)} if config.widths else {}),
     )
     model.load_state_dict(torch.load(run_dir / "best.pt", map_location="cpu"))
+    return model
+
+
+def _score_as_served(trainer: Trainer, spec: OrganSpec, model) -> tuple[dict, dict]:
+    """The best epoch's validation scores and, when the organ serves with test-time augmentation, those
+    scores rescored that way (the single-pass Dice kept as val_dice_single_pass)."""
     best = next(h for h in trainer.history if h["epoch"] == trainer.best_epoch)
     single_pass = {}
     if spec.inference.tta != "none":
@@ -162,51 +202,47 @@ def run_training(
         trainer.model.load_state_dict(model.state_dict())
         single_pass = {"val_dice_single_pass": best["val_dice"]}
         best = {**best, **trainer.validate()}
-    threshold = best_threshold(best["val_dice_at"])
-    spec = dataclasses.replace(spec, default_threshold=threshold)
+    return best, single_pass
+
+
+def _write_model_files(run_dir: Path, spec: OrganSpec, model, history: list[dict]) -> None:
+    """spec.yaml, model.ts and curves.png: what packaging and a reader of the run need beside the card."""
     import yaml
 
     (run_dir / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
     export_torchscript(model, spec, run_dir / "model.ts")
-    plot_curves(trainer.history, run_dir / "curves.png")
+    plot_curves(history, run_dir / "curves.png")
+
+
+def _model_size(model, spec: OrganSpec) -> dict:
+    """The card's parameters and inference cost (GFLOPs at the serving input size)."""
     size = spec.inference.size or (512, 512)
-    card = {
-        "run_id": run_id or run_dir.name,
-        "organ": organ,
-        "architecture": config.arch,
+    return {
         "parameters": sum(p.numel() for p in model.parameters()),
         "inference_gflops": round(inference_gflops(model, spec.channels, tuple(size)), 3),
         "inference_gflops_input": list(size),
-        "dataset": {**dataset_record(data, len(pairs), limit), "train": len(train), "validation": len(val)},
-        "split": {"folds": folds, "fold": fold, "seed": config.seed},
-        "metrics": {
-            "val_dice": best["val_dice"],
-            "val_dice_at_threshold": best["val_dice_at"],
-            "val_loss": best["val_loss"],
-            "best_epoch": trainer.best_epoch,
-            **single_pass,
-        },
-        "default_threshold": float(threshold),
-        "training": {
-            "seconds": round(trainer.elapsed(), 1),
-            "epochs": trainer.epoch,
-            "processes": int(os.environ.get("WORLD_SIZE", 1)),
-            "torch_threads": torch.get_num_threads(),
-            "config": json.loads(json.dumps(dataclasses.asdict(config))),
-        },
-        "commit": commit,
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "torch": torch.__version__,
     }
-    (run_dir / "card.json").write_text(json.dumps(card, indent=1))
-    log.info(
-        "run done: best validation Dice %.4f at epoch %d, threshold %s, %.0fs",
-        trainer.best_dice,
-        trainer.best_epoch,
-        threshold,
-        trainer.elapsed(),
-    )
-    return {**result, "card": card, "spec": spec}
+
+
+def _card_metrics(best: dict, best_epoch: int, single_pass: dict) -> dict:
+    return {
+        "val_dice": best["val_dice"],
+        "val_dice_at_threshold": best["val_dice_at"],
+        "val_loss": best["val_loss"],
+        "best_epoch": best_epoch,
+        **single_pass,
+    }
+
+
+def _card_training(trainer: Trainer, config: TrainConfig) -> dict:
+    """How the run trained: time, epochs, processes and threads, and the whole config (as JSON values)."""
+    return {
+        "seconds": round(trainer.elapsed(), 1),
+        "epochs": trainer.epoch,
+        "processes": int(os.environ.get("WORLD_SIZE", 1)),
+        "torch_threads": torch.get_num_threads(),
+        "config": json.loads(json.dumps(dataclasses.asdict(config))),
+    }
 
 
 def default_run_dir(organ: str, arch: str, fold: int) -> Path:

@@ -317,43 +317,62 @@ class DataPlane:
         prefix = f"segmentations/{organ.name}/{seg_id}"
         written: list[str] = []
         try:
-            if not self._buckets_ready:  # once per process: the store may have been empty or down at start
-                self.store.ensure_buckets()
-                self._buckets_ready = True
+            self._ensure_buckets_once()
             masks, thumbnail_key = self._store_results(prefix, prob, prob_png, written)
-            areas = {f"{m.threshold:.1f}": m.area_px for m in masks}
             model = self.registry.model(organ.name)
-            record = SegmentationRecord(
-                id=seg_id,
-                organ=organ.name,
-                model=model,
-                patient_id=patient_id,
-                width=width,
-                height=height,
-                spacing_mm=spacing_mm,
-                probability_key=f"{prefix}/probability.png",
-                mask_keys={f"{m.threshold:.1f}": f"{prefix}/{MASKS_OBJECT}" for m in masks},
-                areas=areas,
-                stability=stability(areas),
-                thumbnail_key=thumbnail_key,
-                api_key_id=api_key_id,
-                user_id=user_id,
-                actor=actor,
-            )
+            record = self._segmentation_record(
+                seg_id, organ.name, model, prefix, masks, thumbnail_key, (width, height), spacing_mm,
+                patient_id=patient_id, api_key_id=api_key_id, user_id=user_id, actor=actor,
+            )  # fmt: skip
             self.record_segmentation(session, record)
         except Exception:
-            self._remove(written)
+            self._remove(written)  # a row never points at objects that are not there
             raise
         metrics.observe_latency("segment", organ.name, model.version, started)
-        return SegmentResult(
-            seg_id,
-            organ.name,
-            model,
-            width,
-            height,
-            self.registry.default_threshold(organ.name),
-            prob_png,
-            masks,
+        threshold = self.registry.default_threshold(organ.name)
+        return SegmentResult(seg_id, organ.name, model, width, height, threshold, prob_png, masks)
+
+    def _ensure_buckets_once(self) -> None:
+        # once per process, at the first segmentation: the store may have been empty or down at start
+        if not self._buckets_ready:
+            self.store.ensure_buckets()
+            self._buckets_ready = True
+
+    @staticmethod
+    def _segmentation_record(
+        seg_id: str,
+        organ: str,
+        model: ModelInfo,
+        prefix: str,
+        masks: list[MaskResult],
+        thumbnail_key: str | None,
+        size: tuple[int, int],
+        spacing_mm: tuple[float, float] | None,
+        *,
+        patient_id: str | None,
+        api_key_id,
+        user_id,
+        actor: str | None,
+    ) -> SegmentationRecord:
+        """The row of a segmentation whose objects are all written under `prefix`; size: (width, height)."""
+        areas = {f"{m.threshold:.1f}": m.area_px for m in masks}
+        width, height = size
+        return SegmentationRecord(
+            id=seg_id,
+            organ=organ,
+            model=model,
+            patient_id=patient_id,
+            width=width,
+            height=height,
+            spacing_mm=spacing_mm,
+            probability_key=f"{prefix}/probability.png",
+            mask_keys={f"{m.threshold:.1f}": f"{prefix}/{MASKS_OBJECT}" for m in masks},
+            areas=areas,
+            stability=stability(areas),
+            thumbnail_key=thumbnail_key,
+            api_key_id=api_key_id,
+            user_id=user_id,
+            actor=actor,
         )
 
     def _store_results(

@@ -309,36 +309,44 @@ class Evaluator:
         try:
             rows = self._write_overlays(evaluation_id, scored, written)
             evaluation = evaluation_row(
-                evaluation_id,
-                target,
-                principal,
-                summary,
-                case_count=len(rows),
-                purpose=purpose,
-                dataset=dataset,
-            )
+                evaluation_id, target, principal, summary,
+                case_count=len(rows), purpose=purpose, dataset=dataset,
+            )  # fmt: skip
             session.add(evaluation)
-            session.flush()
+            session.flush()  # the evaluation's row first: its cases refer to it
             session.add_all(rows)
-            audit(
-                session,
-                principal.actor,
-                "model.evaluate",
-                f"evaluation:{evaluation_id}",
-                {
-                    "organ": target.organ,
-                    "version": target.version,
-                    "cases": len(rows),
-                    "mean_dice": summary["mean_dice"],
-                    "purpose": purpose,
-                },
-            )
+            self._audit_evaluation(session, principal, target, evaluation_id, len(rows), summary, purpose)
             self._commit(session)
         except BaseException:
             session.rollback()
             self._remove_overlays(written)
             raise
         return evaluation
+
+    @staticmethod
+    def _audit_evaluation(
+        session: Session,
+        principal: Principal,
+        target: Target,
+        evaluation_id: uuid.UUID,
+        cases: int,
+        summary: dict,
+        purpose: str,
+    ) -> None:
+        """The "model.evaluate" audit entry of an evaluation (committed with its rows)."""
+        audit(
+            session,
+            principal.actor,
+            "model.evaluate",
+            f"evaluation:{evaluation_id}",
+            {
+                "organ": target.organ,
+                "version": target.version,
+                "cases": cases,
+                "mean_dice": summary["mean_dice"],
+                "purpose": purpose,
+            },
+        )
 
     def _write_overlays(
         self, evaluation_id: uuid.UUID, scored: list[ScoredCase], written: list[str]

@@ -152,73 +152,104 @@ def seed_from_model_store(session: Session, organs: OrganRegistry) -> list[Model
       a model event and an audit entry."""
     seeded = []
     for organ in organs.names():
-        card_path = organs.model_store_dir / f"{organ}.json"
-        mar_path = organs.model_store_dir / f"{organ}.mar"
-        info = _model_from_card(card_path, _model_from_mar(mar_path) or ModelInfo(organ, "unknown"))
-        if info.version == "unknown":
-            logger.info("no shipped model for organ %s in %s: nothing to seed", organ, organs.model_store_dir)
-            continue
-        known = session.scalar(
-            select(ModelVersion.id).where(ModelVersion.organ == organ, ModelVersion.version == info.version)
-        )
-        if known is not None:
-            continue
-        any_version = session.scalar(select(ModelVersion.id).where(ModelVersion.organ == organ).limit(1))
-        current = current_default(session, organ) if any_version is not None else None
-        # no default to keep (none yet, or none left): the organ must serve something
-        replaces = current is None or current.created_by == SEED_ACTOR
-        card = _read_json(card_path)
-        dataset = card.get("dataset") if isinstance(card.get("dataset"), dict) else {}
-        now = _now()
-        row = ModelVersion(
-            organ=organ,
-            model_name=info.name,
-            version=info.version,
-            state="default" if replaces else "candidate",
-            mar_key=None,
-            mar_sha256=card.get("mar_sha256"),
-            card=card,
-            metrics=card.get("metrics") if isinstance(card.get("metrics"), dict) else {},
-            dataset_id=dataset.get("id"),
-            dataset_hash=dataset.get("hash"),
-            commit=card.get("commit"),
-            default_threshold=info.default_threshold,
-            parent_id=current.id if current else None,
-            previous_default_id=current.id if current and replaces else None,
-            created_by=SEED_ACTOR,
-            promoted_at=now if replaces else None,
-        )
-        session.add(row)
-        session.flush()
-        detail = {"card": str(card_path), "mar": mar_path.is_file()}
-        if any_version is not None:
-            detail["previous_default"] = current.version if current else None
-            if replaces and current is not None:
-                current.state, current.retired_at = "retired", now
-                session.add(
-                    ModelEvent(version_id=current.id, action="replaced_by_shipped", actor=SEED_ACTOR,
-                               detail={"version": info.version, "card": str(card_path)})
-                )  # fmt: skip
-            audit(
-                session,
-                SEED_ACTOR,
-                "model.seed_default" if replaces else "model.seed_candidate",
-                f"model:{organ}:{info.version}",
-                detail,
-            )
-        session.add(ModelEvent(version_id=row.id, action="seeded", actor=SEED_ACTOR, detail=detail))
-        seeded.append(row)
-        if replaces:
-            logger.info("seeded %s model %s version %s as the default", organ, info.name, info.version)
-        else:
-            logger.warning(
-                "the shipped %s model is now version %s; the default %s was promoted by people and stays the "
-                "default, %s is recorded as a candidate. The organ server must still have %s registered "
-                "(medseg model register) or segmentation of %s fails",
-                organ, info.version, current.version, info.version, current.version, organ,
-            )  # fmt: skip
+        row = _seed_organ(session, organs, organ)
+        if row is not None:
+            seeded.append(row)
     session.commit()
     return seeded
+
+
+def _seed_organ(session: Session, organs: OrganRegistry, organ: str) -> ModelVersion | None:
+    """Record `organ`'s shipped version; None when nothing is shipped or the database knows it already."""
+    card_path = organs.model_store_dir / f"{organ}.json"
+    mar_path = organs.model_store_dir / f"{organ}.mar"
+    info = _model_from_card(card_path, _model_from_mar(mar_path) or ModelInfo(organ, "unknown"))
+    if info.version == "unknown":
+        logger.info("no shipped model for organ %s in %s: nothing to seed", organ, organs.model_store_dir)
+        return None
+    if _version_id(session, organ, info.version) is not None:
+        return None
+    any_version = session.scalar(select(ModelVersion.id).where(ModelVersion.organ == organ).limit(1))
+    current = current_default(session, organ) if any_version is not None else None
+    # no default to keep (none yet, or none left): the organ must serve something
+    replaces = current is None or current.created_by == SEED_ACTOR
+    now = _now()
+    row = _add_seeded_row(session, organ, info, _read_json(card_path), current, replaces, now)
+    detail = {"card": str(card_path), "mar": mar_path.is_file()}
+    if any_version is not None:
+        detail["previous_default"] = current.version if current else None
+        if replaces and current is not None:
+            _retire_replaced_seed(session, current, info.version, card_path, now)
+        action = "model.seed_default" if replaces else "model.seed_candidate"
+        audit(session, SEED_ACTOR, action, f"model:{organ}:{info.version}", detail)
+    session.add(ModelEvent(version_id=row.id, action="seeded", actor=SEED_ACTOR, detail=detail))
+    _log_seeded(organ, info, current, replaces)
+    return row
+
+
+def _version_id(session: Session, organ: str, version: str):
+    """The id of `organ`'s recorded `version`, None when it is not recorded."""
+    return session.scalar(
+        select(ModelVersion.id).where(ModelVersion.organ == organ, ModelVersion.version == version)
+    )
+
+
+def _add_seeded_row(
+    session: Session,
+    organ: str,
+    info: ModelInfo,
+    card: dict,
+    current: ModelVersion | None,
+    replaces: bool,
+    now: datetime,
+) -> ModelVersion:
+    """Add (and flush, for its id) the shipped version: the default when it `replaces`, else a candidate."""
+    dataset = card.get("dataset") if isinstance(card.get("dataset"), dict) else {}
+    row = ModelVersion(
+        organ=organ,
+        model_name=info.name,
+        version=info.version,
+        state="default" if replaces else "candidate",
+        mar_key=None,
+        mar_sha256=card.get("mar_sha256"),
+        card=card,
+        metrics=card.get("metrics") if isinstance(card.get("metrics"), dict) else {},
+        dataset_id=dataset.get("id"),
+        dataset_hash=dataset.get("hash"),
+        commit=card.get("commit"),
+        default_threshold=info.default_threshold,
+        parent_id=current.id if current else None,
+        previous_default_id=current.id if current and replaces else None,
+        created_by=SEED_ACTOR,
+        promoted_at=now if replaces else None,
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def _retire_replaced_seed(
+    session: Session, current: ModelVersion, version: str, card_path, now: datetime
+) -> None:
+    """The shipped default a newer shipped `version` replaces: retired, with the event saying why."""
+    current.state, current.retired_at = "retired", now
+    session.add(
+        ModelEvent(version_id=current.id, action="replaced_by_shipped", actor=SEED_ACTOR,
+                   detail={"version": version, "card": str(card_path)})
+    )  # fmt: skip
+
+
+def _log_seeded(organ: str, info: ModelInfo, current: ModelVersion | None, replaces: bool) -> None:
+    # a candidate is served only once promoted: until then the organ server must still have the default
+    if replaces:
+        logger.info("seeded %s model %s version %s as the default", organ, info.name, info.version)
+    else:
+        logger.warning(
+            "the shipped %s model is now version %s; the default %s was promoted by people and stays the "
+            "default, %s is recorded as a candidate. The organ server must still have %s registered "
+            "(medseg model register) or segmentation of %s fails",
+            organ, info.version, current.version, info.version, current.version, organ,
+        )  # fmt: skip
 
 
 def _read_json(path) -> dict:
@@ -250,19 +281,8 @@ def record_version(
     session: Session, actor: str, organ: str, new: NewVersion, *, store=None, models_bucket: str | None = None
 ) -> ModelVersion:
     """Record a trained version as a candidate. With `store`, its .mar must exist in the models bucket."""
-    import re
-
-    if not re.match(VERSION_PATTERN, new.version or "") or not re.match(
-        VERSION_PATTERN, new.model_name or ""
-    ):
-        raise InvalidInput(
-            "model_name and version: letters, digits, '.', '_' or '-', at most 64 (e.g. 20250101.120000)"
-        )
-    if new.default_threshold is not None and not 0.0 < new.default_threshold < 1.0:
-        raise InvalidInput(f"default_threshold must be between 0 and 1, not {new.default_threshold}")
-    if session.scalar(
-        select(ModelVersion.id).where(ModelVersion.organ == organ, ModelVersion.version == new.version)
-    ):
+    _check_new_version(new)
+    if _version_id(session, organ, new.version):
         raise Conflict(
             f"{organ} version {new.version} is already recorded; versions are immutable",
             code="version_exists",
@@ -273,12 +293,45 @@ def record_version(
         else current_default(session, organ)
     )
     if store is not None and new.mar_key:
-        if not store.exists(models_bucket, new.mar_key):  # ServiceUnavailable when the store is down
-            raise InvalidInput(
-                f"no object {new.mar_key!r} in bucket {models_bucket}: upload the .mar first "
-                "(common.model_store.register_version does)",
-                code="missing_archive",
-            )
+        _require_archive(store, models_bucket, new.mar_key)
+    row = _add_candidate_row(session, actor, organ, new, parent)
+    parent_version = parent.version if parent else None
+    session.add(
+        ModelEvent(version_id=row.id, action="recorded", actor=actor, detail={"parent": parent_version})
+    )
+    audit(session, actor, "model.record", f"model:{organ}:{new.version}", {"parent": parent_version})
+    _commit(session, f"{organ} version {new.version}")
+    return row
+
+
+def _check_new_version(new: NewVersion) -> None:
+    """Names that are safe in object keys and URLs, and a threshold a probability can cross."""
+    import re
+
+    if not re.match(VERSION_PATTERN, new.version or "") or not re.match(
+        VERSION_PATTERN, new.model_name or ""
+    ):
+        raise InvalidInput(
+            "model_name and version: letters, digits, '.', '_' or '-', at most 64 (e.g. 20250101.120000)"
+        )
+    if new.default_threshold is not None and not 0.0 < new.default_threshold < 1.0:
+        raise InvalidInput(f"default_threshold must be between 0 and 1, not {new.default_threshold}")
+
+
+def _require_archive(store, models_bucket: str | None, mar_key: str) -> None:
+    """A version nobody can load must not be recorded: its .mar has to be in the models bucket."""
+    if not store.exists(models_bucket, mar_key):  # ServiceUnavailable when the store is down
+        raise InvalidInput(
+            f"no object {mar_key!r} in bucket {models_bucket}: upload the .mar first "
+            "(common.model_store.register_version does)",
+            code="missing_archive",
+        )
+
+
+def _add_candidate_row(
+    session: Session, actor: str, organ: str, new: NewVersion, parent: ModelVersion | None
+) -> ModelVersion:
+    """Add (and flush, for its id) the candidate row of `new`, its lineage pointing at `parent`."""
     row = ModelVersion(
         organ=organ,
         model_name=new.model_name,
@@ -297,22 +350,6 @@ def record_version(
     )
     session.add(row)
     session.flush()
-    session.add(
-        ModelEvent(
-            version_id=row.id,
-            action="recorded",
-            actor=actor,
-            detail={"parent": parent.version if parent else None},
-        )
-    )
-    audit(
-        session,
-        actor,
-        "model.record",
-        f"model:{organ}:{new.version}",
-        {"parent": parent.version if parent else None},
-    )
-    _commit(session, f"{organ} version {new.version}")
     return row
 
 

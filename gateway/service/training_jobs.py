@@ -334,6 +334,28 @@ class TrainingJobs:
 
     # --- starting -----------------------------------------------------------------------------------------
     def start(self, session: Session, principal: Principal, request: JobRequest) -> TrainingJob:
+        dataset = self._checked_request(session, request)
+        # under the lock: reconcile finishes jobs, and two starts must not both take the last free slot
+        with self._lock:
+            self.reconcile(session)
+            self._refuse_when_full(session)
+            job = self._queue_job(session, principal, request, dataset)
+            self._launch(session, job, request)
+        return job
+
+    def _refuse_when_full(self, session: Session) -> None:
+        running = session.scalars(select(TrainingJob).where(TrainingJob.state.in_(ACTIVE))).all()
+        if len(running) >= self.max_running:
+            raise TooManyRequests(
+                f"{len(running)} training job(s) running (at most {self.max_running} at once: "
+                "MEDSEG_MAX_RUNNING_TRAINING_JOBS); wait for one to finish or cancel one "
+                f"({', '.join(str(j.id) for j in running)})",
+                code="too_many_training_jobs",
+            )
+
+    @staticmethod
+    def _checked_request(session: Session, request: JobRequest) -> Dataset:
+        """The dataset to train on: a known architecture and a ready dataset of the request's organ."""
         if request.arch not in MODELS:
             raise InvalidInput(
                 f"unknown architecture {request.arch!r}; valid: {', '.join(sorted(MODELS))}",
@@ -346,38 +368,34 @@ class TrainingJobs:
             raise InvalidInput(
                 f"dataset {dataset.id} is a {dataset.organ} dataset, not {request.organ}", code="wrong_organ"
             )
-        with self._lock:
-            self.reconcile(session)
-            running = session.scalars(select(TrainingJob).where(TrainingJob.state.in_(ACTIVE))).all()
-            if len(running) >= self.max_running:
-                raise TooManyRequests(
-                    f"{len(running)} training job(s) running (at most {self.max_running} at once: "
-                    "MEDSEG_MAX_RUNNING_TRAINING_JOBS); wait for one to finish or cancel one "
-                    f"({', '.join(str(j.id) for j in running)})",
-                    code="too_many_training_jobs",
-                )
-            job_id = uuid.uuid4()
-            job = TrainingJob(
-                id=job_id,
-                organ=request.organ,
-                dataset_id=dataset.id,
-                arch=request.arch,
-                budget_minutes=request.minutes,
-                epochs=request.epochs,
-                state="queued",
-                progress={"epochs": [], "best_val_dice": None},
-                version=f"{_now():%Y%m%d.%H%M%S}-{job_id.hex[:6]}",
-                created_by=principal.actor,
-                user_id=principal.user.id if principal.user is not None else None,
-            )
-            session.add(job)
-            audit(
-                session, principal.actor, "training.start", f"training:{job_id}",
-                {"organ": job.organ, "dataset": job.dataset_id, "arch": job.arch, "minutes": request.minutes,
-                 "epochs": request.epochs, "widths": list(request.widths or ()), "limit": request.limit},
-            )  # fmt: skip
-            session.commit()
-            self._launch(session, job, request)
+        return dataset
+
+    @staticmethod
+    def _queue_job(
+        session: Session, principal: Principal, request: JobRequest, dataset: Dataset
+    ) -> TrainingJob:
+        """Record the queued job and its audit entry (committed before the trainer is launched)."""
+        job_id = uuid.uuid4()
+        job = TrainingJob(
+            id=job_id,
+            organ=request.organ,
+            dataset_id=dataset.id,
+            arch=request.arch,
+            budget_minutes=request.minutes,
+            epochs=request.epochs,
+            state="queued",
+            progress={"epochs": [], "best_val_dice": None},
+            version=f"{_now():%Y%m%d.%H%M%S}-{job_id.hex[:6]}",
+            created_by=principal.actor,
+            user_id=principal.user.id if principal.user is not None else None,
+        )
+        session.add(job)
+        audit(
+            session, principal.actor, "training.start", f"training:{job_id}",
+            {"organ": job.organ, "dataset": job.dataset_id, "arch": job.arch, "minutes": request.minutes,
+             "epochs": request.epochs, "widths": list(request.widths or ()), "limit": request.limit},
+        )  # fmt: skip
+        session.commit()
         return job
 
     def _launch(self, session: Session, job: TrainingJob, request: JobRequest) -> None:
