@@ -20,10 +20,12 @@ import os
 import statistics
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 import torch
+
+from services.runtime import build
+from trainer.export import organ_threads, unpack_runtimes
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_STORE = REPO_ROOT / "model-store"
@@ -51,18 +53,7 @@ def gflop_per_input(card: dict, size: tuple[int, int]) -> float:
 
 
 def load_models(organ: str, mar: Path, work: Path, runtimes: list[str], threads: int) -> dict:
-    from services.runtime import build
-    from services.spec import load_spec
-    from trainer.export import export_onnx
-
-    with zipfile.ZipFile(mar) as archive:
-        names = archive.namelist()
-        for name in ("model.pt", "spec.yaml", "model.onnx"):
-            if name in names:
-                archive.extract(name, work)
-    spec = load_spec(work / "spec.yaml")
-    if not (work / "model.onnx").is_file() and set(runtimes) - {"torchscript"}:
-        export_onnx(work / "model.pt", spec.channels, work / "model.onnx")
+    spec = unpack_runtimes(mar, work)
     return {name: build(name, work, threads) for name in runtimes}, spec
 
 
@@ -124,8 +115,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--json", type=Path, help="also write the table here")
     args = parser.parse_args(argv)
-    from trainer.export import organ_threads
-
     threads = args.threads or organ_threads(args.organ)
     torch.set_num_threads(threads)
     mar = args.mar or MODEL_STORE / f"{args.organ}.mar"

@@ -31,76 +31,22 @@ from pathlib import Path
 import torch
 import yaml
 
-from services.preprocess import TTA_FLIPS
-from services.runtime import INPUT_NAME, OUTPUT_NAME, RUNTIMES, build
+from services.preprocess import TTA_FLIPS, normalize, pad_to_multiple
+from services.runtime import RUNTIMES, build
 from services.spec import SERVICES_DIR, OrganSpec, load_spec
+from trainer.cv import run_split
+from trainer.loop import Trainer, dice_score
+from trainer.onnx_export import OPSET, export_onnx
+from trainer.package import build_mar
+from trainer.rescore import train_config
+from trainer.train import git_commit
 
 log = logging.getLogger(__name__)
 
-OPSET = 17
-CHECK_ATOL = 1e-3  # |logit difference| an export may show on random input at a shape it was not traced at
 # Agreement a runtime needs with TorchScript to be chosen (and to pass the parity tests): masks at 0.5 with
 # Dice >= MASK_DICE on every validation image, validation Dice within DICE_TOLERANCE of the card's.
 MASK_DICE = 0.999
 DICE_TOLERANCE = 0.001
-
-
-class ExportError(RuntimeError):
-    """The network did not export, or the export does not compute what TorchScript computes."""
-
-
-def export_onnx(
-    scripted: str | Path | torch.jit.ScriptModule, channels: int, out: str | Path, size: int = 64
-) -> Path:
-    """TorchScript network → ONNX file with dynamic batch, height and width (the TorchScript exporter:
-    it takes a ScriptModule as it is, with no Python class needed)."""
-    module = torch.jit.load(str(scripted), map_location="cpu") if not hasattr(scripted, "graph") else scripted
-    module = module.eval()
-    out = Path(out)
-    sample = torch.zeros(1, channels, size, size)
-    axes = {0: "batch", 2: "height", 3: "width"}
-    import warnings
-
-    with warnings.catch_warnings():  # the exporter's deprecation note: this is the path for ScriptModules
-        warnings.simplefilter("ignore")
-        try:
-            torch.onnx.export(
-                module,
-                (sample,),
-                str(out),
-                dynamo=False,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
-                opset_version=OPSET,
-            )
-        except Exception as exc:
-            raise ExportError(f"ONNX export failed: {exc}") from exc
-    # an export can succeed and still be wrong (shapes traced as constants, ops ORT refuses): run it at
-    # another batch and size than the sample
-    check = (2, size * 2, size + 32)
-    try:
-        diff = max_logit_difference(module, out, channels, [check], "onnxruntime")
-    except Exception as exc:
-        raise ExportError(f"the exported ONNX model does not run: {exc}") from exc
-    if diff > CHECK_ATOL:
-        raise ExportError(f"the exported ONNX model differs from TorchScript by {diff:.2e} at {check}")
-    return out
-
-
-def max_logit_difference(
-    module: torch.nn.Module, onnx_path: Path, channels: int, shapes, runtime: str, threads: int = 1
-) -> float:
-    """Largest |logit difference| between the TorchScript network and the ONNX file run in `runtime`,
-    over random inputs of `shapes` ((n, h, w) each)."""
-    other = build(runtime, onnx_path.parent, threads, onnx_file=onnx_path.name)
-    gen = torch.Generator().manual_seed(0)
-    worst = 0.0
-    with torch.inference_mode():
-        for n, h, w in shapes:
-            x = torch.randn(n, channels, h, w, generator=gen)
-            worst = max(worst, float((module(x) - other(x)).abs().max()))
-    return worst
 
 
 # --- measuring the runtimes on the validation fold -------------------------------------------------
@@ -143,10 +89,6 @@ def organ_threads(organ: str, services_dir: Path = SERVICES_DIR) -> int:
 
 def validator(organ: str, card: dict, spec: OrganSpec, threads: int, data=None, limit: int | None = None):
     """A Trainer over the card's held-out fold (the first `limit` cases), for its validate()."""
-    from trainer.cv import run_split
-    from trainer.loop import Trainer
-    from trainer.rescore import train_config
-
     pairs, train_idx, val_idx = run_split(organ, card, spec, data)
     val_idx = val_idx[:limit] if limit else val_idx
     config = dataclasses.replace(train_config(card), threads=threads)
@@ -178,8 +120,6 @@ def measure(trainer, runtime: str, model) -> Measured:
 
 def served_input(trainer) -> torch.Tensor:
     """The first held-out case as the server hands it to the network (normalised, resized or padded)."""
-    from services.preprocess import normalize, pad_to_multiple
-
     x = normalize(trainer.val_set.images[:1].float() / 255.0, trainer.spec)
     if trainer.spec.inference.mode != "resize":
         x, _ = pad_to_multiple(x, trainer.spec.inference.pad_multiple)
@@ -202,8 +142,6 @@ def time_passes(models: dict, x: torch.Tensor, rounds: int) -> dict[str, float]:
 
 
 def compare(reference: Measured, other: Measured) -> None:
-    from trainer.loop import dice_score
-
     other.mask_dice_min = min(
         dice_score(a >= 0.5, b >= 0.5) for a, b in zip(reference.probs, other.probs, strict=True)
     )
@@ -232,7 +170,7 @@ def unpack(mar: Path, into: Path) -> tuple[Path, OrganSpec]:
     return into / "model.pt", load_spec(into / "spec.yaml")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -251,20 +189,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, help="score only the first N held-out cases (no packaging)")
     parser.add_argument("--out", type=Path, help="model store to write <organ>.mar and its card into")
     parser.add_argument("--version", help="with --out: the new model version")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.out and (not args.version or args.limit):
-        parser.error("--out needs --version, and scores the whole fold (no --limit)")
-    card_path = args.card or args.mar.with_suffix(".json")
-    card = json.loads(card_path.read_text())
-    threads = args.threads or organ_threads(args.organ)
-    torch.set_num_threads(threads)
+    return parser
 
-    work = Path(tempfile.mkdtemp(prefix=f"export-{args.organ}-"))
-    scripted, spec = unpack(args.mar, work)
-    onnx_path = export_onnx(scripted, spec.channels, work / "model.onnx")
-    trainer = validator(args.organ, card, spec, threads, args.data, args.limit)
-    measured = ["torchscript", *(r for r in args.measure if r != "torchscript")]  # the reference first
+
+@dataclasses.dataclass
+class Timing:
+    rounds: int
+    shape: tuple
+    passes: int  # forward passes per served input (mirror images)
+
+    def describe(self) -> str:
+        return f"median of {self.rounds} interleaved passes of one {self.shape} input"
+
+
+def _measure_runtimes(args, trainer, work: Path, spec: OrganSpec, threads: int) -> tuple[dict, Timing]:
+    """Score the held-out fold through each runtime (TorchScript first, the reference), then time them."""
+    measured = ["torchscript", *(r for r in args.measure if r != "torchscript")]
     if args.runtime != "auto" and args.runtime not in measured:
         measured.append(args.runtime)
     models = {name: build(name, work, threads) for name in measured}
@@ -274,16 +214,22 @@ def main(argv: list[str] | None = None) -> int:
         if name != "torchscript":
             compare(results["torchscript"], results[name])
     x = served_input(trainer)
-    passes = len(TTA_FLIPS[spec.inference.tta])
-    rounds = args.rounds or (15 if x[0, 0].numel() <= 512 * 512 else 3)
-    pass_ms = time_passes(models, x, rounds)
-    for name, r in results.items():
-        r.ms_per_pass, r.ms_per_input = pass_ms[name], pass_ms[name] * passes
-    print(f"timing: median of {rounds} interleaved passes of one {tuple(x.shape)} input per runtime")
-    card_dice = card["metrics"]["val_dice"]
-    print(
-        f"{args.organ}: {len(trainer.val_set)} held-out cases, {threads} thread(s), card Dice {card_dice:.4f}"
+    timing = Timing(
+        args.rounds or (15 if x[0, 0].numel() <= 512 * 512 else 3),
+        tuple(x.shape),
+        len(TTA_FLIPS[spec.inference.tta]),
     )
+    pass_ms = time_passes(models, x, timing.rounds)
+    for name, r in results.items():
+        r.ms_per_pass, r.ms_per_input = pass_ms[name], pass_ms[name] * timing.passes
+    return results, timing
+
+
+def _print_table(
+    organ: str, results: dict, timing: Timing, cases: int, threads: int, card_dice: float
+) -> None:
+    print(f"timing: {timing.describe()} per runtime")
+    print(f"{organ}: {cases} held-out cases, {threads} thread(s), card Dice {card_dice:.4f}")
     print(
         "| runtime | ms per input | ms per pass | val Dice @0.5 | Δ card | min mask Dice vs TorchScript "
         "| max abs Δ prob | validation forward s |"
@@ -296,38 +242,28 @@ def main(argv: list[str] | None = None) -> int:
             f"| {r.validation_seconds:.1f} |"
         )
 
-    # the whole fold must reproduce the card's Dice; a --limit subset is held to TorchScript's on it
-    reference = results["torchscript"].val_dice if args.limit else card_dice
 
-    def agrees(r: Measured) -> bool:
-        return r.mask_dice_min >= MASK_DICE and abs(r.val_dice - reference) <= DICE_TOLERANCE
+def _agrees(r: Measured, reference: float) -> bool:
+    return r.mask_dice_min >= MASK_DICE and abs(r.val_dice - reference) <= DICE_TOLERANCE
 
-    if args.runtime == "auto":
-        candidates = [r for r in results.values() if agrees(r)]
-        if not candidates:
-            print("no runtime agrees with the card's Dice; nothing packaged")
-            return 1
-        chosen = min(candidates, key=lambda r: r.ms_per_input)
-    else:
-        chosen = results[args.runtime]
-    print(f"chosen: {chosen.runtime} ({chosen.ms_per_input:.1f} ms per input)")
-    if not args.out:
-        return 0
-    if not agrees(chosen):
-        print(f"{chosen.runtime} disagrees with the card (Dice {chosen.val_dice:.4f}); nothing packaged")
-        return 1
 
-    from trainer.package import build_mar
-    from trainer.train import git_commit
+def _choose(runtime: str, results: dict, reference: float) -> Measured | None:
+    """The named runtime, or with "auto" the fastest that agrees with the reference Dice (None: none does)."""
+    if runtime != "auto":
+        return results[runtime]
+    candidates = [r for r in results.values() if _agrees(r, reference)]
+    return min(candidates, key=lambda r: r.ms_per_input) if candidates else None
 
-    spec = dataclasses.replace(spec, runtime=chosen.runtime)
-    card = {k: v for k, v in card.items() if k not in ("mar_file", "mar_sha256", "mar_bytes")}
-    card["version"] = args.version
-    card["runtime"] = {
+
+def _runtime_card(
+    args, argv, chosen: Measured, results: dict, timing: Timing, threads: int, source: dict
+) -> dict:
+    """The card's `runtime` block: what was chosen, everything measured, and the command that measured it."""
+    return {
         "name": chosen.runtime,
         "threads": threads,
         "ms_per_input": round(chosen.ms_per_input, 1),
-        "timing": f"median of {rounds} interleaved passes of one {tuple(x.shape)} input, × {passes} passes",
+        "timing": f"{timing.describe()}, × {timing.passes} passes",
         "val_dice": chosen.val_dice,
         "val_dice_at_threshold": chosen.val_dice_at,
         "measured": {
@@ -342,13 +278,56 @@ def main(argv: list[str] | None = None) -> int:
             for r in results.values()
         },
         "onnx_opset": OPSET,
-        "exported_from": {"mar": args.mar.name, "version": json.loads(card_path.read_text())["version"]},
+        "exported_from": {"mar": args.mar.name, "version": source["version"]},
         "command": "python -m trainer.export " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "commit": git_commit(),
         "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "note": "measured on the shared 2-core build machine; times vary with its load",
     }
-    mar = build_mar(scripted, args.organ, spec, args.out, args.organ, args.version, card=card, onnx=onnx_path)
+
+
+def _package(args, scripted: Path, spec: OrganSpec, onnx_path: Path, card: dict, runtime_card: dict) -> Path:
+    """Repackage the same network with model.onnx and `runtime:` in its spec, the card keeping its fields."""
+    spec = dataclasses.replace(spec, runtime=runtime_card["name"])
+    card = {k: v for k, v in card.items() if k not in ("mar_file", "mar_sha256", "mar_bytes")}
+    card["version"], card["runtime"] = args.version, runtime_card
+    return build_mar(
+        scripted, args.organ, spec, args.out, args.organ, args.version, card=card, onnx=onnx_path
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.out and (not args.version or args.limit):
+        parser.error("--out needs --version, and scores the whole fold (no --limit)")
+    card = json.loads((args.card or args.mar.with_suffix(".json")).read_text())
+    threads = args.threads or organ_threads(args.organ)
+    torch.set_num_threads(threads)
+
+    work = Path(tempfile.mkdtemp(prefix=f"export-{args.organ}-"))
+    scripted, spec = unpack(args.mar, work)
+    onnx_path = export_onnx(scripted, spec.channels, work / "model.onnx")
+    trainer = validator(args.organ, card, spec, threads, args.data, args.limit)
+    results, timing = _measure_runtimes(args, trainer, work, spec, threads)
+    card_dice = card["metrics"]["val_dice"]
+    _print_table(args.organ, results, timing, len(trainer.val_set), threads, card_dice)
+
+    # the whole fold must reproduce the card's Dice; a --limit subset is held to TorchScript's on it
+    reference = results["torchscript"].val_dice if args.limit else card_dice
+    chosen = _choose(args.runtime, results, reference)
+    if chosen is None:
+        print("no runtime agrees with the card's Dice; nothing packaged")
+        return 1
+    print(f"chosen: {chosen.runtime} ({chosen.ms_per_input:.1f} ms per input)")
+    if not args.out:
+        return 0
+    if not _agrees(chosen, reference):
+        print(f"{chosen.runtime} disagrees with the card (Dice {chosen.val_dice:.4f}); nothing packaged")
+        return 1
+    runtime_card = _runtime_card(args, argv, chosen, results, timing, threads, card)
+    mar = _package(args, scripted, spec, onnx_path, card, runtime_card)
     print(f"packaged {mar} (version {args.version}, runtime {chosen.runtime})")
     return 0
 

@@ -32,6 +32,7 @@ import yaml
 
 from services.runtime import ONNX_FILE
 from services.spec import SERVICES_DIR, OrganSpec
+from trainer.onnx_export import ExportError, export_onnx
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def build_mar(
     `card` (data, metrics, training time, ...) is written beside it as `<model_name>.json`, with the
     archive's sha256 and size added. An existing archive of the same name is replaced.
     `onnx`: an exported model.onnx to pack, True to export one from the TorchScript network here
-    (trainer.export.export_onnx), False for none (the server then runs TorchScript, saying why).
+    (trainer.onnx_export.export_onnx), False for none (the server then runs TorchScript, saying why).
     """
     scripted = Path(scripted_model_path)
     organ_dir = Path(services_dir) / organ
@@ -85,8 +86,6 @@ def build_mar(
         package = extra / "services"
         package.mkdir(parents=True)
         if onnx is True:
-            from trainer.export import ExportError, export_onnx
-
             try:
                 export_onnx(scripted, spec.channels, extra / ONNX_FILE)
             except ExportError as exc:

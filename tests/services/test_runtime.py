@@ -16,7 +16,7 @@ from services.runtime import OPENVINO_CONFIG, RuntimeUnavailable, build, load_ru
 from services.spec import OrganSpec, load_organ_spec
 from tests.data import LIVER_SLICE
 from tests.services.test_handler import decode_png, make_context, make_model_dir, run
-from trainer.export import export_onnx
+from trainer.onnx_export import export_onnx
 
 
 class SmallNet(nn.Module):
