@@ -64,69 +64,20 @@ def build_mar(
     """
     scripted = Path(scripted_model_path)
     organ_dir = Path(services_dir) / organ
-    handler = organ_dir / "handler.py"
-    model_config = organ_dir / "model-config.yaml"
-    for required, what in (
-        (scripted, "TorchScript model"),
-        (handler, f"handler of organ {organ!r}"),
-        (model_config, f"model-config.yaml of organ {organ!r}"),
-    ):
-        if not required.is_file():
-            raise PackageError(f"{what} not found at {required}")
-    if spec.name != organ:
-        raise PackageError(f"spec is for organ {spec.name!r}, not {organ!r}")
+    _check_inputs(scripted, organ_dir, organ, spec)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-
     with tempfile.TemporaryDirectory(prefix=f"mar-{model_name}-") as tmp:
         stage = Path(tmp)
         shutil.copyfile(scripted, stage / "model.pt")  # BaseHandler loads TorchScript from a *.pt name
-        shutil.copyfile(handler, stage / "handler.py")
+        shutil.copyfile(organ_dir / "handler.py", stage / "handler.py")
         extra = stage / "extra"
-        package = extra / "services"
-        package.mkdir(parents=True)
-        if onnx is True:
-            try:
-                export_onnx(scripted, spec.channels, extra / ONNX_FILE)
-            except ExportError as exc:
-                (extra / ONNX_FILE).unlink(missing_ok=True)
-                if spec.runtime != "torchscript":
-                    raise PackageError(f"the spec asks for {spec.runtime}: {exc}") from exc
-                logger.warning("packing %s without model.onnx (it runs TorchScript): %s", model_name, exc)
-        elif onnx:
-            if not Path(onnx).is_file():
-                raise PackageError(f"ONNX model not found at {onnx}")
-            shutil.copyfile(onnx, extra / ONNX_FILE)
+        (extra / "services").mkdir(parents=True)
+        _stage_onnx(onnx, scripted, spec, extra / ONNX_FILE, model_name)
         for name in HELPER_MODULES:
-            shutil.copyfile(Path(services_dir) / name, package / name)
+            shutil.copyfile(Path(services_dir) / name, extra / "services" / name)
         (extra / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
-        # the archiver stages files under $TMPDIR/<model_name>: a private TMPDIR keeps parallel builds apart
-        archiver_tmp = stage / "archiver-tmp"
-        archiver_tmp.mkdir()
-        cmd = [
-            _archiver_executable(),
-            "--model-name",
-            model_name,
-            "--version",
-            str(version),
-            "--serialized-file",
-            str(stage / "model.pt"),
-            "--handler",
-            str(stage / "handler.py"),
-            "--extra-files",
-            str(extra),
-            "--config-file",
-            str(model_config),
-            "--export-path",
-            str(out),
-            "--force",
-        ]
-        result = subprocess.run(
-            cmd, capture_output=True, text=True, env={**os.environ, "TMPDIR": str(archiver_tmp)}, check=False
-        )
-        if result.returncode != 0:
-            raise PackageError(f"torch-model-archiver failed ({result.returncode}): {result.stderr.strip()}")
-
+        _archive(stage, organ_dir / "model-config.yaml", model_name, version, out)
     mar = out / f"{model_name}.mar"
     if not mar.is_file():
         raise PackageError(f"torch-model-archiver reported success but {mar} is missing")
@@ -136,6 +87,67 @@ def build_mar(
         full_card = {**card, "mar_file": mar.name, "mar_sha256": digest, "mar_bytes": mar.stat().st_size}
         (out / f"{model_name}.json").write_text(json.dumps(full_card, indent=2, sort_keys=True) + "\n")
     return mar
+
+
+def _check_inputs(scripted: Path, organ_dir: Path, organ: str, spec: OrganSpec) -> None:
+    for required, what in (
+        (scripted, "TorchScript model"),
+        (organ_dir / "handler.py", f"handler of organ {organ!r}"),
+        (organ_dir / "model-config.yaml", f"model-config.yaml of organ {organ!r}"),
+    ):
+        if not required.is_file():
+            raise PackageError(f"{what} not found at {required}")
+    if spec.name != organ:
+        raise PackageError(f"spec is for organ {spec.name!r}, not {organ!r}")
+
+
+def _stage_onnx(
+    onnx: str | Path | bool, scripted: Path, spec: OrganSpec, target: Path, model_name: str
+) -> None:
+    """Put model.onnx at `target`: exported here (onnx=True), copied (a path), or none (False). A failed
+    export is an error only when the spec's runtime needs it; otherwise the server runs TorchScript."""
+    if onnx is True:
+        try:
+            export_onnx(scripted, spec.channels, target)
+        except ExportError as exc:
+            target.unlink(missing_ok=True)
+            if spec.runtime != "torchscript":
+                raise PackageError(f"the spec asks for {spec.runtime}: {exc}") from exc
+            logger.warning("packing %s without model.onnx (it runs TorchScript): %s", model_name, exc)
+    elif onnx:
+        if not Path(onnx).is_file():
+            raise PackageError(f"ONNX model not found at {onnx}")
+        shutil.copyfile(onnx, target)
+
+
+def _archive(stage: Path, model_config: Path, model_name: str, version: str, out: Path) -> None:
+    """Run torch-model-archiver on the staged files, writing <out>/<model_name>.mar."""
+    # the archiver stages files under $TMPDIR/<model_name>: a private TMPDIR keeps parallel builds apart
+    archiver_tmp = stage / "archiver-tmp"
+    archiver_tmp.mkdir()
+    cmd = [
+        _archiver_executable(),
+        "--model-name",
+        model_name,
+        "--version",
+        str(version),
+        "--serialized-file",
+        str(stage / "model.pt"),
+        "--handler",
+        str(stage / "handler.py"),
+        "--extra-files",
+        str(stage / "extra"),
+        "--config-file",
+        str(model_config),
+        "--export-path",
+        str(out),
+        "--force",
+    ]
+    result = subprocess.run(
+        cmd, capture_output=True, text=True, env={**os.environ, "TMPDIR": str(archiver_tmp)}, check=False
+    )
+    if result.returncode != 0:
+        raise PackageError(f"torch-model-archiver failed ({result.returncode}): {result.stderr.strip()}")
 
 
 def _archiver_executable() -> str:
