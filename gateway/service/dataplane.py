@@ -129,6 +129,7 @@ class SegmentationRecord:
     thumbnail_key: str | None = None  # None: the preview could not be written; the record stands without it
     user_id: int | None = None
     actor: str | None = None
+    hospital: str | None = None  # the owner's (gateway/tenancy.py)
 
 
 @dataclass(frozen=True)
@@ -303,6 +304,7 @@ class DataPlane:
         api_key_id=None,
         user_id=None,
         actor: str | None = None,
+        hospital: str | None = None,
     ) -> SegmentResult:
         """Segment and record: every object first, then the complete row (who asked, stability) in one
         commit; objects are removed again when a write or the row fails."""
@@ -339,6 +341,7 @@ class DataPlane:
                 api_key_id=api_key_id,
                 user_id=user_id,
                 actor=actor,
+                hospital=hospital,
             )
             self.record_segmentation(session, record)
         except Exception:

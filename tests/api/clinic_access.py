@@ -92,7 +92,17 @@ def _reference(world) -> None:
             )
 
 
-def _evaluation(world) -> tuple[str, int]:
+def _owner(world, who: str, scope: str) -> dict:
+    """The owner columns of a row made by `who`: a PEOPLE name, "key_with_scope" (the key of `scope`), or a
+    key's scope name. Rows are scoped to their owner (gateway/tenancy.py): a caller reaches its own."""
+    if who in world.users:
+        return {"user_id": world.users[who].id}
+    key = world.key_rows.get(scope if who == "key_with_scope" else who)
+    return {"api_key_id": key.id} if key is not None else {}
+
+
+def _evaluation(world, who: str = "evaluate") -> tuple[str, int]:
+    """An evaluation made by `who` (default: the `evaluate` key), with one case and its overlay."""
     eval_id = uuid.uuid4()
     key = f"evaluations/{eval_id}/0000.png"
     world.store.put_bytes("medseg-results", key, b"\x89PNG\r\n\x1a\nfake")
@@ -111,6 +121,7 @@ def _evaluation(world) -> tuple[str, int]:
                 per_threshold=[{"threshold": 0.5, "mean_dice": 0.9, "best": True}],
                 best_threshold=0.5,
                 created_by="test",
+                **_owner(world, who, "evaluate"),
             )
         )
         session.flush()
@@ -138,6 +149,7 @@ def _feedback(world, who) -> int:
             model_version_id=version.id,
             body="missing part",
             author_user_id=world.users[who].id if who in world.users else None,
+            author_api_key_id=_owner(world, who, "feedback").get("api_key_id"),
         )
         session.add(row)
         session.flush()
@@ -253,16 +265,19 @@ def _rules() -> dict:
             PEOPLE,
             ("evaluate",),
             lambda w, c, who: c.get(
-                "/api/v1/evaluations/compare", params={"a": _evaluation(w)[0], "b": _evaluation(w)[0]}
+                "/api/v1/evaluations/compare",
+                params={"a": _evaluation(w, who)[0], "b": _evaluation(w, who)[0]},
             ),
         ),
         ("GET", "/api/v1/evaluations/{evaluation_id}"): _rule(
-            PEOPLE, ("evaluate",), lambda w, c, who: c.get(f"/api/v1/evaluations/{_evaluation(w)[0]}")
+            PEOPLE, ("evaluate",), lambda w, c, who: c.get(f"/api/v1/evaluations/{_evaluation(w, who)[0]}")
         ),
         ("GET", "/api/v1/evaluations/{evaluation_id}/cases/{case_id}/overlay.png"): _rule(
             PEOPLE,
             ("evaluate",),
-            lambda w, c, who: c.get("/api/v1/evaluations/{}/cases/{}/overlay.png".format(*_evaluation(w))),
+            lambda w, c, who: c.get(
+                "/api/v1/evaluations/{}/cases/{}/overlay.png".format(*_evaluation(w, who))
+            ),
         ),
         ("POST", "/api/v1/models/{organ}/versions/{version}/feedback"): _rule(
             {"doctor", "admin"},

@@ -284,7 +284,7 @@ def _thread_with_case(world) -> dict:
         "organ": "liver",
         "version": _version(world).version,
         "body": "case 6: lower-right part of the liver missing",
-        "evaluation_case_id": _case(world)["case_id"],
+        "evaluation_case_id": _evaluation(world, "feedback")[1],  # a case the feedback key evaluated
         "threshold": 0.5,
     }
 
