@@ -74,7 +74,8 @@ def _r(*relations: str) -> frozenset[str]:
 
 
 OWN, HOSPITAL, OWN_OR_HOSPITAL = _r("own"), _r("own", "hospital"), _r("own", "hospital")
-# Datasets are shared within the hospital and with the researchers (every dataset is submitted to them).
+# Datasets are shared within the hospital and with the researchers (every dataset is submitted to them);
+# the same rule admits the dataset an evaluation, a reference set or a training job takes.
 DATASET_READ = Rows("dataset", "read", HOSPITAL, _r("own", "shared"), OWN_OR_HOSPITAL, OWN_OR_HOSPITAL)
 DATASET_DELETE = Rows("dataset", "delete", OWN, _r(), OWN_OR_HOSPITAL, OWN)
 # Evaluations: one's own; researchers also those a feedback thread attaches or a promotion ran.
@@ -164,7 +165,7 @@ OPERATIONS: dict[str, Operation] = {
         MODEL_WRITER,
         ("PUT", "/models/{organ}/reference-set"),
         "Models/SetReferenceSet",
-        rows=MODELS,
+        rows=DATASET_READ,
     ),
     "models.reference_set.show": Operation(
         MODEL_READER,
@@ -253,7 +254,7 @@ OPERATIONS: dict[str, Operation] = {
         TRAINING, ("GET", "/training/jobs"), "Training/ListJobs", rows=TRAINING_ROWS
     ),
     "training.jobs.start": Operation(
-        TRAINING, ("POST", "/training/jobs"), "Training/StartJob", rows=TRAINING_ROWS
+        TRAINING, ("POST", "/training/jobs"), "Training/StartJob", rows=DATASET_READ
     ),
     "training.jobs.show": Operation(
         TRAINING, ("GET", "/training/jobs/{job_id}"), "Training/GetJob", rows=TRAINING_ROWS

@@ -45,8 +45,9 @@ from sqlalchemy.orm import Session
 
 from common.errors import Conflict, InvalidInput, MedSegError, NotFound, TooManyRequests
 from common.settings import REPO_ROOT
-from gateway import metrics
-from gateway.models import Dataset, ModelEvent, ModelVersion, TrainingJob, audit
+from gateway import metrics, tenancy
+from gateway.access import DATASET_READ
+from gateway.models import ModelEvent, ModelVersion, TrainingJob, audit
 from gateway.principal import Principal
 from gateway.service import model_registry
 
@@ -379,9 +380,10 @@ class TrainingJobs:
                 f"unknown architecture {request.arch!r}; valid: {', '.join(sorted(MODELS))}",
                 code="unknown_arch",
             )
-        dataset = session.get(Dataset, request.dataset_id)
-        if dataset is None or dataset.status != "ready" or dataset.deleted_at is not None:
-            raise NotFound(f"no dataset {request.dataset_id!r}", code="unknown_dataset")
+        missing = NotFound(f"no dataset {request.dataset_id!r}", code="unknown_dataset")
+        dataset = tenancy.get(session, principal, DATASET_READ, request.dataset_id, missing)  # one it sees
+        if dataset.status != "ready" or dataset.deleted_at is not None:
+            raise missing
         if dataset.organ != request.organ:
             raise InvalidInput(
                 f"dataset {dataset.id} is a {dataset.organ} dataset, not {request.organ}", code="wrong_organ"

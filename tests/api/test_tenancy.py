@@ -149,3 +149,20 @@ def test_doctor_b_cannot_read_reply_to_or_attach_to_doctor_a_s_feedback(world, a
     researcher = world.client("researcher")
     assert researcher.get(f"/api/v1/feedback/{fid}").status_code == 200
     assert researcher.get(a_records["evaluation"]["cases"][0]["overlay_url"]).status_code == 200
+
+
+# --- the same hole as finding 1 where a dataset id is taken: reference sets and training jobs -----------
+def test_keys_of_hospital_b_cannot_take_a_dataset_of_hospital_a_as_reference_set_or_for_training(
+    world, a_records
+):
+    from tests.api.clinic_access import _no_training
+
+    _no_training(world)
+    with world.session() as session:
+        models_b = create_api_key(session, "bellevue-research", ["models", "train"], hospital=HOSPITAL_B)[1]
+    client = world.client("anonymous")
+    client.headers["Authorization"] = f"Bearer {models_b}"
+    dataset = a_records["dataset"]
+    _not_found(client.put("/api/v1/models/liver/reference-set", json={"dataset_id": dataset}))
+    body = {"organ": "liver", "dataset_id": dataset, "arch": "erunet", "minutes": 1, "epochs": 1}
+    _not_found(client.post("/api/v1/training/jobs", json=body))

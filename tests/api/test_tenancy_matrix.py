@@ -33,13 +33,14 @@ from gateway.resources.accounts import service as accounts
 from gateway.security import create_api_key
 from gateway.service.images import encode_mask
 from gateway.service.masks import MASKS_OBJECT, THRESHOLDS, pack_masks
-from tests.api.clinic_access import _prepare, _version
+from tests.api.clinic_access import _no_training, _prepare, _version
 from tests.api.conftest import HOSPITAL_A, HOSPITAL_B, PASSWORD, small_dataset_zip
 from tests.api.test_parity import HTTP_CALLS, METHODS, _request
 
 READ = {"dataset": DATASET_READ, "evaluation": EVALUATION_READ, "feedback": FEEDBACK_READ,
         "segmentation": SEGMENTATION_READ}  # fmt: skip
-KEY = "tenant_a"  # world.keys name of hospital A's system (segment, evaluate, datasets, feedback)
+KEY = "tenant_a"  # world.keys name of hospital A's system, with these scopes:
+KEY_SCOPES = ("segment", "evaluate", "datasets", "feedback", "models", "train")
 
 
 # --- who: the callers (kind → caller) and the rows' makers -------------------------------------------------
@@ -104,6 +105,11 @@ CALLS: dict[str, Call] = {
     "datasets.show": Call("dataset", lambda w, r: {"id": r["id"]}),
     "datasets.delete": Call("dataset", lambda w, r: {"id": r["id"]}),
     "evaluations.run": Call("dataset", lambda w, r: {"organ": "liver", "dataset_id": r["id"]}),
+    "models.reference_set.set": Call("dataset", lambda w, r: {"organ": "liver", "dataset_id": r["id"]}),
+    "training.jobs.start": Call(
+        "dataset",
+        lambda w, r: {"organ": "liver", "dataset_id": r["id"], "arch": "erunet", "minutes": 1.0, "epochs": 1},
+    ),
     "evaluations.list": Call("evaluation", lambda w, r: {"limit": 200}, _ids("evaluations")),
     "evaluations.show": Call("evaluation", lambda w, r: {"id": r["id"]}),
     "evaluations.compare": Call("evaluation", lambda w, r: {"a": r["id"], "b": r["id"]}),
@@ -224,7 +230,7 @@ def _admitted(op: str, caller: Caller) -> bool:
     """Whether the role/scope gate lets the caller in (that gate is tests/api/test_access.py's)."""
     access = OPERATIONS[op].access
     if caller.role is None:
-        return bool({"segment", "evaluate", "datasets", "feedback"} & set(access.scopes))
+        return bool(set(KEY_SCOPES) & set(access.scopes))
     return caller.role in access.roles
 
 
@@ -271,14 +277,14 @@ def people_db(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tenants(world):
     _prepare(world)
+    _no_training(world)  # training jobs start a worker that exits at once
     with world.session() as session:
         for name, role, hospital in (("doctor_a2", "doctor", HOSPITAL_A), ("admin_a", "admin", HOSPITAL_A)):
             world.users[name] = accounts.create_user(
                 session, email=f"{name}@example.org", password=PASSWORD, full_name=name, role=role,
                 status="active", hospital=hospital, actor="test",
             )  # fmt: skip
-        row, raw = create_api_key(session, "st-anna-ris", ["segment", "evaluate", "datasets", "feedback"],
-                                  hospital=HOSPITAL_A)  # fmt: skip
+        row, raw = create_api_key(session, "st-anna-ris", list(KEY_SCOPES), hospital=HOSPITAL_A)
         world.keys[KEY], world.key_rows[KEY] = raw, row
     assert world.users["doctor_b"].hospital == HOSPITAL_B
     upload = world.client("doctor").post(
