@@ -7,8 +7,11 @@ their dependency from the entry (`require(ACCESS["organs.list"])`, gateway/api/d
 servicers admit the caller by the same entry, and tests/api/test_parity.py iterates the table, so a route or
 an RPC cannot be added, or admit other callers on one edge than on the other, without the table saying so.
 
-A plain dict of frozen dataclasses, so that later rules (e.g. the caller's relation to the row: own, same
-hospital, other) are one more field per entry.
+Each entry also says which rows the operation may reach (`rows`): a `Rows` rule (resource × action ×
+kind of caller → the relations to the row that admit it: own, same hospital, shared, any), enforced in one
+place (gateway/tenancy.py: `visible` for one row, `where` for a list, 404 for a row the caller may not see),
+or, for operations on no hospital's rows, a sentence saying why none applies. tests/api/test_tenancy_matrix.py
+walks every entry × every relation × both edges.
 """
 
 from __future__ import annotations
@@ -37,106 +40,233 @@ DATASET_READER = Access(PEOPLE, ("datasets",))
 DATASET_DELETER = Access(("doctor", "admin"), ("datasets",))
 
 
+# --- which rows: the caller's relation to a row -------------------------------------------------------------
+# own: made by the caller (the person, or the key); hospital: made for the caller's hospital by someone else;
+# shared: shared with this kind of caller (gateway/tenancy.py `SHARED`: a thread its author shares with their
+# hospital's doctors; for researchers every dataset and thread, and the evaluations a thread attaches or a
+# promotion ran); any: every row. A platform admin (role admin, or an admin-scoped key, without a hospital)
+# reaches every row; an admin with a hospital administers that hospital's.
+RELATIONS = ("own", "hospital", "shared", "any")
+KINDS = ("doctor", "researcher", "admin", "key")  # admin: a hospital's admin; key: a hospital system's key
+
+
+@dataclass(frozen=True)
+class Rows:
+    """The rows of `resource` an operation reaches (`action`: read, write, delete), per kind of caller."""
+
+    resource: str  # dataset | evaluation | feedback | segmentation
+    action: str
+    doctor: frozenset[str] = frozenset()
+    researcher: frozenset[str] = frozenset()
+    admin: frozenset[str] = frozenset()
+    key: frozenset[str] = frozenset()
+
+    def relations(self, kind: str) -> frozenset[str]:
+        """A platform admin reaches every row where a hospital's admin reaches theirs (none elsewhere)."""
+        if kind == "platform":
+            return frozenset(RELATIONS) if self.admin else frozenset()
+        return getattr(self, kind)
+
+
+def _r(*relations: str) -> frozenset[str]:
+    assert set(relations) <= set(RELATIONS), relations
+    return frozenset(relations)
+
+
+OWN, HOSPITAL, OWN_OR_HOSPITAL = _r("own"), _r("own", "hospital"), _r("own", "hospital")
+# Datasets are shared within the hospital and with the researchers (every dataset is submitted to them);
+# the same rule admits the dataset an evaluation, a reference set or a training job takes.
+DATASET_READ = Rows("dataset", "read", HOSPITAL, _r("own", "shared"), OWN_OR_HOSPITAL, OWN_OR_HOSPITAL)
+DATASET_DELETE = Rows("dataset", "delete", OWN, _r(), OWN_OR_HOSPITAL, OWN)
+# Evaluations: one's own; researchers also those a feedback thread attaches or a promotion ran.
+EVALUATION_READ = Rows("evaluation", "read", OWN, _r("own", "shared"), OWN_OR_HOSPITAL, OWN_OR_HOSPITAL)
+# Feedback: its author; that hospital's doctors if the author shares it; the researchers (all of it).
+FEEDBACK_READ = Rows("feedback", "read", _r("own", "shared"), _r("shared"), OWN_OR_HOSPITAL, OWN_OR_HOSPITAL)
+FEEDBACK_WRITE = Rows("feedback", "write", OWN, _r("shared"), OWN_OR_HOSPITAL, OWN_OR_HOSPITAL)
+# Segmentations: the doctor (or the key) who made them; the hospital's admin and systems.
+SEGMENTATION_READ = Rows("segmentation", "read", OWN, OWN, OWN_OR_HOSPITAL, OWN_OR_HOSPITAL)
+SEGMENTATION_WRITE = Rows("segmentation", "write", OWN, _r(), _r(), OWN)  # the threshold choice
+
+# Operations that reach no hospital's rows say why (a sentence instead of a `Rows`).
+ANYONE = "no rows: open to anyone"
+ONESELF = "no rows: the caller's own account"
+PLATFORM = "no hospital's rows: the platform's users, keys and audit log (admins)"
+MODELS = "no hospital's rows: model versions and reference sets are the platform's"
+STATELESS = "no rows: answered at once, nothing is kept"
+TRAINING_ROWS = "no hospital's rows: training jobs are the research team's"
+NEW_ROW = "makes a row owned by the caller and the caller's hospital"
+
+
 @dataclass(frozen=True)
 class Operation:
-    """One operation: who may call it, its HTTP route and its gRPC method (None where it has none)."""
+    """One operation: who may call it, its HTTP route and its gRPC method (None where it has none), and
+    which rows it reaches (`Rows`, or why no rule applies; None fails tests/api/test_tenancy_matrix.py)."""
 
     access: Access | None  # None: anyone, without credentials
     http: tuple[str, str] | None = None  # (method, path under /api/v1)
     grpc: str | None = None  # medseg.v1 "Service/Method"
+    rows: Rows | str | None = None
 
 
 OPERATIONS: dict[str, Operation] = {
     # --- organs, segmenting, evaluating at once (protos/medseg/v1/segmentation.proto)
-    "organs.list": Operation(MODEL_READER, ("GET", "/organs"), "Segmentation/ListOrgans"),
-    "segment": Operation(SEGMENTER, ("POST", "/segment"), "Segmentation/Segment"),
-    "evaluate": Operation(EVALUATOR, ("POST", "/evaluate"), "Segmentation/Evaluate"),
+    "organs.list": Operation(MODEL_READER, ("GET", "/organs"), "Segmentation/ListOrgans", rows=MODELS),
+    "segment": Operation(SEGMENTER, ("POST", "/segment"), "Segmentation/Segment", rows=NEW_ROW),
+    "evaluate": Operation(EVALUATOR, ("POST", "/evaluate"), "Segmentation/Evaluate", rows=STATELESS),
     # --- accounts: one's own
-    "accounts.register": Operation(None, ("POST", "/auth/register")),
-    "accounts.sign_in": Operation(None, ("POST", "/auth/sign-in")),
-    "accounts.sign_out": Operation(SIGNED_IN, ("POST", "/auth/sign-out")),
-    "accounts.me": Operation(SIGNED_IN, ("GET", "/users/me")),
-    "accounts.update_me": Operation(SIGNED_IN, ("PATCH", "/users/me")),
-    "accounts.change_password": Operation(SIGNED_IN, ("POST", "/users/me/password")),
+    "accounts.register": Operation(None, ("POST", "/auth/register"), rows=ANYONE),
+    "accounts.sign_in": Operation(None, ("POST", "/auth/sign-in"), rows=ANYONE),
+    "accounts.sign_out": Operation(SIGNED_IN, ("POST", "/auth/sign-out"), rows=ONESELF),
+    "accounts.me": Operation(SIGNED_IN, ("GET", "/users/me"), rows=ONESELF),
+    "accounts.update_me": Operation(SIGNED_IN, ("PATCH", "/users/me"), rows=ONESELF),
+    "accounts.change_password": Operation(SIGNED_IN, ("POST", "/users/me/password"), rows=ONESELF),
     # --- users, API keys, audit log: administration
-    "users.list": Operation(ADMIN, ("GET", "/users")),
-    "users.administer": Operation(ADMIN, ("PATCH", "/users/{user_id}")),
-    "keys.list": Operation(ADMIN, ("GET", "/api-keys")),
-    "keys.create": Operation(ADMIN, ("POST", "/api-keys")),
-    "keys.revoke": Operation(ADMIN, ("DELETE", "/api-keys/{prefix}")),
-    "audit.list": Operation(ADMIN, ("GET", "/audit")),
-    "audit.export": Operation(ADMIN, ("GET", "/audit/export.csv")),
+    "users.list": Operation(ADMIN, ("GET", "/users"), rows=PLATFORM),
+    "users.administer": Operation(ADMIN, ("PATCH", "/users/{user_id}"), rows=PLATFORM),
+    "keys.list": Operation(ADMIN, ("GET", "/api-keys"), rows=PLATFORM),
+    "keys.create": Operation(ADMIN, ("POST", "/api-keys"), rows=PLATFORM),
+    "keys.revoke": Operation(ADMIN, ("DELETE", "/api-keys/{prefix}"), rows=PLATFORM),
+    "audit.list": Operation(ADMIN, ("GET", "/audit"), rows=PLATFORM),
+    "audit.export": Operation(ADMIN, ("GET", "/audit/export.csv"), rows=PLATFORM),
     # --- datasets
-    "datasets.upload": Operation(DATASET_UPLOADER, ("POST", "/datasets")),
-    "datasets.list": Operation(DATASET_READER, ("GET", "/datasets")),
-    "datasets.show": Operation(DATASET_READER, ("GET", "/datasets/{dataset_id}")),
-    "datasets.delete": Operation(DATASET_DELETER, ("DELETE", "/datasets/{dataset_id}")),
+    "datasets.upload": Operation(DATASET_UPLOADER, ("POST", "/datasets"), rows=NEW_ROW),
+    "datasets.list": Operation(DATASET_READER, ("GET", "/datasets"), rows=DATASET_READ),
+    "datasets.show": Operation(DATASET_READER, ("GET", "/datasets/{dataset_id}"), rows=DATASET_READ),
+    "datasets.delete": Operation(DATASET_DELETER, ("DELETE", "/datasets/{dataset_id}"), rows=DATASET_DELETE),
     # --- model versions (protos/medseg/v1/clinic.proto from here on)
     "models.versions.list": Operation(
-        MODEL_READER, ("GET", "/models/{organ}/versions"), "Models/ListVersions"
+        MODEL_READER,
+        ("GET", "/models/{organ}/versions"),
+        "Models/ListVersions",
+        rows=MODELS,
     ),
     "models.versions.record": Operation(
-        MODEL_WRITER, ("POST", "/models/{organ}/versions"), "Models/RecordVersion"
+        MODEL_WRITER,
+        ("POST", "/models/{organ}/versions"),
+        "Models/RecordVersion",
+        rows=MODELS,
     ),
     "models.versions.show": Operation(
-        MODEL_READER, ("GET", "/models/{organ}/versions/{version}"), "Models/GetVersion"
+        MODEL_READER,
+        ("GET", "/models/{organ}/versions/{version}"),
+        "Models/GetVersion",
+        rows=MODELS,
     ),
     "models.promote": Operation(
-        MODEL_WRITER, ("POST", "/models/{organ}/versions/{version}/promote"), "Models/Promote"
+        MODEL_WRITER,
+        ("POST", "/models/{organ}/versions/{version}/promote"),
+        "Models/Promote",
+        rows=MODELS,
     ),
-    "models.rollback": Operation(MODEL_WRITER, ("POST", "/models/{organ}/rollback"), "Models/Rollback"),
+    "models.rollback": Operation(
+        MODEL_WRITER, ("POST", "/models/{organ}/rollback"), "Models/Rollback", rows=MODELS
+    ),
     "models.reference_set.set": Operation(
-        MODEL_WRITER, ("PUT", "/models/{organ}/reference-set"), "Models/SetReferenceSet"
+        MODEL_WRITER,
+        ("PUT", "/models/{organ}/reference-set"),
+        "Models/SetReferenceSet",
+        rows=DATASET_READ,
     ),
     "models.reference_set.show": Operation(
-        MODEL_READER, ("GET", "/models/{organ}/reference-set"), "Models/GetReferenceSet"
+        MODEL_READER,
+        ("GET", "/models/{organ}/reference-set"),
+        "Models/GetReferenceSet",
+        rows=MODELS,
     ),
     "models.suggested_threshold": Operation(
-        MODEL_READER, ("GET", "/models/{organ}/suggested-threshold"), "Models/GetSuggestedThreshold"
+        MODEL_READER,
+        ("GET", "/models/{organ}/suggested-threshold"),
+        "Models/GetSuggestedThreshold",
+        rows=MODELS,
     ),
     # --- evaluations, kept
-    "evaluations.run": Operation(EVALUATOR, ("POST", "/evaluations"), "Evaluations/RunEvaluation"),
-    "evaluations.list": Operation(EVALUATOR, ("GET", "/evaluations"), "Evaluations/ListEvaluations"),
+    "evaluations.run": Operation(
+        EVALUATOR, ("POST", "/evaluations"), "Evaluations/RunEvaluation", rows=DATASET_READ
+    ),
+    "evaluations.list": Operation(
+        EVALUATOR, ("GET", "/evaluations"), "Evaluations/ListEvaluations", rows=EVALUATION_READ
+    ),
     "evaluations.compare": Operation(
-        EVALUATOR, ("GET", "/evaluations/compare"), "Evaluations/CompareEvaluations"
+        EVALUATOR,
+        ("GET", "/evaluations/compare"),
+        "Evaluations/CompareEvaluations",
+        rows=EVALUATION_READ,
     ),
     "evaluations.show": Operation(
-        EVALUATOR, ("GET", "/evaluations/{evaluation_id}"), "Evaluations/GetEvaluation"
+        EVALUATOR,
+        ("GET", "/evaluations/{evaluation_id}"),
+        "Evaluations/GetEvaluation",
+        rows=EVALUATION_READ,
     ),
     "evaluations.overlay": Operation(
         EVALUATOR,
         ("GET", "/evaluations/{evaluation_id}/cases/{case_id}/overlay.png"),
         "Evaluations/GetOverlay",
+        rows=EVALUATION_READ,
     ),
     # --- feedback on model versions
     "feedback.create": Operation(
-        FEEDBACK, ("POST", "/models/{organ}/versions/{version}/feedback"), "Feedback/CreateFeedback"
+        FEEDBACK,
+        ("POST", "/models/{organ}/versions/{version}/feedback"),
+        "Feedback/CreateFeedback",
+        rows=EVALUATION_READ,
     ),
-    "feedback.list": Operation(FEEDBACK, ("GET", "/feedback"), "Feedback/ListFeedback"),
-    "feedback.show": Operation(FEEDBACK, ("GET", "/feedback/{feedback_id}"), "Feedback/GetFeedback"),
-    "feedback.reply": Operation(FEEDBACK, ("POST", "/feedback/{feedback_id}/replies"), "Feedback/Reply"),
-    "feedback.update": Operation(FEEDBACK, ("PATCH", "/feedback/{feedback_id}"), "Feedback/UpdateFeedback"),
+    "feedback.list": Operation(FEEDBACK, ("GET", "/feedback"), "Feedback/ListFeedback", rows=FEEDBACK_READ),
+    "feedback.show": Operation(
+        FEEDBACK, ("GET", "/feedback/{feedback_id}"), "Feedback/GetFeedback", rows=FEEDBACK_READ
+    ),
+    "feedback.reply": Operation(
+        FEEDBACK, ("POST", "/feedback/{feedback_id}/replies"), "Feedback/Reply", rows=FEEDBACK_READ
+    ),
+    "feedback.update": Operation(
+        FEEDBACK, ("PATCH", "/feedback/{feedback_id}"), "Feedback/UpdateFeedback", rows=FEEDBACK_WRITE
+    ),
     # --- segmentation history
-    "segmentations.list": Operation(HISTORY_READER, ("GET", "/segmentations"), "History/ListSegmentations"),
+    "segmentations.list": Operation(
+        HISTORY_READER, ("GET", "/segmentations"), "History/ListSegmentations", rows=SEGMENTATION_READ
+    ),
     "segmentations.choose_threshold": Operation(
-        THRESHOLD_CHOOSER, ("POST", "/segmentations/{segmentation_id}/choice"), "History/ChooseThreshold"
+        THRESHOLD_CHOOSER,
+        ("POST", "/segmentations/{segmentation_id}/choice"),
+        "History/ChooseThreshold",
+        rows=SEGMENTATION_WRITE,
     ),
     "segmentations.thumbnail": Operation(
-        HISTORY_READER, ("GET", "/segmentations/{segmentation_id}/thumbnail.png"), "History/GetThumbnail"
+        HISTORY_READER,
+        ("GET", "/segmentations/{segmentation_id}/thumbnail.png"),
+        "History/GetThumbnail",
+        rows=SEGMENTATION_READ,
     ),
     "segmentations.mask": Operation(
-        HISTORY_READER, ("GET", "/segmentations/{segmentation_id}/mask.png"), "History/GetMask"
+        HISTORY_READER,
+        ("GET", "/segmentations/{segmentation_id}/mask.png"),
+        "History/GetMask",
+        rows=SEGMENTATION_READ,
     ),
     "segmentations.trend": Operation(
-        HISTORY_READER, ("GET", "/patients/{patient_id}/trend"), "History/GetPatientTrend"
+        HISTORY_READER,
+        ("GET", "/patients/{patient_id}/trend"),
+        "History/GetPatientTrend",
+        rows=SEGMENTATION_READ,
     ),
     # --- training jobs
-    "training.architectures": Operation(TRAINING, ("GET", "/training/architectures")),
-    "training.jobs.list": Operation(TRAINING, ("GET", "/training/jobs"), "Training/ListJobs"),
-    "training.jobs.start": Operation(TRAINING, ("POST", "/training/jobs"), "Training/StartJob"),
-    "training.jobs.show": Operation(TRAINING, ("GET", "/training/jobs/{job_id}"), "Training/GetJob"),
+    "training.architectures": Operation(
+        TRAINING, ("GET", "/training/architectures"), rows="no rows: the network registry's names"
+    ),
+    "training.jobs.list": Operation(
+        TRAINING, ("GET", "/training/jobs"), "Training/ListJobs", rows=TRAINING_ROWS
+    ),
+    "training.jobs.start": Operation(
+        TRAINING, ("POST", "/training/jobs"), "Training/StartJob", rows=DATASET_READ
+    ),
+    "training.jobs.show": Operation(
+        TRAINING, ("GET", "/training/jobs/{job_id}"), "Training/GetJob", rows=TRAINING_ROWS
+    ),
     "training.jobs.cancel": Operation(
-        TRAINING, ("POST", "/training/jobs/{job_id}/cancel"), "Training/CancelJob"
+        TRAINING,
+        ("POST", "/training/jobs/{job_id}/cancel"),
+        "Training/CancelJob",
+        rows=TRAINING_ROWS,
     ),
 }
 

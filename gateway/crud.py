@@ -33,6 +33,7 @@ def record_segmentation(session: Session, record: SegmentationRecord) -> Segment
         thumbnail_key=record.thumbnail_key,
         api_key_id=record.api_key_id,
         user_id=record.user_id,
+        hospital=record.hospital,
     )
     session.add(row)
     api_key_id = record.api_key_id

@@ -3,9 +3,10 @@ validator), recorded as a `Dataset` row with its uploader and hospital; listing 
 The gateway owns the database, so recording a pushed dataset (the API's uploads and `medseg dataset push`,
 gateway/commands/datasets.py) happens here, never in common/ or the trainer.
 
-Visibility: researchers and admins see every dataset; a doctor sees their hospital's (or, without a
-hospital, their own uploads); an API key sees its hospital's (or, without one, its own uploads).
-Deletion is soft (row and objects stay, the dataset is hidden): by its uploader or an admin.
+Visibility and deletion follow the access table (gateway/access.py DATASET_READ, DATASET_DELETE): a doctor
+or a key sees their hospital's datasets and their own uploads, researchers every dataset, an admin their
+hospital's (a platform admin every one). Deletion is soft (row and objects stay, the dataset is hidden): by
+its uploader or an admin.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ import logging
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import ColumnElement, or_, select, true
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from common.datasets import MANIFEST, DatasetLimits, push_dataset
-from common.errors import Forbidden, MedSegError, NotFound
+from common.errors import MedSegError, NotFound
+from gateway import tenancy
+from gateway.access import DATASET_DELETE, DATASET_READ
 from gateway.core.db import database_unavailable, is_unavailable
 from gateway.models import Dataset, audit
 from gateway.principal import Principal
@@ -111,14 +114,9 @@ def _delete_objects(store, dataset_id: str) -> None:
 
 
 def visible_to(principal: Principal) -> ColumnElement[bool]:
-    """The WHERE clause selecting the datasets `principal` may see (deleted ones excluded elsewhere)."""
-    if principal.user is not None:
-        if principal.user.role in ("researcher", "admin"):
-            return true()
-        own = Dataset.uploaded_by_user_id == principal.user.id
-    else:
-        own = Dataset.uploaded_by_api_key_id == principal.api_key.id
-    return or_(Dataset.hospital == principal.hospital, own) if principal.hospital else own
+    """The WHERE clause selecting the datasets `principal` may see (deleted ones excluded elsewhere): the
+    access table's rule (access.DATASET_READ), enforced by gateway/tenancy.py."""
+    return tenancy.where(principal, DATASET_READ)
 
 
 def list_datasets(session: Session, principal: Principal, organ: str | None = None) -> list[Dataset]:
@@ -141,11 +139,9 @@ def get_dataset(session: Session, principal: Principal, dataset_id: str) -> Data
 def delete_dataset(session: Session, principal: Principal, dataset_id: str) -> Dataset:
     """Soft-delete: hidden from every listing; the row and the objects stay for the audit trail."""
     row = get_dataset(session, principal, dataset_id)
-    own = (principal.user is not None and row.uploaded_by_user_id == principal.user.id) or (
-        principal.api_key is not None and row.uploaded_by_api_key_id == principal.api_key.id
+    tenancy.check(
+        session, principal, DATASET_DELETE, row, "only the dataset's uploader or an admin may delete it"
     )
-    if not (own or principal.is_admin):
-        raise Forbidden("only the dataset's uploader or an admin may delete it")
     row.deleted_at = datetime.now(UTC)
     row.status = "deleted"
     audit(session, principal.actor, "dataset.delete", row.id, {"organ": row.organ})

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     UniqueConstraint,
     Uuid,
     event,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -113,6 +115,8 @@ class Segmentation(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"), index=True)
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), index=True)
+    # The owner's hospital (the doctor's or the key's), fixed when the row is made (gateway/tenancy.py).
+    hospital: Mapped[str | None] = mapped_column(String(200), index=True)
     # The clinical loop (gateway/service/history.py): agreement of the 0.2 and 0.8 masks, a small preview,
     # and the one threshold the doctor chose (with a note).
     stability: Mapped[float | None] = mapped_column(Float)
@@ -310,6 +314,7 @@ class Evaluation(Base):
     created_by: Mapped[str] = mapped_column(String(128))
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), index=True)
     api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
+    hospital: Mapped[str | None] = mapped_column(String(200), index=True)  # the owner's (gateway/tenancy.py)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
@@ -343,6 +348,12 @@ class Feedback(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
     author_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    # A hospital system's key that wrote it (API keys are revoked, never deleted; no foreign key, so that
+    # migration 0005 adds it without rebuilding the table on SQLite).
+    author_api_key_id: Mapped[int | None] = mapped_column(Integer)
+    hospital: Mapped[str | None] = mapped_column(String(200), index=True)  # the author's (gateway/tenancy.py)
+    # Shared by its author with their hospital's doctors (researchers see every thread: it is for them).
+    shared: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     body: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), default="open", index=True)
     evaluation_case_id: Mapped[int | None] = mapped_column(

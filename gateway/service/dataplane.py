@@ -129,6 +129,7 @@ class SegmentationRecord:
     thumbnail_key: str | None = None  # None: the preview could not be written; the record stands without it
     user_id: int | None = None
     actor: str | None = None
+    hospital: str | None = None  # the owner's (gateway/tenancy.py)
 
 
 @dataclass(frozen=True)
@@ -303,6 +304,7 @@ class DataPlane:
         api_key_id=None,
         user_id=None,
         actor: str | None = None,
+        hospital: str | None = None,
     ) -> SegmentResult:
         """Segment and record: every object first, then the complete row (who asked, stability) in one
         commit; objects are removed again when a write or the row fails."""
@@ -322,7 +324,7 @@ class DataPlane:
             model = self.registry.model(organ.name)
             record = self._segmentation_record(
                 seg_id, organ.name, model, prefix, masks, thumbnail_key, (width, height), spacing_mm,
-                patient_id=patient_id, api_key_id=api_key_id, user_id=user_id, actor=actor,
+                patient_id=patient_id, api_key_id=api_key_id, user_id=user_id, actor=actor, hospital=hospital,
             )  # fmt: skip
             self.record_segmentation(session, record)
         except Exception:
@@ -353,6 +355,7 @@ class DataPlane:
         api_key_id,
         user_id,
         actor: str | None,
+        hospital: str | None,
     ) -> SegmentationRecord:
         """The row of a segmentation whose objects are all written under `prefix`; size: (width, height)."""
         areas = {f"{m.threshold:.1f}": m.area_px for m in masks}
@@ -373,6 +376,7 @@ class DataPlane:
             api_key_id=api_key_id,
             user_id=user_id,
             actor=actor,
+            hospital=hospital,
         )
 
     def _store_results(

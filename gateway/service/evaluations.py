@@ -23,7 +23,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from common.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
-from gateway import metrics
+from gateway import metrics, tenancy
+from gateway.access import EVALUATION_READ
 from gateway.core.db import database_unavailable
 from gateway.models import Dataset, Evaluation, EvaluationCase, ModelVersion, audit
 from gateway.principal import Principal
@@ -113,6 +114,7 @@ def evaluation_row(
         created_by=principal.actor,
         user_id=principal.user.id if principal.user else None,
         api_key_id=principal.api_key.id if principal.api_key else None,
+        hospital=principal.hospital,
     )
 
 
@@ -381,15 +383,14 @@ class Evaluator:
 
 
 # --- reading and comparing --------------------------------------------------------------------------------
-def get_evaluation(session: Session, evaluation_id: str) -> Evaluation:
+def get_evaluation(session: Session, principal: Principal, evaluation_id: str) -> Evaluation:
+    """The evaluation if the caller reaches it (access.EVALUATION_READ); 404 otherwise, as for none."""
+    missing = NotFound(f"no evaluation {evaluation_id!r}", code="unknown_evaluation")
     try:
         key = uuid.UUID(str(evaluation_id))
     except ValueError:
-        raise NotFound(f"no evaluation {evaluation_id!r}", code="unknown_evaluation") from None
-    row = session.get(Evaluation, key)
-    if row is None:
-        raise NotFound(f"no evaluation {evaluation_id!r}", code="unknown_evaluation")
-    return row
+        raise missing from None
+    return tenancy.get(session, principal, EVALUATION_READ, key, missing)
 
 
 def cases_of(session: Session, evaluation: Evaluation) -> list[EvaluationCase]:
@@ -403,9 +404,18 @@ def cases_of(session: Session, evaluation: Evaluation) -> list[EvaluationCase]:
 
 
 def list_evaluations(
-    session: Session, organ: str | None = None, version: str | None = None, limit: int = 50
+    session: Session,
+    principal: Principal,
+    organ: str | None = None,
+    version: str | None = None,
+    limit: int = 50,
 ) -> list[Evaluation]:
-    query = select(Evaluation).order_by(Evaluation.created_at.desc()).limit(limit)
+    query = (
+        select(Evaluation)
+        .where(tenancy.where(principal, EVALUATION_READ))
+        .order_by(Evaluation.created_at.desc())
+        .limit(limit)
+    )
     if organ:
         query = query.where(Evaluation.organ == organ)
     if version:
@@ -413,9 +423,9 @@ def list_evaluations(
     return list(session.scalars(query))
 
 
-def compare(session: Session, a_id: str, b_id: str) -> dict:
+def compare(session: Session, principal: Principal, a_id: str, b_id: str) -> dict:
     """Paired comparison of evaluation `a` against `b` on the cases both scored (matched by name)."""
-    a, b = get_evaluation(session, a_id), get_evaluation(session, b_id)
+    a, b = get_evaluation(session, principal, a_id), get_evaluation(session, principal, b_id)
     if a.organ != b.organ:
         raise InvalidInput(
             f"evaluation {a.id} is {a.organ}, {b.id} is {b.organ}: compare one organ", code="wrong_organ"

@@ -11,6 +11,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from common.errors import Forbidden, InvalidInput, NotFound
+from gateway import tenancy
+from gateway.access import EVALUATION_READ, FEEDBACK_READ, FEEDBACK_WRITE
 from gateway.models import (
     FEEDBACK_STATUSES,
     EvaluationCase,
@@ -45,15 +47,18 @@ def create(
     evaluation_case_id: int | None = None,
     segmentation_id: str | None = None,
     threshold: float | None = None,
+    shared: bool = False,
 ) -> Feedback:
     if principal.user is not None and principal.role != "doctor" and not principal.is_admin:
         raise Forbidden("doctors write feedback; researchers reply to it")
     model = model_registry.get_version(session, organ, version)
     text = _body(body)
-    if evaluation_case_id is not None:
+    if evaluation_case_id is not None:  # a case of an evaluation the caller sees (access.EVALUATION_READ)
         case = session.get(EvaluationCase, evaluation_case_id)
+        missing = NotFound(f"no evaluated case {evaluation_case_id}", code="unknown_case")
         if case is None:
-            raise NotFound(f"no evaluated case {evaluation_case_id}", code="unknown_case")
+            raise missing
+        tenancy.get(session, principal, EVALUATION_READ, case.evaluation_id, missing)
     seg_key = None
     if segmentation_id is not None:
         from gateway.service.history import get_segmentation
@@ -66,6 +71,9 @@ def create(
     row = Feedback(
         model_version_id=model.id,
         author_user_id=principal.user.id if principal.user else None,
+        author_api_key_id=principal.api_key.id if principal.api_key else None,
+        hospital=principal.hospital,
+        shared=shared,
         body=text,
         evaluation_case_id=evaluation_case_id,
         segmentation_id=seg_key,
@@ -84,11 +92,10 @@ def create(
     return row
 
 
-def get(session: Session, feedback_id: int) -> Feedback:
-    row = session.get(Feedback, feedback_id)
-    if row is None:
-        raise NotFound(f"no feedback {feedback_id}", code="unknown_feedback")
-    return row
+def get(session: Session, principal: Principal, feedback_id: int) -> Feedback:
+    """The thread if the caller sees it (access.FEEDBACK_READ); 404 otherwise, as for none."""
+    missing = NotFound(f"no feedback {feedback_id}", code="unknown_feedback")
+    return tenancy.get(session, principal, FEEDBACK_READ, feedback_id, missing)
 
 
 def replies(session: Session, row: Feedback) -> list[FeedbackReply]:
@@ -101,6 +108,7 @@ def replies(session: Session, row: Feedback) -> list[FeedbackReply]:
 
 def list_feedback(
     session: Session,
+    principal: Principal,
     organ: str | None = None,
     version: str | None = None,
     status: str | None = None,
@@ -109,6 +117,7 @@ def list_feedback(
     query = (
         select(Feedback, ModelVersion)
         .join(ModelVersion, Feedback.model_version_id == ModelVersion.id)
+        .where(tenancy.where(principal, FEEDBACK_READ))
         .order_by(Feedback.id.desc())
         .limit(limit)
     )
@@ -124,7 +133,7 @@ def list_feedback(
 
 
 def reply(session: Session, principal: Principal, feedback_id: int, body: str) -> FeedbackReply:
-    row = get(session, feedback_id)
+    row = get(session, principal, feedback_id)
     reply_row = FeedbackReply(
         feedback_id=row.id, author_user_id=principal.user.id if principal.user else None, body=_body(body)
     )
@@ -143,9 +152,10 @@ def update(
     status: str | None = None,
     addressed_by_version: str | None = None,
 ) -> Feedback:
-    row = get(session, feedback_id)
-    if principal.role == "doctor" and (principal.user is None or row.author_user_id != principal.user.id):
-        raise Forbidden("a doctor changes only the status of their own feedback")
+    row = get(session, principal, feedback_id)
+    tenancy.check(
+        session, principal, FEEDBACK_WRITE, row, "a doctor changes only the status of their own feedback"
+    )
     if status is not None:
         if status not in FEEDBACK_STATUSES:
             raise InvalidInput(f"status must be one of {', '.join(FEEDBACK_STATUSES)}", code="invalid_status")

@@ -23,8 +23,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from common.errors import Forbidden, InvalidInput, NotFound
-from gateway import metrics
+from common.errors import InvalidInput, NotFound
+from gateway import metrics, tenancy
+from gateway.access import SEGMENTATION_READ, SEGMENTATION_WRITE
 from gateway.core.db import database_unavailable
 from gateway.models import Evaluation, Segmentation, audit
 from gateway.principal import Principal
@@ -49,9 +50,9 @@ def stability(result: SegmentResult) -> float:
 
 
 def owned_by(principal: Principal):
-    if principal.user is not None:
-        return Segmentation.user_id == principal.user.id
-    return Segmentation.api_key_id == principal.api_key.id
+    """The segmentations the caller reaches (access.SEGMENTATION_READ): their own, and for a hospital's
+    admin or system that hospital's."""
+    return tenancy.where(principal, SEGMENTATION_READ)
 
 
 def segment(
@@ -76,6 +77,7 @@ def segment(
         patient_id,
         api_key_id=principal.api_key.id if principal.api_key else None,
         user_id=principal.user.id if principal.user else None,
+        hospital=principal.hospital,
         actor=principal.actor,
     )
     score = stability(result)
@@ -97,20 +99,14 @@ def _commit(session: Session) -> None:
 
 
 def get_segmentation(session: Session, principal: Principal, segmentation_id: str) -> Segmentation:
-    """A segmentation the caller made (admins: any); 404 otherwise, so ids of others are not revealed."""
+    """A segmentation the caller reaches (access.SEGMENTATION_READ); 404 otherwise, so ids of others are not
+    revealed."""
+    missing = NotFound(f"no segmentation {segmentation_id!r}", code="unknown_segmentation")
     try:
         key = uuid.UUID(str(segmentation_id))
     except ValueError:
-        raise NotFound(f"no segmentation {segmentation_id!r}", code="unknown_segmentation") from None
-    row = session.get(Segmentation, key)
-    mine = row is not None and (
-        principal.is_admin
-        or (principal.user is not None and row.user_id == principal.user.id)
-        or (principal.api_key is not None and row.api_key_id == principal.api_key.id)
-    )
-    if not mine:
-        raise NotFound(f"no segmentation {segmentation_id!r}", code="unknown_segmentation")
-    return row
+        raise missing from None
+    return tenancy.get(session, principal, SEGMENTATION_READ, key, missing)
 
 
 def mask_key(row: Segmentation, threshold: float) -> tuple[str, str]:
@@ -130,11 +126,14 @@ def choose_threshold(
     session: Session, principal: Principal, segmentation_id: str, threshold: float, note: str | None
 ) -> Segmentation:
     row = get_segmentation(session, principal, segmentation_id)
-    made_it = (principal.user is not None and row.user_id == principal.user.id) or (
-        principal.api_key is not None and row.api_key_id == principal.api_key.id
+    # an API key saves the choice of the doctor it segmented for (access.SEGMENTATION_WRITE)
+    tenancy.check(
+        session,
+        principal,
+        SEGMENTATION_WRITE,
+        row,
+        "only the doctor (or the API key) who made the segmentation saves its threshold",
     )
-    if not made_it:  # an API key saves the choice of the doctor it segmented for
-        raise Forbidden("only the doctor (or the API key) who made the segmentation saves its threshold")
     key = mask_key(row, threshold)[0]
     row.chosen_threshold, row.chosen_note, row.chosen_at = round(threshold, 1), note, datetime.now(UTC)
     audit(session, principal.actor, "segmentation.choose", f"segmentation:{row.id}", {"threshold": key})

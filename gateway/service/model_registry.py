@@ -35,8 +35,10 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from common.errors import Conflict, Forbidden, InvalidInput, MedSegError, NotFound, ServiceUnavailable
+from gateway import tenancy
+from gateway.access import DATASET_READ
 from gateway.core.db import database_unavailable
-from gateway.models import Dataset, ModelEvent, ModelVersion, ReferenceSet, audit
+from gateway.models import ModelEvent, ModelVersion, ReferenceSet, audit
 from gateway.principal import Principal
 from gateway.service.model_rollout import ModelRollout
 from gateway.service.organs import ModelInfo, OrganRegistry, _model_from_card, _model_from_mar
@@ -355,9 +357,10 @@ def _add_candidate_row(
 
 def set_reference_set(session: Session, principal: Principal, organ: str, dataset_id: str) -> ReferenceSet:
     """Freeze `dataset_id` (its current hash) as the organ's reference set for promotions."""
-    dataset = session.get(Dataset, dataset_id)
-    if dataset is None or dataset.status != "ready" or dataset.deleted_at is not None:
-        raise NotFound(f"no dataset {dataset_id!r}", code="unknown_dataset")
+    missing = NotFound(f"no dataset {dataset_id!r}", code="unknown_dataset")
+    dataset = tenancy.get(session, principal, DATASET_READ, dataset_id, missing)  # one the caller sees
+    if dataset.status != "ready" or dataset.deleted_at is not None:
+        raise missing
     if dataset.organ != organ:
         raise InvalidInput(
             f"dataset {dataset_id} is a {dataset.organ} dataset, not {organ}", code="wrong_organ"

@@ -45,7 +45,8 @@ from sqlalchemy.orm import Session
 from common.errors import Conflict, InvalidInput, MedSegError, NotFound, TooManyRequests
 from common.model_store import register_version, store_keys, upload_version
 from common.settings import REPO_ROOT
-from gateway import metrics
+from gateway import metrics, tenancy
+from gateway.access import DATASET_READ
 from gateway.models import Dataset, ModelEvent, ModelVersion, TrainingJob, audit
 from gateway.principal import Principal
 from gateway.service import model_registry
@@ -334,7 +335,7 @@ class TrainingJobs:
 
     # --- starting -----------------------------------------------------------------------------------------
     def start(self, session: Session, principal: Principal, request: JobRequest) -> TrainingJob:
-        dataset = self._checked_request(session, request)
+        dataset = self._checked_request(session, principal, request)
         # under the lock: reconcile finishes jobs, and two starts must not both take the last free slot
         with self._lock:
             self.reconcile(session)
@@ -354,16 +355,18 @@ class TrainingJobs:
             )
 
     @staticmethod
-    def _checked_request(session: Session, request: JobRequest) -> Dataset:
-        """The dataset to train on: a known architecture and a ready dataset of the request's organ."""
+    def _checked_request(session: Session, principal: Principal, request: JobRequest) -> Dataset:
+        """The dataset to train on: a known architecture and a ready dataset of the request's organ that the
+        caller sees."""
         if request.arch not in MODELS:
             raise InvalidInput(
                 f"unknown architecture {request.arch!r}; valid: {', '.join(sorted(MODELS))}",
                 code="unknown_arch",
             )
-        dataset = session.get(Dataset, request.dataset_id)
-        if dataset is None or dataset.status != "ready" or dataset.deleted_at is not None:
-            raise NotFound(f"no dataset {request.dataset_id!r}", code="unknown_dataset")
+        missing = NotFound(f"no dataset {request.dataset_id!r}", code="unknown_dataset")
+        dataset = tenancy.get(session, principal, DATASET_READ, request.dataset_id, missing)  # one it sees
+        if dataset.status != "ready" or dataset.deleted_at is not None:
+            raise missing
         if dataset.organ != request.organ:
             raise InvalidInput(
                 f"dataset {dataset.id} is a {dataset.organ} dataset, not {request.organ}", code="wrong_organ"

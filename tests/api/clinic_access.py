@@ -13,6 +13,7 @@ import numpy as np
 from sqlalchemy import select
 
 from gateway.models import (
+    Dataset,
     Evaluation,
     EvaluationCase,
     Feedback,
@@ -78,6 +79,23 @@ def _rollback(world, client, who):
     return client.post("/api/v1/models/liver/rollback", json={})
 
 
+_key_datasets: dict = {}
+
+
+def _key_dataset(world, scope: str) -> str:
+    """A dataset the `scope` key uploaded (no hospital): its own, so the key reaches it (access.DATASET_READ),
+    and so do researchers (every dataset is submitted to them) and the platform admin."""
+    if _key_datasets.get(scope, (None,))[0] is not world:
+        with world.session() as session:
+            row = Dataset(
+                id=f"liver-{uuid.uuid4().hex[:12]}", organ="liver", name="t", pair_count=1, size_bytes=1,
+                dataset_hash="0" * 64, manifest_key="k", uploaded_by_api_key_id=world.key_rows[scope].id,
+            )  # fmt: skip
+            session.add(row)
+        _key_datasets[scope] = (world, row.id)
+    return _key_datasets[scope][1]
+
+
 def _dataset(world) -> str:
     from tests.api.test_access import _visible_dataset
 
@@ -92,7 +110,17 @@ def _reference(world) -> None:
             )
 
 
-def _evaluation(world) -> tuple[str, int]:
+def _owner(world, who: str, scope: str) -> dict:
+    """The owner columns of a row made by `who`: a PEOPLE name, "key_with_scope" (the key of `scope`), or a
+    key's scope name. Rows are scoped to their owner (gateway/tenancy.py): a caller reaches its own."""
+    if who in world.users:
+        return {"user_id": world.users[who].id}
+    key = world.key_rows.get(scope if who == "key_with_scope" else who)
+    return {"api_key_id": key.id} if key is not None else {}
+
+
+def _evaluation(world, who: str = "evaluate") -> tuple[str, int]:
+    """An evaluation made by `who` (default: the `evaluate` key), with one case and its overlay."""
     eval_id = uuid.uuid4()
     key = f"evaluations/{eval_id}/0000.png"
     world.store.put_bytes("medseg-results", key, b"\x89PNG\r\n\x1a\nfake")
@@ -111,6 +139,7 @@ def _evaluation(world) -> tuple[str, int]:
                 per_threshold=[{"threshold": 0.5, "mean_dice": 0.9, "best": True}],
                 best_threshold=0.5,
                 created_by="test",
+                **_owner(world, who, "evaluate"),
             )
         )
         session.flush()
@@ -138,6 +167,7 @@ def _feedback(world, who) -> int:
             model_version_id=version.id,
             body="missing part",
             author_user_id=world.users[who].id if who in world.users else None,
+            author_api_key_id=_owner(world, who, "feedback").get("api_key_id"),
         )
         session.add(row)
         session.flush()
@@ -197,7 +227,13 @@ def _no_training(world):
 
 def _start_job(world, client, who):
     _no_training(world)
-    body = {"organ": "liver", "dataset_id": _dataset(world), "arch": "erunet", "minutes": 1, "epochs": 1}
+    body = {
+        "organ": "liver",
+        "dataset_id": _key_dataset(world, "train"),
+        "arch": "erunet",
+        "minutes": 1,
+        "epochs": 1,
+    }
     return client.post("/api/v1/training/jobs", json=body)
 
 
@@ -237,7 +273,9 @@ def _rules() -> dict:
         ("PUT", "/api/v1/models/{organ}/reference-set"): _rule(
             RESEARCH,
             ("models",),
-            lambda w, c, who: c.put("/api/v1/models/liver/reference-set", json={"dataset_id": _dataset(w)}),
+            lambda w, c, who: c.put(
+                "/api/v1/models/liver/reference-set", json={"dataset_id": _key_dataset(w, "models")}
+            ),
         ),
         ("GET", "/api/v1/models/{organ}/reference-set"): _rule(
             PEOPLE, READERS, lambda w, c, who: (_reference(w), c.get("/api/v1/models/liver/reference-set"))[1]
@@ -253,16 +291,19 @@ def _rules() -> dict:
             PEOPLE,
             ("evaluate",),
             lambda w, c, who: c.get(
-                "/api/v1/evaluations/compare", params={"a": _evaluation(w)[0], "b": _evaluation(w)[0]}
+                "/api/v1/evaluations/compare",
+                params={"a": _evaluation(w, who)[0], "b": _evaluation(w, who)[0]},
             ),
         ),
         ("GET", "/api/v1/evaluations/{evaluation_id}"): _rule(
-            PEOPLE, ("evaluate",), lambda w, c, who: c.get(f"/api/v1/evaluations/{_evaluation(w)[0]}")
+            PEOPLE, ("evaluate",), lambda w, c, who: c.get(f"/api/v1/evaluations/{_evaluation(w, who)[0]}")
         ),
         ("GET", "/api/v1/evaluations/{evaluation_id}/cases/{case_id}/overlay.png"): _rule(
             PEOPLE,
             ("evaluate",),
-            lambda w, c, who: c.get("/api/v1/evaluations/{}/cases/{}/overlay.png".format(*_evaluation(w))),
+            lambda w, c, who: c.get(
+                "/api/v1/evaluations/{}/cases/{}/overlay.png".format(*_evaluation(w, who))
+            ),
         ),
         ("POST", "/api/v1/models/{organ}/versions/{version}/feedback"): _rule(
             {"doctor", "admin"},

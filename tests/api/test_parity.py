@@ -36,10 +36,10 @@ from gateway.grpc_server import create_server
 from gateway.models import Evaluation, Feedback, FeedbackReply, ModelVersion, Segmentation, TrainingJob
 from gateway.service.training_jobs import FINISHED
 from tests.api.clinic_access import (
-    _dataset,
     _evaluation,
     _feedback,
     _job,
+    _key_dataset,
     _no_default,
     _no_training,
     _reference,
@@ -284,7 +284,7 @@ def _thread_with_case(world) -> dict:
         "organ": "liver",
         "version": _version(world).version,
         "body": "case 6: lower-right part of the liver missing",
-        "evaluation_case_id": _case(world)["case_id"],
+        "evaluation_case_id": _evaluation(world, "feedback")[1],  # a case the feedback key evaluated
         "threshold": 0.5,
     }
 
@@ -307,7 +307,13 @@ def _organ_down(world):
 
 def _start(world) -> dict:
     _no_training(world)
-    return {"organ": "liver", "dataset_id": _dataset(world), "arch": "erunet", "minutes": 1.0, "epochs": 1}
+    return {
+        "organ": "liver",
+        "dataset_id": _key_dataset(world, "train"),
+        "arch": "erunet",
+        "minutes": 1.0,
+        "epochs": 1,
+    }
 
 
 def _is_png(value) -> bool:
@@ -379,7 +385,8 @@ ROWS = [
         lambda w: {**_promotable(w), "force": True, "reason": "short"},
         Err(403, S.PERMISSION_DENIED, "forbidden"), id="force without admin"),
     Row("models.rollback", "models", _rollbackable, {"state": "default", "retired_at": None}),
-    Row("models.reference_set.set", "models", lambda w: {"organ": "liver", "dataset_id": _dataset(w)},
+    Row("models.reference_set.set", "models",
+        lambda w: {"organ": "liver", "dataset_id": _key_dataset(w, "models")},
         {"organ": "liver", "dataset_hash": "0" * 64}),
     Row("models.reference_set.set", "models", lambda w: {"organ": "liver", "dataset_id": "no-such-dataset"},
         Err(404, S.NOT_FOUND, "unknown_dataset"), id="unknown dataset"),

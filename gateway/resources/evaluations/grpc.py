@@ -51,25 +51,29 @@ class Evaluations(Servicer, pb_grpc.EvaluationsServicer):
             return to_message(detail, pb.EvaluationDetail, nest=("evaluation", EvaluationSummary))
 
     def ListEvaluations(self, request, context):
-        with self.edge.call(context, ACCESS["evaluations.list"]) as (session, _):
+        with self.edge.call(context, ACCESS["evaluations.list"]) as (session, who):
             out = service.list_evaluations(
-                session, optional(request, "organ"), optional(request, "version"), optional(request, "limit")
+                session,
+                who,
+                optional(request, "organ"),
+                optional(request, "version"),
+                optional(request, "limit"),
             )
             return to_message(out, pb.EvaluationList)
 
     def GetEvaluation(self, request, context):
-        with self.edge.call(context, ACCESS["evaluations.show"]) as (session, _):
-            detail = service.show_evaluation(session, request.id)
+        with self.edge.call(context, ACCESS["evaluations.show"]) as (session, who):
+            detail = service.show_evaluation(session, who, request.id)
             return to_message(detail, pb.EvaluationDetail, nest=("evaluation", EvaluationSummary))
 
     def CompareEvaluations(self, request, context):
-        with self.edge.call(context, ACCESS["evaluations.compare"]) as (session, _):
-            return to_message(service.compare(session, request.a, request.b), pb.Comparison)
+        with self.edge.call(context, ACCESS["evaluations.compare"]) as (session, who):
+            return to_message(service.compare(session, who, request.a, request.b), pb.Comparison)
 
     def GetOverlay(self, request, context):
-        with self.edge.call(context, ACCESS["evaluations.overlay"]) as (session, _):
+        with self.edge.call(context, ACCESS["evaluations.overlay"]) as (session, who):
             return pb.Png(
                 png=service.overlay(
-                    self.clinic, session, request.evaluation_id, row_id(request.case_id, "case_id")
+                    self.clinic, session, who, request.evaluation_id, row_id(request.case_id, "case_id")
                 )
             )

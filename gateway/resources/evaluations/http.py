@@ -51,31 +51,31 @@ def run_evaluation(
 
 @router.get("", response_model=EvaluationsPublic)
 def list_evaluations(
-    _who: ListEvaluationsCaller,
+    who: ListEvaluationsCaller,
     session: SessionDep,
     organ: Annotated[str | None, Query(max_length=64)] = None,
     version: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIST)] = DEFAULT_LIST,
 ) -> EvaluationsPublic:
     """Stored evaluations, newest first, filterable by organ and version."""
-    return service.list_evaluations(session, organ, version, limit)
+    return service.list_evaluations(session, who, organ, version, limit)
 
 
 @router.get("/compare", response_model=ComparisonPublic)
 def compare(
-    _who: CompareCaller,
+    who: CompareCaller,
     session: SessionDep,
     a: Annotated[str, Query(max_length=64)],
     b: Annotated[str, Query(max_length=64)],
 ) -> ComparisonPublic:
     """Paired comparison of two evaluations on their common cases: per-case wins/losses of `a`."""
-    return service.compare(session, a, b)
+    return service.compare(session, who, a, b)
 
 
 @router.get("/{evaluation_id}", response_model=EvaluationDetail)
-def show_evaluation(evaluation_id: str, _who: ShowEvaluationCaller, session: SessionDep) -> EvaluationDetail:
+def show_evaluation(evaluation_id: str, who: ShowEvaluationCaller, session: SessionDep) -> EvaluationDetail:
     """One evaluation with its cases (Dice, IoU, HD95, Dice per threshold, overlay link)."""
-    return service.show_evaluation(session, evaluation_id)
+    return service.show_evaluation(session, who, evaluation_id)
 
 
 @router.get(
@@ -83,9 +83,10 @@ def show_evaluation(evaluation_id: str, _who: ShowEvaluationCaller, session: Ses
     response_class=Response,
     responses={200: {"content": {"image/png": {}}}},
 )
-def overlay(evaluation_id: str, case_id: RowId, clinic: ClinicDep, _who: OverlayCaller, session: SessionDep):
+def overlay(evaluation_id: str, case_id: RowId, clinic: ClinicDep, who: OverlayCaller, session: SessionDep):
     """The case's overlay: image | label | prediction | differences."""
-    return Response(content=service.overlay(clinic, session, evaluation_id, case_id), media_type="image/png")
+    png = service.overlay(clinic, session, who, evaluation_id, case_id)
+    return Response(content=png, media_type="image/png")
 
 
 # --- evaluating at once, nothing kept -----------------------------------------------------------------------

@@ -7,6 +7,8 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from common.errors import InvalidInput, NotFound
+from gateway import tenancy
+from gateway.access import DATASET_READ
 from gateway.models import EvaluationCase
 from gateway.principal import Principal
 from gateway.resources.evaluations.schemas import (
@@ -58,7 +60,14 @@ def run_evaluation(
     """Test a version (default: the current one) on uploaded labelled images or on a stored dataset."""
     if dataset_id and (images or labels):
         raise InvalidInput("send either images with labels or a dataset_id, not both", code="ambiguous_input")
-    if dataset_id:
+    if dataset_id:  # a dataset the caller may see (access.DATASET_READ), else 404 as for none
+        tenancy.get(
+            session,
+            who,
+            DATASET_READ,
+            dataset_id,
+            NotFound(f"no dataset {dataset_id!r}", code="unknown_dataset"),
+        )
         row = clinic.evaluator.evaluate_dataset(session, who, organ, version or None, dataset_id)
     else:
         row = clinic.evaluator.evaluate_uploads(session, who, organ, version or None, images, labels)
@@ -66,18 +75,18 @@ def run_evaluation(
 
 
 def list_evaluations(
-    session: Session, organ: str | None, version: str | None, limit: int | None
+    session: Session, who: Principal, organ: str | None, version: str | None, limit: int | None
 ) -> EvaluationsPublic:
-    rows = evaluations.list_evaluations(session, organ, version, list_limit(limit))
+    rows = evaluations.list_evaluations(session, who, organ, version, list_limit(limit))
     return EvaluationsPublic(evaluations=[EvaluationSummary.of(r) for r in rows])
 
 
-def show_evaluation(session: Session, evaluation_id: str) -> EvaluationDetail:
-    return _evaluation_detail(session, evaluations.get_evaluation(session, evaluation_id))
+def show_evaluation(session: Session, who: Principal, evaluation_id: str) -> EvaluationDetail:
+    return _evaluation_detail(session, evaluations.get_evaluation(session, who, evaluation_id))
 
 
-def compare(session: Session, a: str, b: str) -> ComparisonPublic:
-    out = evaluations.compare(session, a, b)
+def compare(session: Session, who: Principal, a: str, b: str) -> ComparisonPublic:
+    out = evaluations.compare(session, who, a, b)
     return ComparisonPublic(
         a=EvaluationSummary.of(out["a"]),
         b=EvaluationSummary.of(out["b"]),
@@ -92,9 +101,9 @@ def compare(session: Session, a: str, b: str) -> ComparisonPublic:
     )
 
 
-def overlay(clinic: Clinic, session: Session, evaluation_id: str, case_id: int) -> bytes:
+def overlay(clinic: Clinic, session: Session, who: Principal, evaluation_id: str, case_id: int) -> bytes:
     """The case's overlay PNG: image | label | prediction | differences."""
-    row = evaluations.get_evaluation(session, evaluation_id)
+    row = evaluations.get_evaluation(session, who, evaluation_id)
     case = session.get(EvaluationCase, case_id)
     if case is None or case.evaluation_id != row.id or not case.overlay_key:
         raise NotFound(f"no case {case_id} in evaluation {evaluation_id}", code="unknown_case")

@@ -21,15 +21,20 @@ class Feedback(Servicer, pb_grpc.FeedbackServicer):
             return to_message(out, pb.FeedbackThread)
 
     def ListFeedback(self, request, context):
-        with self.edge.call(context, ACCESS["feedback.list"]) as (session, _):
+        with self.edge.call(context, ACCESS["feedback.list"]) as (session, who):
             out = service.list_feedback(
-                session, optional(request, "organ"), optional(request, "version"), optional(request, "status")
+                session,
+                who,
+                optional(request, "organ"),
+                optional(request, "version"),
+                optional(request, "status"),
             )
             return to_message(out, pb.FeedbackList)
 
     def GetFeedback(self, request, context):
-        with self.edge.call(context, ACCESS["feedback.show"]) as (session, _):
-            return to_message(service.show_feedback(session, row_id(request.id, "id")), pb.FeedbackThread)
+        with self.edge.call(context, ACCESS["feedback.show"]) as (session, who):
+            thread = service.show_feedback(session, who, row_id(request.id, "id"))
+            return to_message(thread, pb.FeedbackThread)
 
     def Reply(self, request, context):
         with self.edge.call(context, ACCESS["feedback.reply"]) as (session, who):

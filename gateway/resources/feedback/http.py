@@ -38,20 +38,20 @@ def create_feedback(
 
 @router.get("/feedback", response_model=FeedbackListPublic)
 def list_feedback(
-    _who: ListFeedbackCaller,
+    who: ListFeedbackCaller,
     session: SessionDep,
     organ: Annotated[str | None, Query(max_length=64)] = None,
     version: Annotated[str | None, Query(max_length=64)] = None,
     status: Annotated[str | None, Query(max_length=16)] = None,
 ) -> FeedbackListPublic:
     """Feedback threads, newest first, filterable by organ, version and status."""
-    return service.list_feedback(session, organ, version, status)
+    return service.list_feedback(session, who, organ, version, status)
 
 
 @router.get("/feedback/{feedback_id}", response_model=FeedbackPublic)
-def show_feedback(feedback_id: RowId, _who: ShowFeedbackCaller, session: SessionDep) -> FeedbackPublic:
+def show_feedback(feedback_id: RowId, who: ShowFeedbackCaller, session: SessionDep) -> FeedbackPublic:
     """One thread with its replies."""
-    return service.show_feedback(session, feedback_id)
+    return service.show_feedback(session, who, feedback_id)
 
 
 @router.post(

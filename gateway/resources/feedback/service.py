@@ -61,19 +61,19 @@ def create_feedback(
 
 
 def list_feedback(
-    session: Session, organ: str | None, version: str | None, status: str | None
+    session: Session, who: Principal, organ: str | None, version: str | None, status: str | None
 ) -> FeedbackListPublic:
-    rows = feedback.list_feedback(session, organ, version, status)
+    rows = feedback.list_feedback(session, who, organ, version, status)
     return FeedbackListPublic(feedback=[_feedback_public(session, f, m) for f, m in rows])
 
 
-def show_feedback(session: Session, feedback_id: int) -> FeedbackPublic:
-    return _feedback_public(session, feedback.get(session, feedback_id), with_replies=True)
+def show_feedback(session: Session, who: Principal, feedback_id: int) -> FeedbackPublic:
+    return _feedback_public(session, feedback.get(session, who, feedback_id), with_replies=True)
 
 
 def reply(session: Session, who: Principal, feedback_id: int, body: str) -> FeedbackPublic:
     feedback.reply(session, who, feedback_id, body)
-    return show_feedback(session, feedback_id)
+    return show_feedback(session, who, feedback_id)
 
 
 def update_feedback(

@@ -278,7 +278,9 @@ def test_evaluation_metrics_overlays_and_paired_comparison(loop):
     assert overlay.status_code == 200 and overlay.content.startswith(b"\x89PNG")
     assert Image.open(io.BytesIO(overlay.content)).width >= 4 * SIZE
 
-    bad_eval = _eval(world.client("key:evaluate"), "2").json()
+    # the doctor compares two of their own evaluations (another's would be 404: tests/api/test_tenancy.py)
+    assert _eval(world.client("key:evaluate"), "2").status_code == 201
+    bad_eval = _eval(doctor, "2").json()
     assert bad_eval["mean_dice"] < 0.5 and bad_eval["cases"][0]["hd95"] > 0
     cmp = doctor.get("/api/v1/evaluations/compare", params={"a": body["id"], "b": bad_eval["id"]}).json()
     assert (cmp["wins"], cmp["losses"], cmp["ties"]) == (2, 0, 0) and cmp["mean_difference"] > 0.5

@@ -1,0 +1,371 @@
+"""The access table's row rules, walked: every operation × every relation × both edges, from one definition.
+
+For each operation whose entry in gateway/access.py has a `Rows` rule, each kind of caller (a doctor, a
+researcher, a hospital's admin, a platform admin, a hospital system's key) calls it on a fresh row in each
+relation to the caller (own, same hospital, shared, other hospital) over HTTP, and the key over gRPC too
+where the operation has an RPC. The expected outcome is read from the rule itself: reached → success (a
+list holds the row); not reached but seen (a write rule) → 403; not seen → 404 / NOT_FOUND (a list leaves
+it out). `test_every_operation_has_a_rule` fails for an operation with no rule, and for a `Rows` operation
+that has no call here.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+import pytest
+from google.protobuf import json_format
+
+from gateway.access import (
+    DATASET_READ,
+    EVALUATION_READ,
+    FEEDBACK_READ,
+    OPERATIONS,
+    SEGMENTATION_READ,
+    Rows,
+)
+from gateway.grpc_server import create_server
+from gateway.models import Dataset, Evaluation, EvaluationCase, Feedback, Segmentation
+from gateway.resources.accounts import service as accounts
+from gateway.security import create_api_key
+from gateway.service.images import encode_mask
+from gateway.service.masks import MASKS_OBJECT, THRESHOLDS, pack_masks
+from tests.api.clinic_access import _no_training, _prepare, _version
+from tests.api.conftest import HOSPITAL_A, HOSPITAL_B, PASSWORD, small_dataset_zip
+from tests.api.test_parity import HTTP_CALLS, METHODS, _request
+
+READ = {"dataset": DATASET_READ, "evaluation": EVALUATION_READ, "feedback": FEEDBACK_READ,
+        "segmentation": SEGMENTATION_READ}  # fmt: skip
+KEY = "tenant_a"  # world.keys name of hospital A's system, with these scopes:
+KEY_SCOPES = ("segment", "evaluate", "datasets", "feedback", "models", "train")
+
+
+# --- who: the callers (kind → caller) and the rows' makers -------------------------------------------------
+@dataclass(frozen=True)
+class Caller:
+    kind: str  # the access table's kind: doctor | researcher | admin | platform | key
+    name: str  # world.users name, or world.keys name for the key
+    role: str | None  # None: the key
+    hospital: str | None
+
+
+CALLERS = (
+    Caller("doctor", "doctor", "doctor", HOSPITAL_A),
+    Caller("researcher", "researcher", "researcher", None),
+    Caller("admin", "admin_a", "admin", HOSPITAL_A),
+    Caller("platform", "admin", "admin", None),
+    Caller("key", KEY, None, HOSPITAL_A),
+)
+# relation → (who makes the row for this caller, the relations that row has to the caller)
+OTHER = ("doctor_b", frozenset())
+
+
+def _cases(caller: Caller, resource: str) -> dict[str, tuple[str, bool, frozenset[str]]]:
+    """relation → (maker, shared flag, the relations the row has); only the relations that exist for it."""
+    own = {"own", "hospital"} if caller.hospital else {"own"}
+    if caller.kind == "researcher" and resource in ("dataset", "feedback"):
+        own.add("shared")  # every dataset and thread is shared with the researchers, their own too
+    out = {"own": (caller.name, False, frozenset(own))}
+    if caller.hospital:
+        out["hospital"] = (
+            "doctor_a2" if caller.name == "doctor" else "doctor",
+            False,
+            frozenset({"hospital"}),
+        )
+    if resource == "feedback" and caller.kind == "doctor":  # a thread its author shares with the hospital
+        out["shared"] = ("doctor_a2", True, frozenset({"hospital", "shared"}))
+    if caller.kind == "researcher" and resource in ("dataset", "evaluation", "feedback"):
+        # every dataset and thread is for the researchers; of evaluations, those a promotion ran
+        out["shared"] = ("doctor_b", True, frozenset({"shared"}))
+        if resource == "evaluation":
+            out["other"] = ("doctor_b", False, frozenset())
+    else:
+        out["other"] = ("doctor_b", False, frozenset())
+    return out
+
+
+# --- how: each operation's call on a row (args by the proto's field names) and what answers it ------------
+@dataclass(frozen=True)
+class Call:
+    resource: str  # the kind of row it is called on (the rule's resource)
+    args: object  # (world, row) -> args
+    listed: object = None  # (answer, row) -> bool, for lists
+    skip_kinds: tuple[str, ...] = ()  # refused by the service for another reason (said where)
+
+
+def _ids(key, field="id"):
+    return lambda answer, row: row["id"] in [item[field] for item in answer[key]]
+
+
+CALLS: dict[str, Call] = {
+    "datasets.list": Call("dataset", lambda w, r: {}, _ids("datasets")),
+    "datasets.show": Call("dataset", lambda w, r: {"id": r["id"]}),
+    "datasets.delete": Call("dataset", lambda w, r: {"id": r["id"]}),
+    "evaluations.run": Call("dataset", lambda w, r: {"organ": "liver", "dataset_id": r["id"]}),
+    "models.reference_set.set": Call("dataset", lambda w, r: {"organ": "liver", "dataset_id": r["id"]}),
+    "training.jobs.start": Call(
+        "dataset",
+        lambda w, r: {"organ": "liver", "dataset_id": r["id"], "arch": "erunet", "minutes": 1.0, "epochs": 1},
+    ),
+    "evaluations.list": Call("evaluation", lambda w, r: {"limit": 200}, _ids("evaluations")),
+    "evaluations.show": Call("evaluation", lambda w, r: {"id": r["id"]}),
+    "evaluations.compare": Call("evaluation", lambda w, r: {"a": r["id"], "b": r["id"]}),
+    "evaluations.overlay": Call("evaluation", lambda w, r: {"evaluation_id": r["id"], "case_id": r["case"]}),
+    "feedback.create": Call(
+        "evaluation",
+        lambda w, r: {
+            "organ": "liver",
+            "version": r["version"],
+            "body": "see case",
+            "evaluation_case_id": r["case"],
+        },
+        skip_kinds=(
+            "researcher",
+        ),  # researchers reply to feedback, they do not write it (403 whatever the row)
+    ),  # fmt: skip
+    "feedback.list": Call("feedback", lambda w, r: {}, _ids("feedback")),
+    "feedback.show": Call("feedback", lambda w, r: {"id": r["id"]}),
+    "feedback.reply": Call("feedback", lambda w, r: {"feedback_id": r["id"], "body": "thanks"}),
+    "feedback.update": Call("feedback", lambda w, r: {"id": r["id"], "status": "in_progress"}),
+    "segmentations.list": Call("segmentation", lambda w, r: {"limit": 200}, _ids("segmentations")),
+    "segmentations.choose_threshold": Call(
+        "segmentation", lambda w, r: {"segmentation_id": r["id"], "threshold": 0.5}
+    ),
+    "segmentations.thumbnail": Call("segmentation", lambda w, r: {"segmentation_id": r["id"]}),
+    "segmentations.mask": Call("segmentation", lambda w, r: {"segmentation_id": r["id"], "threshold": 0.5}),
+    "segmentations.trend": Call(
+        "segmentation", lambda w, r: {"patient_id": r["patient"]}, _ids("points", "segmentation_id")
+    ),
+}
+DATASET_HTTP = {
+    "datasets.list": lambda c, a: c.get("/api/v1/datasets"),
+    "datasets.show": lambda c, a: c.get(f"/api/v1/datasets/{a['id']}"),
+    "datasets.delete": lambda c, a: c.delete(f"/api/v1/datasets/{a['id']}"),
+}
+
+
+# --- the rows -------------------------------------------------------------------------------------------
+def _owner(world, maker: str) -> tuple[dict, str | None]:
+    if maker in world.users:
+        return {"user": world.users[maker].id, "key": None}, world.users[maker].hospital
+    return {"user": None, "key": world.key_rows[maker].id}, world.key_rows[maker].hospital
+
+
+def _make(world, resource: str, maker: str, shared: bool) -> dict:
+    who, hospital = _owner(world, maker)
+    store, rid = world.store, uuid.uuid4()
+    with world.session() as session:
+        if resource == "dataset":  # a copy of the template dataset's objects under a new id
+            template = session.get(Dataset, world._tenancy_template)
+            new_id = f"liver-{rid.hex[:12]}"
+            for (bucket, key), data in list(store.objects.items()):
+                if key.startswith(f"{template.id}/"):
+                    store.objects[(bucket, f"{new_id}/{key[len(template.id) + 1 :]}")] = data
+            session.add(Dataset(
+                id=new_id, organ="liver", name="t", pair_count=template.pair_count,
+                size_bytes=template.size_bytes, dataset_hash=template.dataset_hash,
+                manifest_key=f"{new_id}/{template.manifest_key.split('/', 1)[1]}", hospital=hospital,
+                uploaded_by_user_id=who["user"], uploaded_by_api_key_id=who["key"],
+            ))  # fmt: skip
+            return {"id": new_id}
+        if resource == "evaluation":
+            key = f"evaluations/{rid}/0000.png"
+            store.put_bytes("medseg-results", key, b"\x89PNG\r\n\x1a\nfake")
+            session.add(Evaluation(
+                id=rid, organ="liver", model_name="liver", model_version="acc", threshold=0.5, case_count=1,
+                mean_dice=0.9, std_dice=0.0, mean_iou=0.8, best_threshold=0.5, created_by=maker,
+                per_threshold=[{"threshold": 0.5, "mean_dice": 0.9, "best": True}],
+                purpose="promotion" if shared else "test",
+                user_id=who["user"], api_key_id=who["key"], hospital=hospital,
+            ))  # fmt: skip
+            session.flush()
+            case = EvaluationCase(
+                evaluation_id=rid, name="a", dice=0.9, iou=0.8, dice_at={"0.5": 0.9},
+                width=32, height=32, predicted_px=10, label_px=10, overlay_key=key,
+            )  # fmt: skip
+            session.add(case)
+            session.flush()
+            return {"id": str(rid), "case": case.id, "version": world._tenancy_version}
+        if resource == "feedback":
+            row = Feedback(model_version_id=world._tenancy_version_id, body="P-0042: part missing",
+                           author_user_id=who["user"], author_api_key_id=who["key"], hospital=hospital,
+                           shared=shared)  # fmt: skip
+            session.add(row)
+            session.flush()
+            return {"id": row.id}
+        thumb, masks_key = (
+            f"segmentations/liver/{rid}/thumbnail.png",
+            f"segmentations/liver/{rid}/{MASKS_OBJECT}",
+        )
+        store.put_bytes("medseg-results", thumb, b"\x89PNG\r\n\x1a\nfake")
+        square = encode_mask(np.pad(np.ones((4, 4), bool), 14))
+        store.put_bytes("medseg-results", masks_key, pack_masks({t: square for t in THRESHOLDS}))
+        patient = f"P-{rid.hex[:8]}"
+        session.add(Segmentation(
+            id=rid, organ="liver", model_name="liver", model_version="acc", patient_id=patient, width=32,
+            height=32, probability_key="p", mask_keys={f"{t:.1f}": masks_key for t in THRESHOLDS},
+            areas_px={"0.5": 4}, thumbnail_key=thumb, user_id=who["user"], api_key_id=who["key"],
+            hospital=hospital,
+        ))  # fmt: skip
+        return {"id": str(rid), "patient": patient}
+
+
+# --- the matrix -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Cell:
+    op: str
+    caller: Caller
+    relation: str
+    edge: str  # http | grpc
+
+    @property
+    def id(self) -> str:
+        return f"{self.op}-{self.caller.kind}-{self.relation}-{self.edge}"
+
+
+def _admitted(op: str, caller: Caller) -> bool:
+    """Whether the role/scope gate lets the caller in (that gate is tests/api/test_access.py's)."""
+    access = OPERATIONS[op].access
+    if caller.role is None:
+        return bool(set(KEY_SCOPES) & set(access.scopes))
+    return caller.role in access.roles
+
+
+def _cells() -> list[Cell]:
+    cells = []
+    for op, call in CALLS.items():
+        for caller in CALLERS:
+            if not _admitted(op, caller) or caller.kind in call.skip_kinds:
+                continue
+            for relation in _cases(caller, call.resource):
+                cells.append(Cell(op, caller, relation, "http"))
+                if caller.role is None and OPERATIONS[op].grpc:
+                    cells.append(Cell(op, caller, relation, "grpc"))
+    return cells
+
+
+CELLS = _cells()
+
+
+def expected(cell: Cell, row_relations: frozenset[str]) -> str:
+    """reached | forbidden | hidden, from the access table's rule (forbidden: a write rule on a row the
+    caller sees by the resource's read rule)."""
+    rule: Rows = OPERATIONS[cell.op].rows
+
+    def reaches(r: Rows) -> bool:
+        allowed = r.relations(cell.caller.kind)
+        return "any" in allowed or bool(allowed & row_relations)
+
+    if reaches(rule):
+        return "reached"
+    return "forbidden" if rule.action != "read" and reaches(READ[rule.resource]) else "hidden"
+
+
+@pytest.fixture(scope="module")
+def people_db(tmp_path_factory):
+    """SQLite only: the rules are SQL clauses the PostgreSQL runs of test_tenancy.py exercise too."""
+    from gateway.core.db import run_migrations
+
+    url = f"sqlite:///{tmp_path_factory.mktemp('tenancy-db') / 'medseg.db'}"
+    run_migrations(url)
+    return url
+
+
+@pytest.fixture(scope="module")
+def tenants(world):
+    _prepare(world)
+    _no_training(world)  # training jobs start a worker that exits at once
+    with world.session() as session:
+        for name, role, hospital in (("doctor_a2", "doctor", HOSPITAL_A), ("admin_a", "admin", HOSPITAL_A)):
+            world.users[name] = accounts.create_user(
+                session, email=f"{name}@example.org", password=PASSWORD, full_name=name, role=role,
+                status="active", hospital=hospital, actor="test",
+            )  # fmt: skip
+        row, raw = create_api_key(session, "st-anna-ris", list(KEY_SCOPES), hospital=HOSPITAL_A)
+        world.keys[KEY], world.key_rows[KEY] = raw, row
+    assert world.users["doctor_b"].hospital == HOSPITAL_B
+    upload = world.client("doctor").post(
+        "/api/v1/datasets", data={"organ": "liver"}, files={"file": ("t.zip", small_dataset_zip(1))}
+    )
+    assert upload.status_code == 201, upload.text
+    version = _version(world)
+    world._tenancy_template, world._tenancy_version, world._tenancy_version_id = (
+        upload.json()["id"], version.version, version.id,
+    )  # fmt: skip
+    return world
+
+
+@pytest.fixture(scope="module")
+def channel(tenants):
+    app = tenants.app()
+    server, port = create_server("127.0.0.1:0", app.state.dataplane, tenants.session, clinic=app.state.clinic)
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    yield channel
+    channel.close()
+    server.stop(0)
+
+
+def _http(world, cell: Cell, args: dict):
+    client = world.client(f"key:{cell.caller.name}" if cell.caller.role is None else cell.caller.name)
+    response = (DATASET_HTTP.get(cell.op) or HTTP_CALLS[cell.op])(client, args)
+    if response.status_code >= 400:
+        return response.status_code, None
+    is_json = response.headers["content-type"].startswith("application/json")
+    return response.status_code, response.json() if is_json else None
+
+
+def _grpc(world, channel, cell: Cell, args: dict):
+    service, method = OPERATIONS[cell.op].grpc.split("/")
+    pb, pb_grpc = METHODS[OPERATIONS[cell.op].grpc]
+    stub = getattr(pb_grpc, f"{service}Stub")(channel)
+    metadata = (("authorization", f"Bearer {world.keys[cell.caller.name]}"),)
+    try:
+        answer = getattr(stub, method)(_request(pb, service, method, args), metadata=metadata, timeout=60)
+    except grpc.RpcError as exc:
+        return {grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.PERMISSION_DENIED: 403}.get(
+            exc.code(), exc
+        ), None
+    if answer.DESCRIPTOR.name in ("Png", "MaskPng"):
+        return 200, None
+    return 200, json_format.MessageToDict(
+        answer, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=lambda c: c.id)
+def test_matrix(tenants, channel, cell: Cell):
+    call = CALLS[cell.op]
+    maker, shared, row_relations = _cases(cell.caller, call.resource)[cell.relation]
+    row = _make(tenants, call.resource, maker, shared)
+    want = expected(cell, row_relations)
+    args = call.args(tenants, row)
+    status, answer = (
+        _http(tenants, cell, args) if cell.edge == "http" else _grpc(tenants, channel, cell, args)
+    )
+    if call.listed is not None:
+        assert status == 200, status
+        assert call.listed(answer, row) == (want == "reached"), f"{cell.id}: expected {want}"
+    else:
+        outcome = {403: "forbidden", 404: "hidden"}.get(status, "reached" if status in (200, 201) else status)
+        assert outcome == want, f"{cell.id}: expected {want}, got {status}"
+
+
+def test_every_operation_has_a_rule():
+    """Every operation says which rows it reaches (a `Rows` rule) or why no per-row rule applies; every
+    `Rows` operation is walked by the matrix."""
+    missing = [name for name, op in OPERATIONS.items() if not (isinstance(op.rows, Rows) or op.rows)]
+    assert not missing, f"operations without a row rule in gateway/access.py: {missing}"
+    walked = {name for name, op in OPERATIONS.items() if isinstance(op.rows, Rows)}
+    assert walked == set(CALLS), f"Rows operations without a matrix call: {walked ^ set(CALLS)}"
+
+
+def test_the_matrix_walks_every_relation_and_both_edges():
+    relations = {(c.op, c.relation) for c in CELLS}
+    for op in CALLS:
+        assert {"own", "hospital", "other"} <= {r for o, r in relations if o == op}, op
+    assert {c.op for c in CELLS if c.edge == "grpc"} == {op for op in CALLS if OPERATIONS[op].grpc}
+    print(f"tenancy matrix: {len(CALLS)} operations, {len(CELLS)} cells")
