@@ -21,7 +21,9 @@ from sqlalchemy import select
 from common.torchserve_client import InferenceClient, ManagementClient
 from gateway import crud
 from gateway.models import Dataset, Evaluation, ModelVersion, TrainingJob
+from gateway.security import create_api_key
 from gateway.service.training_jobs import TrainingJobs
+from tests.api.conftest import HOSPITAL_A
 from tests.data import LIVER_TRAIN
 
 MODEL_STORE = Path(__file__).resolve().parents[3] / "model-store"
@@ -137,7 +139,11 @@ def test_a_tiny_job_trains_and_records_a_candidate_version(jobs_world, liver_dat
 
 
 def test_cancel_stops_the_jobs_process_group_and_a_second_job_waits(jobs_world, liver_dataset):
-    client = jobs_world.client("key:train")
+    # a hospital system's training key: it trains on its hospital's datasets (the doctor's, St. Anna's)
+    with jobs_world.session() as session:
+        _, raw = create_api_key(session, "st-anna-trainer", ["train"], hospital=HOSPITAL_A)
+    client = jobs_world.client("anonymous")
+    client.headers["Authorization"] = f"Bearer {raw}"
     long_run = {**TINY, "dataset_id": liver_dataset, "epochs": 1000, "minutes": 60}
     job = client.post("/api/v1/training/jobs", json=long_run).json()
     assert job["status"] == "running" and _alive(job["pid"])
