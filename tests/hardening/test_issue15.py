@@ -32,3 +32,19 @@ def test_sign_in_next_accepts_only_same_origin_paths(world, target):
 @pytest.mark.parametrize("target", ["/segment", "/history?patient_id=PAT-1", "/admin/users#x", "/a/b/"])
 def test_sign_in_next_keeps_paths_on_this_site(target):
     assert safe_next(target) == target
+
+
+# --- finding 11: no API answer is kept by a cache --------------------------------------------------------
+def test_every_api_answer_says_no_store(world):
+    doctor = world.client("doctor")
+    answers = [
+        doctor.get("/api/v1/users/me"),  # carries the session's CSRF token
+        doctor.get("/api/v1/segmentations"),
+        doctor.get("/api/v1/segmentations/999999/mask.png"),
+        doctor.get("/api/v1/patients/PAT-0001/trend"),
+        doctor.get("/api/v1/organs"),
+        world.client("anonymous").get("/api/v1/segmentations"),  # 401
+        world.client("anonymous").post("/api/v1/auth/sign-in", json={"email": 1}),  # 400
+    ]
+    for response in answers:
+        assert "no-store" in response.headers.get("cache-control", ""), (response.url, response.headers)
