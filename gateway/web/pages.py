@@ -22,6 +22,7 @@ from jinja2 import Environment, FileSystemLoader
 from common.errors import Unauthenticated
 from common.settings import get_settings
 from gateway.api.deps import SessionDep, SettingsDep
+from gateway.api.log_redaction import redact_patient_ids
 from gateway.core.db import get_db
 from gateway.models import User
 from gateway.resources.accounts.service import resolve_session
@@ -334,7 +335,9 @@ def error_page(request: Request, status_code: int, headers: dict[str, str] | Non
             path=request.url.path,
         )  # fmt: skip
     except Exception:
-        logger.exception("the %s error page for %s failed to render", status_code, request.url.path)
+        logger.exception(
+            "the %s error page for %s failed to render", status_code, redact_patient_ids(request.url.path)
+        )
         page = HTMLResponse(f"<!doctype html><title>{status_code}</title><p>{status_code}</p>", status_code)
     page.headers.update(headers or {})
     return page

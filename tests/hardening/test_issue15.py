@@ -48,3 +48,34 @@ def test_every_api_answer_says_no_store(world):
     ]
     for response in answers:
         assert "no-store" in response.headers.get("cache-control", ""), (response.url, response.headers)
+
+
+# --- finding 10: no patient id in the access log ------------------------------------------------------------
+def test_patient_ids_never_reach_the_access_log(world, caplog):
+    import logging
+
+    import httpx
+
+    from tests.hardening.test_security import _serve
+
+    caplog.set_level(logging.DEBUG)
+    base, stop = _serve(world.app())
+    patient = "PAT-7f3a9c"
+    try:
+        with httpx.Client(base_url=base, timeout=30) as http:
+            key = {"Authorization": f"Bearer {world.keys['segment']}"}
+            http.get(f"/api/v1/patients/{patient}/trend", headers=key)
+            http.get(f"/api/v1/patients/{patient}/trend?organ=liver", headers=key)
+            http.get(f"/api/v1/segmentations?patient_id={patient}&limit=5", headers=key)
+            http.get(f"/api/v1/segmentations?organ=liver&patient_id={patient}", headers=key)
+            http.get(f"/history?patient_id={patient}")
+            http.get(f"/api/v1/patients/{patient}%2Fx/trend", headers=key)
+    finally:
+        stop()
+    access = [r for r in caplog.records if r.name == "uvicorn.access"]
+    assert len(access) >= 6, "the access log was not captured"
+    for record in caplog.records:
+        if record.name.startswith(("httpx", "httpcore")):
+            continue
+        assert "7f3a9c" not in record.getMessage(), f"{record.name}: {record.getMessage()}"
+    assert any("/api/v1/patients/" in r.getMessage() and "/trend" in r.getMessage() for r in access)
