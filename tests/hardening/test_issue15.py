@@ -79,3 +79,32 @@ def test_patient_ids_never_reach_the_access_log(world, caplog):
             continue
         assert "7f3a9c" not in record.getMessage(), f"{record.name}: {record.getMessage()}"
     assert any("/api/v1/patients/" in r.getMessage() and "/trend" in r.getMessage() for r in access)
+
+
+# --- finding 8: guessable passwords are refused ----------------------------------------------------------
+@pytest.mark.parametrize("weak", ["aaaaaaaaaa", "1234567890", "password12", "qwertyuiop", "EMAIL", "NAME"])
+def test_guessable_passwords_are_refused_with_a_clear_400(world, weak):
+    import uuid
+
+    email = f"weak-{uuid.uuid4().hex[:6]}@example.org"
+    name = "Adalbert Fischermann"
+    password = {"EMAIL": email, "NAME": name + "!"}.get(weak, weak)
+    body = {"email": email, "password": password, "full_name": name, "role": "doctor"}
+    response = world.client("anonymous").post("/api/v1/auth/register", json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "weak_password" and "password" in error["message"], error
+    # the same rule when a signed-in person changes theirs (their own address and name count as guesses)
+    own = {"EMAIL": "researcher@example.org", "NAME": "Researcher!!"}.get(weak, weak)
+    changed = world.client("researcher").post(
+        "/api/v1/users/me/password",
+        json={"current_password": "correct horse battery", "new_password": own},
+    )
+    assert changed.status_code == 400 and changed.json()["error"]["code"] == "weak_password"
+
+
+def test_a_strong_password_is_accepted():
+    from gateway.resources.accounts.service import check_password
+
+    check_password("correct horse battery", user_inputs=["someone@example.org"])
+    check_password("x7#Lq!v9Rz2$", user_inputs=[])

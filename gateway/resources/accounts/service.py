@@ -26,6 +26,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
+from zxcvbn import zxcvbn
 
 from common.errors import Conflict, Forbidden, InvalidInput, NotFound, TooManyRequests, Unauthenticated
 from gateway.models import LANGUAGES, ROLES, USER_STATUSES, AuditLog, User, UserSession, audit
@@ -35,8 +36,18 @@ logger = logging.getLogger(__name__)
 SELF_SERVICE_ROLES = ("doctor", "researcher")  # admin is granted, never requested
 MIN_PASSWORD_LENGTH = 10
 MAX_PASSWORD_LENGTH = 1024  # argon2 hashes anything, but an unbounded input is free CPU for an attacker
+# zxcvbn's score (0 … 4) a password needs: 3 is "safely unguessable" (about 10^8 guesses or more), so
+# repeats, sequences, keyboard walks, common passwords and the person's own address or name are refused.
+MIN_PASSWORD_SCORE = 3
+ZXCVBN_PREFIX = 100  # zxcvbn's time grows fast with length: score the first 100 characters (enough)
 LAST_SEEN_RESOLUTION = timedelta(minutes=1)
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+class WeakPassword(InvalidInput):
+    """A password that is too short or too easy to guess: 400, the message says why."""
+
+    code = "weak_password"
 
 
 class UnsupportedLanguage(InvalidInput):
@@ -54,16 +65,33 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def hash_password(password: str) -> str:
-    check_password(password)
+def hash_password(password: str, user_inputs: tuple[str, ...] | list[str] = ()) -> str:
+    check_password(password, user_inputs)
     return _hasher.hash(password)
 
 
-def check_password(password: str) -> None:
+def check_password(password: str, user_inputs: tuple[str, ...] | list[str] = ()) -> None:
+    """Refuse (WeakPassword) a password shorter than MIN_PASSWORD_LENGTH, longer than MAX_PASSWORD_LENGTH or
+    with a zxcvbn score below MIN_PASSWORD_SCORE; `user_inputs` (the e-mail address, its local part, the
+    name) count as known words, so a password made of them is refused too."""
     if not isinstance(password, str) or len(password) < MIN_PASSWORD_LENGTH:
-        raise InvalidInput(f"password: use at least {MIN_PASSWORD_LENGTH} characters")
+        raise WeakPassword(f"password: use at least {MIN_PASSWORD_LENGTH} characters")
     if len(password) > MAX_PASSWORD_LENGTH:
-        raise InvalidInput(f"password: at most {MAX_PASSWORD_LENGTH} characters")
+        raise WeakPassword(f"password: at most {MAX_PASSWORD_LENGTH} characters")
+    words = []
+    for value in user_inputs:
+        value = (value or "").strip().lower()
+        if value:
+            words += [value, *re.split(r"[@.\s_+-]+", value)]
+    result = zxcvbn(password[:ZXCVBN_PREFIX], user_inputs=[w for w in words if w])
+    if result["score"] < MIN_PASSWORD_SCORE:
+        feedback = result.get("feedback") or {}
+        hint = " ".join(filter(None, [feedback.get("warning"), *(feedback.get("suggestions") or [])]))
+        raise WeakPassword(
+            "password: too easy to guess (repeats, sequences, common words and your own name or address "
+            "are the first guesses); use a longer passphrase of unrelated words"
+            + (f". {hint}" if hint else "")
+        )
 
 
 def normalise_email(email: str) -> str:
@@ -105,7 +133,7 @@ def create_user(
         raise Conflict(f"an account for {email} already exists", code="email_taken")
     user = User(
         email=email,
-        password_hash=hash_password(password),
+        password_hash=hash_password(password, (email, full_name)),
         full_name=full_name,
         title=_clean(title),
         department=_clean(department),
@@ -170,7 +198,7 @@ def change_password(
     """Replace the password after checking the current one; ends the user's other sessions."""
     if not _verify(user.password_hash, current):
         raise Forbidden("the current password is wrong", code="wrong_password")
-    user.password_hash = hash_password(new)
+    user.password_hash = hash_password(new, (user.email, user.full_name))
     session.execute(
         delete(UserSession).where(UserSession.user_id == user.id, UserSession.id != (keep_session_id or -1))
     )
