@@ -108,3 +108,30 @@ def test_a_strong_password_is_accepted():
 
     check_password("correct horse battery", user_inputs=["someone@example.org"])
     check_password("x7#Lq!v9Rz2$", user_inputs=[])
+
+
+# --- finding 9: registration does not tell which addresses have accounts ---------------------------------
+def test_registration_answers_the_same_for_a_new_and_a_taken_address(world):
+    import uuid
+
+    from sqlalchemy import select
+
+    from gateway.models import User
+
+    anonymous = world.client("anonymous")
+    new = f"new-{uuid.uuid4().hex[:6]}@example.org"
+    body = {"password": "correct horse battery", "full_name": "Someone Else", "role": "researcher"}
+    fresh = anonymous.post("/api/v1/auth/register", json={**body, "email": new})
+    taken = anonymous.post("/api/v1/auth/register", json={**body, "email": "doctor@example.org"})
+    assert fresh.status_code == taken.status_code == 202, (fresh.text, taken.text)
+    strip = lambda r: {**r.json(), "email": None}  # noqa: E731  (each echoes the address it was given)
+    assert strip(fresh) == strip(taken) and set(fresh.json()) == {"email", "status", "message"}
+    # the existing account is untouched: same name, role, password, status
+    with world.session() as session:
+        doctor = session.scalar(select(User).where(User.email == "doctor@example.org"))
+        assert (doctor.full_name, doctor.role, doctor.status) == ("Doctor", "doctor", "active")
+        assert session.scalar(select(User).where(User.email == new)).status == "pending"
+    signed_in = anonymous.post(
+        "/api/v1/auth/sign-in", json={"email": "doctor@example.org", "password": "correct horse battery"}
+    )
+    assert signed_in.status_code == 200

@@ -14,6 +14,7 @@ from gateway.resources.accounts import service
 from gateway.resources.accounts.schemas import (
     PasswordChange,
     ProfileUpdate,
+    RegistrationAccepted,
     SessionPublic,
     SignIn,
     Status,
@@ -36,10 +37,12 @@ def _ip(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
-@router.post("/auth/register", response_model=UserPublic, status_code=status.HTTP_201_CREATED)
-def register(body: UserRegister, session: SessionDep) -> UserPublic:
-    """Create a pending doctor or researcher account; an admin approves it."""
-    return UserPublic.model_validate(service.register(session, **body.model_dump()))
+@router.post("/auth/register", response_model=RegistrationAccepted, status_code=status.HTTP_202_ACCEPTED)
+def register(body: UserRegister, session: SessionDep) -> RegistrationAccepted:
+    """Ask for a pending doctor or researcher account; an admin approves it. The answer is the same 202
+    whether or not the address already has an account (nothing about an existing account is revealed)."""
+    service.register(session, **body.model_dump())
+    return RegistrationAccepted(email=service.normalise_email(body.email))
 
 
 @router.post("/auth/sign-in", response_model=SessionPublic)

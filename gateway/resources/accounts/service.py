@@ -149,11 +149,30 @@ def create_user(
     return user
 
 
-def register(session: Session, *, role: str, **fields) -> User:
-    """Self-service registration: a pending doctor or researcher account, usable once an admin approves."""
+def register(session: Session, *, role: str, **fields) -> User | None:
+    """Self-service registration: a pending doctor or researcher account, usable once an admin approves.
+
+    Says nothing about which addresses have accounts: every check that depends only on the request (role,
+    address format, name, password strength) comes first, and a taken address then gets the same answer as
+    a new one (None here, the same 202 at the edge), after the same argon2 work; the existing account is
+    left exactly as it was and an audit record `user.register_taken` tells the admins.
+    """
     if role not in SELF_SERVICE_ROLES:
         raise InvalidInput(f"role: choose one of {', '.join(SELF_SERVICE_ROLES)} (admins are appointed)")
-    return create_user(session, role=role, status="pending", actor="self", **fields)
+    email = normalise_email(fields.get("email", ""))
+    if not (fields.get("full_name") or "").strip():
+        raise InvalidInput("full_name: required")
+    check_password(fields.get("password"), (email, fields.get("full_name") or ""))
+    if session.scalar(select(User.id).where(User.email == email)) is not None:
+        _hasher.hash(fields["password"])  # the time a new account's hash takes
+        audit(session, "self", "user.register_taken", email)
+        session.commit()
+        return None
+    try:
+        return create_user(session, role=role, status="pending", actor="self", **fields)
+    except Conflict:  # registered by someone else a moment ago: the same answer
+        session.rollback()
+        return None
 
 
 def ensure_admin(session: Session, email: str, password: str) -> User | None:
