@@ -135,3 +135,32 @@ def test_registration_answers_the_same_for_a_new_and_a_taken_address(world):
         "/api/v1/auth/sign-in", json={"email": "doctor@example.org", "password": "correct horse battery"}
     )
     assert signed_in.status_code == 200
+
+
+# --- finding 6: who the caller is is checked before an upload's body is read -------------------------------
+UPLOAD_PATHS = ["/api/v1/segment", "/api/v1/evaluate", "/api/v1/evaluations", "/api/v1/datasets"]
+
+
+@pytest.mark.parametrize("path", UPLOAD_PATHS)
+@pytest.mark.parametrize("who", ["anonymous", "forged cookie", "forged key", "wrong scope"])
+def test_uploads_are_refused_for_who_calls_before_the_body_is_read(world, path, who):
+    from tests.hardening.test_security import _asgi_post
+
+    boundary = "x"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="organ"\r\n\r\nliver\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    chunks = [head] + [b"\0" * (16 * 1024)] * 3840  # 60 MB, chunked (no Content-Length)
+    headers = {"content-type": f"multipart/form-data; boundary={boundary}", "host": "testserver"}
+    if who == "forged cookie":
+        headers["cookie"] = f"{world.settings.session_cookie_name}=not-a-session"
+    elif who == "forged key":
+        headers["authorization"] = "Bearer msk_not_a_key"
+    elif who == "wrong scope":
+        headers["authorization"] = f"Bearer {world.keys['feedback']}"
+    status, body, pulled = _asgi_post(world.app(), path, headers, chunks)
+    assert status == (403 if who == "wrong scope" else 401), (status, body)
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
+    assert pulled == 0, f"{pulled} bytes read before the refusal"

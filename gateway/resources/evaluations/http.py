@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile, status
 
 from gateway.access import ACCESS
-from gateway.api.deps import ClinicDep, DataPlaneDep, SessionDep, require
+from gateway.api.deps import AuthenticateFirst, ClinicDep, DataPlaneDep, SessionDep, require
 from gateway.api.uploads import read_upload
 from gateway.principal import Principal
 from gateway.resources.evaluations import service
@@ -17,7 +17,7 @@ from gateway.resources.evaluations.schemas import (
 )
 from gateway.resources.shared import DEFAULT_LIST, MAX_LIST, RowId
 
-router = APIRouter(prefix="/evaluations", tags=["evaluations"])
+router = APIRouter(prefix="/evaluations", tags=["evaluations"], route_class=AuthenticateFirst)
 
 RunEvaluationCaller = Annotated[Principal, Depends(require(ACCESS["evaluations.run"]))]
 ListEvaluationsCaller = Annotated[Principal, Depends(require(ACCESS["evaluations.list"]))]
@@ -91,7 +91,7 @@ def overlay(evaluation_id: str, case_id: RowId, clinic: ClinicDep, _who: Overlay
 
 
 # --- evaluating at once, nothing kept -----------------------------------------------------------------------
-evaluate_router = APIRouter(tags=["evaluate"])
+evaluate_router = APIRouter(tags=["evaluate"], route_class=AuthenticateFirst)
 
 EvaluateCaller = Annotated[Principal, Depends(require(ACCESS["evaluate"]))]
 

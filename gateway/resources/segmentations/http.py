@@ -6,7 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, Path, Query, Response, UploadFile
 
 from gateway.access import ACCESS
-from gateway.api.deps import ClinicDep, DataPlaneDep, SessionDep, require
+from gateway.api.deps import AuthenticateFirst, ClinicDep, DataPlaneDep, SessionDep, require
 from gateway.api.uploads import read_upload
 from gateway.principal import Principal
 from gateway.resources.segmentations import service
@@ -103,7 +103,7 @@ def trend(
 
 
 # --- segmenting an image (recorded in the history above) ----------------------------------------------------
-segment_router = APIRouter(tags=["segment"])
+segment_router = APIRouter(tags=["segment"], route_class=AuthenticateFirst)
 
 SegmentCaller = Annotated[Principal, Depends(require(ACCESS["segment"]))]
 
