@@ -164,3 +164,29 @@ def test_uploads_are_refused_for_who_calls_before_the_body_is_read(world, path, 
     assert status == (403 if who == "wrong scope" else 401), (status, body)
     assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
     assert pulled == 0, f"{pulled} bytes read before the refusal"
+
+
+# --- finding 13: an upload's error names the user's file, never the server's temporary file ---------------
+def _zip_with(entries: int) -> bytes:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for i in range(entries):
+            archive.writestr(f"e{i}", b"")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("content", ["not a zip", "too many entries"])
+def test_dataset_errors_name_the_users_file_not_the_servers_temp_file(world, content):
+    data = b"definitely not a zip" if content == "not a zip" else _zip_with(20_001)
+    response = world.client("key:datasets").post(
+        "/api/v1/datasets", files={"file": ("my-scans.zip", data)}, data={"organ": "liver"}
+    )
+    assert response.status_code == 400, response.text
+    message = response.json()["error"]["message"]
+    assert "medseg-upload-" not in message and "/tmp" not in message, message
+    assert message.startswith("my-scans.zip: "), message
+    if content == "too many entries":
+        assert "20001 entries" in message
