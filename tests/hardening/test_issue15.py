@@ -190,3 +190,43 @@ def test_dataset_errors_name_the_users_file_not_the_servers_temp_file(world, con
     assert message.startswith("my-scans.zip: "), message
     if content == "too many entries":
         assert "20001 entries" in message
+
+
+# --- finding 7: sign-in throttled per client address too; a stranger cannot lock an account ---------------
+def _from(world, address: str):
+    return world.client("anonymous", client=(address, 40000))
+
+
+def test_one_password_against_many_accounts_from_one_address_is_throttled(world):
+    spray = _from(world, "198.51.100.7")
+    answers = [
+        spray.post("/api/v1/auth/sign-in", json={"email": f"v{i}@example.org", "password": "Winter2026!"})
+        for i in range(12)
+    ]
+    codes = [a.status_code for a in answers]
+    assert codes[0] == 401 and codes[-1] == 429, codes
+    assert codes.count(401) <= world.settings.sign_in_max_failures_per_address, codes
+    retry = int(answers[-1].headers["Retry-After"])
+    assert 0 < retry <= world.settings.sign_in_window_s
+    assert answers[-1].json()["error"]["code"] == "too_many_requests"
+    # another address is not affected
+    other = _from(world, "198.51.100.8").post(
+        "/api/v1/auth/sign-in", json={"email": "doctor@example.org", "password": "correct horse battery"}
+    )
+    assert other.status_code == 200, other.text
+
+
+def test_a_stranger_cannot_lock_the_owner_out(world):
+    stranger = _from(world, "203.0.113.66")
+    for _ in range(world.settings.sign_in_max_failures + 2):
+        stranger.post("/api/v1/auth/sign-in", json={"email": "doctor_b@example.org", "password": "guess guess 1"})
+    # the stranger's address waits, even with the right password (guessing gains nothing) …
+    refused = stranger.post(
+        "/api/v1/auth/sign-in", json={"email": "doctor_b@example.org", "password": "correct horse battery"}
+    )
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) > 0
+    # … but the owner, from their own address, signs in at once
+    owner = _from(world, "192.0.2.10").post(
+        "/api/v1/auth/sign-in", json={"email": "doctor_b@example.org", "password": "correct horse battery"}
+    )
+    assert owner.status_code == 200, owner.text

@@ -57,6 +57,7 @@ def sign_in(
         max_failures=settings.sign_in_max_failures,
         window_s=settings.sign_in_window_s,
         ip=_ip(request),
+        max_failures_per_address=settings.sign_in_max_failures_per_address,
     )
     user_session, raw = service.start_session(
         session,

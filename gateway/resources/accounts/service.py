@@ -9,9 +9,14 @@ Sessions: the browser holds a random 256-bit token in an HttpOnly cookie; the ta
 session has its own CSRF token (synchronizer-token pattern), which server-rendered forms embed as a hidden
 `csrf_token` field and scripts send as `X-CSRF-Token`.
 
-Throttling: failed sign-ins are audit rows (`sign_in.failed`, target = the e-mail address); after
-`sign_in_max_failures` of them within `sign_in_window_s`, sign-in for that address is refused with 429 until
-the oldest failure leaves the window — even with the right password, so guessing gains nothing.
+Throttling: failed sign-ins are audit rows (`sign_in.failed`, actor = `ip:<client address>`, target = the
+e-mail address). Within `sign_in_window_s`, sign-in is refused with 429 + Retry-After
+* for one (address, account) pair after `sign_in_max_failures` failures of that pair — even with the right
+  password, so guessing gains nothing; the same account from any other address is not affected, so a
+  stranger cannot lock the owner out (there is no per-account lock at all);
+* for one address after `sign_in_max_failures_per_address` failures against any accounts (one password
+  tried against many accounts: password spraying).
+Guessing from many addresses is bounded by the password rules (check_password) and argon2's cost.
 """
 
 from __future__ import annotations
@@ -290,8 +295,10 @@ def sign_in(
     max_failures: int,
     window_s: int,
     ip: str | None = None,
+    max_failures_per_address: int | None = None,
 ) -> User:
-    """The active user with these credentials. Audits success and failure; throttles repeated failures.
+    """The active user with these credentials. Audits success and failure; throttles repeated failures per
+    (client address, account) and per client address (module docstring).
 
     Raises TooManyRequests (throttled), Unauthenticated (wrong address or password: one message for both),
     Forbidden (right password, but the account is pending approval or disabled).
@@ -302,20 +309,29 @@ def sign_in(
         email = (email or "").strip().lower()[:254]
     now = _now()
     since = now - timedelta(seconds=window_s)
-    failures = list(
-        session.scalars(
-            select(AuditLog.at)
-            .where(AuditLog.action == "sign_in.failed", AuditLog.target == email, AuditLog.at >= since)
+    from_address = list(
+        session.execute(
+            select(AuditLog.at, AuditLog.target)
+            .where(AuditLog.action == "sign_in.failed", AuditLog.actor == f"ip:{ip}", AuditLog.at >= since)
             .order_by(AuditLog.at)
         )
     )
-    if len(failures) >= max_failures:
-        retry_after = max(1, int((failures[-max_failures] - since).total_seconds()) + 1)
-        audit(session, f"ip:{ip}", "sign_in.throttled", email, {"ip": ip})
-        session.commit()
-        raise TooManyRequests(
-            f"too many failed sign-ins for {email}; try again in {retry_after} s", retry_after_s=retry_after
-        )
+    pair = [at for at, target in from_address if target == email]
+    per_address = max_failures_per_address or 0
+    for failures, limit, what in (
+        (pair, max_failures, f"for {email} from your address"),
+        ([at for at, _ in from_address], per_address, "from your address"),
+    ):
+        if limit > 0 and len(failures) >= limit:
+            oldest = failures[-limit]
+            if oldest.tzinfo is None:  # SQLite gives naive UTC
+                oldest = oldest.replace(tzinfo=UTC)
+            retry_after = max(1, int((oldest - since).total_seconds()) + 1)
+            audit(session, f"ip:{ip}", "sign_in.throttled", email, {"ip": ip})
+            session.commit()
+            raise TooManyRequests(
+                f"too many failed sign-ins {what}; try again in {retry_after} s", retry_after_s=retry_after
+            )
     user = session.scalar(select(User).where(User.email == email))
     if not _verify(user.password_hash if user else _DUMMY_HASH, password) or user is None:
         audit(session, f"ip:{ip}", "sign_in.failed", email, {"ip": ip})
