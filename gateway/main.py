@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from common.errors import MedSegError, http_headers
 from common.settings import Settings, get_settings
 from gateway import metrics
-from gateway.api import log_redaction
+from gateway.api import log_redaction, openapi
 from gateway.api.security_headers import UNHANDLED_ERROR_HEADERS, SecurityHeadersMiddleware
 from gateway.api.uploads import FORM_OVERHEAD_BYTES, BodyLimitMiddleware
 from gateway.resources.accounts import http as accounts
@@ -104,6 +104,7 @@ def create_app(settings: Settings | None = None, dataplane: DataPlane | None = N
         app.state.dataplane = dataplane
         app.state.clinic = Clinic(dataplane, settings)
     install_error_handlers(app)
+    openapi.install(app)  # the error statuses and the organ / patient-ID patterns in the document
     api = APIRouter(prefix="/api/v1")
     # In the order of the OpenAPI document; a resource may serve two URL roots (e.g. /evaluate, /evaluations).
     for router in (

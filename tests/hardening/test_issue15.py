@@ -219,7 +219,9 @@ def test_one_password_against_many_accounts_from_one_address_is_throttled(world)
 def test_a_stranger_cannot_lock_the_owner_out(world):
     stranger = _from(world, "203.0.113.66")
     for _ in range(world.settings.sign_in_max_failures + 2):
-        stranger.post("/api/v1/auth/sign-in", json={"email": "doctor_b@example.org", "password": "guess guess 1"})
+        stranger.post(
+            "/api/v1/auth/sign-in", json={"email": "doctor_b@example.org", "password": "guess guess 1"}
+        )
     # the stranger's address waits, even with the right password (guessing gains nothing) …
     refused = stranger.post(
         "/api/v1/auth/sign-in", json={"email": "doctor_b@example.org", "password": "correct horse battery"}
@@ -230,3 +232,27 @@ def test_a_stranger_cannot_lock_the_owner_out(world):
         "/api/v1/auth/sign-in", json={"email": "doctor_b@example.org", "password": "correct horse battery"}
     )
     assert owner.status_code == 200, owner.text
+
+
+# --- the OpenAPI document lists what the API answers --------------------------------------------------------
+def test_the_openapi_document_lists_error_statuses_and_the_organ_and_patient_id_rules(world):
+    document = world.app().openapi()
+    paths = document["paths"]
+    for path, methods in paths.items():
+        if not path.startswith("/api/"):
+            continue
+        for method, operation in methods.items():
+            codes = set(operation["responses"])
+            assert "422" not in codes or (method, path) == ("patch", "/api/v1/users/me"), (method, path)
+            assert {"400", "503"} <= codes, (method, path)
+            public = (method, path) in {("post", "/api/v1/auth/register"), ("post", "/api/v1/auth/sign-in")}
+            assert public or {"401", "403"} <= codes, (method, path)
+            assert "413" in codes or "requestBody" not in operation, (method, path)
+    assert "429" in paths["/api/v1/auth/sign-in"]["post"]["responses"]
+    assert paths["/api/v1/auth/register"]["post"]["responses"].keys() >= {"202", "400"}
+    trend = {
+        p["name"]: p["schema"] for p in paths["/api/v1/patients/{patient_id}/trend"]["get"]["parameters"]
+    }
+    assert trend["patient_id"]["pattern"].startswith("^[A-Za-z0-9]")
+    segment = document["components"]["schemas"]["Body_segment_api_v1_segment_post"]["properties"]
+    assert segment["organ"]["pattern"] == "^[a-z][a-z0-9_-]{0,62}$"
