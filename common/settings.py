@@ -77,7 +77,10 @@ class Settings(BaseSettings):
     # None: Secure cookies when the request came over https (behind a TLS proxy: run uvicorn with
     # --proxy-headers); always Secure in production.
     session_cookie_secure: bool | None = None
-    sign_in_max_failures: int = 5  # failures per account within the window before sign-in is refused
+    # Sign-in throttling (docs/operations.md): failures from one client address for one account, and from
+    # one client address for any accounts, within the window; never the account as such (no lock-out).
+    sign_in_max_failures: int = 5  # per (address, account) within the window before that pair waits
+    sign_in_max_failures_per_address: int = 10  # per address, any accounts (password spraying)
     sign_in_window_s: int = 15 * 60
     admin_email: str = ""
     admin_password: SecretStr = SecretStr("")

@@ -40,13 +40,20 @@ def upload_dataset(
     name: str | None = None,
     notes: str | None = None,
     limits: DatasetLimits | None = None,
+    filename: str | None = None,
 ) -> Dataset:
     """Validate and store the zip at `archive`, then record it. Nothing is left behind on failure:
 
     bad input → DatasetError naming the entry (nothing was uploaded); store down → ServiceUnavailable
     (push_dataset deletes its partial upload); database failure → the uploaded objects are deleted.
+    `filename`: the uploader's own name of the file, which error messages name instead of `archive`
+    (the server's temporary file: its name and folder are nobody's business).
     """
-    manifest = push_dataset(store, organ, archive, name=name or None, limits=limits)
+    try:
+        manifest = push_dataset(store, organ, archive, name=name or None, limits=limits)
+    except MedSegError as exc:
+        _name_the_users_file(exc, archive, filename)
+        raise
     return record_dataset(
         session,
         store,
@@ -102,6 +109,15 @@ def record_dataset(
             raise database_unavailable(exc) from exc
         raise
     return row
+
+
+def _name_the_users_file(exc: MedSegError, archive: Path, filename: str | None) -> None:
+    """Reword the error in place: the uploader's file where the validator named the temporary one."""
+    shown = (filename or "").replace("\\", "/").rsplit("/", 1)[-1][:200] or "the uploaded file"
+    message = exc.message.replace(str(archive), shown).replace(archive.name, shown)
+    if message != exc.message:
+        exc.message = message
+        exc.args = (message, *exc.args[1:])
 
 
 def _delete_objects(store, dataset_id: str) -> None:

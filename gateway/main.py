@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from common.errors import MedSegError, http_headers
 from common.settings import Settings, get_settings
 from gateway import metrics
+from gateway.api import log_redaction, openapi
 from gateway.api.security_headers import UNHANDLED_ERROR_HEADERS, SecurityHeadersMiddleware
 from gateway.api.uploads import FORM_OVERHEAD_BYTES, BodyLimitMiddleware
 from gateway.resources.accounts import http as accounts
@@ -73,7 +74,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        path = log_redaction.redact_patient_ids(request.url.path)
+        logger.exception("unhandled error on %s %s", request.method, path)
         message = "internal error; the gateway logged the details"
         return error_response(500, "internal", message, headers=UNHANDLED_ERROR_HEADERS)
 
@@ -81,6 +83,7 @@ def install_error_handlers(app: FastAPI) -> None:
 def create_app(settings: Settings | None = None, dataplane: DataPlane | None = None) -> FastAPI:
     """The HTTP edge. Without `dataplane`, one is built from `settings` at startup and closed at shutdown."""
     settings = settings or get_settings()
+    log_redaction.install()  # no patient id in the access log (uvicorn.access)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -101,6 +104,7 @@ def create_app(settings: Settings | None = None, dataplane: DataPlane | None = N
         app.state.dataplane = dataplane
         app.state.clinic = Clinic(dataplane, settings)
     install_error_handlers(app)
+    openapi.install(app)  # the error statuses and the organ / patient-ID patterns in the document
     api = APIRouter(prefix="/api/v1")
     # In the order of the OpenAPI document; a resource may serve two URL roots (e.g. /evaluate, /evaluations).
     for router in (

@@ -16,6 +16,14 @@ Security: every listener binds 127.0.0.1. S3 refuses anonymous requests because 
 given (`-s3.config`). The filer and volume servers also speak plain HTTP; a `security.toml` in the
 working directory with generated JWT keys makes them refuse unsigned reads and writes, so local users
 cannot bypass S3 auth through them. Credentials and keys live in `<state>/s3-credentials.json` (0600).
+The master's and the volume server's HTTP also answer metadata without any of that (the master's
+/dir/status, /vol/status, /cluster/status and UI: the topology; the volume server's /status: the data path
+and disk usage), and `weed mini` can neither turn them off nor bind them elsewhere than the S3 port's
+address. So they speak TLS and require a client certificate (`[https.master]`, `[https.volume]` with `ca`
+in security.toml): a private CA and one certificate for 127.0.0.1, generated at the first start with the
+`openssl` command into `<state>/s3-tls/` (keys 0600), which weed's own components present as clients
+(`[https.client]`). Plain HTTP to those ports gets 400, TLS without the certificate is refused in the
+handshake; S3 (the only port MedSeg uses) is unchanged.
 """
 
 from __future__ import annotations
@@ -115,6 +123,55 @@ def load_or_create_credentials(path: Path) -> dict:
     return data
 
 
+TLS_DIR = "s3-tls"
+
+
+def load_or_create_tls(directory: Path) -> dict[str, Path]:
+    """The store's private CA and its one certificate (server and client, for 127.0.0.1), created with the
+    `openssl` command on first use; keys 0600, the folder 0700."""
+    files = {
+        "ca": directory / "ca.crt",
+        "ca_key": directory / "ca.key",
+        "cert": directory / "node.crt",
+        "key": directory / "node.key",
+    }
+    if all(path.exists() for path in files.values()):
+        return files
+    openssl = shutil.which("openssl")
+    if not openssl:
+        raise ServiceUnavailable(
+            "object store cannot start: the `openssl` command is needed once, to create its TLS keys"
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    for path in files.values():
+        path.unlink(missing_ok=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    ext = directory / "node.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n")
+    csr = directory / "node.csr"
+    old_umask = os.umask(0o077)  # keys are created private, never world-readable in between
+    try:
+        for args in (
+            ["req", "-x509", *ec, "-keyout", files["ca_key"], "-out", files["ca"], "-days", "3650",
+             "-subj", "/CN=medseg-objectstore-ca"],
+            ["req", *ec, "-keyout", files["key"], "-out", csr, "-subj", "/CN=127.0.0.1"],
+            ["x509", "-req", "-in", csr, "-CA", files["ca"], "-CAkey", files["ca_key"], "-CAcreateserial",
+             "-out", files["cert"], "-days", "3650", "-extfile", ext],
+        ):  # fmt: skip
+            subprocess.run([openssl, *map(str, args)], check=True, capture_output=True, timeout=60)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        raise ServiceUnavailable(
+            f"object store cannot start: openssl failed to create its TLS keys: {exc}"
+        ) from exc
+    finally:
+        os.umask(old_umask)
+        csr.unlink(missing_ok=True)
+        ext.unlink(missing_ok=True)
+    logger.info("generated the object store's private CA and certificate in %s", directory)
+    return files
+
+
 def port_is_free(port: int, host: str = HOST) -> bool:
     """True when nothing listens on host:port (SO_REUSEADDR: TIME_WAIT sockets of a stopped server are ok)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -154,6 +211,7 @@ class ObjectStoreServer:
         self.credentials_path = self.state_dir / CREDENTIALS_FILE
         self.pid_path = self.state_dir / "s3.pid"
         self.log_path = self.state_dir / "logs" / "s3.log"
+        self.tls_dir = self.state_dir / TLS_DIR
         self._explicit_credentials = credentials
         self._proc: subprocess.Popen | None = None
 
@@ -166,6 +224,18 @@ class ObjectStoreServer:
             creds = S3Credentials(settings.s3_access_key, settings.s3_secret_key)
         base = ports or ObjectStorePorts()
         return cls(settings.state_dir, ObjectStorePorts(**{**asdict(base), "s3": port}), credentials=creds)
+
+    def tls_files(self) -> dict[str, Path]:
+        """ca, ca_key, cert, key: the client certificate the master's and volume server's HTTP require."""
+        return load_or_create_tls(self.tls_dir)
+
+    def _tls_client_context(self):
+        import ssl
+
+        tls = self.tls_files()
+        context = ssl.create_default_context(cafile=str(tls["ca"]))
+        context.load_cert_chain(str(tls["cert"]), str(tls["key"]))
+        return context
 
     @property
     def endpoint(self) -> str:
@@ -257,9 +327,9 @@ class ObjectStoreServer:
 
     def _registered_volumes(self) -> int:
         """Volumes the master knows about (its /dir/status topology), summed over data nodes."""
-        url = f"http://{HOST}:{self.ports.master}/dir/status"
+        url = f"https://{HOST}:{self.ports.master}/dir/status"  # TLS with the client certificate
         try:
-            with urllib.request.urlopen(url, timeout=2) as response:
+            with urllib.request.urlopen(url, timeout=2, context=self._tls_client_context()) as response:
                 topology = json.load(response)["Topology"]
         except (OSError, ValueError, KeyError) as exc:
             raise ServiceUnavailable(f"object store master not answering: {exc}") from exc
@@ -323,6 +393,7 @@ class ObjectStoreServer:
         }
         _write_private(self.data_dir / "s3-identities.json", json.dumps(identities, indent=2))
         keys = generated["jwt_keys"]
+        tls = self.tls_files()
         # weed reads security.toml from its working directory (= data_dir)
         _write_private(
             self.data_dir / "security.toml",
@@ -338,6 +409,18 @@ class ObjectStoreServer:
                     f'key = "{keys["filer_read"]}"',
                     "[access]",
                     "ui = false",
+                    # master and volume HTTP: TLS, client certificate required (module docstring)
+                    *[
+                        line
+                        for section in ("https.client", "https.master", "https.volume")
+                        for line in (
+                            f"[{section}]",
+                            *(["enabled = true"] if section == "https.client" else []),
+                            f'cert = "{tls["cert"]}"',
+                            f'key = "{tls["key"]}"',
+                            f'ca = "{tls["ca"]}"',
+                        )
+                    ],
                     "",
                 ]
             ),

@@ -20,7 +20,9 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
+from fastapi.routing import APIRoute
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from common.errors import Forbidden, Unauthenticated
 from common.settings import Settings, get_settings
@@ -113,3 +115,49 @@ def caller(operation: str) -> Any:
     """The type of a route's caller admitted by `operation`'s entry of the access table:
     `Annotated[Principal, Depends(require(ACCESS[operation]))]` (a KeyError names an unknown operation)."""
     return Annotated[Principal, Depends(require(ACCESS[operation]))]
+
+
+# --- who may call, before an upload's body is read ------------------------------------------------------
+class AuthenticateFirst(APIRoute):
+    """A route class for upload routes declared with `Form`/`File` parameters: FastAPI reads (and spools) the
+    whole form body before it solves any dependency, so a stranger's 60 MB would be read before the 401.
+    Routes of this class run their `require(...)` check first, on the headers alone (credentials and the
+    CSRF header), and only then hand the request to FastAPI's own handler, which reads the body and runs the
+    dependencies as usual (so the check runs twice for an admitted caller: two indexed lookups).
+
+    /api/v1/datasets gets the same order another way: it reads its body itself (gateway/api/multipart.py).
+    An urlencoded body is left to the normal order (it is small, capped by the body limit, and may carry
+    the CSRF token as a field, which the check here could not read without consuming it).
+    """
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+        checks = [d.call for d in self.dependant.dependencies if hasattr(d.call, "access")]
+        if self.body_field is None or not checks:
+            return handler
+
+        async def authenticated_first(request: Request):
+            content_type = request.headers.get("content-type", "")
+            if not content_type.startswith("application/x-www-form-urlencoded"):
+                for check in checks:
+                    await run_in_threadpool(_check_before_body, request, check)
+            return await handler(request)
+
+        return authenticated_first
+
+
+def _check_before_body(request: Request, check: Callable[..., Principal]) -> None:
+    """Run a `require(...)` check outside FastAPI's dependency solving, through the app's own (possibly
+    overridden) database and settings dependencies."""
+    overrides = request.app.dependency_overrides
+    sessions = overrides.get(get_db, get_db)()
+    try:
+        check(
+            request,
+            next(sessions),
+            overrides.get(get_settings, get_settings)(),
+            request.headers.get(CSRF_HEADER) if request.method not in SAFE_METHODS else None,
+            request.headers.get("authorization"),
+        )
+    finally:
+        sessions.close()

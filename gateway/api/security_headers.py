@@ -40,6 +40,10 @@ DOCS_POLICY = "; ".join(
     ]
 )
 DOCS_PATHS = ("/docs",)
+# API answers carry patients' data, masks and (GET /api/v1/users/me) the session's CSRF token: no cache, the
+# browser's or a proxy's, may keep any of them (the pages send the same header themselves).
+API_PATHS = ("/api/",)
+NO_STORE = "no-store"
 
 COMMON_HEADERS = {
     "x-content-type-options": "nosniff",
@@ -51,11 +55,16 @@ COMMON_HEADERS = {
 }
 # For answers Starlette gives from its outermost layer (an unhandled exception's 500, JSON or HTML page),
 # which SecurityHeadersMiddleware never sees: their handlers add these themselves.
-UNHANDLED_ERROR_HEADERS = {**COMMON_HEADERS, "content-security-policy": PAGE_POLICY}
+UNHANDLED_ERROR_HEADERS = {
+    **COMMON_HEADERS,
+    "content-security-policy": PAGE_POLICY,
+    "cache-control": NO_STORE,
+}
 
 
 class SecurityHeadersMiddleware:
-    """Adds COMMON_HEADERS and the Content-Security-Policy to every HTTP response that lacks them."""
+    """Adds COMMON_HEADERS and the Content-Security-Policy to every HTTP response that lacks them, and
+    `Cache-Control: no-store` to every /api/ answer (replacing any other caching header a route set)."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -67,10 +76,14 @@ class SecurityHeadersMiddleware:
             return
         docs = scope["path"].startswith(DOCS_PATHS)
         policy = (DOCS_POLICY if docs else PAGE_POLICY).encode()
+        api = scope["path"].startswith(API_PATHS)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
+                if api:
+                    headers = [(k, v) for k, v in headers if k.lower() != b"cache-control"]
+                    headers.append((b"cache-control", NO_STORE.encode()))
                 present = {name.lower() for name, _ in headers}
                 extra = [(k, v) for k, v in self.common if k not in present]
                 if b"content-security-policy" not in present:

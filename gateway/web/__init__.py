@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.errors import MedSegError, http_headers
 from common.settings import Settings
+from gateway.api.log_redaction import redact_patient_ids
 from gateway.api.security_headers import UNHANDLED_ERROR_HEADERS
 from gateway.web.pages import (
     WEB_DIR,
@@ -82,10 +83,12 @@ def _page_or_api(api_handler, status: int | None):
         code = status or getattr(exc, "status_code", None) or getattr(exc, "http_status", 500)
         headers = http_headers(exc)
         if status == 500:
-            logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+            logger.error(
+                "unhandled error on %s %s", request.method, redact_patient_ids(request.url.path), exc_info=exc
+            )
             headers = UNHANDLED_ERROR_HEADERS  # answered outside SecurityHeadersMiddleware, as the API's 500
         elif code >= 500:
-            logger.warning("%s on %s %s: %s", code, request.method, request.url.path, exc)
+            logger.warning("%s on %s %s: %s", code, request.method, redact_patient_ids(request.url.path), exc)
         return error_page(request, code, headers=headers)
 
     return handle

@@ -8,11 +8,12 @@ role does not fit gets the 403 page (never the API's JSON).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -22,6 +23,7 @@ from jinja2 import Environment, FileSystemLoader
 from common.errors import Unauthenticated
 from common.settings import get_settings
 from gateway.api.deps import SessionDep, SettingsDep
+from gateway.api.log_redaction import redact_patient_ids
 from gateway.core.db import get_db
 from gateway.models import User
 from gateway.resources.accounts.service import resolve_session
@@ -126,10 +128,25 @@ AdminSide = Annotated[Viewer, page_for(*ADMIN_SIDE)]
 SignedInPage = Annotated[Viewer, page_for(*DOCTOR_SIDE)]
 
 
+_UNSAFE_IN_NEXT = re.compile(r"[\x00-\x20\x7f\\]")  # controls, whitespace, backslash
+
+
 def safe_next(target: str | None, default: str = "/") -> str:
-    """Only paths on this site: '//evil.example' or 'https://…' would make sign-in an open redirect."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """Only paths on this site: '//evil.example' or 'https://…' would make sign-in an open redirect.
+
+    Judged as a browser reads it: browsers drop tabs and newlines from a URL and treat '\\' as '/', so
+    '/<TAB>/evil.example' and '/\\evil.example' are '//evil.example' to them. Any control character,
+    whitespace or backslash refuses the target (also once percent-decoded, in case something decodes it
+    again), and what is left must be a path without scheme or host.
+    """
+    if not target:
         return default
+    for form in (target, unquote(target)):
+        if _UNSAFE_IN_NEXT.search(form) or not form.startswith("/") or form.startswith("//"):
+            return default
+        parts = urlsplit(form)
+        if parts.scheme or parts.netloc:
+            return default
     return target
 
 
@@ -320,7 +337,9 @@ def error_page(request: Request, status_code: int, headers: dict[str, str] | Non
             path=request.url.path,
         )  # fmt: skip
     except Exception:
-        logger.exception("the %s error page for %s failed to render", status_code, request.url.path)
+        logger.exception(
+            "the %s error page for %s failed to render", status_code, redact_patient_ids(request.url.path)
+        )
         page = HTMLResponse(f"<!doctype html><title>{status_code}</title><p>{status_code}</p>", status_code)
     page.headers.update(headers or {})
     return page

@@ -1,7 +1,9 @@
 """schemathesis against the gateway's own OpenAPI document, in process (ASGI), on the test world's app
 (SQLite, fake organ servers, in-memory object store): every operation gets valid and invalid generated
-requests from a signed-in person, so they reach the handlers. No answer may be a 5xx, and every 4xx must
-carry the {"error": {"code", "message"}} shape.
+requests from a signed-in person, and again with an API key holding every scope, so they reach the
+handlers. No answer may be a 5xx, every 4xx must carry the {"error": {"code", "message"}} shape, and every
+status must be one the document lists for the operation (schemathesis' status_code_conformance:
+gateway/api/openapi.py adds the error statuses).
 
 Generation is derandomized (a fixed seed per test), so CI sees the same cases every run.
 """
@@ -17,10 +19,12 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
+from schemathesis.specs.openapi.checks import status_code_conformance
 
 from gateway.models import User
 from gateway.resources.accounts import service as accounts
-from tests.api.conftest import PEOPLE
+from gateway.security import create_api_key
+from tests.api.conftest import KEY_SCOPES, PEOPLE
 
 CASES_PER_OPERATION = int(os.environ.get("MEDSEG_SCHEMATHESIS_CASES", "12"))
 MIN_TOTAL_CASES = 500
@@ -57,7 +61,13 @@ def api_schema(world):
     return schemathesis.openapi.from_asgi("/openapi.json", world.app())
 
 
-def _fuzz(world, operation, counts: Counter) -> None:
+@pytest.fixture(scope="module")
+def all_scopes_key(world) -> str:
+    with world.session() as session:
+        return create_api_key(session, "schemathesis", list(KEY_SCOPES))[1]
+
+
+def _fuzz(world, operation, counts: Counter, api_key: str | None = None) -> None:
     """Up to CASES_PER_OPERATION generated requests (valid and invalid) to one operation; AssertionError
     on the first 5xx or badly shaped 4xx (shrunk to the simplest such request)."""
     label = f"{operation.method.upper()} {operation.path}"
@@ -78,30 +88,40 @@ def _fuzz(world, operation, counts: Counter) -> None:
     @given(case=cases)
     def check(case):
         counts[label] += 1
-        raw, csrf = _fresh_session(world, who)
         case.headers = {k: v for k, v in (case.headers or {}).items() if k.lower() not in CREDENTIAL_HEADERS}
         case.cookies = {}
-        response = case.call(
-            headers={"X-CSRF-Token": csrf}, cookies={world.settings.session_cookie_name: raw}
-        )
+        if api_key:
+            response = case.call(headers={"Authorization": f"Bearer {api_key}"})
+        else:
+            raw, csrf = _fresh_session(world, who)
+            response = case.call(
+                headers={"X-CSRF-Token": csrf}, cookies={world.settings.session_cookie_name: raw}
+            )
         assert response.status_code < 500, (
             f"{label} → {response.status_code}: {response.text[:300]}\n{case.as_curl_command()}"
         )
         if response.status_code >= 400:
             problem = error_shape_problem(response)
             assert problem is None, f"{label} → {response.status_code}: {problem}\n{case.as_curl_command()}"
+        try:  # a status the document lists for the operation
+            case.validate_response(response, checks=[status_code_conformance])
+        except (Exception, BaseExceptionGroup) as exc:
+            raise AssertionError(f"{label} → {response.status_code}: not in the document\n{exc}") from None
 
     check()
 
 
-def test_generated_requests_get_no_5xx_and_4xx_have_the_error_shape(world, api_schema):
+@pytest.mark.parametrize("credentials", ["session", "api key"])
+def test_generated_requests_get_no_5xx_and_4xx_have_the_error_shape(
+    world, api_schema, all_scopes_key, credentials
+):
     operations = [result.ok() for result in api_schema.get_all_operations()]
     assert len(operations) > 40, "the OpenAPI document lost its operations"
     counts: Counter[str] = Counter()
     failures: dict[str, str] = {}
     for operation in operations:
         try:
-            _fuzz(world, operation, counts)
+            _fuzz(world, operation, counts, all_scopes_key if credentials == "api key" else None)
         except Exception as exc:  # the test client re-raises the app's unhandled errors: a 500 too
             failures[f"{operation.method.upper()} {operation.path}"] = f"{type(exc).__name__}: {exc}"
     assert not failures, "\n\n".join(f"{k}:\n{v}" for k, v in failures.items())

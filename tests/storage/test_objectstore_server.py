@@ -69,6 +69,32 @@ def test_filer_refuses_unsigned_reads(objectstore, objectstore_server):
     assert b"patient data" not in response.content
 
 
+def test_master_and_volume_metadata_need_the_stores_client_certificate(objectstore, objectstore_server):
+    """Issue 15, finding 12: the master's topology (/dir/status, /vol/status, /cluster/status, its UI) and
+    the volume server's /status (data path, disk usage) answered anyone on this machine. Their HTTP now
+    needs TLS with a client certificate signed by the store's private CA; S3 keeps working."""
+    import ssl
+
+    objectstore.put_bytes(objectstore.buckets.results, "probe.txt", b"still works")
+    assert objectstore.get_bytes(objectstore.buckets.results, "probe.txt") == b"still works"
+    ports = objectstore_server.ports
+    urls = [f"127.0.0.1:{ports.master}/dir/status", f"127.0.0.1:{ports.master}/vol/status",
+            f"127.0.0.1:{ports.master}/cluster/status", f"127.0.0.1:{ports.master}/",
+            f"127.0.0.1:{ports.volume}/status"]  # fmt: skip
+    for url in urls:
+        plain = httpx.get(f"http://{url}", timeout=5)  # plain HTTP on a TLS port
+        assert plain.status_code == 400 and b"Topology" not in plain.content, (url, plain.content[:80])
+    tls = objectstore_server.tls_files()
+    no_cert = ssl.create_default_context(cafile=str(tls["ca"]))
+    for url in urls:
+        with pytest.raises(httpx.HTTPError):  # TLS without the client certificate: handshake refused
+            httpx.get(f"https://{url}", verify=no_cert, timeout=5).raise_for_status()
+    # the store's own tools (the readiness check) still read the topology, with the certificate
+    assert objectstore_server._registered_volumes() >= 1
+    for name in ("ca_key", "key"):
+        assert stat.S_IMODE(tls[name].stat().st_mode) == 0o600
+
+
 def test_stop_never_signals_a_process_it_did_not_start(tmp_path):
     server = ObjectStoreServer(tmp_path, free_objectstore_ports())
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])

@@ -12,6 +12,7 @@ from gateway.resources.accounts import service
 from gateway.resources.accounts.schemas import (
     PasswordChange,
     ProfileUpdate,
+    RegistrationAccepted,
     SessionPublic,
     SignIn,
     Status,
@@ -34,10 +35,12 @@ def _ip(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
-@router.post("/auth/register", response_model=UserPublic, status_code=status.HTTP_201_CREATED)
-def register(body: UserRegister, session: SessionDep) -> UserPublic:
-    """Create a pending doctor or researcher account; an admin approves it."""
-    return UserPublic.model_validate(service.register(session, **body.model_dump()))
+@router.post("/auth/register", response_model=RegistrationAccepted, status_code=status.HTTP_202_ACCEPTED)
+def register(body: UserRegister, session: SessionDep) -> RegistrationAccepted:
+    """Ask for a pending doctor or researcher account; an admin approves it. The answer is the same 202
+    whether or not the address already has an account (nothing about an existing account is revealed)."""
+    service.register(session, **body.model_dump())
+    return RegistrationAccepted(email=service.normalise_email(body.email))
 
 
 @router.post("/auth/sign-in", response_model=SessionPublic)
@@ -52,6 +55,7 @@ def sign_in(
         max_failures=settings.sign_in_max_failures,
         window_s=settings.sign_in_window_s,
         ip=_ip(request),
+        max_failures_per_address=settings.sign_in_max_failures_per_address,
     )
     user_session, raw = service.start_session(
         session,

@@ -26,6 +26,17 @@ class UserRegister(BaseModel):
     role: Literal["doctor", "researcher"]
 
 
+class RegistrationAccepted(BaseModel):
+    """The answer to every well-formed registration, whether or not the address already has an account."""
+
+    email: str
+    status: Literal["pending"] = "pending"
+    message: str = (
+        "Thank you. If this address can be registered, the account now awaits approval by an administrator;"
+        " you can sign in once it is approved."
+    )
+
+
 class SignIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     email: str = Field(max_length=254)

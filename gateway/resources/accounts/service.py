@@ -9,9 +9,14 @@ Sessions: the browser holds a random 256-bit token in an HttpOnly cookie; the ta
 session has its own CSRF token (synchronizer-token pattern), which server-rendered forms embed as a hidden
 `csrf_token` field and scripts send as `X-CSRF-Token`.
 
-Throttling: failed sign-ins are audit rows (`sign_in.failed`, target = the e-mail address); after
-`sign_in_max_failures` of them within `sign_in_window_s`, sign-in for that address is refused with 429 until
-the oldest failure leaves the window — even with the right password, so guessing gains nothing.
+Throttling: failed sign-ins are audit rows (`sign_in.failed`, actor = `ip:<client address>`, target = the
+e-mail address). Within `sign_in_window_s`, sign-in is refused with 429 + Retry-After
+* for one (address, account) pair after `sign_in_max_failures` failures of that pair — even with the right
+  password, so guessing gains nothing; the same account from any other address is not affected, so a
+  stranger cannot lock the owner out (there is no per-account lock at all);
+* for one address after `sign_in_max_failures_per_address` failures against any accounts (one password
+  tried against many accounts: password spraying).
+Guessing from many addresses is bounded by the password rules (check_password) and argon2's cost.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
+from zxcvbn import zxcvbn
 
 from common.errors import Conflict, Forbidden, InvalidInput, NotFound, TooManyRequests, Unauthenticated
 from gateway.models import LANGUAGES, ROLES, USER_STATUSES, AuditLog, User, UserSession, audit
@@ -35,8 +41,18 @@ logger = logging.getLogger(__name__)
 SELF_SERVICE_ROLES = ("doctor", "researcher")  # admin is granted, never requested
 MIN_PASSWORD_LENGTH = 10
 MAX_PASSWORD_LENGTH = 1024  # argon2 hashes anything, but an unbounded input is free CPU for an attacker
+# zxcvbn's score (0 … 4) a password needs: 3 is "safely unguessable" (about 10^8 guesses or more), so
+# repeats, sequences, keyboard walks, common passwords and the person's own address or name are refused.
+MIN_PASSWORD_SCORE = 3
+ZXCVBN_PREFIX = 100  # zxcvbn's time grows fast with length: score the first 100 characters (enough)
 LAST_SEEN_RESOLUTION = timedelta(minutes=1)
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+class WeakPassword(InvalidInput):
+    """A password that is too short or too easy to guess: 400, the message says why."""
+
+    code = "weak_password"
 
 
 class UnsupportedLanguage(InvalidInput):
@@ -54,16 +70,33 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def hash_password(password: str) -> str:
-    check_password(password)
+def hash_password(password: str, user_inputs: tuple[str, ...] | list[str] = ()) -> str:
+    check_password(password, user_inputs)
     return _hasher.hash(password)
 
 
-def check_password(password: str) -> None:
+def check_password(password: str, user_inputs: tuple[str, ...] | list[str] = ()) -> None:
+    """Refuse (WeakPassword) a password shorter than MIN_PASSWORD_LENGTH, longer than MAX_PASSWORD_LENGTH or
+    with a zxcvbn score below MIN_PASSWORD_SCORE; `user_inputs` (the e-mail address, its local part, the
+    name) count as known words, so a password made of them is refused too."""
     if not isinstance(password, str) or len(password) < MIN_PASSWORD_LENGTH:
-        raise InvalidInput(f"password: use at least {MIN_PASSWORD_LENGTH} characters")
+        raise WeakPassword(f"password: use at least {MIN_PASSWORD_LENGTH} characters")
     if len(password) > MAX_PASSWORD_LENGTH:
-        raise InvalidInput(f"password: at most {MAX_PASSWORD_LENGTH} characters")
+        raise WeakPassword(f"password: at most {MAX_PASSWORD_LENGTH} characters")
+    words = []
+    for value in user_inputs:
+        value = (value or "").strip().lower()
+        if value:
+            words += [value, *re.split(r"[@.\s_+-]+", value)]
+    result = zxcvbn(password[:ZXCVBN_PREFIX], user_inputs=[w for w in words if w])
+    if result["score"] < MIN_PASSWORD_SCORE:
+        feedback = result.get("feedback") or {}
+        hint = " ".join(filter(None, [feedback.get("warning"), *(feedback.get("suggestions") or [])]))
+        raise WeakPassword(
+            "password: too easy to guess (repeats, sequences, common words and your own name or address "
+            "are the first guesses); use a longer passphrase of unrelated words"
+            + (f". {hint}" if hint else "")
+        )
 
 
 def normalise_email(email: str) -> str:
@@ -105,7 +138,7 @@ def create_user(
         raise Conflict(f"an account for {email} already exists", code="email_taken")
     user = User(
         email=email,
-        password_hash=hash_password(password),
+        password_hash=hash_password(password, (email, full_name)),
         full_name=full_name,
         title=_clean(title),
         department=_clean(department),
@@ -121,11 +154,30 @@ def create_user(
     return user
 
 
-def register(session: Session, *, role: str, **fields) -> User:
-    """Self-service registration: a pending doctor or researcher account, usable once an admin approves."""
+def register(session: Session, *, role: str, **fields) -> User | None:
+    """Self-service registration: a pending doctor or researcher account, usable once an admin approves.
+
+    Says nothing about which addresses have accounts: every check that depends only on the request (role,
+    address format, name, password strength) comes first, and a taken address then gets the same answer as
+    a new one (None here, the same 202 at the edge), after the same argon2 work; the existing account is
+    left exactly as it was and an audit record `user.register_taken` tells the admins.
+    """
     if role not in SELF_SERVICE_ROLES:
         raise InvalidInput(f"role: choose one of {', '.join(SELF_SERVICE_ROLES)} (admins are appointed)")
-    return create_user(session, role=role, status="pending", actor="self", **fields)
+    email = normalise_email(fields.get("email", ""))
+    if not (fields.get("full_name") or "").strip():
+        raise InvalidInput("full_name: required")
+    check_password(fields.get("password"), (email, fields.get("full_name") or ""))
+    if session.scalar(select(User.id).where(User.email == email)) is not None:
+        _hasher.hash(fields["password"])  # the time a new account's hash takes
+        audit(session, "self", "user.register_taken", email)
+        session.commit()
+        return None
+    try:
+        return create_user(session, role=role, status="pending", actor="self", **fields)
+    except Conflict:  # registered by someone else a moment ago: the same answer
+        session.rollback()
+        return None
 
 
 def ensure_admin(session: Session, email: str, password: str) -> User | None:
@@ -170,7 +222,7 @@ def change_password(
     """Replace the password after checking the current one; ends the user's other sessions."""
     if not _verify(user.password_hash, current):
         raise Forbidden("the current password is wrong", code="wrong_password")
-    user.password_hash = hash_password(new)
+    user.password_hash = hash_password(new, (user.email, user.full_name))
     session.execute(
         delete(UserSession).where(UserSession.user_id == user.id, UserSession.id != (keep_session_id or -1))
     )
@@ -243,8 +295,10 @@ def sign_in(
     max_failures: int,
     window_s: int,
     ip: str | None = None,
+    max_failures_per_address: int | None = None,
 ) -> User:
-    """The active user with these credentials. Audits success and failure; throttles repeated failures.
+    """The active user with these credentials. Audits success and failure; throttles repeated failures per
+    (client address, account) and per client address (module docstring).
 
     Raises TooManyRequests (throttled), Unauthenticated (wrong address or password: one message for both),
     Forbidden (right password, but the account is pending approval or disabled).
@@ -255,20 +309,29 @@ def sign_in(
         email = (email or "").strip().lower()[:254]
     now = _now()
     since = now - timedelta(seconds=window_s)
-    failures = list(
-        session.scalars(
-            select(AuditLog.at)
-            .where(AuditLog.action == "sign_in.failed", AuditLog.target == email, AuditLog.at >= since)
+    from_address = list(
+        session.execute(
+            select(AuditLog.at, AuditLog.target)
+            .where(AuditLog.action == "sign_in.failed", AuditLog.actor == f"ip:{ip}", AuditLog.at >= since)
             .order_by(AuditLog.at)
         )
     )
-    if len(failures) >= max_failures:
-        retry_after = max(1, int((failures[-max_failures] - since).total_seconds()) + 1)
-        audit(session, f"ip:{ip}", "sign_in.throttled", email, {"ip": ip})
-        session.commit()
-        raise TooManyRequests(
-            f"too many failed sign-ins for {email}; try again in {retry_after} s", retry_after_s=retry_after
-        )
+    pair = [at for at, target in from_address if target == email]
+    per_address = max_failures_per_address or 0
+    for failures, limit, what in (
+        (pair, max_failures, f"for {email} from your address"),
+        ([at for at, _ in from_address], per_address, "from your address"),
+    ):
+        if limit > 0 and len(failures) >= limit:
+            oldest = failures[-limit]
+            if oldest.tzinfo is None:  # SQLite gives naive UTC
+                oldest = oldest.replace(tzinfo=UTC)
+            retry_after = max(1, int((oldest - since).total_seconds()) + 1)
+            audit(session, f"ip:{ip}", "sign_in.throttled", email, {"ip": ip})
+            session.commit()
+            raise TooManyRequests(
+                f"too many failed sign-ins {what}; try again in {retry_after} s", retry_after_s=retry_after
+            )
     user = session.scalar(select(User).where(User.email == email))
     if not _verify(user.password_hash if user else _DUMMY_HASH, password) or user is None:
         audit(session, f"ip:{ip}", "sign_in.failed", email, {"ip": ip})

@@ -72,6 +72,7 @@ async def upload_dataset(
             archive=form.file_path,
             name=name or None,
             notes=(form.fields.get("notes") or "").strip() or None,
+            filename=form.filename,  # errors name the user's file, not the temporary one
         )
     finally:
         form.cleanup()

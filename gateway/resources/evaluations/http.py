@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
 
-from gateway.api.deps import ClinicDep, DataPlaneDep, SessionDep, caller
+from gateway.api.deps import AuthenticateFirst, ClinicDep, DataPlaneDep, SessionDep, caller
 from gateway.api.uploads import read_upload
 from gateway.resources.evaluations import service
 from gateway.resources.evaluations.schemas import (
@@ -15,7 +15,7 @@ from gateway.resources.evaluations.schemas import (
 )
 from gateway.resources.shared import DEFAULT_LIST, MAX_LIST, RowId
 
-router = APIRouter(prefix="/evaluations", tags=["evaluations"])
+router = APIRouter(prefix="/evaluations", tags=["evaluations"], route_class=AuthenticateFirst)
 
 RunEvaluationCaller = caller("evaluations.run")
 ListEvaluationsCaller = caller("evaluations.list")
@@ -90,7 +90,7 @@ def overlay(evaluation_id: str, case_id: RowId, clinic: ClinicDep, who: OverlayC
 
 
 # --- evaluating at once, nothing kept -----------------------------------------------------------------------
-evaluate_router = APIRouter(tags=["evaluate"])
+evaluate_router = APIRouter(tags=["evaluate"], route_class=AuthenticateFirst)
 
 EvaluateCaller = caller("evaluate")
 

@@ -5,7 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Path, Query, Response, UploadFile
 
-from gateway.api.deps import ClinicDep, DataPlaneDep, SessionDep, caller
+from gateway.api.deps import AuthenticateFirst, ClinicDep, DataPlaneDep, SessionDep, caller
 from gateway.api.uploads import read_upload
 from gateway.resources.segmentations import service
 from gateway.resources.segmentations.schemas import (
@@ -101,7 +101,7 @@ def trend(
 
 
 # --- segmenting an image (recorded in the history above) ----------------------------------------------------
-segment_router = APIRouter(tags=["segment"])
+segment_router = APIRouter(tags=["segment"], route_class=AuthenticateFirst)
 
 SegmentCaller = caller("segment")
 
