@@ -307,8 +307,26 @@ def sign_in(
         email = normalise_email(email)
     except InvalidInput:
         email = (email or "").strip().lower()[:254]
-    now = _now()
-    since = now - timedelta(seconds=window_s)
+    _refuse_when_throttled(session, email, ip, max_failures, max_failures_per_address or 0, window_s)
+    user = session.scalar(select(User).where(User.email == email))
+    if not _verify(user.password_hash if user else _DUMMY_HASH, password) or user is None:
+        audit(session, f"ip:{ip}", "sign_in.failed", email, {"ip": ip})
+        session.commit()
+        raise Unauthenticated("wrong e-mail address or password", code="invalid_credentials")
+    _refuse_inactive(session, user, email, ip)
+    if _hasher.check_needs_rehash(user.password_hash):
+        user.password_hash = _hasher.hash(password)
+    user.last_sign_in_at = _now()
+    audit(session, user_actor(user), "sign_in", email, {"ip": ip})
+    session.commit()
+    return user
+
+
+def _refuse_when_throttled(
+    session: Session, email: str, ip: str | None, max_failures: int, per_address: int, window_s: int
+) -> None:
+    """TooManyRequests (audited) when this address failed too often, for this account or for any."""
+    since = _now() - timedelta(seconds=window_s)
     from_address = list(
         session.execute(
             select(AuditLog.at, AuditLog.target)
@@ -317,7 +335,6 @@ def sign_in(
         )
     )
     pair = [at for at, target in from_address if target == email]
-    per_address = max_failures_per_address or 0
     for failures, limit, what in (
         (pair, max_failures, f"for {email} from your address"),
         ([at for at, _ in from_address], per_address, "from your address"),
@@ -332,23 +349,17 @@ def sign_in(
             raise TooManyRequests(
                 f"too many failed sign-ins {what}; try again in {retry_after} s", retry_after_s=retry_after
             )
-    user = session.scalar(select(User).where(User.email == email))
-    if not _verify(user.password_hash if user else _DUMMY_HASH, password) or user is None:
-        audit(session, f"ip:{ip}", "sign_in.failed", email, {"ip": ip})
-        session.commit()
-        raise Unauthenticated("wrong e-mail address or password", code="invalid_credentials")
-    if user.status != "active":
-        audit(session, user_actor(user), "sign_in.refused", email, {"ip": ip, "status": user.status})
-        session.commit()
-        if user.status == "pending":
-            raise Forbidden("this account awaits approval by an administrator", code="account_pending")
-        raise Forbidden("this account is disabled", code="account_disabled")
-    if _hasher.check_needs_rehash(user.password_hash):
-        user.password_hash = _hasher.hash(password)
-    user.last_sign_in_at = now
-    audit(session, user_actor(user), "sign_in", email, {"ip": ip})
+
+
+def _refuse_inactive(session: Session, user: User, email: str, ip: str | None) -> None:
+    """Forbidden (audited) for the right password on an account that is pending approval or disabled."""
+    if user.status == "active":
+        return
+    audit(session, user_actor(user), "sign_in.refused", email, {"ip": ip, "status": user.status})
     session.commit()
-    return user
+    if user.status == "pending":
+        raise Forbidden("this account awaits approval by an administrator", code="account_pending")
+    raise Forbidden("this account is disabled", code="account_disabled")
 
 
 def _verify(password_hash: str, password: str) -> bool:
