@@ -23,6 +23,7 @@ from gateway.models import (
 )
 from gateway.principal import Principal
 from gateway.service import model_registry
+from gateway.service.history import get_segmentation
 from gateway.service.masks import THRESHOLDS
 
 MAX_BODY = 5000
@@ -53,21 +54,7 @@ def create(
         raise Forbidden("doctors write feedback; researchers reply to it")
     model = model_registry.get_version(session, organ, version)
     text = _body(body)
-    if evaluation_case_id is not None:  # a case of an evaluation the caller sees (access.EVALUATION_READ)
-        case = session.get(EvaluationCase, evaluation_case_id)
-        missing = NotFound(f"no evaluated case {evaluation_case_id}", code="unknown_case")
-        if case is None:
-            raise missing
-        tenancy.get(session, principal, EVALUATION_READ, case.evaluation_id, missing)
-    seg_key = None
-    if segmentation_id is not None:
-        from gateway.service.history import get_segmentation
-
-        seg_key = get_segmentation(session, principal, segmentation_id).id
-    if threshold is not None and round(threshold, 1) not in THRESHOLDS:
-        raise InvalidInput(
-            f"threshold must be one of {', '.join(f'{t:.1f}' for t in THRESHOLDS)}", code="invalid_threshold"
-        )
+    seg_key = _checked_attachments(session, principal, evaluation_case_id, segmentation_id, threshold)
     row = Feedback(
         model_version_id=model.id,
         author_user_id=principal.user.id if principal.user else None,
@@ -90,6 +77,31 @@ def create(
     )
     session.commit()
     return row
+
+
+def _checked_attachments(
+    session: Session,
+    principal: Principal,
+    evaluation_case_id: int | None,
+    segmentation_id: str | None,
+    threshold: float | None,
+):
+    """What feedback may attach to: a case of an evaluation the caller sees (access.EVALUATION_READ), a
+    segmentation the caller sees, a threshold of the grid. Returns the segmentation's key (or None)."""
+    if evaluation_case_id is not None:
+        case = session.get(EvaluationCase, evaluation_case_id)
+        missing = NotFound(f"no evaluated case {evaluation_case_id}", code="unknown_case")
+        if case is None:
+            raise missing
+        tenancy.get(session, principal, EVALUATION_READ, case.evaluation_id, missing)
+    seg_key = None
+    if segmentation_id is not None:
+        seg_key = get_segmentation(session, principal, segmentation_id).id
+    if threshold is not None and round(threshold, 1) not in THRESHOLDS:
+        raise InvalidInput(
+            f"threshold must be one of {', '.join(f'{t:.1f}' for t in THRESHOLDS)}", code="invalid_threshold"
+        )
+    return seg_key
 
 
 def get(session: Session, principal: Principal, feedback_id: int) -> Feedback:
