@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+import grpc
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -26,6 +27,7 @@ from common.errors import NotFound
 from common.objectstore import Buckets, ObjectInfo
 from common.settings import Settings, get_settings
 from gateway.core.db import get_db, make_engine, request_session, run_migrations, session_scope
+from gateway.grpc_server import create_server
 from gateway.models import User
 from gateway.resources.accounts import service as accounts
 from gateway.security import create_api_key
@@ -216,3 +218,14 @@ def world(people_db) -> Iterator[World]:
             world.keys[scope], world.key_rows[scope] = raw, row
     yield world
     engine.dispose()
+
+
+def grpc_channel(world: World, app) -> Iterator[grpc.Channel]:
+    """A medseg.v1 gRPC server on a free port over `app`'s data plane and clinic and `world`'s database, and
+    a channel to it, for a module's `channel` fixture (`yield from grpc_channel(world, app)`)."""
+    server, port = create_server("127.0.0.1:0", app.state.dataplane, world.session, clinic=app.state.clinic)
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    yield channel
+    channel.close()
+    server.stop(0)

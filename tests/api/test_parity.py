@@ -32,7 +32,6 @@ from common.errors import ServiceUnavailable
 from gateway import crud
 from gateway.access import OPERATIONS
 from gateway.core.db import run_migrations
-from gateway.grpc_server import create_server
 from gateway.models import Evaluation, Feedback, FeedbackReply, ModelVersion, Segmentation, TrainingJob
 from gateway.service.training_jobs import FINISHED
 from tests.api.clinic_access import (
@@ -46,7 +45,7 @@ from tests.api.clinic_access import (
     _segmentation,
     _version,
 )
-from tests.api.conftest import KEY_SCOPES, png
+from tests.api.conftest import KEY_SCOPES, grpc_channel, png
 from tests.api.test_access import ACCESS as ROUTE_RULES
 from tests.gateway.fakes import FakeClient
 
@@ -75,12 +74,7 @@ def app(world):
 
 @pytest.fixture(scope="module")
 def channel(world, app):
-    server, port = create_server("127.0.0.1:0", app.state.dataplane, world.session, clinic=app.state.clinic)
-    server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    yield channel
-    channel.close()
-    server.stop(0)
+    yield from grpc_channel(world, app)
 
 
 # --- the outcome both drivers report ------------------------------------------------------------------------

@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 from medseg.v1 import clinic_pb2, clinic_pb2_grpc
 
-from gateway.grpc_server import create_server
 from gateway.security import create_api_key
 from tests.api.clinic_access import _prepare, _version
-from tests.api.conftest import HOSPITAL_B, png, small_dataset_zip
+from tests.api.conftest import HOSPITAL_B, grpc_channel, png, small_dataset_zip
 
 IMAGE = png(np.zeros((32, 32), np.uint8))
 LABEL = png(np.pad(np.full((8, 8), 255, np.uint8), 12))
@@ -23,13 +22,7 @@ LABEL = png(np.pad(np.full((8, 8), 255, np.uint8), 12))
 
 @pytest.fixture(scope="module")
 def channel(world):
-    app = world.app()
-    server, port = create_server("127.0.0.1:0", app.state.dataplane, world.session, clinic=app.state.clinic)
-    server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    yield channel
-    channel.close()
-    server.stop(0)
+    yield from grpc_channel(world, world.app())
 
 
 @pytest.fixture(scope="module")

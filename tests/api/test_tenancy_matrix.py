@@ -27,14 +27,13 @@ from gateway.access import (
     SEGMENTATION_READ,
     Rows,
 )
-from gateway.grpc_server import create_server
 from gateway.models import Dataset, Evaluation, EvaluationCase, Feedback, Segmentation
 from gateway.resources.accounts import service as accounts
 from gateway.security import create_api_key
 from gateway.service.images import encode_mask
 from gateway.service.masks import MASKS_OBJECT, THRESHOLDS, pack_masks
 from tests.api.clinic_access import _no_training, _prepare, _version
-from tests.api.conftest import HOSPITAL_A, HOSPITAL_B, PASSWORD, small_dataset_zip
+from tests.api.conftest import HOSPITAL_A, HOSPITAL_B, PASSWORD, grpc_channel, small_dataset_zip
 from tests.api.test_parity import HTTP_CALLS, METHODS, _request
 
 READ = {"dataset": DATASET_READ, "evaluation": EVALUATION_READ, "feedback": FEEDBACK_READ,
@@ -300,13 +299,7 @@ def tenants(world):
 
 @pytest.fixture(scope="module")
 def channel(tenants):
-    app = tenants.app()
-    server, port = create_server("127.0.0.1:0", app.state.dataplane, tenants.session, clinic=app.state.clinic)
-    server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    yield channel
-    channel.close()
-    server.stop(0)
+    yield from grpc_channel(tenants, tenants.app())
 
 
 def _http(world, cell: Cell, args: dict):
