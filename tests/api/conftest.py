@@ -182,11 +182,16 @@ class World:
         return client
 
 
+def sqlite_database(tmp_path_factory, name: str = "people-db") -> str:
+    """The URL of a new, migrated SQLite database in a temporary folder named after `name`."""
+    url = f"sqlite:///{tmp_path_factory.mktemp(name) / 'medseg.db'}"
+    run_migrations(url)
+    return url
+
+
 def _database(request, tmp_path_factory) -> Iterator[str]:
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('people-db') / 'medseg.db'}"
-        run_migrations(url)
-        yield url
+        yield sqlite_database(tmp_path_factory)
         return
     server = request.getfixturevalue("postgres_server")
     name = f"people_{uuid.uuid4().hex[:12]}"

@@ -31,7 +31,6 @@ from sqlalchemy import func, select
 from common.errors import ServiceUnavailable
 from gateway import crud
 from gateway.access import OPERATIONS
-from gateway.core.db import run_migrations
 from gateway.models import Evaluation, Feedback, FeedbackReply, ModelVersion, Segmentation, TrainingJob
 from gateway.service.training_jobs import FINISHED
 from tests.api.clinic_access import (
@@ -45,7 +44,7 @@ from tests.api.clinic_access import (
     _segmentation,
     _version,
 )
-from tests.api.conftest import KEY_SCOPES, grpc_channel, png
+from tests.api.conftest import KEY_SCOPES, grpc_channel, png, sqlite_database
 from tests.api.test_access import ACCESS as ROUTE_RULES
 from tests.gateway.fakes import FakeClient
 
@@ -59,9 +58,7 @@ OWNER = "key_with_scope"  # clinic_access's name for the `segment` key as the ow
 @pytest.fixture(scope="module")
 def people_db(tmp_path_factory):
     """SQLite only: the table is about the two transports; the backends are covered by test_access."""
-    url = f"sqlite:///{tmp_path_factory.mktemp('parity-db') / 'medseg.db'}"
-    run_migrations(url)
-    return url
+    return sqlite_database(tmp_path_factory, "parity-db")
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,14 @@ from gateway.security import create_api_key
 from gateway.service.images import encode_mask
 from gateway.service.masks import MASKS_OBJECT, THRESHOLDS, pack_masks
 from tests.api.clinic_access import _no_training, _prepare, _version
-from tests.api.conftest import HOSPITAL_A, HOSPITAL_B, PASSWORD, grpc_channel, small_dataset_zip
+from tests.api.conftest import (
+    HOSPITAL_A,
+    HOSPITAL_B,
+    PASSWORD,
+    grpc_channel,
+    small_dataset_zip,
+    sqlite_database,
+)
 from tests.api.test_parity import HTTP_CALLS, METHODS, _request
 
 READ = {"dataset": DATASET_READ, "evaluation": EVALUATION_READ, "feedback": FEEDBACK_READ,
@@ -266,11 +273,7 @@ def expected(cell: Cell, row_relations: frozenset[str]) -> str:
 @pytest.fixture(scope="module")
 def people_db(tmp_path_factory):
     """SQLite only: the rules are SQL clauses the PostgreSQL runs of test_tenancy.py exercise too."""
-    from gateway.core.db import run_migrations
-
-    url = f"sqlite:///{tmp_path_factory.mktemp('tenancy-db') / 'medseg.db'}"
-    run_migrations(url)
-    return url
+    return sqlite_database(tmp_path_factory, "tenancy-db")
 
 
 @pytest.fixture(scope="module")
