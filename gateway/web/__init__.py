@@ -7,7 +7,7 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -50,6 +50,14 @@ def api_docs() -> HTMLResponse:
     return HTMLResponse(API_DOCS)
 
 
+FAVICON = WEB_DIR / "static" / "img" / "favicon.svg"
+
+
+def favicon() -> FileResponse:
+    """Browsers ask for /favicon.ico on every page whatever the page links: the same icon, not a 404."""
+    return FileResponse(FAVICON, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
+
+
 def install_web(app: FastAPI, settings: Settings) -> None:
     """Serve the pages and their static files on `app` (after its API error handlers are installed)."""
     if not (WEB_DIR / "static" / "vendor" / "bootstrap").is_dir():
@@ -58,6 +66,7 @@ def install_web(app: FastAPI, settings: Settings) -> None:
     app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")
     app.include_router(router)
     app.add_api_route("/docs", api_docs, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/favicon.ico", favicon, methods=["GET"], include_in_schema=False)
     app.add_exception_handler(SignInRequired, sign_in_redirect)
     app.add_exception_handler(PageForbidden, forbidden_page)
     install_error_pages(app)

@@ -178,3 +178,14 @@ def test_an_error_page_keeps_the_errors_own_headers(world, monkeypatch, error, s
     assert page.status_code == status and page.headers["content-type"].startswith("text/html")
     assert {name: page.headers.get(name) for name in headers} == headers
     assert page.headers["cache-control"] == "no-store" and "content-security-policy" in page.headers
+
+
+def test_the_favicon_is_served_where_browsers_ask_and_every_page_links_it(world):
+    anonymous = world.client("anonymous")
+    icon = anonymous.get("/favicon.ico")
+    assert icon.status_code == 200
+    assert icon.headers["content-type"].startswith("image/svg+xml") and icon.content.startswith(b"<svg")
+    page = world.client("doctor").get("/segment")
+    assert page.status_code == 200
+    assert '<link rel="icon" href="/static/img/favicon.svg"' in page.text
+    assert anonymous.get("/static/img/favicon.svg").content == icon.content
