@@ -11,7 +11,9 @@ from trainer.data import recipe_data
 from trainer.loop import TrainConfig
 from trainer.train import default_config
 
-SHARED_DATA = SERVICES_DIR.parents[1] / "shared" / "data"
+SHARED_DATA = (
+    SERVICES_DIR.parents[1] / "shared" / "data"
+).resolve()  # as the recipe resolves it (a linked shared/)
 
 
 def test_liver_trains_as_it_shipped():
