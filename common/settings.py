@@ -70,6 +70,17 @@ class Settings(BaseSettings):
     max_dataset_upload_bytes: int = 2 * 1024 * 1024 * 1024
     upload_tmp_dir: Path | None = None  # where uploads are spooled; None: the system temp dir
 
+    # Studies (gateway/service/studies.py): one DICOM series or NIfTI volume per study, refused with 413 before
+    # any work when larger; segmented by `study_workers` threads per gateway. A running study whose heartbeat
+    # is older than `study_stale_after_s` (its gateway stopped) is taken up again, at most `study_max_attempts`
+    # times in all.
+    study_max_bytes: int = 1024 * 1024 * 1024
+    study_max_voxels: int = 600 * 512 * 512
+    study_workers: int = 1
+    study_poll_s: float = 2.0
+    study_stale_after_s: float = 60.0
+    study_max_attempts: int = 3
+
     # People: cookie sessions, sign-in throttling, the first admin (created at start when no admin exists).
     session_ttl_hours: float = 12.0
     session_cookie_name: str = "medseg_session"

@@ -54,7 +54,7 @@ KINDS = ("doctor", "researcher", "admin", "key")  # admin: a hospital's admin; k
 class Rows:
     """The rows of `resource` an operation reaches (`action`: read, write, delete), per kind of caller."""
 
-    resource: str  # dataset | evaluation | feedback | segmentation
+    resource: str  # dataset | evaluation | feedback | segmentation | study
     action: str
     doctor: frozenset[str] = frozenset()
     researcher: frozenset[str] = frozenset()
@@ -86,6 +86,9 @@ FEEDBACK_WRITE = Rows("feedback", "write", OWN, _r("shared"), OWN_OR_HOSPITAL, O
 # Segmentations: the doctor (or the key) who made them; the hospital's admin and systems.
 SEGMENTATION_READ = Rows("segmentation", "read", OWN, OWN, OWN_OR_HOSPITAL, OWN_OR_HOSPITAL)
 SEGMENTATION_WRITE = Rows("segmentation", "write", OWN, _r(), _r(), OWN)  # the threshold choice
+# Studies (volumes) as segmentations: their maker's, and their hospital's admin and systems.
+STUDY_READ = Rows("study", "read", OWN, OWN, OWN_OR_HOSPITAL, OWN_OR_HOSPITAL)
+STUDY_WRITE = Rows("study", "write", OWN, _r(), _r(), OWN)  # cancel, the threshold choice
 
 # Operations that reach no hospital's rows say why (a sentence instead of a `Rows`).
 ANYONE = "no rows: open to anyone"
@@ -248,6 +251,26 @@ OPERATIONS: dict[str, Operation] = {
         ("GET", "/patients/{patient_id}/trend"),
         "History/GetPatientTrend",
         rows=SEGMENTATION_READ,
+    ),
+    # --- studies: volumes segmented as background jobs (protos/medseg/v1/studies.proto)
+    "studies.submit": Operation(SEGMENTER, ("POST", "/studies"), "Studies/Submit", rows=NEW_ROW),
+    "studies.list": Operation(HISTORY_READER, ("GET", "/studies"), "Studies/List", rows=STUDY_READ),
+    "studies.show": Operation(HISTORY_READER, ("GET", "/studies/{study_id}"), "Studies/Get", rows=STUDY_READ),
+    "studies.watch": Operation(HISTORY_READER, None, "Studies/Watch", rows=STUDY_READ),
+    "studies.mask": Operation(
+        HISTORY_READER, ("GET", "/studies/{study_id}/mask.nii.gz"), "Studies/GetMask", rows=STUDY_READ
+    ),
+    "studies.seg": Operation(
+        HISTORY_READER, ("GET", "/studies/{study_id}/seg.dcm"), "Studies/GetSeg", rows=STUDY_READ
+    ),
+    "studies.image": Operation(
+        HISTORY_READER, ("GET", "/studies/{study_id}/image.nii.gz"), "Studies/GetImage", rows=STUDY_READ
+    ),
+    "studies.cancel": Operation(
+        SEGMENTER, ("POST", "/studies/{study_id}/cancel"), "Studies/Cancel", rows=STUDY_WRITE
+    ),
+    "studies.choose_threshold": Operation(
+        THRESHOLD_CHOOSER, ("POST", "/studies/{study_id}/choice"), "Studies/ChooseThreshold", rows=STUDY_WRITE
     ),
     # --- training jobs
     "training.architectures": Operation(

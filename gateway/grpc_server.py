@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from concurrent import futures
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from medseg.v1 import clinic_pb2, clinic_pb2_grpc
 from medseg.v1 import segmentation_pb2 as pb
 from medseg.v1 import segmentation_pb2_grpc as pb_grpc
+from medseg.v1 import studies_pb2, studies_pb2_grpc
 
 from common.errors import InvalidInput, MedSegError
 from common.settings import get_settings
@@ -30,6 +31,7 @@ from gateway.resources.grpc_edge import Edge
 from gateway.resources.models.grpc import Models
 from gateway.resources.organs.grpc import OrgansRpc
 from gateway.resources.segmentations.grpc import History, SegmentRpc
+from gateway.resources.studies.grpc import Studies
 from gateway.resources.training.grpc import Training
 from gateway.service import DataPlane
 from gateway.service.clinic import Clinic
@@ -37,7 +39,11 @@ from gateway.service.clinic import Clinic
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Segmentation"].full_name  # "medseg.v1.Segmentation"
-CLINIC_SERVICES = tuple(s.full_name for s in clinic_pb2.DESCRIPTOR.services_by_name.values())  # Models, …
+CLINIC_SERVICES = tuple(
+    s.full_name
+    for module in (clinic_pb2, studies_pb2)
+    for s in module.DESCRIPTOR.services_by_name.values()
+)  # Models, …, Studies
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
@@ -47,37 +53,71 @@ def _status(exc: MedSegError) -> grpc.StatusCode:
 
 class ErrorMappingInterceptor(grpc.ServerInterceptor):
     """Parses the request (malformed → INVALID_ARGUMENT), maps MedSegError → its status code; any other
-    exception → INTERNAL without internals."""
+    exception → INTERNAL without internals. Unary calls, server streams (a study's mask in chunks) and client
+    streams (a study's files in chunks) alike."""
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None:
             return handler
-        inner, method = handler.unary_unary, handler_call_details.method
+        method = handler_call_details.method
         deserialize = handler.request_deserializer
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
 
-        def guarded(raw, context):
-            try:
-                request = _parse(deserialize, raw, method)
-                response = inner(request, context)
-            except MedSegError as exc:
-                metrics.count_grpc(method, exc.grpc_code, exc.code)
-                if exc.http_status >= 500:
-                    logger.warning("%s %s: %s", method, exc.code, exc.message)
-                context.set_trailing_metadata((("medseg-error-code", exc.code),))
-                context.abort(_status(exc), exc.message)
-            except Exception:
-                metrics.count_grpc(method, "INTERNAL", "internal")
-                logger.exception("unhandled error in %s", method)
-                context.abort(grpc.StatusCode.INTERNAL, "internal error; the gateway logged the details")
-            metrics.count_grpc(method, "OK")
-            return response
+            def guarded(raw, context):
+                with _mapped(method, context):
+                    response = inner(_parse(deserialize, raw, method), context)
+                return response
 
-        return grpc.unary_unary_rpc_method_handler(
-            guarded,
-            request_deserializer=None,  # parsed in `guarded`: a malformed request is the caller's mistake
-            response_serializer=handler.response_serializer,
-        )
+            return grpc.unary_unary_rpc_method_handler(
+                guarded,
+                request_deserializer=None,  # parsed in `guarded`: a malformed request is the caller's mistake
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            inner_stream = handler.unary_stream
+
+            def guarded_stream(raw, context):
+                with _mapped(method, context):
+                    yield from inner_stream(_parse(deserialize, raw, method), context)
+
+            return grpc.unary_stream_rpc_method_handler(
+                guarded_stream, request_deserializer=None, response_serializer=handler.response_serializer
+            )
+        if handler.stream_unary is not None:
+            inner_in = handler.stream_unary
+
+            def guarded_in(raw_iterator, context):
+                with _mapped(method, context):
+                    parsed = (_parse(deserialize, raw, method) for raw in raw_iterator)
+                    response = inner_in(parsed, context)
+                return response
+
+            return grpc.stream_unary_rpc_method_handler(
+                guarded_in, request_deserializer=None, response_serializer=handler.response_serializer
+            )
+        return handler
+
+
+@contextmanager
+def _mapped(method: str, context):
+    """Our errors → their status code (and the HTTP code in trailing metadata); anything else → INTERNAL."""
+    try:
+        yield
+    except MedSegError as exc:
+        metrics.count_grpc(method, exc.grpc_code, exc.code)
+        if exc.http_status >= 500:
+            logger.warning("%s %s: %s", method, exc.code, exc.message)
+        context.set_trailing_metadata((("medseg-error-code", exc.code),))
+        context.abort(_status(exc), exc.message)
+    except grpc.RpcError:
+        raise  # context.abort's own exception, or the client went away
+    except Exception:
+        metrics.count_grpc(method, "INTERNAL", "internal")
+        logger.exception("unhandled error in %s", method)
+        context.abort(grpc.StatusCode.INTERNAL, "internal error; the gateway logged the details")
+    metrics.count_grpc(method, "OK")
 
 
 def _parse(deserialize, raw: bytes, method: str):
@@ -104,6 +144,7 @@ def _servicers(edge: Edge) -> tuple[tuple[Callable, object], ...]:
         (clinic_pb2_grpc.add_FeedbackServicer_to_server, Feedback(edge)),
         (clinic_pb2_grpc.add_HistoryServicer_to_server, History(edge)),
         (clinic_pb2_grpc.add_TrainingServicer_to_server, Training(edge)),
+        (studies_pb2_grpc.add_StudiesServicer_to_server, Studies(edge)),
     )
 
 
@@ -120,6 +161,8 @@ def create_server(
     `clinic`: the HTTP app's (`app.state.clinic`), so both edges share one model directory and one set of
     training workers; without it, one is built over `dataplane` (a gRPC-only gateway, tests)."""
     clinic = clinic or Clinic(dataplane, get_settings())
+    if clinic.studies.session_factory is None:  # the study workers use this server's database
+        clinic.studies.session_factory = session_factory
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="medseg-grpc"),
         interceptors=[ErrorMappingInterceptor()],

@@ -26,6 +26,7 @@ from gateway.resources.keys import http as keys
 from gateway.resources.models import http as models
 from gateway.resources.organs import http as organs
 from gateway.resources.segmentations import http as segmentations
+from gateway.resources.studies import http as studies
 from gateway.resources.shared import validation_message
 from gateway.resources.training import http as training
 from gateway.service import DataPlane, build_dataplane
@@ -91,9 +92,12 @@ def create_app(settings: Settings | None = None, dataplane: DataPlane | None = N
         app.state.dataplane = dataplane or build_dataplane(settings)
         if owned or not hasattr(app.state, "clinic"):
             app.state.clinic = Clinic(app.state.dataplane, settings)
+        if owned:  # a serving gateway takes up queued studies, and those a stopped gateway left running
+            app.state.clinic.studies.start()
         try:
             yield
         finally:
+            app.state.clinic.studies.close()
             if owned:
                 app.state.dataplane.close()
 
@@ -120,6 +124,7 @@ def create_app(settings: Settings | None = None, dataplane: DataPlane | None = N
         evaluations.router,
         feedback.router,
         segmentations.router,
+        studies.router,
         training.router,
     ):
         api.include_router(router)
@@ -138,6 +143,7 @@ def create_app(settings: Settings | None = None, dataplane: DataPlane | None = N
         limits={
             "/api/v1/segment": settings.max_upload_bytes + FORM_OVERHEAD_BYTES,
             "/api/v1/datasets": settings.max_dataset_upload_bytes + FORM_OVERHEAD_BYTES,
+            "/api/v1/studies": settings.study_max_bytes + FORM_OVERHEAD_BYTES * 16,
         },
     )
     app.add_middleware(SecurityHeadersMiddleware)  # outside the body limit: its 413 gets the headers too

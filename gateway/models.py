@@ -8,12 +8,13 @@ The schema is created by Alembic migrations (gateway/migrations), never by creat
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -121,6 +122,51 @@ class Segmentation(Base):
     # and the one threshold the doctor chose (with a note).
     stability: Mapped[float | None] = mapped_column(Float)
     thumbnail_key: Mapped[str | None] = mapped_column(String(512))
+    chosen_threshold: Mapped[float | None] = mapped_column(Float)
+    chosen_note: Mapped[str | None] = mapped_column(Text)
+    chosen_at: Mapped[datetime | None]
+
+
+class Study(Base):
+    """One study (a DICOM series or a NIfTI volume) segmented as a background job (gateway/service/studies.py).
+    Voxels live in the results bucket under `studies/<id>/`: the input as NIfTI, the DICOM files (for the
+    DICOM SEG) and the 8-bit probability volume on the input grid; masks are derived from it on request."""
+
+    __tablename__ = "studies"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    organ: Mapped[str] = mapped_column(String(64), index=True)
+    patient_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    study_date: Mapped[date | None] = mapped_column(Date)
+    source: Mapped[str] = mapped_column(String(16))  # nifti | dicom
+    modality: Mapped[str | None] = mapped_column(String(16))
+    study_uid: Mapped[str | None] = mapped_column(String(128))
+    series_uid: Mapped[str | None] = mapped_column(String(128))
+    # queued | running | done | failed; a running row whose heartbeat is older than the stale limit is taken
+    # up again by any gateway's worker (a restart loses nothing).
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    heartbeat_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    model_name: Mapped[str | None] = mapped_column(String(128))
+    model_version: Mapped[str | None] = mapped_column(String(64))
+    shape: Mapped[list] = mapped_column(JSON, default=list)  # [z, y, x] of the canonical (axial) volume
+    spacing_mm: Mapped[list] = mapped_column(JSON, default=list)  # [z, y, x]
+    labels: Mapped[list] = mapped_column(JSON, default=list)
+    volumes_ml: Mapped[dict] = mapped_column(JSON, default=dict)  # {"0.5": {"liver": 1523.4}, ...}
+    input_key: Mapped[str] = mapped_column(String(512))  # results bucket: the input volume (.nii.gz)
+    source_key: Mapped[str | None] = mapped_column(String(512))  # the DICOM files (zip), for the DICOM SEG
+    probability_key: Mapped[str | None] = mapped_column(String(512))  # 8-bit probabilities (.nii.gz)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"), index=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), index=True)
+    hospital: Mapped[str | None] = mapped_column(String(200), index=True)
     chosen_threshold: Mapped[float | None] = mapped_column(Float)
     chosen_note: Mapped[str | None] = mapped_column(Text)
     chosen_at: Mapped[datetime | None]

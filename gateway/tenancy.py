@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from common.errors import Forbidden, NotFound
 from gateway.access import Rows
-from gateway.models import Dataset, Evaluation, EvaluationCase, Feedback, Segmentation
+from gateway.models import Dataset, Evaluation, EvaluationCase, Feedback, Segmentation, Study
 from gateway.principal import Principal
 from gateway.security import ADMIN_SCOPE
 
@@ -40,6 +40,7 @@ RESOURCES = {
     "evaluation": Owned(Evaluation, Evaluation.user_id, Evaluation.api_key_id, Evaluation.hospital),
     "feedback": Owned(Feedback, Feedback.author_user_id, Feedback.author_api_key_id, Feedback.hospital),
     "segmentation": Owned(Segmentation, Segmentation.user_id, Segmentation.api_key_id, Segmentation.hospital),
+    "study": Owned(Study, Study.user_id, Study.api_key_id, Study.hospital),
 }
 
 

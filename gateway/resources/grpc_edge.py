@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import grpc
 from google.protobuf import json_format
@@ -32,6 +32,8 @@ def _jsonable(value):
     """A schema's dump as protobuf's JSON mapping reads it (timestamps need a zone: SQLite's have none)."""
     if isinstance(value, datetime):
         return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+    if isinstance(value, date):  # a calendar day (a study's date): YYYY-MM-DD, as HTTP's JSON
+        return value.isoformat()
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
     if isinstance(value, list):

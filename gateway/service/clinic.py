@@ -7,6 +7,7 @@ from gateway.service.dataplane import DataPlane
 from gateway.service.evaluations import Evaluator
 from gateway.service.model_registry import ModelDirectory, Promotions
 from gateway.service.model_rollout import ManagementFactory, ModelRollout, build_rollout
+from gateway.service.studies import StudyJobs
 from gateway.service.training_jobs import TrainingJobs
 
 
@@ -41,6 +42,7 @@ class Clinic:
         )
         self.jobs = TrainingJobs(settings, dataplane.store, management=management)
         self.jobs.on_candidate = self.promotions.serve_candidates
+        self.studies = StudyJobs(dataplane, settings)  # workers start with the gateway, or at the first study
 
     def default_threshold(self, organ: str) -> float:
         return self.dataplane.registry.default_threshold(organ)

@@ -7,6 +7,7 @@ from datetime import datetime
 from pydantic import BaseModel, Field
 
 from gateway.resources.shared import ModelPublic, b64
+from gateway.resources.studies.schemas import StudyTrendPoint
 from gateway.service import dataplane as dp
 
 
@@ -91,5 +92,9 @@ class TrendPoint(BaseModel):
 
 
 class TrendPublic(BaseModel):
+    """A patient over time, one unit per series: `studies` one point per study (organ volume in mL per label,
+    by study date), `points` the 2-D images (area in mm² where the image carried its pixel spacing, else px)."""
+
     patient_id: str
     points: list[TrendPoint]
+    studies: list[StudyTrendPoint] = []

@@ -10,6 +10,7 @@ from common.errors import NotFound
 from gateway.principal import Principal
 from gateway.resources.segmentations.schemas import HistoryItem, HistoryPublic, TrendPoint, TrendPublic
 from gateway.resources.shared import list_limit
+from gateway.resources.studies.schemas import StudyTrendPoint
 from gateway.service import history
 from gateway.service.clinic import Clinic
 from gateway.service.masks import nearest_threshold, unpack_mask
@@ -83,4 +84,9 @@ def trend(
     clinic: Clinic, session: Session, who: Principal, patient_id: str, organ: str | None
 ) -> TrendPublic:
     points = history.trend(session, who, patient_id, organ, clinic.default_threshold)
-    return TrendPublic(patient_id=patient_id, points=[TrendPoint(**p) for p in points])
+    studies = clinic.studies.trend(session, who, patient_id, organ)
+    return TrendPublic(
+        patient_id=patient_id,
+        points=[TrendPoint(**p) for p in points],
+        studies=[StudyTrendPoint(**s) for s in studies],
+    )

@@ -1,0 +1,536 @@
+"""Studies: a DICOM series or a NIfTI volume, segmented as a background job, followed per patient in mL.
+
+    submit (the request: read and check the volume, store the upload once, a queued row; 4xx and nothing
+        stored for bad input) → a worker thread claims the row → the organ server segments the volume's
+        axial slices in chunks (common.volume_inference) while the row's progress and heartbeat move → the
+        8-bit probability volume on the INPUT grid is stored → organ volumes in mL at the seven thresholds
+        → done.
+
+Masks (NIfTI) and DICOM SEG at any threshold are derived from the stored probability volume on request:
+a study is two writes (the upload and the probabilities), not seven volumes.
+
+Jobs live in the database, not in memory: any gateway's worker claims a queued row, or a running row whose
+heartbeat is older than `study_stale_after_s` (its gateway stopped or was restarted), so a restart resumes
+the work (from the stored upload) instead of losing it; after `study_max_attempts` claims it fails clearly.
+The same code runs in Kubernetes, where every gateway replica has workers. Cancel sets a flag the running
+worker reads between chunks; a queued study is failed at once.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+import uuid
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+import numpy as np
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
+
+from common.errors import Conflict, InvalidInput, MedSegError, NotFound, PayloadTooLarge
+from common.volume_inference import segment_volume
+from gateway import metrics, tenancy
+from gateway.access import STUDY_READ, STUDY_WRITE
+from gateway.core.db import get_sessionmaker
+from gateway.models import Study, audit
+from gateway.principal import Principal
+from gateway.service.dataplane import DataPlane, check_patient_id
+from gateway.service.masks import THRESHOLDS, nearest_threshold, probability_mask
+from services import volumes
+from services.postprocess3d import postprocess_mask
+
+logger = logging.getLogger(__name__)
+
+NOT_FOUND = "study {} not found"
+CANCELLED = "cancelled"
+
+
+class Cancelled(Exception):
+    """The study's cancel flag was seen between two chunks."""
+
+
+def input_error(exc: volumes.StudyInputError) -> MedSegError:
+    """The reader's refusal as the platform's error of the same status (400 / 409 / 413 / 415)."""
+    kind = {409: Conflict, 413: PayloadTooLarge}.get(exc.status, InvalidInput)
+    return kind(str(exc), code=exc.code)
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One uploaded file of a study."""
+
+    filename: str
+    data: bytes
+
+
+def parse_study_date(value: str | None) -> date | None:
+    if not value:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput(
+            f"study_date {value!r} is not a date: write it as YYYY-MM-DD", code="invalid_study_date"
+        ) from None
+
+
+def voxel_ml(volume: volumes.Volume) -> float:
+    """The volume of one voxel in millilitres (|det| of the affine's 3×3 part, in mm³)."""
+    return abs(float(np.linalg.det(volume.affine[:3, :3]))) / 1000.0
+
+
+class StudyJobs:
+    """The study service of one gateway process: submit, read, derive, cancel, and the worker threads."""
+
+    def __init__(self, dataplane: DataPlane, settings, session_factory: Callable[[], Session] | None = None):
+        self.dataplane = dataplane
+        self.settings = settings
+        self.session_factory = session_factory  # None: the process's database (tests bind their own)
+        self.limits = volumes.StudyLimits(
+            max_voxels=settings.study_max_voxels, max_bytes=settings.study_max_bytes
+        )
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        # Volumes read by this process's submit, handed to its own worker (no second parse of the upload);
+        # a worker of another process (or after a restart) reads the stored upload instead.
+        self._fresh: dict[uuid.UUID, volumes.Volume] = {}
+
+    # --- sessions, workers --------------------------------------------------------------------------
+    def _session(self) -> Session:
+        factory = self.session_factory or get_sessionmaker()
+        return factory()
+
+    def start(self) -> None:
+        """Start the worker threads (once); they take up queued and abandoned studies at once."""
+        with self._lock:
+            if self._threads or self.settings.study_workers < 1:
+                return
+            self._stop.clear()
+            for n in range(self.settings.study_workers):
+                thread = threading.Thread(target=self._loop, name=f"medseg-study-{n}", daemon=True)
+                thread.start()
+                self._threads.append(thread)
+        self._wake.set()
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join(timeout)
+        self._threads = []
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                study_id = self._claim()
+            except Exception as exc:  # the database is down: wait and try again, never die
+                logger.warning("study worker could not claim work: %s", exc)
+                study_id = None
+            if study_id is None:
+                self._wake.wait(self.settings.study_poll_s)
+                self._wake.clear()
+                continue
+            self._run(study_id)
+
+    def _claim(self) -> uuid.UUID | None:
+        """Take the oldest queued study, or a running one whose worker stopped beating; None if none."""
+        now = datetime.now(UTC)
+        stale = now - timedelta(seconds=self.settings.study_stale_after_s)
+        claimable = or_(
+            Study.status == "queued",
+            (Study.status == "running") & ((Study.heartbeat_at.is_(None)) | (Study.heartbeat_at < stale)),
+        )
+        with self._session() as session:
+            for row in session.scalars(select(Study).where(claimable).order_by(Study.created_at).limit(5)):
+                if row.attempts >= self.settings.study_max_attempts:
+                    self._finish_failed(
+                        session, row.id, "interrupted",
+                        f"the study was interrupted {row.attempts} times (gateway stopped while it ran); "
+                        "submit it again",
+                    )  # fmt: skip
+                    continue
+                taken = session.execute(
+                    update(Study)
+                    .where(Study.id == row.id, claimable)
+                    .values(status="running", heartbeat_at=now, started_at=now, attempts=Study.attempts + 1)
+                )
+                session.commit()
+                if taken.rowcount == 1:  # another worker may have taken it first
+                    if row.status == "running":
+                        logger.info("study %s resumed after its worker stopped (attempt %d)", row.id, row.attempts + 1)
+                    return row.id
+        return None
+
+    # --- submit -------------------------------------------------------------------------------------
+    def submit(
+        self,
+        session: Session,
+        principal: Principal,
+        organ_name: str,
+        files: Sequence[Upload],
+        patient_id: str | None = None,
+        study_date: str | None = None,
+    ) -> Study:
+        """Check and store one study, queued; the worker pool takes it from there."""
+        organ = self.dataplane.registry.get(organ_name)
+        if patient_id is not None:
+            check_patient_id(patient_id)
+        given_date = parse_study_date(study_date)
+        if not files:
+            raise InvalidInput("no files: send one NIfTI, the DICOM files of one series, or a zip", code="no_files")
+        total = sum(len(f.data) for f in files)
+        if total > self.settings.study_max_bytes:
+            raise PayloadTooLarge(
+                f"the study is {total} bytes; the limit is {self.settings.study_max_bytes} bytes",
+                code="study_too_large",
+            )
+        try:
+            volume = volumes.read_study([(f.filename, f.data) for f in files], limits=self.limits)
+        except volumes.StudyInputError as exc:
+            raise input_error(exc) from None
+        if volume.modality and organ.spec.modality and volume.modality.upper() not in _modalities(organ.spec):
+            raise InvalidInput(
+                f"the series is {volume.modality}; organ {organ.name!r} segments {organ.spec.modality}",
+                code="wrong_modality",
+            )
+        study_id = uuid.uuid4()
+        prefix = f"studies/{organ.name}/{study_id}"
+        key, blob, kind = _source_object(prefix, volume, files)
+        self.dataplane._ensure_buckets_once()
+        self.dataplane.store.put_bytes(self.dataplane.results_bucket, key, blob, content_type=kind)
+        row = Study(
+            id=study_id,
+            organ=organ.name,
+            patient_id=patient_id or volume.patient_id and check_patient_id(volume.patient_id),
+            study_date=volume.study_date or given_date,  # a DICOM StudyDate wins
+            source=volume.source,
+            modality=volume.modality,
+            study_uid=volume.series.study_uid if volume.series else None,
+            series_uid=volume.series.series_uid if volume.series else None,
+            status="queued",
+            progress=0.0,
+            attempts=0,
+            shape=list(canonical_shape(volume, _axcodes(organ.spec))),
+            spacing_mm=[round(float(s), 4) for s in volume.canonical_spacing(_axcodes(organ.spec))],
+            labels=[organ.spec.label],
+            volumes_ml={},
+            input_key=key,
+            source_key=key if volume.source == "dicom" else None,
+            size_bytes=len(blob),
+            api_key_id=principal.api_key.id if principal.api_key else None,
+            user_id=principal.user.id if principal.user else None,
+            hospital=principal.hospital,
+        )
+        try:
+            session.add(row)
+            audit(session, principal.actor, "study.submit", str(study_id), {"organ": organ.name, "slices": row.shape[0]})
+            session.commit()
+        except Exception:
+            self.dataplane._remove([key])
+            raise
+        self._fresh[study_id] = volume
+        self.start()
+        self._wake.set()
+        return row
+
+    # --- the job --------------------------------------------------------------------------------------
+    def _run(self, study_id: uuid.UUID) -> None:
+        started = time.perf_counter()
+        try:
+            self._segment(study_id)
+        except Cancelled:
+            with self._session() as session:
+                self._finish_failed(session, study_id, CANCELLED, "the study was cancelled")
+        except volumes.StudyInputError as exc:  # the stored upload no longer reads: not worth retrying
+            with self._session() as session:
+                self._finish_failed(session, study_id, exc.code, str(exc))
+        except MedSegError as exc:
+            logger.warning("study %s failed: %s", study_id, exc.message)
+            with self._session() as session:
+                self._finish_failed(session, study_id, exc.code, exc.message)
+        except Exception as exc:
+            logger.exception("study %s failed", study_id)
+            with self._session() as session:
+                self._finish_failed(session, study_id, "internal", f"internal error ({type(exc).__name__})")
+        finally:
+            self._fresh.pop(study_id, None)
+            metrics.observe_latency("study", "-", "-", started)
+
+    def _segment(self, study_id: uuid.UUID) -> None:
+        with self._session() as session:
+            row = session.get(Study, study_id)
+            organ = self.dataplane.registry.get(row.organ)
+            input_key, prefix = row.input_key, row.input_key.rsplit("/", 1)[0]
+        volume = self._fresh.pop(study_id, None) or self._read_stored(input_key)
+        axcodes = _axcodes(organ.spec)
+        canonical = volume.canonical(axcodes)
+        model = self.dataplane.registry.model(organ.name)
+        beat = _Beat(self, study_id)
+        prob = segment_volume(
+            self.dataplane.clients[organ.name],
+            organ.name,
+            canonical,
+            version=model.version if model.version != "unknown" else None,
+            chunk=organ.spec.inference.volume_chunk,
+            progress=beat.progress,
+            cancelled=beat.cancelled,
+        )
+        if beat.cancelled(force=True):
+            raise Cancelled()
+        prob_ijk = np.ascontiguousarray(volume.from_canonical(prob, axcodes))
+        key = f"{prefix}/probability.nii.gz"
+        blob = volumes.nifti_bytes(volume, prob_ijk)
+        self.dataplane.store.put_bytes(self.dataplane.results_bucket, key, blob, content_type="application/gzip")
+        per_voxel = voxel_ml(volume)
+        label = organ.spec.label
+        volumes_ml = {
+            f"{t:.1f}": {label: round(int(np.count_nonzero(self._mask(organ.spec, prob_ijk, t))) * per_voxel, 2)}
+            for t in THRESHOLDS
+        }
+        with self._session() as session:
+            session.execute(
+                update(Study)
+                .where(Study.id == study_id)
+                .values(
+                    status="done", progress=1.0, probability_key=key, volumes_ml=volumes_ml,
+                    model_name=model.name, model_version=model.version, finished_at=datetime.now(UTC),
+                    heartbeat_at=datetime.now(UTC), error_code=None, error_message=None,
+                )
+            )  # fmt: skip
+            session.commit()
+        logger.info("study %s done: %d slices", study_id, canonical.shape[0])
+
+    def _read_stored(self, key: str) -> volumes.Volume:
+        blob = self.dataplane.store.get_bytes(self.dataplane.results_bucket, key)
+        return volumes.read_study(_stored_files(key, blob), limits=self.limits)
+
+    @staticmethod
+    def _mask(spec, prob_u8: np.ndarray, threshold: float) -> np.ndarray:
+        return postprocess_mask(probability_mask(prob_u8, threshold), spec.postprocess_3d)
+
+    def _finish_failed(self, session: Session, study_id, code: str, message: str) -> None:
+        session.execute(
+            update(Study)
+            .where(Study.id == study_id)
+            .values(status="failed", error_code=code, error_message=message, finished_at=datetime.now(UTC))
+        )
+        session.commit()
+
+    # --- reading ----------------------------------------------------------------------------------------
+    def get(self, session: Session, principal: Principal, study_id: str) -> Study:
+        ident = _study_uuid(study_id)
+        return tenancy.get(session, principal, STUDY_READ, ident, NotFound(NOT_FOUND.format(study_id)))
+
+    def list(
+        self, session: Session, principal: Principal, patient_id: str | None, organ: str | None, limit: int
+    ) -> list[Study]:
+        query = select(Study).where(tenancy.where(principal, STUDY_READ))
+        if patient_id:
+            query = query.where(Study.patient_id == patient_id)
+        if organ:
+            query = query.where(Study.organ == organ)
+        return list(session.scalars(query.order_by(Study.created_at.desc()).limit(limit)))
+
+    def threshold_of(self, row: Study, threshold: float | None) -> float:
+        """The threshold asked for (0.2 … 0.8), else the one saved, else the organ's default."""
+        if threshold is None:
+            threshold = row.chosen_threshold
+        if threshold is None:
+            threshold = self.dataplane.registry.default_threshold(row.organ)
+        return nearest_threshold(_check_threshold(threshold))
+
+    def _done(self, row: Study) -> None:
+        if row.status != "done":
+            raise Conflict(f"study {row.id} is {row.status}: its result is not there", code="study_not_done")
+
+    def labels_volume(self, row: Study, threshold: float) -> tuple[volumes.Volume, np.ndarray]:
+        """(the study's probability volume as read, uint8 labels on the input grid at `threshold`)."""
+        self._done(row)
+        organ = self.dataplane.registry.get(row.organ)
+        blob = self.dataplane.store.get_bytes(self.dataplane.results_bucket, row.probability_key)
+        prob = volumes.read_study([("probability.nii.gz", blob)], limits=self.limits)
+        labels = self._mask(organ.spec, prob.data.round().astype(np.uint8), threshold).astype(np.uint8)
+        return prob, labels
+
+    def mask_nifti(self, row: Study, threshold: float) -> bytes:
+        prob, labels = self.labels_volume(row, threshold)
+        return volumes.nifti_bytes(prob, labels)
+
+    def seg_dicom(self, row: Study, threshold: float) -> bytes:
+        if row.source != "dicom" or not row.source_key:
+            raise Conflict(
+                f"study {row.id} came as NIfTI: a DICOM SEG needs the source DICOM series (ask for mask.nii.gz)",
+                code="not_dicom",
+            )
+        _, labels = self.labels_volume(row, threshold)
+        blob = self.dataplane.store.get_bytes(self.dataplane.results_bucket, row.source_key)
+        return volumes.dicom_seg(
+            _stored_files(row.source_key, blob),
+            labels,
+            list(row.labels),
+            algorithm=row.model_name or row.organ,
+            version=row.model_version or "unknown",
+            threshold=threshold,
+        )
+
+    def image_nifti(self, row: Study) -> bytes:
+        """The study's image as NIfTI on its input grid (the viewer's background)."""
+        blob = self.dataplane.store.get_bytes(self.dataplane.results_bucket, row.input_key)
+        if row.source == "nifti":
+            return blob
+        volume = volumes.read_study(_stored_files(row.input_key, blob), limits=self.limits)
+        return volumes.nifti_bytes(volume, _compact(volume.data))
+
+    # --- the doctor's choices -----------------------------------------------------------------------
+    def cancel(self, session: Session, principal: Principal, study_id: str) -> Study:
+        row = self.get(session, principal, study_id)
+        tenancy.check(session, principal, STUDY_WRITE, row, "only the study's owner may cancel it")
+        if row.status in ("done", "failed"):
+            raise Conflict(f"study {study_id} is already {row.status}", code="study_finished")
+        row.cancel_requested = True
+        if row.status == "queued":
+            row.status, row.error_code, row.error_message = "failed", CANCELLED, "the study was cancelled"
+            row.finished_at = datetime.now(UTC)
+        audit(session, principal.actor, "study.cancel", str(row.id))
+        session.commit()
+        return row
+
+    def choose_threshold(
+        self, session: Session, principal: Principal, study_id: str, threshold: float, note: str | None
+    ) -> Study:
+        row = self.get(session, principal, study_id)
+        tenancy.check(session, principal, STUDY_WRITE, row, "only the study's owner may save its threshold")
+        self._done(row)
+        row.chosen_threshold = nearest_threshold(_check_threshold(threshold))
+        row.chosen_note = note
+        row.chosen_at = datetime.now(UTC)
+        audit(session, principal.actor, "study.choose_threshold", str(row.id), {"threshold": row.chosen_threshold})
+        session.commit()
+        return row
+
+    def trend(self, session: Session, principal: Principal, patient_id: str, organ: str | None) -> list[dict]:
+        """One point per finished study of the patient: study date (else the upload day), mL per label at the
+        saved threshold, else the organ's default."""
+        rows = [r for r in self.list(session, principal, patient_id, organ, 500) if r.status == "done"]
+        points = []
+        for row in rows:
+            threshold = self.threshold_of(row, None)
+            points.append(
+                {
+                    "study_id": str(row.id),
+                    "study_date": row.study_date or row.created_at.date(),
+                    "date_from": "study" if row.study_date else "upload",
+                    "organ": row.organ,
+                    "model_version": row.model_version,
+                    "threshold": threshold,
+                    "chosen": row.chosen_threshold is not None,
+                    "volumes_ml": row.volumes_ml.get(f"{threshold:.1f}", {}),
+                }
+            )
+        return sorted(points, key=lambda p: (p["study_date"], p["study_id"]))
+
+
+class _Beat:
+    """Progress and heartbeat written at most every half second; the cancel flag read at most every second."""
+
+    def __init__(self, jobs: StudyJobs, study_id: uuid.UUID):
+        self.jobs, self.study_id = jobs, study_id
+        self._last_write = 0.0
+        self._last_read = 0.0
+        self._cancelled = False
+
+    def progress(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self._last_write < 0.5 and done < total:
+            return
+        self._last_write = now
+        # the last few percent are writing the result: keep them for that
+        value = round(0.95 * done / max(total, 1), 3)
+        with self.jobs._session() as session:
+            session.execute(
+                update(Study)
+                .where(Study.id == self.study_id, Study.status == "running")
+                .values(progress=value, heartbeat_at=datetime.now(UTC))
+            )
+            session.commit()
+
+    def cancelled(self, force: bool = False) -> bool:
+        now = time.monotonic()
+        if not self._cancelled and (force or now - self._last_read >= 1.0):
+            self._last_read = now
+            with self.jobs._session() as session:
+                self._cancelled = bool(
+                    session.scalar(select(Study.cancel_requested).where(Study.id == self.study_id))
+                )
+        return self._cancelled
+
+
+def _axcodes(spec) -> tuple[str, str, str]:
+    return tuple(getattr(spec, "volume_axcodes", None) or ("L", "A", "S"))
+
+
+def _modalities(spec) -> set[str]:
+    """The DICOM modalities an organ's spec accepts (its `modality`, e.g. CT, or "MR" for MRI)."""
+    value = spec.modality.upper()
+    return {"MR", "MRI"} if value in ("MR", "MRI") else {value}
+
+
+def _study_uuid(study_id: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(str(study_id))
+    except ValueError:
+        raise NotFound(NOT_FOUND.format(study_id)) from None
+
+
+def _check_threshold(value: float) -> float:
+    if not 0.2 - 1e-9 <= float(value) <= 0.8 + 1e-9:
+        raise InvalidInput(f"threshold {value} is outside 0.2 … 0.8", code="invalid_threshold")
+    return float(value)
+
+
+def _compact(data: np.ndarray) -> np.ndarray:
+    """int16 when every value is a whole number within its range (CT in HU), else float32."""
+    if data.size and np.all(np.isfinite(data)):
+        low, high = float(data.min()), float(data.max())
+        if -32768 <= low and high <= 32767 and np.array_equal(data, np.round(data)):
+            return data.astype(np.int16)
+    return data.astype(np.float32)
+
+
+def _source_object(prefix: str, volume: volumes.Volume, files: Sequence[Upload]) -> tuple[str, bytes, str]:
+    """The upload as stored once: a NIfTI as it came; DICOM files (or the zip that held them) in one zip."""
+    if volume.source == "nifti":
+        name = "source.nii.gz" if files[0].data[:2] == b"\x1f\x8b" else "source.nii"
+        if len(files) == 1 and not zipfile.is_zipfile(io.BytesIO(files[0].data)):
+            return f"{prefix}/{name}", files[0].data, "application/octet-stream"
+        data = volumes.nifti_bytes(volume, _compact(volume.data))
+        return f"{prefix}/source.nii.gz", data, "application/gzip"
+    if len(files) == 1 and zipfile.is_zipfile(io.BytesIO(files[0].data)):
+        return f"{prefix}/source.zip", files[0].data, "application/zip"
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        for n, upload in enumerate(files):
+            archive.writestr(f"{n:05d}.dcm", upload.data)
+    return f"{prefix}/source.zip", buffer.getvalue(), "application/zip"
+
+
+def _stored_files(key: str, blob: bytes) -> list[tuple[str, bytes]]:
+    return [(key.rsplit("/", 1)[-1], blob)]
+
+
+def canonical_shape(volume: volumes.Volume, axcodes: Sequence[str]) -> tuple[int, int, int]:
+    """(z, y, x) of `volume.canonical(axcodes)`, from the affine alone (no voxel is moved)."""
+    transform = ornt_transform(io_orientation(volume.affine), axcodes2ornt(tuple(axcodes)))
+    xyz = [0, 0, 0]
+    for axis, (target, _) in enumerate(transform):
+        xyz[int(target)] = int(volume.data.shape[axis])
+    return xyz[2], xyz[1], xyz[0]
