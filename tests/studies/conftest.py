@@ -1,0 +1,90 @@
+"""A real study stack for the studies tests: the shipped liver weights on a real TorchServe (repacked with this
+checkout's handler code), the session's object store, and a real gateway process (`medseg serve`) with its
+own database, which a test may kill and start again."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.data import SHARED_DATA
+from tests.fixtures.torchserve import _require_runtime, repacked_with_current_code
+from tests.hardening.live_gateway import LiveGateway, model_store_for
+
+REPO = Path(__file__).resolve().parents[2]
+STUDY_MAX_BYTES = 40 * 1024 * 1024
+FINISHED = ("done", "failed")
+
+
+@pytest.fixture(scope="module")
+def study_work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("studies")
+
+
+@pytest.fixture(scope="module")
+def shipped_liver(study_work):
+    """TorchServe serving the shipped liver model (trained weights) as model "liver"."""
+    from common.launcher import OrganServer, free_ports
+
+    _require_runtime()
+    if not SHARED_DATA.is_dir():
+        pytest.skip("needs ../shared/data")
+    store = study_work / "liver-store"
+    store.mkdir()
+    repacked_with_current_code(REPO / "model-store" / "liver.mar", "liver", store)
+    server = OrganServer("liver", study_work / "state", store, models={"liver": "liver.mar"}, ports=free_ports())
+    try:
+        server.start(timeout=300)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def study_gateway(study_work, s3_settings, objectstore, shipped_liver, torchserve_cells):
+    settings = s3_settings.model_copy(
+        update={
+            "state_dir": study_work / "state",
+            "model_store_dir": model_store_for(
+                {
+                    "liver": (study_work / "liver-store", "liver"),
+                    "cells": (torchserve_cells.model_store, torchserve_cells.model_name),
+                },
+                study_work / "model-store",
+            ),
+            "organ_addresses": {
+                "liver": shipped_liver.grpc_inference_address,
+                "cells": torchserve_cells.grpc_inference_address,
+            },
+            "organ_inference_keys": {
+                "liver": shipped_liver.keys.inference,
+                "cells": torchserve_cells.inference_key,
+            },
+            "study_max_bytes": STUDY_MAX_BYTES,
+            "study_poll_s": 0.5,
+            "study_stale_after_s": 4.0,
+        }
+    )
+    live = LiveGateway.create(settings, study_work)
+    try:
+        live.start(required=("organ:liver", "objectstore"))
+        yield live
+    finally:
+        live.close()
+
+
+def wait_finished(client: httpx.Client, study_id: str, timeout: float = 300.0) -> dict:
+    """The study once done or failed (polling its Location), with every progress value seen on the way."""
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        body = client.get(f"/api/v1/studies/{study_id}").json()
+        seen.append(body["progress"])
+        if body["status"] in FINISHED:
+            body["_progress_seen"] = seen
+            return body
+        time.sleep(0.2)
+    raise AssertionError(f"study {study_id} not finished after {timeout}s: {body}")
