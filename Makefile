@@ -15,6 +15,12 @@ TS_JAR = $(shell $(PY) -c "import ts, os; print(os.path.join(os.path.dirname(ts.
 system-deps:
 	@command -v java >/dev/null 2>&1 || { echo "installing Java 17 (TorchServe needs it)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless >/dev/null; }
+	@# the local PACS (tools/pacs_server.py); the package's own system service is switched off: `make up` runs
+	@# Orthanc with MedSeg's configuration on 127.0.0.1:8042, which that service would hold
+	@{ command -v Orthanc >/dev/null 2>&1 || test -x /usr/sbin/Orthanc; } && test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so || { \
+	  echo "installing Orthanc and its DICOMweb plugin (the local PACS)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb >/dev/null; \
+	  if command -v systemctl >/dev/null 2>&1; then systemctl disable --now orthanc >/dev/null 2>&1 || true; fi; }
 
 # Only the tests need these: the database tests run on PostgreSQL too, the UI tests drive Chromium.
 test-deps:

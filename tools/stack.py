@@ -1,9 +1,10 @@
 """`python -m tools.stack up|down|status`: the local stack for development and a single server.
 
-`stack up` is idempotent: it starts only what is not already running — the object store, one TorchServe
-per organ folder whose `.mar` is in model-store/ (an organ without one is skipped with a warning), and
-the gateway — then waits for /readyz and prints the URLs. Each process it starts gets a pid file under
-`.medseg/pids/` holding the pid and the kernel start time, so `stack down` stops exactly those
+`stack up` is idempotent: it starts only what is not already running — the object store, the local PACS
+(Orthanc, when MEDSEG_PACS_URL names this machine; skipped with a warning when Orthanc is not installed),
+one TorchServe per organ folder whose `.mar` is in model-store/ (an organ without one is skipped with a
+warning), and the gateway — then waits for /readyz and prints the URLs. Each process it starts gets a pid
+file under `.medseg/pids/` holding the pid and the kernel start time, so `stack down` stops exactly those
 processes (a reused pid is never signalled) and nothing else. Data lives under `.medseg/` and survives.
 """
 
@@ -22,6 +23,7 @@ from pathlib import Path
 import httpx
 
 from common.settings import Settings, get_settings
+from tools import pacs_server
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +89,23 @@ def _object_store(settings: Settings):
     server = ObjectStoreServer.from_settings(settings)
     server.pid_path = pid_dir(settings) / "objectstore.pid"
     return server
+
+
+def _pacs(settings: Settings) -> pacs_server.PacsServer | None:
+    """The local Orthanc, or None when the configured PACS is elsewhere (a hospital's)."""
+    return pacs_server.PacsServer.from_settings(settings, pid_path=pid_dir(settings) / "pacs.pid")
+
+
+def _start_pacs(settings: Settings) -> str:
+    """Start the local PACS; what to print about it."""
+    server = _pacs(settings)
+    if server is None:
+        return f"{settings.pacs_url}  (the configured PACS; not started here)"
+    if not pacs_server.installed():
+        logger.warning("skipping the local PACS: %s", pacs_server.INSTALL_HINT)
+        return "not running (Orthanc is not installed)"
+    server.start()
+    return f"{server.url}  (Orthanc; credentials in {server.credentials_path})"
 
 
 def _organs_with_models(settings: Settings) -> tuple[list[str], list[str]]:
@@ -175,6 +194,7 @@ def _wait_ready(settings: Settings, skipped: list[str], timeout_s: float = READY
 def stack_up(settings: Settings) -> int:
     pid_dir(settings).mkdir(parents=True, exist_ok=True)
     _object_store(settings).start()
+    pacs = _start_pacs(settings)
     organs, skipped = _organs_with_models(settings)
     for organ in skipped:
         logger.warning(
@@ -191,6 +211,7 @@ def stack_up(settings: Settings) -> int:
     print(f"  HTTP  http://{settings.http_host}:{settings.http_port}  (API docs /docs, readiness /readyz)")
     print(f"  gRPC  {settings.grpc_host}:{settings.grpc_port}  (medseg.v1.Segmentation, reflection on)")
     print(f"  S3    http://{settings.s3_endpoint}")
+    print(f"  PACS  {pacs}")
     return 0
 
 
@@ -205,13 +226,15 @@ def stack_down(settings: Settings) -> int:
             stopped.append(f"torchserve-{organ}")
     if _object_store(settings).stop():
         stopped.append("objectstore")
+    if (pacs := _pacs(settings)) and pacs.stop():
+        stopped.append("pacs")
     print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
     return 0
 
 
 def stack_process_groups(settings: Settings) -> dict[str, int]:
     """Name → process group id of each part of the stack that runs (each was started in a session of its
-    own, so its pid is its group): "gateway", "torchserve-<organ>", "objectstore"."""
+    own, so its pid is its group): "gateway", "torchserve-<organ>", "objectstore", "pacs"."""
     from services.spec import organ_dirs
 
     groups = {"gateway": _gateway_pid(settings).alive_pid()}
@@ -219,6 +242,7 @@ def stack_process_groups(settings: Settings) -> dict[str, int]:
         {f"torchserve-{o}": _organ_pid(settings, o).alive_pid() for o in organ_dirs(settings.services_dir)}
     )
     groups["objectstore"] = _object_store(settings).running_pid()
+    groups["pacs"] = (pacs := _pacs(settings)) and pacs.running_pid()
     return {name: pid for name, pid in groups.items() if pid}
 
 
@@ -230,6 +254,7 @@ def stack_status(settings: Settings) -> int:
         (f"torchserve-{o}", _organ_pid(settings, o).alive_pid()) for o in organ_dirs(settings.services_dir)
     ]
     rows.append(("objectstore", _object_store(settings).running_pid()))
+    rows.append(("pacs", (pacs := _pacs(settings)) and pacs.running_pid()))
     for name, pid in rows:
         print(f"{name:20s} {'running (pid ' + str(pid) + ')' if pid else 'stopped'}")
     try:
@@ -243,7 +268,7 @@ def stack_status(settings: Settings) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tools.stack",
-        description="start/stop the local stack (object store, organ servers, gateway)",
+        description="start/stop the local stack (object store, PACS, organ servers, gateway)",
     )
     actions = parser.add_subparsers(dest="action", required=True)
     for name, func, text in (
