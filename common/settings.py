@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     pacs_credentials_file: Path | None = None  # None: state_dir/pacs-credentials.json
     pacs_connect_timeout_s: float = 3.0
     pacs_timeout_s: float = 30.0  # read timeout: the longest the PACS may stay silent within one answer
+    # The hospitals whose people and keys may use the PACS (it is their archive); empty: every caller of this
+    # deployment (a deployment for one hospital). Others are refused with 403.
+    pacs_hospitals: list[str] = []
     # Key of the keyed hash that turns a PACS PatientID which is not a pseudonymous ID into PACS-<hash>
     # (gateway/service/pacs.py); empty: a key generated once into state_dir/pacs-patient-key (0600). Keep it
     # stable: a new key gives the same patient a new ID (their trend starts again).

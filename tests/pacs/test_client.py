@@ -1,5 +1,5 @@
-"""common.pacs against a real Orthanc: QIDO-RS search, WADO-RS fetch within a byte limit, STOW-RS store,
-and every failure as the platform's error naming the PACS (down, killed mid-fetch, wrong credentials, refusing)."""
+"""common.pacs against a real Orthanc: QIDO-RS search, WADO-RS fetch within a byte limit, STOW-RS store, and
+every failure as our error naming the PACS (down, killed mid-fetch, wrong credentials, refusal)."""
 
 from __future__ import annotations
 
