@@ -668,7 +668,7 @@ def _check_stacked(slices: Sequence[_Slice], normal: np.ndarray, spacing: tuple[
                 f"{_instance(s.name, s.ds)} is shifted by {np.linalg.norm(in_plane):.2f} mm within its plane "
                 f"relative to {_instance(slices[0].name, slices[0].ds)}: the slices are not stacked straight "
                 "(gantry tilt?); resample the series to a straight stack",
-                code="unequal_spacing",
+                code="sheared_series",
             )
 
 
