@@ -114,6 +114,14 @@ def liver_labels(first: int = 20, count: int = 24, *, layout: str | Sequence = "
     return np.ascontiguousarray(apply_orientation(labels, _layout(layout)))
 
 
+def liver_dicom_labels(first: int = 20, count: int = 24, *, layout: str | Sequence = "base") -> np.ndarray:
+    """The expected labels on the grid a standard converter reads from ``liver_dicom_series(layout=...)``:
+    k sorted along the slice normal, so reversed from the layout's when its axes are left-handed."""
+    labels = liver_labels(first, count, layout=layout)
+    _, affine = _on_layout(labels, layout, PIXEL_MM, SLICE_MM)
+    return np.ascontiguousarray(labels[:, :, ::-1]) if np.linalg.det(affine[:3, :3]) < 0 else labels
+
+
 def liver_nifti_image(
     first: int = 20,
     count: int = 24,
@@ -126,11 +134,7 @@ def liver_nifti_image(
 ) -> nib.Nifti1Image:
     """The liver volume (or its labels) as a nibabel image; qform and sform codes 1 (scanner)."""
     hu, label_volume = liver_volume(first, count)
-    affine = base_affine(hu.shape, pixel_mm=pixel_mm, slice_mm=slice_mm)
-    data = label_volume if labels else _cast(hu, dtype)
-    ornt = _layout(layout)
-    data = np.ascontiguousarray(apply_orientation(data, ornt))
-    affine = affine @ inv_ornt_aff(ornt, hu.shape)
+    data, affine = _on_layout(label_volume if labels else _cast(hu, dtype), layout, pixel_mm, slice_mm)
     image = nib.Nifti1Image(data, affine)
     image.header.set_xyzt_units("mm")
     image.set_qform(affine, code=1)
@@ -148,6 +152,7 @@ def liver_dicom_datasets(
     first: int = 20,
     count: int = 24,
     *,
+    layout: str | Sequence = "base",
     pixel_mm: float = PIXEL_MM,
     slice_mm: float = SLICE_MM,
     patient_id: str | None = PATIENT_ID,
@@ -159,26 +164,41 @@ def liver_dicom_datasets(
     slope: float = 1.0,
     intercept: float = CT_INTERCEPT,
 ) -> list[Dataset]:
-    """The liver volume as CT Image Storage datasets, one per slice in z order (uncompressed, int16).
+    """The liver volume as CT Image Storage datasets, one per slice in k order (uncompressed, int16).
 
-    Stored values are ``round((HU - intercept) / slope)``; UIDs are deterministic for the same arguments."""
+    ``layout`` as for NIfTI: the series' columns, rows and slices are the layout's i, j and k (e.g.
+    "flip_jk": back at the top and slices running down; a permuted layout: a sagittal or coronal series).
+    A reader sorting slices along the normal (row × column cosines) gets ``liver_dicom_labels(layout)``'s
+    grid: the layout's, with k reversed when the layout is left-handed ("flip_i", "las"). Stored values are
+    ``round((HU - intercept) / slope)``; UIDs are deterministic for the same arguments."""
     hu, _ = liver_volume(first, count)
-    seed = f"medseg-tests-liver-{first}-{count}-{pixel_mm}-{slice_mm}"
+    stored, affine = _on_layout(
+        np.rint((hu - intercept) / slope).astype(np.int16), layout, pixel_mm, slice_mm
+    )
+    lps = _lps_to_ras() @ affine  # the flip is its own inverse
+    column_mm, row_mm, step_mm = np.sqrt((lps[:3, :3] ** 2).sum(axis=0))
+    plane = {
+        "ImageOrientationPatient": [float(v) for v in (*lps[:3, 0] / column_mm, *lps[:3, 1] / row_mm)],
+        "PixelSpacing": [float(row_mm), float(column_mm)],
+        "SliceThickness": float(step_mm),
+    }
+    seed = f"medseg-tests-liver-{first}-{count}-{pixel_mm}-{slice_mm}-{np.asarray(_layout(layout)).tolist()}"
     study_uid = study_uid or generate_uid(entropy_srcs=[seed, "study"])
     series_uid = series_uid or generate_uid(entropy_srcs=[seed, "series", str(series_number)])
     frame_uid = generate_uid(entropy_srcs=[seed, "frame"])
-    stored = np.rint((hu - intercept) / slope).astype(np.int16)  # (i, j, k)
     datasets = []
-    for k in range(count):
-        ds = _ct_slice(stored[:, :, k].T, pixel_mm=pixel_mm, slice_mm=slice_mm)
+    for k in range(stored.shape[2]):
+        ds = _ct_slice(stored[:, :, k].T, plane)
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(
             entropy_srcs=[seed, series_uid, "instance", str(k)]
         )
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
         ds.SeriesNumber, ds.InstanceNumber = series_number, k + 1
         ds.SeriesDescription = series_description
-        ds.ImagePositionPatient = image_position(k, hu.shape, pixel_mm=pixel_mm, slice_mm=slice_mm)
-        ds.SliceLocation = ds.ImagePositionPatient[2]
+        ds.ImagePositionPatient = [float(v) for v in (lps @ (0, 0, k, 1))[:3]]
+        ds.SliceLocation = float(
+            np.dot(ds.ImagePositionPatient, np.cross(*np.reshape(plane["ImageOrientationPatient"], (2, 3))))
+        )
         ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
         if patient_id is not None:
             ds.PatientID = patient_id
@@ -249,6 +269,13 @@ def _layout(layout: str | Sequence) -> np.ndarray:
     return ornt
 
 
+def _on_layout(data: np.ndarray, layout, pixel_mm: float, slice_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """Base-grid voxels stored in ``layout``'s order, with the affine that keeps each in its place."""
+    ornt = _layout(layout)
+    affine = base_affine(data.shape, pixel_mm=pixel_mm, slice_mm=slice_mm) @ inv_ornt_aff(ornt, data.shape)
+    return np.asfortranarray(apply_orientation(data, ornt)), affine  # slices [:, :, k] contiguous
+
+
 def _lps_to_ras() -> np.ndarray:
     return np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -268,7 +295,7 @@ def _cast(hu: np.ndarray, dtype: str) -> np.ndarray:
     return hu.astype(dtype)
 
 
-def _ct_slice(pixels_rc: np.ndarray, *, pixel_mm: float, slice_mm: float) -> Dataset:
+def _ct_slice(pixels_rc: np.ndarray, plane: dict) -> Dataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -285,9 +312,8 @@ def _ct_slice(pixels_rc: np.ndarray, *, pixel_mm: float, slice_mm: float) -> Dat
     ds.ReferringPhysicianName = ""
     ds.Manufacturer = "MedSeg tests"
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-    ds.PixelSpacing = [pixel_mm, pixel_mm]
-    ds.SliceThickness = slice_mm
+    for keyword, value in plane.items():
+        setattr(ds, keyword, value)
     ds.PositionReferenceIndicator = ""
     ds.Rows, ds.Columns = pixels_rc.shape
     ds.SamplesPerPixel = 1

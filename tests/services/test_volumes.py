@@ -143,6 +143,21 @@ def test_nifti_layouts_give_the_same_canonical_and_masks_land_on_their_grid(layo
     assert np.array_equal(volume.from_canonical(mask), sd.liver_labels(FIRST, COUNT, layout=layout))
 
 
+@pytest.mark.parametrize(
+    ("layout", "count"),
+    [("flip_i", COUNT), ("flip_jk", COUNT), ("las", COUNT), ("permuted_flipped", 6)],
+    ids=["rows-to-right", "back-at-top-slices-down", "las-normal-down", "coronal-planes"],
+)
+def test_dicom_series_in_other_orientations_give_the_same_canonical(layout, count, dicom_volume, training):
+    grey, mask = training
+    volume = read_study(sd.liver_dicom_series(FIRST, count, layout=layout))
+    assert np.array_equal(as_grey(volume.canonical()), grey[:count])
+    assert volume.canonical_spacing() == pytest.approx((2.5, 0.75, 0.75))
+    assert np.array_equal(
+        volume.from_canonical(mask[:count]), sd.liver_dicom_labels(FIRST, count, layout=layout)
+    )
+
+
 def test_from_canonical_carries_leading_axes_and_keeps_dtype(dicom_volume, training):
     _, mask = training
     probabilities = np.stack([1.0 - mask, mask]).astype(np.float16)  # (class, z, y, x)
@@ -181,6 +196,21 @@ def test_compressed_series_decode_to_the_same_hu(syntax):
     compressed = read_study(files)
     assert compressed.series.transfer_syntax_uid == syntax
     assert np.array_equal(compressed.data, plain.data)
+
+
+@pytest.mark.parametrize(
+    ("syntax", "plugin"),
+    [(RLELossless, "pylibjpeg"), (JPEGLSLossless, "pyjpegls"), (JPEG2000Lossless, "pylibjpeg")],
+    ids=["rle", "jpeg-ls", "jpeg2000"],
+)
+def test_the_pinned_runtime_plugins_decode_the_compressed_syntaxes(syntax, plugin):
+    # python-gdcm (test-only, dicom2nifti's) decodes these too, so the test above alone would not show that
+    # the pinned runtime plugins do
+    [(_, plain_bytes)] = sd.liver_dicom_series(FIRST, 1)
+    [(_, packed_bytes)] = sd.liver_dicom_series(FIRST, 1, transfer_syntax=syntax)
+    packed = pydicom.dcmread(io.BytesIO(packed_bytes))
+    packed.pixel_array_options(decoding_plugin=plugin)
+    assert np.array_equal(packed.pixel_array, pydicom.dcmread(io.BytesIO(plain_bytes)).pixel_array)
 
 
 def test_zip_of_a_series_with_folder_litter_reads_like_the_files(series, dicom_volume):
