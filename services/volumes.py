@@ -35,7 +35,6 @@ import numpy as np
 import pydicom
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
@@ -473,7 +472,9 @@ def _parse_dicom(name: str, data: bytes, limits: StudyLimits) -> Dataset | None:
         ds = pydicom.dcmread(io.BytesIO(data))
     except ImageDecodeError as exc:
         raise StudyInputError(f"{name}: {exc}", code="study_too_large", status=413) from exc
-    except (InvalidDicomError, ValueError, EOFError, OSError, KeyError, TypeError) as exc:
+    except (
+        Exception
+    ) as exc:  # InvalidDicomError, struct/EOF errors…: pydicom raises many kinds on a damaged file
         raise StudyInputError(f"{name} is a damaged DICOM file ({exc})", code="unreadable_dicom") from exc
     sop_class = str(ds.get("SOPClassUID", "") or ds.file_meta.get("MediaStorageSOPClassUID", ""))
     if sop_class == _MEDIA_STORAGE_DIRECTORY:
@@ -687,29 +688,40 @@ def _check_steps(slices: Sequence[_Slice]) -> None:
             )
     if not steps.size:
         return
-    spacing = float(np.median(steps))
+    # Gaps: every step a whole multiple of the smallest (so a series missing most of its slices is still
+    # read as gaps); otherwise the steps are uneven, measured against the usual (median) step.
+    spacing = float(steps.min())
+    multiples = np.rint(steps / spacing)
     tolerance = max(POSITION_TOLERANCE_MM, SPACING_TOLERANCE * spacing)
-    for n, step in enumerate(steps):
-        if abs(step - spacing) <= tolerance:
-            continue
-        a, b = slices[n], slices[n + 1]
-        where = (
-            f"between position {a.position:.2f} mm ({_instance(a.name, a.ds)}) and {b.position:.2f} mm "
-            f"({_instance(b.name, b.ds)})"
-        )
-        multiple = round(step / spacing)
-        if multiple >= 2 and abs(step - multiple * spacing) <= tolerance * multiple:
+    if np.all(np.abs(steps - multiples * spacing) <= tolerance * multiples):
+        gaps = np.flatnonzero(multiples >= 2)
+        if gaps.size:
+            n, missing = int(gaps[0]), int(multiples[gaps[0]]) - 1
+            in_all = f" ({int(multiples.sum() - steps.size)} missing in all)" if gaps.size > 1 else ""
             raise StudyInputError(
-                f"{multiple - 1} slice(s) missing {where}: the other slices are {spacing:.2f} mm apart; send "
-                "the complete series",
+                f"{missing} slice(s) missing {_between(slices, n)}: the other slices are {spacing:.2f} mm "
+                f"apart{in_all}; send the complete series",
                 code="missing_slice",
-                details={"between_mm": [a.position, b.position], "missing": multiple - 1},
+                details={"between_mm": [slices[n].position, slices[n + 1].position], "missing": missing},
             )
-        raise StudyInputError(
-            f"the slices are not evenly spaced: {step:.2f} mm {where}, {spacing:.2f} mm elsewhere",
-            code="unequal_spacing",
-            details={"between_mm": [a.position, b.position]},
-        )
+        return
+    usual = float(np.median(steps))
+    tolerance = max(POSITION_TOLERANCE_MM, SPACING_TOLERANCE * usual)
+    n = int(np.flatnonzero(np.abs(steps - usual) > tolerance)[0])
+    raise StudyInputError(
+        f"the slices are not evenly spaced: {steps[n]:.2f} mm {_between(slices, n)}, {usual:.2f} mm "
+        "elsewhere",
+        code="unequal_spacing",
+        details={"between_mm": [slices[n].position, slices[n + 1].position]},
+    )
+
+
+def _between(slices: Sequence[_Slice], n: int) -> str:
+    a, b = slices[n], slices[n + 1]
+    return (
+        f"between position {a.position:.2f} mm ({_instance(a.name, a.ds)}) and {b.position:.2f} mm "
+        f"({_instance(b.name, b.ds)})"
+    )
 
 
 def _single_slice_thickness(s: _Slice) -> float:
@@ -803,7 +815,8 @@ def nifti_bytes(volume: Volume, array_ijk: np.ndarray) -> bytes:
         image.set_sform(volume.affine, code="scanner")
         image.header.set_xyzt_units("mm")
     image.header["descrip"] = b"MedSeg"
-    return gzip.compress(image.to_bytes(), compresslevel=6, mtime=0)
+    # level 1: a 100-slice 512² uint8 mask in 0.2 s (1.7 MB) against 1.0 s (1.1 MB) at level 6
+    return gzip.compress(image.to_bytes(), compresslevel=1, mtime=0)
 
 
 def dicom_seg(

@@ -300,6 +300,26 @@ def test_dicom_seg_reads_back_with_highdicom(series, dicom_volume, training):
     assert np.array_equal(frames, labels.transpose(2, 1, 0))
 
 
+def test_dicom_seg_of_an_empty_mask_still_references_the_series(series, dicom_volume):
+    seg = hd.seg.segread(
+        io.BytesIO(
+            dicom_seg(
+                series,
+                np.zeros(dicom_volume.shape, np.uint8),
+                ["liver"],
+                algorithm="a",
+                version="1",
+                threshold=0.8,
+            )
+        )
+    )
+    assert {uid for _, _, uid in seg.get_source_image_uids()} == set(dicom_volume.series.sop_instance_uids)
+    frames = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=list(dicom_volume.series.sop_instance_uids), combine_segments=True
+    )
+    assert not frames.any()
+
+
 # --- bad input ----------------------------------------------------------------------------------------------
 
 
@@ -334,6 +354,12 @@ def test_missing_slice_names_the_gap():
     assert "-112.50 mm" in error.message and "-107.50 mm" in error.message  # z of slices 4 and 6
     assert "IM0004.dcm" in error.message and "IM0006.dcm" in error.message
     assert error.details["missing"] == 1
+
+
+def test_a_short_series_with_a_gap_is_a_missing_slice_not_uneven_spacing():
+    files = files_of(datasets(4))
+    error = refusal([files[0], files[1], files[3]])  # steps 2.5 and 5 mm: the median would be neither
+    assert error.code == "missing_slice" and error.details["missing"] == 1
 
 
 def test_unequal_spacing():
@@ -381,6 +407,21 @@ def test_inconsistent_matrix_size():
     small.PixelData = np.zeros((256, 256), np.int16).tobytes()
     error = refusal(files_of([*dss[:2], small]))
     assert error.code == "inconsistent_geometry" and "256×256" in error.message
+
+
+def test_damaged_dicom_is_named():
+    files = files_of(datasets(3))
+    name, data = files[1]
+    error = refusal([files[0], (name, data[:-1000]), files[2]])  # cut inside the pixel data
+    assert (error.code, error.status) == ("unreadable_dicom", 400) and name in error.message
+
+
+def test_a_dicomdir_beside_the_series_is_skipped(series, dicom_volume):
+    index = sd._copy(datasets(1)[0])
+    del index.PixelData
+    index.SOPClassUID = index.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"
+    volume = read_study([("DICOMDIR", sd.dicom_file_bytes(index)), *series])
+    assert np.array_equal(volume.canonical(), dicom_volume.canonical())
 
 
 def test_missing_geometry():
