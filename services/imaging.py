@@ -361,7 +361,7 @@ def _read_dicom(
     import pydicom
     from pydicom.pixels import apply_modality_lut
 
-    _check_deflated_dicom(data, max_bytes=max_pixels * MAX_BYTES_PER_PIXEL + DICOM_HEADER_ALLOWANCE)
+    check_deflated_dicom(data, max_bytes=max_pixels * MAX_BYTES_PER_PIXEL + DICOM_HEADER_ALLOWANCE)
     ds = pydicom.dcmread(io.BytesIO(data))
     if "PixelData" not in ds:
         raise ImageDecodeError("DICOM file has no pixel data (is it a report or a structured document?)")
@@ -412,7 +412,7 @@ def _read_dicom(
     )
 
 
-def _check_deflated_dicom(data: bytes, *, max_bytes: int) -> None:
+def check_deflated_dicom(data: bytes, *, max_bytes: int) -> None:
     """A deflated DICOM (PS3.5 A.5) is inflated whole by pydicom before any header is read: refuse one
     that would expand beyond `max_bytes` (a deflate bomb), measuring without keeping the output."""
     group_length = data[132:144]
