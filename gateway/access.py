@@ -38,6 +38,9 @@ TRAINING = Access(RESEARCH, ("train",))
 DATASET_UPLOADER = Access(("doctor",), ("datasets",))
 DATASET_READER = Access(PEOPLE, ("datasets",))
 DATASET_DELETER = Access(("doctor", "admin"), ("datasets",))
+# The hospital's PACS (its archive of every patient's images): its doctors and its systems' keys, not
+# researchers or admins. Submitting a study from it (studies.submit with a PACS series) asks the same.
+PACS_READER = Access(("doctor",), ("segment",))
 
 
 # --- which rows: the caller's relation to a row -------------------------------------------------------------
@@ -98,6 +101,7 @@ MODELS = "no hospital's rows: model versions and reference sets are the platform
 STATELESS = "no rows: answered at once, nothing is kept"
 TRAINING_ROWS = "no hospital's rows: training jobs are the research team's"
 NEW_ROW = "makes a row owned by the caller and the caller's hospital"
+PACS_ROWS = "no rows: the hospital's PACS is asked and nothing is kept (settings.pacs_hospitals: whose it is)"
 
 
 @dataclass(frozen=True)
@@ -271,6 +275,11 @@ OPERATIONS: dict[str, Operation] = {
     ),
     "studies.choose_threshold": Operation(
         THRESHOLD_CHOOSER, ("POST", "/studies/{study_id}/choice"), "Studies/ChooseThreshold", rows=STUDY_WRITE
+    ),
+    # --- the hospital's PACS, for pickers (protos/medseg/v1/pacs.proto)
+    "pacs.studies": Operation(PACS_READER, ("GET", "/pacs/studies"), "Pacs/SearchStudies", rows=PACS_ROWS),
+    "pacs.series": Operation(
+        PACS_READER, ("GET", "/pacs/studies/{study_uid}/series"), "Pacs/ListSeries", rows=PACS_ROWS
     ),
     # --- training jobs
     "training.architectures": Operation(

@@ -25,9 +25,10 @@ from gateway.resources.health import http as health
 from gateway.resources.keys import http as keys
 from gateway.resources.models import http as models
 from gateway.resources.organs import http as organs
+from gateway.resources.pacs import http as pacs
 from gateway.resources.segmentations import http as segmentations
-from gateway.resources.studies import http as studies
 from gateway.resources.shared import validation_message
+from gateway.resources.studies import http as studies
 from gateway.resources.training import http as training
 from gateway.service import DataPlane, build_dataplane
 from gateway.service.clinic import Clinic
@@ -125,6 +126,7 @@ def create_app(settings: Settings | None = None, dataplane: DataPlane | None = N
         feedback.router,
         segmentations.router,
         studies.router,
+        pacs.router,
         training.router,
     ):
         api.include_router(router)

@@ -20,18 +20,25 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import logging
 import os
 import secrets
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
+
+import pydicom
+from sqlalchemy.orm import Session
 
 from common.errors import Forbidden, InvalidInput, ServiceUnavailable
 from common.pacs import Pacs, PacsSeries, PacsStudy, SeriesInfo
 from common.settings import Settings
+from gateway.access import ACCESS
+from gateway.models import Study
 from gateway.principal import Principal
-from gateway.service.dataplane import PATIENT_ID
+from gateway.service.dataplane import PATIENT_ID, check_patient_id
+from gateway.service.studies import PacsSource, StudyJobs, Upload
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +107,11 @@ class PacsGateway:
         self.settings = settings
 
     def admit(self, principal: Principal) -> None:
-        """The configured PACS is the archive of `pacs_hospitals` (empty: of everyone on this deployment)."""
+        """Doctors and hospital systems' keys (the access table's entry: also when a study is submitted from
+        the PACS, which anyone who segments may do with files), of the hospitals in `pacs_hospitals` (empty:
+        of everyone on this deployment)."""
+        if principal.user is not None:
+            ACCESS["pacs.studies"].check_role(principal.user)
         allowed = self.settings.pacs_hospitals
         if allowed and principal.hospital not in allowed:
             raise Forbidden("the configured PACS is another hospital's archive", code="pacs_forbidden")
@@ -141,20 +152,54 @@ class PacsGateway:
         return self.pacs.list_series(study_uid)
 
     def fetch_for_study(
-        self, principal: Principal, study_uid: str, series_uid: str, modalities: set[str]
+        self, principal: Principal, study_uid: str, series_uid: str
     ) -> tuple[SeriesInfo, list[bytes]]:
         """A series' instances for a study job: refused (4xx) before any pixel is fetched when it is not a
-        CT/MR series the organ segments, or larger than the study limit."""
+        CT or MR series, or larger than the study limit (the study job then checks it as any upload)."""
         self.admit(principal)
         info = self.pacs.series_info(study_uid, series_uid)
-        modality = (info.modality or "").upper()
-        if modality not in SEGMENTABLE or modality not in modalities:
+        if (info.modality or "").upper() not in SEGMENTABLE:
             raise InvalidInput(
-                f"series {series_uid} is {info.modality or 'of no modality'}: this organ segments "
-                f"{' or '.join(sorted(modalities & set(SEGMENTABLE))) or 'no CT or MR'} series",
+                f"series {series_uid} is {info.modality or 'of no modality'}, not an image series MedSeg "
+                f"segments ({' or '.join(SEGMENTABLE)})",
                 code="wrong_modality",
             )
         files = self.pacs.fetch_series(
             study_uid, series_uid, max_bytes=self.settings.study_max_bytes, info=info
         )
         return info, files
+
+    def submit(
+        self,
+        session: Session,
+        principal: Principal,
+        studies: StudyJobs,
+        organ: str,
+        source: PacsSource,
+        patient_id: str | None,
+    ) -> Study:
+        """Fetch the series and submit it as a study (the same job as an upload); nothing is stored when the
+        fetch fails or the series is refused."""
+        studies.dataplane.registry.get(organ)  # an unknown organ is a 404 before the PACS is asked
+        if patient_id is not None:
+            check_patient_id(patient_id)
+        info, files = self.fetch_for_study(principal, source.study_uid, source.series_uid)
+        uploads = [Upload(f"{n:05d}.dcm", blob) for n, blob in enumerate(files)]
+        mapped = patient_id or self.patient_id(info.patient_id)
+        return studies.submit(session, principal, organ, uploads, mapped, None, pacs=source)
+
+    def store_seg(self, row: Study, seg: bytes, threshold: float) -> dict:
+        """STOW-RS the study's DICOM SEG into the PACS study it came from; the record the row keeps."""
+        dataset = pydicom.dcmread(io.BytesIO(seg))
+        (stored,) = self.pacs.store([dataset], row.pacs_study_uid)
+        logger.info(
+            "study %s: DICOM SEG at threshold %.1f stored in the PACS as series %s",
+            row.id, threshold, dataset.SeriesInstanceUID,
+        )  # fmt: skip
+        return {
+            "series_uid": str(dataset.SeriesInstanceUID),
+            "sop_instance_uid": stored,
+            "series_number": int(dataset.SeriesNumber),
+            "threshold": threshold,
+            "stored_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }

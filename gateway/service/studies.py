@@ -70,6 +70,20 @@ class Upload:
     data: bytes
 
 
+@dataclass(frozen=True)
+class PacsSource:
+    """The PACS series a study was fetched from; `store_result`: its DICOM SEG goes back into that study."""
+
+    study_uid: str
+    series_uid: str
+    store_result: bool
+
+
+# Stores a study's DICOM SEG (bytes, at a threshold) where the study came from and answers the record of it
+# (gateway/service/pacs.py: STOW-RS into the PACS study); raises a MedSegError when it cannot.
+SegPublisher = Callable[[Study, bytes, float], dict]
+
+
 def parse_study_date(value: str | None) -> date | None:
     if not value:
         return None
@@ -103,6 +117,7 @@ class StudyJobs:
         # Volumes read by this process's submit, handed to its own worker (no second parse of the upload);
         # a worker of another process (or after a restart) reads the stored upload instead.
         self._fresh: dict[uuid.UUID, volumes.Volume] = {}
+        self.publish_seg: SegPublisher | None = None  # set by the Clinic: the PACS's STOW-RS
 
     # --- sessions, workers --------------------------------------------------------------------------
     def _session(self) -> Session:
@@ -179,8 +194,10 @@ class StudyJobs:
         files: Sequence[Upload],
         patient_id: str | None = None,
         study_date: str | None = None,
+        pacs: PacsSource | None = None,
     ) -> Study:
-        """Check and store one study, queued; the worker pool takes it from there."""
+        """Check and store one study, queued; the worker pool takes it from there. `pacs`: the files were
+        fetched from the PACS (the row keeps where from, and whether the result goes back)."""
         organ = self.dataplane.registry.get(organ_name)
         if patient_id is not None:
             check_patient_id(patient_id)
@@ -229,6 +246,10 @@ class StudyJobs:
             api_key_id=principal.api_key.id if principal.api_key else None,
             user_id=principal.user.id if principal.user else None,
             hospital=principal.hospital,
+            pacs_study_uid=pacs.study_uid if pacs else None,
+            pacs_series_uid=pacs.series_uid if pacs else None,
+            pacs_store_result=bool(pacs and pacs.store_result),
+            pacs_segs=[] if pacs else None,
         )
         try:
             session.add(row)
@@ -296,18 +317,41 @@ class StudyJobs:
             f"{t:.1f}": {label: round(int(np.count_nonzero(self._mask(organ.spec, prob_ijk, t))) * per_voxel, 2)}
             for t in THRESHOLDS
         }
+        try:  # the SEG goes back to the PACS before the study is done: a refusal fails it, nothing half-kept
+            pacs_segs = self._publish_result(study_id, organ.spec, prob_ijk)
+        except Exception:
+            self.dataplane._remove([key])
+            raise
         with self._session() as session:
             session.execute(
                 update(Study)
                 .where(Study.id == study_id)
                 .values(
                     status="done", progress=1.0, probability_key=key, volumes_ml=volumes_ml,
+                    pacs_segs=pacs_segs,
                     model_name=model.name, model_version=model.version, finished_at=datetime.now(UTC),
                     heartbeat_at=datetime.now(UTC), error_code=None, error_message=None,
                 )
             )  # fmt: skip
             session.commit()
         logger.info("study %s done: %d slices", study_id, canonical.shape[0])
+
+    def _publish_result(self, study_id: uuid.UUID, spec, prob_ijk: np.ndarray) -> list | None:
+        """The study's SEGs after its result is published: when it came from the PACS with `store_result`, its
+        DICOM SEG at the saved (else the default) threshold, stored back there."""
+        with self._session() as session:
+            row = session.get(Study, study_id)
+            if not (row.pacs_store_result and self.publish_seg):
+                return row.pacs_segs
+            threshold = self.threshold_of(row, None)
+            labels = self._mask(spec, prob_ijk, threshold).astype(np.uint8)
+            return self._published(row, labels, threshold)
+
+    def _published(self, row: Study, labels: np.ndarray, threshold: float) -> list:
+        """`row.pacs_segs` with one more: the SEG at `threshold`, a new series, stored by `publish_seg`."""
+        done = list(row.pacs_segs or [])
+        seg = self._seg_bytes(row, labels, threshold, series_index=len(done))
+        return [*done, self.publish_seg(row, seg, threshold)]
 
     def _read_stored(self, key: str) -> volumes.Volume:
         blob = self.dataplane.store.get_bytes(self.dataplane.results_bucket, key)
@@ -372,6 +416,9 @@ class StudyJobs:
                 code="not_dicom",
             )
         _, labels = self.labels_volume(row, threshold)
+        return self._seg_bytes(row, labels, threshold)
+
+    def _seg_bytes(self, row: Study, labels: np.ndarray, threshold: float, series_index: int = 0) -> bytes:
         blob = self.dataplane.store.get_bytes(self.dataplane.results_bucket, row.source_key)
         return volumes.dicom_seg(
             _stored_files(row.source_key, blob),
@@ -380,6 +427,7 @@ class StudyJobs:
             algorithm=row.model_name or row.organ,
             version=row.model_version or "unknown",
             threshold=threshold,
+            series_index=series_index,
         )
 
     def image_nifti(self, row: Study) -> bytes:
@@ -410,7 +458,12 @@ class StudyJobs:
         row = self.get(session, principal, study_id)
         tenancy.check(session, principal, STUDY_WRITE, row, "only the study's owner may save its threshold")
         self._done(row)
-        row.chosen_threshold = nearest_threshold(_check_threshold(threshold))
+        chosen = nearest_threshold(_check_threshold(threshold))
+        stored = {s["threshold"] for s in row.pacs_segs or []}
+        if row.pacs_store_result and self.publish_seg and chosen not in stored:
+            # a new SEG in the PACS first: when the PACS refuses, the choice is not saved either
+            row.pacs_segs = self._published(row, self.labels_volume(row, chosen)[1], chosen)
+        row.chosen_threshold = chosen
         row.chosen_note = note
         row.chosen_at = datetime.now(UTC)
         audit(session, principal.actor, "study.choose_threshold", str(row.id), {"threshold": row.chosen_threshold})

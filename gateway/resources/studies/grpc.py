@@ -6,12 +6,14 @@ import time
 
 from medseg.v1 import studies_pb2 as pb
 from medseg.v1 import studies_pb2_grpc as pb_grpc
+from pydantic import ValidationError
 
 from common.errors import InvalidInput, PayloadTooLarge
 from gateway.access import ACCESS
 from gateway.resources.grpc_edge import Servicer, from_message, optional, to_message
+from gateway.resources.shared import validation_message
 from gateway.resources.studies import service
-from gateway.resources.studies.schemas import StudyChoiceRequest
+from gateway.resources.studies.schemas import StudyChoiceRequest, StudyFromPacs
 from gateway.service.studies import Upload
 
 CHUNK_BYTES = 1024 * 1024
@@ -51,6 +53,10 @@ class Studies(Servicer, pb_grpc.StudiesServicer):
                 files.setdefault(name, bytearray()).extend(chunk.data)
             if first is None:
                 raise InvalidInput("no chunks: send the organ and the study's files", code="no_files")
+            if first.HasField("pacs"):
+                if total:
+                    raise InvalidInput("send the files or a PACS series, not both", code="invalid_input")
+                return _study(service.submit_from_pacs(self.clinic, session, who, _from_pacs(first)))
             uploads = [Upload(name, bytes(data)) for name, data in files.items()]
             out = service.submit(
                 self.clinic,
@@ -113,6 +119,22 @@ class Studies(Servicer, pb_grpc.StudiesServicer):
             choice = from_message(request, StudyChoiceRequest)
             out = service.choose_threshold(self.clinic, session, who, request.id, choice.threshold, choice.note)
             return _study(out)
+
+
+def _from_pacs(first: pb.StudyUploadChunk) -> StudyFromPacs:
+    """The first chunk naming a PACS series, checked by HTTP's JSON schema (a study date is refused there)."""
+    data = {
+        "organ": first.organ,
+        "pacs": {"study_uid": first.pacs.study_uid, "series_uid": first.pacs.series_uid},
+        "store_result": first.store_result,
+    }
+    for field in ("patient_id", "study_date"):
+        if first.HasField(field):
+            data[field] = getattr(first, field)
+    try:
+        return StudyFromPacs.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidInput(validation_message(exc), code="invalid_input") from None
 
 
 def _threshold(request) -> float | None:

@@ -1,0 +1,44 @@
+"""The hospital's PACS over HTTP, for pickers: search its studies (QIDO-RS) and list a study's series. A
+series is segmented by POST /api/v1/studies with a JSON body naming it (gateway/resources/studies/http.py)."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+
+from gateway.api.deps import ClinicDep, caller
+from gateway.resources.pacs import service
+from gateway.resources.pacs.schemas import PacsSeriesList, PacsStudyList
+from gateway.resources.shared import DEFAULT_LIST, MAX_LIST
+
+router = APIRouter(tags=["pacs"])
+
+SearchCaller = caller("pacs.studies")
+SeriesCaller = caller("pacs.series")
+UID = r"^[0-9]+(\.[0-9]+)*$"
+
+
+@router.get("/pacs/studies", response_model=PacsStudyList)
+def search_studies(
+    clinic: ClinicDep,
+    who: SearchCaller,
+    patient_id: Annotated[
+        str | None, Query(description="the PACS's PatientID (QIDO-RS wildcards * and ?)")
+    ] = None,
+    modality: Annotated[str | None, Query(description="e.g. CT, MR")] = None,
+    date_from: date | None = None,
+    date_to: date | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIST)] = DEFAULT_LIST,
+) -> PacsStudyList:
+    """Studies of the configured PACS matching every filter given."""
+    return service.search(clinic, who, patient_id or None, modality or None, date_from, date_to, limit)
+
+
+@router.get("/pacs/studies/{study_uid}/series", response_model=PacsSeriesList)
+def list_series(
+    clinic: ClinicDep, who: SeriesCaller, study_uid: Annotated[str, Path(max_length=64, pattern=UID)]
+) -> PacsSeriesList:
+    """The series of one study of the PACS, by series number (404 when the PACS holds no such study)."""
+    return service.series(clinic, who, study_uid)
