@@ -25,6 +25,7 @@ from gateway.models import (
 from gateway.service.images import encode_mask
 from gateway.service.masks import MASKS_OBJECT, THRESHOLDS, pack_masks
 from gateway.service.training_jobs import spawn_worker
+from tests.pacsdata import stored_study
 
 PEOPLE = frozenset({"doctor", "researcher", "admin"})
 RESEARCH = frozenset({"researcher", "admin"})
@@ -247,6 +248,15 @@ def _job(world, state: str) -> str:
         return str(row.id)
 
 
+def pacs_study(world) -> str:
+    """The UID of a study in the world's PACS (a real Orthanc: tests/fixtures/pacs.py), stored once."""
+    if not getattr(world, "pacs_study_uid", None):
+        world.pacs_patient_id = f"P-{uuid.uuid4().hex[:8]}"
+        series = stored_study(world.app().state.clinic.pacs.pacs, patient_id=world.pacs_patient_id)
+        world.pacs_study_uid = series[0].StudyInstanceUID
+    return world.pacs_study_uid
+
+
 def _rule(roles, scopes, call) -> tuple:
     """(roles, scopes, call): test_access.Rule's fields."""
     return frozenset(roles), tuple(scopes), call
@@ -366,6 +376,13 @@ def _rules() -> dict:
         ),
         ("GET", "/api/v1/patients/{patient_id}/trend"): _rule(
             PEOPLE, ("segment",), lambda w, c, who: c.get("/api/v1/patients/P-1/trend")
+        ),
+        # the hospital's PACS: its doctors and its systems' keys (gateway/access.py PACS_READER)
+        ("GET", "/api/v1/pacs/studies"): _rule(
+            {"doctor"}, ("segment",), lambda w, c, who: c.get("/api/v1/pacs/studies", params={"limit": 5})
+        ),
+        ("GET", "/api/v1/pacs/studies/{study_uid}/series"): _rule(
+            {"doctor"}, ("segment",), lambda w, c, who: c.get(f"/api/v1/pacs/studies/{pacs_study(w)}/series")
         ),
     }
 

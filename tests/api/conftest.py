@@ -34,6 +34,7 @@ from gateway.security import create_api_key
 from gateway.service.dataplane import DataPlane
 from gateway.service.organs import OrganRegistry
 from services.spec import SERVICES_DIR
+from tests.fixtures.pacs import pacs_settings_for
 from tests.gateway.fakes import FakeClient
 
 PASSWORD = "correct horse battery"
@@ -207,9 +208,10 @@ def people_db(request, tmp_path_factory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def world(people_db) -> Iterator[World]:
+def world(people_db, request) -> Iterator[World]:
     engine = make_engine(people_db)
-    world = World(engine, MemoryStore(), Settings(sign_in_max_failures=3, sign_in_window_s=600))
+    settings = Settings(sign_in_max_failures=3, sign_in_window_s=600, **pacs_settings_for(request))
+    world = World(engine, MemoryStore(), settings)
     with world.session() as session:
         for name, (role, hospital, status) in PEOPLE.items():
             world.users[name] = accounts.create_user(

@@ -25,10 +25,18 @@ import numpy as np
 import pytest
 from fastapi.routing import APIRoute
 from google.protobuf import json_format
-from medseg.v1 import clinic_pb2, clinic_pb2_grpc, segmentation_pb2, segmentation_pb2_grpc
+from medseg.v1 import (
+    clinic_pb2,
+    clinic_pb2_grpc,
+    pacs_pb2,
+    pacs_pb2_grpc,
+    segmentation_pb2,
+    segmentation_pb2_grpc,
+)
 from sqlalchemy import func, select
 
 from common.errors import ServiceUnavailable
+from common.pacs import Pacs, PacsCredentials
 from gateway import crud
 from gateway.access import OPERATIONS
 from gateway.models import Evaluation, Feedback, FeedbackReply, ModelVersion, Segmentation, TrainingJob
@@ -43,9 +51,11 @@ from tests.api.clinic_access import (
     _reference,
     _segmentation,
     _version,
+    pacs_study,
 )
 from tests.api.conftest import KEY_SCOPES, grpc_channel, png, sqlite_database
 from tests.api.test_access import ACCESS as ROUTE_RULES
+from tests.fixtures.objectstore import _free_port
 from tests.gateway.fakes import FakeClient
 
 IMAGE = png(np.full((32, 32), 90, np.uint8))
@@ -170,6 +180,10 @@ HTTP_CALLS = {
     "training.jobs.start": lambda c, a: c.post("/api/v1/training/jobs", json=a),
     "training.jobs.show": lambda c, a: c.get(f"/api/v1/training/jobs/{a['id']}"),
     "training.jobs.cancel": lambda c, a: c.post(f"/api/v1/training/jobs/{a['id']}/cancel"),
+    "pacs.studies": lambda c, a: c.get(
+        "/api/v1/pacs/studies", params=_json(a, "patient_id", "modality", "date_from", "date_to", "limit")
+    ),
+    "pacs.series": lambda c, a: c.get(f"/api/v1/pacs/studies/{a['study_uid']}/series"),
 }
 
 
@@ -188,7 +202,11 @@ def call_http(world, channel, row: Row, args: dict):
 def _methods() -> dict[str, tuple[object, object]]:
     """ "Service/Method" → (pb2 module, pb2_grpc module), over both medseg.v1 files."""
     out = {}
-    for pb, pb_grpc in ((segmentation_pb2, segmentation_pb2_grpc), (clinic_pb2, clinic_pb2_grpc)):
+    for pb, pb_grpc in (
+        (segmentation_pb2, segmentation_pb2_grpc),
+        (clinic_pb2, clinic_pb2_grpc),
+        (pacs_pb2, pacs_pb2_grpc),
+    ):
         for service in pb.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
                 out[f"{service.name}/{method.name}"] = (pb, pb_grpc)
@@ -313,6 +331,35 @@ def _is_png(value) -> bool:
 
 def _between(low, high):
     return lambda value: value is not None and low <= value <= high
+
+
+def _pacs_swapped(world, pacs: Pacs):
+    """The gateway's PACS client replaced by `pacs` for one row (a PACS that is down, or refuses us)."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def swapped():
+        gateway = world.app().state.clinic.pacs
+        configured, gateway.pacs = gateway.pacs, pacs
+        try:
+            yield
+        finally:
+            gateway.pacs = configured
+
+    return swapped()
+
+
+def _pacs_down(world):
+    return _pacs_swapped(world, Pacs(f"http://127.0.0.1:{_free_port()}/dicom-web", PacsCredentials("u", "p")))
+
+
+def _pacs_refusing_us(world):
+    return _pacs_swapped(world, Pacs(world.settings.pacs_url, PacsCredentials("medseg", "not-the-password")))
+
+
+def _pacs_patient(world) -> dict:
+    pacs_study(world)
+    return {"patient_id": world.pacs_patient_id}
 
 
 UNKNOWN_UUID = "00000000-0000-4000-8000-000000000000"
@@ -486,6 +533,25 @@ ROWS = [
     Row("training.jobs.cancel", "train", lambda w: {"id": _job(w, "queued")}, {"status": "cancelled"}),
     Row("training.jobs.cancel", "train", lambda w: {"id": _job(w, "succeeded")},
         Err(409, S.FAILED_PRECONDITION, "job_finished"), id="finished job"),
+    # --- the hospital's PACS (a real Orthanc), for pickers
+    Row("pacs.studies", "segment", _pacs_patient,
+        {"studies": lambda v: len(v) == 1 and v[0]["modalities"] == ["CT"] and v[0]["series_count"] == 1}),
+    Row("pacs.studies", "segment", lambda w: {"modality": "C T"},
+        Err(400, S.INVALID_ARGUMENT, "invalid_modality"), id="not a modality"),
+    Row("pacs.studies", "datasets", lambda w: {}, Err(403, S.PERMISSION_DENIED, "forbidden"),
+        id="key without the scope"),
+    Row("pacs.studies", None, lambda w: {}, Err(401, S.UNAUTHENTICATED, "missing_credentials"), id="no key"),
+    Row("pacs.studies", "segment", lambda w: {}, Err(503, S.UNAVAILABLE, "pacs_unavailable"),
+        during=_pacs_down, id="PACS down"),
+    Row("pacs.studies", "segment", lambda w: {}, Err(503, S.UNAVAILABLE, "pacs_credentials"),
+        during=_pacs_refusing_us, id="PACS refuses our credentials"),
+    Row("pacs.series", "segment", lambda w: {"study_uid": pacs_study(w)},
+        {"series": lambda v: [(s["modality"], s["segmentable"], s["instance_count"]) for s in v]
+         == [("CT", True, 3)]}),
+    Row("pacs.series", "segment", lambda w: {"study_uid": "1.2.3.4.5"},
+        Err(404, S.NOT_FOUND, "pacs_not_found"), id="a study the PACS does not hold"),
+    Row("pacs.series", "segment", lambda w: {"study_uid": "1.2.abc"},
+        Err(400, S.INVALID_ARGUMENT, "invalid_uid"), id="not a UID"),
 ]  # fmt: skip
 
 

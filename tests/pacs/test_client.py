@@ -18,7 +18,7 @@ from pydicom.uid import generate_uid
 from common.errors import InvalidInput, NotFound, PayloadTooLarge, ServiceUnavailable
 from common.pacs import Pacs, PacsCredentials
 from tests.fixtures.objectstore import _free_port
-from tests.pacs.conftest import ct_series
+from tests.pacsdata import ct_series
 
 pytestmark = pytest.mark.integration
 

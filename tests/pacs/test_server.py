@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from common.settings import Settings
-from tests.pacs.conftest import ct_series
+from tests.pacsdata import ct_series
 from tools.pacs_server import PacsServer, local_port
 
 pytestmark = pytest.mark.integration

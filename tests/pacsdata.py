@@ -1,4 +1,5 @@
-"""Series for the PACS tests: CT instances written with pydicom, as a scanner would send them to a PACS."""
+"""Series for the PACS tests: CT instances written with pydicom, as a scanner would send them to a PACS (small
+and random: for the plumbing; tests/studydata.py has the liver series the model segments)."""
 
 from __future__ import annotations
 
@@ -45,3 +46,10 @@ def ct_series(
         ds.PixelData = rng.integers(-1000, 1000, (size, size), dtype=np.int16).tobytes()
         out.append(ds)
     return out
+
+
+def stored_study(pacs, **kwargs) -> list[FileDataset]:
+    """A CT series (`ct_series` keywords) stored in `pacs` (a common.pacs.Pacs) by STOW-RS."""
+    series = ct_series(kwargs.pop("count", 3), **kwargs)
+    pacs.store(series, series[0].StudyInstanceUID)
+    return series
