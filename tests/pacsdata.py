@@ -16,6 +16,7 @@ def ct_series(
     patient_name: str = "Doe^Jane",
     study_uid: str | None = None,
     study_date: str = "20240115",
+    modality: str = "CT",
     seed: int = 0,
 ) -> list[FileDataset]:
     """`count` axial CT slices of one series (int16 HU, 0.8 mm pixels, 2.5 mm apart), random pixels."""
@@ -35,7 +36,7 @@ def ct_series(
         ds.PatientID, ds.PatientName = patient_id, patient_name
         ds.PatientBirthDate, ds.PatientSex, ds.AccessionNumber, ds.ReferringPhysicianName = "", "", "", ""
         ds.StudyID, ds.StudyTime, ds.Manufacturer = "1", "101500", "test"
-        ds.StudyDate, ds.Modality, ds.SeriesNumber, ds.InstanceNumber = study_date, "CT", 2, k + 1
+        ds.StudyDate, ds.Modality, ds.SeriesNumber, ds.InstanceNumber = study_date, modality, 2, k + 1
         ds.ImagePositionPatient = [0.0, 0.0, 2.5 * k]
         ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
         ds.PixelSpacing, ds.SliceThickness = [0.8, 0.8], 2.5

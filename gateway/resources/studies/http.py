@@ -4,6 +4,7 @@ and the image, cancel, save the threshold."""
 
 from __future__ import annotations
 
+import weakref
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
@@ -79,22 +80,31 @@ def submit_from_pacs(
 class FilesOrPacs(AuthenticateFirst):
     """POST /studies takes two bodies: multipart with the files (the route's own endpoint, `submit`) or JSON
     naming a PACS series (`submit_from_pacs`, a route of its own under the same path, not registered: its
-    body schema, the same dependencies and answer). The content type picks one before any body is read."""
+    body schema, the same dependencies and answer). The content type picks one before any body is read.
+    The JSON route is built once per app at its first request, with that app's dependency overrides (an
+    included route's own provider is not the app's in FastAPI ≥ 0.165)."""
 
     def get_route_handler(self):
         files = super().get_route_handler()
-        pacs = APIRoute(
-            self.path,
-            submit_from_pacs,
-            methods=["POST"],
-            status_code=202,
-            response_model=StudyPublic,
-            dependency_overrides_provider=self.dependency_overrides_provider,
-        ).get_route_handler()
+        pacs_handlers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # app → handler
+
+        def pacs_handler(app):
+            if app not in pacs_handlers:
+                pacs_handlers[app] = APIRoute(
+                    self.path,
+                    submit_from_pacs,
+                    methods=["POST"],
+                    status_code=202,
+                    response_model=StudyPublic,
+                    dependency_overrides_provider=app,
+                ).get_route_handler()
+            return pacs_handlers[app]
 
         async def by_content_type(request: Request):
             kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-            return await (pacs if kind == "application/json" else files)(request)
+            if kind == "application/json":
+                return await pacs_handler(request.app)(request)
+            return await files(request)
 
         return by_content_type
 
