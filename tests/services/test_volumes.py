@@ -139,6 +139,7 @@ def test_nifti_layouts_give_the_same_canonical_and_masks_land_on_their_grid(layo
     assert np.array_equal(volume.canonical(), dicom_volume.canonical())
     assert volume.canonical_spacing() == pytest.approx((2.5, 0.75, 0.75))
     assert np.array_equal(volume.from_canonical(volume.canonical()), volume.data)
+    assert not np.shares_memory(volume.canonical(), volume.data)
     # the training mask (canonical) goes back onto this file's own grid, where the labels are
     assert np.array_equal(volume.from_canonical(mask), sd.liver_labels(FIRST, COUNT, layout=layout))
 
@@ -184,6 +185,22 @@ def test_nifti_float_input_and_trailing_singleton_dim(training):
     volume = read_study([("t.nii", four_d.to_bytes())])
     assert volume.shape == (512, 512, 4)
     assert np.array_equal(as_grey(volume.canonical()), grey[:4])
+
+
+def test_nifti2_and_big_endian_nifti(dicom_volume):
+    image = sd.liver_nifti_image(FIRST, COUNT, layout="las")
+    nifti2 = nib.Nifti2Image(np.asarray(image.dataobj), image.affine)
+    big_endian = nib.Nifti1Image(
+        np.asarray(image.dataobj), image.affine, header=image.header.copy().as_byteswapped(">")
+    )
+    for name, raw in (("v2.nii", nifti2.to_bytes()), ("be.nii", big_endian.to_bytes())):
+        volume = read_study([(name, raw)])
+        assert np.array_equal(volume.canonical(), dicom_volume.canonical()), name
+    volume = read_study([("v2.nii", nifti2.to_bytes())])
+    written = nib.Nifti2Image.from_bytes(
+        gzip.decompress(nifti_bytes(volume, np.ones(volume.shape, np.uint8)))
+    )
+    assert np.array_equal(written.affine, nifti2.affine) and written.shape == nifti2.shape
 
 
 @pytest.mark.parametrize(
