@@ -26,6 +26,7 @@ from services.volumes import (
     StudyInputError,
     StudyLimits,
     dicom_seg,
+    inspect_study,
     nifti_bytes,
     read_study,
 )
@@ -242,6 +243,22 @@ def test_zip_of_a_series_with_folder_litter_reads_like_the_files(series, dicom_v
 def test_zip_of_a_nifti(dicom_volume):
     volume = read_study([("x.zip", sd.zipped([("liver.nii.gz", sd.liver_nifti(FIRST, COUNT))]))])
     assert np.array_equal(volume.canonical(), dicom_volume.canonical())
+
+
+def test_inspect_study_reads_headers_only(series, dicom_volume):
+    info = inspect_study(series)
+    assert (info.source, info.shape, info.patient_id) == ("dicom", dicom_volume.shape, sd.PATIENT_ID)
+    assert np.array_equal(info.affine, dicom_volume.affine) and info.series == dicom_volume.series
+    nifti = inspect_study([("l.nii.gz", sd.liver_nifti(FIRST, COUNT, layout="permuted"))])
+    assert nifti.source == "nifti" and nifti.shape == (512, COUNT, 512)
+    undecodable = datasets(3)
+    for ds in undecodable:
+        ds.PixelData = b"\0\0"
+    assert inspect_study(files_of(undecodable)).shape == (512, 512, 3)
+    assert refusal(files_of(undecodable)).code == "unreadable_dicom"  # read_study decodes
+    with pytest.raises(StudyInputError) as caught:
+        inspect_study([("fmri.nii", nifti_of(np.zeros((8, 8, 4, 3), np.int16)))])
+    assert caught.value.code == "nifti_not_3d"
 
 
 # --- writing ------------------------------------------------------------------------------------------------
