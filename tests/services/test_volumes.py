@@ -160,6 +160,24 @@ def test_dicom_series_in_other_orientations_give_the_same_canonical(layout, coun
     )
 
 
+def test_oblique_series_keeps_its_geometry_and_reads_to_the_nearest_axes(dicom_volume, training):
+    grey, _ = training
+    angle = np.deg2rad(12.0)  # a tilted acquisition: the planes turned about the patient's left-right axis
+    turn = np.array([[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]])
+    dss = datasets(COUNT)
+    for ds in dss:
+        iop = np.reshape(ds.ImageOrientationPatient, (2, 3))
+        ds.ImageOrientationPatient = [float(v) for v in (turn @ iop.T).T.ravel()]
+        ds.ImagePositionPatient = [float(v) for v in turn @ np.asarray(ds.ImagePositionPatient)]
+    volume = read_study(files_of(list(reversed(dss))))
+    reference = dicom2nifti.convert_dicom.dicom_array_to_nifti(dss, None, reorient_nifti=False)["NII"]
+    assert np.allclose(volume.affine, reference.affine, atol=1e-4)
+    rotation = np.eye(4)
+    rotation[:3, :3] = np.diag([-1, -1, 1]) @ turn @ np.diag([-1, -1, 1])  # the turn in RAS
+    assert np.allclose(volume.affine, rotation @ dicom_volume.affine, atol=1e-4)
+    assert np.array_equal(as_grey(volume.canonical()), grey)  # no resampling: the nearest axes
+
+
 def test_from_canonical_carries_leading_axes_and_keeps_dtype(dicom_volume, training):
     _, mask = training
     probabilities = np.stack([1.0 - mask, mask]).astype(np.float16)  # (class, z, y, x)
