@@ -59,7 +59,7 @@ _MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR: an index of the f
 _NON_IMAGE_MODALITIES = {"SEG", "SR", "PR", "KO", "DOC", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "REG"}
 _SEGMENTATION_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"}
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-_NIFTI1_MAGIC = (b"n+1\x00",)
+_NIFTI1_MAGIC = b"n+1\x00"
 _NIFTI2_MAGIC = b"n+2\x00\r\n\x1a\n"
 
 
@@ -379,7 +379,7 @@ def _nifti_kind(data: bytes) -> str | None:
         if (
             len(head) >= 348
             and struct.unpack(order + "i", head[:4])[0] == 348
-            and head[344:348] in _NIFTI1_MAGIC
+            and head[344:348] == _NIFTI1_MAGIC
         ):
             return "nifti1"
         if (
@@ -525,6 +525,7 @@ def _parse_dicom(name: str, data: bytes, limits: StudyLimits) -> Dataset | None:
         raise StudyInputError(f"{name} is a damaged DICOM file ({exc})", code="unreadable_dicom") from exc
     sop_class = str(ds.get("SOPClassUID", "") or ds.file_meta.get("MediaStorageSOPClassUID", ""))
     if sop_class == _MEDIA_STORAGE_DIRECTORY:
+        logger.info("skipping a DICOMDIR (an index of the files, not an image)")  # names may carry PHI
         return None
     modality = str(ds.get("Modality", "")).upper()
     if "PixelData" not in ds or modality in _NON_IMAGE_MODALITIES or sop_class in _SEGMENTATION_SOP_CLASSES:
