@@ -519,9 +519,7 @@ def _parse_dicom(name: str, data: bytes, limits: StudyLimits) -> Dataset | None:
         ds = pydicom.dcmread(io.BytesIO(data))
     except ImageDecodeError as exc:
         raise StudyInputError(f"{name}: {exc}", code="study_too_large", status=413) from exc
-    except (
-        Exception
-    ) as exc:  # InvalidDicomError, struct/EOF errors…: pydicom raises many kinds on a damaged file
+    except Exception as exc:  # pydicom raises many kinds on a damaged file (InvalidDicomError, EOF, struct)
         raise StudyInputError(f"{name} is a damaged DICOM file ({exc})", code="unreadable_dicom") from exc
     sop_class = str(ds.get("SOPClassUID", "") or ds.file_meta.get("MediaStorageSOPClassUID", ""))
     if sop_class == _MEDIA_STORAGE_DIRECTORY:
@@ -922,9 +920,7 @@ def dicom_seg(
     source = [s.ds for s in series.slices]
     seg = hd.seg.Segmentation(
         source_images=source,
-        pixel_array=np.ascontiguousarray(
-            labels_ijk.transpose(2, 1, 0).astype(np.uint8)
-        ),  # (slice, row, column)
+        pixel_array=np.ascontiguousarray(labels_ijk.transpose(2, 1, 0), dtype=np.uint8),  # (slice, row, col)
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=segments,
         series_instance_uid=hd.UID(),
@@ -932,10 +928,10 @@ def dicom_seg(
         sop_instance_uid=hd.UID(),
         instance_number=1,
         manufacturer="MedSeg",
-        manufacturer_model_name=algorithm,
-        software_versions=version,
+        manufacturer_model_name=algorithm[:64],  # LO: 64 characters at most
+        software_versions=version[:64],
         device_serial_number="0",
-        content_description=f"{algorithm} {version}, threshold {threshold:g}",
+        content_description=f"{algorithm} {version}, threshold {threshold:g}"[:64],
         content_label="MEDSEG",
         content_creator_name="MedSeg^Automatic",
     )
