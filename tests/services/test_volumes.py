@@ -424,7 +424,7 @@ def test_unequal_spacing():
 
 def test_duplicate_position():
     dss = datasets(5)
-    twin = sd._copy(dss[2])
+    twin = sd.copy_dataset(dss[2])
     twin.SOPInstanceUID = twin.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     error = refusal(files_of([*dss, twin]))
     assert error.code == "duplicate_slice" and "-115.00 mm" in error.message
@@ -469,7 +469,7 @@ def test_damaged_dicom_is_named():
 
 
 def test_a_dicomdir_beside_the_series_is_skipped(series, dicom_volume):
-    index = sd._copy(datasets(1)[0])
+    index = sd.copy_dataset(datasets(1)[0])
     del index.PixelData
     index.SOPClassUID = index.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"
     volume = read_study([("DICOMDIR", sd.dicom_file_bytes(index)), *series])
