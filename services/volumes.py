@@ -5,7 +5,7 @@
 index order (i, j, k), with its RAS+ affine. The network sees ``Volume.canonical()`` (axial slices in the
 orientation it was trained on) and its output goes back with ``Volume.from_canonical``, the exact inverse,
 so a mask lands on the input grid whatever the input's orientation. ``nifti_bytes`` and ``dicom_seg`` write
-the results.
+the results. ``inspect_study`` makes every header check of ``read_study`` without decoding a pixel.
 
 Every refusal is a ``StudyInputError`` with a stable ``code``, an HTTP ``status`` and a message naming the
 file, instance or position concerned. Limits are checked from headers before any pixel is decoded: total
@@ -59,7 +59,7 @@ _MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR: an index of the f
 _NON_IMAGE_MODALITIES = {"SEG", "SR", "PR", "KO", "DOC", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "REG"}
 _SEGMENTATION_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"}
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-_NIFTI1_MAGIC = (b"n+1\x00",)
+_NIFTI1_MAGIC = b"n+1\x00"
 _NIFTI2_MAGIC = b"n+2\x00\r\n\x1a\n"
 
 
@@ -132,11 +132,13 @@ class Volume:
         """float32 (z, y, x): the volume reoriented so x, y, z run towards ``axcodes`` (default: x to the
         patient's left, so column 0 is the patient's right; y to the front, so row 0 is the back; z up)."""
         xyz = apply_orientation(self.data, self._to_canonical(axcodes))
-        return np.ascontiguousarray(xyz.transpose(2, 1, 0), dtype=np.float32)
+        # always a copy: the caller may normalise it in place, and must not change ``data`` by doing so
+        return np.array(xyz.transpose(2, 1, 0), dtype=np.float32, order="C", copy=True)
 
     def from_canonical(self, array_zyx: np.ndarray, axcodes: Sequence[str] = CANONICAL_AXCODES) -> np.ndarray:
         """The exact inverse of ``canonical``: an array (..., z, y, x) on the canonical grid back onto the
-        input grid (..., i, j, k), dtype kept (leading axes, e.g. classes, are carried along)."""
+        input grid (..., i, j, k), dtype kept (leading axes, e.g. classes, are carried along); a new array,
+        not necessarily C-contiguous."""
         array_zyx = np.asarray(array_zyx)
         expected = self.canonical_shape(axcodes)
         if array_zyx.ndim < 3 or tuple(array_zyx.shape[-3:]) != expected:
@@ -144,7 +146,9 @@ class Volume:
         xyz_first = np.moveaxis(array_zyx, (-1, -2, -3), (0, 1, 2))
         back = ornt_transform(axcodes2ornt(tuple(axcodes)), io_orientation(self.affine))
         ijk_first = apply_orientation(xyz_first, back)
-        return np.ascontiguousarray(np.moveaxis(ijk_first, (0, 1, 2), (-3, -2, -1)))
+        # order "K": a copy in the memory layout it has (the network's (z, y, x) rows), not a transposing one
+        # (1.3 s for 200×512² uint8); NIfTI writes (i, j, k) in Fortran order, which that layout is
+        return np.moveaxis(ijk_first, (0, 1, 2), (-3, -2, -1)).copy(order="K")
 
     def canonical_shape(self, axcodes: Sequence[str] = CANONICAL_AXCODES) -> tuple[int, int, int]:
         """(z, y, x) shape of ``canonical(axcodes)``, without computing it."""
@@ -168,20 +172,55 @@ class Volume:
 # --- reading ------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class StudyInfo:
+    """What a study's headers say, read without decoding a pixel (``inspect_study``)."""
+
+    source: str  # "nifti" | "dicom"
+    shape: tuple[int, int, int]  # (i, j, k), the input grid
+    affine: np.ndarray  # RAS+
+    modality: str | None = None
+    patient_id: str | None = None
+    study_date: datetime.date | None = None
+    series: SeriesInfo | None = None
+
+
 def read_study(files: Sequence[tuple[str, bytes]], *, limits: StudyLimits = StudyLimits()) -> Volume:
     """The study in ``files`` ([(file name, bytes)]): one NIfTI, the DICOM files of one series, or one zip
     of either. Raises ``StudyInputError`` for anything else, before decoding pixels when a limit is hit."""
+    nifti, items = _classified(files, limits)
+    if nifti:
+        return _read_nifti(*nifti, limits=limits)
+    return _read_dicom_volume(_dicom_series(items, limits))
+
+
+def inspect_study(files: Sequence[tuple[str, bytes]], *, limits: StudyLimits = StudyLimits()) -> StudyInfo:
+    """Every check ``read_study`` makes from headers (format, series, geometry, limits), no pixel decoded:
+    what a request handler can answer with at once (a 4xx, or the study's grid and metadata) before the
+    study is queued. ``read_study`` may still refuse it for its pixels (NaN, a damaged stream)."""
+    nifti, items = _classified(files, limits)
+    if nifti:
+        name, data = nifti
+        header, shape, _ = _checked_nifti_header(name, data, limits)
+        return StudyInfo(source="nifti", shape=shape, affine=_nifti_affine(name, header))
+    return _dicom_info(_dicom_series(items, limits))
+
+
+def _classified(
+    files: Sequence[tuple[str, bytes]], limits: StudyLimits
+) -> tuple[tuple[str, bytes] | None, list[tuple[str, bytes]]]:
+    """(the NIfTI file, []) or (None, the files of a DICOM series), zips unpacked."""
     items = _unpacked(files, limits)
     niftis = [(name, data) for name, data in items if _nifti_kind(data)]
-    if niftis:
-        if len(items) > 1:
-            raise StudyInputError(
-                f"{niftis[0][0]} is a NIfTI volume but {len(items) - 1} other file(s) came with it; send one "
-                "NIfTI file alone, or the DICOM files of one series",
-                code="mixed_inputs",
-            )
-        return _read_nifti(*niftis[0], limits=limits)
-    return _read_dicom_volume(_dicom_series(items, limits), limits)
+    if not niftis:
+        return None, items
+    if len(items) > 1:
+        raise StudyInputError(
+            f"{niftis[0][0]} is a NIfTI volume but {len(items) - 1} other file(s) came with it; send one "
+            "NIfTI file alone, or the DICOM files of one series",
+            code="mixed_inputs",
+        )
+    return niftis[0], []
 
 
 def _unpacked(files: Sequence[tuple[str, bytes]], limits: StudyLimits) -> list[tuple[str, bytes]]:
@@ -284,6 +323,28 @@ def _read_member(name: str, archive: zipfile.ZipFile, member: zipfile.ZipInfo) -
 
 
 def _read_nifti(name: str, data: bytes, *, limits: StudyLimits) -> Volume:
+    header, shape, needed = _checked_nifti_header(name, data, limits)
+    raw = _nifti_file_bytes(name, data, needed)
+    image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+    try:
+        image = image_class.from_bytes(raw)
+        voxels_float = np.asarray(image.dataobj, dtype=np.float32).reshape(shape)
+    except Exception as exc:  # nibabel raises many kinds on a damaged file
+        raise StudyInputError(f"{name} cannot be read as NIfTI ({exc})", code="unreadable_nifti") from exc
+    _check_finite(name, voxels_float)
+    affine = _nifti_affine(name, image.header)
+    return Volume(
+        data=voxels_float,
+        affine=affine,
+        source="nifti",
+        nifti_header=image.header.copy(),
+    )
+
+
+def _checked_nifti_header(
+    name: str, data: bytes, limits: StudyLimits
+) -> tuple[nib.Nifti1Header, tuple[int, int, int], int]:
+    """(header, 3-D shape, bytes to read) once the header's dims, type and sizes pass the limits."""
     header = _nifti_header(name, data)
     shape = _nifti_volume_shape(name, header)
     voxels = int(np.prod(shape, dtype=np.int64))
@@ -308,21 +369,7 @@ def _read_nifti(name: str, data: bytes, *, limits: StudyLimits) -> Volume:
             code="study_too_large",
             status=413,
         )
-    raw = _nifti_file_bytes(name, data, needed)
-    image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
-    try:
-        image = image_class.from_bytes(raw)
-        voxels_float = np.asarray(image.dataobj, dtype=np.float32).reshape(shape)
-    except Exception as exc:  # nibabel raises many kinds on a damaged file
-        raise StudyInputError(f"{name} cannot be read as NIfTI ({exc})", code="unreadable_nifti") from exc
-    _check_finite(name, voxels_float)
-    affine = _nifti_affine(name, image.header)
-    return Volume(
-        data=voxels_float,
-        affine=affine,
-        source="nifti",
-        nifti_header=image.header.copy(),
-    )
+    return header, shape, needed
 
 
 def _nifti_kind(data: bytes) -> str | None:
@@ -332,7 +379,7 @@ def _nifti_kind(data: bytes) -> str | None:
         if (
             len(head) >= 348
             and struct.unpack(order + "i", head[:4])[0] == 348
-            and head[344:348] in _NIFTI1_MAGIC
+            and head[344:348] == _NIFTI1_MAGIC
         ):
             return "nifti1"
         if (
@@ -472,12 +519,11 @@ def _parse_dicom(name: str, data: bytes, limits: StudyLimits) -> Dataset | None:
         ds = pydicom.dcmread(io.BytesIO(data))
     except ImageDecodeError as exc:
         raise StudyInputError(f"{name}: {exc}", code="study_too_large", status=413) from exc
-    except (
-        Exception
-    ) as exc:  # InvalidDicomError, struct/EOF errors…: pydicom raises many kinds on a damaged file
+    except Exception as exc:  # pydicom raises many kinds on a damaged file (InvalidDicomError, EOF, struct)
         raise StudyInputError(f"{name} is a damaged DICOM file ({exc})", code="unreadable_dicom") from exc
     sop_class = str(ds.get("SOPClassUID", "") or ds.file_meta.get("MediaStorageSOPClassUID", ""))
     if sop_class == _MEDIA_STORAGE_DIRECTORY:
+        logger.info("skipping a DICOMDIR (an index of the files, not an image)")  # names may carry PHI
         return None
     modality = str(ds.get("Modality", "")).upper()
     if "PixelData" not in ds or modality in _NON_IMAGE_MODALITIES or sop_class in _SEGMENTATION_SOP_CLASSES:
@@ -735,17 +781,30 @@ def _single_slice_thickness(s: _Slice) -> float:
     )
 
 
-def _read_dicom_volume(series: _Series, limits: StudyLimits) -> Volume:
+def _read_dicom_volume(series: _Series) -> Volume:
     """Decode the sorted slices to HU (RescaleSlope/Intercept or the modality LUT), on the (i, j, k) grid."""
-    first = series.slices[0].ds
-    rows, cols = int(first.Rows), int(first.Columns)
+    info = _dicom_info(series)
+    cols, rows, _ = info.shape
     stack = np.empty((len(series.slices), rows, cols), dtype=np.float32)
     for k, s in enumerate(series.slices):
         stack[k] = _decoded(s, rows, cols)
     return Volume(
         data=stack.transpose(2, 1, 0),  # (slice, row, column) -> (i, j, k) = (column, row, slice), a view
-        affine=series.affine,
+        affine=info.affine,
         source="dicom",
+        modality=info.modality,
+        patient_id=info.patient_id,
+        study_date=info.study_date,
+        series=info.series,
+    )
+
+
+def _dicom_info(series: _Series) -> StudyInfo:
+    first = series.slices[0].ds
+    return StudyInfo(
+        source="dicom",
+        shape=(int(first.Columns), int(first.Rows), len(series.slices)),
+        affine=series.affine,
         modality=str(first.get("Modality", "")) or None,
         patient_id=str(first.get("PatientID", "") or "").strip() or None,
         study_date=_dicom_date(first.get("StudyDate")),
@@ -864,9 +923,7 @@ def dicom_seg(
     source = [s.ds for s in series.slices]
     seg = hd.seg.Segmentation(
         source_images=source,
-        pixel_array=np.ascontiguousarray(
-            labels_ijk.transpose(2, 1, 0).astype(np.uint8)
-        ),  # (slice, row, column)
+        pixel_array=np.ascontiguousarray(labels_ijk.transpose(2, 1, 0), dtype=np.uint8),  # (slice, row, col)
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=segments,
         series_instance_uid=hd.UID(),
@@ -874,10 +931,10 @@ def dicom_seg(
         sop_instance_uid=hd.UID(),
         instance_number=1,
         manufacturer="MedSeg",
-        manufacturer_model_name=algorithm,
-        software_versions=version,
+        manufacturer_model_name=algorithm[:64],  # LO: 64 characters at most
+        software_versions=version[:64],
         device_serial_number="0",
-        content_description=f"{algorithm} {version}, threshold {threshold:g}",
+        content_description=f"{algorithm} {version}, threshold {threshold:g}"[:64],
         content_label="MEDSEG",
         content_creator_name="MedSeg^Automatic",
     )

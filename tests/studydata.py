@@ -227,7 +227,7 @@ def liver_dicom_series(
 def dicom_file_bytes(ds: Dataset, transfer_syntax: str | None = None) -> bytes:
     """A dataset as the bytes of a DICOM Part 10 file, compressed with ``transfer_syntax`` if given."""
     if transfer_syntax is not None and transfer_syntax != ds.file_meta.TransferSyntaxUID:
-        ds = _copy(ds)
+        ds = copy_dataset(ds)
         ds.compress(transfer_syntax)
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
@@ -327,7 +327,8 @@ def _ct_slice(pixels_rc: np.ndarray, plane: dict) -> Dataset:
     return ds
 
 
-def _copy(ds: Dataset) -> Dataset:
+def copy_dataset(ds: Dataset) -> Dataset:
+    """A copy of a dataset and its file meta, to change without touching the original."""
     copy = Dataset(ds)
     copy.file_meta = FileMetaDataset(ds.file_meta)
     return copy

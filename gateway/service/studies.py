@@ -25,14 +25,12 @@ import time
 import uuid
 import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
-
-from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 
 from common.errors import Conflict, InvalidInput, MedSegError, NotFound, PayloadTooLarge
 from common.volume_inference import segment_volume
@@ -93,11 +91,6 @@ def parse_study_date(value: str | None) -> date | None:
         raise InvalidInput(
             f"study_date {value!r} is not a date: write it as YYYY-MM-DD", code="invalid_study_date"
         ) from None
-
-
-def voxel_ml(volume: volumes.Volume) -> float:
-    """The volume of one voxel in millilitres (|det| of the affine's 3×3 part, in mm³)."""
-    return abs(float(np.linalg.det(volume.affine[:3, :3]))) / 1000.0
 
 
 class StudyJobs:
@@ -231,12 +224,12 @@ class StudyJobs:
             study_date=volume.study_date or given_date,  # a DICOM StudyDate wins
             source=volume.source,
             modality=volume.modality,
-            study_uid=volume.series.study_uid if volume.series else None,
-            series_uid=volume.series.series_uid if volume.series else None,
+            study_uid=volume.series.study_instance_uid if volume.series else None,
+            series_uid=volume.series.series_instance_uid if volume.series else None,
             status="queued",
             progress=0.0,
             attempts=0,
-            shape=list(canonical_shape(volume, _axcodes(organ.spec))),
+            shape=list(volume.canonical_shape(_axcodes(organ.spec))),
             spacing_mm=[round(float(s), 4) for s in volume.canonical_spacing(_axcodes(organ.spec))],
             labels=[organ.spec.label],
             volumes_ml={},
@@ -311,10 +304,10 @@ class StudyJobs:
         key = f"{prefix}/probability.nii.gz"
         blob = volumes.nifti_bytes(volume, prob_ijk)
         self.dataplane.store.put_bytes(self.dataplane.results_bucket, key, blob, content_type="application/gzip")
-        per_voxel = voxel_ml(volume)
-        label = organ.spec.label
-        volumes_ml = {
-            f"{t:.1f}": {label: round(int(np.count_nonzero(self._mask(organ.spec, prob_ijk, t))) * per_voxel, 2)}
+        per_voxel = volume.voxel_volume_ml
+        label, options = organ.spec.label, organ.spec.postprocess_3d
+        volumes_ml = {  # on the canonical grid, where the post-processing's slices are axial
+            f"{t:.1f}": {label: round(np.count_nonzero(postprocess_mask(probability_mask(prob, t), options)) * per_voxel, 2)}
             for t in THRESHOLDS
         }
         try:  # the SEG goes back to the PACS before the study is done: a refusal fails it, nothing half-kept
@@ -358,8 +351,15 @@ class StudyJobs:
         return volumes.read_study(_stored_files(key, blob), limits=self.limits)
 
     @staticmethod
-    def _mask(spec, prob_u8: np.ndarray, threshold: float) -> np.ndarray:
-        return postprocess_mask(probability_mask(prob_u8, threshold), spec.postprocess_3d)
+    def _labels(spec, volume: volumes.Volume, prob_ijk: np.ndarray, threshold: float) -> np.ndarray:
+        """uint8 labels on the input grid at `threshold`, post-processed (spec.postprocess_3d) on the canonical
+        grid, whose first axis is the axial one the options work slice by slice on."""
+        mask = probability_mask(prob_ijk, threshold)
+        if spec.postprocess_3d.enabled:
+            axcodes = _axcodes(spec)
+            canonical = replace(volume, data=mask.view(np.uint8)).canonical(axcodes) > 0.5
+            mask = volume.from_canonical(postprocess_mask(canonical, spec.postprocess_3d), axcodes)
+        return mask.astype(np.uint8)
 
     def _finish_failed(self, session: Session, study_id, code: str, message: str) -> None:
         session.execute(
@@ -402,7 +402,7 @@ class StudyJobs:
         organ = self.dataplane.registry.get(row.organ)
         blob = self.dataplane.store.get_bytes(self.dataplane.results_bucket, row.probability_key)
         prob = volumes.read_study([("probability.nii.gz", blob)], limits=self.limits)
-        labels = self._mask(organ.spec, prob.data.round().astype(np.uint8), threshold).astype(np.uint8)
+        labels = self._labels(organ.spec, prob, prob.data.round().astype(np.uint8), threshold)
         return prob, labels
 
     def mask_nifti(self, row: Study, threshold: float) -> bytes:
@@ -579,11 +579,3 @@ def _source_object(prefix: str, volume: volumes.Volume, files: Sequence[Upload])
 def _stored_files(key: str, blob: bytes) -> list[tuple[str, bytes]]:
     return [(key.rsplit("/", 1)[-1], blob)]
 
-
-def canonical_shape(volume: volumes.Volume, axcodes: Sequence[str]) -> tuple[int, int, int]:
-    """(z, y, x) of `volume.canonical(axcodes)`, from the affine alone (no voxel is moved)."""
-    transform = ornt_transform(io_orientation(volume.affine), axcodes2ornt(tuple(axcodes)))
-    xyz = [0, 0, 0]
-    for axis, (target, _) in enumerate(transform):
-        xyz[int(target)] = int(volume.data.shape[axis])
-    return xyz[2], xyz[1], xyz[0]

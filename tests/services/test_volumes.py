@@ -26,6 +26,7 @@ from services.volumes import (
     StudyInputError,
     StudyLimits,
     dicom_seg,
+    inspect_study,
     nifti_bytes,
     read_study,
 )
@@ -139,6 +140,7 @@ def test_nifti_layouts_give_the_same_canonical_and_masks_land_on_their_grid(layo
     assert np.array_equal(volume.canonical(), dicom_volume.canonical())
     assert volume.canonical_spacing() == pytest.approx((2.5, 0.75, 0.75))
     assert np.array_equal(volume.from_canonical(volume.canonical()), volume.data)
+    assert not np.shares_memory(volume.canonical(), volume.data)
     # the training mask (canonical) goes back onto this file's own grid, where the labels are
     assert np.array_equal(volume.from_canonical(mask), sd.liver_labels(FIRST, COUNT, layout=layout))
 
@@ -156,6 +158,24 @@ def test_dicom_series_in_other_orientations_give_the_same_canonical(layout, coun
     assert np.array_equal(
         volume.from_canonical(mask[:count]), sd.liver_dicom_labels(FIRST, count, layout=layout)
     )
+
+
+def test_oblique_series_keeps_its_geometry_and_reads_to_the_nearest_axes(dicom_volume, training):
+    grey, _ = training
+    angle = np.deg2rad(12.0)  # a tilted acquisition: the planes turned about the patient's left-right axis
+    turn = np.array([[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]])
+    dss = datasets(COUNT)
+    for ds in dss:
+        iop = np.reshape(ds.ImageOrientationPatient, (2, 3))
+        ds.ImageOrientationPatient = [float(v) for v in (turn @ iop.T).T.ravel()]
+        ds.ImagePositionPatient = [float(v) for v in turn @ np.asarray(ds.ImagePositionPatient)]
+    volume = read_study(files_of(list(reversed(dss))))
+    reference = dicom2nifti.convert_dicom.dicom_array_to_nifti(dss, None, reorient_nifti=False)["NII"]
+    assert np.allclose(volume.affine, reference.affine, atol=1e-4)
+    rotation = np.eye(4)
+    rotation[:3, :3] = np.diag([-1, -1, 1]) @ turn @ np.diag([-1, -1, 1])  # the turn in RAS
+    assert np.allclose(volume.affine, rotation @ dicom_volume.affine, atol=1e-4)
+    assert np.array_equal(as_grey(volume.canonical()), grey)  # no resampling: the nearest axes
 
 
 def test_from_canonical_carries_leading_axes_and_keeps_dtype(dicom_volume, training):
@@ -184,6 +204,22 @@ def test_nifti_float_input_and_trailing_singleton_dim(training):
     volume = read_study([("t.nii", four_d.to_bytes())])
     assert volume.shape == (512, 512, 4)
     assert np.array_equal(as_grey(volume.canonical()), grey[:4])
+
+
+def test_nifti2_and_big_endian_nifti(dicom_volume):
+    image = sd.liver_nifti_image(FIRST, COUNT, layout="las")
+    nifti2 = nib.Nifti2Image(np.asarray(image.dataobj), image.affine)
+    big_endian = nib.Nifti1Image(
+        np.asarray(image.dataobj), image.affine, header=image.header.copy().as_byteswapped(">")
+    )
+    for name, raw in (("v2.nii", nifti2.to_bytes()), ("be.nii", big_endian.to_bytes())):
+        volume = read_study([(name, raw)])
+        assert np.array_equal(volume.canonical(), dicom_volume.canonical()), name
+    volume = read_study([("v2.nii", nifti2.to_bytes())])
+    written = nib.Nifti2Image.from_bytes(
+        gzip.decompress(nifti_bytes(volume, np.ones(volume.shape, np.uint8)))
+    )
+    assert np.array_equal(written.affine, nifti2.affine) and written.shape == nifti2.shape
 
 
 @pytest.mark.parametrize(
@@ -225,6 +261,22 @@ def test_zip_of_a_series_with_folder_litter_reads_like_the_files(series, dicom_v
 def test_zip_of_a_nifti(dicom_volume):
     volume = read_study([("x.zip", sd.zipped([("liver.nii.gz", sd.liver_nifti(FIRST, COUNT))]))])
     assert np.array_equal(volume.canonical(), dicom_volume.canonical())
+
+
+def test_inspect_study_reads_headers_only(series, dicom_volume):
+    info = inspect_study(series)
+    assert (info.source, info.shape, info.patient_id) == ("dicom", dicom_volume.shape, sd.PATIENT_ID)
+    assert np.array_equal(info.affine, dicom_volume.affine) and info.series == dicom_volume.series
+    nifti = inspect_study([("l.nii.gz", sd.liver_nifti(FIRST, COUNT, layout="permuted"))])
+    assert nifti.source == "nifti" and nifti.shape == (512, COUNT, 512)
+    undecodable = datasets(3)
+    for ds in undecodable:
+        ds.PixelData = b"\0\0"
+    assert inspect_study(files_of(undecodable)).shape == (512, 512, 3)
+    assert refusal(files_of(undecodable)).code == "unreadable_dicom"  # read_study decodes
+    with pytest.raises(StudyInputError) as caught:
+        inspect_study([("fmri.nii", nifti_of(np.zeros((8, 8, 4, 3), np.int16)))])
+    assert caught.value.code == "nifti_not_3d"
 
 
 # --- writing ------------------------------------------------------------------------------------------------
@@ -372,7 +424,7 @@ def test_unequal_spacing():
 
 def test_duplicate_position():
     dss = datasets(5)
-    twin = sd._copy(dss[2])
+    twin = sd.copy_dataset(dss[2])
     twin.SOPInstanceUID = twin.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     error = refusal(files_of([*dss, twin]))
     assert error.code == "duplicate_slice" and "-115.00 mm" in error.message
@@ -417,7 +469,7 @@ def test_damaged_dicom_is_named():
 
 
 def test_a_dicomdir_beside_the_series_is_skipped(series, dicom_volume):
-    index = sd._copy(datasets(1)[0])
+    index = sd.copy_dataset(datasets(1)[0])
     del index.PixelData
     index.SOPClassUID = index.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"
     volume = read_study([("DICOMDIR", sd.dicom_file_bytes(index)), *series])
