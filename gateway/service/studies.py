@@ -311,7 +311,7 @@ class StudyJobs:
             for t in THRESHOLDS
         }
         try:  # the SEG goes back to the PACS before the study is done: a refusal fails it, nothing half-kept
-            pacs_segs = self._publish_result(study_id, organ.spec, prob_ijk)
+            pacs_segs = self._publish_result(study_id, organ.spec, volume, prob_ijk)
         except Exception:
             self.dataplane._remove([key])
             raise
@@ -329,7 +329,9 @@ class StudyJobs:
             session.commit()
         logger.info("study %s done: %d slices", study_id, canonical.shape[0])
 
-    def _publish_result(self, study_id: uuid.UUID, spec, prob_ijk: np.ndarray) -> list | None:
+    def _publish_result(
+        self, study_id: uuid.UUID, spec, volume: volumes.Volume, prob_ijk: np.ndarray
+    ) -> list | None:
         """The study's SEGs after its result is published: when it came from the PACS with `store_result`, its
         DICOM SEG at the saved (else the default) threshold, stored back there."""
         with self._session() as session:
@@ -337,8 +339,7 @@ class StudyJobs:
             if not (row.pacs_store_result and self.publish_seg):
                 return row.pacs_segs
             threshold = self.threshold_of(row, None)
-            labels = self._mask(spec, prob_ijk, threshold).astype(np.uint8)
-            return self._published(row, labels, threshold)
+            return self._published(row, self._labels(spec, volume, prob_ijk, threshold), threshold)
 
     def _published(self, row: Study, labels: np.ndarray, threshold: float) -> list:
         """`row.pacs_segs` with one more: the SEG at `threshold`, a new series, stored by `publish_seg`."""
