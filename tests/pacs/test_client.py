@@ -18,6 +18,7 @@ from pydicom.uid import generate_uid
 from common.errors import InvalidInput, NotFound, PayloadTooLarge, ServiceUnavailable
 from common.pacs import Pacs, PacsCredentials
 from tests.fixtures.objectstore import _free_port
+from tests.fixtures.pacs import REFUSED_PATIENT
 from tests.pacsdata import ct_series
 
 pytestmark = pytest.mark.integration
@@ -182,9 +183,9 @@ def test_a_seg_stored_is_found_by_qido_referencing_its_source(pacs, stored):
 
 def test_a_pacs_that_drops_what_it_is_sent_is_a_refusal_not_a_success(refusing_pacs_server):
     pacs = Pacs(refusing_pacs_server.url, refusing_pacs_server.credentials)
-    series = ct_series(3, patient_id="P-REFUSED")
+    series = ct_series(3, patient_id=REFUSED_PATIENT)
     pacs.store(series, series[0].StudyInstanceUID)  # CT: kept
     with pytest.raises(ServiceUnavailable) as refused:
-        pacs.store([seg_of(series)], series[0].StudyInstanceUID)  # its filter drops every SEG, answering 200
+        pacs.store([seg_of(series)], series[0].StudyInstanceUID)  # its filter drops this SEG, answering 200
     assert refused.value.code == "pacs_store_refused"
     assert pacs.search_instances(series[0].StudyInstanceUID, Modality="SEG") == []

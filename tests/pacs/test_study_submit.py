@@ -1,7 +1,7 @@
 """POST /api/v1/studies naming a PACS series, in process (the API tests' world: SQLite, an in-memory object
 store, fake organ servers) against a real Orthanc: the series becomes a queued study under a pseudonymous
 patient ID with no name kept anywhere; every refusal and every PACS failure is a clear 4xx/503 with nothing
-stored (no study row, no object). Segmenting it and storing the SEG back: tests/studies/test_studies_pacs.py."""
+stored (no study row, no object). Segmenting it, storing the SEG back: tests/studies/test_studies_pacs.py."""
 
 from __future__ import annotations
 
@@ -147,7 +147,7 @@ def test_a_pacs_down_or_refusing_us_is_a_503_naming_it(world, settings, series, 
 
 
 def test_the_pacs_killed_mid_fetch_is_a_503_with_nothing_stored(world, settings, pacs_restarted, monkeypatch):
-    """Orthanc SIGKILLed once the first instance has arrived: the fetch fails, no study is made of the rest."""
+    """Orthanc SIGKILLed once the first instance has arrived: the fetch fails, no study is made of it."""
     client = world.client("doctor", settings=settings)
     pacs = client.app.state.clinic.pacs.pacs
     big = stored_study(
