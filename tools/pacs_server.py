@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Sequence
@@ -30,7 +28,7 @@ import httpx
 from common.errors import ServiceUnavailable
 from common.pacs import CREDENTIALS_FILE, PacsCredentials, read_credentials_file
 from common.settings import Settings
-from tools.objectstore_server import HOST, _proc_start_time, _write_private, port_is_free
+from tools.managed_process import HOST, ManagedProcess, port_is_free, write_private
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +61,7 @@ def load_or_create_credentials(path: Path) -> PacsCredentials:
     if existing:
         return existing
     creds = PacsCredentials("medseg", secrets.token_urlsafe(24))
-    _write_private(path, json.dumps({"username": creds.username, "password": creds.password}, indent=2))
+    write_private(path, json.dumps({"username": creds.username, "password": creds.password}, indent=2))
     logger.info("generated the local PACS credentials in %s", path)
     return creds
 
@@ -77,8 +75,10 @@ def local_port(settings: Settings) -> int | None:
     return parts.port or 80
 
 
-class PacsServer:
+class PacsServer(ManagedProcess):
     """Start and stop one local Orthanc whose configuration and data live under `state_dir/pacs`."""
+
+    name = "PACS"
 
     def __init__(
         self,
@@ -119,15 +119,6 @@ class PacsServer:
         return load_or_create_credentials(self.credentials_path)
 
     # --- process control ------------------------------------------------------------------------------
-    def running_pid(self) -> int | None:
-        """Pid of the Orthanc this state dir started, if it is still that process and alive."""
-        try:
-            info = json.loads(self.pid_path.read_text())
-        except (FileNotFoundError, ValueError):
-            return None
-        pid = int(info["pid"])
-        return pid if _proc_start_time(pid) == info.get("start_time") else None
-
     def start(self, timeout: float = 60.0) -> PacsCredentials:
         """Start Orthanc (no-op when it already runs), wait until its DICOMweb answers our user."""
         if self.running_pid():
@@ -156,9 +147,7 @@ class PacsServer:
                 start_new_session=True,  # Ctrl-C in the terminal of `make up` must not stop it mid-write
             )
         pid = self._proc.pid
-        _write_private(
-            self.pid_path, json.dumps({"pid": pid, "start_time": _proc_start_time(pid), "url": self.url})
-        )
+        self.record(pid, url=self.url)
         logger.info("PACS starting (pid %s) at %s, data in %s", pid, self.url, self.home / "db")
         try:
             self.wait_ready(timeout)
@@ -188,50 +177,6 @@ class PacsServer:
             f"the local PACS is not ready after {timeout:.0f}s ({last}); log tail:\n{self.log_tail()}"
         )
 
-    def stop(self, timeout: float = 20.0) -> bool:
-        """SIGTERM the Orthanc this state dir started (SIGKILL after `timeout`); False if none ran."""
-        return self._signal(signal.SIGTERM, timeout)
-
-    def kill(self) -> bool:
-        """SIGKILL it at once, as a crash would (fault tests)."""
-        return self._signal(signal.SIGKILL, 5.0)
-
-    def _signal(self, sig: int, timeout: float) -> bool:
-        pid = self.running_pid()
-        if pid is None:
-            self.pid_path.unlink(missing_ok=True)
-            return False
-        logger.info("stopping the PACS (pid %s)", pid)
-        os.kill(pid, sig)
-        if not self._wait_exit(pid, timeout):
-            logger.warning("PACS (pid %s) ignored SIGTERM for %.0fs; killing it", pid, timeout)
-            os.kill(pid, signal.SIGKILL)
-            self._wait_exit(pid, 5.0)
-        self.pid_path.unlink(missing_ok=True)
-        self._proc = None
-        return True
-
-    def _wait_exit(self, pid: int, timeout: float) -> bool:
-        if self._proc is not None and self._proc.pid == pid:  # our child: reap it, or it lingers as a zombie
-            try:
-                self._proc.wait(timeout)
-                return True
-            except subprocess.TimeoutExpired:
-                return False
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if _proc_start_time(pid) is None:
-                return True
-            time.sleep(0.1)
-        return False
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return "(no log)"
-        return "\n".join(line.strip() for line in text.splitlines()[-lines:])
-
     # --- configuration ------------------------------------------------------------------------------
     def _write_config(self) -> PacsCredentials:
         (self.home / "db").mkdir(parents=True, exist_ok=True)
@@ -256,5 +201,5 @@ class PacsServer:
             "StorageCompression": False,
             "DicomWeb": {"Enable": True, "Root": DICOMWEB_ROOT + "/", "EnableWado": False, "Ssl": False},
         }
-        _write_private(self.config_path, json.dumps(config, indent=2))
+        write_private(self.config_path, json.dumps(config, indent=2))
         return creds

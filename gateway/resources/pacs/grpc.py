@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import date
-
 from medseg.v1 import pacs_pb2 as pb
 from medseg.v1 import pacs_pb2_grpc as pb_grpc
 
-from common.errors import InvalidInput
 from gateway.access import ACCESS
-from gateway.resources.grpc_edge import Servicer, optional, to_message
+from gateway.resources.grpc_edge import Servicer, from_message, to_message
 from gateway.resources.pacs import service
+from gateway.resources.pacs.schemas import PacsStudySearch
 
 
 class Pacs(Servicer, pb_grpc.PacsServicer):
@@ -18,30 +16,9 @@ class Pacs(Servicer, pb_grpc.PacsServicer):
 
     def SearchStudies(self, request, context):
         with self.edge.call(context, ACCESS["pacs.studies"]) as (_, who):
-            out = service.search(
-                self.clinic,
-                who,
-                optional(request, "patient_id") or None,
-                optional(request, "modality") or None,
-                _date(request, "date_from"),
-                _date(request, "date_to"),
-                optional(request, "limit"),
-            )
+            out = service.search(self.clinic, who, from_message(request, PacsStudySearch))
             return to_message(out, pb.PacsStudyList)
 
     def ListSeries(self, request, context):
         with self.edge.call(context, ACCESS["pacs.series"]) as (_, who):
             return to_message(service.series(self.clinic, who, request.study_uid), pb.PacsSeriesList)
-
-
-def _date(request, field: str) -> date | None:
-    """A YYYY-MM-DD field as HTTP's query parses it (a bad one: the same 400 → INVALID_ARGUMENT)."""
-    value = optional(request, field)
-    if not value:
-        return None
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise InvalidInput(
-            f"{field}: {value[:40]!r} is not a date (YYYY-MM-DD)", code="invalid_input"
-        ) from None

@@ -3,15 +3,13 @@ series is segmented by POST /api/v1/studies with a JSON body naming it (gateway/
 
 from __future__ import annotations
 
-from datetime import date
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
 from gateway.api.deps import ClinicDep, caller
 from gateway.resources.pacs import service
-from gateway.resources.pacs.schemas import PacsSeriesList, PacsStudyList
-from gateway.resources.shared import DEFAULT_LIST, MAX_LIST
+from gateway.resources.pacs.schemas import PacsSeriesList, PacsStudyList, PacsStudySearch
 
 router = APIRouter(tags=["pacs"])
 
@@ -21,18 +19,10 @@ SeriesCaller = caller("pacs.series")
 
 @router.get("/pacs/studies", response_model=PacsStudyList)
 def search_studies(
-    clinic: ClinicDep,
-    who: SearchCaller,
-    patient_id: Annotated[
-        str | None, Query(description="the PACS's PatientID (QIDO-RS wildcards * and ?)")
-    ] = None,
-    modality: Annotated[str | None, Query(description="e.g. CT, MR")] = None,
-    date_from: date | None = None,
-    date_to: date | None = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIST)] = DEFAULT_LIST,
+    clinic: ClinicDep, who: SearchCaller, query: Annotated[PacsStudySearch, Query()]
 ) -> PacsStudyList:
     """Studies of the configured PACS matching every filter given."""
-    return service.search(clinic, who, patient_id or None, modality or None, date_from, date_to, limit)
+    return service.search(clinic, who, query)
 
 
 @router.get("/pacs/studies/{study_uid}/series", response_model=PacsSeriesList)

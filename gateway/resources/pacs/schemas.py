@@ -6,6 +6,23 @@ from datetime import date
 
 from pydantic import BaseModel, Field
 
+from common.pacs import SEARCH_PATIENT_ID
+from gateway.resources.shared import DEFAULT_LIST, MAX_LIST
+
+
+class PacsStudySearch(BaseModel):
+    """The filters of a study search (HTTP's query, gRPC's request): every one given must match."""
+
+    patient_id: str | None = Field(
+        default=None,
+        pattern=f"^{SEARCH_PATIENT_ID.pattern}$",  # the PACS's own IDs, not MedSeg's rule: what QIDO-RS takes
+        description="the PACS's PatientID (QIDO-RS wildcards * and ?)",
+    )
+    modality: str | None = Field(default=None, description="e.g. CT, MR")
+    date_from: date | None = None
+    date_to: date | None = None
+    limit: int = Field(default=DEFAULT_LIST, ge=1, le=MAX_LIST)
+
 
 class PacsStudyPublic(BaseModel):
     study_uid: str

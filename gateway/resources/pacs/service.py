@@ -4,31 +4,27 @@ gateway's PACS service (gateway/service/pacs.py) and answer the shapes of schema
 from __future__ import annotations
 
 from dataclasses import asdict
-from datetime import date
 
 from gateway.principal import Principal
-from gateway.resources.pacs.schemas import PacsSeriesList, PacsSeriesPublic, PacsStudyList, PacsStudyPublic
-from gateway.resources.shared import list_limit
+from gateway.resources.pacs.schemas import (
+    PacsSeriesList,
+    PacsSeriesPublic,
+    PacsStudyList,
+    PacsStudyPublic,
+    PacsStudySearch,
+)
 from gateway.service.clinic import Clinic
 from gateway.service.pacs import SEGMENTABLE
 
 
-def search(
-    clinic: Clinic,
-    who: Principal,
-    patient_id: str | None,
-    modality: str | None,
-    date_from: date | None,
-    date_to: date | None,
-    limit: int | None,
-) -> PacsStudyList:
+def search(clinic: Clinic, who: Principal, query: PacsStudySearch) -> PacsStudyList:
     found = clinic.pacs.search(
         who,
-        patient_id=patient_id,
-        modality=modality,
-        date_from=date_from,
-        date_to=date_to,
-        limit=list_limit(limit),
+        patient_id=query.patient_id or None,
+        modality=query.modality or None,
+        date_from=query.date_from,
+        date_to=query.date_to,
+        limit=query.limit,
     )
     return PacsStudyList(
         studies=[PacsStudyPublic(**{**asdict(s), "modalities": list(s.modalities)}) for s in found]
