@@ -102,7 +102,9 @@ def check_seg(pacs: Pacs, datasets, stored: dict) -> hd.seg.Segmentation:
         r.ReferencedSOPInstanceUID for s in seg.ReferencedSeriesSequence for r in s.ReferencedInstanceSequence
     }
     assert referenced <= {ds.SOPInstanceUID for ds in datasets} and referenced
-    assert dice(labels, studydata.liver_dicom_labels(FIRST, COUNT)) >= 0.95
+    overlap = dice(labels, studydata.liver_dicom_labels(FIRST, COUNT))
+    print(f"SEG from the PACS at threshold {stored['threshold']}: Dice {overlap:.4f} vs the labels")
+    assert overlap >= 0.95
     return seg
 
 
