@@ -56,16 +56,40 @@ def proc_start_time(pid: int) -> int | None:
 
 
 class ManagedProcess:
-    """Process control of one local server; a subclass sets `name`, `pid_path`, `log_path` and starts the
-    process as `self._proc`, writing its pid file with `record(pid, **extra)`."""
+    """Process control of one local server; a subclass sets `name`, `pid_path`, `log_path`, implements
+    `wait_ready(timeout)` and starts its process with `launch(...)`."""
 
     name = "server"
     pid_path: Path
     log_path: Path
     _proc: subprocess.Popen | None = None
 
-    def record(self, pid: int, **extra) -> None:
-        write_private(self.pid_path, json.dumps({"pid": pid, "start_time": proc_start_time(pid), **extra}))
+    def wait_ready(self, timeout: float) -> None:
+        raise NotImplementedError
+
+    def launch(self, args: list[str], *, cwd: Path, timeout: float, where: str, **record) -> int:
+        """Start `args` in a session of its own (Ctrl-C in the terminal of `make up` must not stop it
+        mid-write), output appended to the log, its pid file written (with `record`), then wait until it is
+        ready; stopped again when it is not. `where`: what the log line says it serves."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self._proc = subprocess.Popen(
+                args,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        pid = self._proc.pid
+        write_private(self.pid_path, json.dumps({"pid": pid, "start_time": proc_start_time(pid), **record}))
+        logger.info("%s starting (pid %s): %s", self.name, pid, where)
+        try:
+            self.wait_ready(timeout)
+        except Exception:
+            self.stop()
+            raise
+        return pid
 
     def running_pid(self) -> int | None:
         """Pid of the process this state dir started, if it is still that process and alive."""

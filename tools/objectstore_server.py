@@ -227,25 +227,13 @@ class ObjectStoreServer(ManagedProcess):
                 + ", ".join(f"{name}={p}" for name, p in busy.items())
             )
         creds = self._write_config()
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            # own session: Ctrl-C in a terminal running `make up` must not kill the store mid-write
-            self._proc = subprocess.Popen(
-                [str(weed_binary()), "mini", *self._flags()],
-                cwd=self.data_dir,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        pid = self._proc.pid
-        self.record(pid, endpoint=self.endpoint)
-        logger.info("object store starting (pid %s) at %s, data in %s", pid, self.endpoint, self.data_dir)
-        try:
-            self.wait_ready(timeout)
-        except ServiceUnavailable:
-            self.stop()
-            raise
+        self.launch(
+            [str(weed_binary()), "mini", *self._flags()],
+            cwd=self.data_dir,
+            timeout=timeout,
+            where=f"{self.endpoint}, data in {self.data_dir}",
+            endpoint=self.endpoint,
+        )
         return creds
 
     def wait_ready(self, timeout: float = 30.0) -> None:

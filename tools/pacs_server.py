@@ -136,24 +136,13 @@ class PacsServer(ManagedProcess):
                 "Orthanc service? `systemctl disable --now orthanc`, or set MEDSEG_PACS_URL to another port)"
             )
         creds = self._write_config()
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(
-                [str(binary), "--no-jobs", str(self.config_path)],
-                cwd=self.home,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C in the terminal of `make up` must not stop it mid-write
-            )
-        pid = self._proc.pid
-        self.record(pid, url=self.url)
-        logger.info("PACS starting (pid %s) at %s, data in %s", pid, self.url, self.home / "db")
-        try:
-            self.wait_ready(timeout)
-        except ServiceUnavailable:
-            self.stop()
-            raise
+        self.launch(
+            [str(binary), "--no-jobs", str(self.config_path)],
+            cwd=self.home,
+            timeout=timeout,
+            where=f"{self.url}, data in {self.home / 'db'}",
+            url=self.url,
+        )
         return creds
 
     def wait_ready(self, timeout: float = 60.0) -> None:
