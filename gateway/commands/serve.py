@@ -41,6 +41,8 @@ def serve(settings: Settings) -> int:
     )
     grpc_server.start()
     logger.info("gRPC medseg.v1 on %s:%d", settings.grpc_host, grpc_port)
+    # the study workers: queued studies, and those a stopped gateway left running, are taken up now
+    app.state.clinic.studies.start()
     try:
         config = uvicorn.Config(
             app,
