@@ -9,14 +9,11 @@ migrated SQLite registry, the gateway's production data plane over HTTP and gRPC
 
 from __future__ import annotations
 
-import io
-
 import grpc
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from medseg.v1 import clinic_pb2, clinic_pb2_grpc
-from PIL import Image
 from sqlalchemy.orm import sessionmaker
 
 from common.launcher import free_ports
@@ -30,6 +27,7 @@ from gateway.security import create_api_key
 from gateway.service import build_dataplane
 from gateway.service.model_registry import NewVersion, record_version, seed_from_model_store
 from tests.fixtures.torchserve import _require_runtime, build_test_mar
+from tests.gateway.fakes import png
 from tools import stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -37,14 +35,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 CANDIDATE = "cand-1"
 
 
-def _png(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-IMAGE = _png(np.full((32, 32), 90, np.uint8))
-LABEL = _png(np.pad(np.full((8, 8), 255, np.uint8), 12))
+IMAGE = png(np.full((32, 32), 90, np.uint8))
+LABEL = png(np.pad(np.full((8, 8), 255, np.uint8), 12))
 
 
 @pytest.fixture(scope="module")
