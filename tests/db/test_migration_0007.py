@@ -21,7 +21,7 @@ def _columns(engine) -> set[str]:
 
 def test_0007_gives_old_entries_their_hospital_and_keeps_the_log_append_only(db_url):
     config = alembic_config(db_url)
-    command.downgrade(config, "0005")
+    command.downgrade(config, "0006")
     engine = make_engine(db_url)
     now = datetime.now(UTC)
     try:
@@ -63,7 +63,7 @@ def test_0007_gives_old_entries_their_hospital_and_keeps_the_log_append_only(db_
         with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
             conn.execute(text("UPDATE audit_log SET hospital = 'Elsewhere'"))
 
-        command.downgrade(config, "0005")
+        command.downgrade(config, "0006")
         assert "hospital" not in _columns(engine)
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM audit_log")).scalar() == len(entries)
