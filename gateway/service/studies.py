@@ -282,6 +282,8 @@ class StudyJobs:
             chunk=organ.spec.inference.volume_chunk,
             progress=beat.progress,
             cancelled=beat.cancelled,
+            # a chunk may queue behind another study's (and 2-D requests) on a busy server
+            timeout=max(60.0, 4 * self.settings.inference_timeout_s),
         )
 
     def _store_result(self, study_id, volume: volumes.Volume, organ, model, prob: np.ndarray, prefix, axcodes):
