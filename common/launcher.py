@@ -29,10 +29,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.errors import MedSegError
 from services.spec import SERVICES_DIR
 
 logger = logging.getLogger(__name__)
@@ -141,6 +142,10 @@ class OrganServer:
 
     models: {model name: .mar file name in the model store, or an allowed URL} loaded at start-up;
             None/empty starts an empty server (the trainer registers models later).
+    also_serve: (model name, .mar file name in the model store) of the other versions to serve beside those
+            defaults, registered (not as the default) before `start` returns: the versions the model
+            registry says the organ serves besides its default (tools/stack.py). One that cannot be
+            registered is logged and skipped: it must not keep the default from serving.
     ports:  override the organ's configured ports (tests: `free_ports()`).
     allowed_urls: comma-separated regexes of URLs the management API may fetch .mar files from
             (default: the organ's config.properties — the local object store's model bucket).
@@ -153,6 +158,7 @@ class OrganServer:
         model_store: str | Path,
         *,
         models: Mapping[str, str] | None = None,
+        also_serve: Sequence[tuple[str, str]] = (),
         ports: Ports | None = None,
         allowed_urls: str | None = None,
         host: str = "127.0.0.1",
@@ -168,6 +174,7 @@ class OrganServer:
         self.dir = server_dir(state_dir, organ).resolve()
         self.model_store = Path(model_store).resolve()
         self.models = dict(models or {})
+        self.also_serve = list(also_serve)
         self.ports = ports or configured_ports(organ, self.services_dir)
         self.allowed_urls = allowed_urls
         self.host = host
@@ -294,10 +301,29 @@ class OrganServer:
         (self.dir / PID_FILE).write_text(f"{self.process.pid}\n")
         try:
             self.wait_ready(timeout)
+            self.register_also_served(timeout)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def register_also_served(self, timeout: float = 180.0) -> list[str]:
+        """Register each `also_serve` archive (synchronously: its worker is ready when this returns); the
+        versions registered, in order. One that fails is logged and skipped."""
+        from common.torchserve_client import ManagementClient  # as in wait_ready: needs the generated stubs
+
+        registered = []
+        key = lambda: self.keys.management  # noqa: E731 - re-read: TorchServe may renew it
+        with ManagementClient(self.grpc_management_address, key, timeout=timeout) as mgmt:
+            for model_name, mar in self.also_serve:
+                try:
+                    message = mgmt.register(mar, model_name, synchronous=True, timeout=timeout)
+                except MedSegError as exc:
+                    logger.error("%s server: %s (%s) not served: %s", self.organ, mar, model_name, exc)
+                    continue
+                registered.append(mar)
+                logger.info("%s server also serves %s: %s", self.organ, mar, message)
+        return registered
 
     def wait_ready(self, timeout: float = 180.0) -> None:
         """Block until the key file exists, Ping answers, and every start-up model has a READY worker."""

@@ -235,6 +235,24 @@ def management_client(
     return ManagementClient(address, key, timeout=timeout)
 
 
+def pull_archive(store, mar_key: str, dest: Path, sha256: str | None = None) -> Path:
+    """The archive `mar_key` of the models bucket as the file `dest` (an organ server's model store): kept
+    when `dest` already holds it (the same sha256, when known), downloaded otherwise. What an organ server's
+    start step does for each version it serves (tools/stack.py locally, k8s/base/organ-server/pull_model.py
+    in Kubernetes). Raises NotFound (no such archive) or ServiceUnavailable (the store is down)."""
+    if dest.is_file() and (sha256 is None or sha256_file(dest) == sha256):
+        return dest
+    store.download(store.buckets.models, mar_key, dest)
+    if sha256 is not None and sha256_file(dest) != sha256:
+        dest.unlink(missing_ok=True)
+        raise Conflict(
+            f"{store.buckets.models}/{mar_key} is not the archive that was recorded (sha256 "
+            f"{sha256[:12]}…); versions are immutable: register the model under a new version",
+            code="version_exists",
+        )
+    return dest
+
+
 def _read_card(path: Path, digest: str) -> dict:
     try:
         card = json.loads(path.read_text())

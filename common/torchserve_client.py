@@ -95,7 +95,9 @@ _ERRORS: dict[grpc.StatusCode, type[MedSegError]] = {
 }
 
 
-_NOT_FOUND = re.compile(r"Model (version )?not found", re.IGNORECASE)
+# The inference API reports an unknown model or version as INTERNAL: "Model not found: liver" /
+# "Model version: 2.0 does not exist for model: liver" (TorchServe 0.12, ModelVersionNotFoundException).
+_NOT_FOUND = re.compile(r"Model (version )?not found|Model version: .* does not exist", re.IGNORECASE)
 
 
 class _Client:
@@ -146,7 +148,7 @@ class _Client:
                 f"{self.label} refused our token for {what}: {detail}", code="organ_auth"
             )
         error_type = _ERRORS.get(code)
-        if code == grpc.StatusCode.INTERNAL and _NOT_FOUND.match(detail):
+        if code == grpc.StatusCode.INTERNAL and _NOT_FOUND.search(detail):
             error_type = NotFound  # the inference API reports an unknown model / version as INTERNAL
         if error_type is None:
             return self._other_error(code, detail, what)

@@ -10,8 +10,9 @@ an RPC cannot be added, or admit other callers on one edge than on the other, wi
 Each entry also says which rows the operation may reach (`rows`): a `Rows` rule (resource × action ×
 kind of caller → the relations to the row that admit it: own, same hospital, shared, any), enforced in one
 place (gateway/tenancy.py: `visible` for one row, `where` for a list, 404 for a row the caller may not see),
-or, for operations on no hospital's rows, a sentence saying why none applies. tests/api/test_tenancy_matrix.py
-walks every entry × every relation × both edges.
+or, for operations on no hospital's rows, a sentence saying why none applies; a request field that needs a
+stricter rule than its operation's names it in `fields` (sharing a feedback thread: its author only).
+tests/api/test_tenancy_matrix.py walks every entry and field rule × every relation × both edges.
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ PACS_READER = Access(("doctor",), ("segment",))
 # shared: shared with this kind of caller (gateway/tenancy.py `SHARED`: a thread its author shares with their
 # hospital's doctors; for researchers every dataset and thread, and the evaluations a thread attaches or a
 # promotion ran); any: every row. A platform admin (role admin, or an admin-scoped key, without a hospital)
-# reaches every row; an admin with a hospital administers that hospital's.
+# reaches every row; an admin with a hospital administers that hospital's: its people (own: the admin's own
+# account), its systems' API keys and its audit entries (gateway/models.py `audit`: each entry belongs to the
+# hospital of the account or key it is about, else of whoever acted).
 RELATIONS = ("own", "hospital", "shared", "any")
 KINDS = ("doctor", "researcher", "admin", "key")  # admin: a hospital's admin; key: a hospital system's key
 
@@ -57,7 +60,7 @@ KINDS = ("doctor", "researcher", "admin", "key")  # admin: a hospital's admin; k
 class Rows:
     """The rows of `resource` an operation reaches (`action`: read, write, delete), per kind of caller."""
 
-    resource: str  # dataset | evaluation | feedback | segmentation | study
+    resource: str  # dataset | evaluation | feedback | segmentation | study | user | api_key | audit
     action: str
     doctor: frozenset[str] = frozenset()
     researcher: frozenset[str] = frozenset()
@@ -77,6 +80,7 @@ def _r(*relations: str) -> frozenset[str]:
 
 
 OWN, HOSPITAL, OWN_OR_HOSPITAL = _r("own"), _r("own", "hospital"), _r("own", "hospital")
+HOSPITAL_ONLY = _r("hospital")  # rows nobody owns: keys, audit entries
 # Datasets are shared within the hospital and with the researchers (every dataset is submitted to them);
 # the same rule admits the dataset an evaluation, a reference set or a training job takes.
 DATASET_READ = Rows("dataset", "read", HOSPITAL, _r("own", "shared"), OWN_OR_HOSPITAL, OWN_OR_HOSPITAL)
@@ -86,17 +90,26 @@ EVALUATION_READ = Rows("evaluation", "read", OWN, _r("own", "shared"), OWN_OR_HO
 # Feedback: its author; that hospital's doctors if the author shares it; the researchers (all of it).
 FEEDBACK_READ = Rows("feedback", "read", _r("own", "shared"), _r("shared"), OWN_OR_HOSPITAL, OWN_OR_HOSPITAL)
 FEEDBACK_WRITE = Rows("feedback", "write", OWN, _r("shared"), OWN_OR_HOSPITAL, OWN_OR_HOSPITAL)
+# Sharing a thread with the hospital's doctors (feedback.update's `shared`): its author only.
+FEEDBACK_SHARE = Rows("feedback", "share", OWN, _r(), OWN, OWN)
 # Segmentations: the doctor (or the key) who made them; the hospital's admin and systems.
 SEGMENTATION_READ = Rows("segmentation", "read", OWN, OWN, OWN_OR_HOSPITAL, OWN_OR_HOSPITAL)
 SEGMENTATION_WRITE = Rows("segmentation", "write", OWN, _r(), _r(), OWN)  # the threshold choice
 # Studies (volumes) as segmentations: their maker's, and their hospital's admin and systems.
 STUDY_READ = Rows("study", "read", OWN, OWN, OWN_OR_HOSPITAL, OWN_OR_HOSPITAL)
 STUDY_WRITE = Rows("study", "write", OWN, _r(), _r(), OWN)  # cancel, the threshold choice
+# Administration (admins only): a hospital's admin administers its people (own: their own account, which
+# they may not disable or demote, gateway/resources/accounts/service.py), its keys and its audit entries.
+USERS_READ = Rows("user", "read", admin=OWN_OR_HOSPITAL)
+USERS_WRITE = Rows("user", "write", admin=OWN_OR_HOSPITAL)
+KEYS_READ = Rows("api_key", "read", admin=HOSPITAL_ONLY)
+KEYS_REVOKE = Rows("api_key", "delete", admin=HOSPITAL_ONLY)
+AUDIT_READ = Rows("audit", "read", admin=HOSPITAL_ONLY)
 
 # Operations that reach no hospital's rows say why (a sentence instead of a `Rows`).
 ANYONE = "no rows: open to anyone"
 ONESELF = "no rows: the caller's own account"
-PLATFORM = "no hospital's rows: the platform's users, keys and audit log (admins)"
+NEW_KEY = "makes a key of the caller's hospital (a platform admin: of any hospital, or of none)"
 MODELS = "no hospital's rows: model versions and reference sets are the platform's"
 STATELESS = "no rows: answered at once, nothing is kept"
 TRAINING_ROWS = "no hospital's rows: training jobs are the research team's"
@@ -113,6 +126,8 @@ class Operation:
     http: tuple[str, str] | None = None  # (method, path under /api/v1)
     grpc: str | None = None  # medseg.v1 "Service/Method"
     rows: Rows | str | None = None
+    # A field of the request with a rule of its own, stricter than `rows` (feedback.update's `shared`).
+    fields: tuple[tuple[str, Rows], ...] = ()
 
 
 OPERATIONS: dict[str, Operation] = {
@@ -128,13 +143,13 @@ OPERATIONS: dict[str, Operation] = {
     "accounts.update_me": Operation(SIGNED_IN, ("PATCH", "/users/me"), rows=ONESELF),
     "accounts.change_password": Operation(SIGNED_IN, ("POST", "/users/me/password"), rows=ONESELF),
     # --- users, API keys, audit log: administration
-    "users.list": Operation(ADMIN, ("GET", "/users"), rows=PLATFORM),
-    "users.administer": Operation(ADMIN, ("PATCH", "/users/{user_id}"), rows=PLATFORM),
-    "keys.list": Operation(ADMIN, ("GET", "/api-keys"), rows=PLATFORM),
-    "keys.create": Operation(ADMIN, ("POST", "/api-keys"), rows=PLATFORM),
-    "keys.revoke": Operation(ADMIN, ("DELETE", "/api-keys/{prefix}"), rows=PLATFORM),
-    "audit.list": Operation(ADMIN, ("GET", "/audit"), rows=PLATFORM),
-    "audit.export": Operation(ADMIN, ("GET", "/audit/export.csv"), rows=PLATFORM),
+    "users.list": Operation(ADMIN, ("GET", "/users"), rows=USERS_READ),
+    "users.administer": Operation(ADMIN, ("PATCH", "/users/{user_id}"), rows=USERS_WRITE),
+    "keys.list": Operation(ADMIN, ("GET", "/api-keys"), rows=KEYS_READ),
+    "keys.create": Operation(ADMIN, ("POST", "/api-keys"), rows=NEW_KEY),
+    "keys.revoke": Operation(ADMIN, ("DELETE", "/api-keys/{prefix}"), rows=KEYS_REVOKE),
+    "audit.list": Operation(ADMIN, ("GET", "/audit"), rows=AUDIT_READ),
+    "audit.export": Operation(ADMIN, ("GET", "/audit/export.csv"), rows=AUDIT_READ),
     # --- datasets
     "datasets.upload": Operation(DATASET_UPLOADER, ("POST", "/datasets"), rows=NEW_ROW),
     "datasets.list": Operation(DATASET_READER, ("GET", "/datasets"), rows=DATASET_READ),
@@ -226,7 +241,11 @@ OPERATIONS: dict[str, Operation] = {
         FEEDBACK, ("POST", "/feedback/{feedback_id}/replies"), "Feedback/Reply", rows=FEEDBACK_READ
     ),
     "feedback.update": Operation(
-        FEEDBACK, ("PATCH", "/feedback/{feedback_id}"), "Feedback/UpdateFeedback", rows=FEEDBACK_WRITE
+        FEEDBACK,
+        ("PATCH", "/feedback/{feedback_id}"),
+        "Feedback/UpdateFeedback",
+        rows=FEEDBACK_WRITE,
+        fields=(("shared", FEEDBACK_SHARE),),
     ),
     # --- segmentation history
     "segmentations.list": Operation(

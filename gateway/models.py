@@ -27,6 +27,7 @@ from sqlalchemy import (
     Uuid,
     event,
     false,
+    select,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -278,6 +279,9 @@ class AuditLog(Base):
     action: Mapped[str] = mapped_column(String(64), index=True)
     target: Mapped[str | None] = mapped_column(String(256))
     detail: Mapped[dict | None] = mapped_column(JSON)
+    # The hospital the entry belongs to (its admins read it): the account's or key's it is about, else the
+    # actor's; None: the platform's (its admins only). Set by `audit`.
+    hospital: Mapped[str | None] = mapped_column(String(200), index=True)
 
 
 MODEL_STATES = ("candidate", "default", "retired")
@@ -469,10 +473,37 @@ def _audit_log_is_append_only(mapper, connection, target: AuditLog) -> None:
     raise PermissionError("audit_log is append-only: rows cannot be updated or deleted")
 
 
+_ACTOR_HOSPITAL = object()  # `audit`'s default: the hospital of whoever acted
+
+
 def audit(
-    session: Session, actor: str, action: str, target: str | None = None, detail: dict | None = None
+    session: Session,
+    actor: str,
+    action: str,
+    target: str | None = None,
+    detail: dict | None = None,
+    *,
+    hospital: str | None | object = _ACTOR_HOSPITAL,
 ) -> AuditLog:
-    """Append an audit record to the session (committed with the caller's transaction)."""
-    row = AuditLog(actor=actor, action=action, target=target, detail=detail)
+    """Append an audit record to the session (committed with the caller's transaction).
+
+    `hospital`: the hospital the entry belongs to: given for an entry about an account or a key (theirs),
+    else the actor's (`actor_hospital`), so each hospital's admins read their hospital's entries."""
+    if hospital is _ACTOR_HOSPITAL:
+        hospital = actor_hospital(session, actor)
+    row = AuditLog(actor=actor, action=action, target=target, detail=detail, hospital=hospital)
     session.add(row)
     return row
+
+
+def actor_hospital(session: Session, actor: str) -> str | None:
+    """The hospital of an audit actor: `user:<id>:<email>` (a person, gateway/principal.py) or
+    `api-key:<prefix>`; None for the others (a platform admin, `self`, `ip:…`, `cli`, `seed:…`)."""
+    kind, _, rest = actor.partition(":")
+    if kind == "user":
+        user_id = rest.partition(":")[0]
+        user = session.get(User, int(user_id)) if user_id.isdigit() else None
+        return user.hospital if user is not None else None
+    if kind == "api-key":
+        return session.scalar(select(ApiKey.hospital).where(ApiKey.prefix == rest))
+    return None

@@ -15,7 +15,7 @@ import secrets
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 from common.errors import Forbidden, InvalidInput, NotFound, Unauthenticated
@@ -89,6 +89,7 @@ def create_api_key(
             "expires_at": expires_at.isoformat() if expires_at else None,
             "hospital": row.hospital,
         },
+        hospital=row.hospital,
     )
     session.commit()
     return row, raw_key
@@ -129,25 +130,34 @@ def authenticate_api_key(session: Session, raw_key: str | None, required_scope: 
     return row
 
 
-def list_api_keys(session: Session, include_revoked: bool = True) -> list[ApiKey]:
-    """Keys, newest first (rows carry the prefix and metadata, never a secret)."""
+def list_api_keys(
+    session: Session, include_revoked: bool = True, visible: ColumnElement[bool] | None = None
+) -> list[ApiKey]:
+    """Keys, newest first (rows carry the prefix and metadata, never a secret); `visible`: only those (the
+    API's admins: their hospital's, gateway/resources/keys/service.py)."""
     query = select(ApiKey).order_by(ApiKey.created_at.desc(), ApiKey.id.desc())
+    if visible is not None:
+        query = query.where(visible)
     if not include_revoked:
         query = query.where(ApiKey.revoked_at.is_(None))
     return list(session.scalars(query))
 
 
+def key_prefix(prefix_or_key: str) -> str:
+    """The prefix a key is named by, from the prefix itself or a whole key."""
+    value = prefix_or_key.strip()
+    return value.split("_", 2)[1] if value.startswith(f"{KEY_SCHEME}_") else value
+
+
 def revoke_api_key(session: Session, prefix: str, *, actor: str = "cli") -> ApiKey:
-    """Revoke the key with this prefix (idempotent); NotFound when there is none."""
-    prefix = prefix.strip()
-    if prefix.startswith(f"{KEY_SCHEME}_"):  # accept a whole key too
-        prefix = prefix.split("_", 2)[1]
+    """Revoke the key with this prefix (or the whole key; idempotent); NotFound when there is none."""
+    prefix = key_prefix(prefix)
     row = session.scalar(select(ApiKey).where(ApiKey.prefix == prefix))
     if row is None:
         raise NotFound(f"no API key with prefix {prefix!r}")
     if row.revoked_at is None:
         row.revoked_at = _now()
-        audit(session, actor, "api_key.revoke", prefix, {"name": row.name})
+        audit(session, actor, "api_key.revoke", prefix, {"name": row.name}, hospital=row.hospital)
         session.commit()
     return row
 

@@ -20,19 +20,30 @@ from sqlalchemy.orm import Session
 
 from common.errors import Forbidden, NotFound
 from gateway.access import Rows
-from gateway.models import Dataset, Evaluation, EvaluationCase, Feedback, Segmentation, Study
+from gateway.models import (
+    ApiKey,
+    AuditLog,
+    Dataset,
+    Evaluation,
+    EvaluationCase,
+    Feedback,
+    Segmentation,
+    Study,
+    User,
+)
 from gateway.principal import Principal
 from gateway.security import ADMIN_SCOPE
 
 
 @dataclass(frozen=True)
 class Owned:
-    """How a resource's table names its owner: the person, the key, the hospital."""
+    """How a resource's table names its owner (person, key; None: nobody owns its rows) and hospital."""
 
     model: type
     user: object
     key: object
     hospital: object
+    lookup: object = None  # the column a caller names a row by, when not the primary key (a key's prefix)
 
 
 RESOURCES = {
@@ -41,6 +52,10 @@ RESOURCES = {
     "feedback": Owned(Feedback, Feedback.author_user_id, Feedback.author_api_key_id, Feedback.hospital),
     "segmentation": Owned(Segmentation, Segmentation.user_id, Segmentation.api_key_id, Segmentation.hospital),
     "study": Owned(Study, Study.user_id, Study.api_key_id, Study.hospital),
+    # administration: a person's own account is theirs; keys and audit entries are nobody's own
+    "user": Owned(User, User.id, None, User.hospital),
+    "api_key": Owned(ApiKey, None, None, ApiKey.hospital, lookup=ApiKey.prefix),
+    "audit": Owned(AuditLog, None, None, AuditLog.hospital),
 }
 
 
@@ -87,9 +102,9 @@ def relation_clauses(principal: Principal, resource: str) -> dict[str, ColumnEle
     """relation → the WHERE clause of the rows of `resource` in that relation to the caller."""
     owned = RESOURCES[resource]
     if principal.user is not None:
-        own = owned.user == principal.user.id
+        own = owned.user == principal.user.id if owned.user is not None else false()
     else:
-        own = owned.key == principal.api_key.id
+        own = owned.key == principal.api_key.id if owned.key is not None else false()
     shared = SHARED.get((resource, kind(principal)))
     return {
         "own": own,
@@ -109,10 +124,11 @@ def where(principal: Principal, rule: Rows) -> ColumnElement[bool]:
 
 
 def get(session: Session, principal: Principal, rule: Rows, ident, not_found: NotFound):
-    """The row `ident` of `rule.resource` if the caller reaches it; `not_found` otherwise."""
-    model = RESOURCES[rule.resource].model
-    pk = model.__mapper__.primary_key[0]
-    row = session.scalar(select(model).where(pk == ident, where(principal, rule)))
+    """The row `ident` (its primary key, or the resource's `lookup` column) of `rule.resource` if the caller
+    reaches it; `not_found` otherwise."""
+    owned = RESOURCES[rule.resource]
+    column = owned.lookup if owned.lookup is not None else owned.model.__mapper__.primary_key[0]
+    row = session.scalar(select(owned.model).where(column == ident, where(principal, rule)))
     if row is None:
         raise not_found
     return row

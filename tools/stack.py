@@ -18,11 +18,18 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from sqlalchemy.exc import SQLAlchemyError
 
+from common.errors import MedSegError
+from common.model_store import mar_manifest, pull_archive
+from common.objectstore import ObjectStore
 from common.settings import Settings, get_settings
+from gateway.core.db import make_engine, session_scope
+from gateway.service.model_registry import served_versions
 from tools import pacs_server
 
 logger = logging.getLogger(__name__)
@@ -121,21 +128,100 @@ def _organ_pid(settings: Settings, organ: str) -> PidFile:
     return PidFile(pid_dir(settings) / f"torchserve-{organ}.pid")
 
 
-def _start_organ(settings: Settings, organ: str) -> None:
-    from common.launcher import OrganServer
+@dataclass(frozen=True)
+class Served:
+    """A version the organ serves, as the model registry records it."""
 
-    pidfile = _organ_pid(settings, organ)
-    if pid := pidfile.alive_pid():
-        logger.info("%s organ server already running (pid %s)", organ, pid)
-        return
+    model_name: str
+    version: str
+    mar_key: str | None  # its archive in the models bucket; None: the shipped model-store/<organ>.mar
+    mar_sha256: str | None
+
+
+def registry_served(settings: Settings, organ: str) -> list[Served] | None:
+    """The versions the model registry (the gateway's database) says the organ serves, default first; None
+    when there is no registry to ask yet (the first start: the gateway creates and seeds it)."""
+    engine = make_engine(settings.sqlalchemy_url)
+    try:
+        with session_scope(engine) as session:
+            rows = served_versions(session, organ)
+            return [Served(r.model_name, r.version, r.mar_key, r.mar_sha256) for r in rows]
+    except (SQLAlchemyError, MedSegError) as exc:
+        logger.info("no model registry to ask what %s serves (%s): the shipped model only", organ, exc)
+        return None
+    finally:
+        engine.dispose()
+
+
+def organ_archives(settings: Settings, organ: str, served: list[Served] | None) -> list[tuple[str, str]]:
+    """(model name, .mar file in the model store) of each version `served`, default first: the shipped
+    <organ>.mar for the shipped version, else its archive pulled from the models bucket (kept when already
+    there). A version that cannot be had is skipped with a warning; without the default (or a registry),
+    the shipped archive is served as the default, so the organ still answers."""
+    shipped = settings.model_store_dir / f"{organ}.mar"
+    shipped_version = str(mar_manifest(shipped).get("modelVersion")) if shipped.is_file() else None
+    pulled = _Puller(settings, organ)
+    archives, has_default = [], False
+    for n, row in enumerate(served or []):
+        archive = shipped.name if row.mar_key is None and row.version == shipped_version else pulled(row)
+        if archive:
+            archives.append((row.model_name, archive))
+            has_default = has_default or n == 0
+    if not has_default and shipped.is_file():
+        if served:
+            logger.warning("%s: the default %s cannot be served; serving the shipped %s instead",
+                           organ, served[0].version, shipped.name)  # fmt: skip
+        archives = [(organ, shipped.name), *(a for a in archives if a[1] != shipped.name)]
+    return archives
+
+
+class _Puller:
+    """A served version's archive from the models bucket into the model store (one store client, made when
+    first needed); None, with a warning, when it cannot be had."""
+
+    def __init__(self, settings: Settings, organ: str):
+        self.settings, self.organ, self.store = settings, organ, None
+
+    def __call__(self, row: Served) -> str | None:
+        if row.mar_key is None:
+            logger.warning("%s %s: not in model-store/ (which ships another)", self.organ, row.version)
+            return None
+        dest = self.settings.model_store_dir / row.mar_key.rsplit("/", 1)[-1]  # the name TorchServe gives it
+        try:
+            self.store = self.store or ObjectStore.from_settings(self.settings)
+            return pull_archive(self.store, row.mar_key, dest, row.mar_sha256).name
+        except MedSegError as exc:
+            logger.warning("%s version %s is not served: %s", self.organ, row.version, exc.message)
+            return None
+
+
+def start_organ(settings: Settings, organ: str, ports=None):
+    """Start the organ's server with every version the model registry says it serves (the default as
+    TorchServe's default); the running OrganServer. `ports`: override the organ's configured ones (tests)."""
+    from common.launcher import LauncherError, OrganServer
+
+    archives = organ_archives(settings, organ, registry_served(settings, organ))
+    if not archives:
+        raise LauncherError(f"nothing to serve for {organ}: no {organ}.mar in {settings.model_store_dir}")
+    (default_name, default_mar), *also = archives
     server = OrganServer(
         organ,
         settings.state_dir,
         settings.model_store_dir,
-        models={organ: f"{organ}.mar"},
+        models={default_name: default_mar},
+        also_serve=also,
+        ports=ports,
         services_dir=settings.services_dir,
     )
-    server.start()
+    return server.start()
+
+
+def _start_organ(settings: Settings, organ: str) -> None:
+    pidfile = _organ_pid(settings, organ)
+    if pid := pidfile.alive_pid():
+        logger.info("%s organ server already running (pid %s)", organ, pid)
+        return
+    server = start_organ(settings, organ)
     pidfile.write(server.pid, organ=organ)
 
 

@@ -47,7 +47,7 @@ DESCRIPTIONS = {
 PUBLIC = {("post", "/api/v1/auth/register"), ("post", "/api/v1/auth/sign-in")}
 # Operations that can answer 409 (common.errors.Conflict raised on their path).
 CONFLICTS = {
-    ("patch", "/api/v1/users/{user_id}"),  # the last admin
+    ("patch", "/api/v1/users/{user_id}"),  # the last admin; disabling or demoting oneself
     ("post", "/api/v1/models/{organ}/versions"),
     ("post", "/api/v1/models/{organ}/versions/{version}/promote"),
     ("post", "/api/v1/models/{organ}/rollback"),

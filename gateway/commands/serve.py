@@ -26,6 +26,7 @@ def serve(settings: Settings) -> int:
     app = create_app(settings, dataplane)
     with session_scope() as session:  # the shipped models become the registry's defaults, once
         seed_from_model_store(session, dataplane.registry)
+        app.state.clinic.promotions.serve_registered(session)  # the organ servers serve what it names
         app.state.clinic.directory.refresh(session, force=True)
         app.state.clinic.jobs.mark_interrupted(session)  # jobs a previous gateway left running: failed
     metrics_server = None
@@ -41,6 +42,8 @@ def serve(settings: Settings) -> int:
     )
     grpc_server.start()
     logger.info("gRPC medseg.v1 on %s:%d", settings.grpc_host, grpc_port)
+    # the study workers: queued studies, and those a stopped gateway left running, are taken up now
+    app.state.clinic.studies.start()
     try:
         config = uvicorn.Config(
             app,

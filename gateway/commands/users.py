@@ -103,7 +103,7 @@ def _set(args: argparse.Namespace) -> int:
     try:
         with _session() as session:
             user = accounts.administer_user(
-                session, "cli", args.user_id, role=args.role, status=args.status, hospital=args.hospital
+                session, None, args.user_id, role=args.role, status=args.status, hospital=args.hospital
             )
     except MedSegError as exc:
         print(f"error: {exc.message}", file=sys.stderr)

@@ -275,10 +275,11 @@ class DataPlane:
             prob_png = self.clients[organ.name].predict(
                 organ.name, data, version=model.version if model.version != "unknown" else None
             )
-        except NotFound as exc:  # the organ exists, so a missing model is ours to fix, not the caller's
-            logger.error("organ %s has no model loaded: %s", organ.name, exc.message)
+        except NotFound as exc:  # the caller named no version: a missing default is ours to fix, not theirs
+            logger.error("organ %s does not serve its default %s: %s", organ.name, model.version, exc.message)
             raise ServiceUnavailable(
-                f"organ {organ.name!r} has no model loaded", code="model_not_ready"
+                f"organ {organ.name!r} does not serve its default model version {model.version} yet",
+                code="model_not_ready",
             ) from None
         try:
             prob = images.decode_probability(prob_png)

@@ -28,7 +28,7 @@ from gateway.access import EVALUATION_READ
 from gateway.core.db import database_unavailable
 from gateway.models import Dataset, Evaluation, EvaluationCase, ModelVersion, audit
 from gateway.principal import Principal
-from gateway.service import images, scoring
+from gateway.service import images, model_registry, scoring
 from gateway.service.dataplane import Case, DataPlane, Upload, labelled_cases, score_cases
 from services import imaging
 
@@ -125,8 +125,6 @@ class Evaluator:
 
     # --- what to evaluate -------------------------------------------------------------------------
     def target(self, session: Session, organ_name: str, version: str | None) -> Target:
-        from gateway.service import model_registry
-
         organ = self.dataplane.registry.get(organ_name)
         if version:
             row = model_registry.get_version(session, organ.name, version)
@@ -234,10 +232,13 @@ class Evaluator:
         height, width, _ = images.inspect(data, filename, max_pixels=dp.max_image_pixels, window=window)
         try:
             png = dp.clients[target.organ].predict(target.model_name, data, version=target.version)
-        except NotFound:
-            raise ServiceUnavailable(
-                f"the {target.organ} organ server has no {target.model_name} version {target.version} loaded",
-                code="model_not_ready",
+        except NotFound:  # recorded, but not (or no longer) among the versions the organ server serves
+            raise Conflict(
+                f"the {target.organ} organ server does not serve {target.model_name} version "
+                f"{target.version}; it serves the default, the version a rollback restores and the "
+                f"{model_registry.MAX_SERVED_CANDIDATES} newest candidates (GET /api/v1/models/"
+                f"{target.organ}/versions)",
+                code="version_not_served",
             ) from None
         try:
             prob = images.decode_probability(png)

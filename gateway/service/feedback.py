@@ -1,6 +1,7 @@
 """Feedback threads on a model version: a doctor writes, researchers reply; open → in progress → resolved;
 optionally attached to one evaluated case or one segmentation (with the threshold looked at), and linked to
-the version that addresses it."""
+the version that addresses it; its author may share it with their hospital's doctors
+(access.FEEDBACK_SHARE)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from common.errors import Forbidden, InvalidInput, NotFound
 from gateway import tenancy
-from gateway.access import EVALUATION_READ, FEEDBACK_READ, FEEDBACK_WRITE
+from gateway.access import EVALUATION_READ, FEEDBACK_READ, FEEDBACK_SHARE, FEEDBACK_WRITE
 from gateway.models import (
     FEEDBACK_STATUSES,
     EvaluationCase,
@@ -163,11 +164,17 @@ def update(
     *,
     status: str | None = None,
     addressed_by_version: str | None = None,
+    shared: bool | None = None,
 ) -> Feedback:
+    """Set the status, the version that addresses it and/or (access.FEEDBACK_SHARE: its author only)
+    whether the thread is shared with the author's hospital's doctors."""
     row = get(session, principal, feedback_id)
     tenancy.check(
         session, principal, FEEDBACK_WRITE, row, "a doctor changes only the status of their own feedback"
     )
+    if shared is not None:
+        tenancy.check(session, principal, FEEDBACK_SHARE, row, "only the thread's author shares it or stops")
+        row.shared = shared
     if status is not None:
         if status not in FEEDBACK_STATUSES:
             raise InvalidInput(f"status must be one of {', '.join(FEEDBACK_STATUSES)}", code="invalid_status")
@@ -183,7 +190,7 @@ def update(
         principal.actor,
         "feedback.update",
         f"feedback:{row.id}",
-        {"status": row.status, "addressed_by": addressed_by_version},
+        {"status": row.status, "addressed_by": addressed_by_version, "shared": row.shared},
     )
     session.commit()
     return row

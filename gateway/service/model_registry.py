@@ -414,6 +414,22 @@ def served_beside(session: Session, organ: str, default: ModelVersion) -> list[s
     return [v for v in dict.fromkeys(versions) if v != default.version]
 
 
+def served_versions(session: Session, organ: str) -> list[ModelVersion]:
+    """What the organ's servers serve: its default first, then the versions `served_beside` it; empty when
+    the organ has no default yet. Every start of an organ server loads exactly these (docs/architecture.md,
+    "What an organ server serves": tools/stack.py locally, the versions pinned in its Deployment in
+    Kubernetes)."""
+    default = current_default(session, organ)
+    if default is None:
+        return []
+    beside = served_beside(session, organ, default)
+    rows = session.scalars(
+        select(ModelVersion).where(ModelVersion.organ == organ, ModelVersion.version.in_(beside))
+    )
+    by_version = {row.version: row for row in rows}
+    return [default, *(by_version[v] for v in beside if v in by_version)]
+
+
 @dataclass(frozen=True)
 class PromotionOutcome:
     version: ModelVersion
@@ -691,6 +707,20 @@ class Promotions:
                 ModelEvent(version_id=newest.id, action="not_served", actor="gateway", reason=exc.message)
             )
             session.commit()
+
+    def serve_registered(self, session: Session) -> None:
+        """At the gateway's start: have every organ's servers serve what the registry names
+        (`served_versions`). In Kubernetes this pins the versions again in each organ Deployment, so a pin
+        that failed when a candidate was recorded is made up for (an unchanged pin changes nothing, nothing
+        rolls); locally it does nothing, since every organ-server start loads those versions itself
+        (tools/stack.py). A failure is logged: the gateway starts regardless."""
+        organs = session.scalars(select(ModelVersion.organ).where(ModelVersion.state == "default")).all()
+        for organ in sorted(organs):
+            default, *beside = served_versions(session, organ)
+            try:
+                self.rollout.serve(organ, default.model_name, default.version, [v.version for v in beside])
+            except MedSegError as exc:
+                logger.warning("%s: the organ servers may not serve what the registry names: %s", organ, exc)
 
     def _commit_with_rollout(
         self, session: Session, organ: str, new_default: ModelVersion, old_default: ModelVersion | None

@@ -288,8 +288,14 @@ class StudyJobs:
         axcodes = _axcodes(organ.spec)
         canonical = volume.canonical(axcodes)
         model = self.dataplane.registry.model(organ.name)
-        beat = _Beat(self, study_id)
-        prob = segment_volume(
+        with _Beat(self, study_id) as beat:
+            prob = self._infer(organ, model, canonical, beat)
+        if beat.cancelled(force=True):
+            raise Cancelled()
+        self._store_result(study_id, volume, organ, model, prob, prefix, axcodes)
+
+    def _infer(self, organ, model, canonical: np.ndarray, beat: _Beat) -> np.ndarray:
+        return segment_volume(
             self.dataplane.clients[organ.name],
             organ.name,
             canonical,
@@ -297,9 +303,11 @@ class StudyJobs:
             chunk=organ.spec.inference.volume_chunk,
             progress=beat.progress,
             cancelled=beat.cancelled,
+            # a chunk may queue behind another study's (and 2-D requests) on a busy server
+            timeout=max(60.0, 4 * self.settings.inference_timeout_s),
         )
-        if beat.cancelled(force=True):
-            raise Cancelled()
+
+    def _store_result(self, study_id, volume: volumes.Volume, organ, model, prob: np.ndarray, prefix, axcodes):
         prob_ijk = np.ascontiguousarray(volume.from_canonical(prob, axcodes))
         key = f"{prefix}/probability.nii.gz"
         blob = volumes.nifti_bytes(volume, prob_ijk)
@@ -311,14 +319,15 @@ class StudyJobs:
             for t in THRESHOLDS
         }
         try:  # the SEG goes back to the PACS before the study is done: a refusal fails it, nothing half-kept
-            pacs_segs = self._publish_result(study_id, organ.spec, volume, prob_ijk)
+            with _Beat(self, study_id):  # a slow PACS must not make the study look abandoned
+                pacs_segs = self._publish_result(study_id, organ.spec, volume, prob_ijk)
         except Exception:
             self.dataplane._remove([key])
             raise
         with self._session() as session:
             session.execute(
                 update(Study)
-                .where(Study.id == study_id)
+                .where(Study.id == study_id, Study.status == "running")
                 .values(
                     status="done", progress=1.0, probability_key=key, volumes_ml=volumes_ml,
                     pacs_segs=pacs_segs,
@@ -327,7 +336,7 @@ class StudyJobs:
                 )
             )  # fmt: skip
             session.commit()
-        logger.info("study %s done: %d slices", study_id, canonical.shape[0])
+        logger.info("study %s done: %d slices", study_id, prob.shape[0])
 
     def _publish_result(
         self, study_id: uuid.UUID, spec, volume: volumes.Volume, prob_ijk: np.ndarray
@@ -494,13 +503,39 @@ class StudyJobs:
 
 
 class _Beat:
-    """Progress and heartbeat written at most every half second; the cancel flag read at most every second."""
+    """While a study runs: its heartbeat every quarter of the stale limit (from a thread of its own, so a slow
+    chunk never makes a live study look abandoned), its progress at most every half second, its cancel flag
+    read at most every second."""
 
     def __init__(self, jobs: StudyJobs, study_id: uuid.UUID):
         self.jobs, self.study_id = jobs, study_id
         self._last_write = 0.0
         self._last_read = 0.0
         self._cancelled = False
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"medseg-beat-{study_id}", daemon=True)
+
+    def __enter__(self) -> _Beat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join(5)
+
+    def _beat(self) -> None:
+        interval = max(self.jobs.settings.study_stale_after_s / 4, 0.2)
+        while not self._done.wait(interval):
+            try:
+                with self.jobs._session() as session:
+                    session.execute(
+                        update(Study)
+                        .where(Study.id == self.study_id, Study.status == "running")
+                        .values(heartbeat_at=datetime.now(UTC))
+                    )
+                    session.commit()
+            except Exception as exc:  # the database is away for a moment: the next beat tries again
+                logger.warning("study %s: heartbeat not written: %s", self.study_id, exc)
 
     def progress(self, done: int, total: int) -> None:
         now = time.monotonic()

@@ -151,7 +151,7 @@ HTTP_CALLS = {
     ),
     "feedback.create": lambda c, a: c.post(
         f"{M}/{a['organ']}/versions/{a['version']}/feedback",
-        json=_json(a, "body", "evaluation_case_id", "segmentation_id", "threshold"),
+        json=_json(a, "body", "evaluation_case_id", "segmentation_id", "threshold", "shared"),
     ),
     "feedback.list": lambda c, a: c.get("/api/v1/feedback", params=_json(a, "organ", "version", "status")),
     "feedback.show": lambda c, a: c.get(f"/api/v1/feedback/{a['id']}"),
@@ -159,7 +159,7 @@ HTTP_CALLS = {
         f"/api/v1/feedback/{a['feedback_id']}/replies", json=_json(a, "body")
     ),
     "feedback.update": lambda c, a: c.patch(
-        f"/api/v1/feedback/{a['id']}", json=_json(a, "status", "addressed_by_version")
+        f"/api/v1/feedback/{a['id']}", json=_json(a, "status", "addressed_by_version", "shared")
     ),
     "segmentations.list": lambda c, a: c.get(
         "/api/v1/segmentations", params=_json(a, "patient_id", "organ", "limit")
@@ -464,7 +464,10 @@ ROWS = [
     Row("evaluations.overlay", "evaluate", _case, {"png": _is_png}),
     # --- feedback
     Row("feedback.create", "feedback", _thread_with_case,
-        {"status": "open", "threshold": 0.5, "evaluation_case_id": lambda v: v > 0, "author_user_id": None}),
+        {"status": "open", "threshold": 0.5, "evaluation_case_id": lambda v: v > 0, "author_user_id": None,
+         "shared": False}),
+    Row("feedback.create", "feedback", lambda w: {**_thread_with_case(w), "shared": True}, {"shared": True},
+        id="shared with the hospital's doctors"),
     Row("feedback.create", "feedback",
         lambda w: {"organ": "liver", "version": "no-such-version", "body": "x"},
         Err(404, S.NOT_FOUND, "unknown_version"), id="version that does not exist"),
@@ -486,7 +489,9 @@ ROWS = [
     Row("feedback.reply", "feedback", lambda w: {"feedback_id": _feedback(w, OWNER), "body": "   "},
         Err(400, S.INVALID_ARGUMENT, "empty_body"), id="empty reply"),
     Row("feedback.update", "feedback", lambda w: {"id": _feedback(w, OWNER), "status": "resolved"},
-        {"status": "resolved"}),
+        {"status": "resolved", "shared": False}),
+    Row("feedback.update", "feedback", lambda w: {"id": _feedback(w, OWNER), "shared": True},
+        {"status": "open", "shared": True}, id="the author shares the thread"),
     Row("feedback.update", "feedback",
         lambda w: {"id": _feedback(w, OWNER), "addressed_by_version": "no-such-version"},
         Err(404, S.NOT_FOUND, "unknown_version"), id="addressed by an unknown version"),

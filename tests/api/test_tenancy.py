@@ -159,3 +159,42 @@ def test_keys_of_hospital_b_cannot_take_a_dataset_of_hospital_a_as_reference_set
     _not_found(client.put("/api/v1/models/liver/reference-set", json={"dataset_id": dataset}))
     body = {"organ": "liver", "dataset_id": dataset, "arch": "erunet", "minutes": 1, "epochs": 1}
     _not_found(client.post("/api/v1/training/jobs", json=body))
+
+
+# --- sharing a feedback thread with the hospital's doctors (the `shared` flag, over both edges) ----------
+def test_the_author_shares_a_thread_with_their_hospital_s_doctors_and_stops(world, channel, a_records):
+    from gateway.resources.accounts import service as accounts
+    from tests.api.conftest import HOSPITAL_A, PASSWORD
+
+    with world.session() as session:
+        if "doctor_a2" not in world.users:
+            world.users["doctor_a2"] = accounts.create_user(
+                session, email="doctor_a2@example.org", password=PASSWORD, full_name="A2", role="doctor",
+                status="active", hospital=HOSPITAL_A, actor="test",
+            )  # fmt: skip
+        ris_a = create_api_key(session, "st-anna-ris", ["feedback"], hospital=HOSPITAL_A)[1]
+    author, colleague, doctor_b = (world.client(w) for w in ("doctor", "doctor_a2", "doctor_b"))
+    made = author.post(
+        f"/api/v1/models/liver/versions/{a_records['version']}/feedback",
+        json={"body": "the capsule is cut at 0.5 on most slices", "shared": True},
+    )
+    assert made.status_code == 201 and made.json()["shared"] is True, made.text
+    fid = made.json()["id"]
+    assert colleague.get(f"/api/v1/feedback/{fid}").json()["shared"] is True
+    assert fid in [f["id"] for f in colleague.get("/api/v1/feedback").json()["feedback"]]
+    assert colleague.post(f"/api/v1/feedback/{fid}/replies", json={"body": "same here"}).status_code == 201
+    _not_found(doctor_b.get(f"/api/v1/feedback/{fid}"))  # another hospital's doctors: never
+    # only the author shares it or stops: the colleague who sees it may not (nor change its status)
+    refused = colleague.patch(f"/api/v1/feedback/{fid}", json={"shared": False})
+    assert refused.status_code == 403, refused.text
+    # the hospital's system sees it over gRPC, as the thread's `shared` field says
+    stub = clinic_pb2_grpc.FeedbackStub(channel)
+    metadata = (("authorization", f"Bearer {ris_a}"),)
+    thread = stub.GetFeedback(clinic_pb2.GetFeedbackRequest(id=fid), metadata=metadata, timeout=60)
+    assert thread.shared is True and [r.body for r in thread.replies] == ["same here"]
+
+    stopped = author.patch(f"/api/v1/feedback/{fid}", json={"shared": False})
+    assert stopped.status_code == 200 and stopped.json()["shared"] is False, stopped.text
+    _not_found(colleague.get(f"/api/v1/feedback/{fid}"))
+    assert fid not in [f["id"] for f in colleague.get("/api/v1/feedback").json()["feedback"]]
+    assert world.client("researcher").get(f"/api/v1/feedback/{fid}").json()["shared"] is False  # still theirs

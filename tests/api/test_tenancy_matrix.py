@@ -1,12 +1,13 @@
 """The access table's row rules, walked: every operation × every relation × both edges, from one definition.
 
-For each operation whose entry in gateway/access.py has a `Rows` rule, each kind of caller (a doctor, a
-researcher, a hospital's admin, a platform admin, a hospital system's key) calls it on a fresh row in each
-relation to the caller (own, same hospital, shared, other hospital) over HTTP, and the key over gRPC too
-where the operation has an RPC. The expected outcome is read from the rule itself: reached → success (a
-list holds the row); not reached but seen (a write rule) → 403; not seen → 404 / NOT_FOUND (a list leaves
-it out). `test_every_operation_has_a_rule` fails for an operation with no rule, and for a `Rows` operation
-that has no call here.
+For each operation whose entry in gateway/access.py has a `Rows` rule (and each request field with a rule of
+its own), each kind of caller (a doctor, a researcher, a hospital's admin, a platform admin, a hospital
+system's key, a hospital's admin-scoped key) calls it on a fresh row in each relation to the caller (own,
+same hospital, shared, other hospital) over HTTP, and the keys over gRPC too where the operation has an RPC.
+The expected outcome is read from the rule itself: reached → success (a list holds the row); not reached but
+seen (a write rule) → 403; not seen → 404 / NOT_FOUND (a list leaves it out).
+`test_every_operation_has_a_rule` fails for an operation with no rule, and for a `Rows` operation or field
+rule that has no call here.
 """
 
 from __future__ import annotations
@@ -20,14 +21,17 @@ import pytest
 from google.protobuf import json_format
 
 from gateway.access import (
+    AUDIT_READ,
     DATASET_READ,
     EVALUATION_READ,
     FEEDBACK_READ,
+    KEYS_READ,
     OPERATIONS,
     SEGMENTATION_READ,
+    USERS_READ,
     Rows,
 )
-from gateway.models import Dataset, Evaluation, EvaluationCase, Feedback, Segmentation
+from gateway.models import AuditLog, Dataset, Evaluation, EvaluationCase, Feedback, Segmentation, User
 from gateway.resources.accounts import service as accounts
 from gateway.security import create_api_key
 from gateway.service.images import encode_mask
@@ -44,18 +48,23 @@ from tests.api.conftest import (
 from tests.api.test_parity import HTTP_CALLS, METHODS, _request
 
 READ = {"dataset": DATASET_READ, "evaluation": EVALUATION_READ, "feedback": FEEDBACK_READ,
-        "segmentation": SEGMENTATION_READ}  # fmt: skip
+        "segmentation": SEGMENTATION_READ, "user": USERS_READ, "api_key": KEYS_READ,
+        "audit": AUDIT_READ}  # fmt: skip
 KEY = "tenant_a"  # world.keys name of hospital A's system, with these scopes:
 KEY_SCOPES = ("segment", "evaluate", "datasets", "feedback", "models", "train")
+ADMIN_KEY = "tenant_a_admin"  # hospital A's admin-scoped key (an admin of that hospital, as a system)
+OWNERLESS = ("api_key", "audit")  # rows nobody owns (gateway/tenancy.py RESOURCES)
+PROBE = "matrix.probe"  # the action of the audit entries made here
 
 
 # --- who: the callers (kind → caller) and the rows' makers -------------------------------------------------
 @dataclass(frozen=True)
 class Caller:
     kind: str  # the access table's kind: doctor | researcher | admin | platform | key
-    name: str  # world.users name, or world.keys name for the key
-    role: str | None  # None: the key
+    name: str  # world.users name, or world.keys name for a key
+    role: str | None  # None: a key
     hospital: str | None
+    scopes: tuple[str, ...] = ()  # a key's
 
 
 CALLERS = (
@@ -63,18 +72,22 @@ CALLERS = (
     Caller("researcher", "researcher", "researcher", None),
     Caller("admin", "admin_a", "admin", HOSPITAL_A),
     Caller("platform", "admin", "admin", None),
-    Caller("key", KEY, None, HOSPITAL_A),
+    Caller("key", KEY, None, HOSPITAL_A, KEY_SCOPES),
+    Caller("admin", ADMIN_KEY, None, HOSPITAL_A, ("admin",)),
 )
 # relation → (who makes the row for this caller, the relations that row has to the caller)
 OTHER = ("doctor_b", frozenset())
 
 
 def _cases(caller: Caller, resource: str) -> dict[str, tuple[str, bool, frozenset[str]]]:
-    """relation → (maker, shared flag, the relations the row has); only the relations that exist for it."""
+    """relation → (maker, shared flag, the relations the row has); only the relations that exist for it
+    (administration: a row of the maker's hospital; a person's own account is the row `own`)."""
     own = {"own", "hospital"} if caller.hospital else {"own"}
     if caller.kind == "researcher" and resource in ("dataset", "feedback"):
         own.add("shared")  # every dataset and thread is shared with the researchers, their own too
-    out = {"own": (caller.name, False, frozenset(own))}
+    out = {}
+    if resource not in OWNERLESS and not (resource == "user" and caller.role is None):
+        out["own"] = (caller.name, False, frozenset(own))
     if caller.hospital:
         out["hospital"] = (
             "doctor_a2" if caller.name == "doctor" else "doctor",
@@ -104,6 +117,10 @@ class Call:
 
 def _ids(key, field="id"):
     return lambda answer, row: row["id"] in [item[field] for item in answer[key]]
+
+
+def _csv_ids(answer, row) -> bool:
+    return str(row["id"]) in [line.split(",", 1)[0] for line in answer.splitlines()[1:]]
 
 
 CALLS: dict[str, Call] = {
@@ -145,12 +162,43 @@ CALLS: dict[str, Call] = {
     "segmentations.trend": Call(
         "segmentation", lambda w, r: {"patient_id": r["patient"]}, _ids("points", "segmentation_id")
     ),
+    # a request field with a rule of its own: "<operation>[<field>]"
+    "feedback.update[shared]": Call("feedback", lambda w, r: {"id": r["id"], "shared": True}),
+    # administration
+    "users.list": Call("user", lambda w, r: {}, _ids("users")),
+    "users.administer": Call("user", lambda w, r: {"user_id": r["id"], "status": "active"}),
+    "keys.list": Call("api_key", lambda w, r: {}, _ids("api_keys", "prefix")),
+    "keys.revoke": Call("api_key", lambda w, r: {"prefix": r["id"]}),
+    "audit.list": Call("audit", lambda w, r: {"action": PROBE, "limit": 1000}, _ids("entries")),
+    "audit.export": Call("audit", lambda w, r: {"action": PROBE}, _csv_ids),
 }
-DATASET_HTTP = {
+HTTP_ONLY = {  # the operations without an RPC, which tests/api/test_parity.py's HTTP_CALLS leaves out
     "datasets.list": lambda c, a: c.get("/api/v1/datasets"),
     "datasets.show": lambda c, a: c.get(f"/api/v1/datasets/{a['id']}"),
     "datasets.delete": lambda c, a: c.delete(f"/api/v1/datasets/{a['id']}"),
+    "feedback.update[shared]": lambda c, a: c.patch(
+        f"/api/v1/feedback/{a['id']}", json={"shared": a["shared"]}
+    ),
+    "users.list": lambda c, a: c.get("/api/v1/users"),
+    "users.administer": lambda c, a: c.patch(f"/api/v1/users/{a['user_id']}", json={"status": a["status"]}),
+    "keys.list": lambda c, a: c.get("/api/v1/api-keys"),
+    "keys.revoke": lambda c, a: c.delete(f"/api/v1/api-keys/{a['prefix']}"),
+    "audit.list": lambda c, a: c.get("/api/v1/audit", params=a),
+    "audit.export": lambda c, a: c.get("/api/v1/audit/export.csv", params=a),
 }
+
+
+def operation(call_name: str) -> str:
+    """The access table's operation of a call ("feedback.update[shared]" → "feedback.update")."""
+    return call_name.split("[", 1)[0]
+
+
+def rule_of(call_name: str) -> Rows:
+    """The rule a call walks: the operation's, or its field's ("feedback.update[shared]")."""
+    op = OPERATIONS[operation(call_name)]
+    if "[" in call_name:
+        return dict(op.fields)[call_name[call_name.index("[") + 1 : -1]]
+    return op.rows
 
 
 # --- the rows -------------------------------------------------------------------------------------------
@@ -160,9 +208,11 @@ def _owner(world, maker: str) -> tuple[dict, str | None]:
     return {"user": None, "key": world.key_rows[maker].id}, world.key_rows[maker].hospital
 
 
-def _make(world, resource: str, maker: str, shared: bool) -> dict:
+def _make(world, resource: str, maker: str, shared: bool, relation: str) -> dict:
     who, hospital = _owner(world, maker)
     store, rid = world.store, uuid.uuid4()
+    if resource in ("user", "api_key", "audit"):
+        return _make_administered(world, resource, maker, hospital, relation, rid)
     with world.session() as session:
         if resource == "dataset":  # a copy of the template dataset's objects under a new id
             template = session.get(Dataset, world._tenancy_template)
@@ -219,6 +269,23 @@ def _make(world, resource: str, maker: str, shared: bool) -> dict:
         return {"id": str(rid), "patient": patient}
 
 
+def _make_administered(world, resource: str, maker: str, hospital: str | None, relation: str, rid) -> dict:
+    """A row of `hospital` (the maker's) an admin administers; `own` (a user): the maker's own account."""
+    if resource == "user" and relation == "own":
+        return {"id": world.users[maker].id}
+    with world.session() as session:
+        if resource == "user":
+            row = User(email=f"{rid.hex[:12]}@example.org", password_hash="x", full_name="New",
+                       role="doctor", status="pending", hospital=hospital)  # fmt: skip
+        elif resource == "api_key":
+            return {"id": create_api_key(session, "probe", ["segment"], hospital=hospital)[0].prefix}
+        else:
+            row = AuditLog(actor="test", action=PROBE, target=str(rid), hospital=hospital)
+        session.add(row)
+        session.flush()
+        return {"id": row.id}
+
+
 # --- the matrix -----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Cell:
@@ -229,14 +296,18 @@ class Cell:
 
     @property
     def id(self) -> str:
-        return f"{self.op}-{self.caller.kind}-{self.relation}-{self.edge}"
+        who = self.caller.kind if self.caller.role is not None or self.caller.kind == "key" else "admin_key"
+        return f"{self.op}-{who}-{self.relation}-{self.edge}"
 
 
 def _admitted(op: str, caller: Caller) -> bool:
-    """Whether the role/scope gate lets the caller in (that gate is tests/api/test_access.py's)."""
-    access = OPERATIONS[op].access
+    """Whether the role/scope gate lets the caller in (that gate is tests/api/test_access.py's); an
+    admin-scoped key has every scope."""
+    access = OPERATIONS[operation(op)].access
     if caller.role is None:
-        return bool(set(KEY_SCOPES) & set(access.scopes))
+        return bool(access.scopes) and (
+            "admin" in caller.scopes or bool(set(caller.scopes) & set(access.scopes))
+        )
     return caller.role in access.roles
 
 
@@ -248,7 +319,7 @@ def _cells() -> list[Cell]:
                 continue
             for relation in _cases(caller, call.resource):
                 cells.append(Cell(op, caller, relation, "http"))
-                if caller.role is None and OPERATIONS[op].grpc:
+                if caller.role is None and OPERATIONS[operation(op)].grpc:
                     cells.append(Cell(op, caller, relation, "grpc"))
     return cells
 
@@ -259,7 +330,7 @@ CELLS = _cells()
 def expected(cell: Cell, row_relations: frozenset[str]) -> str:
     """reached | forbidden | hidden, from the access table's rule (forbidden: a write rule on a row the
     caller sees by the resource's read rule)."""
-    rule: Rows = OPERATIONS[cell.op].rows
+    rule = rule_of(cell.op)
 
     def reaches(r: Rows) -> bool:
         allowed = r.relations(cell.caller.kind)
@@ -286,8 +357,9 @@ def tenants(world):
                 session, email=f"{name}@example.org", password=PASSWORD, full_name=name, role=role,
                 status="active", hospital=hospital, actor="test",
             )  # fmt: skip
-        row, raw = create_api_key(session, "st-anna-ris", list(KEY_SCOPES), hospital=HOSPITAL_A)
-        world.keys[KEY], world.key_rows[KEY] = raw, row
+        for name, scopes in ((KEY, KEY_SCOPES), (ADMIN_KEY, ("admin",))):
+            row, raw = create_api_key(session, f"st-anna-{name}", list(scopes), hospital=HOSPITAL_A)
+            world.keys[name], world.key_rows[name] = raw, row
     assert world.users["doctor_b"].hospital == HOSPITAL_B
     upload = world.client("doctor").post(
         "/api/v1/datasets", data={"organ": "liver"}, files={"file": ("t.zip", small_dataset_zip(1))}
@@ -307,16 +379,19 @@ def channel(tenants):
 
 def _http(world, cell: Cell, args: dict):
     client = world.client(f"key:{cell.caller.name}" if cell.caller.role is None else cell.caller.name)
-    response = (DATASET_HTTP.get(cell.op) or HTTP_CALLS[cell.op])(client, args)
+    response = (HTTP_ONLY.get(cell.op) or HTTP_CALLS[cell.op])(client, args)
     if response.status_code >= 400:
         return response.status_code, None
-    is_json = response.headers["content-type"].startswith("application/json")
-    return response.status_code, response.json() if is_json else None
+    content_type = response.headers["content-type"]
+    if content_type.startswith("text/csv"):
+        return response.status_code, response.text
+    return response.status_code, response.json() if content_type.startswith("application/json") else None
 
 
 def _grpc(world, channel, cell: Cell, args: dict):
-    service, method = OPERATIONS[cell.op].grpc.split("/")
-    pb, pb_grpc = METHODS[OPERATIONS[cell.op].grpc]
+    rpc = OPERATIONS[operation(cell.op)].grpc
+    service, method = rpc.split("/")
+    pb, pb_grpc = METHODS[rpc]
     stub = getattr(pb_grpc, f"{service}Stub")(channel)
     metadata = (("authorization", f"Bearer {world.keys[cell.caller.name]}"),)
     try:
@@ -336,7 +411,7 @@ def _grpc(world, channel, cell: Cell, args: dict):
 def test_matrix(tenants, channel, cell: Cell):
     call = CALLS[cell.op]
     maker, shared, row_relations = _cases(cell.caller, call.resource)[cell.relation]
-    row = _make(tenants, call.resource, maker, shared)
+    row = _make(tenants, call.resource, maker, shared, cell.relation)
     want = expected(cell, row_relations)
     args = call.args(tenants, row)
     status, answer = (
@@ -352,16 +427,22 @@ def test_matrix(tenants, channel, cell: Cell):
 
 def test_every_operation_has_a_rule():
     """Every operation says which rows it reaches (a `Rows` rule) or why no per-row rule applies; every
-    `Rows` operation is walked by the matrix."""
+    `Rows` operation and field rule is walked by the matrix."""
     missing = [name for name, op in OPERATIONS.items() if not (isinstance(op.rows, Rows) or op.rows)]
     assert not missing, f"operations without a row rule in gateway/access.py: {missing}"
     walked = {name for name, op in OPERATIONS.items() if isinstance(op.rows, Rows)}
+    walked |= {f"{name}[{field}]" for name, op in OPERATIONS.items() for field, _ in op.fields}
     assert walked == set(CALLS), f"Rows operations without a matrix call: {walked ^ set(CALLS)}"
 
 
 def test_the_matrix_walks_every_relation_and_both_edges():
     relations = {(c.op, c.relation) for c in CELLS}
-    for op in CALLS:
-        assert {"own", "hospital", "other"} <= {r for o, r in relations if o == op}, op
-    assert {c.op for c in CELLS if c.edge == "grpc"} == {op for op in CALLS if OPERATIONS[op].grpc}
-    print(f"tenancy matrix: {len(CALLS)} operations, {len(CELLS)} cells")
+    for op, call in CALLS.items():
+        owned = {"hospital", "other"} if call.resource in OWNERLESS else {"own", "hospital", "other"}
+        assert owned <= {r for o, r in relations if o == op}, op
+    grpc_ops = {op for op in CALLS if OPERATIONS[operation(op)].grpc}
+    assert {c.op for c in CELLS if c.edge == "grpc"} == grpc_ops
+    operations = {operation(op) for op in CALLS}
+    print(f"tenancy matrix: {len(operations)} operations ({len(CALLS) - len(operations)} field rules), "
+          f"{len(CALLS)} calls, {len(CELLS)} cells ({sum(c.edge == 'http' for c in CELLS)} HTTP, "
+          f"{sum(c.edge == 'grpc' for c in CELLS)} gRPC)")  # fmt: skip

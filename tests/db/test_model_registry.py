@@ -224,3 +224,26 @@ def test_rollback_follows_the_same_rule(registry):
     with session_scope(registry) as session:
         promotions.rollback(session, ADMIN, "liver", reason="worse on real cases")
     assert _states(registry) == {"1": "default", "2": "retired"} and mgmt.defaults[-1] == ("liver", "1")
+
+
+# --- what an organ's servers serve (what every organ-server start loads, tools/stack.py) ------------------
+
+
+def test_served_versions_are_the_default_the_rollback_target_and_the_newest_candidates(engine):
+    with session_scope(engine) as session:
+        assert model_registry.served_versions(session, "liver") == []  # no default yet: nothing recorded
+        rows = {}
+        for version, state in (("1", "retired"), ("2", "default"), ("c1", "candidate"), ("c2", "candidate"),
+                               ("c3", "candidate"), ("c4", "candidate"), ("0", "retired")):  # fmt: skip
+            rows[version] = ModelVersion(organ="liver", model_name="liver", version=version, state=state,
+                                         created_by="test")  # fmt: skip
+            session.add(rows[version])
+            session.flush()
+        rows["2"].previous_default_id = rows["1"].id
+        session.add(ModelVersion(organ="cells", model_name="cells", version="c9", state="candidate",
+                                 created_by="test"))  # fmt: skip
+        session.flush()
+        served = [r.version for r in model_registry.served_versions(session, "liver")]
+    # the default, then the one a rollback restores, then the newest MAX_SERVED_CANDIDATES candidates
+    assert served == ["2", "1", "c4", "c3", "c2"]
+    assert model_registry.MAX_SERVED_CANDIDATES == 3

@@ -246,6 +246,25 @@ def test_a_recorded_candidate_is_served_beside_the_default(world):
     assert _states(engine) == {"1": "default", "2": "candidate", "3": "candidate"}
 
 
+def test_the_gateway_s_start_pins_what_the_registry_serves_again(world):
+    """A candidate whose pin failed (the API was down) is pinned at the next start; an unchanged pin is
+    patched with the same versions (the template does not change, nothing rolls)."""
+    engine, api, _, promotions, _ = world
+    api.down = True
+    _record_candidate(engine, promotions, "3")
+    api.down = False
+    with session_scope(engine) as session:
+        promotions.serve_registered(session)
+        template = json.dumps(api.deployments["torchserve-liver"]["spec"]["template"], sort_keys=True)
+        promotions.serve_registered(session)
+    assert [body for _, _, body in api.patches] == [pin_patch("1", ["3", "2"])] * 2
+    assert json.dumps(api.deployments["torchserve-liver"]["spec"]["template"], sort_keys=True) == template
+    assert api.pinned("torchserve-liver") == "1" and api.pinned("torchserve-liver", ALSO_SERVE_ENV) == "3,2"
+    api.down = True  # the API down at start: logged, the gateway starts anyway
+    with session_scope(engine) as session:
+        promotions.serve_registered(session)
+
+
 def test_a_candidate_the_api_cannot_serve_stays_recorded_with_the_reason(world):
     engine, api, _, promotions, _ = world
     api.down = True

@@ -47,3 +47,53 @@ def test_cli_exposes_serve_and_the_stack_tool_its_actions():
         with pytest.raises(SystemExit) as exited:  # --help: the action exists and parses, nothing starts
             stack.main([action, "--help"])
         assert exited.value.code == 0
+
+
+# --- the organ server's start step: the versions the registry names, their archives in the model store -----
+def _mar(path, version: str, payload: bytes = b"") -> bytes:
+    """A .mar as far as the start step reads one: its manifest (the version) and some bytes."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as mar:
+        mar.writestr("MAR-INF/MANIFEST.json", json.dumps({"model": {"modelVersion": version}}))
+        mar.writestr("payload", payload)
+    path.write_bytes(buf.getvalue())
+    return buf.getvalue()
+
+
+def test_the_start_step_pulls_what_the_registry_serves_and_keeps_the_shipped_default(
+    clean_buckets, s3_settings, tmp_path, caplog
+):
+    from common.objectstore import sha256_of
+
+    store, bucket = clean_buckets, clean_buckets.buckets.models
+    model_store = tmp_path / "model-store"
+    model_store.mkdir()
+    _mar(model_store / "liver.mar", "1")
+    two = _mar(tmp_path / "two.mar", "2", b"two")
+    store.put_bytes(bucket, "liver/liver-2.mar", two)
+    settings = s3_settings.model_copy(update={"model_store_dir": model_store})
+    served = [
+        stack.Served("liver", "2", "liver/liver-2.mar", sha256_of([two])),  # the default: pulled
+        stack.Served("liver", "1", None, None),  # the shipped version: model-store/liver.mar
+        stack.Served("liver", "3", "liver/liver-3.mar", None),  # not in the bucket: skipped
+        stack.Served("liver", "0.9", None, None),  # shipped once, replaced since: skipped
+    ]
+    assert stack.organ_archives(settings, "liver", served) == [
+        ("liver", "liver-2.mar"),
+        ("liver", "liver.mar"),
+    ]
+    assert (model_store / "liver-2.mar").read_bytes() == two
+    assert "liver version 3 is not served" in caplog.text and "liver 0.9: not in model-store/" in caplog.text
+
+    store.delete(bucket, "liver/liver-2.mar")  # already in the model store: kept, not fetched again
+    assert stack.organ_archives(settings, "liver", served[:1]) == [("liver", "liver-2.mar")]
+    (model_store / "liver-2.mar").write_bytes(b"stale")  # not the recorded archive, and none to fetch:
+    assert stack.organ_archives(settings, "liver", served[:2]) == [("liver", "liver.mar")]  # the shipped one
+    assert "the default 2 cannot be served; serving the shipped liver.mar" in caplog.text
+    # no registry yet (the first start): the shipped model
+    assert stack.organ_archives(settings, "liver", None) == [("liver", "liver.mar")]
+    missing = settings.model_copy(update={"database_url": f"sqlite:///{tmp_path / 'none' / 'medseg.db'}"})
+    assert stack.registry_served(missing, "liver") is None

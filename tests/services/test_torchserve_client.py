@@ -22,7 +22,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 class FakeTorchServe(inference_pb2_grpc.InferenceAPIsServiceServicer):
     def __init__(self):
-        self.failures = []  # status codes to answer before succeeding
+        self.failures = []  # status codes (or (code, detail)) to answer before succeeding
         self.calls = 0
         self.metadata = None
         self.release = threading.Event()
@@ -35,7 +35,8 @@ class FakeTorchServe(inference_pb2_grpc.InferenceAPIsServiceServicer):
         if self.hang:
             self.release.wait(10)
         if self.failures:
-            context.abort(self.failures.pop(0), "simulated")
+            failure = self.failures.pop(0)
+            context.abort(*(failure if isinstance(failure, tuple) else (failure, "simulated")))
         if request.input["data"] == b"bad":
             body = b'{"error": {"code": "invalid_input", "message": "not an image"}}'
             return inference_pb2.PredictionResponse(prediction=body)
@@ -169,6 +170,22 @@ def test_server_side_failures_map_to_transport_neutral_errors(fake):
         client.predict("liver", b"x")
     assert info.value.code == "organ_error" and "simulated" not in info.value.message
     assert isinstance(info.value, MedSegError)
+
+
+@pytest.mark.parametrize(
+    "detail",
+    [
+        "Model not found: liver",
+        # TorchServe 0.12's answer for a version it does not serve (issue 15 finding 5: it was a 503)
+        "Model version: cand-1 does not exist for model: liver\n"
+        "org.pytorch.serve.archive.model.ModelVersionNotFoundException",
+    ],
+)
+def test_a_model_or_version_the_server_does_not_serve_is_not_found(fake, detail):
+    servicer, address = fake
+    servicer.failures = [(grpc.StatusCode.INTERNAL, detail)]
+    with pytest.raises(NotFound, match=detail.splitlines()[0]):
+        InferenceClient(address, retries=0).predict("liver", b"x", version="cand-1")
 
 
 def test_a_renewed_channel_reaches_the_replicas_a_scale_out_added(monkeypatch):

@@ -10,11 +10,14 @@ the 0.05 the threshold leaves.
 from __future__ import annotations
 
 import gzip
+import http.client
 import io
+import json
 import time
 
 import grpc
 import highdicom as hd
+import httpx
 import nibabel as nib
 import numpy as np
 import pydicom
@@ -175,6 +178,7 @@ def test_trend_has_one_point_per_study_in_ml_by_study_date(client):
 
 def test_cancel_a_study(client):
     answer = submit(client, [("c.nii.gz", studydata.liver_nifti(0, 60))])
+    assert answer.status_code == 202, answer.text
     study_id = answer.json()["id"]
     cancelled = client.post(f"/api/v1/studies/{study_id}/cancel")
     assert cancelled.status_code == 200
@@ -186,7 +190,8 @@ def test_cancel_a_study(client):
 
 
 def test_a_gateway_killed_during_a_study_resumes_it_after_restart(study_gateway, client):
-    answer = submit(client, [("r.nii.gz", studydata.liver_nifti(0, 100))])
+    answer = submit(client, [("r.nii.gz", studydata.liver_nifti(0, 70))])
+    assert answer.status_code == 202, answer.text
     study_id = answer.json()["id"]
     deadline = time.monotonic() + 120
     while client.get(f"/api/v1/studies/{study_id}").json()["status"] != "running":
@@ -274,13 +279,22 @@ def test_bad_input_is_a_clear_4xx_and_nothing_is_stored(study_gateway, objectsto
     assert _count(study_gateway, objectstore) == before
 
 
-def test_a_declared_oversized_upload_is_refused_before_reading(client):
-    answer = client.post(
-        "/api/v1/studies",
-        content=b"x" * 16,
-        headers={"content-type": "multipart/form-data; boundary=x", "content-length": str(STUDY_MAX_BYTES * 2)},
-    )
-    assert answer.status_code == 413
+def test_a_declared_oversized_upload_is_refused_before_reading(study_gateway):
+    """Content-Length over the study limit: 413 from the headers, before any of the body is read."""
+    url = httpx.URL(study_gateway.http_url)
+    conn = http.client.HTTPConnection(url.host, url.port, timeout=60)
+    try:
+        conn.putrequest("POST", "/api/v1/studies")
+        conn.putheader("Authorization", f"Bearer {study_gateway.api_key}")
+        conn.putheader("Content-Type", "multipart/form-data; boundary=x")
+        conn.putheader("Content-Length", str(STUDY_MAX_BYTES * 2))
+        conn.endheaders()
+        conn.send(b"--x\r\n")  # a few bytes of the declared 80 MB
+        answer = conn.getresponse()
+        assert answer.status == 413
+        assert json.loads(answer.read())["error"]["code"] == "payload_too_large"
+    finally:
+        conn.close()
 
 
 def test_unknown_study_and_bad_threshold(client, nifti_study):

@@ -124,16 +124,18 @@ AdministerUserCaller = caller("users.administer")
 
 @users_router.get("", response_model=UsersPublic)
 def list_users(
-    _admin: ListUsersCaller, session: SessionDep, status: Annotated[Status | None, Query()] = None
+    admin: ListUsersCaller, session: SessionDep, status: Annotated[Status | None, Query()] = None
 ) -> UsersPublic:
-    """Accounts, newest first; `?status=pending` lists those awaiting approval."""
-    return UsersPublic(users=[UserPublic.model_validate(u) for u in service.list_users(session, status)])
+    """Accounts the admin administers (a hospital's admin: that hospital's), newest first; `?status=pending`
+    lists those awaiting approval."""
+    users = service.list_users(session, status, by=admin)
+    return UsersPublic(users=[UserPublic.model_validate(u) for u in users])
 
 
 @users_router.patch("/{user_id}", response_model=UserPublic)
 def administer_user(
     user_id: RowId, body: UserAdminUpdate, admin: AdministerUserCaller, session: SessionDep
 ) -> UserPublic:
-    """Approve or disable an account, assign its role or hospital."""
-    user = service.administer_user(session, admin.actor, user_id, **body.model_dump(exclude_unset=True))
+    """Approve or disable an account, assign its role or hospital (another hospital: a platform admin's)."""
+    user = service.administer_user(session, admin, user_id, **body.model_dump(exclude_unset=True))
     return UserPublic.model_validate(user)

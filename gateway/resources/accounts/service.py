@@ -34,7 +34,10 @@ from sqlalchemy.orm import Session
 from zxcvbn import zxcvbn
 
 from common.errors import Conflict, Forbidden, InvalidInput, NotFound, TooManyRequests, Unauthenticated
+from gateway import tenancy
+from gateway.access import USERS_READ, USERS_WRITE
 from gateway.models import LANGUAGES, ROLES, USER_STATUSES, AuditLog, User, UserSession, audit
+from gateway.principal import Principal
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +152,14 @@ def create_user(
     )
     session.add(user)
     session.flush()
-    audit(session, actor, "user.create", user_actor(user), {"role": role, "status": status})
+    audit(
+        session,
+        actor,
+        "user.create",
+        user_actor(user),
+        {"role": role, "status": status},
+        hospital=user.hospital,
+    )
     session.commit()
     return user
 
@@ -168,9 +178,9 @@ def register(session: Session, *, role: str, **fields) -> User | None:
     if not (fields.get("full_name") or "").strip():
         raise InvalidInput("full_name: required")
     check_password(fields.get("password"), (email, fields.get("full_name") or ""))
-    if session.scalar(select(User.id).where(User.email == email)) is not None:
+    if (taken := session.scalar(select(User).where(User.email == email))) is not None:
         _hasher.hash(fields["password"])  # the time a new account's hash takes
-        audit(session, "self", "user.register_taken", email)
+        audit(session, "self", "user.register_taken", email, hospital=taken.hospital)
         session.commit()
         return None
     try:
@@ -230,8 +240,12 @@ def change_password(
     session.commit()
 
 
-def list_users(session: Session, status: str | None = None) -> list[User]:
+def list_users(session: Session, status: str | None = None, by: Principal | None = None) -> list[User]:
+    """Accounts, newest first: those `by` (an admin through the API) administers (access.USERS_READ: a
+    hospital's admin, that hospital's); every account for the operator at the server (`by` None)."""
     query = select(User).order_by(User.created_at.desc(), User.id.desc())
+    if by is not None:
+        query = query.where(tenancy.where(by, USERS_READ))
     if status:
         if status not in USER_STATUSES:
             raise InvalidInput(f"status: {status!r} is not one of {', '.join(USER_STATUSES)}")
@@ -241,17 +255,25 @@ def list_users(session: Session, status: str | None = None) -> list[User]:
 
 def administer_user(
     session: Session,
-    actor: str,
+    by: Principal | None,
     user_id: int,
     *,
     role: str | None = None,
     status: str | None = None,
     hospital: str | None = None,
 ) -> User:
-    """An admin approves/disables an account, assigns its role or hospital; each change is audited."""
-    user = session.get(User, user_id)
-    if user is None:
-        raise NotFound(f"no user {user_id}")
+    """An admin approves/disables an account, assigns its role or hospital; each change is audited.
+
+    `by`: the admin through the API, who reaches the accounts access.USERS_WRITE admits (another hospital's:
+    404), may not disable or demote their own account (409 `own_account`: another admin can) and, unless a
+    platform admin, may not move anybody to another hospital (403 `other_hospital`); None: the operator at
+    the server (`medseg users set`), who reaches every account."""
+    if by is None:
+        user = session.get(User, user_id)
+        if user is None:
+            raise NotFound(f"no user {user_id}")
+    else:
+        user = tenancy.get(session, by, USERS_WRITE, user_id, NotFound(f"no user {user_id}"))
     if role is not None and role not in ROLES:
         raise InvalidInput(f"role: {role!r} is not one of {', '.join(ROLES)}")
     if status is not None and status not in USER_STATUSES:
@@ -261,29 +283,64 @@ def administer_user(
         and user.status == "active"
         and ((role is not None and role != "admin") or (status is not None and status != "active"))
     )
+    if by is not None:
+        _refuse_beyond_the_admin(by, user, loses_admin, hospital)
     if loses_admin:
         admins = session.scalar(
             select(func.count()).select_from(User).where(User.role == "admin", User.status == "active")
         )
         if admins <= 1:
             raise Conflict("this is the last active admin; appoint another admin first", code="last_admin")
+    actor = by.actor if by is not None else "cli"
+    _apply_admin_changes(session, actor, user, role, status, hospital)
+    session.commit()
+    return user
+
+
+def _refuse_beyond_the_admin(by: Principal, user: User, loses_admin: bool, hospital: str | None) -> None:
+    """An admin does not lock themselves out (own_account), and only a platform admin moves people between
+    hospitals (or out of every hospital, which would make an admin a platform admin)."""
+    if by.user is not None and by.user.id == user.id and loses_admin:
+        raise Conflict(
+            "you cannot disable your own account or take away your own admin role; another admin can",
+            code="own_account",
+        )
+    if hospital is not None and _clean(hospital) != user.hospital and tenancy.kind(by) != "platform":
+        raise Forbidden(
+            f"you administer {by.hospital}: only a platform admin moves people between hospitals",
+            code="other_hospital",
+        )
+
+
+def _apply_admin_changes(
+    session: Session, actor: str, user: User, role: str | None, status: str | None, hospital: str | None
+) -> None:
+    """Set what changed, each change with its audit entry (the account's hospital's; a move between
+    hospitals is an entry of both)."""
     target = user_actor(user)
     if role is not None and role != user.role:
-        audit(session, actor, "user.role_change", target, {"from": user.role, "to": role})
+        audit(
+            session,
+            actor,
+            "user.role_change",
+            target,
+            {"from": user.role, "to": role},
+            hospital=user.hospital,
+        )
         user.role = role
     if status is not None and status != user.status:
         action = "user.approve" if status == "active" and user.approved_at is None else "user.status_change"
-        audit(session, actor, action, target, {"from": user.status, "to": status})
+        audit(session, actor, action, target, {"from": user.status, "to": status}, hospital=user.hospital)
         if status == "active" and user.approved_at is None:
             user.approved_at = _now()
         if status != "active":  # a disabled account is signed out everywhere at once
             session.execute(delete(UserSession).where(UserSession.user_id == user.id))
         user.status = status
     if hospital is not None and _clean(hospital) != user.hospital:
-        audit(session, actor, "user.hospital_change", target, {"from": user.hospital, "to": _clean(hospital)})
-        user.hospital = _clean(hospital)
-    session.commit()
-    return user
+        moved = {"from": user.hospital, "to": _clean(hospital)}
+        for concerned in dict.fromkeys((user.hospital, moved["to"])):
+            audit(session, actor, "user.hospital_change", target, moved, hospital=concerned)
+        user.hospital = moved["to"]
 
 
 # --- sign-in ---------------------------------------------------------------------------------------------
@@ -310,7 +367,9 @@ def sign_in(
     _refuse_when_throttled(session, email, ip, max_failures, max_failures_per_address or 0, window_s)
     user = session.scalar(select(User).where(User.email == email))
     if not _verify(user.password_hash if user else _DUMMY_HASH, password) or user is None:
-        audit(session, f"ip:{ip}", "sign_in.failed", email, {"ip": ip})
+        audit(
+            session, f"ip:{ip}", "sign_in.failed", email, {"ip": ip}, hospital=user.hospital if user else None
+        )
         session.commit()
         raise Unauthenticated("wrong e-mail address or password", code="invalid_credentials")
     _refuse_inactive(session, user, email, ip)
@@ -344,11 +403,23 @@ def _refuse_when_throttled(
             if oldest.tzinfo is None:  # SQLite gives naive UTC
                 oldest = oldest.replace(tzinfo=UTC)
             retry_after = max(1, int((oldest - since).total_seconds()) + 1)
-            audit(session, f"ip:{ip}", "sign_in.throttled", email, {"ip": ip})
+            audit(
+                session,
+                f"ip:{ip}",
+                "sign_in.throttled",
+                email,
+                {"ip": ip},
+                hospital=_hospital_of(session, email),
+            )
             session.commit()
             raise TooManyRequests(
                 f"too many failed sign-ins {what}; try again in {retry_after} s", retry_after_s=retry_after
             )
+
+
+def _hospital_of(session: Session, email: str) -> str | None:
+    """The hospital of the account with this address (an attempt on it is its hospital's audit entry)."""
+    return session.scalar(select(User.hospital).where(User.email == email))
 
 
 def _refuse_inactive(session: Session, user: User, email: str, ip: str | None) -> None:

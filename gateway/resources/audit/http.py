@@ -7,6 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 
+from gateway import tenancy
+from gateway.access import AUDIT_READ
 from gateway.api.deps import SessionDep, caller
 from gateway.resources.audit.schemas import AuditEntryPublic, AuditPagePublic
 from gateway.resources.audit.service import audit_csv, audit_page
@@ -44,12 +46,12 @@ class AuditPageQuery(AuditFilters):
 
 @router.get("", response_model=AuditPagePublic)
 def audit_log(
-    _admin: AuditListCaller,
+    admin: AuditListCaller,
     session: SessionDep,
     query: Annotated[AuditPageQuery, Depends()],
 ) -> AuditPagePublic:
-    """Who did what and when, newest first, one page at a time."""
-    rows = audit_page(session, **asdict(query))
+    """Who did what and when, newest first, one page at a time (a hospital's admin: its entries)."""
+    rows = audit_page(session, visible=tenancy.where(admin, AUDIT_READ), **asdict(query))
     return AuditPagePublic(
         entries=[AuditEntryPublic.model_validate(r) for r in rows],
         next_before_id=rows[-1].id if len(rows) == query.limit else None,
@@ -58,12 +60,12 @@ def audit_log(
 
 @router.get("/export.csv", response_class=StreamingResponse)
 def export_csv(
-    _admin: AuditExportCaller,
+    admin: AuditExportCaller,
     session: SessionDep,
     filters: Annotated[AuditFilters, Depends()],
 ) -> StreamingResponse:
-    """The (filtered) audit log as CSV, streamed."""
-    chunks = audit_csv(session, **asdict(filters))
+    """The (filtered) audit log as CSV, streamed (a hospital's admin: its entries)."""
+    chunks = audit_csv(session, visible=tenancy.where(admin, AUDIT_READ), **asdict(filters))
     return StreamingResponse(
         chunks,
         media_type="text/csv; charset=utf-8",

@@ -1,4 +1,5 @@
-"""Reading the audit log (admins): filtered pages and a streamed CSV export. Writing is models.audit()."""
+"""Reading the audit log (admins: their hospital's entries, a platform admin all): filtered pages and a
+streamed CSV export. Writing is models.audit()."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
-from sqlalchemy import Select, select
+from sqlalchemy import ColumnElement, Select, select
 from sqlalchemy.orm import Session
 
 from gateway.models import AuditLog
@@ -18,15 +19,19 @@ CSV_COLUMNS = ("id", "at", "actor", "action", "target", "detail")
 
 def audit_query(
     *,
+    visible: ColumnElement[bool] | None = None,
     action: str | None = None,
     actor: str | None = None,
     target: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> Select:
-    """Newest first; `action` matches exactly or as a prefix ending in '.' ("user." → every user.* action)."""
+    """Newest first; `visible`: only those entries (an admin's: access.AUDIT_READ through gateway/tenancy.py);
+    `action` matches exactly or as a prefix ending in '.' ("user." → every user.* action)."""
     since, until = _utc(since), _utc(until)
     query = select(AuditLog)
+    if visible is not None:
+        query = query.where(visible)
     if action:
         query = query.where(
             AuditLog.action.startswith(action, autoescape=True)

@@ -8,17 +8,21 @@ from pydantic import BaseModel, Field
 
 from gateway.resources.shared import RowId
 
+SHARED = "shared with the author's hospital's doctors (researchers see every thread)"
+
 
 class FeedbackCreate(BaseModel):
     body: str = Field(max_length=5000)
     evaluation_case_id: RowId | None = None
     segmentation_id: str | None = Field(default=None, max_length=64)
     threshold: float | None = None
+    shared: bool = Field(default=False, description=SHARED)
 
 
 class FeedbackUpdate(BaseModel):
     status: str | None = Field(default=None, max_length=16)
     addressed_by_version: str | None = Field(default=None, max_length=64)
+    shared: bool | None = Field(default=None, description=f"{SHARED}; the thread's author only")
 
 
 class ReplyCreate(BaseModel):
@@ -43,6 +47,7 @@ class FeedbackPublic(BaseModel):
     segmentation_id: str | None
     threshold: float | None
     addressed_by_version: str | None
+    shared: bool = Field(description=SHARED)
     created_at: datetime
     updated_at: datetime
     replies: list[ReplyPublic] = []

@@ -33,6 +33,7 @@ def _feedback_public(
         segmentation_id=str(row.segmentation_id) if row.segmentation_id else None,
         threshold=row.threshold,
         addressed_by_version=feedback.version_of(session, row.addressed_by_version_id),
+        shared=row.shared,
         created_at=row.created_at,
         updated_at=row.updated_at,
         replies=[
@@ -56,6 +57,7 @@ def create_feedback(
         evaluation_case_id=body.evaluation_case_id,
         segmentation_id=body.segmentation_id,
         threshold=body.threshold,
+        shared=body.shared,
     )
     return _feedback_public(session, row, with_replies=True)
 
@@ -80,6 +82,11 @@ def update_feedback(
     session: Session, who: Principal, feedback_id: int, body: FeedbackUpdate
 ) -> FeedbackPublic:
     row = feedback.update(
-        session, who, feedback_id, status=body.status, addressed_by_version=body.addressed_by_version
+        session,
+        who,
+        feedback_id,
+        status=body.status,
+        addressed_by_version=body.addressed_by_version,
+        shared=body.shared,
     )
     return _feedback_public(session, row, with_replies=True)

@@ -23,8 +23,8 @@ import os
 import sys
 from pathlib import Path
 
-from common.errors import MedSegError
-from common.model_store import store_keys
+from common.errors import MedSegError, NotFound
+from common.model_store import pull_archive, store_keys
 from common.objectstore import ObjectStore
 from common.settings import get_settings
 
@@ -68,12 +68,13 @@ def pull_also(store: ObjectStore, organ: str, versions: list[str], model_store: 
     bucket, pulled = store.buckets.models, []
     for version in versions:
         mar_key, _ = store_keys(organ, organ, version)
-        if not store.exists(bucket, mar_key):
+        try:  # the archive as the local start step pulls it too (tools/stack.py)
+            pulled.append(pull_archive(store, mar_key, model_store / f"{organ}-{version}.mar"))
+        except NotFound:
             logger.warning(
                 "%s/%s not found: version %s is not served beside the default", bucket, mar_key, version
             )
             continue
-        pulled.append(store.download(bucket, mar_key, model_store / f"{organ}-{version}.mar"))
         logger.info("pulled %s/%s to serve beside the default", bucket, mar_key)
     return pulled
 

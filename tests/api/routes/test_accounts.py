@@ -8,7 +8,9 @@ import uuid
 import pytest
 from sqlalchemy import func, select
 
+from common.errors import Conflict
 from gateway.models import AuditLog, User, UserSession
+from gateway.resources.accounts.service import administer_user
 
 PASSWORD = "a long enough password"
 
@@ -167,9 +169,14 @@ def test_role_change_is_audited_and_disabling_ends_sessions(world):
 
 
 def test_the_last_admin_cannot_be_demoted(world):
+    """Not by themselves (no admin demotes their own account: tests/api/test_administration.py), nor by the
+    operator at the server."""
     admin_id = world.users["admin"].id
     response = world.client("admin").patch(f"/api/v1/users/{admin_id}", json={"role": "doctor"})
-    assert response.status_code == 409 and response.json()["error"]["code"] == "last_admin"
+    assert response.status_code == 409 and response.json()["error"]["code"] == "own_account"
+    with world.session() as session, pytest.raises(Conflict) as refused:
+        administer_user(session, None, admin_id, role="doctor")
+    assert refused.value.code == "last_admin"
     assert world.client("admin").patch("/api/v1/users/999999", json={"role": "doctor"}).status_code == 404
 
 

@@ -19,21 +19,25 @@
       loadUsers();
     }
 
+    const viewerId = Number(document.getElementById("users-table").dataset.viewerId);
+
     function row(user) {
+      const own = user.id === viewerId; // an admin neither disables nor demotes their own account (the API refuses)
       const select = M.h("select", {
         class: "form-select form-select-sm", "aria-label": M.t("admin.set_role") + " — " + user.email,
         onchange: function () { change(user, { role: select.value }); },
       }, ROLES.map(function (r) { return M.h("option", { value: r, selected: r === user.role }, [M.t("role." + r)]); }));
+      if (own) select.disabled = true;
       const actions = [];
-      if (user.status === "pending") {
+      if (own) {
+        actions.push(M.h("span", { class: "small text-body-secondary", text: M.t("admin.own_account") }));
+      } else if (user.status === "pending") {
         actions.push(M.h("button", { type: "button", class: "btn btn-sm btn-success me-1", "data-action": "approve",
           onclick: function () { change(user, { status: "active" }); } }, [M.t("admin.approve")]));
-      }
-      if (user.status === "active") {
+      } else if (user.status === "active") {
         actions.push(M.h("button", { type: "button", class: "btn btn-sm btn-outline-danger", "data-action": "disable",
           onclick: function () { change(user, { status: "disabled" }); } }, [M.t("admin.disable")]));
-      }
-      if (user.status === "disabled") {
+      } else if (user.status === "disabled") {
         actions.push(M.h("button", { type: "button", class: "btn btn-sm btn-outline-success", "data-action": "enable",
           onclick: function () { change(user, { status: "active" }); } }, [M.t("admin.enable")]));
       }

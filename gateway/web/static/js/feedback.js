@@ -1,11 +1,13 @@
-/* Feedback: threads per model version (and case), replies, status. A link from a case opens this page with
-   the form filled in: ?organ&version and either &evaluation&case&image (an evaluated image) or
-   &segmentation&threshold (a saved segmentation). */
+/* Feedback: threads per model version (and case), replies, status, sharing with the hospital's doctors (set
+   when writing; the author switches it on a thread). A link from a case opens this page with the form filled
+   in: ?organ&version and either &evaluation&case&image (an evaluated image) or &segmentation&threshold (a
+   saved segmentation). */
 "use strict";
 (function () {
   const M = window.MedSeg;
   const form = document.getElementById("feedback-form");
   const threads = document.getElementById("threads");
+  const viewerId = Number(threads.dataset.viewerId);
   const STATUS = { open: "feedback.open", in_progress: "feedback.in_progress", resolved: "feedback.resolved" };
   const base = function () { return "/api/v1/models/" + encodeURIComponent(form.elements.organ.value); };
   const preset = new URLSearchParams(location.search);
@@ -54,11 +56,28 @@
         status,
       ]),
       M.h("p", { class: "mb-2", text: f.body }),
+      sharing(f),
       M.h("ul", { class: "list-unstyled ms-3 small" }, (f.replies || []).map(function (r) {
         return M.h("li", { class: "border-start ps-2 mb-1" }, [r.body, M.h("span", { class: "text-body-secondary", text: " — " + M.when(r.created_at) })]);
       })),
       replyForm,
     ])]);
+  }
+
+  /** The author's switch (shared with their hospital's doctors or not); for anyone else, a note when shared. */
+  function sharing(f) {
+    if (f.author_user_id !== viewerId) {
+      return f.shared ? M.h("p", { class: "small mb-2", "data-shared": "true" }, [M.h("span", { class: "badge text-bg-info", text: M.t("feedback.shared") })]) : null;
+    }
+    const id = "shared-" + f.id;
+    const input = M.h("input", { class: "form-check-input", type: "checkbox", role: "switch", id: id, checked: f.shared });
+    input.addEventListener("change", async function () {
+      try { await M.api("PATCH", "/api/v1/feedback/" + f.id, { json: { shared: input.checked } }); }
+      catch (err) { input.checked = !input.checked; M.showError(document.getElementById("threads-error"), err); }
+    });
+    return M.h("div", { class: "form-check form-switch small mb-2" }, [
+      input, M.h("label", { class: "form-check-label", for: id, text: M.t("feedback.share") }),
+    ]);
   }
 
   async function loadThreads() {
@@ -83,10 +102,12 @@
     if (c) body.segmentation_id = c;
     if (form.elements.evaluation_case_id.value) body.evaluation_case_id = Number(form.elements.evaluation_case_id.value);
     if (form.elements.threshold.value) body.threshold = Number(form.elements.threshold.value);
+    if (form.elements.shared.checked) body.shared = true;
     try {
       await M.api("POST", base() + "/versions/" + encodeURIComponent(form.elements.version.value) + "/feedback", { json: body });
       M.show(ok, M.t("feedback.sent"), "success");
       form.elements.body.value = "";
+      form.elements.shared.checked = false;
       loadThreads();
     } catch (err) { M.showError(error, err.status === 404 && err.code === "not_found" ? M.t("common.unavailable") : err); }
   });
