@@ -47,3 +47,40 @@ def test_cli_exposes_serve_and_the_stack_tool_its_actions():
         with pytest.raises(SystemExit) as exited:  # --help: the action exists and parses, nothing starts
             stack.main([action, "--help"])
         assert exited.value.code == 0
+
+
+def test_supervisord_config_has_one_restarting_program_per_process(tmp_path):
+    """The process table as supervisord reads it: every program restarts on any exit, with back-off for
+    failed starts, its whole process group stopped, its log rotated by size; the restart counter listens."""
+    import configparser
+
+    from common.settings import REPO_ROOT, Settings
+
+    settings = Settings(state_dir=tmp_path)
+    organs, _ = stack._organs_with_models(settings)
+    parser = configparser.RawConfigParser()
+    parser.read_string(stack.supervisord_config(settings))
+    programs = [s.removeprefix("program:") for s in parser.sections() if s.startswith("program:")]
+    assert programs == ["objectstore", *(f"torchserve-{o}" for o in organs), "gateway"]
+    assert organs  # the shipped .mar files of model-store/
+    for name in programs:
+        section = parser[f"program:{name}"]
+        assert section["command"].endswith(f"-m tools.stack run {name}")
+        assert section["autorestart"] == "true" and int(section["startretries"]) >= 10
+        assert section["stopasgroup"] == section["killasgroup"] == "true"
+        assert section["stdout_logfile"] == str(tmp_path / "logs" / f"{name}.log")
+        assert (
+            section["stdout_logfile_maxbytes"] == stack.LOG_MAX_BYTES
+            and section["stdout_logfile_backups"] == "5"
+        )
+        assert section["directory"] == str(REPO_ROOT)
+    assert [int(parser[f"program:{n}"]["priority"]) for n in programs] == sorted(
+        int(parser[f"program:{n}"]["priority"]) for n in programs
+    )  # started in order: store, organs, gateway
+    assert parser["eventlistener:restart-counter"]["events"] == "PROCESS_STATE"
+    assert parser["unix_http_server"]["chmod"] == "0700"  # only this user controls the stack
+
+
+def test_run_refuses_a_program_outside_the_table():
+    with pytest.raises(SystemExit, match="no program 'nginx'"):
+        stack.main(["run", "nginx"])

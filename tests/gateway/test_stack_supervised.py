@@ -146,7 +146,7 @@ class Load(threading.Thread):
 
 def test_up_prints_the_urls_and_status_shows_each_program(running_stack, stack_env):
     settings, printed = running_stack
-    assert "MedSeg is up (organ:liver=ok, objectstore=ok)" in printed
+    assert "MedSeg is up (organ:liver=ok, objectstore=ok, disk=ok)" in printed
     assert f"HTTP  {_url(settings)}" in printed and f"S3    http://{settings.s3_endpoint}" in printed
     status = _tool(stack_env, "tools.stack", "status").stdout
     for name in ("objectstore", "torchserve-liver", "gateway"):

@@ -344,7 +344,12 @@ def test_one_organ_server_stops_the_other_keeps_answering_and_it_recovers(gatewa
                 break
             time.sleep(0.5)
     assert answers[-1].status_code == 200, [(a.status_code, a.text[:200]) for a in answers[-3:]]
-    assert wait_ready(gateway, RECOVERY_S) == {"organ:liver": "ok", "organ:cells": "ok", "objectstore": "ok"}
+    assert wait_ready(gateway, RECOVERY_S) == {
+        "organ:liver": "ok",
+        "organ:cells": "ok",
+        "objectstore": "ok",
+        "disk": "ok",
+    }
     assert gateway.proc.pid == pid and gateway.proc.poll() is None  # the same gateway process throughout
 
 
