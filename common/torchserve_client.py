@@ -208,14 +208,21 @@ class InferenceClient(_Client):
         return self._stub
 
     def predict(
-        self, model_name: str, data: bytes, version: str | None = None, timeout: float | None = None
+        self,
+        model_name: str,
+        data: bytes,
+        version: str | None = None,
+        timeout: float | None = None,
+        *,
+        answer_magic: bytes = PNG_MAGIC,
     ) -> bytes:
         """Segment one image (PNG/JPEG/TIFF/DICOM bytes); returns the 8-bit probability PNG.
 
         `version`: the model version to run (TorchServe's default version when None); `timeout`: the
-        overall deadline, retries included. Raises InvalidInput (bad image, with the server's message),
-        NotFound (no such model/version), ServiceUnavailable (server down, too slow, refusing our token,
-        or failing on the image), MedSegError (anything else).
+        overall deadline, retries included; `answer_magic`: how a good answer starts (an .npy's for a
+        volume chunk, see common.volume_inference). Raises InvalidInput (bad image, with the server's
+        message), NotFound (no such model/version), ServiceUnavailable (server down, too slow, refusing
+        our token, or failing on the image), MedSegError (anything else).
         """
         request = inference_pb2.PredictionsRequest(
             model_name=model_name, model_version=version or "", input={INPUT_NAME: data}
@@ -240,7 +247,7 @@ class InferenceClient(_Client):
                     time.sleep(min(RETRY_BACKOFF_S * attempt, max(0.0, deadline - time.monotonic())))
                     continue
                 raise self._translate(exc, what) from None
-            return self._checked(reply.prediction, model_name)
+            return self._checked(reply.prediction, model_name, answer_magic)
 
     def close(self) -> None:
         super().close()
@@ -265,16 +272,18 @@ class InferenceClient(_Client):
             return False, cause.code().name.lower() if isinstance(cause, grpc.RpcError) else exc.code
         return status == "Healthy", str(status)
 
-    def _checked(self, body: bytes, model_name: str) -> bytes:
-        """The PNG, or the handler's per-image JSON error (a bad image batched with good ones is answered
-        OK with `{"error": {"code", "message"}}`, see services.handler_base)."""
-        if body.startswith(PNG_MAGIC):
+    def _checked(self, body: bytes, model_name: str, magic: bytes = PNG_MAGIC) -> bytes:
+        """The answer (starting with `magic`), or the handler's per-image JSON error (a bad image batched
+        with good ones is answered OK with `{"error": {"code", "message"}}`, see services.handler_base)."""
+        if body.startswith(magic):
             return body
         try:
             error = json.loads(body)["error"]
             message, code = str(error["message"]), error.get("code")
         except (ValueError, KeyError, TypeError):
-            logger.error("%s returned %d bytes that are neither a PNG nor an error", self.label, len(body))
+            logger.error(
+                "%s returned %d bytes that are neither the answer nor an error", self.label, len(body)
+            )
             raise ServiceUnavailable(f"{self.label} returned an invalid answer", code="organ_error") from None
         if code == "invalid_input":
             raise InvalidInput(f"{self.label} could not process the image: {message}")

@@ -9,6 +9,14 @@ Request:  one image per request (PNG/JPEG/TIFF/DICOM bytes, see services.imaging
 Response: an 8-bit grey PNG at the input's size; pixel value = round(255 · P(foreground)).
           The network returns logits (N, 1, h, w); the handler applies the sigmoid.
 
+Volume chunk (common.volume_inference sends a volume this way): the request is an .npy (n, H, W) of float32
+or int16 slice intensities in the network's orientation, n ≤ the handler setting `max_volume_slices`.
+Hounsfield units go through the spec's window exactly as a DICOM's pixels do; without a window each slice
+is scaled as a float image is (services.imaging.decode_volume_chunk). Each slice then takes the 2-D path
+(prepare → network → restore), `inference.volume_batch` slices per forward pass, and the answer is an .npy
+uint8 (n, H, W) of probabilities (content type application/x-npy). A bad chunk is refused like a bad image.
+TorchServe's own batching (model-config.yaml batchSize) combines requests; a chunk is already a batch.
+
 Errors — what TorchServe 0.12 can carry back (read from its frontend: BatchAggregator.sendResponse and
 GRPCJob.response/sendError):
 * An exception out of the handler fails the *whole batch*: every request gets the same status and message
@@ -35,7 +43,17 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 from ts.utils.util import PredictionException
 
-from services.imaging import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, encode_png
+from services.imaging import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_SLICES,
+    NPY_CONTENT_TYPE,
+    ImageDecodeError,
+    decode_image,
+    decode_volume_chunk,
+    encode_npy,
+    encode_png,
+    is_npy,
+)
 from services.preprocess import Restore, prepare, probabilities, restore
 from services.runtime import load_runtime
 from services.spec import OrganSpec, load_spec
@@ -49,12 +67,14 @@ ERROR_CONTENT_TYPE = "application/json"
 
 @dataclass
 class _Item:
-    """One request on its way through the pipeline: either a model input or the reason it was refused."""
+    """One request on its way through the pipeline: either a model input or the reason it was refused.
+    A volume chunk's `tensor` holds its n prepared slices (n, C, h, w), all restored the same `how`."""
 
     tensor: torch.Tensor | None = None
     how: Restore | None = None
     error: str | None = None
     prob: torch.Tensor | None = None
+    volume: bool = False
 
 
 class SegmentationHandler(BaseHandler):
@@ -64,6 +84,7 @@ class SegmentationHandler(BaseHandler):
         super().__init__()
         self.spec: OrganSpec | None = None
         self.max_pixels = DEFAULT_MAX_PIXELS
+        self.max_slices = DEFAULT_MAX_SLICES
         # the network in the spec's runtime (services.runtime); None: the TorchScript module self.model
         self.runtime = None
         self.runtime_name = "torchscript"
@@ -79,6 +100,7 @@ class SegmentationHandler(BaseHandler):
         self.spec = load_spec(spec_path)
         settings = (getattr(context, "model_yaml_config", None) or {}).get("handler") or {}
         self.max_pixels = int(settings.get("max_image_pixels", DEFAULT_MAX_PIXELS))
+        self.max_slices = int(settings.get("max_volume_slices", DEFAULT_MAX_SLICES))
         self._set_threads(settings)
         super().initialize(context)  # device, manifest, torch.jit.load(serializedFile)
         # the spec's runtime with the worker's threads; TorchScript (self.model) with a logged reason if
@@ -132,19 +154,28 @@ class SegmentationHandler(BaseHandler):
         return items
 
     def inference(self, data, *args, **kwargs):
-        """Run the network once per group of same-shaped inputs (over windows and mirror images when the
-        spec says so); store sigmoid probabilities per item."""
+        """Run the network once per group of same-shaped images (over windows and mirror images when the
+        spec says so), and a volume chunk's slices `inference.volume_batch` at a time; store sigmoid
+        probabilities per item."""
         groups: dict[tuple[int, ...], list[_Item]] = defaultdict(list)
         for item in data:
-            if item.error is None:
+            if item.error is None and not item.volume:
                 groups[tuple(item.tensor.shape)].append(item)
         with torch.inference_mode():
             for members in groups.values():
-                batch = torch.cat([m.tensor for m in members]).to(self.device)
-                probs = probabilities(lambda x: self._logits(x, *args, **kwargs), batch, self.spec).cpu()
+                probs = self._probabilities(torch.cat([m.tensor for m in members]), *args, **kwargs)
                 for i, member in enumerate(members):
                     member.prob = probs[i : i + 1]
+            step = self.spec.inference.volume_batch
+            for item in data:
+                if item.error is None and item.volume:
+                    slices = item.tensor.split(step)
+                    item.prob = torch.cat([self._probabilities(x, *args, **kwargs) for x in slices])
         return data
+
+    def _probabilities(self, batch: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        x = batch.to(self.device)
+        return probabilities(lambda t: self._logits(t, *args, **kwargs), x, self.spec).cpu()
 
     def _logits(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         """One forward pass, checked: a network answering another shape is a server error, not a mask."""
@@ -164,7 +195,8 @@ class SegmentationHandler(BaseHandler):
         return logits
 
     def postprocess(self, data):
-        """Probabilities back at the input's size → 8-bit PNG bytes; refused items → JSON error + 400."""
+        """Probabilities back at the input's size → 8-bit PNG bytes (a volume chunk: one .npy of uint8
+        (n, H, W)); refused items → JSON error + 400."""
         out = []
         for idx, item in enumerate(data):
             if item.error is not None:
@@ -173,11 +205,13 @@ class SegmentationHandler(BaseHandler):
                 body = {"error": {"code": "invalid_input", "message": item.error}}
                 out.append(json.dumps(body).encode())
                 continue
-            with torch.inference_mode():  # restore() clamps in place; probs are inference tensors
-                prob = restore(item.prob, item.how)
-                grey = (prob * 255.0).round_().to(torch.uint8).numpy()
-            self._set_content_type(idx, PNG_CONTENT_TYPE)
-            out.append(encode_png(grey))
+            if item.volume:
+                grey = np.stack([_grey(p, item.how) for p in item.prob.split(1)])
+                self._set_content_type(idx, NPY_CONTENT_TYPE)
+                out.append(encode_npy(grey))
+            else:
+                self._set_content_type(idx, PNG_CONTENT_TYPE)
+                out.append(encode_png(_grey(item.prob, item.how)))
         return out
 
     # --- helpers an organ may override --------------------------------------------------------
@@ -186,9 +220,18 @@ class SegmentationHandler(BaseHandler):
         """Request bytes → float32 [0, 1] H×W[×C]. Raises ImageDecodeError for bad input."""
         return decode_image(body, window=self.spec.window, max_pixels=self.max_pixels).array
 
+    def decode_volume(self, body: bytes) -> np.ndarray:
+        """A volume chunk's .npy bytes → float32 [0, 1] (n, H, W). Raises ImageDecodeError for bad input."""
+        return decode_volume_chunk(
+            body, window=self.spec.window, max_slices=self.max_slices, max_pixels=self.max_pixels
+        )
+
     def _prepare_one(self, row) -> _Item:
         try:
             body = self._body(row)
+            if is_npy(body):
+                prepared = [prepare(plane, self.spec) for plane in self.decode_volume(body)]
+                return _Item(torch.cat([t for t, _ in prepared]), prepared[0][1], volume=True)
             tensor, how = prepare(self.decode(body), self.spec)
         except (ImageDecodeError, ValueError) as exc:  # to_channels / shape checks raise ValueError
             logger.info("request refused: %s", exc)
@@ -218,3 +261,9 @@ class SegmentationHandler(BaseHandler):
     def _set_content_type(self, idx: int, content_type: str) -> None:
         if self.context is not None and self.context.request_processor:
             self.context.set_response_content_type(idx, content_type)
+
+
+def _grey(prob: torch.Tensor, how: Restore) -> np.ndarray:
+    """(1, 1, h, w) probabilities at model size → uint8 (H, W) = round(255 · p) at the input's size."""
+    with torch.inference_mode():  # restore() clamps in place; probs are inference tensors
+        return (restore(prob, how) * 255.0).round_().to(torch.uint8).numpy()

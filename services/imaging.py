@@ -17,6 +17,10 @@ from a file name. Scaling to [0, 1]:
   intensity window; falls back to the file's own window, then min-max), MONOCHROME1 inverted.
 
 Grey images come back as H×W, colour as H×W×3 (palette, CMYK, YCbCr converted to RGB; alpha dropped).
+
+A volume's slices travel as one .npy (n, H, W) of float32 or int16 intensities in the network's orientation
+(`decode_volume_chunk`): Hounsfield units through the organ's window with the same `apply_window` a DICOM
+goes through, other modalities scaled slice by slice as a float image is.
 Every refusal is an `ImageDecodeError` (a ValueError) whose message says what is wrong and what is accepted.
 Decompression bombs are refused from the header, before any pixel is decoded.
 """
@@ -44,6 +48,14 @@ ACCEPTED = "PNG, JPEG, TIFF (8/16-bit, float) or DICOM"
 MAX_BYTES_PER_PIXEL = 8
 DICOM_HEADER_ALLOWANCE = 1024 * 1024  # the elements around the pixel data of a deflated DICOM
 _DEFLATED_UID = b"1.2.840.10008.1.2.1.99"
+
+# A volume chunk (services.handler_base): an .npy of (n, H, W) slices; the answer is one too.
+NPY_MAGIC = b"\x93NUMPY"
+NPY_CONTENT_TYPE = "application/x-npy"
+NPY_MAX_HEADER = 10_000  # bytes of an .npy header (numpy's own default bound)
+VOLUME_DTYPES = (np.dtype(np.float32), np.dtype(np.int16))
+DEFAULT_MAX_SLICES = 64  # slices per volume chunk (handler setting max_volume_slices)
+CHUNK_FORM = "an .npy of (slices, height, width) float32 or int16"
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -167,6 +179,90 @@ def decode_mask(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: 
     pixels = np.nan_to_num(raw.pixels, nan=0.0) if raw.pixels.dtype.kind == "f" else raw.pixels
     nonzero = pixels != 0
     return nonzero.any(axis=2) if nonzero.ndim == 3 else nonzero
+
+
+def decode_volume_chunk(
+    data: bytes,
+    *,
+    window: dict | None,
+    max_slices: int = DEFAULT_MAX_SLICES,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int = MIN_SIDE,
+) -> np.ndarray:
+    """A chunk of a volume's slices — an .npy holding a (n, H, W) float32 or int16 array of intensities in
+    the network's orientation — scaled to float32 [0, 1] (n, H, W) as the 2-D path scales one image:
+    with `window` ({center, width} in the modality's units, e.g. Hounsfield) as a DICOM's pixels are
+    (apply_window); without one, each slice on its own as a float or signed image is (identity inside
+    [0, 1], else its min-max). The header is checked (dtype, dimensions, `max_slices`, `max_pixels` per
+    slice, the byte count) before any value is read; non-finite values are refused."""
+    shape, dtype, fortran, offset = read_npy_header(data)
+    if dtype.newbyteorder("=") not in VOLUME_DTYPES:
+        raise ImageDecodeError(
+            f"volume chunk of dtype {dtype}; send float32 or int16 intensities ({CHUNK_FORM})"
+        )
+    if len(shape) != 3:
+        raise ImageDecodeError(f"volume chunk of shape {shape}: expected 3 dimensions, {CHUNK_FORM}")
+    slices, height, width = shape
+    if not 1 <= slices <= max_slices:
+        raise ImageDecodeError(
+            f"volume chunk of {slices} slices: send 1 to {max_slices} slices per request ({CHUNK_FORM})"
+        )
+    _check_size("volume slice", height, width, max_pixels=max_pixels, min_side=min_side)
+    expected = slices * height * width * dtype.itemsize
+    if len(data) - offset != expected:
+        raise ImageDecodeError(
+            f"volume chunk header says {shape} {dtype} ({expected} bytes) but {len(data) - offset} bytes "
+            "follow it: a truncated or padded .npy"
+        )
+    values = np.frombuffer(data, dtype=dtype, count=slices * height * width, offset=offset)
+    values = values.reshape(shape, order="F" if fortran else "C")
+    if dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(values)))
+        if bad:
+            raise ImageDecodeError(f"volume chunk holds {bad} non-finite values (NaN or infinity)")
+    if window:
+        return np.ascontiguousarray(apply_window(values, window))
+    out = np.empty(shape, np.float32)
+    for i, plane in enumerate(values):  # each slice as the 2-D path scales one float or signed image
+        out[i] = scale_to_unit(plane, *_value_range(plane))
+    return out
+
+
+def read_npy_header(data: bytes) -> tuple[tuple[int, ...], np.dtype, bool, int]:
+    """(shape, dtype, fortran_order, offset of the values) of .npy bytes, from the header alone; refuses
+    anything else, and object arrays (which would need unpickling)."""
+    if not is_npy(data):
+        raise ImageDecodeError("not an .npy (it does not start with \\x93NUMPY)")
+    fh = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(fh)
+        readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in readers:
+            raise ValueError(f"format version {version}; np.save writes 1.0 or 2.0")
+        shape, fortran, dtype = readers[version](fh, max_header_size=NPY_MAX_HEADER)
+    except Exception as exc:  # numpy's header parser raises ValueError, SyntaxError, tokenize errors...
+        raise ImageDecodeError(f"unreadable .npy header ({exc})") from exc
+    if dtype.hasobject:
+        raise ImageDecodeError(f".npy of dtype {dtype}: object arrays are refused")
+    return tuple(int(n) for n in shape), dtype, bool(fortran), fh.tell()
+
+
+def is_npy(data: bytes) -> bool:
+    return bytes(data[: len(NPY_MAGIC)]) == NPY_MAGIC
+
+
+def encode_npy(array: np.ndarray) -> bytes:
+    """An array as .npy bytes (the volume answer: uint8 (n, H, W) probabilities)."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def decode_npy(data: bytes) -> np.ndarray:
+    """.npy bytes → array, never unpickling; ValueError when they are not a complete .npy."""
+    if not is_npy(data):
+        raise ValueError("not an .npy")
+    return np.load(io.BytesIO(data), allow_pickle=False)
 
 
 def encode_png(array: np.ndarray, *, compress_level: int = 1) -> bytes:
@@ -437,15 +533,11 @@ def check_deflated_dicom(data: bytes, *, max_bytes: int) -> None:
 def _dicom_window(window: dict | None, ds) -> tuple[float, float] | None:
     """(low, high) of the window to apply: the organ's, else the file's first, else None (min-max)."""
     if window:
-        center, width = float(window["center"]), float(window["width"])
-    else:
-        center_raw, width_raw = ds.get("WindowCenter"), ds.get("WindowWidth")
-        if center_raw is None or width_raw is None:
-            return None
-        center, width = _first_value(center_raw), _first_value(width_raw)
-    if width <= 0:
-        raise ImageDecodeError(f"intensity window width must be positive, got {width}")
-    return center - width / 2, center + width / 2
+        return window_bounds(window)
+    center_raw, width_raw = ds.get("WindowCenter"), ds.get("WindowWidth")
+    if center_raw is None or width_raw is None:
+        return None
+    return window_bounds({"center": _first_value(center_raw), "width": _first_value(width_raw)})
 
 
 def _first_value(value) -> float:
@@ -471,6 +563,37 @@ def _drop_alpha(pixels: np.ndarray, fmt: str) -> np.ndarray:
     raise ImageDecodeError(f"{fmt} image has {channels} channels; accepted: grey, grey+alpha, RGB or RGBA")
 
 
+def window_bounds(window: dict) -> tuple[float, float]:
+    """An intensity window {center, width} (in the modality's units, e.g. Hounsfield) as (low, high)."""
+    center, width = float(window["center"]), float(window["width"])
+    if not width > 0:
+        raise ImageDecodeError(f"intensity window width must be positive, got {width}")
+    return center - width / 2, center + width / 2
+
+
+def scale_to_unit(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Real values → float32 in [0, 1]: (v − lo) / (hi − lo), clipped; non-finite values count as `lo`;
+    all zeros when hi ≤ lo. The one scaling of the platform: a DICOM's intensity window, a volume chunk's
+    (services.handler_base), and the min-max of float and signed images all go through it."""
+    values = np.asarray(values)
+    out = values.astype(np.float32)  # a fresh buffer, scaled in place below
+    if values.dtype.kind == "f" and not np.isfinite(out).all():
+        out = np.where(np.isfinite(out), out, np.float32(lo))
+    if hi > lo:  # in place: one 512×512×3 float buffer instead of three (each a fresh, page-faulted one)
+        out -= np.float32(lo)
+        out /= np.float32(hi - lo)
+    else:
+        out = np.zeros_like(out)
+    np.clip(out, 0.0, 1.0, out=out)
+    return out
+
+
+def apply_window(values: np.ndarray, window: dict) -> np.ndarray:
+    """Values in the modality's units (e.g. Hounsfield) through the intensity window {center, width}
+    → float32 in [0, 1]: what decode_image does to a DICOM's pixels."""
+    return scale_to_unit(values, *window_bounds(window))
+
+
 def _to_unit(raw: _Raw) -> np.ndarray:
     pixels = raw.pixels
     if pixels.dtype == np.bool_:
@@ -482,16 +605,7 @@ def _to_unit(raw: _Raw) -> np.ndarray:
             lo, hi = 0.0, float(np.iinfo(pixels.dtype).max)
         else:
             lo, hi = _value_range(pixels)
-        values = pixels.astype(np.float32)
-        if pixels.dtype.kind == "f" and not np.isfinite(values).all():
-            values = np.where(np.isfinite(values), values, np.float32(lo))
-        if hi > lo:  # in place: one 512×512×3 float buffer instead of three (each a fresh, page-faulted one)
-            out = values
-            out -= np.float32(lo)
-            out /= np.float32(hi - lo)
-        else:
-            out = np.zeros_like(values)
-        np.clip(out, 0.0, 1.0, out=out)
+        out = scale_to_unit(pixels, lo, hi)
     if raw.invert:
         out = 1.0 - out
     return np.ascontiguousarray(out, dtype=np.float32)

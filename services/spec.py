@@ -17,6 +17,12 @@ TTA_MODES = ("none", "flips")
 # What the organ server runs the network in (services.runtime); TorchScript is always in the .mar and is the
 # fallback. The default for a spec that names none: the .mar files built before ONNX was packed.
 RUNTIMES = ("torchscript", "onnxruntime", "openvino")
+# A volume is sent to the organ server in chunks of slices (services.handler_base, common.volume_inference):
+# at most this many slices per request (the handler's max_volume_slices default; a 512² chunk of 64 int16
+# slices is 32 MiB, half the 64 MiB message limit).
+MAX_VOLUME_CHUNK = 64
+DEFAULT_VOLUME_CHUNK = 16  # slices per request when a spec names none
+DEFAULT_VOLUME_BATCH = 1  # slices per forward pass when a spec names none
 
 
 @dataclass(frozen=True)
@@ -25,13 +31,31 @@ class InferenceSpec:
     image at native resolution, padded to `pad_multiple`; "sliding": at native resolution through windows
     of `size` that overlap by `overlap` of a window, blended with Gaussian weights (images no larger than
     a window go through whole). `tta` "flips": the probabilities are averaged over the image and its
-    horizontal, vertical and both-way mirror images (four passes; for organs with no orientation)."""
+    horizontal, vertical and both-way mirror images (four passes; for organs with no orientation).
+    A volume goes to the server `volume_chunk` slices per request, and the handler runs them through the
+    network `volume_batch` slices per forward pass (both chosen by measurement: tools.runtime_bench
+    --volume)."""
 
     mode: str  # "resize" | "whole" | "sliding"
     size: tuple[int, int] | None
     pad_multiple: int = 16
     overlap: float = 0.25
     tta: str = "none"
+    volume_chunk: int = DEFAULT_VOLUME_CHUNK
+    volume_batch: int = DEFAULT_VOLUME_BATCH
+
+
+@dataclass(frozen=True)
+class Postprocess3D:
+    """What is done to a binary mask volume (z, y, x) after thresholding (services.postprocess3d):
+    keep only its largest 3-D connected component; fill holes enclosed within each axial slice."""
+
+    largest_component: bool = False
+    fill_holes: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.largest_component or self.fill_holes
 
 
 @dataclass(frozen=True)
@@ -51,6 +75,7 @@ class OrganSpec:
     # MEDSEG_ORGAN_INFERENCE_TIMEOUTS_S overrides it per organ.
     inference_deadline_s: float | None = None
     runtime: str = "torchscript"
+    postprocess_3d: Postprocess3D = Postprocess3D()
 
     @classmethod
     def from_dict(cls, raw: dict) -> OrganSpec:
@@ -97,6 +122,7 @@ class OrganSpec:
             "default_threshold",
             "inference_deadline_s",
             "runtime",
+            "postprocess_3d",
         }
         deadline = raw.get("inference_deadline_s")
         valid = isinstance(deadline, int | float) and not isinstance(deadline, bool) and deadline > 0
@@ -117,6 +143,8 @@ class OrganSpec:
                 pad_multiple=int(inf.get("pad_multiple", 16)),
                 overlap=overlap,
                 tta=tta,
+                volume_chunk=_slice_count(inf, "volume_chunk", DEFAULT_VOLUME_CHUNK, raw.get("name")),
+                volume_batch=_slice_count(inf, "volume_batch", DEFAULT_VOLUME_BATCH, raw.get("name")),
             ),
             window=raw.get("window"),
             mean=mean,
@@ -125,6 +153,7 @@ class OrganSpec:
             extra={k: v for k, v in raw.items() if k not in known},
             inference_deadline_s=None if deadline is None else float(deadline),
             runtime=runtime,
+            postprocess_3d=_postprocess_3d(raw.get("postprocess_3d"), raw.get("name")),
         )
 
     def with_inference(
@@ -153,6 +182,8 @@ class OrganSpec:
                 "pad_multiple": self.inference.pad_multiple,
                 "overlap": self.inference.overlap,
                 "tta": self.inference.tta,
+                "volume_chunk": self.inference.volume_chunk,
+                "volume_batch": self.inference.volume_batch,
             },
             "window": self.window,
             "normalize": {"mean": list(self.mean), "std": list(self.std)},
@@ -160,8 +191,41 @@ class OrganSpec:
             # only when set, so the specs (and run cards) of organs without one keep their shape
             **({"inference_deadline_s": self.inference_deadline_s} if self.inference_deadline_s else {}),
             "runtime": self.runtime,
+            # only when enabled, so the specs (and run cards) of organs without it keep their shape
+            **(
+                {"postprocess_3d": dataclasses.asdict(self.postprocess_3d)}
+                if self.postprocess_3d.enabled
+                else {}
+            ),
             **self.extra,
         }
+
+
+def _slice_count(inf: dict, key: str, default: int, organ: str | None) -> int:
+    value = inf.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_VOLUME_CHUNK:
+        raise ValueError(
+            f"organ {organ!r}: inference.{key} must be a whole number of slices from 1 to "
+            f"{MAX_VOLUME_CHUNK}, not {value!r}"
+        )
+    return value
+
+
+def _postprocess_3d(raw: object, organ: str | None) -> Postprocess3D:
+    fields = [f.name for f in dataclasses.fields(Postprocess3D)]
+    if raw is None:
+        return Postprocess3D()
+    valid = (
+        isinstance(raw, dict)
+        and not set(raw) - set(fields)
+        and all(isinstance(v, bool) for v in raw.values())
+    )
+    if not valid:
+        raise ValueError(
+            f"organ {organ!r}: postprocess_3d must map {' and/or '.join(fields)} to true or false, "
+            f"not {raw!r}"
+        )
+    return Postprocess3D(**raw)
 
 
 def load_spec(path: str | Path) -> OrganSpec:

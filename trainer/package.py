@@ -26,12 +26,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 import yaml
 
 from services.runtime import ONNX_FILE
-from services.spec import SERVICES_DIR, OrganSpec
+from services.spec import SERVICES_DIR, OrganSpec, load_spec
 from trainer.onnx_export import ExportError, export_onnx
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,43 @@ def build_mar(
         full_card = {**card, "mar_file": mar.name, "mar_sha256": digest, "mar_bytes": mar.stat().st_size}
         (out / f"{model_name}.json").write_text(json.dumps(full_card, indent=2, sort_keys=True) + "\n")
     return mar
+
+
+def repackage(
+    mar: str | Path,
+    out_dir: str | Path,
+    model_name: str,
+    version: str,
+    *,
+    spec: OrganSpec | None = None,
+    card: dict | None = None,
+    services_dir: Path = SERVICES_DIR,
+) -> Path:
+    """An archive's networks (model.pt, and model.onnx when it has one) and packed spec (or `spec`) in a new
+    archive with this checkout's handler code and model-config.yaml: how a trained model is served by a
+    changed handler (a volume chunk, a new setting) without training it again. `card`, when given, is
+    written beside it as build_mar writes one (with the new archive's sha256)."""
+    with tempfile.TemporaryDirectory(prefix=f"repack-{model_name}-") as tmp:
+        work = Path(tmp)
+        with zipfile.ZipFile(mar) as archive:
+            names = set(archive.namelist())
+            for name in ("model.pt", "spec.yaml", ONNX_FILE):
+                if name in names:
+                    archive.extract(name, work)
+        if spec is None:
+            spec = load_spec(work / "spec.yaml")
+        onnx = work / ONNX_FILE if (work / ONNX_FILE).is_file() else True
+        return build_mar(
+            work / "model.pt",
+            spec.name,
+            spec,
+            out_dir,
+            model_name,
+            version,
+            card,
+            services_dir=services_dir,
+            onnx=onnx,
+        )
 
 
 def _check_inputs(scripted: Path, organ_dir: Path, organ: str, spec: OrganSpec) -> None:

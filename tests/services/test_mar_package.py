@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -15,8 +16,8 @@ import torch
 import yaml
 from torch import nn
 
-from services.spec import load_organ_spec
-from trainer.package import PackageError, build_mar
+from services.spec import SERVICES_DIR, load_organ_spec
+from trainer.package import PackageError, build_mar, repackage
 
 
 class Tiny(nn.Module):
@@ -111,3 +112,22 @@ def test_onnx_choices(tmp_path, scripted):
     plain = dataclasses.replace(spec, runtime="torchscript")
     with zipfile.ZipFile(build_mar(baked, "cells", plain, tmp_path, "baked", "1")) as zf:
         assert "model.onnx" not in zf.namelist() and "model.pt" in zf.namelist()
+
+
+def test_repackage_keeps_the_networks_and_spec_and_packs_this_checkouts_code(tmp_path, scripted):
+    spec = dataclasses.replace(load_organ_spec("cells"), mean=(0.7, 0.6, 0.5), std=(0.2, 0.2, 0.2))
+    older_code = tmp_path / "services"  # an archive built by older code: its handler differs
+    shutil.copytree(SERVICES_DIR, older_code, ignore=shutil.ignore_patterns("__pycache__"))
+    (older_code / "handler_base.py").write_text("# older handler\n")
+    old = build_mar(scripted, "cells", spec, tmp_path / "old", "cells", "1", services_dir=older_code)
+    new = repackage(old, tmp_path / "new", "cells-new", "2")
+    with zipfile.ZipFile(old) as before, zipfile.ZipFile(new) as after:
+        for name in ("model.pt", "model.onnx"):
+            assert after.read(name) == before.read(name)
+        assert yaml.safe_load(after.read("spec.yaml")) == yaml.safe_load(before.read("spec.yaml"))
+        packed_handler = after.read("services/handler_base.py").decode()
+        assert json.loads(after.read("MAR-INF/MANIFEST.json"))["model"]["modelVersion"] == "2"
+    assert packed_handler == (SERVICES_DIR / "handler_base.py").read_text()
+    changed = dataclasses.replace(spec, default_threshold=0.4)
+    with zipfile.ZipFile(repackage(old, tmp_path / "given", "cells", "3", spec=changed)) as zf:
+        assert yaml.safe_load(zf.read("spec.yaml"))["default_threshold"] == 0.4

@@ -2,7 +2,13 @@
 
 import pytest
 
-from services.spec import OrganSpec, load_organ_spec
+from services.spec import (
+    DEFAULT_VOLUME_BATCH,
+    DEFAULT_VOLUME_CHUNK,
+    MAX_VOLUME_CHUNK,
+    OrganSpec,
+    load_organ_spec,
+)
 
 
 def test_a_spec_round_trips_through_its_dict():
@@ -45,3 +51,18 @@ def test_an_organ_may_set_its_own_gateway_deadline():
     for bad in (0, -5, "30s", True):
         with pytest.raises(ValueError, match="inference_deadline_s must be a positive number of seconds"):
             OrganSpec.from_dict({**cells.to_dict(), "inference_deadline_s": bad})
+
+
+def test_volume_chunk_and_mini_batch_are_slice_counts_up_to_the_handlers_cap():
+    cells = load_organ_spec("cells").to_dict()
+    inference = {k: v for k, v in cells["inference"].items() if not k.startswith("volume_")}
+    defaults = OrganSpec.from_dict({**cells, "inference": inference}).inference
+    assert (defaults.volume_chunk, defaults.volume_batch) == (DEFAULT_VOLUME_CHUNK, DEFAULT_VOLUME_BATCH)
+    given = OrganSpec.from_dict({**cells, "inference": {**inference, "volume_chunk": 64, "volume_batch": 2}})
+    assert (given.inference.volume_chunk, given.inference.volume_batch) == (64, 2)
+    for key in ("volume_chunk", "volume_batch"):
+        for bad in (0, MAX_VOLUME_CHUNK + 1, "8", 4.0, True):
+            with pytest.raises(
+                ValueError, match=f"inference.{key} must be a whole number of slices from 1 to 64"
+            ):
+                OrganSpec.from_dict({**cells, "inference": {**inference, key: bad}})
