@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     # Uploads are refused (507 insufficient_storage) and /readyz reports `disk` while the file system holding
     # state_dir (database, object store data, logs locally) has less free space than this; 0: never.
     min_free_disk_bytes: int = 2 * 1024 * 1024 * 1024
+    # `medseg prune` deletes segmentations nobody saved (no chosen threshold, no feedback thread) after this
+    # many days, with their objects; 0 keeps them forever (gateway/service/retention.py).
+    unsaved_result_retention_days: float = 0
 
     # Studies (gateway/service/studies.py): one DICOM series or NIfTI volume per study, refused with 413 before
     # any work when larger; segmented by `study_workers` threads per gateway. A running study whose heartbeat
