@@ -311,19 +311,17 @@ def count_restarts(settings: Settings) -> int:
 def _stop_unsupervised(settings: Settings) -> list[str]:
     """Stop what a stack before supervisord started (pid files under `.medseg/pids/`), so `make up` on a
     newer checkout takes over a running older stack."""
+    from common.launcher import stop_from_state
     from services.spec import organ_dirs
 
     stopped = []
     if PidFile(pid_dir(settings) / "gateway.pid").stop():
         stopped.append("gateway")
     for organ in organ_dirs(settings.services_dir):
-        from common.launcher import stop_from_state
-
-        if PidFile(pid_dir(settings) / f"torchserve-{organ}.pid").alive_pid() and stop_from_state(
-            settings.state_dir, organ
-        ):
+        organ_pid = PidFile(pid_dir(settings) / f"torchserve-{organ}.pid")
+        if organ_pid.alive_pid() and stop_from_state(settings.state_dir, organ):
             stopped.append(f"torchserve-{organ}")
-        (pid_dir(settings) / f"torchserve-{organ}.pid").unlink(missing_ok=True)
+        organ_pid.path.unlink(missing_ok=True)
     if _object_store(settings).stop():
         stopped.append("objectstore")
     return stopped

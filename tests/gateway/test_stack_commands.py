@@ -84,3 +84,20 @@ def test_supervisord_config_has_one_restarting_program_per_process(tmp_path):
 def test_run_refuses_a_program_outside_the_table():
     with pytest.raises(SystemExit, match="no program 'nginx'"):
         stack.main(["run", "nginx"])
+
+
+def test_up_takes_over_from_a_stack_started_before_supervisord(tmp_path):
+    """An older checkout's `make up` left processes with pid files under .medseg/pids/: the newer one stops
+    exactly those before supervisord starts its own."""
+    from common.settings import Settings
+
+    settings = Settings(state_dir=tmp_path)
+    old_gateway = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        PidFile(stack.pid_dir(settings) / "gateway.pid").write(old_gateway.pid)
+        assert stack._stop_unsupervised(settings) == ["gateway"]
+        assert old_gateway.wait(timeout=10) is not None
+        assert stack._stop_unsupervised(settings) == []  # nothing left
+    finally:
+        old_gateway.kill()
+        old_gateway.wait()
