@@ -64,6 +64,12 @@ class TooManyRequests(MedSegError):
         self.retry_after_s = retry_after_s
 
 
+class InsufficientStorage(MedSegError):
+    """507: the server's disk is nearly full, so it takes no new uploads (settings.min_free_disk_bytes)."""
+
+    code, http_status, grpc_code = "insufficient_storage", 507, "RESOURCE_EXHAUSTED"
+
+
 class ServiceUnavailable(MedSegError):
     """A dependency (organ server, object store, database) is down or timed out."""
 

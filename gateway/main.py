@@ -14,6 +14,7 @@ from common.errors import MedSegError, http_headers
 from common.settings import Settings, get_settings
 from gateway import metrics
 from gateway.api import log_redaction, openapi
+from gateway.api.disk import DiskGuardMiddleware
 from gateway.api.security_headers import UNHANDLED_ERROR_HEADERS, SecurityHeadersMiddleware
 from gateway.api.uploads import FORM_OVERHEAD_BYTES, BodyLimitMiddleware
 from gateway.resources.accounts import http as accounts
@@ -104,6 +105,7 @@ def create_app(settings: Settings | None = None, dataplane: DataPlane | None = N
     # /docs is served by gateway.web from this server's own files (FastAPI's default loads Swagger UI from a
     # CDN, which a closed hospital network cannot reach); no ReDoc.
     app = FastAPI(title="MedSeg", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.settings = settings  # the disk guard's and /readyz's floor (gateway/api/disk.py)
     if dataplane is not None:  # usable without running the lifespan (e.g. TestClient without `with`)
         app.state.dataplane = dataplane
         app.state.clinic = Clinic(dataplane, settings)
@@ -146,6 +148,7 @@ def create_app(settings: Settings | None = None, dataplane: DataPlane | None = N
             "/api/v1/studies": settings.study_max_bytes + FORM_OVERHEAD_BYTES * 16,
         },
     )
+    app.add_middleware(DiskGuardMiddleware, settings=settings)  # 507 before the body limit reads anything
     app.add_middleware(SecurityHeadersMiddleware)  # outside the body limit: its 413 gets the headers too
     app.add_middleware(metrics.HttpMetrics)  # outermost: counts every answer, refusals included
     return app
