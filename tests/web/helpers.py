@@ -42,3 +42,96 @@ def dataset_zip(pairs: int = 2) -> bytes:
             zf.writestr(f"{i:03d}.png", png_bytes(disc_image(32, seed=i)))
             zf.writestr(f"{i:03d}_mask.png", png_bytes(disc_label(32)))
     return buf.getvalue()
+
+
+def dicom_ct(size: int = 64) -> bytes:
+    """A CT slice in Hounsfield units: air (-1000) around a soft-tissue disc (+50) holding a bone-bright
+    spot (+700), stored as raw values with RescaleIntercept -1024 (what a scanner writes)."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    yy, xx = np.mgrid[:size, :size]
+    hu = np.full((size, size), -1000, np.int16)
+    hu[(yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 3) ** 2] = 50
+    hu[(yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 10) ** 2] = 700
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("ct.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = CTImageStorage, meta.MediaStorageSOPInstanceUID, "CT"
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = size, size, 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.RescaleSlope, ds.RescaleIntercept, ds.PixelSpacing = 1, -1024, [0.7, 0.7]
+    ds.PixelData = (hu + 1024).astype(np.int16).tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def api_client(page):
+    """An HTTP client acting as the person signed in on `page` (its session cookie and CSRF token), for
+    setting up what a test needs faster than through the pages (e.g. several files in one form field)."""
+    import httpx
+
+    csrf = page.locator('meta[name="csrf-token"]').get_attribute("content")
+    origin = "/".join(page.url.split("/")[:3])
+    cookies = {c["name"]: c["value"] for c in page.context.cookies()}
+    return httpx.Client(base_url=origin, cookies=cookies, headers={"X-CSRF-Token": csrf}, timeout=180)
+
+
+def labelled_cases(names: list[str], seed: int = 0) -> list[tuple[str, tuple[str, bytes, str]]]:
+    """`files=` for POST /api/v1/evaluations: each image with its label, matched by file name."""
+    files = []
+    for i, name in enumerate(names):
+        files.append(("images", (name, png_bytes(disc_image(64, seed=seed + i)), "image/png")))
+        files.append(("labels", (name.replace(".png", "_mask.png"), png_bytes(disc_label(64)), "image/png")))
+    return files
+
+
+# What a person would stop at on a page, found by the browser itself (page.evaluate(LAYOUT_PROBLEMS, scope)):
+# a button or badge whose label wraps onto a second line (its text is taller than one line: in Chinese a
+# label breaks between any two characters, "回/复"), an action (button, link styled as one, a row's
+# data-action link) outside the viewport's width, and a select too narrow for the option it shows ("管理"
+# for "管理员"). `scope`: a CSS selector the checks are limited to ("body": the whole page).
+LAYOUT_PROBLEMS = """scope => {
+  const problems = [];
+  const root = document.querySelector(scope) || document.body;
+  const shown = el => {
+    const box = el.getBoundingClientRect(), style = getComputedStyle(el);
+    return box.width > 0 && box.height > 0 && style.visibility !== "hidden" && !el.closest("[hidden]");
+  };
+  const label = el => (el.innerText || el.value || el.getAttribute("aria-label") || "").trim().slice(0, 60);
+  for (const el of root.querySelectorAll("button, .btn, .badge")) {
+    if (!shown(el) || el.querySelector("img, svg, canvas, figure")) continue;
+    const style = getComputedStyle(el);
+    let line = parseFloat(style.lineHeight);
+    if (Number.isNaN(line)) line = parseFloat(style.fontSize) * 1.5;
+    const text = el.clientHeight - parseFloat(style.paddingTop) - parseFloat(style.paddingBottom);
+    if (text > line * 1.5) {
+      problems.push(`wraps: "${label(el)}" (${Math.round(text)} px for a ${Math.round(line)} px line)`);
+    }
+  }
+  for (const el of root.querySelectorAll("button, a.btn, [data-action], select")) {
+    if (!shown(el)) continue;
+    const box = el.getBoundingClientRect();
+    if (box.left < -1 || box.right > window.innerWidth + 1) {
+      const where = `${Math.round(box.left)}…${Math.round(box.right)} of ${window.innerWidth}`;
+      problems.push(`out of reach: "${label(el)}" at x ${where}`);
+    }
+  }
+  const measure = document.createElement("canvas").getContext("2d");
+  for (const el of root.querySelectorAll("table select, select.form-select-sm")) {
+    if (!shown(el) || el.selectedIndex < 0) continue;
+    const style = getComputedStyle(el);
+    measure.font = `${style.fontWeight} ${style.fontSize} ${style.fontFamily}`;
+    const text = el.options[el.selectedIndex].text;
+    const room = el.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+    if (measure.measureText(text).width > room + 1) {
+      problems.push(`cut: select showing "${text}" (${Math.round(room)} px of room)`);
+    }
+  }
+  return problems;
+}"""
+# Words that mean a script put a value the person cannot read on the page.
+BROKEN_VALUES = r"\[object Object\]|\bundefined\b|\bNaN\b"
