@@ -148,7 +148,7 @@ def get_dataset(session: Session, principal: Principal, dataset_id: str) -> Data
         select(Dataset).where(Dataset.id == dataset_id, visible_to(principal), Dataset.deleted_at.is_(None))
     )
     if row is None:
-        raise NotFound(f"no dataset {dataset_id!r}")
+        raise NotFound(f"no dataset {dataset_id!r}", code="unknown_dataset", params={"id": dataset_id})
     return row
 
 
@@ -156,7 +156,12 @@ def delete_dataset(session: Session, principal: Principal, dataset_id: str) -> D
     """Soft-delete: hidden from every listing; the row and the objects stay for the audit trail."""
     row = get_dataset(session, principal, dataset_id)
     tenancy.check(
-        session, principal, DATASET_DELETE, row, "only the dataset's uploader or an admin may delete it"
+        session,
+        principal,
+        DATASET_DELETE,
+        row,
+        "only the dataset's uploader or an admin may delete it",
+        code="not_your_dataset",
     )
     row.deleted_at = datetime.now(UTC)
     row.status = "deleted"
