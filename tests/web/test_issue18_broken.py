@@ -118,7 +118,7 @@ def test_2_models_page_formats_metrics_summarises_the_card_and_keeps_actions_in_
     row.get_by_role("button", name="Card").click()
     card = page.get_by_role("dialog")
     expect(card).to_be_visible()
-    expect(card).to_contain_text(f"liver v{version}")
+    expect(card).to_contain_text(f"Liver v{version}")
     for shown in ("0.981", "fold 0 of 5", "onnxruntime", "31.8 ms", "400 pairs", "320 training", "erunet"):
         expect(card).to_contain_text(shown)
     assert card.locator("pre").count() == 0 and "{" not in card.inner_text()  # a summary, not the JSON
@@ -331,7 +331,9 @@ def test_7_a_researcher_sets_the_reference_set_on_the_models_page(web, browser_p
         expect(page.locator("#models-error")).to_have_text(EN["err.no_reference_set"])
         assert "PUT" not in page.locator("#models-error").inner_text()
     box = page.locator("#reference-set")
-    box.get_by_label("Dataset").select_option(label=re.compile("liver-reference-18"))
+    choice = box.get_by_label("Dataset")
+    choice.select_option(uploaded.json()["id"])
+    expect(choice.locator("option:checked")).to_contain_text("liver-reference-18 (2)")
     box.get_by_role("button", name="Use as reference set").click()
     expect(box.locator("#reference-current")).to_contain_text("liver-reference-18")
     frozen = page.request.get("/api/v1/models/liver/reference-set").json()

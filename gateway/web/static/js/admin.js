@@ -21,7 +21,7 @@
 
     function row(user) {
       const select = M.h("select", {
-        class: "form-select form-select-sm", "aria-label": M.t("admin.set_role") + " — " + user.email,
+        class: "form-select form-select-sm select-fit", "aria-label": M.t("admin.set_role") + " — " + user.email,
         onchange: function () { change(user, { role: select.value }); },
       }, ROLES.map(function (r) { return M.h("option", { value: r, selected: r === user.role }, [M.t("role." + r)]); }));
       const actions = [];
@@ -74,7 +74,7 @@
           }, [M.t("admin.key_revoke")]);
           return M.h("tr", { "data-prefix": k.prefix }, [
             M.h("td", {}, [M.h("code", { text: k.prefix })]), M.h("td", { text: k.name }),
-            M.h("td", { text: k.scopes.join(", ") }), M.h("td", { text: k.hospital || "—" }),
+            M.h("td", { text: k.scopes.map(function (s) { return M.t("scope." + s); }).join(", ") }), M.h("td", { text: k.hospital || "—" }),
             M.h("td", { text: M.when(k.expires_at) }), M.h("td", { text: M.when(k.last_used_at) }),
             M.h("td", {}, [revoke]),
           ]);
@@ -138,6 +138,7 @@
             M.h("td", { class: "small text-break-all", text: e.detail ? JSON.stringify(e.detail) : "" }),
           ]);
         });
+        if (!append && !rows.length) rows.push(M.h("tr", {}, [M.h("td", { colspan: 5, text: M.t("admin.audit_none") })]));
         if (append) auditTable.append.apply(auditTable, rows); else auditTable.replaceChildren.apply(auditTable, rows);
         before = body.next_before_id;
         more.classList.toggle("d-none", !before);
