@@ -112,12 +112,16 @@ def record_dataset(
 
 
 def _name_the_users_file(exc: MedSegError, archive: Path, filename: str | None) -> None:
-    """Reword the error in place: the uploader's file where the validator named the temporary one."""
+    """Reword the error in place (its message and its values): the uploader's file where the validator named
+    the temporary one."""
     shown = (filename or "").replace("\\", "/").rsplit("/", 1)[-1][:200] or "the uploaded file"
     message = exc.message.replace(str(archive), shown).replace(archive.name, shown)
     if message != exc.message:
         exc.message = message
         exc.args = (message, *exc.args[1:])
+    for key, value in exc.params.items():
+        if value in (str(archive), archive.name):
+            exc.params[key] = shown
 
 
 def _delete_objects(store, dataset_id: str) -> None:

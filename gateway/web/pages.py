@@ -169,7 +169,9 @@ def render(request: Request, viewer: Viewer, name: str, status_code: int = 200, 
     nav_items = [(p, k) for p, k, roles in NAV if viewer.role in roles]
     # every organ the gateway serves has a name in the pages' catalogue (its spec's display name when the
     # catalogue has no word for it), so page scripts name organs as the templates do
-    organ_names = {f"organ.{name}": display for name, display in organ_choices(request, lang)}
+    organ_names = {
+        f"organ.{name}": i18n.organ_name(lang, name, display) for name, display in _organs(request)
+    }
     admin_items = [(p, k) for p, k, roles in ADMIN_NAV if viewer.role in roles]
     settings = request.app.state.web_settings
     response = templates.TemplateResponse(
@@ -196,10 +198,19 @@ def render(request: Request, viewer: Viewer, name: str, status_code: int = 200, 
     return response
 
 
-def organ_choices(request: Request, lang: str) -> list[tuple[str, str]]:
-    """(name, name in `lang`) of every organ the gateway serves, from its registry (no network call)."""
-    registry = request.app.state.dataplane.registry
-    return [(o.name, i18n.organ_name(lang, o.name, o.spec.display_name)) for o in registry.all()]
+def _display_names(dataplane) -> list[tuple[str, str]]:
+    return [(o.name, o.spec.display_name) for o in dataplane.registry.all()]
+
+
+def organ_choices(request: Request) -> list[tuple[str, str]]:
+    """(name, display name) of every organ the gateway serves, from its registry (no network call)."""
+    return _display_names(request.app.state.dataplane)
+
+
+def _organs(request: Request) -> list[tuple[str, str]]:
+    """The organs for every page's catalogue, error pages' too (none when the app has no data plane yet)."""
+    dataplane = getattr(request.app.state, "dataplane", None)
+    return _display_names(dataplane) if dataplane else []
 
 
 FALLBACK_ORGAN = "liver"
@@ -225,7 +236,7 @@ def default_organ(session: Session, user: User, organs: list[str]) -> str | None
 
 def organ_context(request: Request, viewer: Viewer, session: Session) -> dict:
     """The organ select's choices and the organ it starts on."""
-    organs = organ_choices(request, viewer.lang)
+    organs = [(name, i18n.organ_name(viewer.lang, name, display)) for name, display in organ_choices(request)]
     return {"organs": organs, "default_organ": default_organ(session, viewer.user, [n for n, _ in organs])}
 
 

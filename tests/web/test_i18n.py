@@ -92,7 +92,9 @@ def _raised_codes() -> tuple[set[str], list[str]]:
     uncoded = []
     for path in ERROR_SOURCES:
         for node in ast.walk(ast.parse(path.read_text())):
-            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in classes):
+            if not (
+                isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in classes
+            ):
                 continue
             code = next((k.value for k in node.keywords if k.arg == "code"), None)
             if isinstance(code, ast.Constant):
