@@ -1,12 +1,18 @@
-"""Files the web tests put into the pages' file inputs."""
+"""What the web tests share: the files they put into the pages' file inputs, an API client acting as a page's
+person, and the layout checks a page must pass."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import zipfile
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from tests.dicom import ct_slice
 
 PASSWORD = "correct horse battery"
 # Every page an admin can open (all of them): the layout checks (tablet, laptop) go through each.
@@ -47,26 +53,11 @@ def dataset_zip(pairs: int = 2) -> bytes:
 def dicom_ct(size: int = 64) -> bytes:
     """A CT slice in Hounsfield units: air (-1000) around a soft-tissue disc (+50) holding a bone-bright
     spot (+700), stored as raw values with RescaleIntercept -1024 (what a scanner writes)."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
     yy, xx = np.mgrid[:size, :size]
     hu = np.full((size, size), -1000, np.int16)
     hu[(yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 3) ** 2] = 50
     hu[(yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 10) ** 2] = 700
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset("ct.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = CTImageStorage, meta.MediaStorageSOPInstanceUID, "CT"
-    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = size, size, 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-    ds.RescaleSlope, ds.RescaleIntercept, ds.PixelSpacing = 1, -1024, [0.7, 0.7]
-    ds.PixelData = (hu + 1024).astype(np.int16).tobytes()
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+    return ct_slice(hu + 1024, intercept=-1024)
 
 
 def api_client(page):
@@ -135,3 +126,26 @@ LAYOUT_PROBLEMS = """scope => {
 }"""
 # Words that mean a script put a value the person cannot read on the page.
 BROKEN_VALUES = r"\[object Object\]|\bundefined\b|\bNaN\b"
+
+
+@contextlib.contextmanager
+def shipped_card_on_default(web, organ: str = "liver"):
+    """The organ's default version carries the shipped model's card and metrics (model-store/<organ>.json;
+    the test organ servers' .mar has none) while the block runs; restored afterwards."""
+    from sqlalchemy import select
+
+    from gateway.core.db import session_scope
+    from gateway.models import ModelVersion
+
+    card = json.loads((Path(__file__).resolve().parents[2] / "model-store" / f"{organ}.json").read_text())
+    default = select(ModelVersion).where(ModelVersion.organ == organ, ModelVersion.state == "default")
+    with session_scope(web.engine) as session:
+        row = session.scalars(default).one()
+        row_id, before = row.id, (row.card, row.metrics)
+        row.card, row.metrics = card, card["metrics"]
+    try:
+        yield card
+    finally:
+        with session_scope(web.engine) as session:
+            row = session.get(ModelVersion, row_id)
+            row.card, row.metrics = before

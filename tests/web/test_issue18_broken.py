@@ -3,9 +3,7 @@ the real stack. Each test failed before its fix (the commit that fixed it says s
 
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
@@ -23,13 +21,13 @@ from tests.web.helpers import (
     disc_image,
     labelled_cases,
     png_bytes,
+    shipped_card_on_default,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 RESULT_TIMEOUT_MS = 120_000  # untrained models on a shared 2-core machine
 PHONE = {"width": 390, "height": 844}
-SHIPPED_CARD = Path(__file__).resolve().parents[2] / "model-store" / "liver.json"
 
 
 def _default_version(web, organ: str) -> ModelVersion:
@@ -87,18 +85,8 @@ def test_1_the_feedback_thread_list_shows_researcher_replies(web, browser_page):
 # --- 2. the models page: readable metrics, a card summary, the actions in view ----------------------------
 @pytest.fixture
 def shipped_liver_card(web):
-    """liver's default carries the shipped card and metrics (the test organ servers' .mar has none)."""
-    card = json.loads(SHIPPED_CARD.read_text())
-    with session_scope(web.engine) as session:
-        row = session.scalars(
-            select(ModelVersion).where(ModelVersion.organ == "liver", ModelVersion.state == "default")
-        ).one()
-        before = (row.card, row.metrics)
-        row.card, row.metrics = card, card["metrics"]
-    yield card
-    with session_scope(web.engine) as session:
-        row = session.get(ModelVersion, row.id)
-        row.card, row.metrics = before
+    with shipped_card_on_default(web, "liver") as card:
+        yield card
 
 
 def test_2_models_page_formats_metrics_summarises_the_card_and_keeps_actions_in_view(
@@ -298,7 +286,8 @@ def test_6_phone_tables_reach_their_actions(web, browser_page, who, path, rows):
 # --- 7. the reference set has a screen; "Compare two tests" starts with two tests that share cases --------
 @pytest.fixture
 def liver_candidate(web):
-    """A candidate liver version on record (never served: promoting it stops at the reference-set check)."""
+    """A candidate liver version on record (never served: promoting it stops at the reference-set check),
+    gone afterwards (the other tests see liver's versions as the stack made them)."""
     with session_scope(web.engine) as session:
         row = ModelVersion(
             organ="liver", model_name="liver", version="9.0-candidate", state="candidate",
@@ -307,8 +296,7 @@ def liver_candidate(web):
         session.add(row)
     yield row.version
     with session_scope(web.engine) as session:
-        kept = session.scalars(select(ModelVersion).where(ModelVersion.version == row.version)).one()
-        kept.state = "retired"
+        session.delete(session.scalars(select(ModelVersion).where(ModelVersion.version == row.version)).one())
 
 
 def test_7_a_researcher_sets_the_reference_set_on_the_models_page(web, browser_page, liver_candidate):

@@ -7,6 +7,7 @@ page's screenshot is kept: test-artifacts/web/sweep-<role>-<lang>-<width><page>.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -20,6 +21,7 @@ from tests.web.helpers import (
     disc_image,
     labelled_cases,
     png_bytes,
+    shipped_card_on_default,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -47,10 +49,15 @@ def _signed_in(chromium, web, email: str):
 
 
 @pytest.fixture(scope="module")
-def world(web, chromium) -> SweepWorld:
+def world(web, chromium) -> Iterator[SweepWorld]:
     """Accounts of the sweep's own, and a row in every table each of them sees: the doctor's segmentation,
     dataset, two tests and a feedback thread with the researcher's reply; an account awaiting approval and an
-    API key for the admin."""
+    API key for the admin; liver's default with a real model card (its metrics hold nested values)."""
+    with shipped_card_on_default(web, "liver"):
+        yield _populate(web, chromium)
+
+
+def _populate(web, chromium) -> SweepWorld:
     hospitals = {"doctor": "St. Anna", "researcher": None, "admin": None}
     for role, email in ACCOUNTS.items():
         web.add_user(email, role=role, hospital=hospitals[role])
