@@ -18,7 +18,6 @@ from sqlalchemy import func, select
 from gateway.models import Segmentation
 from gateway.service import DataPlane
 from tests.data import LIVER_TRAIN
-from tests.dicom import ct_slice
 from tests.fixtures.stack import bearer
 from tests.gateway.contract import THRESHOLDS, assert_contract
 
@@ -50,7 +49,22 @@ def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
 
 
 def dicom_ct(width: int = 64, height: int = 48) -> bytes:
-    return ct_slice(np.random.default_rng(0).integers(0, 2000, (height, width)).astype(np.int16))
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("ct.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = CTImageStorage, meta.MediaStorageSOPInstanceUID, "CT"
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = height, width, 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.RescaleSlope, ds.RescaleIntercept, ds.PixelSpacing = 1, -1024, [0.7, 0.7]
+    ds.PixelData = (np.random.default_rng(0).integers(0, 2000, (height, width)).astype(np.int16)).tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tests.dicom import ct_slice
+from tests.services.test_imaging import dicom_bytes
 
 PASSWORD = "correct horse battery"
 # Every page an admin can open (all of them): the layout checks (tablet, laptop) go through each.
@@ -57,7 +57,7 @@ def dicom_ct(size: int = 64) -> bytes:
     hu = np.full((size, size), -1000, np.int16)
     hu[(yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 3) ** 2] = 50
     hu[(yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 10) ** 2] = 700
-    return ct_slice(hu + 1024, intercept=-1024)
+    return dicom_bytes((hu + 1024).astype(np.int16), intercept=-1024)
 
 
 def api_client(page):
