@@ -133,8 +133,8 @@
         const body = await M.api("GET", "/api/v1/audit?" + q);
         const rows = body.entries.map(function (e) {
           return M.h("tr", {}, [
-            M.h("td", { text: M.when(e.at) }), M.h("td", { class: "text-break-all", text: e.actor }),
-            M.h("td", {}, [M.h("code", { text: e.action })]), M.h("td", { class: "text-break-all", text: e.target || "" }),
+            M.h("td", { text: M.when(e.at) }), M.h("td", { class: "name-cell", text: e.actor }),
+            M.h("td", {}, [M.h("code", { text: e.action })]), M.h("td", { class: "name-cell", text: e.target || "" }),
             M.h("td", { class: "small text-break-all", text: e.detail ? JSON.stringify(e.detail) : "" }),
           ]);
         });
