@@ -44,7 +44,10 @@ def assert_error(response, status: int, code: str | None = None) -> dict:
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
     body = response.json()
-    assert set(body["error"]) == {"code", "message"} and body["error"]["message"]
+    # params: the values the message names, when it names any (a client words the error by code with them)
+    assert {"code", "message"} <= set(body["error"]) <= {"code", "message", "params"} and body["error"][
+        "message"
+    ]
     if code:
         assert body["error"]["code"] == code
     return body["error"]
@@ -259,7 +262,7 @@ def test_oversized_file_part_is_413(tmp_path, http_client_for, api_keys):
         data={"organ": "liver"},
         files={"file": ("big.png", big)},
     )
-    assert_error(response, 413, "payload_too_large")
+    assert assert_error(response, 413, "file_too_large")["params"] == {"name": "big.png", "limit": 50_000}
 
 
 def test_evaluate_over_http(client, api_keys):

@@ -50,6 +50,9 @@ class SegmentRecordPublic(SegmentationPublic):
     stability: float
     doubtful: bool
     suggested_threshold: float
+    # only when asked (`include_image`): the image as the model saw it (DICOM windowed with the organ's
+    # window), an 8-bit PNG the pages draw the masks on when the browser cannot show the upload itself
+    image_png: str | None = None
 
 
 class ChoiceRequest(BaseModel):
