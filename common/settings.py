@@ -76,10 +76,10 @@ class Settings(BaseSettings):
     # many days, with their objects; 0 keeps them forever (gateway/service/retention.py).
     unsaved_result_retention_days: float = 0
 
-    # Studies (gateway/service/studies.py): one DICOM series or NIfTI volume per study, refused with 413 before
-    # any work when larger; segmented by `study_workers` threads per gateway. A running study whose heartbeat
-    # is older than `study_stale_after_s` (its gateway stopped) is taken up again, at most `study_max_attempts`
-    # times in all.
+    # Studies (gateway/service/studies.py): one DICOM series or NIfTI volume per study, refused with 413
+    # before any work when larger; segmented by `study_workers` threads per gateway. A running study whose
+    # heartbeat is older than `study_stale_after_s` (its gateway stopped) is taken up again, at most
+    # `study_max_attempts` times in all.
     study_max_bytes: int = 1024 * 1024 * 1024
     study_max_voxels: int = 600 * 512 * 512
     study_workers: int = 1

@@ -262,7 +262,11 @@ def referenced_objects(session, buckets, store) -> list[tuple[str, str, str]]:
     for row in session.scalars(select(Study)):
         refs += [
             (f"study {row.id} {what}", buckets.results, key)
-            for what, key in (("input", row.input_key), ("source", row.source_key), ("probability", row.probability_key))
+            for what, key in (
+                ("input", row.input_key),
+                ("source", row.source_key),
+                ("probability", row.probability_key),
+            )
             if key
         ]
     for row in session.scalars(select(Dataset)):

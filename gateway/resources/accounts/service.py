@@ -297,7 +297,11 @@ def administer_user(
             raise NotFound(f"no user {user_id}", code="unknown_user", params={"id": user_id})
     else:
         user = tenancy.get(
-            session, by, USERS_WRITE, user_id, NotFound(f"no user {user_id}", code="unknown_user", params={"id": user_id})
+            session,
+            by,
+            USERS_WRITE,
+            user_id,
+            NotFound(f"no user {user_id}", code="unknown_user", params={"id": user_id}),
         )
     _check_role_and_status(role, status)
     loses_admin = (

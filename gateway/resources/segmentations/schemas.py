@@ -96,7 +96,8 @@ class TrendPoint(BaseModel):
 
 class TrendPublic(BaseModel):
     """A patient over time, one unit per series: `studies` one point per study (organ volume in mL per label,
-    by study date), `points` the 2-D images (area in mm² where the image carried its pixel spacing, else px)."""
+    by study date), `points` the 2-D images (area in mm² where the image carried its pixel spacing, else
+    px)."""
 
     patient_id: str
     points: list[TrendPoint]
