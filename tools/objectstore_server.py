@@ -226,15 +226,23 @@ class ObjectStoreServer(ManagedProcess):
                 f"object store cannot start: port(s) already in use on {HOST}: "
                 + ", ".join(f"{name}={p}" for name, p in busy.items())
             )
-        creds = self._write_config()
+        creds = self.prepare()
         self.launch(
-            [str(weed_binary()), "mini", *self._flags()],
+            self.command(),
             cwd=self.data_dir,
             timeout=timeout,
             where=f"{self.endpoint}, data in {self.data_dir}",
             endpoint=self.endpoint,
         )
         return creds
+
+    def command(self) -> list[str]:
+        """The foreground `weed mini` command line (run in `data_dir`, after `prepare()`)."""
+        return [str(weed_binary()), "mini", *self._flags()]
+
+    def prepare(self) -> S3Credentials:
+        """Write the identities, JWT keys and TLS files a start needs (a supervisor runs `command()` then)."""
+        return self._write_config()
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Poll until S3 lists buckets with our credentials; fail fast if the process exits."""

@@ -125,7 +125,6 @@ class PacsServer(ManagedProcess):
             logger.info("PACS already running (pid %s) at %s", self.running_pid(), self.url)
             self.wait_ready(timeout)
             return self.credentials
-        binary = orthanc_binary()
         if not DICOMWEB_PLUGIN.exists():
             raise ServiceUnavailable(
                 f"the local PACS cannot start: no DICOMweb plugin at {DICOMWEB_PLUGIN}; {INSTALL_HINT}"
@@ -135,15 +134,24 @@ class PacsServer(ManagedProcess):
                 f"the local PACS cannot start: port {self.port} is already in use on {HOST} (a system "
                 "Orthanc service? `systemctl disable --now orthanc`, or set MEDSEG_PACS_URL to another port)"
             )
-        creds = self._write_config()
+        creds = self.prepare()
         self.launch(
-            [str(binary), "--no-jobs", str(self.config_path)],
+            self.command(),
             cwd=self.home,
             timeout=timeout,
             where=f"{self.url}, data in {self.home / 'db'}",
             url=self.url,
         )
         return creds
+
+    def command(self) -> list[str]:
+        """The foreground Orthanc command line (run in `home`, after `prepare()`)."""
+        return [str(orthanc_binary()), "--no-jobs", str(self.config_path)]
+
+    def prepare(self) -> PacsCredentials:
+        """Write the configuration (and the credentials at the first start) a start needs (a supervisor runs
+        `command()` then)."""
+        return self._write_config()
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Poll until QIDO-RS answers our user (Orthanc up, the plugin loaded, the credentials right)."""
