@@ -82,8 +82,9 @@ def mask(
     session: SessionDep,
     threshold: float | None = None,
 ):
-    """The stored mask (0/255 PNG at the image's size) at `threshold` (0.2 … 0.8), else at the threshold the
-    doctor saved, else at the organ's default; the header X-MedSeg-Threshold says which one it is."""
+    """The mask (0/255 PNG at the image's size, made from the stored probability map: the PNG the segment
+    answer carried) at `threshold` (0.2 … 0.8), else at the threshold the doctor saved, else at the organ's
+    default; the header X-MedSeg-Threshold says which one it is."""
     used, png = service.mask(clinic, session, who, segmentation_id, threshold)
     return Response(content=png, media_type="image/png", headers={"X-MedSeg-Threshold": f"{used:.1f}"})
 
@@ -115,8 +116,17 @@ def segment(
     organ: Annotated[str, Form(max_length=200)],
     file: Annotated[UploadFile, File(description="PNG, JPEG, TIFF or DICOM")],
     patient_id: Annotated[str | None, Form(max_length=128)] = None,
+    masks: Annotated[
+        str | None,
+        Form(
+            max_length=200,
+            description="the masks the answer carries: all (the default), none, or thresholds of the grid "
+            "separated by commas (e.g. 0.5,0.7); any other value is a 400 invalid_masks",
+        ),
+    ] = None,
 ) -> SegmentRecordPublic:
-    """Segment one image: probability map and masks at 0.2 … 0.8, at the input's size; recorded in history."""
+    """Segment one image: probability map and masks at 0.2 … 0.8 (or the ones `masks` asks for), at the
+    input's size; recorded in history (every mask can be fetched later from its mask.png)."""
     upload = read_upload(file, dataplane.max_upload_bytes)
     record = history.segment(
         session,
@@ -127,6 +137,7 @@ def segment(
         upload.filename,
         patient_id or None,
         doubtful_below=clinic.settings.stability_doubtful_below,
+        wanted_masks=masks,
     )
     return SegmentRecordPublic(
         **SegmentationPublic.of(record.result).model_dump(),
