@@ -123,7 +123,7 @@ class Segmentation(Base):
     # The clinical loop (gateway/service/history.py): agreement of the 0.2 and 0.8 masks, a small preview,
     # and the one threshold the doctor chose (with a note).
     stability: Mapped[float | None] = mapped_column(Float)
-    # None since the preview is made from the probability map; rows written before name a stored one.
+    # None since the preview is made from the probability map; rows written before name a stored preview.
     thumbnail_key: Mapped[str | None] = mapped_column(String(512))
     chosen_threshold: Mapped[float | None] = mapped_column(Float)
     chosen_note: Mapped[str | None] = mapped_column(Text)

@@ -335,7 +335,9 @@ class DataPlane:
             raise
         metrics.observe_latency("segment", organ.name, model.version, started)
         threshold = self.registry.default_threshold(organ.name)
-        return SegmentResult(seg_id, organ.name, model, width, height, threshold, prob_png, answered, areas_px)
+        return SegmentResult(
+            seg_id, organ.name, model, width, height, threshold, prob_png, answered, areas_px
+        )
 
     def _ensure_buckets_once(self) -> None:
         # once per process, at the first segmentation: the store may have been empty or down at start

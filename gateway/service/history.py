@@ -127,7 +127,8 @@ def mask_png(dataplane: DataPlane, row: Segmentation, threshold: float) -> bytes
     threshold = masks.grid_threshold(threshold)
     stored = (row.mask_keys or {}).get(f"{threshold:.1f}")
     if stored:
-        return masks.unpack_mask(stored, dataplane.store.get_bytes(dataplane.results_bucket, stored), threshold)
+        blob = dataplane.store.get_bytes(dataplane.results_bucket, stored)
+        return masks.unpack_mask(stored, blob, threshold)
     return masks.mask_png(probability_map(dataplane, row), threshold)
 
 
@@ -153,7 +154,8 @@ def choose_threshold(
     )
     chosen = masks.grid_threshold(threshold)
     row.chosen_threshold, row.chosen_note, row.chosen_at = chosen, note, datetime.now(UTC)
-    audit(session, principal.actor, "segmentation.choose", f"segmentation:{row.id}", {"threshold": f"{chosen:.1f}"})
+    detail = {"threshold": f"{chosen:.1f}"}
+    audit(session, principal.actor, "segmentation.choose", f"segmentation:{row.id}", detail)
     _commit(session)
     metrics.observe_chosen_threshold(row.organ, row.model_version, row.chosen_threshold)
     return row

@@ -102,7 +102,9 @@ def test_mask_selection(value, expected):
     assert masks.selection(value) == expected
 
 
-@pytest.mark.parametrize("value", ["some", "0.55", "0.9", "0.1", "1e-1", "0.5,", ",", "0.5;0.7", "nan", "-inf"])
+@pytest.mark.parametrize(
+    "value", ["some", "0.55", "0.9", "0.1", "1e-1", "0.5,", ",", "0.5;0.7", "nan", "-inf"]
+)
 def test_a_bad_mask_selection_is_a_400(value):
     with pytest.raises(InvalidInput) as info:
         masks.selection(value)
