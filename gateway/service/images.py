@@ -45,8 +45,3 @@ def decode_probability(png: bytes) -> np.ndarray:
     if decoded.array.ndim != 2:
         raise ValueError(f"probability map has shape {decoded.array.shape}, expected a grey image")
     return np.rint(decoded.array * 255.0).astype(np.uint8)
-
-
-def encode_mask(mask: np.ndarray) -> bytes:
-    """Bool H×W → 0/255 grey PNG."""
-    return imaging.encode_png(mask)

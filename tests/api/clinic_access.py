@@ -22,7 +22,6 @@ from gateway.models import (
     Segmentation,
     TrainingJob,
 )
-from gateway.service.images import encode_mask
 from gateway.service.masks import MASKS_OBJECT, THRESHOLDS, pack_masks
 from gateway.service.training_jobs import spawn_worker
 from services.imaging import encode_png
@@ -180,7 +179,7 @@ def _feedback(world, who) -> int:
 PROBABILITY = np.pad(np.full((4, 4), 200, np.uint8), 14)
 # What a row written before masks and thumbnails were derived stored: a masks.zip of one square per threshold
 # and a thumbnail. Its probability_key names no object, so only its stored objects can answer.
-LEGACY_MASK = encode_mask(np.pad(np.ones((2, 2), bool), 15))
+LEGACY_MASK = encode_png(np.pad(np.ones((2, 2), bool), 15))
 LEGACY_THUMBNAIL = b"\x89PNG\r\n\x1a\nstored thumbnail"
 
 
