@@ -22,6 +22,7 @@ Grey images come back as H×W, colour as H×W×3 (palette, CMYK, YCbCr converted
 A volume's slices travel as one .npy (n, H, W) of float32 or int16 intensities in the network's orientation
 (`decode_volume_chunk`): Hounsfield units through the organ's window with the same `apply_window` a DICOM
 goes through, other modalities scaled slice by slice as a float image is.
+
 Every refusal is an `ImageDecodeError` (a ValueError) whose message says what is wrong and what is accepted.
 Decompression bombs are refused from the header, before any pixel is decoded; `read_header` makes every
 refusal the header allows (format, bombs, size limits, DICOM without pixels) and stops there.
