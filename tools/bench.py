@@ -1,7 +1,7 @@
 """`make bench`: latency and throughput of one liver slice (or cells tile) along five paths, own stack.
 
     .venv/bin/python -m tools.bench [--organ liver|cells] [--requests 30] [--concurrency 8] [--burst 48]
-                                      [--image PATH] [--model-store DIR] [--breakdown]
+                                      [--image PATH] [--model-store DIR] [--breakdown | --breakdown-only]
     e.g. a cells tile: .venv/bin/python -m tools.bench --organ cells --requests 3 --burst 4 --concurrency 2
 
 What it starts (free ports, a temporary state dir, all stopped at the end, also on error or Ctrl-C):
@@ -725,6 +725,12 @@ def _timing(obj, attr: str, bucket: str, totals: dict[str, float]) -> Iterator[N
         setattr(obj, attr, original)
 
 
+# CPU this process spends in the key check and DataPlane.segment, all its threads (the writer pool's too): the
+# gateway's own work, whose figure a busy machine stretches far less than wall time. It includes the client
+# side of the TorchServe call (gRPC), none of TorchServe's work.
+CPU_ROW = "CPU ms of key check + segment (this process, all threads)"
+
+
 def segment_breakdown(
     stack: Stack, image: bytes, runs: int = 15, masks: tuple[float, ...] | None = None
 ) -> dict[str, float]:
@@ -768,6 +774,7 @@ def segment_breakdown(
     samples: dict[str, list[float]] = {name: [] for name in parts}
     samples.update({"other in segment": [], "segment total": [], "API key check": []})
     samples["response JSON (base64)"] = []
+    samples[CPU_ROW] = []
     samples["gateway work besides TorchServe"] = []
     try:
         with session_scope(engine) as session:
@@ -778,6 +785,7 @@ def segment_breakdown(
                 for name, (obj, attr) in parts.items():
                     patches.enter_context(_timing(obj, attr, name, totals))
                 with session_scope(engine) as session:
+                    cpu = time.process_time()
                     start = time.perf_counter()
                     key = authorize(session, f"Bearer {stack.api_key}", ("segment",))
                     samples["API key check"].append((time.perf_counter() - start) * 1000.0)
@@ -786,6 +794,7 @@ def segment_breakdown(
                         session, ORGAN, image, "slice.png", api_key_id=key.id, masks=thresholds
                     )
                     samples["segment total"].append((time.perf_counter() - start) * 1000.0)
+                    samples[CPU_ROW].append((time.process_time() - cpu) * 1000.0)
             start = time.perf_counter()
             SegmentationPublic.of(result).model_dump_json()
             samples["response JSON (base64)"].append((time.perf_counter() - start) * 1000.0)
@@ -805,6 +814,30 @@ def segment_breakdown(
 
 
 # --- main ---------------------------------------------------------------------------------------------
+def run_breakdown_only(args: argparse.Namespace) -> dict:
+    """The stack and the segment breakdowns only (all masks, then none), without timing the five paths."""
+    image = Path(args.image).read_bytes()
+    tmp_root = Path(tempfile.mkdtemp(prefix="medseg-bench-"))
+    try:
+        (tmp_root / "work").mkdir()
+        choice = choose_model(Path(args.model_store), tmp_root / "work")
+        load_before = round(os.getloadavg()[0], 2)
+        with running_stack(tmp_root / "state", choice) as stack:
+            print("measuring where the gateway's time goes (all masks, then none) …", flush=True)
+            breakdown = segment_breakdown(stack, image)
+            breakdown_no_masks = segment_breakdown(stack, image, masks=())
+        return {
+            "when": datetime.now(UTC).isoformat(timespec="seconds"),
+            "image": args.image,
+            "model": choice.description,
+            "load_average_1m": [load_before, round(os.getloadavg()[0], 2)],
+            "http_breakdown_ms": breakdown,
+            "http_breakdown_ms_no_masks": breakdown_no_masks,
+        }
+    finally:
+        shutil.rmtree(tmp_root, ignore_errors=True)
+
+
 def run(args: argparse.Namespace) -> dict:
     image_path = Path(args.image)
     if not image_path.is_file():
@@ -1024,6 +1057,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", help="the image to segment (default: a liver slice / a cells tile)")
     parser.add_argument("--breakdown", action="store_true", help="time the segment parts even if on target")
     parser.add_argument(
+        "--breakdown-only",
+        action="store_true",
+        help="start the stack and time only the gateway's segment parts (liver), not the five paths",
+    )
+    parser.add_argument(
         "--model-store",
         default=str(REPO_ROOT / "model-store"),
         help="where liver.mar (and its card) come from, e.g. the same model packed with other settings",
@@ -1035,8 +1073,13 @@ def main(argv: list[str] | None = None) -> int:
     args.image = args.image or str(DEFAULT_IMAGES[args.organ])
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     unwind_on_sigterm()
-    report = run(args)
-    print_report(report)
+    if args.breakdown_only:
+        report = run_breakdown_only(args)
+        print(f"\nbreakdown only, load {report['load_average_1m']} (1-min average before, after):\n")
+        print(breakdown_table(report["http_breakdown_ms"], report["http_breakdown_ms_no_masks"]))
+    else:
+        report = run(args)
+        print_report(report)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"bench-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
