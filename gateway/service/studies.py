@@ -471,7 +471,8 @@ class StudyJobs:
     # --- the doctor's choices -----------------------------------------------------------------------
     def cancel(self, session: Session, principal: Principal, study_id: str) -> Study:
         row = self.get(session, principal, study_id)
-        tenancy.check(session, principal, STUDY_WRITE, row, "only the study's owner may cancel it")
+        owner_only = "only the study's owner may cancel it"
+        tenancy.check(session, principal, STUDY_WRITE, row, owner_only, code="not_your_study")
         if row.status in ("done", "failed"):
             raise Conflict(f"study {study_id} is already {row.status}", code="study_finished")
         row.cancel_requested = True
@@ -486,7 +487,8 @@ class StudyJobs:
         self, session: Session, principal: Principal, study_id: str, threshold: float, note: str | None
     ) -> Study:
         row = self.get(session, principal, study_id)
-        tenancy.check(session, principal, STUDY_WRITE, row, "only the study's owner may save its threshold")
+        owner_only = "only the study's owner may save its threshold"
+        tenancy.check(session, principal, STUDY_WRITE, row, owner_only, code="not_your_study")
         self._done(row)
         chosen = nearest_threshold(_check_threshold(threshold))
         stored = {s["threshold"] for s in row.pacs_segs or []}
