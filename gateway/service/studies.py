@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 from common.errors import Conflict, InvalidInput, MedSegError, NotFound, PayloadTooLarge
 from common.volume_inference import segment_volume
 from gateway import metrics, tenancy
-from gateway.access import STUDY_READ, STUDY_WRITE
+from gateway.access import STUDY_CANCEL, STUDY_READ, STUDY_WRITE
 from gateway.core.db import get_sessionmaker
 from gateway.models import Study, audit
 from gateway.principal import Principal
@@ -47,6 +47,7 @@ from services.postprocess3d import postprocess_mask
 logger = logging.getLogger(__name__)
 
 NOT_FOUND = "study {} not found"
+UNKNOWN = "unknown_study"  # as unknown_segmentation, unknown_evaluation: the 404 of an id not reached
 CANCELLED = "cancelled"
 
 
@@ -159,7 +160,9 @@ class StudyJobs:
                 session.commit()
                 if taken.rowcount == 1:  # another worker may have taken it first
                     if row.status == "running":
-                        logger.info("study %s resumed after its worker stopped (attempt %d)", row.id, row.attempts + 1)
+                        logger.info(
+                            "study %s resumed after its worker stopped (attempt %d)", row.id, row.attempts + 1
+                        )
                     return row.id
         return None
 
@@ -179,7 +182,9 @@ class StudyJobs:
             check_patient_id(patient_id)
         given_date = parse_study_date(study_date)
         if not files:
-            raise InvalidInput("no files: send one NIfTI, the DICOM files of one series, or a zip", code="no_files")
+            raise InvalidInput(
+                "no files: send one NIfTI, the DICOM files of one series, or a zip", code="no_files"
+            )
         total = sum(len(f.data) for f in files)
         if total > self.settings.study_max_bytes:
             raise PayloadTooLarge(
@@ -225,7 +230,13 @@ class StudyJobs:
         )
         try:
             session.add(row)
-            audit(session, principal.actor, "study.submit", str(study_id), {"organ": organ.name, "slices": row.shape[0]})
+            audit(
+                session,
+                principal.actor,
+                "study.submit",
+                str(study_id),
+                {"organ": organ.name, "slices": row.shape[0]},
+            )
             session.commit()
         except Exception:
             self.dataplane._remove([key])
@@ -284,15 +295,23 @@ class StudyJobs:
             cancelled=beat.cancelled,
         )
 
-    def _store_result(self, study_id, volume: volumes.Volume, organ, model, prob: np.ndarray, prefix, axcodes):
+    def _store_result(
+        self, study_id, volume: volumes.Volume, organ, model, prob: np.ndarray, prefix, axcodes
+    ):
         prob_ijk = np.ascontiguousarray(volume.from_canonical(prob, axcodes))
         key = f"{prefix}/probability.nii.gz"
         blob = volumes.nifti_bytes(volume, prob_ijk)
-        self.dataplane.store.put_bytes(self.dataplane.results_bucket, key, blob, content_type="application/gzip")
+        self.dataplane.store.put_bytes(
+            self.dataplane.results_bucket, key, blob, content_type="application/gzip"
+        )
         per_voxel = volume.voxel_volume_ml
         label, options = organ.spec.label, organ.spec.postprocess_3d
         volumes_ml = {  # on the canonical grid, where the post-processing's slices are axial
-            f"{t:.1f}": {label: round(np.count_nonzero(postprocess_mask(probability_mask(prob, t), options)) * per_voxel, 2)}
+            f"{t:.1f}": {
+                label: round(
+                    np.count_nonzero(postprocess_mask(probability_mask(prob, t), options)) * per_voxel, 2
+                )
+            }
             for t in THRESHOLDS
         }
         with self._session() as session:
@@ -314,8 +333,8 @@ class StudyJobs:
 
     @staticmethod
     def _labels(spec, volume: volumes.Volume, prob_ijk: np.ndarray, threshold: float) -> np.ndarray:
-        """uint8 labels on the input grid at `threshold`, post-processed (spec.postprocess_3d) on the canonical
-        grid, whose first axis is the axial one the options work slice by slice on."""
+        """uint8 labels on the input grid at `threshold`, post-processed (spec.postprocess_3d) on the
+        canonical grid, whose first axis is the axial one the options work slice by slice on."""
         mask = probability_mask(prob_ijk, threshold)
         if spec.postprocess_3d.enabled:
             axcodes = _axcodes(spec)
@@ -334,7 +353,9 @@ class StudyJobs:
     # --- reading ----------------------------------------------------------------------------------------
     def get(self, session: Session, principal: Principal, study_id: str) -> Study:
         ident = _study_uuid(study_id)
-        return tenancy.get(session, principal, STUDY_READ, ident, NotFound(NOT_FOUND.format(study_id)))
+        return tenancy.get(
+            session, principal, STUDY_READ, ident, NotFound(NOT_FOUND.format(study_id), code=UNKNOWN)
+        )
 
     def list(
         self, session: Session, principal: Principal, patient_id: str | None, organ: str | None, limit: int
@@ -347,12 +368,13 @@ class StudyJobs:
         return list(session.scalars(query.order_by(Study.created_at.desc()).limit(limit)))
 
     def threshold_of(self, row: Study, threshold: float | None) -> float:
-        """The threshold asked for (0.2 … 0.8), else the one saved, else the organ's default."""
-        if threshold is None:
-            threshold = row.chosen_threshold
-        if threshold is None:
-            threshold = self.dataplane.registry.default_threshold(row.organ)
-        return nearest_threshold(_check_threshold(threshold))
+        """The threshold asked for (one of the seven: 400 otherwise), else the one saved, else the organ's
+        default (the nearest of the seven)."""
+        if threshold is not None:
+            return grid_threshold(threshold)
+        if row.chosen_threshold is not None:
+            return float(row.chosen_threshold)
+        return nearest_threshold(self.dataplane.registry.default_threshold(row.organ))
 
     def _done(self, row: Study) -> None:
         if row.status != "done":
@@ -374,7 +396,8 @@ class StudyJobs:
     def seg_dicom(self, row: Study, threshold: float) -> bytes:
         if row.source != "dicom" or not row.source_key:
             raise Conflict(
-                f"study {row.id} came as NIfTI: a DICOM SEG needs the source DICOM series (ask for mask.nii.gz)",
+                f"study {row.id} came as NIfTI: a DICOM SEG needs the source DICOM series "
+                "(ask for mask.nii.gz)",
                 code="not_dicom",
             )
         _, labels = self.labels_volume(row, threshold)
@@ -399,7 +422,7 @@ class StudyJobs:
     # --- the doctor's choices -----------------------------------------------------------------------
     def cancel(self, session: Session, principal: Principal, study_id: str) -> Study:
         row = self.get(session, principal, study_id)
-        tenancy.check(session, principal, STUDY_WRITE, row, "only the study's owner may cancel it")
+        tenancy.check(session, principal, STUDY_CANCEL, row, "only whoever submitted the study may cancel it")
         if row.status in ("done", "failed"):
             raise Conflict(f"study {study_id} is already {row.status}", code="study_finished")
         row.cancel_requested = True
@@ -416,10 +439,16 @@ class StudyJobs:
         row = self.get(session, principal, study_id)
         tenancy.check(session, principal, STUDY_WRITE, row, "only the study's owner may save its threshold")
         self._done(row)
-        row.chosen_threshold = nearest_threshold(_check_threshold(threshold))
+        row.chosen_threshold = grid_threshold(threshold)
         row.chosen_note = note
         row.chosen_at = datetime.now(UTC)
-        audit(session, principal.actor, "study.choose_threshold", str(row.id), {"threshold": row.chosen_threshold})
+        audit(
+            session,
+            principal.actor,
+            "study.choose_threshold",
+            str(row.id),
+            {"threshold": row.chosen_threshold},
+        )
         session.commit()
         return row
 
@@ -520,13 +549,19 @@ def _study_uuid(study_id: str) -> uuid.UUID:
     try:
         return uuid.UUID(str(study_id))
     except ValueError:
-        raise NotFound(NOT_FOUND.format(study_id)) from None
+        raise NotFound(NOT_FOUND.format(study_id), code=UNKNOWN) from None
 
 
-def _check_threshold(value: float) -> float:
-    if not 0.2 - 1e-9 <= float(value) <= 0.8 + 1e-9:
-        raise InvalidInput(f"threshold {value} is outside 0.2 … 0.8", code="invalid_threshold")
-    return float(value)
+def grid_threshold(value: float) -> float:
+    """`value` as one of the seven thresholds (0.2 … 0.8 in steps of 0.1), as a segmentation's mask and
+    choice take them (gateway/service/history.py); anything else (0.55, 0.9, NaN) is a 400 naming them."""
+    nearest = nearest_threshold(float(value))
+    if not abs(float(value) - nearest) <= 1e-9:  # written so that NaN fails too
+        raise InvalidInput(
+            f"threshold must be one of {', '.join(f'{t:.1f}' for t in THRESHOLDS)}, not {value}",
+            code="invalid_threshold",
+        )
+    return nearest
 
 
 def _compact(data: np.ndarray) -> np.ndarray:
@@ -557,4 +592,3 @@ def _source_object(prefix: str, volume: volumes.Volume, files: Sequence[Upload])
 
 def _stored_files(key: str, blob: bytes) -> list[tuple[str, bytes]]:
     return [(key.rsplit("/", 1)[-1], blob)]
-

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from common.errors import ServiceUnavailable
+from services.imaging import decode_npy, encode_npy, is_npy
 
 
 def png(array: np.ndarray) -> bytes:
@@ -24,7 +25,11 @@ def ramp(height: int, width: int) -> np.ndarray:
 
 class FakeClient:
     """Answers like common.torchserve_client.InferenceClient on an organ server: a probability PNG at
-    the input's size, computed by `answer(h, w)`."""
+    the input's size, computed by `answer(h, w)`; for a volume chunk (an .npy (n, h, w), as
+    common.volume_inference sends it) an .npy uint8 (n, h, w) of `answer(h, w)` on every slice, as
+    services/handler_base.py answers one."""
+
+    label = "fake organ server"
 
     def __init__(self, answer=ramp, error: Exception | None = None):
         self.answer, self.error, self.calls = answer, error, 0
@@ -32,13 +37,21 @@ class FakeClient:
         self.lock = threading.Lock()
 
     def predict(
-        self, model_name: str, data: bytes, version: str | None = None, timeout: float | None = None
+        self,
+        model_name: str,
+        data: bytes,
+        version: str | None = None,
+        timeout: float | None = None,
+        answer_magic: bytes | None = None,
     ) -> bytes:
         with self.lock:
             self.calls += 1
             self.versions.append(version)
         if self.error:
             raise self.error
+        if is_npy(data):
+            n, height, width = decode_npy(data).shape
+            return encode_npy(np.broadcast_to(self.answer(height, width), (n, height, width)))
         image = Image.open(io.BytesIO(data))
         return png(self.answer(image.height, image.width))
 
