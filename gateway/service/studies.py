@@ -133,7 +133,11 @@ class StudyJobs:
                 self._wake.wait(self.settings.study_poll_s)
                 self._wake.clear()
                 continue
-            self._run(study_id)
+            try:
+                self._run(study_id)
+            except Exception as exc:  # the database went away as the study ended: it stays running, and is
+                # taken up again once its heartbeat is stale; this worker lives on for the next one
+                logger.warning("study %s: its end could not be recorded: %s", study_id, exc)
 
     def _claim(self) -> uuid.UUID | None:
         """Take the oldest queued study, or a running one whose worker stopped beating; None if none."""
