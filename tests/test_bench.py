@@ -158,6 +158,33 @@ def test_runtime_bench_table_from_known_timings():
     assert len(lines) == 4 and lines[2].startswith("| openvino | 1 | 100.0 | 10.00 | 100.0 | 20.0 | 50% |")
 
 
+def test_volume_bench_grid_and_variants_follow_the_spec():
+    from services.spec import load_organ_spec
+    from tools import runtime_bench
+
+    spec = load_organ_spec("liver")
+    configs = runtime_bench.volume_configs("liver", [1, 4, 16], [1, 4, 8], spec)
+    grid = [(c.chunk, c.volume_batch) for c in configs if not c.variant]
+    assert grid == [(1, 1), (4, 1), (16, 1), (4, 4), (16, 4), (16, 8)]  # no mini-batch above its chunk
+    variants = [c for c in configs if c.variant]
+    assert {(c.chunk, c.volume_batch) for c in variants} == {
+        (spec.inference.volume_chunk, spec.inference.volume_batch)
+    }
+    assert [c.model for c in variants][-2:] == ["liver-ts", "liver-w2"]
+    assert {c.dtype for c in variants} == {"int16", "float32"} and min(c.in_flight for c in variants) == 1
+    row = {
+        "config": configs[0].label,
+        "seconds": 2.0,
+        "slices_per_s": 32.0,
+        "vs_chunk_1": 1.0,
+        "worker_cpu_ms_per_slice": 40.0,
+        "java_cpu_ms_per_slice": 2.5,
+        "cpu_vs_chunk_1": 1.0,
+    }
+    lines = runtime_bench.volume_markdown([row]).splitlines()
+    assert lines[2] == "| chunk 1, mini-batch 1 | 2.00 | 32.0 | 1.00× | 40.0 + 2.5 | 1.00× |"
+
+
 def test_in_process_segmenter_runs_the_spec_runtime_and_falls_back(tmp_path):
     """Both in-process rows answer the same image the same way; an archive without model.onnx runs TorchScript
     for the 'spec' row (and says so)."""

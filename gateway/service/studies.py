@@ -47,7 +47,6 @@ from services.postprocess3d import postprocess_mask
 logger = logging.getLogger(__name__)
 
 NOT_FOUND = "study {} not found"
-UNKNOWN = "unknown_study"  # as unknown_segmentation, unknown_evaluation: the 404 of an id not reached
 CANCELLED = "cancelled"
 
 
@@ -297,6 +296,8 @@ class StudyJobs:
             chunk=organ.spec.inference.volume_chunk,
             progress=beat.progress,
             cancelled=beat.cancelled,
+            # a chunk may queue behind another study's (and 2-D requests) on a busy server
+            timeout=max(60.0, 4 * self.settings.inference_timeout_s),
         )
 
     def _store_result(
@@ -358,7 +359,7 @@ class StudyJobs:
     def get(self, session: Session, principal: Principal, study_id: str) -> Study:
         ident = _study_uuid(study_id)
         return tenancy.get(
-            session, principal, STUDY_READ, ident, NotFound(NOT_FOUND.format(study_id), code=UNKNOWN)
+            session, principal, STUDY_READ, ident, NotFound(NOT_FOUND.format(study_id), code="unknown_study")
         )
 
     def list(
@@ -553,7 +554,7 @@ def _study_uuid(study_id: str) -> uuid.UUID:
     try:
         return uuid.UUID(str(study_id))
     except ValueError:
-        raise NotFound(NOT_FOUND.format(study_id), code=UNKNOWN) from None
+        raise NotFound(NOT_FOUND.format(study_id), code="unknown_study") from None
 
 
 def grid_threshold(value: float) -> float:

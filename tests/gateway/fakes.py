@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from common.errors import ServiceUnavailable
-from services.imaging import decode_npy, encode_npy, is_npy
+from services import imaging
 
 
 def png(array: np.ndarray) -> bytes:
@@ -49,10 +49,10 @@ class FakeClient:
             self.versions.append(version)
         if self.error:
             raise self.error
-        if is_npy(data):
-            n, height, width = decode_npy(data).shape
-            return encode_npy(np.broadcast_to(self.answer(height, width), (n, height, width)))
-        image = Image.open(io.BytesIO(data))
+        if imaging.is_npy(data):
+            n, height, width = imaging.decode_npy(data).shape
+            return imaging.encode_npy(np.broadcast_to(self.answer(height, width), (n, height, width)))
+        image = imaging.inspect_image(data)  # what an organ server decodes: DICOM and TIFF too
         return png(self.answer(image.height, image.width))
 
     def health(self, timeout: float = 1.0) -> tuple[bool, str]:
