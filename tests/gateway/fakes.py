@@ -8,8 +8,8 @@ import threading
 import numpy as np
 from PIL import Image
 
-from common.errors import ServiceUnavailable
-from services import imaging
+from common.errors import InvalidInput, ServiceUnavailable
+from services.imaging import ImageDecodeError, decode_image, decode_npy, encode_npy, is_npy
 
 
 def png(array: np.ndarray) -> bytes:
@@ -25,9 +25,11 @@ def ramp(height: int, width: int) -> np.ndarray:
 
 class FakeClient:
     """Answers like common.torchserve_client.InferenceClient on an organ server: a probability PNG at
-    the input's size, computed by `answer(h, w)`; for a volume chunk (an .npy (n, h, w), as
-    common.volume_inference sends it) an .npy uint8 (n, h, w) of `answer(h, w)` on every slice, as
-    services/handler_base.py answers one."""
+    the input's size, computed by `answer(h, w)`. It decodes the image as the organ handler does
+    (services.imaging.decode_image), so an image it cannot decode is refused like the server's 400
+    (INVALID_ARGUMENT → InvalidInput with the decoder's message). A volume chunk (an .npy (n, h, w), as
+    common.volume_inference sends it) is answered with an .npy uint8 (n, h, w) of `answer(h, w)` on every
+    slice, as services/handler_base.py answers one."""
 
     label = "fake organ server"
 
@@ -49,11 +51,14 @@ class FakeClient:
             self.versions.append(version)
         if self.error:
             raise self.error
-        if imaging.is_npy(data):
-            n, height, width = imaging.decode_npy(data).shape
-            return imaging.encode_npy(np.broadcast_to(self.answer(height, width), (n, height, width)))
-        image = imaging.inspect_image(data)  # what an organ server decodes: DICOM and TIFF too
-        return png(self.answer(image.height, image.width))
+        if is_npy(data):
+            n, height, width = decode_npy(data).shape
+            return encode_npy(np.broadcast_to(self.answer(height, width), (n, height, width)))
+        try:
+            height, width = decode_image(data).array.shape[:2]
+        except ImageDecodeError as exc:
+            raise InvalidInput(str(exc)) from None
+        return png(self.answer(height, width))
 
     def health(self, timeout: float = 1.0) -> tuple[bool, str]:
         return (self.error is None, "Healthy" if self.error is None else "unavailable")
