@@ -427,7 +427,14 @@ class StudyJobs:
     # --- the doctor's choices -----------------------------------------------------------------------
     def cancel(self, session: Session, principal: Principal, study_id: str) -> Study:
         row = self.get(session, principal, study_id)
-        tenancy.check(session, principal, STUDY_CANCEL, row, "only whoever submitted the study may cancel it")
+        tenancy.check(
+            session,
+            principal,
+            STUDY_CANCEL,
+            row,
+            "only whoever submitted the study cancels it",
+            code="not_your_study",
+        )
         if row.status in ("done", "failed"):
             raise Conflict(f"study {study_id} is already {row.status}", code="study_finished")
         row.cancel_requested = True
@@ -442,7 +449,14 @@ class StudyJobs:
         self, session: Session, principal: Principal, study_id: str, threshold: float, note: str | None
     ) -> Study:
         row = self.get(session, principal, study_id)
-        tenancy.check(session, principal, STUDY_WRITE, row, "only the study's owner may save its threshold")
+        tenancy.check(
+            session,
+            principal,
+            STUDY_WRITE,
+            row,
+            "only the doctor (or the API key) who submitted the study saves its threshold",
+            code="not_your_study",
+        )
         self._done(row)
         row.chosen_threshold = grid_threshold(threshold)
         row.chosen_note = note
