@@ -466,7 +466,7 @@ EN: dict[str, str] = {
     "err.invalid_account_status": "“{status}” is not an account status.",
     "err.unknown_user": "This account does not exist.",
     "err.backup_invalid": "This backup is incomplete or damaged: it was not restored.",
-    "err.insufficient_storage": "The server is running out of disk space: new work waits until space is freed.",
+    "err.insufficient_storage": "The server is short of disk space: new work waits until space is freed.",
     "err.invalid_study_date": "Write the study date as YYYY-MM-DD.",
     "err.no_files": "Choose the study's files: one NIfTI, the DICOM files of one series, or a zip.",
     "err.not_dicom": "This study came as NIfTI: a DICOM SEG needs a DICOM series (download the NIfTI mask).",
