@@ -97,7 +97,9 @@ SEGMENTATION_READ = Rows("segmentation", "read", OWN, OWN, OWN_OR_HOSPITAL, OWN_
 SEGMENTATION_WRITE = Rows("segmentation", "write", OWN, _r(), _r(), OWN)  # the threshold choice
 # Studies (volumes) as segmentations: their maker's, and their hospital's admin and systems.
 STUDY_READ = Rows("study", "read", OWN, OWN, OWN_OR_HOSPITAL, OWN_OR_HOSPITAL)
-STUDY_WRITE = Rows("study", "write", OWN, _r(), _r(), OWN)  # cancel, the threshold choice
+STUDY_WRITE = Rows("study", "write", OWN, _r(), _r(), OWN)  # the threshold choice: a doctor's, or their key's
+# Cancelling: whoever submitted the study (anyone who may segment may submit one); a platform admin any.
+STUDY_CANCEL = Rows("study", "write", OWN, OWN, OWN, OWN)
 # Administration (admins only): a hospital's admin administers its people (own: their own account, which
 # they may not disable or demote, gateway/resources/accounts/service.py), its keys and its audit entries.
 USERS_READ = Rows("user", "read", admin=OWN_OR_HOSPITAL)
@@ -290,7 +292,7 @@ OPERATIONS: dict[str, Operation] = {
         HISTORY_READER, ("GET", "/studies/{study_id}/image.nii.gz"), "Studies/GetImage", rows=STUDY_READ
     ),
     "studies.cancel": Operation(
-        SEGMENTER, ("POST", "/studies/{study_id}/cancel"), "Studies/Cancel", rows=STUDY_WRITE
+        SEGMENTER, ("POST", "/studies/{study_id}/cancel"), "Studies/Cancel", rows=STUDY_CANCEL
     ),
     "studies.choose_threshold": Operation(
         THRESHOLD_CHOOSER, ("POST", "/studies/{study_id}/choice"), "Studies/ChooseThreshold", rows=STUDY_WRITE

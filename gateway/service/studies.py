@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 from common.errors import Conflict, InvalidInput, MedSegError, NotFound, PayloadTooLarge
 from common.volume_inference import segment_volume
 from gateway import metrics, tenancy
-from gateway.access import STUDY_READ, STUDY_WRITE
+from gateway.access import STUDY_CANCEL, STUDY_READ, STUDY_WRITE
 from gateway.core.db import get_sessionmaker
 from gateway.models import Study, audit
 from gateway.principal import Principal
@@ -147,7 +147,11 @@ class StudyJobs:
                 self._wake.wait(self.settings.study_poll_s)
                 self._wake.clear()
                 continue
-            self._run(study_id)
+            try:
+                self._run(study_id)
+            except Exception as exc:  # the database went away as the study ended: it stays running, and is
+                # taken up again once its heartbeat is stale; this worker lives on for the next one
+                logger.warning("study %s: its end could not be recorded: %s", study_id, exc)
 
     def _claim(self) -> uuid.UUID | None:
         """Take the oldest queued study, or a running one whose worker stopped beating; None if none."""
@@ -381,8 +385,7 @@ class StudyJobs:
     @staticmethod
     def _labels(spec, volume: volumes.Volume, prob_ijk: np.ndarray, threshold: float) -> np.ndarray:
         """uint8 labels on the input grid at `threshold`, post-processed (spec.postprocess_3d) on the
-        canonical
-        grid, whose first axis is the axial one the options work slice by slice on."""
+        canonical grid, whose first axis is the axial one the options work slice by slice on."""
         mask = probability_mask(prob_ijk, threshold)
         if spec.postprocess_3d.enabled:
             axcodes = _axcodes(spec)
@@ -401,7 +404,9 @@ class StudyJobs:
     # --- reading ----------------------------------------------------------------------------------------
     def get(self, session: Session, principal: Principal, study_id: str) -> Study:
         ident = _study_uuid(study_id)
-        return tenancy.get(session, principal, STUDY_READ, ident, NotFound(NOT_FOUND.format(study_id)))
+        return tenancy.get(
+            session, principal, STUDY_READ, ident, NotFound(NOT_FOUND.format(study_id), code="unknown_study")
+        )
 
     def list(
         self, session: Session, principal: Principal, patient_id: str | None, organ: str | None, limit: int
@@ -414,12 +419,13 @@ class StudyJobs:
         return list(session.scalars(query.order_by(Study.created_at.desc()).limit(limit)))
 
     def threshold_of(self, row: Study, threshold: float | None) -> float:
-        """The threshold asked for (0.2 … 0.8), else the one saved, else the organ's default."""
-        if threshold is None:
-            threshold = row.chosen_threshold
-        if threshold is None:
-            threshold = self.dataplane.registry.default_threshold(row.organ)
-        return nearest_threshold(_check_threshold(threshold))
+        """The threshold asked for (one of the seven: 400 otherwise), else the one saved, else the organ's
+        default (the nearest of the seven)."""
+        if threshold is not None:
+            return grid_threshold(threshold)
+        if row.chosen_threshold is not None:
+            return float(row.chosen_threshold)
+        return nearest_threshold(self.dataplane.registry.default_threshold(row.organ))
 
     def _done(self, row: Study) -> None:
         if row.status != "done":
@@ -471,8 +477,14 @@ class StudyJobs:
     # --- the doctor's choices -----------------------------------------------------------------------
     def cancel(self, session: Session, principal: Principal, study_id: str) -> Study:
         row = self.get(session, principal, study_id)
-        owner_only = "only the study's owner may cancel it"
-        tenancy.check(session, principal, STUDY_WRITE, row, owner_only, code="not_your_study")
+        tenancy.check(
+            session,
+            principal,
+            STUDY_CANCEL,
+            row,
+            "only whoever submitted the study cancels it",
+            code="not_your_study",
+        )
         if row.status in ("done", "failed"):
             raise Conflict(f"study {study_id} is already {row.status}", code="study_finished")
         row.cancel_requested = True
@@ -487,10 +499,16 @@ class StudyJobs:
         self, session: Session, principal: Principal, study_id: str, threshold: float, note: str | None
     ) -> Study:
         row = self.get(session, principal, study_id)
-        owner_only = "only the study's owner may save its threshold"
-        tenancy.check(session, principal, STUDY_WRITE, row, owner_only, code="not_your_study")
+        tenancy.check(
+            session,
+            principal,
+            STUDY_WRITE,
+            row,
+            "only the doctor (or the API key) who submitted the study saves its threshold",
+            code="not_your_study",
+        )
         self._done(row)
-        chosen = nearest_threshold(_check_threshold(threshold))
+        chosen = grid_threshold(threshold)
         stored = {s["threshold"] for s in row.pacs_segs or []}
         if row.pacs_store_result and self.publish_seg and chosen not in stored:
             # a new SEG in the PACS first: when the PACS refuses, the choice is not saved either
@@ -605,13 +623,19 @@ def _study_uuid(study_id: str) -> uuid.UUID:
     try:
         return uuid.UUID(str(study_id))
     except ValueError:
-        raise NotFound(NOT_FOUND.format(study_id)) from None
+        raise NotFound(NOT_FOUND.format(study_id), code="unknown_study") from None
 
 
-def _check_threshold(value: float) -> float:
-    if not 0.2 - 1e-9 <= float(value) <= 0.8 + 1e-9:
-        raise InvalidInput(f"threshold {value} is outside 0.2 … 0.8", code="invalid_threshold")
-    return float(value)
+def grid_threshold(value: float) -> float:
+    """`value` as one of the seven thresholds (0.2 … 0.8 in steps of 0.1), as a segmentation's mask and
+    choice take them (gateway/service/history.py); anything else (0.55, 0.9, NaN) is a 400 naming them."""
+    nearest = nearest_threshold(float(value))
+    if not abs(float(value) - nearest) <= 1e-9:  # written so that NaN fails too
+        raise InvalidInput(
+            f"threshold must be one of {', '.join(f'{t:.1f}' for t in THRESHOLDS)}, not {value}",
+            code="invalid_threshold",
+        )
+    return nearest
 
 
 def _compact(data: np.ndarray) -> np.ndarray:

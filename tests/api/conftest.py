@@ -136,6 +136,7 @@ class World:
     keys: dict[str, str] = field(default_factory=dict)  # scope → raw key
     key_rows: dict[str, object] = field(default_factory=dict)
     _apps: dict = field(default_factory=dict)
+    _built: list = field(default_factory=list)  # every app built, whose study workers close() stops
 
     def app(self, settings: Settings | None = None):
         if settings is None:
@@ -157,7 +158,15 @@ class World:
 
         app.dependency_overrides[get_db] = test_db
         app.dependency_overrides[get_settings] = lambda: settings
+        # the study workers (started by a submitted study) claim and write studies in this database
+        app.state.clinic.studies.session_factory = factory
+        self._built.append(app)
         return app
+
+    def close(self) -> None:
+        """Stop the study workers of every app built here (before the database goes)."""
+        for app in self._built:
+            app.state.clinic.studies.close()
 
     def session(self):
         return session_scope(self.engine)
@@ -224,6 +233,7 @@ def world(people_db, request) -> Iterator[World]:
             )
             world.keys[scope], world.key_rows[scope] = raw, row
     yield world
+    world.close()
     engine.dispose()
 
 

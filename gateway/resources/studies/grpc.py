@@ -41,7 +41,8 @@ class Studies(Servicer, pb_grpc.StudiesServicer):
     def Submit(self, request_iterator, context):
         with self.edge.call(context, ACCESS["studies.submit"]) as (session, who):
             limit = self.clinic.settings.study_max_bytes
-            first, files, total = None, {}, 0
+            first, files, total = None, [], 0
+            name, fresh = "file-0", True
             for chunk in request_iterator:
                 first = first or chunk
                 total += len(chunk.data)
@@ -50,15 +51,22 @@ class Studies(Servicer, pb_grpc.StudiesServicer):
                         f"the study's files are larger than the limit of {limit} bytes",
                         code="study_too_large",
                     )
-                name = chunk.filename or f"file-{len(files)}"
-                files.setdefault(name, bytearray()).extend(chunk.data)
+                # a new name starts a new file, a message without one continues the file before it; a message
+                # without data (e.g. a first one naming only the organ) adds no file
+                if chunk.filename and chunk.filename != name:
+                    name, fresh = chunk.filename, True
+                if chunk.data:
+                    if fresh:
+                        files.append((name, bytearray()))
+                        fresh = False
+                    files[-1][1].extend(chunk.data)
             if first is None:
                 raise InvalidInput("no chunks: send the organ and the study's files", code="no_files")
             if first.HasField("pacs"):
                 if total:
                     raise InvalidInput("send the files or a PACS series, not both", code="invalid_input")
                 return _study(service.submit_from_pacs(self.clinic, session, who, _from_pacs(first)))
-            uploads = [Upload(name, bytes(data)) for name, data in files.items()]
+            uploads = [Upload(n, bytes(data)) for n, data in files]
             out = service.submit(
                 self.clinic,
                 session,
@@ -98,12 +106,12 @@ class Studies(Servicer, pb_grpc.StudiesServicer):
 
     def GetMask(self, request, context):
         with self.edge.call(context, ACCESS["studies.mask"]) as (session, who):
-            used, blob = service.mask(self.clinic, session, who, request.id, _threshold(request))
+            used, blob = service.mask(self.clinic, session, who, request.id, optional(request, "threshold"))
         yield from _chunks(blob, "application/gzip", used)
 
     def GetSeg(self, request, context):
         with self.edge.call(context, ACCESS["studies.seg"]) as (session, who):
-            used, blob = service.seg(self.clinic, session, who, request.id, _threshold(request))
+            used, blob = service.seg(self.clinic, session, who, request.id, optional(request, "threshold"))
         yield from _chunks(blob, "application/dicom", used)
 
     def GetImage(self, request, context):
@@ -139,9 +147,3 @@ def _from_pacs(first: pb.StudyUploadChunk) -> StudyFromPacs:
     except ValidationError as exc:
         raise InvalidInput(validation_message(exc), code="invalid_input") from None
 
-
-def _threshold(request) -> float | None:
-    value = optional(request, "threshold")
-    if value is not None and not 0.2 <= value <= 0.8:
-        raise InvalidInput(f"threshold {value} is outside 0.2 … 0.8", code="invalid_threshold")
-    return value
