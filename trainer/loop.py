@@ -153,12 +153,17 @@ class Trainer:
     def validate(self) -> dict:
         self.model.eval()
         per_threshold = {t: [] for t in THRESHOLDS}
+        overlap = {t: [0, 0] for t in THRESHOLDS}  # over every validation pixel: (2|P∩T|, |P|+|T|)
         losses = []
         for i in range(len(self.val_set)):
             prob = self.predict_val(i)
             target = self.val_set.full_masks[i]
+            truth = target.bool()
             for t in THRESHOLDS:
-                per_threshold[t].append(dice_score(prob >= t, target))
+                pred = prob >= t
+                per_threshold[t].append(dice_score(pred, target))
+                overlap[t][0] += 2 * int((pred & truth).sum())
+                overlap[t][1] += int(pred.sum()) + int(truth.sum())
             losses.append(
                 float(
                     self.loss_fn(
@@ -171,6 +176,8 @@ class Trainer:
             "val_dice": dice_at["0.5"],
             "val_loss": float(np.mean(losses)),
             "val_dice_at": dice_at,
+            # one Dice over all validation pixels: a held-out volume's 3-D Dice
+            "val_dice_pooled_at": {f"{t:.1f}": a / b if b else 1.0 for t, (a, b) in overlap.items()},
             "val_dice_per_case": dict(zip(self.val_set.names, per_threshold[0.5], strict=True)),
         }
 
