@@ -24,6 +24,7 @@ import numpy as np
 
 from services.spec import DATA_GROUPINGS, OrganSpec, load_organ_spec, load_recipe, organ_dirs
 from trainer.data import (
+    Groups,
     PairSet,
     fold_count,
     kfold_indices,
@@ -60,6 +61,17 @@ def run_split(
         )
     train_idx, val_idx = split_indices(groups, split["folds"], split["fold"], split["seed"])
     return pairs, train_idx, val_idx
+
+
+def organ_groups(organ: str, data: str | Path, limit: int | None = None) -> Groups:
+    """The groups a run of `organ` on `data` splits by (as trainer.train does)."""
+    pairs = load_pairs(data, load_organ_spec(organ), limit=limit)
+    return pair_groups(data, pairs, load_recipe(organ).data.groups)
+
+
+def grouped_fold_count(organ: str, data: str | Path, folds: int, limit: int | None = None) -> int:
+    """How many grouped folds a run of `organ` on `data` asked for `folds` has."""
+    return fold_count(organ_groups(organ, data, limit), folds)
 
 
 def fold_row(fold: int, card: dict, run_dir: Path) -> dict:
@@ -142,17 +154,19 @@ def table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def _reusable(run_dir: Path, split: dict) -> bool:
-    """Whether a finished run's card says it was trained on the same grouped fold."""
+def _reusable(organ: str, run_dir: Path, data: Path, groups: Groups, folds: int, fold: int) -> bool:
+    """Whether a finished run (its card) held out exactly the pairs grouped fold `fold` holds out."""
     card_path = run_dir / "card.json"
     if not card_path.is_file():
         return False
-    theirs = json.loads(card_path.read_text())["split"]
-    same = all(theirs.get(k) == split[k] for k in ("group_source", "folds", "fold"))
-    if not same:
-        log.warning("%s was not trained on grouped fold %d (%s): training that fold", run_dir, split["fold"],
-                    theirs.get("grouping", "shuffled slices"))  # fmt: skip
-    return same
+    card = json.loads(card_path.read_text())
+    _, _, theirs = run_split(organ, card, load_organ_spec(organ), data)
+    _, ours = split_indices(groups, folds, fold, card["split"]["seed"])
+    if len(theirs) != len(ours) or not (theirs == ours).all():
+        log.warning("%s did not hold out grouped fold %d (%s): training that fold", run_dir, fold,
+                    card["split"].get("grouping", "shuffled pairs"))  # fmt: skip
+        return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,14 +199,13 @@ def main(argv: list[str] | None = None) -> int:
 
     data = recipe_data(args.organ)
     spec = load_organ_spec(args.organ)
-    groups = pair_groups(data, load_pairs(data, spec), load_recipe(args.organ).data.groups)
+    groups = organ_groups(args.organ, data)
     n_folds = fold_count(groups, args.folds)
     augment = json.loads(args.augment) if args.augment else {}
     reused = {int(k): Path(v) for k, v in (item.split("=", 1) for item in args.reuse)}
     if args.reuse_shipped:
         shipped = default_run_dir(args.organ, default_config(args.organ).arch, 0)
-        split0 = {"group_source": groups.source, "folds": n_folds, "fold": 0}
-        if _reusable(shipped, split0):
+        if _reusable(args.organ, shipped, data, groups, args.folds, 0):
             reused.setdefault(0, shipped)
     rows = []
     for fold in sorted(set(args.only if args.only is not None else range(n_folds)) | set(reused)):

@@ -128,3 +128,19 @@ def test_ddp_with_two_processes(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     card = json.loads((tmp_path / "card.json").read_text())
     assert card["training"]["processes"] == 2
+
+
+def test_a_liver_run_validates_on_a_whole_held_out_volume(tmp_path):
+    """`medseg train --fold 2` on the liver data: the three volumes are found from the slices and fold 2
+    holds out the smallest (slices 371-399) whole; the card says so and scores its last epoch too."""
+    cfg = default_config("liver", epochs=1, batch_size=2, widths=(6, 12, 24), samples_per_epoch=2, threads=1)
+    run_training("liver", LIVER, tmp_path, cfg, fold=2)
+    card = json.loads((tmp_path / "card.json").read_text())
+    split = card["split"]
+    assert (split["group_source"], split["groups"], split["folds"]) == ("volumes", 3, 3)
+    assert split["validation_groups"] == {"volume-2": 29} and "by volume" in split["grouping"]
+    assert (card["dataset"]["train"], card["dataset"]["validation"]) == (371, 29)
+    last = card["metrics"]["last_epoch"]
+    assert last["epoch"] == 1 and set(last["val_dice_pooled_at_threshold"]) == {
+        f"{t:.1f}" for t in THRESHOLDS
+    }
