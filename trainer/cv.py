@@ -223,6 +223,12 @@ def main(argv: list[str] | None = None) -> int:
             run_training(args.organ, data, run_dir, cfg, fold=fold, folds=args.folds)
         rows.append(fold_row(fold, json.loads((run_dir / "card.json").read_text()), run_dir))
     summary = summarize(args.organ, rows, spec.default_threshold)
+    summary["describes"] = (
+        f"{len(rows)} model(s), one per fold, each trained by services/{args.organ}/recipe.yaml"
+        + (f" with augment {json.dumps(augment)}" if augment else "")
+        + " without its held-out group(s)"
+        + (f"; fold(s) {sorted(reused)} reused from {', '.join(map(str, reused.values()))}" if reused else "")
+    )
     summary["command"] = "python -m trainer.cv " + shlex.join(sys.argv[1:] if argv is None else argv)
     print(table(summary))
     Path(args.out).mkdir(parents=True, exist_ok=True)

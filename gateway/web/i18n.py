@@ -101,7 +101,9 @@ EN: dict[str, str] = {
     "datasets.title": "Datasets",
     "datasets.upload": "Upload a dataset",
     "datasets.upload_help": (
-        "A .zip of image/mask pairs: 001.png with 001_mask.png, or images/ and masks/ folders."
+        "A .zip of image/mask pairs: 001.png with 001_mask.png, or images/ and masks/ folders. Optionally a "
+        "groups.csv (name,group) naming each pair's patient or volume, so training never validates on a "
+        "patient it trained on."
     ),
     "datasets.file": "Zip file",
     "datasets.name_help": "Defaults to the file name.",
@@ -394,6 +396,7 @@ ZH: dict[str, str] = {
     "datasets.upload": "上传数据集",
     "datasets.upload_help": (
         "包含图像/掩膜对的 .zip：如 001.png 与 001_mask.png，或 images/ 与 masks/ 文件夹。"
+        "可附 groups.csv（name,group），注明每对图像所属的患者或容积，训练时不会在训练过的患者上验证。"
     ),
     "datasets.file": "Zip 文件",
     "datasets.name_help": "默认为文件名。",
