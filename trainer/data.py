@@ -139,7 +139,12 @@ def split_indices(groups: Groups, folds: int, fold: int, seed: int) -> tuple[np.
     """(train indices, validation indices) with no group on both sides. When every pair is its own group
     this is the seeded shuffle of kfold_indices (the split the cells models were trained on); with a single
     group there is no unseen patient to hold out, so it is that shuffle too (Groups.describe says so);
-    otherwise trainer.groups.grouped_kfold_indices (leave-one-group-out with fewer groups than folds)."""
+    otherwise trainer.groups.grouped_kfold_indices (leave-one-group-out with fewer groups than folds).
+    One fold is every pair for training and none held out (a final model; its figures come from `make cv`)."""
+    if folds == 1:
+        if fold != 0:
+            raise ValueError(f"one fold (every pair, nothing held out) is fold 0, not {fold}")
+        return np.arange(len(groups.labels)), np.zeros(0, dtype=int)
     n = len(set(groups.labels))
     if n == len(groups.labels) or n < 2:
         return kfold_indices(len(groups.labels), folds, fold, seed)

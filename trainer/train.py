@@ -106,7 +106,9 @@ def plot_curves(history: list[dict], path: Path) -> None:
     ax1.plot(epochs, [h["val_loss"] for h in history], label="validation loss")
     ax1.set_xlabel("epoch")
     ax1.legend()
-    ax2.plot(epochs, [h["val_dice"] for h in history], label="validation Dice @0.5", color="tab:green")
+    scored = [h for h in history if h["val_dice"] is not None]
+    ax2.plot([h["epoch"] for h in scored], [h["val_dice"] for h in scored], label="validation Dice @0.5",
+             color="tab:green")  # fmt: skip
     ax2.set_xlabel("epoch")
     ax2.set_ylim(0, 1)
     ax2.legend()
@@ -147,7 +149,8 @@ def run_training(
 
     model = _best_model(config, spec, run_dir)
     best, single_pass = _score_as_served(trainer, spec, model)
-    threshold = best_threshold(best["val_dice_at"])
+    # nothing held out (--folds 1): the spec's threshold stays (calibrate it with `make cv`)
+    threshold = best_threshold(best["val_dice_at"]) if best["val_dice_at"] else spec.default_threshold
     spec = dataclasses.replace(spec, default_threshold=threshold)
     _write_model_files(run_dir, spec, model, trainer.history)
     card = {
@@ -165,7 +168,7 @@ def run_training(
         "torch": torch.__version__,
     }
     (run_dir / "card.json").write_text(json.dumps(card, indent=1))
-    log.info("run done: best validation Dice %.4f at epoch %d, threshold %s, %.0fs",
+    log.info("run done: best validation Dice %s at epoch %d, threshold %s, %.0fs",
              trainer.best_dice, trainer.best_epoch, threshold, trainer.elapsed())  # fmt: skip
     return {**result, "card": card, "spec": spec}
 
