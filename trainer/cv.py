@@ -93,6 +93,10 @@ def fold_row(fold: int, card: dict, run_dir: Path) -> dict:
         "minutes": round(card["training"]["seconds"] / 60, 1),
         "epochs": card["training"]["epochs"],
         "run": str(run_dir),
+        "config": {
+            k: card["training"]["config"].get(k) for k in ("arch", "widths", "time_budget_min", "augment")
+        },
+        "commit": card.get("commit"),
     }
 
 
@@ -229,10 +233,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(fold_row(fold, json.loads((run_dir / "card.json").read_text()), run_dir))
     summary = summarize(args.organ, rows, spec.default_threshold)
     summary["describes"] = (
-        f"{len(rows)} model(s), one per fold, each trained by services/{args.organ}/recipe.yaml"
-        + (f" with augment {json.dumps(augment)}" if augment else "")
-        + " without its held-out group(s)"
-        + (f"; fold(s) {sorted(reused)} reused from {', '.join(map(str, reused.values()))}" if reused else "")
+        f"{len(rows)} model(s), one per fold (each fold's `run` and `config`), each trained without its "
+        "held-out group(s): figures of the recipe, not of the shipped weights unless a fold's run is the "
+        "shipped run"
     )
     summary["command"] = "python -m trainer.cv " + shlex.join(sys.argv[1:] if argv is None else argv)
     print(table(summary))
@@ -243,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         card_path = Path(args.card)
         card = json.loads(card_path.read_text())
         card["cross_validation"] = summary
-        card_path.write_text(json.dumps(card, indent=1) + "\n")
+        card_path.write_text(json.dumps(card, indent=2) + "\n")  # the model store's cards are indented by 2
     return 0
 
 
