@@ -100,7 +100,9 @@ EN: dict[str, str] = {
     "datasets.title": "Datasets",
     "datasets.upload": "Upload a dataset",
     "datasets.upload_help": (
-        "A .zip of image/mask pairs: 001.png with 001_mask.png, or images/ and masks/ folders."
+        "A .zip of image/mask pairs: 001.png with 001_mask.png, or images/ and masks/ folders. Optionally a "
+        "groups.csv (name,group) naming each pair's patient or volume, so training never validates on a "
+        "patient it trained on."
     ),
     "datasets.file": "Zip file",
     "datasets.name_help": "Defaults to the file name.",
@@ -474,6 +476,7 @@ EN: dict[str, str] = {
     "err.invalid_role": "“{role}” is not a role.",
     "err.invalid_account_status": "“{status}” is not an account status.",
     "err.unknown_user": "This account does not exist.",
+    "err.dataset_groups": "The dataset's groups.csv is not usable: name each pair's patient or volume.",
     "err.backup_invalid": "This backup is incomplete or damaged: it was not restored.",
     "err.insufficient_storage": "The server is short of disk space: new work waits until space is freed.",
     "err.invalid_study_date": "Write the study date as YYYY-MM-DD.",
@@ -714,6 +717,7 @@ ZH: dict[str, str] = {
     "datasets.upload": "上传数据集",
     "datasets.upload_help": (
         "包含图像/掩膜对的 .zip：如 001.png 与 001_mask.png，或 images/ 与 masks/ 文件夹。"
+        "可附 groups.csv（name,group），注明每对图像所属的患者或容积，训练时不会在训练过的患者上验证。"
     ),
     "datasets.file": "Zip 文件",
     "datasets.name_help": "默认为文件名。",
@@ -1048,6 +1052,7 @@ ZH: dict[str, str] = {
     "err.invalid_role": "“{role}”不是有效的角色。",
     "err.invalid_account_status": "“{status}”不是有效的账户状态。",
     "err.unknown_user": "该账户不存在。",
+    "err.dataset_groups": "数据集的 groups.csv 无法使用：它必须为每一对图像写明患者或体数据编号。",
     "err.backup_invalid": "此备份不完整或已损坏：未恢复。",
     "err.insufficient_storage": "服务器磁盘空间即将用尽：在释放空间之前拒绝新的任务。",
     "err.invalid_study_date": "检查日期请写成 YYYY-MM-DD。",

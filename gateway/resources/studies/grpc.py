@@ -146,4 +146,3 @@ def _from_pacs(first: pb.StudyUploadChunk) -> StudyFromPacs:
         return StudyFromPacs.model_validate(data)
     except ValidationError as exc:
         raise InvalidInput(validation_message(exc), code="invalid_input") from None
-

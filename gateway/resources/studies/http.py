@@ -115,8 +115,6 @@ class FilesOrPacs(AuthenticateFirst):
         return by_content_type
 
 
-
-
 @router.get("/studies", response_model=StudyList)
 def list_studies(
     clinic: ClinicDep,
