@@ -6,6 +6,8 @@ A key missing in Chinese falls back to English, a key missing everywhere shows t
 
 from __future__ import annotations
 
+from gateway.web import i18n_studies
+
 LANGUAGES = {"en": "English", "zh": "中文"}
 DEFAULT_LANGUAGE = "en"
 
@@ -597,6 +599,9 @@ ZH: dict[str, str] = {
     "error.home": "返回首页",
 }
 
+# The studies pages' messages live beside this catalogue (gateway/web/i18n_studies.py)
+EN.update(i18n_studies.EN)
+ZH.update(i18n_studies.ZH)
 CATALOGUE: dict[str, dict[str, str]] = {"en": EN, "zh": ZH}
 
 
