@@ -139,7 +139,7 @@ def test_a_doctor_uploads_a_nifti_study_and_works_the_viewer(web, browser_page, 
     expect(page.locator("#threshold-value")).to_have_text("0.4", timeout=MASK_TIMEOUT)
     page.locator("#note").fill("checked on the anatomy")
     page.locator("#choice-form button[type=submit]").click()
-    expect(page.locator("#choice-ok")).to_be_visible()
+    expect(page.locator("#choice-ok")).to_be_visible(timeout=30_000)
     assert page.request.get(f"/api/v1/studies/{study_id}").json()["chosen_threshold"] == 0.4
     page.reload()
     page.wait_for_selector(READY, timeout=60_000)
