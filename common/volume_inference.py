@@ -58,8 +58,8 @@ def wire_dtype(volume: np.ndarray) -> np.dtype:
     lo, hi = volume.min(), volume.max()
     if lo < INT16.min or hi > INT16.max:
         return np.dtype(np.float32)
-    if volume.dtype.kind in "iub" or np.array_equal(np.round(volume), volume):
-        return np.dtype(np.int16)
+    if volume.dtype.kind in "iub" or all(np.array_equal(np.round(plane), plane) for plane in volume):
+        return np.dtype(np.int16)  # (checked a slice at a time: no copy of a whole volume)
     return np.dtype(np.float32)
 
 

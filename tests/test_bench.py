@@ -158,6 +158,33 @@ def test_runtime_bench_table_from_known_timings():
     assert len(lines) == 4 and lines[2].startswith("| openvino | 1 | 100.0 | 10.00 | 100.0 | 20.0 | 50% |")
 
 
+def test_volume_bench_grid_and_variants_follow_the_spec():
+    from services.spec import load_organ_spec
+    from tools import runtime_bench
+
+    spec = load_organ_spec("liver")
+    configs = runtime_bench.volume_configs("liver", [1, 4, 16], [1, 4, 8], spec)
+    grid = [(c.chunk, c.volume_batch) for c in configs if not c.variant]
+    assert grid == [(1, 1), (4, 1), (16, 1), (4, 4), (16, 4), (16, 8)]  # no mini-batch above its chunk
+    variants = [c for c in configs if c.variant]
+    assert {(c.chunk, c.volume_batch) for c in variants} == {
+        (spec.inference.volume_chunk, spec.inference.volume_batch)
+    }
+    assert [c.model for c in variants][-2:] == ["liver-ts", "liver-w2"]
+    assert {c.dtype for c in variants} == {"int16", "float32"} and min(c.in_flight for c in variants) == 1
+    row = {
+        "config": configs[0].label,
+        "seconds": 2.0,
+        "slices_per_s": 32.0,
+        "vs_chunk_1": 1.0,
+        "worker_cpu_ms_per_slice": 40.0,
+        "java_cpu_ms_per_slice": 2.5,
+        "cpu_vs_chunk_1": 1.0,
+    }
+    lines = runtime_bench.volume_markdown([row]).splitlines()
+    assert lines[2] == "| chunk 1, mini-batch 1 | 2.00 | 32.0 | 1.00× | 40.0 + 2.5 | 1.00× |"
+
+
 def test_in_process_segmenter_runs_the_spec_runtime_and_falls_back(tmp_path):
     """Both in-process rows answer the same image the same way; an archive without model.onnx runs TorchScript
     for the 'spec' row (and says so)."""
@@ -200,3 +227,18 @@ def test_gateway_answers_are_checked_at_the_image_size():
     bench._check_masks(7, 1000, 1000, "cells", bench._image_size(image))
     with pytest.raises(RuntimeError, match="expected 7 at 1000x1000"):
         bench._check_masks(7, 512, 512, "cells", (1000, 1000))
+
+
+def test_breakdown_table_sets_all_masks_beside_none():
+    all_masks = {"check upload (header)": 0.1, "threshold + encode the mask PNGs asked for": 5.2,
+                 "gateway work besides TorchServe": 9.04}  # fmt: skip
+    no_masks = {"check upload (header)": 0.2, "threshold + encode the mask PNGs asked for": 0.0,
+                "gateway work besides TorchServe": 4.0}  # fmt: skip
+    assert bench.breakdown_table(all_masks, no_masks).splitlines() == [
+        "| part | all 7 masks | masks=none |",
+        "|---|---:|---:|",
+        "| check upload (header) | 0.1 | 0.2 |",
+        "| threshold + encode the mask PNGs asked for | 5.2 | 0.0 |",
+        "| gateway work besides the TorchServe call (key check included) | **9.0** | **4.0** |",
+    ]
+    assert bench.breakdown_table(all_masks, None).splitlines()[0] == "| part | all 7 masks |"

@@ -19,10 +19,11 @@ repacked with this checkout's handler (trainer.package.repackage) once per handl
 (spec inference.volume_batch), all registered on one liver server, and a run of real CT slices (tools.
 liver_volumes, whole Hounsfield units: int16 on the wire, as a DICOM series) segmented through common.
 volume_inference.segment_volume at each chunk size (slices per request), configurations taking turns
-round by round. It prints slices/s per configuration and its ratio to chunk 1 at the same mini-batch,
-then, at the spec's chunk and mini-batch: float32 on the wire, one request in flight instead of two, and
-TorchServe batching two chunk requests (batchSize 2, maxBatchDelay 20 ms). services/<organ>/spec.yaml
-inference.volume_chunk / volume_batch come from this.
+round by round. It prints slices/s per configuration and its ratio to chunk 1 (mini-batch 1),
+with the server's CPU per slice (its Java frontend and Python workers, from /proc: what a busy shared
+machine disturbs least), then, at the spec's chunk and mini-batch: float32 on the wire, one request in
+flight instead of two, TorchServe batching two chunk requests (batchSize 2, maxBatchDelay 20 ms), and two
+workers. services/<organ>/spec.yaml inference.volume_chunk / volume_batch come from this.
 """
 
 from __future__ import annotations
@@ -135,7 +136,12 @@ def markdown(table: list[dict]) -> str:
 
 VOLUME_CHUNKS = (1, 4, 8, 16, 32)
 VOLUME_BATCHES = (1, 4, 8)
-TS_BATCH = {"batchSize": 2, "maxBatchDelay": 20}  # the TorchServe batching variant measured for chunks
+# model-config.yaml variants measured at the spec's chunk and mini-batch: TorchServe batching two chunk
+# requests into one handler call, and two workers (each with the organ's threads) taking chunks in parallel
+MODEL_CONFIG_VARIANTS = {
+    "ts": ({"batchSize": 2, "maxBatchDelay": 20}, "TorchServe batchSize 2, maxBatchDelay 20 ms", 2),
+    "w2": ({"minWorkers": 2, "maxWorkers": 2}, "2 TorchServe workers, 3 requests in flight", 3),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,7 +153,6 @@ class VolumeConfig:
     chunk: int
     dtype: str = "int16"
     in_flight: int = 2
-    ts_batch: int = 1
     variant: str = ""  # what differs from the grid of chunk × mini-batch
 
     @property
@@ -158,7 +163,7 @@ class VolumeConfig:
 
 
 def _services_with(work: Path, organ: str, model_config: dict) -> Path:
-    """A copy of services/ whose organ model-config.yaml has `model_config` set (for a batching variant)."""
+    """A copy of services/ (under `work`) whose organ model-config.yaml has `model_config` set."""
     copy = work / "services"
     shutil.copytree(SERVICES_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
     path = copy / organ / "model-config.yaml"
@@ -173,17 +178,16 @@ def _with_volume_batch(spec: OrganSpec, volume_batch: int) -> OrganSpec:
 @contextlib.contextmanager
 def volume_server(mar: Path, work: Path, batches: list[int], spec: OrganSpec) -> Iterator[OrganServer]:
     """One liver TorchServe with the archive's networks repacked once per handler mini-batch size (models
-    `liver-b<N>`) and once with TorchServe batching two requests at the spec's mini-batch (`liver-ts`)."""
+    `liver-b<N>`) and once per model-config variant at the spec's mini-batch (`liver-ts`, `liver-w2`)."""
     store = work / "store"
     packed = {}
     for batch in batches:
         name = f"{spec.name}-b{batch}"
         packed[name] = repackage(mar, store, name, "1", spec=_with_volume_batch(spec, batch)).name
-    services = _services_with(work, spec.name, TS_BATCH)
-    ts_spec = _with_volume_batch(spec, spec.inference.volume_batch)
-    packed[f"{spec.name}-ts"] = repackage(
-        mar, store, f"{spec.name}-ts", "1", spec=ts_spec, services_dir=services
-    ).name
+    for key, (model_config, _, _) in MODEL_CONFIG_VARIANTS.items():
+        services = _services_with(work / key, spec.name, model_config)
+        name = f"{spec.name}-{key}"
+        packed[name] = repackage(mar, store, name, "1", spec=spec, services_dir=services).name
     server = OrganServer(spec.name, work / "state", store, models=packed, ports=free_ports())
     server.start(timeout=600)
     try:
@@ -203,10 +207,8 @@ def volume_configs(organ: str, chunks: list[int], batches: list[int], spec: Orga
             VolumeConfig(model, batch, chunk, dtype="float32", variant="float32 on the wire"),
             VolumeConfig(model, batch, chunk, in_flight=1, variant="1 request in flight"),
         ]
-    ts = TS_BATCH["batchSize"]
-    configs.append(
-        VolumeConfig(f"{organ}-ts", batch, chunk, ts_batch=ts, variant=f"TorchServe batchSize {ts}")
-    )
+    for key, (_, variant, in_flight) in MODEL_CONFIG_VARIANTS.items():
+        configs.append(VolumeConfig(f"{organ}-{key}", batch, chunk, in_flight=in_flight, variant=variant))
     return configs
 
 
@@ -298,7 +300,7 @@ def volume_rows(
                 "volume_batch": config.volume_batch,
                 "wire": config.dtype,
                 "in_flight": config.in_flight,
-                "torchserve_batch": config.ts_batch,
+                "variant": config.variant,
                 "seconds": round(timing.seconds, 2),
                 "slices_per_s": round(len(hu) / timing.seconds, 2),
                 "vs_chunk_1": round(base.seconds / timing.seconds, 2),

@@ -1,12 +1,13 @@
 """The operations of the public API (list organs, segment, evaluate, readiness), edge-neutral.
 
-Segment: validate organ and upload (size, decodable, pixel count) before bothering an organ server,
-call the organ server, threshold its probability map at 0.2 … 0.8, store the probability map, the
-seven masks (one zip, see masks.pack_masks) and a thumbnail (the history's preview) in the results
-bucket (three concurrent writes), then record the Segmentation row in one commit. Every object is written
-before the row, and all of them are removed again when any write or the row fails, so a row never points
-at objects that are not there; only the thumbnail is optional: when its write fails the row is recorded
-without one.
+Segment: validate organ and upload (size; format, pixel count and spacing from the header) before
+bothering an organ server, call the organ server (which decodes the image, and refuses one whose pixels
+are corrupt: a 400 naming the file), then store what cannot be derived: one object, the probability map
+the organ server answered, and one row (areas at 0.2 … 0.8 from one histogram of the map, stability, who
+asked). Masks at any threshold and the history's thumbnail are made from the stored map when asked for
+(gateway.service.masks); the answer carries the masks the caller asked for (all seven by default). The
+object is written before the row and removed again when the row fails, so a row never points at an object
+that is not there.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from common.errors import InvalidInput, MedSegError, NotFound, PayloadTooLarge, 
 from common.torchserve_client import InferenceClient
 from gateway import metrics
 from gateway.service import images, scoring
-from gateway.service.masks import MASKS_OBJECT, THRESHOLDS, pack_masks, probability_mask, stability
+from gateway.service.masks import THRESHOLDS, areas, mask_png, probability_mask, stability
 from gateway.service.organs import ModelInfo, Organ, OrganRegistry
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,8 @@ class SegmentResult:
     height: int
     default_threshold: float
     probability_png: bytes
-    masks: list[MaskResult]
+    masks: list[MaskResult]  # the ones asked for (all seven by default)
+    areas: dict[str, int]  # "0.2" … "0.8" → mask area in pixels, at every threshold whatever was asked
 
 
 @dataclass(frozen=True)
@@ -111,8 +113,9 @@ class EvaluateResult:
 @dataclass(frozen=True)
 class SegmentationRecord:
     """One segmentation as the database records it (`DataPlane.record_segmentation`, in production
-    gateway.crud.record_segmentation): the model that made it, the objects already written for it (keys in
-    the results bucket), and who asked (a person, a key, or neither)."""
+    gateway.crud.record_segmentation): the model that made it, its one object already written (the
+    probability map's key in the results bucket; masks and thumbnail are derived from it), and who asked (a
+    person, a key, or neither)."""
 
     id: str
     organ: str
@@ -122,11 +125,9 @@ class SegmentationRecord:
     height: int
     spacing_mm: tuple[float, float] | None  # (row, column) pixel spacing, when the image carried one
     probability_key: str
-    mask_keys: dict[str, str]  # "0.5" → object key
     areas: dict[str, int]  # "0.5" → mask area in pixels
     api_key_id: int | None
     stability: float | None = None
-    thumbnail_key: str | None = None  # None: the preview could not be written; the record stands without it
     user_id: int | None = None
     actor: str | None = None
     hospital: str | None = None  # the owner's (gateway/tenancy.py)
@@ -196,8 +197,7 @@ class DataPlane:
         self._buckets_ready = False
         # Probes run here so a hung dependency costs a probe its timeout, not a request thread forever.
         self._probes = ThreadPoolExecutor(max_workers=4, thread_name_prefix="medseg-probe")
-        # Result objects of one segmentation are written side by side: 8 sequential round trips to the
-        # store were a third of the gateway's own time per request.
+        # A segmentation's one object is written here while the request thread makes the answer's masks.
         self._writers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="medseg-store")
 
     # --- health -------------------------------------------------------------------------------
@@ -257,24 +257,26 @@ class DataPlane:
         if len(data) > self.max_upload_bytes:
             raise PayloadTooLarge(
                 f"{what} {filename!r} is {len(data)} bytes; the limit is "
-                f"{self.max_upload_bytes} bytes per image"
+                f"{self.max_upload_bytes} bytes per image",
+                code="file_too_large",
+                params={"name": filename, "limit": self.max_upload_bytes},
             )
         if not data:
-            raise InvalidInput(f"{what} {filename!r} is empty", code="empty_file")
+            raise InvalidInput(f"{what} {filename!r} is empty", code="empty_file", params={"name": filename})
 
     def _infer(self, organ: Organ, data: bytes, filename: str) -> tuple[np.ndarray, bytes, tuple | None]:
         """Validate, run the organ server; return the probability map (uint8 H×W), its PNG and the
         image's pixel spacing (mm, when the file carries one)."""
         self._check_upload(data, filename)
-        height, width, spacing_mm = images.inspect(
-            data, filename, max_pixels=self.max_image_pixels, window=organ.spec.window
-        )
+        height, width, spacing_mm = images.inspect(data, filename, max_pixels=self.max_image_pixels)
         # Ask for the version the registry reports, so the answer and its label always agree.
         model = self.registry.model(organ.name)
         try:
             prob_png = self.clients[organ.name].predict(
                 organ.name, data, version=model.version if model.version != "unknown" else None
             )
+        except InvalidInput as exc:  # the organ server could not decode the pixels
+            raise images.refused_by_organ(exc, filename) from None
         except NotFound as exc:  # the caller named no version: a missing default is ours to fix, not theirs
             logger.error("organ %s does not serve its default %s: %s", organ.name, model.version, exc.message)
             raise ServiceUnavailable(
@@ -306,9 +308,11 @@ class DataPlane:
         user_id=None,
         actor: str | None = None,
         hospital: str | None = None,
+        masks: Sequence[float] = THRESHOLDS,
     ) -> SegmentResult:
-        """Segment and record: every object first, then the complete row (who asked, stability) in one
-        commit; objects are removed again when a write or the row fails."""
+        """Segment and record: the probability map's object first, then the complete row (who asked, areas,
+        stability) in one commit; the object is removed again when the row fails. The answer carries the
+        masks at `masks` (thresholds of the grid; gateway.service.masks.selection reads a request's)."""
         started = time.perf_counter()
         organ = self.registry.get(organ_name)
         filename = filename or "upload"
@@ -317,23 +321,25 @@ class DataPlane:
         prob, prob_png, spacing_mm = self._infer(organ, data, filename)
         height, width = prob.shape
         seg_id = str(uuid.uuid4())
-        prefix = f"segmentations/{organ.name}/{seg_id}"
         written: list[str] = []
         try:
             self._ensure_buckets_once()
-            masks, thumbnail_key = self._store_results(prefix, prob, prob_png, written)
+            probability_key = f"segmentations/{organ.name}/{seg_id}/probability.png"
+            areas_px, answered = self._store_results(probability_key, prob, prob_png, masks, written)
             model = self.registry.model(organ.name)
             record = self._segmentation_record(
-                seg_id, organ.name, model, prefix, masks, thumbnail_key, (width, height), spacing_mm,
+                seg_id, organ.name, model, probability_key, areas_px, (width, height), spacing_mm,
                 patient_id=patient_id, api_key_id=api_key_id, user_id=user_id, actor=actor, hospital=hospital,
             )  # fmt: skip
             self.record_segmentation(session, record)
         except Exception:
-            self._remove(written)  # a row never points at objects that are not there
+            self._remove(written)  # a row never points at an object that is not there
             raise
         metrics.observe_latency("segment", organ.name, model.version, started)
         threshold = self.registry.default_threshold(organ.name)
-        return SegmentResult(seg_id, organ.name, model, width, height, threshold, prob_png, masks)
+        return SegmentResult(
+            seg_id, organ.name, model, width, height, threshold, prob_png, answered, areas_px
+        )
 
     def _ensure_buckets_once(self) -> None:
         # once per process, at the first segmentation: the store may have been empty or down at start
@@ -346,9 +352,8 @@ class DataPlane:
         seg_id: str,
         organ: str,
         model: ModelInfo,
-        prefix: str,
-        masks: list[MaskResult],
-        thumbnail_key: str | None,
+        probability_key: str,
+        areas_px: dict[str, int],
         size: tuple[int, int],
         spacing_mm: tuple[float, float] | None,
         *,
@@ -358,8 +363,8 @@ class DataPlane:
         actor: str | None,
         hospital: str | None,
     ) -> SegmentationRecord:
-        """The row of a segmentation whose objects are all written under `prefix`; size: (width, height)."""
-        areas = {f"{m.threshold:.1f}": m.area_px for m in masks}
+        """The row of a segmentation whose probability map is written at `probability_key`; size: (width,
+        height)."""
         width, height = size
         return SegmentationRecord(
             id=seg_id,
@@ -369,11 +374,9 @@ class DataPlane:
             width=width,
             height=height,
             spacing_mm=spacing_mm,
-            probability_key=f"{prefix}/probability.png",
-            mask_keys={f"{m.threshold:.1f}": f"{prefix}/{MASKS_OBJECT}" for m in masks},
-            areas=areas,
-            stability=stability(areas),
-            thumbnail_key=thumbnail_key,
+            probability_key=probability_key,
+            areas=areas_px,
+            stability=stability(areas_px),
             api_key_id=api_key_id,
             user_id=user_id,
             actor=actor,
@@ -381,50 +384,27 @@ class DataPlane:
         )
 
     def _store_results(
-        self, prefix: str, prob: np.ndarray, prob_png: bytes, written: list[str]
-    ) -> tuple[list[MaskResult], str | None]:
-        """Write the probability map, the thumbnail and the seven masks (threshold → encode, packed into one
-        zip) side by side in the writer pool (numpy, zlib and Pillow release the GIL, so the encodes overlap
-        the other writes; the seven encodes take a few ms in all). Each written key is appended to
-        `written`. Returns the masks and the thumbnail's key (None when the thumbnail could not be made or
-        written: it is a preview, the segmentation stands without it) once every object is written;
-        otherwise raises the first failure, but only after every task has finished, so nothing is still in
-        flight when the caller removes what was written."""
+        self, key: str, prob: np.ndarray, prob_png: bytes, thresholds: Sequence[float], written: list[str]
+    ) -> tuple[dict[str, int], list[MaskResult]]:
+        """Write the probability map (the organ server's PNG, as it came) at `key` in the writer pool while
+        this thread takes the map's areas at every threshold (one histogram) and makes the masks at
+        `thresholds` (zlib and numpy release the GIL, so they overlap the write's round trip). Appends `key`
+        to `written` once the object is there. Returns (areas, masks) when the write succeeded, else raises
+        its failure; either way only after the write has finished, so nothing is in flight when the caller
+        removes what was written."""
+        write = self._writers.submit(self._store_probability, key, prob_png)
+        try:
+            areas_px = areas(prob)
+            answered = [MaskResult(t, areas_px[f"{t:.1f}"], mask_png(prob, t)) for t in thresholds]
+        finally:
+            wait([write])
+            if write.exception() is None:
+                written.append(key)
+        write.result()  # the write's failure, if any
+        return areas_px, answered
 
-        def put(key: str, blob: bytes) -> None:
-            kind = "application/zip" if key.endswith(".zip") else "image/png"
-            self.store.put_bytes(self.results_bucket, key, blob, content_type=kind)
-
-        def mask(threshold: float) -> MaskResult:
-            mask = probability_mask(prob, threshold)
-            return MaskResult(threshold, int(np.count_nonzero(mask)), images.encode_mask(mask))
-
-        def masks_and_put() -> list[MaskResult]:
-            masks = [mask(t) for t in THRESHOLDS]  # not in the pool: a task that waits on tasks can deadlock
-            put(masks_key, pack_masks({m.threshold: m.mask_png for m in masks}))
-            return masks
-
-        probability_key = f"{prefix}/probability.png"
-        thumbnail_key = f"{prefix}/thumbnail.png"
-        masks_key = f"{prefix}/{MASKS_OBJECT}"
-        futures = {
-            probability_key: self._writers.submit(put, probability_key, prob_png),
-            masks_key: self._writers.submit(masks_and_put),
-        }
-        thumbnail = self._writers.submit(lambda: put(thumbnail_key, scoring.thumbnail_png(prob)))
-        wait([*futures.values(), thumbnail])
-        written.extend(key for key, future in futures.items() if future.exception() is None)
-        if thumbnail.exception() is None:
-            written.append(thumbnail_key)
-        for future in futures.values():
-            future.result()  # the first failure, if any
-        failed = thumbnail.exception()
-        if failed is not None:
-            if not isinstance(failed, Exception):  # KeyboardInterrupt, SystemExit: not a failed preview
-                raise failed
-            logger.warning("no thumbnail for %s: %s", prefix, failed)
-            thumbnail_key = None
-        return futures[masks_key].result(), thumbnail_key
+    def _store_probability(self, key: str, prob_png: bytes) -> None:
+        self.store.put_bytes(self.results_bucket, key, prob_png, content_type="image/png")
 
     def _remove(self, keys: Sequence[str]) -> None:
         for key in keys:
@@ -483,19 +463,24 @@ def pair_by_name(
         raise InvalidInput("send at least one image and its label", code="missing_images")
     if len(image_files) > max_images:
         raise InvalidInput(
-            f"{len(image_files)} images; at most {max_images} per request", code="too_many_images"
+            f"{len(image_files)} images; at most {max_images} per request",
+            code="too_many_images",
+            params={"count": len(image_files), "limit": max_images},
         )
     if len(label_files) != len(image_files):
         raise InvalidInput(
             f"{len(image_files)} images but {len(label_files)} labels; send one label per image",
-            code="label_mismatch",
+            code="label_count_mismatch",
+            params={"images": len(image_files), "labels": len(label_files)},
         )
     by_key: dict[str, Upload] = {}
     for image in image_files:
         key = _pair_key(image.filename, label=False)
         if key in by_key:
             raise InvalidInput(
-                f"two images named {key!r}; image file names must be unique", code="duplicate_name"
+                f"two images named {key!r}; image file names must be unique",
+                code="duplicate_name",
+                params={"name": key},
             )
         by_key[key] = image
     labels: dict[str, Upload] = {}
@@ -504,7 +489,7 @@ def pair_by_name(
         if key not in by_key and _pair_key(label.filename, label=False) in by_key:
             key = _pair_key(label.filename, label=False)
         if key in labels:
-            raise InvalidInput(f"two labels for image {key!r}", code="duplicate_name")
+            raise InvalidInput(f"two labels for image {key!r}", code="duplicate_label", params={"name": key})
         labels[key] = label
     unmatched_images = sorted(set(by_key) - set(labels))
     unmatched_labels = sorted(labels[k].filename for k in set(labels) - set(by_key))
@@ -513,6 +498,7 @@ def pair_by_name(
             f"labels are matched to images by file name (x.png ↔ x.png or x_mask.png); no label for images "
             f"{unmatched_images}, no image for labels {unmatched_labels}",
             code="label_mismatch",
+            params={"images": ", ".join(unmatched_images), "labels": ", ".join(unmatched_labels)},
         )
     return [(image, labels[key]) for key, image in by_key.items()]
 
@@ -549,16 +535,21 @@ def score_cases(
         try:
             label = images.decode_label(label_file.data, label_file.filename, max_pixels=max_image_pixels)
         except InvalidInput as exc:
-            raise InvalidInput(f"label {label_file.filename!r}: {exc.message}", code=exc.code) from None
+            raise InvalidInput(
+                f"label {label_file.filename!r}: {exc.message}", code=exc.code, params=exc.params
+            ) from None
         try:
             prob = predict(image)
         except InvalidInput as exc:
-            raise InvalidInput(f"image {image.filename!r}: {exc.message}", code=exc.code) from None
+            raise InvalidInput(
+                f"image {image.filename!r}: {exc.message}", code=exc.code, params=exc.params
+            ) from None
         if label.shape != prob.shape:
             raise InvalidInput(
                 f"label {label_file.filename!r} is {label.shape[1]}x{label.shape[0]} but image "
                 f"{image.filename!r} is {prob.shape[1]}x{prob.shape[0]}; they must be the same size",
                 code="size_mismatch",
+                params={"label": label_file.filename, "image": image.filename},
             )
         results.append(score(case, prob, label))
     return results

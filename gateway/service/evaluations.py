@@ -156,7 +156,7 @@ class Evaluator:
     ) -> tuple[Dataset, list[Case]]:
         dataset = session.get(Dataset, dataset_id)
         if dataset is None or dataset.status != "ready" or dataset.deleted_at is not None:
-            raise NotFound(f"no dataset {dataset_id!r}", code="unknown_dataset")
+            raise NotFound(f"no dataset {dataset_id!r}", code="unknown_dataset", params={"id": dataset_id})
         store = self.dataplane.store
         bucket = store.buckets.datasets
         manifest = json.loads(store.get_bytes(bucket, dataset.manifest_key))
@@ -174,6 +174,7 @@ class Evaluator:
                 f"dataset {dataset_id} has {len(pairs)} pairs; at most {self.max_dataset_cases} are "
                 "evaluated at once",
                 code="too_many_images",
+                params={"count": len(pairs), "limit": self.max_dataset_cases},
             )
         cases = []
         for pair in pairs:
@@ -219,19 +220,25 @@ class Evaluator:
         dataset, cases = self.dataset_cases(session, dataset_id, expected_hash)
         if dataset.organ != target.organ:
             raise InvalidInput(
-                f"dataset {dataset_id} is a {dataset.organ} dataset, not {target.organ}", code="wrong_organ"
+                f"dataset {dataset_id} is a {dataset.organ} dataset, not {target.organ}",
+                code="wrong_organ",
+                params={"dataset_organ": dataset.organ, "organ": target.organ},
             )
         return self.run(session, principal, target, cases, purpose=purpose, dataset=dataset)
 
-    def _predict(self, target: Target, data: bytes, filename: str, window) -> np.ndarray:
+    def _predict(self, target: Target, data: bytes, filename: str) -> np.ndarray:
         dp = self.dataplane
         if len(data) > dp.max_upload_bytes:
             raise InvalidInput(
-                f"{filename} is larger than {dp.max_upload_bytes} bytes", code="payload_too_large"
+                f"{filename} is larger than {dp.max_upload_bytes} bytes",
+                code="file_too_large",
+                params={"name": filename, "limit": dp.max_upload_bytes},
             )
-        height, width, _ = images.inspect(data, filename, max_pixels=dp.max_image_pixels, window=window)
+        height, width, _ = images.inspect(data, filename, max_pixels=dp.max_image_pixels)
         try:
             png = dp.clients[target.organ].predict(target.model_name, data, version=target.version)
+        except InvalidInput as exc:  # the organ server could not decode the pixels
+            raise images.refused_by_organ(exc, filename) from None
         except NotFound:  # recorded, but not (or no longer) among the versions the organ server serves
             raise Conflict(
                 f"the {target.organ} organ server does not serve {target.model_name} version "
@@ -288,7 +295,7 @@ class Evaluator:
 
         return score_cases(
             cases,
-            lambda image: self._predict(target, image.data, image.filename, window),
+            lambda image: self._predict(target, image.data, image.filename),
             scored,
             max_image_pixels=dp.max_image_pixels,
         )
@@ -429,7 +436,8 @@ def compare(session: Session, principal: Principal, a_id: str, b_id: str) -> dic
     a, b = get_evaluation(session, principal, a_id), get_evaluation(session, principal, b_id)
     if a.organ != b.organ:
         raise InvalidInput(
-            f"evaluation {a.id} is {a.organ}, {b.id} is {b.organ}: compare one organ", code="wrong_organ"
+            f"evaluation {a.id} is {a.organ}, {b.id} is {b.organ}: compare one organ",
+            code="compare_organs_differ",
         )
     cases_a = {c.name: c for c in cases_of(session, a)}
     cases_b = {c.name: c for c in cases_of(session, b)}

@@ -22,9 +22,9 @@ from gateway.models import (
     Segmentation,
     TrainingJob,
 )
-from gateway.service.images import encode_mask
 from gateway.service.masks import MASKS_OBJECT, THRESHOLDS, pack_masks
 from gateway.service.training_jobs import spawn_worker
+from services.imaging import encode_png
 
 PEOPLE = frozenset({"doctor", "researcher", "admin"})
 RESEARCH = frozenset({"researcher", "admin"})
@@ -174,13 +174,32 @@ def _feedback(world, who) -> int:
         return row.id
 
 
-def _segmentation(world, who) -> str:
+# A stored segmentation's probability map: a 4×4 square at 200/255 in 32×32 (in the masks at 0.2 … 0.7,
+# not at 0.8). The rows' areas are made up.
+PROBABILITY = np.pad(np.full((4, 4), 200, np.uint8), 14)
+# What a row written before masks and thumbnails were derived stored: a masks.zip of one square per threshold
+# and a thumbnail. Its probability_key names no object, so only its stored objects can answer.
+LEGACY_MASK = encode_png(np.pad(np.ones((2, 2), bool), 15))
+LEGACY_THUMBNAIL = b"\x89PNG\r\n\x1a\nstored thumbnail"
+
+
+def _segmentation(world, who, *, legacy: bool = False) -> str:
+    """A segmentation owned by `who`, as the gateway writes one (its probability map, `PROBABILITY`, is its
+    one object) or, `legacy`, as it wrote them before (stored masks and thumbnail, `LEGACY_*`)."""
     seg_id = uuid.uuid4()
-    key = f"segmentations/liver/{seg_id}/thumbnail.png"
-    world.store.put_bytes("medseg-results", key, b"\x89PNG\r\n\x1a\nfake")
-    masks_key = f"segmentations/liver/{seg_id}/{MASKS_OBJECT}"
-    square = encode_mask(np.pad(np.ones((4, 4), bool), 14))  # 32×32, 16 px (the areas below are made up)
-    world.store.put_bytes("medseg-results", masks_key, pack_masks({t: square for t in THRESHOLDS}))
+    prefix = f"segmentations/liver/{seg_id}"
+    stored = {"probability_key": f"{prefix}/probability.png", "mask_keys": {}, "thumbnail_key": None}
+    if legacy:
+        stored = {
+            "probability_key": "p",
+            "mask_keys": {f"{t:.1f}": f"{prefix}/{MASKS_OBJECT}" for t in THRESHOLDS},
+            "thumbnail_key": f"{prefix}/thumbnail.png",
+        }
+        world.store.put_bytes("medseg-results", stored["thumbnail_key"], LEGACY_THUMBNAIL)
+        masks_zip = pack_masks({t: LEGACY_MASK for t in THRESHOLDS})
+        world.store.put_bytes("medseg-results", f"{prefix}/{MASKS_OBJECT}", masks_zip)
+    else:
+        world.store.put_bytes("medseg-results", stored["probability_key"], encode_png(PROBABILITY))
     with world.session() as session:
         session.add(
             Segmentation(
@@ -191,12 +210,10 @@ def _segmentation(world, who) -> str:
                 patient_id="P-1",
                 width=32,
                 height=32,
-                probability_key="p",
-                mask_keys={f"{t:.1f}": masks_key for t in THRESHOLDS},
                 areas_px={"0.5": 4},
-                thumbnail_key=key,
                 user_id=world.users[who].id if who in world.users else None,
                 api_key_id=world.key_rows["segment"].id if who == "key_with_scope" else None,
+                **stored,
             )
         )
     return str(seg_id)

@@ -25,7 +25,7 @@ from services.imaging import NPY_MAGIC, decode_npy, encode_npy, is_npy, read_npy
 from tests.data import SHARED_DATA
 from tests.fixtures.torchserve import _require_runtime
 from tests.services.test_imaging import dicom_bytes
-from tests.services.test_volume_chunk import dicom_hu, npy, one_nan
+from tests.services.test_volume_chunk import BAD_CHUNKS, dicom_hu, npy
 from tools.liver_volumes import PATIENTS, liver_volume, train_dir, volume_dice
 from trainer.package import repackage
 
@@ -106,16 +106,7 @@ def test_a_chunk_slice_is_the_2d_answer_for_the_same_slice(client):
     np.testing.assert_array_equal(probs[1], np.asarray(Image.open(io.BytesIO(png))))
 
 
-@pytest.mark.parametrize(
-    ("array", "message"),
-    [
-        (np.zeros((512, 512), np.float32), "expected 3 dimensions"),
-        (np.zeros((1, 2, 64, 64), np.float32), "expected 3 dimensions"),
-        (np.zeros((65, 16, 16), np.int16), "send 1 to 64 slices"),
-        (np.zeros((2, 64, 64), np.float64), "dtype float64"),
-        (one_nan(), "1 non-finite"),
-    ],
-)
+@pytest.mark.parametrize(("array", "message"), BAD_CHUNKS)
 def test_bad_chunks_are_invalid_input_and_the_server_keeps_answering(client, array, message):
     with pytest.raises(InvalidInput, match=message):
         client.predict("liver", npy(array), answer_magic=NPY_MAGIC)

@@ -16,8 +16,8 @@ from gateway.resources.segmentations.schemas import (
     SegmentRecordPublic,
     TrendPublic,
 )
-from gateway.resources.shared import DEFAULT_LIST, MAX_LIST
-from gateway.service import history
+from gateway.resources.shared import DEFAULT_LIST, MAX_LIST, b64
+from gateway.service import history, images
 
 router = APIRouter(tags=["history"])
 
@@ -82,8 +82,9 @@ def mask(
     session: SessionDep,
     threshold: float | None = None,
 ):
-    """The stored mask (0/255 PNG at the image's size) at `threshold` (0.2 … 0.8), else at the threshold the
-    doctor saved, else at the organ's default; the header X-MedSeg-Threshold says which one it is."""
+    """The mask (0/255 PNG at the image's size, made from the stored probability map: the PNG the segment
+    answer carried) at `threshold` (0.2 … 0.8), else at the threshold the doctor saved, else at the organ's
+    default; the header X-MedSeg-Threshold says which one it is."""
     used, png = service.mask(clinic, session, who, segmentation_id, threshold)
     return Response(content=png, media_type="image/png", headers={"X-MedSeg-Threshold": f"{used:.1f}"})
 
@@ -106,7 +107,8 @@ segment_router = APIRouter(tags=["segment"], route_class=AuthenticateFirst)
 SegmentCaller = caller("segment")
 
 
-@segment_router.post("/segment", response_model=SegmentRecordPublic)
+# exclude_unset: `image_png` is in the answer only when asked for (the contract's shape otherwise)
+@segment_router.post("/segment", response_model=SegmentRecordPublic, response_model_exclude_unset=True)
 def segment(
     dataplane: DataPlaneDep,
     clinic: ClinicDep,
@@ -115,8 +117,20 @@ def segment(
     organ: Annotated[str, Form(max_length=200)],
     file: Annotated[UploadFile, File(description="PNG, JPEG, TIFF or DICOM")],
     patient_id: Annotated[str | None, Form(max_length=128)] = None,
+    include_image: Annotated[
+        bool, Form(description="also answer `image_png`: the image as the model saw it, DICOM windowed")
+    ] = False,
+    masks: Annotated[
+        str | None,
+        Form(
+            max_length=200,
+            description="the masks the answer carries: all (the default), none, or thresholds of the grid "
+            "separated by commas (e.g. 0.5,0.7); any other value is a 400 invalid_masks",
+        ),
+    ] = None,
 ) -> SegmentRecordPublic:
-    """Segment one image: probability map and masks at 0.2 … 0.8, at the input's size; recorded in history."""
+    """Segment one image: probability map and masks at 0.2 … 0.8 (or the ones `masks` asks for), at the
+    input's size; recorded in history (every mask can be fetched later from its mask.png)."""
     upload = read_upload(file, dataplane.max_upload_bytes)
     record = history.segment(
         session,
@@ -127,10 +141,18 @@ def segment(
         upload.filename,
         patient_id or None,
         doubtful_below=clinic.settings.stability_doubtful_below,
+        wanted_masks=masks,
     )
-    return SegmentRecordPublic(
+    answer = SegmentRecordPublic(
         **SegmentationPublic.of(record.result).model_dump(),
         stability=record.stability,
         doubtful=record.doubtful,
         suggested_threshold=record.suggested_threshold,
     )
+    if include_image:
+        window = dataplane.registry.get(organ).spec.window
+        preview = images.preview_png(
+            upload.data, upload.filename, max_pixels=dataplane.max_image_pixels, window=window
+        )
+        answer.image_png = b64(preview)  # assigned: set, so in the answer (exclude_unset)
+    return answer

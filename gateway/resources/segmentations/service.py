@@ -6,14 +6,13 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from common.errors import NotFound
 from gateway.principal import Principal
 from gateway.resources.segmentations.schemas import HistoryItem, HistoryPublic, TrendPoint, TrendPublic
 from gateway.resources.shared import list_limit
 from gateway.resources.studies.schemas import StudyTrendPoint
 from gateway.service import history
 from gateway.service.clinic import Clinic
-from gateway.service.masks import nearest_threshold, unpack_mask
+from gateway.service.masks import nearest_threshold
 
 
 def _history_item(clinic: Clinic, row) -> HistoryItem:
@@ -35,7 +34,7 @@ def _history_item(clinic: Clinic, row) -> HistoryItem:
         area=value,
         area_unit=unit,
         area_threshold=threshold,
-        thumbnail_url=f"/api/v1/segmentations/{row.id}/thumbnail.png" if row.thumbnail_key else None,
+        thumbnail_url=f"/api/v1/segmentations/{row.id}/thumbnail.png",  # every row has a map to draw it from
     )
 
 
@@ -60,9 +59,7 @@ def choose_threshold(
 
 def thumbnail(clinic: Clinic, session: Session, who: Principal, segmentation_id: str) -> bytes:
     row = history.get_segmentation(session, who, segmentation_id)
-    if not row.thumbnail_key:
-        raise NotFound(f"segmentation {segmentation_id} has no thumbnail", code="no_thumbnail")
-    return clinic.dataplane.store.get_bytes(clinic.dataplane.results_bucket, row.thumbnail_key)
+    return history.thumbnail_png(clinic.dataplane, row)
 
 
 def mask(
@@ -75,9 +72,8 @@ def mask(
         threshold = row.chosen_threshold
     if threshold is None:
         threshold = nearest_threshold(clinic.default_threshold(row.organ))
-    label, key = history.mask_key(row, threshold)
-    store = clinic.dataplane.store
-    return float(label), unpack_mask(key, store.get_bytes(clinic.dataplane.results_bucket, key), threshold)
+    png = history.mask_png(clinic.dataplane, row, threshold)
+    return round(threshold, 1), png
 
 
 def trend(
