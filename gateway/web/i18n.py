@@ -6,6 +6,8 @@ A key missing in Chinese falls back to English, a key missing everywhere shows t
 
 from __future__ import annotations
 
+from gateway.web import i18n_studies
+
 LANGUAGES = {"en": "English", "zh": "中文"}
 DEFAULT_LANGUAGE = "en"
 
@@ -1199,6 +1201,9 @@ ZH: dict[str, str] = {
     "auth.approved": "您的账户已获批准，欢迎使用 MedSeg。",
 }
 
+# The studies pages' messages live beside this catalogue (gateway/web/i18n_studies.py)
+EN.update(i18n_studies.EN)
+ZH.update(i18n_studies.ZH)
 CATALOGUE: dict[str, dict[str, str]] = {"en": EN, "zh": ZH}
 
 
