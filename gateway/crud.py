@@ -31,6 +31,7 @@ def record_segmentation(session: Session, record: SegmentationRecord) -> Segment
         areas_px=record.areas,
         stability=record.stability,
         thumbnail_key=record.thumbnail_key,
+        view_key=record.view_key,
         api_key_id=record.api_key_id,
         user_id=record.user_id,
         hospital=record.hospital,

@@ -751,7 +751,7 @@ def segment_breakdown(stack: Stack, image: bytes, runs: int = 15) -> dict[str, f
         "decode probability PNG": (images, "decode_probability"),
         "threshold 7 masks": (dataplane_module, "probability_mask"),
         "encode 7 mask PNGs": (images, "encode_mask"),
-        "masks, thumbnail + object store: 3 concurrent writes": (dataplane, "_store_results"),
+        "masks, previews + object store: 4 concurrent writes": (dataplane, "_store_results"),
         "database row + audit": (dataplane, "record_segmentation"),
     }
     samples: dict[str, list[float]] = {name: [] for name in parts}

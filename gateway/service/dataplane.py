@@ -2,15 +2,16 @@
 
 Segment: validate organ and upload (size, decodable, pixel count) before bothering an organ server,
 call the organ server, threshold its probability map at 0.2 … 0.8, store the probability map, the
-seven masks (one zip, see masks.pack_masks) and a thumbnail (the history's preview) in the results
-bucket (three concurrent writes), then record the Segmentation row in one commit. Every object is written
-before the row, and all of them are removed again when any write or the row fails, so a row never points
-at objects that are not there; only the thumbnail is optional: when its write fails the row is recorded
-without one.
+seven masks (one zip, see masks.pack_masks), a thumbnail (the history's preview) and the viewer's image
+(gateway.service.views) in the results bucket (four concurrent writes), then record the Segmentation row
+in one commit. Every object is written before the row, and all of them are removed again when any write or
+the row fails, so a row never points at objects that are not there; only the two previews are optional:
+when one's write fails the row is recorded without it.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -27,7 +28,7 @@ import numpy as np
 from common.errors import InvalidInput, MedSegError, NotFound, PayloadTooLarge, ServiceUnavailable
 from common.torchserve_client import InferenceClient
 from gateway import metrics
-from gateway.service import images, scoring
+from gateway.service import images, scoring, views
 from gateway.service.masks import MASKS_OBJECT, THRESHOLDS, pack_masks, probability_mask, stability
 from gateway.service.organs import ModelInfo, Organ, OrganRegistry
 
@@ -127,6 +128,7 @@ class SegmentationRecord:
     api_key_id: int | None
     stability: float | None = None
     thumbnail_key: str | None = None  # None: the preview could not be written; the record stands without it
+    view_key: str | None = None  # the viewer's image (gateway.service.views); None as for the thumbnail
     user_id: int | None = None
     actor: str | None = None
     hospital: str | None = None  # the owner's (gateway/tenancy.py)
@@ -321,10 +323,13 @@ class DataPlane:
         written: list[str] = []
         try:
             self._ensure_buckets_once()
-            masks, thumbnail_key = self._store_results(prefix, prob, prob_png, written)
+            view = functools.partial(
+                views.make_view, data, max_pixels=self.max_image_pixels, window=organ.spec.window
+            )
+            masks, previews = self._store_results(prefix, prob, prob_png, written, view)
             model = self.registry.model(organ.name)
             record = self._segmentation_record(
-                seg_id, organ.name, model, prefix, masks, thumbnail_key, (width, height), spacing_mm,
+                seg_id, organ.name, model, prefix, masks, previews, (width, height), spacing_mm,
                 patient_id=patient_id, api_key_id=api_key_id, user_id=user_id, actor=actor, hospital=hospital,
             )  # fmt: skip
             self.record_segmentation(session, record)
@@ -348,7 +353,7 @@ class DataPlane:
         model: ModelInfo,
         prefix: str,
         masks: list[MaskResult],
-        thumbnail_key: str | None,
+        previews: dict[str, str | None],
         size: tuple[int, int],
         spacing_mm: tuple[float, float] | None,
         *,
@@ -373,7 +378,8 @@ class DataPlane:
             mask_keys={f"{m.threshold:.1f}": f"{prefix}/{MASKS_OBJECT}" for m in masks},
             areas=areas,
             stability=stability(areas),
-            thumbnail_key=thumbnail_key,
+            thumbnail_key=previews["thumbnail"],
+            view_key=previews["view"],
             api_key_id=api_key_id,
             user_id=user_id,
             actor=actor,
@@ -381,15 +387,16 @@ class DataPlane:
         )
 
     def _store_results(
-        self, prefix: str, prob: np.ndarray, prob_png: bytes, written: list[str]
-    ) -> tuple[list[MaskResult], str | None]:
-        """Write the probability map, the thumbnail and the seven masks (threshold → encode, packed into one
-        zip) side by side in the writer pool (numpy, zlib and Pillow release the GIL, so the encodes overlap
-        the other writes; the seven encodes take a few ms in all). Each written key is appended to
-        `written`. Returns the masks and the thumbnail's key (None when the thumbnail could not be made or
-        written: it is a preview, the segmentation stands without it) once every object is written;
-        otherwise raises the first failure, but only after every task has finished, so nothing is still in
-        flight when the caller removes what was written."""
+        self, prefix: str, prob: np.ndarray, prob_png: bytes, written: list[str], view: Callable[[], bytes]
+    ) -> tuple[list[MaskResult], dict[str, str | None]]:
+        """Write the probability map, the seven masks (threshold → encode, packed into one zip) and the
+        previews (the history's thumbnail, the viewer's image: `view()`, gateway.service.views) side by
+        side in the writer pool (numpy, zlib and Pillow release the GIL, so the encodes overlap the other
+        writes; the seven encodes take a few ms in all). Each written key is appended to `written`. Returns
+        the masks and the previews' keys ("thumbnail", "view": None when one could not be made or written:
+        the segmentation stands without it) once every object is written; otherwise raises the first
+        failure, but only after every task has finished, so nothing is still in flight when the caller
+        removes what was written."""
 
         def put(key: str, blob: bytes) -> None:
             kind = "application/zip" if key.endswith(".zip") else "image/png"
@@ -405,26 +412,31 @@ class DataPlane:
             return masks
 
         probability_key = f"{prefix}/probability.png"
-        thumbnail_key = f"{prefix}/thumbnail.png"
         masks_key = f"{prefix}/{MASKS_OBJECT}"
         futures = {
             probability_key: self._writers.submit(put, probability_key, prob_png),
             masks_key: self._writers.submit(masks_and_put),
         }
-        thumbnail = self._writers.submit(lambda: put(thumbnail_key, scoring.thumbnail_png(prob)))
-        wait([*futures.values(), thumbnail])
+        preview_keys = {"thumbnail": f"{prefix}/thumbnail.png", "view": f"{prefix}/{views.VIEW_OBJECT}"}
+        makers = {"thumbnail": lambda: scoring.thumbnail_png(prob), "view": view}
+        previews = {
+            name: self._writers.submit(lambda key=key, make=makers[name]: put(key, make()))
+            for name, key in preview_keys.items()
+        }
+        wait([*futures.values(), *previews.values()])
         written.extend(key for key, future in futures.items() if future.exception() is None)
-        if thumbnail.exception() is None:
-            written.append(thumbnail_key)
+        written.extend(preview_keys[n] for n, future in previews.items() if future.exception() is None)
         for future in futures.values():
             future.result()  # the first failure, if any
-        failed = thumbnail.exception()
-        if failed is not None:
-            if not isinstance(failed, Exception):  # KeyboardInterrupt, SystemExit: not a failed preview
+        kept: dict[str, str | None] = {}
+        for name, future in previews.items():
+            failed = future.exception()
+            if failed is not None and not isinstance(failed, Exception):  # KeyboardInterrupt, SystemExit
                 raise failed
-            logger.warning("no thumbnail for %s: %s", prefix, failed)
-            thumbnail_key = None
-        return futures[masks_key].result(), thumbnail_key
+            if failed is not None:
+                logger.warning("no %s for %s: %s", name, prefix, failed)
+            kept[name] = None if failed is not None else preview_keys[name]
+        return futures[masks_key].result(), kept
 
     def _remove(self, keys: Sequence[str]) -> None:
         for key in keys:

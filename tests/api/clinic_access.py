@@ -3,6 +3,7 @@ fixtures each call needs (a version, an evaluation, a feedback thread, a segment
 
 from __future__ import annotations
 
+import functools
 import sys
 import tempfile
 import uuid
@@ -25,6 +26,8 @@ from gateway.models import (
 from gateway.service.images import encode_mask
 from gateway.service.masks import MASKS_OBJECT, THRESHOLDS, pack_masks
 from gateway.service.training_jobs import spawn_worker
+from gateway.service.views import VIEW_OBJECT, make_view
+from tests.studydata import ct_slice_bytes
 
 PEOPLE = frozenset({"doctor", "researcher", "admin"})
 RESEARCH = frozenset({"researcher", "admin"})
@@ -174,6 +177,14 @@ def _feedback(world, who) -> int:
         return row.id
 
 
+@functools.cache
+def ct_view() -> bytes:
+    """The stored view (gateway/service/views.py) of a small CT slice: image, HU values, directions."""
+    hu = np.full((32, 32), -1000.0)
+    hu[8:24, 8:24] = 60.0
+    return make_view(ct_slice_bytes(hu), max_pixels=1_000_000, window={"center": 60, "width": 400})
+
+
 def _segmentation(world, who) -> str:
     seg_id = uuid.uuid4()
     key = f"segmentations/liver/{seg_id}/thumbnail.png"
@@ -181,6 +192,8 @@ def _segmentation(world, who) -> str:
     masks_key = f"segmentations/liver/{seg_id}/{MASKS_OBJECT}"
     square = encode_mask(np.pad(np.ones((4, 4), bool), 14))  # 32×32, 16 px (the areas below are made up)
     world.store.put_bytes("medseg-results", masks_key, pack_masks({t: square for t in THRESHOLDS}))
+    view_key = f"segmentations/liver/{seg_id}/{VIEW_OBJECT}"
+    world.store.put_bytes("medseg-results", view_key, ct_view())
     with world.session() as session:
         session.add(
             Segmentation(
@@ -195,6 +208,7 @@ def _segmentation(world, who) -> str:
                 mask_keys={f"{t:.1f}": masks_key for t in THRESHOLDS},
                 areas_px={"0.5": 4},
                 thumbnail_key=key,
+                view_key=view_key,
                 user_id=world.users[who].id if who in world.users else None,
                 api_key_id=world.key_rows["segment"].id if who == "key_with_scope" else None,
             )
@@ -349,6 +363,14 @@ def _rules() -> dict:
             ("segment",),
             lambda w, c, who: c.get(f"/api/v1/segmentations/{_segmentation(w, who)}/mask.png"),
         ),
+        **{
+            ("GET", f"/api/v1/segmentations/{{segmentation_id}}/{path}"): _rule(
+                PEOPLE,
+                ("segment",),
+                lambda w, c, who, path=path: c.get(f"/api/v1/segmentations/{_segmentation(w, who)}/{path}"),
+            )
+            for path in ("image.png", "values.npy", "nuclei")
+        },
         ("GET", "/api/v1/training/architectures"): _rule(
             RESEARCH, ("train",), lambda w, c, who: c.get("/api/v1/training/architectures")
         ),

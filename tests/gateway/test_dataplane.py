@@ -50,7 +50,7 @@ def test_segment_thresholds_masks_and_storage(registry):
         assert m.area_px == int((prob / 255.0 >= m.threshold).sum()) == int((mask == 255).sum())
     areas = [m.area_px for m in result.masks]
     assert areas == sorted(areas, reverse=True) and areas[0] > areas[-1] > 0
-    assert len(store.objects) == 3 and len(rows) == 1  # probability map, the masks' zip, thumbnail
+    assert len(store.objects) == 4 and len(rows) == 1  # probability map, the masks' zip, thumbnail, view
     assert rows[0].patient_id == "p1" and rows[0].id == result.id
     assert ("results", rows[0].probability_key) in store.objects
     assert set(rows[0].mask_keys) == {f"{t:.1f}" for t in THRESHOLDS}
@@ -59,19 +59,30 @@ def test_segment_thresholds_masks_and_storage(registry):
         assert unpack_mask(key, store.objects[("results", key)], m.threshold) == m.mask_png
 
 
-class ThumbnailRefusingStore(FakeStore):
+class PreviewRefusingStore(FakeStore):
+    def __init__(self, refused: str):
+        super().__init__()
+        self.refused = refused
+
     def put_bytes(self, bucket, key, data, content_type=None):
-        if key.endswith("/thumbnail.png"):
+        if key.endswith(self.refused):
             raise ServiceUnavailable("object store unavailable: disk full")
         return super().put_bytes(bucket, key, data, content_type)
 
 
-def test_a_failed_thumbnail_leaves_the_segmentation_whole_without_a_preview(registry):
-    rows, store = [], ThumbnailRefusingStore()
+@pytest.mark.parametrize("refused", ["/thumbnail.png", "/view.zip"])
+def test_a_failed_preview_leaves_the_segmentation_whole_without_it(registry, refused):
+    rows, store = [], PreviewRefusingStore(refused)
     plane = make_plane(registry, {"liver": FakeClient(ramp), "cells": FakeClient(ramp)}, store, rows)
     result = plane.segment(None, "liver", png(np.zeros((32, 32), np.uint8)), "x.png")
-    assert len(result.masks) == 7 and len(rows) == 1 and rows[0].thumbnail_key is None
-    assert {key for _, key in store.objects} == {rows[0].probability_key, *rows[0].mask_keys.values()}
+    assert len(result.masks) == 7 and len(rows) == 1
+    kept = {rows[0].thumbnail_key, rows[0].view_key}
+    assert None in kept and {key for _, key in store.objects} == {
+        rows[0].probability_key,
+        *rows[0].mask_keys.values(),
+        *(kept - {None}),
+    }
+    assert not any(key.endswith(refused) for key in kept - {None})
 
 
 def test_the_published_card_sets_the_version_asked_for_and_the_default_threshold(registry, tmp_path):
@@ -89,7 +100,7 @@ def test_the_published_card_sets_the_version_asked_for_and_the_default_threshold
 
 
 def test_store_down_leaves_no_row_and_no_objects(registry):
-    rows, store = [], FakeStore(fail_after=1)  # the first of the three writes goes through
+    rows, store = [], FakeStore(fail_after=1)  # the first of the four writes goes through
     plane = make_plane(registry, {"liver": FakeClient(ramp), "cells": FakeClient(ramp)}, store, rows)
     with pytest.raises(ServiceUnavailable):
         plane.segment(None, "liver", png(np.zeros((32, 32), np.uint8)), "x.png")
@@ -248,12 +259,12 @@ def test_every_object_is_in_the_store_before_the_row_is_written(registry):
     seen_at_row_time = []
 
     def row(session, record):
-        keys = [record.probability_key, *record.mask_keys.values(), record.thumbnail_key]
+        keys = [record.probability_key, *record.mask_keys.values(), record.thumbnail_key, record.view_key]
         seen_at_row_time.append(all(("results", key) in store.objects for key in keys))
 
     plane = make_plane(registry, {"liver": FakeClient(ramp)}, store, record=row)
     result = plane.segment(None, "liver", png(np.zeros((40, 64), np.uint8)), "x.png")
-    assert seen_at_row_time == [True] and len(store.objects) == 3
+    assert seen_at_row_time == [True] and len(store.objects) == 4
     thumbnail = store.objects[("results", f"segmentations/liver/{result.id}/thumbnail.png")]
     assert Image.open(io.BytesIO(thumbnail)).mode == "L"
 
