@@ -44,17 +44,20 @@ $(GEN)/.stamp: $(STAMP) $(wildcard protos/medseg/v1/*.proto)
 protos: $(GEN)/.stamp
 
 # --- web assets -------------------------------------------------------------------------------
-# Bootstrap and Swagger UI (the API docs at /docs) come from the npm registry at build time
-# (package-lock.json), never from a CDN at run time: hospital networks are often closed.
+# Bootstrap, Swagger UI (the API docs at /docs) and OpenSeadragon (deep zoom of histology tiles) come from the
+# npm registry at build time (package-lock.json), never from a CDN at run time: hospital networks are often
+# closed.
 VENDOR := gateway/web/static/vendor
 $(VENDOR)/.stamp: package.json package-lock.json
 	@command -v npm >/dev/null 2>&1 || { echo "installing Node.js/npm (web assets)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; }
 	npm ci --no-audit --no-fund --loglevel=error
-	rm -rf $(VENDOR) && mkdir -p $(VENDOR)/bootstrap $(VENDOR)/swagger-ui
+	rm -rf $(VENDOR) && mkdir -p $(VENDOR)/bootstrap $(VENDOR)/swagger-ui $(VENDOR)/openseadragon
 	cp -r node_modules/bootstrap/dist/css node_modules/bootstrap/dist/js $(VENDOR)/bootstrap/
 	cp node_modules/swagger-ui-dist/swagger-ui-bundle.js node_modules/swagger-ui-dist/swagger-ui.css \
 	  node_modules/swagger-ui-dist/LICENSE $(VENDOR)/swagger-ui/
+	cp node_modules/openseadragon/build/openseadragon/openseadragon.min.js node_modules/openseadragon/LICENSE.txt \
+	  $(VENDOR)/openseadragon/
 	@touch $@
 
 assets: $(VENDOR)/.stamp
