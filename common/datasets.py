@@ -100,10 +100,16 @@ class _Entry:
 def _check_name(name: str) -> str:
     """Refuse absolute paths, drive letters, backslashes and `..`; return the normalised POSIX name."""
     if "\\" in name or name.startswith("/") or (len(name) > 1 and name[1] == ":"):
-        raise DatasetError(f"{name}: absolute or Windows-style path refused (entries must be relative)")
+        raise DatasetError(
+            f"{name}: absolute or Windows-style path refused (entries must be relative)",
+            code="dataset_path_refused",
+            params={"name": name},
+        )
     parts = PurePosixPath(name).parts
     if any(part == ".." for part in parts):
-        raise DatasetError(f"{name}: path traversal ('..') refused")
+        raise DatasetError(
+            f"{name}: path traversal ('..') refused", code="dataset_path_refused", params={"name": name}
+        )
     return "/".join(p for p in parts if p != ".")
 
 
@@ -116,32 +122,54 @@ def _zip_entries(path: Path, limits: DatasetLimits) -> tuple[list[_Entry], zipfi
     try:
         archive = zipfile.ZipFile(path)
     except Exception as exc:  # a damaged central directory raises more than BadZipFile (see _zip_reader)
-        raise DatasetError(f"{path.name}: not a readable zip file ({type(exc).__name__}: {exc})") from exc
+        raise DatasetError(
+            f"{path.name}: not a readable zip file ({type(exc).__name__}: {exc})",
+            code="dataset_not_zip",
+            params={"name": path.name},
+        ) from exc
     infos = archive.infolist()
     if len(infos) > limits.max_entries:
-        raise DatasetError(f"{path.name}: {len(infos)} entries, more than the limit of {limits.max_entries}")
+        raise DatasetError(
+            f"{path.name}: {len(infos)} entries, more than the limit of {limits.max_entries}",
+            code="dataset_too_many_files",
+            params={"name": path.name, "limit": limits.max_entries},
+        )
     entries, total, seen, lock = [], 0, set(), threading.Lock()
     for info in infos:
         name = _check_name(info.filename)
         mode = info.external_attr >> 16
         if stat.S_ISLNK(mode):
-            raise DatasetError(f"{info.filename}: symbolic link refused")
+            raise DatasetError(
+                f"{info.filename}: symbolic link refused",
+                code="dataset_symlink",
+                params={"name": info.filename},
+            )
         if info.is_dir() or _is_junk(name):
             continue
         if info.flag_bits & 0x1:
-            raise DatasetError(f"{info.filename}: encrypted entries are not supported")
+            raise DatasetError(
+                f"{info.filename}: encrypted entries are not supported",
+                code="dataset_encrypted",
+                params={"name": info.filename},
+            )
         if info.compress_type not in ZIP_METHODS:
             raise DatasetError(
                 f"{info.filename}: compression method {info.compress_type} is not supported "
-                "(use deflate or no compression)"
+                "(use deflate or no compression)",
+                code="dataset_compression",
+                params={"name": info.filename},
             )
         if name in seen:
-            raise DatasetError(f"{info.filename}: duplicate entry")
+            raise DatasetError(
+                f"{info.filename}: duplicate entry", code="dataset_duplicate", params={"name": info.filename}
+            )
         seen.add(name)
         if info.file_size > limits.max_file_bytes:
             raise DatasetError(
                 f"{info.filename}: {info.file_size} bytes uncompressed, more than the "
-                f"per-file limit of {limits.max_file_bytes}"
+                f"per-file limit of {limits.max_file_bytes}",
+                code="dataset_file_too_large",
+                params={"name": info.filename, "limit": limits.max_file_bytes},
             )
         if (
             info.file_size >= limits.min_ratio_check_bytes
@@ -149,12 +177,16 @@ def _zip_entries(path: Path, limits: DatasetLimits) -> tuple[list[_Entry], zipfi
         ):
             raise DatasetError(
                 f"{info.filename}: compression ratio {info.file_size / max(info.compress_size, 1):.0f}"
-                f":1 looks like a zip bomb (limit {limits.max_compression_ratio:.0f}:1)"
+                f":1 looks like a zip bomb (limit {limits.max_compression_ratio:.0f}:1)",
+                code="dataset_zip_bomb",
+                params={"name": info.filename},
             )
         total += info.file_size
         if total > limits.max_total_bytes:
             raise DatasetError(
-                f"{info.filename}: archive expands to more than {limits.max_total_bytes} bytes"
+                f"{info.filename}: archive expands to more than {limits.max_total_bytes} bytes",
+                code="dataset_too_large",
+                params={"name": info.filename, "limit": limits.max_total_bytes},
             )
         entries.append(_Entry(name, info.file_size, _zip_reader(archive, info, lock)))
     return entries, archive
@@ -169,13 +201,21 @@ def _zip_reader(archive: zipfile.ZipFile, info: zipfile.ZipInfo, lock: threading
                 while chunk := fh.read(1024 * 1024):
                     got += len(chunk)
                     if got > info.file_size:
-                        raise DatasetError(f"{info.filename}: expands beyond its declared size (zip bomb?)")
+                        raise DatasetError(
+                            f"{info.filename}: expands beyond its declared size (zip bomb?)",
+                            code="dataset_zip_bomb",
+                            params={"name": info.filename},
+                        )
                     chunks.append(chunk)
         except DatasetError:
             raise
         except Exception as exc:  # zipfile on damaged input raises anything (zlib.error, NotImplementedError,
             # UnicodeDecodeError for a mangled name...): every one of them is this entry's fault
-            raise DatasetError(f"{info.filename}: corrupt zip entry ({type(exc).__name__}: {exc})") from exc
+            raise DatasetError(
+                f"{info.filename}: corrupt zip entry ({type(exc).__name__}: {exc})",
+                code="dataset_corrupt_entry",
+                params={"name": info.filename},
+            ) from exc
         return b"".join(chunks)
 
     return read
@@ -186,25 +226,40 @@ def _dir_entries(root: Path, limits: DatasetLimits) -> list[_Entry]:
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         for d in list(dirnames):
             if (Path(dirpath) / d).is_symlink():
-                raise DatasetError(f"{(Path(dirpath) / d).relative_to(root)}: symbolic link refused")
+                link = (Path(dirpath) / d).relative_to(root).as_posix()
+                raise DatasetError(
+                    f"{link}: symbolic link refused", code="dataset_symlink", params={"name": link}
+                )
         for fname in filenames:
             full = Path(dirpath) / fname
             name = full.relative_to(root).as_posix()
             if _is_junk(name):
                 continue
             if full.is_symlink():
-                raise DatasetError(f"{name}: symbolic link refused")
+                raise DatasetError(
+                    f"{name}: symbolic link refused", code="dataset_symlink", params={"name": name}
+                )
             size = full.stat().st_size
             if size > limits.max_file_bytes:
                 raise DatasetError(
-                    f"{name}: {size} bytes, more than the per-file limit of {limits.max_file_bytes}"
+                    f"{name}: {size} bytes, more than the per-file limit of {limits.max_file_bytes}",
+                    code="dataset_file_too_large",
+                    params={"name": name, "limit": limits.max_file_bytes},
                 )
             total += size
             if total > limits.max_total_bytes:
-                raise DatasetError(f"{name}: dataset is larger than {limits.max_total_bytes} bytes")
+                raise DatasetError(
+                    f"{name}: dataset is larger than {limits.max_total_bytes} bytes",
+                    code="dataset_too_large",
+                    params={"name": name, "limit": limits.max_total_bytes},
+                )
             entries.append(_Entry(name, size, full.read_bytes))
             if len(entries) > limits.max_entries:
-                raise DatasetError(f"{root.name}: more than {limits.max_entries} files")
+                raise DatasetError(
+                    f"{root.name}: more than {limits.max_entries} files",
+                    code="dataset_too_many_files",
+                    params={"name": root.name, "limit": limits.max_entries},
+                )
     return entries
 
 
@@ -229,10 +284,15 @@ def _strip_common_root(entries: list[_Entry]) -> list[_Entry]:
 def _pair_entries(entries: list[_Entry]) -> tuple[str, list[_Pair]]:
     entries = _strip_common_root(entries)
     if not entries:
-        raise DatasetError("the dataset is empty: no image/mask files found")
+        raise DatasetError("the dataset is empty: no image/mask files found", code="dataset_empty")
     for e in entries:
         if PurePosixPath(e.name).suffix.lower() not in IMAGE_SUFFIXES:
-            raise DatasetError(f"{e.name}: unexpected file (accepted: {', '.join(sorted(IMAGE_SUFFIXES))})")
+            accepted = ", ".join(sorted(IMAGE_SUFFIXES))
+            raise DatasetError(
+                f"{e.name}: unexpected file (accepted: {accepted})",
+                code="dataset_unexpected_file",
+                params={"name": e.name, "accepted": accepted},
+            )
     split = any(e.name.startswith(("images/", "masks/")) for e in entries)
     images: dict[str, _Entry] = {}
     masks: dict[str, _Entry] = {}
@@ -242,7 +302,9 @@ def _pair_entries(entries: list[_Entry]) -> tuple[str, list[_Pair]]:
             if len(path.parts) != 2 or path.parts[0] not in ("images", "masks"):
                 raise DatasetError(
                     f"{e.name}: in the images/ + masks/ layout every file must sit directly "
-                    "in images/ or masks/"
+                    "in images/ or masks/",
+                    code="dataset_layout",
+                    params={"name": e.name},
                 )
             target = images if path.parts[0] == "images" else masks
             stem = path.stem
@@ -250,21 +312,33 @@ def _pair_entries(entries: list[_Entry]) -> tuple[str, list[_Pair]]:
             if len(path.parts) != 1:
                 raise DatasetError(
                     f"{e.name}: unexpected folder; use NNN.png + NNN_mask.png side by side, "
-                    "or images/X.png + masks/X.png"
+                    "or images/X.png + masks/X.png",
+                    code="dataset_layout",
+                    params={"name": e.name},
                 )
             is_mask = path.stem.endswith(MASK_SUFFIX)
             target = masks if is_mask else images
             stem = path.stem[: -len(MASK_SUFFIX)] if is_mask else path.stem
         if stem in target:
-            raise DatasetError(f"{e.name}: two files for '{stem}' ({target[stem].name} and {e.name})")
+            raise DatasetError(
+                f"{e.name}: two files for '{stem}' ({target[stem].name} and {e.name})",
+                code="dataset_two_files",
+                params={"name": e.name, "other": target[stem].name},
+            )
         target[stem] = e
     for stem, image in sorted(images.items()):
         if stem not in masks:
             expected = f"masks/{stem}.png" if split else f"{stem}{MASK_SUFFIX}.png"
-            raise DatasetError(f"{image.name}: missing mask (expected {expected})")
+            raise DatasetError(
+                f"{image.name}: missing mask (expected {expected})",
+                code="dataset_missing_mask",
+                params={"name": image.name, "expected": expected},
+            )
     for stem, mask in sorted(masks.items()):
         if stem not in images:
-            raise DatasetError(f"{mask.name}: mask without an image")
+            raise DatasetError(
+                f"{mask.name}: mask without an image", code="dataset_mask_alone", params={"name": mask.name}
+            )
     return ("split" if split else "paired"), [_Pair(s, images[s], masks[s]) for s in sorted(images)]
 
 
@@ -301,20 +375,32 @@ def _check_pair(pair: _Pair) -> tuple[_CheckedFile, _CheckedFile]:
     try:
         image = _decode(image_bytes)
     except ValueError as exc:
-        raise DatasetError(f"{pair.image.name}: not a decodable image ({exc})") from exc
+        raise DatasetError(
+            f"{pair.image.name}: not a decodable image ({exc})",
+            code="dataset_undecodable",
+            params={"name": pair.image.name},
+        ) from exc
     mask_bytes = pair.mask.read()
     try:
         mask = _decode(mask_bytes)
     except ValueError as exc:
-        raise DatasetError(f"{pair.mask.name}: not a decodable mask ({exc})") from exc
+        raise DatasetError(
+            f"{pair.mask.name}: not a decodable mask ({exc})",
+            code="dataset_undecodable",
+            params={"name": pair.mask.name},
+        ) from exc
     if mask.shape[:2] != image.shape[:2]:
         raise DatasetError(
             f"{pair.mask.name}: mask is {mask.shape[1]}×{mask.shape[0]} but its image "
-            f"{pair.image.name} is {image.shape[1]}×{image.shape[0]}"
+            f"{pair.image.name} is {image.shape[1]}×{image.shape[0]}",
+            code="dataset_size_mismatch",
+            params={"name": pair.mask.name, "image": pair.image.name},
         )
     problem = _binary_mask_problem(mask)
     if problem:
-        raise DatasetError(f"{pair.mask.name}: {problem}")
+        raise DatasetError(
+            f"{pair.mask.name}: {problem}", code="dataset_mask_values", params={"name": pair.mask.name}
+        )
     h, w = image.shape[:2]
     image_file = PurePosixPath(pair.image.name).name
     return (
@@ -366,9 +452,15 @@ def _open_source(path: Path, limits: DatasetLimits) -> Iterator[list[_Entry]]:
         finally:
             archive.close()
     elif path.exists():
-        raise DatasetError(f"{path.name}: expected a directory or a .zip file")
+        raise DatasetError(
+            f"{path.name}: expected a directory or a .zip file",
+            code="dataset_not_zip",
+            params={"name": path.name},
+        )
     else:
-        raise DatasetError(f"{path}: no such file or directory")
+        raise DatasetError(
+            f"{path}: no such file or directory", code="dataset_not_zip", params={"name": path.name}
+        )
 
 
 def validate_dataset(path: str | Path, limits: DatasetLimits | None = None) -> tuple[str, int]:
@@ -397,7 +489,11 @@ def push_dataset(
     """
     organs = _known_organs()
     if organ not in organs:
-        raise DatasetError(f"unknown organ {organ!r}; known organs: {', '.join(organs)}")
+        raise DatasetError(
+            f"unknown organ {organ!r}; known organs: {', '.join(organs)}",
+            code="unknown_organ",
+            params={"organ": organ},
+        )
     path = Path(path)
     with _open_source(path, limits or DatasetLimits()) as entries:
         layout, pairs = _pair_entries(entries)
@@ -451,7 +547,11 @@ def _upload_files(
     def upload(f: _CheckedFile) -> None:
         data = f.entry.read()
         if hashlib.sha256(data).hexdigest() != f.sha256:  # changed between validation and upload
-            raise DatasetError(f"{f.entry.name}: file changed while it was being uploaded")
+            raise DatasetError(
+                f"{f.entry.name}: file changed while it was being uploaded",
+                code="dataset_changed",
+                params={"name": f.entry.name},
+            )
         suffix = PurePosixPath(f.entry.name).suffix.lower()
         store.put_bytes(
             bucket,
@@ -487,11 +587,17 @@ def _cleanup(store: ObjectStore, bucket: str, dataset_id: str) -> None:
 def get_manifest(store: ObjectStore, dataset_id: str) -> dict:
     """The manifest of a complete dataset; NotFound when there is none (unknown or incomplete upload)."""
     if not dataset_id or "/" in dataset_id or ".." in dataset_id:
-        raise InvalidInput(f"invalid dataset id {dataset_id!r}")
+        raise InvalidInput(
+            f"invalid dataset id {dataset_id!r}", code="unknown_dataset", params={"id": dataset_id}
+        )
     try:
         return json.loads(store.get_bytes(store.buckets.datasets, f"{dataset_id}/{MANIFEST}"))
     except NotFound:
-        raise NotFound(f"no dataset {dataset_id!r} in bucket {store.buckets.datasets}") from None
+        raise NotFound(
+            f"no dataset {dataset_id!r} in bucket {store.buckets.datasets}",
+            code="unknown_dataset",
+            params={"id": dataset_id},
+        ) from None
 
 
 def fetch_dataset(store: ObjectStore, dataset_id: str, cache_dir: str | Path) -> Path:

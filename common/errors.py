@@ -5,15 +5,19 @@ from __future__ import annotations
 
 
 class MedSegError(Exception):
-    """Base class: `code` is the stable machine-readable error code; `http_status` / `grpc_code` map it."""
+    """Base class: `code` is the stable machine-readable error code; `http_status` / `grpc_code` map it.
+
+    `params` are the values the message names (a file name, a limit), so a client that words the error in
+    its own language by `code` can name them too (the web pages do: gateway/web/i18n.py `err.<code>`)."""
 
     code = "internal"
     http_status = 500
     grpc_code = "INTERNAL"
 
-    def __init__(self, message: str, *, code: str | None = None):
+    def __init__(self, message: str, *, code: str | None = None, params: dict | None = None):
         super().__init__(message)
         self.message = message
+        self.params = dict(params or {})
         if code:
             self.code = code
 
@@ -59,9 +63,15 @@ class TooManyRequests(MedSegError):
 
     code, http_status, grpc_code = "too_many_requests", 429, "RESOURCE_EXHAUSTED"
 
-    def __init__(self, message: str, *, retry_after_s: int = 60, code: str | None = None):
-        super().__init__(message, code=code)
+    def __init__(self, message: str, *, retry_after_s: int = 60, code: str | None = None, params=None):
+        super().__init__(message, code=code, params={"seconds": retry_after_s, **(params or {})})
         self.retry_after_s = retry_after_s
+
+
+class InsufficientStorage(MedSegError):
+    """507: the server's disk is nearly full, so it takes no new uploads (settings.min_free_disk_bytes)."""
+
+    code, http_status, grpc_code = "insufficient_storage", 507, "RESOURCE_EXHAUSTED"
 
 
 class ServiceUnavailable(MedSegError):

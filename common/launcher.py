@@ -265,19 +265,22 @@ class OrganServer:
         )
         return env
 
-    def start(self, timeout: float = 180.0) -> OrganServer:
-        """Start TorchServe and wait until it answers and every start-up model has a ready worker."""
-        if self.process is not None and self.process.poll() is None:
-            raise LauncherError(f"{self.organ} server already running (pid {self.process.pid})")
+    def prepare(self) -> None:
+        """Everything a start needs before the process runs: the effective config, tmp/ and logs/ folders,
+        no stale key file (it must not pass for readiness) and no stale TorchServe pid file (after a SIGKILL
+        its pid may belong to another process by now, and TorchServe would refuse to start)."""
         if not self.model_store.is_dir():
             raise LauncherError(f"model store {self.model_store} does not exist")
         self.write_config()
         tmp = self.dir / "tmp"
         tmp.mkdir(exist_ok=True)
+        (tmp / ".model_server.pid").unlink(missing_ok=True)
         (self.dir / "logs").mkdir(exist_ok=True)
-        self.key_file.unlink(missing_ok=True)  # a stale key file must not pass for readiness
-        env = self.environment()
-        cmd = [
+        self.key_file.unlink(missing_ok=True)
+
+    def command(self) -> list[str]:
+        """The foreground TorchServe command line (run in `self.dir` with `environment()`)."""
+        return [
             _torchserve_executable(),
             "--start",
             "--foreground",
@@ -287,6 +290,14 @@ class OrganServer:
             "--model-store",
             str(self.model_store),
         ]
+
+    def start(self, timeout: float = 180.0) -> OrganServer:
+        """Start TorchServe and wait until it answers and every start-up model has a ready worker."""
+        if self.process is not None and self.process.poll() is None:
+            raise LauncherError(f"{self.organ} server already running (pid {self.process.pid})")
+        self.prepare()
+        env = self.environment()
+        cmd = self.command()
         self._log = open(self.log_file, "ab")  # noqa: SIM115 - closed in stop()
         logger.info("starting %s server: %s", self.organ, " ".join(cmd))
         self.process = subprocess.Popen(

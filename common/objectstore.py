@@ -101,7 +101,8 @@ def resolve_credentials(settings: Settings):
     if creds is None:
         raise ServiceUnavailable(
             f"object store unavailable: no credentials (set MEDSEG_S3_ACCESS_KEY and MEDSEG_S3_SECRET_KEY, "
-            f"or start the local store with `make up`, which generates {path})"
+            f"or start the local store with `make up`, which generates {path})",
+            code="objectstore_unavailable",
         )
     return creds
 
@@ -244,7 +245,8 @@ class ObjectStore:
         if errors:
             raise ServiceUnavailable(
                 f"object store unavailable: could not delete {len(errors)} object(s) "
-                f"under {bucket}/{prefix}: {errors[0]}"
+                f"under {bucket}/{prefix}: {errors[0]}",
+                code="objectstore_unavailable",
             )
         return len(keys)
 
@@ -332,7 +334,7 @@ class _map_errors:  # noqa: N801 — used as a context manager, reads like one
             return False
         if isinstance(exc, S3Error):
             if exc.code in _NOT_FOUND_CODES:
-                raise NotFound(f"{self.what}: not found ({exc.code})") from exc
+                raise NotFound(f"{self.what}: not found ({exc.code})", code="stored_object_missing") from exc
             detail = f"{exc.code}: {exc.message}"
         elif isinstance(exc, (ServerError, InvalidResponseError, MinioException)):
             detail = str(exc)
@@ -343,7 +345,7 @@ class _map_errors:  # noqa: N801 — used as a context manager, reads like one
             return False
         # the address, bucket and key stay in the log: callers (and API clients) only learn that it is down
         logger.warning("object store unavailable: %s at %s: %s", self.what, self.endpoint, detail)
-        raise ServiceUnavailable(UNAVAILABLE_MESSAGE) from exc
+        raise ServiceUnavailable(UNAVAILABLE_MESSAGE, code="objectstore_unavailable") from exc
 
 
 class _ResponseReader(io.RawIOBase):

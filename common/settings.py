@@ -69,11 +69,17 @@ class Settings(BaseSettings):
     # Datasets (zip upload): refused from Content-Length before the body is read, capped while streaming.
     max_dataset_upload_bytes: int = 2 * 1024 * 1024 * 1024
     upload_tmp_dir: Path | None = None  # where uploads are spooled; None: the system temp dir
+    # Uploads are refused (507 insufficient_storage) and /readyz reports `disk` while the file system holding
+    # state_dir (database, object store data, logs locally) has less free space than this; 0: never.
+    min_free_disk_bytes: int = 2 * 1024 * 1024 * 1024
+    # `medseg prune` deletes segmentations nobody saved (no chosen threshold, no feedback thread) after this
+    # many days, with their objects; 0 keeps them forever (gateway/service/retention.py).
+    unsaved_result_retention_days: float = 0
 
-    # Studies (gateway/service/studies.py): one DICOM series or NIfTI volume per study, refused with 413 before
-    # any work when larger; segmented by `study_workers` threads per gateway. A running study whose heartbeat
-    # is older than `study_stale_after_s` (its gateway stopped) is taken up again, at most `study_max_attempts`
-    # times in all.
+    # Studies (gateway/service/studies.py): one DICOM series or NIfTI volume per study, refused with 413
+    # before any work when larger; segmented by `study_workers` threads per gateway. A running study whose
+    # heartbeat is older than `study_stale_after_s` (its gateway stopped) is taken up again, at most
+    # `study_max_attempts` times in all.
     study_max_bytes: int = 1024 * 1024 * 1024
     study_max_voxels: int = 600 * 512 * 512
     study_workers: int = 1

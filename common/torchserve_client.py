@@ -87,11 +87,12 @@ INPUT_NAME = "data"  # the handler reads this input name (services.handler_base.
 
 KeySource = str | Callable[[], str | None] | None
 
-_ERRORS: dict[grpc.StatusCode, type[MedSegError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidInput,
-    grpc.StatusCode.NOT_FOUND: NotFound,
-    grpc.StatusCode.ALREADY_EXISTS: Conflict,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: PayloadTooLarge,
+# A status TorchServe answers → our error and its code.
+_ERRORS: dict[grpc.StatusCode, tuple[type[MedSegError], str]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: (InvalidInput, "organ_refused"),
+    grpc.StatusCode.NOT_FOUND: (NotFound, "model_not_ready"),
+    grpc.StatusCode.ALREADY_EXISTS: (Conflict, "version_exists"),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: (PayloadTooLarge, "payload_too_large"),
 }
 
 
@@ -147,15 +148,16 @@ class _Client:
             return ServiceUnavailable(
                 f"{self.label} refused our token for {what}: {detail}", code="organ_auth"
             )
-        error_type = _ERRORS.get(code)
+        error = _ERRORS.get(code)
         if code == grpc.StatusCode.INTERNAL and _NOT_FOUND.search(detail):
-            error_type = NotFound  # the inference API reports an unknown model / version as INTERNAL
-        if error_type is None:
+            error = _ERRORS[grpc.StatusCode.NOT_FOUND]  # the inference API says INTERNAL for an unknown model
+        if error is None:
             return self._other_error(code, detail, what)
-        return error_type(detail or f"{what} failed with {code.name}")
+        error_type, error_code = error
+        return error_type(detail or f"{what} failed with {code.name}", code=error_code)
 
     def _other_error(self, code: grpc.StatusCode, detail: str, what: str) -> MedSegError:
-        return MedSegError(detail or f"{what} failed with {code.name}")
+        return MedSegError(detail or f"{what} failed with {code.name}", code="organ_error")
 
     def close(self) -> None:
         self._channel.close()
@@ -288,7 +290,7 @@ class InferenceClient(_Client):
             )
             raise ServiceUnavailable(f"{self.label} returned an invalid answer", code="organ_error") from None
         if code == "invalid_input":
-            raise InvalidInput(f"{self.label} could not process the image: {message}")
+            raise InvalidInput(f"{self.label} could not process the image: {message}", code="organ_refused")
         logger.error("%s (model %s) failed on one image: %s", self.label, model_name, message)
         raise ServiceUnavailable(f"{self.label} failed to segment the image", code="organ_error")
 
@@ -336,7 +338,10 @@ class ManagementClient(_Client):
         if set_default:
             registered = version or _version_in(message)
             if not registered:
-                raise MedSegError(f"registered {model_name} but cannot tell its version from {message!r}")
+                raise MedSegError(
+                    f"registered {model_name} but cannot tell its version from {message!r}",
+                    code="organ_error",
+                )
             self.set_default(model_name, registered)
         return message
 

@@ -112,12 +112,16 @@ def record_dataset(
 
 
 def _name_the_users_file(exc: MedSegError, archive: Path, filename: str | None) -> None:
-    """Reword the error in place: the uploader's file where the validator named the temporary one."""
+    """Reword the error in place (its message and its values): the uploader's file where the validator named
+    the temporary one."""
     shown = (filename or "").replace("\\", "/").rsplit("/", 1)[-1][:200] or "the uploaded file"
     message = exc.message.replace(str(archive), shown).replace(archive.name, shown)
     if message != exc.message:
         exc.message = message
         exc.args = (message, *exc.args[1:])
+    for key, value in exc.params.items():
+        if value in (str(archive), archive.name):
+            exc.params[key] = shown
 
 
 def _delete_objects(store, dataset_id: str) -> None:
@@ -148,7 +152,7 @@ def get_dataset(session: Session, principal: Principal, dataset_id: str) -> Data
         select(Dataset).where(Dataset.id == dataset_id, visible_to(principal), Dataset.deleted_at.is_(None))
     )
     if row is None:
-        raise NotFound(f"no dataset {dataset_id!r}")
+        raise NotFound(f"no dataset {dataset_id!r}", code="unknown_dataset", params={"id": dataset_id})
     return row
 
 
@@ -156,7 +160,12 @@ def delete_dataset(session: Session, principal: Principal, dataset_id: str) -> D
     """Soft-delete: hidden from every listing; the row and the objects stay for the audit trail."""
     row = get_dataset(session, principal, dataset_id)
     tenancy.check(
-        session, principal, DATASET_DELETE, row, "only the dataset's uploader or an admin may delete it"
+        session,
+        principal,
+        DATASET_DELETE,
+        row,
+        "only the dataset's uploader or an admin may delete it",
+        code="not_your_dataset",
     )
     row.deleted_at = datetime.now(UTC)
     row.status = "deleted"

@@ -17,10 +17,9 @@ from contextlib import AbstractContextManager, contextmanager
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from medseg.v1 import clinic_pb2, clinic_pb2_grpc
+from medseg.v1 import clinic_pb2, clinic_pb2_grpc, studies_pb2, studies_pb2_grpc
 from medseg.v1 import segmentation_pb2 as pb
 from medseg.v1 import segmentation_pb2_grpc as pb_grpc
-from medseg.v1 import studies_pb2, studies_pb2_grpc
 
 from common.errors import InvalidInput, MedSegError
 from common.settings import get_settings
@@ -40,9 +39,7 @@ logger = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Segmentation"].full_name  # "medseg.v1.Segmentation"
 CLINIC_SERVICES = tuple(
-    s.full_name
-    for module in (clinic_pb2, studies_pb2)
-    for s in module.DESCRIPTOR.services_by_name.values()
+    s.full_name for module in (clinic_pb2, studies_pb2) for s in module.DESCRIPTOR.services_by_name.values()
 )  # Models, …, Studies
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 

@@ -14,6 +14,7 @@ from common.errors import MedSegError, http_headers
 from common.settings import Settings, get_settings
 from gateway import metrics
 from gateway.api import log_redaction, openapi
+from gateway.api.disk import DiskGuardMiddleware
 from gateway.api.security_headers import UNHANDLED_ERROR_HEADERS, SecurityHeadersMiddleware
 from gateway.api.uploads import FORM_OVERHEAD_BYTES, BodyLimitMiddleware
 from gateway.resources.accounts import http as accounts
@@ -26,8 +27,8 @@ from gateway.resources.keys import http as keys
 from gateway.resources.models import http as models
 from gateway.resources.organs import http as organs
 from gateway.resources.segmentations import http as segmentations
+from gateway.resources.shared import validation_message, validation_params
 from gateway.resources.studies import http as studies
-from gateway.resources.shared import validation_message
 from gateway.resources.training import http as training
 from gateway.service import DataPlane, build_dataplane
 from gateway.service.clinic import Clinic
@@ -48,11 +49,13 @@ STATUS_CODES = {
 }
 
 
-def error_response(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+def error_response(
+    status: int, code: str, message: str, headers: dict | None = None, params: dict | None = None
+) -> JSONResponse:
+    """The error shape: `{"error": {"code", "message"}}`, with `params` (what the message names) when any."""
     metrics.count_error("http", code)
-    return JSONResponse(
-        status_code=status, content={"error": {"code": code, "message": message}}, headers=headers
-    )
+    error = {"code": code, "message": message, **({"params": params} if params else {})}
+    return JSONResponse(status_code=status, content={"error": error}, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -60,12 +63,14 @@ def install_error_handlers(app: FastAPI) -> None:
     async def medseg_error(_: Request, exc: MedSegError) -> JSONResponse:
         if exc.http_status >= 500:
             logger.warning("%s: %s", exc.code, exc.message)
-        return error_response(exc.http_status, exc.code, exc.message, headers=http_headers(exc))
+        return error_response(
+            exc.http_status, exc.code, exc.message, headers=http_headers(exc), params=exc.params
+        )
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI's 422 becomes our 400 with the field named: a client mistake like any other.
-        return error_response(400, "invalid_input", validation_message(exc))
+        return error_response(400, "invalid_input", validation_message(exc), params=validation_params(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -104,6 +109,7 @@ def create_app(settings: Settings | None = None, dataplane: DataPlane | None = N
     # /docs is served by gateway.web from this server's own files (FastAPI's default loads Swagger UI from a
     # CDN, which a closed hospital network cannot reach); no ReDoc.
     app = FastAPI(title="MedSeg", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.settings = settings  # the disk guard's and /readyz's floor (gateway/api/disk.py)
     if dataplane is not None:  # usable without running the lifespan (e.g. TestClient without `with`)
         app.state.dataplane = dataplane
         app.state.clinic = Clinic(dataplane, settings)
@@ -146,6 +152,7 @@ def create_app(settings: Settings | None = None, dataplane: DataPlane | None = N
             "/api/v1/studies": settings.study_max_bytes + FORM_OVERHEAD_BYTES * 16,
         },
     )
+    app.add_middleware(DiskGuardMiddleware, settings=settings)  # 507 before the body limit reads anything
     app.add_middleware(SecurityHeadersMiddleware)  # outside the body limit: its 413 gets the headers too
     app.add_middleware(metrics.HttpMetrics)  # outermost: counts every answer, refusals included
     return app

@@ -131,7 +131,8 @@ class Segmentation(Base):
 
 
 class Study(Base):
-    """One study (a DICOM series or a NIfTI volume) segmented as a background job (gateway/service/studies.py).
+    """One study (a DICOM series or a NIfTI volume) segmented as a background job
+    (gateway/service/studies.py).
     Voxels live in the results bucket under `studies/<id>/`: the input as NIfTI, the DICOM files (for the
     DICOM SEG) and the 8-bit probability volume on the input grid; masks are derived from it on request."""
 

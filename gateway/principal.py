@@ -61,4 +61,8 @@ class Access:
 
     def check_role(self, user: User) -> None:
         if user.role not in self.roles:
-            raise Forbidden(f"this needs {self.describe()}; you are signed in as a {user.role}")
+            raise Forbidden(
+                f"this needs {self.describe()}; you are signed in as a {user.role}",
+                code="forbidden",
+                params={"role": user.role},
+            )

@@ -41,10 +41,17 @@ def parse_scopes(scopes: str | Iterable[str]) -> list[str]:
     items = scopes.split(",") if isinstance(scopes, str) else list(scopes)
     cleaned = sorted({s.strip() for s in items if s and s.strip()})
     if not cleaned:
-        raise InvalidInput(f"an API key needs at least one scope; valid scopes: {', '.join(KNOWN_SCOPES)}")
+        raise InvalidInput(
+            f"an API key needs at least one scope; valid scopes: {', '.join(KNOWN_SCOPES)}",
+            code="key_scopes_missing",
+        )
     unknown = [s for s in cleaned if s not in KNOWN_SCOPES]
     if unknown:
-        raise InvalidInput(f"unknown scope(s) {', '.join(unknown)}; valid scopes: {', '.join(KNOWN_SCOPES)}")
+        raise InvalidInput(
+            f"unknown scope(s) {', '.join(unknown)}; valid scopes: {', '.join(KNOWN_SCOPES)}",
+            code="unknown_scope",
+            params={"scopes": ", ".join(unknown)},
+        )
     return cleaned
 
 
@@ -60,10 +67,14 @@ def create_api_key(
     """Create and commit a key; returns (row, raw_key). The raw key is not stored: show it once."""
     name = (name or "").strip()
     if not name:
-        raise InvalidInput("an API key needs a name (who or what uses it)")
+        raise InvalidInput("an API key needs a name (who or what uses it)", code="key_name_missing")
     scope_list = parse_scopes(scopes)
     if expires_at is not None and expires_at.tzinfo is None:
-        raise InvalidInput("expires_at must be timezone-aware (UTC)")
+        raise InvalidInput(
+            "expires_at must be timezone-aware (UTC)",
+            code="invalid_input",
+            params={"field": "expires_at", "rule": "invalid"},
+        )
     while True:  # 32-bit prefixes: a collision is rare but possible, and the prefix must stay unique
         prefix = secrets.token_hex(4)
         if session.scalar(select(ApiKey.id).where(ApiKey.prefix == prefix)) is None:
@@ -105,23 +116,26 @@ def authenticate_api_key(session: Session, raw_key: str | None, required_scope: 
     if required_scope not in KNOWN_SCOPES:
         raise ValueError(f"unknown scope {required_scope!r}; valid: {', '.join(KNOWN_SCOPES)}")
     if not raw_key:
-        raise Unauthenticated("missing API key: send 'Authorization: Bearer msk_...'")
+        raise Unauthenticated("missing API key: send 'Authorization: Bearer msk_...'", code="unauthenticated")
     parts = raw_key.strip().split("_", 2)
     if len(parts) != 3 or parts[0] != KEY_SCHEME or not parts[1] or not parts[2]:
-        raise Unauthenticated("malformed API key: expected 'msk_<prefix>_<secret>'")
+        raise Unauthenticated("malformed API key: expected 'msk_<prefix>_<secret>'", code="unauthenticated")
     row = session.scalar(select(ApiKey).where(ApiKey.prefix == parts[1]))
     # compare_digest even when the prefix is unknown, so both paths take about the same time
     expected = row.hashed_secret if row is not None else "0" * 64
     if not hmac.compare_digest(expected, hash_api_key(raw_key.strip())) or row is None:
-        raise Unauthenticated("unknown API key")
+        raise Unauthenticated("unknown API key", code="unauthenticated")
     now = _now()
     if row.revoked_at is not None:
-        raise Unauthenticated(f"API key {row.prefix} was revoked")
+        raise Unauthenticated(f"API key {row.prefix} was revoked", code="unauthenticated")
     if row.expires_at is not None and row.expires_at <= now:
-        raise Unauthenticated(f"API key {row.prefix} expired at {row.expires_at.isoformat()}")
+        raise Unauthenticated(
+            f"API key {row.prefix} expired at {row.expires_at.isoformat()}", code="unauthenticated"
+        )
     if required_scope not in row.scopes and ADMIN_SCOPE not in row.scopes:
         raise Forbidden(
-            f"API key {row.prefix} lacks scope '{required_scope}' (it has: {', '.join(row.scopes)})"
+            f"API key {row.prefix} lacks scope '{required_scope}' (it has: {', '.join(row.scopes)})",
+            code="forbidden",
         )
     if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
         row.last_used_at = now
@@ -154,7 +168,7 @@ def revoke_api_key(session: Session, prefix: str, *, actor: str = "cli") -> ApiK
     prefix = key_prefix(prefix)
     row = session.scalar(select(ApiKey).where(ApiKey.prefix == prefix))
     if row is None:
-        raise NotFound(f"no API key with prefix {prefix!r}")
+        raise NotFound(f"no API key with prefix {prefix!r}", code="unknown_key", params={"prefix": prefix})
     if row.revoked_at is None:
         row.revoked_at = _now()
         audit(session, actor, "api_key.revoke", prefix, {"name": row.name}, hospital=row.hospital)
@@ -186,4 +200,6 @@ def authorize(session: Session, authorization: str | None, scopes: tuple[str, ..
     except Forbidden:
         if len(scopes) == 1:
             raise
-        raise Forbidden(f"this API key needs one of the scopes {', '.join(scopes)}") from None
+        raise Forbidden(
+            f"this API key needs one of the scopes {', '.join(scopes)}", code="forbidden"
+        ) from None

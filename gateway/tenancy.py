@@ -142,7 +142,8 @@ def allows(session: Session, principal: Principal, rule: Rows, row) -> bool:
     return bool(session.scalar(select(exists().where(pk == ident, where(principal, rule)))))
 
 
-def check(session: Session, principal: Principal, rule: Rows, row, message: str) -> None:
-    """403 unless `rule` admits the caller to `row`, a row it already sees (else it would be a 404)."""
+def check(session: Session, principal: Principal, rule: Rows, row, message: str, *, code: str) -> None:
+    """403 (`code`, `message`) unless `rule` admits the caller to `row`, a row it already sees (else it would
+    be a 404)."""
     if not allows(session, principal, rule, row):
-        raise Forbidden(message)
+        raise Forbidden(message, code=code)

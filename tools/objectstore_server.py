@@ -277,7 +277,7 @@ class ObjectStoreServer:
         with open(self.log_path, "ab") as log:
             # own session: Ctrl-C in a terminal running `make up` must not kill the store mid-write
             self._proc = subprocess.Popen(
-                [str(weed_binary()), "mini", *self._flags()],
+                self.command(),
                 cwd=self.data_dir,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -296,6 +296,14 @@ class ObjectStoreServer:
             self.stop()
             raise
         return creds
+
+    def command(self) -> list[str]:
+        """The foreground `weed mini` command line (run in `data_dir`, after `prepare()`)."""
+        return [str(weed_binary()), "mini", *self._flags()]
+
+    def prepare(self) -> S3Credentials:
+        """Write the identities, JWT keys and TLS files a start needs (a supervisor runs `command()` then)."""
+        return self._write_config()
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Poll until S3 lists buckets with our credentials; fail fast if the process exits."""

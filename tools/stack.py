@@ -1,10 +1,22 @@
 """`python -m tools.stack up|down|status`: the local stack for development and a single server.
 
-`stack up` is idempotent: it starts only what is not already running — the object store, one TorchServe
-per organ folder whose `.mar` is in model-store/ (an organ without one is skipped with a warning), and
-the gateway — then waits for /readyz and prints the URLs. Each process it starts gets a pid file under
-`.medseg/pids/` holding the pid and the kernel start time, so `stack down` stops exactly those
-processes (a reused pid is never signalled) and nothing else. Data lives under `.medseg/` and survives.
+The stack is a process table (`process_table`): the object store, one TorchServe per organ folder whose
+`.mar` is in model-store/ (an organ without one is skipped with a warning) and the gateway. `stack up`
+writes that table as a supervisord configuration (`<state>/supervisor/supervisord.conf`) and starts
+supervisord (pinned in pyproject.toml), which starts every program and restarts any that exits, with
+supervisord's back-off for one that keeps failing at start; stdout/stderr of each program go to
+`<state>/logs/<program>.log`, rotated by size. Then `stack up` waits for /readyz and prints the URLs.
+`stack up` is idempotent: with supervisord running it applies the table again (`supervisorctl update`:
+a newly trained organ is added) and starts whatever is stopped. `stack status` shows each program's
+state, pid, uptime and restart count (counted by an event listener, `restarts.json`); `stack down` stops
+supervisord, which stops every program (SIGTERM to its process group, SIGKILL after its grace period).
+
+Every program runs through `python -m tools.stack run <program>`, which prepares what the process needs
+(configuration files, no stale pid or key files) and then replaces itself with the real process (exec), so
+supervisord watches, signals and restarts TorchServe, SeaweedFS or the gateway itself. To add a process
+(e.g. the PACS), add one row to `process_table` and one runner to `RUNNERS`.
+
+Data lives under `.medseg/` and survives `down`/`up`.
 """
 
 from __future__ import annotations
@@ -13,10 +25,13 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
+import xmlrpc.client
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,74 +41,31 @@ from sqlalchemy.exc import SQLAlchemyError
 from common.errors import MedSegError
 from common.model_store import mar_manifest, pull_archive
 from common.objectstore import ObjectStore
-from common.settings import Settings, get_settings
+from common.settings import REPO_ROOT, Settings, get_settings
 from gateway.core.db import make_engine, session_scope
 from gateway.service.model_registry import served_versions
 
 logger = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 180.0
+LOG_MAX_BYTES = "20MB"  # per program log file; `LOG_BACKUPS` older files are kept
+LOG_BACKUPS = 5
+START_RETRIES = 20  # failed starts in a row (a life shorter than `startsecs`) before supervisord gives up
+# Ports of the object store's internal components (ObjectStorePorts fields as JSON), for a second stack on
+# one machine (tests); the S3 port itself is MEDSEG_S3_ENDPOINT's.
+OBJECTSTORE_PORTS_ENV = "MEDSEG_STACK_OBJECTSTORE_PORTS"
 
 
-# --- pid files ----------------------------------------------------------------------------------------
-def _start_time(pid: int) -> int | None:
-    """Kernel start time of a live (non-zombie) process, to tell our process from a reused pid."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return None if fields[0] == "Z" else int(fields[19])
+# --- the process table --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Program:
+    """One supervised process. `startsecs`: how long it must live to count as started (a shorter life is
+    a failed start, retried after 1, 2, 3 … s); `stopwaitsecs`: grace between SIGTERM and SIGKILL."""
 
-
-class PidFile:
-    def __init__(self, path: Path):
-        self.path = path
-
-    def write(self, pid: int, **extra) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps({"pid": pid, "start_time": _start_time(pid), **extra}))
-
-    def alive_pid(self) -> int | None:
-        """The recorded pid if that very process still runs."""
-        try:
-            info = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return None
-        pid = int(info["pid"])
-        return pid if _start_time(pid) == info.get("start_time") else None
-
-    def stop(self, timeout_s: float = 20.0) -> bool:
-        """SIGTERM the recorded process group's leader, SIGKILL after timeout. False if it was not running."""
-        pid = self.alive_pid()
-        if pid is None:
-            self.path.unlink(missing_ok=True)
-            return False
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while _start_time(pid) is not None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if _start_time(pid) is not None:
-            logger.warning("pid %s ignored SIGTERM for %.0fs; killing it", pid, timeout_s)
-            os.kill(pid, signal.SIGKILL)
-        self.path.unlink(missing_ok=True)
-        return True
-
-
-def pid_dir(settings: Settings) -> Path:
-    return settings.state_dir / "pids"
-
-
-def log_dir(settings: Settings) -> Path:
-    return settings.state_dir / "logs"
-
-
-def _object_store(settings: Settings):
-    from tools.objectstore_server import ObjectStoreServer
-
-    server = ObjectStoreServer.from_settings(settings)
-    server.pid_path = pid_dir(settings) / "objectstore.pid"
-    return server
+    name: str
+    priority: int  # start order, lowest first (stopped in reverse)
+    startsecs: int = 5
+    stopwaitsecs: int = 20
 
 
 def _organs_with_models(settings: Settings) -> tuple[list[str], list[str]]:
@@ -105,8 +77,37 @@ def _organs_with_models(settings: Settings) -> tuple[list[str], list[str]]:
     return ready, skipped
 
 
-def _organ_pid(settings: Settings, organ: str) -> PidFile:
-    return PidFile(pid_dir(settings) / f"torchserve-{organ}.pid")
+def process_table(settings: Settings) -> list[Program]:
+    organs, _ = _organs_with_models(settings)
+    return [
+        Program("objectstore", priority=10, startsecs=2),
+        *(Program(f"torchserve-{organ}", priority=20, stopwaitsecs=30) for organ in organs),
+        Program("gateway", priority=30, stopwaitsecs=20),
+    ]
+
+
+# --- runners: prepare, then exec the real process -----------------------------------------------------
+@dataclass(frozen=True)
+class Exec:
+    argv: list[str]
+    cwd: Path
+    env: dict[str, str] | None = None  # None: ours
+
+
+def _object_store(settings: Settings):
+    from tools.objectstore_server import ObjectStorePorts, ObjectStoreServer
+
+    override = os.environ.get(OBJECTSTORE_PORTS_ENV)
+    ports = ObjectStorePorts(**json.loads(override)) if override else None
+    server = ObjectStoreServer.from_settings(settings, ports)
+    server.pid_path = pid_dir(settings) / "objectstore.pid"  # the pre-supervisord stack's pid file
+    return server
+
+
+def _run_objectstore(settings: Settings, _name: str) -> Exec:
+    server = _object_store(settings)
+    server.prepare()
+    return Exec(server.command(), server.data_dir)
 
 
 @dataclass(frozen=True)
@@ -178,14 +179,22 @@ class _Puller:
 
 def start_organ(settings: Settings, organ: str, ports=None):
     """Start the organ's server with every version the model registry says it serves (the default as
-    TorchServe's default); the running OrganServer. `ports`: override the organ's configured ones (tests)."""
+    TorchServe's default) and wait for it; the running OrganServer. `ports`: override the organ's configured
+    ones (tests)."""
+    server = _organ_server(settings, organ, ports)
+    server.start(timeout=300)
+    return server
+
+
+def _organ_server(settings: Settings, organ: str, ports=None):
+    """The organ's server with every version the model registry says it serves (default first)."""
     from common.launcher import LauncherError, OrganServer
 
     archives = organ_archives(settings, organ, registry_served(settings, organ))
     if not archives:
         raise LauncherError(f"nothing to serve for {organ}: no {organ}.mar in {settings.model_store_dir}")
     (default_name, default_mar), *also = archives
-    server = OrganServer(
+    return OrganServer(
         organ,
         settings.state_dir,
         settings.model_store_dir,
@@ -194,47 +203,237 @@ def start_organ(settings: Settings, organ: str, ports=None):
         ports=ports,
         services_dir=settings.services_dir,
     )
-    return server.start()
 
 
-def _start_organ(settings: Settings, organ: str) -> None:
-    pidfile = _organ_pid(settings, organ)
-    if pid := pidfile.alive_pid():
-        logger.info("%s organ server already running (pid %s)", organ, pid)
-        return
-    server = start_organ(settings, organ)
-    pidfile.write(server.pid, organ=organ)
+def _run_organ(settings: Settings, name: str) -> Exec:
+    """TorchServe in place of this process (supervisord's program), with its default version; the other
+    versions the registry serves are registered by a helper process once the server answers (`register`)."""
+    from common.launcher import PID_FILE
 
-
-def _stop_organ(settings: Settings, organ: str) -> bool:
-    """Stop the organ server's process group (the launcher checks it is still our TorchServe)."""
-    from common.launcher import stop_from_state
-
-    stopped = stop_from_state(settings.state_dir, organ)
-    _organ_pid(settings, organ).path.unlink(missing_ok=True)
-    return stopped
-
-
-def _gateway_pid(settings: Settings) -> PidFile:
-    return PidFile(pid_dir(settings) / "gateway.pid")
-
-
-def _start_gateway(settings: Settings) -> None:
-    pidfile = _gateway_pid(settings)
-    if pid := pidfile.alive_pid():
-        logger.info("gateway already running (pid %s)", pid)
-        return
-    log_dir(settings).mkdir(parents=True, exist_ok=True)
-    with open(log_dir(settings) / "gateway.log", "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "common.cli", "serve"],
+    organ = name.removeprefix("torchserve-")
+    server = _organ_server(settings, organ)
+    server.prepare()
+    (server.dir / PID_FILE).write_text(f"{os.getpid()}\n")  # exec keeps the pid: `stop_from_state` finds it
+    if server.also_serve:
+        subprocess.Popen(  # outlives the exec below: registers the candidates when the server is ready
+            [sys.executable, "-m", "tools.stack", "register", organ],
+            cwd=REPO_ROOT,
             stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    pidfile.write(proc.pid)
-    logger.info("gateway starting (pid %s); log in %s", proc.pid, log_dir(settings) / "gateway.log")
+    return Exec(server.command(), server.dir, server.environment())
+
+
+def register_also_served(settings: Settings, organ: str, timeout_s: float = 300.0) -> int:
+    """`python -m tools.stack register ORGAN`: wait for the organ's server, then register the versions the
+    registry serves besides its default (after a restart, the candidates under evaluation)."""
+    server = _organ_server(settings, organ)
+    server.wait_ready(timeout_s)
+    registered = server.register_also_served(timeout_s)
+    logger.info("%s: also serving %s", organ, ", ".join(registered) or "nothing else")
+    return 0
+
+
+def _run_gateway(settings: Settings, _name: str, wait_s: float = 60.0) -> Exec:
+    """The gateway, once the object store answers with all its volumes (it is started first but takes a
+    moment), so a normal start is not a failed one; after `wait_s` it starts anyway (and /readyz says why)."""
+    from common.errors import ServiceUnavailable
+
+    try:
+        _object_store(settings).wait_ready(wait_s)
+    except ServiceUnavailable as exc:
+        logger.warning("starting the gateway without the object store: %s", exc.message)
+    return Exec([sys.executable, "-m", "common.cli", "serve"], REPO_ROOT)
+
+
+RUNNERS: dict[str, Callable[[Settings, str], Exec]] = {
+    "objectstore": _run_objectstore,
+    "torchserve-": _run_organ,
+    "gateway": _run_gateway,
+}
+
+
+def run_program(settings: Settings, name: str) -> int:
+    """Prepare and exec program `name` (supervisord's command for it); never returns on success."""
+    matches = [p for p in RUNNERS if name == p or (p.endswith("-") and name.startswith(p))]
+    if not matches:
+        raise SystemExit(f"no program {name!r} in the process table")
+    spec = RUNNERS[matches[0]](settings, name)
+    os.chdir(spec.cwd)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvpe(spec.argv[0], spec.argv, spec.env if spec.env is not None else dict(os.environ))
+    return 1  # not reached
+
+
+# --- supervisord --------------------------------------------------------------------------------------
+def supervisor_dir(settings: Settings) -> Path:
+    return settings.state_dir / "supervisor"
+
+
+def pid_dir(settings: Settings) -> Path:
+    return settings.state_dir / "pids"
+
+
+def log_dir(settings: Settings) -> Path:
+    return settings.state_dir / "logs"
+
+
+def _conf_path(settings: Settings) -> Path:
+    return supervisor_dir(settings) / "supervisord.conf"
+
+
+def _socket_path(settings: Settings) -> Path:
+    return supervisor_dir(settings) / "supervisor.sock"
+
+
+def restarts_path(settings: Settings) -> Path:
+    return supervisor_dir(settings) / "restarts.json"
+
+
+def _value(text: str | Path) -> str:
+    """A supervisord config value: %-expansion escaped."""
+    return str(text).replace("%", "%%")
+
+
+def _command(*argv: str) -> str:
+    return _value(shlex.join(argv))
+
+
+def supervisord_config(settings: Settings) -> str:
+    """The supervisord configuration of `process_table(settings)`."""
+    logs = log_dir(settings).resolve()
+    me = [sys.executable, "-m", "tools.stack"]
+    lines = [
+        "; written by `python -m tools.stack up` from its process table; edits are overwritten",
+        "[unix_http_server]",
+        f"file={_value(_socket_path(settings).resolve())}",
+        "chmod=0700",
+        "[supervisord]",
+        f"logfile={_value(logs / 'supervisord.log')}",
+        f"logfile_maxbytes={LOG_MAX_BYTES}",
+        f"logfile_backups={LOG_BACKUPS}",
+        f"pidfile={_value(supervisor_dir(settings).resolve() / 'supervisord.pid')}",
+        f"childlogdir={_value(logs)}",
+        f"directory={_value(REPO_ROOT)}",
+        "[rpcinterface:supervisor]",
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+        "[supervisorctl]",
+        f"serverurl=unix://{_value(_socket_path(settings).resolve())}",
+    ]
+    for program in process_table(settings):
+        lines += [
+            f"[program:{program.name}]",
+            f"command={_command(*me, 'run', program.name)}",
+            f"directory={_value(REPO_ROOT)}",
+            f"priority={program.priority}",
+            "autostart=true",
+            "autorestart=true",  # any exit, expected or not: a server that exits is restarted
+            f"startsecs={program.startsecs}",
+            f"startretries={START_RETRIES}",
+            "stopsignal=TERM",
+            f"stopwaitsecs={program.stopwaitsecs}",
+            "stopasgroup=true",  # TorchServe's Java frontend and model workers are in the group
+            "killasgroup=true",
+            "redirect_stderr=true",
+            f"stdout_logfile={_value(logs / (program.name + '.log'))}",
+            f"stdout_logfile_maxbytes={LOG_MAX_BYTES}",
+            f"stdout_logfile_backups={LOG_BACKUPS}",
+        ]
+    lines += [
+        "[eventlistener:restart-counter]",
+        f"command={_command(*me, 'count-restarts')}",
+        f"directory={_value(REPO_ROOT)}",
+        "events=PROCESS_STATE",
+        "autorestart=true",
+        f"stderr_logfile={_value(logs / 'restart-counter.log')}",
+        f"stderr_logfile_maxbytes={LOG_MAX_BYTES}",
+        f"stderr_logfile_backups={LOG_BACKUPS}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _rpc(settings: Settings):
+    """supervisord's XML-RPC interface over its unix socket."""
+    from supervisor.xmlrpc import SupervisorTransport
+
+    transport = SupervisorTransport(None, None, f"unix://{_socket_path(settings).resolve()}")
+    return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+
+
+def supervisord_running(settings: Settings) -> bool:
+    if not _socket_path(settings).exists():
+        return False
+    try:
+        return _rpc(settings).supervisor.getState()["statename"] == "RUNNING"
+    except (OSError, xmlrpc.client.Error):
+        return False
+
+
+def _supervisorctl(settings: Settings, *args: str) -> str:
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("supervisorctl")), "-c", str(_conf_path(settings)), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return result.stdout + result.stderr
+
+
+def process_info(settings: Settings) -> list[dict]:
+    """supervisord's view of each program (name, statename, pid, start, …), [] when it does not run."""
+    if not supervisord_running(settings):
+        return []
+    return [p for p in _rpc(settings).supervisor.getAllProcessInfo() if p["group"] != "restart-counter"]
+
+
+def read_restarts(settings: Settings) -> dict[str, int]:
+    try:
+        return json.loads(restarts_path(settings).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def count_restarts(settings: Settings) -> int:
+    """supervisord event listener: counts each program's automatic restarts (a start after it exited or
+    failed to start) into `restarts.json`, and logs each (stderr: restart-counter.log)."""
+    from supervisor import childutils
+
+    path = restarts_path(settings)
+    counts = read_restarts(settings)
+    while True:
+        headers, payload = childutils.listener.wait(sys.stdin, sys.stdout)
+        if headers["eventname"] == "PROCESS_STATE_STARTING":
+            fields, _ = childutils.eventdata(payload + "\n")
+            if fields.get("from_state") in ("EXITED", "BACKOFF"):
+                name = fields["processname"]
+                counts[name] = counts.get(name, 0) + 1
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(counts))
+                tmp.replace(path)
+                stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+                print(f"{stamp} restart {name} ({counts[name]})", file=sys.stderr, flush=True)
+        childutils.listener.ok(sys.stdout)
+
+
+# --- up / down / status -------------------------------------------------------------------------------
+def _stop_unsupervised(settings: Settings) -> list[str]:
+    """Stop what a stack before supervisord started (pid files under `.medseg/pids/`), so `make up` on a
+    newer checkout takes over a running older stack."""
+    from common.launcher import stop_from_state
+    from services.spec import organ_dirs
+
+    stopped = []
+    if PidFile(pid_dir(settings) / "gateway.pid").stop():
+        stopped.append("gateway")
+    for organ in organ_dirs(settings.services_dir):
+        organ_pid = PidFile(pid_dir(settings) / f"torchserve-{organ}.pid")
+        if organ_pid.alive_pid() and stop_from_state(settings.state_dir, organ):
+            stopped.append(f"torchserve-{organ}")
+        organ_pid.path.unlink(missing_ok=True)
+    if _object_store(settings).stop():
+        stopped.append("objectstore")
+    return stopped
 
 
 def _wait_ready(settings: Settings, skipped: list[str], timeout_s: float = READY_TIMEOUT_S) -> dict:
@@ -243,8 +442,9 @@ def _wait_ready(settings: Settings, skipped: list[str], timeout_s: float = READY
     tolerated = {f"organ:{organ}" for organ in skipped}
     deadline, last = time.monotonic() + timeout_s, "no answer"
     while time.monotonic() < deadline:
-        if _gateway_pid(settings).alive_pid() is None:
-            raise SystemExit(f"the gateway exited; see {log_dir(settings) / 'gateway.log'}")
+        fatal = [p["name"] for p in process_info(settings) if p["statename"] == "FATAL"]
+        if fatal:
+            raise SystemExit(f"{', '.join(fatal)} failed to start; see {log_dir(settings)}/<name>.log")
         try:
             body = httpx.get(url, timeout=5.0).json()
             components = body.get("components", {})
@@ -259,9 +459,9 @@ def _wait_ready(settings: Settings, skipped: list[str], timeout_s: float = READY
 
 
 def stack_up(settings: Settings) -> int:
-    pid_dir(settings).mkdir(parents=True, exist_ok=True)
-    _object_store(settings).start()
-    organs, skipped = _organs_with_models(settings)
+    for folder in (supervisor_dir(settings), log_dir(settings)):
+        folder.mkdir(parents=True, exist_ok=True)
+    _, skipped = _organs_with_models(settings)
     for organ in skipped:
         logger.warning(
             "skipping organ %r: %s is missing (train it: `make train ORGAN=%s`)",
@@ -269,9 +469,18 @@ def stack_up(settings: Settings) -> int:
             settings.model_store_dir / f"{organ}.mar",
             organ,
         )
-    for organ in organs:
-        _start_organ(settings, organ)
-    _start_gateway(settings)
+    _conf_path(settings).write_text(supervisord_config(settings))
+    if supervisord_running(settings):
+        logger.info("supervisord already running: applying the process table")
+        logger.info(_supervisorctl(settings, "update").strip() or "no change")
+        _supervisorctl(settings, "start", "all")
+    else:
+        if stopped := _stop_unsupervised(settings):
+            logger.info("stopped the unsupervised processes of an older stack: %s", ", ".join(stopped))
+        restarts_path(settings).unlink(missing_ok=True)
+        supervisord = Path(sys.executable).with_name("supervisord")
+        subprocess.run([str(supervisord), "-c", str(_conf_path(settings))], check=True)  # daemonizes
+        logger.info("supervisord started; logs in %s", log_dir(settings))
     components = _wait_ready(settings, skipped)
     print(f"MedSeg is up ({', '.join(f'{k}={v}' for k, v in components.items())})")
     print(f"  HTTP  http://{settings.http_host}:{settings.http_port}  (API docs /docs, readiness /readyz)")
@@ -280,44 +489,36 @@ def stack_up(settings: Settings) -> int:
     return 0
 
 
-def stack_down(settings: Settings) -> int:
-    stopped = []
-    if _gateway_pid(settings).stop():
-        stopped.append("gateway")
-    from services.spec import organ_dirs
-
-    for organ in organ_dirs(settings.services_dir):
-        if _stop_organ(settings, organ):
-            stopped.append(f"torchserve-{organ}")
-    if _object_store(settings).stop():
-        stopped.append("objectstore")
+def stack_down(settings: Settings, timeout_s: float = 120.0) -> int:
+    stopped = [p["name"] for p in process_info(settings) if p["pid"]]
+    if supervisord_running(settings):
+        pid = int((supervisor_dir(settings) / "supervisord.pid").read_text())
+        _rpc(settings).supervisor.shutdown()  # stops every program, then itself
+        deadline = time.monotonic() + timeout_s
+        while _start_time(pid) is not None and time.monotonic() < deadline:
+            time.sleep(0.2)
+    stopped += _stop_unsupervised(settings)
     print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
     return 0
 
 
 def stack_process_groups(settings: Settings) -> dict[str, int]:
-    """Name → process group id of each part of the stack that runs (each was started in a session of its
-    own, so its pid is its group): "gateway", "torchserve-<organ>", "objectstore"."""
-    from services.spec import organ_dirs
-
-    groups = {"gateway": _gateway_pid(settings).alive_pid()}
-    groups.update(
-        {f"torchserve-{o}": _organ_pid(settings, o).alive_pid() for o in organ_dirs(settings.services_dir)}
-    )
-    groups["objectstore"] = _object_store(settings).running_pid()
-    return {name: pid for name, pid in groups.items() if pid}
+    """Name → process group id of each program that runs (supervisord makes each program the leader of
+    its own process group): "gateway", "torchserve-<organ>", "objectstore"."""
+    return {p["name"]: p["pid"] for p in process_info(settings) if p["pid"]}
 
 
 def stack_status(settings: Settings) -> int:
-    from services.spec import organ_dirs
-
-    rows = [("gateway", _gateway_pid(settings).alive_pid())]
-    rows += [
-        (f"torchserve-{o}", _organ_pid(settings, o).alive_pid()) for o in organ_dirs(settings.services_dir)
-    ]
-    rows.append(("objectstore", _object_store(settings).running_pid()))
-    for name, pid in rows:
-        print(f"{name:20s} {'running (pid ' + str(pid) + ')' if pid else 'stopped'}")
+    infos = process_info(settings)
+    if not infos:
+        print("supervisord is not running (`make up` starts the stack)")
+    restarts = read_restarts(settings)
+    now = time.time()
+    for info in infos:
+        running = info["statename"] == "RUNNING"
+        detail = f"pid {info['pid']}, up {now - info['start']:.0f}s" if running else info["description"]
+        name = info["name"]
+        print(f"{name:22s} {info['statename']:9s} restarts={restarts.get(name, 0):<4d} {detail}")
     try:
         response = httpx.get(f"http://{settings.http_host}:{settings.http_port}/readyz", timeout=5.0)
         print(f"readyz: {response.status_code} {response.text}")
@@ -326,20 +527,76 @@ def stack_status(settings: Settings) -> int:
     return 0
 
 
+# --- pid files of the stack before supervisord (to stop an older running stack) ----------------------
+def _start_time(pid: int) -> int | None:
+    """Kernel start time of a live (non-zombie) process, to tell our process from a reused pid."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return None if fields[0] == "Z" else int(fields[19])
+
+
+class PidFile:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def write(self, pid: int, **extra) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps({"pid": pid, "start_time": _start_time(pid), **extra}))
+
+    def alive_pid(self) -> int | None:
+        """The recorded pid if that very process still runs."""
+        try:
+            info = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+        pid = int(info["pid"])
+        return pid if _start_time(pid) == info.get("start_time") else None
+
+    def stop(self, timeout_s: float = 20.0) -> bool:
+        """SIGTERM the recorded process, SIGKILL after timeout. False if it was not running."""
+        pid = self.alive_pid()
+        if pid is None:
+            self.path.unlink(missing_ok=True)
+            return False
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while _start_time(pid) is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _start_time(pid) is not None:
+            logger.warning("pid %s ignored SIGTERM for %.0fs; killing it", pid, timeout_s)
+            os.kill(pid, signal.SIGKILL)
+        self.path.unlink(missing_ok=True)
+        return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tools.stack",
-        description="start/stop the local stack (object store, organ servers, gateway)",
+        description="start/stop the local stack (object store, organ servers, gateway) under supervisord",
     )
     actions = parser.add_subparsers(dest="action", required=True)
     for name, func, text in (
-        ("up", stack_up, "start what is not running and wait until ready"),
-        ("down", stack_down, "stop what `stack up` started"),
-        ("status", stack_status, "show what runs"),
+        ("up", stack_up, "start supervisord and what is not running, wait until ready"),
+        ("down", stack_down, "stop every program and supervisord"),
+        ("status", stack_status, "each program's state, pid and restart count; /readyz"),
+        ("count-restarts", count_restarts, "(supervisord's event listener)"),
     ):
         actions.add_parser(name, help=text).set_defaults(func=func)
+    run = actions.add_parser("run", help="(supervisord's command) prepare and exec one program")
+    run.add_argument("program")
+    register = actions.add_parser(
+        "register", help="(an organ program's helper) serve the registry's other versions"
+    )
+    register.add_argument("organ")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.action == "run":
+        return run_program(get_settings(), args.program)
+    if args.action == "register":
+        return register_also_served(get_settings(), args.organ)
     return int(args.func(get_settings()) or 0)
 
 

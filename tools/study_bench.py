@@ -3,7 +3,8 @@
     .venv/bin/python -m tools.study_bench [--slices 200] [--runs 2] [--model-store DIR]
 
 What it starts: as `tools.bench` (its `running_stack`: the object store, the liver TorchServe with
-`model-store/liver.mar`, a `medseg serve` gateway, all on free ports under a temporary dir, stopped at the end).
+`model-store/liver.mar`, a `medseg serve` gateway, all on free ports under a temporary dir, stopped at the
+end).
 What it sends: one CT series written with pydicom from consecutive liver training slices of one patient in the
 scanner's convention (tests/studydata.py: slices 162… are the second patient's, 209 of them), zipped, as
 `POST /api/v1/studies`; the clock runs from the first byte sent to the study's `done` (polled every 50 ms),
@@ -36,7 +37,9 @@ def series_zip(slices: int) -> bytes:
 
 def time_study(http_url: str, api_key: str, blob: bytes, timeout: float = 600.0) -> dict:
     """Seconds from upload to done, and the study's own numbers."""
-    with httpx.Client(base_url=http_url, headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout) as http:
+    with httpx.Client(
+        base_url=http_url, headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout
+    ) as http:
         started = time.perf_counter()
         answer = http.post(
             "/api/v1/studies",
@@ -62,7 +65,9 @@ def time_study(http_url: str, api_key: str, blob: bytes, timeout: float = 600.0)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tools.study_bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--slices", type=int, default=200)
-    parser.add_argument("--runs", type=int, default=2, help="studies timed, one after another (after one warm-up)")
+    parser.add_argument(
+        "--runs", type=int, default=2, help="studies timed, one after another (after one warm-up)"
+    )
     parser.add_argument("--model-store", default=str(bench.REPO_ROOT / "model-store"))
     args = parser.parse_args(argv)
     bench.ORGAN = "liver"

@@ -88,7 +88,7 @@ def require(access: Access) -> Callable[..., Principal]:
         if authorization:
             if not access.scopes:
                 authorize(session, authorization, KNOWN_SCOPES)  # a forged or revoked key: 401 as anywhere
-                raise Forbidden(f"API keys cannot call this; it needs {access.describe()}")
+                raise Forbidden(f"API keys cannot call this; it needs {access.describe()}", code="forbidden")
             return Principal(api_key=authorize(session, authorization, access.scopes))
         token = request.cookies.get(settings.session_cookie_name)
         if not token:
@@ -103,7 +103,7 @@ def require(access: Access) -> Callable[..., Principal]:
                 code="csrf_failed",
             )
         if not access.roles:
-            raise Forbidden(f"people cannot call this; it needs {access.describe()}")
+            raise Forbidden(f"people cannot call this; it needs {access.describe()}", code="forbidden")
         access.check_role(user)
         return Principal(user=user, session=user_session)
 

@@ -38,7 +38,11 @@ async def receive_form(
     """Parse the body; the part named `file_field` is written to a temp file (caller calls cleanup())."""
     content_type, params = parse_options_header(request.headers.get("content-type"))
     if content_type != b"multipart/form-data" or not params.get(b"boundary"):
-        raise UnsupportedMediaType("send multipart/form-data with the file in the field " + repr(file_field))
+        raise UnsupportedMediaType(
+            "send multipart/form-data with the file in the field " + repr(file_field),
+            code="not_multipart",
+            params={"field": file_field},
+        )
     form = StreamedForm()
     part: dict = {}
     headers: dict[str, str] = {}
@@ -68,14 +72,22 @@ async def receive_form(
         part["name"] = name
         if name == file_field and b"filename" in disposition:
             if form.file_path is not None:
-                raise InvalidInput(f"send one file in {file_field!r}, not several")
+                raise InvalidInput(
+                    f"send one file in {file_field!r}, not several",
+                    code="several_files",
+                    params={"field": file_field},
+                )
             fd, path = tempfile.mkstemp(suffix=suffix, prefix="medseg-upload-", dir=tmp_dir)
             form.file_path = Path(path)
             form.filename = os.path.basename(disposition[b"filename"].decode("utf-8", "replace"))
             part["file"] = os.fdopen(fd, "wb")
         else:
             if len(form.fields) >= MAX_FIELDS:
-                raise InvalidInput(f"too many form fields (at most {MAX_FIELDS})")
+                raise InvalidInput(
+                    f"too many form fields (at most {MAX_FIELDS})",
+                    code="too_many_fields",
+                    params={"limit": MAX_FIELDS},
+                )
             part["value"] = bytearray()
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
@@ -85,7 +97,11 @@ async def receive_form(
         else:
             part["value"].extend(data[start:end])
             if len(part["value"]) > MAX_FIELD_BYTES:
-                raise InvalidInput(f"form field {part['name']!r} is longer than {MAX_FIELD_BYTES} bytes")
+                raise InvalidInput(
+                    f"form field {part['name']!r} is longer than {MAX_FIELD_BYTES} bytes",
+                    code="invalid_input",
+                    params={"field": part["name"], "rule": "too_long", "limit": MAX_FIELD_BYTES},
+                )
 
     def on_part_end() -> None:
         if "file" in part:
@@ -111,10 +127,13 @@ async def receive_form(
             parser.write(chunk)
         parser.finalize()
         if "file" in part:
-            raise InvalidInput("the request body ended in the middle of the file (incomplete upload)")
+            raise InvalidInput(
+                "the request body ended in the middle of the file (incomplete upload)",
+                code="incomplete_upload",
+            )
     except MultipartParseError as exc:
         _abort(form, part)
-        raise InvalidInput(f"malformed multipart body: {exc}") from exc
+        raise InvalidInput(f"malformed multipart body: {exc}", code="incomplete_upload") from exc
     except BaseException:
         _abort(form, part)
         raise

@@ -20,10 +20,18 @@ def read_upload(file: UploadFile, limit: int) -> Upload:
     """The part's bytes, refusing more than `limit` without reading further."""
     name = file.filename or "upload"
     if file.size is not None and file.size > limit:
-        raise PayloadTooLarge(f"file {name!r} is {file.size} bytes; the limit is {limit} bytes per image")
+        raise PayloadTooLarge(
+            f"file {name!r} is {file.size} bytes; the limit is {limit} bytes per image",
+            code="file_too_large",
+            params={"name": name, "limit": limit},
+        )
     data = file.file.read(limit + 1)
     if len(data) > limit:
-        raise PayloadTooLarge(f"file {name!r} is larger than the limit of {limit} bytes per image")
+        raise PayloadTooLarge(
+            f"file {name!r} is larger than the limit of {limit} bytes per image",
+            code="file_too_large",
+            params={"name": name, "limit": limit},
+        )
     return Upload(name, data)
 
 

@@ -76,14 +76,16 @@ def database_unavailable(exc: DBAPIError) -> ServiceUnavailable:
     if "locked" in text or "busy" in text or "lock timeout" in text:
         return ServiceUnavailable(
             f"database unavailable: it stayed locked by another writer for more than "
-            f"{BUSY_TIMEOUT_S:.0f}s ({text}); retry shortly"
+            f"{BUSY_TIMEOUT_S:.0f}s ({text}); retry shortly",
+            code="database_unavailable",
         )
     if "readonly" in text or "read-only" in text:
         return ServiceUnavailable(
             f"database unavailable: it is read-only ({text}); check the database file's permissions, "
-            "the disk, or the PostgreSQL server's read-only setting"
+            "the disk, or the PostgreSQL server's read-only setting",
+            code="database_unavailable",
         )
-    return ServiceUnavailable(f"database unavailable: {text}")
+    return ServiceUnavailable(f"database unavailable: {text}", code="database_unavailable")
 
 
 def get_db() -> Iterator[Session]:

@@ -88,7 +88,7 @@ class Edge:
     def call(self, context: grpc.ServicerContext, access: Access) -> Iterator[tuple[object, Principal]]:
         with self.session_factory() as session:
             if not access.scopes:
-                raise Forbidden(f"API keys cannot call this; it needs {access.describe()}")
+                raise Forbidden(f"API keys cannot call this; it needs {access.describe()}", code="forbidden")
             key = authorize(session, dict(context.invocation_metadata()).get("authorization"), access.scopes)
             self.clinic.directory.refresh(session)
             yield session, Principal(api_key=key)

@@ -28,6 +28,7 @@ def b64(data: bytes) -> str:
 class ErrorBody(BaseModel):
     code: str
     message: str
+    params: dict | None = None  # the values the message names (a file name, a limit), when it names any
 
 
 class ErrorResponse(BaseModel):
@@ -49,6 +50,37 @@ def validation_message(exc: RequestValidationError | ValidationError) -> str:
             f"missing field {field!r}" if err.get("type") == "missing" else f"{field}: {err.get('msg')}"
         )
     return "; ".join(parts) or "invalid request"
+
+
+# pydantic's error types → the rule a client words for the field (anything else: "invalid")
+_RULES = {
+    "missing": "missing",
+    "string_too_long": "too_long",
+    "too_long": "too_long",
+    "string_too_short": "too_short",
+    "too_short": "too_short",
+    "less_than": "too_large",
+    "less_than_equal": "too_large",
+    "greater_than": "too_small",
+    "greater_than_equal": "too_small",
+}
+_LIMITS = ("max_length", "min_length", "le", "lt", "ge", "gt")
+
+
+def validation_params(exc: RequestValidationError | ValidationError) -> dict:
+    """The first failed field as `params` of the error (gateway/main.py): `field`, `rule` (missing, too_long,
+    too_short, too_large, too_small or invalid) and the `limit` when the rule has one."""
+    errors = exc.errors()
+    if not errors:
+        return {}
+    first = errors[0]
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "header", "path")]
+    params = {"field": ".".join(loc) or "request", "rule": _RULES.get(first.get("type", ""), "invalid")}
+    context = first.get("ctx") or {}
+    limit = next((context[k] for k in _LIMITS if k in context), None)
+    if isinstance(limit, int | float):
+        params["limit"] = limit
+    return params
 
 
 DEFAULT_LIST, MAX_LIST = 50, 200  # a list's length when not given, and at most

@@ -259,10 +259,12 @@ class DataPlane:
         if len(data) > self.max_upload_bytes:
             raise PayloadTooLarge(
                 f"{what} {filename!r} is {len(data)} bytes; the limit is "
-                f"{self.max_upload_bytes} bytes per image"
+                f"{self.max_upload_bytes} bytes per image",
+                code="file_too_large",
+                params={"name": filename, "limit": self.max_upload_bytes},
             )
         if not data:
-            raise InvalidInput(f"{what} {filename!r} is empty", code="empty_file")
+            raise InvalidInput(f"{what} {filename!r} is empty", code="empty_file", params={"name": filename})
 
     def _infer(self, organ: Organ, data: bytes, filename: str) -> tuple[np.ndarray, bytes, tuple | None]:
         """Validate, run the organ server; return the probability map (uint8 H×W), its PNG and the
@@ -495,19 +497,24 @@ def pair_by_name(
         raise InvalidInput("send at least one image and its label", code="missing_images")
     if len(image_files) > max_images:
         raise InvalidInput(
-            f"{len(image_files)} images; at most {max_images} per request", code="too_many_images"
+            f"{len(image_files)} images; at most {max_images} per request",
+            code="too_many_images",
+            params={"count": len(image_files), "limit": max_images},
         )
     if len(label_files) != len(image_files):
         raise InvalidInput(
             f"{len(image_files)} images but {len(label_files)} labels; send one label per image",
-            code="label_mismatch",
+            code="label_count_mismatch",
+            params={"images": len(image_files), "labels": len(label_files)},
         )
     by_key: dict[str, Upload] = {}
     for image in image_files:
         key = _pair_key(image.filename, label=False)
         if key in by_key:
             raise InvalidInput(
-                f"two images named {key!r}; image file names must be unique", code="duplicate_name"
+                f"two images named {key!r}; image file names must be unique",
+                code="duplicate_name",
+                params={"name": key},
             )
         by_key[key] = image
     labels: dict[str, Upload] = {}
@@ -516,7 +523,7 @@ def pair_by_name(
         if key not in by_key and _pair_key(label.filename, label=False) in by_key:
             key = _pair_key(label.filename, label=False)
         if key in labels:
-            raise InvalidInput(f"two labels for image {key!r}", code="duplicate_name")
+            raise InvalidInput(f"two labels for image {key!r}", code="duplicate_label", params={"name": key})
         labels[key] = label
     unmatched_images = sorted(set(by_key) - set(labels))
     unmatched_labels = sorted(labels[k].filename for k in set(labels) - set(by_key))
@@ -525,6 +532,7 @@ def pair_by_name(
             f"labels are matched to images by file name (x.png ↔ x.png or x_mask.png); no label for images "
             f"{unmatched_images}, no image for labels {unmatched_labels}",
             code="label_mismatch",
+            params={"images": ", ".join(unmatched_images), "labels": ", ".join(unmatched_labels)},
         )
     return [(image, labels[key]) for key, image in by_key.items()]
 
@@ -561,16 +569,21 @@ def score_cases(
         try:
             label = images.decode_label(label_file.data, label_file.filename, max_pixels=max_image_pixels)
         except InvalidInput as exc:
-            raise InvalidInput(f"label {label_file.filename!r}: {exc.message}", code=exc.code) from None
+            raise InvalidInput(
+                f"label {label_file.filename!r}: {exc.message}", code=exc.code, params=exc.params
+            ) from None
         try:
             prob = predict(image)
         except InvalidInput as exc:
-            raise InvalidInput(f"image {image.filename!r}: {exc.message}", code=exc.code) from None
+            raise InvalidInput(
+                f"image {image.filename!r}: {exc.message}", code=exc.code, params=exc.params
+            ) from None
         if label.shape != prob.shape:
             raise InvalidInput(
                 f"label {label_file.filename!r} is {label.shape[1]}x{label.shape[0]} but image "
                 f"{image.filename!r} is {prob.shape[1]}x{prob.shape[0]}; they must be the same size",
                 code="size_mismatch",
+                params={"label": label_file.filename, "image": image.filename},
             )
         results.append(score(case, prob, label))
     return results

@@ -160,7 +160,7 @@ class Evaluator:
     ) -> tuple[Dataset, list[Case]]:
         dataset = session.get(Dataset, dataset_id)
         if dataset is None or dataset.status != "ready" or dataset.deleted_at is not None:
-            raise NotFound(f"no dataset {dataset_id!r}", code="unknown_dataset")
+            raise NotFound(f"no dataset {dataset_id!r}", code="unknown_dataset", params={"id": dataset_id})
         store = self.dataplane.store
         bucket = store.buckets.datasets
         manifest = json.loads(store.get_bytes(bucket, dataset.manifest_key))
@@ -178,6 +178,7 @@ class Evaluator:
                 f"dataset {dataset_id} has {len(pairs)} pairs; at most {self.max_dataset_cases} are "
                 "evaluated at once",
                 code="too_many_images",
+                params={"count": len(pairs), "limit": self.max_dataset_cases},
             )
         cases = []
         for pair in pairs:
@@ -223,7 +224,9 @@ class Evaluator:
         dataset, cases = self.dataset_cases(session, dataset_id, expected_hash)
         if dataset.organ != target.organ:
             raise InvalidInput(
-                f"dataset {dataset_id} is a {dataset.organ} dataset, not {target.organ}", code="wrong_organ"
+                f"dataset {dataset_id} is a {dataset.organ} dataset, not {target.organ}",
+                code="wrong_organ",
+                params={"dataset_organ": dataset.organ, "organ": target.organ},
             )
         return self.run(session, principal, target, cases, purpose=purpose, dataset=dataset)
 
@@ -231,7 +234,9 @@ class Evaluator:
         dp = self.dataplane
         if len(data) > dp.max_upload_bytes:
             raise InvalidInput(
-                f"{filename} is larger than {dp.max_upload_bytes} bytes", code="payload_too_large"
+                f"{filename} is larger than {dp.max_upload_bytes} bytes",
+                code="file_too_large",
+                params={"name": filename, "limit": dp.max_upload_bytes},
             )
         height, width, _ = images.inspect(data, filename, max_pixels=dp.max_image_pixels, window=window)
         try:
@@ -433,7 +438,8 @@ def compare(session: Session, principal: Principal, a_id: str, b_id: str) -> dic
     a, b = get_evaluation(session, principal, a_id), get_evaluation(session, principal, b_id)
     if a.organ != b.organ:
         raise InvalidInput(
-            f"evaluation {a.id} is {a.organ}, {b.id} is {b.organ}: compare one organ", code="wrong_organ"
+            f"evaluation {a.id} is {a.organ}, {b.id} is {b.organ}: compare one organ",
+            code="compare_organs_differ",
         )
     cases_a = {c.name: c for c in cases_of(session, a)}
     cases_b = {c.name: c for c in cases_of(session, b)}

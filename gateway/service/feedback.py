@@ -35,7 +35,9 @@ def _body(text: str) -> str:
     if not text:
         raise InvalidInput("feedback needs some text", code="empty_body")
     if len(text) > MAX_BODY:
-        raise InvalidInput(f"feedback is at most {MAX_BODY} characters", code="body_too_long")
+        raise InvalidInput(
+            f"feedback is at most {MAX_BODY} characters", code="body_too_long", params={"limit": MAX_BODY}
+        )
     return text
 
 
@@ -52,7 +54,7 @@ def create(
     shared: bool = False,
 ) -> Feedback:
     if principal.user is not None and principal.role != "doctor" and not principal.is_admin:
-        raise Forbidden("doctors write feedback; researchers reply to it")
+        raise Forbidden("doctors write feedback; researchers reply to it", code="feedback_doctors_only")
     model = model_registry.get_version(session, organ, version)
     text = _body(body)
     seg_key = _checked_attachments(session, principal, evaluation_case_id, segmentation_id, threshold)
@@ -112,11 +114,17 @@ def get(session: Session, principal: Principal, feedback_id: int) -> Feedback:
 
 
 def replies(session: Session, row: Feedback) -> list[FeedbackReply]:
-    return list(
-        session.scalars(
-            select(FeedbackReply).where(FeedbackReply.feedback_id == row.id).order_by(FeedbackReply.id)
-        )
-    )
+    return replies_of(session, [row.id])[row.id]
+
+
+def replies_of(session: Session, feedback_ids: list[int]) -> dict[int, list[FeedbackReply]]:
+    """The replies of each thread (oldest first), read in one query for a whole list of threads."""
+    found: dict[int, list[FeedbackReply]] = {i: [] for i in feedback_ids}
+    if feedback_ids:
+        query = select(FeedbackReply).where(FeedbackReply.feedback_id.in_(feedback_ids))
+        for reply_row in session.scalars(query.order_by(FeedbackReply.id)):
+            found[reply_row.feedback_id].append(reply_row)
+    return found
 
 
 def list_feedback(
@@ -170,7 +178,12 @@ def update(
     whether the thread is shared with the author's hospital's doctors."""
     row = get(session, principal, feedback_id)
     tenancy.check(
-        session, principal, FEEDBACK_WRITE, row, "a doctor changes only the status of their own feedback"
+        session,
+        principal,
+        FEEDBACK_WRITE,
+        row,
+        "a doctor changes only the status of their own feedback",
+        code="not_your_feedback",
     )
     if shared is not None:
         tenancy.check(session, principal, FEEDBACK_SHARE, row, "only the thread's author shares it or stops")

@@ -133,6 +133,7 @@ def choose_threshold(
         SEGMENTATION_WRITE,
         row,
         "only the doctor (or the API key) who made the segmentation saves its threshold",
+        code="not_your_segmentation",
     )
     key = mask_key(row, threshold)[0]
     row.chosen_threshold, row.chosen_note, row.chosen_at = round(threshold, 1), note, datetime.now(UTC)

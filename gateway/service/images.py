@@ -17,8 +17,19 @@ def inspect(
     try:
         info = imaging.inspect_image(data, window=window, max_pixels=max_pixels)
     except imaging.ImageDecodeError as exc:
-        raise InvalidInput(f"{filename}: {exc}", code="invalid_image") from None
+        raise InvalidInput(f"{filename}: {exc}", code="invalid_image", params={"name": filename}) from None
     return info.height, info.width, info.spacing_mm
+
+
+def preview_png(data: bytes, filename: str, *, max_pixels: int, window: dict | None = None) -> bytes:
+    """The upload as the organ's model sees it, as an 8-bit PNG a browser shows: decoded by the platform's
+    one decoder and, for DICOM, windowed with the organ's intensity window (browsers show neither DICOM nor
+    16-bit TIFF)."""
+    try:
+        decoded = imaging.decode_image(data, window=window, max_pixels=max_pixels)
+    except imaging.ImageDecodeError as exc:
+        raise InvalidInput(f"{filename}: {exc}", code="invalid_image", params={"name": filename}) from None
+    return imaging.encode_png(np.rint(decoded.array * 255.0).astype(np.uint8))
 
 
 def decode_label(data: bytes, filename: str, *, max_pixels: int) -> np.ndarray:
@@ -26,7 +37,7 @@ def decode_label(data: bytes, filename: str, *, max_pixels: int) -> np.ndarray:
     try:
         return imaging.decode_mask(data, max_pixels=max_pixels)
     except imaging.ImageDecodeError as exc:
-        raise InvalidInput(f"{filename}: {exc}", code="invalid_image") from None
+        raise InvalidInput(f"{filename}: {exc}", code="invalid_image", params={"name": filename}) from None
 
 
 def decode_probability(png: bytes) -> np.ndarray:

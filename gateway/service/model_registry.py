@@ -104,6 +104,7 @@ def get_version(session: Session, organ: str, version: str) -> ModelVersion:
         raise NotFound(
             f"no version {version!r} of the {organ} model; recent versions: {', '.join(known) or 'none'}",
             code="unknown_version",
+            params={"organ": organ, "version": version},
         )
     return row
 
@@ -314,10 +315,15 @@ def _check_new_version(new: NewVersion) -> None:
         VERSION_PATTERN, new.model_name or ""
     ):
         raise InvalidInput(
-            "model_name and version: letters, digits, '.', '_' or '-', at most 64 (e.g. 20250101.120000)"
+            "model_name and version: letters, digits, '.', '_' or '-', at most 64 (e.g. 20250101.120000)",
+            code="invalid_version_name",
         )
     if new.default_threshold is not None and not 0.0 < new.default_threshold < 1.0:
-        raise InvalidInput(f"default_threshold must be between 0 and 1, not {new.default_threshold}")
+        raise InvalidInput(
+            f"default_threshold must be between 0 and 1, not {new.default_threshold}",
+            code="invalid_input",
+            params={"field": "default_threshold", "rule": "invalid"},
+        )
 
 
 def _require_archive(store, models_bucket: str | None, mar_key: str) -> None:
@@ -357,13 +363,15 @@ def _add_candidate_row(
 
 def set_reference_set(session: Session, principal: Principal, organ: str, dataset_id: str) -> ReferenceSet:
     """Freeze `dataset_id` (its current hash) as the organ's reference set for promotions."""
-    missing = NotFound(f"no dataset {dataset_id!r}", code="unknown_dataset")
+    missing = NotFound(f"no dataset {dataset_id!r}", code="unknown_dataset", params={"id": dataset_id})
     dataset = tenancy.get(session, principal, DATASET_READ, dataset_id, missing)  # one the caller sees
     if dataset.status != "ready" or dataset.deleted_at is not None:
         raise missing
     if dataset.organ != organ:
         raise InvalidInput(
-            f"dataset {dataset_id} is a {dataset.organ} dataset, not {organ}", code="wrong_organ"
+            f"dataset {dataset_id} is a {dataset.organ} dataset, not {organ}",
+            code="wrong_organ",
+            params={"dataset_organ": dataset.organ, "organ": organ},
         )
     row = session.get(ReferenceSet, organ) or ReferenceSet(organ=organ)
     row.dataset_id, row.dataset_hash, row.set_by, row.set_at = (
@@ -391,6 +399,7 @@ def get_reference_set(session: Session, organ: str) -> ReferenceSet:
             f"organ {organ} has no reference set; a researcher sets one with "
             f"PUT /api/v1/models/{organ}/reference-set",
             code="no_reference_set",
+            params={"organ": organ},
         )
     return row
 
@@ -507,12 +516,19 @@ class Promotions:
                 f"{organ} version {version} is retired and cannot be promoted; to restore the previous "
                 f"default use POST /api/v1/models/{organ}/rollback",
                 code="version_retired",
+                params={"version": version},
             )
         if candidate.state == "default":
-            raise Conflict(f"{organ} version {version} is already the default", code="already_default")
+            raise Conflict(
+                f"{organ} version {version} is already the default",
+                code="already_default",
+                params={"version": version},
+            )
         if force:
             if not principal.is_admin:
-                raise Forbidden("only an admin may force a promotion past the reference-set gate")
+                raise Forbidden(
+                    "only an admin may force a promotion past the reference-set gate", code="forbidden"
+                )
             if not reason or len(reason) < 10:
                 raise InvalidInput(
                     "a forced promotion needs a written reason (at least 10 characters)",
@@ -541,6 +557,7 @@ class Promotions:
                 f"{current.version}; set one (PUT /api/v1/models/{organ}/reference-set) or have an "
                 "admin force the promotion",
                 code="no_reference_set",
+                params={"organ": organ},
             )
         candidate_evaluation = self._evaluate_on_reference(session, principal, candidate, reference)
         default_evaluation = self._evaluate_on_reference(session, principal, current, reference)

@@ -74,6 +74,7 @@ def validate_organ_name(name: str) -> str:
         raise InvalidInput(
             f"malformed organ name {shown!r}: use lower-case letters, digits, '-' or '_' (e.g. 'liver')",
             code="invalid_organ",
+            params={"organ": shown},
         )
     return name
 
@@ -118,6 +119,7 @@ class OrganRegistry:
             raise NotFound(
                 f"unknown organ {name!r}; known organs: {', '.join(self._organs) or 'none'}",
                 code="unknown_organ",
+                params={"organ": name},
             ) from None
 
     def default_threshold(self, name: str) -> float:

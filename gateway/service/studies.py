@@ -159,7 +159,9 @@ class StudyJobs:
                 session.commit()
                 if taken.rowcount == 1:  # another worker may have taken it first
                     if row.status == "running":
-                        logger.info("study %s resumed after its worker stopped (attempt %d)", row.id, row.attempts + 1)
+                        logger.info(
+                            "study %s resumed after its worker stopped (attempt %d)", row.id, row.attempts + 1
+                        )
                     return row.id
         return None
 
@@ -179,7 +181,9 @@ class StudyJobs:
             check_patient_id(patient_id)
         given_date = parse_study_date(study_date)
         if not files:
-            raise InvalidInput("no files: send one NIfTI, the DICOM files of one series, or a zip", code="no_files")
+            raise InvalidInput(
+                "no files: send one NIfTI, the DICOM files of one series, or a zip", code="no_files"
+            )
         total = sum(len(f.data) for f in files)
         if total > self.settings.study_max_bytes:
             raise PayloadTooLarge(
@@ -225,7 +229,13 @@ class StudyJobs:
         )
         try:
             session.add(row)
-            audit(session, principal.actor, "study.submit", str(study_id), {"organ": organ.name, "slices": row.shape[0]})
+            audit(
+                session,
+                principal.actor,
+                "study.submit",
+                str(study_id),
+                {"organ": organ.name, "slices": row.shape[0]},
+            )
             session.commit()
         except Exception:
             self.dataplane._remove([key])
@@ -286,15 +296,23 @@ class StudyJobs:
             timeout=max(60.0, 4 * self.settings.inference_timeout_s),
         )
 
-    def _store_result(self, study_id, volume: volumes.Volume, organ, model, prob: np.ndarray, prefix, axcodes):
+    def _store_result(
+        self, study_id, volume: volumes.Volume, organ, model, prob: np.ndarray, prefix, axcodes
+    ):
         prob_ijk = np.ascontiguousarray(volume.from_canonical(prob, axcodes))
         key = f"{prefix}/probability.nii.gz"
         blob = volumes.nifti_bytes(volume, prob_ijk)
-        self.dataplane.store.put_bytes(self.dataplane.results_bucket, key, blob, content_type="application/gzip")
+        self.dataplane.store.put_bytes(
+            self.dataplane.results_bucket, key, blob, content_type="application/gzip"
+        )
         per_voxel = volume.voxel_volume_ml
         label, options = organ.spec.label, organ.spec.postprocess_3d
         volumes_ml = {  # on the canonical grid, where the post-processing's slices are axial
-            f"{t:.1f}": {label: round(np.count_nonzero(postprocess_mask(probability_mask(prob, t), options)) * per_voxel, 2)}
+            f"{t:.1f}": {
+                label: round(
+                    np.count_nonzero(postprocess_mask(probability_mask(prob, t), options)) * per_voxel, 2
+                )
+            }
             for t in THRESHOLDS
         }
         with self._session() as session:
@@ -316,7 +334,8 @@ class StudyJobs:
 
     @staticmethod
     def _labels(spec, volume: volumes.Volume, prob_ijk: np.ndarray, threshold: float) -> np.ndarray:
-        """uint8 labels on the input grid at `threshold`, post-processed (spec.postprocess_3d) on the canonical
+        """uint8 labels on the input grid at `threshold`, post-processed (spec.postprocess_3d) on the
+        canonical
         grid, whose first axis is the axial one the options work slice by slice on."""
         mask = probability_mask(prob_ijk, threshold)
         if spec.postprocess_3d.enabled:
@@ -376,7 +395,8 @@ class StudyJobs:
     def seg_dicom(self, row: Study, threshold: float) -> bytes:
         if row.source != "dicom" or not row.source_key:
             raise Conflict(
-                f"study {row.id} came as NIfTI: a DICOM SEG needs the source DICOM series (ask for mask.nii.gz)",
+                f"study {row.id} came as NIfTI: a DICOM SEG needs the source DICOM series "
+                "(ask for mask.nii.gz)",
                 code="not_dicom",
             )
         _, labels = self.labels_volume(row, threshold)
@@ -421,7 +441,13 @@ class StudyJobs:
         row.chosen_threshold = nearest_threshold(_check_threshold(threshold))
         row.chosen_note = note
         row.chosen_at = datetime.now(UTC)
-        audit(session, principal.actor, "study.choose_threshold", str(row.id), {"threshold": row.chosen_threshold})
+        audit(
+            session,
+            principal.actor,
+            "study.choose_threshold",
+            str(row.id),
+            {"threshold": row.chosen_threshold},
+        )
         session.commit()
         return row
 
@@ -559,4 +585,3 @@ def _source_object(prefix: str, volume: volumes.Volume, files: Sequence[Upload])
 
 def _stored_files(key: str, blob: bytes) -> list[tuple[str, bytes]]:
     return [(key.rsplit("/", 1)[-1], blob)]
-

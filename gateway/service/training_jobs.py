@@ -352,6 +352,7 @@ class TrainingJobs:
                 "MEDSEG_MAX_RUNNING_TRAINING_JOBS); wait for one to finish or cancel one "
                 f"({', '.join(str(j.id) for j in running)})",
                 code="too_many_training_jobs",
+                params={"running": len(running), "limit": self.max_running},
             )
 
     @staticmethod
@@ -362,14 +363,19 @@ class TrainingJobs:
             raise InvalidInput(
                 f"unknown architecture {request.arch!r}; valid: {', '.join(sorted(MODELS))}",
                 code="unknown_arch",
+                params={"arch": request.arch},
             )
-        missing = NotFound(f"no dataset {request.dataset_id!r}", code="unknown_dataset")
+        missing = NotFound(
+            f"no dataset {request.dataset_id!r}", code="unknown_dataset", params={"id": request.dataset_id}
+        )
         dataset = tenancy.get(session, principal, DATASET_READ, request.dataset_id, missing)  # one it sees
         if dataset.status != "ready" or dataset.deleted_at is not None:
             raise missing
         if dataset.organ != request.organ:
             raise InvalidInput(
-                f"dataset {dataset.id} is a {dataset.organ} dataset, not {request.organ}", code="wrong_organ"
+                f"dataset {dataset.id} is a {dataset.organ} dataset, not {request.organ}",
+                code="wrong_organ",
+                params={"dataset_organ": dataset.organ, "organ": request.organ},
             )
         return dataset
 
@@ -475,14 +481,18 @@ class TrainingJobs:
             except NotFound:
                 raise InvalidInput(
                     f"the trainer's Job ended without uploading the model ({card_key} is missing from the "
-                    f"{self.store.buckets.models} bucket)"
+                    f"{self.store.buckets.models} bucket)",
+                    code="model_not_packaged",
                 ) from None
             done = {"model_name": job.organ, "mar_key": mar_key, "bucket": self.store.buckets.models,
                     "card": card, "sha256": card.get("mar_sha256")}  # fmt: skip
         else:
             mar = self.run_dir(job) / "package" / f"{job.organ}.mar"
             if not mar.is_file():
-                raise InvalidInput(f"the trainer exited without packaging a model ({mar} is missing)")
+                raise InvalidInput(
+                    f"the trainer exited without packaging a model ({mar} is missing)",
+                    code="model_not_packaged",
+                )
             done = upload_version(self.store, mar, job.organ, job.version)
         card = done["card"] or {}
         dataset = card.get("dataset") if isinstance(card.get("dataset"), dict) else {}
@@ -550,6 +560,7 @@ class TrainingJobs:
                     f"training job {job_id} has already {job.state}; only queued or running jobs can be "
                     "cancelled",
                     code="job_finished",
+                    params={"state": job.state},
                 )
             stopped = self.launcher.cancel(job)
             job.progress = self._read_progress(job) or job.progress

@@ -19,9 +19,8 @@ import io
 import json
 import zipfile
 
-import numpy as np
-
 from common.errors import NotFound
+from gateway.service import images
 from services import imaging
 
 VIEW_OBJECT = "view.zip"
@@ -30,17 +29,11 @@ VALUES_MEMBER = "values.npy"
 META_MEMBER = "view.json"
 
 
-def display_png(data: bytes, *, max_pixels: int, window: dict | None) -> bytes:
-    """The upload as the organ's model sees it, as an 8-bit PNG a browser shows (grey or RGB)."""
-    decoded = imaging.decode_image(data, window=window, max_pixels=max_pixels)
-    return imaging.encode_png(np.rint(decoded.array * 255.0).astype(np.uint8))
-
-
 def make_view(data: bytes, *, max_pixels: int, window: dict | None) -> bytes:
     """The view object of an upload the data plane has already accepted (it decodes)."""
     values = imaging.decode_values(data, max_pixels=max_pixels)
     meta: dict = {}
-    members = {IMAGE_MEMBER: display_png(data, max_pixels=max_pixels, window=window)}
+    members = {IMAGE_MEMBER: images.preview_png(data, "upload", max_pixels=max_pixels, window=window)}
     if values is not None:
         members[VALUES_MEMBER] = imaging.encode_npy(values.values)
         shown = window or values.file_window

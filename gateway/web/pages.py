@@ -19,13 +19,15 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from common.errors import Unauthenticated
 from common.settings import get_settings
 from gateway.api.deps import SessionDep, SettingsDep
 from gateway.api.log_redaction import redact_patient_ids
 from gateway.core.db import get_db
-from gateway.models import User
+from gateway.models import Dataset, Evaluation, ReferenceSet, Segmentation, User
 from gateway.resources.accounts.service import resolve_session
 from gateway.resources.training import service as training_service
 from gateway.security import KNOWN_SCOPES
@@ -165,6 +167,11 @@ def render(request: Request, viewer: Viewer, name: str, status_code: int = 200, 
         return i18n.translate(lang, key, **params)
 
     nav_items = [(p, k) for p, k, roles in NAV if viewer.role in roles]
+    # every organ the gateway serves has a name in the pages' catalogue (its spec's display name when the
+    # catalogue has no word for it), so page scripts name organs as the templates do
+    organ_names = {
+        f"organ.{name}": i18n.organ_name(lang, name, display) for name, display in _organs(request)
+    }
     admin_items = [(p, k) for p, k, roles in ADMIN_NAV if viewer.role in roles]
     settings = request.app.state.web_settings
     response = templates.TemplateResponse(
@@ -175,7 +182,7 @@ def render(request: Request, viewer: Viewer, name: str, status_code: int = 200, 
             "t": t,
             "lang": lang,
             "languages": i18n.LANGUAGES,
-            "messages": i18n.messages(lang),
+            "messages": {**organ_names, **i18n.messages(lang)},
             "nav_items": nav_items,
             "admin_items": admin_items,
             "current_path": request.url.path,
@@ -191,10 +198,46 @@ def render(request: Request, viewer: Viewer, name: str, status_code: int = 200, 
     return response
 
 
+def _display_names(dataplane) -> list[tuple[str, str]]:
+    return [(o.name, o.spec.display_name) for o in dataplane.registry.all()]
+
+
 def organ_choices(request: Request) -> list[tuple[str, str]]:
     """(name, display name) of every organ the gateway serves, from its registry (no network call)."""
-    registry = request.app.state.dataplane.registry
-    return [(o.name, o.spec.display_name) for o in registry.all()]
+    return _display_names(request.app.state.dataplane)
+
+
+def _organs(request: Request) -> list[tuple[str, str]]:
+    """The organs for every page's catalogue, error pages' too (none when the app has no data plane yet)."""
+    dataplane = getattr(request.app.state, "dataplane", None)
+    return _display_names(dataplane) if dataplane else []
+
+
+FALLBACK_ORGAN = "liver"
+# What a person's own data is: (the owner column, the organ column) of each kind of row they make.
+OWN_DATA = (
+    (Segmentation.user_id, Segmentation.organ),
+    (Dataset.uploaded_by_user_id, Dataset.organ),
+    (Evaluation.user_id, Evaluation.organ),
+)
+
+
+def default_organ(session: Session, user: User, organs: list[str]) -> str | None:
+    """The organ a page starts on (until this browser remembers a choice): the first organ, in the pages'
+    order, the person has data for (segmentations, datasets, tests); else liver; else the first."""
+    used: set[str] = set()
+    for owner, organ in OWN_DATA:
+        used.update(session.scalars(select(organ).where(owner == user.id).distinct()))
+    for name in organs:
+        if name in used:
+            return name
+    return FALLBACK_ORGAN if FALLBACK_ORGAN in organs else next(iter(organs), None)
+
+
+def organ_context(request: Request, viewer: Viewer, session: Session) -> dict:
+    """The organ select's choices and the organ it starts on."""
+    organs = [(name, i18n.organ_name(viewer.lang, name, display)) for name, display in organ_choices(request)]
+    return {"organs": organs, "default_organ": default_organ(session, viewer.user, [n for n, _ in organs])}
 
 
 router = APIRouter(include_in_schema=False)
@@ -239,8 +282,8 @@ def profile_page(request: Request, viewer: SignedInPage):
 def _doctor_page(template: str) -> Callable[..., Response]:
     """A doctor-side page: its template with the organ choices."""
 
-    def page(request: Request, viewer: DoctorSide):
-        return render(request, viewer, template, organs=organ_choices(request))
+    def page(request: Request, viewer: DoctorSide, session: SessionDep):
+        return render(request, viewer, template, **organ_context(request, viewer, session))
 
     return page
 
@@ -256,20 +299,32 @@ for _path, _name in (
 
 
 @router.get("/training")
-def training_page(request: Request, viewer: ResearcherSide):
+def training_page(request: Request, viewer: ResearcherSide, session: SessionDep):
     return render(
         request,
         viewer,
         "training.html",
-        organs=organ_choices(request),
+        **organ_context(request, viewer, session),
         architectures=training_service.architectures().architectures,
     )
 
 
 @router.get("/models")
-def models_page(request: Request, viewer: ResearcherSide):
+def models_page(request: Request, viewer: ResearcherSide, session: SessionDep):
     max_dice_drop = request.app.state.web_settings.promotion_max_dice_drop  # shown beside the comparison
-    return render(request, viewer, "models.html", organs=organ_choices(request), max_dice_drop=max_dice_drop)
+    # each organ's frozen reference set, or none: the page shows it without asking the API for a 404
+    reference_sets = {
+        row.organ: {"dataset_id": row.dataset_id, "set_by": row.set_by, "set_at": row.set_at.isoformat()}
+        for row in session.scalars(select(ReferenceSet))
+    }
+    return render(
+        request,
+        viewer,
+        "models.html",
+        **organ_context(request, viewer, session),
+        max_dice_drop=max_dice_drop,
+        reference_sets=reference_sets,
+    )
 
 
 @router.get("/admin/users")

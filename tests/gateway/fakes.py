@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from common.errors import ServiceUnavailable
+from services import imaging
 
 
 def png(array: np.ndarray) -> bytes:
@@ -39,7 +40,7 @@ class FakeClient:
             self.versions.append(version)
         if self.error:
             raise self.error
-        image = Image.open(io.BytesIO(data))
+        image = imaging.inspect_image(data)  # what an organ server decodes: DICOM and TIFF too
         return png(self.answer(image.height, image.width))
 
     def health(self, timeout: float = 1.0) -> tuple[bool, str]:

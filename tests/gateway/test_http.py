@@ -44,7 +44,10 @@ def assert_error(response, status: int, code: str | None = None) -> dict:
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
     body = response.json()
-    assert set(body["error"]) == {"code", "message"} and body["error"]["message"]
+    # params: the values the message names, when it names any (a client words the error by code with them)
+    assert {"code", "message"} <= set(body["error"]) <= {"code", "message", "params"} and body["error"][
+        "message"
+    ]
     if code:
         assert body["error"]["code"] == code
     return body["error"]
@@ -68,7 +71,12 @@ def test_readyz_names_what_is_down(tmp_path, http_client_for):
 def test_readyz_ok(client):
     response = client.get("/readyz")
     assert response.status_code == 200
-    assert response.json()["components"] == {"organ:liver": "ok", "organ:cells": "ok", "objectstore": "ok"}
+    assert response.json()["components"] == {
+        "organ:liver": "ok",
+        "organ:cells": "ok",
+        "objectstore": "ok",
+        "disk": "ok",
+    }
 
 
 def test_organs_lists_every_folder(client, api_keys):
@@ -254,7 +262,7 @@ def test_oversized_file_part_is_413(tmp_path, http_client_for, api_keys):
         data={"organ": "liver"},
         files={"file": ("big.png", big)},
     )
-    assert_error(response, 413, "payload_too_large")
+    assert assert_error(response, 413, "file_too_large")["params"] == {"name": "big.png", "limit": 50_000}
 
 
 def test_evaluate_over_http(client, api_keys):
@@ -278,3 +286,34 @@ def test_evaluate_over_http(client, api_keys):
         files=[("images", ("a.png", image)), ("labels", ("b.png", png(mask)))],
     )
     assert "no label for images" in assert_error(mismatch, 400, "label_mismatch")["message"]
+
+
+def test_low_disk_refuses_uploads_with_507_and_readyz_says_why(tmp_path, http_client_for, api_keys):
+    """Below `min_free_disk_bytes` free under the state dir: uploads get 507 insufficient_storage before the
+    body is used (nothing segmented), reads still answer, /readyz is 503 naming the disk; 0 turns it off."""
+    plane = make_plane(tmp_path)
+    full = Settings(state_dir=tmp_path, min_free_disk_bytes=1 << 62)  # more than any disk has free
+    client = http_client_for(plane, full)
+    response = client.post(
+        "/api/v1/segment",
+        headers=bearer(api_keys["segment"]),
+        data={"organ": "liver"},
+        files={"file": ("x.png", LIVER_SLICE.read_bytes())},
+    )
+    error = assert_error(response, 507, "insufficient_storage")
+    assert "disk is nearly full" in error["message"] and str(tmp_path) in error["message"]
+    assert plane.clients["liver"].calls == 0
+    assert client.get("/api/v1/organs", headers=bearer(api_keys["segment"])).status_code == 200
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and ready.json()["components"]["disk"].startswith("low: ")
+    assert "disk (low: " in ready.json()["error"]["message"]
+
+    unguarded = http_client_for(plane, Settings(state_dir=tmp_path, min_free_disk_bytes=0))
+    assert unguarded.get("/readyz").json()["components"]["disk"] == "ok"
+    response = unguarded.post(
+        "/api/v1/segment",
+        headers=bearer(api_keys["segment"]),
+        data={"organ": "liver"},
+        files={"file": ("x.png", LIVER_SLICE.read_bytes())},
+    )
+    assert response.status_code == 200, response.text

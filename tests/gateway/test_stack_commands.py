@@ -97,3 +97,57 @@ def test_the_start_step_pulls_what_the_registry_serves_and_keeps_the_shipped_def
     assert stack.organ_archives(settings, "liver", None) == [("liver", "liver.mar")]
     missing = settings.model_copy(update={"database_url": f"sqlite:///{tmp_path / 'none' / 'medseg.db'}"})
     assert stack.registry_served(missing, "liver") is None
+
+
+def test_supervisord_config_has_one_restarting_program_per_process(tmp_path):
+    """The process table as supervisord reads it: every program restarts on any exit, with back-off for
+    failed starts, its whole process group stopped, its log rotated by size; the restart counter listens."""
+    import configparser
+
+    from common.settings import REPO_ROOT, Settings
+
+    settings = Settings(state_dir=tmp_path)
+    organs, _ = stack._organs_with_models(settings)
+    parser = configparser.RawConfigParser()
+    parser.read_string(stack.supervisord_config(settings))
+    programs = [s.removeprefix("program:") for s in parser.sections() if s.startswith("program:")]
+    assert programs == ["objectstore", *(f"torchserve-{o}" for o in organs), "gateway"]
+    assert organs  # the shipped .mar files of model-store/
+    for name in programs:
+        section = parser[f"program:{name}"]
+        assert section["command"].endswith(f"-m tools.stack run {name}")
+        assert section["autorestart"] == "true" and int(section["startretries"]) >= 10
+        assert section["stopasgroup"] == section["killasgroup"] == "true"
+        assert section["stdout_logfile"] == str(tmp_path / "logs" / f"{name}.log")
+        assert (
+            section["stdout_logfile_maxbytes"] == stack.LOG_MAX_BYTES
+            and section["stdout_logfile_backups"] == "5"
+        )
+        assert section["directory"] == str(REPO_ROOT)
+    assert [int(parser[f"program:{n}"]["priority"]) for n in programs] == sorted(
+        int(parser[f"program:{n}"]["priority"]) for n in programs
+    )  # started in order: store, organs, gateway
+    assert parser["eventlistener:restart-counter"]["events"] == "PROCESS_STATE"
+    assert parser["unix_http_server"]["chmod"] == "0700"  # only this user controls the stack
+
+
+def test_run_refuses_a_program_outside_the_table():
+    with pytest.raises(SystemExit, match="no program 'nginx'"):
+        stack.main(["run", "nginx"])
+
+
+def test_up_takes_over_from_a_stack_started_before_supervisord(tmp_path):
+    """An older checkout's `make up` left processes with pid files under .medseg/pids/: the newer one stops
+    exactly those before supervisord starts its own."""
+    from common.settings import Settings
+
+    settings = Settings(state_dir=tmp_path)
+    old_gateway = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        PidFile(stack.pid_dir(settings) / "gateway.pid").write(old_gateway.pid)
+        assert stack._stop_unsupervised(settings) == ["gateway"]
+        assert old_gateway.wait(timeout=10) is not None
+        assert stack._stop_unsupervised(settings) == []  # nothing left
+    finally:
+        old_gateway.kill()
+        old_gateway.wait()

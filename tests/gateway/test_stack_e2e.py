@@ -89,7 +89,12 @@ def segment(http, api_keys, data: bytes, name: str = "x.png", organ: str = "live
 def test_ready(http):
     response = http.get("/readyz")
     assert response.status_code == 200, response.text
-    assert response.json()["components"] == {"organ:liver": "ok", "organ:cells": "ok", "objectstore": "ok"}
+    assert response.json()["components"] == {
+        "organ:liver": "ok",
+        "organ:cells": "ok",
+        "objectstore": "ok",
+        "disk": "ok",
+    }
 
 
 def test_segment_liver_slice_over_http(http, api_keys, stack_dataplane, objectstore, gateway_engine):
@@ -264,6 +269,7 @@ def test_one_organ_server_down_other_answers(stack_settings, objectstore, http_c
                 "organ:liver": "ok",
                 "organ:cells": "unavailable",
                 "objectstore": "ok",
+                "disk": "ok",
             }
         finally:
             dataplane.close()

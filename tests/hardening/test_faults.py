@@ -30,7 +30,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from gateway.models import Base, Dataset, EvaluationCase, ModelVersion, Segmentation
+from gateway.models import Base, Dataset, EvaluationCase, ModelVersion, Segmentation, Study
 from tests.api.conftest import small_dataset_zip
 from tests.data import CELLS_TRAIN, LIVER_SLICE
 from tests.fixtures.torchserve import MODEL_VERSION, build_test_mar
@@ -244,6 +244,9 @@ OBJECT_KEY_COLUMNS = {
     ("datasets", "manifest_key"): "datasets",  # and every file the manifest lists
     ("evaluation_cases", "overlay_key"): "results",
     ("model_versions", "mar_key"): "models",
+    ("studies", "input_key"): "results",
+    ("studies", "source_key"): "results",  # the same object as input_key for a DICOM series
+    ("studies", "probability_key"): "results",  # once done
 }
 
 
@@ -256,6 +259,16 @@ def referenced_objects(session, buckets, store) -> list[tuple[str, str, str]]:
         refs += [(f"{where} mask {t}", buckets.results, key) for t, key in (row.mask_keys or {}).items()]
         if row.thumbnail_key:
             refs.append((f"{where} thumbnail", buckets.results, row.thumbnail_key))
+    for row in session.scalars(select(Study)):
+        refs += [
+            (f"study {row.id} {what}", buckets.results, key)
+            for what, key in (
+                ("input", row.input_key),
+                ("source", row.source_key),
+                ("probability", row.probability_key),
+            )
+            if key
+        ]
     for row in session.scalars(select(Dataset)):
         refs.append((f"dataset {row.id} ({row.status})", buckets.datasets, row.manifest_key))
         if store.exists(buckets.datasets, row.manifest_key):
@@ -344,7 +357,12 @@ def test_one_organ_server_stops_the_other_keeps_answering_and_it_recovers(gatewa
                 break
             time.sleep(0.5)
     assert answers[-1].status_code == 200, [(a.status_code, a.text[:200]) for a in answers[-3:]]
-    assert wait_ready(gateway, RECOVERY_S) == {"organ:liver": "ok", "organ:cells": "ok", "objectstore": "ok"}
+    assert wait_ready(gateway, RECOVERY_S) == {
+        "organ:liver": "ok",
+        "organ:cells": "ok",
+        "objectstore": "ok",
+        "disk": "ok",
+    }
     assert gateway.proc.pid == pid and gateway.proc.poll() is None  # the same gateway process throughout
 
 

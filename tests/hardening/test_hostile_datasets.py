@@ -177,5 +177,6 @@ def test_upload_of_a_damaged_archive_is_a_400_naming_the_entry(world):
         "/api/v1/datasets", data={"organ": "liver"}, files={"file": ("set.zip", _damaged_deflate())}
     )
     assert response.status_code == 400, response.text
-    assert response.json()["error"]["code"] == "invalid_dataset"
+    assert response.json()["error"]["code"] == "dataset_corrupt_entry"
+    assert response.json()["error"]["params"] == {"name": "000.png"}
     assert response.json()["error"]["message"].startswith("000.png: corrupt zip entry")

@@ -208,7 +208,7 @@ def test_one_password_against_many_accounts_from_one_address_is_throttled(world)
     assert codes.count(401) <= world.settings.sign_in_max_failures_per_address, codes
     retry = int(answers[-1].headers["Retry-After"])
     assert 0 < retry <= world.settings.sign_in_window_s
-    assert answers[-1].json()["error"]["code"] == "too_many_requests"
+    assert answers[-1].json()["error"]["code"] == "too_many_sign_ins"
     # another address is not affected
     other = _from(world, "198.51.100.8").post(
         "/api/v1/auth/sign-in", json={"email": "doctor@example.org", "password": "correct horse battery"}

@@ -1,4 +1,5 @@
-"""A real study stack for the studies tests: the shipped liver weights on a real TorchServe (repacked with this
+"""A real study stack for the studies tests: the shipped liver weights on a real TorchServe (repacked with
+this
 checkout's handler code), the session's object store, and a real gateway process (`medseg serve`) with its
 own database, which a test may kill and start again."""
 
@@ -35,7 +36,9 @@ def shipped_liver(study_work):
     store = study_work / "liver-store"
     store.mkdir()
     repacked_with_current_code(REPO / "model-store" / "liver.mar", "liver", store)
-    server = OrganServer("liver", study_work / "state", store, models={"liver": "liver.mar"}, ports=free_ports())
+    server = OrganServer(
+        "liver", study_work / "state", store, models={"liver": "liver.mar"}, ports=free_ports()
+    )
     try:
         server.start(timeout=300)
         yield server

@@ -109,7 +109,9 @@ def test_flipped_and_permuted_inputs_give_the_same_mask_after_reorientation(clie
     assert mask.shape == source.shape
     np.testing.assert_allclose(mask.affine, source.affine, atol=1e-5)
     # the layout's mask brought back to the base grid is the base study's mask, voxel for voxel
-    back = apply_orientation(np.asanyarray(mask.dataobj), ornt_transform(io_orientation(mask.affine), io_orientation(base.affine)))
+    back = apply_orientation(
+        np.asanyarray(mask.dataobj), ornt_transform(io_orientation(mask.affine), io_orientation(base.affine))
+    )
     np.testing.assert_array_equal(back, np.asanyarray(base.dataobj))
     assert study["volumes_ml"] == base_study["volumes_ml"]
 
@@ -134,11 +136,15 @@ def test_dicom_series_in_reverse_order_gives_a_mask_and_a_dicom_seg(client):
     assert seg.StudyInstanceUID == sources[0].StudyInstanceUID
     assert [int(n) for n in seg.get_segment_numbers()] == [1]
     assert seg.get_segment_description(1).SegmentLabel == "liver"
-    referenced = {r.ReferencedSOPInstanceUID for s in seg.ReferencedSeriesSequence for r in s.ReferencedInstanceSequence}
+    referenced = {
+        r.ReferencedSOPInstanceUID for s in seg.ReferencedSeriesSequence for r in s.ReferencedInstanceSequence
+    }
     assert referenced == {ds.SOPInstanceUID for ds in sources}
     # the SEG's frames, placed by their source instances, are the mask's slices
     pixels = seg.get_pixels_by_source_instance(
-        source_sop_instance_uids=[ds.SOPInstanceUID for ds in sorted(sources, key=lambda d: d.ImagePositionPatient[2])],
+        source_sop_instance_uids=[
+            ds.SOPInstanceUID for ds in sorted(sources, key=lambda d: d.ImagePositionPatient[2])
+        ],
         segment_numbers=[1],
     )[..., 0]
     expected = np.transpose(np.asanyarray(mask.dataobj), (2, 1, 0))  # (slice, row, column)
@@ -158,8 +164,18 @@ def test_progress_is_reported_and_only_grows(client):
 
 
 def test_trend_has_one_point_per_study_in_ml_by_study_date(client):
-    a = run(client, [("a.nii.gz", studydata.liver_nifti(FIRST, COUNT))], patient_id="P-TREND", study_date="2024-05-02")
-    b = run(client, [("b.nii.gz", studydata.liver_nifti(FIRST, 12))], patient_id="P-TREND", study_date="2024-02-01")
+    a = run(
+        client,
+        [("a.nii.gz", studydata.liver_nifti(FIRST, COUNT))],
+        patient_id="P-TREND",
+        study_date="2024-05-02",
+    )
+    b = run(
+        client,
+        [("b.nii.gz", studydata.liver_nifti(FIRST, 12))],
+        patient_id="P-TREND",
+        study_date="2024-02-01",
+    )
     trend = client.get("/api/v1/patients/P-TREND/trend").json()
     points = trend["studies"]
     assert [p["study_id"] for p in points] == [b["id"], a["id"]]  # by study date, not by upload
@@ -301,7 +317,9 @@ def test_unknown_study_and_bad_threshold(client, nifti_study):
     assert client.get("/api/v1/studies/00000000-0000-0000-0000-000000000000").status_code == 404
     assert client.get("/api/v1/studies/not-a-uuid").status_code == 404
     study, _ = nifti_study
-    assert client.get(f"/api/v1/studies/{study['id']}/mask.nii.gz", params={"threshold": 0.9}).status_code == 400
+    assert (
+        client.get(f"/api/v1/studies/{study['id']}/mask.nii.gz", params={"threshold": 0.9}).status_code == 400
+    )
 
 
 # --- gRPC ---------------------------------------------------------------------------------------------
@@ -322,7 +340,9 @@ def test_grpc_submit_watch_and_mask_in_chunks(study_gateway, client):
         states = list(stub.Watch(studies_pb2.GetStudyRequest(id=queued.id), metadata=metadata, timeout=300))
         assert states[-1].status == "done"
         assert [s.progress for s in states] == sorted(s.progress for s in states)
-        parts = list(stub.GetMask(studies_pb2.GetStudyResultRequest(id=queued.id, threshold=0.5), metadata=metadata))
+        parts = list(
+            stub.GetMask(studies_pb2.GetStudyResultRequest(id=queued.id, threshold=0.5), metadata=metadata)
+        )
         assert parts[0].content_type == "application/gzip" and parts[0].threshold == 0.5
         blob = b"".join(p.data for p in parts)
         with pytest.raises(grpc.RpcError) as refused:

@@ -61,6 +61,16 @@ class WebGateway:
         page.get_by_role("button", name="Sign in").click()
         page.wait_for_url(lambda url: "/sign-in" not in url)
 
+    def add_user(self, email: str, role: str = "doctor", hospital: str | None = "St. Anna", status="active"):
+        """An account of a test's own (the shared ones carry what other tests made)."""
+        with session_scope(self.engine) as session:
+            accounts.create_user(
+                session, email=email, password=PASSWORD, full_name=f"Test {email.split('@')[0]}", role=role,
+                status=status, hospital=hospital, actor="test",
+            )  # fmt: skip
+        self.users[email] = email
+        return email
+
     def shot(self, page, name: str) -> Path:
         """A full-page screenshot under test-artifacts/web/ (kept as the test's evidence)."""
         ARTIFACTS.mkdir(parents=True, exist_ok=True)

@@ -1,12 +1,18 @@
-"""Files the web tests put into the pages' file inputs."""
+"""What the web tests share: the files they put into the pages' file inputs, an API client acting as a page's
+person, and the layout checks a page must pass."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import zipfile
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from tests.services.test_imaging import dicom_bytes
 
 PASSWORD = "correct horse battery"
 # Every page an admin can open (all of them): the layout checks (tablet, laptop) go through each.
@@ -42,3 +48,104 @@ def dataset_zip(pairs: int = 2) -> bytes:
             zf.writestr(f"{i:03d}.png", png_bytes(disc_image(32, seed=i)))
             zf.writestr(f"{i:03d}_mask.png", png_bytes(disc_label(32)))
     return buf.getvalue()
+
+
+def dicom_ct(size: int = 64) -> bytes:
+    """A CT slice in Hounsfield units: air (-1000) around a soft-tissue disc (+50) holding a bone-bright
+    spot (+700), stored as raw values with RescaleIntercept -1024 (what a scanner writes)."""
+    yy, xx = np.mgrid[:size, :size]
+    hu = np.full((size, size), -1000, np.int16)
+    hu[(yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 3) ** 2] = 50
+    hu[(yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 10) ** 2] = 700
+    return dicom_bytes((hu + 1024).astype(np.int16), intercept=-1024)
+
+
+def api_client(page):
+    """An HTTP client acting as the person signed in on `page` (its session cookie and CSRF token), for
+    setting up what a test needs faster than through the pages (e.g. several files in one form field)."""
+    import httpx
+
+    csrf = page.locator('meta[name="csrf-token"]').get_attribute("content")
+    origin = "/".join(page.url.split("/")[:3])
+    cookies = {c["name"]: c["value"] for c in page.context.cookies()}
+    return httpx.Client(base_url=origin, cookies=cookies, headers={"X-CSRF-Token": csrf}, timeout=180)
+
+
+def labelled_cases(names: list[str], seed: int = 0) -> list[tuple[str, tuple[str, bytes, str]]]:
+    """`files=` for POST /api/v1/evaluations: each image with its label, matched by file name."""
+    files = []
+    for i, name in enumerate(names):
+        files.append(("images", (name, png_bytes(disc_image(64, seed=seed + i)), "image/png")))
+        files.append(("labels", (name.replace(".png", "_mask.png"), png_bytes(disc_label(64)), "image/png")))
+    return files
+
+
+# What a person would stop at on a page, found by the browser itself (page.evaluate(LAYOUT_PROBLEMS, scope)):
+# a button or badge whose label wraps onto a second line (its text is taller than one line: in Chinese a
+# label breaks between any two characters, "回/复"), an action (button, link styled as one, a row's
+# data-action link) outside the viewport's width, and a select too narrow for the option it shows ("管理"
+# for "管理员"). `scope`: a CSS selector the checks are limited to ("body": the whole page).
+LAYOUT_PROBLEMS = """scope => {
+  const problems = [];
+  const root = document.querySelector(scope) || document.body;
+  const shown = el => {
+    const box = el.getBoundingClientRect(), style = getComputedStyle(el);
+    return box.width > 0 && box.height > 0 && style.visibility !== "hidden" && !el.closest("[hidden]");
+  };
+  const label = el => (el.innerText || el.value || el.getAttribute("aria-label") || "").trim().slice(0, 60);
+  for (const el of root.querySelectorAll("button, .btn, .badge")) {
+    if (!shown(el) || el.querySelector("img, svg, canvas, figure")) continue;
+    const style = getComputedStyle(el);
+    let line = parseFloat(style.lineHeight);
+    if (Number.isNaN(line)) line = parseFloat(style.fontSize) * 1.5;
+    const text = el.clientHeight - parseFloat(style.paddingTop) - parseFloat(style.paddingBottom);
+    if (text > line * 1.5) {
+      problems.push(`wraps: "${label(el)}" (${Math.round(text)} px for a ${Math.round(line)} px line)`);
+    }
+  }
+  for (const el of root.querySelectorAll("button, a.btn, [data-action], select")) {
+    if (!shown(el)) continue;
+    const box = el.getBoundingClientRect();
+    if (box.left < -1 || box.right > window.innerWidth + 1) {
+      const where = `${Math.round(box.left)}…${Math.round(box.right)} of ${window.innerWidth}`;
+      problems.push(`out of reach: "${label(el)}" at x ${where}`);
+    }
+  }
+  const measure = document.createElement("canvas").getContext("2d");
+  for (const el of root.querySelectorAll("table select, select.form-select-sm")) {
+    if (!shown(el) || el.selectedIndex < 0) continue;
+    const style = getComputedStyle(el);
+    measure.font = `${style.fontWeight} ${style.fontSize} ${style.fontFamily}`;
+    const text = el.options[el.selectedIndex].text;
+    const room = el.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+    if (measure.measureText(text).width > room + 1) {
+      problems.push(`cut: select showing "${text}" (${Math.round(room)} px of room)`);
+    }
+  }
+  return problems;
+}"""
+# Words that mean a script put a value the person cannot read on the page.
+BROKEN_VALUES = r"\[object Object\]|\bundefined\b|\bNaN\b"
+
+
+@contextlib.contextmanager
+def shipped_card_on_default(web, organ: str = "liver"):
+    """The organ's default version carries the shipped model's card and metrics (model-store/<organ>.json;
+    the test organ servers' .mar has none) while the block runs; restored afterwards."""
+    from sqlalchemy import select
+
+    from gateway.core.db import session_scope
+    from gateway.models import ModelVersion
+
+    card = json.loads((Path(__file__).resolve().parents[2] / "model-store" / f"{organ}.json").read_text())
+    default = select(ModelVersion).where(ModelVersion.organ == organ, ModelVersion.state == "default")
+    with session_scope(web.engine) as session:
+        row = session.scalars(default).one()
+        row_id, before = row.id, (row.card, row.metrics)
+        row.card, row.metrics = card, card["metrics"]
+    try:
+        yield card
+    finally:
+        with session_scope(web.engine) as session:
+            row = session.get(ModelVersion, row_id)
+            row.card, row.metrics = before

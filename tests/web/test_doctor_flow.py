@@ -160,7 +160,7 @@ def test_doctor_registers_is_approved_and_works_through_the_clinical_pages(web, 
     row.wait_for()
     expect(row.locator('[data-field="threshold"]')).to_have_text(chosen)
     assert "<script>alert('x')</script> borderline" in row.inner_text()  # shown as text, never run
-    assert row.locator("img.thumb").get_attribute("alt").startswith("Mask thumbnail for liver")
+    assert row.locator("img.thumb").get_attribute("alt").startswith("Mask thumbnail for Liver")
     with doctor.expect_download() as download:  # the saved mask, read back from the object store
         row.get_by_role("link", name="Mask PNG").click()
     assert download.value.suggested_filename.endswith(f"-t{chosen}.png")

@@ -48,7 +48,7 @@ def sign_in(
     body: SignIn, request: Request, response: Response, session: SessionDep, settings: SettingsDep
 ) -> SessionPublic:
     """Check the password and start a cookie session; returns the session's CSRF token."""
-    user = service.sign_in(
+    user, newly_approved = service.sign_in(
         session,
         body.email,
         body.password,
@@ -69,6 +69,7 @@ def sign_in(
         user=UserPublic.model_validate(user),
         csrf_token=user_session.csrf_token,
         expires_at=user_session.expires_at,
+        newly_approved=newly_approved,
     )
 
 

@@ -91,3 +91,4 @@ class SessionPublic(BaseModel):
     user: UserPublic
     csrf_token: str
     expires_at: datetime
+    newly_approved: bool = False  # approved by an administrator since this account last signed in

@@ -83,9 +83,17 @@ def check_password(password: str, user_inputs: tuple[str, ...] | list[str] = ())
     with a zxcvbn score below MIN_PASSWORD_SCORE; `user_inputs` (the e-mail address, its local part, the
     name) count as known words, so a password made of them is refused too."""
     if not isinstance(password, str) or len(password) < MIN_PASSWORD_LENGTH:
-        raise WeakPassword(f"password: use at least {MIN_PASSWORD_LENGTH} characters")
+        raise WeakPassword(
+            f"password: use at least {MIN_PASSWORD_LENGTH} characters",
+            code="password_too_short",
+            params={"limit": MIN_PASSWORD_LENGTH},
+        )
     if len(password) > MAX_PASSWORD_LENGTH:
-        raise WeakPassword(f"password: at most {MAX_PASSWORD_LENGTH} characters")
+        raise WeakPassword(
+            f"password: at most {MAX_PASSWORD_LENGTH} characters",
+            code="password_too_long",
+            params={"limit": MAX_PASSWORD_LENGTH},
+        )
     words = []
     for value in user_inputs:
         value = (value or "").strip().lower()
@@ -105,7 +113,9 @@ def check_password(password: str, user_inputs: tuple[str, ...] | list[str] = ())
 def normalise_email(email: str) -> str:
     email = (email or "").strip().lower()
     if len(email) > 254 or not _EMAIL.match(email):
-        raise InvalidInput(f"email: {email!r} is not an e-mail address")
+        raise InvalidInput(
+            f"email: {email!r} is not an e-mail address", code="invalid_email", params={"email": email}
+        )
     return email
 
 
@@ -132,11 +142,8 @@ def create_user(
     email = normalise_email(email)
     full_name = (full_name or "").strip()
     if not full_name:
-        raise InvalidInput("full_name: required")
-    if role not in ROLES:
-        raise InvalidInput(f"role: {role!r} is not one of {', '.join(ROLES)}")
-    if status not in USER_STATUSES:
-        raise InvalidInput(f"status: {status!r} is not one of {', '.join(USER_STATUSES)}")
+        raise InvalidInput("full_name: required", code="name_required")
+    _check_role_and_status(role, status)
     if session.scalar(select(User.id).where(User.email == email)) is not None:
         raise Conflict(f"an account for {email} already exists", code="email_taken")
     user = User(
@@ -173,10 +180,13 @@ def register(session: Session, *, role: str, **fields) -> User | None:
     left exactly as it was and an audit record `user.register_taken` tells the admins.
     """
     if role not in SELF_SERVICE_ROLES:
-        raise InvalidInput(f"role: choose one of {', '.join(SELF_SERVICE_ROLES)} (admins are appointed)")
+        raise InvalidInput(
+            f"role: choose one of {', '.join(SELF_SERVICE_ROLES)} (admins are appointed)",
+            code="role_not_requestable",
+        )
     email = normalise_email(fields.get("email", ""))
     if not (fields.get("full_name") or "").strip():
-        raise InvalidInput("full_name: required")
+        raise InvalidInput("full_name: required", code="name_required")
     check_password(fields.get("password"), (email, fields.get("full_name") or ""))
     if (taken := session.scalar(select(User).where(User.email == email))) is not None:
         _hasher.hash(fields["password"])  # the time a new account's hash takes
@@ -207,6 +217,20 @@ def ensure_admin(session: Session, email: str, password: str) -> User | None:
     return user
 
 
+def _check_role_and_status(role: str | None, status: str | None) -> None:
+    """400 for a role or an account status that does not exist (None: not given)."""
+    if role is not None and role not in ROLES:
+        raise InvalidInput(
+            f"role: {role!r} is not one of {', '.join(ROLES)}", code="invalid_role", params={"role": role}
+        )
+    if status is not None and status not in USER_STATUSES:
+        raise InvalidInput(
+            f"status: {status!r} is not one of {', '.join(USER_STATUSES)}",
+            code="invalid_account_status",
+            params={"status": status},
+        )
+
+
 def update_profile(session: Session, user: User, **fields: str | None) -> User:
     """A person edits their own name, title/position, department and the pages' language (hospital and role
     are admin-set)."""
@@ -217,7 +241,7 @@ def update_profile(session: Session, user: User, **fields: str | None) -> User:
         if name in fields:
             value = _clean(fields[name])
             if name == "full_name" and not value:
-                raise InvalidInput("full_name: cannot be empty")
+                raise InvalidInput("full_name: cannot be empty", code="name_required")
             setattr(user, name, value)
     if "language" in fields:
         user.language = fields["language"]
@@ -247,8 +271,7 @@ def list_users(session: Session, status: str | None = None, by: Principal | None
     if by is not None:
         query = query.where(tenancy.where(by, USERS_READ))
     if status:
-        if status not in USER_STATUSES:
-            raise InvalidInput(f"status: {status!r} is not one of {', '.join(USER_STATUSES)}")
+        _check_role_and_status(None, status)
         query = query.where(User.status == status)
     return list(session.scalars(query))
 
@@ -271,13 +294,16 @@ def administer_user(
     if by is None:
         user = session.get(User, user_id)
         if user is None:
-            raise NotFound(f"no user {user_id}")
+            raise NotFound(f"no user {user_id}", code="unknown_user", params={"id": user_id})
     else:
-        user = tenancy.get(session, by, USERS_WRITE, user_id, NotFound(f"no user {user_id}"))
-    if role is not None and role not in ROLES:
-        raise InvalidInput(f"role: {role!r} is not one of {', '.join(ROLES)}")
-    if status is not None and status not in USER_STATUSES:
-        raise InvalidInput(f"status: {status!r} is not one of {', '.join(USER_STATUSES)}")
+        user = tenancy.get(
+            session,
+            by,
+            USERS_WRITE,
+            user_id,
+            NotFound(f"no user {user_id}", code="unknown_user", params={"id": user_id}),
+        )
+    _check_role_and_status(role, status)
     loses_admin = (
         user.role == "admin"
         and user.status == "active"
@@ -353,8 +379,9 @@ def sign_in(
     window_s: int,
     ip: str | None = None,
     max_failures_per_address: int | None = None,
-) -> User:
-    """The active user with these credentials. Audits success and failure; throttles repeated failures per
+) -> tuple[User, bool]:
+    """The active user with these credentials, and whether the account was approved since its last sign-in
+    (so the pages tell the person once). Audits success and failure; throttles repeated failures per
     (client address, account) and per client address (module docstring).
 
     Raises TooManyRequests (throttled), Unauthenticated (wrong address or password: one message for both),
@@ -375,10 +402,22 @@ def sign_in(
     _refuse_inactive(session, user, email, ip)
     if _hasher.check_needs_rehash(user.password_hash):
         user.password_hash = _hasher.hash(password)
+    newly_approved = _approved_since_last_sign_in(session, user)
     user.last_sign_in_at = _now()
     audit(session, user_actor(user), "sign_in", email, {"ip": ip})
     session.commit()
-    return user
+    return user, newly_approved
+
+
+def _approved_since_last_sign_in(session: Session, user: User) -> bool:
+    """Whether an administrator approved the account (a registration, not an account made active) since it
+    last signed in."""
+    approvals = select(AuditLog.id).where(
+        AuditLog.action == "user.approve", AuditLog.target == user_actor(user)
+    )
+    if user.last_sign_in_at is not None:
+        approvals = approvals.where(AuditLog.at > user.last_sign_in_at)
+    return session.scalar(approvals.limit(1)) is not None
 
 
 def _refuse_when_throttled(
@@ -413,7 +452,9 @@ def _refuse_when_throttled(
             )
             session.commit()
             raise TooManyRequests(
-                f"too many failed sign-ins {what}; try again in {retry_after} s", retry_after_s=retry_after
+                f"too many failed sign-ins {what}; try again in {retry_after} s",
+                retry_after_s=retry_after,
+                code="too_many_sign_ins",
             )
 
 

@@ -20,7 +20,9 @@ AuditListCaller = caller("audit.list")
 AuditExportCaller = caller("audit.export")
 
 ActionQ = Annotated[str | None, Query(max_length=64, description="exact, or a prefix ending in '.'")]
-ActorQ = Annotated[str | None, Query(max_length=128)]
+ActorQ = Annotated[
+    str | None, Query(max_length=128, description="as logged (user:7:a@b.org), or an e-mail address")
+]
 TargetQ = Annotated[str | None, Query(max_length=256)]
 TimeQ = Annotated[datetime | None, Query()]
 

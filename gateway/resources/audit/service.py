@@ -9,7 +9,7 @@ import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
-from sqlalchemy import ColumnElement, Select, select
+from sqlalchemy import ColumnElement, Select, and_, or_, select
 from sqlalchemy.orm import Session
 
 from gateway.models import AuditLog
@@ -27,7 +27,8 @@ def audit_query(
     until: datetime | None = None,
 ) -> Select:
     """Newest first; `visible`: only those entries (an admin's: access.AUDIT_READ through gateway/tenancy.py);
-    `action` matches exactly or as a prefix ending in '.' ("user." → every user.* action)."""
+    `action` matches exactly or as a prefix ending in '.' ("user." → every user.* action); `actor` as the log
+    writes it ("user:7:a@b.org", "ip:…") or a person's e-mail address ("a@b.org")."""
     since, until = _utc(since), _utc(until)
     query = select(AuditLog)
     if visible is not None:
@@ -39,7 +40,7 @@ def audit_query(
             else AuditLog.action == action
         )
     if actor:
-        query = query.where(AuditLog.actor == actor)
+        query = query.where(_actor_matches(actor.strip()))
     if target:
         query = query.where(AuditLog.target == target)
     if since:
@@ -47,6 +48,18 @@ def audit_query(
     if until:
         query = query.where(AuditLog.at < until)
     return query.order_by(AuditLog.id.desc())
+
+
+def _actor_matches(actor: str):
+    """The log's own form exactly; an e-mail address also as the person the log names "user:<id>:<e-mail>"
+    (addresses are stored lower-case, so it matches in any case)."""
+    exact = AuditLog.actor == actor
+    if "@" not in actor or actor.startswith("user:"):
+        return exact
+    as_person = and_(
+        AuditLog.actor.startswith("user:"), AuditLog.actor.endswith(":" + actor.lower(), autoescape=True)
+    )
+    return or_(exact, as_person)
 
 
 def audit_page(session: Session, *, limit: int, before_id: int | None = None, **filters) -> list[AuditLog]:

@@ -57,9 +57,15 @@ async def upload_dataset(
     try:
         organ = form.fields.get("organ", "").strip()
         if not organ:
-            raise InvalidInput("missing field 'organ'")
+            raise InvalidInput(
+                "missing field 'organ'", code="invalid_input", params={"field": "organ", "rule": "missing"}
+            )
         if form.file_path is None:
-            raise InvalidInput("missing field 'file' (a .zip of image/mask pairs)")
+            raise InvalidInput(
+                "missing field 'file' (a .zip of image/mask pairs)",
+                code="invalid_input",
+                params={"field": "file", "rule": "missing"},
+            )
         name = (form.fields.get("name") or "").strip()[:200] or (form.filename or "").removesuffix(".zip")[
             :200
         ]

@@ -19,9 +19,11 @@ from gateway.service import feedback
 
 
 def _feedback_public(
-    session: Session, row: Feedback, model: ModelVersion | None = None, with_replies: bool = False
+    session: Session, row: Feedback, model: ModelVersion | None = None, replies: list | None = None
 ) -> FeedbackPublic:
+    """The thread with its replies (`replies`: already read for a list, else read here)."""
     model = model or session.get(ModelVersion, row.model_version_id)
+    replies = feedback.replies(session, row) if replies is None else replies
     return FeedbackPublic(
         id=row.id,
         organ=model.organ,
@@ -38,10 +40,8 @@ def _feedback_public(
         updated_at=row.updated_at,
         replies=[
             ReplyPublic(id=r.id, author_user_id=r.author_user_id, body=r.body, created_at=r.created_at)
-            for r in feedback.replies(session, row)
-        ]
-        if with_replies
-        else [],
+            for r in replies
+        ],
     )
 
 
@@ -59,18 +59,19 @@ def create_feedback(
         threshold=body.threshold,
         shared=body.shared,
     )
-    return _feedback_public(session, row, with_replies=True)
+    return _feedback_public(session, row)
 
 
 def list_feedback(
     session: Session, who: Principal, organ: str | None, version: str | None, status: str | None
 ) -> FeedbackListPublic:
     rows = feedback.list_feedback(session, who, organ, version, status)
-    return FeedbackListPublic(feedback=[_feedback_public(session, f, m) for f, m in rows])
+    replies = feedback.replies_of(session, [f.id for f, _ in rows])
+    return FeedbackListPublic(feedback=[_feedback_public(session, f, m, replies[f.id]) for f, m in rows])
 
 
 def show_feedback(session: Session, who: Principal, feedback_id: int) -> FeedbackPublic:
-    return _feedback_public(session, feedback.get(session, who, feedback_id), with_replies=True)
+    return _feedback_public(session, feedback.get(session, who, feedback_id))
 
 
 def reply(session: Session, who: Principal, feedback_id: int, body: str) -> FeedbackPublic:
@@ -89,4 +90,4 @@ def update_feedback(
         addressed_by_version=body.addressed_by_version,
         shared=body.shared,
     )
-    return _feedback_public(session, row, with_replies=True)
+    return _feedback_public(session, row)

@@ -17,8 +17,8 @@ from gateway.resources.segmentations.schemas import (
     SegmentRecordPublic,
     TrendPublic,
 )
-from gateway.resources.shared import DEFAULT_LIST, MAX_LIST
-from gateway.service import history, views
+from gateway.resources.shared import DEFAULT_LIST, MAX_LIST, b64
+from gateway.service import history, images, views
 from services.imaging import NPY_CONTENT_TYPE
 
 router = APIRouter(tags=["history"])
@@ -163,7 +163,8 @@ segment_router = APIRouter(tags=["segment"], route_class=AuthenticateFirst)
 SegmentCaller = caller("segment")
 
 
-@segment_router.post("/segment", response_model=SegmentRecordPublic)
+# exclude_unset: `image_png` is in the answer only when asked for (the contract's shape otherwise)
+@segment_router.post("/segment", response_model=SegmentRecordPublic, response_model_exclude_unset=True)
 def segment(
     dataplane: DataPlaneDep,
     clinic: ClinicDep,
@@ -172,6 +173,9 @@ def segment(
     organ: Annotated[str, Form(max_length=200)],
     file: Annotated[UploadFile, File(description="PNG, JPEG, TIFF or DICOM")],
     patient_id: Annotated[str | None, Form(max_length=128)] = None,
+    include_image: Annotated[
+        bool, Form(description="also answer `image_png`: the image as the model saw it, DICOM windowed")
+    ] = False,
 ) -> SegmentRecordPublic:
     """Segment one image: probability map and masks at 0.2 … 0.8, at the input's size; recorded in history."""
     upload = read_upload(file, dataplane.max_upload_bytes)
@@ -185,9 +189,16 @@ def segment(
         patient_id or None,
         doubtful_below=clinic.settings.stability_doubtful_below,
     )
-    return SegmentRecordPublic(
+    answer = SegmentRecordPublic(
         **SegmentationPublic.of(record.result).model_dump(),
         stability=record.stability,
         doubtful=record.doubtful,
         suggested_threshold=record.suggested_threshold,
     )
+    if include_image:
+        window = dataplane.registry.get(organ).spec.window
+        preview = images.preview_png(
+            upload.data, upload.filename, max_pixels=dataplane.max_image_pixels, window=window
+        )
+        answer.image_png = b64(preview)  # assigned: set, so in the answer (exclude_unset)
+    return answer

@@ -50,6 +50,9 @@ class SegmentRecordPublic(SegmentationPublic):
     stability: float
     doubtful: bool
     suggested_threshold: float
+    # only when asked (`include_image`): the image as the model saw it (DICOM windowed with the organ's
+    # window), an 8-bit PNG the pages draw the masks on when the browser cannot show the upload itself
+    image_png: str | None = None
 
 
 class ChoiceRequest(BaseModel):
@@ -105,7 +108,8 @@ class NucleiPublic(BaseModel):
 
 class TrendPublic(BaseModel):
     """A patient over time, one unit per series: `studies` one point per study (organ volume in mL per label,
-    by study date), `points` the 2-D images (area in mm² where the image carried its pixel spacing, else px)."""
+    by study date), `points` the 2-D images (area in mm² where the image carried its pixel spacing, else
+    px)."""
 
     patient_id: str
     points: list[TrendPoint]

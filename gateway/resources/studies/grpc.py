@@ -45,7 +45,8 @@ class Studies(Servicer, pb_grpc.StudiesServicer):
                 total += len(chunk.data)
                 if total > limit:
                     raise PayloadTooLarge(
-                        f"the study's files are larger than the limit of {limit} bytes", code="study_too_large"
+                        f"the study's files are larger than the limit of {limit} bytes",
+                        code="study_too_large",
                     )
                 name = chunk.filename or f"file-{len(files)}"
                 files.setdefault(name, bytearray()).extend(chunk.data)
@@ -111,7 +112,9 @@ class Studies(Servicer, pb_grpc.StudiesServicer):
     def ChooseThreshold(self, request, context):
         with self.edge.call(context, ACCESS["studies.choose_threshold"]) as (session, who):
             choice = from_message(request, StudyChoiceRequest)
-            out = service.choose_threshold(self.clinic, session, who, request.id, choice.threshold, choice.note)
+            out = service.choose_threshold(
+                self.clinic, session, who, request.id, choice.threshold, choice.note
+            )
             return _study(out)
 
 

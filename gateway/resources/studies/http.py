@@ -25,7 +25,9 @@ ImageCaller = caller("studies.image")
 CancelCaller = caller("studies.cancel")
 ChooseCaller = caller("studies.choose_threshold")
 
-Threshold = Annotated[float | None, Query(ge=0.2, le=0.8, description="0.2 … 0.8; else the saved one, else the default")]
+Threshold = Annotated[
+    float | None, Query(ge=0.2, le=0.8, description="0.2 … 0.8; else the saved one, else the default")
+]
 NIFTI = "application/gzip"
 THRESHOLD_HEADER = {"X-MedSeg-Threshold": {"description": "the threshold of this result", "schema": {}}}
 
@@ -54,10 +56,13 @@ def submit(
     who: SubmitCaller,
     organ: Annotated[str, Form(max_length=200)],
     files: Annotated[
-        list[UploadFile], File(description="one NIfTI (.nii/.nii.gz), the DICOM files of one series, or one zip")
+        list[UploadFile],
+        File(description="one NIfTI (.nii/.nii.gz), the DICOM files of one series, or one zip"),
     ],
     patient_id: Annotated[str | None, Form(max_length=128)] = None,
-    study_date: Annotated[str | None, Form(max_length=10, description="YYYY-MM-DD; a DICOM StudyDate wins")] = None,
+    study_date: Annotated[
+        str | None, Form(max_length=10, description="YYYY-MM-DD; a DICOM StudyDate wins")
+    ] = None,
 ) -> StudyPublic:
     """Queue a study for segmentation; follow it at the Location answered (GET /api/v1/studies/{id})."""
     uploads = _read_all(files, clinic.settings.study_max_bytes)
@@ -104,10 +109,14 @@ def mask(study_id: str, clinic: ClinicDep, who: MaskCaller, session: SessionDep,
 def seg(study_id: str, clinic: ClinicDep, who: SegCaller, session: SessionDep, threshold: Threshold = None):
     """A DICOM Segmentation object referencing the source series (DICOM input only: 409 for NIfTI)."""
     used, blob = service.seg(clinic, session, who, study_id, threshold)
-    return Response(content=blob, media_type="application/dicom", headers=_headers(used, f"study-{study_id}-seg.dcm"))
+    return Response(
+        content=blob, media_type="application/dicom", headers=_headers(used, f"study-{study_id}-seg.dcm")
+    )
 
 
-@router.get("/studies/{study_id}/image.nii.gz", response_class=Response, responses={200: {"content": {NIFTI: {}}}})
+@router.get(
+    "/studies/{study_id}/image.nii.gz", response_class=Response, responses={200: {"content": {NIFTI: {}}}}
+)
 def image(study_id: str, clinic: ClinicDep, who: ImageCaller, session: SessionDep):
     """The study's image as NIfTI on its input grid (HU for CT): the viewer's background."""
     blob = service.image(clinic, session, who, study_id)

@@ -1,4 +1,5 @@
-"""HTTP shapes of studies (volumes): the study as the job reports it, the list, a patient's trend per study."""
+"""HTTP shapes of studies (volumes): the study as the job reports it, the list, a patient's trend per
+study."""
 
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ class StudyChoiceRequest(BaseModel):
 
 
 class StudyTrendPoint(BaseModel):
-    """One study of the patient: its date, its organ volume per label at the saved (else default) threshold."""
+    """One study of the patient: its date, its organ volume per label at the saved (else default)
+    threshold."""
 
     study_id: str
     study_date: date

@@ -54,7 +54,12 @@ def show(clinic: Clinic, session: Session, who: Principal, study_id: str) -> Stu
 
 
 def list_studies(
-    clinic: Clinic, session: Session, who: Principal, patient_id: str | None, organ: str | None, limit: int | None
+    clinic: Clinic,
+    session: Session,
+    who: Principal,
+    patient_id: str | None,
+    organ: str | None,
+    limit: int | None,
 ) -> StudyList:
     rows = clinic.studies.list(session, who, patient_id, organ, list_limit(limit))
     return StudyList(studies=[public(clinic, r) for r in rows])

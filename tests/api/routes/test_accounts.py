@@ -115,8 +115,8 @@ def test_sign_in_is_throttled_after_repeated_failures(world):
     "change, status, code",
     [
         ({"role": "admin"}, 400, "invalid_input"),  # admins are appointed, never requested
-        ({"password": "short"}, 400, "weak_password"),
-        ({"email": "not-an-address"}, 400, "invalid_input"),
+        ({"password": "short"}, 400, "password_too_short"),
+        ({"email": "not-an-address"}, 400, "invalid_email"),
         ({"extra": "field"}, 400, "invalid_input"),
     ],
 )

@@ -24,7 +24,7 @@
     function row(user) {
       const own = user.id === viewerId; // an admin neither disables nor demotes their own account (the API refuses)
       const select = M.h("select", {
-        class: "form-select form-select-sm", "aria-label": M.t("admin.set_role") + " — " + user.email,
+        class: "form-select form-select-sm select-fit", "aria-label": M.t("admin.set_role") + " — " + user.email,
         onchange: function () { change(user, { role: select.value }); },
       }, ROLES.map(function (r) { return M.h("option", { value: r, selected: r === user.role }, [M.t("role." + r)]); }));
       if (own) select.disabled = true;
@@ -78,7 +78,7 @@
           }, [M.t("admin.key_revoke")]);
           return M.h("tr", { "data-prefix": k.prefix }, [
             M.h("td", {}, [M.h("code", { text: k.prefix })]), M.h("td", { text: k.name }),
-            M.h("td", { text: k.scopes.join(", ") }), M.h("td", { text: k.hospital || "—" }),
+            M.h("td", { text: k.scopes.map(function (s) { return M.t("scope." + s); }).join(", ") }), M.h("td", { text: k.hospital || "—" }),
             M.h("td", { text: M.when(k.expires_at) }), M.h("td", { text: M.when(k.last_used_at) }),
             M.h("td", {}, [revoke]),
           ]);
@@ -137,11 +137,12 @@
         const body = await M.api("GET", "/api/v1/audit?" + q);
         const rows = body.entries.map(function (e) {
           return M.h("tr", {}, [
-            M.h("td", { text: M.when(e.at) }), M.h("td", { class: "text-break-all", text: e.actor }),
-            M.h("td", {}, [M.h("code", { text: e.action })]), M.h("td", { class: "text-break-all", text: e.target || "" }),
+            M.h("td", { text: M.when(e.at) }), M.h("td", { class: "name-cell", text: e.actor }),
+            M.h("td", {}, [M.h("code", { text: e.action })]), M.h("td", { class: "name-cell", text: e.target || "" }),
             M.h("td", { class: "small text-break-all", text: e.detail ? JSON.stringify(e.detail) : "" }),
           ]);
         });
+        if (!append && !rows.length) rows.push(M.h("tr", {}, [M.h("td", { colspan: 5, text: M.t("admin.audit_none") })]));
         if (append) auditTable.append.apply(auditTable, rows); else auditTable.replaceChildren.apply(auditTable, rows);
         before = body.next_before_id;
         more.classList.toggle("d-none", !before);

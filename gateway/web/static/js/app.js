@@ -6,39 +6,73 @@
   const MESSAGES = messagesEl ? JSON.parse(messagesEl.textContent) : {};
   const csrfMeta = document.querySelector('meta[name="csrf-token"]');
 
+  const has = function (key) { return Object.prototype.hasOwnProperty.call(MESSAGES, key); };
+
   function t(key, params) {
-    let text = Object.prototype.hasOwnProperty.call(MESSAGES, key) ? MESSAGES[key] : key;
+    let text = has(key) ? MESSAGES[key] : key;
     if (params) {
       for (const [name, value] of Object.entries(params)) text = text.split("{" + name + "}").join(String(value));
     }
     return text;
   }
 
+  /** An organ's name in the page's language (the server's display name for an organ it has no word for). */
+  function organ(name) { return has("organ." + name) ? t("organ." + name) : name; }
+
+  /** "1.0 (default)": a model version with its state, in the page's language. */
+  function versionLabel(v) { return t("models.version_option", { version: v.version, state: t("models.state." + v.state) }); }
+
+  /** A number as people read it: integers as they are, fractions to `digits` places; "—" for none. */
+  function number(x, digits) {
+    if (typeof x !== "number" || !isFinite(x)) return "—";
+    return Number.isInteger(x) ? String(x) : x.toFixed(digits === undefined ? 3 : digits);
+  }
+
   class ApiError extends Error {
-    constructor(status, code, message) {
+    constructor(status, code, message, params) {
       super(message);
       this.status = status;
       this.code = code;
+      this.params = params || {};
     }
   }
 
-  /** A message a person can act on: our own words for the well-known codes, else the API's message. */
+  // The error's values, worded for the page: organs and roles by name, byte limits in KB/MB, field names.
+  const BYTE_LIMITS = ["file_too_large", "dataset_file_too_large", "dataset_too_large"];
+  function errorParams(err) {
+    const p = Object.assign({}, err.params);
+    if (p.organ) p.organ = organ(p.organ);
+    if (p.dataset_organ) p.dataset_organ = organ(p.dataset_organ);
+    if (p.role && has("role." + p.role)) p.role = t("role." + p.role);
+    if (p.state && has("training.status." + p.state)) p.state = t("training.status." + p.state);
+    if (p.field && has("field." + p.field)) p.field = t("field." + p.field);
+    if (typeof p.limit === "number" && BYTE_LIMITS.indexOf(err.code) >= 0) p.limit = bytes(p.limit);
+    for (const name of ["images", "labels"]) if (p[name] === "") p[name] = "—";
+    return p;
+  }
+
+  /** A message a person can act on, in the page's language: the words for the error's code (a schema's
+      failed field by its rule), filled with the error's values; the API's own message for a code the pages
+      do not know yet. */
   function describe(err) {
     if (!(err instanceof ApiError)) return t("common.network");
-    const own = "err." + err.code;
-    if (Object.prototype.hasOwnProperty.call(MESSAGES, own)) {
-      return err.code === "too_many_requests" || err.code === "payload_too_large" ? t(own) + " " + err.message : t(own);
-    }
+    const rule = err.code === "invalid_input" && err.params && err.params.rule ? "err.invalid_input." + err.params.rule : null;
+    const key = rule && has(rule) ? rule : "err." + err.code;
+    if (has(key) && (key !== "err.invalid_input" || err.params.field)) return t(key, errorParams(err));
     return t("err.prefix") + " " + err.message;
   }
 
   function errorFrom(status, bodyText) {
-    let code = "error", message = "HTTP " + status;
+    let code = "error", message = "HTTP " + status, params = {};
     try {
       const body = JSON.parse(bodyText);
-      if (body && body.error) { code = body.error.code || code; message = body.error.message || message; }
+      if (body && body.error) {
+        code = body.error.code || code;
+        message = body.error.message || message;
+        params = body.error.params || {};
+      }
     } catch (_) { /* not JSON (a proxy's page): keep the status; never show its markup */ }
-    return new ApiError(status, code, message);
+    return new ApiError(status, code, message, params);
   }
 
   function headers(extra) {
@@ -216,7 +250,45 @@
     return svg;
   }
 
-  window.MedSeg = { t, api, upload, h, show, hide, showError, describe, checkFile, bytes, when, busy, b64ToBlob, plot, ApiError };
+  window.MedSeg = {
+    t, api, upload, h, show, hide, showError, describe, checkFile, bytes, when, busy, b64ToBlob, plot, ApiError,
+    organ, versionLabel, number,
+  };
+
+  // The organ a person works on follows them from page to page (this browser remembers the last choice);
+  // until they choose, the page starts on the organ the server picked (the first they have data for).
+  const ORGAN_KEY = "medseg.organ";
+  document.querySelectorAll('select[data-remember="organ"]').forEach(function (select) {
+    let remembered = null;
+    try { remembered = localStorage.getItem(ORGAN_KEY); } catch (_) { /* storage off: the server's default */ }
+    if (remembered && Array.from(select.options).some(function (o) { return o.value === remembered; })) select.value = remembered;
+    select.addEventListener("change", function () {
+      try { localStorage.setItem(ORGAN_KEY, select.value); } catch (_) { /* not remembered */ }
+    });
+  });
+
+  // Tables marked .table-stack become one card per row on a phone (app.css): each cell shows its column's
+  // heading beside it, taken from the table's own header whenever the page (re)fills the rows.
+  function labelCells(table) {
+    const headings = Array.from(table.querySelectorAll("thead th")).map(function (th) { return th.textContent.trim(); });
+    table.querySelectorAll("tbody tr").forEach(function (row) {
+      Array.from(row.children).forEach(function (cell, i) {
+        if (cell.colSpan === 1 && headings[i]) cell.setAttribute("data-label", headings[i]);
+      });
+    });
+  }
+  document.querySelectorAll("table.table-stack").forEach(function (table) {
+    labelCells(table);
+    new MutationObserver(function () { labelCells(table); }).observe(table.tBodies[0] || table, { childList: true });
+  });
+
+  // Said once, on the first page after signing in: the account was approved since the last sign-in.
+  try {
+    if (csrfMeta && sessionStorage.getItem("medseg.approved")) {
+      sessionStorage.removeItem("medseg.approved");
+      show(document.getElementById("page-alert"), t("auth.approved"), "success");
+    }
+  } catch (_) { /* storage off: nothing to say */ }
 
   // Language links: a signed-in person's choice is saved to the account first (PATCH with the CSRF token),
   // so every browser they sign in on uses it; the link itself then sets this browser's cookie.

@@ -3,9 +3,21 @@
 (function () {
   const M = window.MedSeg;
   const value = function (form, name) { return form.elements[name].value.trim(); };
+  // The account this browser asked for, until it signs in: the sign-in page says it waits for approval.
+  const PENDING_KEY = "medseg.pending";
+  const storage = {
+    get: function (store, key) { try { return store.getItem(key); } catch (_) { return null; } },
+    set: function (store, key, v) { try { store.setItem(key, v); } catch (_) { /* not remembered */ } },
+    remove: function (store, key) { try { store.removeItem(key); } catch (_) { /* nothing kept */ } },
+  };
 
   const signIn = document.getElementById("sign-in-form");
   if (signIn) {
+    const pending = storage.get(localStorage, PENDING_KEY);
+    if (pending) {
+      M.show(document.getElementById("pending-note"), M.t("auth.pending_note", { email: pending }), "info");
+      if (!signIn.elements.email.value) signIn.elements.email.value = pending;
+    }
     signIn.addEventListener("submit", async function (event) {
       event.preventDefault();
       const error = document.getElementById("form-error");
@@ -15,7 +27,9 @@
       const button = signIn.querySelector("button[type=submit]");
       M.busy(button, true);
       try {
-        await M.api("POST", "/api/v1/auth/sign-in", { json: { email: email, password: password }, noRedirect: true });
+        const session = await M.api("POST", "/api/v1/auth/sign-in", { json: { email: email, password: password }, noRedirect: true });
+        storage.remove(localStorage, PENDING_KEY);
+        if (session.newly_approved) storage.set(sessionStorage, "medseg.approved", "1");  // said on the next page
         location.assign(signIn.dataset.next || "/");
       } catch (err) {
         M.showError(error, err);
@@ -45,7 +59,8 @@
       const button = register.querySelector("button[type=submit]");
       M.busy(button, true);
       try {
-        await M.api("POST", "/api/v1/auth/register", { json: body, noRedirect: true });
+        const accepted = await M.api("POST", "/api/v1/auth/register", { json: body, noRedirect: true });
+        storage.set(localStorage, PENDING_KEY, accepted.email);
         M.show(ok, M.t("auth.registered"), "success");
         register.reset();
       } catch (err) {

@@ -16,8 +16,8 @@
       table.replaceChildren.apply(table, body.datasets.map(function (d) {
         return M.h("tr", { "data-dataset-id": d.id }, [
           M.h("td", {}, [d.name, M.h("div", { class: "small text-body-secondary", text: d.notes || "" })]),
-          M.h("td", { text: d.organ }), M.h("td", { text: d.pair_count }),
-          M.h("td", { text: M.bytes(d.size_bytes) }), M.h("td", { text: d.status }),
+          M.h("td", { text: M.organ(d.organ) }), M.h("td", { text: d.pair_count }),
+          M.h("td", { text: M.bytes(d.size_bytes) }), M.h("td", { text: M.t("dataset.status." + d.status) }),
           M.h("td", { text: M.when(d.created_at) }),
         ]);
       }));

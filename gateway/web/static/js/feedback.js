@@ -1,13 +1,15 @@
-/* Feedback: threads per model version (and case), replies, status, sharing with the hospital's doctors (set
-   when writing; the author switches it on a thread). A link from a case opens this page with the form filled
-   in: ?organ&version and either &evaluation&case&image (an evaluated image) or &segmentation&threshold (a
-   saved segmentation). */
+/* Feedback: the threads the person may see (every organ and version unless they filter), each with its
+   replies, status and sharing with the hospital's doctors (set when writing; the author switches it on a
+   thread); and the form for a new thread on a model version (and case). A link from a case opens this page
+   with the form filled in: ?organ&version and either &evaluation&case&image (an evaluated image) or
+   &segmentation&threshold (a saved segmentation). */
 "use strict";
 (function () {
   const M = window.MedSeg;
   const form = document.getElementById("feedback-form");
   const threads = document.getElementById("threads");
   const viewerId = Number(threads.dataset.viewerId);
+  const filterOrgan = document.getElementById("threads-organ"), filterStatus = document.getElementById("threads-status");
   const STATUS = { open: "feedback.open", in_progress: "feedback.in_progress", resolved: "feedback.resolved" };
   const base = function () { return "/api/v1/models/" + encodeURIComponent(form.elements.organ.value); };
   const preset = new URLSearchParams(location.search);
@@ -22,10 +24,9 @@
       presetVersion = null; // only the first load follows the link
       body.versions.forEach(function (v) {
         const selected = wanted ? v.version === wanted : v.state === "default";
-        select.append(M.h("option", { value: v.version, selected: selected }, [v.version + " (" + v.state + ")"]));
+        select.append(M.h("option", { value: v.version, selected: selected }, [M.versionLabel(v)]));
       });
-    } catch (err) { M.showError(document.getElementById("threads-error"), err.status === 404 ? M.t("common.unavailable") : err); }
-    loadThreads();
+    } catch (err) { M.showError(document.getElementById("feedback-error"), err); }
   }
 
   function thread(f) {
@@ -49,7 +50,7 @@
     });
     return M.h("article", { class: "card", "data-feedback-id": f.id }, [M.h("div", { class: "card-body" }, [
       M.h("div", { class: "d-flex justify-content-between align-items-start gap-2" }, [
-        M.h("div", { class: "small text-body-secondary" }, [f.organ + " v" + f.model_version + " · " + M.when(f.created_at) +
+        M.h("div", { class: "small text-body-secondary" }, [M.organ(f.organ) + " v" + f.model_version + " · " + M.when(f.created_at) +
           (f.evaluation_case_id ? " · " + M.t("feedback.evaluated_case", { id: f.evaluation_case_id }) : "") +
           (f.segmentation_id ? " · " + f.segmentation_id : "") +
           (f.threshold ? " · " + M.t("segment.threshold") + " " + f.threshold.toFixed(1) : "")]),
@@ -57,7 +58,7 @@
       ]),
       M.h("p", { class: "mb-2", text: f.body }),
       sharing(f),
-      M.h("ul", { class: "list-unstyled ms-3 small" }, (f.replies || []).map(function (r) {
+      M.h("ul", { class: "replies list-unstyled ms-3 small", "aria-label": M.t("feedback.replies") }, (f.replies || []).map(function (r) {
         return M.h("li", { class: "border-start ps-2 mb-1" }, [r.body, M.h("span", { class: "text-body-secondary", text: " — " + M.when(r.created_at) })]);
       })),
       replyForm,
@@ -80,15 +81,17 @@
     ]);
   }
 
+  /** Every thread the person may see, newest first; narrowed only by the filters above the list. */
   async function loadThreads() {
     const error = document.getElementById("threads-error");
     M.hide(error);
-    const q = new URLSearchParams({ organ: form.elements.organ.value });
-    if (form.elements.version.value) q.set("version", form.elements.version.value);
+    const q = new URLSearchParams();
+    if (filterOrgan.value) q.set("organ", filterOrgan.value);
+    if (filterStatus.value) q.set("status", filterStatus.value);
     try {
-      const body = await M.api("GET", "/api/v1/feedback?" + q);
-      threads.replaceChildren.apply(threads, body.feedback.length ? body.feedback.map(thread) : [M.h("p", { text: M.t("common.none") })]);
-    } catch (err) { M.showError(error, err.status === 404 ? M.t("common.unavailable") : err); }
+      const body = await M.api("GET", "/api/v1/feedback" + (q.toString() ? "?" + q : ""));
+      threads.replaceChildren.apply(threads, body.feedback.length ? body.feedback.map(thread) : [M.h("p", { text: M.t("feedback.none") })]);
+    } catch (err) { M.showError(error, err); }
   }
 
   form.addEventListener("submit", async function (event) {
@@ -109,7 +112,7 @@
       form.elements.body.value = "";
       form.elements.shared.checked = false;
       loadThreads();
-    } catch (err) { M.showError(error, err.status === 404 && err.code === "not_found" ? M.t("common.unavailable") : err); }
+    } catch (err) { M.showError(error, err); }
   });
   const context = document.getElementById("case-context");
   function clearCase() {
@@ -136,7 +139,9 @@
 
   document.getElementById("case-context-clear").addEventListener("click", clearCase);
   form.elements.organ.addEventListener("change", loadVersions);
-  form.elements.version.addEventListener("change", loadThreads);
+  filterOrgan.addEventListener("change", loadThreads);
+  filterStatus.addEventListener("change", loadThreads);
   fillFromLink();
   loadVersions();
+  loadThreads();
 })();

@@ -26,24 +26,27 @@
       table.replaceChildren.apply(table, body.segmentations.map(function (s) {
         const when = M.when(s.created_at);
         const thumb = s.thumbnail_url
-          ? M.h("img", { class: "thumb", src: s.thumbnail_url, alt: M.t("history.thumb_alt", { organ: s.organ, when: when }) })
+          ? M.h("img", { class: "thumb", src: s.thumbnail_url, alt: M.t("history.thumb_alt", { organ: M.organ(s.organ), when: when }) })
           : "";
         const stability = typeof s.stability === "number"
           ? M.h("span", { class: s.doubtful ? "badge text-bg-warning" : "" }, [s.stability.toFixed(2)]) : "—";
         return M.h("tr", { "data-segmentation-id": s.id }, [
           M.h("td", {}, [thumb]), M.h("td", { text: when }), M.h("td", { text: s.patient_id || "—" }),
-          M.h("td", { text: s.organ }), M.h("td", { text: s.model_name + " v" + s.model_version }),
+          M.h("td", { text: M.organ(s.organ) }), M.h("td", { text: modelName(s) + " v" + s.model_version }),
           M.h("td", { "data-field": "threshold", text: s.chosen_threshold !== null ? s.chosen_threshold.toFixed(1) : "—" }),
-          M.h("td", { text: Math.round(s.area) + " " + (s.area_unit === "mm2" ? "mm²" : "px") }),
+          M.h("td", { text: Math.round(s.area) + " " + M.t(s.area_unit === "mm2" ? "unit.mm2" : "unit.px") }),
           M.h("td", {}, [stability]), M.h("td", { class: "small", text: s.chosen_note || "" }),
           M.h("td", {}, [maskLink(s)]), M.h("td", {}, [feedbackLink(s)]),
         ]);
       }));
     } catch (err) {
-      M.showError(error, err.status === 404 ? M.t("common.unavailable") : err);
+      M.showError(error, err);
       table.replaceChildren();
     }
   }
+
+  /** The model by the organ's name in the page's language when it is the organ's own model ("liver"). */
+  function modelName(s) { return s.model_name === s.organ ? M.organ(s.organ) : s.model_name; }
 
   /** The stored mask at the saved threshold (the server's default when none was saved), as a PNG file. */
   function maskLink(s) {
@@ -74,10 +77,11 @@
       if (!body.points.length) { holder.replaceChildren(M.h("p", { text: M.t("history.none") })); return; }
       const t0 = new Date(body.points[0].at).getTime();
       const points = body.points.map(function (p) { return [(new Date(p.at).getTime() - t0) / 86400000, p.area]; });
-      M.plot(holder, [{ points: points, label: body.points[0].unit }], {
-        label: heading.textContent, xLabel: "days", xFormat: function (x) { return x.toFixed(1); },
+      const unit = M.t(body.points[0].unit === "mm2" ? "unit.mm2" : "unit.px");
+      M.plot(holder, [{ points: points, label: unit }], {
+        label: heading.textContent, xLabel: M.t("history.days"), xFormat: function (x) { return x.toFixed(1); },
       });
-    } catch (err) { holder.replaceChildren(M.h("p", { class: "text-body-secondary", text: err.status === 404 ? M.t("common.unavailable") : M.describe(err) })); }
+    } catch (err) { holder.replaceChildren(M.h("p", { class: "text-body-secondary", text: M.describe(err) })); }
   }
 
   function load() {

@@ -16,7 +16,7 @@
     try {
       const body = await M.api("GET", "/api/v1/models/" + encodeURIComponent(organ()) + "/versions");
       body.versions.forEach(function (v) {
-        selects.forEach(function (select) { select.append(M.h("option", { value: v.version }, [v.version + " (" + v.state + ")"])); });
+        selects.forEach(function (select) { select.append(M.h("option", { value: v.version }, [M.versionLabel(v)])); });
       });
     } catch (_) { /* registry not offered: the current default is tested */ }
   }
@@ -40,7 +40,7 @@
   function render(result) {
     const cases = result.cases || (result.images || []).map(function (i) { return { name: i.filename, dice: i.dice, iou: i.iou }; });
     const version = result.model_version || (result.model && result.model.version) || "";
-    document.getElementById("test-heading").textContent = result.organ + " · v" + version;
+    document.getElementById("test-heading").textContent = M.organ(result.organ) + " · v" + version;
     const best = result.best_threshold !== undefined ? result.best_threshold
       : result.per_threshold.reduce(function (a, b) { return b.mean_dice > a.mean_dice ? b : a; }).threshold;
     document.getElementById("test-summary").textContent =
@@ -55,7 +55,7 @@
     tbody.replaceChildren.apply(tbody, cases.map(function (c) {
       const overlay = c.overlay_url ? M.h("img", { class: "overlay-img", src: c.overlay_url, alt: M.t("model_test.overlays") + ": " + c.name }) : "—";
       return M.h("tr", { "data-case": c.name }, [
-        M.h("td", { class: "text-break-all", text: c.name }), M.h("td", { "data-field": "dice", text: c.dice.toFixed(3) }),
+        M.h("td", { class: "name-cell", text: c.name }), M.h("td", { "data-field": "dice", text: c.dice.toFixed(3) }),
         M.h("td", { text: c.iou.toFixed(3) }), M.h("td", { text: typeof c.hd95 === "number" ? c.hd95.toFixed(1) : "—" }),
         M.h("td", {}, [overlay]), M.h("td", {}, [feedbackLink(result, c)]),
       ]);
@@ -116,20 +116,64 @@
     });
   }
 
+  let evaluations = [];  // the organ's stored tests, newest first
+  const caseNames = {};   // evaluation id → its case names (a promise), fetched when needed
+
+  function namesOf(id) {
+    if (!caseNames[id]) {
+      caseNames[id] = M.api("GET", "/api/v1/evaluations/" + encodeURIComponent(id)).then(function (d) {
+        return new Set((d.cases || []).map(function (c) { return c.name; }));
+      });
+    }
+    return caseNames[id];
+  }
+
+  /** The newest other test that shares cases with `a`: one on the same dataset, else (uploads carry no
+      dataset) one of the latest tests with an image of the same file name. Null when none does. */
+  async function partnerOf(a) {
+    const others = evaluations.filter(function (e) { return e.id !== a.id; });
+    const sameData = others.find(function (e) { return a.dataset_hash && e.dataset_hash === a.dataset_hash; });
+    if (sameData) return sameData;
+    const mine = await namesOf(a.id);
+    for (const e of others.slice(0, 10)) {
+      const theirs = await namesOf(e.id);
+      if (Array.from(mine).some(function (name) { return theirs.has(name); })) return e;
+    }
+    return null;
+  }
+
+  /** Test B: a test sharing cases with test A, or (saying that none does) the next one. */
+  async function choosePartner() {
+    const hint = document.getElementById("compare-hint");
+    const a = evaluations.find(function (e) { return e.id === compareForm.elements.eval_a.value; });
+    hint.classList.add("d-none");
+    if (!a || evaluations.length < 2) return;
+    let partner = null;
+    try { partner = await partnerOf(a); } catch (_) { /* a test vanished: keep the order */ }
+    if (partner) {
+      compareForm.elements.eval_b.value = partner.id;
+    } else {
+      compareForm.elements.eval_b.value = evaluations.find(function (e) { return e.id !== a.id; }).id;
+      hint.textContent = M.t("compare.none_shared");
+      hint.classList.remove("d-none");
+    }
+  }
+
   async function loadEvaluations(preferA, preferB) {
     const a = compareForm.elements.eval_a, b = compareForm.elements.eval_b;
     try {
       const body = await M.api("GET", "/api/v1/evaluations?organ=" + encodeURIComponent(organ()));
-      const list = body.evaluations || [];
+      evaluations = body.evaluations || [];
       [a, b].forEach(function (select) {
-        select.replaceChildren.apply(select, list.map(function (e) { return M.h("option", { value: e.id }, [evaluationLabel(e)]); }));
+        select.replaceChildren.apply(select, evaluations.map(function (e) { return M.h("option", { value: e.id }, [evaluationLabel(e)]); }));
       });
-      // newest first: by default the latest test (A) against the one before it (B)
-      if (list.length) a.value = preferA || list[0].id;
-      if (list.length > 1) b.value = preferB || list.find(function (e) { return e.id !== a.value; }).id;
+      // newest first: by default the latest test (A) against the newest one that shares its cases (B)
+      if (evaluations.length) a.value = preferA || evaluations[0].id;
+      if (preferB) b.value = preferB;
+      else await choosePartner();
     } catch (err) {
       a.replaceChildren(); b.replaceChildren();
-      if (err.status !== 404) M.showError(compareError, err);
+      M.showError(compareError, err);
     }
   }
 
@@ -175,7 +219,7 @@
       const tbody = document.querySelector("#compare-table tbody");
       tbody.replaceChildren.apply(tbody, cmp.cases.map(function (c) {
         return M.h("tr", { "data-case": c.case, "data-outcome": c.outcome }, [
-          M.h("th", { scope: "row", class: "text-break-all fw-normal", text: c.case }),
+          M.h("th", { scope: "row", class: "name-cell fw-normal", text: c.case }),
           M.h("td", { "data-field": "dice_a", text: c.dice_a.toFixed(3) }),
           M.h("td", { "data-field": "dice_b", text: c.dice_b.toFixed(3) }),
           M.h("td", { "data-field": "difference", text: signed(c.difference) }),
@@ -196,6 +240,7 @@
     } finally { M.busy(button, false); }
   }
 
+  compareForm.elements.eval_a.addEventListener("change", choosePartner);
   compareForm.addEventListener("submit", function (event) {
     event.preventDefault();
     compare(compareForm.elements.eval_a.value, compareForm.elements.eval_b.value);

@@ -1,19 +1,92 @@
-/* Models: an organ's versions with cards and metrics; promote (the reference-set comparison is shown,
-   a refused promotion can be forced with a reason) and roll back. */
+/* Models: an organ's versions with their metrics and cards; the reference set promotions are compared on;
+   promote (the reference-set comparison is shown, a refused promotion can be forced with a reason) and roll
+   back. */
 "use strict";
 (function () {
   const M = window.MedSeg;
   const organ = document.getElementById("organ"), tbody = document.querySelector("#versions-table tbody");
   const error = document.getElementById("models-error"), ok = document.getElementById("models-ok");
   const base = function () { return "/api/v1/models/" + encodeURIComponent(organ.value); };
+  const referenceSets = JSON.parse(document.getElementById("reference-sets").textContent);
 
-  function metrics(v) {
-    const m = v.metrics || {};
-    return Object.keys(m).slice(0, 4).map(function (k) {
-      return k + " " + (typeof m[k] === "number" ? m[k].toFixed(3) : String(m[k]));
-    }).join(" · ");
+  // --- metrics and the card, as people read them ---------------------------------------------------------
+  const KNOWN_METRICS = ["val_dice", "best_epoch", "val_loss"];
+
+  /** The threshold with the best Dice in {"0.2": dice, ...}, or null. */
+  function bestThreshold(perThreshold) {
+    if (!perThreshold || typeof perThreshold !== "object") return null;
+    const entries = Object.entries(perThreshold).filter(function (e) { return typeof e[1] === "number"; });
+    if (!entries.length) return null;
+    return entries.reduce(function (a, b) { return b[1] > a[1] ? b : a; })[0];
   }
 
+  /** "Dice 0.981 · best epoch 19 · loss 0.017": the numbers of the version's metrics, named in words. */
+  function metrics(v) {
+    const m = v.metrics || {};
+    const keys = KNOWN_METRICS.filter(function (k) { return k in m; })
+      .concat(Object.keys(m).filter(function (k) { return KNOWN_METRICS.indexOf(k) < 0; }));
+    const parts = keys.filter(function (k) { return typeof m[k] === "number"; }).map(function (k) {
+      const name = M.t("models.metric." + k) !== "models.metric." + k ? M.t("models.metric." + k) : k.replace(/_/g, " ");
+      return name + " " + M.number(m[k]);
+    });
+    const best = bestThreshold(m.val_dice_at_threshold);
+    if (best !== null) parts.push(M.t("models.metric.best_threshold") + " " + best);
+    return parts.slice(0, 4).join(" · ") || "—";
+  }
+
+  /** The card's facts as a definition list; sections the card does not have are left out. */
+  function cardSummary(v) {
+    const c = v.card || {}, m = Object.keys(v.metrics || {}).length ? v.metrics : (c.metrics || {});
+    const rows = [];
+    const add = function (key, value, note) {
+      if (value === null || value === undefined || value === "") return;
+      rows.push(M.h("dt", { class: "col-sm-4", text: M.t("models.card." + key) }));
+      rows.push(M.h("dd", { class: "col-sm-8", "data-field": key }, [value,
+        note ? M.h("div", { class: "small text-body-secondary", text: note }) : null]));
+    };
+    add("architecture", c.architecture);
+    if (typeof c.parameters === "number") add("parameters", c.parameters.toLocaleString(document.documentElement.lang));
+    const training = c.training || {};
+    if (typeof training.epochs === "number" && typeof training.seconds === "number") {
+      add("training", M.t("models.card.training_value", { epochs: training.epochs, minutes: (training.seconds / 60).toFixed(1) }));
+    }
+    if (typeof m.val_dice === "number") {
+      add("validation", M.t("models.card.validation_value", { dice: M.number(m.val_dice), epoch: M.number(m.best_epoch), loss: M.number(m.val_loss) }));
+    }
+    const perThreshold = m.val_dice_at_threshold;
+    if (perThreshold && typeof perThreshold === "object") {
+      add("per_threshold", Object.keys(perThreshold).sort().map(function (k) { return k + ": " + M.number(perThreshold[k]); }).join(" · "));
+    }
+    const split = c.split || {};
+    if (typeof split.fold === "number" && typeof split.folds === "number") {
+      add("split", M.t("models.card.split_value", { fold: split.fold, folds: split.folds }), typeof split.grouping === "string" ? split.grouping : null);
+    }
+    const cv = c.cross_validation || {};
+    if (typeof cv.mean_val_dice === "number" && Array.isArray(cv.folds)) {
+      add("cv", M.t("models.card.cv_value", { mean: M.number(cv.mean_val_dice), std: M.number(cv.std_val_dice), n: cv.folds.length }));
+    }
+    const runtime = c.runtime || {};
+    if (runtime.name && typeof runtime.ms_per_input === "number") {
+      add("runtime", M.t("models.card.runtime_value", { name: runtime.name, ms: runtime.ms_per_input }), typeof runtime.note === "string" ? runtime.note : null);
+    }
+    const dataset = c.dataset || {};
+    if (typeof dataset.pairs === "number") {
+      add("dataset", M.t("models.card.dataset_value", { pairs: dataset.pairs, train: M.number(dataset.train), validation: M.number(dataset.validation) }),
+        dataset.hash ? dataset.hash.slice(0, 12) + "…" : null);
+    }
+    add("commit", c.commit || v.commit);
+    add("created", c.created_at ? M.when(c.created_at) : null);
+    return rows.length ? M.h("dl", { class: "row mb-0" }, rows) : M.h("p", { class: "mb-0", text: M.t("models.card_empty") });
+  }
+
+  const cardModal = document.getElementById("card-modal");
+  function showCard(v) {
+    document.getElementById("card-title").textContent = M.t("models.card_title", { organ: M.organ(v.organ), version: v.version });
+    document.getElementById("card-body").replaceChildren(cardSummary(v));
+    window.bootstrap.Modal.getOrCreateInstance(cardModal).show();
+  }
+
+  // --- promotion -------------------------------------------------------------------------------------------
   const box = document.getElementById("comparison"), force = document.getElementById("force");  // force: admins only
   const actionForm = document.getElementById("action-form");
   let defaultVersion = null;  // the organ's default as last loaded
@@ -65,25 +138,79 @@
     load();
   }
 
+  function row(v) {
+    const actions = [M.h("button", {
+      type: "button", class: "btn btn-sm btn-outline-secondary me-1", "data-action": "card", text: M.t("models.card"),
+      onclick: function () { showCard(v); },
+    })];
+    if (v.state === "candidate") {
+      actions.push(M.h("button", {
+        type: "button", class: "btn btn-sm btn-primary", "data-action": "promote", text: M.t("models.promote"),
+        onclick: function () { promote(v, this); },
+      }));
+    }
+    return M.h("tr", { "data-version": v.version }, [
+      M.h("td", {}, [M.h("strong", { text: v.version })]),
+      M.h("td", {}, [M.h("span", { class: "badge " + (v.state === "default" ? "text-bg-success" : "text-bg-secondary"), text: M.t("models.state." + v.state) })]),
+      M.h("td", { class: "small", "data-field": "metrics", text: metrics(v) }),
+      M.h("td", { class: "small text-break-all", text: v.dataset_id || "—" }),
+      M.h("td", { text: M.when(v.created_at) }), M.h("td", { class: "text-nowrap" }, actions),
+    ]);
+  }
+
   async function load() {
     try {
       const body = await M.api("GET", base() + "/versions");
       defaultVersion = body.default_version;
-      tbody.replaceChildren.apply(tbody, body.versions.length ? body.versions.map(function (v) {
-        const card = M.h("details", {}, [M.h("summary", { text: M.t("models.card") }),
-          M.h("pre", { class: "small mb-0", text: JSON.stringify(v.card, null, 2) })]);
-        const action = v.state === "candidate" ? M.h("button", {
-          type: "button", class: "btn btn-sm btn-primary", text: M.t("models.promote"), onclick: function () { promote(v, this); },
-        }) : "";
-        return M.h("tr", { "data-version": v.version }, [
-          M.h("td", {}, [M.h("strong", { text: v.version }), card]),
-          M.h("td", {}, [M.h("span", { class: "badge " + (v.state === "default" ? "text-bg-success" : "text-bg-secondary"), text: M.t("models.state." + v.state) })]),
-          M.h("td", { class: "small", text: metrics(v) }), M.h("td", { class: "small text-break-all", text: v.dataset_id || "—" }),
-          M.h("td", { text: M.when(v.created_at) }), M.h("td", {}, [action]),
-        ]);
-      }) : [M.h("tr", {}, [M.h("td", { colspan: 6, text: M.t("common.none") })])]);
-    } catch (err) { M.showError(error, err.status === 404 && err.code === "not_found" ? M.t("common.unavailable") : err); }
+      tbody.replaceChildren.apply(tbody, body.versions.length ? body.versions.map(row)
+        : [M.h("tr", {}, [M.h("td", { colspan: 6, text: M.t("common.none") })])]);
+    } catch (err) { M.showError(error, err); }
   }
+
+  // --- the reference set -------------------------------------------------------------------------------------
+  const referenceForm = document.getElementById("reference-form");
+  const referenceSelect = document.getElementById("reference-dataset");
+  let datasets = [];
+
+  function showReference() {
+    const ref = referenceSets[organ.value];
+    const current = document.getElementById("reference-current");
+    if (!ref) { current.textContent = M.t("models.reference_none"); return; }
+    const d = datasets.find(function (x) { return x.id === ref.dataset_id; });
+    const who = ref.set_by.split(":").slice(2).join(":") || ref.set_by;  // "user:7:a@b" → the e-mail
+    current.textContent = M.t("models.reference_current", {
+      name: d ? d.name : ref.dataset_id, pairs: d ? d.pair_count : "—", when: M.when(ref.set_at), who: who,
+    });
+  }
+
+  async function loadReference() {
+    try {
+      datasets = (await M.api("GET", "/api/v1/datasets?organ=" + encodeURIComponent(organ.value))).datasets;
+    } catch (err) { datasets = []; M.showError(error, err); }
+    const ref = referenceSets[organ.value];
+    referenceSelect.replaceChildren.apply(referenceSelect, datasets.length ? datasets.map(function (d) {
+      return M.h("option", { value: d.id, selected: ref && ref.dataset_id === d.id }, [d.name + " (" + d.pair_count + ")"]);
+    }) : [M.h("option", { value: "" }, [M.t("models.reference_no_datasets")])]);
+    referenceSelect.disabled = !datasets.length;
+    document.getElementById("reference-save").disabled = !datasets.length;
+    showReference();
+  }
+
+  referenceForm.addEventListener("submit", async function (event) {
+    event.preventDefault();
+    M.hide(error); M.hide(ok);
+    if (!referenceSelect.value) return;
+    const button = document.getElementById("reference-save");
+    M.busy(button, true);
+    try {
+      const ref = await M.api("PUT", base() + "/reference-set", { json: { dataset_id: referenceSelect.value } });
+      referenceSets[ref.organ] = { dataset_id: ref.dataset_id, set_by: ref.set_by, set_at: ref.set_at };
+      showReference();
+      const d = datasets.find(function (x) { return x.id === ref.dataset_id; });
+      M.show(ok, M.t("models.reference_saved", { organ: M.organ(ref.organ), name: d ? d.name : ref.dataset_id }), "success");
+    } catch (err) { M.showError(error, err); }
+    M.busy(button, false);
+  });
 
   document.getElementById("rollback").addEventListener("click", async function () {
     M.hide(error); M.hide(ok); box.classList.add("d-none");
@@ -95,6 +222,7 @@
     } catch (err) { M.showError(error, err); }
     load();
   });
-  organ.addEventListener("change", function () { M.hide(error); M.hide(ok); box.classList.add("d-none"); load(); });
+  organ.addEventListener("change", function () { M.hide(error); M.hide(ok); box.classList.add("d-none"); load(); loadReference(); });
   load();
+  loadReference();
 })();

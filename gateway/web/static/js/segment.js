@@ -57,7 +57,7 @@
     const t = mask.threshold.toFixed(1);
     canvas.setAttribute("aria-label", M.t("segment.overlay_alt", { t: t }));
     document.getElementById("threshold-value").textContent = t;
-    document.getElementById("area-value").textContent = mask.area_px + " px";
+    document.getElementById("area-value").textContent = mask.area_px + " " + M.t("unit.px");
     document.getElementById("suggested-badge").classList.toggle("d-none", i !== state.suggestedIndex);
     slider.setAttribute("aria-valuetext", t);
     field("chosen").textContent = t;
@@ -75,7 +75,7 @@
       const img = M.h("img", { src: "data:image/png;base64," + mask.mask_png, alt: M.t("segment.mask_alt", { t: t, area: mask.area_px }) });
       const caption = M.h("figcaption", { class: "small text-center" }, [
         t + (i === state.suggestedIndex ? " (" + M.t("segment.suggested") + ")" : ""),
-        M.h("br"), mask.area_px + " px",
+        M.h("br"), mask.area_px + " " + M.t("unit.px"),
       ]);
       const button = M.h("button", {
         type: "button", class: "btn btn-light", "aria-pressed": "false", "data-threshold": t,
@@ -91,18 +91,24 @@
     return best;
   }
 
+  /** Whether the browser shows the file itself (PNG, JPEG); DICOM and TIFF come back rendered by the server. */
+  function browserShows(file) {
+    const name = file.name.toLowerCase();
+    return BROWSER_SHOWS.some(function (ext) { return name.endsWith(ext); });
+  }
+
   async function show(result, file, patientId) {
     const masks = result.masks.slice().sort(function (a, b) { return a.threshold - b.threshold; });
-    const name = file.name.toLowerCase();
-    const previewable = BROWSER_SHOWS.some(function (ext) { return name.endsWith(ext); });
     let base;
-    if (previewable) {
+    if (browserShows(file)) {
       const url = URL.createObjectURL(file);
       try { base = await loadImage(url); } finally { URL.revokeObjectURL(url); }
     } else {
-      base = await loadImage("data:image/png;base64," + result.probability_png);
+      // the image as the model saw it (a CT windowed with the organ's window); the probability map only if
+      // the server could not send it
+      base = await loadImage("data:image/png;base64," + (result.image_png || result.probability_png));
     }
-    document.getElementById("no-preview").classList.toggle("d-none", previewable);
+    document.getElementById("no-preview").classList.toggle("d-none", browserShows(file) || !!result.image_png);
     const maskImgs = await Promise.all(masks.map(function (m) { return loadImage("data:image/png;base64," + m.mask_png); }));
     canvas.width = result.width; canvas.height = result.height;
     const suggested = result.suggested_threshold !== undefined && result.suggested_threshold !== null
@@ -112,8 +118,8 @@
       tinted: maskImgs.map(function (img) { return tint(img, result.width, result.height); }),
       suggestedIndex: nearestIndex(masks, suggested),
     };
-    field("model").textContent = result.model.name + " v" + result.model.version;
-    field("size").textContent = result.width + " × " + result.height + " px";
+    field("model").textContent = (result.model.name === result.organ ? M.organ(result.organ) : result.model.name) + " v" + result.model.version;
+    field("size").textContent = result.width + " × " + result.height + " " + M.t("unit.px");
     field("patient_id").textContent = patientId || "—";
     const stability = result.stability !== undefined ? result.stability : result.stability_score;
     const stabilityBox = document.getElementById("stability");
@@ -147,6 +153,7 @@
     data.append("organ", form.elements.organ.value);
     data.append("file", file);
     if (patientId) data.append("patient_id", patientId);
+    if (!browserShows(file)) data.append("include_image", "true");
     const button = form.querySelector("button[type=submit]");
     M.busy(button, true, M.t("segment.running"));
     try {
@@ -177,7 +184,7 @@
       M.show(ok, state.patientId ? M.t("segment.saved", { t: threshold.toFixed(1), patient: state.patientId })
         : M.t("segment.saved_no_patient", { t: threshold.toFixed(1) }), "success");
     } catch (err) {
-      M.showError(error, err.status === 404 || err.status === 405 ? M.t("common.unavailable") : err);
+      M.showError(error, err);
     } finally {
       M.busy(button, false);
     }

@@ -48,7 +48,7 @@
     ]) : null;
     return M.h("article", { class: "card", "data-job-id": j.id, "data-status": j.status }, [M.h("div", { class: "card-body" }, [
       M.h("div", { class: "d-flex justify-content-between gap-2" }, [
-        M.h("div", {}, [M.h("strong", { text: j.organ + " · " + (j.arch || "") }), " ",
+        M.h("div", {}, [M.h("strong", { text: M.organ(j.organ) + " · " + (j.arch || "") }), " ",
           M.h("span", { class: "badge text-bg-secondary", "data-field": "status", text: M.t("training.status." + j.status) })]),
         cancel,
       ]),
@@ -73,7 +73,7 @@
       const running = list.some(function (j) { return FINISHED.indexOf(j.status) < 0; });
       clearTimeout(timer);
       if (running) timer = setTimeout(loadJobs, 3000);
-    } catch (err) { M.showError(error, err.status === 404 ? M.t("common.unavailable") : err); }
+    } catch (err) { M.showError(error, err); }
   }
 
   form.addEventListener("submit", async function (event) {
@@ -91,7 +91,7 @@
       } });
       M.show(ok, M.t("training.started"), "success");
       loadJobs();
-    } catch (err) { M.showError(e, err.status === 404 && err.code === "not_found" ? M.t("common.unavailable") : err); }
+    } catch (err) { M.showError(e, err); }
   });
   form.elements.organ.addEventListener("change", loadDatasets);
   loadDatasets();
