@@ -13,8 +13,10 @@ from gateway.service.dataplane import SegmentationRecord
 
 
 def record_segmentation(session: Session, record: SegmentationRecord) -> Segmentation:
-    """Insert the Segmentation row, complete (who asked it: a person or a key; its stability; its thumbnail
-    when there is one), and its audit record, in one commit: the objects it names already exist."""
+    """Insert the Segmentation row, complete (who asked it: a person or a key; its areas and stability), and
+    its audit record, in one commit: the probability map it names already exists. Its masks and thumbnail
+    are made from that map when asked for, so the row names no mask or thumbnail object (rows written before
+    do, and are read as they are)."""
     spacing = record.spacing_mm
     row = Segmentation(
         id=uuid.UUID(record.id),
@@ -27,10 +29,9 @@ def record_segmentation(session: Session, record: SegmentationRecord) -> Segment
         pixel_spacing_row_mm=spacing[0] if spacing else None,
         pixel_spacing_col_mm=spacing[1] if spacing else None,
         probability_key=record.probability_key,
-        mask_keys=record.mask_keys,
+        mask_keys={},
         areas_px=record.areas,
         stability=record.stability,
-        thumbnail_key=record.thumbnail_key,
         view_key=record.view_key,
         api_key_id=record.api_key_id,
         user_id=record.user_id,

@@ -110,8 +110,9 @@ class Segmentation(Base):
     pixel_spacing_row_mm: Mapped[float | None] = mapped_column(Float)
     pixel_spacing_col_mm: Mapped[float | None] = mapped_column(Float)
     probability_key: Mapped[str] = mapped_column(String(512))  # object key in the results bucket
-    # {"0.5": "<key>", ...}: a masks.zip holding mask_0.5.png (rows written before masks were packed: the PNG
-    # itself); read through masks.unpack_mask
+    # {} since masks are made from the probability map (gateway.service.masks). Rows written before:
+    # {"0.5": "<key>", ...}, a masks.zip holding mask_0.5.png (or, before masks were packed, the PNG itself);
+    # read through masks.unpack_mask
     mask_keys: Mapped[dict] = mapped_column(JSON, default=dict)
     areas_px: Mapped[dict] = mapped_column(JSON, default=dict)  # {"0.5": 1234, ...}
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
@@ -122,6 +123,7 @@ class Segmentation(Base):
     # The clinical loop (gateway/service/history.py): agreement of the 0.2 and 0.8 masks, a small preview,
     # and the one threshold the doctor chose (with a note).
     stability: Mapped[float | None] = mapped_column(Float)
+    # None since the preview is made from the probability map; rows written before name a stored preview.
     thumbnail_key: Mapped[str | None] = mapped_column(String(512))
     # The image as the viewer shows it (gateway/service/views.py); None for rows made before it was kept.
     view_key: Mapped[str | None] = mapped_column(String(512))

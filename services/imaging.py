@@ -4,6 +4,7 @@ One decoder for the whole platform (organ handler, gateway, trainer), so that an
 thing everywhere:
 
     decode_image(data, window=spec.window) -> DecodedImage(array, format, spacing_mm, metadata)
+    read_header(data) -> ImageInfo(height, width, format, spacing_mm), no pixel decoded
     decode_mask(data) -> bool H×W array (any non-zero pixel is foreground)
     encode_png(uint8 or bool array) -> PNG bytes
 
@@ -21,12 +22,15 @@ Grey images come back as H×W, colour as H×W×3 (palette, CMYK, YCbCr converted
 A volume's slices travel as one .npy (n, H, W) of float32 or int16 intensities in the network's orientation
 (`decode_volume_chunk`): Hounsfield units through the organ's window with the same `apply_window` a DICOM
 goes through, other modalities scaled slice by slice as a float image is.
+
 Every refusal is an `ImageDecodeError` (a ValueError) whose message says what is wrong and what is accepted.
-Decompression bombs are refused from the header, before any pixel is decoded.
+Decompression bombs are refused from the header, before any pixel is decoded; `read_header` makes every
+refusal the header allows (format, bombs, size limits, DICOM without pixels) and stops there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import struct
@@ -138,7 +142,7 @@ def decode_image(
 
 @dataclass(frozen=True)
 class ImageInfo:
-    """What `inspect_image` found: the size, format and pixel spacing of an upload that decodes."""
+    """What `read_header` found: the size, format and pixel spacing an upload declares."""
 
     height: int
     width: int
@@ -146,13 +150,27 @@ class ImageInfo:
     spacing_mm: tuple[float, float] | None = None
 
 
-def inspect_image(
-    data: bytes, *, window: dict | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> ImageInfo:
-    """Validate an upload as `decode_image` would — every pixel decoded, so corrupt or truncated files are
-    refused — without scaling it to float (the gateway checks uploads; the organ server scales them)."""
-    raw = _read(data, max_pixels=max_pixels, min_side=MIN_SIDE, window=window)
-    return ImageInfo(int(raw.pixels.shape[0]), int(raw.pixels.shape[1]), raw.format, raw.spacing_mm)
+def read_header(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = MIN_SIDE) -> ImageInfo:
+    """Size, format and pixel spacing of an upload from its header alone: what `decode_image` refuses before
+    decoding a pixel (unknown format, decompression bomb, more than `max_pixels`, a side under `min_side`, a
+    DICOM without pixel data or with 2 or 4+ samples a pixel) is refused here the same way, in well under a
+    millisecond. A file whose header reads but whose pixels are corrupt or truncated passes: whoever decodes
+    the pixels (the organ server, with `decode_image`) refuses it then."""
+    data, fmt = _sniffed(data)
+    limits = {"max_pixels": max_pixels, "min_side": min_side}
+    with _decoder_errors(fmt):
+        if fmt == "DICOM":
+            ds = _dicom_dataset(data, header_only=True, **limits)
+            return ImageInfo(int(ds.Rows), int(ds.Columns), fmt, _dicom_spacing(ds))
+        if fmt == "TIFF":
+            import tifffile
+
+            with tifffile.TiffFile(io.BytesIO(data)) as tif:
+                height, width = _tiff_first_page(tif, **limits)[1:]
+            return ImageInfo(height, width, fmt)
+        with _pillow_image(data, fmt, **limits) as im:
+            width, height = im.size
+        return ImageInfo(height, width, fmt)
 
 
 def decode_grey8(data: bytes) -> np.ndarray | None:
@@ -370,9 +388,8 @@ def _png_chunk(kind: bytes, payload: bytes) -> bytes:
 # --- reading ----------------------------------------------------------------------------------
 
 
-def _read(
-    data: bytes, *, max_pixels: int, min_side: int, window: dict | None, stored_values: bool = False
-) -> _Raw:
+def _sniffed(data: bytes) -> tuple[bytes, str]:
+    """(the bytes, their format), or ImageDecodeError for what is not bytes, empty or not a format we read."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ImageDecodeError(f"expected image bytes, got {type(data).__name__}")
     data = bytes(data)
@@ -381,18 +398,32 @@ def _read(
     fmt = sniff_format(data)
     if fmt is None:
         raise ImageDecodeError(f"unrecognised image format (first bytes {data[:8]!r}); accepted: {ACCEPTED}")
-    limits = {"max_pixels": max_pixels, "min_side": min_side}
+    return data, fmt
+
+
+@contextlib.contextmanager
+def _decoder_errors(fmt: str):
+    """Whatever a decoder raises on bad bytes becomes ImageDecodeError ("corrupt or truncated")."""
     try:
+        yield
+    except (ImageDecodeError, MemoryError):
+        raise
+    except Exception as exc:  # decoders raise anything (OSError, SyntaxError, struct.error, zlib.error...)
+        raise ImageDecodeError(f"corrupt or truncated {fmt} file ({exc}); accepted: {ACCEPTED}") from exc
+
+
+def _read(
+    data: bytes, *, max_pixels: int, min_side: int, window: dict | None, stored_values: bool = False
+) -> _Raw:
+    data, fmt = _sniffed(data)
+    limits = {"max_pixels": max_pixels, "min_side": min_side}
+    with _decoder_errors(fmt):
         if fmt == "DICOM":
             raw = _read_dicom(data, window=window, stored_values=stored_values, **limits)
         elif fmt == "TIFF":
             raw = _read_tiff(data, **limits)
         else:
             raw = _read_pillow(data, fmt, **limits)
-    except (ImageDecodeError, MemoryError):
-        raise
-    except Exception as exc:  # decoders raise anything (OSError, SyntaxError, struct.error, zlib.error...)
-        raise ImageDecodeError(f"corrupt or truncated {fmt} file ({exc}); accepted: {ACCEPTED}") from exc
     raw.pixels = _drop_alpha(raw.pixels, fmt)
     return raw
 
@@ -409,7 +440,10 @@ def _check_size(fmt: str, height: int, width: int, *, max_pixels: int, min_side:
         )
 
 
-def _read_pillow(data: bytes, fmt: str, *, max_pixels: int, min_side: int) -> _Raw:
+@contextlib.contextmanager
+def _pillow_image(data: bytes, fmt: str, *, max_pixels: int, min_side: int):
+    """The image Pillow opened (header read, nothing decoded yet), its size checked; inside, Pillow's bomb
+    warnings are errors."""
     with warnings.catch_warnings():
         # Pillow's own bomb guard warns first, then errors at twice its limit: make both refusals.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -419,6 +453,11 @@ def _read_pillow(data: bytes, fmt: str, *, max_pixels: int, min_side: int) -> _R
             raise ImageDecodeError(f"{fmt} image refused as a decompression bomb ({exc})") from exc
         width, height = im.size  # header only; nothing decoded yet
         _check_size(fmt, height, width, max_pixels=max_pixels, min_side=min_side)
+        yield im
+
+
+def _read_pillow(data: bytes, fmt: str, *, max_pixels: int, min_side: int) -> _Raw:
+    with _pillow_image(data, fmt, max_pixels=max_pixels, min_side=min_side) as im:
         pages = getattr(im, "n_frames", 1)
         im.seek(0)
         im.load()  # raises on truncated / corrupt data
@@ -455,18 +494,8 @@ def _read_tiff(data: bytes, *, max_pixels: int, min_side: int) -> _Raw:
     import tifffile
 
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
-        page = tif.pages.first
+        page = _tiff_first_page(tif, max_pixels=max_pixels, min_side=min_side)[0]
         axes = page.axes
-        shape = dict(zip(axes, page.shape, strict=True))
-        height, width = shape.get("Y", 0), shape.get("X", 0)
-        _check_size("TIFF", height, width, max_pixels=max_pixels, min_side=min_side)
-        # The page's other axes (samples, depth) multiply what asarray() would allocate: bound it too.
-        page_bytes = int(np.prod(page.shape, dtype=np.float64)) * (page.dtype.itemsize if page.dtype else 1)
-        if page_bytes > max_pixels * MAX_BYTES_PER_PIXEL:
-            raise ImageDecodeError(
-                f"TIFF page of shape {page.shape} would take {page_bytes} bytes, more than "
-                f"{MAX_BYTES_PER_PIXEL} bytes per pixel of the {max_pixels / 1e6:.0f} megapixel limit"
-            )
         meta = {
             "pages": len(tif.pages),
             "bits": int(page.bitspersample),
@@ -499,6 +528,23 @@ def _read_tiff(data: bytes, *, max_pixels: int, min_side: int) -> _Raw:
     return _Raw(pixels=pixels, format="TIFF", metadata=meta, unit_range=unit_range, invert=invert)
 
 
+def _tiff_first_page(tif, *, max_pixels: int, min_side: int):
+    """(the first page, its height, its width), from the page's tags, once its size and the bytes it would
+    take to decode are checked."""
+    page = tif.pages.first
+    shape = dict(zip(page.axes, page.shape, strict=True))
+    height, width = shape.get("Y", 0), shape.get("X", 0)
+    _check_size("TIFF", height, width, max_pixels=max_pixels, min_side=min_side)
+    # The page's other axes (samples, depth) multiply what asarray() would allocate: bound it too.
+    page_bytes = int(np.prod(page.shape, dtype=np.float64)) * (page.dtype.itemsize if page.dtype else 1)
+    if page_bytes > max_pixels * MAX_BYTES_PER_PIXEL:
+        raise ImageDecodeError(
+            f"TIFF page of shape {page.shape} would take {page_bytes} bytes, more than "
+            f"{MAX_BYTES_PER_PIXEL} bytes per pixel of the {max_pixels / 1e6:.0f} megapixel limit"
+        )
+    return page, height, width
+
+
 def _to_yxs(pixels: np.ndarray, axes: str) -> np.ndarray:
     """Reorder one TIFF page to Y, X, S (samples), dropping any other singleton axes."""
     keep = [a for a in "YXS" if a in axes]
@@ -514,18 +560,9 @@ def _to_yxs(pixels: np.ndarray, axes: str) -> np.ndarray:
 def _read_dicom(
     data: bytes, *, window: dict | None, stored_values: bool, max_pixels: int, min_side: int
 ) -> _Raw:
-    import pydicom
     from pydicom.pixels import apply_modality_lut
 
-    check_deflated_dicom(data, max_bytes=max_pixels * MAX_BYTES_PER_PIXEL + DICOM_HEADER_ALLOWANCE)
-    ds = pydicom.dcmread(io.BytesIO(data))
-    if "PixelData" not in ds:
-        raise ImageDecodeError("DICOM file has no pixel data (is it a report or a structured document?)")
-    rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
-    _check_size("DICOM", rows, cols, max_pixels=max_pixels, min_side=min_side)
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    if samples not in (1, 3):
-        raise ImageDecodeError(f"DICOM image has {samples} samples per pixel; accepted: 1 (grey) or 3 (RGB)")
+    ds = _dicom_dataset(data, header_only=False, max_pixels=max_pixels, min_side=min_side)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     transfer_syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
@@ -548,8 +585,7 @@ def _read_dicom(
         "rescale_type": str(ds.get("RescaleType", "")),
         "orientation": patient_directions(ds.get("ImageOrientationPatient")),
     }
-    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
-    spacing_mm = (float(spacing[0]), float(spacing[1])) if spacing and len(spacing) == 2 else None
+    spacing_mm = _dicom_spacing(ds)
     if photometric.startswith("MONOCHROME") and not stored_values:
         values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)
         lo_hi = _dicom_window(window, ds)
@@ -568,6 +604,29 @@ def _read_dicom(
     return _Raw(
         pixels=pixels, format="DICOM", metadata=meta, spacing_mm=spacing_mm, unit_range=(0.0, 2**bits - 1)
     )
+
+
+def _dicom_dataset(data: bytes, *, header_only: bool, max_pixels: int, min_side: int):
+    """The parsed DICOM, once it is known to hold pixel data within the limits, of 1 or 3 samples a pixel.
+    header_only: values over 1 KB (the pixel data) are left unread."""
+    import pydicom
+
+    check_deflated_dicom(data, max_bytes=max_pixels * MAX_BYTES_PER_PIXEL + DICOM_HEADER_ALLOWANCE)
+    ds = pydicom.dcmread(io.BytesIO(data), defer_size=1024 if header_only else None)
+    if "PixelData" not in ds:
+        raise ImageDecodeError("DICOM file has no pixel data (is it a report or a structured document?)")
+    rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+    _check_size("DICOM", rows, cols, max_pixels=max_pixels, min_side=min_side)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if samples not in (1, 3):
+        raise ImageDecodeError(f"DICOM image has {samples} samples per pixel; accepted: 1 (grey) or 3 (RGB)")
+    return ds
+
+
+def _dicom_spacing(ds) -> tuple[float, float] | None:
+    """(row, column) pixel spacing in mm, when the file carries one."""
+    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
+    return (float(spacing[0]), float(spacing[1])) if spacing and len(spacing) == 2 else None
 
 
 def check_deflated_dicom(data: bytes, *, max_bytes: int) -> None:

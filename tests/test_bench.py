@@ -227,3 +227,18 @@ def test_gateway_answers_are_checked_at_the_image_size():
     bench._check_masks(7, 1000, 1000, "cells", bench._image_size(image))
     with pytest.raises(RuntimeError, match="expected 7 at 1000x1000"):
         bench._check_masks(7, 512, 512, "cells", (1000, 1000))
+
+
+def test_breakdown_table_sets_all_masks_beside_none():
+    all_masks = {"check upload (header)": 0.1, "threshold + encode the mask PNGs asked for": 5.2,
+                 "gateway work besides TorchServe": 9.04}  # fmt: skip
+    no_masks = {"check upload (header)": 0.2, "threshold + encode the mask PNGs asked for": 0.0,
+                "gateway work besides TorchServe": 4.0}  # fmt: skip
+    assert bench.breakdown_table(all_masks, no_masks).splitlines() == [
+        "| part | all 7 masks | masks=none |",
+        "|---|---:|---:|",
+        "| check upload (header) | 0.1 | 0.2 |",
+        "| threshold + encode the mask PNGs asked for | 5.2 | 0.0 |",
+        "| gateway work besides the TorchServe call (key check included) | **9.0** | **4.0** |",
+    ]
+    assert bench.breakdown_table(all_masks, None).splitlines()[0] == "| part | all 7 masks |"

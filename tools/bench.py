@@ -1,7 +1,7 @@
 """`make bench`: latency and throughput of one liver slice (or cells tile) along five paths, own stack.
 
     .venv/bin/python -m tools.bench [--organ liver|cells] [--requests 30] [--concurrency 8] [--burst 48]
-                                      [--image PATH] [--model-store DIR] [--breakdown]
+                                      [--image PATH] [--model-store DIR] [--breakdown | --breakdown-only]
     e.g. a cells tile: .venv/bin/python -m tools.bench --organ cells --requests 3 --burst 4 --concurrency 2
 
 What it starts (free ports, a temporary state dir, all stopped at the end, also on error or Ctrl-C):
@@ -15,11 +15,12 @@ Paths, each timed from the caller's side with the same image bytes:
                  model is read from the same .mar); the baseline of every ratio
   in-process-runtime  the same with the network in the runtime the archive's spec names (services.runtime)
   torchserve     direct TorchServe gRPC Predictions (the organ server alone)
-  gateway-grpc   medseg.v1 Segment (gateway: validate, TorchServe, 7 masks, thumbnail, object store, DB)
+  gateway-grpc   medseg.v1 Segment (gateway: header check, TorchServe, 7 masks, one object write, DB row)
   gateway-http   POST /api/v1/segment (the same plus multipart, base64 JSON, uvicorn)
 Each gets p50/p95 at concurrency 1 after a warm-up, and images/s with `--concurrency` callers in flight.
-When the HTTP path misses its target, a breakdown of the gateway's segment work follows (measured by
-running the gateway's own DataPlane.segment in this process with timers around its collaborators).
+When the HTTP path misses its target (or with --breakdown), a breakdown of the gateway's segment work
+follows, measured by running the gateway's own DataPlane.segment in this process with timers around its
+collaborators: once answering all seven masks (the default) and once answering none (`masks=none`).
 
 Each row also gets the model's GFLOP/s at its p50 (the card's GFLOP per pass, scaled to the input and
 times the passes) against sgemm's GFLOP/s (torch.mm of 2048² f32 on the server's threads), measured in the
@@ -724,9 +725,19 @@ def _timing(obj, attr: str, bucket: str, totals: dict[str, float]) -> Iterator[N
         setattr(obj, attr, original)
 
 
-def segment_breakdown(stack: Stack, image: bytes, runs: int = 15) -> dict[str, float]:
+# CPU this process spends in the key check and DataPlane.segment, all its threads (the writer pool's too): the
+# gateway's own work, whose figure a busy machine stretches far less than wall time. It includes the client
+# side of the TorchServe call (gRPC), none of TorchServe's work.
+CPU_ROW = "CPU ms of key check + segment (this process, all threads)"
+
+
+def segment_breakdown(
+    stack: Stack, image: bytes, runs: int = 15, masks: tuple[float, ...] | None = None
+) -> dict[str, float]:
     """Median ms per part of DataPlane.segment, run in this process against the bench's own stack (same
-    object store, organ server and database as the gateway), one request at a time."""
+    object store, organ server and database as the gateway), one request at a time, answering the masks at
+    `masks` (None: all seven, the default). The object write runs beside the mask encoding, so the parts
+    overlap and "other in segment" may be negative."""
     from common.settings import Settings
     from gateway.core.db import make_engine, session_scope
     from gateway.resources.segmentations.schemas import SegmentationPublic
@@ -745,18 +756,25 @@ def segment_breakdown(stack: Stack, image: bytes, runs: int = 15) -> dict[str, f
     )
     dataplane = build_dataplane(settings)
     engine = make_engine(settings.sqlalchemy_url)
+    thresholds = dataplane_module.THRESHOLDS if masks is None else masks
     parts = {
-        "decode+validate upload": (images, "inspect"),
+        "check upload (header)": (images, "inspect"),
         "TorchServe call": (dataplane.clients[ORGAN], "predict"),
         "decode probability PNG": (images, "decode_probability"),
-        "threshold 7 masks": (dataplane_module, "probability_mask"),
-        "encode 7 mask PNGs": (images, "encode_mask"),
-        "masks, previews + object store: 4 concurrent writes": (dataplane, "_store_results"),
+        "areas at 7 thresholds (one histogram)": (dataplane_module, "areas"),
+        "threshold + encode the mask PNGs asked for": (dataplane_module, "mask_png"),
+        "object store: 1 write (beside the masks)": (dataplane, "_store_probability"),
+        "areas, masks + the write, overlapped": (dataplane, "_store_results"),
         "database row + audit": (dataplane, "record_segmentation"),
+    }
+    # inside "areas, masks + the write, overlapped": not added again into "other in segment"
+    nested = {name for name, (obj, _) in parts.items() if obj is dataplane_module} | {
+        "object store: 1 write (beside the masks)"
     }
     samples: dict[str, list[float]] = {name: [] for name in parts}
     samples.update({"other in segment": [], "segment total": [], "API key check": []})
     samples["response JSON (base64)"] = []
+    samples[CPU_ROW] = []
     samples["gateway work besides TorchServe"] = []
     try:
         with session_scope(engine) as session:
@@ -767,18 +785,23 @@ def segment_breakdown(stack: Stack, image: bytes, runs: int = 15) -> dict[str, f
                 for name, (obj, attr) in parts.items():
                     patches.enter_context(_timing(obj, attr, name, totals))
                 with session_scope(engine) as session:
+                    cpu = time.process_time()
                     start = time.perf_counter()
                     key = authorize(session, f"Bearer {stack.api_key}", ("segment",))
                     samples["API key check"].append((time.perf_counter() - start) * 1000.0)
                     start = time.perf_counter()
-                    result = dataplane.segment(session, ORGAN, image, "slice.png", api_key_id=key.id)
+                    result = dataplane.segment(
+                        session, ORGAN, image, "slice.png", api_key_id=key.id, masks=thresholds
+                    )
                     samples["segment total"].append((time.perf_counter() - start) * 1000.0)
+                    samples[CPU_ROW].append((time.process_time() - cpu) * 1000.0)
             start = time.perf_counter()
             SegmentationPublic.of(result).model_dump_json()
             samples["response JSON (base64)"].append((time.perf_counter() - start) * 1000.0)
             for name in parts:
                 samples[name].append(totals.get(name, 0.0))
-            samples["other in segment"].append(samples["segment total"][-1] - sum(totals.values()))
+            outer = sum(ms for name, ms in totals.items() if name not in nested)
+            samples["other in segment"].append(samples["segment total"][-1] - outer)
             samples["gateway work besides TorchServe"].append(
                 samples["segment total"][-1]
                 + samples["API key check"][-1]
@@ -791,6 +814,30 @@ def segment_breakdown(stack: Stack, image: bytes, runs: int = 15) -> dict[str, f
 
 
 # --- main ---------------------------------------------------------------------------------------------
+def run_breakdown_only(args: argparse.Namespace) -> dict:
+    """The stack and the segment breakdowns only (all masks, then none), without timing the five paths."""
+    image = Path(args.image).read_bytes()
+    tmp_root = Path(tempfile.mkdtemp(prefix="medseg-bench-"))
+    try:
+        (tmp_root / "work").mkdir()
+        choice = choose_model(Path(args.model_store), tmp_root / "work")
+        load_before = round(os.getloadavg()[0], 2)
+        with running_stack(tmp_root / "state", choice) as stack:
+            print("measuring where the gateway's time goes (all masks, then none) …", flush=True)
+            breakdown = segment_breakdown(stack, image)
+            breakdown_no_masks = segment_breakdown(stack, image, masks=())
+        return {
+            "when": datetime.now(UTC).isoformat(timespec="seconds"),
+            "image": args.image,
+            "model": choice.description,
+            "load_average_1m": [load_before, round(os.getloadavg()[0], 2)],
+            "http_breakdown_ms": breakdown,
+            "http_breakdown_ms_no_masks": breakdown_no_masks,
+        }
+    finally:
+        shutil.rmtree(tmp_root, ignore_errors=True)
+
+
 def run(args: argparse.Namespace) -> dict:
     image_path = Path(args.image)
     if not image_path.is_file():
@@ -846,12 +893,13 @@ def run(args: argparse.Namespace) -> dict:
             compute_rates(rows, gflop, sgemm)
             checked = targets(rows)
             handler = torchserve_handler_ms(stack.state_dir)
-            breakdown = None
+            breakdown = breakdown_no_masks = None
             if ORGAN == "liver" and (
                 args.breakdown or not (checked["http_p50_met"] and checked["http_ratio_met"])
             ):
-                print("HTTP target missed: measuring where the time goes …", flush=True)
+                print("measuring where the gateway's time goes (all masks, then none) …", flush=True)
                 breakdown = segment_breakdown(stack, image)
+                breakdown_no_masks = segment_breakdown(stack, image, masks=())
         report = {
             "when": datetime.now(UTC).isoformat(timespec="seconds"),
             "image": str(image_path),
@@ -869,6 +917,7 @@ def run(args: argparse.Namespace) -> dict:
             "rows": rows,
             "targets": checked,
             "http_breakdown_ms": breakdown,
+            "http_breakdown_ms_no_masks": breakdown_no_masks,
             "torchserve_handler_ms": handler,
         }
     finally:
@@ -972,14 +1021,22 @@ def print_report(report: dict) -> None:
             "stack, median ms of 15 sequential runs; the parts are medians, so they need not add up):"
         )
         print()
-        print("| part | ms |")
-        print("|---|---:|")
-        breakdown = report["http_breakdown_ms"]
-        for name, ms in breakdown.items():
-            if name != "gateway work besides TorchServe":
-                print(f"| {name} | {ms:.1f} |")
-        besides = breakdown["gateway work besides TorchServe"]
-        print(f"| gateway work besides the TorchServe call (key check included) | {besides:.1f} |")
+        print(breakdown_table(report["http_breakdown_ms"], report.get("http_breakdown_ms_no_masks")))
+
+
+def breakdown_table(all_masks: dict[str, float], no_masks: dict[str, float] | None) -> str:
+    """The breakdown as markdown: one column answering all seven masks, one answering none (when measured);
+    a part only one of them has (the mask encoding) is blank in the other."""
+    columns = [("all 7 masks", all_masks)] + ([("masks=none", no_masks)] if no_masks else [])
+    names = list(dict.fromkeys(name for _, values in columns for name in values))
+    names.remove("gateway work besides TorchServe")
+    lines = ["| part | " + " | ".join(title for title, _ in columns) + " |", "|---|" + "---:|" * len(columns)]
+    for name in names:
+        cells = (f"{values[name]:.1f}" if name in values else "" for _, values in columns)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    besides = " | ".join(f"**{values['gateway work besides TorchServe']:.1f}**" for _, values in columns)
+    lines.append(f"| gateway work besides the TorchServe call (key check included) | {besides} |")
+    return "\n".join(lines)
 
 
 def _interrupt(signum, _frame) -> None:
@@ -1000,6 +1057,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", help="the image to segment (default: a liver slice / a cells tile)")
     parser.add_argument("--breakdown", action="store_true", help="time the segment parts even if on target")
     parser.add_argument(
+        "--breakdown-only",
+        action="store_true",
+        help="start the stack and time only the gateway's segment parts (liver), not the five paths",
+    )
+    parser.add_argument(
         "--model-store",
         default=str(REPO_ROOT / "model-store"),
         help="where liver.mar (and its card) come from, e.g. the same model packed with other settings",
@@ -1011,8 +1073,13 @@ def main(argv: list[str] | None = None) -> int:
     args.image = args.image or str(DEFAULT_IMAGES[args.organ])
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     unwind_on_sigterm()
-    report = run(args)
-    print_report(report)
+    if args.breakdown_only:
+        report = run_breakdown_only(args)
+        print(f"\nbreakdown only, load {report['load_average_1m']} (1-min average before, after):\n")
+        print(breakdown_table(report["http_breakdown_ms"], report["http_breakdown_ms_no_masks"]))
+    else:
+        report = run(args)
+        print_report(report)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"bench-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"

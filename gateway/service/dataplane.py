@@ -1,17 +1,19 @@
 """The operations of the public API (list organs, segment, evaluate, readiness), edge-neutral.
 
-Segment: validate organ and upload (size, decodable, pixel count) before bothering an organ server,
-call the organ server, threshold its probability map at 0.2 … 0.8, store the probability map, the
-seven masks (one zip, see masks.pack_masks), a thumbnail (the history's preview) and the viewer's image
-(gateway.service.views) in the results bucket (four concurrent writes), then record the Segmentation row
-in one commit. Every object is written before the row, and all of them are removed again when any write or
-the row fails, so a row never points at objects that are not there; only the two previews are optional:
-when one's write fails the row is recorded without it.
+Segment: validate organ and upload (size; format, pixel count and spacing from the header) before
+bothering an organ server, call the organ server (which decodes the image, and refuses one whose pixels
+are corrupt: a 400 naming the file), then store what cannot be derived: one object, the probability map
+the organ server answered, and one row (areas at 0.2 … 0.8 from one histogram of the map, stability, who
+asked). Masks at any threshold and the history's thumbnail are made from the stored map when asked for
+(gateway.service.masks); the answer carries the masks the caller asked for (all seven by default). The
+object is written before the row and removed again when the row fails, so a row never points at an object
+that is not there. Asked to keep the image (`keep_image`: the web pages, for their viewer), the gateway also
+writes the image as the viewer shows it (gateway.service.views) beside the map: optional, the row stands
+without it when it cannot be made or written.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
 import time
@@ -29,7 +31,7 @@ from common.errors import InvalidInput, MedSegError, NotFound, PayloadTooLarge, 
 from common.torchserve_client import InferenceClient
 from gateway import metrics
 from gateway.service import images, scoring, views
-from gateway.service.masks import MASKS_OBJECT, THRESHOLDS, pack_masks, probability_mask, stability
+from gateway.service.masks import THRESHOLDS, areas, mask_png, probability_mask, stability
 from gateway.service.organs import ModelInfo, Organ, OrganRegistry
 
 logger = logging.getLogger(__name__)
@@ -66,7 +68,8 @@ class SegmentResult:
     height: int
     default_threshold: float
     probability_png: bytes
-    masks: list[MaskResult]
+    masks: list[MaskResult]  # the ones asked for (all seven by default)
+    areas: dict[str, int]  # "0.2" … "0.8" → mask area in pixels, at every threshold whatever was asked
 
 
 @dataclass(frozen=True)
@@ -112,8 +115,9 @@ class EvaluateResult:
 @dataclass(frozen=True)
 class SegmentationRecord:
     """One segmentation as the database records it (`DataPlane.record_segmentation`, in production
-    gateway.crud.record_segmentation): the model that made it, the objects already written for it (keys in
-    the results bucket), and who asked (a person, a key, or neither)."""
+    gateway.crud.record_segmentation): the model that made it, its one object already written (the
+    probability map's key in the results bucket; masks and thumbnail are derived from it), and who asked (a
+    person, a key, or neither)."""
 
     id: str
     organ: str
@@ -123,12 +127,10 @@ class SegmentationRecord:
     height: int
     spacing_mm: tuple[float, float] | None  # (row, column) pixel spacing, when the image carried one
     probability_key: str
-    mask_keys: dict[str, str]  # "0.5" → object key
     areas: dict[str, int]  # "0.5" → mask area in pixels
     api_key_id: int | None
     stability: float | None = None
-    thumbnail_key: str | None = None  # None: the preview could not be written; the record stands without it
-    view_key: str | None = None  # the viewer's image (gateway.service.views); None as for the thumbnail
+    view_key: str | None = None  # the image kept for the viewer (gateway.service.views), if asked and written
     user_id: int | None = None
     actor: str | None = None
     hospital: str | None = None  # the owner's (gateway/tenancy.py)
@@ -198,8 +200,7 @@ class DataPlane:
         self._buckets_ready = False
         # Probes run here so a hung dependency costs a probe its timeout, not a request thread forever.
         self._probes = ThreadPoolExecutor(max_workers=4, thread_name_prefix="medseg-probe")
-        # Result objects of one segmentation are written side by side: 8 sequential round trips to the
-        # store were a third of the gateway's own time per request.
+        # A segmentation's one object is written here while the request thread makes the answer's masks.
         self._writers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="medseg-store")
 
     # --- health -------------------------------------------------------------------------------
@@ -270,15 +271,15 @@ class DataPlane:
         """Validate, run the organ server; return the probability map (uint8 H×W), its PNG and the
         image's pixel spacing (mm, when the file carries one)."""
         self._check_upload(data, filename)
-        height, width, spacing_mm = images.inspect(
-            data, filename, max_pixels=self.max_image_pixels, window=organ.spec.window
-        )
+        height, width, spacing_mm = images.inspect(data, filename, max_pixels=self.max_image_pixels)
         # Ask for the version the registry reports, so the answer and its label always agree.
         model = self.registry.model(organ.name)
         try:
             prob_png = self.clients[organ.name].predict(
                 organ.name, data, version=model.version if model.version != "unknown" else None
             )
+        except InvalidInput as exc:  # the organ server could not decode the pixels
+            raise images.refused_by_organ(exc, filename) from None
         except NotFound as exc:  # the caller named no version: a missing default is ours to fix, not theirs
             logger.error("organ %s does not serve its default %s: %s", organ.name, model.version, exc.message)
             raise ServiceUnavailable(
@@ -310,9 +311,13 @@ class DataPlane:
         user_id=None,
         actor: str | None = None,
         hospital: str | None = None,
+        masks: Sequence[float] = THRESHOLDS,
+        keep_image: bool = False,
     ) -> SegmentResult:
-        """Segment and record: every object first, then the complete row (who asked, stability) in one
-        commit; objects are removed again when a write or the row fails."""
+        """Segment and record: the probability map's object first, then the complete row (who asked, areas,
+        stability) in one commit; the object is removed again when the row fails. The answer carries the
+        masks at `masks` (thresholds of the grid; gateway.service.masks.selection reads a request's).
+        `keep_image`: the image is kept too, as the viewer shows it, written beside the map."""
         started = time.perf_counter()
         organ = self.registry.get(organ_name)
         filename = filename or "upload"
@@ -321,26 +326,35 @@ class DataPlane:
         prob, prob_png, spacing_mm = self._infer(organ, data, filename)
         height, width = prob.shape
         seg_id = str(uuid.uuid4())
-        prefix = f"segmentations/{organ.name}/{seg_id}"
         written: list[str] = []
         try:
             self._ensure_buckets_once()
-            view = functools.partial(
-                views.make_view, data, max_pixels=self.max_image_pixels, window=organ.spec.window
+            prefix = f"segmentations/{organ.name}/{seg_id}"
+            probability_key, view_key = f"{prefix}/probability.png", f"{prefix}/{views.VIEW_OBJECT}"
+            view = (
+                self._writers.submit(self._store_view, view_key, data, organ.spec.window)
+                if keep_image
+                else None
             )
-            masks, previews = self._store_results(prefix, prob, prob_png, written, view)
+            try:
+                areas_px, answered = self._store_results(probability_key, prob, prob_png, masks, written)
+            finally:
+                view_key = self._kept(view, view_key, written)
             model = self.registry.model(organ.name)
             record = self._segmentation_record(
-                seg_id, organ.name, model, prefix, masks, previews, (width, height), spacing_mm,
+                seg_id, organ.name, model, probability_key, areas_px, (width, height), spacing_mm,
                 patient_id=patient_id, api_key_id=api_key_id, user_id=user_id, actor=actor, hospital=hospital,
+                view_key=view_key,
             )  # fmt: skip
             self.record_segmentation(session, record)
         except Exception:
-            self._remove(written)  # a row never points at objects that are not there
+            self._remove(written)  # a row never points at an object that is not there
             raise
         metrics.observe_latency("segment", organ.name, model.version, started)
         threshold = self.registry.default_threshold(organ.name)
-        return SegmentResult(seg_id, organ.name, model, width, height, threshold, prob_png, masks)
+        return SegmentResult(
+            seg_id, organ.name, model, width, height, threshold, prob_png, answered, areas_px
+        )
 
     def _ensure_buckets_once(self) -> None:
         # once per process, at the first segmentation: the store may have been empty or down at start
@@ -353,9 +367,8 @@ class DataPlane:
         seg_id: str,
         organ: str,
         model: ModelInfo,
-        prefix: str,
-        masks: list[MaskResult],
-        previews: dict[str, str | None],
+        probability_key: str,
+        areas_px: dict[str, int],
         size: tuple[int, int],
         spacing_mm: tuple[float, float] | None,
         *,
@@ -364,9 +377,10 @@ class DataPlane:
         user_id,
         actor: str | None,
         hospital: str | None,
+        view_key: str | None = None,
     ) -> SegmentationRecord:
-        """The row of a segmentation whose objects are all written under `prefix`; size: (width, height)."""
-        areas = {f"{m.threshold:.1f}": m.area_px for m in masks}
+        """The row of a segmentation whose probability map is written at `probability_key` (and the image
+        kept for the viewer at `view_key`); size: (width, height)."""
         width, height = size
         return SegmentationRecord(
             id=seg_id,
@@ -376,12 +390,10 @@ class DataPlane:
             width=width,
             height=height,
             spacing_mm=spacing_mm,
-            probability_key=f"{prefix}/probability.png",
-            mask_keys={f"{m.threshold:.1f}": f"{prefix}/{MASKS_OBJECT}" for m in masks},
-            areas=areas,
-            stability=stability(areas),
-            thumbnail_key=previews["thumbnail"],
-            view_key=previews["view"],
+            probability_key=probability_key,
+            areas=areas_px,
+            stability=stability(areas_px),
+            view_key=view_key,
             api_key_id=api_key_id,
             user_id=user_id,
             actor=actor,
@@ -389,56 +401,47 @@ class DataPlane:
         )
 
     def _store_results(
-        self, prefix: str, prob: np.ndarray, prob_png: bytes, written: list[str], view: Callable[[], bytes]
-    ) -> tuple[list[MaskResult], dict[str, str | None]]:
-        """Write the probability map, the seven masks (threshold → encode, packed into one zip) and the
-        previews (the history's thumbnail, the viewer's image: `view()`, gateway.service.views) side by
-        side in the writer pool (numpy, zlib and Pillow release the GIL, so the encodes overlap the other
-        writes; the seven encodes take a few ms in all). Each written key is appended to `written`. Returns
-        the masks and the previews' keys ("thumbnail", "view": None when one could not be made or written:
-        the segmentation stands without it) once every object is written; otherwise raises the first
-        failure, but only after every task has finished, so nothing is still in flight when the caller
+        self, key: str, prob: np.ndarray, prob_png: bytes, thresholds: Sequence[float], written: list[str]
+    ) -> tuple[dict[str, int], list[MaskResult]]:
+        """Write the probability map (the organ server's PNG, as it came) at `key` in the writer pool while
+        this thread takes the map's areas at every threshold (one histogram) and makes the masks at
+        `thresholds` (zlib and numpy release the GIL, so they overlap the write's round trip). Appends `key`
+        to `written` once the object is there. Returns (areas, masks) when the write succeeded, else raises
+        its failure; either way only after the write has finished, so nothing is in flight when the caller
         removes what was written."""
+        write = self._writers.submit(self._store_probability, key, prob_png)
+        try:
+            areas_px = areas(prob)
+            answered = [MaskResult(t, areas_px[f"{t:.1f}"], mask_png(prob, t)) for t in thresholds]
+        finally:
+            wait([write])
+            if write.exception() is None:
+                written.append(key)
+        write.result()  # the write's failure, if any
+        return areas_px, answered
 
-        def put(key: str, blob: bytes) -> None:
-            kind = "application/zip" if key.endswith(".zip") else "image/png"
-            self.store.put_bytes(self.results_bucket, key, blob, content_type=kind)
+    def _store_probability(self, key: str, prob_png: bytes) -> None:
+        self.store.put_bytes(self.results_bucket, key, prob_png, content_type="image/png")
 
-        def mask(threshold: float) -> MaskResult:
-            mask = probability_mask(prob, threshold)
-            return MaskResult(threshold, int(np.count_nonzero(mask)), images.encode_mask(mask))
+    def _store_view(self, key: str, data: bytes, window: dict | None) -> None:
+        view = views.make_view(data, max_pixels=self.max_image_pixels, window=window)
+        self.store.put_bytes(self.results_bucket, key, view, content_type="application/zip")
 
-        def masks_and_put() -> list[MaskResult]:
-            masks = [mask(t) for t in THRESHOLDS]  # not in the pool: a task that waits on tasks can deadlock
-            put(masks_key, pack_masks({m.threshold: m.mask_png for m in masks}))
-            return masks
-
-        probability_key = f"{prefix}/probability.png"
-        masks_key = f"{prefix}/{MASKS_OBJECT}"
-        futures = {
-            probability_key: self._writers.submit(put, probability_key, prob_png),
-            masks_key: self._writers.submit(masks_and_put),
-        }
-        preview_keys = {"thumbnail": f"{prefix}/thumbnail.png", "view": f"{prefix}/{views.VIEW_OBJECT}"}
-        makers = {"thumbnail": lambda: scoring.thumbnail_png(prob), "view": view}
-        previews = {
-            name: self._writers.submit(lambda key=key, make=makers[name]: put(key, make()))
-            for name, key in preview_keys.items()
-        }
-        wait([*futures.values(), *previews.values()])
-        written.extend(key for key, future in futures.items() if future.exception() is None)
-        written.extend(preview_keys[n] for n, future in previews.items() if future.exception() is None)
-        for future in futures.values():
-            future.result()  # the first failure, if any
-        kept: dict[str, str | None] = {}
-        for name, future in previews.items():
-            failed = future.exception()
-            if failed is not None and not isinstance(failed, Exception):  # KeyboardInterrupt, SystemExit
-                raise failed
-            if failed is not None:
-                logger.warning("no %s for %s: %s", name, prefix, failed)
-            kept[name] = None if failed is not None else preview_keys[name]
-        return futures[masks_key].result(), kept
+    @staticmethod
+    def _kept(view, key: str, written: list[str]) -> str | None:
+        """The kept image's key once its write has finished (appended to `written`), or None when it was not
+        asked for or failed: the segmentation stands without it."""
+        if view is None:
+            return None
+        wait([view])
+        failed = view.exception()
+        if failed is None:
+            written.append(key)
+            return key
+        if not isinstance(failed, Exception):  # KeyboardInterrupt, SystemExit: not a failed preview
+            raise failed
+        logger.warning("the image of %s was not kept: %s", key, failed)
+        return None
 
     def _remove(self, keys: Sequence[str]) -> None:
         for key in keys:

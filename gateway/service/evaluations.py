@@ -230,7 +230,7 @@ class Evaluator:
             )
         return self.run(session, principal, target, cases, purpose=purpose, dataset=dataset)
 
-    def _predict(self, target: Target, data: bytes, filename: str, window) -> np.ndarray:
+    def _predict(self, target: Target, data: bytes, filename: str) -> np.ndarray:
         dp = self.dataplane
         if len(data) > dp.max_upload_bytes:
             raise InvalidInput(
@@ -238,9 +238,11 @@ class Evaluator:
                 code="file_too_large",
                 params={"name": filename, "limit": dp.max_upload_bytes},
             )
-        height, width, _ = images.inspect(data, filename, max_pixels=dp.max_image_pixels, window=window)
+        height, width, _ = images.inspect(data, filename, max_pixels=dp.max_image_pixels)
         try:
             png = dp.clients[target.organ].predict(target.model_name, data, version=target.version)
+        except InvalidInput as exc:  # the organ server could not decode the pixels
+            raise images.refused_by_organ(exc, filename) from None
         except NotFound:  # recorded, but not (or no longer) among the versions the organ server serves
             raise Conflict(
                 f"the {target.organ} organ server does not serve {target.model_name} version "
@@ -297,7 +299,7 @@ class Evaluator:
 
         return score_cases(
             cases,
-            lambda image: self._predict(target, image.data, image.filename, window),
+            lambda image: self._predict(target, image.data, image.filename),
             scored,
             max_image_pixels=dp.max_image_pixels,
         )

@@ -9,6 +9,8 @@ history, per-patient trend, stability and the suggested threshold.
   counting as one case; rounded to the contract's 0.1 grid. Without either, the version's default.
 * Area over time: the area at the chosen threshold (else the default threshold), in mm² when the image
   carried its pixel spacing, else in pixels.
+* A stored result's mask and thumbnail are made from its probability map when asked for (rows written
+  before the masks were derived read their stored objects instead).
 """
 
 from __future__ import annotations
@@ -23,15 +25,14 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from common.errors import InvalidInput, NotFound
+from common.errors import NotFound
 from gateway import metrics, tenancy
 from gateway.access import SEGMENTATION_READ, SEGMENTATION_WRITE
 from gateway.core.db import database_unavailable
 from gateway.models import Evaluation, Segmentation, audit
 from gateway.principal import Principal
-from gateway.service import masks
+from gateway.service import images, masks, scoring
 from gateway.service.dataplane import DataPlane, SegmentResult, check_patient_id
-from gateway.service.masks import THRESHOLDS
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +46,9 @@ class SegmentRecord:
 
 
 def stability(result: SegmentResult) -> float:
-    """Dice between the masks at 0.2 and 0.8 (gateway.service.masks.stability)."""
-    return masks.stability({f"{m.threshold:.1f}": m.area_px for m in result.masks})
+    """Dice between the masks at 0.2 and 0.8 (gateway.service.masks.stability), whichever masks the answer
+    carries."""
+    return masks.stability(result.areas)
 
 
 def owned_by(principal: Principal):
@@ -65,10 +67,15 @@ def segment(
     patient_id: str | None,
     *,
     doubtful_below: float,
+    wanted_masks: str | None = None,
+    keep_image: bool = False,
 ) -> SegmentRecord:
-    """The data plane's segment, recorded complete in one commit: who asked (person or key), stability and
-    the thumbnail preview, whose object is written with the masks before the row names it (a gateway
-    stopped at any point leaves a complete record or none, never one without its owner: issue 8)."""
+    """The data plane's segment, recorded complete in one commit: who asked (person or key), areas and
+    stability, after the one object it names, the probability map (a gateway stopped at any point leaves a
+    complete record or none, never one without its owner: issue 8). `wanted_masks`: the request's `masks`
+    (all, none or thresholds, see masks.selection), checked before the organ server is called. `keep_image`:
+    the image is kept too, for the viewer (gateway.service.views)."""
+    thresholds = masks.selection(wanted_masks)
     result = dataplane.segment(
         session,
         organ,
@@ -79,6 +86,8 @@ def segment(
         user_id=principal.user.id if principal.user else None,
         hospital=principal.hospital,
         actor=principal.actor,
+        masks=thresholds,
+        keep_image=keep_image,
     )
     score = stability(result)
     metrics.observe_segmentation(result.organ, result.model.version, score, score < doubtful_below)
@@ -109,17 +118,29 @@ def get_segmentation(session: Session, principal: Principal, segmentation_id: st
     return tenancy.get(session, principal, SEGMENTATION_READ, key, missing)
 
 
-def mask_key(row: Segmentation, threshold: float) -> tuple[str, str]:
-    """("0.5", the object key of the segmentation's mask at that threshold); 400 off the thresholds' grid."""
-    key = f"{threshold:.1f}"
-    if round(threshold, 1) not in THRESHOLDS or abs(threshold - round(threshold, 1)) > 1e-9:
-        raise InvalidInput(
-            f"threshold must be one of {', '.join(f'{t:.1f}' for t in THRESHOLDS)}, not {threshold}",
-            code="invalid_threshold",
-        )
-    if key not in (row.mask_keys or {}):
-        raise InvalidInput(f"segmentation {row.id} has no mask at {key}", code="invalid_threshold")
-    return key, row.mask_keys[key]
+def probability_map(dataplane: DataPlane, row: Segmentation) -> np.ndarray:
+    """The segmentation's stored probability map (uint8 H×W), as the organ server answered it."""
+    return images.decode_probability(dataplane.store.get_bytes(dataplane.results_bucket, row.probability_key))
+
+
+def mask_png(dataplane: DataPlane, row: Segmentation, threshold: float) -> bytes:
+    """The segmentation's mask at `threshold` (of the grid: 400 otherwise), made from its probability map,
+    byte for byte the PNG its segment answer carried; a row written before masks were derived reads its
+    stored mask."""
+    threshold = masks.grid_threshold(threshold)
+    stored = (row.mask_keys or {}).get(f"{threshold:.1f}")
+    if stored:
+        blob = dataplane.store.get_bytes(dataplane.results_bucket, stored)
+        return masks.unpack_mask(stored, blob, threshold)
+    return masks.mask_png(probability_map(dataplane, row), threshold)
+
+
+def thumbnail_png(dataplane: DataPlane, row: Segmentation) -> bytes:
+    """The history's preview of the segmentation, made from its probability map (a row written before
+    previews were derived reads its stored one)."""
+    if row.thumbnail_key:
+        return dataplane.store.get_bytes(dataplane.results_bucket, row.thumbnail_key)
+    return scoring.thumbnail_png(probability_map(dataplane, row))
 
 
 def choose_threshold(
@@ -135,9 +156,10 @@ def choose_threshold(
         "only the doctor (or the API key) who made the segmentation saves its threshold",
         code="not_your_segmentation",
     )
-    key = mask_key(row, threshold)[0]
-    row.chosen_threshold, row.chosen_note, row.chosen_at = round(threshold, 1), note, datetime.now(UTC)
-    audit(session, principal.actor, "segmentation.choose", f"segmentation:{row.id}", {"threshold": key})
+    chosen = masks.grid_threshold(threshold)
+    row.chosen_threshold, row.chosen_note, row.chosen_at = chosen, note, datetime.now(UTC)
+    detail = {"threshold": f"{chosen:.1f}"}
+    audit(session, principal.actor, "segmentation.choose", f"segmentation:{row.id}", detail)
     _commit(session)
     metrics.observe_chosen_threshold(row.organ, row.model_version, row.chosen_threshold)
     return row

@@ -1,5 +1,6 @@
 """The gateway's use of `services.imaging` (the platform's one decoder), with decode failures turned
-into InvalidInput so every edge answers 4xx with the decoder's own explanation."""
+into InvalidInput so every edge answers 4xx with the decoder's own explanation. Uploads are checked from
+their header only; the organ server decodes them."""
 
 from __future__ import annotations
 
@@ -9,13 +10,13 @@ from common.errors import InvalidInput
 from services import imaging
 
 
-def inspect(
-    data: bytes, filename: str, *, max_pixels: int, window: dict | None = None
-) -> tuple[int, int, tuple[float, float] | None]:
-    """(height, width, pixel spacing in mm or None) of an upload, after decoding it completely: a file
-    the organ server could not decode is refused here, before it costs an inference slot."""
+def inspect(data: bytes, filename: str, *, max_pixels: int) -> tuple[int, int, tuple[float, float] | None]:
+    """(height, width, pixel spacing in mm or None) of an upload, from its header: what the header shows to
+    be unusable (not an image we read, a decompression bomb, over `max_pixels`, too small) is refused here,
+    before it costs an inference slot. The pixels are decoded once, by the organ server, which refuses a
+    corrupt or truncated file (see `refused_by_organ`)."""
     try:
-        info = imaging.inspect_image(data, window=window, max_pixels=max_pixels)
+        info = imaging.read_header(data, max_pixels=max_pixels)
     except imaging.ImageDecodeError as exc:
         raise InvalidInput(f"{filename}: {exc}", code="invalid_image", params={"name": filename}) from None
     return info.height, info.width, info.spacing_mm
@@ -30,6 +31,12 @@ def preview_png(data: bytes, filename: str, *, max_pixels: int, window: dict | N
     except imaging.ImageDecodeError as exc:
         raise InvalidInput(f"{filename}: {exc}", code="invalid_image", params={"name": filename}) from None
     return imaging.encode_png(np.rint(decoded.array * 255.0).astype(np.uint8))
+
+
+def refused_by_organ(exc: InvalidInput, filename: str) -> InvalidInput:
+    """The organ server's 400 for an upload (it could not decode the pixels): the caller's bad file, named
+    like the header check names it."""
+    return InvalidInput(f"{filename}: {exc.message}", code="invalid_image")
 
 
 def decode_label(data: bytes, filename: str, *, max_pixels: int) -> np.ndarray:
@@ -49,8 +56,3 @@ def decode_probability(png: bytes) -> np.ndarray:
     if decoded.array.ndim != 2:
         raise ValueError(f"probability map has shape {decoded.array.shape}, expected a grey image")
     return np.rint(decoded.array * 255.0).astype(np.uint8)
-
-
-def encode_mask(mask: np.ndarray) -> bytes:
-    """Bool H×W → 0/255 grey PNG."""
-    return imaging.encode_png(mask)

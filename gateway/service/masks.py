@@ -1,4 +1,9 @@
-"""Thresholds, masks and overlap scores on the organ server's 8-bit probability map."""
+"""Thresholds, masks and overlap scores on the organ server's 8-bit probability map.
+
+A segmentation stores only its probability map: every mask (`mask_png`), the areas at every threshold
+(`areas`, one histogram) and the thumbnail (scoring.thumbnail_png) are pure functions of it, made again when
+asked for. Rows written before kept their masks in a zip (`MASKS_OBJECT`, read by `unpack_mask`).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,9 @@ import io
 import zipfile
 
 import numpy as np
+
+from common.errors import InvalidInput
+from services.imaging import encode_png
 
 # The contract's thresholds: 0.2, 0.3 … 0.8 (one mask each).
 THRESHOLDS: tuple[float, ...] = tuple(round(0.2 + 0.1 * i, 1) for i in range(7))
@@ -17,12 +25,58 @@ def probability_mask(prob_u8: np.ndarray, threshold: float) -> np.ndarray:
     return prob_u8 >= byte_cutoff(threshold)
 
 
+def mask_png(prob_u8: np.ndarray, threshold: float) -> bytes:
+    """The 0/255 grey PNG of the mask at `threshold`: the segment answer's and, made again from the stored
+    map, the stored result's (the same bytes: the encoder is deterministic)."""
+    return encode_png(probability_mask(prob_u8, threshold))
+
+
 @functools.lru_cache(maxsize=64)
 def byte_cutoff(threshold: float) -> int:
     """The smallest byte b with b / 255 >= threshold (256: none), found with that very float comparison, so
     comparing bytes gives exactly the mask the float division would, without dividing every pixel."""
     passing = np.flatnonzero(np.arange(256, dtype=np.float64) / 255.0 >= threshold)
     return int(passing[0]) if passing.size else 256
+
+
+def areas(prob_u8: np.ndarray) -> dict[str, int]:
+    """The mask area in pixels at every threshold ("0.2" … "0.8"), from one histogram of the map: the
+    pixels at or above each threshold's byte cutoff, no mask made."""
+    at_or_above = np.zeros(257, np.int64)  # [b]: pixels whose byte is ≥ b; [256]: none
+    at_or_above[:256] = np.cumsum(np.bincount(prob_u8.ravel(), minlength=256)[::-1])[::-1]
+    return {f"{t:.1f}": int(at_or_above[byte_cutoff(t)]) for t in THRESHOLDS}
+
+
+def grid_threshold(threshold: float, *, what: str = "threshold", code: str = "invalid_threshold") -> float:
+    """`threshold` as the grid value it names (0.5 for 0.5 or 0.50); 400 `code` for anything off the grid."""
+    nearest = round(threshold, 1)
+    if nearest not in THRESHOLDS or abs(threshold - nearest) > 1e-9:
+        raise InvalidInput(
+            f"{what} must be one of {', '.join(f'{t:.1f}' for t in THRESHOLDS)}, not {threshold}", code=code
+        )
+    return nearest
+
+
+def selection(value: str | None) -> tuple[float, ...]:
+    """The masks a segment answer carries, from the request's `masks`: "all" (also when absent or empty, the
+    contract's default), "none", or thresholds of the grid separated by commas ("0.5,0.7"), answered in
+    ascending order once each. Anything else is a 400 `invalid_masks`."""
+    text = (value or "").strip().lower()
+    if text in ("", "all"):
+        return THRESHOLDS
+    if text == "none":
+        return ()
+    chosen = set()
+    for part in text.split(","):
+        try:
+            chosen.add(grid_threshold(float(part), what="each of masks", code="invalid_masks"))
+        except ValueError:  # float(): not a number
+            raise InvalidInput(
+                f"masks must be all, none or thresholds of {', '.join(f'{t:.1f}' for t in THRESHOLDS)} "
+                f"separated by commas (e.g. 0.5,0.7), not {value[:70]!r}",
+                code="invalid_masks",
+            ) from None
+    return tuple(sorted(chosen))
 
 
 def nearest_threshold(value: float) -> float:
@@ -38,8 +92,9 @@ def stability(areas_px: dict[str, int]) -> float:
     return 1.0 if low + high == 0 else 2.0 * high / (low + high)
 
 
-# A segmentation's seven masks are stored as one object, a zip (stored, not deflated: PNGs are compressed
-# already) of the very PNGs the answer carried, one member per threshold. One write instead of seven.
+# Rows written before the masks were derived name their masks' object in `mask_keys`: a zip (stored, not
+# deflated: PNGs are compressed already) of the PNGs the answer carried, one member per threshold, or, before
+# that, one PNG per threshold. They are read as they are; nothing writes them any more.
 MASKS_OBJECT = "masks.zip"
 
 
@@ -48,6 +103,7 @@ def mask_member(threshold: float) -> str:
 
 
 def pack_masks(pngs: dict[float, bytes]) -> bytes:
+    """The masks zip of rows written before (tests make such rows with it)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as archive:
         for threshold, png in pngs.items():

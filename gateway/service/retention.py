@@ -2,7 +2,8 @@
 
 A segmentation is *saved* once a doctor chose its threshold (`chosen_at`), or when a feedback thread points at
 it; every other one older than the retention period is pruned: its row (it leaves the history and the
-patient's trend) and its objects in the results bucket (probability map, masks, thumbnail). Rows go first,
+patient's trend) and its objects in the results bucket (its probability map; rows written before masks and
+thumbnails were derived from it also name a masks.zip and a thumbnail). Rows go first,
 in one transaction with an audit entry, then the objects: an object the store fails to delete stays as an
 orphan (logged and counted) but no row ever points at a missing object.
 """
@@ -33,7 +34,10 @@ class PruneResult:
 
 
 def _keys(row: Segmentation) -> list[str]:
-    return [row.probability_key, *row.mask_keys.values(), *([row.thumbnail_key] if row.thumbnail_key else [])]
+    """The row's objects, each once: its probability map; for a row written before masks and thumbnails were
+    made from the map, also its masks.zip (named by all seven thresholds) and its thumbnail."""
+    keys = [row.probability_key, *(row.mask_keys or {}).values(), row.thumbnail_key]
+    return list(dict.fromkeys(key for key in keys if key))
 
 
 def prune_unsaved_segmentations(

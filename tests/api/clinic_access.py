@@ -23,10 +23,10 @@ from gateway.models import (
     Segmentation,
     TrainingJob,
 )
-from gateway.service.images import encode_mask
 from gateway.service.masks import MASKS_OBJECT, THRESHOLDS, pack_masks
 from gateway.service.training_jobs import spawn_worker
 from gateway.service.views import VIEW_OBJECT, make_view
+from services.imaging import encode_png
 from tests.studydata import ct_slice_bytes
 
 PEOPLE = frozenset({"doctor", "researcher", "admin"})
@@ -185,15 +185,35 @@ def ct_view() -> bytes:
     return make_view(ct_slice_bytes(hu), max_pixels=1_000_000, window={"center": 60, "width": 400})
 
 
-def _segmentation(world, who) -> str:
+# A stored segmentation's probability map: a 4×4 square at 200/255 in 32×32 (in the masks at 0.2 … 0.7,
+# not at 0.8). The rows' areas are made up.
+PROBABILITY = np.pad(np.full((4, 4), 200, np.uint8), 14)
+# What a row written before masks and thumbnails were derived stored: a masks.zip of one square per threshold
+# and a thumbnail. Its probability_key names no object, so only its stored objects can answer.
+LEGACY_MASK = encode_png(np.pad(np.ones((2, 2), bool), 15))
+LEGACY_THUMBNAIL = b"\x89PNG\r\n\x1a\nstored thumbnail"
+
+
+def _segmentation(world, who, *, legacy: bool = False) -> str:
+    """A segmentation owned by `who`, as the gateway writes one for the pages (its probability map,
+    `PROBABILITY`, and the image kept for the viewer, `ct_view`) or, `legacy`, as it wrote them before (stored
+    masks and thumbnail, `LEGACY_*`, no image)."""
     seg_id = uuid.uuid4()
-    key = f"segmentations/liver/{seg_id}/thumbnail.png"
-    world.store.put_bytes("medseg-results", key, b"\x89PNG\r\n\x1a\nfake")
-    masks_key = f"segmentations/liver/{seg_id}/{MASKS_OBJECT}"
-    square = encode_mask(np.pad(np.ones((4, 4), bool), 14))  # 32×32, 16 px (the areas below are made up)
-    world.store.put_bytes("medseg-results", masks_key, pack_masks({t: square for t in THRESHOLDS}))
-    view_key = f"segmentations/liver/{seg_id}/{VIEW_OBJECT}"
-    world.store.put_bytes("medseg-results", view_key, ct_view())
+    prefix = f"segmentations/liver/{seg_id}"
+    stored = {"probability_key": f"{prefix}/probability.png", "mask_keys": {}, "thumbnail_key": None}
+    if legacy:
+        stored = {
+            "probability_key": "p",
+            "mask_keys": {f"{t:.1f}": f"{prefix}/{MASKS_OBJECT}" for t in THRESHOLDS},
+            "thumbnail_key": f"{prefix}/thumbnail.png",
+        }
+        world.store.put_bytes("medseg-results", stored["thumbnail_key"], LEGACY_THUMBNAIL)
+        masks_zip = pack_masks({t: LEGACY_MASK for t in THRESHOLDS})
+        world.store.put_bytes("medseg-results", f"{prefix}/{MASKS_OBJECT}", masks_zip)
+    else:
+        world.store.put_bytes("medseg-results", stored["probability_key"], encode_png(PROBABILITY))
+        stored["view_key"] = f"{prefix}/{VIEW_OBJECT}"
+        world.store.put_bytes("medseg-results", stored["view_key"], ct_view())
     with world.session() as session:
         session.add(
             Segmentation(
@@ -204,13 +224,10 @@ def _segmentation(world, who) -> str:
                 patient_id="P-1",
                 width=32,
                 height=32,
-                probability_key="p",
-                mask_keys={f"{t:.1f}": masks_key for t in THRESHOLDS},
                 areas_px={"0.5": 4},
-                thumbnail_key=key,
-                view_key=view_key,
                 user_id=world.users[who].id if who in world.users else None,
                 api_key_id=world.key_rows["segment"].id if who == "key_with_scope" else None,
+                **stored,
             )
         )
     return str(seg_id)

@@ -32,8 +32,12 @@ from common.errors import ServiceUnavailable
 from gateway import crud
 from gateway.access import OPERATIONS
 from gateway.models import Evaluation, Feedback, FeedbackReply, ModelVersion, Segmentation, TrainingJob
+from gateway.service import masks, scoring
 from gateway.service.training_jobs import FINISHED
 from tests.api.clinic_access import (
+    LEGACY_MASK,
+    LEGACY_THUMBNAIL,
+    PROBABILITY,
     _evaluation,
     _feedback,
     _job,
@@ -111,7 +115,9 @@ M = "/api/v1/models"
 HTTP_CALLS = {
     "organs.list": lambda c, a: c.get("/api/v1/organs"),
     "segment": lambda c, a: c.post(
-        "/api/v1/segment", data=_json(a, "organ", "patient_id"), files={"file": ("scan.png", a["image"])}
+        "/api/v1/segment",
+        data=_json(a, "organ", "patient_id", "masks"),
+        files={"file": ("scan.png", a["image"])},
     ),
     "evaluate": lambda c, a: c.post("/api/v1/evaluate", data=_json(a, "organ"), files=_files(a)),
     "models.versions.list": lambda c, a: c.get(f"{M}/{a['organ']}/versions"),
@@ -342,7 +348,15 @@ ROWS = [
     # --- segmentation, recorded as a clinical record on both edges
     Row("segment", "segment", lambda w: {"organ": "liver", "image": IMAGE, "patient_id": "P-9"},
         {"organ": "liver", "width": 32, "height": 32, "stability": _between(0, 1),
-         "doubtful": lambda v: isinstance(v, bool), "suggested_threshold": _between(0.2, 0.8)}),
+         "doubtful": lambda v: isinstance(v, bool), "suggested_threshold": _between(0.2, 0.8),
+         "masks": lambda v: [m["threshold"] for m in v] == [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]}),
+    Row("segment", "segment", lambda w: {"organ": "liver", "image": IMAGE, "masks": "0.7,0.4"},
+        {"stability": _between(0, 1), "masks": lambda v: [m["threshold"] for m in v] == [0.4, 0.7]},
+        id="the masks asked for"),
+    Row("segment", "segment", lambda w: {"organ": "liver", "image": IMAGE, "masks": "none"},
+        {"stability": _between(0, 1), "masks": lambda v: not v}, id="no masks"),
+    Row("segment", "segment", lambda w: {"organ": "liver", "image": IMAGE, "masks": "0.45"},
+        Err(400, S.INVALID_ARGUMENT, "invalid_masks"), id="masks off the grid"),
     # --- model versions
     Row("models.versions.list", "models", lambda w: {"organ": "liver"},
         {"organ": "liver", "versions": lambda v: isinstance(v, list)}),
@@ -461,11 +475,21 @@ ROWS = [
     Row("segmentations.choose_threshold", "segment",
         lambda w: {"segmentation_id": _segmentation(w, "doctor"), "threshold": 0.5},
         Err(404, S.NOT_FOUND, "unknown_segmentation"), id="someone else's segmentation"),
+    # masks and thumbnails made from the stored probability map; rows written before read their stored ones
     Row("segmentations.thumbnail", "segment", lambda w: {"segmentation_id": _segmentation(w, OWNER)},
-        {"png": _is_png}),
+        {"png": scoring.thumbnail_png(PROBABILITY)}),
+    Row("segmentations.thumbnail", "segment",
+        lambda w: {"segmentation_id": _segmentation(w, OWNER, legacy=True)},
+        {"png": LEGACY_THUMBNAIL}, id="a row written before: its stored thumbnail"),
     Row("segmentations.mask", "segment",
         lambda w: {"segmentation_id": _segmentation(w, OWNER), "threshold": 0.7},
-        {"png": _is_png, "threshold": 0.7}),
+        {"png": masks.mask_png(PROBABILITY, 0.7), "threshold": 0.7}),
+    Row("segmentations.mask", "segment",
+        lambda w: {"segmentation_id": _segmentation(w, OWNER), "threshold": 0.8},
+        {"png": masks.mask_png(PROBABILITY, 0.8), "threshold": 0.8}, id="above the map: an empty mask"),
+    Row("segmentations.mask", "segment",
+        lambda w: {"segmentation_id": _segmentation(w, OWNER, legacy=True), "threshold": 0.7},
+        {"png": LEGACY_MASK, "threshold": 0.7}, id="a row written before: its stored mask"),
     Row("segmentations.mask", "segment", lambda w: {"segmentation_id": _segmentation(w, OWNER)},
         {"png": _is_png, "threshold": _between(0.2, 0.8)}, id="no threshold: the organ's default"),
     Row("segmentations.mask", "segment",

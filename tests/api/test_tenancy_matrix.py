@@ -34,9 +34,9 @@ from gateway.access import (
 from gateway.models import AuditLog, Dataset, Evaluation, EvaluationCase, Feedback, Segmentation, User
 from gateway.resources.accounts import service as accounts
 from gateway.security import create_api_key
-from gateway.service.images import encode_mask
 from gateway.service.masks import MASKS_OBJECT, THRESHOLDS, pack_masks
 from gateway.service.views import VIEW_OBJECT
+from services.imaging import encode_png
 from tests.api.clinic_access import _no_training, _prepare, _version, ct_view
 from tests.api.conftest import (
     HOSPITAL_A,
@@ -268,7 +268,7 @@ def _make(world, resource: str, maker: str, shared: bool, relation: str) -> dict
         )
         store.put_bytes("medseg-results", thumb, b"\x89PNG\r\n\x1a\nfake")
         store.put_bytes("medseg-results", view_key, ct_view())
-        square = encode_mask(np.pad(np.ones((4, 4), bool), 14))
+        square = encode_png(np.pad(np.ones((4, 4), bool), 14))
         store.put_bytes("medseg-results", masks_key, pack_masks({t: square for t in THRESHOLDS}))
         patient = f"P-{rid.hex[:8]}"
         session.add(Segmentation(

@@ -8,8 +8,8 @@ import threading
 import numpy as np
 from PIL import Image
 
-from common.errors import ServiceUnavailable
-from services import imaging
+from common.errors import InvalidInput, ServiceUnavailable
+from services.imaging import ImageDecodeError, decode_image
 
 
 def png(array: np.ndarray) -> bytes:
@@ -25,7 +25,9 @@ def ramp(height: int, width: int) -> np.ndarray:
 
 class FakeClient:
     """Answers like common.torchserve_client.InferenceClient on an organ server: a probability PNG at
-    the input's size, computed by `answer(h, w)`."""
+    the input's size, computed by `answer(h, w)`. It decodes the image as the organ handler does
+    (services.imaging.decode_image), so an image it cannot decode is refused like the server's 400
+    (INVALID_ARGUMENT → InvalidInput with the decoder's message)."""
 
     def __init__(self, answer=ramp, error: Exception | None = None):
         self.answer, self.error, self.calls = answer, error, 0
@@ -40,8 +42,11 @@ class FakeClient:
             self.versions.append(version)
         if self.error:
             raise self.error
-        image = imaging.inspect_image(data)  # what an organ server decodes: DICOM and TIFF too
-        return png(self.answer(image.height, image.width))
+        try:
+            height, width = decode_image(data).array.shape[:2]
+        except ImageDecodeError as exc:
+            raise InvalidInput(str(exc)) from None
+        return png(self.answer(height, width))
 
     def health(self, timeout: float = 1.0) -> tuple[bool, str]:
         return (self.error is None, "Healthy" if self.error is None else "unavailable")

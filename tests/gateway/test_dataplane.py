@@ -1,4 +1,5 @@
-"""DataPlane with fake organ clients and a fake object store: thresholds, storage order, pairing."""
+"""DataPlane with fake organ clients and a fake object store: thresholds, what is stored and in which order
+(one object, the probability map, before the row), the masks asked for, pairing."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from PIL import Image
 
 from common.errors import InvalidInput, NotFound, PayloadTooLarge, ServiceUnavailable
 from gateway.resources.evaluations.schemas import ImageScorePublic, ThresholdScorePublic
+from gateway.service import images, masks, views
 from gateway.service.dataplane import DataPlane, ImageScore, ThresholdScore, Upload, pair_by_name
-from gateway.service.masks import THRESHOLDS, probability_mask, unpack_mask
+from gateway.service.masks import THRESHOLDS, probability_mask
 from gateway.service.organs import OrganRegistry
 from gateway.service.scoring import dice_iou_at, score_case
 from services.spec import SERVICES_DIR
@@ -50,39 +52,63 @@ def test_segment_thresholds_masks_and_storage(registry):
         assert m.area_px == int((prob / 255.0 >= m.threshold).sum()) == int((mask == 255).sum())
     areas = [m.area_px for m in result.masks]
     assert areas == sorted(areas, reverse=True) and areas[0] > areas[-1] > 0
-    assert len(store.objects) == 4 and len(rows) == 1  # probability map, the masks' zip, thumbnail, view
+    # one object, the organ server's map as it came, and one row with the areas at every threshold
+    assert list(store.objects) == [("results", rows[0].probability_key)] and len(rows) == 1
     assert rows[0].patient_id == "p1" and rows[0].id == result.id
-    assert ("results", rows[0].probability_key) in store.objects
-    assert set(rows[0].mask_keys) == {f"{t:.1f}" for t in THRESHOLDS}
-    for m in result.masks:  # the stored masks are the very PNGs of the answer
-        key = rows[0].mask_keys[f"{m.threshold:.1f}"]
-        assert unpack_mask(key, store.objects[("results", key)], m.threshold) == m.mask_png
+    stored = store.objects[("results", rows[0].probability_key)]
+    assert stored == result.probability_png == png(prob)
+    assert rows[0].areas == result.areas == {f"{m.threshold:.1f}": m.area_px for m in result.masks}
+    for m in result.masks:  # made again from the stored map: the very PNGs of the answer
+        assert masks.mask_png(images.decode_probability(stored), m.threshold) == m.mask_png
 
 
-class PreviewRefusingStore(FakeStore):
-    def __init__(self, refused: str):
-        super().__init__()
-        self.refused = refused
-
-    def put_bytes(self, bucket, key, data, content_type=None):
-        if key.endswith(self.refused):
-            raise ServiceUnavailable("object store unavailable: disk full")
-        return super().put_bytes(bucket, key, data, content_type)
-
-
-@pytest.mark.parametrize("refused", ["/thumbnail.png", "/view.zip"])
-def test_a_failed_preview_leaves_the_segmentation_whole_without_it(registry, refused):
-    rows, store = [], PreviewRefusingStore(refused)
+@pytest.mark.parametrize("wanted", [(), (0.5,), (0.3, 0.7), THRESHOLDS])
+def test_the_answer_carries_the_masks_asked_for_and_the_record_every_area(registry, wanted):
+    rows, store = [], FakeStore()
     plane = make_plane(registry, {"liver": FakeClient(ramp), "cells": FakeClient(ramp)}, store, rows)
-    result = plane.segment(None, "liver", png(np.zeros((32, 32), np.uint8)), "x.png")
-    assert len(result.masks) == 7 and len(rows) == 1
-    kept = {rows[0].thumbnail_key, rows[0].view_key}
-    assert None in kept and {key for _, key in store.objects} == {
-        rows[0].probability_key,
-        *rows[0].mask_keys.values(),
-        *(kept - {None}),
-    }
-    assert not any(key.endswith(refused) for key in kept - {None})
+    result = plane.segment(None, "liver", png(np.zeros((40, 64), np.uint8)), "x.png", masks=wanted)
+    assert [m.threshold for m in result.masks] == list(wanted)
+    prob = ramp(40, 64)
+    expected = {f"{t:.1f}": int(probability_mask(prob, t).sum()) for t in THRESHOLDS}
+    assert result.areas == rows[0].areas == expected
+    assert rows[0].stability == masks.stability(expected)  # the same whatever was asked
+    for m in result.masks:
+        assert m.mask_png == masks.mask_png(prob, m.threshold) and m.area_px == expected[f"{m.threshold:.1f}"]
+    assert len(store.objects) == 1
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_areas_from_one_histogram_are_the_masks_pixel_counts(seed):
+    rng = np.random.default_rng(seed)
+    prob = rng.integers(0, 256, (37, 53), dtype=np.uint8)
+    prob[: seed * 3] = 255 if seed % 2 else 0  # runs of the extreme bytes too
+    assert masks.areas(prob) == {f"{t:.1f}": int(probability_mask(prob, t).sum()) for t in THRESHOLDS}
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (None, THRESHOLDS),
+        ("", THRESHOLDS),
+        ("all", THRESHOLDS),
+        (" ALL ", THRESHOLDS),
+        ("none", ()),
+        ("0.5", (0.5,)),
+        ("0.7,0.5", (0.5, 0.7)),
+        ("0.50, 0.2,0.5", (0.2, 0.5)),
+    ],
+)
+def test_mask_selection(value, expected):
+    assert masks.selection(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value", ["some", "0.55", "0.9", "0.1", "1e-1", "0.5,", ",", "0.5;0.7", "nan", "-inf"]
+)
+def test_a_bad_mask_selection_is_a_400(value):
+    with pytest.raises(InvalidInput) as info:
+        masks.selection(value)
+    assert info.value.code == "invalid_masks" and "0.2" in info.value.message
 
 
 def test_the_published_card_sets_the_version_asked_for_and_the_default_threshold(registry, tmp_path):
@@ -100,7 +126,7 @@ def test_the_published_card_sets_the_version_asked_for_and_the_default_threshold
 
 
 def test_store_down_leaves_no_row_and_no_objects(registry):
-    rows, store = [], FakeStore(fail_after=1)  # the first of the four writes goes through
+    rows, store = [], FakeStore(fail_after=0)  # down from the start
     plane = make_plane(registry, {"liver": FakeClient(ramp), "cells": FakeClient(ramp)}, store, rows)
     with pytest.raises(ServiceUnavailable):
         plane.segment(None, "liver", png(np.zeros((32, 32), np.uint8)), "x.png")
@@ -127,6 +153,45 @@ def test_row_failure_removes_written_objects(registry):
     assert store.objects == {}
 
 
+# --- the image kept for the viewer (keep_image: the web pages ask for it) -------------------------------
+def test_a_kept_image_is_written_beside_the_map_before_the_row(registry):
+    rows, store = [], FakeStore()
+    plane = make_plane(registry, {"liver": FakeClient(ramp)}, store, rows)
+    grey = np.tile(np.arange(64, dtype=np.uint8) * 3, (40, 1))
+    plane.segment(None, "liver", png(grey), "x.png", keep_image=True)
+    (row,) = rows
+    assert sorted(key for _, key in store.objects) == sorted([row.probability_key, row.view_key])
+    image, meta = views.read_view(store.objects[("results", row.view_key)], views.IMAGE_MEMBER)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(image))), grey) and meta == {}
+
+
+class ViewRefusingStore(FakeStore):
+    def put_bytes(self, bucket, key, data, content_type=None):
+        if key.endswith("/" + views.VIEW_OBJECT):
+            raise ServiceUnavailable("object store unavailable: disk full")
+        return super().put_bytes(bucket, key, data, content_type)
+
+
+def test_an_image_that_cannot_be_kept_leaves_the_segmentation_whole_without_it(registry):
+    rows, store = [], ViewRefusingStore()
+    plane = make_plane(registry, {"liver": FakeClient(ramp)}, store, rows)
+    result = plane.segment(None, "liver", png(np.zeros((32, 32), np.uint8)), "x.png", keep_image=True)
+    assert len(result.masks) == 7 and rows[0].view_key is None
+    assert list(store.objects) == [("results", rows[0].probability_key)]
+
+
+def test_row_failure_removes_the_kept_image_too(registry):
+    store = FakeStore()
+
+    def broken_row(session, record):
+        raise RuntimeError("database is locked")
+
+    plane = make_plane(registry, {"liver": FakeClient(ramp)}, store, record=broken_row)
+    with pytest.raises(RuntimeError):
+        plane.segment(None, "liver", png(np.zeros((32, 32), np.uint8)), "x.png", keep_image=True)
+    assert store.objects == {}
+
+
 @pytest.mark.parametrize(
     "organ, error",
     [
@@ -150,8 +215,9 @@ def test_bad_organ_names_never_reach_a_server(registry, organ, error):
     [
         (b"", InvalidInput),
         (b"not an image at all", InvalidInput),
-        (png(np.zeros((64, 64), np.uint8))[:60], InvalidInput),  # truncated
+        (png(np.zeros((64, 64), np.uint8))[:20], InvalidInput),  # cut inside its header
         (png(np.zeros((8, 8), np.uint8)), InvalidInput),  # tiny
+        (png(np.zeros((3000, 2000), np.uint8)), InvalidInput),  # over the 4 megapixels of make_plane
         (b"\x89PNG\r\n\x1a\n" + b"\0" * 3_000_000, PayloadTooLarge),
     ],
 )
@@ -161,6 +227,21 @@ def test_bad_uploads_are_refused_before_inference(registry, data, error):
     with pytest.raises(error):
         plane.segment(None, "liver", data, "x.png")
     assert client.calls == 0
+
+
+def test_corrupt_pixels_are_refused_by_the_organ_server_as_the_callers_bad_image(registry):
+    """The header reads, so the upload goes to the organ server, which decodes it and refuses it (its 400):
+    a 400 invalid_image naming the file, not a 503, and nothing stored."""
+    rows, store, client = [], FakeStore(), FakeClient(ramp)
+    plane = make_plane(registry, {"liver": client, "cells": client}, store, rows)
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8)
+    truncated = png(noise)[:-200]
+    with pytest.raises(InvalidInput) as info:
+        plane.segment(None, "liver", truncated, "slice-17.png")
+    assert client.calls == 1
+    assert info.value.code == "invalid_image" and info.value.http_status == 400
+    assert info.value.message.startswith("slice-17.png: ") and "truncated" in info.value.message
+    assert rows == [] and store.objects == {}
 
 
 def test_wrong_size_answer_is_unavailable_not_a_crash(registry):
@@ -254,30 +335,25 @@ def test_byte_cutoffs_give_exactly_the_float_masks(threshold):
     np.testing.assert_array_equal(probability_mask(every_byte, threshold), expected)
 
 
-def test_every_object_is_in_the_store_before_the_row_is_written(registry):
+def test_the_object_is_in_the_store_before_the_row_is_written(registry):
     store = FakeStore()
     seen_at_row_time = []
 
     def row(session, record):
-        keys = [record.probability_key, *record.mask_keys.values(), record.thumbnail_key, record.view_key]
-        seen_at_row_time.append(all(("results", key) in store.objects for key in keys))
+        seen_at_row_time.append(("results", record.probability_key) in store.objects)
 
     plane = make_plane(registry, {"liver": FakeClient(ramp)}, store, record=row)
     result = plane.segment(None, "liver", png(np.zeros((40, 64), np.uint8)), "x.png")
-    assert seen_at_row_time == [True] and len(store.objects) == 4
-    thumbnail = store.objects[("results", f"segmentations/liver/{result.id}/thumbnail.png")]
-    assert Image.open(io.BytesIO(thumbnail)).mode == "L"
+    assert seen_at_row_time == [True]
+    assert list(store.objects) == [("results", f"segmentations/liver/{result.id}/probability.png")]
 
 
-@pytest.mark.parametrize("failing", ["probability.png", "masks.zip"])
-def test_one_failed_write_among_concurrent_ones_leaves_nothing(registry, failing):
-    class OneKeyFails(FakeStore):
+def test_a_failed_write_leaves_nothing(registry):
+    class WritesFail(FakeStore):
         def put_bytes(self, bucket, key, data, content_type=None):
-            if key.endswith(failing):
-                raise ServiceUnavailable("object store unavailable: timeout")
-            super().put_bytes(bucket, key, data, content_type)
+            raise ServiceUnavailable("object store unavailable: timeout")
 
-    rows, store = [], OneKeyFails()
+    rows, store = [], WritesFail()
     plane = make_plane(registry, {"liver": FakeClient(ramp), "cells": FakeClient(ramp)}, store, rows)
     with pytest.raises(ServiceUnavailable):
         plane.segment(None, "liver", png(np.zeros((32, 32), np.uint8)), "x.png")

@@ -54,6 +54,40 @@ def test_segment_contract(stub, api_keys):
     assert response.model.name == "liver" and response.id
 
 
+def test_segment_answers_the_masks_asked_for(stub, api_keys):
+    image = png(np.zeros((40, 64), np.uint8))
+
+    def segment(**fields):
+        request = pb.SegmentRequest(organ="liver", image=image, filename="a.png", **fields)
+        return stub.Segment(request, metadata=auth(api_keys["segment"]), timeout=30)
+
+    everything = segment()
+    assert [round(m.threshold, 1) for m in everything.masks] == [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+    assert [round(m.threshold, 1) for m in segment(masks="all").masks] == [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+    assert list(segment(masks="none").masks) == []
+    asked = segment(masks="0.6,0.4")
+    assert [round(m.threshold, 1) for m in asked.masks] == [0.4, 0.6]
+    by_threshold = {round(m.threshold, 1): m for m in everything.masks}
+    assert all(m == by_threshold[round(m.threshold, 1)] for m in asked.masks)
+    assert (asked.stability, asked.doubtful) == (everything.stability, everything.doubtful)
+    with pytest.raises(grpc.RpcError) as info:
+        segment(masks="0.45")
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert dict(info.value.trailing_metadata())["medseg-error-code"] == "invalid_masks"
+
+
+def test_a_truncated_png_is_invalid_argument_naming_the_file(tmp_path, grpc_stub_for, api_keys):
+    organ = FakeClient()
+    stub = grpc_stub_for(make_plane(tmp_path, {"liver": organ, "cells": FakeClient()}))
+    noise = np.random.default_rng(3).integers(0, 256, (64, 64), dtype=np.uint8)
+    request = pb.SegmentRequest(organ="liver", image=png(noise)[:-300], filename="slice-17.png")
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Segment(request, metadata=auth(api_keys["segment"]), timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert dict(info.value.trailing_metadata())["medseg-error-code"] == "invalid_image"
+    assert "slice-17.png" in info.value.details() and organ.calls == 1  # refused by the organ server
+
+
 @pytest.mark.parametrize(
     "organ, image, key, code",
     [

@@ -105,6 +105,61 @@ def test_segment_contract_shape(client, api_keys):
 
 
 @pytest.mark.parametrize(
+    "masks, thresholds",
+    [("all", [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]), ("none", []), ("0.7,0.5", [0.5, 0.7]), ("0.3", [0.3])],
+)
+def test_segment_answers_the_masks_asked_for(tmp_path, http_client_for, api_keys, masks, thresholds):
+    store = FakeStore()
+    client = http_client_for(make_plane(tmp_path, store=store))
+    image = png(np.zeros((40, 64), np.uint8))
+    answers = [
+        client.post(
+            "/api/v1/segment",
+            headers=bearer(api_keys["segment"]),
+            data={"organ": "liver", **fields},
+            files={"file": ("a.png", image)},
+        ).json()
+        for fields in ({}, {"masks": masks})
+    ]
+    everything, asked = answers
+    assert [m["threshold"] for m in asked["masks"]] == thresholds
+    by_threshold = {m["threshold"]: m for m in everything["masks"]}
+    assert all(m == by_threshold[m["threshold"]] for m in asked["masks"])  # the same masks, fewer of them
+    for field in ("stability", "doubtful", "suggested_threshold", "probability_png", "width", "height"):
+        assert asked[field] == everything[field]
+    assert len(store.objects) == 2  # one probability map per segmentation, whatever was asked
+
+
+@pytest.mark.parametrize("masks", ["some", "0.55", "0.5;0.7", "0.9", "nan"])
+def test_a_bad_masks_field_is_400_before_the_organ_server(tmp_path, http_client_for, api_keys, masks):
+    organ, store = FakeClient(), FakeStore()
+    client = http_client_for(make_plane(tmp_path, {"liver": organ, "cells": FakeClient()}, store))
+    response = client.post(
+        "/api/v1/segment",
+        headers=bearer(api_keys["segment"]),
+        data={"organ": "liver", "masks": masks},
+        files={"file": ("a.png", png(np.zeros((32, 32), np.uint8)))},
+    )
+    error = assert_error(response, 400, "invalid_masks")
+    assert "0.2" in error["message"] and organ.calls == 0 and store.objects == {}
+
+
+def test_a_truncated_png_is_400_invalid_image_naming_the_file(tmp_path, http_client_for, api_keys):
+    """Its header reads, so the organ server gets it and refuses it; its 400 stays the caller's 400."""
+    organ = FakeClient()
+    client = http_client_for(make_plane(tmp_path, {"liver": organ, "cells": FakeClient()}))
+    noise = np.random.default_rng(3).integers(0, 256, (64, 64), dtype=np.uint8)
+    response = client.post(
+        "/api/v1/segment",
+        headers=bearer(api_keys["segment"]),
+        data={"organ": "liver"},
+        files={"file": ("slice-17.png", png(noise)[:-300])},
+    )
+    error = assert_error(response, 400, "invalid_image")
+    assert "slice-17.png" in error["message"] and "truncated" in error["message"] and organ.calls == 1
+
+
+@pytest.mark.parametrize(
     "headers, status, code",
     [
         ({}, 401, "missing_credentials"),

@@ -110,15 +110,18 @@ def test_segment_liver_slice_over_http(http, api_keys, stack_dataplane, objectst
     assert row.patient_id == "LITS-000" and (row.width, row.height) == (512, 512)
     stored = objectstore.get_bytes(stack_dataplane.results_bucket, row.probability_key)
     assert stored == base64.b64decode(body["probability_png"])
-    assert set(row.mask_keys) == {f"{t:.1f}" for t in THRESHOLDS}
-    assert all(objectstore.exists(stack_dataplane.results_bucket, key) for key in row.mask_keys.values())
+    # the probability map is the segmentation's one object; masks and thumbnail are made from it
+    assert (row.mask_keys, row.thumbnail_key) == ({}, None)
+    assert set(row.areas_px) == {f"{t:.1f}" for t in THRESHOLDS}
+    prefix = row.probability_key.rsplit("/", 1)[0] + "/"
+    assert [o.key for o in objectstore.list(stack_dataplane.results_bucket, prefix)] == [row.probability_key]
     answered = {m["threshold"]: base64.b64decode(m["mask_png"]) for m in body["masks"]}
     for threshold, params in [(0.3, {"threshold": 0.3}), (0.5, {})]:  # no threshold: the organ's default
         got = http.get(
             f"/api/v1/segmentations/{body['id']}/mask.png", params=params, headers=bearer(api_keys["segment"])
         )
         assert got.status_code == 200 and got.headers["x-medseg-threshold"] == f"{threshold:.1f}"
-        assert got.content == answered[threshold]  # read back from the store: what the answer carried
+        assert got.content == answered[threshold]  # made from the stored map: what the answer carried
 
 
 def test_segment_liver_slice_over_grpc(stub, api_keys):
@@ -183,7 +186,7 @@ def test_unusual_but_valid_images_segment(http, api_keys, case):
 
 BAD = {
     "corrupt": lambda: (b"\x89PNG\r\n\x1a\n" + b"garbage" * 100, 400),
-    "truncated": lambda: (liver_slice()[:5000], 400),
+    "truncated": lambda: (liver_slice()[:5000], 400),  # its header reads: the organ server refuses it
     "not an image": lambda: (b"%PDF-1.4 hello", 400),
     "empty": lambda: (b"", 400),
     "decompression bomb": lambda: (png_bomb(), 400),
@@ -196,9 +199,13 @@ BAD = {
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_images_are_4xx_and_stack_stays_ready(http, api_keys, case):
     data, status = BAD[case]()
-    response = segment(http, api_keys, data)
+    name = f"{case.replace(' ', '-')}.png"
+    response = segment(http, api_keys, data, name=name)
     assert response.status_code == status, response.text
-    assert response.json()["error"]["message"]
+    error = response.json()["error"]
+    assert error["message"]
+    if status == 400 and case != "empty":  # the image refused, by the header check or by the organ server
+        assert error["code"] == "invalid_image" and error["message"].startswith(f"{name}: ")
     assert http.get("/readyz").status_code == 200
 
 

@@ -21,6 +21,7 @@ from services.imaging import (
     decode_image,
     decode_mask,
     encode_png,
+    read_header,
     sniff_format,
 )
 from tests.data import SHARED_DATA
@@ -279,43 +280,54 @@ def test_dicom_sample_file_from_pydicom():
     assert 0.0 <= out.array.min() < out.array.max() <= 1.0
 
 
-def test_dicom_without_pixels_is_refused():
+# The refusals a header allows: decode_image makes them before decoding a pixel, read_header makes the same
+# ones and decodes nothing (the gateway's upload check; the organ server decodes).
+READERS = pytest.mark.parametrize("read", [decode_image, read_header], ids=["decode_image", "read_header"])
+
+
+@READERS
+def test_dicom_without_pixels_is_refused(read):
     ds = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm"))
     del ds.PixelData
     buf = io.BytesIO()
     ds.save_as(buf)
     with pytest.raises(ImageDecodeError, match="no pixel data"):
-        decode_image(buf.getvalue())
+        read(buf.getvalue())
 
 
 # --- refusals ---------------------------------------------------------------------------------
 
 
-def test_bomb_is_refused_from_the_header_before_decoding():
+@READERS
+def test_bomb_is_refused_from_the_header_before_decoding(read):
     # The IDAT holds 64 bytes: decoding would fail as truncated; the size check must come first.
     with pytest.raises(ImageDecodeError, match="megapixel limit"):
-        decode_image(png_header_only(8000, 6000))
+        read(png_header_only(8000, 6000))
 
 
-def test_pillow_bomb_guard_is_an_error_too():
+@READERS
+def test_pillow_bomb_guard_is_an_error_too(read):
     with pytest.raises(ImageDecodeError, match="decompression bomb"):
-        decode_image(png_header_only(20000, 20000), max_pixels=10**12)
+        read(png_header_only(20000, 20000), max_pixels=10**12)
 
 
-def test_dicom_bomb_is_refused_before_reading_pixels():
+@READERS
+def test_dicom_bomb_is_refused_before_reading_pixels(read):
     with pytest.raises(ImageDecodeError, match="megapixel limit"):
-        decode_image(dicom_bytes(np.zeros((16, 1000), dtype=np.uint16), rows=65535))
+        read(dicom_bytes(np.zeros((16, 1000), dtype=np.uint16), rows=65535))
 
 
-def test_tiff_bomb_is_refused():
+@READERS
+def test_tiff_bomb_is_refused(read):
     data = tiff_bytes(np.zeros((64, 64), dtype=np.uint8))
     with pytest.raises(ImageDecodeError, match="megapixel limit"):
-        decode_image(data, max_pixels=64 * 63)
+        read(data, max_pixels=64 * 63)
 
 
-def test_tiny_image_is_refused():
+@READERS
+def test_tiny_image_is_refused(read):
     with pytest.raises(ImageDecodeError, match="at least 16 pixels"):
-        decode_image(pil_bytes(Image.new("L", (15, 200)), "PNG"))
+        read(pil_bytes(Image.new("L", (15, 200)), "PNG"))
 
 
 @pytest.mark.parametrize(
@@ -330,9 +342,10 @@ def test_tiny_image_is_refused():
         (b"\0" * 128 + b"DICM" + b"\x07" * 40, "DICOM"),
     ],
 )
-def test_bad_bytes_are_refused_with_what_is_accepted(data, phrase):
+@READERS
+def test_bad_bytes_are_refused_with_what_is_accepted(read, data, phrase):
     with pytest.raises(ImageDecodeError, match=phrase) as info:
-        decode_image(data)
+        read(data)
     assert isinstance(info.value, ValueError)
     if phrase != "empty upload":
         assert "PNG, JPEG, TIFF" in str(info.value) or "DICOM" in str(info.value)
@@ -411,16 +424,34 @@ def test_integer_scaling_is_the_float32_division_by_the_type_maximum(dtype):
     np.testing.assert_array_equal(got, expected)
 
 
-def test_inspect_image_validates_like_decode_image_without_scaling():
-    from services.imaging import inspect_image
+HEADER_CASES = {
+    "png grey": lambda: pil_bytes(Image.fromarray(RNG.integers(0, 256, (40, 64), dtype=np.uint8)), "PNG"),
+    "png rgba": lambda: pil_bytes(Image.new("RGBA", (33, 17)), "PNG"),
+    "jpeg": lambda: pil_bytes(Image.new("RGB", (50, 30)), "JPEG"),
+    "tiff 16-bit rgb": lambda: tiff_bytes(np.zeros((20, 70, 3), dtype=np.uint16), photometric="rgb"),
+    "dicom ct": lambda: Path(pydicom.data.get_testdata_file("CT_small.dcm")).read_bytes(),
+    "liver slice": lambda: need(LIVER / "002.png").read_bytes(),
+}
 
-    png = pil_bytes(Image.fromarray(RNG.integers(0, 256, size=(40, 64), dtype=np.uint8)), "PNG")
-    info = inspect_image(png)
-    assert (info.height, info.width, info.format, info.spacing_mm) == (40, 64, "PNG", None)
+
+@pytest.mark.parametrize("case", list(HEADER_CASES))
+def test_read_header_finds_what_decoding_finds(case):
+    data = HEADER_CASES[case]()
+    decoded = decode_image(data)
+    info = read_header(data)
+    assert (info.height, info.width) == decoded.array.shape[:2]
+    assert (info.format, info.spacing_mm) == (decoded.format, decoded.spacing_mm)
+
+
+@pytest.mark.parametrize("case", ["png grey", "tiff 16-bit rgb", "dicom ct", "liver slice"])
+def test_read_header_leaves_corrupt_pixels_to_the_decoder(case):
+    """Cut in the pixel data: the header still reads (the size is right), and decoding refuses the file."""
+    data = HEADER_CASES[case]()
+    cut = data[: len(data) - max(40, len(data) // 3)]
+    whole, info = read_header(data), read_header(cut)
+    assert (info.height, info.width, info.format) == (whole.height, whole.width, whole.format)
     with pytest.raises(ImageDecodeError, match="corrupt or truncated"):
-        inspect_image(png[: len(png) // 2])
-    with pytest.raises(ImageDecodeError, match="megapixel"):
-        inspect_image(png, max_pixels=1000)
+        decode_image(cut)
 
 
 def test_encode_png_refuses_floats():

@@ -19,7 +19,7 @@ class SegmentRpc(Servicer):
     def Segment(self, request, context):
         with self.edge.call(context, ACCESS["segment"]) as (session, who):
             patient_id = request.patient_id if request.HasField("patient_id") and request.patient_id else None
-            record = history.segment(  # recorded like HTTP's: who, stability, thumbnail
+            record = history.segment(  # recorded like HTTP's: who, areas, stability
                 session,
                 self.dataplane,
                 who,
@@ -28,6 +28,7 @@ class SegmentRpc(Servicer):
                 request.filename or "upload",
                 patient_id,
                 doubtful_below=self.clinic.settings.stability_doubtful_below,
+                wanted_masks=optional(request, "masks"),
             )
         r = record.result
         return seg_pb.SegmentResponse(

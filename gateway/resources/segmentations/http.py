@@ -87,8 +87,9 @@ def mask(
     session: SessionDep,
     threshold: float | None = None,
 ):
-    """The stored mask (0/255 PNG at the image's size) at `threshold` (0.2 … 0.8), else at the threshold the
-    doctor saved, else at the organ's default; the header X-MedSeg-Threshold says which one it is."""
+    """The mask (0/255 PNG at the image's size, made from the stored probability map: the PNG the segment
+    answer carried) at `threshold` (0.2 … 0.8), else at the threshold the doctor saved, else at the organ's
+    default; the header X-MedSeg-Threshold says which one it is."""
     used, png = service.mask(clinic, session, who, segmentation_id, threshold)
     return Response(content=png, media_type="image/png", headers={"X-MedSeg-Threshold": f"{used:.1f}"})
 
@@ -176,8 +177,24 @@ def segment(
     include_image: Annotated[
         bool, Form(description="also answer `image_png`: the image as the model saw it, DICOM windowed")
     ] = False,
+    keep_image: Annotated[
+        bool,
+        Form(
+            description="keep the image with the result for the viewer: GET /segmentations/{id}/image.png "
+            "(and values.npy, a grey DICOM's modality values); a second object beside the map"
+        ),
+    ] = False,
+    masks: Annotated[
+        str | None,
+        Form(
+            max_length=200,
+            description="the masks the answer carries: all (the default), none, or thresholds of the grid "
+            "separated by commas (e.g. 0.5,0.7); any other value is a 400 invalid_masks",
+        ),
+    ] = None,
 ) -> SegmentRecordPublic:
-    """Segment one image: probability map and masks at 0.2 … 0.8, at the input's size; recorded in history."""
+    """Segment one image: probability map and masks at 0.2 … 0.8 (or the ones `masks` asks for), at the
+    input's size; recorded in history (every mask can be fetched later from its mask.png)."""
     upload = read_upload(file, dataplane.max_upload_bytes)
     record = history.segment(
         session,
@@ -188,6 +205,8 @@ def segment(
         upload.filename,
         patient_id or None,
         doubtful_below=clinic.settings.stability_doubtful_below,
+        wanted_masks=masks,
+        keep_image=keep_image,
     )
     answer = SegmentRecordPublic(
         **SegmentationPublic.of(record.result).model_dump(),

@@ -19,7 +19,7 @@ from gateway.resources.shared import list_limit
 from gateway.resources.studies.schemas import StudyTrendPoint
 from gateway.service import history, images, views
 from gateway.service.clinic import Clinic
-from gateway.service.masks import nearest_threshold, unpack_mask
+from gateway.service.masks import nearest_threshold
 from gateway.service.nuclei import count_nuclei
 
 
@@ -42,7 +42,7 @@ def _history_item(clinic: Clinic, row) -> HistoryItem:
         area=value,
         area_unit=unit,
         area_threshold=threshold,
-        thumbnail_url=f"/api/v1/segmentations/{row.id}/thumbnail.png" if row.thumbnail_key else None,
+        thumbnail_url=f"/api/v1/segmentations/{row.id}/thumbnail.png",  # every row has a map to draw it from
         image_url=f"/api/v1/segmentations/{row.id}/image.png" if row.view_key else None,
     )
 
@@ -68,9 +68,7 @@ def choose_threshold(
 
 def thumbnail(clinic: Clinic, session: Session, who: Principal, segmentation_id: str) -> bytes:
     row = history.get_segmentation(session, who, segmentation_id)
-    if not row.thumbnail_key:
-        raise NotFound(f"segmentation {segmentation_id} has no thumbnail", code="no_thumbnail")
-    return clinic.dataplane.store.get_bytes(clinic.dataplane.results_bucket, row.thumbnail_key)
+    return history.thumbnail_png(clinic.dataplane, row)
 
 
 def mask(
@@ -86,9 +84,8 @@ def _stored_mask(clinic: Clinic, row, threshold: float | None) -> tuple[float, b
         threshold = row.chosen_threshold
     if threshold is None:
         threshold = nearest_threshold(clinic.default_threshold(row.organ))
-    label, key = history.mask_key(row, threshold)
-    store = clinic.dataplane.store
-    return float(label), unpack_mask(key, store.get_bytes(clinic.dataplane.results_bucket, key), threshold)
+    png = history.mask_png(clinic.dataplane, row, threshold)
+    return round(threshold, 1), png
 
 
 def nuclei(

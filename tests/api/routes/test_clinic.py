@@ -18,8 +18,10 @@ from sqlalchemy import func, select
 from common.errors import ServiceUnavailable
 from gateway import crud
 from gateway.models import Evaluation, ModelVersion, Segmentation
-from gateway.service import model_registry
+from gateway.service import model_registry, scoring
+from gateway.service.images import decode_probability
 from services.imaging import decode_image
+from tests.api.clinic_access import LEGACY_MASK, LEGACY_THUMBNAIL, _segmentation
 from tests.api.conftest import png, small_dataset_zip
 from tests.services.test_imaging import dicom_bytes
 
@@ -388,6 +390,41 @@ def test_history_choice_stability_and_trend(loop):
     with world.session() as session:
         rows = session.scalars(select(Segmentation).where(Segmentation.patient_id == "P-777")).all()
         assert {r.user_id for r in rows} == {world.users["doctor"].id}
+
+
+def test_masks_and_thumbnails_of_new_rows_and_of_rows_written_before(loop):
+    """A segmentation stores its probability map only: its masks (the answer's PNGs, byte for byte) and its
+    thumbnail are made from it on request. A row written before (stored masks.zip and thumbnail) still
+    answers its stored objects, in the same history."""
+    world, _, _ = loop
+    doctor = world.client("doctor")
+    made = doctor.post(
+        "/api/v1/segment",
+        data={"organ": "liver", "patient_id": "P-888", "masks": "none"},
+        files={"file": ("scan.png", png(np.full((SIZE, SIZE), 120, np.uint8)))},
+    ).json()
+    assert made["masks"] == []
+    assert [key for _, key in world.store.objects if made["id"] in key] == [
+        f"segmentations/liver/{made['id']}/probability.png"
+    ]
+    everything = _segment(doctor, patient="P-888").json()  # the same map: the organ server's `good`
+    base = f"/api/v1/segmentations/{made['id']}"
+    for m in everything["masks"]:
+        got = doctor.get(f"{base}/mask.png", params={"threshold": m["threshold"]})
+        assert got.status_code == 200 and got.headers["x-medseg-threshold"] == f"{m['threshold']:.1f}"
+        assert got.content == base64.b64decode(m["mask_png"])
+    prob = decode_probability(base64.b64decode(made["probability_png"]))
+    assert doctor.get(f"{base}/thumbnail.png").content == scoring.thumbnail_png(prob)
+
+    before = _segmentation(world, "doctor", legacy=True)
+    old = f"/api/v1/segmentations/{before}"
+    assert doctor.get(f"{old}/mask.png", params={"threshold": 0.3}).content == LEGACY_MASK
+    assert doctor.get(f"{old}/thumbnail.png").content == LEGACY_THUMBNAIL
+    listed = {s["id"]: s for s in doctor.get("/api/v1/segmentations").json()["segmentations"]}
+    assert listed[before]["thumbnail_url"] == f"{old}/thumbnail.png" and listed[before]["area"] == 4
+    assert listed[made["id"]]["thumbnail_url"] == f"{base}/thumbnail.png"
+    assert listed[made["id"]]["area"] == listed[everything["id"]]["area"] == 64
+    assert listed[made["id"]]["stability"] == everything["stability"] == made["stability"]
 
 
 @pytest.mark.parametrize("name", ["Anna Schmidt", "张三", "P 0042", "-P1", "x" * 65, "P1\n"])

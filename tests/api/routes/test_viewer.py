@@ -63,8 +63,9 @@ def viewer(world):
     return world
 
 
-def _segment(client, organ: str, name: str, data: bytes) -> str:
-    r = client.post("/api/v1/segment", data={"organ": organ}, files={"file": (name, data)})
+def _segment(client, organ: str, name: str, data: bytes, keep_image: bool = True) -> str:
+    form = {"organ": organ, "keep_image": str(keep_image).lower()}
+    r = client.post("/api/v1/segment", data=form, files={"file": (name, data)})
     assert r.status_code == 200, r.text
     return r.json()["id"]
 
@@ -105,11 +106,13 @@ def test_a_png_result_keeps_its_image_but_has_no_values_to_window(viewer):
     assert values.status_code == 404 and values.json()["error"]["code"] == "no_values"
 
 
-def test_a_result_made_before_images_were_kept_says_so(viewer):
+@pytest.mark.parametrize("kept", ["not asked", "made before"])
+def test_a_result_without_its_image_says_so(viewer, kept):
     doctor = viewer.client("doctor")
-    seg = _segment(doctor, "liver", "slice.png", png(np.full((H, W), 90, np.uint8)))
-    with viewer.session() as session:
-        session.get(Segmentation, uuid.UUID(seg)).view_key = None  # as rows made before 0008
+    seg = _segment(doctor, "liver", "slice.png", png(np.full((H, W), 90, np.uint8)), kept == "made before")
+    if kept == "made before":
+        with viewer.session() as session:
+            session.get(Segmentation, uuid.UUID(seg)).view_key = None  # as rows made before 0008
     r = doctor.get(f"/api/v1/segmentations/{seg}/image.png")
     assert r.status_code == 404 and r.json()["error"]["code"] == "no_image"
     (item,) = [s for s in doctor.get("/api/v1/segmentations").json()["segmentations"] if s["id"] == seg]
