@@ -20,7 +20,9 @@ from PIL import Image
 
 from gateway.service.masks import THRESHOLDS, probability_mask
 
-OVERLAY_TILE = 256  # longest side of each of the four overlay panels
+# Longest side of each of the four overlay panels: a 512² CT slice at its own size (the viewer zooms into it),
+# a 1000² histology tile halved.
+OVERLAY_TILE = 512
 
 
 @dataclass(frozen=True)

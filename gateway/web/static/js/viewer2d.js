@@ -11,9 +11,9 @@
    - "osd" (histology: an H&E tile, often 1000² or more): OpenSeadragon (npm `openseadragon`, bundled by
      `make assets`) for deep zoom with a navigator; the same overlays go in as a second image on top.
 
-   new MedSeg.Viewer2D(root, {histology, label, thresholdInput, onThreshold}).open({
+   new MedSeg.Viewer2D(root, {thresholdInput, onThreshold}).open({
      width, height, image: URL | Blob, values: {data, window, invert, unit} | null, orientation: ["L", "P"],
-     masks: [{threshold, png: URL | Blob}], index })
+     masks: [{threshold, png: URL | Blob}], index, histology, label, legend: [{key, colour, text}] })
    The viewer builds its toolbar, stage and legend inside `root` and mirrors its state on root.dataset
    (engine, zoom, threshold, compare, mode, window) for the pages' tests.
    Keys on the image: + − zoom, arrows pan, 0 fit, 1 one-to-one, [ ] or PageUp/PageDown flip thresholds,
@@ -23,8 +23,8 @@
   const M = window.MedSeg;
   // Window/level presets in Hounsfield units (W = width, L = level/centre), as radiology workstations name them.
   const PRESETS = [
-    { key: "abdomen", width: 400, center: 40 },
-    { key: "liver", width: 150, center: 90 },
+    { message: "viewer.preset_abdomen", width: 400, center: 40 },
+    { message: "viewer.preset_liver", width: 150, center: 90 },
   ];
   const OPPOSITE = { L: "R", R: "L", A: "P", P: "A", S: "I", I: "S" };
   // Colours that stand out on grey CT (red, with yellow for the difference) and on pink/purple H&E (bright
@@ -119,11 +119,9 @@
     constructor(root, options) {
       this.root = root;
       this.options = options || {};
-      this.histology = !!this.options.histology;
       this.id = root.id || "viewer";
-      this.colours = SCHEMES[this.histology ? "histology" : "radiology"].slice();
-      this.state = { index: 0, compare: null, mode: this.histology ? "outline" : "fill", opacity: this.histology ? 0.9 : 0.45,
-        scale: 1, tx: 0, ty: 0, drag: null, windowing: false };
+      this.colours = SCHEMES.radiology.slice();
+      this.state = { index: 0, compare: null, mode: "fill", opacity: 0.45, scale: 1, tx: 0, ty: 0, drag: null, windowing: false };
       this.build();
     }
 
@@ -233,25 +231,28 @@
     }
 
     // --- opening a result --------------------------------------------------------------------------------
-    /** source: {width, height, image, values, orientation, masks: [{threshold, png}], index, legend} */
+    /** source: {width, height, image, values, orientation, masks: [{threshold, png}], index, histology, label,
+        legend}: histology opens in deep zoom, outlined in green (what shows on H&E). */
     async open(source) {
       this.close();
+      this.histology = !!source.histology;
+      this.colours = SCHEMES[this.histology ? "histology" : "radiology"].slice();
+      this.colourInput.value = this.colours[0];
+      this.state.mode = this.histology ? "outline" : "fill";
+      this.setOpacity(this.histology ? 0.9 : 0.45);
       const masks = (source.masks || []).slice().sort(function (a, b) { return a.threshold - b.threshold; });
-      const w = source.width, h = source.height;
-      this.source = Object.assign({}, source, { masks: masks });
+      this.values = source.values || null;
+      this.bitmap = !this.values && source.image ? await loadBitmap(source.image) : null; // none: masks on black
+      // an image alone (a test's overlays) is as large as it is
+      const w = source.width || this.bitmap.width, h = source.height || this.bitmap.height;
+      this.source = Object.assign({}, source, { masks: masks, width: w, height: h });
       this.layers = await Promise.all(masks.map(function (m) { return loadMask(m.png, w, h); }));
       this.base = M.h("canvas", {});
       this.base.width = w; this.base.height = h;
       this.overlay = M.h("canvas", {});
       this.overlay.width = w; this.overlay.height = h;
       this.outlineWidth = Math.max(1, Math.round(Math.max(w, h) / 500));
-      if (source.values) {
-        this.values = source.values;
-        this.window = Object.assign({}, source.values.window);
-      } else {
-        this.values = null;
-        this.bitmap = await loadBitmap(source.image);
-      }
+      if (this.values) this.window = Object.assign({}, this.values.window);
       this.renderBase();
       this.state.index = Math.min(Math.max(source.index || 0, 0), Math.max(masks.length - 1, 0));
       this.state.compare = null;
@@ -294,7 +295,7 @@
       const own = this.values.window;
       return [{ name: M.t("viewer.preset_image", { w: Math.round(own.width), l: Math.round(own.center) }), width: own.width, center: own.center }]
         .concat(PRESETS.map(function (p) {
-          return { name: M.t("viewer.preset_" + p.key, { w: p.width, l: p.center }), width: p.width, center: p.center };
+          return { name: M.t(p.message, { w: p.width, l: p.center }), width: p.width, center: p.center };
         }));
     }
 
@@ -342,7 +343,12 @@
     // --- pixels --------------------------------------------------------------------------------------------
     renderBase() {
       const w = this.source.width, h = this.source.height, ctx = this.base.getContext("2d");
-      if (!this.values) { ctx.drawImage(this.bitmap, 0, 0, w, h); return; }
+      if (!this.values) {
+        ctx.fillStyle = "#000";
+        ctx.fillRect(0, 0, w, h);
+        if (this.bitmap) ctx.drawImage(this.bitmap, 0, 0, w, h);
+        return;
+      }
       const image = ctx.createImageData(w, h), px = image.data, v = this.values.data;
       const lo = this.window.center - this.window.width / 2, span = this.window.width, invert = this.values.invert;
       for (let i = 0; i < v.length; i++) {
@@ -414,7 +420,7 @@
       if (masks.length) {
         const t = masks[s.index].threshold.toFixed(1);
         items.push(swatch(this.colours[0], M.t(s.mode === "outline" ? "viewer.legend_outline" : "viewer.legend_mask",
-          { label: this.options.label || "", t: t }), { "data-legend": "mask" }));
+          { label: this.source.label || "", t: t }), { "data-legend": "mask" }));
         if (s.compare !== null) {
           const u = masks[s.compare].threshold.toFixed(1);
           const [low, high] = Number(t) < Number(u) ? [t, u] : [u, t];
@@ -437,6 +443,9 @@
       d.threshold = masks.length ? masks[s.index].threshold.toFixed(1) : "";
       d.compare = s.compare === null || !masks.length ? "" : masks[s.compare].threshold.toFixed(1);
       d.opacity = String(s.opacity);
+      // the canvas engine's view: scale, and where the image's top-left corner is on the stage (CSS px)
+      d.view = s.scale.toFixed(4) + " " + s.tx.toFixed(1) + " " + s.ty.toFixed(1);
+      d.orientation = this.source && this.source.orientation ? this.source.orientation.join(" ") : "";
       this.zoomLabel.textContent = Math.round(zoom * 100) + " %";
       if (this.values) {
         d.window = Math.round(this.window.center) + " " + Math.round(this.window.width);
@@ -487,6 +496,7 @@
           viewer.state.tx += event.clientX - (drag.lastX || drag.x);
           viewer.state.ty += event.clientY - (drag.lastY || drag.y);
           self.draw();
+          viewer.mirror();
         }
         drag.lastX = event.clientX; drag.lastY = event.clientY;
       };
@@ -645,9 +655,10 @@
       if (this.current) this.current.setOpacity(this.v.state.opacity);
     }
 
+    /** Screen pixels per image pixel; asked of the image itself (the viewport's answer is only exact for one). */
     zoom() {
-      const vp = this.osd.viewport;
-      return vp ? vp.viewportToImageZoom(vp.getZoom(true)) : 1;
+      const image = this.osd.world.getItemAt(0);
+      return image ? image.viewportToImageZoom(this.osd.viewport.getZoom(true)) : 1;
     }
 
     zoomBy(f) { this.osd.viewport.zoomBy(f); this.osd.viewport.applyConstraints(); }
@@ -656,7 +667,7 @@
       vp.panBy(new window.OpenSeadragon.Point(-fx * bounds.width, -fy * bounds.height));
     }
     fit() { this.osd.viewport.goHome(true); }
-    actualSize() { this.osd.viewport.zoomTo(this.osd.viewport.imageToViewportZoom(1), null, true); }
+    actualSize() { this.osd.viewport.zoomTo(this.osd.world.getItemAt(0).imageToViewportZoom(1), null, true); }
 
     destroy() {
       this.osd.destroy();
@@ -664,7 +675,71 @@
     }
   }
 
+  const THRESHOLDS = [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8];
+
+  /** A result of the history as the viewer opens it: its masks (mask.png at each threshold, made from the
+      stored map) and the image kept with it (image.png, values.npy), or none (masks on black). */
+  async function storedResult(item) {
+    const base = "/api/v1/segmentations/" + encodeURIComponent(item.id);
+    const view = item.image_url ? await loadStoredView(item.image_url, base + "/values.npy")
+      : { image: null, values: null, orientation: null };
+    return {
+      width: item.width, height: item.height, image: view.image, values: view.values, orientation: view.orientation,
+      masks: THRESHOLDS.map(function (t) { return { threshold: t, png: base + "/mask.png?threshold=" + t.toFixed(1) }; }),
+    };
+  }
+
+  /** A Bootstrap dialog with a viewer in it (the history: a result opened again; the model test: a case's
+      overlays), a notice line above it and a section below (`extra`: the nuclei). */
+  class ViewerDialog {
+    constructor(box, options) {
+      const self = this;
+      this.box = box;
+      this.title = M.h("h2", { class: "modal-title h5", id: box.id + "-title" });
+      this.notice = M.h("p", { class: "small text-body-secondary d-none", role: "status" });
+      this.extra = M.h("section", { class: "d-none mt-2" });
+      const root = M.h("div", { id: box.id + "-viewer" });
+      box.setAttribute("aria-labelledby", this.title.id);
+      box.append(M.h("div", { class: "modal-dialog modal-dialog-scrollable" }, [M.h("div", { class: "modal-content" }, [
+        M.h("div", { class: "modal-header" }, [this.title,
+          M.h("button", { type: "button", class: "btn-close", "data-bs-dismiss": "modal", "aria-label": M.t("viewer.close") })]),
+        M.h("div", { class: "modal-body" }, [this.notice, root, this.extra]),
+      ])]));
+      this.modal = new window.bootstrap.Modal(box);
+      this.viewer = new Viewer2D(root, options);
+      box.addEventListener("hidden.bs.modal", function () {
+        self.viewer.close();
+        if (options && options.onClose) options.onClose();
+      });
+    }
+
+    /** Show the dialog and open `load()`'s source in it once the dialog is on screen (the stage has its size). */
+    async open(title, load) {
+      const box = this.box;
+      this.title.textContent = title;
+      this.say(null);
+      const shown = new Promise(function (resolve) { box.addEventListener("shown.bs.modal", resolve, { once: true }); });
+      this.modal.show();
+      try {
+        const source = await load();
+        await shown;
+        await this.viewer.open(source);
+        return true;
+      } catch (err) {
+        this.say(M.t("viewer.failed", { error: M.describe(err) }));
+        return false;
+      }
+    }
+
+    say(text) {
+      this.notice.textContent = text || "";
+      this.notice.classList.toggle("d-none", !text);
+    }
+  }
+
   window.MedSeg.Viewer2D = Viewer2D;
+  window.MedSeg.ViewerDialog = ViewerDialog;
+  window.MedSeg.storedResult = storedResult;
   window.MedSeg.loadStoredView = loadStoredView;
   window.MedSeg.parseNpy = parseNpy;
 })();
