@@ -50,21 +50,24 @@ $(GEN)/.stamp: $(STAMP) $(wildcard protos/medseg/v1/*.proto)
 protos: $(GEN)/.stamp
 
 # --- web assets -------------------------------------------------------------------------------
-# Bootstrap, Swagger UI (the API docs at /docs), NiiVue (the volume viewer, WebGL2) and Chart.js with its date
-# adapter (the trend's time axis) come from the npm registry at build time (package-lock.json), never from a CDN
-# at run time: hospital networks are often closed. Each is copied as its self-contained browser build.
+# Bootstrap, Swagger UI (the API docs at /docs), NiiVue (the volume viewer, WebGL2), Chart.js with its date
+# adapter (the trend's time axis) and OpenSeadragon (deep zoom of histology tiles) come from the npm registry at
+# build time (package-lock.json), never from a CDN at run time: hospital networks are often closed. Each is
+# copied as its self-contained browser build.
 VENDOR := gateway/web/static/vendor
 $(VENDOR)/.stamp: package.json package-lock.json
 	@command -v npm >/dev/null 2>&1 || { echo "installing Node.js/npm (web assets)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; }
 	npm ci --no-audit --no-fund --loglevel=error
-	rm -rf $(VENDOR) && mkdir -p $(VENDOR)/bootstrap $(VENDOR)/swagger-ui $(VENDOR)/niivue $(VENDOR)/chartjs
+	rm -rf $(VENDOR) && mkdir -p $(VENDOR)/bootstrap $(VENDOR)/swagger-ui $(VENDOR)/niivue $(VENDOR)/chartjs $(VENDOR)/openseadragon
 	cp -r node_modules/bootstrap/dist/css node_modules/bootstrap/dist/js $(VENDOR)/bootstrap/
 	cp node_modules/swagger-ui-dist/swagger-ui-bundle.js node_modules/swagger-ui-dist/swagger-ui.css \
 	  node_modules/swagger-ui-dist/LICENSE $(VENDOR)/swagger-ui/
 	cp node_modules/@niivue/niivue/dist/niivue.umd.js $(VENDOR)/niivue/
 	cp node_modules/chart.js/dist/chart.umd.min.js node_modules/chart.js/LICENSE.md $(VENDOR)/chartjs/
 	cp node_modules/chartjs-adapter-date-fns/dist/chartjs-adapter-date-fns.bundle.min.js $(VENDOR)/chartjs/
+	cp node_modules/openseadragon/build/openseadragon/openseadragon.min.js node_modules/openseadragon/LICENSE.txt \
+	  $(VENDOR)/openseadragon/
 	@touch $@
 
 assets: $(VENDOR)/.stamp

@@ -271,6 +271,17 @@ OPERATIONS: dict[str, Operation] = {
         "History/GetMask",
         rows=SEGMENTATION_READ,
     ),
+    # the viewer's: the image a result was made from, its modality values (window/level), its nuclei; over
+    # HTTP only (a browser's needs; gRPC callers have the masks and compute their own)
+    "segmentations.image": Operation(
+        HISTORY_READER, ("GET", "/segmentations/{segmentation_id}/image.png"), rows=SEGMENTATION_READ
+    ),
+    "segmentations.values": Operation(
+        HISTORY_READER, ("GET", "/segmentations/{segmentation_id}/values.npy"), rows=SEGMENTATION_READ
+    ),
+    "segmentations.nuclei": Operation(
+        HISTORY_READER, ("GET", "/segmentations/{segmentation_id}/nuclei"), rows=SEGMENTATION_READ
+    ),
     "segmentations.trend": Operation(
         HISTORY_READER,
         ("GET", "/patients/{patient_id}/trend"),

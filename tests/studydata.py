@@ -253,6 +253,21 @@ def series_files(
     return files[::-1] if reverse else files
 
 
+def ct_slice_bytes(hu: np.ndarray, *, pixel_mm: float = PIXEL_MM) -> bytes:
+    """One axial CT slice (Hounsfield units, rows × columns, the front at the top) as the bytes of a DICOM
+    file, the base grid's orientation ([1, 0, 0, 0, 1, 0]: columns run to the patient's left, rows to the
+    back) and the scanner's intercept."""
+    plane = {
+        "ImageOrientationPatient": [1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+        "PixelSpacing": [pixel_mm, pixel_mm],
+        "ImagePositionPatient": [0.0, 0.0, Z0_MM],
+    }
+    ds = _ct_slice(np.rint(np.asarray(hu) - CT_INTERCEPT).astype(np.int16), plane)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.RescaleSlope, ds.RescaleIntercept = 1.0, CT_INTERCEPT
+    return dicom_file_bytes(ds)
+
+
 def dicom_file_bytes(ds: Dataset, transfer_syntax: str | None = None) -> bytes:
     """A dataset as the bytes of a DICOM Part 10 file, compressed with ``transfer_syntax`` if given."""
     if transfer_syntax is not None and transfer_syntax != ds.file_meta.TransferSyntaxUID:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import gzip
+import functools
 import sys
 import tempfile
 import uuid
@@ -29,10 +30,12 @@ from gateway.models import (
 )
 from gateway.service.masks import MASKS_OBJECT, THRESHOLDS, pack_masks, probability_mask
 from gateway.service.training_jobs import spawn_worker
+from gateway.service.views import VIEW_OBJECT, make_view
 from services import volumes
 from services.imaging import encode_png
 from tests import studydata
 from tests.pacsdata import stored_study
+from tests.studydata import ct_slice_bytes
 
 PEOPLE = frozenset({"doctor", "researcher", "admin"})
 RESEARCH = frozenset({"researcher", "admin"})
@@ -182,6 +185,14 @@ def _feedback(world, who) -> int:
         return row.id
 
 
+@functools.cache
+def ct_view() -> bytes:
+    """The stored view (gateway/service/views.py) of a small CT slice: image, HU values, directions."""
+    hu = np.full((32, 32), -1000.0)
+    hu[8:24, 8:24] = 60.0
+    return make_view(ct_slice_bytes(hu), max_pixels=1_000_000, window={"center": 60, "width": 400})
+
+
 # A stored segmentation's probability map: a 4×4 square at 200/255 in 32×32 (in the masks at 0.2 … 0.7,
 # not at 0.8). The rows' areas are made up.
 PROBABILITY = np.pad(np.full((4, 4), 200, np.uint8), 14)
@@ -192,8 +203,9 @@ LEGACY_THUMBNAIL = b"\x89PNG\r\n\x1a\nstored thumbnail"
 
 
 def _segmentation(world, who, *, legacy: bool = False) -> str:
-    """A segmentation owned by `who`, as the gateway writes one (its probability map, `PROBABILITY`, is its
-    one object) or, `legacy`, as it wrote them before (stored masks and thumbnail, `LEGACY_*`)."""
+    """A segmentation owned by `who`, as the gateway writes one for the pages (its probability map,
+    `PROBABILITY`, and the image kept for the viewer, `ct_view`) or, `legacy`, as it wrote them before (stored
+    masks and thumbnail, `LEGACY_*`, no image)."""
     seg_id = uuid.uuid4()
     prefix = f"segmentations/liver/{seg_id}"
     stored = {"probability_key": f"{prefix}/probability.png", "mask_keys": {}, "thumbnail_key": None}
@@ -208,6 +220,8 @@ def _segmentation(world, who, *, legacy: bool = False) -> str:
         world.store.put_bytes("medseg-results", f"{prefix}/{MASKS_OBJECT}", masks_zip)
     else:
         world.store.put_bytes("medseg-results", stored["probability_key"], encode_png(PROBABILITY))
+        stored["view_key"] = f"{prefix}/{VIEW_OBJECT}"
+        world.store.put_bytes("medseg-results", stored["view_key"], ct_view())
     with world.session() as session:
         session.add(
             Segmentation(
@@ -493,6 +507,14 @@ def _rules() -> dict:
             ("segment",),
             lambda w, c, who: c.get(f"/api/v1/segmentations/{_segmentation(w, who)}/mask.png"),
         ),
+        **{
+            ("GET", f"/api/v1/segmentations/{{segmentation_id}}/{path}"): _rule(
+                PEOPLE,
+                ("segment",),
+                lambda w, c, who, path=path: c.get(f"/api/v1/segmentations/{_segmentation(w, who)}/{path}"),
+            )
+            for path in ("image.png", "values.npy", "nuclei")
+        },
         ("GET", "/api/v1/training/architectures"): _rule(
             RESEARCH, ("train",), lambda w, c, who: c.get("/api/v1/training/architectures")
         ),

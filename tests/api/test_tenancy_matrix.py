@@ -35,8 +35,9 @@ from gateway.models import AuditLog, Dataset, Evaluation, EvaluationCase, Feedba
 from gateway.resources.accounts import service as accounts
 from gateway.security import create_api_key
 from gateway.service.masks import MASKS_OBJECT, THRESHOLDS, pack_masks
+from gateway.service.views import VIEW_OBJECT
 from services.imaging import encode_png
-from tests.api.clinic_access import _no_training, _prepare, _version, make_study
+from tests.api.clinic_access import _no_training, _prepare, _version, ct_view, make_study
 from tests.api.conftest import (
     HOSPITAL_A,
     HOSPITAL_B,
@@ -160,6 +161,9 @@ CALLS: dict[str, Call] = {
     ),
     "segmentations.thumbnail": Call("segmentation", lambda w, r: {"segmentation_id": r["id"]}),
     "segmentations.mask": Call("segmentation", lambda w, r: {"segmentation_id": r["id"], "threshold": 0.5}),
+    "segmentations.image": Call("segmentation", lambda w, r: {"segmentation_id": r["id"]}),
+    "segmentations.values": Call("segmentation", lambda w, r: {"segmentation_id": r["id"]}),
+    "segmentations.nuclei": Call("segmentation", lambda w, r: {"segmentation_id": r["id"], "threshold": 0.5}),
     "segmentations.trend": Call(
         "segmentation", lambda w, r: {"patient_id": r["patient"]}, _ids("points", "segmentation_id")
     ),
@@ -183,6 +187,11 @@ CALLS: dict[str, Call] = {
 }
 HTTP_ONLY = {  # the operations without an RPC, which tests/api/test_parity.py's HTTP_CALLS leaves out
     "datasets.list": lambda c, a: c.get("/api/v1/datasets"),
+    "segmentations.image": lambda c, a: c.get(f"/api/v1/segmentations/{a['segmentation_id']}/image.png"),
+    "segmentations.values": lambda c, a: c.get(f"/api/v1/segmentations/{a['segmentation_id']}/values.npy"),
+    "segmentations.nuclei": lambda c, a: c.get(
+        f"/api/v1/segmentations/{a['segmentation_id']}/nuclei", params={"threshold": a["threshold"]}
+    ),
     "datasets.show": lambda c, a: c.get(f"/api/v1/datasets/{a['id']}"),
     "datasets.delete": lambda c, a: c.delete(f"/api/v1/datasets/{a['id']}"),
     "feedback.update[shared]": lambda c, a: c.patch(
@@ -264,19 +273,21 @@ def _make(world, resource: str, maker: str, shared: bool, relation: str, made: d
             session.add(row)
             session.flush()
             return {"id": row.id}
-        thumb, masks_key = (
+        thumb, masks_key, view_key = (
             f"segmentations/liver/{rid}/thumbnail.png",
             f"segmentations/liver/{rid}/{MASKS_OBJECT}",
+            f"segmentations/liver/{rid}/{VIEW_OBJECT}",
         )
         store.put_bytes("medseg-results", thumb, b"\x89PNG\r\n\x1a\nfake")
+        store.put_bytes("medseg-results", view_key, ct_view())
         square = encode_png(np.pad(np.ones((4, 4), bool), 14))
         store.put_bytes("medseg-results", masks_key, pack_masks({t: square for t in THRESHOLDS}))
         patient = f"P-{rid.hex[:8]}"
         session.add(Segmentation(
             id=rid, organ="liver", model_name="liver", model_version="acc", patient_id=patient, width=32,
             height=32, probability_key="p", mask_keys={f"{t:.1f}": masks_key for t in THRESHOLDS},
-            areas_px={"0.5": 4}, thumbnail_key=thumb, user_id=who["user"], api_key_id=who["key"],
-            hospital=hospital,
+            areas_px={"0.5": 4}, thumbnail_key=thumb, view_key=view_key, user_id=who["user"],
+            api_key_id=who["key"], hospital=hospital,
         ))  # fmt: skip
         return {"id": str(rid), "patient": patient}
 

@@ -39,7 +39,10 @@ class PageWatch:
         page.on("console", lambda m: m.type == "error" and self.problems.append(f"console: {m.text}"))
         page.on("pageerror", lambda e: self.problems.append(f"script: {e}"))
         page.on("requestfailed", lambda r: self.problems.append(f"failed: {r.method} {r.url} {r.failure}"))
-        page.on("response", lambda r: r.status >= 400 and self.problems.append(f"{r.status}: {r.request.method} {r.url}"))
+        page.on(
+            "response",
+            lambda r: r.status >= 400 and self.problems.append(f"{r.status}: {r.request.method} {r.url}"),
+        )
 
 
 def _upload(page, nifti: bytes, patient: str):
@@ -62,7 +65,9 @@ def _canvas_pixels(page) -> np.ndarray:
 
     from PIL import Image
 
-    return np.asarray(Image.open(io.BytesIO(page.locator("#study-canvas").screenshot())).convert("L"), dtype=np.int16)
+    return np.asarray(
+        Image.open(io.BytesIO(page.locator("#study-canvas").screenshot())).convert("L"), dtype=np.int16
+    )
 
 
 @pytest.mark.parametrize("lang", ["en", "zh"])
