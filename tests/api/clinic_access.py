@@ -5,8 +5,8 @@ the caller)."""
 from __future__ import annotations
 
 import datetime
-import gzip
 import functools
+import gzip
 import sys
 import tempfile
 import uuid
