@@ -87,8 +87,10 @@ def _with_real_study(world, case, study, who: str, api_key_id: int | None) -> No
         status, source = study
         study_id = make_study(world, status=status, source=source, **owner)
         case.path_parameters = {**(case.path_parameters or {}), "study_id": study_id}
-    elif (case.operation.method.upper(), case.operation.path) == ("POST", "/api/v1/studies") and isinstance(
-        case.body, dict
+    elif (
+        (case.operation.method.upper(), case.operation.path) == ("POST", "/api/v1/studies")
+        and isinstance(case.body, dict)
+        and (case.media_type or "").startswith("multipart/")  # not the JSON body naming a PACS series
     ):
         body = {k: v for k, v in case.body.items() if k != "study_date"}
         case.body = {**body, "organ": "liver", "files": [study_files("nifti")[0][1]]}
