@@ -211,7 +211,7 @@ def test_killed_program_is_back_and_serving(running_stack, segment_key, stack_en
         allowed = {200, "ConnectError", "RemoteProtocolError", "ReadError"}
         assert {status for status, _ in load.outcomes} <= allowed, load.outcomes
     else:  # the gateway lives on: every call is answered, a 503 naming the outage or a success
-        unavailable = {"service_unavailable", "organ_unavailable"}
+        unavailable = {"service_unavailable", "organ_unavailable", "objectstore_unavailable"}
         assert all(
             status == 200 or (status == 503 and code in unavailable) for status, code in load.outcomes
         ), load.outcomes
