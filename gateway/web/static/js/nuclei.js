@@ -41,8 +41,8 @@
     add("line", { x1: L, y1: T, x2: L, y2: H - B, class: "axis" });
     add("text", { x: L - 6, y: T + 8, "text-anchor": "end" }, String(most));
     add("text", { x: L - 6, y: H - B, "text-anchor": "end" }, "0");
-    [0, BINS / 2, BINS].forEach(function (i) {
-      add("text", { x: L + i * bw, y: H - B + 14, "text-anchor": "middle" }, String(Math.round(i * h.width)));
+    [[0, "start"], [BINS / 2, "middle"], [BINS, "end"]].forEach(function (tick) {
+      add("text", { x: L + tick[0] * bw, y: H - B + 14, "text-anchor": tick[1] }, String(Math.round(tick[0] * h.width)));
     });
     add("text", { x: (L + W - R) / 2, y: H - 3, "text-anchor": "middle" }, M.t("nuclei.area_axis", { unit: unit }));
     return svg;
