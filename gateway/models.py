@@ -176,6 +176,14 @@ class Study(Base):
     chosen_threshold: Mapped[float | None] = mapped_column(Float)
     chosen_note: Mapped[str | None] = mapped_column(Text)
     chosen_at: Mapped[datetime | None]
+    # Fetched from the hospital's PACS (gateway/service/pacs.py): the series' UIDs there; with
+    # `pacs_store_result` its DICOM SEG is stored back into that study when done and for every threshold saved
+    # later, each a new series:
+    # [{"series_uid", "sop_instance_uid", "series_number", "threshold", "stored_at"}].
+    pacs_study_uid: Mapped[str | None] = mapped_column(String(128))
+    pacs_series_uid: Mapped[str | None] = mapped_column(String(128))
+    pacs_store_result: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    pacs_segs: Mapped[list | None] = mapped_column(JSON)
 
 
 class Dataset(Base):

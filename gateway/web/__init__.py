@@ -25,6 +25,7 @@ from gateway.web.pages import (
     router,
     sign_in_redirect,
 )
+from gateway.web.study_pages import router as study_router
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ def install_web(app: FastAPI, settings: Settings) -> None:
     app.state.web_settings = settings
     app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")
     app.include_router(router)
+    app.include_router(study_router)
     app.add_api_route("/docs", api_docs, methods=["GET"], include_in_schema=False)
     app.add_api_route("/favicon.ico", favicon, methods=["GET"], include_in_schema=False)
     app.add_exception_handler(SignInRequired, sign_in_redirect)

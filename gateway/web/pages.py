@@ -47,6 +47,7 @@ ADMIN_SIDE = ("admin",)
 # (path, message key, roles); the navigation bar shows the entries the viewer's role may open.
 NAV = [
     ("/segment", "nav.segment", DOCTOR_SIDE),
+    ("/studies", "nav.studies", DOCTOR_SIDE),
     ("/history", "nav.history", DOCTOR_SIDE),
     ("/datasets", "nav.datasets", DOCTOR_SIDE),
     ("/model-test", "nav.model_test", DOCTOR_SIDE),

@@ -104,6 +104,7 @@ def web(stack_settings, stack_dataplane, tmp_path_factory) -> Iterator[WebGatewa
 
     app.dependency_overrides[get_db] = test_db
     app.dependency_overrides[get_settings] = lambda: settings
+    app.state.clinic.studies.session_factory = factory  # the study workers use this database too
     gateway = WebGateway("", engine, settings, app=app)
     with session_scope(engine) as session:
         for name, (role, hospital) in STAFF.items():

@@ -94,7 +94,7 @@
     } catch (err) { M.showError(error, err); }
   }
 
-  form.addEventListener("submit", async function (event) {
+  if (form) form.addEventListener("submit", async function (event) {
     event.preventDefault();
     const error = document.getElementById("feedback-error"), ok = document.getElementById("feedback-ok");
     M.hide(error); M.hide(ok);
@@ -137,11 +137,13 @@
     }
   }
 
-  document.getElementById("case-context-clear").addEventListener("click", clearCase);
-  form.elements.organ.addEventListener("change", loadVersions);
   filterOrgan.addEventListener("change", loadThreads);
   filterStatus.addEventListener("change", loadThreads);
-  fillFromLink();
-  loadVersions();
+  if (form) {  // researchers answer threads; they have no form for new ones
+    document.getElementById("case-context-clear").addEventListener("click", clearCase);
+    form.elements.organ.addEventListener("change", loadVersions);
+    fillFromLink();
+    loadVersions();
+  }
   loadThreads();
 })();
