@@ -7,12 +7,12 @@ TorchServe per organ with the shipped models (model-store/liver.mar, cells.mar: 
 untrained net's), and the gateway in this process (uvicorn on a free port) over a fresh SQLite database with
 a doctor, a researcher, an admin and an account awaiting approval. As those people it fills every table
 (segmentations of a real CT slice from ../shared/data/liver as DICOM, a dataset of liver slices, two tests of
-it, a feedback thread with a reply, an API key), then drives Debian's Chromium (Playwright) through every
-page at 1280×800: the segment page with a CT result in the viewer and a histology tile with its nuclei, a
-result opened again from the history, a test case's overlays opened large, and the rest as each role sees
-them. Each picture is the window (not the whole page), reduced to 256 colours (Pillow, optimised) to keep
-the repository small, written as <out>/<screen>-<lang>.png, with an index (<out>/README.md) linked from the
-README's Web UI section.
+it, a feedback thread with a reply, an API key, a study of 12 CT slices), then drives Debian's Chromium
+(Playwright) through every page at 1280×800: the segment page with a CT result in the viewer and a histology
+tile with its nuclei, a result opened again from the history, a test case's overlays opened large, the study
+in the volume viewer, and the rest as each role sees them. Each picture is the window (not the whole page),
+reduced to 256 colours (Pillow, optimised) to keep the repository small, written as <out>/<screen>-<lang>.png,
+with an index (<out>/README.md) linked from the README's Web UI section.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import logging
 import shutil
 import sys
 import tempfile
-import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -60,17 +59,15 @@ class Stack:
 @contextlib.contextmanager
 def running_stack(state_dir: Path) -> Iterator[Stack]:
     """Object store, both organs' TorchServe with the shipped models, and the gateway (in this process)."""
-    import uvicorn
-    from sqlalchemy.orm import sessionmaker
-
     from common.launcher import OrganServer, free_ports
-    from common.settings import Settings, get_settings
-    from gateway.core.db import get_db, make_engine, request_session, run_migrations, session_scope
+    from common.settings import Settings
+    from gateway.core.db import make_engine, run_migrations, session_scope
     from gateway.main import create_app
     from gateway.resources.accounts import service as accounts
     from gateway.service.dataplane import build_dataplane
     from gateway.service.model_registry import seed_from_model_store
-    from tools.bench import _free_port, free_objectstore_ports
+    from tests.web.helpers import serving
+    from tools.bench import free_objectstore_ports
     from tools.objectstore_server import ObjectStoreServer
 
     taken: set[int] = set()
@@ -118,22 +115,8 @@ def running_stack(state_dir: Path) -> Iterator[Stack]:
             )  # fmt: skip
             seed_from_model_store(session, dataplane.registry)  # as `medseg serve` does at start
         app = create_app(settings, dataplane)
-        sessions = sessionmaker(bind=engine, expire_on_commit=False)
-        # this database and these settings, not the ones this process's environment names
-        app.dependency_overrides[get_db] = lambda: (yield from request_session(sessions))
-        app.dependency_overrides[get_settings] = lambda: settings
-        port = _free_port(taken)
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        thread = threading.Thread(target=server.run, name="screenshots-gateway", daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 60
-        while not server.started:
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise RuntimeError("the gateway did not start")
-            time.sleep(0.1)
-        cleanup.callback(thread.join, 10)
-        cleanup.callback(setattr, server, "should_exit", True)
-        yield Stack(f"http://127.0.0.1:{port}", engine, state_dir)
+        with serving(app, engine, settings, name="screenshots-gateway") as url:
+            yield Stack(url, engine, state_dir)
 
 
 # --- what the tables hold ----------------------------------------------------------------------------------
@@ -178,8 +161,8 @@ def liver_dataset(first: int = 60, count: int = 4) -> bytes:
     return buf.getvalue()
 
 
-def fill_tables(base_url: str) -> None:
-    """Rows in every table each person sees."""
+def fill_tables(base_url: str) -> dict[str, str]:
+    """Rows in every table each person sees; the ids a screen's path names ({study})."""
     doctor = api(base_url, "doctor")
     for index, note in ((70, "follow-up in 3 months"), (80, None)):
         name, data = ct_slice(index)
@@ -213,6 +196,24 @@ def fill_tables(base_url: str) -> None:
     researcher.post(f"/api/v1/feedback/{r.json()['id']}/replies", json=reply).raise_for_status()
     admin = api(base_url, "admin")
     admin.post("/api/v1/api-keys", json={"name": "PACS St. Anna", "scopes": ["segment"]}).raise_for_status()
+    return {"study": study(doctor)}
+
+
+def study(doctor, timeout: float = 900) -> str:
+    """A volume (12 consecutive liver slices as NIfTI, tests/studydata.py) segmented as a study, once done."""
+    from tests.studydata import liver_nifti
+
+    files = [("files", ("liver.nii.gz", liver_nifti(40, 12), "application/gzip"))]
+    r = doctor.post("/api/v1/studies", data={"organ": "liver", "patient_id": PATIENT}, files=files)
+    r.raise_for_status()
+    study_id, deadline = r.json()["id"], time.monotonic() + timeout
+    while (status := doctor.get(f"/api/v1/studies/{study_id}").json()["status"]) not in ("done", "failed"):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"study {study_id} still {status} after {timeout:.0f} s")
+        time.sleep(2)
+    if status != "done":
+        raise RuntimeError(f"study {study_id} failed")
+    return study_id
 
 
 # --- the pictures ------------------------------------------------------------------------------------------
@@ -291,6 +292,11 @@ def _compare(page, files):
     page.evaluate("() => window.scrollTo(0, document.querySelector('#compare').offsetTop - 8)")
 
 
+def _study(page, files):
+    page.locator("#study-page[data-viewer='ready']").wait_for(timeout=120_000)
+    page.wait_for_timeout(500)
+
+
 def _pending_users(page, files):
     page.locator("#users-table tbody tr").first.wait_for()
 
@@ -310,6 +316,8 @@ SCREENS = [
         "model-test-overlay", "doctor", "/model-test", _model_test_overlay, "A test case's overlays, large"
     ),
     Screen("model-compare", "doctor", "/model-test", _compare, "Two tests compared case by case"),
+    Screen("studies", "doctor", "/studies", caption="Studies: volumes as background jobs"),
+    Screen("study", "doctor", "/studies/{study}", _study, "A study in the volume viewer"),
     Screen("feedback", "doctor", "/feedback", caption="Feedback threads with replies"),
     Screen("profile", "doctor", "/profile", caption="Profile"),
     Screen("training", "researcher", "/training", caption="Training jobs (researchers)"),
@@ -322,7 +330,9 @@ SCREENS = [
 ]
 
 
-def take(base_url: str, out: Path, langs: list[str], only: set[str] | None, work: Path) -> list[Path]:
+def take(
+    base_url: str, out: Path, langs: list[str], only: set[str] | None, work: Path, ids: dict[str, str]
+) -> list[Path]:
     from playwright.sync_api import sync_playwright
 
     files = {"ct": work / "slice-070.dcm", "tile": work / "tile.jpg"}
@@ -351,7 +361,7 @@ def take(base_url: str, out: Path, langs: list[str], only: set[str] | None, work
                         page.goto(f"/set-language?lang={lang}&next=/sign-in")
                         contexts[screen.who] = context
                     page = contexts[screen.who].pages[0]
-                    page.goto(screen.path)
+                    page.goto(screen.path.format(**ids))
                     page.wait_for_load_state("networkidle")
                     if screen.prepare:
                         screen.prepare(page, files)
@@ -399,8 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="medseg-screenshots-") as tmp:
         work = Path(tmp)
         with running_stack(work / "state") as stack:
-            fill_tables(stack.base_url)
-            written = take(stack.base_url, args.out, args.lang, set(args.only or ()), work)
+            ids = fill_tables(stack.base_url)
+            written = take(stack.base_url, args.out, args.lang, set(args.only or ()), work, ids)
     if not args.only:
         write_index(args.out, args.lang)
     total = sum(p.stat().st_size for p in written)
