@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed
 GEN := build/gen
 TS_JAR = $(shell $(PY) -c "import ts, os; print(os.path.join(os.path.dirname(ts.__file__), 'frontend', 'model-server.jar'))")
 
-.PHONY: up down test audit protos assets bench soak lint train cv k8s-organs ablation system-deps test-deps clean-gen
+.PHONY: up down test audit protos assets bench soak lint train cv k8s-organs ablation system-deps test-deps clean-gen \
+	screenshots
 
 # --- installation -----------------------------------------------------------------------------
 system-deps:
@@ -93,6 +94,11 @@ audit: $(STAMP)
 	  END { exit bad }' .pip-audit-ignore
 	$(VENV)/bin/pip-audit --local --skip-editable --vulnerability-service pypi --progress-spinner off \
 	  $(IGNORE_VULNS) $(AUDIT_FLAGS)
+
+# Screenshots of every screen in English and Chinese into docs/screenshots/ (linked from the README): a test
+# stack with the shipped models, driven by Debian's Chromium at 1280×800 (tools/screenshots.py).
+screenshots: system-deps test-deps $(STAMP) protos assets
+	$(PY) -m tools.screenshots
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check common gateway services trainer tools tests

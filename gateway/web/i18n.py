@@ -653,10 +653,9 @@ EN: dict[str, str] = {
     "viewer.legend_mask": "{label} at threshold {t}",
     "viewer.legend_outline": "Outline of {label} at threshold {t}",
     "viewer.legend_difference": "At {low} but not at {high}: {n} pixels",
-    "viewer.help": (
-        "On the image: wheel or + − zoom, drag or arrows move, 0 fits, 1 actual size, [ ] flip through the "
-        "thresholds, o outline, w window by dragging (right: wider, down: higher level)."
-    ),
+    "viewer.help": "On the image: wheel or + − zoom, drag or arrows move, 0 fits, 1 actual size.",
+    "viewer.help_masks": "[ ] flip through the thresholds, o outline.",
+    "viewer.help_window": "w: window by dragging (right: wider, down: higher level).",
     "viewer.close": "Close",
     "viewer.failed": "The result could not be opened: {error}",
     "history.view": "View",
@@ -1270,10 +1269,9 @@ ZH: dict[str, str] = {
     "viewer.legend_mask": "阈值 {t} 的{label}",
     "viewer.legend_outline": "阈值 {t} 的{label}轮廓",
     "viewer.legend_difference": "阈值 {low} 有而 {high} 无：{n} 像素",
-    "viewer.help": (
-        "在图像上：滚轮或 + − 缩放，拖动或方向键移动，0 适应窗口，1 原始大小，[ ] 切换阈值，o 轮廓，"
-        "w 拖动调窗（向右加宽窗宽，向下提高窗位）。"
-    ),
+    "viewer.help": "在图像上：滚轮或 + − 缩放，拖动或方向键移动，0 适应窗口，1 原始大小。",
+    "viewer.help_masks": "[ ] 切换阈值，o 轮廓。",
+    "viewer.help_window": "w：拖动调窗（向右加宽窗宽，向下提高窗位）。",
     "viewer.close": "关闭",
     "viewer.failed": "无法打开该结果：{error}",
     "history.view": "查看",

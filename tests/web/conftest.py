@@ -11,19 +11,16 @@ by Playwright. Playwright's own browser download does not work here (and is not 
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from common.settings import Settings, get_settings
-from gateway.core.db import get_db, make_engine, request_session, run_migrations, session_scope
+from common.settings import Settings
+from gateway.core.db import make_engine, run_migrations, session_scope
 from gateway.resources.accounts import service as accounts
-from tests.web.helpers import PASSWORD
+from tests.web.helpers import PASSWORD, serving
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -37,12 +34,6 @@ WEB_MAX_UPLOAD_BYTES = 1_000_000
 
 # name → (role, hospital); all active. New doctors register through the page in the tests.
 STAFF = {"admin": ("admin", None), "researcher": ("researcher", None), "doctor": ("doctor", "St. Anna")}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -84,9 +75,6 @@ def web(stack_settings, stack_dataplane, tmp_path_factory) -> Iterator[WebGatewa
     """The gateway with its pages, served by uvicorn on a free port over the real stack."""
     if not VENDOR.is_dir():
         pytest.fail("Bootstrap is missing: run `make assets` (npm ci + copy into gateway/web/static/vendor)")
-    import uvicorn
-    from sqlalchemy.orm import sessionmaker
-
     from gateway.main import create_app
     from gateway.service.model_registry import seed_from_model_store
 
@@ -97,14 +85,6 @@ def web(stack_settings, stack_dataplane, tmp_path_factory) -> Iterator[WebGatewa
         update={"database_url": url, "max_upload_bytes": WEB_MAX_UPLOAD_BYTES, "sign_in_max_failures": 50}
     )
     app = create_app(settings, stack_dataplane)
-    factory = sessionmaker(bind=engine, expire_on_commit=False)
-
-    def test_db() -> Iterator:
-        yield from request_session(factory)
-
-    app.dependency_overrides[get_db] = test_db
-    app.dependency_overrides[get_settings] = lambda: settings
-    app.state.clinic.studies.session_factory = factory  # the study workers use this database too
     gateway = WebGateway("", engine, settings, app=app)
     with session_scope(engine) as session:
         for name, (role, hospital) in STAFF.items():
@@ -115,19 +95,9 @@ def web(stack_settings, stack_dataplane, tmp_path_factory) -> Iterator[WebGatewa
             gateway.users[name] = user.email
         seed_from_model_store(session, stack_dataplane.registry)  # as `medseg serve` does at start
 
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="web-gateway", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("the web gateway did not start")
-        time.sleep(0.05)
-    gateway.base_url = f"http://127.0.0.1:{port}"
-    yield gateway
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(app, engine, settings) as url:
+        gateway.base_url = url
+        yield gateway
     engine.dispose()
 
 

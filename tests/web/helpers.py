@@ -6,7 +6,11 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import socket
+import threading
+import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +62,47 @@ def dicom_ct(size: int = 64) -> bytes:
     hu[(yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 3) ** 2] = 50
     hu[(yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 10) ** 2] = 700
     return dicom_bytes((hu + 1024).astype(np.int16), intercept=-1024)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(app, engine, settings, name: str = "web-gateway", timeout: float = 60) -> Iterator[str]:
+    """`app` served by uvicorn in a thread on a free port of 127.0.0.1, over `engine`'s database and with
+    `settings` (not those this process's environment names; its study workers too); yields its URL and stops
+    it on exit. The web tests' gateway, and `make screenshots`' (tools/screenshots.py)."""
+    import uvicorn
+    from sqlalchemy.orm import sessionmaker
+
+    from common.settings import get_settings
+    from gateway.core.db import get_db, request_session
+
+    factory = sessionmaker(bind=engine, expire_on_commit=False)
+
+    def this_db() -> Iterator:
+        yield from request_session(factory)
+
+    app.dependency_overrides[get_db] = this_db
+    app.dependency_overrides[get_settings] = lambda: settings
+    app.state.clinic.studies.session_factory = factory  # the study workers use this database too
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name=name, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError(f"{name} did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def api_client(page):

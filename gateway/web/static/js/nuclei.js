@@ -1,6 +1,6 @@
 /* Nuclei of a histology result, as pathologists count them: how many at the threshold on screen (touching
    nuclei split on the server: GET /api/v1/segmentations/{id}/nuclei) and a histogram of their areas (µm² when
-   the image carried its pixel spacing, else px). A small SVG bar chart: no chart library on the pages yet. */
+   the image carried its pixel spacing, else px), drawn with Chart.js. */
 "use strict";
 (function () {
   const M = window.MedSeg;
@@ -15,37 +15,24 @@
     return { counts: counts, width: width, median: sorted[Math.floor(sorted.length / 2)] };
   }
 
+  /** The histogram as a Chart.js bar chart (npm chart.js, bundled by `make assets`) in a new canvas. */
   function chart(h, unit, label) {
-    const W = 480, H = 200, L = 44, R = 10, T = 10, B = 34, ns = "http://www.w3.org/2000/svg";
-    const svg = document.createElementNS(ns, "svg");
-    svg.setAttribute("viewBox", "0 0 " + W + " " + H);
-    svg.setAttribute("class", "nuclei-histogram");
-    svg.setAttribute("role", "img");
-    svg.setAttribute("aria-label", label);
-    function add(tag, attrs, text) {
-      const el = document.createElementNS(ns, tag);
-      for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
-      if (text !== undefined) el.textContent = text;
-      svg.appendChild(el);
-      return el;
-    }
-    const most = Math.max.apply(null, h.counts) || 1, bw = (W - L - R) / BINS;
-    h.counts.forEach(function (n, i) {
-      const bh = (n / most) * (H - T - B);
-      const bar = add("rect", { x: L + i * bw + 1, y: H - B - bh, width: bw - 2, height: bh, class: "bar" });
-      const title = document.createElementNS(ns, "title");
-      title.textContent = Math.round(i * h.width) + "–" + Math.round((i + 1) * h.width) + " " + unit + ": " + n;
-      bar.appendChild(title);
+    const canvas = M.h("canvas", { role: "img", "aria-label": label });
+    const holder = M.h("div", { class: "nuclei-histogram" }, [canvas]);
+    const labels = h.counts.map(function (_, i) { return Math.round(i * h.width) + "–" + Math.round((i + 1) * h.width); });
+    const chartInstance = new window.Chart(canvas, {
+      type: "bar",
+      data: { labels: labels, datasets: [{ label: M.t("nuclei.title"), data: h.counts, backgroundColor: "#198754" }] },
+      options: {
+        animation: false, responsive: true, maintainAspectRatio: false,
+        plugins: { legend: { display: false } },
+        scales: {
+          x: { title: { display: true, text: M.t("nuclei.area_axis", { unit: unit }) }, ticks: { maxRotation: 0, autoSkip: true } },
+          y: { beginAtZero: true, ticks: { precision: 0 }, title: { display: true, text: M.t("nuclei.title") } },
+        },
+      },
     });
-    add("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, class: "axis" });
-    add("line", { x1: L, y1: T, x2: L, y2: H - B, class: "axis" });
-    add("text", { x: L - 6, y: T + 8, "text-anchor": "end" }, String(most));
-    add("text", { x: L - 6, y: H - B, "text-anchor": "end" }, "0");
-    [0, BINS / 2, BINS].forEach(function (i) {
-      add("text", { x: L + i * bw, y: H - B + 14, "text-anchor": "middle" }, String(Math.round(i * h.width)));
-    });
-    add("text", { x: (L + W - R) / 2, y: H - 3, "text-anchor": "middle" }, M.t("nuclei.area_axis", { unit: unit }));
-    return svg;
+    return { holder: holder, chart: chartInstance };
   }
 
   /** The panel in `box` for the result `id` at `threshold`; answers that arrive after a newer request are dropped. */
@@ -68,11 +55,14 @@
       const heading = M.h("p", { class: "mb-1" }, [
         M.t("nuclei.count", { t: t }), " ", M.h("strong", { "data-field": "nuclei-count", text: String(body.count) }),
       ]);
+      if (this.chart) { this.chart.destroy(); this.chart = null; }
       if (!areas.length) { box.replaceChildren(heading); return; }
       const h = histogram(areas);
+      const drawn = chart(h, unit, M.t("nuclei.histogram", { t: t, n: body.count }));
       box.replaceChildren(heading,
         M.h("p", { class: "small text-body-secondary mb-1", text: M.t("nuclei.median", { area: Math.round(h.median), unit: unit }) }),
-        chart(h, unit, M.t("nuclei.histogram", { t: t, n: body.count })));
+        drawn.holder);
+      this.chart = drawn.chart;
     } catch (err) {
       if (seq === this.seq) box.replaceChildren(M.h("p", { class: "text-body-secondary", text: M.describe(err) }));
     } finally {
@@ -80,7 +70,12 @@
     }
   };
 
-  NucleiPanel.prototype.hide = function () { this.seq++; this.box.classList.add("d-none"); this.box.replaceChildren(); };
+  NucleiPanel.prototype.hide = function () {
+    this.seq++;
+    if (this.chart) { this.chart.destroy(); this.chart = null; }
+    this.box.classList.add("d-none");
+    this.box.replaceChildren();
+  };
 
   window.MedSeg.NucleiPanel = NucleiPanel;
 })();

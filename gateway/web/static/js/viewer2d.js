@@ -171,7 +171,7 @@
       this.stage = M.h("div", { class: "viewer2d-stage", tabindex: "0", role: "img",
         "aria-label": t("viewer.stage"), "aria-describedby": id + "-help" });
       this.legend = M.h("ul", { class: "viewer2d-legend list-unstyled small mb-0", "aria-label": t("viewer.legend") });
-      const help = M.h("p", { class: "small text-body-secondary mb-0", id: id + "-help", text: t("viewer.help") });
+      const help = this.help = M.h("p", { class: "small text-body-secondary mb-0", id: id + "-help", text: t("viewer.help") });
       this.root.classList.add("viewer2d");
       this.root.replaceChildren(
         M.h("div", { class: "viewer2d-tools d-flex flex-wrap align-items-center gap-2 mb-2" }, [zoom, this.zoomLabel, this.windowTools]),
@@ -287,6 +287,9 @@
       this.compareSelect.replaceChildren.apply(this.compareSelect, [M.h("option", { value: "" }, ["—"])].concat(
         masks.map(function (m, i) { return M.h("option", { value: i }, [m.threshold.toFixed(1)]); })));
       this.modeButtons.forEach(function (b) { b.setAttribute("aria-pressed", String(b.dataset.mode === self.state.mode)); });
+      // the keys that do something here
+      this.help.textContent = [M.t("viewer.help"), masks.length ? M.t("viewer.help_masks") : "",
+        this.values ? M.t("viewer.help_window") : ""].filter(Boolean).join(" ");
     }
 
     /** The window presets: the image's own window first (the organ's, as the model saw it), then the named ones. */
