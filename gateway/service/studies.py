@@ -355,7 +355,9 @@ class StudyJobs:
     # --- reading ----------------------------------------------------------------------------------------
     def get(self, session: Session, principal: Principal, study_id: str) -> Study:
         ident = _study_uuid(study_id)
-        return tenancy.get(session, principal, STUDY_READ, ident, NotFound(NOT_FOUND.format(study_id)))
+        return tenancy.get(
+            session, principal, STUDY_READ, ident, NotFound(NOT_FOUND.format(study_id), code="unknown_study")
+        )
 
     def list(
         self, session: Session, principal: Principal, patient_id: str | None, organ: str | None, limit: int
@@ -421,7 +423,14 @@ class StudyJobs:
     # --- the doctor's choices -----------------------------------------------------------------------
     def cancel(self, session: Session, principal: Principal, study_id: str) -> Study:
         row = self.get(session, principal, study_id)
-        tenancy.check(session, principal, STUDY_WRITE, row, "only the study's owner may cancel it")
+        tenancy.check(
+            session,
+            principal,
+            STUDY_WRITE,
+            row,
+            "only the study's owner may cancel it",
+            code="not_your_study",
+        )
         if row.status in ("done", "failed"):
             raise Conflict(f"study {study_id} is already {row.status}", code="study_finished")
         row.cancel_requested = True
@@ -436,7 +445,14 @@ class StudyJobs:
         self, session: Session, principal: Principal, study_id: str, threshold: float, note: str | None
     ) -> Study:
         row = self.get(session, principal, study_id)
-        tenancy.check(session, principal, STUDY_WRITE, row, "only the study's owner may save its threshold")
+        tenancy.check(
+            session,
+            principal,
+            STUDY_WRITE,
+            row,
+            "only the study's owner may save its threshold",
+            code="not_your_study",
+        )
         self._done(row)
         row.chosen_threshold = nearest_threshold(_check_threshold(threshold))
         row.chosen_note = note
@@ -548,7 +564,7 @@ def _study_uuid(study_id: str) -> uuid.UUID:
     try:
         return uuid.UUID(str(study_id))
     except ValueError:
-        raise NotFound(NOT_FOUND.format(study_id)) from None
+        raise NotFound(NOT_FOUND.format(study_id), code="unknown_study") from None
 
 
 def _check_threshold(value: float) -> float:

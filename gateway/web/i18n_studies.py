@@ -1,6 +1,7 @@
-"""The studies pages' messages (upload, job progress, the volume viewer, the trend in mL), English and Chinese,
-and the words for the errors a study can meet (its upload refused with a code, or its job failed with one).
-gateway.web.i18n adds them to its catalogue; tests/web/test_i18n.py checks both languages have every key."""
+"""The studies pages' messages (upload, job progress, the volume viewer, the trend in mL), English and
+Chinese, and the words for the errors a study can meet (its upload refused with a code, or its job failed
+with one). gateway.web.i18n adds them to its catalogue; tests/web/test_i18n.py checks both languages have
+every key."""
 
 from __future__ import annotations
 
@@ -59,7 +60,9 @@ EN: dict[str, str] = {
     "study.no_webgl": (
         "This browser cannot show the volume viewer (it needs WebGL2). The masks can still be downloaded."
     ),
-    "viewer.canvas": "Study viewer: the image with the mask at threshold {t}. {view} view, slice {slice} of {count}.",
+    "viewer.canvas": (
+        "Study viewer: the image with the mask at threshold {t}. {view} view, slice {slice} of {count}."
+    ),
     "viewer.view": "View",
     "viewer.axial": "Axial",
     "viewer.coronal": "Coronal",
@@ -72,6 +75,7 @@ EN: dict[str, str] = {
     "viewer.window": "Window",
     "viewer.preset.abdomen": "Abdomen W400 / L40",
     "viewer.preset.liver": "Liver W150 / L90",
+    "viewer.preset.model": "As the model sees it W{w} / L{l}",
     "viewer.preset.custom": "Custom",
     "viewer.wl": "W {w} / L {l}",
     "viewer.drag": "Left drag",
@@ -98,8 +102,7 @@ EN: dict[str, str] = {
     "viewer.download_mask": "Download mask (NIfTI)",
     "viewer.download_seg": "Download DICOM SEG",
     "label.liver": "Liver",
-    "history.studies_trend": "Organ volume per study (mL)",
-    "history.images_trend": "Area per saved image ({unit})",
+    "unit.ml": "mL",
     "history.trend_volume": "{label} (mL)",
     "history.trend_area": "Area ({unit})",
     "history.trend_date": "Date",
@@ -126,7 +129,9 @@ EN: dict[str, str] = {
     "err.unreadable_dicom": "A DICOM file is damaged.",
     "err.not_an_image": "A DICOM file holds no image (e.g. a report or a structure set).",
     "err.several_series": "The upload holds several series: upload one series at a time.",
-    "err.multiframe_unsupported": "Multi-frame DICOM images are not supported: send the series as single slices.",
+    "err.multiframe_unsupported": (
+        "Multi-frame DICOM images are not supported: send the series as single slices."
+    ),
     "err.not_grey": "The series is not greyscale.",
     "err.missing_geometry": "A slice has no position or orientation: the volume cannot be built.",
     "err.inconsistent_geometry": "The slices do not share one orientation and size.",
@@ -137,7 +142,8 @@ EN: dict[str, str] = {
     "err.unsupported_transfer_syntax": "The series is compressed in a way this server cannot read.",
     "err.wrong_modality": "This series' modality does not fit the organ chosen.",
     "err.invalid_study_date": "The study date must be written as YYYY-MM-DD.",
-    "err.invalid_threshold": "The threshold must lie between 0.2 and 0.8.",
+    "err.unknown_study": "This study does not exist, or you may not see it.",
+    "err.not_your_study": "Only the doctor who submitted this study may change it.",
     "err.study_not_done": "The study has not finished yet.",
     "err.study_finished": "The study has already finished.",
     "err.not_dicom": "This study came as NIfTI: a DICOM SEG needs a DICOM series.",
@@ -150,7 +156,10 @@ ZH: dict[str, str] = {
     "segment.study_link": "分割整个检查：DICOM 序列或 NIfTI",
     "studies.title": "检查",
     "studies.upload": "分割一个检查",
-    "studies.help": "CT 或 MRI 检查：一个序列的 DICOM 文件（文件夹或 zip），或一个 NIfTI 体数据（.nii / .nii.gz）。按患者随访器官体积（毫升）。",
+    "studies.help": (
+        "CT 或 MRI 检查：一个序列的 DICOM 文件（文件夹或 zip），或一个 NIfTI 体数据（.nii / .nii.gz）。"
+        "按患者随访器官体积（毫升）。"
+    ),
     "studies.folder": "包含一个 DICOM 序列的文件夹",
     "studies.files": "或选择文件：zip、NIfTI 体数据或 DICOM 文件",
     "studies.patient_id": "患者编号",
@@ -208,13 +217,16 @@ ZH: dict[str, str] = {
     "viewer.window": "窗宽窗位",
     "viewer.preset.abdomen": "腹部 W400 / L40",
     "viewer.preset.liver": "肝脏 W150 / L90",
+    "viewer.preset.model": "模型所用窗 W{w} / L{l}",
     "viewer.preset.custom": "自定义",
     "viewer.wl": "W {w} / L {l}",
     "viewer.drag": "左键拖动",
     "viewer.drag.window": "窗宽窗位",
     "viewer.drag.pan": "平移",
     "viewer.drag.point": "定位",
-    "viewer.keys": "滚轮或 ↑ ↓：翻层 · Ctrl + 滚轮或 + −：缩放 · Shift + 方向键或右键拖动：平移 · 双击：重置窗宽窗位",
+    "viewer.keys": (
+        "滚轮或 ↑ ↓：翻层 · Ctrl + 滚轮或 + −：缩放 · Shift + 方向键或右键拖动：平移 · 双击：重置窗宽窗位"
+    ),
     "viewer.threshold": "阈值",
     "viewer.default": "默认",
     "viewer.saved": "已保存",
@@ -231,8 +243,7 @@ ZH: dict[str, str] = {
     "viewer.download_mask": "下载掩膜（NIfTI）",
     "viewer.download_seg": "下载 DICOM SEG",
     "label.liver": "肝脏",
-    "history.studies_trend": "每次检查的器官体积（毫升）",
-    "history.images_trend": "每张已保存图像的面积（{unit}）",
+    "unit.ml": "毫升",
     "history.trend_volume": "{label}（毫升）",
     "history.trend_area": "面积（{unit}）",
     "history.trend_date": "日期",
@@ -270,7 +281,8 @@ ZH: dict[str, str] = {
     "err.unsupported_transfer_syntax": "该序列的压缩方式服务器无法读取。",
     "err.wrong_modality": "该序列的成像方式与所选器官不符。",
     "err.invalid_study_date": "检查日期须写作 YYYY-MM-DD。",
-    "err.invalid_threshold": "阈值须在 0.2 与 0.8 之间。",
+    "err.unknown_study": "该检查不存在，或您无权查看。",
+    "err.not_your_study": "只有提交该检查的医生可以更改它。",
     "err.study_not_done": "该检查尚未完成。",
     "err.study_finished": "该检查已经结束。",
     "err.not_dicom": "该检查以 NIfTI 上传：DICOM SEG 需要 DICOM 序列。",

@@ -39,7 +39,10 @@ class PageWatch:
         page.on("console", lambda m: m.type == "error" and self.problems.append(f"console: {m.text}"))
         page.on("pageerror", lambda e: self.problems.append(f"script: {e}"))
         page.on("requestfailed", lambda r: self.problems.append(f"failed: {r.method} {r.url} {r.failure}"))
-        page.on("response", lambda r: r.status >= 400 and self.problems.append(f"{r.status}: {r.request.method} {r.url}"))
+        page.on(
+            "response",
+            lambda r: r.status >= 400 and self.problems.append(f"{r.status}: {r.request.method} {r.url}"),
+        )
 
 
 def _upload(page, nifti: bytes, patient: str):
@@ -57,12 +60,18 @@ def _slice(page) -> tuple[int, int]:
     return numbers[0], numbers[1]
 
 
+def _number(text: str) -> float:
+    return float(re.search(r"-?\d+(?:\.\d+)?", text.replace("：", ":")).group())
+
+
 def _canvas_pixels(page) -> np.ndarray:
     import io
 
     from PIL import Image
 
-    return np.asarray(Image.open(io.BytesIO(page.locator("#study-canvas").screenshot())).convert("L"), dtype=np.int16)
+    return np.asarray(
+        Image.open(io.BytesIO(page.locator("#study-canvas").screenshot())).convert("L"), dtype=np.int16
+    )
 
 
 @pytest.mark.parametrize("lang", ["en", "zh"])
@@ -124,6 +133,61 @@ def test_a_doctor_uploads_a_nifti_study_and_works_the_viewer(web, browser_page, 
     expect(page.locator("#wl-info")).to_have_text("W 150 / L 90")
     liver = _canvas_pixels(page)
     assert np.abs(abdomen - liver).mean() > 1.0
+
+    # left drag adjusts window/level (the preset becomes "custom"); a double click goes back to the preset
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2 + 80, box["y"] + box["height"] / 2 - 50, steps=8)
+    page.mouse.up()
+    expect(page.locator("#wl-info")).not_to_have_text("W 150 / L 90")
+    expect(page.locator("#wl-preset")).to_have_value("custom")
+    page.mouse.dblclick(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    expect(page.locator("#wl-info")).to_have_text("W 150 / L 90")
+    expect(page.locator("#wl-preset")).to_have_value("liver")
+
+    # zoom (buttons, keys, Ctrl + wheel) and pan (Shift + arrows), and back to fit
+    fitted = _canvas_pixels(page)
+    page.locator("#zoom-in").click()
+    expect(page.locator("#zoom-info")).to_contain_text("125")
+    page.locator("#study-canvas").focus()
+    page.keyboard.press("+")
+    expect(page.locator("#zoom-info")).to_contain_text("156")
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.keyboard.down("Control")
+    page.mouse.wheel(0, -120)
+    page.keyboard.up("Control")
+    expect(page.locator("#zoom-info")).to_contain_text("195")
+    zoomed = _canvas_pixels(page)
+    page.locator("#study-canvas").focus()
+    page.keyboard.press("Shift+ArrowRight")
+    page.keyboard.press("Shift+ArrowRight")
+    panned = _canvas_pixels(page)
+    assert np.abs(zoomed - fitted).mean() > 1.0 and np.abs(panned - zoomed).mean() > 1.0
+    page.locator("#zoom-fit").click()
+    expect(page.locator("#zoom-info")).to_contain_text("100")
+    assert np.abs(_canvas_pixels(page) - fitted).mean() < 1.0
+
+    # the difference of two thresholds: the voxels only one mask holds, in two colours, in mL
+    shown = page.locator("#threshold-value").inner_text()
+    page.locator("#compare").select_option("0.2")
+    legend = page.locator("#legend li")
+    expect(legend).to_have_count(3, timeout=MASK_TIMEOUT)
+    only_shown, only_other = (_number(legend.nth(i).inner_text().split(":")[-1]) for i in (1, 2))
+    assert abs((only_other - only_shown) - (volumes["0.2"] - volumes[shown])) < 0.2
+    page.locator("#compare").select_option("")
+    expect(legend).to_have_count(1)
+
+    # outline only: the same mask, drawn as its edge (at the threshold with the largest volume)
+    largest = max(volumes, key=volumes.get)
+    slider.focus()
+    page.keyboard.press("Home")
+    for _ in range(["0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8"].index(largest)):
+        page.keyboard.press("ArrowRight")
+    expect(page.locator("#threshold-value")).to_have_text(largest)
+    filled = _canvas_pixels(page)
+    page.locator("#outline").check()
+    assert np.abs(_canvas_pixels(page) - filled).mean() > 0.2
+    page.locator("#outline").uncheck()
 
     # axial → coronal: the slices are now the 512 rows of the grid
     page.get_by_role("button", name=t["coronal"]).click()

@@ -39,7 +39,7 @@
     const parts = [study.patient_id ? M.t("study.patient") + " " + study.patient_id : null,
       study.study_date ? M.t("study.date") + " " + study.study_date : null].filter(Boolean);
     $("study-heading").textContent = parts.join(" · ");
-    const meta = [M.organ ? M.organ(study.organ) : study.organ, M.t("study.source." + study.source)];
+    const meta = [M.organ(study.organ), M.t("study.source." + study.source)];
     if (study.shape.length === 3) meta.push(M.t("study.shape", { z: study.shape[0], y: study.shape[1], x: study.shape[2] }));
     if (study.spacing_mm.length === 3) {
       const sp = study.spacing_mm.map(function (v) { return Number(v.toFixed(2)); });
@@ -394,6 +394,11 @@
     $("viewer-section").classList.remove("d-none");
     $("download-seg").classList.toggle("d-none", study.source !== "dicom");
     $("wl-preset").closest(".mb-3").classList.toggle("d-none", !state.isCT);
+    if (imaging.window && !PRESETS.model) { // the window the network sees, from the organ's spec
+      PRESETS.model = { w: imaging.window.width, l: imaging.window.center };
+      $("wl-preset").insertBefore(M.h("option", { value: "model", text: M.t("viewer.preset.model", PRESETS.model) }),
+        $("wl-preset").querySelector('option[value="custom"]'));
+    }
     const t = S.shownThreshold(study);
     $("threshold").value = String(Math.max(0, S.THRESHOLDS.indexOf(t)));
     if (study.chosen_note && $("note")) $("note").value = study.chosen_note;
