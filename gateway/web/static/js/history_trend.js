@@ -67,12 +67,15 @@
   function studyList(studies) {
     if (!studies.length) return null;
     return M.h("ul", { class: "list-unstyled small mt-2", id: "trend-studies" }, studies.map(function (s) {
-      const volumes = Object.entries(s.volumes_ml).map(function (e) { return labelName(e[0]) + " " + M.number(e[1], 1) + " " + M.t("unit.ml"); });
-      return M.h("li", { "data-study-id": s.study_id }, [
-        s.study_date + " · " + M.organ(s.organ) + " · " + volumes.join(" · ") + " · " + M.t("segment.threshold") + " " + Number(s.threshold).toFixed(1) +
-          (s.chosen ? " (" + M.t("viewer.saved") + ")" : " (" + M.t("viewer.default") + ")") + " · ",
-        M.h("a", { href: "/studies/" + encodeURIComponent(s.study_id), "data-action": "open-study", text: M.t("studies.open") }),
-      ]);
+      const volumes = Object.entries(s.volumes_ml).map(function (e) {
+        return M.t("viewer.volume", { label: labelName(e[0]), ml: M.number(e[1], 1) });
+      });
+      const text = M.t("history.trend_study", {
+        date: s.study_date, volumes: volumes.join(" · "), t: Number(s.threshold).toFixed(1),
+        state: M.t(s.chosen ? "viewer.saved" : "viewer.default"),
+      });
+      return M.h("li", { "data-study-id": s.study_id }, [text + " · ",
+        M.h("a", { href: "/studies/" + encodeURIComponent(s.study_id), "data-action": "open-study", text: M.t("studies.open") })]);
     }));
   }
 
