@@ -424,3 +424,42 @@ def test_the_study_pages_read_well_on_a_laptop_and_a_phone(web, browser_page, tr
         assert re.findall(BROKEN_VALUES, page.locator("body").inner_text()) == [], path
         assert page.evaluate(LAYOUT_PROBLEMS, "body") == [], path
     assert watch.problems == []
+
+
+def test_a_dicom_series_folder_opens_in_the_viewer_with_its_dicom_seg(web, browser_page, tmp_path):
+    """A folder as a scanner's export leaves it (the series' files and a hidden file the page leaves out): the
+    series' own patient ID and study date are shown, and the DICOM SEG downloads at the threshold shown."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("needs ../shared/data (the liver training slices)")
+    import io
+
+    import pydicom
+
+    from tests.studydata import PATIENT_ID, liver_dicom_series
+
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for name, data in liver_dicom_series(80, 4, reverse=True):
+        (folder / name).write_bytes(data)
+    (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    page = browser_page()
+    watch = PageWatch(page)
+    web.sign_in(page, "doctor")
+    page.goto("/studies")
+    page.locator("#folder").set_input_files(folder)
+    expect(page.locator("#chosen")).to_contain_text("4 files")
+    page.locator("#study-form button[type=submit]").click()
+    page.wait_for_url(re.compile(r"/studies/[0-9a-f-]{36}$"))
+    page.wait_for_selector(READY, timeout=240_000)
+    expect(page.locator("#study-heading")).to_contain_text(PATIENT_ID)
+    expect(page.locator("#study-heading")).to_contain_text("2024-03-01")
+    expect(page.locator("#study-meta")).to_contain_text("DICOM series")
+    seg_link = page.locator("#download-seg")
+    expect(seg_link).to_be_visible()
+    shown = page.locator("#threshold-value").inner_text()
+    assert seg_link.get_attribute("href").endswith(f"/seg.dcm?threshold={shown}")
+    answer = page.request.get(seg_link.get_attribute("href"))
+    assert answer.ok and answer.headers["content-type"] == "application/dicom"
+    seg = pydicom.dcmread(io.BytesIO(answer.body()))
+    assert seg.Modality == "SEG" and seg.PatientID == PATIENT_ID
+    assert watch.problems == []
