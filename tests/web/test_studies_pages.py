@@ -56,6 +56,15 @@ class PageWatch:
         )
 
 
+def _doctor_page(web, browser_page, lang: str, next_path: str, **options):
+    """A doctor's page in `lang` at `next_path`, and its watch for errors."""
+    page = browser_page(**options)
+    watch = PageWatch(page)
+    web.sign_in(page, "doctor")
+    page.goto(f"/set-language?lang={lang}&next={next_path}")
+    return page, watch
+
+
 def _upload(page, nifti: bytes, patient: str):
     page.locator("#patient_id").fill(patient)
     page.locator("#files").set_input_files(
@@ -87,10 +96,7 @@ def _canvas_pixels(page) -> np.ndarray:
 
 @pytest.mark.parametrize("lang", ["en", "zh"])
 def test_a_doctor_uploads_a_nifti_study_and_works_the_viewer(web, browser_page, nifti_bytes, lang):
-    page = browser_page()
-    watch = PageWatch(page)
-    web.sign_in(page, "doctor")
-    page.goto(f"/set-language?lang={lang}&next=/segment")
+    page, watch = _doctor_page(web, browser_page, lang, "/segment")
     t = {
         "en": {"link": "Segment a study: DICOM series or NIfTI", "coronal": "Coronal", "saved": "saved"},
         "zh": {"link": "分割整个检查：DICOM 序列或 NIfTI", "coronal": "冠状面", "saved": "已保存"},
@@ -278,10 +284,7 @@ CHART = """() => {
 
 @pytest.mark.parametrize("lang", ["en", "zh"])
 def test_the_history_trend_has_real_dates_and_one_unit_per_axis(web, browser_page, trend_patient, lang):
-    page = browser_page()
-    watch = PageWatch(page)
-    web.sign_in(page, "doctor")
-    page.goto(f"/set-language?lang={lang}&next=/history?patient_id={trend_patient['patient']}")
+    page, watch = _doctor_page(web, browser_page, lang, f"/history?patient_id={trend_patient['patient']}")
     page.wait_for_selector("#trend-chart")
     web.shot(page, f"history-trend-{lang}")
     drawn = page.evaluate(CHART)
@@ -338,10 +341,7 @@ def _workers_held(web):
 def test_a_queued_study_shows_its_progress_and_can_be_cancelled(web, browser_page, lang):
     if not SHARED_DATA.is_dir():
         pytest.skip("needs ../shared/data (the liver training slices)")
-    page = browser_page()
-    watch = PageWatch(page)
-    web.sign_in(page, "doctor")
-    page.goto(f"/set-language?lang={lang}&next=/studies")
+    page, watch = _doctor_page(web, browser_page, lang, "/studies")
     words = {
         "en": ("Queued", "Cancel", "The study was cancelled."),
         "zh": ("排队中", "取消", "该检查已取消。"),
@@ -390,9 +390,7 @@ def _nan_nifti() -> bytes:
 
 @pytest.mark.parametrize("lang", ["en", "zh"])
 def test_a_refused_upload_is_worded_by_its_error_code(web, browser_page, lang):
-    page = browser_page()
-    web.sign_in(page, "doctor")
-    page.goto(f"/set-language?lang={lang}&next=/studies")
+    page, _ = _doctor_page(web, browser_page, lang, "/studies")
     page.locator("#files").set_input_files(
         files=[{"name": "broken.nii.gz", "mimeType": "application/gzip", "buffer": _nan_nifti()}]
     )
@@ -406,13 +404,9 @@ def test_a_refused_upload_is_worded_by_its_error_code(web, browser_page, lang):
 @pytest.mark.parametrize("width", [1280, 390])
 @pytest.mark.parametrize("lang", ["en", "zh"])
 def test_the_study_pages_read_well_on_a_laptop_and_a_phone(web, browser_page, trend_patient, lang, width):
-    page = browser_page(
-        viewport={"width": width, "height": 800 if width > 500 else 844}, has_touch=width < 768
-    )
-    watch = PageWatch(page)
-    web.sign_in(page, "doctor")
+    viewport = {"width": width, "height": 800 if width > 500 else 844}
+    page, watch = _doctor_page(web, browser_page, lang, "/studies", viewport=viewport, has_touch=width < 768)
     study_id = trend_patient["studies"]["2024-06-01"]["id"]
-    page.goto(f"/set-language?lang={lang}&next=/studies")
     for path in ("/studies", f"/studies/{study_id}"):
         page.goto(path)
         if path == "/studies":
