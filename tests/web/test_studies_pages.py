@@ -81,7 +81,8 @@ def _slice(page) -> tuple[int, int]:
 
 
 def _number(text: str) -> float:
-    return float(re.search(r"-?\d+(?:\.\d+)?", text.replace("：", ":")).group())
+    """The number after the last colon ("only at 0.2: 12.5 mL", "仅在 0.2：12.5 毫升" → 12.5)."""
+    return float(re.search(r"-?\d+(?:\.\d+)?", re.split(r"[:：]", text)[-1]).group())
 
 
 def _canvas_pixels(page) -> np.ndarray:
@@ -189,7 +190,7 @@ def test_a_doctor_uploads_a_nifti_study_and_works_the_viewer(web, browser_page, 
     page.locator("#compare").select_option("0.2")
     legend = page.locator("#legend li")
     expect(legend).to_have_count(3, timeout=MASK_TIMEOUT)
-    only_shown, only_other = (_number(legend.nth(i).inner_text().split(":")[-1]) for i in (1, 2))
+    only_shown, only_other = (_number(legend.nth(i).inner_text()) for i in (1, 2))
     assert abs((only_other - only_shown) - (volumes["0.2"] - volumes[shown])) < 0.2
     page.locator("#compare").select_option("")
     expect(legend).to_have_count(1)
