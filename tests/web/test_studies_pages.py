@@ -12,6 +12,7 @@ import contextlib
 import gzip
 import re
 import time
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -27,6 +28,21 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SLICES = 12
 READY = "#study-page[data-viewer='ready']"
 MASK_TIMEOUT = 60_000  # a mask is derived from the probabilities on request: seconds on a busy 2-core machine
+
+
+VENDOR = Path(__file__).resolve().parents[2] / "gateway" / "web" / "static" / "vendor"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def viewer_assets():
+    """NiiVue and Chart.js are built into the pages by `make assets` (npm), as Bootstrap is."""
+    for name in (
+        "niivue/niivue.umd.js",
+        "chartjs/chart.umd.min.js",
+        "chartjs/chartjs-adapter-date-fns.bundle.min.js",
+    ):
+        if not (VENDOR / name).is_file():
+            pytest.fail(f"gateway/web/static/vendor/{name} is missing: run `make assets`")
 
 
 @pytest.fixture(scope="module")

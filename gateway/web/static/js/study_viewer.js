@@ -56,7 +56,7 @@
     bar.querySelector(".progress-bar").style.width = percent + "%";
     $("job-status").textContent = S.statusText(study.status);
     $("job-percent").textContent = percent + " %";
-    $("job-eta").textContent = study.status === "running" ? eta.text(Date.now()) : "";
+    $("job-eta").textContent = study.status === "running" ? "· " + eta.text(Date.now()) : "";
   }
 
   function showFailed(study) {
