@@ -15,6 +15,12 @@ TS_JAR = $(shell $(PY) -c "import ts, os; print(os.path.join(os.path.dirname(ts.
 system-deps:
 	@command -v java >/dev/null 2>&1 || { echo "installing Java 17 (TorchServe needs it)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless >/dev/null; }
+	@# the local PACS (tools/pacs_server.py); the package's own system service is switched off: `make up` runs
+	@# Orthanc with MedSeg's configuration on 127.0.0.1:8042, which that service would hold
+	@{ command -v Orthanc >/dev/null 2>&1 || test -x /usr/sbin/Orthanc; } && test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so || { \
+	  echo "installing Orthanc and its DICOMweb plugin (the local PACS)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb >/dev/null; \
+	  if command -v systemctl >/dev/null 2>&1; then systemctl disable --now orthanc >/dev/null 2>&1 || true; fi; }
 
 # Only the tests need these: the database tests run on PostgreSQL too, the UI tests drive Chromium.
 test-deps:
@@ -44,21 +50,24 @@ $(GEN)/.stamp: $(STAMP) $(wildcard protos/medseg/v1/*.proto)
 protos: $(GEN)/.stamp
 
 # --- web assets -------------------------------------------------------------------------------
-# Bootstrap, Swagger UI (the API docs at /docs), NiiVue (the volume viewer, WebGL2) and Chart.js with its date
-# adapter (the trend's time axis) come from the npm registry at build time (package-lock.json), never from a CDN
-# at run time: hospital networks are often closed. Each is copied as its self-contained browser build.
+# Bootstrap, Swagger UI (the API docs at /docs), NiiVue (the volume viewer, WebGL2), Chart.js with its date
+# adapter (the trend's time axis) and OpenSeadragon (deep zoom of histology tiles) come from the npm registry at
+# build time (package-lock.json), never from a CDN at run time: hospital networks are often closed. Each is
+# copied as its self-contained browser build.
 VENDOR := gateway/web/static/vendor
 $(VENDOR)/.stamp: package.json package-lock.json
 	@command -v npm >/dev/null 2>&1 || { echo "installing Node.js/npm (web assets)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; }
 	npm ci --no-audit --no-fund --loglevel=error
-	rm -rf $(VENDOR) && mkdir -p $(VENDOR)/bootstrap $(VENDOR)/swagger-ui $(VENDOR)/niivue $(VENDOR)/chartjs
+	rm -rf $(VENDOR) && mkdir -p $(VENDOR)/bootstrap $(VENDOR)/swagger-ui $(VENDOR)/niivue $(VENDOR)/chartjs $(VENDOR)/openseadragon
 	cp -r node_modules/bootstrap/dist/css node_modules/bootstrap/dist/js $(VENDOR)/bootstrap/
 	cp node_modules/swagger-ui-dist/swagger-ui-bundle.js node_modules/swagger-ui-dist/swagger-ui.css \
 	  node_modules/swagger-ui-dist/LICENSE $(VENDOR)/swagger-ui/
 	cp node_modules/@niivue/niivue/dist/niivue.umd.js $(VENDOR)/niivue/
 	cp node_modules/chart.js/dist/chart.umd.min.js node_modules/chart.js/LICENSE.md $(VENDOR)/chartjs/
 	cp node_modules/chartjs-adapter-date-fns/dist/chartjs-adapter-date-fns.bundle.min.js $(VENDOR)/chartjs/
+	cp node_modules/openseadragon/build/openseadragon/openseadragon.min.js node_modules/openseadragon/LICENSE.txt \
+	  $(VENDOR)/openseadragon/
 	@touch $@
 
 assets: $(VENDOR)/.stamp
@@ -117,18 +126,23 @@ endif
 train: $(STAMP) protos
 	$(VENV)/bin/medseg train --organ $(ORGAN) $(TRAIN_ARGS) $(if $(MINUTES),--minutes $(MINUTES)) --out model-store
 
+# The original paper's Table 3 on grouped folds (liver: each variant × each held-out volume, 8 min a run by
+# default: two hours on this machine); e.g. ABLATION_ARGS="--only 2 --minutes 5" for one fold.
+ABLATION_ARGS ?=
 ablation: $(STAMP)
-	$(PY) -m trainer.ablation
+	$(PY) -m trainer.ablation --threads 1 $(ABLATION_ARGS)
 
 # The per-organ Kubernetes manifests (k8s/base/organs/, the organ addresses and the rollout Role), written
 # from the organ folders; tests/k8s fails while they are stale.
 k8s-organs: $(STAMP)
 	$(PY) -m tools.k8s_organs
 
-# K-fold cross-validation of an organ's recipe (fold 0 is the shipped `make train` run); CV_MINUTES per fold.
+# Grouped cross-validation of an organ's recipe (trainer.cv): folds never split a patient or volume (liver:
+# leave-one-volume-out); CV_MINUTES per fold, one fold at a time on one torch thread. Fold 0 is the shipped
+# `make train` run when that run held out the same group(s).
 CV_MINUTES ?= 10
 cv: $(STAMP)
-	$(PY) -m trainer.cv --organ $(ORGAN) --minutes $(CV_MINUTES) --only 1 2 3 4 \
+	$(PY) -m trainer.cv --organ $(ORGAN) --minutes $(CV_MINUTES) --threads 1 \
 	  --reuse-shipped --card model-store/$(ORGAN).json
 
 # The older per-organ names, for any organ folder: make train-liver, make cv-cells.

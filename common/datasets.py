@@ -9,6 +9,10 @@ gateway/datasets.py; nothing here touches a database).
 Input is a directory or a zip in one of two layouts (optionally inside one top-level folder):
   "paired": `NNN.png` + `NNN_mask.png` side by side (the liver set);
   "split":  `images/X.png` + `masks/X.png` (the MoNuSeg set).
+A dataset may name each pair's group (its patient or volume, so the trainer never validates on a patient
+it trained on): a `groups.csv` beside the images (`name,group` header, then one row per pair, every pair
+exactly once; `name` is the image's file name without its suffix). The groups go into the manifest (each
+pair's `group`); without the file the pairs have none and the trainer groups them by the organ's recipe.
 Everything is validated before the first byte is uploaded; the first problem raises `DatasetError`
 naming the file and the reason. In the bucket a dataset is `<id>/images/<file>`, `<id>/masks/<file>` (a
 mask keeps its image's file name, so `trainer.data.find_pairs` pairs them) and `<id>/manifest.json`,
@@ -19,7 +23,9 @@ deletes what was uploaded.
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
+import io
 import json
 import logging
 import os
@@ -46,6 +52,8 @@ MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "medseg-dataset/1"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm"}
 MASK_SUFFIX = "_mask"
+GROUPS_FILE = "groups.csv"  # optional: the group (patient, volume) of every pair
+MAX_GROUP_CHARS = 64
 ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
 # Files people's archivers add; skipped silently. Anything else that is not an image is refused.
 JUNK_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini"}
@@ -281,8 +289,11 @@ def _strip_common_root(entries: list[_Entry]) -> list[_Entry]:
     return entries
 
 
-def _pair_entries(entries: list[_Entry]) -> tuple[str, list[_Pair]]:
+def _pair_entries(entries: list[_Entry]) -> tuple[str, list[_Pair], _Entry | None]:
+    """(layout, pairs, the groups.csv entry if there is one)."""
     entries = _strip_common_root(entries)
+    groups = next((e for e in entries if e.name == GROUPS_FILE), None)
+    entries = [e for e in entries if e is not groups]
     if not entries:
         raise DatasetError("the dataset is empty: no image/mask files found", code="dataset_empty")
     for e in entries:
@@ -339,7 +350,57 @@ def _pair_entries(entries: list[_Entry]) -> tuple[str, list[_Pair]]:
             raise DatasetError(
                 f"{mask.name}: mask without an image", code="dataset_mask_alone", params={"name": mask.name}
             )
-    return ("split" if split else "paired"), [_Pair(s, images[s], masks[s]) for s in sorted(images)]
+    return ("split" if split else "paired"), [_Pair(s, images[s], masks[s]) for s in sorted(images)], groups
+
+
+def parse_groups(text: str, names: list[str], where: str = GROUPS_FILE) -> dict[str, str]:
+    """{pair name: group} from the text of a groups.csv naming every one of `names` exactly once; a
+    DatasetError naming `where`, the line and the fix otherwise."""
+    rows = [
+        (number, row)
+        for number, row in enumerate(csv.reader(io.StringIO(text)), start=1)
+        if any(cell.strip() for cell in row)
+    ]
+    if not rows or [c.strip().lower() for c in rows[0][1]] != ["name", "group"]:
+        raise DatasetError(f"{where}: the first line must be the header `name,group`", code="dataset_groups")
+    known, groups = set(names), {}
+    for number, row in rows[1:]:
+        if len(row) != 2:
+            raise DatasetError(
+                f"{where} line {number}: expected 2 columns (name,group), got {len(row)}",
+                code="dataset_groups",
+            )
+        name, group = (cell.strip() for cell in row)
+        if name not in known:
+            raise DatasetError(
+                f"{where} line {number}: {name!r} is not a pair of this dataset", code="dataset_groups"
+            )
+        if name in groups:
+            raise DatasetError(f"{where} line {number}: {name!r} is listed twice", code="dataset_groups")
+        if not group or len(group) > MAX_GROUP_CHARS or not group.isprintable():
+            raise DatasetError(
+                f"{where} line {number}: the group of {name!r} must be 1 to {MAX_GROUP_CHARS} printable "
+                "characters (a patient or volume id)",
+                code="dataset_groups",
+            )
+        groups[name] = group
+    missing = [n for n in names if n not in groups]
+    if missing:
+        raise DatasetError(
+            f"{where}: {len(missing)} pair(s) without a group, e.g. {missing[0]!r} (name every pair or none)",
+            code="dataset_groups",
+        )
+    return groups
+
+
+def _read_groups(entry: _Entry | None, pairs: list[_Pair]) -> dict[str, str] | None:
+    if entry is None:
+        return None
+    try:
+        text = entry.read().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{entry.name}: not UTF-8 text ({exc})", code="dataset_groups") from exc
+    return parse_groups(text, [p.name for p in pairs], entry.name)
 
 
 # --- validation --------------------------------------------------------------------------------------------
@@ -435,6 +496,21 @@ def _file_record(f: _CheckedFile) -> dict:
     }
 
 
+def _pair_record(image: _CheckedFile, mask: _CheckedFile, groups: dict[str, str]) -> dict:
+    """A manifest's pair: its name, both files and, when the dataset names groups, its group."""
+    name = PurePosixPath(image.key).stem
+    record = {"name": name, "image": _file_record(image), "mask": _file_record(mask)}
+    if name in groups:
+        record["group"] = groups[name]
+    return record
+
+
+def manifest_groups(manifest: dict) -> dict[str, str] | None:
+    """{pair name: group} of a manifest whose pairs name their groups, else None."""
+    groups = {p["name"]: p["group"] for p in manifest.get("pairs", []) if p.get("group")}
+    return groups or None
+
+
 # --- push / fetch / list -----------------------------------------------------------------------------------
 def _known_organs() -> list[str]:
     return list(organ_dirs())
@@ -466,7 +542,8 @@ def _open_source(path: Path, limits: DatasetLimits) -> Iterator[list[_Entry]]:
 def validate_dataset(path: str | Path, limits: DatasetLimits | None = None) -> tuple[str, int]:
     """Read and check every pair without uploading; returns (layout, number of pairs)."""
     with _open_source(Path(path), limits or DatasetLimits()) as entries:
-        layout, pairs = _pair_entries(entries)
+        layout, pairs, groups = _pair_entries(entries)
+        _read_groups(groups, pairs)
         for pair in pairs:
             _check_pair(pair)
     return layout, len(pairs)
@@ -496,12 +573,13 @@ def push_dataset(
         )
     path = Path(path)
     with _open_source(path, limits or DatasetLimits()) as entries:
-        layout, pairs = _pair_entries(entries)
+        layout, pairs, groups_entry = _pair_entries(entries)
+        groups = _read_groups(groups_entry, pairs) or {}
         checked = [_check_pair(p) for p in pairs]
-        return _upload(store, organ, path, name, layout, checked, progress)
+        return _upload(store, organ, path, name, layout, checked, groups, progress)
 
 
-def _upload(store, organ, path, name, layout, checked, progress) -> dict:
+def _upload(store, organ, path, name, layout, checked, groups, progress) -> dict:
     files = [f for pair in checked for f in pair]
     dataset_id = f"{organ}-{uuid.uuid4().hex[:12]}"
     bucket = store.buckets.datasets
@@ -516,10 +594,7 @@ def _upload(store, organ, path, name, layout, checked, progress) -> dict:
         "pair_count": len(checked),
         "size_bytes": sum(f.size for f in files),
         "dataset_hash": dataset_hash([f.sha256 for f in files]),
-        "pairs": [
-            {"name": PurePosixPath(img.key).stem, "image": _file_record(img), "mask": _file_record(msk)}
-            for img, msk in checked
-        ],
+        "pairs": [_pair_record(img, msk, groups) for img, msk in checked],
     }
     logger.info("uploading dataset %s: %d pairs, %d bytes", dataset_id, len(checked), manifest["size_bytes"])
     try:

@@ -87,6 +87,26 @@ class Settings(BaseSettings):
     study_stale_after_s: float = 60.0
     study_max_attempts: int = 3
 
+    # The hospital's PACS over DICOMweb (common/pacs.py: QIDO-RS search, WADO-RS fetch, STOW-RS store).
+    # Locally `make up` runs Orthanc at this URL and writes its generated credentials to
+    # state_dir/pacs-credentials.json; for a hospital's PACS set the URL and MEDSEG_PACS_USERNAME /
+    # MEDSEG_PACS_PASSWORD (a Kubernetes Secret), or point MEDSEG_PACS_CREDENTIALS_FILE at a
+    # {"username", "password"} file. A series fetched from it obeys the study limits above (study_max_bytes),
+    # refused before its pixels are fetched when its metadata says it is larger.
+    pacs_url: str = "http://127.0.0.1:8042/dicom-web"
+    pacs_username: str = ""
+    pacs_password: SecretStr = SecretStr("")
+    pacs_credentials_file: Path | None = None  # None: state_dir/pacs-credentials.json
+    pacs_connect_timeout_s: float = 3.0
+    pacs_timeout_s: float = 30.0  # read timeout: the longest the PACS may stay silent within one answer
+    # The hospitals whose people and keys may use the PACS (it is their archive); empty: every caller of this
+    # deployment (a deployment for one hospital). Others are refused with 403.
+    pacs_hospitals: list[str] = []
+    # Key of the keyed hash that turns a PACS PatientID which is not a pseudonymous ID into PACS-<hash>
+    # (gateway/service/pacs.py); empty: a key generated once into state_dir/pacs-patient-key (0600). Keep it
+    # stable: a new key gives the same patient a new ID (their trend starts again).
+    pacs_patient_key: SecretStr = SecretStr("")
+
     # People: cookie sessions, sign-in throttling, the first admin (created at start when no admin exists).
     session_ttl_hours: float = 12.0
     session_cookie_name: str = "medseg_session"

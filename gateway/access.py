@@ -39,6 +39,9 @@ TRAINING = Access(RESEARCH, ("train",))
 DATASET_UPLOADER = Access(("doctor",), ("datasets",))
 DATASET_READER = Access(PEOPLE, ("datasets",))
 DATASET_DELETER = Access(("doctor", "admin"), ("datasets",))
+# The hospital's PACS (its archive of every patient's images): its doctors and its systems' keys, not
+# researchers or admins. Submitting a study from it (studies.submit with a PACS series) asks the same.
+PACS_READER = Access(("doctor",), ("segment",))
 
 
 # --- which rows: the caller's relation to a row -------------------------------------------------------------
@@ -94,7 +97,9 @@ SEGMENTATION_READ = Rows("segmentation", "read", OWN, OWN, OWN_OR_HOSPITAL, OWN_
 SEGMENTATION_WRITE = Rows("segmentation", "write", OWN, _r(), _r(), OWN)  # the threshold choice
 # Studies (volumes) as segmentations: their maker's, and their hospital's admin and systems.
 STUDY_READ = Rows("study", "read", OWN, OWN, OWN_OR_HOSPITAL, OWN_OR_HOSPITAL)
-STUDY_WRITE = Rows("study", "write", OWN, _r(), _r(), OWN)  # cancel, the threshold choice
+STUDY_WRITE = Rows("study", "write", OWN, _r(), _r(), OWN)  # the threshold choice: a doctor's, or their key's
+# Cancelling: whoever submitted the study (anyone who may segment may submit one); a platform admin any.
+STUDY_CANCEL = Rows("study", "write", OWN, OWN, OWN, OWN)
 # Administration (admins only): a hospital's admin administers its people (own: their own account, which
 # they may not disable or demote, gateway/resources/accounts/service.py), its keys and its audit entries.
 USERS_READ = Rows("user", "read", admin=OWN_OR_HOSPITAL)
@@ -111,6 +116,7 @@ MODELS = "no hospital's rows: model versions and reference sets are the platform
 STATELESS = "no rows: answered at once, nothing is kept"
 TRAINING_ROWS = "no hospital's rows: training jobs are the research team's"
 NEW_ROW = "makes a row owned by the caller and the caller's hospital"
+PACS_ROWS = "no rows: the hospital's PACS is asked and nothing is kept (settings.pacs_hospitals: whose it is)"
 
 
 @dataclass(frozen=True)
@@ -265,6 +271,17 @@ OPERATIONS: dict[str, Operation] = {
         "History/GetMask",
         rows=SEGMENTATION_READ,
     ),
+    # the viewer's: the image a result was made from, its modality values (window/level), its nuclei; over
+    # HTTP only (a browser's needs; gRPC callers have the masks and compute their own)
+    "segmentations.image": Operation(
+        HISTORY_READER, ("GET", "/segmentations/{segmentation_id}/image.png"), rows=SEGMENTATION_READ
+    ),
+    "segmentations.values": Operation(
+        HISTORY_READER, ("GET", "/segmentations/{segmentation_id}/values.npy"), rows=SEGMENTATION_READ
+    ),
+    "segmentations.nuclei": Operation(
+        HISTORY_READER, ("GET", "/segmentations/{segmentation_id}/nuclei"), rows=SEGMENTATION_READ
+    ),
     "segmentations.trend": Operation(
         HISTORY_READER,
         ("GET", "/patients/{patient_id}/trend"),
@@ -286,10 +303,15 @@ OPERATIONS: dict[str, Operation] = {
         HISTORY_READER, ("GET", "/studies/{study_id}/image.nii.gz"), "Studies/GetImage", rows=STUDY_READ
     ),
     "studies.cancel": Operation(
-        SEGMENTER, ("POST", "/studies/{study_id}/cancel"), "Studies/Cancel", rows=STUDY_WRITE
+        SEGMENTER, ("POST", "/studies/{study_id}/cancel"), "Studies/Cancel", rows=STUDY_CANCEL
     ),
     "studies.choose_threshold": Operation(
         THRESHOLD_CHOOSER, ("POST", "/studies/{study_id}/choice"), "Studies/ChooseThreshold", rows=STUDY_WRITE
+    ),
+    # --- the hospital's PACS, for pickers (protos/medseg/v1/pacs.proto)
+    "pacs.studies": Operation(PACS_READER, ("GET", "/pacs/studies"), "Pacs/SearchStudies", rows=PACS_ROWS),
+    "pacs.series": Operation(
+        PACS_READER, ("GET", "/pacs/studies/{study_uid}/series"), "Pacs/ListSeries", rows=PACS_ROWS
     ),
     # --- training jobs
     "training.architectures": Operation(

@@ -32,6 +32,7 @@ def record_segmentation(session: Session, record: SegmentationRecord) -> Segment
         mask_keys={},
         areas_px=record.areas,
         stability=record.stability,
+        view_key=record.view_key,
         api_key_id=record.api_key_id,
         user_id=record.user_id,
         hospital=record.hospital,

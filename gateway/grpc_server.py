@@ -17,7 +17,7 @@ from contextlib import AbstractContextManager, contextmanager
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from medseg.v1 import clinic_pb2, clinic_pb2_grpc, studies_pb2, studies_pb2_grpc
+from medseg.v1 import clinic_pb2, clinic_pb2_grpc, pacs_pb2, pacs_pb2_grpc, studies_pb2, studies_pb2_grpc
 from medseg.v1 import segmentation_pb2 as pb
 from medseg.v1 import segmentation_pb2_grpc as pb_grpc
 
@@ -29,6 +29,7 @@ from gateway.resources.feedback.grpc import Feedback
 from gateway.resources.grpc_edge import Edge
 from gateway.resources.models.grpc import Models
 from gateway.resources.organs.grpc import OrgansRpc
+from gateway.resources.pacs.grpc import Pacs
 from gateway.resources.segmentations.grpc import History, SegmentRpc
 from gateway.resources.studies.grpc import Studies
 from gateway.resources.training.grpc import Training
@@ -39,8 +40,10 @@ logger = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Segmentation"].full_name  # "medseg.v1.Segmentation"
 CLINIC_SERVICES = tuple(
-    s.full_name for module in (clinic_pb2, studies_pb2) for s in module.DESCRIPTOR.services_by_name.values()
-)  # Models, …, Studies
+    s.full_name
+    for module in (clinic_pb2, studies_pb2, pacs_pb2)
+    for s in module.DESCRIPTOR.services_by_name.values()
+)  # Models, …, Studies, Pacs
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
@@ -142,6 +145,7 @@ def _servicers(edge: Edge) -> tuple[tuple[Callable, object], ...]:
         (clinic_pb2_grpc.add_HistoryServicer_to_server, History(edge)),
         (clinic_pb2_grpc.add_TrainingServicer_to_server, Training(edge)),
         (studies_pb2_grpc.add_StudiesServicer_to_server, Studies(edge)),
+        (pacs_pb2_grpc.add_PacsServicer_to_server, Pacs(edge)),
     )
 
 

@@ -26,6 +26,7 @@ from gateway.resources.health import http as health
 from gateway.resources.keys import http as keys
 from gateway.resources.models import http as models
 from gateway.resources.organs import http as organs
+from gateway.resources.pacs import http as pacs
 from gateway.resources.segmentations import http as segmentations
 from gateway.resources.shared import validation_message, validation_params
 from gateway.resources.studies import http as studies
@@ -131,6 +132,7 @@ def create_app(settings: Settings | None = None, dataplane: DataPlane | None = N
         feedback.router,
         segmentations.router,
         studies.router,
+        pacs.router,
         training.router,
     ):
         api.include_router(router)

@@ -125,6 +125,8 @@ class Segmentation(Base):
     stability: Mapped[float | None] = mapped_column(Float)
     # None since the preview is made from the probability map; rows written before name a stored preview.
     thumbnail_key: Mapped[str | None] = mapped_column(String(512))
+    # The image as the viewer shows it (gateway/service/views.py); None for rows made before it was kept.
+    view_key: Mapped[str | None] = mapped_column(String(512))
     chosen_threshold: Mapped[float | None] = mapped_column(Float)
     chosen_note: Mapped[str | None] = mapped_column(Text)
     chosen_at: Mapped[datetime | None]
@@ -174,6 +176,14 @@ class Study(Base):
     chosen_threshold: Mapped[float | None] = mapped_column(Float)
     chosen_note: Mapped[str | None] = mapped_column(Text)
     chosen_at: Mapped[datetime | None]
+    # Fetched from the hospital's PACS (gateway/service/pacs.py): the series' UIDs there; with
+    # `pacs_store_result` its DICOM SEG is stored back into that study when done and for every threshold saved
+    # later, each a new series:
+    # [{"series_uid", "sop_instance_uid", "series_number", "threshold", "stored_at"}].
+    pacs_study_uid: Mapped[str | None] = mapped_column(String(128))
+    pacs_series_uid: Mapped[str | None] = mapped_column(String(128))
+    pacs_store_result: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    pacs_segs: Mapped[list | None] = mapped_column(JSON)
 
 
 class Dataset(Base):
@@ -382,6 +392,10 @@ class EvaluationCase(Base):
     dice: Mapped[float] = mapped_column(Float)
     iou: Mapped[float] = mapped_column(Float)
     hd95: Mapped[float | None] = mapped_column(Float)  # pixels; None when prediction or label is empty
+    # The image's pixel spacing when it carried one (DICOM), and HD95 measured in millimetres with it.
+    pixel_spacing_row_mm: Mapped[float | None] = mapped_column(Float)
+    pixel_spacing_col_mm: Mapped[float | None] = mapped_column(Float)
+    hd95_mm: Mapped[float | None] = mapped_column(Float)
     dice_at: Mapped[dict] = mapped_column(JSON, default=dict)  # {"0.2": dice, ...}
     width: Mapped[int]
     height: Mapped[int]

@@ -199,6 +199,66 @@ def decode_mask(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: 
     return nonzero.any(axis=2) if nonzero.ndim == 3 else nonzero
 
 
+@dataclass(frozen=True)
+class ModalityValues:
+    """A grey DICOM's pixels in the modality's units, for a viewer that windows them itself."""
+
+    values: np.ndarray  # H×W: int16 when every value is a whole number that fits, else float32
+    unit: str  # "HU" for CT, else the file's RescaleType or "" (no named unit)
+    invert: bool  # MONOCHROME1: high values are shown dark
+    file_window: dict | None  # the file's own {center, width}, when it has one
+    orientation: tuple[str, str] | None  # patient directions of the image's +column and +row (e.g. "L", "P")
+
+
+def decode_values(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ModalityValues | None:
+    """The modality values (after RescaleSlope/Intercept: Hounsfield units for CT) of a grey DICOM, the
+    input of window/level in a viewer; None for every other image (PNG, JPEG, TIFF and colour DICOM come
+    windowed already: their 8-bit pixels are all there is to show)."""
+    if sniff_format(data) != "DICOM":
+        return None
+    raw = _read(data, max_pixels=max_pixels, min_side=MIN_SIDE, window=None)
+    if not raw.metadata.get("photometric", "").startswith("MONOCHROME") or raw.pixels.ndim != 2:
+        return None
+    values = np.nan_to_num(np.asarray(raw.pixels, dtype=np.float64), nan=0.0)
+    info16 = np.iinfo(np.int16)
+    whole = (
+        bool(np.all(values == np.rint(values))) and info16.min <= values.min() and values.max() <= info16.max
+    )
+    modality = raw.metadata.get("modality", "")
+    lo_hi = raw.unit_range
+    return ModalityValues(
+        values=values.astype(np.int16 if whole else np.float32),
+        unit="HU" if modality == "CT" else raw.metadata.get("rescale_type", ""),
+        invert=raw.invert,
+        file_window=None
+        if lo_hi is None
+        else {"center": (lo_hi[0] + lo_hi[1]) / 2, "width": lo_hi[1] - lo_hi[0]},
+        orientation=raw.metadata.get("orientation"),
+    )
+
+
+def patient_directions(orientation: object) -> tuple[str, str] | None:
+    """DICOM ImageOrientationPatient (the patient-space directions, LPS, of a row and of a column) as the
+    letters of the image's +column and +row directions, e.g. ("L", "P") for an axial slice as scanners
+    write it; an oblique direction has two or three letters, the strongest first ("LA"). None when the
+    attribute is missing or malformed."""
+    try:
+        cosines = [float(v) for v in orientation]  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        return None
+    if len(cosines) != 6 or not all(np.isfinite(cosines)):
+        return None
+    letters = (("R", "L"), ("A", "P"), ("I", "S"))  # negative, positive along patient x, y, z (LPS)
+
+    def name(direction: list[float]) -> str:
+        order = sorted(range(3), key=lambda axis: -abs(direction[axis]))
+        return "".join(letters[a][direction[a] > 0] for a in order if abs(direction[a]) > 0.25)
+
+    row, column = cosines[:3], cosines[3:]
+    along_row, along_column = name(row), name(column)
+    return (along_row, along_column) if along_row and along_column else None
+
+
 def decode_volume_chunk(
     data: bytes,
     *,
@@ -522,6 +582,8 @@ def _read_dicom(
         "photometric": photometric,
         "modality": str(ds.get("Modality", "")),
         "dtype": str(pixels.dtype),
+        "rescale_type": str(ds.get("RescaleType", "")),
+        "orientation": patient_directions(ds.get("ImageOrientationPatient")),
     }
     spacing_mm = _dicom_spacing(ds)
     if photometric.startswith("MONOCHROME") and not stored_values:

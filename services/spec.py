@@ -246,6 +246,10 @@ def load_organ_spec(organ: str, services_dir: Path = SERVICES_DIR) -> OrganSpec:
 
 
 DATA_LAYOUTS = ("paired", "split")  # the layouts trainer.data.find_pairs reads (see trainer/datasets.py)
+# How the trainer groups pairs into patients when the dataset names no groups (trainer.data.pair_groups):
+# "pairs": every pair is its own patient (one tile per patient); "volumes": the pairs are slices cut in order
+# from a few volumes, found from the images (trainer.groups.volume_groups).
+DATA_GROUPINGS = ("pairs", "volumes")
 RECIPE_FIELDS = {
     "arch",
     "widths",
@@ -265,10 +269,12 @@ class RecipeError(ValueError):
 @dataclass(frozen=True)
 class TrainingData:
     """The organ's default training data: `train` resolved against the repository (the folder holding
-    services/), `layout` "paired" (`X.png` + `X_mask.png`) or "split" (`images/X` + `masks/X`)."""
+    services/), `layout` "paired" (`X.png` + `X_mask.png`) or "split" (`images/X` + `masks/X`), and `groups`
+    (DATA_GROUPINGS): how its pairs group into patients when a dataset names no groups of its own."""
 
     train: Path
     layout: str
+    groups: str = "pairs"
 
 
 @dataclass(frozen=True)
@@ -321,7 +327,10 @@ def _training_data(raw: object, repo: Path, where: str) -> TrainingData:
     layout = raw.get("layout")
     if layout not in DATA_LAYOUTS:
         raise RecipeError(f"{where}: data.layout must be one of {', '.join(DATA_LAYOUTS)}, not {layout!r}")
-    return TrainingData(train=(repo / raw["train"]).resolve(), layout=layout)
+    groups = raw.get("groups", "pairs")
+    if groups not in DATA_GROUPINGS:
+        raise RecipeError(f"{where}: data.groups must be one of {', '.join(DATA_GROUPINGS)}, not {groups!r}")
+    return TrainingData(train=(repo / raw["train"]).resolve(), layout=layout, groups=groups)
 
 
 def recipe_from_dict(raw: object, organ: str, path: Path, repo: Path) -> Recipe:

@@ -887,10 +887,13 @@ def dicom_seg(
     version: str,
     threshold: float,
     limits: StudyLimits = StudyLimits(),
+    series_index: int = 0,
 ) -> bytes:
     """A DICOM Segmentation (highdicom, BINARY) of the series in ``source_files``: one segment per label
     (``labels_ijk`` holds 0 for background and n for ``label_names[n-1]``, on the series' (i, j, k) grid),
-    referencing the source series and instances, one frame per source slice that holds a segment."""
+    referencing the source series and instances, one frame per source slice that holds a segment.
+    A new series each call; its number is the source's + 1000 + ``series_index`` (the how-many-th SEG of
+    this source, so SEGs stored side by side in a PACS are told apart)."""
     series = _dicom_series(_unpacked(source_files, limits), limits)
     labels_ijk = np.asarray(labels_ijk)
     grid = (int(series.slices[0].ds.Columns), int(series.slices[0].ds.Rows), len(series.slices))
@@ -924,7 +927,7 @@ def dicom_seg(
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=segments,
         series_instance_uid=hd.UID(),
-        series_number=_seg_series_number(source[0]),
+        series_number=_seg_series_number(source[0]) + series_index,
         sop_instance_uid=hd.UID(),
         instance_number=1,
         manufacturer="MedSeg",

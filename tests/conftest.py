@@ -9,6 +9,7 @@ pytest_plugins = [
         "tests.fixtures.torchserve",
         "tests.fixtures.stack",
         "tests.fixtures.postgres",
+        "tests.fixtures.pacs",
     )
     if importlib.util.find_spec(name) is not None
 ]

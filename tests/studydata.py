@@ -134,7 +134,21 @@ def liver_nifti_image(
 ) -> nib.Nifti1Image:
     """The liver volume (or its labels) as a nibabel image; qform and sform codes 1 (scanner)."""
     hu, label_volume = liver_volume(first, count)
-    data, affine = _on_layout(label_volume if labels else _cast(hu, dtype), layout, pixel_mm, slice_mm)
+    return nifti_image(
+        label_volume if labels else _cast(hu, dtype), layout=layout, pixel_mm=pixel_mm, slice_mm=slice_mm
+    )
+
+
+def nifti_image(
+    data_ijk: np.ndarray,
+    *,
+    layout: str | Sequence = "base",
+    pixel_mm: float = PIXEL_MM,
+    slice_mm: float = SLICE_MM,
+) -> nib.Nifti1Image:
+    """Any volume on the base grid (i, j, k) = (column, row, slice) as a nibabel image stored in
+    ``layout``'s order, as the liver builders write theirs; qform and sform codes 1 (scanner)."""
+    data, affine = _on_layout(np.asarray(data_ijk), layout, pixel_mm, slice_mm)
     image = nib.Nifti1Image(data, affine)
     image.header.set_xyzt_units("mm")
     image.set_qform(affine, code=1)
@@ -148,10 +162,17 @@ def liver_nifti(first: int = 20, count: int = 24, *, gz: bool = True, **kwargs) 
     return gzip.compress(raw, compresslevel=1, mtime=0) if gz else raw
 
 
-def liver_dicom_datasets(
-    first: int = 20,
-    count: int = 24,
+def liver_dicom_datasets(first: int = 20, count: int = 24, **kwargs) -> list[Dataset]:
+    """The liver volume as CT Image Storage datasets, one per slice in k order (uncompressed, int16).
+    Keywords as ``ct_datasets``; UIDs are deterministic for the same arguments."""
+    hu, _ = liver_volume(first, count)
+    return ct_datasets(hu, name=f"liver-{first}-{count}", **kwargs)
+
+
+def ct_datasets(
+    hu_ijk: np.ndarray,
     *,
+    name: str,
     layout: str | Sequence = "base",
     pixel_mm: float = PIXEL_MM,
     slice_mm: float = SLICE_MM,
@@ -164,16 +185,16 @@ def liver_dicom_datasets(
     slope: float = 1.0,
     intercept: float = CT_INTERCEPT,
 ) -> list[Dataset]:
-    """The liver volume as CT Image Storage datasets, one per slice in k order (uncompressed, int16).
+    """A HU volume on the base grid as CT Image Storage datasets, one per slice in k order (uncompressed,
+    int16); ``name`` seeds the UIDs (deterministic for the same arguments).
 
     ``layout`` as for NIfTI: the series' columns, rows and slices are the layout's i, j and k (e.g.
     "flip_jk": back at the top and slices running down; a permuted layout: a sagittal or coronal series).
     A reader sorting slices along the normal (row × column cosines) gets ``liver_dicom_labels(layout)``'s
     grid: the layout's, with k reversed when the layout is left-handed ("flip_i", "las"). Stored values are
-    ``round((HU - intercept) / slope)``; UIDs are deterministic for the same arguments."""
-    hu, _ = liver_volume(first, count)
+    ``round((HU - intercept) / slope)``."""
     stored, affine = _on_layout(
-        np.rint((hu - intercept) / slope).astype(np.int16), layout, pixel_mm, slice_mm
+        np.rint((np.asarray(hu_ijk) - intercept) / slope).astype(np.int16), layout, pixel_mm, slice_mm
     )
     lps = _lps_to_ras() @ affine  # the flip is its own inverse
     column_mm, row_mm, step_mm = np.sqrt((lps[:3, :3] ** 2).sum(axis=0))
@@ -182,7 +203,7 @@ def liver_dicom_datasets(
         "PixelSpacing": [float(row_mm), float(column_mm)],
         "SliceThickness": float(step_mm),
     }
-    seed = f"medseg-tests-liver-{first}-{count}-{pixel_mm}-{slice_mm}-{np.asarray(_layout(layout)).tolist()}"
+    seed = f"medseg-tests-{name}-{pixel_mm}-{slice_mm}-{np.asarray(_layout(layout)).tolist()}"
     study_uid = study_uid or generate_uid(entropy_srcs=[seed, "study"])
     series_uid = series_uid or generate_uid(entropy_srcs=[seed, "series", str(series_number)])
     frame_uid = generate_uid(entropy_srcs=[seed, "frame"])
@@ -218,10 +239,33 @@ def liver_dicom_series(
 ) -> list[tuple[str, bytes]]:
     """The liver volume as the files of one CT series: [(file name, bytes)], in z order (``reverse``: the
     files listed from the top slice down). ``transfer_syntax``: a UID pydicom can encode (RLE Lossless
-    always; JPEG-LS / JPEG 2000 with their encoder plugins). Keywords as ``liver_dicom_datasets``."""
-    datasets = liver_dicom_datasets(first, count, **kwargs)
+    always; JPEG-LS / JPEG 2000 with their encoder plugins). Keywords as ``ct_datasets``."""
+    return series_files(
+        liver_dicom_datasets(first, count, **kwargs), reverse=reverse, transfer_syntax=transfer_syntax
+    )
+
+
+def series_files(
+    datasets: Sequence[Dataset], *, reverse: bool = False, transfer_syntax: str | None = None
+) -> list[tuple[str, bytes]]:
+    """Datasets as the files of a series, [(IM0001.dcm, bytes), …] (``reverse``: listed last first)."""
     files = [(f"IM{n + 1:04d}.dcm", dicom_file_bytes(ds, transfer_syntax)) for n, ds in enumerate(datasets)]
     return files[::-1] if reverse else files
+
+
+def ct_slice_bytes(hu: np.ndarray, *, pixel_mm: float = PIXEL_MM) -> bytes:
+    """One axial CT slice (Hounsfield units, rows × columns, the front at the top) as the bytes of a DICOM
+    file, the base grid's orientation ([1, 0, 0, 0, 1, 0]: columns run to the patient's left, rows to the
+    back) and the scanner's intercept."""
+    plane = {
+        "ImageOrientationPatient": [1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+        "PixelSpacing": [pixel_mm, pixel_mm],
+        "ImagePositionPatient": [0.0, 0.0, Z0_MM],
+    }
+    ds = _ct_slice(np.rint(np.asarray(hu) - CT_INTERCEPT).astype(np.int16), plane)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.RescaleSlope, ds.RescaleIntercept = 1.0, CT_INTERCEPT
+    return dicom_file_bytes(ds)
 
 
 def dicom_file_bytes(ds: Dataset, transfer_syntax: str | None = None) -> bytes:

@@ -28,14 +28,11 @@ handshake; S3 (the only port MedSeg uses) is unchanged.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import secrets
 import shutil
-import signal
-import socket
 import string
 import subprocess
 import sys
@@ -47,10 +44,11 @@ from pathlib import Path
 from common.errors import ServiceUnavailable
 from common.objectstore import CREDENTIALS_FILE, S3Credentials
 from common.settings import Settings
+from tools.managed_process import HOST, ManagedProcess, port_is_free, write_private
+from tools.managed_process import proc_start_time as _proc_start_time  # noqa: F401  (tests import it here)
 
 logger = logging.getLogger(__name__)
 
-HOST = "127.0.0.1"
 _GRPC_OFFSET = 10000  # SeaweedFS default gRPC port = HTTP port + 10000; mini's worker assumes it for admin
 
 
@@ -93,18 +91,6 @@ def weed_binary() -> Path:
     return Path(found)
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write a secret file readable by the owner only (created 0600, never world-readable in between)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def load_or_create_credentials(path: Path) -> dict:
     """Read the generated S3 credentials (and filer/volume JWT keys), creating them on first use."""
     if path.exists():
@@ -118,7 +104,7 @@ def load_or_create_credentials(path: Path) -> dict:
             for name in ("volume_write", "volume_read", "filer_write", "filer_read")
         },
     }
-    _write_private(path, json.dumps(data, indent=2))
+    write_private(path, json.dumps(data, indent=2))
     logger.info("generated object store credentials in %s", path)
     return data
 
@@ -172,31 +158,10 @@ def load_or_create_tls(directory: Path) -> dict[str, Path]:
     return files
 
 
-def port_is_free(port: int, host: str = HOST) -> bool:
-    """True when nothing listens on host:port (SO_REUSEADDR: TIME_WAIT sockets of a stopped server are ok)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def _proc_start_time(pid: int) -> int | None:
-    """Kernel start time of a process (clock ticks since boot), to tell our process from a reused pid."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    fields = raw[raw.rindex(")") + 2 :].split()
-    if fields[0] == "Z":  # zombie: it has exited
-        return None
-    return int(fields[19])
-
-
-class ObjectStoreServer:
+class ObjectStoreServer(ManagedProcess):
     """Start and stop one local SeaweedFS S3 server whose data lives under `state_dir/s3`."""
+
+    name = "object store"
 
     def __init__(
         self,
@@ -249,17 +214,6 @@ class ObjectStoreServer:
         return S3Credentials(data["access_key"], data["secret_key"])
 
     # --- process control ------------------------------------------------------------------------------
-    def running_pid(self) -> int | None:
-        """Pid of the weed process this state dir started, if it is still that process and alive."""
-        try:
-            info = json.loads(self.pid_path.read_text())
-        except (FileNotFoundError, ValueError):
-            return None
-        pid = int(info["pid"])
-        if _proc_start_time(pid) != info.get("start_time"):
-            return None  # gone, or the pid now belongs to someone else
-        return pid
-
     def start(self, timeout: float = 30.0) -> S3Credentials:
         """Start weed (no-op when already running), wait until S3 answers a signed request."""
         if self.running_pid():
@@ -272,29 +226,14 @@ class ObjectStoreServer:
                 f"object store cannot start: port(s) already in use on {HOST}: "
                 + ", ".join(f"{name}={p}" for name, p in busy.items())
             )
-        creds = self._write_config()
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            # own session: Ctrl-C in a terminal running `make up` must not kill the store mid-write
-            self._proc = subprocess.Popen(
-                self.command(),
-                cwd=self.data_dir,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        pid = self._proc.pid
-        _write_private(
-            self.pid_path,
-            json.dumps({"pid": pid, "start_time": _proc_start_time(pid), "endpoint": self.endpoint}),
+        creds = self.prepare()
+        self.launch(
+            self.command(),
+            cwd=self.data_dir,
+            timeout=timeout,
+            where=f"{self.endpoint}, data in {self.data_dir}",
+            endpoint=self.endpoint,
         )
-        logger.info("object store starting (pid %s) at %s, data in %s", pid, self.endpoint, self.data_dir)
-        try:
-            self.wait_ready(timeout)
-        except ServiceUnavailable:
-            self.stop()
-            raise
         return creds
 
     def command(self) -> list[str]:
@@ -348,43 +287,6 @@ class ObjectStoreServer:
             for node in rack.get("DataNodes") or []
         )
 
-    def stop(self, timeout: float = 20.0) -> bool:
-        """Stop the process this state dir started (SIGTERM, SIGKILL after `timeout`); False if none ran."""
-        pid = self.running_pid()
-        if pid is None:
-            self.pid_path.unlink(missing_ok=True)
-            return False
-        logger.info("stopping object store (pid %s)", pid)
-        os.kill(pid, signal.SIGTERM)
-        if not self._wait_exit(pid, timeout):
-            logger.warning("object store (pid %s) ignored SIGTERM for %.0fs; killing it", pid, timeout)
-            os.kill(pid, signal.SIGKILL)
-            self._wait_exit(pid, 5.0)
-        self.pid_path.unlink(missing_ok=True)
-        self._proc = None
-        return True
-
-    def _wait_exit(self, pid: int, timeout: float) -> bool:
-        if self._proc is not None and self._proc.pid == pid:  # our child: reap it, or it lingers as a zombie
-            try:
-                self._proc.wait(timeout)
-                return True
-            except subprocess.TimeoutExpired:
-                return False
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if _proc_start_time(pid) is None:
-                return True
-            time.sleep(0.1)
-        return False
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return "(no log)"
-        return "\n".join(line.strip() for line in text.splitlines()[-lines:])
-
     # --- configuration ------------------------------------------------------------------------------
     def _write_config(self) -> S3Credentials:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -399,11 +301,11 @@ class ObjectStoreServer:
                 }
             ]
         }
-        _write_private(self.data_dir / "s3-identities.json", json.dumps(identities, indent=2))
+        write_private(self.data_dir / "s3-identities.json", json.dumps(identities, indent=2))
         keys = generated["jwt_keys"]
         tls = self.tls_files()
         # weed reads security.toml from its working directory (= data_dir)
-        _write_private(
+        write_private(
             self.data_dir / "security.toml",
             "\n".join(
                 [

@@ -1,7 +1,9 @@
 """`python -m tools.stack up|down|status`: the local stack for development and a single server.
 
-The stack is a process table (`process_table`): the object store, one TorchServe per organ folder whose
-`.mar` is in model-store/ (an organ without one is skipped with a warning) and the gateway. `stack up`
+The stack is a process table (`process_table`): the object store, the local PACS (Orthanc, when
+MEDSEG_PACS_URL names this machine and Orthanc is installed; else skipped with a warning), one TorchServe
+per organ folder whose `.mar` is in model-store/ (an organ without one is skipped with a warning) and the
+gateway. `stack up`
 writes that table as a supervisord configuration (`<state>/supervisor/supervisord.conf`) and starts
 supervisord (pinned in pyproject.toml), which starts every program and restarts any that exits, with
 supervisord's back-off for one that keeps failing at start; stdout/stderr of each program go to
@@ -13,8 +15,8 @@ supervisord, which stops every program (SIGTERM to its process group, SIGKILL af
 
 Every program runs through `python -m tools.stack run <program>`, which prepares what the process needs
 (configuration files, no stale pid or key files) and then replaces itself with the real process (exec), so
-supervisord watches, signals and restarts TorchServe, SeaweedFS or the gateway itself. To add a process
-(e.g. the PACS), add one row to `process_table` and one runner to `RUNNERS`.
+supervisord watches, signals and restarts TorchServe, SeaweedFS, Orthanc or the gateway itself. To add a
+process, add one row to `process_table` and one runner to `RUNNERS`.
 
 Data lives under `.medseg/` and survives `down`/`up`.
 """
@@ -44,6 +46,7 @@ from common.objectstore import ObjectStore
 from common.settings import REPO_ROOT, Settings, get_settings
 from gateway.core.db import make_engine, session_scope
 from gateway.service.model_registry import served_versions
+from tools import pacs_server
 
 logger = logging.getLogger(__name__)
 
@@ -77,10 +80,18 @@ def _organs_with_models(settings: Settings) -> tuple[list[str], list[str]]:
     return ready, skipped
 
 
+def local_pacs(settings: Settings) -> pacs_server.PacsServer | None:
+    """The local Orthanc the stack runs, or None: the configured PACS is elsewhere (a hospital's), or
+    Orthanc is not installed (`make system-deps` installs it)."""
+    server = pacs_server.PacsServer.from_settings(settings)
+    return server if server is not None and pacs_server.installed() else None
+
+
 def process_table(settings: Settings) -> list[Program]:
     organs, _ = _organs_with_models(settings)
     return [
         Program("objectstore", priority=10, startsecs=2),
+        *([Program("pacs", priority=10, startsecs=2)] if local_pacs(settings) else []),
         *(Program(f"torchserve-{organ}", priority=20, stopwaitsecs=30) for organ in organs),
         Program("gateway", priority=30, stopwaitsecs=20),
     ]
@@ -108,6 +119,14 @@ def _run_objectstore(settings: Settings, _name: str) -> Exec:
     server = _object_store(settings)
     server.prepare()
     return Exec(server.command(), server.data_dir)
+
+
+def _run_pacs(settings: Settings, _name: str) -> Exec:
+    server = local_pacs(settings)
+    if server is None:
+        raise SystemExit(f"no local PACS to run (MEDSEG_PACS_URL {settings.pacs_url}, or Orthanc missing)")
+    server.prepare()
+    return Exec(server.command(), server.home)
 
 
 @dataclass(frozen=True)
@@ -248,6 +267,7 @@ def _run_gateway(settings: Settings, _name: str, wait_s: float = 60.0) -> Exec:
 
 RUNNERS: dict[str, Callable[[Settings, str], Exec]] = {
     "objectstore": _run_objectstore,
+    "pacs": _run_pacs,
     "torchserve-": _run_organ,
     "gateway": _run_gateway,
 }
@@ -469,6 +489,9 @@ def stack_up(settings: Settings) -> int:
             settings.model_store_dir / f"{organ}.mar",
             organ,
         )
+    pacs = local_pacs(settings)
+    if pacs is None and pacs_server.local_port(settings) is not None:
+        logger.warning("skipping the local PACS: %s", pacs_server.INSTALL_HINT)
     _conf_path(settings).write_text(supervisord_config(settings))
     if supervisord_running(settings):
         logger.info("supervisord already running: applying the process table")
@@ -486,6 +509,10 @@ def stack_up(settings: Settings) -> int:
     print(f"  HTTP  http://{settings.http_host}:{settings.http_port}  (API docs /docs, readiness /readyz)")
     print(f"  gRPC  {settings.grpc_host}:{settings.grpc_port}  (medseg.v1.Segmentation, reflection on)")
     print(f"  S3    http://{settings.s3_endpoint}")
+    if pacs is not None:
+        print(f"  PACS  {pacs.url}  (Orthanc; credentials in {pacs.credentials_path})")
+    else:
+        print(f"  PACS  {settings.pacs_url}  (not run here)")
     return 0
 
 
@@ -504,7 +531,7 @@ def stack_down(settings: Settings, timeout_s: float = 120.0) -> int:
 
 def stack_process_groups(settings: Settings) -> dict[str, int]:
     """Name → process group id of each program that runs (supervisord makes each program the leader of
-    its own process group): "gateway", "torchserve-<organ>", "objectstore"."""
+    its own process group): "gateway", "torchserve-<organ>", "objectstore", "pacs"."""
     return {p["name"]: p["pid"] for p in process_info(settings) if p["pid"]}
 
 
@@ -575,7 +602,7 @@ class PidFile:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tools.stack",
-        description="start/stop the local stack (object store, organ servers, gateway) under supervisord",
+        description="start/stop the local stack (object store, PACS, organs, gateway) under supervisord",
     )
     actions = parser.add_subparsers(dest="action", required=True)
     for name, func, text in (

@@ -1,4 +1,7 @@
-"""Batch augmentation on tensors (cheap on a CPU): random crop, geometry, colour jitter, Gaussian noise."""
+"""Batch augmentation on tensors (cheap on a CPU): random crop, geometry, blur, colour jitter, Gaussian noise.
+
+For CT slices stored already windowed (8-bit PNG), contrast × brightness with the clamp to [0, 1] is a window
+jitter: a narrower window saturates at both ends, a wider one flattens the grey levels."""
 
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ class AugmentConfig:
     per_channel_jitter: float = 0.0  # stain variation for H&E
     hed_jitter: float = 0.0  # stain variation for H&E in haematoxylin/eosin/DAB space (Tellez et al. 2018)
     noise_std: float = 0.03
+    blur_sigma: float = 0.0  # Gaussian blur of σ ~ U(0, blur_sigma) pixels per image (scanner sharpness)
 
 
 def random_crop(images: torch.Tensor, masks: torch.Tensor, size: int, gen: torch.Generator):
@@ -56,6 +60,25 @@ def hed_jitter(images: torch.Tensor, sigma: float, gen: torch.Generator) -> torc
     return torch.exp(-od).permute(0, 3, 1, 2).clamp(0, 1).contiguous()
 
 
+def gaussian_blur(images: torch.Tensor, sigma_max: float, gen: torch.Generator) -> torch.Tensor:
+    """Blur each image with its own σ ~ U(0, sigma_max) pixels (separable kernel, mirrored edges); σ near 0
+    leaves an image as it was."""
+    n, c, h, w = images.shape
+    radius = max(1, math.ceil(3 * sigma_max))
+    sigma = (torch.rand(n, generator=gen) * sigma_max).clamp(min=1e-3)
+    x = torch.arange(-radius, radius + 1, dtype=images.dtype)
+    kernel = torch.exp(-(x[None] ** 2) / (2 * sigma[:, None] ** 2))
+    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (n·c, 2r+1)
+    flat = images.reshape(1, n * c, h, w)
+    flat = F.conv2d(
+        F.pad(flat, (radius, radius, 0, 0), mode="reflect"), kernel[:, None, None, :], groups=n * c
+    )
+    flat = F.conv2d(
+        F.pad(flat, (0, 0, radius, radius), mode="reflect"), kernel[:, None, :, None], groups=n * c
+    )
+    return flat.reshape(n, c, h, w)
+
+
 def augment(images: torch.Tensor, masks: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator):
     """images float (N, C, H, W) in [0, 1], masks float (N, 1, H, W) → augmented copies."""
     n = images.shape[0]
@@ -84,6 +107,8 @@ def augment(images: torch.Tensor, masks: torch.Tensor, cfg: AugmentConfig, gen: 
         masks = (
             F.grid_sample(masks, grid, mode="bilinear", padding_mode="zeros", align_corners=False) > 0.5
         ).float()
+    if cfg.blur_sigma:
+        images = gaussian_blur(images, cfg.blur_sigma, gen)
     if cfg.hed_jitter:
         images = hed_jitter(images, cfg.hed_jitter, gen)
     images = images * uniform(*cfg.contrast, 1, 1, 1) + uniform(-cfg.brightness, cfg.brightness, 1, 1, 1)

@@ -49,7 +49,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="model store folder to write <organ>.mar and its card into")
     p.add_argument("--version", default=None, help="model version (default: date and time)")
     p.add_argument("--fold", type=int, default=0)
-    p.add_argument("--folds", type=int, default=5)
+    p.add_argument(
+        "--folds",
+        type=int,
+        default=5,
+        help="grouped folds (leave-one-group-out when fewer groups); 1 trains on every pair with nothing "
+        "held out, for a final model whose figures come from `make cv`",
+    )
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--minutes", type=float, default=None, help="time budget (default: the recipe's)")
     p.add_argument("--batch-size", type=int, default=None)

@@ -1,7 +1,9 @@
-"""In-memory 2-D training data: image/mask pairs, K-fold splits, batches on the organ's preprocessing."""
+"""In-memory 2-D training data: image/mask pairs, their patient groups, the folds that never split a group,
+batches on the organ's preprocessing."""
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,8 +12,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from common.datasets import GROUPS_FILE, MANIFEST, manifest_groups, parse_groups
 from services.preprocess import resize, to_channels
 from services.spec import SERVICES_DIR, OrganSpec, load_recipe
+from trainer.groups import grouped_kfold_indices, volume_groups
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +72,83 @@ def kfold_indices(n: int, folds: int = 5, fold: int = 0, seed: int = 0) -> tuple
     val = np.sort(np.array_split(order, folds)[fold])
     train = np.sort(np.setdiff1d(order, val))
     return train, val
+
+
+@dataclass(frozen=True)
+class Groups:
+    """The patient (or volume) of every pair and where that came from: "dataset" (the dataset's
+    manifest or groups.csv names them), "volumes" (found from the images: trainer.groups.volume_groups)
+    or "pairs" (every pair its own patient, as the recipe says of one tile per patient)."""
+
+    labels: list[str]
+    source: str
+
+    def describe(self) -> str:
+        n = len(set(self.labels))
+        if n < 2:
+            return (
+                f"one group only ({self.source}): shuffled pairs, so the validation pairs are not from an "
+                "unseen patient"
+            )
+        return {
+            "dataset": f"by the {n} groups (patients/volumes) the dataset names",
+            "volumes": f"by volume: {n} volume(s) found from the images (a new volume starts where "
+            "consecutive slices jump; trainer.groups.volume_groups)",
+            "pairs": f"by pair: every one of the {n} pairs is its own patient (the recipe's data.groups)",
+        }[self.source]
+
+
+def dataset_groups(root: str | Path) -> dict[str, str] | None:
+    """{pair name: group} when the dataset names its groups: a fetched dataset's manifest.json, or a
+    groups.csv in the folder (common.datasets.parse_groups checks it names every pair once)."""
+    root = Path(root)
+    if (root / MANIFEST).is_file():
+        groups = manifest_groups(json.loads((root / MANIFEST).read_text()))
+        if groups:
+            return groups
+    if (root / GROUPS_FILE).is_file():
+        names = [name for name, _, _ in find_pairs(root)]
+        return parse_groups(
+            (root / GROUPS_FILE).read_text(encoding="utf-8-sig"), names, str(root / GROUPS_FILE)
+        )
+    return None
+
+
+def pair_groups(root: str | Path, pairs: PairSet, rule: str = "pairs") -> Groups:
+    """The groups of the loaded `pairs` of `root`: the dataset's own when it names them, else by `rule`
+    (services.spec.DATA_GROUPINGS, the recipe's data.groups)."""
+    named = dataset_groups(root)
+    if named is not None:
+        return Groups([named[n] for n in pairs.names], "dataset")
+    if rule == "volumes":
+        found = volume_groups([img[0].numpy() for img in pairs.images])
+        return Groups([f"volume-{g}" for g in found], "volumes")
+    if rule == "pairs":
+        return Groups(list(pairs.names), "pairs")
+    raise ValueError(f"unknown grouping {rule!r}; valid: dataset groups, volumes, pairs")
+
+
+def fold_count(groups: Groups, folds: int) -> int:
+    """How many folds a split into `folds` has: leave-one-group-out when there are fewer groups (and the
+    shuffle's `folds` when there is only one group)."""
+    n = len(set(groups.labels))
+    return folds if n < 2 else min(folds, n)
+
+
+def split_indices(groups: Groups, folds: int, fold: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, validation indices) with no group on both sides. When every pair is its own group
+    this is the seeded shuffle of kfold_indices (the split the cells models were trained on); with a single
+    group there is no unseen patient to hold out, so it is that shuffle too (Groups.describe says so);
+    otherwise trainer.groups.grouped_kfold_indices (leave-one-group-out with fewer groups than folds).
+    One fold is every pair for training and none held out (a final model; its figures come from `make cv`)."""
+    if folds == 1:
+        if fold != 0:
+            raise ValueError(f"one fold (every pair, nothing held out) is fold 0, not {fold}")
+        return np.arange(len(groups.labels)), np.zeros(0, dtype=int)
+    n = len(set(groups.labels))
+    if n == len(groups.labels) or n < 2:
+        return kfold_indices(len(groups.labels), folds, fold, seed)
+    return grouped_kfold_indices(groups.labels, folds, fold)
 
 
 @dataclass

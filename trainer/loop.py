@@ -151,14 +151,23 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict:
+        """Scores on the validation set; None and empty ones when nothing is held out (a final model)."""
+        if len(self.val_set) == 0:
+            return {"val_dice": None, "val_loss": None, "val_dice_at": {}, "val_dice_pooled_at": {},
+                    "val_dice_per_case": {}}  # fmt: skip
         self.model.eval()
         per_threshold = {t: [] for t in THRESHOLDS}
+        overlap = {t: [0, 0] for t in THRESHOLDS}  # over every validation pixel: (2|P∩T|, |P|+|T|)
         losses = []
         for i in range(len(self.val_set)):
             prob = self.predict_val(i)
             target = self.val_set.full_masks[i]
+            truth = target.bool()
             for t in THRESHOLDS:
-                per_threshold[t].append(dice_score(prob >= t, target))
+                pred = prob >= t
+                per_threshold[t].append(dice_score(pred, target))
+                overlap[t][0] += 2 * int((pred & truth).sum())
+                overlap[t][1] += int(pred.sum()) + int(truth.sum())
             losses.append(
                 float(
                     self.loss_fn(
@@ -171,13 +180,15 @@ class Trainer:
             "val_dice": dice_at["0.5"],
             "val_loss": float(np.mean(losses)),
             "val_dice_at": dice_at,
+            # one Dice over all validation pixels: a held-out volume's 3-D Dice
+            "val_dice_pooled_at": {f"{t:.1f}": a / b if b else 1.0 for t, (a, b) in overlap.items()},
             "val_dice_per_case": dict(zip(self.val_set.names, per_threshold[0.5], strict=True)),
         }
 
     def on_epoch_end(self, record: dict) -> bool:
         """Record, checkpoint, and return True to stop early."""
         self.history.append(record)
-        if record["val_dice"] > self.best_dice:
+        if record["val_dice"] is None or record["val_dice"] > self.best_dice:  # nothing held out: the latest
             self.best_dice, self.best_epoch = record["val_dice"], record["epoch"]
             torch.save(self.model.state_dict(), self.run_dir / "best.pt")
         self.save_checkpoint()
@@ -208,7 +219,7 @@ class Trainer:
         self.epoch, self.best_dice, self.best_epoch = state["epoch"], state["best_dice"], state["best_epoch"]
         self.history, self.elapsed_before = state["history"], state["elapsed"]
         self.gen.set_state(state["gen"])
-        log.info("resumed from %s at epoch %d (best Dice %.4f)", path, self.epoch, self.best_dice)
+        log.info("resumed from %s at epoch %d (best Dice %s)", path, self.epoch, self.best_dice)
 
     def write_metrics(self) -> None:
         best = next((h for h in self.history if h["epoch"] == self.best_epoch), None)
@@ -238,6 +249,10 @@ class Trainer:
             **self.validate(),
         }
         stop = self.on_epoch_end(record)
+        if record["val_dice"] is None:
+            log.info("epoch %d  loss %.4f  (nothing held out)  %.0fs", self.epoch, record["train_loss"],
+                     record["seconds"])  # fmt: skip
+            return stop
         log.info(
             "epoch %d  loss %.4f  val loss %.4f  val Dice %.4f  (best %.4f @ %d)  %.0fs",
             self.epoch,

@@ -1,4 +1,5 @@
-"""A training run end to end: data → K-fold split → Trainer → TorchScript → metrics card (→ .mar)."""
+"""A training run end to end: data → grouped K-fold split (no patient on both sides) → Trainer →
+TorchScript → metrics card (→ .mar)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from common.datasets import dataset_hash as manifest_hash
 from services.networks import create_model
 from services.spec import SERVICES_DIR, OrganSpec, Recipe, RecipeError, load_organ_spec, load_recipe
 from trainer.augment import AugmentConfig
-from trainer.data import channel_stats, find_pairs, kfold_indices, load_pairs
+from trainer.data import Groups, channel_stats, find_pairs, fold_count, load_pairs, pair_groups, split_indices
 from trainer.loop import TrainConfig, Trainer
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,9 @@ def plot_curves(history: list[dict], path: Path) -> None:
     ax1.plot(epochs, [h["val_loss"] for h in history], label="validation loss")
     ax1.set_xlabel("epoch")
     ax1.legend()
-    ax2.plot(epochs, [h["val_dice"] for h in history], label="validation Dice @0.5", color="tab:green")
+    scored = [h for h in history if h["val_dice"] is not None]
+    ax2.plot([h["epoch"] for h in scored], [h["val_dice"] for h in scored], label="validation Dice @0.5",
+             color="tab:green")  # fmt: skip
     ax2.set_xlabel("epoch")
     ax2.set_ylim(0, 1)
     ax2.legend()
@@ -130,7 +133,10 @@ def run_training(
     curves.png and card.json (naming `run_id`, default the run dir's name) into run_dir."""
     run_dir = Path(run_dir)
     commit = git_commit()
-    spec, pairs, train, val = _fold_data(organ, data, config, fold=fold, folds=folds, limit=limit)
+    spec, pairs, groups, train_idx, val_idx = _fold_data(
+        organ, data, config, fold=fold, folds=folds, limit=limit
+    )
+    train, val = pairs.subset(train_idx), pairs.subset(val_idx)
     # validation while training is single-pass (test-time mirror images would cost four times as much);
     # the card then scores the best weights the way the organ serves them
     trainer = Trainer(spec.single_pass(), train, val, config, run_dir)
@@ -143,7 +149,8 @@ def run_training(
 
     model = _best_model(config, spec, run_dir)
     best, single_pass = _score_as_served(trainer, spec, model)
-    threshold = best_threshold(best["val_dice_at"])
+    # nothing held out (--folds 1): the spec's threshold stays (calibrate it with `make cv`)
+    threshold = best_threshold(best["val_dice_at"]) if best["val_dice_at"] else spec.default_threshold
     spec = dataclasses.replace(spec, default_threshold=threshold)
     _write_model_files(run_dir, spec, model, trainer.history)
     card = {
@@ -152,8 +159,8 @@ def run_training(
         "architecture": config.arch,
         **_model_size(model, spec),
         "dataset": {**dataset_record(data, len(pairs), limit), "train": len(train), "validation": len(val)},
-        "split": {"folds": folds, "fold": fold, "seed": config.seed},
-        "metrics": _card_metrics(best, trainer.best_epoch, single_pass),
+        "split": split_record(groups, folds, fold, config.seed, val_idx),
+        "metrics": _card_metrics(best, trainer.best_epoch, single_pass, trainer.history[-1]),
         "default_threshold": float(threshold),
         "training": _card_training(trainer, config),
         "commit": commit,
@@ -161,23 +168,43 @@ def run_training(
         "torch": torch.__version__,
     }
     (run_dir / "card.json").write_text(json.dumps(card, indent=1))
-    log.info("run done: best validation Dice %.4f at epoch %d, threshold %s, %.0fs",
+    log.info("run done: best validation Dice %s at epoch %d, threshold %s, %.0fs",
              trainer.best_dice, trainer.best_epoch, threshold, trainer.elapsed())  # fmt: skip
     return {**result, "card": card, "spec": spec}
 
 
 def _fold_data(organ: str, data, config: TrainConfig, *, fold: int, folds: int, limit: int | None):
-    """(spec, pairs, train, val): the fold's split of the data, the spec normalising with the train
-    images' channel statistics."""
+    """(spec, pairs, groups, train indices, validation indices): the fold's grouped split of the data (the
+    dataset's own groups, else the recipe's data.groups rule), the spec normalising with the train images'
+    channel statistics."""
     spec = load_organ_spec(organ)
     pairs = load_pairs(data, spec, limit=limit)
-    train_idx, val_idx = kfold_indices(len(pairs), folds, fold, config.seed)
-    train, val = pairs.subset(train_idx), pairs.subset(val_idx)
-    mean, std = channel_stats(train.images)
+    groups = pair_groups(data, pairs, load_recipe(organ).data.groups)
+    train_idx, val_idx = split_indices(groups, folds, fold, config.seed)
+    log.info("fold %d of %d, %s: %d training and %d validation pairs, validating on %s",
+             fold, fold_count(groups, folds), groups.describe(), len(train_idx), len(val_idx),
+             ", ".join(sorted({groups.labels[i] for i in val_idx}))[:200])  # fmt: skip
+    mean, std = channel_stats(pairs.images[train_idx])
     spec = dataclasses.replace(
         spec, mean=tuple(round(m, 4) for m in mean), std=tuple(round(s, 4) for s in std)
     )
-    return spec, pairs, train, val
+    return spec, pairs, groups, train_idx, val_idx
+
+
+def split_record(groups: Groups, folds: int, fold: int, seed: int, val_idx) -> dict:
+    """The card's `split`: enough to rebuild it (trainer.cv.run_split) and to say whom it validates on."""
+    held_out: dict[str, int] = {}
+    for i in val_idx:
+        held_out[groups.labels[i]] = held_out.get(groups.labels[i], 0) + 1
+    return {
+        "folds": fold_count(groups, folds),
+        "fold": fold,
+        "seed": seed,
+        "grouping": groups.describe(),
+        "group_source": groups.source,
+        "groups": len(set(groups.labels)),
+        "validation_groups": held_out,
+    }
 
 
 def _best_model(config: TrainConfig, spec: OrganSpec, run_dir: Path):
@@ -224,13 +251,21 @@ def _model_size(model, spec: OrganSpec) -> dict:
     }
 
 
-def _card_metrics(best: dict, best_epoch: int, single_pass: dict) -> dict:
+def _card_metrics(best: dict, best_epoch: int, single_pass: dict, last: dict) -> dict:
+    """The best epoch's validation figures (that epoch was chosen on the validation set itself) and the
+    last epoch's, single-pass (chosen by nothing but the budget)."""
     return {
         "val_dice": best["val_dice"],
         "val_dice_at_threshold": best["val_dice_at"],
+        "val_dice_pooled_at_threshold": best.get("val_dice_pooled_at"),
         "val_loss": best["val_loss"],
         "best_epoch": best_epoch,
         **single_pass,
+        "last_epoch": {
+            "epoch": last["epoch"],
+            "val_dice_at_threshold": last["val_dice_at"],
+            "val_dice_pooled_at_threshold": last.get("val_dice_pooled_at"),
+        },
     }
 
 

@@ -59,6 +59,11 @@ CONFLICTS = {
     ("post", "/api/v1/evaluations"),
     ("post", "/api/v1/training/jobs"),
     ("post", "/api/v1/training/jobs/{job_id}/cancel"),
+    ("post", "/api/v1/studies"),  # several series in one upload
+    ("get", "/api/v1/studies/{study_id}/mask.nii.gz"),  # the study is not done
+    ("get", "/api/v1/studies/{study_id}/seg.dcm"),  # not done; a NIfTI study has no DICOM series
+    ("post", "/api/v1/studies/{study_id}/cancel"),  # already finished
+    ("post", "/api/v1/studies/{study_id}/choice"),  # not done
 }
 EXTRA = {
     ("post", "/api/v1/auth/sign-in"): {401, 403, 429},  # wrong password; account not active; throttled

@@ -2,21 +2,28 @@
 
 Pages never load anything from elsewhere: hospital networks are often closed, and the policy stops
 injected markup from running script even if an escape were ever missed. Scripts, styles and fonts come
-from this origin only (gateway/web/static: no inline script or style, no CDN); images may also be
-`data:`/`blob:` URLs (result PNGs in base64, Bootstrap's SVG icons, the user's own file previewed before
-upload). The interactive API docs (/docs) are Swagger UI from `make assets` with its start-up in a static
-script; their policy differs only in allowing the style attributes Swagger UI sets while rendering.
+from this origin only (gateway/web/static: no inline script or style but one vendor rule by its hash, no
+CDN); images may also be `data:`/`blob:` URLs (result PNGs in base64, Bootstrap's SVG icons, the user's own
+file previewed before upload). The interactive API docs (/docs) are Swagger UI from `make assets` with its
+start-up in a static script; their policy differs only in allowing the style attributes Swagger UI sets while
+rendering.
 """
 
 from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+# The one inline style a page may apply, by its hash: OpenSeadragon (the histology viewer, npm openseadragon
+# 6.1.1) puts a <style> element in the page's head at start, "@media (hover: none) {    .openseadragon-canvas:
+# focus {        outline: none !important;    }}" (no focus ring on touch screens). Nothing else inline runs;
+# another version's text has another hash, refused (tests/web/test_viewer2d.py fails on the console error).
+ALLOWED_INLINE_STYLES = ("'sha256-9xTiqzfwFaL2SGb1rmr8gysEwVVjIvqWAgmZgqFqpEE='",)
+
 PAGE_POLICY = "; ".join(
     [
         "default-src 'self'",
         "script-src 'self'",
-        "style-src 'self'",
+        " ".join(["style-src 'self'", *ALLOWED_INLINE_STYLES]),
         "img-src 'self' data: blob:",
         "font-src 'self'",
         "connect-src 'self'",

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from common import model_store
+from common.pacs import Pacs
 from gateway.service.dataplane import DataPlane
 from gateway.service.evaluations import Evaluator
 from gateway.service.model_registry import ModelDirectory, Promotions
 from gateway.service.model_rollout import ManagementFactory, ModelRollout, build_rollout
+from gateway.service.pacs import PacsGateway
 from gateway.service.studies import StudyJobs
 from gateway.service.training_jobs import TrainingJobs
 
@@ -43,6 +45,8 @@ class Clinic:
         self.jobs = TrainingJobs(settings, dataplane.store, management=management)
         self.jobs.on_candidate = self.promotions.serve_candidates
         self.studies = StudyJobs(dataplane, settings)  # workers start with the gateway, or at the first study
+        self.pacs = PacsGateway(Pacs.from_settings(settings), settings)
+        self.studies.publish_seg = self.pacs.store_seg  # a study from the PACS stores its SEG back there
 
     def default_threshold(self, organ: str) -> float:
         return self.dataplane.registry.default_threshold(organ)

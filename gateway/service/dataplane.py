@@ -7,7 +7,9 @@ the organ server answered, and one row (areas at 0.2 … 0.8 from one histogram 
 asked). Masks at any threshold and the history's thumbnail are made from the stored map when asked for
 (gateway.service.masks); the answer carries the masks the caller asked for (all seven by default). The
 object is written before the row and removed again when the row fails, so a row never points at an object
-that is not there.
+that is not there. Asked to keep the image (`keep_image`: the web pages, for their viewer), the gateway also
+writes the image as the viewer shows it (gateway.service.views) beside the map: optional, the row stands
+without it when it cannot be made or written.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import numpy as np
 from common.errors import InvalidInput, MedSegError, NotFound, PayloadTooLarge, ServiceUnavailable
 from common.torchserve_client import InferenceClient
 from gateway import metrics
-from gateway.service import images, scoring
+from gateway.service import images, scoring, views
 from gateway.service.masks import THRESHOLDS, areas, mask_png, probability_mask, stability
 from gateway.service.organs import ModelInfo, Organ, OrganRegistry
 
@@ -128,6 +130,7 @@ class SegmentationRecord:
     areas: dict[str, int]  # "0.5" → mask area in pixels
     api_key_id: int | None
     stability: float | None = None
+    view_key: str | None = None  # the image kept for the viewer (gateway.service.views), if asked and written
     user_id: int | None = None
     actor: str | None = None
     hospital: str | None = None  # the owner's (gateway/tenancy.py)
@@ -309,10 +312,12 @@ class DataPlane:
         actor: str | None = None,
         hospital: str | None = None,
         masks: Sequence[float] = THRESHOLDS,
+        keep_image: bool = False,
     ) -> SegmentResult:
         """Segment and record: the probability map's object first, then the complete row (who asked, areas,
         stability) in one commit; the object is removed again when the row fails. The answer carries the
-        masks at `masks` (thresholds of the grid; gateway.service.masks.selection reads a request's)."""
+        masks at `masks` (thresholds of the grid; gateway.service.masks.selection reads a request's).
+        `keep_image`: the image is kept too, as the viewer shows it, written beside the map."""
         started = time.perf_counter()
         organ = self.registry.get(organ_name)
         filename = filename or "upload"
@@ -324,12 +329,22 @@ class DataPlane:
         written: list[str] = []
         try:
             self._ensure_buckets_once()
-            probability_key = f"segmentations/{organ.name}/{seg_id}/probability.png"
-            areas_px, answered = self._store_results(probability_key, prob, prob_png, masks, written)
+            prefix = f"segmentations/{organ.name}/{seg_id}"
+            probability_key, view_key = f"{prefix}/probability.png", f"{prefix}/{views.VIEW_OBJECT}"
+            view = (
+                self._writers.submit(self._store_view, view_key, data, organ.spec.window)
+                if keep_image
+                else None
+            )
+            try:
+                areas_px, answered = self._store_results(probability_key, prob, prob_png, masks, written)
+            finally:
+                view_key = self._kept(view, view_key, written)
             model = self.registry.model(organ.name)
             record = self._segmentation_record(
                 seg_id, organ.name, model, probability_key, areas_px, (width, height), spacing_mm,
                 patient_id=patient_id, api_key_id=api_key_id, user_id=user_id, actor=actor, hospital=hospital,
+                view_key=view_key,
             )  # fmt: skip
             self.record_segmentation(session, record)
         except Exception:
@@ -362,9 +377,10 @@ class DataPlane:
         user_id,
         actor: str | None,
         hospital: str | None,
+        view_key: str | None = None,
     ) -> SegmentationRecord:
-        """The row of a segmentation whose probability map is written at `probability_key`; size: (width,
-        height)."""
+        """The row of a segmentation whose probability map is written at `probability_key` (and the image
+        kept for the viewer at `view_key`); size: (width, height)."""
         width, height = size
         return SegmentationRecord(
             id=seg_id,
@@ -377,6 +393,7 @@ class DataPlane:
             probability_key=probability_key,
             areas=areas_px,
             stability=stability(areas_px),
+            view_key=view_key,
             api_key_id=api_key_id,
             user_id=user_id,
             actor=actor,
@@ -405,6 +422,26 @@ class DataPlane:
 
     def _store_probability(self, key: str, prob_png: bytes) -> None:
         self.store.put_bytes(self.results_bucket, key, prob_png, content_type="image/png")
+
+    def _store_view(self, key: str, data: bytes, window: dict | None) -> None:
+        view = views.make_view(data, max_pixels=self.max_image_pixels, window=window)
+        self.store.put_bytes(self.results_bucket, key, view, content_type="application/zip")
+
+    @staticmethod
+    def _kept(view, key: str, written: list[str]) -> str | None:
+        """The kept image's key once its write has finished (appended to `written`), or None when it was not
+        asked for or failed: the segmentation stands without it."""
+        if view is None:
+            return None
+        wait([view])
+        failed = view.exception()
+        if failed is None:
+            written.append(key)
+            return key
+        if not isinstance(failed, Exception):  # KeyboardInterrupt, SystemExit: not a failed preview
+            raise failed
+        logger.warning("the image of %s was not kept: %s", key, failed)
+        return None
 
     def _remove(self, keys: Sequence[str]) -> None:
         for key in keys:

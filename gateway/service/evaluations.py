@@ -57,6 +57,7 @@ class ScoredCase:
     overlay_png: bytes
     width: int
     height: int
+    spacing_mm: tuple[float, float] | None = None  # (row, column), when the image carried one
 
 
 def overlay_key(evaluation_id: uuid.UUID, index: int) -> str:
@@ -73,6 +74,9 @@ def case_row(evaluation_id: uuid.UUID, case: ScoredCase, key: str) -> Evaluation
         dice=score.dice,
         iou=score.iou,
         hd95=score.hd95,
+        hd95_mm=score.hd95_mm,
+        pixel_spacing_row_mm=case.spacing_mm[0] if case.spacing_mm else None,
+        pixel_spacing_col_mm=case.spacing_mm[1] if case.spacing_mm else None,
         dice_at=score.dice_at,
         width=case.width,
         height=case.height,
@@ -287,11 +291,11 @@ class Evaluator:
         window = dp.registry.get(target.organ).spec.window
 
         def scored(case: Case, prob: np.ndarray, label: np.ndarray) -> ScoredCase:
-            score = scoring.score_case(prob, label, target.threshold)
             image = imaging.decode_image(case.image.data, window=window, max_pixels=dp.max_image_pixels)
+            score = scoring.score_case(prob, label, target.threshold, image.spacing_mm)
             overlay = scoring.overlay_png(scoring.grey_preview(image.array), label, score.prediction)
             height, width = prob.shape
-            return ScoredCase(case.name, score, overlay, width, height)
+            return ScoredCase(case.name, score, overlay, width, height, image.spacing_mm)
 
         return score_cases(
             cases,

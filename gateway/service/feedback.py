@@ -186,7 +186,14 @@ def update(
         code="not_your_feedback",
     )
     if shared is not None:
-        tenancy.check(session, principal, FEEDBACK_SHARE, row, "only the thread's author shares it or stops")
+        tenancy.check(
+            session,
+            principal,
+            FEEDBACK_SHARE,
+            row,
+            "only the thread's author shares it or stops",
+            code="not_your_feedback",
+        )
         row.shared = shared
     if status is not None:
         if status not in FEEDBACK_STATUSES:

@@ -68,11 +68,13 @@ def segment(
     *,
     doubtful_below: float,
     wanted_masks: str | None = None,
+    keep_image: bool = False,
 ) -> SegmentRecord:
     """The data plane's segment, recorded complete in one commit: who asked (person or key), areas and
     stability, after the one object it names, the probability map (a gateway stopped at any point leaves a
     complete record or none, never one without its owner: issue 8). `wanted_masks`: the request's `masks`
-    (all, none or thresholds, see masks.selection), checked before the organ server is called."""
+    (all, none or thresholds, see masks.selection), checked before the organ server is called. `keep_image`:
+    the image is kept too, for the viewer (gateway.service.views)."""
     thresholds = masks.selection(wanted_masks)
     result = dataplane.segment(
         session,
@@ -85,6 +87,7 @@ def segment(
         hospital=principal.hospital,
         actor=principal.actor,
         masks=thresholds,
+        keep_image=keep_image,
     )
     score = stability(result)
     metrics.observe_segmentation(result.organ, result.model.version, score, score < doubtful_below)

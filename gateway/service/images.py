@@ -36,7 +36,7 @@ def preview_png(data: bytes, filename: str, *, max_pixels: int, window: dict | N
 def refused_by_organ(exc: InvalidInput, filename: str) -> InvalidInput:
     """The organ server's 400 for an upload (it could not decode the pixels): the caller's bad file, named
     like the header check names it."""
-    return InvalidInput(f"{filename}: {exc.message}", code="invalid_image")
+    return InvalidInput(f"{filename}: {exc.message}", code="invalid_image", params={"name": filename})
 
 
 def decode_label(data: bytes, filename: str, *, max_pixels: int) -> np.ndarray:

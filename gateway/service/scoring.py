@@ -3,7 +3,8 @@
 Dice, IoU and the 95 % Hausdorff distance come from `monai.metrics`, on the mask at the evaluation's
 threshold; Dice is also computed at every contract threshold (0.2 … 0.8) so the best one can be marked.
 Conventions: two empty masks agree perfectly (Dice = IoU = 1); HD95 is undefined (None) when either mask
-is empty. HD95 is in pixels.
+is empty. HD95 is in pixels, and also in millimetres (MONAI's `spacing`) when the image carried its pixel
+spacing (DICOM).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from PIL import Image
 
 from gateway.service.masks import THRESHOLDS, probability_mask
 
-OVERLAY_TILE = 256  # longest side of each of the four overlay panels
+# Longest side of each of the four overlay panels: a 512² CT slice at its own size (the viewer zooms into it),
+# a 1000² histology tile halved.
+OVERLAY_TILE = 512
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class CaseScore:
     predicted_px: int
     label_px: int
     prediction: np.ndarray  # bool H×W at the evaluation's threshold
+    hd95_mm: float | None = None  # with the image's pixel spacing, when it carried one
 
 
 def _tensor(mask: np.ndarray) -> torch.Tensor:
@@ -38,19 +42,31 @@ def _tensor(mask: np.ndarray) -> torch.Tensor:
 
 
 def dice_iou_hd95(pred: np.ndarray, label: np.ndarray) -> tuple[float, float, float | None]:
-    """MONAI's Dice, IoU and HD95 of two boolean masks of the same shape."""
-    from monai.metrics import compute_dice, compute_hausdorff_distance, compute_iou
+    """MONAI's Dice, IoU and HD95 (pixels) of two boolean masks of the same shape."""
+    from monai.metrics import compute_dice, compute_iou
 
     p, y = _tensor(pred), _tensor(label)
     dice = float(compute_dice(p, y, include_background=True, ignore_empty=False).item())
     iou = float(compute_iou(p, y, include_background=True, ignore_empty=False).item())
-    hd95 = None
-    if pred.any() and label.any():
-        with warnings.catch_warnings():  # MONAI 1.6 warns about its own deprecated argument
-            warnings.simplefilter("ignore", FutureWarning)
-            value = float(compute_hausdorff_distance(p, y, include_background=True, percentile=95).item())
-        hd95 = value if math.isfinite(value) else None
-    return dice, iou, hd95
+    return dice, iou, hd95(pred, label)
+
+
+def hd95(pred: np.ndarray, label: np.ndarray, spacing_mm: tuple[float, float] | None = None) -> float | None:
+    """MONAI's 95 % Hausdorff distance of two boolean masks: in pixels, or in millimetres with the (row,
+    column) pixel spacing; None when either mask is empty."""
+    from monai.metrics import compute_hausdorff_distance
+
+    if not (pred.any() and label.any()):
+        return None
+    with warnings.catch_warnings():  # MONAI 1.6 warns about its own deprecated argument
+        warnings.simplefilter("ignore", FutureWarning)
+        value = float(
+            compute_hausdorff_distance(
+                _tensor(pred), _tensor(label), include_background=True, percentile=95,
+                spacing=list(spacing_mm) if spacing_mm else None,
+            ).item()
+        )  # fmt: skip
+    return value if math.isfinite(value) else None
 
 
 def dice_iou_at(prob_u8: np.ndarray, label: np.ndarray, thresholds) -> dict[float, tuple[float, float]]:
@@ -65,16 +81,20 @@ def dice_iou_at(prob_u8: np.ndarray, label: np.ndarray, thresholds) -> dict[floa
     return {t: (float(d), float(i)) for t, d, i in zip(thresholds, dice, iou, strict=True)}
 
 
-def score_case(prob_u8: np.ndarray, label: np.ndarray, threshold: float) -> CaseScore:
-    """Scores of one probability map (uint8 H×W) against its label (bool H×W)."""
+def score_case(
+    prob_u8: np.ndarray, label: np.ndarray, threshold: float, spacing_mm: tuple[float, float] | None = None
+) -> CaseScore:
+    """Scores of one probability map (uint8 H×W) against its label (bool H×W); HD95 in millimetres too
+    when the image's (row, column) pixel spacing is given."""
     if prob_u8.shape != label.shape:
         raise ValueError(f"prediction {prob_u8.shape} and label {label.shape} differ in size")
     pred = probability_mask(prob_u8, threshold)
-    dice, iou, hd95 = dice_iou_hd95(pred, label)
+    dice, iou, hd95_px = dice_iou_hd95(pred, label)
     dice_at = {f"{t:.1f}": d for t, (d, _) in dice_iou_at(prob_u8, label, THRESHOLDS).items()}
     return CaseScore(
-        dice, iou, hd95, dice_at, int(np.count_nonzero(pred)), int(np.count_nonzero(label)), pred
-    )
+        dice, iou, hd95_px, dice_at, int(np.count_nonzero(pred)), int(np.count_nonzero(label)), pred,
+        hd95_mm=hd95(pred, label, spacing_mm) if spacing_mm and hd95_px is not None else None,
+    )  # fmt: skip
 
 
 def summarize(cases: list[CaseScore]) -> dict:

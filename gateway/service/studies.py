@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 from common.errors import Conflict, InvalidInput, MedSegError, NotFound, PayloadTooLarge
 from common.volume_inference import segment_volume
 from gateway import metrics, tenancy
-from gateway.access import STUDY_READ, STUDY_WRITE
+from gateway.access import STUDY_CANCEL, STUDY_READ, STUDY_WRITE
 from gateway.core.db import get_sessionmaker
 from gateway.models import Study, audit
 from gateway.principal import Principal
@@ -68,6 +68,20 @@ class Upload:
     data: bytes
 
 
+@dataclass(frozen=True)
+class PacsSource:
+    """The PACS series a study was fetched from; `store_result`: its DICOM SEG goes back into that study."""
+
+    study_uid: str
+    series_uid: str
+    store_result: bool
+
+
+# Stores a study's DICOM SEG (bytes, at a threshold) where the study came from and answers the record of it
+# (gateway/service/pacs.py: STOW-RS into the PACS study); raises a MedSegError when it cannot.
+SegPublisher = Callable[[Study, bytes, float], dict]
+
+
 def parse_study_date(value: str | None) -> date | None:
     if not value:
         return None
@@ -96,6 +110,7 @@ class StudyJobs:
         # Volumes read by this process's submit, handed to its own worker (no second parse of the upload);
         # a worker of another process (or after a restart) reads the stored upload instead.
         self._fresh: dict[uuid.UUID, volumes.Volume] = {}
+        self.publish_seg: SegPublisher | None = None  # set by the Clinic: the PACS's STOW-RS
 
     # --- sessions, workers --------------------------------------------------------------------------
     def _session(self) -> Session:
@@ -132,7 +147,11 @@ class StudyJobs:
                 self._wake.wait(self.settings.study_poll_s)
                 self._wake.clear()
                 continue
-            self._run(study_id)
+            try:
+                self._run(study_id)
+            except Exception as exc:  # the database went away as the study ended: it stays running, and is
+                # taken up again once its heartbeat is stale; this worker lives on for the next one
+                logger.warning("study %s: its end could not be recorded: %s", study_id, exc)
 
     def _claim(self) -> uuid.UUID | None:
         """Take the oldest queued study, or a running one whose worker stopped beating; None if none."""
@@ -174,8 +193,10 @@ class StudyJobs:
         files: Sequence[Upload],
         patient_id: str | None = None,
         study_date: str | None = None,
+        pacs: PacsSource | None = None,
     ) -> Study:
-        """Check and store one study, queued; the worker pool takes it from there."""
+        """Check and store one study, queued; the worker pool takes it from there. `pacs`: the files were
+        fetched from the PACS (the row keeps where from, and whether the result goes back)."""
         organ = self.dataplane.registry.get(organ_name)
         if patient_id is not None:
             check_patient_id(patient_id)
@@ -226,6 +247,10 @@ class StudyJobs:
             api_key_id=principal.api_key.id if principal.api_key else None,
             user_id=principal.user.id if principal.user else None,
             hospital=principal.hospital,
+            pacs_study_uid=pacs.study_uid if pacs else None,
+            pacs_series_uid=pacs.series_uid if pacs else None,
+            pacs_store_result=bool(pacs and pacs.store_result),
+            pacs_segs=[] if pacs else None,
         )
         try:
             session.add(row)
@@ -315,18 +340,43 @@ class StudyJobs:
             }
             for t in THRESHOLDS
         }
+        try:  # the SEG goes back to the PACS before the study is done: a refusal fails it, nothing half-kept
+            with _Beat(self, study_id):  # a slow PACS must not make the study look abandoned
+                pacs_segs = self._publish_result(study_id, organ.spec, volume, prob_ijk)
+        except Exception:
+            self.dataplane._remove([key])
+            raise
         with self._session() as session:
             session.execute(
                 update(Study)
                 .where(Study.id == study_id, Study.status == "running")
                 .values(
                     status="done", progress=1.0, probability_key=key, volumes_ml=volumes_ml,
+                    pacs_segs=pacs_segs,
                     model_name=model.name, model_version=model.version, finished_at=datetime.now(UTC),
                     heartbeat_at=datetime.now(UTC), error_code=None, error_message=None,
                 )
             )  # fmt: skip
             session.commit()
         logger.info("study %s done: %d slices", study_id, prob.shape[0])
+
+    def _publish_result(
+        self, study_id: uuid.UUID, spec, volume: volumes.Volume, prob_ijk: np.ndarray
+    ) -> list | None:
+        """The study's SEGs after its result is published: when it came from the PACS with `store_result`, its
+        DICOM SEG at the saved (else the default) threshold, stored back there."""
+        with self._session() as session:
+            row = session.get(Study, study_id)
+            if not (row.pacs_store_result and self.publish_seg):
+                return row.pacs_segs
+            threshold = self.threshold_of(row, None)
+            return self._published(row, self._labels(spec, volume, prob_ijk, threshold), threshold)
+
+    def _published(self, row: Study, labels: np.ndarray, threshold: float) -> list:
+        """`row.pacs_segs` with one more: the SEG at `threshold`, a new series, stored by `publish_seg`."""
+        done = list(row.pacs_segs or [])
+        seg = self._seg_bytes(row, labels, threshold, series_index=len(done))
+        return [*done, self.publish_seg(row, seg, threshold)]
 
     def _read_stored(self, key: str) -> volumes.Volume:
         blob = self.dataplane.store.get_bytes(self.dataplane.results_bucket, key)
@@ -335,8 +385,7 @@ class StudyJobs:
     @staticmethod
     def _labels(spec, volume: volumes.Volume, prob_ijk: np.ndarray, threshold: float) -> np.ndarray:
         """uint8 labels on the input grid at `threshold`, post-processed (spec.postprocess_3d) on the
-        canonical
-        grid, whose first axis is the axial one the options work slice by slice on."""
+        canonical grid, whose first axis is the axial one the options work slice by slice on."""
         mask = probability_mask(prob_ijk, threshold)
         if spec.postprocess_3d.enabled:
             axcodes = _axcodes(spec)
@@ -370,12 +419,13 @@ class StudyJobs:
         return list(session.scalars(query.order_by(Study.created_at.desc()).limit(limit)))
 
     def threshold_of(self, row: Study, threshold: float | None) -> float:
-        """The threshold asked for (0.2 … 0.8), else the one saved, else the organ's default."""
-        if threshold is None:
-            threshold = row.chosen_threshold
-        if threshold is None:
-            threshold = self.dataplane.registry.default_threshold(row.organ)
-        return nearest_threshold(_check_threshold(threshold))
+        """The threshold asked for (one of the seven: 400 otherwise), else the one saved, else the organ's
+        default (the nearest of the seven)."""
+        if threshold is not None:
+            return grid_threshold(threshold)
+        if row.chosen_threshold is not None:
+            return float(row.chosen_threshold)
+        return nearest_threshold(self.dataplane.registry.default_threshold(row.organ))
 
     def _done(self, row: Study) -> None:
         if row.status != "done":
@@ -402,6 +452,9 @@ class StudyJobs:
                 code="not_dicom",
             )
         _, labels = self.labels_volume(row, threshold)
+        return self._seg_bytes(row, labels, threshold)
+
+    def _seg_bytes(self, row: Study, labels: np.ndarray, threshold: float, series_index: int = 0) -> bytes:
         blob = self.dataplane.store.get_bytes(self.dataplane.results_bucket, row.source_key)
         return volumes.dicom_seg(
             _stored_files(row.source_key, blob),
@@ -410,6 +463,7 @@ class StudyJobs:
             algorithm=row.model_name or row.organ,
             version=row.model_version or "unknown",
             threshold=threshold,
+            series_index=series_index,
         )
 
     def image_nifti(self, row: Study) -> bytes:
@@ -426,9 +480,9 @@ class StudyJobs:
         tenancy.check(
             session,
             principal,
-            STUDY_WRITE,
+            STUDY_CANCEL,
             row,
-            "only the study's owner may cancel it",
+            "only whoever submitted the study cancels it",
             code="not_your_study",
         )
         if row.status in ("done", "failed"):
@@ -450,11 +504,16 @@ class StudyJobs:
             principal,
             STUDY_WRITE,
             row,
-            "only the study's owner may save its threshold",
+            "only the doctor (or the API key) who submitted the study saves its threshold",
             code="not_your_study",
         )
         self._done(row)
-        row.chosen_threshold = nearest_threshold(_check_threshold(threshold))
+        chosen = grid_threshold(threshold)
+        stored = {s["threshold"] for s in row.pacs_segs or []}
+        if row.pacs_store_result and self.publish_seg and chosen not in stored:
+            # a new SEG in the PACS first: when the PACS refuses, the choice is not saved either
+            row.pacs_segs = self._published(row, self.labels_volume(row, chosen)[1], chosen)
+        row.chosen_threshold = chosen
         row.chosen_note = note
         row.chosen_at = datetime.now(UTC)
         audit(
@@ -567,10 +626,16 @@ def _study_uuid(study_id: str) -> uuid.UUID:
         raise NotFound(NOT_FOUND.format(study_id), code="unknown_study") from None
 
 
-def _check_threshold(value: float) -> float:
-    if not 0.2 - 1e-9 <= float(value) <= 0.8 + 1e-9:
-        raise InvalidInput(f"threshold {value} is outside 0.2 … 0.8", code="invalid_threshold")
-    return float(value)
+def grid_threshold(value: float) -> float:
+    """`value` as one of the seven thresholds (0.2 … 0.8 in steps of 0.1), as a segmentation's mask and
+    choice take them (gateway/service/history.py); anything else (0.55, 0.9, NaN) is a 400 naming them."""
+    nearest = nearest_threshold(float(value))
+    if not abs(float(value) - nearest) <= 1e-9:  # written so that NaN fails too
+        raise InvalidInput(
+            f"threshold must be one of {', '.join(f'{t:.1f}' for t in THRESHOLDS)}, not {value}",
+            code="invalid_threshold",
+        )
+    return nearest
 
 
 def _compact(data: np.ndarray) -> np.ndarray:

@@ -236,9 +236,18 @@ def default_organ(session: Session, user: User, organs: list[str]) -> str | None
 
 
 def organ_context(request: Request, viewer: Viewer, session: Session) -> dict:
-    """The organ select's choices and the organ it starts on."""
+    """The organ select's choices and the organ it starts on; what the viewer needs of each organ (its
+    modality: histology opens in deep zoom; its label: nuclei are counted)."""
     organs = [(name, i18n.organ_name(viewer.lang, name, display)) for name, display in organ_choices(request)]
-    return {"organs": organs, "default_organ": default_organ(session, viewer.user, [n for n, _ in organs])}
+    kinds = {
+        o.name: {"modality": o.spec.modality, "label": o.spec.label}
+        for o in request.app.state.dataplane.registry.all()
+    }
+    return {
+        "organs": organs,
+        "default_organ": default_organ(session, viewer.user, [n for n, _ in organs]),
+        "organ_kinds": kinds,
+    }
 
 
 router = APIRouter(include_in_schema=False)

@@ -1,12 +1,17 @@
 """Rows of the route × caller table (tests/api/test_access.py) for the clinical loop's routes, with the
-fixtures each call needs (a version, an evaluation, a feedback thread, a segmentation owned by the caller)."""
+fixtures each call needs (a version, an evaluation, a feedback thread, a segmentation or a study owned by
+the caller)."""
 
 from __future__ import annotations
 
+import datetime
+import functools
+import gzip
 import sys
 import tempfile
 import uuid
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +25,17 @@ from gateway.models import (
     ModelVersion,
     ReferenceSet,
     Segmentation,
+    Study,
     TrainingJob,
 )
-from gateway.service.masks import MASKS_OBJECT, THRESHOLDS, pack_masks
+from gateway.service.masks import MASKS_OBJECT, THRESHOLDS, pack_masks, probability_mask
 from gateway.service.training_jobs import spawn_worker
+from gateway.service.views import VIEW_OBJECT, make_view
+from services import volumes
 from services.imaging import encode_png
+from tests import studydata
+from tests.pacsdata import stored_study
+from tests.studydata import ct_slice_bytes
 
 PEOPLE = frozenset({"doctor", "researcher", "admin"})
 RESEARCH = frozenset({"researcher", "admin"})
@@ -174,6 +185,14 @@ def _feedback(world, who) -> int:
         return row.id
 
 
+@functools.cache
+def ct_view() -> bytes:
+    """The stored view (gateway/service/views.py) of a small CT slice: image, HU values, directions."""
+    hu = np.full((32, 32), -1000.0)
+    hu[8:24, 8:24] = 60.0
+    return make_view(ct_slice_bytes(hu), max_pixels=1_000_000, window={"center": 60, "width": 400})
+
+
 # A stored segmentation's probability map: a 4×4 square at 200/255 in 32×32 (in the masks at 0.2 … 0.7,
 # not at 0.8). The rows' areas are made up.
 PROBABILITY = np.pad(np.full((4, 4), 200, np.uint8), 14)
@@ -184,8 +203,9 @@ LEGACY_THUMBNAIL = b"\x89PNG\r\n\x1a\nstored thumbnail"
 
 
 def _segmentation(world, who, *, legacy: bool = False) -> str:
-    """A segmentation owned by `who`, as the gateway writes one (its probability map, `PROBABILITY`, is its
-    one object) or, `legacy`, as it wrote them before (stored masks and thumbnail, `LEGACY_*`)."""
+    """A segmentation owned by `who`, as the gateway writes one for the pages (its probability map,
+    `PROBABILITY`, and the image kept for the viewer, `ct_view`) or, `legacy`, as it wrote them before (stored
+    masks and thumbnail, `LEGACY_*`, no image)."""
     seg_id = uuid.uuid4()
     prefix = f"segmentations/liver/{seg_id}"
     stored = {"probability_key": f"{prefix}/probability.png", "mask_keys": {}, "thumbnail_key": None}
@@ -200,6 +220,8 @@ def _segmentation(world, who, *, legacy: bool = False) -> str:
         world.store.put_bytes("medseg-results", f"{prefix}/{MASKS_OBJECT}", masks_zip)
     else:
         world.store.put_bytes("medseg-results", stored["probability_key"], encode_png(PROBABILITY))
+        stored["view_key"] = f"{prefix}/{VIEW_OBJECT}"
+        world.store.put_bytes("medseg-results", stored["view_key"], ct_view())
     with world.session() as session:
         session.add(
             Segmentation(
@@ -217,6 +239,116 @@ def _segmentation(world, who, *, legacy: bool = False) -> str:
             )
         )
     return str(seg_id)
+
+
+# --- studies: a small CT volume (16 × 16 pixels, 4 slices, in HU) as NIfTI and as a DICOM series -------
+STUDY_SHAPE = [4, 16, 16]  # [z, y, x], as a study reports it
+STUDY_SPACING = [studydata.SLICE_MM, studydata.PIXEL_MM, studydata.PIXEL_MM]
+STUDY_PATIENT = "P-S1"
+
+
+@lru_cache
+def study_hu() -> np.ndarray:
+    """HU on the base grid (i, j, k) = (16, 16, 4): a ramp from air to bone, different on every slice."""
+    i, j, k = np.meshgrid(np.arange(16), np.arange(16), np.arange(4), indexing="ij")
+    return (-200.0 + 20.0 * i + 5.0 * j + 30.0 * k).astype(np.float32)
+
+
+@lru_cache
+def study_files(source: str = "nifti") -> tuple[tuple[str, bytes], ...]:
+    """The study as uploaded: one .nii.gz, or the DICOM files of one series (patient LIVER-0001, study date
+    2024-03-01 in the headers)."""
+    if source == "nifti":
+        image = studydata.nifti_image(study_hu().astype(np.int16))
+        return (("study.nii.gz", gzip.compress(image.to_bytes(), mtime=0)),)
+    return tuple(studydata.series_files(studydata.ct_datasets(study_hu(), name="api-study")))
+
+
+@lru_cache
+def _study_volume(source: str) -> volumes.Volume:
+    return volumes.read_study(list(study_files(source)))
+
+
+@lru_cache
+def study_probability(source: str = "nifti") -> np.ndarray:
+    """The stored 8-bit probabilities on the input grid: 0 … 255 across the first axis."""
+    shape = _study_volume(source).shape
+    ramp = np.linspace(0, 255, shape[0]).round().astype(np.uint8)
+    return np.ascontiguousarray(np.broadcast_to(ramp[:, None, None], shape))
+
+
+def study_mask(source: str, threshold: float) -> np.ndarray:
+    """The labels a study's mask at `threshold` must hold (the liver spec has no 3-D post-processing)."""
+    return probability_mask(study_probability(source), threshold).astype(np.uint8)
+
+
+def study_volumes_ml(source: str = "nifti") -> dict:
+    """The organ's volume in mL at each threshold of those probabilities, as the study service counts it."""
+    prob, voxel_ml = study_probability(source), _study_volume(source).voxel_volume_ml
+    return {
+        f"{t:.1f}": {"liver": round(int(probability_mask(prob, t).sum()) * voxel_ml, 2)} for t in THRESHOLDS
+    }
+
+
+@lru_cache
+def _study_objects(source: str) -> tuple[str, bytes, bytes]:
+    """(input object name, input bytes, probability .nii.gz) of a study made from the files."""
+    if source == "nifti":
+        name, data = "source.nii.gz", study_files(source)[0][1]
+    else:
+        name, data = "source.zip", studydata.zipped(study_files(source))
+    return name, data, volumes.nifti_bytes(_study_volume(source), study_probability(source))
+
+
+def make_study(
+    world,
+    *,
+    user_id: int | None = None,
+    api_key_id: int | None = None,
+    hospital: str | None = None,
+    status: str = "done",
+    source: str = "nifti",
+    patient_id: str = STUDY_PATIENT,
+    chosen_threshold: float | None = None,
+) -> str:
+    """A study row as the study service leaves it (queued: its upload stored; done: its probabilities and
+    organ volumes too), with its objects in the results bucket; its id."""
+    study_id = uuid.uuid4()
+    prefix = f"studies/liver/{study_id}"
+    name, data, probability = _study_objects(source)
+    world.store.put_bytes("medseg-results", f"{prefix}/{name}", data)
+    done = status == "done"
+    if done:
+        world.store.put_bytes("medseg-results", f"{prefix}/probability.nii.gz", probability)
+    dicom = _study_volume(source).series
+    with world.session() as session:
+        session.add(
+            Study(
+                id=study_id, organ="liver", patient_id=patient_id, study_date=datetime.date(2024, 3, 1),
+                source=source, modality="CT", study_uid=dicom and dicom.study_instance_uid,
+                series_uid=dicom and dicom.series_instance_uid, status=status, progress=1.0 if done else 0.0,
+                attempts=1 if done else 0, model_name="liver" if done else None,
+                model_version="acc" if done else None, shape=STUDY_SHAPE, spacing_mm=STUDY_SPACING,
+                labels=["liver"], volumes_ml=study_volumes_ml(source) if done else {},
+                input_key=f"{prefix}/{name}", source_key=f"{prefix}/{name}" if source == "dicom" else None,
+                probability_key=f"{prefix}/probability.nii.gz" if done else None, size_bytes=len(data),
+                api_key_id=api_key_id, user_id=user_id, hospital=hospital, chosen_threshold=chosen_threshold,
+            )
+        )  # fmt: skip
+    return str(study_id)
+
+
+def _study(world, who, **kw) -> str:
+    """A study made by `who` (a PEOPLE name, or "key_with_scope": the `segment` key), of its hospital."""
+    owner = _owner(world, who, "segment")
+    hospital = world.users[who].hospital if who in world.users else None
+    return make_study(world, **owner, hospital=hospital, **kw)
+
+
+def _study_submit(world, client, who):
+    return client.post(
+        "/api/v1/studies", data={"organ": "liver"}, files=[("files", f) for f in study_files("nifti")]
+    )
 
 
 def _upload_eval(world, client, who):
@@ -262,6 +394,15 @@ def _job(world, state: str) -> str:
         session.add(row)
         session.flush()
         return str(row.id)
+
+
+def pacs_study(world) -> str:
+    """The UID of a study in the world's PACS (a real Orthanc: tests/fixtures/pacs.py), stored once."""
+    if not getattr(world, "pacs_study_uid", None):
+        world.pacs_patient_id = f"P-{uuid.uuid4().hex[:8]}"
+        series = stored_study(world.app().state.clinic.pacs.pacs, patient_id=world.pacs_patient_id)
+        world.pacs_study_uid = series[0].StudyInstanceUID
+    return world.pacs_study_uid
 
 
 def _rule(roles, scopes, call) -> tuple:
@@ -366,6 +507,14 @@ def _rules() -> dict:
             ("segment",),
             lambda w, c, who: c.get(f"/api/v1/segmentations/{_segmentation(w, who)}/mask.png"),
         ),
+        **{
+            ("GET", f"/api/v1/segmentations/{{segmentation_id}}/{path}"): _rule(
+                PEOPLE,
+                ("segment",),
+                lambda w, c, who, path=path: c.get(f"/api/v1/segmentations/{_segmentation(w, who)}/{path}"),
+            )
+            for path in ("image.png", "values.npy", "nuclei")
+        },
         ("GET", "/api/v1/training/architectures"): _rule(
             RESEARCH, ("train",), lambda w, c, who: c.get("/api/v1/training/architectures")
         ),
@@ -383,6 +532,39 @@ def _rules() -> dict:
         ),
         ("GET", "/api/v1/patients/{patient_id}/trend"): _rule(
             PEOPLE, ("segment",), lambda w, c, who: c.get("/api/v1/patients/P-1/trend")
+        ),
+        ("POST", "/api/v1/studies"): _rule(PEOPLE, ("segment",), _study_submit),
+        ("GET", "/api/v1/studies"): _rule(PEOPLE, ("segment",), lambda w, c, who: c.get("/api/v1/studies")),
+        ("GET", "/api/v1/studies/{study_id}"): _rule(
+            PEOPLE, ("segment",), lambda w, c, who: c.get(f"/api/v1/studies/{_study(w, who)}")
+        ),
+        ("GET", "/api/v1/studies/{study_id}/mask.nii.gz"): _rule(
+            PEOPLE, ("segment",), lambda w, c, who: c.get(f"/api/v1/studies/{_study(w, who)}/mask.nii.gz")
+        ),
+        ("GET", "/api/v1/studies/{study_id}/seg.dcm"): _rule(
+            PEOPLE,
+            ("segment",),
+            lambda w, c, who: c.get(f"/api/v1/studies/{_study(w, who, source='dicom')}/seg.dcm"),
+        ),
+        ("GET", "/api/v1/studies/{study_id}/image.nii.gz"): _rule(
+            PEOPLE, ("segment",), lambda w, c, who: c.get(f"/api/v1/studies/{_study(w, who)}/image.nii.gz")
+        ),
+        ("POST", "/api/v1/studies/{study_id}/cancel"): _rule(
+            PEOPLE,
+            ("segment",),
+            lambda w, c, who: c.post(f"/api/v1/studies/{_study(w, who, status='queued')}/cancel"),
+        ),
+        ("POST", "/api/v1/studies/{study_id}/choice"): _rule(
+            {"doctor"},
+            ("segment",),  # the key that submitted the study (a hospital system, for its doctor)
+            lambda w, c, who: c.post(f"/api/v1/studies/{_study(w, who)}/choice", json={"threshold": 0.5}),
+        ),
+        # the hospital's PACS: its doctors and its systems' keys (gateway/access.py PACS_READER)
+        ("GET", "/api/v1/pacs/studies"): _rule(
+            {"doctor"}, ("segment",), lambda w, c, who: c.get("/api/v1/pacs/studies", params={"limit": 5})
+        ),
+        ("GET", "/api/v1/pacs/studies/{study_uid}/series"): _rule(
+            {"doctor"}, ("segment",), lambda w, c, who: c.get(f"/api/v1/pacs/studies/{pacs_study(w)}/series")
         ),
     }
 

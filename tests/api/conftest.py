@@ -34,6 +34,7 @@ from gateway.security import create_api_key
 from gateway.service.dataplane import DataPlane
 from gateway.service.organs import OrganRegistry
 from services.spec import SERVICES_DIR
+from tests.fixtures.pacs import pacs_settings_for
 from tests.gateway.fakes import FakeClient
 
 PASSWORD = "correct horse battery"
@@ -135,6 +136,7 @@ class World:
     keys: dict[str, str] = field(default_factory=dict)  # scope → raw key
     key_rows: dict[str, object] = field(default_factory=dict)
     _apps: dict = field(default_factory=dict)
+    _built: list = field(default_factory=list)  # every app built, whose study workers close() stops
 
     def app(self, settings: Settings | None = None):
         if settings is None:
@@ -156,7 +158,15 @@ class World:
 
         app.dependency_overrides[get_db] = test_db
         app.dependency_overrides[get_settings] = lambda: settings
+        # the study workers (started by a submitted study) claim and write studies in this database
+        app.state.clinic.studies.session_factory = factory
+        self._built.append(app)
         return app
+
+    def close(self) -> None:
+        """Stop the study workers of every app built here (before the database goes)."""
+        for app in self._built:
+            app.state.clinic.studies.close()
 
     def session(self):
         return session_scope(self.engine)
@@ -207,9 +217,10 @@ def people_db(request, tmp_path_factory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def world(people_db) -> Iterator[World]:
+def world(people_db, request) -> Iterator[World]:
     engine = make_engine(people_db)
-    world = World(engine, MemoryStore(), Settings(sign_in_max_failures=3, sign_in_window_s=600))
+    settings = Settings(sign_in_max_failures=3, sign_in_window_s=600, **pacs_settings_for(request))
+    world = World(engine, MemoryStore(), settings)
     with world.session() as session:
         for name, (role, hospital, status) in PEOPLE.items():
             world.users[name] = accounts.create_user(
@@ -222,6 +233,7 @@ def world(people_db) -> Iterator[World]:
             )
             world.keys[scope], world.key_rows[scope] = raw, row
     yield world
+    world.close()
     engine.dispose()
 
 

@@ -11,33 +11,68 @@ entry, every scope of the entry is admitted over both, a key without them and no
 An answer is compared in the HTTP JSON shape (the gRPC message's fields, with a detail's summary lifted
 out of its sub-message). An error is compared as (HTTP status or gRPC code, our error code); after an error
 nothing stored may have changed.
+
+Streams (medseg.v1.Studies): a client-streaming call (Submit) sends the first message with the request's
+fields and no data, then every file in chunks; a server stream of files (GetMask, GetSeg, GetImage) is
+joined into one body, compared with the HTTP body ({"data", "content_type", "threshold"}); Watch answers
+its last study, as an HTTP client polling GET /studies/{id} until the study is finished sees it. A submitted
+study is segmented by the app's study workers (the fake organ servers answer its chunks); the driver waits
+until it is finished and stops the workers again, so no study changes while another row runs.
 """
 
 from __future__ import annotations
 
+import gzip
+import io
+import time
 import uuid
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import grpc
+import highdicom as hd
+import nibabel as nib
 import numpy as np
 import pytest
 from fastapi.routing import APIRoute
 from google.protobuf import json_format
-from medseg.v1 import clinic_pb2, clinic_pb2_grpc, segmentation_pb2, segmentation_pb2_grpc
+from medseg.v1 import (
+    clinic_pb2,
+    clinic_pb2_grpc,
+    pacs_pb2,
+    pacs_pb2_grpc,
+    segmentation_pb2,
+    segmentation_pb2_grpc,
+    studies_pb2,
+    studies_pb2_grpc,
+)
 from sqlalchemy import func, select
 
 from common.errors import ServiceUnavailable
+from common.pacs import Pacs, PacsCredentials
 from gateway import crud
 from gateway.access import OPERATIONS
-from gateway.models import Evaluation, Feedback, FeedbackReply, ModelVersion, Segmentation, TrainingJob
+from gateway.models import (
+    Evaluation,
+    Feedback,
+    FeedbackReply,
+    ModelVersion,
+    Segmentation,
+    Study,
+    TrainingJob,
+)
+from gateway.resources.studies import grpc as studies_grpc
 from gateway.service import masks, scoring
 from gateway.service.training_jobs import FINISHED
+from tests import studydata
 from tests.api.clinic_access import (
     LEGACY_MASK,
     LEGACY_THUMBNAIL,
     PROBABILITY,
+    STUDY_PATIENT,
+    STUDY_SHAPE,
+    STUDY_SPACING,
     _evaluation,
     _feedback,
     _job,
@@ -46,10 +81,17 @@ from tests.api.clinic_access import (
     _no_training,
     _reference,
     _segmentation,
+    _study,
     _version,
+    pacs_study,
+    study_files,
+    study_hu,
+    study_mask,
+    study_volumes_ml,
 )
 from tests.api.conftest import KEY_SCOPES, grpc_channel, png, sqlite_database
 from tests.api.test_access import ACCESS as ROUTE_RULES
+from tests.fixtures.objectstore import _free_port
 from tests.gateway.fakes import FakeClient
 
 IMAGE = png(np.full((32, 32), 90, np.uint8))
@@ -71,6 +113,15 @@ def app(world):
     app.state.dataplane.record_segmentation = crud.record_segmentation  # segmentations become history
     yield app
     app.state.clinic.jobs.stop_workers()
+    app.state.clinic.studies.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def small_file_chunks():
+    """Files stream out in 64-byte chunks (1 MiB in service), so every test file crosses in several."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(studies_grpc, "CHUNK_BYTES", 64)
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +162,23 @@ def _files(a: dict) -> list:
     return [("images", f) for f in a.get("images", [])] + [("labels", f) for f in a.get("labels", [])]
 
 
+STUDY_FINISHED = ("done", "failed")
+STUDY_WAIT_S = 60.0
+
+
+def _watch_http(client, a: dict):
+    """Watching over HTTP: polling the study until it is finished (its last answer, or the first error)."""
+    deadline = time.monotonic() + STUDY_WAIT_S
+    while True:
+        response = client.get(f"{ST}/{a['id']}")
+        if response.status_code >= 400 or response.json()["status"] in STUDY_FINISHED:
+            return response
+        assert time.monotonic() < deadline, f"study {a['id']} not finished: {response.json()}"
+        time.sleep(0.05)
+
+
 M = "/api/v1/models"
+ST = "/api/v1/studies"
 HTTP_CALLS = {
     "organs.list": lambda c, a: c.get("/api/v1/organs"),
     "segment": lambda c, a: c.post(
@@ -176,6 +243,23 @@ HTTP_CALLS = {
     "training.jobs.start": lambda c, a: c.post("/api/v1/training/jobs", json=a),
     "training.jobs.show": lambda c, a: c.get(f"/api/v1/training/jobs/{a['id']}"),
     "training.jobs.cancel": lambda c, a: c.post(f"/api/v1/training/jobs/{a['id']}/cancel"),
+    "studies.submit": lambda c, a: c.post(
+        ST, data=_json(a, "organ", "patient_id", "study_date"), files=[("files", f) for f in a["files"]]
+    ),
+    "studies.list": lambda c, a: c.get(ST, params=_json(a, "patient_id", "organ", "limit")),
+    "studies.show": lambda c, a: c.get(f"{ST}/{a['id']}"),
+    "studies.watch": _watch_http,  # no HTTP route: the HTTP client's way to watch
+    "studies.mask": lambda c, a: c.get(f"{ST}/{a['id']}/mask.nii.gz", params=_json(a, "threshold")),
+    "studies.seg": lambda c, a: c.get(f"{ST}/{a['id']}/seg.dcm", params=_json(a, "threshold")),
+    "studies.image": lambda c, a: c.get(f"{ST}/{a['id']}/image.nii.gz"),
+    "studies.cancel": lambda c, a: c.post(f"{ST}/{a['id']}/cancel"),
+    "studies.choose_threshold": lambda c, a: c.post(
+        f"{ST}/{a['id']}/choice", json=_json(a, "threshold", "note")
+    ),
+    "pacs.studies": lambda c, a: c.get(
+        "/api/v1/pacs/studies", params=_json(a, "patient_id", "modality", "date_from", "date_to", "limit")
+    ),
+    "pacs.series": lambda c, a: c.get(f"/api/v1/pacs/studies/{a['study_uid']}/series"),
 }
 
 
@@ -184,17 +268,26 @@ def call_http(world, channel, row: Row, args: dict):
     response = HTTP_CALLS[row.op](client, args)
     if response.status_code >= 400:
         return Failure(response.status_code, response.json()["error"]["code"])
-    if response.headers["content-type"] == "image/png":
-        threshold = response.headers.get("x-medseg-threshold")  # a stored mask's, in the gRPC answer's field
-        return {"png": response.content} | ({"threshold": float(threshold)} if threshold else {})
-    return response.json()
+    content_type = response.headers["content-type"]
+    threshold = response.headers.get("x-medseg-threshold")  # a stored mask's, in the gRPC answer's field
+    at = {"threshold": float(threshold)} if threshold else {}
+    if content_type == "image/png":
+        return {"png": response.content} | at
+    if not content_type.startswith("application/json"):  # a study's file
+        return {"data": response.content, "content_type": content_type} | at
+    return _settled(world, row, response.json())
 
 
 # --- gRPC driver --------------------------------------------------------------------------------------------
 def _methods() -> dict[str, tuple[object, object]]:
-    """ "Service/Method" → (pb2 module, pb2_grpc module), over both medseg.v1 files."""
+    """ "Service/Method" → (pb2 module, pb2_grpc module), over the medseg.v1 files."""
     out = {}
-    for pb, pb_grpc in ((segmentation_pb2, segmentation_pb2_grpc), (clinic_pb2, clinic_pb2_grpc)):
+    for pb, pb_grpc in (
+        (segmentation_pb2, segmentation_pb2_grpc),
+        (clinic_pb2, clinic_pb2_grpc),
+        (studies_pb2, studies_pb2_grpc),
+        (pacs_pb2, pacs_pb2_grpc),
+    ):
         for service in pb.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
                 out[f"{service.name}/{method.name}"] = (pb, pb_grpc)
@@ -222,17 +315,47 @@ def _request(pb, service: str, method: str, args: dict):
     return message
 
 
+UPLOAD_CHUNK_BYTES = 100  # a client streaming a study's files sends them in pieces this size (NIfTI: 345 B)
+
+
+def _upload_chunks(args: dict):
+    """A study's upload as Submit's client stream: the request's fields first (no data), then each file in
+    pieces, every piece naming its file."""
+    yield studies_pb2.StudyUploadChunk(**{k: v for k, v in args.items() if k != "files"})
+    for name, data in args["files"]:
+        for start in range(0, len(data), UPLOAD_CHUNK_BYTES):
+            yield studies_pb2.StudyUploadChunk(filename=name, data=data[start : start + UPLOAD_CHUNK_BYTES])
+
+
+def _joined(chunks: list) -> dict:
+    """A server stream of FileChunk as one file, in the HTTP driver's shape (the first chunk's threshold; an
+    image has none)."""
+    first = chunks[0]
+    at = {"threshold": first.threshold} if first.threshold else {}
+    return {"data": b"".join(c.data for c in chunks), "content_type": first.content_type} | at
+
+
 def call_grpc(world, channel, row: Row, args: dict):
     rpc = OPERATIONS[row.op].grpc
     pb, pb_grpc = METHODS[rpc]
     service, method = rpc.split("/")
     stub = getattr(pb_grpc, f"{service}Stub")(channel)
     metadata = (("authorization", f"Bearer {world.keys[row.key]}"),) if row.key else ()
+    kind = pb.DESCRIPTOR.services_by_name[service].methods_by_name[method]
     try:
-        answer = getattr(stub, method)(_request(pb, service, method, args), metadata=metadata, timeout=60)
+        if kind.client_streaming:
+            answer = getattr(stub, method)(_upload_chunks(args), metadata=metadata, timeout=60)
+        else:
+            answer = getattr(stub, method)(_request(pb, service, method, args), metadata=metadata, timeout=60)
+        if kind.server_streaming:
+            answer = list(answer)  # the call's error, if any, surfaces here
     except grpc.RpcError as exc:
         codes = dict(exc.trailing_metadata() or ())
         return Failure(exc.code(), codes.get("medseg-error-code", ""))
+    if kind.server_streaming and kind.output_type.name == "FileChunk":
+        return _joined(answer)
+    if kind.server_streaming:  # Watch: the study at its last change
+        answer = answer[-1]
     if answer.DESCRIPTOR.name == "Png":
         return {"png": answer.png}
     if answer.DESCRIPTOR.name == "MaskPng":
@@ -242,7 +365,30 @@ def call_grpc(world, channel, row: Row, args: dict):
     )
     if nested := NESTED.get(answer.DESCRIPTOR.name):
         data.update(data.pop(nested))
-    return data
+    return _settled(world, row, data)
+
+
+def _settled(world, row: Row, answer: dict) -> dict:
+    """A submitted study's answer, once the app's study workers have finished it (and been stopped again)."""
+    if row.op != "studies.submit":
+        return answer
+    jobs = world.app().state.clinic.studies
+    try:
+        _wait_finished(world, answer["id"])
+    finally:
+        jobs.close()
+    return answer
+
+
+def _wait_finished(world, study_id: str) -> Study:
+    deadline = time.monotonic() + STUDY_WAIT_S
+    while True:
+        with world.session() as session:
+            study = session.get(Study, uuid.UUID(study_id))
+        if study.status in STUDY_FINISHED:
+            return study
+        assert time.monotonic() < deadline, f"study {study_id} still {study.status}"
+        time.sleep(0.05)
 
 
 DRIVERS = {"http": call_http, "grpc": call_grpc}
@@ -321,12 +467,170 @@ def _between(low, high):
     return lambda value: value is not None and low <= value <= high
 
 
+def _pacs_swapped(world, pacs: Pacs):
+    """The gateway's PACS client replaced by `pacs` for one row (a PACS that is down, or refuses us)."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def swapped():
+        gateway = world.app().state.clinic.pacs
+        configured, gateway.pacs = gateway.pacs, pacs
+        try:
+            yield
+        finally:
+            gateway.pacs = configured
+
+    return swapped()
+
+
+def _pacs_down(world):
+    return _pacs_swapped(world, Pacs(f"http://127.0.0.1:{_free_port()}/dicom-web", PacsCredentials("u", "p")))
+
+
+def _pacs_refusing_us(world):
+    return _pacs_swapped(world, Pacs(world.settings.pacs_url, PacsCredentials("medseg", "not-the-password")))
+
+
+def _pacs_patient(world) -> dict:
+    pacs_study(world)
+    return {"patient_id": world.pacs_patient_id}
+
+
 UNKNOWN_UUID = "00000000-0000-4000-8000-000000000000"
 S = grpc.StatusCode
 
 
 def _organs(names: list) -> bool:
     return "liver" in [o["name"] for o in names]
+
+
+# --- studies ------------------------------------------------------------------------------------------------
+def _upload(source: str = "nifti", **fields):
+    return lambda w: {"organ": "liver", "files": list(study_files(source)), **fields}
+
+
+def _bad_upload(files: Callable, **fields):
+    return lambda w: {"organ": "liver", "files": files(), **fields}
+
+
+def _series(**kw) -> list:
+    return studydata.series_files(studydata.ct_datasets(study_hu(), name="api-study", **kw))
+
+
+def _two_series() -> list:
+    a, b = _series(series_number=2), _series(series_number=3, series_description="another")
+    return [("two.zip", studydata.zipped([(f"a/{n}", d) for n, d in a] + [(f"b/{n}", d) for n, d in b]))]
+
+
+def _missing_slice() -> list:
+    files = _series()
+    return files[:2] + files[3:]
+
+
+def _mr_series() -> list:
+    datasets = studydata.ct_datasets(study_hu(), name="api-study-mr")
+    for ds in datasets:
+        ds.Modality = "MR"
+    return studydata.series_files(datasets)
+
+
+def _four_d() -> list:
+    image = studydata.nifti_image(study_hu().astype(np.int16))
+    data = np.stack([np.asanyarray(image.dataobj)] * 2, axis=-1)
+    return [("4d.nii", nib.Nifti1Image(data, image.affine).to_bytes())]
+
+
+def _study_limit(limit: int):
+    """The study size limit of both edges (and of the study service) set to `limit` bytes for a while
+    (the test NIfTI is 345 bytes)."""
+
+    @contextmanager
+    def limited(world):
+        clinic = world.app().state.clinic
+        saved = clinic.settings, clinic.studies.settings
+        clinic.settings = clinic.studies.settings = clinic.settings.model_copy(
+            update={"study_max_bytes": limit}
+        )
+        try:
+            yield
+        finally:
+            clinic.settings, clinic.studies.settings = saved
+
+    return limited
+
+
+@contextmanager
+def _store_down(world):
+    world.store.fail = True
+    try:
+        yield
+    finally:
+        world.store.fail = False
+
+
+def _nifti(blob: bytes) -> nib.Nifti1Image:
+    return nib.Nifti1Image.from_bytes(gzip.decompress(blob))
+
+
+def _on_the_grid(image: nib.Nifti1Image) -> bool:
+    """The input's grid: its shape and the affine of studydata's base grid (NIfTI and DICOM alike)."""
+    return image.shape == study_hu().shape and np.allclose(image.affine, studydata.base_affine(image.shape))
+
+
+def _mask_at(threshold: float, source: str = "nifti"):
+    """A .nii.gz of the study's labels at `threshold`, uint8 on the input's grid."""
+
+    def check(blob: bytes) -> bool:
+        image = _nifti(blob)
+        labels = np.asanyarray(image.dataobj)
+        return (image.get_data_dtype() == np.uint8 and _on_the_grid(image)
+                and np.array_equal(labels, study_mask(source, threshold)))  # fmt: skip
+
+    return check
+
+
+def _seg_at(threshold: float):
+    """A DICOM SEG of the series' labels at `threshold`: referencing every source instance, its frames
+    (placed by their source instances) the mask's slices."""
+
+    def check(blob: bytes) -> bool:
+        seg = hd.seg.segread(io.BytesIO(blob))
+        sources = [ds.SOPInstanceUID for ds in studydata.ct_datasets(study_hu(), name="api-study")]
+        referenced = {r.ReferencedSOPInstanceUID for s in seg.ReferencedSeriesSequence
+                      for r in s.ReferencedInstanceSequence}  # fmt: skip
+        pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=sources, segment_numbers=[1])
+        expected = study_mask("dicom", threshold).transpose(2, 1, 0)  # (slice, row, column)
+        return referenced == set(sources) and np.array_equal(pixels[..., 0].astype(np.uint8), expected)
+
+    return check
+
+
+def _image_of(source: str):
+    """The study's image: a NIfTI input as it came; a DICOM series as NIfTI of its HU on the series' grid."""
+    if source == "nifti":
+        return lambda blob: blob == study_files("nifti")[0][1]
+    return lambda blob: _on_the_grid(_nifti(blob)) and np.array_equal(_nifti(blob).get_fdata(), study_hu())
+
+
+def _volumes(ml: dict) -> bool:
+    return (
+        sorted(ml) == [f"{t / 10:.1f}" for t in range(2, 9)] and ml["0.2"]["liver"] > ml["0.8"]["liver"] > 0
+    )
+
+
+def _patient_with_a_study(world) -> dict:
+    patient = f"P-{uuid.uuid4().hex[:8]}"
+    _study(world, OWNER, patient_id=patient)
+    return {"patient_id": patient}
+
+
+def _a_point_in_ml(points: list) -> bool:
+    return len(points) == 1 and points[0]["threshold"] == 0.5 and points[0]["volumes_ml"]["liver"] > 0
+
+
+STUDY = {"organ": "liver", "shape": STUDY_SHAPE, "spacing_mm": STUDY_SPACING, "labels": ["liver"],
+         "default_threshold": 0.5}  # fmt: skip
+QUEUED = ("queued", "running", "done")  # what a submit answers, by how quickly the worker takes it up
 
 
 ROWS = [
@@ -515,6 +819,123 @@ ROWS = [
     Row("training.jobs.cancel", "train", lambda w: {"id": _job(w, "queued")}, {"status": "cancelled"}),
     Row("training.jobs.cancel", "train", lambda w: {"id": _job(w, "succeeded")},
         Err(409, S.FAILED_PRECONDITION, "job_finished"), id="finished job"),
+    # --- studies: submitted in chunks (gRPC), segmented in the background by the fake organ servers
+    Row("studies.submit", "segment", _upload("nifti", patient_id="P-S9", study_date="2024-05-02"),
+        {**STUDY, "status": lambda v: v in QUEUED, "source": "nifti", "patient_id": "P-S9",
+         "study_date": "2024-05-02", "error": None}),
+    Row("studies.submit", "segment", _upload("dicom", study_date="2020-01-01"),
+        {**STUDY, "source": "dicom", "patient_id": studydata.PATIENT_ID, "study_date": "2024-03-01"},
+        id="a DICOM series: its own patient and study date win"),
+    Row("studies.submit", "segment", _bad_upload(lambda: [("s.zip", studydata.zipped(_series()))]),
+        {**STUDY, "source": "dicom"}, id="a zip of the series"),
+    Row("studies.submit", "segment", _upload("nifti", organ="kidney"), Err(404, S.NOT_FOUND, "unknown_organ"),
+        id="unknown organ"),
+    Row("studies.submit", "segment", _bad_upload(_two_series),
+        Err(409, S.FAILED_PRECONDITION, "several_series"), id="two series in one zip"),
+    Row("studies.submit", "segment", _bad_upload(_missing_slice),
+        Err(400, S.INVALID_ARGUMENT, "missing_slice"),
+        id="a missing slice"),
+    Row("studies.submit", "segment", _bad_upload(_four_d), Err(400, S.INVALID_ARGUMENT, "nifti_not_3d"),
+        id="a 4-D NIfTI"),
+    Row("studies.submit", "segment", _bad_upload(_mr_series), Err(400, S.INVALID_ARGUMENT, "wrong_modality"),
+        id="an MR series for a CT organ"),
+    Row("studies.submit", "segment", _upload("nifti", study_date="2024-13-45"),
+        Err(400, S.INVALID_ARGUMENT, "invalid_study_date"), id="a study date that is no date"),
+    Row("studies.submit", "segment", _upload("nifti", patient_id="Jane Doe"),
+        Err(400, S.INVALID_ARGUMENT, "invalid_patient_id"), id="a name as patient id"),
+    Row("studies.submit", "segment", _upload("nifti"), Err(413, S.RESOURCE_EXHAUSTED, "study_too_large"),
+        during=_study_limit(100), id="over the size limit"),
+    Row("studies.submit", "segment", _upload("nifti"), Err(503, S.UNAVAILABLE, "service_unavailable"),
+        during=_store_down, id="object store down"),
+    Row("studies.list", "segment", lambda w: (_study(w, OWNER), {"patient_id": STUDY_PATIENT, "limit": 5})[1],
+        {"studies": lambda v: 1 <= len(v) <= 5 and all(s["patient_id"] == STUDY_PATIENT for s in v)}),
+    Row("studies.list", "segment", lambda w: {"limit": 500}, Err(400, S.INVALID_ARGUMENT, "invalid_input"),
+        id="limit too large"),
+    Row("studies.show", "segment", lambda w: {"id": _study(w, OWNER)},
+        {**STUDY, "status": "done", "progress": 1.0, "model": {"name": "liver", "version": "acc"},
+         "volumes_ml": _volumes, "error": None, "chosen_threshold": None}),
+    Row("studies.show", "segment", lambda w: {"id": UNKNOWN_UUID}, Err(404, S.NOT_FOUND, "unknown_study"),
+        id="unknown study"),
+    Row("studies.show", "segment", lambda w: {"id": "not-a-uuid"}, Err(404, S.NOT_FOUND, "unknown_study"),
+        id="malformed study id"),
+    Row("studies.show", "segment", lambda w: {"id": _study(w, "doctor")},
+        Err(404, S.NOT_FOUND, "unknown_study"),
+        id="someone else's study"),
+    Row("studies.watch", "segment", lambda w: {"id": _study(w, OWNER)},
+        {**STUDY, "status": "done", "progress": 1.0, "volumes_ml": _volumes}),
+    Row("studies.watch", "segment", lambda w: {"id": UNKNOWN_UUID}, Err(404, S.NOT_FOUND, "unknown_study"),
+        id="unknown study"),
+    Row("studies.mask", "segment", lambda w: {"id": _study(w, OWNER), "threshold": 0.7},
+        {"data": _mask_at(0.7), "content_type": "application/gzip", "threshold": 0.7}),
+    Row("studies.mask", "segment", lambda w: {"id": _study(w, OWNER)},
+        {"data": _mask_at(0.5), "threshold": 0.5}, id="no threshold: the organ's default"),
+    Row("studies.mask", "segment", lambda w: {"id": _study(w, OWNER, chosen_threshold=0.3)},
+        {"data": _mask_at(0.3), "threshold": 0.3}, id="no threshold: the saved one"),
+    Row("studies.mask", "segment", lambda w: {"id": _study(w, OWNER, source="dicom"), "threshold": 0.4},
+        {"data": _mask_at(0.4, "dicom"), "threshold": 0.4}, id="a DICOM study: on the series' grid"),
+    Row("studies.mask", "segment", lambda w: {"id": _study(w, OWNER), "threshold": 0.9},
+        Err(400, S.INVALID_ARGUMENT, "invalid_threshold"), id="threshold above 0.8"),
+    Row("studies.mask", "segment", lambda w: {"id": _study(w, OWNER), "threshold": 0.55},
+        Err(400, S.INVALID_ARGUMENT, "invalid_threshold"), id="threshold off the grid"),
+    Row("studies.mask", "segment", lambda w: {"id": _study(w, OWNER, status="queued")},
+        Err(409, S.FAILED_PRECONDITION, "study_not_done"), id="a study not done yet"),
+    Row("studies.mask", "segment", lambda w: {"id": _study(w, "doctor")},
+        Err(404, S.NOT_FOUND, "unknown_study"),
+        id="someone else's mask"),
+    Row("studies.seg", "segment", lambda w: {"id": _study(w, OWNER, source="dicom"), "threshold": 0.5},
+        {"data": _seg_at(0.5), "content_type": "application/dicom", "threshold": 0.5}),
+    Row("studies.seg", "segment", lambda w: {"id": _study(w, OWNER)},
+        Err(409, S.FAILED_PRECONDITION, "not_dicom"),
+        id="a NIfTI study"),
+    Row("studies.seg", "segment", lambda w: {"id": _study(w, OWNER, source="dicom", status="queued")},
+        Err(409, S.FAILED_PRECONDITION, "study_not_done"), id="a study not done yet"),
+    Row("studies.image", "segment", lambda w: {"id": _study(w, OWNER)},
+        {"data": _image_of("nifti"), "content_type": "application/gzip"}),
+    Row("studies.image", "segment", lambda w: {"id": _study(w, OWNER, source="dicom")},
+        {"data": _image_of("dicom")}, id="a DICOM study: its HU as NIfTI"),
+    Row("studies.image", "segment", lambda w: {"id": UNKNOWN_UUID}, Err(404, S.NOT_FOUND, "unknown_study"),
+        id="unknown study"),
+    Row("studies.cancel", "segment", lambda w: {"id": _study(w, OWNER, status="queued")},
+        {"status": "failed", "error": {"code": "cancelled", "message": "the study was cancelled"}}),
+    Row("studies.cancel", "segment", lambda w: {"id": _study(w, OWNER)},
+        Err(409, S.FAILED_PRECONDITION, "study_finished"), id="a finished study"),
+    Row("studies.cancel", "segment", lambda w: {"id": _study(w, "doctor", status="queued")},
+        Err(404, S.NOT_FOUND, "unknown_study"), id="someone else's study"),
+    Row("studies.choose_threshold", "segment",
+        lambda w: {"id": _study(w, OWNER), "threshold": 0.3, "note": "0.3 keeps the caudate lobe"},
+        {"chosen_threshold": 0.3, "chosen_note": "0.3 keeps the caudate lobe", "status": "done"}),
+    Row("studies.choose_threshold", "segment", lambda w: {"id": _study(w, OWNER), "threshold": 0.55},
+        Err(400, S.INVALID_ARGUMENT, "invalid_threshold"), id="threshold off the grid"),
+    Row("studies.choose_threshold", "segment",
+        lambda w: {"id": _study(w, OWNER, status="queued"), "threshold": 0.5},
+        Err(409, S.FAILED_PRECONDITION, "study_not_done"), id="a study not done yet"),
+    Row("studies.choose_threshold", "segment", lambda w: {"id": _study(w, "doctor"), "threshold": 0.5},
+        Err(404, S.NOT_FOUND, "unknown_study"), id="someone else's study"),
+    Row("segmentations.trend", "segment", _patient_with_a_study, {"points": [], "studies": _a_point_in_ml},
+        id="a study: one point in mL"),
+    # --- the hospital's PACS (a real Orthanc), for pickers
+    Row("pacs.studies", "segment", _pacs_patient,
+        {"studies": lambda v: len(v) == 1 and v[0]["modalities"] == ["CT"] and v[0]["series_count"] == 1}),
+    Row("pacs.studies", "segment", lambda w: {"modality": "C T"},
+        Err(400, S.INVALID_ARGUMENT, "invalid_modality"), id="not a modality"),
+    Row("pacs.studies", "segment", lambda w: {"date_from": "2024-02-30", "limit": 5},
+        Err(400, S.INVALID_ARGUMENT, "invalid_input"), id="not a date"),
+    Row("pacs.studies", "segment", lambda w: {"patient_id": "P\\1"},
+        Err(400, S.INVALID_ARGUMENT, "invalid_input"), id="a patient ID QIDO cannot take"),
+    Row("pacs.studies", "datasets", lambda w: {}, Err(403, S.PERMISSION_DENIED, "forbidden"),
+        id="key without the scope"),
+    Row("pacs.studies", None, lambda w: {}, Err(401, S.UNAUTHENTICATED, "missing_credentials"), id="no key"),
+    Row("pacs.studies", "segment", lambda w: {}, Err(503, S.UNAVAILABLE, "pacs_unavailable"),
+        during=_pacs_down, id="PACS down"),
+    Row("pacs.studies", "segment", lambda w: {}, Err(503, S.UNAVAILABLE, "pacs_credentials"),
+        during=_pacs_refusing_us, id="PACS refuses our credentials"),
+    Row("pacs.series", "segment", lambda w: {"study_uid": pacs_study(w)},
+        {"series": lambda v: [(s["modality"], s["segmentable"], s["instance_count"]) for s in v]
+         == [("CT", True, 3)]}),
+    Row("pacs.series", "segment", lambda w: {"study_uid": "1.2.3.4.5"},
+        Err(404, S.NOT_FOUND, "pacs_not_found"), id="a study the PACS does not hold"),
+    Row("pacs.series", "segment", lambda w: {"study_uid": "1.2.abc"},
+        Err(400, S.INVALID_ARGUMENT, "invalid_uid"), id="not a UID"),
 ]  # fmt: skip
 
 
@@ -633,6 +1054,13 @@ def _stored(world) -> dict:
                 session.execute(select(Segmentation.id, Segmentation.chosen_threshold)).all(), key=str
             ),
             "jobs": dict(session.execute(select(TrainingJob.id, TrainingJob.state)).all()),
+            "studies": sorted(
+                session.execute(
+                    select(Study.id, Study.status, Study.chosen_threshold, Study.cancel_requested)
+                ).all(),
+                key=str,
+            ),
+            "study_objects": sorted(k for _, k in world.store.objects if k.startswith("studies/")),
         }
 
 
@@ -693,3 +1121,59 @@ def test_one_loop_across_both_transports(world, app, channel):
     assert [(p["segmentation_id"], p["chosen"], p["threshold"]) for p in trend["points"]] == [
         (made["id"], True, 0.7)
     ]
+
+
+def _stub(world, channel):
+    metadata = (("authorization", f"Bearer {world.keys['segment']}"),)
+    return studies_pb2_grpc.StudiesStub(channel), metadata
+
+
+def test_a_study_submitted_in_chunks_is_watched_until_done_and_read_back_over_http(world, app, channel):
+    """Submit (client stream) → the app's study worker segments the volume through the organ server → Watch
+    streams the study until it is done, its progress only growing → the mask over HTTP is the organ server's
+    answer on the input's grid (the fake answers 0 … 255 across the image's columns: the canonical x axis,
+    the input's first), and the volumes in mL are its voxels at each threshold."""
+    stub, metadata = _stub(world, channel)
+    try:
+        queued = stub.Submit(_upload_chunks(_upload("nifti")(world)), metadata=metadata, timeout=60)
+        states = list(stub.Watch(studies_pb2.GetStudyRequest(id=queued.id), metadata=metadata, timeout=60))
+    finally:
+        app.state.clinic.studies.close()
+    assert queued.status in QUEUED
+    assert states[-1].status == "done" and states[-1].progress == 1.0
+    assert [s.progress for s in states] == sorted(s.progress for s in states)
+    shown = call_http(world, channel, Row("studies.show", "segment", None, {}), {"id": queued.id})
+    assert shown["volumes_ml"] == json_format.MessageToDict(states[-1].volumes_ml)
+    assert _volumes(shown["volumes_ml"])
+    assert shown["volumes_ml"] == study_volumes_ml("nifti")
+    mask = call_http(
+        world, channel, Row("studies.mask", "segment", None, {}), {"id": queued.id, "threshold": 0.6}
+    )
+    assert _mask_at(0.6)(mask["data"]) and mask["threshold"] == 0.6
+
+
+@pytest.mark.parametrize(
+    "op, source", [("studies.mask", "nifti"), ("studies.image", "nifti"), ("studies.image", "dicom")]
+)
+def test_streamed_files_join_to_the_http_body(world, app, channel, op, source):
+    """A file streamed in several chunks (the first carrying content type and threshold) joins to exactly the
+    HTTP body."""
+    args = {"id": _study(world, OWNER, source=source)}
+    stub, metadata = _stub(world, channel)
+    method = {"studies.mask": stub.GetMask, "studies.image": stub.GetImage}[op]
+    request = studies_pb2.GetStudyResultRequest if op == "studies.mask" else studies_pb2.GetStudyRequest
+    chunks = list(method(request(**args), metadata=metadata, timeout=60))
+    http = call_http(world, channel, Row(op, "segment", None, {}), args)
+    assert len(chunks) > 1 and all(not c.content_type for c in chunks[1:])
+    assert _joined(chunks) == http
+
+
+def test_a_dicom_seg_streamed_in_chunks_is_the_http_one(world, app, channel):
+    """The DICOM SEG over both edges: the same segments on the same source instances (each answer is a new
+    SEG instance, with UIDs of its own)."""
+    args = {"id": _study(world, OWNER, source="dicom"), "threshold": 0.6}
+    stub, metadata = _stub(world, channel)
+    chunks = list(stub.GetSeg(studies_pb2.GetStudyResultRequest(**args), metadata=metadata, timeout=60))
+    http = call_http(world, channel, Row("studies.seg", "segment", None, {}), args)
+    assert len(chunks) > 1 and chunks[0].threshold == http["threshold"] == 0.6
+    assert _seg_at(0.6)(_joined(chunks)["data"]) and _seg_at(0.6)(http["data"])

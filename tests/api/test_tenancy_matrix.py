@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 import pytest
-from google.protobuf import json_format
 
 from gateway.access import (
     AUDIT_READ,
@@ -28,6 +27,7 @@ from gateway.access import (
     KEYS_READ,
     OPERATIONS,
     SEGMENTATION_READ,
+    STUDY_READ,
     USERS_READ,
     Rows,
 )
@@ -35,8 +35,9 @@ from gateway.models import AuditLog, Dataset, Evaluation, EvaluationCase, Feedba
 from gateway.resources.accounts import service as accounts
 from gateway.security import create_api_key
 from gateway.service.masks import MASKS_OBJECT, THRESHOLDS, pack_masks
+from gateway.service.views import VIEW_OBJECT
 from services.imaging import encode_png
-from tests.api.clinic_access import _no_training, _prepare, _version
+from tests.api.clinic_access import _no_training, _prepare, _version, ct_view, make_study
 from tests.api.conftest import (
     HOSPITAL_A,
     HOSPITAL_B,
@@ -45,10 +46,10 @@ from tests.api.conftest import (
     small_dataset_zip,
     sqlite_database,
 )
-from tests.api.test_parity import HTTP_CALLS, METHODS, _request
+from tests.api.test_parity import HTTP_CALLS, Failure, Row, call_grpc
 
 READ = {"dataset": DATASET_READ, "evaluation": EVALUATION_READ, "feedback": FEEDBACK_READ,
-        "segmentation": SEGMENTATION_READ, "user": USERS_READ, "api_key": KEYS_READ,
+        "segmentation": SEGMENTATION_READ, "study": STUDY_READ, "user": USERS_READ, "api_key": KEYS_READ,
         "audit": AUDIT_READ}  # fmt: skip
 KEY = "tenant_a"  # world.keys name of hospital A's system, with these scopes:
 KEY_SCOPES = ("segment", "evaluate", "datasets", "feedback", "models", "train")
@@ -113,6 +114,7 @@ class Call:
     args: object  # (world, row) -> args
     listed: object = None  # (answer, row) -> bool, for lists
     skip_kinds: tuple[str, ...] = ()  # refused by the service for another reason (said where)
+    made: tuple[tuple[str, object], ...] = ()  # how the row is made where it matters (a study's status)
 
 
 def _ids(key, field="id"):
@@ -159,9 +161,20 @@ CALLS: dict[str, Call] = {
     ),
     "segmentations.thumbnail": Call("segmentation", lambda w, r: {"segmentation_id": r["id"]}),
     "segmentations.mask": Call("segmentation", lambda w, r: {"segmentation_id": r["id"], "threshold": 0.5}),
+    "segmentations.image": Call("segmentation", lambda w, r: {"segmentation_id": r["id"]}),
+    "segmentations.values": Call("segmentation", lambda w, r: {"segmentation_id": r["id"]}),
+    "segmentations.nuclei": Call("segmentation", lambda w, r: {"segmentation_id": r["id"], "threshold": 0.5}),
     "segmentations.trend": Call(
         "segmentation", lambda w, r: {"patient_id": r["patient"]}, _ids("points", "segmentation_id")
     ),
+    "studies.list": Call("study", lambda w, r: {"limit": 200}, _ids("studies")),
+    "studies.show": Call("study", lambda w, r: {"id": r["id"]}),
+    "studies.watch": Call("study", lambda w, r: {"id": r["id"]}),  # a finished study: one message
+    "studies.mask": Call("study", lambda w, r: {"id": r["id"], "threshold": 0.5}),
+    "studies.seg": Call("study", lambda w, r: {"id": r["id"]}, made=(("source", "dicom"),)),
+    "studies.image": Call("study", lambda w, r: {"id": r["id"]}),
+    "studies.cancel": Call("study", lambda w, r: {"id": r["id"]}, made=(("status", "queued"),)),
+    "studies.choose_threshold": Call("study", lambda w, r: {"id": r["id"], "threshold": 0.5}),
     # a request field with a rule of its own: "<operation>[<field>]"
     "feedback.update[shared]": Call("feedback", lambda w, r: {"id": r["id"], "shared": True}),
     # administration
@@ -174,6 +187,11 @@ CALLS: dict[str, Call] = {
 }
 HTTP_ONLY = {  # the operations without an RPC, which tests/api/test_parity.py's HTTP_CALLS leaves out
     "datasets.list": lambda c, a: c.get("/api/v1/datasets"),
+    "segmentations.image": lambda c, a: c.get(f"/api/v1/segmentations/{a['segmentation_id']}/image.png"),
+    "segmentations.values": lambda c, a: c.get(f"/api/v1/segmentations/{a['segmentation_id']}/values.npy"),
+    "segmentations.nuclei": lambda c, a: c.get(
+        f"/api/v1/segmentations/{a['segmentation_id']}/nuclei", params={"threshold": a["threshold"]}
+    ),
     "datasets.show": lambda c, a: c.get(f"/api/v1/datasets/{a['id']}"),
     "datasets.delete": lambda c, a: c.delete(f"/api/v1/datasets/{a['id']}"),
     "feedback.update[shared]": lambda c, a: c.patch(
@@ -208,11 +226,14 @@ def _owner(world, maker: str) -> tuple[dict, str | None]:
     return {"user": None, "key": world.key_rows[maker].id}, world.key_rows[maker].hospital
 
 
-def _make(world, resource: str, maker: str, shared: bool, relation: str) -> dict:
+def _make(world, resource: str, maker: str, shared: bool, relation: str, made: dict) -> dict:
     who, hospital = _owner(world, maker)
     store, rid = world.store, uuid.uuid4()
     if resource in ("user", "api_key", "audit"):
         return _make_administered(world, resource, maker, hospital, relation, rid)
+    if resource == "study":
+        study = make_study(world, user_id=who["user"], api_key_id=who["key"], hospital=hospital, **made)
+        return {"id": study}
     with world.session() as session:
         if resource == "dataset":  # a copy of the template dataset's objects under a new id
             template = session.get(Dataset, world._tenancy_template)
@@ -252,19 +273,21 @@ def _make(world, resource: str, maker: str, shared: bool, relation: str) -> dict
             session.add(row)
             session.flush()
             return {"id": row.id}
-        thumb, masks_key = (
+        thumb, masks_key, view_key = (
             f"segmentations/liver/{rid}/thumbnail.png",
             f"segmentations/liver/{rid}/{MASKS_OBJECT}",
+            f"segmentations/liver/{rid}/{VIEW_OBJECT}",
         )
         store.put_bytes("medseg-results", thumb, b"\x89PNG\r\n\x1a\nfake")
+        store.put_bytes("medseg-results", view_key, ct_view())
         square = encode_png(np.pad(np.ones((4, 4), bool), 14))
         store.put_bytes("medseg-results", masks_key, pack_masks({t: square for t in THRESHOLDS}))
         patient = f"P-{rid.hex[:8]}"
         session.add(Segmentation(
             id=rid, organ="liver", model_name="liver", model_version="acc", patient_id=patient, width=32,
             height=32, probability_key="p", mask_keys={f"{t:.1f}": masks_key for t in THRESHOLDS},
-            areas_px={"0.5": 4}, thumbnail_key=thumb, user_id=who["user"], api_key_id=who["key"],
-            hospital=hospital,
+            areas_px={"0.5": 4}, thumbnail_key=thumb, view_key=view_key, user_id=who["user"],
+            api_key_id=who["key"], hospital=hospital,
         ))  # fmt: skip
         return {"id": str(rid), "patient": patient}
 
@@ -318,7 +341,8 @@ def _cells() -> list[Cell]:
             if not _admitted(op, caller) or caller.kind in call.skip_kinds:
                 continue
             for relation in _cases(caller, call.resource):
-                cells.append(Cell(op, caller, relation, "http"))
+                if OPERATIONS[operation(op)].http or op in HTTP_ONLY:  # Watch is gRPC's only
+                    cells.append(Cell(op, caller, relation, "http"))
                 if caller.role is None and OPERATIONS[operation(op)].grpc:
                     cells.append(Cell(op, caller, relation, "grpc"))
     return cells
@@ -389,29 +413,20 @@ def _http(world, cell: Cell, args: dict):
 
 
 def _grpc(world, channel, cell: Cell, args: dict):
-    rpc = OPERATIONS[operation(cell.op)].grpc
-    service, method = rpc.split("/")
-    pb, pb_grpc = METHODS[rpc]
-    stub = getattr(pb_grpc, f"{service}Stub")(channel)
-    metadata = (("authorization", f"Bearer {world.keys[cell.caller.name]}"),)
-    try:
-        answer = getattr(stub, method)(_request(pb, service, method, args), metadata=metadata, timeout=60)
-    except grpc.RpcError as exc:
+    """The call through tests/api/test_parity.py's gRPC driver (unary and streaming RPCs alike)."""
+    outcome = call_grpc(world, channel, Row(operation(cell.op), cell.caller.name, None, {}), args)
+    if isinstance(outcome, Failure):
         return {grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.PERMISSION_DENIED: 403}.get(
-            exc.code(), exc
+            outcome.status, outcome
         ), None
-    if answer.DESCRIPTOR.name in ("Png", "MaskPng"):
-        return 200, None
-    return 200, json_format.MessageToDict(
-        answer, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
+    return 200, outcome
 
 
 @pytest.mark.parametrize("cell", CELLS, ids=lambda c: c.id)
 def test_matrix(tenants, channel, cell: Cell):
     call = CALLS[cell.op]
     maker, shared, row_relations = _cases(cell.caller, call.resource)[cell.relation]
-    row = _make(tenants, call.resource, maker, shared, cell.relation)
+    row = _make(tenants, call.resource, maker, shared, cell.relation, dict(call.made))
     want = expected(cell, row_relations)
     args = call.args(tenants, row)
     status, answer = (

@@ -23,6 +23,7 @@ from common.datasets import (
     fetch_dataset,
     list_datasets,
     push_dataset,
+    validate_dataset,
 )
 from common.errors import ServiceUnavailable
 from common.settings import get_settings
@@ -67,6 +68,12 @@ def _png(array: np.ndarray) -> bytes:
 
 GOOD_IMAGE = _png(np.full((32, 32), 100, np.uint8))
 GOOD_MASK = _png(np.pad(np.full((8, 8), 255, np.uint8), 12))
+TWO_PAIRS = {
+    "000.png": GOOD_IMAGE,
+    "000_mask.png": GOOD_MASK,
+    "001.png": GOOD_IMAGE,
+    "001_mask.png": GOOD_MASK,
+}
 
 
 def _zip(tmp_path: Path, entries: dict[str, bytes], name: str = "bad.zip") -> Path:
@@ -233,6 +240,30 @@ BAD_ZIPS = {
         lambda t: _zip(t, {"images/a.png": GOOD_IMAGE, "masks/a.png": GOOD_MASK, "masks/b.png": GOOD_MASK}),
         r"masks/b\.png: mask without an image",
     ),
+    "groups without a header": (
+        lambda t: _zip(t, {**TWO_PAIRS, "groups.csv": b"000,p1\n001,p2\n"}),
+        r"groups\.csv: the first line must be the header `name,group`",
+    ),
+    "group of an unknown pair": (
+        lambda t: _zip(t, {**TWO_PAIRS, "groups.csv": b"name,group\n000,p1\n001,p2\n002,p2\n"}),
+        r"groups\.csv line 4: '002' is not a pair of this dataset",
+    ),
+    "pair without a group": (
+        lambda t: _zip(t, {**TWO_PAIRS, "groups.csv": b"name,group\n000,p1\n"}),
+        r"groups\.csv: 1 pair\(s\) without a group, e\.g\. '001'",
+    ),
+    "pair listed twice": (
+        lambda t: _zip(t, {**TWO_PAIRS, "groups.csv": b"name,group\n000,p1\n000,p2\n001,p2\n"}),
+        r"groups\.csv line 3: '000' is listed twice",
+    ),
+    "empty group": (
+        lambda t: _zip(t, {**TWO_PAIRS, "groups.csv": b"name,group\n000,\n001,p2\n"}),
+        r"groups\.csv line 2: the group of '000' must be 1 to 64 printable characters",
+    ),
+    "groups not text": (
+        lambda t: _zip(t, {**TWO_PAIRS, "groups.csv": b"\xff\xfe\x00n"}),
+        r"groups\.csv: not UTF-8 text",
+    ),
 }
 
 
@@ -256,6 +287,33 @@ def test_good_synthetic_zip_is_accepted(clean_buckets, tmp_path):
         },
     )
     assert push_dataset(clean_buckets, "liver", path)["pair_count"] == 2
+
+
+def test_groups_csv_names_each_pairs_patient_in_the_manifest_and_the_trainer_splits_by_them(
+    clean_buckets, tmp_path
+):
+    """An upload may name each pair's patient (groups.csv beside the images); the manifest keeps it per pair
+    and a fetched copy is grouped by it, whatever the organ's recipe would have found."""
+    store = clean_buckets
+    groups = b"name,group\r\n000,patient-A\r\n001,patient-B\r\n"  # as a spreadsheet saves it
+    path = _zip(tmp_path, {"up/000.png": GOOD_IMAGE, "up/000_mask.png": GOOD_MASK, "up/001.png": GOOD_IMAGE,
+                           "up/001_mask.png": GOOD_MASK, "up/groups.csv": groups}, "grouped.zip")  # fmt: skip
+    assert validate_dataset(path) == ("paired", 2)
+    manifest = push_dataset(store, "liver", path)
+    assert [(p["name"], p["group"]) for p in manifest["pairs"]] == [
+        ("000", "patient-A"),
+        ("001", "patient-B"),
+    ]
+    assert not any(o.endswith("groups.csv") for o in _objects(store))  # the manifest holds the groups
+    ungrouped = push_dataset(store, "liver", _zip(tmp_path, TWO_PAIRS, "plain.zip"))
+    assert all("group" not in p for p in ungrouped["pairs"])
+
+    from services.spec import load_organ_spec  # the trainer reads the fetched copy's groups
+    from trainer.data import load_pairs, pair_groups
+
+    local = fetch_dataset(store, manifest["id"], tmp_path / "cache")
+    trained = pair_groups(local, load_pairs(local, load_organ_spec("liver")), "volumes")
+    assert (trained.source, trained.labels) == ("dataset", ["patient-A", "patient-B"])
 
 
 def test_symlink_in_a_directory_is_refused(clean_buckets, tmp_path):

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from common.errors import InvalidInput, ServiceUnavailable
-from services.imaging import ImageDecodeError, decode_image
+from services.imaging import ImageDecodeError, decode_image, decode_npy, encode_npy, is_npy
 
 
 def png(array: np.ndarray) -> bytes:
@@ -27,7 +27,11 @@ class FakeClient:
     """Answers like common.torchserve_client.InferenceClient on an organ server: a probability PNG at
     the input's size, computed by `answer(h, w)`. It decodes the image as the organ handler does
     (services.imaging.decode_image), so an image it cannot decode is refused like the server's 400
-    (INVALID_ARGUMENT → InvalidInput with the decoder's message)."""
+    (INVALID_ARGUMENT → InvalidInput with the decoder's message). A volume chunk (an .npy (n, h, w), as
+    common.volume_inference sends it) is answered with an .npy uint8 (n, h, w) of `answer(h, w)` on every
+    slice, as services/handler_base.py answers one."""
+
+    label = "fake organ server"
 
     def __init__(self, answer=ramp, error: Exception | None = None):
         self.answer, self.error, self.calls = answer, error, 0
@@ -35,13 +39,21 @@ class FakeClient:
         self.lock = threading.Lock()
 
     def predict(
-        self, model_name: str, data: bytes, version: str | None = None, timeout: float | None = None
+        self,
+        model_name: str,
+        data: bytes,
+        version: str | None = None,
+        timeout: float | None = None,
+        answer_magic: bytes | None = None,
     ) -> bytes:
         with self.lock:
             self.calls += 1
             self.versions.append(version)
         if self.error:
             raise self.error
+        if is_npy(data):
+            n, height, width = decode_npy(data).shape
+            return encode_npy(np.broadcast_to(self.answer(height, width), (n, height, width)))
         try:
             height, width = decode_image(data).array.shape[:2]
         except ImageDecodeError as exc:

@@ -12,7 +12,7 @@ from PIL import Image
 
 from common.errors import InvalidInput, NotFound, PayloadTooLarge, ServiceUnavailable
 from gateway.resources.evaluations.schemas import ImageScorePublic, ThresholdScorePublic
-from gateway.service import images, masks
+from gateway.service import images, masks, views
 from gateway.service.dataplane import DataPlane, ImageScore, ThresholdScore, Upload, pair_by_name
 from gateway.service.masks import THRESHOLDS, probability_mask
 from gateway.service.organs import OrganRegistry
@@ -150,6 +150,45 @@ def test_row_failure_removes_written_objects(registry):
     )
     with pytest.raises(RuntimeError):
         plane.segment(None, "liver", png(np.zeros((32, 32), np.uint8)), "x.png")
+    assert store.objects == {}
+
+
+# --- the image kept for the viewer (keep_image: the web pages ask for it) -------------------------------
+def test_a_kept_image_is_written_beside_the_map_before_the_row(registry):
+    rows, store = [], FakeStore()
+    plane = make_plane(registry, {"liver": FakeClient(ramp)}, store, rows)
+    grey = np.tile(np.arange(64, dtype=np.uint8) * 3, (40, 1))
+    plane.segment(None, "liver", png(grey), "x.png", keep_image=True)
+    (row,) = rows
+    assert sorted(key for _, key in store.objects) == sorted([row.probability_key, row.view_key])
+    image, meta = views.read_view(store.objects[("results", row.view_key)], views.IMAGE_MEMBER)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(image))), grey) and meta == {}
+
+
+class ViewRefusingStore(FakeStore):
+    def put_bytes(self, bucket, key, data, content_type=None):
+        if key.endswith("/" + views.VIEW_OBJECT):
+            raise ServiceUnavailable("object store unavailable: disk full")
+        return super().put_bytes(bucket, key, data, content_type)
+
+
+def test_an_image_that_cannot_be_kept_leaves_the_segmentation_whole_without_it(registry):
+    rows, store = [], ViewRefusingStore()
+    plane = make_plane(registry, {"liver": FakeClient(ramp)}, store, rows)
+    result = plane.segment(None, "liver", png(np.zeros((32, 32), np.uint8)), "x.png", keep_image=True)
+    assert len(result.masks) == 7 and rows[0].view_key is None
+    assert list(store.objects) == [("results", rows[0].probability_key)]
+
+
+def test_row_failure_removes_the_kept_image_too(registry):
+    store = FakeStore()
+
+    def broken_row(session, record):
+        raise RuntimeError("database is locked")
+
+    plane = make_plane(registry, {"liver": FakeClient(ramp)}, store, record=broken_row)
+    with pytest.raises(RuntimeError):
+        plane.segment(None, "liver", png(np.zeros((32, 32), np.uint8)), "x.png", keep_image=True)
     assert store.objects == {}
 
 

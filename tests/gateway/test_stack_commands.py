@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from common.cli import build_parser
-from tools import stack
+from tools import pacs_server, stack
 from tools.stack import PidFile
 
 
@@ -111,7 +111,8 @@ def test_supervisord_config_has_one_restarting_program_per_process(tmp_path):
     parser = configparser.RawConfigParser()
     parser.read_string(stack.supervisord_config(settings))
     programs = [s.removeprefix("program:") for s in parser.sections() if s.startswith("program:")]
-    assert programs == ["objectstore", *(f"torchserve-{o}" for o in organs), "gateway"]
+    pacs = ["pacs"] if stack.local_pacs(settings) else []  # the local Orthanc, when installed
+    assert programs == ["objectstore", *pacs, *(f"torchserve-{o}" for o in organs), "gateway"]
     assert organs  # the shipped .mar files of model-store/
     for name in programs:
         section = parser[f"program:{name}"]
@@ -151,3 +152,15 @@ def test_up_takes_over_from_a_stack_started_before_supervisord(tmp_path):
     finally:
         old_gateway.kill()
         old_gateway.wait()
+
+
+def test_the_local_pacs_is_a_program_only_when_it_is_local(tmp_path):
+    """MEDSEG_PACS_URL naming this machine: the stack runs Orthanc (when installed); a hospital's: not."""
+    from common.settings import Settings
+
+    local = Settings(state_dir=tmp_path, pacs_url="http://127.0.0.1:18999/dicom-web")
+    hospital = Settings(state_dir=tmp_path, pacs_url="https://pacs.hospital.example/dicom-web")
+    names = lambda settings: [p.name for p in stack.process_table(settings)]  # noqa: E731
+    assert ("pacs" in names(local)) == pacs_server.installed()
+    assert "pacs" not in names(hospital)
+    assert stack.local_pacs(hospital) is None

@@ -231,7 +231,7 @@ def test_object_store_down_is_503_without_dangling_rows(http, api_keys, gateway_
         before = conn.execute(select(func.count()).select_from(Segmentation)).scalar_one()
     response = segment(http, api_keys, liver_slice())
     assert response.status_code == 503, response.text
-    assert response.json()["error"]["code"] == "service_unavailable"
+    assert response.json()["error"]["code"] == "objectstore_unavailable"
     with gateway_engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(Segmentation)).scalar_one() == before
     ready = http.get("/readyz")

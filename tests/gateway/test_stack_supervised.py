@@ -1,8 +1,8 @@
 """The real local stack under supervisord (`python -m tools.stack up`), on free ports in a temp state dir:
 each process type killed with SIGKILL (its whole process group) under a small load is back with no manual
 step (/readyz within 30 s, serving: see SERVING_WITHIN_S), its restart counted; requests in flight during
-an organ or object-store outage get a clear 503, never a 500. Only liver is served (one TorchServe: the
-machine is small)."""
+an organ or object-store outage get a clear 503, never a 500; the local PACS (Orthanc) killed is back with
+its data. Only liver is served (one TorchServe: the machine is small)."""
 
 from __future__ import annotations
 
@@ -21,10 +21,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from common.errors import ServiceUnavailable
 from common.launcher import free_port, free_ports
+from common.pacs import Pacs
 from common.settings import REPO_ROOT, Settings
 from tests.data import LIVER_TRAIN
 from tests.fixtures.objectstore import free_objectstore_ports
+from tests.pacsdata import stored_study
 from tools import stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -80,6 +83,7 @@ def stack_env(tmp_path_factory):
         MEDSEG_HTTP_PORT=str(free_port()),
         MEDSEG_GRPC_PORT=str(free_port()),
         MEDSEG_S3_ENDPOINT=f"127.0.0.1:{s3_ports.s3}",
+        MEDSEG_PACS_URL=f"http://127.0.0.1:{free_port()}/dicom-web",  # the stack's own Orthanc
         MEDSEG_STACK_OBJECTSTORE_PORTS=json.dumps({k: v for k, v in vars(s3_ports).items() if v is not None}),
     )
     return env
@@ -158,8 +162,9 @@ def test_up_prints_the_urls_and_status_shows_each_program(running_stack, stack_e
     settings, printed = running_stack
     assert "MedSeg is up (organ:liver=ok, objectstore=ok, disk=ok)" in printed
     assert f"HTTP  {_url(settings)}" in printed and f"S3    http://{settings.s3_endpoint}" in printed
+    assert f"PACS  {settings.pacs_url}  (Orthanc; credentials in " in printed
     status = _tool(stack_env, "tools.stack", "status").stdout
-    for name in ("objectstore", "torchserve-liver", "gateway"):
+    for name in ("objectstore", "pacs", "torchserve-liver", "gateway"):
         assert re.search(rf"^{name}\s+RUNNING\s+restarts=0\s+pid \d+", status, re.M), status
     assert "readyz: 200" in status
     conf = stack.supervisor_dir(settings) / "supervisord.conf"
@@ -206,9 +211,28 @@ def test_killed_program_is_back_and_serving(running_stack, segment_key, stack_en
         allowed = {200, "ConnectError", "RemoteProtocolError", "ReadError"}
         assert {status for status, _ in load.outcomes} <= allowed, load.outcomes
     else:  # the gateway lives on: every call is answered, a 503 naming the outage or a success
-        unavailable = {"service_unavailable", "organ_unavailable"}
+        unavailable = {"service_unavailable", "organ_unavailable", "objectstore_unavailable"}
         assert all(
             status == 200 or (status == 503 and code in unavailable) for status, code in load.outcomes
         ), load.outcomes
     status = _tool(stack_env, "tools.stack", "status").stdout
     assert re.search(rf"^{program}\s+RUNNING\s+restarts={restarts_before + 1}\s", status, re.M), status
+
+
+def test_killed_pacs_is_back_with_its_data(running_stack):
+    """Orthanc SIGKILLed: supervisord starts it again on the same data and credentials."""
+    settings, _ = running_stack
+    pacs = Pacs.from_settings(settings)
+    series = stored_study(pacs, count=2, patient_id="P-STACK")
+    before = stack.stack_process_groups(settings)
+    os.killpg(before["pacs"], signal.SIGKILL)
+    killed_at, found = time.monotonic(), None
+    while time.monotonic() - killed_at < READY_WITHIN_S and found is None:
+        try:
+            found = pacs.search_studies(patient_id="P-STACK")
+        except ServiceUnavailable:
+            time.sleep(0.5)
+    print(f"\npacs: QIDO answers again after {time.monotonic() - killed_at:.1f}s")
+    assert [s.study_uid for s in found or []] == [series[0].StudyInstanceUID]
+    assert stack.stack_process_groups(settings)["pacs"] != before["pacs"]
+    assert stack.read_restarts(settings).get("pacs", 0) == 1

@@ -241,6 +241,7 @@ OBJECT_KEY_COLUMNS = {
     ("segmentations", "probability_key"): "results",
     ("segmentations", "mask_keys"): "results",  # {"0.5": key, ...}
     ("segmentations", "thumbnail_key"): "results",
+    ("segmentations", "view_key"): "results",  # the image a result was made from (view.zip)
     ("datasets", "manifest_key"): "datasets",  # and every file the manifest lists
     ("evaluation_cases", "overlay_key"): "results",
     ("model_versions", "mar_key"): "models",
@@ -259,6 +260,8 @@ def referenced_objects(session, buckets, store) -> list[tuple[str, str, str]]:
         refs += [(f"{where} mask {t}", buckets.results, key) for t, key in (row.mask_keys or {}).items()]
         if row.thumbnail_key:
             refs.append((f"{where} thumbnail", buckets.results, row.thumbnail_key))
+        if row.view_key:
+            refs.append((f"{where} view", buckets.results, row.view_key))
     for row in session.scalars(select(Study)):
         refs += [
             (f"study {row.id} {what}", buckets.results, key)

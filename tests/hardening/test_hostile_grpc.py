@@ -92,7 +92,9 @@ def test_generated_bytes_get_a_client_error_or_an_answer_never_a_server_fault(sh
     try:
         _raw(shared_stub.channel, method)(payload, metadata=auth(api_keys["both"]), timeout=10)
     except grpc.RpcError as exc:
-        assert exc.code() in CLIENT_ERRORS, (method, payload, exc.code(), exc.details())
+        # the PACS is a dependency this test server has none of: its clear 503 is the right answer
+        no_pacs = method.startswith("/medseg.v1.Pacs/") and exc.details().startswith("PACS unavailable")
+        assert exc.code() in CLIENT_ERRORS or no_pacs, (method, payload, exc.code(), exc.details())
 
 
 @pytest.mark.parametrize("method", ["Segment", "Evaluate"])

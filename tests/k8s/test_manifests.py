@@ -15,7 +15,8 @@ from tests.k8s.conftest import K8S, OVERLAYS, by_kind, pod_spec, render, venv_to
 
 ORGANS = sorted(organ_dirs())
 WORKLOADS = ("Deployment", "StatefulSet")  # long-running: must be probed
-SECRETS = {"medseg-postgres", "medseg-s3"}  # created by the operator (docs/operations.md), never committed
+# created by the operator (docs/operations.md), never committed
+SECRETS = {"medseg-postgres", "medseg-s3", "medseg-pacs"}
 
 
 def test_there_are_organs_to_deploy():

@@ -181,6 +181,11 @@ def test_a_broken_recipe_names_the_file_and_the_fix(tmp_path):
         ("arch: erunet\nbudget_minutes: 5\nbatch_size: 8\nepochz: 3\n" + data, "unknown field(s) epochz"),
         ("arch: erunet\nbudget_minutes: 5\nbatch_size: 8\ndata: {train: x, layout: zip}\n", "data.layout"),
         ("arch: erunet\nbudget_minutes: 5\nbatch_size: 8\nwidths: 12\n" + data, "`widths` must be a list"),
+        (
+            "arch: erunet\nbudget_minutes: 5\nbatch_size: 8\n"
+            "data: {train: x, layout: paired, groups: slices}\n",
+            "data.groups must be one of pairs, volumes, not 'slices'",
+        ),
     ):
         recipe.write_text(text)
         with pytest.raises(RecipeError, match=f"{re.escape(str(recipe))}: .*{re.escape(message)}"):

@@ -457,3 +457,50 @@ def test_read_header_leaves_corrupt_pixels_to_the_decoder(case):
 def test_encode_png_refuses_floats():
     with pytest.raises(TypeError, match="uint8"):
         encode_png(np.zeros((20, 20), dtype=np.float32))
+
+
+# --- modality values for a viewer's window/level (decode_values) and the image's directions ---------------
+def test_decode_values_gives_a_ct_in_hounsfield_units_as_int16():
+    from services.imaging import decode_values
+
+    stored = RNG.integers(0, 2000, size=(24, 32)).astype(np.int16)
+    values = decode_values(dicom_bytes(stored, intercept=-1024.0, file_window=(40.0, 350.0)))
+    assert values.values.dtype == np.int16 and np.array_equal(values.values, stored.astype(np.int32) - 1024)
+    assert (values.unit, values.invert, values.file_window) == ("HU", False, {"center": 40.0, "width": 350.0})
+    assert values.orientation is None  # dicom_bytes writes no ImageOrientationPatient
+
+
+def test_decode_values_keeps_fractions_as_float32_and_says_monochrome1_is_inverted():
+    from services.imaging import decode_values
+
+    stored = np.arange(24 * 32, dtype=np.uint16).reshape(24, 32)
+    values = decode_values(dicom_bytes(stored, slope=0.5, photometric="MONOCHROME1"))
+    assert values.values.dtype == np.float32 and values.values[0, 1] == pytest.approx(0.5)
+    assert values.invert and values.file_window is None
+
+
+def test_decode_values_is_none_for_images_that_come_windowed():
+    from services.imaging import decode_values
+
+    grey = RNG.integers(0, 256, size=(20, 20), dtype=np.uint8)
+    assert decode_values(pil_bytes(Image.fromarray(grey), "PNG")) is None
+    assert decode_values(tiff_bytes(grey.astype(np.uint16))) is None
+
+
+@pytest.mark.parametrize(
+    ("cosines", "expected"),
+    [
+        ([1, 0, 0, 0, 1, 0], ("L", "P")),  # axial as scanners write it
+        ([-1, 0, 0, 0, -1, 0], ("R", "A")),
+        ([0, 1, 0, 0, 0, -1], ("P", "I")),  # sagittal
+        ([1, 0, 0, 0, 0, -1], ("L", "I")),  # coronal
+        ([0.866, 0.5, 0, -0.5, 0.866, 0], ("LP", "PR")),  # axial turned 30°: the strongest letter first
+        ([1, 0, 0], None),
+        (None, None),
+        (["a", 0, 0, 0, 1, 0], None),
+    ],
+)
+def test_patient_directions_name_the_right_and_bottom_edges(cosines, expected):
+    from services.imaging import patient_directions
+
+    assert patient_directions(cosines) == expected

@@ -47,8 +47,9 @@ def shipped_liver(study_work):
 
 
 @pytest.fixture(scope="module")
-def study_gateway(study_work, s3_settings, objectstore, shipped_liver, torchserve_cells):
-    settings = s3_settings.model_copy(
+def study_settings(study_work, s3_settings, objectstore, shipped_liver, torchserve_cells):
+    """The live gateway's settings (a module overrides this fixture to add its own, e.g. a PACS)."""
+    return s3_settings.model_copy(
         update={
             "state_dir": study_work / "state",
             "model_store_dir": model_store_for(
@@ -71,7 +72,11 @@ def study_gateway(study_work, s3_settings, objectstore, shipped_liver, torchserv
             "study_stale_after_s": 4.0,
         }
     )
-    live = LiveGateway.create(settings, study_work)
+
+
+@pytest.fixture(scope="module")
+def study_gateway(study_work, study_settings):
+    live = LiveGateway.create(study_settings, study_work)
     try:
         live.start(required=("organ:liver", "objectstore"))
         yield live

@@ -1,4 +1,5 @@
-"""Augmentation: shapes and ranges kept, masks untouched by colour, stain jitter acting in H&E space."""
+"""Augmentation: shapes and ranges kept, masks untouched by colour, stain jitter acting in H&E space, blur
+spreading each image by its own σ."""
 
 import numpy as np
 import pytest
@@ -6,7 +7,7 @@ import torch
 from PIL import Image
 
 from tests.data import CELLS_TRAIN
-from trainer.augment import HED_FROM_RGB, RGB_FROM_HED, AugmentConfig, augment, hed_jitter
+from trainer.augment import HED_FROM_RGB, RGB_FROM_HED, AugmentConfig, augment, gaussian_blur, hed_jitter
 
 
 def tile(size: int = 128) -> torch.Tensor:
@@ -49,7 +50,12 @@ def test_hed_jitter_scales_each_stain_not_each_rgb_channel():
 
 
 @pytest.mark.parametrize(
-    "cfg", [AugmentConfig(crop=64, flips=True, rot90=True, hed_jitter=0.05), AugmentConfig()]
+    "cfg",
+    [
+        AugmentConfig(crop=64, flips=True, rot90=True, hed_jitter=0.05),
+        AugmentConfig(),
+        AugmentConfig(scale=(0.75, 1.3), contrast=(0.75, 1.3), noise_std=0.05, blur_sigma=1.0),
+    ],
 )
 def test_augment_keeps_shapes_ranges_and_binary_masks(cfg):
     x = tile().repeat(3, 1, 1, 1)
@@ -59,3 +65,20 @@ def test_augment_keeps_shapes_ranges_and_binary_masks(cfg):
     assert img.shape == (3, 3, side, side) and msk.shape == (3, 1, side, side)
     assert 0 <= float(img.min()) and float(img.max()) <= 1
     assert set(msk.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_blur_spreads_a_point_by_each_images_own_sigma_and_keeps_flat_images_flat():
+    point = torch.zeros(4, 1, 33, 33)
+    point[:, :, 16, 16] = 1.0
+    sigmas = torch.rand(4, generator=torch.Generator().manual_seed(5)) * 1.5  # what gaussian_blur draws
+    out = gaussian_blur(point, 1.5, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(out.sum(dim=(1, 2, 3)), torch.ones(4))
+    offsets = (torch.arange(33) - 16.0) ** 2
+    variance = (out[:, 0].sum(1) * offsets).sum(1)  # along x
+    wide = sigmas >= 0.6  # a sampled Gaussian narrower than a pixel has less than σ² of variance
+    assert wide.any() and not wide.all()
+    torch.testing.assert_close(variance[wide], sigmas[wide] ** 2, atol=0.02, rtol=0.05)
+    assert (variance[~wide] <= sigmas[~wide] ** 2 + 1e-4).all()
+    assert len({round(float(v), 3) for v in variance}) == 4  # one σ per image
+    flat = torch.full((2, 3, 16, 16), 0.4)
+    torch.testing.assert_close(gaussian_blur(flat, 2.0, torch.Generator().manual_seed(0)), flat)

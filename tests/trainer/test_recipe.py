@@ -22,6 +22,7 @@ def test_liver_trains_as_it_shipped():
     )
     assert load_recipe("liver").data.train == SHARED_DATA / "liver" / "train"
     assert load_recipe("liver").data.layout == "paired"
+    assert load_recipe("liver").data.groups == "volumes"  # folds hold out whole CT volumes
 
 
 def test_cells_trains_as_it_shipped():
@@ -46,6 +47,7 @@ def test_cells_trains_as_it_shipped():
     )
     assert load_recipe("cells").data.train == SHARED_DATA / "monuseg" / "train"
     assert load_recipe("cells").data.layout == "split"
+    assert load_recipe("cells").data.groups == "pairs"  # one tile per patient
 
 
 def test_options_given_win_over_the_recipe():

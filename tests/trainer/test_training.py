@@ -128,3 +128,34 @@ def test_ddp_with_two_processes(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     card = json.loads((tmp_path / "card.json").read_text())
     assert card["training"]["processes"] == 2
+
+
+def test_a_liver_run_validates_on_a_whole_held_out_volume(tmp_path):
+    """`medseg train --fold 2` on the liver data: the three volumes are found from the slices and fold 2
+    holds out the smallest (slices 371-399) whole; the card says so and scores its last epoch too."""
+    cfg = default_config("liver", epochs=1, batch_size=2, widths=(6, 12, 24), samples_per_epoch=2, threads=1)
+    run_training("liver", LIVER, tmp_path, cfg, fold=2)
+    card = json.loads((tmp_path / "card.json").read_text())
+    split = card["split"]
+    assert (split["group_source"], split["groups"], split["folds"]) == ("volumes", 3, 3)
+    assert split["validation_groups"] == {"volume-2": 29} and "by volume" in split["grouping"]
+    assert (card["dataset"]["train"], card["dataset"]["validation"]) == (371, 29)
+    last = card["metrics"]["last_epoch"]
+    assert last["epoch"] == 1 and set(last["val_dice_pooled_at_threshold"]) == {
+        f"{t:.1f}" for t in THRESHOLDS
+    }
+
+
+def test_one_fold_trains_on_every_pair_and_keeps_the_last_epoch(tmp_path):
+    """`medseg train --folds 1`: a final model on every pair (its figures come from grouped `make cv`)."""
+    run_training("liver", LIVER, tmp_path, tiny("liver"), limit=4, folds=1)
+    card = json.loads((tmp_path / "card.json").read_text())
+    assert (card["dataset"]["train"], card["dataset"]["validation"]) == (4, 0)
+    assert card["split"]["folds"] == 1 and card["split"]["validation_groups"] == {}
+    assert card["metrics"]["val_dice"] is None and card["metrics"]["best_epoch"] == 2  # the last epoch
+    assert card["default_threshold"] == 0.5  # the spec's: nothing to calibrate on
+    checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    best = torch.load(tmp_path / "best.pt")
+    assert all(torch.equal(best[k], v) for k, v in checkpoint["model"].items())
+    with pytest.raises(ValueError, match="one fold .* is fold 0, not 1"):
+        run_training("liver", LIVER, tmp_path / "again", tiny("liver"), limit=4, folds=1, fold=1)

@@ -136,6 +136,15 @@ LAYOUT_PROBLEMS = """scope => {
   }
   return problems;
 }"""
+# The segment page's viewer (static/js/viewer2d.js) as the person sees it: the colour on its stage canvas at
+# image pixel (x, y), through the view it reports (data-view: scale, then the image's corner on the stage).
+VIEWER_PIXEL = """([x, y]) => {
+  const root = document.querySelector('#viewer'), c = root.querySelector('canvas');
+  const [scale, tx, ty] = root.dataset.view.split(' ').map(Number), ratio = c.width / c.clientWidth;
+  const px = c.getContext('2d').getImageData(Math.floor((tx + (x + 0.5) * scale) * ratio),
+                                             Math.floor((ty + (y + 0.5) * scale) * ratio), 1, 1).data;
+  return [px[0], px[1], px[2]];
+}"""
 # Words that mean a script put a value the person cannot read on the page.
 BROKEN_VALUES = r"\[object Object\]|\bundefined\b|\bNaN\b"
 

@@ -15,6 +15,7 @@ from gateway.web.i18n import EN, ZH
 from tests.web.helpers import (
     LAYOUT_PROBLEMS,
     PASSWORD,
+    VIEWER_PIXEL,
     api_client,
     dataset_zip,
     dicom_ct,
@@ -133,14 +134,8 @@ def test_3_a_dicom_upload_shows_the_windowed_ct_under_the_overlay(web, browser_p
     page.get_by_role("button", name="Segment", exact=True).click()
     page.locator("#result").wait_for(state="visible", timeout=RESULT_TIMEOUT_MS)
     expect(page.locator("#no-preview")).to_be_hidden()
-    page.locator("#opacity").fill("0")  # the image alone, no mask drawn over it
-    grey = page.locator("#overlay").evaluate(
-        """c => {
-          const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-          const at = (x, y) => d[(y * c.width + x) * 4];
-          return [at(2, 2), at(16, 32), at(32, 32)];
-        }"""
-    )
+    page.locator("#viewer-opacity").fill("0")  # the image alone, no mask drawn over it
+    grey = [page.evaluate(VIEWER_PIXEL, at)[0] for at in ([2, 2], [16, 32], [32, 32])]
     # liver's window: centre 60, width 400 HU → air black, +50 HU 47.5 % grey, +700 HU white
     air, tissue, bone = grey
     assert air == 0 and abs(tissue - round(0.475 * 255)) <= 2 and bone == 255, grey

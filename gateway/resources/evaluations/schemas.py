@@ -61,6 +61,10 @@ class EvaluationCasePublic(BaseModel):
     predicted_px: int
     label_px: int
     overlay_url: str
+    # HD95 in millimetres with the image's pixel spacing, when it carried one (DICOM); else None (px only)
+    hd95_mm: float | None = None
+    pixel_spacing_row_mm: float | None = None
+    pixel_spacing_col_mm: float | None = None
 
 
 class ThresholdDicePublic(BaseModel):

@@ -41,6 +41,9 @@ def _evaluation_detail(session: Session, row) -> EvaluationDetail:
                 predicted_px=c.predicted_px,
                 label_px=c.label_px,
                 overlay_url=f"/api/v1/evaluations/{row.id}/cases/{c.id}/overlay.png",
+                hd95_mm=c.hd95_mm,
+                pixel_spacing_row_mm=c.pixel_spacing_row_mm,
+                pixel_spacing_col_mm=c.pixel_spacing_col_mm,
             )
             for c in evaluations.cases_of(session, row)
         ],

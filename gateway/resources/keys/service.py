@@ -40,5 +40,11 @@ def create_key(session: Session, admin: Principal, body: ApiKeyCreate) -> tuple[
 def revoke_key(session: Session, admin: Principal, prefix: str) -> ApiKey:
     """Revoke a key the admin reaches, by its prefix (or the whole key); idempotent; 404 for any other."""
     prefix = key_prefix(prefix)
-    tenancy.get(session, admin, KEYS_REVOKE, prefix, NotFound(f"no API key with prefix {prefix!r}"))
+    tenancy.get(
+        session,
+        admin,
+        KEYS_REVOKE,
+        prefix,
+        NotFound(f"no API key with prefix {prefix!r}", code="unknown_key", params={"prefix": prefix}),
+    )
     return revoke_api_key(session, prefix, actor=admin.actor)

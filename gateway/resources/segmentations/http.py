@@ -12,12 +12,14 @@ from gateway.resources.segmentations.schemas import (
     ChoiceRequest,
     HistoryItem,
     HistoryPublic,
+    NucleiPublic,
     SegmentationPublic,
     SegmentRecordPublic,
     TrendPublic,
 )
 from gateway.resources.shared import DEFAULT_LIST, MAX_LIST, b64
-from gateway.service import history, images
+from gateway.service import history, images, views
+from services.imaging import NPY_CONTENT_TYPE
 
 router = APIRouter(tags=["history"])
 
@@ -25,6 +27,9 @@ ListSegmentationsCaller = caller("segmentations.list")
 ChooseThresholdCaller = caller("segmentations.choose_threshold")
 ThumbnailCaller = caller("segmentations.thumbnail")
 MaskCaller = caller("segmentations.mask")
+ImageCaller = caller("segmentations.image")
+ValuesCaller = caller("segmentations.values")
+NucleiCaller = caller("segmentations.nuclei")
 TrendCaller = caller("segmentations.trend")
 
 PatientId = Annotated[str, Path(max_length=128)]
@@ -89,6 +94,58 @@ def mask(
     return Response(content=png, media_type="image/png", headers={"X-MedSeg-Threshold": f"{used:.1f}"})
 
 
+# The stored view's headers (gateway/service/views.py), which the viewer reads.
+VIEW_HEADERS = {
+    "X-MedSeg-Values": {
+        "description": "the unit of values.npy (HU for CT); absent: the image has none",
+        "schema": {},
+    },
+    "X-MedSeg-Window": {"description": "the window the PNG is drawn with: center width", "schema": {}},
+    "X-MedSeg-Invert": {"description": "1: MONOCHROME1, high values shown dark", "schema": {}},
+    "X-MedSeg-Orientation": {
+        "description": "patient directions of the right and bottom edges, e.g. L P",
+        "schema": {},
+    },
+}
+
+
+@router.get(
+    "/segmentations/{segmentation_id}/image.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}, "headers": VIEW_HEADERS}},
+)
+def image(segmentation_id: str, clinic: ClinicDep, who: ImageCaller, session: SessionDep):
+    """The image the segmentation was made from, as the model saw it (8-bit; a DICOM windowed with the organ's
+    window); the headers say whether values.npy has its modality values for window/level."""
+    png, headers = service.view_member(clinic, session, who, segmentation_id, views.IMAGE_MEMBER)
+    return Response(content=png, media_type="image/png", headers=headers)
+
+
+@router.get(
+    "/segmentations/{segmentation_id}/values.npy",
+    response_class=Response,
+    responses={200: {"content": {NPY_CONTENT_TYPE: {}}, "headers": VIEW_HEADERS}},
+)
+def values(segmentation_id: str, clinic: ClinicDep, who: ValuesCaller, session: SessionDep):
+    """A grey DICOM's pixels in the modality's units (Hounsfield for CT), H×W int16 or float32 .npy, for
+    window/level in the viewer; 404 `no_values` for any other image."""
+    npy, headers = service.view_member(clinic, session, who, segmentation_id, views.VALUES_MEMBER)
+    return Response(content=npy, media_type=NPY_CONTENT_TYPE, headers=headers)
+
+
+@router.get("/segmentations/{segmentation_id}/nuclei", response_model=NucleiPublic)
+def nuclei(
+    segmentation_id: str,
+    clinic: ClinicDep,
+    who: NucleiCaller,
+    session: SessionDep,
+    threshold: float | None = None,
+) -> NucleiPublic:
+    """The nuclei in a histology result's mask at `threshold` (default as mask.png): touching nuclei
+    split by a watershed of the distance transform; each one's area in px, and µm² with a known spacing."""
+    return service.nuclei(clinic, session, who, segmentation_id, threshold)
+
+
 @router.get("/patients/{patient_id}/trend", response_model=TrendPublic)
 def trend(
     patient_id: PatientId,
@@ -120,6 +177,13 @@ def segment(
     include_image: Annotated[
         bool, Form(description="also answer `image_png`: the image as the model saw it, DICOM windowed")
     ] = False,
+    keep_image: Annotated[
+        bool,
+        Form(
+            description="keep the image with the result for the viewer: GET /segmentations/{id}/image.png "
+            "(and values.npy, a grey DICOM's modality values); a second object beside the map"
+        ),
+    ] = False,
     masks: Annotated[
         str | None,
         Form(
@@ -142,6 +206,7 @@ def segment(
         patient_id or None,
         doubtful_below=clinic.settings.stability_doubtful_below,
         wanted_masks=masks,
+        keep_image=keep_image,
     )
     answer = SegmentRecordPublic(
         **SegmentationPublic.of(record.result).model_dump(),

@@ -77,6 +77,7 @@ class HistoryItem(BaseModel):
     area_unit: str
     area_threshold: float
     thumbnail_url: str | None
+    image_url: str | None = None  # the image the viewer shows; None for results made before it was kept
 
 
 class HistoryPublic(BaseModel):
@@ -92,6 +93,17 @@ class TrendPoint(BaseModel):
     unit: str
     threshold: float
     chosen: bool
+
+
+class NucleiPublic(BaseModel):
+    """Nuclei in the mask at `threshold`, touching ones split (gateway/service/nuclei.py): how many, and each
+    one's area in pixels, and in µm² when the image carried its pixel spacing."""
+
+    segmentation_id: str
+    threshold: float
+    count: int
+    areas_px: list[int]
+    areas_um2: list[float] | None
 
 
 class TrendPublic(BaseModel):

@@ -6,12 +6,14 @@ import time
 
 from medseg.v1 import studies_pb2 as pb
 from medseg.v1 import studies_pb2_grpc as pb_grpc
+from pydantic import ValidationError
 
 from common.errors import InvalidInput, PayloadTooLarge
 from gateway.access import ACCESS
 from gateway.resources.grpc_edge import Servicer, from_message, optional, to_message
+from gateway.resources.shared import validation_message
 from gateway.resources.studies import service
-from gateway.resources.studies.schemas import StudyChoiceRequest
+from gateway.resources.studies.schemas import StudyChoiceRequest, StudyFromPacs
 from gateway.service.studies import Upload
 
 CHUNK_BYTES = 1024 * 1024
@@ -39,7 +41,8 @@ class Studies(Servicer, pb_grpc.StudiesServicer):
     def Submit(self, request_iterator, context):
         with self.edge.call(context, ACCESS["studies.submit"]) as (session, who):
             limit = self.clinic.settings.study_max_bytes
-            first, files, total = None, {}, 0
+            first, files, total = None, [], 0
+            name, fresh = "file-0", True
             for chunk in request_iterator:
                 first = first or chunk
                 total += len(chunk.data)
@@ -48,11 +51,22 @@ class Studies(Servicer, pb_grpc.StudiesServicer):
                         f"the study's files are larger than the limit of {limit} bytes",
                         code="study_too_large",
                     )
-                name = chunk.filename or f"file-{len(files)}"
-                files.setdefault(name, bytearray()).extend(chunk.data)
+                # a new name starts a new file, a message without one continues the file before it; a message
+                # without data (e.g. a first one naming only the organ) adds no file
+                if chunk.filename and chunk.filename != name:
+                    name, fresh = chunk.filename, True
+                if chunk.data:
+                    if fresh:
+                        files.append((name, bytearray()))
+                        fresh = False
+                    files[-1][1].extend(chunk.data)
             if first is None:
                 raise InvalidInput("no chunks: send the organ and the study's files", code="no_files")
-            uploads = [Upload(name, bytes(data)) for name, data in files.items()]
+            if first.HasField("pacs"):
+                if total:
+                    raise InvalidInput("send the files or a PACS series, not both", code="invalid_input")
+                return _study(service.submit_from_pacs(self.clinic, session, who, _from_pacs(first)))
+            uploads = [Upload(n, bytes(data)) for n, data in files]
             out = service.submit(
                 self.clinic,
                 session,
@@ -92,12 +106,12 @@ class Studies(Servicer, pb_grpc.StudiesServicer):
 
     def GetMask(self, request, context):
         with self.edge.call(context, ACCESS["studies.mask"]) as (session, who):
-            used, blob = service.mask(self.clinic, session, who, request.id, _threshold(request))
+            used, blob = service.mask(self.clinic, session, who, request.id, optional(request, "threshold"))
         yield from _chunks(blob, "application/gzip", used)
 
     def GetSeg(self, request, context):
         with self.edge.call(context, ACCESS["studies.seg"]) as (session, who):
-            used, blob = service.seg(self.clinic, session, who, request.id, _threshold(request))
+            used, blob = service.seg(self.clinic, session, who, request.id, optional(request, "threshold"))
         yield from _chunks(blob, "application/dicom", used)
 
     def GetImage(self, request, context):
@@ -118,8 +132,17 @@ class Studies(Servicer, pb_grpc.StudiesServicer):
             return _study(out)
 
 
-def _threshold(request) -> float | None:
-    value = optional(request, "threshold")
-    if value is not None and not 0.2 <= value <= 0.8:
-        raise InvalidInput(f"threshold {value} is outside 0.2 … 0.8", code="invalid_threshold")
-    return value
+def _from_pacs(first: pb.StudyUploadChunk) -> StudyFromPacs:
+    """The first chunk naming a PACS series, checked by HTTP's JSON schema (a study date is refused there)."""
+    data = {
+        "organ": first.organ,
+        "pacs": {"study_uid": first.pacs.study_uid, "series_uid": first.pacs.series_uid},
+        "store_result": first.store_result,
+    }
+    for field in ("patient_id", "study_date"):
+        if first.HasField(field):
+            data[field] = getattr(first, field)
+    try:
+        return StudyFromPacs.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidInput(validation_message(exc), code="invalid_input") from None

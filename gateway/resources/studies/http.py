@@ -1,17 +1,20 @@
-"""Studies over HTTP: submit a DICOM series or a NIfTI volume (POST /api/v1/studies → 202), follow the job,
-fetch the mask (NIfTI), the DICOM SEG and the image, cancel, save the threshold."""
+"""Studies over HTTP: submit a DICOM series or a NIfTI volume (POST /api/v1/studies → 202; multipart with the
+files, or JSON naming a series of the configured PACS), follow the job, fetch the mask (NIfTI), the DICOM SEG
+and the image, cancel, save the threshold."""
 
 from __future__ import annotations
 
+import weakref
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
+from fastapi.routing import APIRoute
 
 from common.errors import PayloadTooLarge
 from gateway.api.deps import AuthenticateFirst, ClinicDep, SessionDep, caller
 from gateway.resources.shared import DEFAULT_LIST, MAX_LIST
 from gateway.resources.studies import service
-from gateway.resources.studies.schemas import StudyChoiceRequest, StudyList, StudyPublic
+from gateway.resources.studies.schemas import StudyChoiceRequest, StudyFromPacs, StudyList, StudyPublic
 from gateway.service.studies import Upload
 
 router = APIRouter(tags=["studies"], route_class=AuthenticateFirst)
@@ -25,8 +28,9 @@ ImageCaller = caller("studies.image")
 CancelCaller = caller("studies.cancel")
 ChooseCaller = caller("studies.choose_threshold")
 
+# One of 0.2, 0.3 … 0.8, checked by the service: 400 invalid_threshold on both edges (as a segmentation's).
 Threshold = Annotated[
-    float | None, Query(ge=0.2, le=0.8, description="0.2 … 0.8; else the saved one, else the default")
+    float | None, Query(description="one of 0.2, 0.3 … 0.8; else the saved one, else the organ's default")
 ]
 NIFTI = "application/gzip"
 THRESHOLD_HEADER = {"X-MedSeg-Threshold": {"description": "the threshold of this result", "schema": {}}}
@@ -48,7 +52,6 @@ def _read_all(files: list[UploadFile], limit: int) -> list[Upload]:
     return out
 
 
-@router.post("/studies", status_code=202, response_model=StudyPublic)
 def submit(
     response: Response,
     clinic: ClinicDep,
@@ -69,6 +72,47 @@ def submit(
     out = service.submit(clinic, session, who, organ, uploads, patient_id or None, study_date or None)
     response.headers["Location"] = f"/api/v1/studies/{out.id}"
     return out
+
+
+def submit_from_pacs(
+    response: Response, body: StudyFromPacs, clinic: ClinicDep, session: SessionDep, who: SubmitCaller
+) -> StudyPublic:
+    """The JSON form of POST /studies: the gateway fetches the series from the PACS (WADO-RS) first."""
+    out = service.submit_from_pacs(clinic, session, who, body)
+    response.headers["Location"] = f"/api/v1/studies/{out.id}"
+    return out
+
+
+class FilesOrPacs(AuthenticateFirst):
+    """POST /studies takes two bodies: multipart with the files (the route's own endpoint, `submit`) or JSON
+    naming a PACS series (`submit_from_pacs`, a route of its own under the same path, not registered: its
+    body schema, the same dependencies and answer). The content type picks one before any body is read.
+    The JSON route is built once per app at its first request, with that app's dependency overrides (an
+    included route's own provider is not the app's in FastAPI ≥ 0.165)."""
+
+    def get_route_handler(self):
+        files = super().get_route_handler()
+        pacs_handlers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # app → handler
+
+        def pacs_handler(app):
+            if app not in pacs_handlers:
+                pacs_handlers[app] = APIRoute(
+                    self.path,
+                    submit_from_pacs,
+                    methods=["POST"],
+                    status_code=202,
+                    response_model=StudyPublic,
+                    dependency_overrides_provider=app,
+                ).get_route_handler()
+            return pacs_handlers[app]
+
+        async def by_content_type(request: Request):
+            kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+            if kind == "application/json":
+                return await pacs_handler(request.app)(request)
+            return await files(request)
+
+        return by_content_type
 
 
 @router.get("/studies", response_model=StudyList)
@@ -137,8 +181,37 @@ def choose_threshold(
     return service.choose_threshold(clinic, session, who, study_id, body.threshold, body.note)
 
 
+def inline_schema(model) -> dict:
+    """The model's JSON schema with its nested models written in place (no $defs for the document to miss)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node):
+        if isinstance(node, dict):
+            if set(node) == {"$ref"}:
+                return resolve(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return resolve(schema)
+
+
 def _headers(threshold: float, filename: str) -> dict[str, str]:
     return {
         "X-MedSeg-Threshold": f"{threshold:.1f}",
         "Content-Disposition": f'attachment; filename="{filename}"',
     }
+
+
+FROM_PACS_SCHEMA = inline_schema(StudyFromPacs)
+router.add_api_route(
+    "/studies",
+    submit,
+    methods=["POST"],
+    status_code=202,
+    response_model=StudyPublic,
+    route_class_override=FilesOrPacs,
+    openapi_extra={"requestBody": {"content": {"application/json": {"schema": FROM_PACS_SCHEMA}}}},
+)

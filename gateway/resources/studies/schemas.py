@@ -5,14 +5,53 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.resources.shared import ModelPublic
+
+DICOM_UID = r"^[0-9]+(\.[0-9]+)*$"
 
 
 class StudyErrorPublic(BaseModel):
     code: str
     message: str
+
+
+class PacsSeriesRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    study_uid: str = Field(max_length=64, pattern=DICOM_UID)
+    series_uid: str = Field(max_length=64, pattern=DICOM_UID)
+
+
+class StudyFromPacs(BaseModel):
+    """POST /api/v1/studies as JSON: a series of the configured PACS instead of files."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    organ: str = Field(max_length=200)
+    pacs: PacsSeriesRef
+    patient_id: str | None = Field(
+        default=None, max_length=128, description="else the series' PatientID, mapped to a pseudonymous ID"
+    )
+    store_result: bool = Field(default=False, description="store the DICOM SEG back into the PACS study")
+
+
+class PacsStoredSeg(BaseModel):
+    series_uid: str
+    sop_instance_uid: str
+    series_number: int
+    threshold: float
+    stored_at: str
+
+
+class StudyPacs(BaseModel):
+    study_uid: str
+    series_uid: str
+    store_result: bool
+    stored: list[PacsStoredSeg] = Field(
+        description="DICOM SEGs stored back into the PACS study: when done, and for every threshold saved"
+    )
 
 
 class StudyPublic(BaseModel):
@@ -35,6 +74,7 @@ class StudyPublic(BaseModel):
     created_at: datetime
     chosen_threshold: float | None
     chosen_note: str | None
+    pacs: StudyPacs | None = Field(default=None, description="fetched from the PACS: where from, SEGs stored")
 
 
 class StudyList(BaseModel):

@@ -8,9 +8,15 @@ from sqlalchemy.orm import Session
 from gateway.models import Study
 from gateway.principal import Principal
 from gateway.resources.shared import ModelPublic, list_limit
-from gateway.resources.studies.schemas import StudyErrorPublic, StudyList, StudyPublic
+from gateway.resources.studies.schemas import (
+    StudyErrorPublic,
+    StudyFromPacs,
+    StudyList,
+    StudyPacs,
+    StudyPublic,
+)
 from gateway.service.clinic import Clinic
-from gateway.service.studies import Upload
+from gateway.service.studies import PacsSource, Upload
 
 
 def public(clinic: Clinic, row: Study) -> StudyPublic:
@@ -34,6 +40,18 @@ def public(clinic: Clinic, row: Study) -> StudyPublic:
         created_at=row.created_at,
         chosen_threshold=row.chosen_threshold,
         chosen_note=row.chosen_note,
+        pacs=_pacs(row),
+    )
+
+
+def _pacs(row: Study) -> StudyPacs | None:
+    if not row.pacs_study_uid:
+        return None
+    return StudyPacs(
+        study_uid=row.pacs_study_uid,
+        series_uid=row.pacs_series_uid,
+        store_result=row.pacs_store_result,
+        stored=row.pacs_segs or [],
     )
 
 
@@ -47,6 +65,12 @@ def submit(
     study_date: str | None,
 ) -> StudyPublic:
     return public(clinic, clinic.studies.submit(session, who, organ, files, patient_id, study_date))
+
+
+def submit_from_pacs(clinic: Clinic, session: Session, who: Principal, body: StudyFromPacs) -> StudyPublic:
+    source = PacsSource(body.pacs.study_uid, body.pacs.series_uid, body.store_result)
+    row = clinic.pacs.submit(session, who, clinic.studies, body.organ, source, body.patient_id or None)
+    return public(clinic, row)
 
 
 def show(clinic: Clinic, session: Session, who: Principal, study_id: str) -> StudyPublic:

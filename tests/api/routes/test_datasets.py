@@ -187,7 +187,7 @@ def test_locked_database_gives_a_clear_error_not_a_hang(world):
             response = world.client("anonymous", engine=waiter).post(
                 "/api/v1/auth/sign-in", json={"email": "nobody@example.org", "password": "whatever password"}
             )
-            assert time.monotonic() - started < 5
+            assert time.monotonic() - started < 30  # a hang, not a slow machine: busy timeout 0.3 s
             assert response.status_code == 503 and "locked" in response.json()["error"]["message"], (
                 response.text
             )

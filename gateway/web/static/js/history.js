@@ -1,5 +1,6 @@
 /* History: the doctor's recent segmentations (thumbnails, chosen threshold, area, stability), filtered by
-   patient and organ; with a patient ID, that patient's area over time. */
+   patient and organ; with a patient ID, that patient's area over time. Any result opens again in the viewer
+   (its masks over the image kept with it, every threshold, nuclei for histology). */
 "use strict";
 (function () {
   const M = window.MedSeg;
@@ -25,9 +26,12 @@
       }
       table.replaceChildren.apply(table, body.segmentations.map(function (s) {
         const when = M.when(s.created_at);
-        const thumb = s.thumbnail_url
-          ? M.h("img", { class: "thumb", src: s.thumbnail_url, alt: M.t("history.thumb_alt", { organ: M.organ(s.organ), when: when }) })
-          : "";
+        const thumb = M.h("button", { type: "button", class: "btn btn-link p-0 small text-decoration-none", "data-action": "view",
+          onclick: function () { openViewer(s); } }, [
+          s.thumbnail_url ? M.h("img", { class: "thumb d-block", src: s.thumbnail_url,
+            alt: M.t("history.thumb_alt", { organ: M.organ(s.organ), when: when }) }) : "",
+          M.t("history.view"),
+        ]);
         const stability = typeof s.stability === "number"
           ? M.h("span", { class: s.doubtful ? "badge text-bg-warning" : "" }, [s.stability.toFixed(2)]) : "—";
         return M.h("tr", { "data-segmentation-id": s.id }, [
@@ -76,6 +80,34 @@
       const body = await M.api("GET", "/api/v1/patients/" + encodeURIComponent(patient) + "/trend" + (tq.toString() ? "?" + tq : ""));
       window.MedSegTrend.render(holder, body, heading.textContent); // history_trend.js: mL per study, areas apart
     } catch (err) { holder.replaceChildren(M.h("p", { class: "text-body-secondary", text: M.describe(err) })); }
+  }
+
+  // --- a result opened again in the viewer (static/js/viewer2d.js), in a dialog ---------------------------
+  const dialogBox = document.getElementById("result-viewer");
+  const organs = JSON.parse(dialogBox.dataset.organs || "{}"); // name → {modality, label}
+  let opened = null; // the item on screen
+  const dialog = new M.ViewerDialog(dialogBox, {
+    onThreshold: function (i) { if (opened && counts(opened)) nuclei.show(opened.id, 0.2 + i / 10); },
+    onClose: function () { opened = null; nuclei.hide(); },
+  });
+  const nuclei = new M.NucleiPanel(dialog.extra);
+  dialog.extra.setAttribute("aria-label", M.t("nuclei.title"));
+
+  function counts(s) { return (organs[s.organ] || {}).label === "nucleus"; }
+
+  async function openViewer(s) {
+    opened = s;
+    nuclei.hide();
+    const threshold = s.chosen_threshold !== null ? s.chosen_threshold : s.area_threshold;
+    const title = M.t("history.viewer_title", { organ: M.organ(s.organ), when: M.when(s.created_at), patient: s.patient_id || "—" });
+    const ok = await dialog.open(title, async function () {
+      return Object.assign(await M.storedResult(s), {
+        histology: (organs[s.organ] || {}).modality === "microscopy", label: M.organ(s.organ),
+        index: Math.round((threshold - 0.2) * 10),
+      });
+    });
+    if (ok && !s.image_url) dialog.say(M.t("err.no_image"));
+    if (ok && counts(s)) nuclei.show(s.id, threshold);
   }
 
   function load() {

@@ -68,11 +68,11 @@
     if (!studies.length) return null;
     return M.h("ul", { class: "list-unstyled small mt-2", id: "trend-studies" }, studies.map(function (s) {
       const volumes = Object.entries(s.volumes_ml).map(function (e) {
-        return M.t("viewer.volume", { label: labelName(e[0]), ml: M.number(e[1], 1) });
+        return M.t("volume.volume", { label: labelName(e[0]), ml: M.number(e[1], 1) });
       });
       const text = M.t("history.trend_study", {
         date: s.study_date, volumes: volumes.join(" · "), t: Number(s.threshold).toFixed(1),
-        state: M.t(s.chosen ? "viewer.saved" : "viewer.default"),
+        state: M.t(s.chosen ? "volume.saved" : "volume.default"),
       });
       return M.h("li", { "data-study-id": s.study_id }, [text + " · ",
         M.h("a", { href: "/studies/" + encodeURIComponent(s.study_id), "data-action": "open-study", text: M.t("studies.open") })]);

@@ -53,14 +53,43 @@
     }], { yMin: 0, yMax: 1, xTicks: [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8], label: M.t("model_test.dice_plot") + " (" + M.t("model_test.best") + " " + best + ")" });
     const tbody = document.querySelector("#cases-table tbody");
     tbody.replaceChildren.apply(tbody, cases.map(function (c) {
-      const overlay = c.overlay_url ? M.h("img", { class: "overlay-img", src: c.overlay_url, alt: M.t("model_test.overlays") + ": " + c.name }) : "—";
+      const overlay = c.overlay_url ? overlayButton(c.overlay_url, c.name,
+        M.h("img", { class: "overlay-img", src: c.overlay_url, alt: M.t("model_test.overlays") + ": " + c.name })) : "—";
       return M.h("tr", { "data-case": c.name }, [
         M.h("td", { class: "name-cell", text: c.name }), M.h("td", { "data-field": "dice", text: c.dice.toFixed(3) }),
-        M.h("td", { text: c.iou.toFixed(3) }), M.h("td", { text: typeof c.hd95 === "number" ? c.hd95.toFixed(1) : "—" }),
+        M.h("td", { text: c.iou.toFixed(3) }), M.h("td", { "data-field": "hd95", text: hd95(c) }),
         M.h("td", {}, [overlay]), M.h("td", {}, [feedbackLink(result, c)]),
       ]);
     }));
     document.getElementById("test-result").classList.remove("d-none");
+  }
+
+  /** HD95 in millimetres when the image carried its pixel spacing (a DICOM), else in pixels. */
+  function hd95(c) {
+    if (typeof c.hd95_mm === "number") return c.hd95_mm.toFixed(1) + " " + M.t("unit.mm");
+    return typeof c.hd95 === "number" ? c.hd95.toFixed(1) + " " + M.t("unit.px") : "—";
+  }
+
+  // --- a case's overlays, large and zoomable (static/js/viewer2d.js), with what each colour means ----------
+  const overlayDialog = new M.ViewerDialog(document.getElementById("overlay-viewer"), {});
+  // the colours of gateway/service/scoring.py's overlay_png
+  const OVERLAY_LEGEND = [
+    { key: "label", colour: "#00c83c", text: M.t("model_test.legend_label") },
+    { key: "prediction", colour: "#e61e1e", text: M.t("model_test.legend_prediction") },
+    { key: "tp", colour: "#ffdc00", text: M.t("model_test.legend_tp") },
+    { key: "fp", colour: "#e61e1e", text: M.t("model_test.legend_fp") },
+    { key: "fn", colour: "#1e5aff", text: M.t("model_test.legend_fn") },
+  ];
+
+  function overlayButton(url, name, picture) {
+    return M.h("button", {
+      type: "button", class: "btn p-0 border-0", "data-action": "overlay", title: M.t("model_test.open_overlay", { name: name }),
+      onclick: function () {
+        overlayDialog.open(M.t("model_test.overlay_title", { name: name }), function () {
+          return Promise.resolve({ image: url, masks: [], legend: OVERLAY_LEGEND });
+        });
+      },
+    }, [picture]);
   }
 
   async function runTest(data, version) {
@@ -183,8 +212,8 @@
     const c = (detail.cases || []).find(function (x) { return x.name === name; });
     const caption = M.t("compare.side", { which: which }) + " · v" + detail.model_version + (c ? " · Dice " + c.dice.toFixed(3) : "");
     return M.h("figure", { class: "col-md-6 mb-0", "data-side": which }, [
-      c ? M.h("img", { class: "overlay-img compare-overlay", src: c.overlay_url,
-        alt: M.t("compare.overlay_alt", { name: name, which: which, version: detail.model_version }) }) : "—",
+      c ? overlayButton(c.overlay_url, name + " · " + which, M.h("img", { class: "overlay-img compare-overlay", src: c.overlay_url,
+        alt: M.t("compare.overlay_alt", { name: name, which: which, version: detail.model_version }) })) : "—",
       M.h("figcaption", { class: "small text-body-secondary", text: caption }),
     ]);
   }

@@ -1,5 +1,6 @@
-/* Segment: upload one image → 7 masks (0.2…0.8) shown as a gallery and as a slider over the image, with
-   the suggested threshold pre-selected; the doctor picks one, adds a note and saves it. */
+/* Segment: upload one image → 7 masks (0.2…0.8) in the viewer (static/js/viewer2d.js: zoom, window/level,
+   flip-through, the difference of two) and as small multiples on the image, with the suggested threshold
+   pre-selected; for histology the nuclei are counted; the doctor picks one, adds a note and saves it. */
 "use strict";
 (function () {
   const M = window.MedSeg;
@@ -10,52 +11,22 @@
   const form = document.getElementById("segment-form");
   const errorBox = document.getElementById("segment-error");
   const resultBox = document.getElementById("result");
-  const canvas = document.getElementById("overlay");
   const slider = document.getElementById("threshold");
-  const opacity = document.getElementById("opacity");
   const gallery = document.getElementById("gallery");
   const download = document.getElementById("download");
   const saveForm = document.getElementById("save-form");
   const field = function (name) { return resultBox.querySelector('[data-field="' + name + '"]'); };
+  const organs = JSON.parse(resultBox.dataset.organs || "{}"); // name → {modality, label}
+  const nuclei = new M.NucleiPanel(document.getElementById("nuclei"));
+  const viewer = new M.Viewer2D(document.getElementById("viewer"), { thresholdInput: slider, onThreshold: update });
 
-  let state = null; // {result, base, tinted[], masks[], suggestedIndex, patientId, downloadUrl}
+  let state = null; // {result, masks[], suggestedIndex, patientId, downloadUrl, counts}
 
-  function loadImage(src) {
-    return new Promise(function (resolve, reject) {
-      const img = new Image();
-      img.onload = function () { resolve(img); };
-      img.onerror = function () { reject(new Error("image")); };
-      img.src = src;
-    });
-  }
-
-  /** A red copy of a 0/255 mask, transparent where the mask is 0. */
-  function tint(maskImg, width, height) {
-    const c = document.createElement("canvas");
-    c.width = width; c.height = height;
-    const ctx = c.getContext("2d");
-    ctx.drawImage(maskImg, 0, 0, width, height);
-    const data = ctx.getImageData(0, 0, width, height);
-    const px = data.data;
-    for (let i = 0; i < px.length; i += 4) {
-      const on = px[i] > 127;
-      px[i] = 255; px[i + 1] = 30; px[i + 2] = 30; px[i + 3] = on ? 255 : 0;
-    }
-    ctx.putImageData(data, 0, 0);
-    return c;
-  }
-
-  function draw() {
+  /** What the page shows for threshold `i`: its value and area, the gallery's pressed picture, the download,
+      and (histology) the nuclei at it. The viewer has drawn it already. */
+  function update(i) {
     if (!state) return;
-    const i = Number(slider.value), mask = state.masks[i];
-    const ctx = canvas.getContext("2d");
-    ctx.globalAlpha = 1;
-    ctx.drawImage(state.base, 0, 0, canvas.width, canvas.height);
-    ctx.globalAlpha = Number(opacity.value) / 100;
-    ctx.drawImage(state.tinted[i], 0, 0);
-    ctx.globalAlpha = 1;
-    const t = mask.threshold.toFixed(1);
-    canvas.setAttribute("aria-label", M.t("segment.overlay_alt", { t: t }));
+    const mask = state.masks[i], t = mask.threshold.toFixed(1);
     document.getElementById("threshold-value").textContent = t;
     document.getElementById("area-value").textContent = mask.area_px + " " + M.t("unit.px");
     document.getElementById("suggested-badge").classList.toggle("d-none", i !== state.suggestedIndex);
@@ -66,20 +37,22 @@
     state.downloadUrl = URL.createObjectURL(M.b64ToBlob(mask.mask_png, "image/png"));
     download.href = state.downloadUrl;
     download.download = "medseg-" + state.result.organ + "-" + state.result.id + "-t" + t + ".png";
+    if (state.counts) nuclei.show(state.result.id, mask.threshold);
   }
 
+  /** Small multiples: each threshold's mask over the image, to pick one at a glance. */
   function buildGallery() {
     gallery.replaceChildren();
     state.masks.forEach(function (mask, i) {
       const t = mask.threshold.toFixed(1);
-      const img = M.h("img", { src: "data:image/png;base64," + mask.mask_png, alt: M.t("segment.mask_alt", { t: t, area: mask.area_px }) });
+      const img = M.h("img", { src: viewer.thumbnail(i, 160).toDataURL("image/png"), alt: M.t("segment.mask_alt", { t: t, area: mask.area_px }) });
       const caption = M.h("figcaption", { class: "small text-center" }, [
         t + (i === state.suggestedIndex ? " (" + M.t("segment.suggested") + ")" : ""),
         M.h("br"), mask.area_px + " " + M.t("unit.px"),
       ]);
       const button = M.h("button", {
         type: "button", class: "btn btn-light", "aria-pressed": "false", "data-threshold": t,
-        onclick: function () { slider.value = String(i); draw(); },
+        onclick: function () { viewer.setThreshold(i); },
       }, [img, caption]);
       gallery.append(M.h("figure", {}, [button]));
     });
@@ -91,33 +64,40 @@
     return best;
   }
 
-  /** Whether the browser shows the file itself (PNG, JPEG); DICOM and TIFF come back rendered by the server. */
+  /** Whether the browser shows the file itself (PNG, JPEG). */
   function browserShows(file) {
     const name = file.name.toLowerCase();
     return BROWSER_SHOWS.some(function (ext) { return name.endsWith(ext); });
   }
 
+  /** The image under the masks: the one kept with the result, as the model saw it (a CT with its Hounsfield
+      values to window); else the file itself when the browser shows it; else the probability map. */
+  async function imageOf(result, file) {
+    const url = "/api/v1/segmentations/" + encodeURIComponent(result.id);
+    try {
+      return Object.assign({ shown: true }, await M.loadStoredView(url + "/image.png", url + "/values.npy"));
+    } catch (_) {
+      if (browserShows(file)) return { shown: true, image: file };
+      return { shown: false, image: M.b64ToBlob(result.probability_png, "image/png") };
+    }
+  }
+
   async function show(result, file, patientId) {
     const masks = result.masks.slice().sort(function (a, b) { return a.threshold - b.threshold; });
-    let base;
-    if (browserShows(file)) {
-      const url = URL.createObjectURL(file);
-      try { base = await loadImage(url); } finally { URL.revokeObjectURL(url); }
-    } else {
-      // the image as the model saw it (a CT windowed with the organ's window); the probability map only if
-      // the server could not send it
-      base = await loadImage("data:image/png;base64," + (result.image_png || result.probability_png));
-    }
-    document.getElementById("no-preview").classList.toggle("d-none", browserShows(file) || !!result.image_png);
-    const maskImgs = await Promise.all(masks.map(function (m) { return loadImage("data:image/png;base64," + m.mask_png); }));
-    canvas.width = result.width; canvas.height = result.height;
+    const kind = organs[result.organ] || {};
     const suggested = result.suggested_threshold !== undefined && result.suggested_threshold !== null
       ? result.suggested_threshold : result.default_threshold;
-    state = {
-      result: result, base: base, masks: masks, patientId: patientId,
-      tinted: maskImgs.map(function (img) { return tint(img, result.width, result.height); }),
-      suggestedIndex: nearestIndex(masks, suggested),
-    };
+    state = { result: result, masks: masks, patientId: patientId, suggestedIndex: nearestIndex(masks, suggested),
+      counts: kind.label === "nucleus" };
+    const image = await imageOf(result, file);
+    document.getElementById("no-preview").classList.toggle("d-none", image.shown);
+    resultBox.classList.remove("d-none"); // the viewer measures its stage: it must be on screen
+    await viewer.open({
+      width: result.width, height: result.height, image: image.image, values: image.values,
+      orientation: image.orientation, histology: kind.modality === "microscopy", label: M.organ(result.organ),
+      masks: masks.map(function (m) { return { threshold: m.threshold, png: M.b64ToBlob(m.mask_png, "image/png") }; }),
+      index: state.suggestedIndex,
+    });
     field("model").textContent = (result.model.name === result.organ ? M.organ(result.organ) : result.model.name) + " v" + result.model.version;
     field("size").textContent = result.width + " × " + result.height + " " + M.t("unit.px");
     field("patient_id").textContent = patientId || "—";
@@ -134,11 +114,10 @@
       document.getElementById("stability-warning").classList.add("d-none");
     }
     buildGallery();
-    slider.value = String(state.suggestedIndex);
+    if (!state.counts) nuclei.hide();
     M.hide(document.getElementById("save-error"));
     M.hide(document.getElementById("save-ok"));
-    resultBox.classList.remove("d-none");
-    draw();
+    update(state.suggestedIndex);
     document.getElementById("result-heading").scrollIntoView({ behavior: "smooth", block: "start" });
   }
 
@@ -153,7 +132,7 @@
     data.append("organ", form.elements.organ.value);
     data.append("file", file);
     if (patientId) data.append("patient_id", patientId);
-    if (!browserShows(file)) data.append("include_image", "true");
+    data.append("keep_image", "true"); // for the viewer, now and when the result is opened again
     const button = form.querySelector("button[type=submit]");
     M.busy(button, true, M.t("segment.running"));
     try {
@@ -165,9 +144,6 @@
       M.busy(button, false);
     }
   });
-
-  slider.addEventListener("input", draw);
-  opacity.addEventListener("input", draw);
 
   saveForm.addEventListener("submit", async function (event) {
     event.preventDefault();

@@ -1,0 +1,33 @@
+"""The hospital's PACS over HTTP, for pickers: search its studies (QIDO-RS) and list a study's series. A
+series is segmented by POST /api/v1/studies with a JSON body naming it (gateway/resources/studies/http.py)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+
+from gateway.api.deps import ClinicDep, caller
+from gateway.resources.pacs import service
+from gateway.resources.pacs.schemas import PacsSeriesList, PacsStudyList, PacsStudySearch
+
+router = APIRouter(tags=["pacs"])
+
+SearchCaller = caller("pacs.studies")
+SeriesCaller = caller("pacs.series")
+
+
+@router.get("/pacs/studies", response_model=PacsStudyList)
+def search_studies(
+    clinic: ClinicDep, who: SearchCaller, query: Annotated[PacsStudySearch, Query()]
+) -> PacsStudyList:
+    """Studies of the configured PACS matching every filter given."""
+    return service.search(clinic, who, query)
+
+
+@router.get("/pacs/studies/{study_uid}/series", response_model=PacsSeriesList)
+def list_series(
+    clinic: ClinicDep, who: SeriesCaller, study_uid: Annotated[str, Path(description="a DICOM UID")]
+) -> PacsSeriesList:
+    """The series of one study of the PACS, by series number (404 when the PACS holds no such study)."""
+    return service.series(clinic, who, study_uid)
