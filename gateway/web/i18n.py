@@ -152,8 +152,10 @@ EN: dict[str, str] = {
     "history.filter": "Filter",
     "history.patient": "Patient ID",
     "history.when": "When",
-    "history.trend": "Area over time for patient {patient}",
-    "history.trend_help": "Enter a patient ID to see the segmented area over time.",
+    "history.trend": "Patient {patient} over time: organ volume per study (mL), area per image",
+    "history.trend_help": (
+        "Enter a patient ID to see the organ volume per study and the area per image over time."
+    ),
     "history.none": "No saved segmentations match.",
     "history.thumb_alt": "Mask thumbnail for {organ}, {when}",
     "history.mask": "Mask PNG",
@@ -809,8 +811,8 @@ ZH: dict[str, str] = {
     "history.filter": "筛选",
     "history.patient": "患者编号",
     "history.when": "时间",
-    "history.trend": "患者 {patient} 的面积变化",
-    "history.trend_help": "输入患者编号以查看分割面积随时间的变化。",
+    "history.trend": "患者 {patient} 的随访：每次检查的器官体积（毫升）与每张图像的面积",
+    "history.trend_help": "输入患者编号以查看每次检查的器官体积与每张图像的面积随时间的变化。",
     "history.none": "没有符合条件的已保存分割。",
     "history.thumb_alt": "{organ} 掩膜缩略图，{when}",
     "history.mask": "掩膜 PNG",

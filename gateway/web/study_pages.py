@@ -8,7 +8,8 @@ import uuid
 
 from fastapi import APIRouter, Request
 
-from gateway.web.pages import DoctorSide, organ_choices, render
+from gateway.api.deps import SessionDep
+from gateway.web.pages import DoctorSide, organ_context, render
 
 router = APIRouter(include_in_schema=False)
 
@@ -17,10 +18,9 @@ router = APIRouter(include_in_schema=False)
 VOLUME_MODALITIES = {"CT", "MR", "MRI"}
 
 
-def volume_organs(request: Request) -> list[tuple[str, str]]:
+def volume_organs(request: Request) -> set[str]:
     registry = request.app.state.dataplane.registry
-    volume = {o.name for o in registry.all() if o.spec.modality.upper() in VOLUME_MODALITIES}
-    return [(name, display) for name, display in organ_choices(request) if name in volume]
+    return {o.name for o in registry.all() if o.spec.modality.upper() in VOLUME_MODALITIES}
 
 
 def organ_imaging(request: Request) -> dict[str, dict]:
@@ -33,12 +33,19 @@ def organ_imaging(request: Request) -> dict[str, dict]:
 
 
 @router.get("/studies")
-def studies_page(request: Request, viewer: DoctorSide):
+def studies_page(request: Request, viewer: DoctorSide, session: SessionDep):
+    context = organ_context(request, viewer, session)
+    volume = volume_organs(request)
+    organs = [(name, display) for name, display in context["organs"] if name in volume]
+    default = (
+        context["default_organ"] if context["default_organ"] in volume else next((n for n, _ in organs), None)
+    )
     return render(
         request,
         viewer,
         "studies.html",
-        organs=volume_organs(request),
+        organs=organs,
+        default_organ=default,
         study_max_bytes=request.app.state.web_settings.study_max_bytes,
     )
 

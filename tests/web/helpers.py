@@ -21,8 +21,8 @@ from tests.services.test_imaging import dicom_bytes
 PASSWORD = "correct horse battery"
 # Every page an admin can open (all of them): the layout checks (tablet, laptop) go through each.
 ADMIN_PAGES = [
-    "/segment", "/history", "/datasets", "/model-test", "/feedback", "/profile", "/training", "/models",
-    "/admin/users", "/admin/api-keys", "/admin/audit",
+    "/segment", "/studies", "/history", "/datasets", "/model-test", "/feedback", "/profile", "/training",
+    "/models", "/admin/users", "/admin/api-keys", "/admin/audit",
 ]  # fmt: skip
 
 
@@ -43,6 +43,18 @@ def disc_image(size: int = 64, seed: int = 0) -> np.ndarray:
 def disc_label(size: int = 64) -> np.ndarray:
     yy, xx = np.mgrid[:size, :size]
     return (((yy - size / 2) ** 2 + (xx - size / 2.5) ** 2 < (size / 4) ** 2) * 255).astype(np.uint8)
+
+
+def small_nifti(slices: int = 4) -> bytes:
+    """A small CT volume (.nii.gz, HU): a soft-tissue disc in air, 2.5 mm slices (a study to list)."""
+    import gzip
+
+    import nibabel as nib
+
+    yy, xx = np.mgrid[:32, :32]
+    disc = np.where((yy - 16) ** 2 + (xx - 16) ** 2 < 100, 50, -1000).astype(np.int16)
+    volume = np.repeat(disc[:, :, None], slices, axis=2)
+    return gzip.compress(nib.Nifti1Image(volume, np.diag([0.8, 0.8, 2.5, 1.0])).to_bytes(), mtime=0)
 
 
 def dataset_zip(pairs: int = 2) -> bytes:

@@ -165,5 +165,5 @@ def test_doctor_registers_is_approved_and_works_through_the_clinical_pages(web, 
         row.get_by_role("link", name="Mask PNG").click()
     assert download.value.suggested_filename.endswith(f"-t{chosen}.png")
     assert Path(download.value.path()).read_bytes() == shown_mask
-    doctor.locator("#trend-plot svg").wait_for()
+    doctor.locator("#trend-plot canvas#trend-chart").wait_for()  # Chart.js (history_trend.js)
     web.shot(doctor, "history")

@@ -116,3 +116,19 @@ def test_every_error_code_is_worded_in_both_languages():
     codes |= {"not_found", "method_not_allowed", "invalid_input", "internal", "payload_too_large"}
     for catalogue in (i18n.EN, i18n.ZH):
         assert sorted(c for c in codes if f"err.{c}" not in catalogue) == []
+
+
+def test_the_studies_messages_add_keys_and_replace_none():
+    """gateway/web/i18n_studies.py only adds to the catalogue: a key of the same name there would silently
+    replace another page's words (e.g. the 2-D viewer's "viewer.zoom")."""
+    import ast
+
+    from gateway.web import i18n_studies
+
+    written = {
+        node.target.id: set(ast.literal_eval(node.value))
+        for node in ast.parse((WEB / "i18n.py").read_text()).body
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) in ("EN", "ZH")
+    }
+    assert sorted(written["EN"] & set(i18n_studies.EN)) == []
+    assert sorted(written["ZH"] & set(i18n_studies.ZH)) == []

@@ -228,7 +228,7 @@ def test_5_chinese_pages_translate_organs_states_units_and_scopes(web, browser_p
     row = page.locator("#history-table tbody tr[data-segmentation-id]").first
     expect(row).to_contain_text(ZH["organ.liver"])
     expect(row).to_contain_text(ZH["unit.px"])
-    page.locator("#trend-plot svg").wait_for()
+    page.locator("#trend-plot canvas#trend-chart").wait_for()
     assert "days" not in page.locator("#trend-plot").inner_text()
     text = page.locator("main").inner_text()
     assert not re.search(r"\b(liver|cells|pending|active|disabled|ready|px)\b", text), text

@@ -8,20 +8,41 @@ pages and their plumbing, not the model; tests/studies checks the masks against 
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import re
+import time
+from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 from playwright.sync_api import expect
 
 from tests.data import SHARED_DATA
 from tests.studydata import liver_nifti
+from tests.web.helpers import BROKEN_VALUES, LAYOUT_PROBLEMS, api_client, dicom_ct, disc_image, png_bytes
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SLICES = 12
 READY = "#study-page[data-viewer='ready']"
 MASK_TIMEOUT = 60_000  # a mask is derived from the probabilities on request: seconds on a busy 2-core machine
+
+
+VENDOR = Path(__file__).resolve().parents[2] / "gateway" / "web" / "static" / "vendor"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def viewer_assets():
+    """NiiVue and Chart.js are built into the pages by `make assets` (npm), as Bootstrap is."""
+    for name in (
+        "niivue/niivue.umd.js",
+        "chartjs/chart.umd.min.js",
+        "chartjs/chartjs-adapter-date-fns.bundle.min.js",
+    ):
+        if not (VENDOR / name).is_file():
+            pytest.fail(f"gateway/web/static/vendor/{name} is missing: run `make assets`")
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +59,26 @@ class PageWatch:
         self.problems: list[str] = []
         page.on("console", lambda m: m.type == "error" and self.problems.append(f"console: {m.text}"))
         page.on("pageerror", lambda e: self.problems.append(f"script: {e}"))
-        page.on("requestfailed", lambda r: self.problems.append(f"failed: {r.method} {r.url} {r.failure}"))
+        page.on(  # a request the page itself stopped by navigating away is not a failure
+            "requestfailed",
+            lambda r: (
+                "ERR_ABORTED" not in (r.failure or "")
+                and self.problems.append(f"failed: {r.method} {r.url} {r.failure}")
+            ),
+        )
         page.on(
             "response",
             lambda r: r.status >= 400 and self.problems.append(f"{r.status}: {r.request.method} {r.url}"),
         )
+
+
+def _doctor_page(web, browser_page, lang: str, next_path: str, **options):
+    """A doctor's page in `lang` at `next_path`, and its watch for errors."""
+    page = browser_page(**options)
+    watch = PageWatch(page)
+    web.sign_in(page, "doctor")
+    page.goto(f"/set-language?lang={lang}&next={next_path}")
+    return page, watch
 
 
 def _upload(page, nifti: bytes, patient: str):
@@ -60,6 +96,11 @@ def _slice(page) -> tuple[int, int]:
     return numbers[0], numbers[1]
 
 
+def _number(text: str) -> float:
+    """The number after the last colon ("only at 0.2: 12.5 mL", "仅在 0.2：12.5 毫升" → 12.5)."""
+    return float(re.search(r"-?\d+(?:\.\d+)?", re.split(r"[:：]", text)[-1]).group())
+
+
 def _canvas_pixels(page) -> np.ndarray:
     import io
 
@@ -72,10 +113,7 @@ def _canvas_pixels(page) -> np.ndarray:
 
 @pytest.mark.parametrize("lang", ["en", "zh"])
 def test_a_doctor_uploads_a_nifti_study_and_works_the_viewer(web, browser_page, nifti_bytes, lang):
-    page = browser_page()
-    watch = PageWatch(page)
-    web.sign_in(page, "doctor")
-    page.goto(f"/set-language?lang={lang}&next=/segment")
+    page, watch = _doctor_page(web, browser_page, lang, "/segment")
     t = {
         "en": {"link": "Segment a study: DICOM series or NIfTI", "coronal": "Coronal", "saved": "saved"},
         "zh": {"link": "分割整个检查：DICOM 序列或 NIfTI", "coronal": "冠状面", "saved": "已保存"},
@@ -130,6 +168,61 @@ def test_a_doctor_uploads_a_nifti_study_and_works_the_viewer(web, browser_page, 
     liver = _canvas_pixels(page)
     assert np.abs(abdomen - liver).mean() > 1.0
 
+    # left drag adjusts window/level (the preset becomes "custom"); a double click goes back to the preset
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2 + 80, box["y"] + box["height"] / 2 - 50, steps=8)
+    page.mouse.up()
+    expect(page.locator("#wl-info")).not_to_have_text("W 150 / L 90")
+    expect(page.locator("#wl-preset")).to_have_value("custom")
+    page.mouse.dblclick(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    expect(page.locator("#wl-info")).to_have_text("W 150 / L 90")
+    expect(page.locator("#wl-preset")).to_have_value("liver")
+
+    # zoom (buttons, keys, Ctrl + wheel) and pan (Shift + arrows), and back to fit
+    fitted = _canvas_pixels(page)
+    page.locator("#zoom-in").click()
+    expect(page.locator("#zoom-info")).to_contain_text("125")
+    page.locator("#study-canvas").focus()
+    page.keyboard.press("+")
+    expect(page.locator("#zoom-info")).to_contain_text("156")
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.keyboard.down("Control")
+    page.mouse.wheel(0, -120)
+    page.keyboard.up("Control")
+    expect(page.locator("#zoom-info")).to_contain_text("195")
+    zoomed = _canvas_pixels(page)
+    page.locator("#study-canvas").focus()
+    page.keyboard.press("Shift+ArrowRight")
+    page.keyboard.press("Shift+ArrowRight")
+    panned = _canvas_pixels(page)
+    assert np.abs(zoomed - fitted).mean() > 1.0 and np.abs(panned - zoomed).mean() > 1.0
+    page.locator("#zoom-fit").click()
+    expect(page.locator("#zoom-info")).to_contain_text("100")
+    assert np.abs(_canvas_pixels(page) - fitted).mean() < 1.0
+
+    # the difference of two thresholds: the voxels only one mask holds, in two colours, in mL
+    shown = page.locator("#threshold-value").inner_text()
+    page.locator("#compare").select_option("0.2")
+    legend = page.locator("#legend li")
+    expect(legend).to_have_count(3, timeout=MASK_TIMEOUT)
+    only_shown, only_other = (_number(legend.nth(i).inner_text()) for i in (1, 2))
+    assert abs((only_other - only_shown) - (volumes["0.2"] - volumes[shown])) < 0.2
+    page.locator("#compare").select_option("")
+    expect(legend).to_have_count(1)
+
+    # outline only: the same mask, drawn as its edge (at the threshold with the largest volume)
+    largest = max(volumes, key=volumes.get)
+    slider.focus()
+    page.keyboard.press("Home")
+    for _ in range(["0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8"].index(largest)):
+        page.keyboard.press("ArrowRight")
+    expect(page.locator("#threshold-value")).to_have_text(largest)
+    filled = _canvas_pixels(page)
+    page.locator("#outline").check()
+    assert np.abs(_canvas_pixels(page) - filled).mean() > 0.2
+    page.locator("#outline").uncheck()
+
     # axial → coronal: the slices are now the 512 rows of the grid
     page.get_by_role("button", name=t["coronal"]).click()
     expect(page.get_by_role("button", name=t["coronal"])).to_have_attribute("aria-pressed", "true")
@@ -151,4 +244,233 @@ def test_a_doctor_uploads_a_nifti_study_and_works_the_viewer(web, browser_page, 
     expect(page.locator("#threshold-value")).to_have_text("0.4")
     expect(page.locator("#threshold-badge")).to_have_text(t["saved"])
     expect(page.locator("#note")).to_have_value("checked on the anatomy")
+    assert watch.problems == []
+
+
+def _finished(api, study_id: str, timeout: float = 300.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        study = api.get(f"/api/v1/studies/{study_id}").json()
+        if study["status"] in ("done", "failed"):
+            return study
+        time.sleep(0.5)
+    raise AssertionError(f"study {study_id} still {study['status']} after {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def trend_patient(web, chromium, nifti_bytes) -> dict:
+    """A patient followed in both units: two finished studies (dates 2024-03-01 and 2024-06-01, the second
+    with its threshold saved at 0.4) and two saved 2-D images, a PNG (area in px) and a DICOM slice that
+    carries its pixel spacing (area in mm²)."""
+    context = chromium.new_context(base_url=web.base_url)
+    page = context.new_page()
+    web.sign_in(page, "doctor", next_path="/profile")
+    patient, made = "TREND-0001", {}
+    small = liver_nifti(60, 4)
+    with api_client(page) as api:
+        for study_date in ("2024-03-01", "2024-06-01"):
+            files = {"files": ("liver.nii.gz", small, "application/gzip")}
+            sent = api.post("/api/v1/studies", data={"organ": "liver", "patient_id": patient,
+                            "study_date": study_date}, files=files)  # fmt: skip
+            assert sent.status_code == 202, sent.text
+            made[study_date] = _finished(api, sent.json()["id"])
+            assert made[study_date]["status"] == "done", made[study_date]
+        chose = api.post(f"/api/v1/studies/{made['2024-06-01']['id']}/choice", json={"threshold": 0.4})
+        assert chose.is_success, chose.text
+        for name, data, kind in (("slice.png", png_bytes(disc_image(64)), "image/png"),
+                                 ("slice.dcm", dicom_ct(64), "application/dicom")):  # fmt: skip
+            seg = api.post("/api/v1/segment", data={"organ": "liver", "patient_id": patient},
+                           files={"file": (name, data, kind)})  # fmt: skip
+            assert seg.status_code == 200, seg.text
+            assert api.post(
+                f"/api/v1/segmentations/{seg.json()['id']}/choice", json={"threshold": 0.5}
+            ).is_success
+        trend = api.get(f"/api/v1/patients/{patient}/trend").json()
+    context.close()
+    return {"patient": patient, "studies": made, "trend": trend}
+
+
+CHART = """() => {
+  const chart = Chart.getChart(document.getElementById("trend-chart"));
+  const axes = Object.fromEntries(Object.entries(chart.scales).map(([id, s]) => [id, {
+    type: s.type, title: s.options.title.text, ticks: s.ticks.map(t => String(t.label))}]));
+  return {axes, datasets: chart.data.datasets.map(d => ({label: d.label, axis: d.yAxisID,
+    points: d.data.map(p => ({x: p.x, y: p.y, study: p.study ? p.study.study_id : null}))}))};
+}"""
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_the_history_trend_has_real_dates_and_one_unit_per_axis(web, browser_page, trend_patient, lang):
+    page, watch = _doctor_page(web, browser_page, lang, f"/history?patient_id={trend_patient['patient']}")
+    page.wait_for_selector("#trend-chart")
+    web.shot(page, f"history-trend-{lang}")
+    drawn = page.evaluate(CHART)
+    words = {
+        "en": {"ml": "(mL)", "mm2": "(mm²)", "px": "(px)"},
+        "zh": {"ml": "（毫升）", "mm2": "（平方毫米）", "px": "（像素）"},
+    }
+    axes, lines = drawn["axes"], {d["axis"]: d for d in drawn["datasets"]}
+    # one unit per line and per axis: mL (studies), mm² and px (2-D images), never on one line
+    assert sorted(lines) == ["ml", "mm2", "px"] and len(drawn["datasets"]) == 3
+    for unit in ("ml", "mm2", "px"):
+        assert words[lang][unit] in axes[unit]["title"] and words[lang][unit] in lines[unit]["label"]
+    # real dates on a time axis: the studies at their study dates (not "0.0 days")
+    assert axes["x"]["type"] == "time"
+    assert any(re.fullmatch(r"\d{4}-\d{2}(-\d{2})?", t) for t in axes["x"]["ticks"]), axes["x"]["ticks"]
+    assert "days" not in page.locator("#trend").inner_text()
+    studies = {s["study_date"]: s for s in trend_patient["trend"]["studies"]}
+    shown = lines["ml"]["points"]
+    assert [time.strftime("%Y-%m-%d", time.localtime(p["x"] / 1000)) for p in shown] == [
+        "2024-03-01",
+        "2024-06-01",
+    ]
+    # each study at its saved threshold, else the default: the mL the trend API gives
+    assert [p["y"] for p in shown] == [
+        studies[d]["volumes_ml"]["liver"] for d in ("2024-03-01", "2024-06-01")
+    ]
+    assert studies["2024-06-01"]["threshold"] == 0.4 and studies["2024-06-01"]["chosen"]
+    assert len(lines["mm2"]["points"]) == 1 and len(lines["px"]["points"]) == 1
+    # the studies are listed under the chart, each reopening in the viewer
+    listed = page.locator("#trend-studies li")
+    expect(listed).to_have_count(2)
+    listed.nth(1).get_by_role("link").click()
+    expect(page).to_have_url(re.compile(trend_patient["studies"]["2024-06-01"]["id"] + "$"))
+    page.wait_for_selector(READY, timeout=60_000)
+    expect(page.locator("#threshold-value")).to_have_text("0.4", timeout=MASK_TIMEOUT)
+    assert watch.problems == []
+
+
+@contextlib.contextmanager
+def _workers_held(web):
+    """No study worker runs while the block does (as when the pool is busy): a new study stays queued."""
+    jobs = web.app.state.clinic.studies
+    settings = jobs.settings
+    jobs.close()
+    jobs.settings = settings.model_copy(update={"study_workers": 0})
+    try:
+        yield
+    finally:
+        jobs.settings = settings
+        jobs.start()
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_a_queued_study_shows_its_progress_and_can_be_cancelled(web, browser_page, lang):
+    if not SHARED_DATA.is_dir():
+        pytest.skip("needs ../shared/data (the liver training slices)")
+    page, watch = _doctor_page(web, browser_page, lang, "/studies")
+    words = {
+        "en": ("Queued", "Cancel", "The study was cancelled."),
+        "zh": ("排队中", "取消", "该检查已取消。"),
+    }[lang]
+    with _workers_held(web):
+        study_id = _upload(page, liver_nifti(60, 4), f"QUEUED-{lang.upper()}")
+        expect(page.locator("#job")).to_be_visible()
+        expect(page.locator("#job-status")).to_have_text(words[0])
+        expect(page.locator("#job-bar")).to_have_attribute("aria-valuenow", "0")
+        web.shot(page, f"study-queued-{lang}")
+        page.get_by_role("button", name=words[1]).click()
+        expect(page.locator("#failed-text")).to_have_text(words[2])
+        expect(page.locator("#job")).to_be_hidden()
+    assert page.request.get(f"/api/v1/studies/{study_id}").json()["error"]["code"] == "cancelled"
+
+    # the ETA comes from the progress rate, once the progress has moved twice
+    eta = page.evaluate(
+        """() => {
+          const e = new MedSegStudy.Eta(), out = [];
+          e.add(0, 0); out.push(e.text(0));
+          e.add(0.1, 1000); out.push(e.text(1000));
+          e.add(0.3, 3000); out.push(e.text(3000));
+          const slow = new MedSegStudy.Eta();
+          slow.add(0.05, 0); slow.add(0.15, 10000); out.push(slow.text(10000));
+          return out;
+        }"""
+    )
+    expected = {
+        "en": [
+            "estimating the time left…",
+            "estimating the time left…",
+            "about 7 s left",
+            "about 1 min 25 s left",
+        ],
+        "zh": ["正在估算剩余时间…", "正在估算剩余时间…", "约剩 7 秒", "约剩 1 分 25 秒"],
+    }[lang]
+    assert eta == expected
+    assert watch.problems == []
+
+
+def _nan_nifti() -> bytes:
+    data = np.zeros((16, 16, 4), np.float32)
+    data[3, 3, 1] = np.nan
+    return gzip.compress(nib.Nifti1Image(data, np.diag([0.8, 0.8, 2.5, 1.0])).to_bytes())
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_a_refused_upload_is_worded_by_its_error_code(web, browser_page, lang):
+    page, _ = _doctor_page(web, browser_page, lang, "/studies")
+    page.locator("#files").set_input_files(
+        files=[{"name": "broken.nii.gz", "mimeType": "application/gzip", "buffer": _nan_nifti()}]
+    )
+    page.locator("#study-form button[type=submit]").click()
+    expected = {"en": "holds values that are not numbers", "zh": "含有非数值"}[lang]
+    expect(page.locator("#study-error")).to_contain_text(expected)
+    expect(page).to_have_url(re.compile(r"/studies$"))  # no study was made
+    expect(page.locator("#upload-progress")).to_be_hidden()
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_the_study_pages_read_well_on_a_laptop_and_a_phone(web, browser_page, trend_patient, lang, width):
+    viewport = {"width": width, "height": 800 if width > 500 else 844}
+    page, watch = _doctor_page(web, browser_page, lang, "/studies", viewport=viewport, has_touch=width < 768)
+    study_id = trend_patient["studies"]["2024-06-01"]["id"]
+    for path in ("/studies", f"/studies/{study_id}"):
+        page.goto(path)
+        if path == "/studies":
+            expect(page.locator(f"#studies-table tr[data-study-id='{study_id}']")).to_be_visible()
+        else:
+            page.wait_for_selector(READY, timeout=60_000)
+        page.wait_for_load_state("networkidle")
+        web.shot(page, f"studies-{lang}-{width}{path.replace('/', '-')[:18]}")
+        assert re.findall(BROKEN_VALUES, page.locator("body").inner_text()) == [], path
+        assert page.evaluate(LAYOUT_PROBLEMS, "body") == [], path
+    assert watch.problems == []
+
+
+def test_a_dicom_series_folder_opens_in_the_viewer_with_its_dicom_seg(web, browser_page, tmp_path):
+    """A folder as a scanner's export leaves it (the series' files and a hidden file the page leaves out): the
+    series' own patient ID and study date are shown, and the DICOM SEG downloads at the threshold shown."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("needs ../shared/data (the liver training slices)")
+    import io
+
+    import pydicom
+
+    from tests.studydata import PATIENT_ID, liver_dicom_series
+
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for name, data in liver_dicom_series(80, 4, reverse=True):
+        (folder / name).write_bytes(data)
+    (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    page = browser_page()
+    watch = PageWatch(page)
+    web.sign_in(page, "doctor")
+    page.goto("/studies")
+    page.locator("#folder").set_input_files(folder)
+    expect(page.locator("#chosen")).to_contain_text("4 files")
+    page.locator("#study-form button[type=submit]").click()
+    page.wait_for_url(re.compile(r"/studies/[0-9a-f-]{36}$"))
+    page.wait_for_selector(READY, timeout=240_000)
+    expect(page.locator("#study-heading")).to_contain_text(PATIENT_ID)
+    expect(page.locator("#study-heading")).to_contain_text("2024-03-01")
+    expect(page.locator("#study-meta")).to_contain_text("DICOM series")
+    seg_link = page.locator("#download-seg")
+    expect(seg_link).to_be_visible()
+    shown = page.locator("#threshold-value").inner_text()
+    assert seg_link.get_attribute("href").endswith(f"/seg.dcm?threshold={shown}")
+    answer = page.request.get(seg_link.get_attribute("href"))
+    assert answer.ok and answer.headers["content-type"] == "application/dicom"
+    seg = pydicom.dcmread(io.BytesIO(answer.body()))
+    assert seg.Modality == "SEG" and seg.PatientID == PATIENT_ID
     assert watch.problems == []

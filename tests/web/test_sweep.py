@@ -22,11 +22,12 @@ from tests.web.helpers import (
     labelled_cases,
     png_bytes,
     shipped_card_on_default,
+    small_nifti,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-DOCTOR_PAGES = ["/segment", "/history", "/datasets", "/model-test", "/feedback", "/profile"]
+DOCTOR_PAGES = ["/segment", "/studies", "/history", "/datasets", "/model-test", "/feedback", "/profile"]
 PAGES = {
     "doctor": DOCTOR_PAGES,
     "researcher": [*DOCTOR_PAGES, "/training", "/models"],
@@ -73,6 +74,9 @@ def _populate(web, chromium) -> SweepWorld:
         assert api.post(
             f"/api/v1/segmentations/{made.json()['id']}/choice", json={"threshold": 0.5}
         ).is_success
+        study = api.post("/api/v1/studies", data={"organ": "liver", "patient_id": "P-SWEEP"},
+                         files={"files": ("sweep.nii.gz", small_nifti(), "application/gzip")})  # fmt: skip
+        assert study.status_code == 202, study.text
         uploaded = api.post("/api/v1/datasets", data={"organ": "liver", "name": "sweep-set"},
                             files={"file": ("sweep.zip", dataset_zip(2))})  # fmt: skip
         assert uploaded.is_success, uploaded.text

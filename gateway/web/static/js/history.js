@@ -78,13 +78,7 @@
       const tq = new URLSearchParams();
       if (q.get("organ")) tq.set("organ", q.get("organ"));
       const body = await M.api("GET", "/api/v1/patients/" + encodeURIComponent(patient) + "/trend" + (tq.toString() ? "?" + tq : ""));
-      if (!body.points.length) { holder.replaceChildren(M.h("p", { text: M.t("history.none") })); return; }
-      const t0 = new Date(body.points[0].at).getTime();
-      const points = body.points.map(function (p) { return [(new Date(p.at).getTime() - t0) / 86400000, p.area]; });
-      const unit = M.t(body.points[0].unit === "mm2" ? "unit.mm2" : "unit.px");
-      M.plot(holder, [{ points: points, label: unit }], {
-        label: heading.textContent, xLabel: M.t("history.days"), xFormat: function (x) { return x.toFixed(1); },
-      });
+      window.MedSegTrend.render(holder, body, heading.textContent); // history_trend.js: mL per study, areas apart
     } catch (err) { holder.replaceChildren(M.h("p", { class: "text-body-secondary", text: M.describe(err) })); }
   }
 

@@ -82,7 +82,7 @@
         const link = M.h("a", { class: "btn btn-sm btn-outline-primary", href: "/studies/" + encodeURIComponent(s.id), "data-action": "open", text: M.t("studies.open") });
         return M.h("tr", { "data-study-id": s.id }, [
           M.h("td", { text: s.study_date || "—" }), M.h("td", { text: s.patient_id || "—" }),
-          M.h("td", { text: M.organ ? M.organ(s.organ) : s.organ }), M.h("td", { text: s.shape.length ? String(s.shape[0]) : "—" }),
+          M.h("td", { text: M.organ(s.organ) }), M.h("td", { text: s.shape.length ? String(s.shape[0]) : "—" }),
           M.h("td", { text: status, "data-field": "status" }),
           M.h("td", { text: s.status === "done" ? S.volumesText(s, S.shownThreshold(s)) : "—" }),
           M.h("td", { text: s.chosen_threshold !== null ? s.chosen_threshold.toFixed(1) : "—" }),

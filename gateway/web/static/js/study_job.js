@@ -26,7 +26,7 @@
   function volumesText(study, t) {
     const at = (study.volumes_ml || {})[t];
     if (!at) return "—";
-    return study.labels.map(function (label) { return M.t("viewer.volume", { label: labelName(label), ml: ml(at[label]) }); }).join(" · ");
+    return study.labels.map(function (label) { return M.t("volume.volume", { label: labelName(label), ml: ml(at[label]) }); }).join(" · ");
   }
 
   /** A failed study's error worded by its code (the server's own message kept as details). */

@@ -39,7 +39,7 @@
     const parts = [study.patient_id ? M.t("study.patient") + " " + study.patient_id : null,
       study.study_date ? M.t("study.date") + " " + study.study_date : null].filter(Boolean);
     $("study-heading").textContent = parts.join(" · ");
-    const meta = [M.organ ? M.organ(study.organ) : study.organ, M.t("study.source." + study.source)];
+    const meta = [M.organ(study.organ), M.t("study.source." + study.source)];
     if (study.shape.length === 3) meta.push(M.t("study.shape", { z: study.shape[0], y: study.shape[1], x: study.shape[2] }));
     if (study.spacing_mm.length === 3) {
       const sp = study.spacing_mm.map(function (v) { return Number(v.toFixed(2)); });
@@ -56,7 +56,7 @@
     bar.querySelector(".progress-bar").style.width = percent + "%";
     $("job-status").textContent = S.statusText(study.status);
     $("job-percent").textContent = percent + " %";
-    $("job-eta").textContent = study.status === "running" ? eta.text(Date.now()) : "";
+    $("job-eta").textContent = study.status === "running" ? "· " + eta.text(Date.now()) : "";
   }
 
   function showFailed(study) {
@@ -195,8 +195,8 @@
     if (state.compare && state.compare !== state.t) {
       const d = difference(state.masks.get(state.t), await maskAt(state.compare));
       state.diff.img.set(d.data);
-      legendDiff.push([ONLY_SHOWN, M.t("viewer.only_at", { t: state.t, ml: S.ml(d.onlyShown * state.voxelMl) }), "only-shown"]);
-      legendDiff.push([ONLY_OTHER, M.t("viewer.only_at", { t: state.compare, ml: S.ml(d.onlyOther * state.voxelMl) }), "only-other"]);
+      legendDiff.push([ONLY_SHOWN, M.t("volume.only_at", { t: state.t, ml: S.ml(d.onlyShown * state.voxelMl) }), "only-shown"]);
+      legendDiff.push([ONLY_OTHER, M.t("volume.only_at", { t: state.compare, ml: S.ml(d.onlyOther * state.voxelMl) }), "only-other"]);
     } else {
       state.diff.img.fill(0);
     }
@@ -214,7 +214,7 @@
     const at = (state.study.volumes_ml || {})[state.t] || {};
     const items = state.study.labels.map(function (label, i) {
       return M.h("li", { "data-legend": label }, [swatch(LABEL_COLOURS[i % LABEL_COLOURS.length]),
-        M.t("viewer.volume", { label: S.labelName(label), ml: S.ml(at[label]) })]);
+        M.t("volume.volume", { label: S.labelName(label), ml: S.ml(at[label]) })]);
     });
     for (const [colour, text, key] of extra) items.push(M.h("li", { "data-legend": key }, [swatch(colour), text]));
     $("legend").replaceChildren.apply($("legend"), items);
@@ -224,11 +224,11 @@
     const nv = state.nv, axis = VIEWS[state.view].axis;
     const vox = nv.frac2vox(nv.scene.crosshairPos), dims = nv.volumes[0].dimsRAS;
     const slice = Math.round(vox[axis]) + 1, count = dims[axis + 1];
-    $("slice-info").textContent = M.t("viewer.slice", { slice: slice, count: count });
+    $("slice-info").textContent = M.t("volume.slice", { slice: slice, count: count });
     const v = nv.volumes[0];
-    $("wl-info").textContent = M.t("viewer.wl", { w: Math.round(v.cal_max - v.cal_min), l: Math.round((v.cal_max + v.cal_min) / 2) });
-    $("zoom-info").textContent = M.t("viewer.zoom", { zoom: Math.round(nv.scene.pan2Dxyzmm[3] * 100) });
-    $("study-canvas").setAttribute("aria-label", M.t("viewer.canvas", { t: state.t, view: M.t("viewer." + state.view), slice: slice, count: count }));
+    $("wl-info").textContent = M.t("volume.wl", { w: Math.round(v.cal_max - v.cal_min), l: Math.round((v.cal_max + v.cal_min) / 2) });
+    $("zoom-info").textContent = M.t("volume.zoom", { zoom: Math.round(nv.scene.pan2Dxyzmm[3] * 100) });
+    $("study-canvas").setAttribute("aria-label", M.t("volume.canvas", { t: state.t, view: M.t("volume." + state.view), slice: slice, count: count }));
   }
 
   // --- controls --------------------------------------------------------------------------------------
@@ -307,7 +307,7 @@
     const saved = study.chosen_threshold !== null && study.chosen_threshold.toFixed(1) === t;
     const isDefault = Number(study.default_threshold).toFixed(1) === t;
     const badge = $("threshold-badge");
-    badge.textContent = saved ? M.t("viewer.saved") : isDefault ? M.t("viewer.default") : "";
+    badge.textContent = saved ? M.t("volume.saved") : isDefault ? M.t("volume.default") : "";
     badge.classList.toggle("d-none", !saved && !isDefault);
     $("volume-value").textContent = S.volumesText(study, t);
     $("download-mask").href = api + "/mask.nii.gz?threshold=" + t;
@@ -377,7 +377,7 @@
     try {
       const note = $("note").value.trim();
       state.study = await M.api("POST", api + "/choice", { json: { threshold: Number(state.t), note: note || null } });
-      M.show(ok, M.t("viewer.saved_ok", { t: state.t }), "success");
+      M.show(ok, M.t("volume.saved_ok", { t: state.t }), "success");
       showThreshold();
     } catch (err) {
       M.showError(error, err);
@@ -394,6 +394,11 @@
     $("viewer-section").classList.remove("d-none");
     $("download-seg").classList.toggle("d-none", study.source !== "dicom");
     $("wl-preset").closest(".mb-3").classList.toggle("d-none", !state.isCT);
+    if (imaging.window && !PRESETS.model) { // the window the network sees, from the organ's spec
+      PRESETS.model = { w: imaging.window.width, l: imaging.window.center };
+      $("wl-preset").insertBefore(M.h("option", { value: "model", text: M.t("volume.preset.model", PRESETS.model) }),
+        $("wl-preset").querySelector('option[value="custom"]'));
+    }
     const t = S.shownThreshold(study);
     $("threshold").value = String(Math.max(0, S.THRESHOLDS.indexOf(t)));
     if (study.chosen_note && $("note")) $("note").value = study.chosen_note;
