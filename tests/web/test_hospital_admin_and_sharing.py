@@ -53,7 +53,8 @@ def test_a_doctor_shares_a_thread_with_their_hospital_and_stops(web, browser_pag
     web.sign_in(author, "doctor", next_path="/feedback")
     _open_feedback(author)
     author.get_by_label("What did you see?").fill(text)
-    author.get_by_role("checkbox", name="Share with my hospital's doctors").check()  # each thread below has a switch of that name
+    # the new feedback's checkbox (each thread below has a switch of that name)
+    author.get_by_role("checkbox", name="Share with my hospital's doctors").check()
     author.get_by_role("button", name="Send feedback").click()
     thread = author.locator("#threads article", has_text=text)
     switch = thread.get_by_role("switch", name="Share with my hospital's doctors")
