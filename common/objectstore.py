@@ -116,6 +116,7 @@ class ObjectStore:
         credentials,
         *,
         secure: bool = False,
+        ca_file: Path | None = None,
         buckets: Buckets | None = None,
         region: str = "us-east-1",
         connect_timeout: float = 2.0,
@@ -125,6 +126,9 @@ class ObjectStore:
     ):
         self.endpoint = endpoint
         self.buckets = buckets or Buckets()
+        if secure and ca_file is not None and not Path(ca_file).is_file():
+            # A missing CA would only show as a TLS failure on the first call: name the setting instead.
+            raise ServiceUnavailable(f"object store CA file {ca_file} not found (MEDSEG_S3_CA_FILE)")
         # minio's default pool waits 5 minutes and retries 5 times; a dependency being down must show fast.
         # raise_on_status=False: after the last retry the 5xx response goes back to minio, which raises it.
         http = urllib3.PoolManager(
@@ -135,7 +139,7 @@ class ObjectStore:
             # each burst ("Connection pool is full") and opened again for the next.
             maxsize=max_connections,
             cert_reqs="CERT_REQUIRED" if secure else "CERT_NONE",
-            ca_certs=certifi.where() if secure else None,
+            ca_certs=(str(ca_file) if ca_file is not None else certifi.where()) if secure else None,
             retries=urllib3.Retry(
                 total=retries,
                 connect=retries,
@@ -163,6 +167,7 @@ class ObjectStore:
             settings.s3_endpoint,
             resolve_credentials(settings),
             secure=settings.s3_secure,
+            ca_file=settings.s3_ca_file,
             buckets=Buckets.from_settings(settings),
         )
 

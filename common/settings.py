@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     s3_access_key: str = ""
     s3_secret_key: str = ""
     s3_secure: bool = False
+    # With s3_secure: the PEM file of the CA that signs the store's certificate (in Kubernetes the namespace's
+    # private CA, k8s/base/internal-tls.yaml); None: the public CAs (certifi).
+    s3_ca_file: Path | None = None
     bucket_datasets: str = "medseg-datasets"
     bucket_results: str = "medseg-results"
     bucket_models: str = "medseg-models"
