@@ -1,6 +1,6 @@
 """The gateway's Prometheus metrics in the cluster: on a port of their own (MEDSEG_METRICS_PORT), announced
 to Prometheus by the pod's scrape annotations, admitted only from the monitoring namespace, and carried by
-neither the Service nor the Ingress, so /metrics is never public."""
+neither the Service nor the HTTPRoute/GRPCRoute, so /metrics is never public."""
 
 from __future__ import annotations
 
@@ -24,9 +24,10 @@ def test_gateway_metrics_are_scraped_inside_the_cluster_only(rendered, overlay):
 
     service = by_kind(objects, "Service")["medseg-gateway"]
     assert {p["targetPort"] for p in service["spec"]["ports"]} == {"http", "grpc"}
-    ingress = by_kind(objects, "Ingress")["medseg-gateway"]
-    backends = [p["backend"]["service"] for r in ingress["spec"]["rules"] for p in r["http"]["paths"]]
-    assert backends and all(b["port"] == {"name": "http"} for b in backends)
+    service_ports = {p["name"]: p["port"] for p in service["spec"]["ports"]}
+    routes = [by_kind(objects, kind)["medseg-gateway"] for kind in ("HTTPRoute", "GRPCRoute")]
+    backends = [b for route in routes for rule in route["spec"]["rules"] for b in rule["backendRefs"]]
+    assert backends and {b["port"] for b in backends} == {service_ports["http"], service_ports["grpc"]}
 
     gateway_policies = [
         p for p in by_kind(objects, "NetworkPolicy").values()

@@ -29,6 +29,9 @@ def test_overlay_objects_validate_strictly_against_kubernetes_schemas(rendered, 
     for obj in rendered[overlay]:
         try:
             kubernetes_validate.validate(obj, kubernetes_validate.latest_version(), strict=True)
+        except kubernetes_validate.SchemaNotFoundError:
+            # kinds from CRDs (Gateway API, CloudNativePG, cert-manager): checked by test_platform.py
+            assert obj["apiVersion"].split("/")[0].endswith((".io", ".k8s.io")), obj["apiVersion"]
         except kubernetes_validate.ValidationError as exc:
             errors.append(f"{obj['kind']}/{obj['metadata']['name']}: {exc.message} at {list(exc.path)}")
     assert not errors, "\n".join(errors)
@@ -265,11 +268,13 @@ def test_gateway_may_launch_trainer_jobs_and_nothing_more(rendered):
     assert mounted == ["medseg-gateway"]
 
 
-def test_prod_differs_from_dev_only_by_patches(rendered):
+def test_prod_differs_from_dev_only_by_patches_and_digests(rendered):
     dev, prod = (yaml.safe_load((K8S / "overlays" / o / "kustomization.yaml").read_text()) for o in OVERLAYS)
     assert prod.get("patches"), "prod has no patches"
+    # prod's `images` only pin digests (tests/k8s/test_platform.py checks every image is pinned)
+    assert prod.get("images") and all(set(i) == {"name", "newTag", "digest"} for i in prod["images"])
     assert {k: v for k, v in dev.items() if k != "patches"} == {
-        k: v for k, v in prod.items() if k != "patches"
+        k: v for k, v in prod.items() if k not in ("patches", "images")
     }
     assert not dev.get("patches")
     assert dev["resources"] == ["../../base"]
@@ -295,15 +300,19 @@ def test_prod_patches_scale_resources_storage_and_tls(rendered):
         assert _cpu_limit(prod, name) != _cpu_limit(dev, name)
     for deployment in by_kind(prod, "Deployment").values():
         assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
-    for name in ("postgres", "minio"):
-        claim = by_kind(prod, "StatefulSet")[name]["spec"]["volumeClaimTemplates"][0]["spec"]
-        assert (
-            claim.get("storageClassName")
-            and "storageClassName"
-            not in (by_kind(dev, "StatefulSet")[name]["spec"]["volumeClaimTemplates"][0]["spec"])
-        )
-    assert by_kind(prod, "Ingress")["medseg-gateway"]["spec"]["tls"][0]["secretName"] == "medseg-tls"
-    assert "tls" not in by_kind(dev, "Ingress")["medseg-gateway"]["spec"]
+    claim = by_kind(prod, "StatefulSet")["minio"]["spec"]["volumeClaimTemplates"][0]["spec"]
+    assert claim.get("storageClassName") and "storageClassName" not in (
+        by_kind(dev, "StatefulSet")["minio"]["spec"]["volumeClaimTemplates"][0]["spec"]
+    )
+    database = by_kind(prod, "Cluster")["medseg-db"]["spec"]
+    assert database["storage"].get("storageClass") and "storageClass" not in (
+        by_kind(dev, "Cluster")["medseg-db"]["spec"]["storage"]
+    )
+    # TLS at the Gateway in prod, and no clear-text listener at all
+    listeners = by_kind(prod, "Gateway")["medseg"]["spec"]["listeners"]
+    assert {li["protocol"] for li in listeners} == {"HTTPS"}
+    assert all(li["tls"]["certificateRefs"] == [{"kind": "Secret", "name": "medseg-tls"}] for li in listeners)
+    assert {li["protocol"] for li in by_kind(dev, "Gateway")["medseg"]["spec"]["listeners"]} == {"HTTP"}
 
 
 def test_every_organ_folder_has_an_overlay_entry():
