@@ -49,12 +49,16 @@ def version(store: ObjectStore, bucket: str, keep_days: int) -> None:
         store.client.set_bucket_lifecycle(bucket, LifecycleConfig([rule]))
         status = store.client.get_bucket_versioning(bucket).status
     if status != ENABLED:
-        raise ServiceUnavailable(f"the object store did not turn versioning on for {bucket} (status {status})")
+        raise ServiceUnavailable(
+            f"the object store did not turn versioning on for {bucket} (status {status})"
+        )
     logger.info("versioning on %s, old versions kept %d days", bucket, keep_days)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m common.bucket_policy", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m common.bucket_policy", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--keep-days", type=int, default=30, help="days an overwritten version is kept")
     parser.add_argument("--backup-bucket", default=BACKUP_BUCKET)
     args = parser.parse_args(argv)

@@ -301,12 +301,15 @@ def test_prod_patches_scale_resources_storage_and_tls(rendered):
     for deployment in by_kind(prod, "Deployment").values():
         assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
     claim = by_kind(prod, "StatefulSet")["minio"]["spec"]["volumeClaimTemplates"][0]["spec"]
-    assert claim.get("storageClassName") and "storageClassName" not in (
-        by_kind(dev, "StatefulSet")["minio"]["spec"]["volumeClaimTemplates"][0]["spec"]
+    assert (
+        claim.get("storageClassName")
+        and "storageClassName"
+        not in (by_kind(dev, "StatefulSet")["minio"]["spec"]["volumeClaimTemplates"][0]["spec"])
     )
     database = by_kind(prod, "Cluster")["medseg-db"]["spec"]
-    assert database["storage"].get("storageClass") and "storageClass" not in (
-        by_kind(dev, "Cluster")["medseg-db"]["spec"]["storage"]
+    assert (
+        database["storage"].get("storageClass")
+        and "storageClass" not in (by_kind(dev, "Cluster")["medseg-db"]["spec"]["storage"])
     )
     # TLS at the Gateway in prod, and no clear-text listener at all
     listeners = by_kind(prod, "Gateway")["medseg"]["spec"]["listeners"]

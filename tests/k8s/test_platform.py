@@ -150,16 +150,24 @@ def crd_problems(objects: list[dict]) -> list[str]:
                 listeners = {li["name"]: li for li in (gateway or {}).get("spec", {}).get("listeners", [])}
                 listener = listeners.get(parent.get("sectionName"))
                 if listener is None:
-                    problems.append(f"{where}: no listener {parent.get('sectionName')} on Gateway {parent['name']}")
+                    problems.append(
+                        f"{where}: no listener {parent.get('sectionName')} on Gateway {parent['name']}"
+                    )
                 elif listener.get("hostname") not in route["spec"].get("hostnames", []):
                     problems.append(f"{where}: its hostnames miss its listener's {listener.get('hostname')}")
             for rule in need(route, "spec", "rules") or []:
-                for backend in rule.get("backendRefs") or [problems.append(f"{where}: a rule without backends")]:
+                for backend in rule.get("backendRefs") or [
+                    problems.append(f"{where}: a rule without backends")
+                ]:
                     if backend is None:
                         continue
-                    ports = [p["port"] for p in services.get(backend["name"], {}).get("spec", {}).get("ports", [])]
+                    ports = [
+                        p["port"] for p in services.get(backend["name"], {}).get("spec", {}).get("ports", [])
+                    ]
                     if backend.get("port") not in ports:
-                        problems.append(f"{where}: backend {backend['name']}:{backend.get('port')} is no Service port")
+                        problems.append(
+                            f"{where}: backend {backend['name']}:{backend.get('port')} is no Service port"
+                        )
                 for value in (rule.get("timeouts") or {}).values():
                     if not DURATION.match(value):
                         problems.append(f"{where}: timeout {value!r} is no Gateway API duration")
@@ -215,7 +223,12 @@ def test_the_crd_check_finds_what_is_missing(rendered):
     del by_kind(objects, "Cluster")["medseg-db"]["spec"]["instances"]
     by_kind(objects, "ScheduledBackup")["medseg-db-nightly"]["spec"]["cluster"]["name"] = "nope"
     problems = "\n".join(crd_problems(objects))
-    for expected in ("HTTPS without a certificate", "9102 is no Service port", "spec.instances", "no such Cluster"):
+    for expected in (
+        "HTTPS without a certificate",
+        "9102 is no Service port",
+        "spec.instances",
+        "no such Cluster",
+    ):
         assert expected in problems
 
 
@@ -228,7 +241,11 @@ def test_every_deployment_spreads_stops_gracefully_and_has_a_pdb(rendered, deplo
         template = obj["spec"]["template"]
         labels = template["metadata"]["labels"]
         spec = template["spec"]
-        spread = [c for c in spec.get("topologySpreadConstraints", []) if c["topologyKey"] == "kubernetes.io/hostname"]
+        spread = [
+            c
+            for c in spec.get("topologySpreadConstraints", [])
+            if c["topologyKey"] == "kubernetes.io/hostname"
+        ]
         assert spread, f"{overlay} {deployment}: no topology spread over nodes"
         for constraint in spread:
             selector = constraint["labelSelector"]["matchLabels"]
@@ -244,7 +261,9 @@ def test_every_deployment_spreads_stops_gracefully_and_has_a_pdb(rendered, deplo
             for p in by_kind(rendered[overlay], "PodDisruptionBudget").values()
             if p["spec"]["selector"]["matchLabels"].items() <= labels.items()
         ]
-        assert len(budgets) == 1, f"{overlay} {deployment}: {len(budgets)} PodDisruptionBudgets select its pods"
+        assert len(budgets) == 1, (
+            f"{overlay} {deployment}: {len(budgets)} PodDisruptionBudgets select its pods"
+        )
         [budget] = budgets
         assert budget["spec"].get("maxUnavailable") == 1 or "minAvailable" in budget["spec"]
 
@@ -256,12 +275,14 @@ def test_the_database_is_spread_and_budgeted_by_its_operator(rendered):
     assert cluster["affinity"]["topologyKey"] == "kubernetes.io/hostname"
 
 
-# --- images ---------------------------------------------------------------------------------------------------
+# --- images -------------------------------------------------------------------------------------------------
 def _images(objects: list[dict]) -> list[tuple[str, str]]:
     found = []
     for obj in objects:
         if pod_spec(obj) is not None:
-            found += [(f"{obj['kind']}/{obj['metadata']['name']}/{c['name']}", c["image"]) for c in _containers(obj)]
+            found += [
+                (f"{obj['kind']}/{obj['metadata']['name']}/{c['name']}", c["image"]) for c in _containers(obj)
+            ]
         if obj["kind"] == "Cluster":
             found.append((f"Cluster/{obj['metadata']['name']}", obj["spec"]["imageName"]))
     return found
@@ -275,24 +296,38 @@ def test_prod_pins_every_image_by_digest_and_nothing_is_latest(rendered):
     for overlay in OVERLAYS:
         for where, image in _images(rendered[overlay]):
             name = image.split("@")[0]
-            assert ":" in name.rsplit("/", 1)[-1] and not name.endswith(":latest"), f"{overlay} {where}: {image}"
+            assert ":" in name.rsplit("/", 1)[-1] and not name.endswith(":latest"), (
+                f"{overlay} {where}: {image}"
+            )
 
 
 def test_our_images_come_from_the_registry_the_project_sets(rendered):
-    ours = {image.split("@")[0] for _, image in _images(rendered["prod"]) if "/medseg/" in image or "medseg/" in image}
+    ours = {
+        image.split("@")[0]
+        for _, image in _images(rendered["prod"])
+        if "/medseg/" in image or "medseg/" in image
+    }
     assert ours and all(image.startswith(OUR_REGISTRY) for image in ours), ours
-    assert {image.split(":")[0].removeprefix(OUR_REGISTRY) for image in ours} == {"gateway", "organ-server", "trainer"}
-    assert not [image for _, image in _images(rendered["prod"]) if image.startswith(("docker.io/", "medseg/"))]
+    assert {image.split(":")[0].removeprefix(OUR_REGISTRY) for image in ours} == {
+        "gateway",
+        "organ-server",
+        "trainer",
+    }
+    assert not [
+        image for _, image in _images(rendered["prod"]) if image.startswith(("docker.io/", "medseg/"))
+    ]
 
 
-# --- limits ---------------------------------------------------------------------------------------------------
+# --- limits -------------------------------------------------------------------------------------------------
 def test_upload_limits_timeouts_and_the_spool_agree(rendered, monkeypatch):
     """One set of numbers: the app's body limits (the gateway's ConfigMap), the HTTPRoute's timeouts and the
     gateway's /tmp spool. The arithmetic is the one docs/operations.md ("Limits") states."""
     for overlay in OVERLAYS:
         objects = rendered[overlay]
         settings = _gateway_settings(objects, monkeypatch)
-        dataset = settings.max_dataset_upload_bytes + FORM_OVERHEAD_BYTES  # the app's limits (gateway/main.py)
+        dataset = (
+            settings.max_dataset_upload_bytes + FORM_OVERHEAD_BYTES
+        )  # the app's limits (gateway/main.py)
         study = settings.study_max_bytes + FORM_OVERHEAD_BYTES * 16
         assert settings.max_dataset_upload_bytes == 2 * GIB and settings.study_max_bytes == 1 * GIB
 
@@ -305,22 +340,27 @@ def test_upload_limits_timeouts_and_the_spool_agree(rendered, monkeypatch):
         assert spool >= 2 * max(dataset, study, settings.max_request_bytes) + study, spool
         assert _bytes(gateway["resources"]["requests"]["ephemeral-storage"]) >= spool  # reserved on the node
 
-        # the proxy: streams bodies (no cap of its own); its time limits carry the largest upload at 10 Mbit/s,
-        # and every other request outlasts a segmentation's worst case (the longest organ deadline, each try)
+        # the proxy: streams bodies (no cap of its own); its time limits carry the largest upload at
+        # 10 Mbit/s, and every other request outlasts a segmentation's worst case (the longest organ
+        # deadline, each try)
         route = by_kind(objects, "HTTPRoute")["medseg-gateway"]
         rules = {r["name"]: r for r in route["spec"]["rules"]}
         paths = {m["path"]["value"] for m in rules["uploads"]["matches"]}
         assert {"/api/v1/datasets", "/api/v1/studies"} <= paths
         upload_s = _seconds(rules["uploads"]["timeouts"]["request"])
         assert dataset * 8 / upload_s <= 10_000_000, "uploads need more than 10 Mbit/s to finish in time"
-        deadlines = [load_organ_spec(o).inference_deadline_s or settings.inference_timeout_s for o in organ_dirs()]
+        deadlines = [
+            load_organ_spec(o).inference_deadline_s or settings.inference_timeout_s for o in organ_dirs()
+        ]
         worst_segment_s = max(deadlines) * (1 + settings.inference_retries)
         assert _seconds(rules["api-and-pages"]["timeouts"]["request"]) > worst_segment_s
         assert _seconds(rules["evaluations"]["timeouts"]["request"]) >= 600
-        assert all("timeouts" in r for r in route["spec"]["rules"]), "Envoy's default would cut requests at 15 s"
+        assert all("timeouts" in r for r in route["spec"]["rules"]), (
+            "Envoy's default would cut requests at 15 s"
+        )
 
 
-# --- TLS inside -------------------------------------------------------------------------------------------------
+# --- TLS inside ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_s3_runs_over_https_verified_against_the_internal_ca(rendered, overlay):
     objects = rendered[overlay]
@@ -331,7 +371,9 @@ def test_s3_runs_over_https_verified_against_the_internal_ca(rendered, overlay):
     minio_cert = by_kind(objects, "Certificate")["minio-tls"]["spec"]
     assert host in minio_cert["dnsNames"] and minio_cert["issuerRef"]["name"] == "medseg-internal-ca"
     minio = by_kind(objects, "StatefulSet")["minio"]["spec"]["template"]["spec"]
-    certs = next(v for v in minio["volumes"] if v.get("secret", {}).get("secretName") == minio_cert["secretName"])
+    certs = next(
+        v for v in minio["volumes"] if v.get("secret", {}).get("secretName") == minio_cert["secretName"]
+    )
     assert {i["path"] for i in certs["secret"]["items"]} == {"public.crt", "private.key"}
     assert minio["containers"][0]["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
 
@@ -350,7 +392,9 @@ def test_s3_runs_over_https_verified_against_the_internal_ca(rendered, overlay):
             assert mount, f"{where} reads medseg-s3 but does not mount the internal CA at {ca_dir}"
             secret = volumes[mount["name"]]["secret"]
             # the CA's certificate only, never its key
-            assert secret["secretName"] == "medseg-internal-ca" and secret["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
+            assert secret["secretName"] == "medseg-internal-ca" and secret["items"] == [
+                {"key": "ca.crt", "path": "ca.crt"}
+            ]
     assert readers >= 6
 
 
@@ -374,13 +418,20 @@ def test_postgresql_is_reached_over_verified_tls(rendered, overlay):
             "items": [{"key": "ca.crt", "path": ca.name}],
         }
         password = next(e for e in container["env"] if e["name"] == "POSTGRES_PASSWORD")
-        assert password["valueFrom"]["secretKeyRef"]["name"] == cluster["spec"]["bootstrap"]["initdb"]["secret"]["name"]
+        assert (
+            password["valueFrom"]["secretKeyRef"]["name"]
+            == cluster["spec"]["bootstrap"]["initdb"]["secret"]["name"]
+        )
 
 
-# --- egress ----------------------------------------------------------------------------------------------------
+# --- egress -------------------------------------------------------------------------------------------------
 NEEDS = {  # component: (destination component or "dns"/"outside", port)
     "gateway": {
-        ("database", 5432), ("organ-server", 7070), ("organ-server", 8080), ("objectstore", 9000), ("outside", 443),
+        ("database", 5432),
+        ("organ-server", 7070),
+        ("organ-server", 8080),
+        ("objectstore", 9000),
+        ("outside", 443),
         ("dns", 53),
     },
     "trainer": {("organ-server", 7071), ("organ-server", 8081), ("objectstore", 9000), ("dns", 53)},
@@ -397,8 +448,12 @@ def _egress(objects: list[dict], component: str) -> set[tuple[str, int]]:
         selector = policy["spec"]["podSelector"]
         labels = selector.get("matchLabels", {})
         expressions = selector.get("matchExpressions", [])
-        selects = (not labels and not expressions) or labels.get("app.kubernetes.io/component") == component or any(
-            e["key"] == "app.kubernetes.io/component" and component in e["values"] for e in expressions
+        selects = (
+            (not labels and not expressions)
+            or labels.get("app.kubernetes.io/component") == component
+            or any(
+                e["key"] == "app.kubernetes.io/component" and component in e["values"] for e in expressions
+            )
         )
         if not selects or "Egress" not in policy["spec"]["policyTypes"]:
             continue
@@ -407,7 +462,12 @@ def _egress(objects: list[dict], component: str) -> set[tuple[str, int]]:
             for peer in rule["to"]:
                 if "ipBlock" in peer:
                     target = "outside"
-                elif peer.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name") == "kube-system":
+                elif (
+                    peer.get("namespaceSelector", {})
+                    .get("matchLabels", {})
+                    .get("kubernetes.io/metadata.name")
+                    == "kube-system"
+                ):
                     target = "dns"
                 else:
                     target = peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
@@ -429,11 +489,13 @@ def test_egress_is_denied_by_default_with_only_the_holes_each_component_needs(re
     minio = by_kind(objects, "StatefulSet")["minio"]["spec"]["template"]["spec"]["containers"][0]
     assert {p["containerPort"] for p in minio["ports"]} == {9000}
     for organ in organ_dirs():
-        server = by_kind(objects, "Deployment")[f"torchserve-{organ}"]["spec"]["template"]["spec"]["containers"][0]
+        server = by_kind(objects, "Deployment")[f"torchserve-{organ}"]["spec"]["template"]["spec"][
+            "containers"
+        ][0]
         assert {7070, 7071} <= {p["containerPort"] for p in server["ports"]}
 
 
-# --- backups ---------------------------------------------------------------------------------------------------
+# --- backups ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_the_database_is_archived_and_backed_up_into_the_bucket_the_policy_job_creates(rendered, overlay):
     objects = rendered[overlay]
@@ -445,9 +507,11 @@ def test_the_database_is_archived_and_backed_up_into_the_bucket_the_policy_job_c
     assert store["configuration"]["endpointURL"].startswith("https://")
     assert store["configuration"]["endpointCA"] == {"name": "medseg-internal-ca", "key": "ca.crt"}
     [backup] = by_kind(objects, "ScheduledBackup").values()
-    assert backup["spec"]["method"] == "plugin" and backup["spec"]["pluginConfiguration"]["name"] == plugin["name"]
+    assert (
+        backup["spec"]["method"] == "plugin"
+        and backup["spec"]["pluginConfiguration"]["name"] == plugin["name"]
+    )
     job = by_kind(objects, "Job")["medseg-bucket-policy"]
     [container] = pod_spec(job)["containers"]
     assert container["command"][:3] == ["python", "-m", "common.bucket_policy"]
     assert container["image"].startswith(OUR_REGISTRY + "gateway:")
-

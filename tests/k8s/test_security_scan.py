@@ -28,8 +28,9 @@ STAMP = VENV / ".installed"
 
 @pytest.fixture(scope="session")
 def checkov() -> list[str]:
-    """The command that runs checkov: its venv's interpreter with `-m checkov.main`, not the `checkov` script,
-    whose shebang names the path the venv was created at (build/ is shared by worktrees, which come and go)."""
+    """The command that runs checkov: its venv's interpreter with `-m checkov.main`, not the `checkov`
+    script, whose shebang names the path the venv was created at (build/ is shared by worktrees, which come
+    and go)."""
     binary = VENV / "bin" / "checkov"
     wanted = REQUIREMENTS.read_text()
     if not (STAMP.is_file() and STAMP.read_text() == wanted and binary.is_file()):

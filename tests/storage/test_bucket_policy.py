@@ -39,7 +39,9 @@ def test_results_and_models_are_versioned_and_the_backup_bucket_exists(s3_env, o
     objectstore.put_bytes(results, "policy-test/mask.png", b"first")
     objectstore.put_bytes(results, "policy-test/mask.png", b"second")
     versions = [
-        v for v in client.list_objects(results, prefix="policy-test/", include_version=True) if not v.is_delete_marker
+        v
+        for v in client.list_objects(results, prefix="policy-test/", include_version=True)
+        if not v.is_delete_marker
     ]
     assert len(versions) == 2
     older = next(v for v in versions if str(v.is_latest).lower() != "true")  # minio-py: "true"/"false"
@@ -50,4 +52,6 @@ def test_results_and_models_are_versioned_and_the_backup_bucket_exists(s3_env, o
         response.close()
         response.release_conn()
 
-    assert bucket_policy.main(["--keep-days", "7", "--backup-bucket", "medseg-pg-backups-test"]) == 0  # idempotent
+    assert (
+        bucket_policy.main(["--keep-days", "7", "--backup-bucket", "medseg-pg-backups-test"]) == 0
+    )  # idempotent

@@ -1,6 +1,6 @@
-"""S3 over HTTPS against a private CA (Kubernetes: the namespace's internal CA, MEDSEG_S3_CA_FILE): the store's
-certificate is verified against that CA file, a client without it refuses the server, and a CA file that is
-not there is named at construction instead of failing later as a TLS error."""
+"""S3 over HTTPS against a private CA (Kubernetes: the namespace's internal CA, MEDSEG_S3_CA_FILE): the
+store's certificate is verified against that CA file, a client without it refuses the server, and a CA
+file that is not there is named at construction instead of failing later as a TLS error."""
 
 from __future__ import annotations
 
@@ -74,6 +74,8 @@ def test_another_ca_is_refused(https_store, tmp_path):
 
 def test_a_missing_ca_file_is_named_from_the_settings(tmp_path):
     missing = tmp_path / "ca.crt"
-    settings = Settings(state_dir=tmp_path, s3_secure=True, s3_ca_file=missing, s3_access_key="k", s3_secret_key="s")
+    settings = Settings(
+        state_dir=tmp_path, s3_secure=True, s3_ca_file=missing, s3_access_key="k", s3_secret_key="s"
+    )
     with pytest.raises(ServiceUnavailable, match="MEDSEG_S3_CA_FILE"):
         ObjectStore.from_settings(settings)
