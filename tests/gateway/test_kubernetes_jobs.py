@@ -184,7 +184,7 @@ def test_the_job_is_the_templates_copy_with_the_jobs_arguments(world, trainer_te
     [container] = pod["spec"]["containers"]
     template = trainer_template["spec"]["jobTemplate"]["spec"]
     [template_container] = template["template"]["spec"]["containers"]
-    assert container["image"] == template_container["image"] == "medseg/trainer:0.1.0"
+    assert container["image"] == template_container["image"] == "registry.example.org/medseg/trainer:0.1.0"
     assert container["resources"] == template_container["resources"]
     assert container["resources"]["limits"]["memory"] == "8Gi"
     assert container["envFrom"] == template_container["envFrom"]
