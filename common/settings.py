@@ -75,6 +75,11 @@ class Settings(BaseSettings):
     # Uploads are refused (507 insufficient_storage) and /readyz reports `disk` while the file system holding
     # state_dir (database, object store data, logs locally) has less free space than this; 0: never.
     min_free_disk_bytes: int = 2 * 1024 * 1024 * 1024
+    # The most bytes of multipart uploads (by Content-Length; a body without one counts as the largest upload
+    # allowed) one gateway process spools at once; an upload beyond it is refused with 507 and Retry-After
+    # until others end. 0: no cap. In Kubernetes the /tmp volume is sized for it (docs/operations.md,
+    # "Limits").
+    upload_spool_bytes: int = 0
     # `medseg prune` deletes segmentations nobody saved (no chosen threshold, no feedback thread) after this
     # many days, with their objects; 0 keeps them forever (gateway/service/retention.py).
     unsaved_result_retention_days: float = 0

@@ -331,14 +331,17 @@ def test_upload_limits_timeouts_and_the_spool_agree(rendered, monkeypatch):
         study = settings.study_max_bytes + FORM_OVERHEAD_BYTES * 16
         assert settings.max_dataset_upload_bytes == 2 * GIB and settings.study_max_bytes == 1 * GIB
 
-        # the spool: two of the largest uploads at once per pod, and a study beside them
+        # the spool: the gateway admits uploads declaring up to upload_spool_bytes at once (then 507), which
+        # takes two of the largest at once; the volume holds that budget with a margin, reserved on the node
         pod = by_kind(objects, "Deployment")["medseg-gateway"]["spec"]["template"]["spec"]
         [gateway] = pod["containers"]
         tmp_mount = next(m for m in gateway["volumeMounts"] if m["mountPath"] == str(settings.upload_tmp_dir))
         volume = next(v for v in pod["volumes"] if v["name"] == tmp_mount["name"])
         spool = _bytes(volume["emptyDir"]["sizeLimit"])
-        assert spool >= 2 * max(dataset, study, settings.max_request_bytes) + study, spool
-        assert _bytes(gateway["resources"]["requests"]["ephemeral-storage"]) >= spool  # reserved on the node
+        budget = settings.upload_spool_bytes
+        assert budget >= 2 * max(dataset, study, settings.max_request_bytes), budget
+        assert spool >= budget + 512 * 1024**2, (spool, budget)
+        assert _bytes(gateway["resources"]["requests"]["ephemeral-storage"]) >= spool
 
         # the proxy: streams bodies (no cap of its own); its time limits carry the largest upload at
         # 10 Mbit/s, and every other request outlasts a segmentation's worst case (the longest organ
