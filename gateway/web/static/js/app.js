@@ -250,9 +250,17 @@
     return svg;
   }
 
+  /** Loaders that fill a list after a fetch can overlap (the page's first load and a change of organ): `const turn =
+      M.latest();` once, then `const mine = turn();` before the fetch and `if (!mine()) return;` after it, so a call
+      overtaken by a later one puts nothing on the page (two overlapping loads listed every version twice). */
+  function latest() {
+    let calls = 0;
+    return function () { const call = ++calls; return function () { return call === calls; }; };
+  }
+
   window.MedSeg = {
     t, api, upload, h, show, hide, showError, describe, checkFile, bytes, when, busy, b64ToBlob, plot, ApiError,
-    organ, versionLabel, number,
+    organ, versionLabel, number, latest,
   };
 
   // The organ a person works on follows them from page to page (this browser remembers the last choice);

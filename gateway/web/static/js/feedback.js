@@ -15,11 +15,13 @@
   const preset = new URLSearchParams(location.search);
   let presetVersion = preset.get("version");
 
+  const versionsTurn = M.latest();
   async function loadVersions() {
-    const select = form.elements.version;
-    select.replaceChildren();
+    const select = form.elements.version, mine = versionsTurn();
     try {
       const body = await M.api("GET", base() + "/versions");
+      if (!mine()) return;
+      select.replaceChildren();
       const wanted = body.versions.some(function (v) { return v.version === presetVersion; }) ? presetVersion : null;
       presetVersion = null; // only the first load follows the link
       body.versions.forEach(function (v) {

@@ -10,11 +10,13 @@
   const IMAGE_TYPES = [".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom"];
   const organ = function () { return form.elements.organ.value; };
 
+  const versionsTurn = M.latest(), datasetsTurn = M.latest();
   async function loadVersions() {
-    const selects = [form.elements.version, form.elements.version_b];
-    selects.forEach(function (select) { select.replaceChildren(select.options[0]); });
+    const selects = [form.elements.version, form.elements.version_b], mine = versionsTurn();
     try {
       const body = await M.api("GET", "/api/v1/models/" + encodeURIComponent(organ()) + "/versions");
+      if (!mine()) return;
+      selects.forEach(function (select) { select.replaceChildren(select.options[0]); });
       body.versions.forEach(function (v) {
         selects.forEach(function (select) { select.append(M.h("option", { value: v.version }, [M.versionLabel(v)])); });
       });
@@ -22,10 +24,11 @@
   }
 
   async function loadDatasets() {
-    const select = form.elements.dataset;
-    select.replaceChildren(select.options[0]);
+    const select = form.elements.dataset, mine = datasetsTurn();
     try {
       const body = await M.api("GET", "/api/v1/datasets?organ=" + encodeURIComponent(organ()));
+      if (!mine()) return;
+      select.replaceChildren(select.options[0]);
       body.datasets.forEach(function (d) { select.append(M.h("option", { value: d.id }, [d.name + " (" + d.pair_count + ")"])); });
     } catch (_) { /* listing failed: uploads still work */ }
   }

@@ -7,11 +7,13 @@
   const FINISHED = ["succeeded", "failed", "cancelled"];
   let timer = null;
 
+  const datasetsTurn = M.latest();
   async function loadDatasets() {
-    const select = form.elements.dataset;
-    select.replaceChildren();
+    const select = form.elements.dataset, mine = datasetsTurn();
     try {
       const body = await M.api("GET", "/api/v1/datasets?organ=" + encodeURIComponent(form.elements.organ.value));
+      if (!mine()) return;
+      select.replaceChildren();
       body.datasets.forEach(function (d) { select.append(M.h("option", { value: d.id }, [d.name + " (" + d.pair_count + ")"])); });
     } catch (err) { M.showError(error, err); }
   }
