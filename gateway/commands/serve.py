@@ -6,6 +6,7 @@ import logging
 
 import uvicorn
 
+from common.model_store import fetch_shipped_cards
 from common.settings import Settings, get_settings
 from gateway import metrics
 from gateway.commands.users import bootstrap_admin
@@ -24,6 +25,8 @@ def serve(settings: Settings) -> int:
     bootstrap_admin(settings)  # the first admin from MEDSEG_ADMIN_EMAIL / MEDSEG_ADMIN_PASSWORD, once
     dataplane = build_dataplane(settings)
     app = create_app(settings, dataplane)
+    if settings.model_rollout == "kubernetes":  # the shipped models are in the bucket (the seed Job's)
+        fetch_shipped_cards(dataplane.store, settings.model_store_dir)
     with session_scope() as session:  # the shipped models become the registry's defaults, once
         seed_from_model_store(session, dataplane.registry)
         app.state.clinic.promotions.serve_registered(session)  # the organ servers serve what it names

@@ -29,7 +29,7 @@ from contextlib import AbstractContextManager
 from typing import Protocol
 
 from common.errors import Conflict, MedSegError, NotFound, ServiceUnavailable
-from common.model_store import store_keys
+from common.model_store import store_keys, write_pin
 from gateway.service.kubernetes_jobs import KubernetesApi
 
 logger = logging.getLogger(__name__)
@@ -143,6 +143,10 @@ class DeploymentRollout:
             "%s: Deployment %s pinned to version %s (also serving %s); its replicas roll to it",
             organ, name, version, ", ".join(also_serve) or "nothing else",
         )  # fmt: skip
+        try:  # the bucket's pin follows: what a Deployment without its own pin (re-created) pulls
+            write_pin(self.store, organ, version, also_serve)
+        except MedSegError as exc:
+            logger.warning("%s: Deployment pinned, the bucket's pin not updated: %s", organ, exc)
 
     def serve(self, organ: str, model_name: str, default: str, also_serve: Sequence[str]) -> None:
         self.set_default(organ, model_name, default, also_serve)
