@@ -32,6 +32,8 @@ def serve(settings: Settings) -> int:
         app.state.clinic.promotions.serve_registered(session)  # the organ servers serve what it names
         app.state.clinic.directory.refresh(session, force=True)
         app.state.clinic.jobs.mark_interrupted(session)  # jobs a previous gateway left running: failed
+    # finished training is recorded within a period, not only when someone reads the training API
+    app.state.clinic.jobs.watch(session_scope)
     metrics_server = None
     if settings.metrics_port is not None:  # /metrics beside, not on, the HTTP port (docs/operations.md)
         metrics_server = metrics.serve(settings.metrics_port, settings.http_host)
@@ -61,6 +63,7 @@ def serve(settings: Settings) -> int:
         )
         uvicorn.Server(config).run()  # handles SIGTERM / SIGINT itself
     finally:
+        app.state.clinic.jobs.stop_watching()
         grpc_server.stop(grace=5).wait()
         if metrics_server is not None:
             metrics_server.shutdown()

@@ -322,3 +322,53 @@ def test_the_jobs_trainer_reaches_the_management_api_the_manifests_name(dev_obje
         assert client.address == "torchserve-liver:7071" and client._metadata() == ()
     finally:
         client.close()
+
+
+def _state_in_db(engine, job_id) -> str:
+    """The job's row as stored, read without the launcher (nothing here reconciles)."""
+    with session_scope(engine) as session:
+        return session.get(TrainingJob, job_id).state
+
+
+def _finish_job_in_cluster(api, store, job) -> None:
+    card = {"model_name": "liver", "version": job.version, "metrics": {}, "mar_sha256": "cd" * 32}
+    store.objects[("medseg-models", f"liver/liver-{job.version}.mar")] = b"PK mar"
+    store.objects[("medseg-models", f"liver/liver-{job.version}.json")] = json.dumps(card).encode()
+    api.set_condition(job_name(job), "Complete")
+
+
+def test_the_gateways_watcher_records_a_finished_job_nobody_reads_before_its_ttl(world):
+    """Finding 9 of issue 23: the outcome is recorded by the gateway's own loop, not when someone next reads
+    the training API; the Job's deletion (its TTL) afterwards loses nothing."""
+    import time
+
+    engine, api, store, jobs, principal = world
+    job = _start(engine, jobs, principal)
+    _finish_job_in_cluster(api, store, job)
+    assert _state_in_db(engine, job.id) == "running"  # nobody has looked
+    jobs.watch(lambda: session_scope(engine), interval_s=0.05)
+    try:
+        deadline = time.monotonic() + 60
+        while _state_in_db(engine, job.id) == "running" and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        jobs.stop_watching()
+    assert _state_in_db(engine, job.id) == "succeeded"
+    del api.jobs[job_name(job)]  # ttlSecondsAfterFinished: the cluster deletes the finished Job
+    with session_scope(engine) as session:
+        kept = jobs.get(session, job.id)
+        assert kept.state == "succeeded" and kept.error is None
+        version = session.get(ModelVersion, kept.candidate_version_id)
+        assert (version.version, version.state) == (job.version, "candidate")
+
+
+def test_a_watcher_round_against_an_unreachable_api_loses_nothing(world):
+    engine, api, store, jobs, principal = world
+    job = _start(engine, jobs, principal)
+    _finish_job_in_cluster(api, store, job)
+    api.down = True
+    jobs.watch_once(lambda: session_scope(engine))  # logged, not raised: the next round tries again
+    assert _state_in_db(engine, job.id) == "running"
+    api.down = False
+    jobs.watch_once(lambda: session_scope(engine))
+    assert _state_in_db(engine, job.id) == "succeeded"
