@@ -36,6 +36,7 @@ import argparse
 import json
 import logging
 import re
+import socket
 import sys
 import zipfile
 from datetime import timedelta
@@ -215,10 +216,73 @@ def _store_archive(
     return mar_key, card_key
 
 
+class PodsManagement:
+    """The management API of every replica of an organ server, as one client: what `register_version` needs
+    (describe, register, set_default). Kubernetes names the organ's replicas by its headless Service
+    (`dns:///torchserve-pods-<organ>:7071`, one A record per ready pod): a new version is registered with
+    each pod, so every running replica serves a candidate at once and none restarts; pods that start later
+    pull it by the bucket's pin (the gateway writes it when it records the candidate).
+
+    A version counts as registered only when every pod has it (`describe` is NotFound otherwise), and
+    `register` skips the pods that already have it, so a registration cut short is completed by running it
+    again."""
+
+    def __init__(self, clients: list[ManagementClient], name: str = ""):
+        if not clients:
+            raise ServiceUnavailable(f"no ready replica of {name or 'the organ server'} to register with")
+        self.address = name or ",".join(client.address for client in clients)
+        self.clients = clients
+
+    @classmethod
+    def from_dns(cls, target: str, key=None, *, timeout: float = 30.0, resolve=socket.getaddrinfo):
+        """`dns:///host:port` → one client per address the name resolves to."""
+        host, _, port = target.removeprefix("dns:///").rpartition(":")
+        try:
+            found = resolve(host, int(port), type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise ServiceUnavailable(f"{host} does not resolve ({exc}): no organ server replica") from None
+        ips = sorted({info[4][0] for info in found})
+        addresses = [f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}" for ip in ips]
+        return cls([ManagementClient(address, key, timeout=timeout) for address in addresses], target)
+
+    def describe(self, model_name: str, version: str | None = None, timeout: float | None = None):
+        """The first replica's description; NotFound when any replica lacks the version."""
+        answers = [client.describe(model_name, version, timeout) for client in self.clients]
+        return answers[0]
+
+    def register(self, url: str, model_name: str, version: str | None = None, **kwargs) -> str:
+        messages = []
+        for client in self.clients:
+            if version is not None:
+                try:
+                    client.describe(model_name, version)
+                except NotFound:
+                    pass
+                else:
+                    messages.append(f"{client.address}: already registered")
+                    continue
+            messages.append(f"{client.address}: {client.register(url, model_name, version, **kwargs)}")
+        return "; ".join(messages)
+
+    def set_default(self, model_name: str, version: str, timeout: float | None = None) -> str:
+        return "; ".join(client.set_default(model_name, version, timeout) for client in self.clients)
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+
+    def __enter__(self) -> PodsManagement:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def management_client(
     organ: str, settings=None, *, address: str | None = None, key: str | None = None, timeout: float = 30.0
 ):
-    """A ManagementClient for the organ's TorchServe.
+    """A ManagementClient for the organ's TorchServe (a `PodsManagement` of every replica for a `dns:///`
+    address: Kubernetes' headless Service).
 
     Address: `address`, else `Settings.organ_management_addresses[organ]` (Kubernetes, without a key), else
     `Settings.organ_host` at the organ's configured gRPC management port (services/<organ>/config.properties).
@@ -227,9 +291,13 @@ def management_client(
     """
     settings = settings or get_settings()
     if address is None and organ in settings.organ_management_addresses:
-        # Kubernetes: the organ's Service. TorchServe token auth is off there (NetworkPolicies admit only
-        # trainer pods to the management port), so no key unless one is given.
-        return ManagementClient(settings.organ_management_addresses[organ], key, timeout=timeout)
+        # Kubernetes: the organ's headless Service, every replica. TorchServe token auth is off there
+        # (NetworkPolicies admit only trainer pods to the management port), so no key unless one is given.
+        address = settings.organ_management_addresses[organ]
+        if not address.startswith("dns:///"):
+            return ManagementClient(address, key, timeout=timeout)
+    if address is not None and address.startswith("dns:///"):
+        return PodsManagement.from_dns(address, key, timeout=timeout)
     if address is None:
         try:
             port = configured_ports(organ, Path(settings.services_dir)).grpc_management

@@ -160,17 +160,18 @@ def generated_files(services_dir: Path = SERVICES_DIR, k8s_dir: Path = K8S_DIR) 
     organs = sorted(dirs)
     base = k8s_dir / "base"
     inference = service_port(k8s_dir, "service-pods.yaml", "grpc-inference")
-    management = service_port(k8s_dir, "service.yaml", "grpc-management")
+    management = service_port(k8s_dir, "service-pods.yaml", "grpc-management")
     files = {base / "organs" / "kustomization.yaml": organs_kustomization(organs)}
     for organ in organs:
         text = organ_kustomization(organ, dirs[organ], k8s_dir)
         files[base / "organs" / organ / "kustomization.yaml"] = text
-    # inference through the headless Service (every replica in DNS), management through the ClusterIP one
+    # inference and management through the headless Service (every replica in DNS)
     files[base / "gateway" / "organs.env"] = addresses_env(
         "MEDSEG_ORGAN_ADDRESSES", organs, f"dns:///torchserve-pods-{{organ}}:{inference}"
     )
+    # the trainer registers a new version with every replica (common.model_store.PodsManagement)
     files[base / "trainer" / "organs.env"] = addresses_env(
-        "MEDSEG_ORGAN_MANAGEMENT_ADDRESSES", organs, f"torchserve-{{organ}}:{management}"
+        "MEDSEG_ORGAN_MANAGEMENT_ADDRESSES", organs, f"dns:///torchserve-pods-{{organ}}:{management}"
     )
     files[base / "gateway" / "model-rollout-role.yaml"] = rollout_role(organs)
     return files

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import select
 
 from common.errors import Conflict
-from common.model_store import management_client
+from common.model_store import PodsManagement
 from common.settings import Settings
 from gateway.core.db import make_engine, run_migrations, session_scope
 from gateway.models import AuditLog, Dataset, ModelEvent, ModelVersion, TrainingJob
@@ -309,17 +309,20 @@ def test_an_unreachable_or_refusing_api_fails_the_start_with_the_reason(world):
 
 
 def test_the_jobs_trainer_reaches_the_management_api_the_manifests_name(dev_objects):
-    """--register in the Job: the trainer's ConfigMap (k8s/base/trainer) gives the organ Service's address;
-    TorchServe token auth is off in the cluster, so no key is sent."""
+    """--register in the Job: the trainer's ConfigMap (k8s/base/trainer) gives the organ's headless Service, so
+    the version is registered with every replica; TorchServe token auth is off in the cluster, so no key."""
     config = next(
         o
         for o in dev_objects
         if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("medseg-trainer")
     )
     addresses = json.loads(config["data"]["MEDSEG_ORGAN_MANAGEMENT_ADDRESSES"])
-    client = management_client("liver", Settings(organ_management_addresses=addresses))
+    assert addresses["liver"] == "dns:///torchserve-pods-liver:7071"  # every replica, by the headless Service
+    resolved = [(2, 1, 6, "", ("10.0.0.7", 7071)), (2, 1, 6, "", ("10.0.0.8", 7071))]
+    client = PodsManagement.from_dns(addresses["liver"], resolve=lambda host, port, type: resolved)
     try:
-        assert client.address == "torchserve-liver:7071" and client._metadata() == ()
+        assert [c.address for c in client.clients] == ["10.0.0.7:7071", "10.0.0.8:7071"]
+        assert all(c._metadata() == () for c in client.clients)
     finally:
         client.close()
 

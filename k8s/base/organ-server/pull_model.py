@@ -8,8 +8,9 @@ version variables in the Deployment itself on promotion and rollback, gateway/se
                           pins one): the bucket's pin <organ>/serving.json, which the seed Job writes on a
                           fresh cluster and the gateway on every promotion. Never "the newest archive": pods
                           started at different times serve the same versions.
-  MEDSEG_ALSO_SERVE       comma-separated versions loaded beside it (the rollback target, candidates); with
-                          `pinned` and no MEDSEG_ALSO_SERVE, the pin's `also_serve`
+  MEDSEG_ALSO_SERVE       comma-separated versions loaded beside it (the rollback target, candidates), and
+                          the bucket pin's `also_serve` when it pins the same default (candidates recorded
+                          since: the gateway adds them there without restarting any replica)
   MEDSEG_MODEL_STORE_DIR  where TorchServe's model store is mounted
   MEDSEG_S3_*             the object store, as for every MedSeg process
 
@@ -39,10 +40,13 @@ PINNED = "pinned"
 
 
 def resolve(store: ObjectStore, organ: str, version: str, also: list[str]) -> tuple[str, list[str]]:
-    """(default version, versions beside it): as given, or for `pinned` the bucket's pin."""
-    if version != PINNED:
-        return version, also
+    """(default version, versions beside it): `version` as given (the Deployment's pin) or, for `pinned`, the
+    bucket's; beside it `also` and, when the bucket pins the same default, the bucket's (candidates recorded
+    since the Deployment was last pinned: the gateway writes them there without restarting anything)."""
     pin = read_pin(store, organ)
+    if version != PINNED:
+        beside = pin["also_serve"] if pin is not None and pin["default"] == version else []
+        return version, list(dict.fromkeys([*also, *beside]))
     if pin is None:
         raise SystemExit(
             f"no pin {store.buckets.models}/{organ}/serving.json: the seed Job (medseg-seed) has not run "
@@ -50,7 +54,7 @@ def resolve(store: ObjectStore, organ: str, version: str, also: list[str]) -> tu
             "cluster')"
         )
     logger.info("%s: the bucket pins version %s (also serving %s)", organ, pin["default"], pin["also_serve"])
-    return pin["default"], also or pin["also_serve"]
+    return pin["default"], list(dict.fromkeys([*also, *pin["also_serve"]]))
 
 
 def choose_mar_key(store: ObjectStore, organ: str, version: str) -> str:
