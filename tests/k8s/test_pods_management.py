@@ -32,13 +32,14 @@ def test_a_version_is_registered_with_every_replica_and_a_partial_registration_c
         OrganServer(
             "liver",
             state_dir=tmp_path / f"pod{i}",
-            model_store=tmp_path / "store",
+            model_store=tmp_path / f"store{i}",  # each pod its own emptyDir
             models={},
             ports=free_ports(),
         )  # fmt: skip
         for i in (1, 2)
     ]
-    (tmp_path / "store").mkdir()
+    for i in (1, 2):
+        (tmp_path / f"store{i}").mkdir()
     for version in ("7", "8"):
         (tmp_path / f"mar{version}").mkdir()
     mars = {v: build_test_mar("liver", tmp_path / f"mar{v}", "liver", v) for v in ("7", "8")}
