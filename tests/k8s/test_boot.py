@@ -34,6 +34,7 @@ import httpx
 import numpy as np
 import pytest
 
+from common.errors import MedSegError
 from common.launcher import free_port
 from common.model_store import mar_manifest, read_pin
 from common.torchserve_client import InferenceClient
@@ -249,7 +250,11 @@ def test_a_fresh_cluster_seeds_serves_the_pinned_version_and_drains(clean_bucket
                   [process])  # fmt: skip
             in_flight_at_sigterm = not answer.done()
             code = pod.stop(process, deadline)
-            probabilities = decode_npy(answer.result(timeout=300))
+            try:
+                probabilities = decode_npy(answer.result(timeout=300))
+            except MedSegError as exc:
+                pytest.fail(f"the request in flight at SIGTERM failed: {exc}; the server's log ends:\n"
+                            f"{process.log.read_text(errors='replace')[-6000:]}")  # fmt: skip
         assert in_flight_at_sigterm, "the chunk was answered before SIGTERM: nothing was in flight"
         assert probabilities.shape == chunk.shape, "the request in flight at SIGTERM was answered in full"
         assert code is not None, f"killed at the end of the grace period:\n{process.log.read_text()[-3000:]}"
