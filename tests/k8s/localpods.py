@@ -3,11 +3,12 @@
 A container runs with the command and args the manifest renders (else its image's ENTRYPOINT/CMD, read from
 k8s/images/Dockerfile), the environment the manifest and the image give it (env with $(VAR) references,
 envFrom, configMapKeyRef, secretKeyRef, fieldRef, the image's ENV), its working directory and its volumes:
-every mounted ConfigMap is written into a temporary directory, every emptyDir is one (shared by the pod's
-containers), and each container path under a mount is mapped to it, as are the image paths that hold the
-repository's files (`image_paths`). What stands in for the cluster's network is explicit: `rewrites`
-(service host:port → a local address, in any env value or argument) and `exact` (a whole value, e.g. a
-listening port the container declares, or 0.0.0.0 → 127.0.0.1); `overrides` replace a variable outright.
+every mounted ConfigMap (and Secret, from the test's stand-ins) is written into a temporary directory,
+every emptyDir is one (shared by the pod's containers), and each container path under a mount is mapped
+to it, as are the image paths that hold the repository's files (the Dockerfile's COPY, `image_paths`).
+What stands in for the cluster's network is explicit: `rewrites` (service host:port → a local address, in
+any env value or argument) and `exact` (a whole value, e.g. a listening port the container declares, or
+0.0.0.0 → 127.0.0.1); `overrides` replace a variable outright.
 """
 
 from __future__ import annotations
@@ -136,8 +137,14 @@ class LocalPod:
                 data = self.config_maps[volume["configMap"]["name"]].get("data", {})
                 for name, text in data.items():
                     (path / name).write_text(text)
+            elif "secret" in volume:  # the test's stand-in Secret, key per file
+                name = volume["secret"]["secretName"]
+                if name not in self.secrets and not volume["secret"].get("optional"):
+                    raise AssertionError(f"volume {volume['name']}: secret {name} is not provided")
+                for key, text in self.secrets.get(name, {}).items():
+                    (path / key).write_text(text)
             elif "emptyDir" not in volume:
-                raise AssertionError(f"volume {volume['name']}: only configMap and emptyDir run locally")
+                raise AssertionError(f"volume {volume['name']}: only configMap, secret and emptyDir run here")
             dirs[volume["name"]] = path
         return dirs
 
