@@ -261,6 +261,13 @@ class LocalPod:
             subprocess.run(hook["exec"]["command"], timeout=grace, check=False)
         return deadline
 
+    def grace_deadline(self, name: str) -> float:
+        """The monotonic time the grace period ends for a container whose preStop hook has just run (its
+        sleep, or an exec hook's time, counted as spent)."""
+        hook = self.container(name).get("lifecycle", {}).get("preStop", {})
+        spent = hook["sleep"]["seconds"] if "sleep" in hook else 0
+        return time.monotonic() + float(self.spec.get("terminationGracePeriodSeconds", 30)) - spent
+
     def stop(self, process: subprocess.Popen, deadline: float) -> int | None:
         """The second half: SIGTERM, then SIGKILL when the grace period runs out. The exit code, or None
         when the process had to be killed."""

@@ -10,10 +10,12 @@ SeaweedFS) and a new database (SQLite):
    shipped versions in its registry (read from the bucket), finds the organ Deployments already serving
    them (a stand-in Kubernetes API serves the rendered objects and records any patch: none, nothing
    rolls), and a liver segmentation answers, by the pinned version;
-4. the kubelet's stop of the liver server mid-request (preStop, then SIGTERM while its worker runs a volume
-   chunk): the request finishes, the process exits within the pod's grace period. (A request still queued
-   in the frontend at SIGTERM is answered UNAVAILABLE, which the gateway's client retries on another
-   replica; common/torchserve_client.py.)
+4. the kubelet's stop of a liver replica mid-request (SIGTERM while its worker runs a volume chunk sent by
+   the gateway's client over both replicas): the request is answered in full and the process exits within
+   the pod's grace period. The JVM's own stop answers the request its worker runs in most stops; in 2 of 13
+   stops under load (this test and a standalone loop, 2026-12-02) that answer was lost and the caller got
+   UNAVAILABLE, which the client retries on another replica (common/torchserve_client.py), as requests
+   still queued at SIGTERM always are: so the request is answered either way, which is what is asserted.
 
 What stands in for the cluster, and nothing else: service names → local addresses, the containers' ports →
 free ones, 0.0.0.0 → 127.0.0.1, the database URL → SQLite, the Kubernetes API → a recorder serving the
@@ -49,6 +51,7 @@ from tests.k8s.localpods import REPO, LocalPod
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ORGANS = sorted(organ_dirs())
+LIVER_REPLICAS = 2
 SHIPPED = {
     organ: str(mar_manifest(REPO / "model-store" / f"{organ}.mar")["modelVersion"]) for organ in ORGANS
 }
@@ -159,26 +162,35 @@ def test_a_fresh_cluster_seeds_serves_the_pinned_version_and_drains(clean_bucket
         again = seed.run(container["name"])  # idempotent: a re-applied Job changes nothing
         assert again.returncode == 0 and '"pinned_now": true' not in again.stdout, again.stdout
 
-        # 2. the organ pods: the pull step, then TorchServe, each on free ports
+        # 2. the organ pods: the pull step, then TorchServe, each on free ports; liver with two replicas,
+        # as a scaled organ is, so that stopping one shows what the gateway's calls see
+        replicas = [(organ, i) for organ in ORGANS for i in range(LIVER_REPLICAS if organ == "liver" else 1)]
         organ_ports, servers = {}, {}
-        for organ in ORGANS:
+        for organ, i in replicas:
             deployment = by_kind(objects, "Deployment")[f"torchserve-{organ}"]
             main = deployment["spec"]["template"]["spec"]["containers"][0]
             ports = {p["name"]: (p["containerPort"], free_port()) for p in main["ports"]}
-            organ_ports[organ] = {name: local for name, (_, local) in ports.items()}
+            organ_ports[organ, i] = {name: local for name, (_, local) in ports.items()}
             exact = {str(c): str(local) for c, local in ports.values()} | {"0.0.0.0": "127.0.0.1"}
             rewrites = s3_rewrites | {f"0.0.0.0:{c}": f"127.0.0.1:{local}" for c, local in ports.values()}
-            pod = LocalPod(deployment, objects, tmp_path / organ, secrets=secrets, rewrites=rewrites,
+            pod = LocalPod(deployment, objects, tmp_path / f"{organ}-{i}", secrets=secrets, rewrites=rewrites,
                            exact=exact, overrides=s3_overrides)  # fmt: skip
             pods.append(pod)
             pulled = pod.run("pull-model")
             assert pulled.returncode == 0, pulled.stdout
             assert f"pins version {SHIPPED[organ]}" in pulled.stdout
-            servers[organ] = (pod, pod.start(main["name"]))
-        for organ, (_, process) in servers.items():
-            _wait(lambda o=organ: _ping(organ_ports[o]["http-inference"]), f"{organ} server ready", [process])
-            described = httpx.get(f"http://127.0.0.1:{organ_ports[organ]['http-management']}/models/{organ}")
+            servers[organ, i] = (pod, pod.start(main["name"]))
+        for (organ, i), (_, process) in servers.items():
+            ports = organ_ports[organ, i]
+            _wait(lambda p=ports: _ping(p["http-inference"]), f"{organ} server {i} ready", [process])
+            described = httpx.get(f"http://127.0.0.1:{ports['http-management']}/models/{organ}")
             assert [m["modelVersion"] for m in described.json()] == [SHIPPED[organ]]
+        # what the headless Service's name resolves to: every replica (gRPC round_robin over them)
+        targets = {
+            organ: "ipv4:"
+            + ",".join(f"127.0.0.1:{organ_ports[o, i]['grpc-inference']}" for o, i in replicas if o == organ)
+            for organ in ORGANS
+        }
 
         # 3. the gateway: migrations (init container), then `medseg serve` from the image
         gateway_deployment = by_kind(objects, "Deployment")["medseg-gateway"]
@@ -187,10 +199,7 @@ def test_a_fresh_cluster_seeds_serves_the_pinned_version_and_drains(clean_bucket
         account.mkdir()
         (account / "token").write_text("boot-test-token")
         database = f"sqlite:///{tmp_path / 'medseg.db'}"
-        organ_rewrites = {
-            f"torchserve-pods-{organ}:7070": f"127.0.0.1:{organ_ports[organ]['grpc-inference']}"
-            for organ in ORGANS
-        }
+        organ_rewrites = {f"dns:///torchserve-pods-{organ}:7070": targets[organ] for organ in ORGANS}
         gateway = LocalPod(
             gateway_deployment, objects, tmp_path / "gateway", secrets=secrets,
             rewrites=s3_rewrites | organ_rewrites, exact={"0.0.0.0": "127.0.0.1", "9102": str(metrics_port)},
@@ -232,22 +241,26 @@ def test_a_fresh_cluster_seeds_serves_the_pinned_version_and_drains(clean_bucket
         assert reply.json()["model"]["version"] == SHIPPED["liver"]
         assert [m["threshold"] for m in reply.json()["masks"]] == [0.5]
 
-        # 4. stop the liver pod mid-request, as the kubelet does
-        pod, process = servers["liver"]
-        main_name = pod.spec["containers"][0]["name"]
-        grpc_address = f"127.0.0.1:{organ_ports['liver']['grpc-inference']}"
+        # 4. stop a liver pod mid-request, as the kubelet does (its preStop sleep is a wait for the
+        # endpoints, not part of the server's stop: the grace period left after it is what the server has)
         chunk = np.random.default_rng(2).integers(-200, 300, (64, 512, 512)).astype(np.int16)
-        received = _worker_received(process.log)
+        liver = {i: servers["liver", i] for i in range(LIVER_REPLICAS)}
+        received = {i: _worker_received(process.log) for i, (_, process) in liver.items()}
 
         def predict() -> bytes:
-            with InferenceClient(grpc_address, None, timeout=300) as client:
+            with InferenceClient(targets["liver"], None, timeout=300) as client:  # the gateway's client
                 return client.predict("liver", encode_npy(chunk), timeout=300, answer_magic=NPY_MAGIC)
 
-        deadline = pod.pre_stop(main_name)  # the kubelet: preStop first, the grace period counting
+        def busy_replica():
+            return next((i for i, (_, p) in liver.items() if _worker_received(p.log) > received[i]), None)
+
         with ThreadPoolExecutor(1) as pool:
             answer = pool.submit(predict)
-            _wait(lambda: _worker_received(process.log) > received, "the chunk reaches the liver worker",
-                  [process])  # fmt: skip
+            busy = _wait(lambda: (n := busy_replica()) is not None and str(n),
+                         "the chunk reaches a liver worker", [p for _, p in liver.values()])  # fmt: skip
+            pod, process = liver[int(busy)]
+            main_name = pod.spec["containers"][0]["name"]
+            deadline = pod.grace_deadline(main_name)
             in_flight_at_sigterm = not answer.done()
             code = pod.stop(process, deadline)
             try:
