@@ -12,7 +12,7 @@ SeaweedFS) and a new database (SQLite):
    rolls), and a liver segmentation answers, by the pinned version;
 4. the kubelet's stop of a liver replica mid-request (SIGTERM while its worker runs a volume chunk sent by
    the gateway's client over both replicas): the request is answered in full and the process exits within
-   the pod's grace period. The JVM's own stop answers the request its worker runs in most stops; in 2 of 13
+   the pod's grace period. The JVM's own stop answers the request its worker runs in most stops; in 3 of 17
    stops under load (this test and a standalone loop, 2026-12-02) that answer was lost and the caller got
    UNAVAILABLE, which the client retries on another replica (common/torchserve_client.py), as requests
    still queued at SIGTERM always are: so the request is answered either way, which is what is asserted.
