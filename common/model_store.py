@@ -14,20 +14,37 @@ a presigned URL (its `allowed_urls` admit the models bucket) through the managem
 Versions are immutable: a version TorchServe already serves, or a different archive already stored
 under the same version, is a `Conflict`; re-running after a failed registration re-uses the identical
 stored archive. An organ server or object store that does not answer is `ServiceUnavailable`.
+
+Beside the archives, two small objects per organ make the bucket the truth a Kubernetes cluster starts from
+(no organ server needs to run for either):
+
+* `<organ>/serving.json`, the pin: `{"default": v, "also_serve": [...]}`, the versions every organ pod
+  pulls when its Deployment names no version (`pinned`, k8s/base/organ-server/pull_model.py). Written once
+  by the seed (`seed_shipped`, the cluster's seed Job) and on every promotion, rollback and recorded
+  candidate by the gateway (gateway/service/model_rollout.py), so pods started at different times serve
+  the same versions, never "the newest archive".
+* `<organ>/shipped.json`: `{"version": v}`, the version the organ-server image ships (model-store/), written
+  by every seed; the gateway records it in its registry at start (`fetch_shipped_cards`), as it records the
+  local model-store/ on one machine.
+
+    python -m common.model_store seed /opt/medseg/model-store   # the seed Job: buckets, archives, pins
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import re
+import socket
+import sys
 import zipfile
 from datetime import timedelta
 from pathlib import Path
 
 from common.errors import Conflict, InvalidInput, MedSegError, NotFound, ServiceUnavailable
 from common.launcher import KEY_FILE, LauncherError, configured_ports, read_keys, server_dir
-from common.objectstore import sha256_file, sha256_of
+from common.objectstore import ObjectStore, sha256_file, sha256_of
 from common.settings import get_settings
 from common.torchserve_client import ManagementClient
 from services.spec import organ_dirs
@@ -199,10 +216,73 @@ def _store_archive(
     return mar_key, card_key
 
 
+class PodsManagement:
+    """The management API of every replica of an organ server, as one client: what `register_version` needs
+    (describe, register, set_default). Kubernetes names the organ's replicas by its headless Service
+    (`dns:///torchserve-pods-<organ>:7071`, one A record per ready pod): a new version is registered with
+    each pod, so every running replica serves a candidate at once and none restarts; pods that start later
+    pull it by the bucket's pin (the gateway writes it when it records the candidate).
+
+    A version counts as registered only when every pod has it (`describe` is NotFound otherwise), and
+    `register` skips the pods that already have it, so a registration cut short is completed by running it
+    again."""
+
+    def __init__(self, clients: list[ManagementClient], name: str = ""):
+        if not clients:
+            raise ServiceUnavailable(f"no ready replica of {name or 'the organ server'} to register with")
+        self.address = name or ",".join(client.address for client in clients)
+        self.clients = clients
+
+    @classmethod
+    def from_dns(cls, target: str, key=None, *, timeout: float = 30.0, resolve=socket.getaddrinfo):
+        """`dns:///host:port` → one client per address the name resolves to."""
+        host, _, port = target.removeprefix("dns:///").rpartition(":")
+        try:
+            found = resolve(host, int(port), type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise ServiceUnavailable(f"{host} does not resolve ({exc}): no organ server replica") from None
+        ips = sorted({info[4][0] for info in found})
+        addresses = [f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}" for ip in ips]
+        return cls([ManagementClient(address, key, timeout=timeout) for address in addresses], target)
+
+    def describe(self, model_name: str, version: str | None = None, timeout: float | None = None):
+        """The first replica's description; NotFound when any replica lacks the version."""
+        answers = [client.describe(model_name, version, timeout) for client in self.clients]
+        return answers[0]
+
+    def register(self, url: str, model_name: str, version: str | None = None, **kwargs) -> str:
+        messages = []
+        for client in self.clients:
+            if version is not None:
+                try:
+                    client.describe(model_name, version)
+                except NotFound:
+                    pass
+                else:
+                    messages.append(f"{client.address}: already registered")
+                    continue
+            messages.append(f"{client.address}: {client.register(url, model_name, version, **kwargs)}")
+        return "; ".join(messages)
+
+    def set_default(self, model_name: str, version: str, timeout: float | None = None) -> str:
+        return "; ".join(client.set_default(model_name, version, timeout) for client in self.clients)
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+
+    def __enter__(self) -> PodsManagement:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def management_client(
     organ: str, settings=None, *, address: str | None = None, key: str | None = None, timeout: float = 30.0
 ):
-    """A ManagementClient for the organ's TorchServe.
+    """A ManagementClient for the organ's TorchServe (a `PodsManagement` of every replica for a `dns:///`
+    address: Kubernetes' headless Service).
 
     Address: `address`, else `Settings.organ_management_addresses[organ]` (Kubernetes, without a key), else
     `Settings.organ_host` at the organ's configured gRPC management port (services/<organ>/config.properties).
@@ -211,9 +291,13 @@ def management_client(
     """
     settings = settings or get_settings()
     if address is None and organ in settings.organ_management_addresses:
-        # Kubernetes: the organ's Service. TorchServe token auth is off there (NetworkPolicies admit only
-        # trainer pods to the management port), so no key unless one is given.
-        return ManagementClient(settings.organ_management_addresses[organ], key, timeout=timeout)
+        # Kubernetes: the organ's headless Service, every replica. TorchServe token auth is off there
+        # (NetworkPolicies admit only trainer pods to the management port), so no key unless one is given.
+        address = settings.organ_management_addresses[organ]
+        if not address.startswith("dns:///"):
+            return ManagementClient(address, key, timeout=timeout)
+    if address is not None and address.startswith("dns:///"):
+        return PodsManagement.from_dns(address, key, timeout=timeout)
     if address is None:
         try:
             port = configured_ports(organ, Path(settings.services_dir)).grpc_management
@@ -278,3 +362,117 @@ def _upload_archive(store, bucket: str, key: str, path: Path, digest: str) -> No
         logger.info("%s/%s already stored (same sha256), re-using it", bucket, key)
         return
     store.put_file(bucket, key, path, content_type="application/octet-stream")
+
+
+# --- the bucket as a cluster's truth: pins and shipped versions ------------------------------------------
+PIN_NAME = "serving.json"
+SHIPPED_NAME = "shipped.json"
+
+
+def pin_key(organ: str) -> str:
+    return f"{organ}/{PIN_NAME}"
+
+
+def read_pin(store, organ: str) -> dict | None:
+    """The organ's pin, `{"default": version, "also_serve": [versions]}`, or None when none is written."""
+    try:
+        pin = json.loads(store.get_bytes(store.buckets.models, pin_key(organ)))
+    except NotFound:
+        return None
+    except ValueError as exc:
+        raise ServiceUnavailable(f"{store.buckets.models}/{pin_key(organ)} is not JSON ({exc})") from None
+    if not isinstance(pin, dict) or not NAME.match(str(pin.get("default", ""))):
+        raise ServiceUnavailable(f"{store.buckets.models}/{pin_key(organ)} names no default version: {pin}")
+    return {"default": pin["default"], "also_serve": [str(v) for v in pin.get("also_serve") or []]}
+
+
+def write_pin(store, organ: str, default: str, also_serve=()) -> dict:
+    """Pin what every pod of the organ pulls from now on (the Deployment's own pin, when it has one, wins)."""
+    pin = {"default": default, "also_serve": [v for v in dict.fromkeys(also_serve) if v != default]}
+    store.put_bytes(store.buckets.models, pin_key(organ), json.dumps(pin).encode(), "application/json")
+    return pin
+
+
+def shipped_version(mar_path: Path) -> str:
+    """The version packed in a shipped archive (what TorchServe registers it as)."""
+    version = str(mar_manifest(mar_path).get("modelVersion", ""))
+    if not NAME.match(version):
+        raise InvalidInput(f"{mar_path} carries no usable modelVersion ({version!r})")
+    return version
+
+
+def seed_shipped(store, shipped_dir: str | Path, organs=None) -> list[dict]:
+    """Put the shipped archives of `shipped_dir` (<organ>.mar + <organ>.json, the organ-server image's
+    model-store/) into the models bucket as their versions, record each as the organ's shipped version and,
+    for an organ without a pin yet (a fresh cluster), pin it as the default. Idempotent: an archive already
+    stored is kept (a different one under the same version is a Conflict), an existing pin is never
+    changed (the gateway's promotions own it). No organ server is needed. Returns one summary per organ."""
+    shipped_dir = Path(shipped_dir)
+    store.ensure_buckets()
+    done = []
+    for organ in sorted(organs or organ_dirs()):
+        mar = shipped_dir / f"{organ}.mar"
+        if not mar.is_file():
+            logger.warning("no %s in %s: nothing to seed for %s", mar.name, shipped_dir, organ)
+            continue
+        version = shipped_version(mar)
+        uploaded = upload_version(store, mar, organ, version)
+        store.put_bytes(
+            store.buckets.models, f"{organ}/{SHIPPED_NAME}", json.dumps({"version": version}).encode(),
+            "application/json",
+        )  # fmt: skip
+        pin = read_pin(store, organ)
+        pinned_now = pin is None
+        if pinned_now:
+            pin = write_pin(store, organ, version)
+        logger.info(
+            "%s: shipped version %s in %s/%s; pin %s%s", organ, version, uploaded["bucket"],
+            uploaded["mar_key"], pin, " (new)" if pinned_now else " (kept)",
+        )  # fmt: skip
+        done.append({"organ": organ, "version": version, "mar_key": uploaded["mar_key"], "pin": pin,
+                     "pinned_now": pinned_now})  # fmt: skip
+    return done
+
+
+def fetch_shipped_cards(store, dest: str | Path, organs=None) -> list[Path]:
+    """The cards of the versions the seed recorded as shipped, as <dest>/<organ>.json (what a gateway in a
+    cluster records in its registry at start, like model-store/ on one machine). Organs not seeded yet are
+    skipped."""
+    dest, fetched = Path(dest), []
+    for organ in sorted(organs or organ_dirs()):
+        try:
+            version = json.loads(store.get_bytes(store.buckets.models, f"{organ}/{SHIPPED_NAME}"))["version"]
+            _, card_key = store_keys(organ, organ, str(version))
+            dest.mkdir(parents=True, exist_ok=True)
+            fetched.append(store.download(store.buckets.models, card_key, dest / f"{organ}.json"))
+        except NotFound:
+            logger.info("no shipped %s model in the models bucket yet (the seed Job puts it there)", organ)
+        except (ValueError, KeyError, TypeError) as exc:
+            logger.warning("%s/%s/%s unreadable: %s", store.buckets.models, organ, SHIPPED_NAME, exc)
+        except ServiceUnavailable as exc:  # the registry keeps what it has; the next start records it
+            logger.warning("shipped %s model not read from the models bucket: %s", organ, exc.message)
+    return fetched
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m common.model_store", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    commands = parser.add_subparsers(dest="command", required=True)
+    seed = commands.add_parser("seed", help="the shipped archives into the models bucket, pins when missing")
+    seed.add_argument("shipped_dir", type=Path, help="folder with <organ>.mar and <organ>.json")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        done = seed_shipped(ObjectStore.from_settings(get_settings()), args.shipped_dir)
+    except MedSegError as exc:  # the store down, or an archive that contradicts a stored one
+        print(f"seed failed: {exc.message}", file=sys.stderr)
+        return 1
+    if not done:
+        print(f"seed failed: no <organ>.mar in {args.shipped_dir}", file=sys.stderr)
+        return 1
+    print(json.dumps(done))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -6,6 +6,7 @@ import logging
 
 import uvicorn
 
+from common.model_store import fetch_shipped_cards
 from common.settings import Settings, get_settings
 from gateway import metrics
 from gateway.commands.users import bootstrap_admin
@@ -24,11 +25,15 @@ def serve(settings: Settings) -> int:
     bootstrap_admin(settings)  # the first admin from MEDSEG_ADMIN_EMAIL / MEDSEG_ADMIN_PASSWORD, once
     dataplane = build_dataplane(settings)
     app = create_app(settings, dataplane)
+    if settings.model_rollout == "kubernetes":  # the shipped models are in the bucket (the seed Job's)
+        fetch_shipped_cards(dataplane.store, settings.model_store_dir)
     with session_scope() as session:  # the shipped models become the registry's defaults, once
         seed_from_model_store(session, dataplane.registry)
         app.state.clinic.promotions.serve_registered(session)  # the organ servers serve what it names
         app.state.clinic.directory.refresh(session, force=True)
         app.state.clinic.jobs.mark_interrupted(session)  # jobs a previous gateway left running: failed
+    # finished training is recorded within a period, not only when someone reads the training API
+    app.state.clinic.jobs.watch(session_scope)
     metrics_server = None
     if settings.metrics_port is not None:  # /metrics beside, not on, the HTTP port (docs/operations.md)
         metrics_server = metrics.serve(settings.metrics_port, settings.http_host)
@@ -58,6 +63,7 @@ def serve(settings: Settings) -> int:
         )
         uvicorn.Server(config).run()  # handles SIGTERM / SIGINT itself
     finally:
+        app.state.clinic.jobs.stop_watching()
         grpc_server.stop(grace=5).wait()
         if metrics_server is not None:
             metrics_server.shutdown()

@@ -12,9 +12,12 @@ One interface (`ModelRollout.set_default`), two implementations chosen by `Setti
   versions every replica loads beside it (the one a rollback restores and the newest candidates, so the
   promotion gate and doctors' tests reach a candidate on any replica). TorchServe loads every archive pulled
   (`TS_LOAD_MODELS=all`) and the gateway always names the version it asks for. The template changes, so the
-  Deployment rolls every replica, and a restarted pod pulls the same versions again. A management-API call
-  would reach one pod through the Service and be lost on its restart; the management ports stay
-  trainer-only.
+  Deployment rolls every replica (maxUnavailable 0), and a restarted pod pulls the same versions again.
+  The models bucket's pin (`<organ>/serving.json`, common.model_store) is written beside it: pods of a
+  Deployment the gateway has not pinned yet (a fresh cluster) pull that.
+  A recorded candidate (`serve`) restarts nothing: it goes into the bucket's pin, which pods starting later
+  load, and the running replicas already have it, since the trainer registered it with every pod's
+  management API (the management ports stay trainer-only).
 
 `model_registry.Promotions` calls `set_default` before committing the database and again with the previous
 version when the commit fails; an implementation raises `Conflict` when the version cannot be served and
@@ -29,7 +32,7 @@ from contextlib import AbstractContextManager
 from typing import Protocol
 
 from common.errors import Conflict, MedSegError, NotFound, ServiceUnavailable
-from common.model_store import store_keys
+from common.model_store import store_keys, write_pin
 from gateway.service.kubernetes_jobs import KubernetesApi
 
 logger = logging.getLogger(__name__)
@@ -143,9 +146,33 @@ class DeploymentRollout:
             "%s: Deployment %s pinned to version %s (also serving %s); its replicas roll to it",
             organ, name, version, ", ".join(also_serve) or "nothing else",
         )  # fmt: skip
+        try:  # the bucket's pin follows: what a Deployment without its own pin (re-created) pulls
+            write_pin(self.store, organ, version, also_serve)
+        except MedSegError as exc:
+            logger.warning("%s: Deployment pinned, the bucket's pin not updated: %s", organ, exc)
 
     def serve(self, organ: str, model_name: str, default: str, also_serve: Sequence[str]) -> None:
-        self.set_default(organ, model_name, default, also_serve)
+        """A recorded candidate (and the gateway's start): the bucket's pin names it, so every pod that starts
+        from now on loads it; the running replicas got it from the trainer, which registers a new version
+        with every pod's management API (common.model_store.PodsManagement). The Deployment is not touched,
+        so nothing restarts, unless its pinned default is not `default` (a patch that failed earlier): then
+        it is pinned again, which rolls it."""
+        try:
+            write_pin(self.store, organ, default, also_serve)
+        except MedSegError as exc:
+            raise ServiceUnavailable(
+                f"the {organ} pin in the models bucket could not be written ({exc.message})",
+                code="organ_unavailable",
+            ) from None
+        name = deployment_name(organ)
+        try:
+            env = _pull_container(self.api.get_deployment(name), name).get("env") or []
+        except MedSegError as exc:  # the pin is written, what a candidate needs; the check waits for later
+            logger.warning("%s: Deployment %s not checked against the pin: %s", organ, name, exc.message)
+            return
+        pinned = next((e.get("value") for e in env if e.get("name") == VERSION_ENV), None)
+        if pinned not in (None, default):  # None: the manifests' `pinned`, i.e. the bucket's pin just written
+            self.set_default(organ, model_name, default, also_serve)
 
     def manual_fix(self, organ: str, model_name: str, version: str, also_serve: Sequence[str] = ()) -> str:
         import json

@@ -11,12 +11,14 @@
 * The local worker runs in its own process group (so a cancel stops it and any child it started) and writes
   its output to `<run dir>/worker.log`; the trainer writes `metrics.json` after every epoch, which is the
   job's progress (epoch, training loss, validation Dice) while it runs.
-* When the trainer ends, the gateway finishes the job the next time anyone looks (`reconcile`, called by
-  every read and start): success → the packaged .mar is in the models bucket (uploaded here from the local
-  run dir, or by the trainer itself in a Job) and is recorded as a *candidate*
-  (`model_registry.record_version`), registered with the organ's TorchServe, not as its default (the model
-  event `registered` or `not_registered` says which); otherwise the job failed, with the reason (exit code,
-  or the Job's condition and container state) and the tail of its log.
+* When the trainer ends, the gateway finishes the job (`reconcile`): every read and start reconciles, and
+  so does the gateway's own watcher (`watch`, a background thread started by `medseg serve`) every
+  WATCH_INTERVAL_S, so an outcome is recorded even when nobody reads the training API, long before a
+  Kubernetes Job's TTL (ttlSecondsAfterFinished, 24 h) deletes the Job. Success → the packaged .mar is in
+  the models bucket (uploaded here from the local run dir, or by the trainer itself in a Job) and is
+  recorded as a *candidate* (`model_registry.record_version`), registered with the organ's TorchServe, not
+  as its default (the model event `registered` or `not_registered` says which); otherwise the job failed,
+  with the reason (exit code, or the Job's condition and container state) and the tail of its log.
 * At gateway start, jobs still marked running belong to a gateway that is gone: a local worker is stopped
   when it is still recognisably theirs and the job is failed (`mark_interrupted`); a Kubernetes Job runs on
   in the cluster, so its job is kept and followed by the new gateway.
@@ -35,6 +37,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
@@ -61,6 +64,7 @@ FINISHED = ("succeeded", "failed", "cancelled")
 STATES = ACTIVE + FINISHED
 LOG_NAME = "worker.log"
 KILL_GRACE_S = 5.0
+WATCH_INTERVAL_S = 30.0  # the watcher's period: far below the Job TTL (k8s/base/trainer/cronjob.yaml)
 
 # argv, env, cwd, log file → a started process (tests substitute a cheap one).
 Spawn = Callable[..., subprocess.Popen]
@@ -289,6 +293,8 @@ class TrainingJobs:
         self.threads: int | None = None  # torch threads per local worker (None: the trainer's default)
         self.launcher = launcher or build_launcher(settings, self)
         self._lock = threading.RLock()  # one finisher per job, even with concurrent requests
+        self._watcher: threading.Thread | None = None
+        self._stop_watching = threading.Event()
 
     def run_dir(self, job: TrainingJob) -> Path:
         return self.runs_dir / str(job.id)
@@ -570,6 +576,40 @@ class TrainingJobs:
             session.commit()
             self.publish_states(session)
         return job
+
+    # --- watching -----------------------------------------------------------------------------------------
+    def watch(
+        self, sessions: Callable[[], AbstractContextManager[Session]], interval_s: float = WATCH_INTERVAL_S
+    ):
+        """Reconcile every `interval_s` seconds in a background thread until `stop_watching`: a trainer that
+        ended is recorded (candidate or failure) within one period whether or not anyone reads the API.
+        `sessions`: a new session per round (gateway.core.db.session_scope). A round that fails (the database
+        or the Kubernetes API down) is logged and the next one tries again; several gateway replicas may
+        watch at once (`_finish` leaves a job another replica finished)."""
+        if self._watcher is not None and self._watcher.is_alive():
+            return
+        self._stop_watching.clear()
+
+        def loop() -> None:
+            while not self._stop_watching.wait(interval_s):
+                self.watch_once(sessions)
+
+        self._watcher = threading.Thread(target=loop, name="medseg-training-watch", daemon=True)
+        self._watcher.start()
+
+    def watch_once(self, sessions: Callable[[], AbstractContextManager[Session]]) -> None:
+        """One round of the watcher."""
+        try:
+            with sessions() as session:
+                self.reconcile(session)
+        except Exception:  # noqa: BLE001 - a watcher that dies would lose every later outcome
+            logger.exception("training jobs: reconciling failed; retrying in the next round")
+
+    def stop_watching(self, timeout: float = 10.0) -> None:
+        self._stop_watching.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout)
+            self._watcher = None
 
     def stop_workers(self) -> None:
         """Stop every trainer this instance started (tests; a gateway that must not leave them running)."""

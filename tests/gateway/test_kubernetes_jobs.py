@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import select
 
 from common.errors import Conflict
-from common.model_store import management_client
+from common.model_store import PodsManagement
 from common.settings import Settings
 from gateway.core.db import make_engine, run_migrations, session_scope
 from gateway.models import AuditLog, Dataset, ModelEvent, ModelVersion, TrainingJob
@@ -309,16 +309,69 @@ def test_an_unreachable_or_refusing_api_fails_the_start_with_the_reason(world):
 
 
 def test_the_jobs_trainer_reaches_the_management_api_the_manifests_name(dev_objects):
-    """--register in the Job: the trainer's ConfigMap (k8s/base/trainer) gives the organ Service's address;
-    TorchServe token auth is off in the cluster, so no key is sent."""
+    """--register in the Job: the trainer's ConfigMap (k8s/base/trainer) gives the organ's headless Service, so
+    the version is registered with every replica; TorchServe token auth is off in the cluster, so no key."""
     config = next(
         o
         for o in dev_objects
         if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("medseg-trainer")
     )
     addresses = json.loads(config["data"]["MEDSEG_ORGAN_MANAGEMENT_ADDRESSES"])
-    client = management_client("liver", Settings(organ_management_addresses=addresses))
+    assert addresses["liver"] == "dns:///torchserve-pods-liver:7071"  # every replica, by the headless Service
+    resolved = [(2, 1, 6, "", ("10.0.0.7", 7071)), (2, 1, 6, "", ("10.0.0.8", 7071))]
+    client = PodsManagement.from_dns(addresses["liver"], resolve=lambda host, port, type: resolved)
     try:
-        assert client.address == "torchserve-liver:7071" and client._metadata() == ()
+        assert [c.address for c in client.clients] == ["10.0.0.7:7071", "10.0.0.8:7071"]
+        assert all(c._metadata() == () for c in client.clients)
     finally:
         client.close()
+
+
+def _state_in_db(engine, job_id) -> str:
+    """The job's row as stored, read without the launcher (nothing here reconciles)."""
+    with session_scope(engine) as session:
+        return session.get(TrainingJob, job_id).state
+
+
+def _finish_job_in_cluster(api, store, job) -> None:
+    card = {"model_name": "liver", "version": job.version, "metrics": {}, "mar_sha256": "cd" * 32}
+    store.objects[("medseg-models", f"liver/liver-{job.version}.mar")] = b"PK mar"
+    store.objects[("medseg-models", f"liver/liver-{job.version}.json")] = json.dumps(card).encode()
+    api.set_condition(job_name(job), "Complete")
+
+
+def test_the_gateways_watcher_records_a_finished_job_nobody_reads_before_its_ttl(world):
+    """Finding 9 of issue 23: the outcome is recorded by the gateway's own loop, not when someone next reads
+    the training API; the Job's deletion (its TTL) afterwards loses nothing."""
+    import time
+
+    engine, api, store, jobs, principal = world
+    job = _start(engine, jobs, principal)
+    _finish_job_in_cluster(api, store, job)
+    assert _state_in_db(engine, job.id) == "running"  # nobody has looked
+    jobs.watch(lambda: session_scope(engine), interval_s=0.05)
+    try:
+        deadline = time.monotonic() + 60
+        while _state_in_db(engine, job.id) == "running" and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        jobs.stop_watching()
+    assert _state_in_db(engine, job.id) == "succeeded"
+    del api.jobs[job_name(job)]  # ttlSecondsAfterFinished: the cluster deletes the finished Job
+    with session_scope(engine) as session:
+        kept = jobs.get(session, job.id)
+        assert kept.state == "succeeded" and kept.error is None
+        version = session.get(ModelVersion, kept.candidate_version_id)
+        assert (version.version, version.state) == (job.version, "candidate")
+
+
+def test_a_watcher_round_against_an_unreachable_api_loses_nothing(world):
+    engine, api, store, jobs, principal = world
+    job = _start(engine, jobs, principal)
+    _finish_job_in_cluster(api, store, job)
+    api.down = True
+    jobs.watch_once(lambda: session_scope(engine))  # logged, not raised: the next round tries again
+    assert _state_in_db(engine, job.id) == "running"
+    api.down = False
+    jobs.watch_once(lambda: session_scope(engine))
+    assert _state_in_db(engine, job.id) == "succeeded"

@@ -7,7 +7,8 @@ Checked: promote → one strategic-merge PATCH of the right Deployment pinning t
 init container, with the rollback target served beside it; the API server down or refusing (403) → 503 with
 the database unchanged; an archive the pods could not pull → 409 and no PATCH; the database failing to
 commit → the Deployment patched back; rollback pins the previous version; a recorded candidate is served
-beside the default (or an event says why not); the setting selects the implementation.
+in the bucket's pin without patching anything (or an event says why not); the gateway's start re-pins only
+a Deployment that differs; the setting selects the implementation.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from common.errors import Conflict, ServiceUnavailable
+from common.model_store import read_pin
 from common.settings import Settings
 from gateway.core.db import make_engine, run_migrations, session_scope
 from gateway.models import AuditLog, ModelEvent, ModelVersion
@@ -239,38 +241,50 @@ def _record_candidate(engine, promotions, version: str) -> None:
         promotions.serve_candidates(session, "liver")
 
 
-def test_a_recorded_candidate_is_served_beside_the_default(world):
-    engine, api, _, promotions, _ = world
+def test_a_recorded_candidate_is_pinned_in_the_bucket_and_restarts_nothing(world):
+    """Issue 23, finding 5: the running replicas have the candidate from the trainer's registration with
+    every pod (common.model_store.PodsManagement); pods that start later pull it by the bucket's pin."""
+    engine, api, store, promotions, _ = world
     _record_candidate(engine, promotions, "3")
-    assert [body for _, _, body in api.patches] == [pin_patch("1", ["3", "2"])]  # newest candidates first
+    assert api.patches == []  # the pod template is unchanged: no replica restarts
+    assert read_pin(store, "liver") == {"default": "1", "also_serve": ["3", "2"]}  # newest candidates first
     assert _states(engine) == {"1": "default", "2": "candidate", "3": "candidate"}
 
 
-def test_the_gateway_s_start_pins_what_the_registry_serves_again(world):
-    """A candidate whose pin failed (the API was down) is pinned at the next start; an unchanged pin is
-    patched with the same versions (the template does not change, nothing rolls)."""
-    engine, api, _, promotions, _ = world
-    api.down = True
-    _record_candidate(engine, promotions, "3")
-    api.down = False
+def test_the_gateways_start_writes_the_pin_and_re_pins_only_a_deployment_that_differs(world):
+    engine, api, store, promotions, _ = world
     with session_scope(engine) as session:
         promotions.serve_registered(session)
-        template = json.dumps(api.deployments["torchserve-liver"]["spec"]["template"], sort_keys=True)
+    assert api.patches == []  # the manifests say `pinned`: the bucket's pin, just written; nothing rolls
+    assert read_pin(store, "liver") == {"default": "1", "also_serve": ["2"]}
+    # a Deployment pinned to a version the registry does not name (a patch back that failed) is pinned again
+    api.deployments["torchserve-liver"] = api._merge(api.deployments["torchserve-liver"], pin_patch("2"))
+    with session_scope(engine) as session:
         promotions.serve_registered(session)
-    assert [body for _, _, body in api.patches] == [pin_patch("1", ["3", "2"])] * 2
-    assert json.dumps(api.deployments["torchserve-liver"]["spec"]["template"], sort_keys=True) == template
-    assert api.pinned("torchserve-liver") == "1" and api.pinned("torchserve-liver", ALSO_SERVE_ENV) == "3,2"
+    assert [body for _, _, body in api.patches] == [pin_patch("1", ["2"])]
+    assert api.pinned("torchserve-liver") == "1"
     api.down = True  # the API down at start: logged, the gateway starts anyway
     with session_scope(engine) as session:
         promotions.serve_registered(session)
 
 
-def test_a_candidate_the_api_cannot_serve_stays_recorded_with_the_reason(world):
-    engine, api, _, promotions, _ = world
-    api.down = True
+def test_a_candidate_the_bucket_cannot_pin_stays_recorded_with_the_reason(world, monkeypatch):
+    engine, api, store, promotions, _ = world
+
+    def store_down(*args, **kwargs):
+        raise ServiceUnavailable("object store unavailable: put")
+
+    monkeypatch.setattr(store, "put_bytes", store_down)
     _record_candidate(engine, promotions, "3")
     assert api.patches == [] and _states(engine)["3"] == "candidate"
     with session_scope(engine) as session:
         event = session.scalar(select(ModelEvent).where(ModelEvent.action == "not_served"))
         assert session.get(ModelVersion, event.version_id).version == "3"
-        assert "did not answer" in event.reason
+        assert "could not be written" in event.reason
+
+
+def test_promotion_writes_the_buckets_pin_beside_the_deployments(world):
+    engine, api, store, promotions, _ = world
+    _promote(engine, promotions)
+    assert api.pinned("torchserve-liver") == "2"
+    assert read_pin(store, "liver") == {"default": "2", "also_serve": ["1"]}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from common.model_store import write_pin
 from tests.k8s.conftest import K8S
 
 SCRIPT = K8S / "base" / "organ-server" / "pull_model.py"
@@ -33,19 +34,29 @@ def test_pinned_version_is_pulled_with_its_card(clean_buckets, tmp_path):
     assert not list(tmp_path.glob("*.part"))
 
 
-def test_latest_is_the_most_recently_stored_version_of_that_organ(clean_buckets, tmp_path):
+def test_pinned_is_the_buckets_pin_never_the_newest_archive(clean_buckets, tmp_path):
     put_version(clean_buckets, "liver", "20250101.1", b"old archive")
-    put_version(clean_buckets, "liver", "20250202.1", b"new archive")
-    put_version(clean_buckets, "cells", "20250303.1", b"cells archive")
-    assert pull_model.pull(clean_buckets, "liver", "latest", tmp_path).read_bytes() == b"new archive"
+    put_version(clean_buckets, "liver", "20250202.1", b"new archive")  # newer, but not pinned
+    write_pin(clean_buckets, "liver", "20250101.1", ["20250202.1"])
+    version, also = pull_model.resolve(clean_buckets, "liver", "pinned", [])
+    assert (version, also) == ("20250101.1", ["20250202.1"])
+    assert pull_model.pull(clean_buckets, "liver", version, tmp_path).read_bytes() == b"old archive"
+    # a version the Deployment names (the gateway's pin) wins over the bucket's
+    assert pull_model.resolve(clean_buckets, "liver", "20250202.1", []) == ("20250202.1", [])
 
 
-@pytest.mark.parametrize("version", ["latest", "20990101.1"])
-def test_missing_model_fails_with_the_fix_in_the_message(clean_buckets, tmp_path, version):
+def test_no_pin_fails_naming_the_seed_job(clean_buckets, tmp_path):
+    put_version(clean_buckets, "liver", "20250101.1", b"old archive")
+    with pytest.raises(SystemExit, match="seed Job") as info:
+        pull_model.resolve(clean_buckets, "liver", "pinned", [])
+    assert "liver/serving.json" in str(info.value)
+
+
+def test_missing_model_fails_with_the_fix_in_the_message(clean_buckets, tmp_path):
     put_version(clean_buckets, "cells", "20250303.1", b"cells archive")
     with pytest.raises(SystemExit, match="liver") as info:
-        pull_model.pull(clean_buckets, "liver", version, tmp_path)
-    assert "register" in str(info.value) or "train" in str(info.value)
+        pull_model.pull(clean_buckets, "liver", "20990101.1", tmp_path)
+    assert "register" in str(info.value)
     assert not (tmp_path / "liver.mar").exists()
 
 
@@ -72,7 +83,8 @@ def test_init_container_command_reads_its_environment(clean_buckets, s3_settings
 
 
 def test_init_container_exits_non_zero_when_the_store_refuses(clean_buckets, s3_settings, tmp_path):
-    result = _run(s3_settings, tmp_path, MEDSEG_ORGAN="cells", MEDSEG_S3_SECRET_KEY="wrong")
+    result = _run(s3_settings, tmp_path, MEDSEG_ORGAN="cells", MEDSEG_MODEL_VERSION="1",
+                  MEDSEG_S3_SECRET_KEY="wrong")  # fmt: skip
     assert result.returncode != 0
     assert "could not pull the cells model" in result.stderr
 

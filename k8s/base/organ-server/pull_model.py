@@ -4,8 +4,13 @@ Environment (ConfigMap `organ-model-<organ>` and `medseg-s3`, Secret `medseg-s3`
 version variables in the Deployment itself on promotion and rollback, gateway/service/model_rollout.py):
   MEDSEG_ORGAN            organ name, also the TorchServe model name of every archive
   MEDSEG_MODEL_VERSION    the default: a version registered in the models bucket (common.model_store's layout
-                          <organ>/<model>-<version>.mar), or `latest`: the newest .mar under <organ>/
-  MEDSEG_ALSO_SERVE       comma-separated versions loaded beside it (the rollback target, candidates)
+                          <organ>/<model>-<version>.mar), or `pinned` (the manifests' value until the gateway
+                          pins one): the bucket's pin <organ>/serving.json, which the seed Job writes on a
+                          fresh cluster and the gateway on every promotion. Never "the newest archive": pods
+                          started at different times serve the same versions.
+  MEDSEG_ALSO_SERVE       comma-separated versions loaded beside it (the rollback target, candidates), and
+                          the bucket pin's `also_serve` when it pins the same default (candidates recorded
+                          since: the gateway adds them there without restarting any replica)
   MEDSEG_MODEL_STORE_DIR  where TorchServe's model store is mounted
   MEDSEG_S3_*             the object store, as for every MedSeg process
 
@@ -24,31 +29,44 @@ import sys
 from pathlib import Path
 
 from common.errors import MedSegError, NotFound
-from common.model_store import pull_archive, store_keys
+from common.model_store import pull_archive, read_pin, store_keys
 from common.objectstore import ObjectStore
 from common.settings import get_settings
 
 logger = logging.getLogger("pull_model")
 
 
-def choose_mar_key(store: ObjectStore, organ: str, version: str) -> str:
-    """Object key of the organ's archive for `version` (`latest`: the most recently stored one)."""
-    bucket = store.buckets.models
-    if version != "latest":
-        mar_key, _ = store_keys(organ, organ, version)
-        if not store.exists(bucket, mar_key):
-            raise SystemExit(
-                f"{bucket}/{mar_key} not found: register version {version} of {organ} first "
-                f"(trainer), or set MEDSEG_MODEL_VERSION in k8s/base/organs/{organ}/kustomization.yaml"
-            )
-        return mar_key
-    archives = [o for o in store.list(bucket, prefix=f"{organ}/") if o.key.endswith(".mar")]
-    if not archives:
+PINNED = "pinned"
+
+
+def resolve(store: ObjectStore, organ: str, version: str, also: list[str]) -> tuple[str, list[str]]:
+    """(default version, versions beside it): `version` as given (the Deployment's pin) or, for `pinned`, the
+    bucket's; beside it `also` and, when the bucket pins the same default, the bucket's (candidates recorded
+    since the Deployment was last pinned: the gateway writes them there without restarting anything)."""
+    pin = read_pin(store, organ)
+    if version != PINNED:
+        beside = pin["also_serve"] if pin is not None and pin["default"] == version else []
+        return version, list(dict.fromkeys([*also, *beside]))
+    if pin is None:
         raise SystemExit(
-            f"no {organ} model in bucket {bucket} (expected {organ}/{organ}-<version>.mar): "
-            f"train and register one (docs/operations.md, 'Roll out a model version')"
+            f"no pin {store.buckets.models}/{organ}/serving.json: the seed Job (medseg-seed) has not run "
+            "yet on this cluster; it puts the shipped model there (docs/operations.md, 'Deploy on a fresh "
+            "cluster')"
         )
-    return max(archives, key=lambda o: (o.last_modified is not None, o.last_modified, o.key)).key
+    logger.info("%s: the bucket pins version %s (also serving %s)", organ, pin["default"], pin["also_serve"])
+    return pin["default"], list(dict.fromkeys([*also, *pin["also_serve"]]))
+
+
+def choose_mar_key(store: ObjectStore, organ: str, version: str) -> str:
+    """Object key of the organ's archive for `version`."""
+    bucket = store.buckets.models
+    mar_key, _ = store_keys(organ, organ, version)
+    if not store.exists(bucket, mar_key):
+        raise SystemExit(
+            f"{bucket}/{mar_key} not found: register version {version} of {organ} first "
+            f"(trainer), or run the seed Job (docs/operations.md)"
+        )
+    return mar_key
 
 
 def pull(store: ObjectStore, organ: str, version: str, model_store: Path) -> Path:
@@ -84,13 +102,14 @@ def main() -> int:
     organ = os.environ.get("MEDSEG_ORGAN", "")
     if not organ:
         raise SystemExit("MEDSEG_ORGAN is not set (ConfigMap organ-model-<organ>)")
-    version = os.environ.get("MEDSEG_MODEL_VERSION", "latest")
-    also = [v for v in os.environ.get("MEDSEG_ALSO_SERVE", "").split(",") if v.strip() and v != version]
+    version = os.environ.get("MEDSEG_MODEL_VERSION", PINNED)
+    also = [v.strip() for v in os.environ.get("MEDSEG_ALSO_SERVE", "").split(",") if v.strip()]
     settings = get_settings()
     try:
         store, model_store = ObjectStore.from_settings(settings), Path(settings.model_store_dir)
+        version, also = resolve(store, organ, version, also)
         pull(store, organ, version, model_store)
-        pull_also(store, organ, [v.strip() for v in also], model_store)
+        pull_also(store, organ, [v for v in also if v != version], model_store)
     except MedSegError as exc:  # object store down or object vanished: retried by the kubelet
         raise SystemExit(f"could not pull the {organ} model: {exc}") from None
     return 0
