@@ -227,13 +227,16 @@ def _organ_server(settings: Settings, organ: str, ports=None):
 def _run_organ(settings: Settings, name: str) -> Exec:
     """TorchServe in place of this process (supervisord's program), with its default version; the other
     versions the registry serves are registered by a helper process once the server answers (`register`)."""
-    from common.launcher import PID_FILE
+    from common.launcher import PID_FILE, REGISTERING_FILE
 
     organ = name.removeprefix("torchserve-")
     server = _organ_server(settings, organ)
     server.prepare()
     (server.dir / PID_FILE).write_text(f"{os.getpid()}\n")  # exec keeps the pid: `stop_from_state` finds it
+    registering = server.dir / REGISTERING_FILE  # the gateway's readiness waits while it is there
+    registering.unlink(missing_ok=True)
     if server.also_serve:
+        registering.write_text(f"{os.getpid()}\n")  # this server's: a helper of a killed one leaves it
         subprocess.Popen(  # outlives the exec below: registers the candidates when the server is ready
             [sys.executable, "-m", "tools.stack", "register", organ],
             cwd=REPO_ROOT,
@@ -246,10 +249,26 @@ def _run_organ(settings: Settings, name: str) -> Exec:
 def register_also_served(settings: Settings, organ: str, timeout_s: float = 300.0) -> int:
     """`python -m tools.stack register ORGAN`: wait for the organ's server, then register the versions the
     registry serves besides its default (after a restart, the candidates under evaluation)."""
+    from common.launcher import REGISTERING_FILE, LauncherError
+
     server = _organ_server(settings, organ)
-    server.wait_ready(timeout_s)
-    registered = server.register_also_served(timeout_s)
+    marker = server.dir / REGISTERING_FILE
+    try:
+        mine = marker.read_text()  # the server this helper was started for
+    except OSError:
+        mine = None
+    try:
+        server.wait_ready(timeout_s)
+        registered = server.register_also_served(timeout_s)
+    except LauncherError as exc:
+        logger.error("%s: the other served versions are not registered: %s", organ, exc)
+        return 1
     logger.info("%s: also serving %s", organ, ", ".join(registered) or "nothing else")
+    try:
+        if mine is not None and marker.read_text() == mine:  # not a newer server's (restarted meanwhile)
+            marker.unlink()
+    except OSError:
+        pass
     return 0
 
 
