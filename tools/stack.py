@@ -10,7 +10,8 @@ supervisord's back-off for one that keeps failing at start; stdout/stderr of eac
 `<state>/logs/<program>.log`, rotated by size. Then `stack up` waits for /readyz and prints the URLs.
 `stack up` is idempotent: with supervisord running it applies the table again (`supervisorctl update`:
 a newly trained organ is added) and starts whatever is stopped. `stack status` shows each program's
-state, pid, uptime and restart count (counted by an event listener, `restarts.json`); `stack down` stops
+state, pid, uptime and restart count (counted by an event listener into `restarts.json`, each restart also
+an audit entry: common/supervision.py); `stack down` stops
 supervisord, which stops every program (SIGTERM to its process group, SIGKILL after its grace period).
 
 Every program runs through `python -m tools.stack run <program>`, which prepares what the process needs
@@ -40,6 +41,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy.exc import SQLAlchemyError
 
+from common import supervision
 from common.errors import MedSegError
 from common.model_store import mar_manifest, pull_archive
 from common.objectstore import ObjectStore
@@ -307,7 +309,7 @@ def run_program(settings: Settings, name: str) -> int:
 
 # --- supervisord --------------------------------------------------------------------------------------
 def supervisor_dir(settings: Settings) -> Path:
-    return settings.state_dir / "supervisor"
+    return supervision.supervisor_dir(settings.state_dir)
 
 
 def pid_dir(settings: Settings) -> Path:
@@ -327,7 +329,7 @@ def _socket_path(settings: Settings) -> Path:
 
 
 def restarts_path(settings: Settings) -> Path:
-    return supervisor_dir(settings) / "restarts.json"
+    return supervision.restarts_path(settings.state_dir)
 
 
 def _value(text: str | Path) -> str:
@@ -427,18 +429,31 @@ def process_info(settings: Settings) -> list[dict]:
 
 
 def read_restarts(settings: Settings) -> dict[str, int]:
+    return supervision.read_restarts(settings.state_dir)
+
+
+def audit_restart(settings: Settings, program: str, restarts: int, after: str) -> None:
+    """The restart as an audit entry of the platform's (no hospital): actor `system:supervisord`, action
+    `process.restarted`, target the program. A database that cannot be written is logged, never fatal."""
+    from gateway.models import audit
+
+    engine = make_engine(settings.sqlalchemy_url)
     try:
-        return json.loads(restarts_path(settings).read_text())
-    except (OSError, ValueError):
-        return {}
+        with session_scope(engine) as session:
+            detail = {"restarts": restarts, "after": after}
+            audit(session, supervision.AUDIT_ACTOR, supervision.AUDIT_ACTION, program, detail, hospital=None)
+    except (SQLAlchemyError, MedSegError) as exc:
+        print(f"restart of {program} not in the audit log: {exc}", file=sys.stderr, flush=True)
+    finally:
+        engine.dispose()
 
 
 def count_restarts(settings: Settings) -> int:
     """supervisord event listener: counts each program's automatic restarts (a start after it exited or
-    failed to start) into `restarts.json`, and logs each (stderr: restart-counter.log)."""
+    failed to start) into `restarts.json`, appends each to the audit log and logs it (stderr:
+    restart-counter.log)."""
     from supervisor import childutils
 
-    path = restarts_path(settings)
     counts = read_restarts(settings)
     while True:
         headers, payload = childutils.listener.wait(sys.stdin, sys.stdout)
@@ -447,11 +462,10 @@ def count_restarts(settings: Settings) -> int:
             if fields.get("from_state") in ("EXITED", "BACKOFF"):
                 name = fields["processname"]
                 counts[name] = counts.get(name, 0) + 1
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(counts))
-                tmp.replace(path)
+                supervision.write_restarts(settings.state_dir, counts)
                 stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
                 print(f"{stamp} restart {name} ({counts[name]})", file=sys.stderr, flush=True)
+                audit_restart(settings, name, counts[name], fields["from_state"])
         childutils.listener.ok(sys.stdout)
 
 
@@ -519,7 +533,8 @@ def stack_up(settings: Settings) -> int:
     else:
         if stopped := _stop_unsupervised(settings):
             logger.info("stopped the unsupervised processes of an older stack: %s", ", ".join(stopped))
-        restarts_path(settings).unlink(missing_ok=True)
+        # every program at 0 (Prometheus: a series that starts at 0 counts its first restart)
+        supervision.write_restarts(settings.state_dir, {p.name: 0 for p in process_table(settings)})
         supervisord = Path(sys.executable).with_name("supervisord")
         subprocess.run([str(supervisord), "-c", str(_conf_path(settings))], check=True)  # daemonizes
         logger.info("supervisord started; logs in %s", log_dir(settings))
