@@ -37,18 +37,18 @@ import xmlrpc.client
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-import httpx
-from sqlalchemy.exc import SQLAlchemyError
+from typing import TYPE_CHECKING
 
 from common import supervision
 from common.errors import MedSegError
-from common.model_store import mar_manifest, pull_archive
-from common.objectstore import ObjectStore
 from common.settings import REPO_ROOT, Settings, get_settings
-from gateway.core.db import make_engine, session_scope
-from gateway.service.model_registry import served_versions
-from tools import pacs_server
+
+if TYPE_CHECKING:
+    from tools import pacs_server
+
+# What a program's runner needs is imported where it is needed: every restart of a program starts with
+# `python -m tools.stack run <program>`, and the gateway's service layer (torch among it) alone took 3-5 s
+# to import on the 2-core test machine, seconds every restart waited for.
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +85,8 @@ def _organs_with_models(settings: Settings) -> tuple[list[str], list[str]]:
 def local_pacs(settings: Settings) -> pacs_server.PacsServer | None:
     """The local Orthanc the stack runs, or None: the configured PACS is elsewhere (a hospital's), or
     Orthanc is not installed (`make system-deps` installs it)."""
+    from tools import pacs_server
+
     server = pacs_server.PacsServer.from_settings(settings)
     return server if server is not None and pacs_server.installed() else None
 
@@ -144,6 +146,11 @@ class Served:
 def registry_served(settings: Settings, organ: str) -> list[Served] | None:
     """The versions the model registry (the gateway's database) says the organ serves, default first; None
     when there is no registry to ask yet (the first start: the gateway creates and seeds it)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from gateway.core.db import make_engine, session_scope
+    from gateway.service.model_registry import served_versions
+
     engine = make_engine(settings.sqlalchemy_url)
     try:
         with session_scope(engine) as session:
@@ -161,6 +168,8 @@ def organ_archives(settings: Settings, organ: str, served: list[Served] | None) 
     <organ>.mar for the shipped version, else its archive pulled from the models bucket (kept when already
     there). A version that cannot be had is skipped with a warning; without the default (or a registry),
     the shipped archive is served as the default, so the organ still answers."""
+    from common.model_store import mar_manifest
+
     shipped = settings.model_store_dir / f"{organ}.mar"
     shipped_version = str(mar_manifest(shipped).get("modelVersion")) if shipped.is_file() else None
     pulled = _Puller(settings, organ)
@@ -186,6 +195,9 @@ class _Puller:
         self.settings, self.organ, self.store = settings, organ, None
 
     def __call__(self, row: Served) -> str | None:
+        from common.model_store import pull_archive
+        from common.objectstore import ObjectStore
+
         if row.mar_key is None:
             logger.warning("%s %s: not in model-store/ (which ships another)", self.organ, row.version)
             return None
@@ -435,6 +447,9 @@ def read_restarts(settings: Settings) -> dict[str, int]:
 def audit_restart(settings: Settings, program: str, restarts: int, after: str) -> None:
     """The restart as an audit entry of the platform's (no hospital): actor `system:supervisord`, action
     `process.restarted`, target the program. A database that cannot be written is logged, never fatal."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from gateway.core.db import make_engine, session_scope
     from gateway.models import audit
 
     engine = make_engine(settings.sqlalchemy_url)
@@ -491,6 +506,8 @@ def _stop_unsupervised(settings: Settings) -> list[str]:
 
 def _wait_ready(settings: Settings, skipped: list[str], timeout_s: float = READY_TIMEOUT_S) -> dict:
     """Poll /readyz until everything that was started answers (skipped organs may stay down)."""
+    import httpx
+
     url = f"http://{settings.http_host}:{settings.http_port}/readyz"
     tolerated = {f"organ:{organ}" for organ in skipped}
     deadline, last = time.monotonic() + timeout_s, "no answer"
@@ -512,6 +529,8 @@ def _wait_ready(settings: Settings, skipped: list[str], timeout_s: float = READY
 
 
 def stack_up(settings: Settings) -> int:
+    from tools import pacs_server
+
     for folder in (supervisor_dir(settings), log_dir(settings)):
         folder.mkdir(parents=True, exist_ok=True)
     _, skipped = _organs_with_models(settings)
@@ -570,6 +589,8 @@ def stack_process_groups(settings: Settings) -> dict[str, int]:
 
 
 def stack_status(settings: Settings) -> int:
+    import httpx
+
     infos = process_info(settings)
     if not infos:
         print("supervisord is not running (`make up` starts the stack)")
