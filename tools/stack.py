@@ -98,6 +98,11 @@ def process_table(settings: Settings) -> list[Program]:
         *([Program("pacs", priority=10, startsecs=2)] if local_pacs(settings) else []),
         *(Program(f"torchserve-{organ}", priority=20, stopwaitsecs=30) for organ in organs),
         Program("gateway", priority=30, stopwaitsecs=20),
+        *(
+            [Program("backup", priority=40, startsecs=2, stopwaitsecs=300)]
+            if settings.backup_schedule
+            else []
+        ),
     ]
 
 
@@ -298,11 +303,17 @@ def _run_gateway(settings: Settings, _name: str, wait_s: float = 60.0) -> Exec:
     return Exec([sys.executable, "-m", "common.cli", "serve"], REPO_ROOT)
 
 
+def _run_backup(settings: Settings, _name: str) -> Exec:
+    """`medseg backup-scheduler`: backups on MEDSEG_BACKUP_SCHEDULE (gateway/core/backup_schedule.py)."""
+    return Exec([sys.executable, "-m", "common.cli", "backup-scheduler"], REPO_ROOT)
+
+
 RUNNERS: dict[str, Callable[[Settings, str], Exec]] = {
     "objectstore": _run_objectstore,
     "pacs": _run_pacs,
     "torchserve-": _run_organ,
     "gateway": _run_gateway,
+    "backup": _run_backup,
 }
 
 
@@ -544,6 +555,14 @@ def stack_up(settings: Settings) -> int:
     pacs = local_pacs(settings)
     if pacs is None and pacs_server.local_port(settings) is not None:
         logger.warning("skipping the local PACS: %s", pacs_server.INSTALL_HINT)
+    if settings.backup_schedule:
+        from gateway.core.backup_schedule import backup_dir, parse_schedule
+
+        try:
+            parse_schedule(settings.backup_schedule)
+        except MedSegError as exc:
+            raise SystemExit(exc.message) from None
+        logger.info("backups %s into %s", settings.backup_schedule, backup_dir(settings))
     _conf_path(settings).write_text(supervisord_config(settings))
     if supervisord_running(settings):
         logger.info("supervisord already running: applying the process table")
