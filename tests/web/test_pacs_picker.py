@@ -14,6 +14,7 @@ import uuid
 
 import pytest
 from playwright.sync_api import expect
+from pydantic import SecretStr
 from pydicom.uid import generate_uid
 
 from tests import studydata
@@ -25,6 +26,7 @@ from tests.web.test_studies_pages import READY, PageWatch
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SLICES = 8
+PACS_TIMEOUT = 30_000  # a QIDO-RS / WADO-RS round trip through the gateway on a busy 2-core machine
 WORDS = {
     "en": {
         "link": "Open a study from the hospital's PACS",
@@ -59,7 +61,9 @@ def pacs_web(web, request):
 
     if not SHARED_DATA.is_dir():
         pytest.skip("needs ../shared/data (the liver training slices)")
-    settings = web.settings.model_copy(update=pacs_settings_for(request))
+    pacs = pacs_settings_for(request)
+    pacs["pacs_patient_key"] = SecretStr(pacs["pacs_patient_key"])  # model_copy does not validate
+    settings = web.settings.model_copy(update=pacs)
     app = create_app(settings, request.getfixturevalue("stack_dataplane"))
     with serving(app, web.engine, settings, name="pacs-web-gateway") as url:
         yield url, app.state.clinic.pacs.pacs
@@ -100,18 +104,18 @@ def test_a_doctor_opens_a_series_from_the_pacs_segments_it_and_stores_the_seg(
     page, watch = _doctor(web, browser_page, base_url, lang, "/segment")
     page.get_by_role("link", name=words["link"]).click()
     expect(page).to_have_url(re.compile(r"/studies#pacs$"))
-    expect(page.locator("#pacs-patient")).to_be_focused()
+    expect(page.locator("#pacs")).to_be_visible()
 
     _search(page, words, "P-NOBODY-" + uuid.uuid4().hex[:6])
-    expect(page.locator("#pacs-studies tbody")).to_have_text(words["none"])
+    expect(page.locator("#pacs-studies tbody")).to_have_text(words["none"], timeout=PACS_TIMEOUT)
     _search(page, words, patient)
     row = page.locator(f'#pacs-studies tr[data-study-uid="{study_uid}"]')
-    expect(row).to_contain_text(patient)  # a pseudonymous ID already: kept as it is
+    expect(row).to_contain_text(patient, timeout=PACS_TIMEOUT)  # a pseudonymous ID already: kept as it is
     expect(row).to_contain_text("CT")
     row.get_by_role("button", name=words["choose"]).click()
 
     series_row = page.locator(f'#pacs-series tr[data-series-uid="{series_uid}"]')
-    expect(series_row).to_contain_text(str(SLICES))
+    expect(series_row).to_contain_text(str(SLICES), timeout=PACS_TIMEOUT)
     thumbnail = series_row.locator("img.pacs-thumbnail")
     expect(thumbnail).to_be_visible()
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=thumbnail.element_handle())
@@ -159,14 +163,15 @@ def test_the_pacs_down_is_said_on_the_page(web, browser_page, pacs_web, pacs_ser
     page, watch = _doctor(web, browser_page, base_url, lang, "/studies#pacs")
     _search(page, words, patient)
     row = page.locator(f'#pacs-studies tr[data-study-uid="{study_uid}"]')
-    expect(row).to_be_visible()
+    expect(row).to_be_visible(timeout=PACS_TIMEOUT)
 
     pacs_server.kill()  # the hospital's archive goes away between the search and the pick
     row.get_by_role("button", name=words["choose"]).click()
-    expect(page.locator("#pacs-error")).to_have_text(words["down"])
+    expect(page.locator("#pacs-error")).to_have_text(words["down"], timeout=PACS_TIMEOUT)
     _search(page, words, patient)
-    expect(page.locator("#pacs-error")).to_have_text(words["down"])
+    expect(page.locator("#pacs-error")).to_have_text(words["down"], timeout=PACS_TIMEOUT)
     expect(page.locator("#pacs-results")).to_be_hidden()
     web.shot(page, f"pacs-down-{lang}")
-    refused = [p for p in watch.problems if not re.match(r"^503: GET .*/api/v1/pacs/studies", p)]
+    expected = re.compile(r"^503: GET .*/api/v1/pacs/studies|^console: Failed to load resource: .* 503 ")
+    refused = [p for p in watch.problems if not expected.match(p)]  # the PACS's 503s, and nothing else
     assert refused == [] and len(watch.problems) >= 2, watch.problems

@@ -131,5 +131,5 @@
     }
   });
 
-  if (location.hash === "#pacs") $("pacs-patient").focus();
+  if (location.hash === "#pacs") $("pacs").scrollIntoView();
 })();
