@@ -457,21 +457,12 @@ def read_restarts(settings: Settings) -> dict[str, int]:
 
 def audit_restart(settings: Settings, program: str, restarts: int, after: str) -> None:
     """The restart as an audit entry of the platform's (no hospital): actor `system:supervisord`, action
-    `process.restarted`, target the program. A database that cannot be written is logged, never fatal."""
-    from sqlalchemy.exc import SQLAlchemyError
+    `process.restarted`, target the program. A database that cannot be written is said, never fatal."""
+    from gateway.core.system_audit import system_audit
 
-    from gateway.core.db import make_engine, session_scope
-    from gateway.models import audit
-
-    engine = make_engine(settings.sqlalchemy_url)
-    try:
-        with session_scope(engine) as session:
-            detail = {"restarts": restarts, "after": after}
-            audit(session, supervision.AUDIT_ACTOR, supervision.AUDIT_ACTION, program, detail, hospital=None)
-    except (SQLAlchemyError, MedSegError) as exc:
-        print(f"restart of {program} not in the audit log: {exc}", file=sys.stderr, flush=True)
-    finally:
-        engine.dispose()
+    detail = {"restarts": restarts, "after": after}
+    if not system_audit(settings, supervision.AUDIT_ACTOR, supervision.AUDIT_ACTION, program, detail):
+        print(f"restart of {program} not in the audit log (see above)", file=sys.stderr, flush=True)
 
 
 def count_restarts(settings: Settings) -> int:

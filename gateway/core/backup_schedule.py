@@ -120,19 +120,9 @@ def run_once(settings: Settings, now: datetime) -> Path | None:
 
 
 def _audit(settings: Settings, action: str, target: str, detail: dict) -> None:
-    from sqlalchemy.exc import SQLAlchemyError
+    from gateway.core.system_audit import system_audit
 
-    from gateway.core.db import make_engine, session_scope
-    from gateway.models import audit
-
-    engine = make_engine(settings.sqlalchemy_url)
-    try:
-        with session_scope(engine) as session:
-            audit(session, AUDIT_ACTOR, action, target, detail, hospital=None)
-    except (SQLAlchemyError, MedSegError) as exc:
-        logger.warning("%s not in the audit log: %s", action, exc)
-    finally:
-        engine.dispose()
+    system_audit(settings, AUDIT_ACTOR, action, target, detail)
 
 
 def run_scheduler(
