@@ -27,6 +27,7 @@ from common.pacs import Pacs
 from common.settings import REPO_ROOT, Settings
 from tests.data import LIVER_TRAIN
 from tests.fixtures.objectstore import free_objectstore_ports
+from tests.fixtures.torchserve import repacked_with_current_code
 from tests.pacsdata import stored_study
 from tools import stack
 
@@ -72,8 +73,9 @@ def stack_env(tmp_path_factory):
     root = tmp_path_factory.mktemp("stack")
     models = root / "model-store"
     models.mkdir()
-    for name in ("liver.mar", "liver.json"):
-        (models / name).symlink_to(REPO_ROOT / "model-store" / name)
+    # the shipped weights with this checkout's handler code (what the next export serves: archives pack it)
+    repacked_with_current_code(REPO_ROOT / "model-store" / "liver.mar", "liver", models)
+    (models / "liver.json").symlink_to(REPO_ROOT / "model-store" / "liver.json")
     s3_ports = free_objectstore_ports()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEDSEG_")}
     env.update(
