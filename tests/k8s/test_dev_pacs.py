@@ -36,6 +36,8 @@ def test_only_the_gateway_reaches_the_dev_pacs_and_prod_has_none(rendered):
     assert policy["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/component": "pacs"}
     (rule,) = policy["spec"]["ingress"]
     assert rule["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/component": "gateway"}}}]
+    pacs = [o for o in rendered["dev"] if o["metadata"]["name"] in ("orthanc", "pacs-from-gateway")]
+    assert len(pacs) == 3 and {o["metadata"]["namespace"] for o in pacs} == {"medseg"}  # the base's
     assert "orthanc" not in by_kind(rendered["prod"], "Deployment")
     gateway = by_kind(rendered["prod"], "Deployment")["medseg-gateway"]
     env = {e["name"]: e for e in pod_spec(gateway)["containers"][0]["env"]}
