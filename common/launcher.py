@@ -10,6 +10,8 @@ Layout under `<state_dir>/torchserve/<organ>/` (the server's working directory):
                         port / allowed_urls overrides
     key_file.json       written by TorchServe (token authorization): inference, management and API keys
     server.pid          process-group id of the running server (for `stop_from_state` in another process)
+    registering         there while the local stack registers the versions served beside the default
+                        (tools/stack.py); /readyz waits for it (gateway/service/organ_readiness.py)
     torchserve.out      the launcher's and Java's stdout/stderr;  logs/  TorchServe's own log4j logs
     tmp/                TMPDIR/TEMP: TorchServe's pid file and unpacked archives, so two organ servers (or
                         somebody else's TorchServe) never see each other's `.model_server.pid`.
@@ -41,6 +43,7 @@ logger = logging.getLogger(__name__)
 PORT_KEYS = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
 KEY_FILE = "key_file.json"
 PID_FILE = "server.pid"
+REGISTERING_FILE = "registering"
 
 
 class LauncherError(RuntimeError):

@@ -331,6 +331,27 @@ class Pacs:
             )
         return files
 
+    def middle_instance(self, study_uid: str, series_uid: str) -> bytes:
+        """The middle instance of a series by InstanceNumber (QIDO-RS, then WADO-RS of that one instance) as
+        a DICOM file: what a picker's thumbnail is rendered from."""
+        check_uid(study_uid, "study_uid")
+        check_uid(series_uid, "series_uid")
+        missing = f"the PACS holds no series {series_uid} in study {study_uid}"
+        with self._errors(f"reading an instance of series {series_uid}", not_found=missing):
+            client = self._client()
+            found = [
+                _from_json(item)
+                for item in client.search_for_instances(
+                    study_uid, series_uid, fields=("InstanceNumber", "SOPInstanceUID")
+                )
+            ]
+            if not found:
+                raise NotFound(missing, code="pacs_not_found")
+            found.sort(key=lambda ds: (_int(ds, "InstanceNumber") is None, _int(ds, "InstanceNumber") or 0))
+            middle = str(found[len(found) // 2].SOPInstanceUID)
+            dataset = client.retrieve_instance(study_uid, series_uid, middle, media_types=ANY_TRANSFER_SYNTAX)
+            return _part10(dataset)
+
     # --- STOW-RS ------------------------------------------------------------------------------------
     def store(self, datasets: Sequence[Dataset], study_uid: str) -> list[str]:
         """Store instances into a study; their SOP Instance UIDs once the PACS holds them (else raises)."""

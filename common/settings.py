@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]  # common/settings.py → the repository
@@ -83,6 +83,12 @@ class Settings(BaseSettings):
     # `medseg prune` deletes segmentations nobody saved (no chosen threshold, no feedback thread) after this
     # many days, with their objects; 0 keeps them forever (gateway/service/retention.py).
     unsaved_result_retention_days: float = 0
+    # Scheduled backups (gateway/core/backup_schedule.py): "" off, `daily@HH:MM` (local time) or
+    # `every:N<s|m|h|d>`; the local stack then runs them as a supervised program into backup_dir (default
+    # state_dir/backups), keeping the newest `backup_keep` complete backups.
+    backup_schedule: str = ""
+    backup_keep: int = Field(default=7, ge=1)
+    backup_dir: Path | None = None
 
     # Studies (gateway/service/studies.py): one DICOM series or NIfTI volume per study, refused with 413
     # before any work when larger; segmented by `study_workers` threads per gateway. A running study whose

@@ -313,6 +313,9 @@ OPERATIONS: dict[str, Operation] = {
     "pacs.series": Operation(
         PACS_READER, ("GET", "/pacs/studies/{study_uid}/series"), "Pacs/ListSeries", rows=PACS_ROWS
     ),
+    "pacs.thumbnail": Operation(  # for the web picker: HTTP only, as a result's image.png
+        PACS_READER, ("GET", "/pacs/studies/{study_uid}/series/{series_uid}/thumbnail.png"), rows=PACS_ROWS
+    ),
     # --- training jobs
     "training.architectures": Operation(
         TRAINING, ("GET", "/training/architectures"), rows="no rows: the network registry's names"

@@ -138,6 +138,7 @@ def create_app(settings: Settings | None = None, dataplane: DataPlane | None = N
         api.include_router(router)
     app.include_router(health.router)
     app.include_router(api)
+    metrics.track_restarts(settings.state_dir)  # the local stack's restart counts (common/supervision.py)
     if settings.metrics_port is None:  # else on a port of its own (metrics.serve), out of the ingress's reach
         # Unauthenticated, like every Prometheus target: counts and labels only, never patients or people.
         @app.get("/metrics", include_in_schema=False)

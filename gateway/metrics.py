@@ -6,7 +6,8 @@
   (`count_grpc`);
 * the service layer: segment / evaluate latency per organ and model version (`observe_latency`, so both
   edges share it), stability scores, chosen thresholds, the mean Dice of each version's latest evaluation,
-  training jobs by state.
+  training jobs by state;
+* the local stack: restarts per supervised program (`ProcessRestarts`, read when scraped).
 
 Exposition: `render()` (the gateway's `/metrics`), or `serve(port)` on a port of its own, which is how the
 cluster runs it (docs/operations.md: scraped inside the cluster, never routed through the public ingress).
@@ -94,6 +95,41 @@ TRAINING_JOBS = _metric(
     "Training jobs by state, as the database said at the last change this gateway made",
     ("state",),
 )
+
+
+class ProcessRestarts:
+    """`medseg_process_restarts_total{program}`: each supervised program's automatic restarts, read at every
+    scrape from the local stack's count (common/supervision.py: supervisord's event listener writes it); no
+    series where no supervised stack runs (Kubernetes counts its pods' restarts itself)."""
+
+    def __init__(self):
+        self.state_dir = None  # set by `track_restarts` when an app is made
+
+    def describe(self):
+        return []  # unchecked collector: the programs are known only when scraped
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily
+
+        from common.supervision import read_restarts
+
+        family = CounterMetricFamily(
+            "medseg_process_restarts",
+            "Automatic restarts of each program of the local stack since its supervisord started",
+            labels=("program",),
+        )
+        for program, count in sorted(read_restarts(self.state_dir).items() if self.state_dir else ()):
+            family.add_metric((program,), count)
+        yield family
+
+
+PROCESS_RESTARTS = ProcessRestarts()
+REGISTRY.register(PROCESS_RESTARTS)
+
+
+def track_restarts(state_dir) -> None:
+    """Export the restart counts of the stack whose state lives in `state_dir` (the gateway's own)."""
+    PROCESS_RESTARTS.state_dir = state_dir
 
 
 def observe_latency(operation: str, organ: str, version: str, started: float) -> None:

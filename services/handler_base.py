@@ -34,16 +34,26 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from ts.torch_handler.base_handler import BaseHandler
-from ts.utils.util import PredictionException
 
-from services.imaging import (
+# TorchServe's base handler imports `openvino.torch`, OpenVINO's torch.compile backend, whenever OpenVINO is
+# installed: torch._dynamo and more at every start of every model worker (`import
+# ts.torch_handler.base_handler` took 38 s with it and 12-13 s without on the busy 2-core test machine), the
+# largest part of an organ server's recovery after a crash (docs/operations.md). MedSeg never torch.compiles
+# (services/runtime.py drives OpenVINO through its own API, not this module), so it is marked absent for that
+# import, which then takes TorchServe's own "OpenVINO is not enabled" path.
+sys.modules.setdefault("openvino.torch", None)
+
+from ts.torch_handler.base_handler import BaseHandler  # noqa: E402  (after the line above)
+from ts.utils.util import PredictionException  # noqa: E402
+
+from services.imaging import (  # noqa: E402
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_SLICES,
     NPY_CONTENT_TYPE,
@@ -54,9 +64,9 @@ from services.imaging import (
     encode_png,
     is_npy,
 )
-from services.preprocess import Restore, prepare, probabilities, restore
-from services.runtime import load_runtime
-from services.spec import OrganSpec, load_spec
+from services.preprocess import Restore, prepare, probabilities, restore  # noqa: E402
+from services.runtime import load_runtime  # noqa: E402
+from services.spec import OrganSpec, load_spec  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,8 @@ supervisord's back-off for one that keeps failing at start; stdout/stderr of eac
 `<state>/logs/<program>.log`, rotated by size. Then `stack up` waits for /readyz and prints the URLs.
 `stack up` is idempotent: with supervisord running it applies the table again (`supervisorctl update`:
 a newly trained organ is added) and starts whatever is stopped. `stack status` shows each program's
-state, pid, uptime and restart count (counted by an event listener, `restarts.json`); `stack down` stops
+state, pid, uptime and restart count (counted by an event listener into `restarts.json`, each restart also
+an audit entry: common/supervision.py); `stack down` stops
 supervisord, which stops every program (SIGTERM to its process group, SIGKILL after its grace period).
 
 Every program runs through `python -m tools.stack run <program>`, which prepares what the process needs
@@ -36,17 +37,18 @@ import xmlrpc.client
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import httpx
-from sqlalchemy.exc import SQLAlchemyError
-
+from common import supervision
 from common.errors import MedSegError
-from common.model_store import mar_manifest, pull_archive
-from common.objectstore import ObjectStore
 from common.settings import REPO_ROOT, Settings, get_settings
-from gateway.core.db import make_engine, session_scope
-from gateway.service.model_registry import served_versions
-from tools import pacs_server
+
+if TYPE_CHECKING:
+    from tools import pacs_server
+
+# What a program's runner needs is imported where it is needed: every restart of a program starts with
+# `python -m tools.stack run <program>`, and the gateway's service layer (torch among it) alone took 3-5 s
+# to import on the 2-core test machine, seconds every restart waited for.
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +85,8 @@ def _organs_with_models(settings: Settings) -> tuple[list[str], list[str]]:
 def local_pacs(settings: Settings) -> pacs_server.PacsServer | None:
     """The local Orthanc the stack runs, or None: the configured PACS is elsewhere (a hospital's), or
     Orthanc is not installed (`make system-deps` installs it)."""
+    from tools import pacs_server
+
     server = pacs_server.PacsServer.from_settings(settings)
     return server if server is not None and pacs_server.installed() else None
 
@@ -94,6 +98,11 @@ def process_table(settings: Settings) -> list[Program]:
         *([Program("pacs", priority=10, startsecs=2)] if local_pacs(settings) else []),
         *(Program(f"torchserve-{organ}", priority=20, stopwaitsecs=30) for organ in organs),
         Program("gateway", priority=30, stopwaitsecs=20),
+        *(
+            [Program("backup", priority=40, startsecs=2, stopwaitsecs=300)]
+            if settings.backup_schedule
+            else []
+        ),
     ]
 
 
@@ -142,6 +151,11 @@ class Served:
 def registry_served(settings: Settings, organ: str) -> list[Served] | None:
     """The versions the model registry (the gateway's database) says the organ serves, default first; None
     when there is no registry to ask yet (the first start: the gateway creates and seeds it)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from gateway.core.db import make_engine, session_scope
+    from gateway.service.model_registry import served_versions
+
     engine = make_engine(settings.sqlalchemy_url)
     try:
         with session_scope(engine) as session:
@@ -159,6 +173,8 @@ def organ_archives(settings: Settings, organ: str, served: list[Served] | None) 
     <organ>.mar for the shipped version, else its archive pulled from the models bucket (kept when already
     there). A version that cannot be had is skipped with a warning; without the default (or a registry),
     the shipped archive is served as the default, so the organ still answers."""
+    from common.model_store import mar_manifest
+
     shipped = settings.model_store_dir / f"{organ}.mar"
     shipped_version = str(mar_manifest(shipped).get("modelVersion")) if shipped.is_file() else None
     pulled = _Puller(settings, organ)
@@ -184,6 +200,9 @@ class _Puller:
         self.settings, self.organ, self.store = settings, organ, None
 
     def __call__(self, row: Served) -> str | None:
+        from common.model_store import pull_archive
+        from common.objectstore import ObjectStore
+
         if row.mar_key is None:
             logger.warning("%s %s: not in model-store/ (which ships another)", self.organ, row.version)
             return None
@@ -227,13 +246,16 @@ def _organ_server(settings: Settings, organ: str, ports=None):
 def _run_organ(settings: Settings, name: str) -> Exec:
     """TorchServe in place of this process (supervisord's program), with its default version; the other
     versions the registry serves are registered by a helper process once the server answers (`register`)."""
-    from common.launcher import PID_FILE
+    from common.launcher import PID_FILE, REGISTERING_FILE
 
     organ = name.removeprefix("torchserve-")
     server = _organ_server(settings, organ)
     server.prepare()
     (server.dir / PID_FILE).write_text(f"{os.getpid()}\n")  # exec keeps the pid: `stop_from_state` finds it
+    registering = server.dir / REGISTERING_FILE  # the gateway's readiness waits while it is there
+    registering.unlink(missing_ok=True)
     if server.also_serve:
+        registering.write_text(f"{os.getpid()}\n")  # this server's: a helper of a killed one leaves it
         subprocess.Popen(  # outlives the exec below: registers the candidates when the server is ready
             [sys.executable, "-m", "tools.stack", "register", organ],
             cwd=REPO_ROOT,
@@ -246,10 +268,26 @@ def _run_organ(settings: Settings, name: str) -> Exec:
 def register_also_served(settings: Settings, organ: str, timeout_s: float = 300.0) -> int:
     """`python -m tools.stack register ORGAN`: wait for the organ's server, then register the versions the
     registry serves besides its default (after a restart, the candidates under evaluation)."""
+    from common.launcher import REGISTERING_FILE, LauncherError
+
     server = _organ_server(settings, organ)
-    server.wait_ready(timeout_s)
-    registered = server.register_also_served(timeout_s)
+    marker = server.dir / REGISTERING_FILE
+    try:
+        mine = marker.read_text()  # the server this helper was started for
+    except OSError:
+        mine = None
+    try:
+        server.wait_ready(timeout_s)
+        registered = server.register_also_served(timeout_s)
+    except LauncherError as exc:
+        logger.error("%s: the other served versions are not registered: %s", organ, exc)
+        return 1
     logger.info("%s: also serving %s", organ, ", ".join(registered) or "nothing else")
+    try:
+        if mine is not None and marker.read_text() == mine:  # not a newer server's (restarted meanwhile)
+            marker.unlink()
+    except OSError:
+        pass
     return 0
 
 
@@ -265,11 +303,17 @@ def _run_gateway(settings: Settings, _name: str, wait_s: float = 60.0) -> Exec:
     return Exec([sys.executable, "-m", "common.cli", "serve"], REPO_ROOT)
 
 
+def _run_backup(settings: Settings, _name: str) -> Exec:
+    """`medseg backup-scheduler`: backups on MEDSEG_BACKUP_SCHEDULE (gateway/core/backup_schedule.py)."""
+    return Exec([sys.executable, "-m", "common.cli", "backup-scheduler"], REPO_ROOT)
+
+
 RUNNERS: dict[str, Callable[[Settings, str], Exec]] = {
     "objectstore": _run_objectstore,
     "pacs": _run_pacs,
     "torchserve-": _run_organ,
     "gateway": _run_gateway,
+    "backup": _run_backup,
 }
 
 
@@ -288,7 +332,7 @@ def run_program(settings: Settings, name: str) -> int:
 
 # --- supervisord --------------------------------------------------------------------------------------
 def supervisor_dir(settings: Settings) -> Path:
-    return settings.state_dir / "supervisor"
+    return supervision.supervisor_dir(settings.state_dir)
 
 
 def pid_dir(settings: Settings) -> Path:
@@ -308,7 +352,7 @@ def _socket_path(settings: Settings) -> Path:
 
 
 def restarts_path(settings: Settings) -> Path:
-    return supervisor_dir(settings) / "restarts.json"
+    return supervision.restarts_path(settings.state_dir)
 
 
 def _value(text: str | Path) -> str:
@@ -408,18 +452,25 @@ def process_info(settings: Settings) -> list[dict]:
 
 
 def read_restarts(settings: Settings) -> dict[str, int]:
-    try:
-        return json.loads(restarts_path(settings).read_text())
-    except (OSError, ValueError):
-        return {}
+    return supervision.read_restarts(settings.state_dir)
+
+
+def audit_restart(settings: Settings, program: str, restarts: int, after: str) -> None:
+    """The restart as an audit entry of the platform's (no hospital): actor `system:supervisord`, action
+    `process.restarted`, target the program. A database that cannot be written is said, never fatal."""
+    from gateway.core.system_audit import system_audit
+
+    detail = {"restarts": restarts, "after": after}
+    if not system_audit(settings, supervision.AUDIT_ACTOR, supervision.AUDIT_ACTION, program, detail):
+        print(f"restart of {program} not in the audit log (see above)", file=sys.stderr, flush=True)
 
 
 def count_restarts(settings: Settings) -> int:
     """supervisord event listener: counts each program's automatic restarts (a start after it exited or
-    failed to start) into `restarts.json`, and logs each (stderr: restart-counter.log)."""
+    failed to start) into `restarts.json`, appends each to the audit log and logs it (stderr:
+    restart-counter.log)."""
     from supervisor import childutils
 
-    path = restarts_path(settings)
     counts = read_restarts(settings)
     while True:
         headers, payload = childutils.listener.wait(sys.stdin, sys.stdout)
@@ -428,11 +479,10 @@ def count_restarts(settings: Settings) -> int:
             if fields.get("from_state") in ("EXITED", "BACKOFF"):
                 name = fields["processname"]
                 counts[name] = counts.get(name, 0) + 1
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(counts))
-                tmp.replace(path)
+                supervision.write_restarts(settings.state_dir, counts)
                 stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
                 print(f"{stamp} restart {name} ({counts[name]})", file=sys.stderr, flush=True)
+                audit_restart(settings, name, counts[name], fields["from_state"])
         childutils.listener.ok(sys.stdout)
 
 
@@ -458,6 +508,8 @@ def _stop_unsupervised(settings: Settings) -> list[str]:
 
 def _wait_ready(settings: Settings, skipped: list[str], timeout_s: float = READY_TIMEOUT_S) -> dict:
     """Poll /readyz until everything that was started answers (skipped organs may stay down)."""
+    import httpx
+
     url = f"http://{settings.http_host}:{settings.http_port}/readyz"
     tolerated = {f"organ:{organ}" for organ in skipped}
     deadline, last = time.monotonic() + timeout_s, "no answer"
@@ -479,6 +531,8 @@ def _wait_ready(settings: Settings, skipped: list[str], timeout_s: float = READY
 
 
 def stack_up(settings: Settings) -> int:
+    from tools import pacs_server
+
     for folder in (supervisor_dir(settings), log_dir(settings)):
         folder.mkdir(parents=True, exist_ok=True)
     _, skipped = _organs_with_models(settings)
@@ -492,6 +546,14 @@ def stack_up(settings: Settings) -> int:
     pacs = local_pacs(settings)
     if pacs is None and pacs_server.local_port(settings) is not None:
         logger.warning("skipping the local PACS: %s", pacs_server.INSTALL_HINT)
+    if settings.backup_schedule:
+        from gateway.core.backup_schedule import backup_dir, parse_schedule
+
+        try:
+            parse_schedule(settings.backup_schedule)
+        except MedSegError as exc:
+            raise SystemExit(exc.message) from None
+        logger.info("backups %s into %s", settings.backup_schedule, backup_dir(settings))
     _conf_path(settings).write_text(supervisord_config(settings))
     if supervisord_running(settings):
         logger.info("supervisord already running: applying the process table")
@@ -500,7 +562,8 @@ def stack_up(settings: Settings) -> int:
     else:
         if stopped := _stop_unsupervised(settings):
             logger.info("stopped the unsupervised processes of an older stack: %s", ", ".join(stopped))
-        restarts_path(settings).unlink(missing_ok=True)
+        # every program at 0 (Prometheus: a series that starts at 0 counts its first restart)
+        supervision.write_restarts(settings.state_dir, {p.name: 0 for p in process_table(settings)})
         supervisord = Path(sys.executable).with_name("supervisord")
         subprocess.run([str(supervisord), "-c", str(_conf_path(settings))], check=True)  # daemonizes
         logger.info("supervisord started; logs in %s", log_dir(settings))
@@ -536,6 +599,8 @@ def stack_process_groups(settings: Settings) -> dict[str, int]:
 
 
 def stack_status(settings: Settings) -> int:
+    import httpx
+
     infos = process_info(settings)
     if not infos:
         print("supervisord is not running (`make up` starts the stack)")

@@ -1,4 +1,5 @@
-"""`medseg backup DIR` and `medseg restore DIR [--force]` (gateway/core/backup.py; docs/operations.md)."""
+"""`medseg backup DIR`, `medseg restore DIR [--force]` (gateway/core/backup.py) and `medseg backup-scheduler`
+(gateway/core/backup_schedule.py); docs/operations.md."""
 
 from __future__ import annotations
 
@@ -37,6 +38,20 @@ def _restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scheduler(_args: argparse.Namespace) -> int:
+    from gateway.core.backup_schedule import run_scheduler
+
+    settings = get_settings()
+    if not settings.backup_schedule:
+        print("no MEDSEG_BACKUP_SCHEDULE: no scheduled backups", file=sys.stderr)
+        return 2
+    try:
+        return run_scheduler(settings)
+    except MedSegError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+
+
 def add_commands(subparsers) -> None:
     take = subparsers.add_parser(
         "backup", help="copy the database and every bucket's objects into a new folder, with a manifest"
@@ -49,3 +64,8 @@ def add_commands(subparsers) -> None:
     put.add_argument("folder", help="a folder `medseg backup` wrote")
     put.add_argument("--force", action="store_true", help="restore into a stack that already holds work")
     put.set_defaults(func=_restore)
+    schedule = subparsers.add_parser(
+        "backup-scheduler",
+        help="(the stack's `backup` program) back up on MEDSEG_BACKUP_SCHEDULE, keep MEDSEG_BACKUP_KEEP",
+    )
+    schedule.set_defaults(func=_scheduler)

@@ -187,6 +187,7 @@ class DataPlane:
         max_image_pixels: int,
         max_evaluate_images: int = 64,
         readiness_timeout_s: float = 1.0,
+        workers_probe: Callable[[str, ModelInfo, float], tuple[bool, str]] | None = None,
     ):
         self.registry = registry
         self.clients = clients
@@ -197,6 +198,9 @@ class DataPlane:
         self.max_image_pixels = max_image_pixels
         self.max_evaluate_images = max_evaluate_images
         self.readiness_timeout_s = readiness_timeout_s
+        # (organ, the model version it must serve, timeout) → (ready, why not): whether TorchServe's workers
+        # for that version are READY (gateway/service/organ_readiness.py); None: a Ping answered is ready.
+        self.workers_probe = workers_probe
         self._buckets_ready = False
         # Probes run here so a hung dependency costs a probe its timeout, not a request thread forever.
         self._probes = ThreadPoolExecutor(max_workers=4, thread_name_prefix="medseg-probe")
@@ -206,10 +210,7 @@ class DataPlane:
     # --- health -------------------------------------------------------------------------------
     def readiness(self) -> Readiness:
         """Every organ server and the object store, probed concurrently within readiness_timeout_s."""
-        futures = {
-            f"organ:{name}": self._probes.submit(client.health, self.readiness_timeout_s)
-            for name, client in self.clients.items()
-        }
+        futures = {f"organ:{name}": self._probes.submit(self._organ_health, name) for name in self.clients}
         futures["objectstore"] = self._probes.submit(self._store_ping)
         result = Readiness()
         for name, future in futures.items():
@@ -223,6 +224,14 @@ class DataPlane:
             result.components[name] = "ok" if ok else (detail or "down")
         return result
 
+    def _organ_health(self, organ: str) -> tuple[bool, str]:
+        """(ready, why not) of one organ: its server answers Ping and, with a `workers_probe`, the version the
+        gateway asks for has a READY worker (a new TorchServe answers Ping before its workers load)."""
+        ok, detail = self.clients[organ].health(self.readiness_timeout_s)
+        if ok and self.workers_probe is not None:
+            return self.workers_probe(organ, self.registry.model(organ), self.readiness_timeout_s)
+        return ok, detail
+
     def _store_ping(self) -> tuple[bool, str]:
         try:
             self.store.ping()  # raises ServiceUnavailable when the store does not answer
@@ -231,10 +240,7 @@ class DataPlane:
         return True, "ok"
 
     def list_organs(self) -> list[OrganStatus]:
-        futures = {
-            o.name: self._probes.submit(self.clients[o.name].health, self.readiness_timeout_s)
-            for o in self.registry.all()
-        }
+        futures = {o.name: self._probes.submit(self._organ_health, o.name) for o in self.registry.all()}
         statuses = []
         for organ in self.registry.all():
             try:
@@ -644,6 +650,7 @@ def build_dataplane(settings) -> DataPlane:
     from common.objectstore import ObjectStore
     from gateway import crud
     from gateway.service.keys import inference_key
+    from gateway.service.organ_readiness import local_workers_probe
 
     registry = OrganRegistry(
         settings.services_dir,
@@ -672,4 +679,5 @@ def build_dataplane(settings) -> DataPlane:
         max_image_pixels=settings.max_image_pixels,
         max_evaluate_images=settings.max_evaluate_images,
         readiness_timeout_s=settings.readiness_timeout_s,
+        workers_probe=local_workers_probe(settings, registry),
     )

@@ -28,10 +28,12 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+import numpy as np
 import pydicom
+from PIL import Image
 from sqlalchemy.orm import Session
 
-from common.errors import Forbidden, InvalidInput, ServiceUnavailable
+from common.errors import Conflict, Forbidden, InvalidInput, ServiceUnavailable
 from common.pacs import Pacs, PacsSeries, PacsStudy, SeriesInfo
 from common.settings import Settings
 from gateway.access import ACCESS
@@ -39,6 +41,7 @@ from gateway.models import Study
 from gateway.principal import Principal
 from gateway.service.dataplane import PATIENT_ID, check_patient_id
 from gateway.service.studies import PacsSource, StudyJobs, Upload
+from services import imaging
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +190,26 @@ class PacsGateway:
         uploads = [Upload(f"{n:05d}.dcm", blob) for n, blob in enumerate(files)]
         mapped = patient_id or self.patient_id(info.patient_id)
         return studies.submit(session, principal, organ, uploads, mapped, None, pacs=source)
+
+    def thumbnail(self, principal: Principal, study_uid: str, series_uid: str, size: int) -> bytes:
+        """A PNG of the series' middle image, at most `size` pixels a side, windowed as the file says (else
+        its value range), for the picker; 409 `pacs_no_image` for a series without one it can show (a SEG,
+        a report, a compression it cannot decode)."""
+        self.admit(principal)
+        blob = self.pacs.middle_instance(study_uid, series_uid)
+        try:
+            decoded = imaging.decode_image(blob, min_side=1)
+        except imaging.ImageDecodeError as exc:
+            raise Conflict(
+                f"series {series_uid} has no image to show: {exc}",
+                code="pacs_no_image",
+                params={"series_uid": series_uid},
+            ) from None
+        picture = Image.fromarray(np.round(np.clip(decoded.array, 0, 1) * 255).astype(np.uint8).squeeze())
+        picture.thumbnail((size, size))
+        out = io.BytesIO()
+        picture.save(out, format="PNG")
+        return out.getvalue()
 
     def store_seg(self, row: Study, seg: bytes, threshold: float) -> dict:
         """STOW-RS the study's DICOM SEG into the PACS study it came from; the record the row keeps."""

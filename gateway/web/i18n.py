@@ -6,7 +6,7 @@ A key missing in Chinese falls back to English, a key missing everywhere shows t
 
 from __future__ import annotations
 
-from gateway.web import i18n_studies
+from gateway.web import i18n_pacs, i18n_studies
 
 LANGUAGES = {"en": "English", "zh": "中文"}
 DEFAULT_LANGUAGE = "en"
@@ -1298,6 +1298,9 @@ ZH: dict[str, str] = {
 # The studies pages' messages live beside this catalogue (gateway/web/i18n_studies.py)
 EN.update(i18n_studies.EN)
 ZH.update(i18n_studies.ZH)
+# and the PACS picker's (gateway/web/i18n_pacs.py)
+EN.update(i18n_pacs.EN)
+ZH.update(i18n_pacs.ZH)
 CATALOGUE: dict[str, dict[str, str]] = {"en": EN, "zh": ZH}
 
 

@@ -396,12 +396,18 @@ def _job(world, state: str) -> str:
         return str(row.id)
 
 
+def _pacs_thumbnail(world) -> str:
+    study_uid = pacs_study(world)
+    return f"/api/v1/pacs/studies/{study_uid}/series/{world.pacs_series_uid}/thumbnail.png"
+
+
 def pacs_study(world) -> str:
     """The UID of a study in the world's PACS (a real Orthanc: tests/fixtures/pacs.py), stored once."""
     if not getattr(world, "pacs_study_uid", None):
         world.pacs_patient_id = f"P-{uuid.uuid4().hex[:8]}"
         series = stored_study(world.app().state.clinic.pacs.pacs, patient_id=world.pacs_patient_id)
         world.pacs_study_uid = series[0].StudyInstanceUID
+        world.pacs_series_uid = series[0].SeriesInstanceUID
     return world.pacs_study_uid
 
 
@@ -565,6 +571,9 @@ def _rules() -> dict:
         ),
         ("GET", "/api/v1/pacs/studies/{study_uid}/series"): _rule(
             {"doctor"}, ("segment",), lambda w, c, who: c.get(f"/api/v1/pacs/studies/{pacs_study(w)}/series")
+        ),
+        ("GET", "/api/v1/pacs/studies/{study_uid}/series/{series_uid}/thumbnail.png"): _rule(
+            {"doctor"}, ("segment",), lambda w, c, who: c.get(_pacs_thumbnail(w))
         ),
     }
 

@@ -164,3 +164,18 @@ def test_the_local_pacs_is_a_program_only_when_it_is_local(tmp_path):
     assert ("pacs" in names(local)) == pacs_server.installed()
     assert "pacs" not in names(hospital)
     assert stack.local_pacs(hospital) is None
+
+
+def test_scheduled_backups_are_a_program_only_with_a_schedule(tmp_path):
+    """MEDSEG_BACKUP_SCHEDULE set: one more supervised program, `medseg backup-scheduler`, started last and
+    given time to finish a backup when stopped; a schedule that is neither form stops `stack up` first."""
+    from common.settings import Settings
+
+    names = lambda settings: [p.name for p in stack.process_table(settings)]  # noqa: E731
+    assert "backup" not in names(Settings(state_dir=tmp_path))
+    scheduled = Settings(state_dir=tmp_path, backup_schedule="daily@02:00", backup_keep=7)
+    assert names(scheduled)[-1] == "backup"
+    assert stack.RUNNERS["backup"](scheduled, "backup").argv[-2:] == ["common.cli", "backup-scheduler"]
+    with pytest.raises(SystemExit, match="daily@HH:MM"):
+        stack.stack_up(Settings(state_dir=tmp_path, backup_schedule="nightly"))
+    assert not stack.supervisord_running(scheduled)  # refused before anything started

@@ -27,18 +27,20 @@ from common.pacs import Pacs
 from common.settings import REPO_ROOT, Settings
 from tests.data import LIVER_TRAIN
 from tests.fixtures.objectstore import free_objectstore_ports
+from tests.fixtures.torchserve import repacked_with_current_code
 from tests.pacsdata import stored_study
 from tools import stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-READY_WITHIN_S = 30.0  # issue 22: /readyz 200 again within 30 s of the kill
-# ... and serving. Measured on the shared 2-core machine (a training run beside it), two runs: gateway
-# 25 / 12 s, object store 6 / 20 s, liver 35.5 / 34 s: a new TorchServe answers Ping (so /readyz says ok)
-# at ~13 s, but its model worker needs ~20 s more to start Python, import torch/onnxruntime and load the
-# model, and until then liver is a clear 503 organ_unavailable. So serving is held to twice the target;
-# the figures are printed (-s) every run.
-SERVING_WITHIN_S = 60.0
+READY_WITHIN_S = 30.0  # issue 22: /readyz 200 again, and serving, within 30 s of the kill
+# /readyz is truthful: an organ is ready once its model's worker is READY
+# (gateway/service/organ_readiness.py), so the first segmentation after it succeeds at once
+# (TRUTHFUL_WITHIN_S: one call on a busy machine). The figures, with the organ's phases (new process,
+# Ping, worker READY), are printed (-s) every run. (A restarted object store lists buckets, so /readyz says
+# ok, seconds before its volume server has registered its volumes; the first write waits for that.)
+SERVING_WITHIN_S = READY_WITHIN_S
+TRUTHFUL_WITHIN_S = 10.0
 
 
 def _liver_only_services(target: Path) -> Path:
@@ -71,8 +73,9 @@ def stack_env(tmp_path_factory):
     root = tmp_path_factory.mktemp("stack")
     models = root / "model-store"
     models.mkdir()
-    for name in ("liver.mar", "liver.json"):
-        (models / name).symlink_to(REPO_ROOT / "model-store" / name)
+    # the shipped weights with this checkout's handler code (what the next export serves: archives pack it)
+    repacked_with_current_code(REPO_ROOT / "model-store" / "liver.mar", "liver", models)
+    (models / "liver.json").symlink_to(REPO_ROOT / "model-store" / "liver.json")
     s3_ports = free_objectstore_ports()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEDSEG_")}
     env.update(
@@ -158,6 +161,59 @@ class Load(threading.Thread):
                 time.sleep(0.2)
 
 
+def _restart_audits(settings: Settings, program: str) -> list[int]:
+    """The restart counts of the platform's `process.restarted` audit entries of `program`, oldest first."""
+    from sqlalchemy import select
+
+    from gateway.core.db import make_engine, session_scope
+    from gateway.models import AuditLog
+
+    engine = make_engine(settings.sqlalchemy_url)
+    try:
+        with session_scope(engine) as session:
+            rows = list(
+                session.scalars(
+                    select(AuditLog)
+                    .where(AuditLog.action == "process.restarted", AuditLog.target == program)
+                    .order_by(AuditLog.id)
+                )
+            )
+            assert all(r.actor == "system:supervisord" and r.hospital is None for r in rows)
+            return [r.detail["restarts"] for r in rows]
+    finally:
+        engine.dispose()
+
+
+class OrganPhases:
+    """When a killed organ server's phases were first seen (seconds after the kill): supervisord's new
+    process, TorchServe's Ping answering, its model's worker READY (management API)."""
+
+    def __init__(self, settings: Settings, old_pid: int):
+        self.settings, self.old_pid, self.seen = settings, old_pid, {}
+
+    def poll(self, at: float) -> None:
+        from common import model_store
+        from common.launcher import configured_ports, read_keys, server_dir
+        from common.torchserve_client import InferenceClient
+
+        pid = stack.stack_process_groups(self.settings).get("torchserve-liver")
+        if pid and pid != self.old_pid:
+            self.seen.setdefault("new process", round(at, 1))
+        if "new process" not in self.seen or "worker ready" in self.seen:
+            return
+        try:
+            keys = read_keys(server_dir(self.settings.state_dir, "liver") / "key_file.json")
+            address = f"127.0.0.1:{configured_ports('liver', self.settings.services_dir).grpc_inference}"
+            with InferenceClient(address, keys.inference, timeout=1) as client:
+                client.ping()
+            self.seen.setdefault("ping", round(at, 1))
+            with model_store.management_client("liver", self.settings, timeout=1) as management:
+                if management.is_ready("liver"):
+                    self.seen["worker ready"] = round(at, 1)
+        except Exception:  # not there yet: no key file, refused, loading
+            pass
+
+
 def test_up_prints_the_urls_and_status_shows_each_program(running_stack, stack_env):
     settings, printed = running_stack
     assert "MedSeg is up (organ:liver=ok, objectstore=ok, disk=ok)" in printed
@@ -188,7 +244,10 @@ def test_killed_program_is_back_and_serving(running_stack, segment_key, stack_en
     os.killpg(before[program], signal.SIGKILL)  # the whole group: TorchServe's Java and workers too
     killed_at = time.monotonic()
     ready = served = None
+    phases = OrganPhases(settings, before[program]) if program.startswith("torchserve-") else None
     while time.monotonic() - killed_at < 2 * SERVING_WITHIN_S and served is None:  # measure, then judge
+        if phases:
+            phases.poll(time.monotonic() - killed_at)
         try:
             if ready is None and httpx.get(f"{_url(settings)}/readyz", timeout=2).status_code == 200:
                 ready = time.monotonic() - killed_at
@@ -201,11 +260,19 @@ def test_killed_program_is_back_and_serving(running_stack, segment_key, stack_en
     load.join(timeout=90)
     tally = Counter(f"{status} {code}".strip() for status, code in load.outcomes)
     print(f"\n{program}: /readyz 200 after {ready}s, first segmentation after {served}s; load: {dict(tally)}")
+    if phases:
+        print(f"{program} phases (s after the kill): {phases.seen}")
     assert ready is not None and served is not None, f"{program} not back within {2 * SERVING_WITHIN_S:.0f}s"
     assert ready <= READY_WITHIN_S and served <= SERVING_WITHIN_S, f"{program}: {ready:.1f}s / {served:.1f}s"
+    if phases:  # an organ is ready when its worker is: the first call after /readyz 200 is served
+        early = served - ready
+        assert early <= TRUTHFUL_WITHIN_S, f"/readyz said 200 {early:.1f}s before {program} served"
     after = stack.stack_process_groups(settings)
     assert after[program] != before[program]
     assert stack.read_restarts(settings).get(program, 0) == restarts_before + 1
+    exported = httpx.get(f"{_url(settings)}/metrics", timeout=10).text  # the gateway's Prometheus series
+    assert f'medseg_process_restarts_total{{program="{program}"}} {restarts_before + 1}.0' in exported
+    assert _restart_audits(settings, program) == list(range(1, restarts_before + 2))  # one entry per restart
     assert _segment(settings, segment_key).json()["model"] == first.json()["model"]  # the same version
     if program == "gateway":  # calls in flight die with the process: the client sees the connection drop
         allowed = {200, "ConnectError", "RemoteProtocolError", "ReadError"}

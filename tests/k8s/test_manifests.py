@@ -17,6 +17,9 @@ ORGANS = sorted(organ_dirs())
 WORKLOADS = ("Deployment", "StatefulSet")  # long-running: must be probed
 # created by the operator (docs/operations.md), never committed
 SECRETS = {"medseg-postgres", "medseg-s3", "medseg-pacs"}
+# dev's Orthanc standing in for the hospital's PACS (overlays/dev/orthanc.yaml, tests/k8s/test_dev_pacs.py)
+DEV_PACS = "orthanc.yaml"
+DEV_PACS_OBJECTS = {("Deployment", "orthanc"), ("Service", "orthanc"), ("NetworkPolicy", "pacs-from-gateway")}
 
 
 def test_there_are_organs_to_deploy():
@@ -273,17 +276,18 @@ def test_prod_differs_from_dev_only_by_patches_and_digests(rendered):
     assert prod.get("patches"), "prod has no patches"
     # prod's `images` only pin digests (tests/k8s/test_platform.py checks every image is pinned)
     assert prod.get("images") and all(set(i) == {"name", "newTag", "digest"} for i in prod["images"])
-    assert {k: v for k, v in dev.items() if k != "patches"} == {
-        k: v for k, v in prod.items() if k not in ("patches", "images")
+    assert {k: v for k, v in dev.items() if k not in ("patches", "resources")} == {
+        k: v for k, v in prod.items() if k not in ("patches", "resources", "images")
     }
     assert not dev.get("patches")
-    assert dev["resources"] == ["../../base"]
-    # Same objects (patches change fields, never add or remove objects) ...
+    assert dev["resources"] == [*prod["resources"], DEV_PACS] and prod["resources"] == ["../../base"]
+    # Same objects (patches change fields, never add or remove objects), but dev's stand-in PACS ...
     names = {o: {(x["kind"], x["metadata"]["name"]) for x in rendered[o]} for o in OVERLAYS}
     strip = lambda ids: {(k, n.rsplit("-", 1)[0] if k == "ConfigMap" else n) for k, n in ids}  # noqa: E731
-    assert strip(names["dev"]) == strip(names["prod"])
-    # ... and the dev overlay is the base as it is.
-    assert rendered["dev"] == render(K8S / "base")
+    assert strip(names["dev"]) == strip(names["prod"]) | DEV_PACS_OBJECTS
+    # ... and the dev overlay is the base as it is, plus that.
+    pacs = [o for o in rendered["dev"] if (o["kind"], o["metadata"]["name"]) in DEV_PACS_OBJECTS]
+    assert [o for o in rendered["dev"] if o not in pacs] == render(K8S / "base")
 
 
 def _cpu_limit(objects: list[dict], deployment: str) -> str:

@@ -119,7 +119,7 @@ def browser_page(chromium, web):
 
     def open_page(**options):
         options = {"viewport": {"width": 1280, "height": 900}, **options}
-        context = chromium.new_context(base_url=web.base_url, **options)
+        context = chromium.new_context(**{"base_url": web.base_url, **options})  # another gateway's: base_url
         context.set_default_timeout(30_000)
         contexts.append(context)
         page = context.new_page()

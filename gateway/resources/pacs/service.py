@@ -38,3 +38,7 @@ def series(clinic: Clinic, who: Principal, study_uid: str) -> PacsSeriesList:
             for s in clinic.pacs.series(who, study_uid)
         ]
     )
+
+
+def thumbnail(clinic: Clinic, who: Principal, study_uid: str, series_uid: str, size: int) -> bytes:
+    return clinic.pacs.thumbnail(who, study_uid, series_uid, size)
