@@ -849,6 +849,48 @@ def _series_info(series: _Series) -> SeriesInfo:
     )
 
 
+# --- resampling (3-D organs: the network's voxel size) ------------------------------------------------------
+
+# Spacings within this fraction of each other are the same grid: no resampling (no interpolation at all).
+SPACING_MATCH = 1e-3
+
+
+def resampled_shape(
+    shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]
+) -> tuple[int, int, int]:
+    """The (z, y, x) shape a canonical volume of `shape` at `spacing` mm has at `target` mm (the same extent,
+    rounded to whole voxels, at least one); `shape` itself when the spacings match."""
+    if same_spacing(spacing, target):
+        return tuple(int(n) for n in shape)
+    return tuple(max(1, round(n * s / t)) for n, s, t in zip(shape, spacing, target, strict=True))
+
+
+def same_spacing(spacing: Sequence[float], target: Sequence[float]) -> bool:
+    return all(abs(s - t) <= SPACING_MATCH * t for s, t in zip(spacing, target, strict=True))
+
+
+def resample_zyx(array: np.ndarray, shape: Sequence[int], *, order: int) -> np.ndarray:
+    """A canonical array (z, y, x) onto another grid of the same extent, `shape` voxels (scipy.ndimage.zoom
+    with grid_mode: voxel edges, not centres, line up, so a volume and its resampling cover the same
+    millimetres). `order` 1 (trilinear) for intensities and probabilities, 0 (nearest) for labels; the
+    dtype is kept (a rounded, clipped result for integers). The same shape: a copy, nothing interpolated."""
+    from scipy import ndimage
+
+    array = np.asarray(array)
+    shape = tuple(int(n) for n in shape)
+    if tuple(array.shape) == shape:
+        return array.copy()
+    zoom = [n / m for n, m in zip(shape, array.shape, strict=True)]
+    work = array if array.dtype.kind == "f" or order == 0 else array.astype(np.float32)
+    out = ndimage.zoom(work, zoom, order=order, mode="nearest", grid_mode=True)
+    if out.shape != shape:  # zoom rounds the output shape itself; never more than one voxel off
+        raise ValueError(f"resampled to {out.shape}, not {shape}")
+    if array.dtype.kind in "iub" and order != 0:
+        info = np.iinfo(array.dtype)
+        out = np.clip(np.rint(out), info.min, info.max)
+    return out.astype(array.dtype, copy=False)
+
+
 # --- writing ------------------------------------------------------------------------------------------------
 
 

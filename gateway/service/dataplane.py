@@ -270,6 +270,7 @@ class DataPlane:
     def _infer(self, organ: Organ, data: bytes, filename: str) -> tuple[np.ndarray, bytes, tuple | None]:
         """Validate, run the organ server; return the probability map (uint8 H×W), its PNG and the
         image's pixel spacing (mm, when the file carries one)."""
+        check_two_dimensional(organ)
         self._check_upload(data, filename)
         height, width, spacing_mm = images.inspect(data, filename, max_pixels=self.max_image_pixels)
         # Ask for the version the registry reports, so the answer and its label always agree.
@@ -629,6 +630,17 @@ def _evaluate_result(
             for t in THRESHOLDS
         ],
     )
+
+
+def check_two_dimensional(organ: Organ) -> None:
+    """A 3-D organ segments whole volumes only: a 2-D image for it is a 400 naming where volumes go."""
+    if organ.spec.volumetric:
+        raise InvalidInput(
+            f"organ {organ.name!r} is 3-D: it segments whole volumes, not 2-D images; send the volume "
+            "(a NIfTI or a DICOM series) as a study, POST /api/v1/studies",
+            code="organ_needs_volume",
+            params={"organ": organ.name},
+        )
 
 
 def organ_deadline_s(settings, organ: Organ) -> float:
