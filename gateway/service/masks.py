@@ -27,11 +27,11 @@ def probability_mask(prob_u8: np.ndarray, threshold: float) -> np.ndarray:
 
 def labels_at(fg_u8: np.ndarray, label_u8: np.ndarray | None, threshold: float) -> np.ndarray:
     """The label map (uint8: 0 background, i for the organ's i-th label) at `threshold`: THE rule of
-    thresholds for an organ of N labels. A voxel is labelled when the probability that it is any of the labels,
-    1 − p(background) (`fg_u8`, byte / 255), is at least `threshold`; it takes the label whose probability is
-    the largest (`label_u8`, 1..N; None for a one-label organ: 1). With one label this is the binary rule
-    p ≥ t; with N labels the seven thresholds give seven nested label maps (a voxel labelled at 0.6 is
-    labelled, with the same label, at 0.5), so volumes fall as the threshold rises."""
+    thresholds for an organ of N labels. A voxel is labelled when the probability that it is any of the
+    labels, 1 − p(background) (`fg_u8`, byte / 255), is at least `threshold`; it takes the label whose
+    probability is the largest (`label_u8`, 1..N; None for a one-label organ: 1). With one label this is
+    the binary rule p ≥ t; with N labels the seven thresholds give seven nested label maps (a voxel labelled
+    at 0.6 is labelled, with the same label, at 0.5), so volumes fall as the threshold rises."""
     return label_map(probability_mask(fg_u8, threshold), label_u8)
 
 

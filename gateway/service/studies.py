@@ -700,8 +700,8 @@ def check_fits(spec, volume: volumes.Volume) -> None:
         at = "×".join(f"{s:g}" for s in spec.inference.spacing_mm)
         raise InvalidInput(
             f"the volume is {'×'.join(map(str, target))} voxels (z×y×x) at {at} mm; organ {spec.name!r} "
-            f"takes at most {'×'.join(map(str, spec.inference.size))} (a crop around the {spec.label}): crop the "
-            "volume around it",
+            f"takes at most {'×'.join(map(str, spec.inference.size))} (a crop around the {spec.label}): "
+            "crop the volume around it",
             code="volume_too_large_for_organ",
             params={"organ": spec.name},
         )
