@@ -81,6 +81,8 @@ class OrganStatus:
     model: ModelInfo
     default_threshold: float
     ready: bool
+    labels: tuple[str, ...] = ()  # the mask values 1..N name these
+    dimensions: int = 2  # 2: images (a volume slice by slice); 3: whole volumes only (studies)
 
 
 @dataclass(frozen=True)
@@ -251,6 +253,8 @@ class DataPlane:
                     self.registry.model(organ.name),
                     self.registry.default_threshold(organ.name),
                     ready,
+                    spec.labels,
+                    spec.dimensions,
                 )
             )
         return statuses

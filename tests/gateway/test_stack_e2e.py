@@ -92,6 +92,7 @@ def test_ready(http):
     assert response.json()["components"] == {
         "organ:liver": "ok",
         "organ:cells": "ok",
+        "organ:hippocampus": "ok",
         "objectstore": "ok",
         "disk": "ok",
     }
@@ -275,6 +276,7 @@ def test_one_organ_server_down_other_answers(stack_settings, objectstore, http_c
             assert ready.json()["components"] == {
                 "organ:liver": "ok",
                 "organ:cells": "unavailable",
+                "organ:hippocampus": "ok",
                 "objectstore": "ok",
                 "disk": "ok",
             }
