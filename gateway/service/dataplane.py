@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 from typing import TypeVar
 
@@ -30,9 +30,10 @@ import numpy as np
 from common.errors import InvalidInput, MedSegError, NotFound, PayloadTooLarge, ServiceUnavailable
 from common.torchserve_client import InferenceClient
 from gateway import metrics
-from gateway.service import images, scoring, views
+from gateway.service import images, scoring, views, volume3d
 from gateway.service.masks import THRESHOLDS, areas, mask_png, probability_mask, stability
 from gateway.service.organs import ModelInfo, Organ, OrganRegistry
+from services import volumes
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,8 @@ class ImageScore:
     height: int
     predicted_px: int
     label_px: int
+    # an organ of several labels (3-D): {label: {"dice", "iou", "hd95_mm"}}; dice and iou: their means
+    per_label: dict[str, dict[str, float | None]] | None = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,8 @@ class EvaluateResult:
     mean_dice: float
     mean_iou: float
     per_threshold: list[ThresholdScore]
+    # an organ of several labels: {label: {"mean_dice", "mean_iou", "mean_hd95_mm"}} over the cases
+    per_label: dict[str, dict[str, float | None]] | None = None
 
 
 @dataclass(frozen=True)
@@ -465,6 +470,11 @@ class DataPlane:
         organ = self.registry.get(organ_name)
         cases = labelled_cases(image_files, label_files, self.max_evaluate_images)
         threshold = self.registry.default_threshold(organ.name)
+        if organ.spec.volumetric:
+            result = self._evaluate_volumes(organ, cases, threshold)
+            metrics.observe_latency("evaluate", organ.name, result.model.version, started)
+            metrics.observe_evaluation(organ.name, result.model.version, "evaluate", result.mean_dice)
+            return result
         scored = score_cases(
             cases,
             lambda image: self._infer(organ, image.data, image.filename)[0],
@@ -476,6 +486,34 @@ class DataPlane:
         metrics.observe_latency("evaluate", organ.name, result.model.version, started)
         metrics.observe_evaluation(organ.name, result.model.version, "evaluate", result.mean_dice)
         return result
+
+    def _evaluate_volumes(self, organ: Organ, cases: Sequence[Case], threshold: float) -> EvaluateResult:
+        """A 3-D organ's evaluation: each NIfTI / DICOM-zip volume through volume3d.infer_3d, its label map at
+        every threshold (masks.labels_at) against the label volume on the same grid, Dice / IoU / HD95 (mm)
+        per label and their mean (volume3d.score_volume)."""
+        model = self.registry.model(organ.name)
+        version = model.version if model.version != "unknown" else None
+        limits = volumes.StudyLimits(max_bytes=self.max_upload_bytes)
+        scored = []
+        for case in cases:
+            s = volume3d.score_volume(
+                self.clients[organ.name], organ.spec, case, threshold, version=version, limits=limits
+            )
+            score = ImageScore(
+                case.image.filename, s.dice, s.iou, s.width, s.height, s.predicted_voxels, s.label_voxels,
+                per_label=s.per_label,
+            )  # fmt: skip
+            scored.append(_ScoredImage(score, s.at))
+        names = organ.spec.labels
+        per_label = {
+            name: {
+                "mean_dice": float(np.mean([s.score.per_label[name]["dice"] for s in scored])),
+                "mean_iou": float(np.mean([s.score.per_label[name]["iou"] for s in scored])),
+                "mean_hd95_mm": _mean_or_none([s.score.per_label[name]["hd95_mm"] for s in scored]),
+            }
+            for name in names
+        }
+        return replace(_evaluate_result(organ.name, model, threshold, scored), per_label=per_label)
 
     def close(self) -> None:
         self._probes.shutdown(wait=False, cancel_futures=True)
@@ -634,6 +672,11 @@ def _evaluate_result(
             for t in THRESHOLDS
         ],
     )
+
+
+def _mean_or_none(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return float(np.mean(known)) if known else None
 
 
 def check_two_dimensional(organ: Organ) -> None:

@@ -33,20 +33,15 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from common.errors import Conflict, InvalidInput, MedSegError, NotFound, PayloadTooLarge
-from common.volume_inference import segment_volume, segment_whole_volume
+from common.volume_inference import segment_volume
 from gateway import metrics, tenancy
 from gateway.access import STUDY_CANCEL, STUDY_READ, STUDY_WRITE
 from gateway.core.db import get_sessionmaker
 from gateway.models import Study, audit
 from gateway.principal import Principal
 from gateway.service.dataplane import DataPlane, check_patient_id
-from gateway.service.masks import (
-    THRESHOLDS,
-    label_map,
-    nearest_threshold,
-    probability_mask,
-    split_classes,
-)
+from gateway.service.masks import THRESHOLDS, label_map, nearest_threshold, probability_mask
+from gateway.service.volume3d import check_fits, infer_3d, modalities
 from services import volumes
 from services.postprocess3d import postprocess_mask
 
@@ -221,7 +216,7 @@ class StudyJobs:
             volume = volumes.read_study([(f.filename, f.data) for f in files], limits=self.limits)
         except volumes.StudyInputError as exc:
             raise input_error(exc) from None
-        if volume.modality and organ.spec.modality and volume.modality.upper() not in _modalities(organ.spec):
+        if volume.modality and organ.spec.modality and volume.modality.upper() not in modalities(organ.spec):
             raise InvalidInput(
                 f"the series is {volume.modality}; organ {organ.name!r} segments {organ.spec.modality}",
                 code="wrong_modality",
@@ -308,36 +303,27 @@ class StudyJobs:
             input_key, prefix = row.input_key, row.input_key.rsplit("/", 1)[0]
         volume = self._fresh.pop(study_id, None) or self._read_stored(input_key)
         axcodes = _axcodes(organ.spec)
-        canonical = volume.canonical(axcodes)
         model = self.dataplane.registry.model(organ.name)
         with _Beat(self, study_id) as beat:
             if organ.spec.volumetric:
-                prob, label = self._infer_3d(organ, model, canonical, volume.canonical_spacing(axcodes), beat)
+                prob, label = self._infer_3d(organ, model, volume, beat)
             else:
-                prob, label = self._infer(organ, model, canonical, beat), None
+                prob, label = self._infer(organ, model, volume.canonical(axcodes), beat), None
         if beat.cancelled(force=True):
             raise Cancelled()
         self._store_result(study_id, volume, organ, model, prob, label, prefix, axcodes)
 
-    def _infer_3d(
-        self, organ, model, canonical: np.ndarray, spacing: tuple[float, float, float], beat: _Beat
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """A 3-D organ: the canonical volume resampled to the network's voxel size (when it differs), one
-        request, the answer back on the canonical grid: (foreground probability, trilinear; label of
-        largest probability, nearest), uint8 (z, y, x) each."""
-        target = volumes.resampled_shape(canonical.shape, spacing, organ.spec.inference.spacing_mm)
-        probs = segment_whole_volume(
+    def _infer_3d(self, organ, model, volume: volumes.Volume, beat: _Beat) -> tuple[np.ndarray, np.ndarray]:
+        """A 3-D organ: the whole volume in one request (gateway.service.volume3d)."""
+        answer = infer_3d(
             self.dataplane.clients[organ.name],
-            organ.name,
-            volumes.resample_zyx(canonical, target, order=1),
+            organ.spec,
+            volume,
             version=model.version if model.version != "unknown" else None,
-            classes=len(organ.spec.labels) + 1,
             timeout=max(60.0, 4 * self.settings.inference_timeout_s),
         )
         beat.progress(1, 1)
-        foreground, label = split_classes(probs)
-        shape = canonical.shape
-        return volumes.resample_zyx(foreground, shape, order=1), volumes.resample_zyx(label, shape, order=0)
+        return answer
 
     def _infer(self, organ, model, canonical: np.ndarray, beat: _Beat) -> np.ndarray:
         return segment_volume(
@@ -669,42 +655,10 @@ def _axcodes(spec) -> tuple[str, str, str]:
     return tuple(getattr(spec, "volume_axcodes", None) or ("L", "A", "S"))
 
 
-def _modalities(spec) -> set[str]:
-    """The DICOM modalities an organ's spec accepts (its `modality`, e.g. CT, or "MR" for MRI)."""
-    value = spec.modality.upper()
-    return {"MR", "MRI"} if value in ("MR", "MRI") else {value}
-
-
 def labels_key(probability_key: str) -> str:
     """Where an organ of several labels keeps the label of largest probability beside the study's
     probability volume."""
     return probability_key.rsplit("/", 1)[0] + "/labels.nii.gz"
-
-
-def check_fits(spec, volume: volumes.Volume) -> None:
-    """A 3-D organ's network takes a volume of at most `inference.size` voxels at `inference.spacing_mm`
-    (a crop around the organ): a single image, or a volume larger than that once resampled, is a 400 naming
-    both shapes. Checked at submission, before anything is stored."""
-    axcodes = _axcodes(spec)
-    shape = volume.canonical_shape(axcodes)
-    spacing = volume.canonical_spacing(axcodes)
-    if min(shape) < 2:
-        raise InvalidInput(
-            f"the upload is a single image ({'×'.join(map(str, shape))} voxels, z×y×x); organ {spec.name!r} "
-            "segments whole volumes",
-            code="not_a_volume",
-            params={"organ": spec.name},
-        )
-    target = volumes.resampled_shape(shape, spacing, spec.inference.spacing_mm)
-    if any(n > m for n, m in zip(target, spec.inference.size, strict=True)):
-        at = "×".join(f"{s:g}" for s in spec.inference.spacing_mm)
-        raise InvalidInput(
-            f"the volume is {'×'.join(map(str, target))} voxels (z×y×x) at {at} mm; organ {spec.name!r} "
-            f"takes at most {'×'.join(map(str, spec.inference.size))} (a crop around the {spec.label}): "
-            "crop the volume around it",
-            code="volume_too_large_for_organ",
-            params={"organ": spec.name},
-        )
 
 
 def _study_uuid(study_id: str) -> uuid.UUID:

@@ -292,3 +292,46 @@ def test_grpc_refuses_the_same_and_serves_the_label_map(study_gateway, client):
         assert http["volumes_ml"]["0.5"][name] == pytest.approx(
             np.count_nonzero(data == value) / 1000, abs=0.011
         )
+
+
+def _label_bytes(name: str) -> bytes:
+    return (hippodata.HIPPO / "labels" / f"{name}.nii.gz").read_bytes()
+
+
+def test_evaluating_labelled_volumes_scores_every_label_and_their_mean(client, hippocampus_server):
+    names = ["hippocampus_003", "hippocampus_004"]
+    answer = client.post(
+        "/api/v1/evaluate",
+        data={"organ": "hippocampus"},
+        files=[("images", (f"{n}.nii.gz", hippodata.nifti_bytes(n))) for n in names]
+        + [("labels", (f"{n}.nii.gz", _label_bytes(n))) for n in names],
+    )
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert [i["filename"] for i in body["images"]] == [f"{n}.nii.gz" for n in names]
+    for image in body["images"]:
+        assert set(image["per_label"]) == set(LABELS)
+        dice = [image["per_label"][name]["dice"] for name in LABELS]
+        assert image["dice"] == pytest.approx(np.mean(dice))
+        assert all(0.0 <= d <= 1.0 for d in dice)
+    assert set(body["per_label"]) == set(LABELS)
+    for name in LABELS:
+        mean = np.mean([i["per_label"][name]["dice"] for i in body["images"]])
+        assert body["per_label"][name]["mean_dice"] == pytest.approx(mean)
+    assert body["mean_dice"] == pytest.approx(np.mean([i["dice"] for i in body["images"]]))
+    assert [t["threshold"] for t in body["per_threshold"]] == [float(t) for t in THRESHOLDS]
+    if hippocampus_server[3]:
+        assert body["mean_dice"] >= 0.8 and all(i["per_label"]["anterior"]["hd95_mm"] for i in body["images"])
+
+
+def test_the_evaluation_refuses_a_label_on_another_grid_or_with_unknown_values(client):
+    image = ("images", ("a.nii.gz", hippodata.nifti_bytes("hippocampus_003")))
+    other_grid = ("labels", ("a.nii.gz", _label_bytes("hippocampus_004")))
+    answer = client.post("/api/v1/evaluate", data={"organ": "hippocampus"}, files=[image, other_grid])
+    assert answer.status_code == 400 and answer.json()["error"]["code"] == "size_mismatch", answer.text
+    original, labels = hippodata.case("hippocampus_003")
+    three = nib.Nifti1Image(np.where(labels == 2, 3, labels).astype(np.uint8), original.affine)
+    bad = ("labels", ("a.nii.gz", gzip.compress(three.to_bytes())))
+    answer = client.post("/api/v1/evaluate", data={"organ": "hippocampus"}, files=[image, bad])
+    assert answer.status_code == 400 and answer.json()["error"]["code"] == "invalid_label", answer.text
+    assert "anterior, posterior" in answer.json()["error"]["message"]

@@ -26,7 +26,10 @@ class EvaluateRpc(Servicer):
             organ=r.organ,
             model=model_ref(r.model),
             threshold=r.threshold,
-            images=[seg_pb.ImageScore(**vars(s)) for s in r.images],
+            # per-label scores (3-D organs) are HTTP's only: the proto's ImageScore has the mean over labels
+            images=[
+                seg_pb.ImageScore(**{k: v for k, v in vars(s).items() if k != "per_label"}) for s in r.images
+            ],
             mean_dice=r.mean_dice,
             mean_iou=r.mean_iou,
             per_threshold=[seg_pb.ThresholdScore(**vars(t)) for t in r.per_threshold],
