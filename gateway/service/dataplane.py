@@ -238,14 +238,20 @@ class DataPlane:
         return True, "ok"
 
     def list_organs(self) -> list[OrganStatus]:
+        """Every organ folder with its model and whether its server answers (an organ this data plane has no
+        client for cannot be reached: not ready)."""
         futures = {
             o.name: self._probes.submit(self.clients[o.name].health, self.readiness_timeout_s)
             for o in self.registry.all()
+            if o.name in self.clients
         }
         statuses = []
         for organ in self.registry.all():
             try:
-                ready = futures[organ.name].result(timeout=self.readiness_timeout_s + 0.5)[0]
+                ready = (
+                    organ.name in futures
+                    and futures[organ.name].result(timeout=self.readiness_timeout_s + 0.5)[0]
+                )
             except FutureTimeout:
                 ready = False
             spec = organ.spec

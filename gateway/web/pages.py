@@ -235,13 +235,25 @@ def default_organ(session: Session, user: User, organs: list[str]) -> str | None
     return FALLBACK_ORGAN if FALLBACK_ORGAN in organs else next(iter(organs), None)
 
 
-def organ_context(request: Request, viewer: Viewer, session: Session) -> dict:
+def organ_context(request: Request, viewer: Viewer, session: Session, *, images_only: bool = False) -> dict:
     """The organ select's choices and the organ it starts on; what the viewer needs of each organ (its
-    modality: histology opens in deep zoom; its label: nuclei are counted)."""
-    organs = [(name, i18n.organ_name(viewer.lang, name, display)) for name, display in organ_choices(request)]
+    modality: histology opens in deep zoom; its label: nuclei are counted; its labels and dimensions).
+    `images_only`: only the organs that segment 2-D images (a 3-D organ takes studies, /studies)."""
+    registry = request.app.state.dataplane.registry
+    three_d = {o.name for o in registry.all() if o.spec.volumetric} if images_only else set()
+    organs = [
+        (name, i18n.organ_name(viewer.lang, name, display))
+        for name, display in organ_choices(request)
+        if name not in three_d
+    ]
     kinds = {
-        o.name: {"modality": o.spec.modality, "label": o.spec.label}
-        for o in request.app.state.dataplane.registry.all()
+        o.name: {
+            "modality": o.spec.modality,
+            "label": o.spec.label,
+            "labels": list(o.spec.labels),
+            "dimensions": o.spec.dimensions,
+        }
+        for o in registry.all()
     }
     return {
         "organs": organs,
@@ -289,11 +301,13 @@ def profile_page(request: Request, viewer: SignedInPage):
     return render(request, viewer, "profile.html")
 
 
-def _doctor_page(template: str) -> Callable[..., Response]:
-    """A doctor-side page: its template with the organ choices."""
+def _doctor_page(template: str, images_only: bool = False) -> Callable[..., Response]:
+    """A doctor-side page: its template with the organ choices (`images_only`: the 2-D organs)."""
 
     def page(request: Request, viewer: DoctorSide, session: SessionDep):
-        return render(request, viewer, template, **organ_context(request, viewer, session))
+        return render(
+            request, viewer, template, **organ_context(request, viewer, session, images_only=images_only)
+        )
 
     return page
 
@@ -305,7 +319,9 @@ for _path, _name in (
     ("/model-test", "model_test"),
     ("/feedback", "feedback"),
 ):
-    router.add_api_route(_path, _doctor_page(f"{_name}.html"), methods=["GET"], name=f"{_name}_page")
+    # the segment page sends 2-D images: a 3-D organ is offered on /studies
+    page = _doctor_page(f"{_name}.html", images_only=_name == "segment")
+    router.add_api_route(_path, page, methods=["GET"], name=f"{_name}_page")
 
 
 @router.get("/training")

@@ -128,11 +128,11 @@ def test_organ_down_is_unavailable_other_organ_answers(tmp_path, grpc_stub_for, 
         pb.SegmentRequest(organ="cells", image=rgb), metadata=auth(api_keys["segment"]), timeout=30
     )
     assert (ok.width, ok.height) == (32, 32)
-    organs = {
-        o.name: o.ready
-        for o in stub.ListOrgans(pb.ListOrgansRequest(), metadata=auth(api_keys["both"])).organs
-    }
-    assert organs == {"liver": False, "cells": True}
+    listed = stub.ListOrgans(pb.ListOrgansRequest(), metadata=auth(api_keys["both"])).organs
+    organs = {o.name: o.ready for o in listed}
+    assert organs == {"liver": False, "cells": True, "hippocampus": False}  # no client for it here
+    kinds = {o.name: (list(o.labels), o.dimensions) for o in listed}
+    assert kinds["liver"] == (["liver"], 2) and kinds["hippocampus"] == (["anterior", "posterior"], 3)
 
 
 def test_unexpected_error_is_internal_without_details(tmp_path, grpc_stub_for, api_keys):
