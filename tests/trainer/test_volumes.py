@@ -143,3 +143,21 @@ def test_cross_validation_folds_are_by_volume():
     assert len(groups.labels) == 208 == len(set(groups.labels))
     held_out = [set(split_indices(groups, 5, f, 0)[1].tolist()) for f in range(5)]
     assert sorted(i for h in held_out for i in h) == list(range(208))  # each volume held out exactly once
+
+
+def test_the_cv_summary_gives_dice_per_label_and_their_mean():
+    from trainer.cv import summarize, table
+
+    def row(fold, anterior, posterior):
+        per = {f"{t:.1f}": {"anterior": anterior, "posterior": posterior} for t in THRESHOLDS}
+        mean_at = {t: (d["anterior"] + d["posterior"]) / 2 for t, d in per.items()}
+        return {"fold": fold, "validation_groups": {"hippocampus_003": 1}, "validation_pairs": 1,
+                "val_dice_at_threshold": mean_at, "val_dice_per_label_at_threshold": per,
+                "best_threshold": 0.5, "best_epoch": {"val_dice_at_threshold": mean_at},
+                "minutes": 10.0, "epochs": 3}  # fmt: skip
+
+    summary = summarize("hippocampus", [row(0, 0.8, 0.7), row(1, 0.9, 0.8)], 0.5)
+    assert summary["mean_val_dice_per_label"] == pytest.approx({"anterior": 0.85, "posterior": 0.75})
+    assert summary["mean_val_dice"] == pytest.approx(0.8)
+    assert "3-D Dice per label" in summary["figures"]
+    assert "| mean | 0.8500 | 0.7500 | 0.8000 |" in table(summary)
