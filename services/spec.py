@@ -340,7 +340,9 @@ def load_organ_spec(organ: str, services_dir: Path = SERVICES_DIR) -> OrganSpec:
     return load_spec(dirs[organ] / "spec.yaml")
 
 
-DATA_LAYOUTS = ("paired", "split")  # the layouts trainer.data.find_pairs reads (see trainer/datasets.py)
+# the layouts trainer.data.find_pairs reads (see trainer/datasets.py), and "nifti" for a 3-D organ
+# (images/X.nii.gz + labels/X.nii.gz, the Medical Segmentation Decathlon's: trainer.volumes)
+DATA_LAYOUTS = ("paired", "split", "nifti")
 # How the trainer groups pairs into patients when the dataset names no groups (trainer.data.pair_groups):
 # "pairs": every pair is its own patient (one tile per patient); "volumes": the pairs are slices cut in order
 # from a few volumes, found from the images (trainer.groups.volume_groups).
@@ -354,6 +356,7 @@ RECIPE_FIELDS = {
     "val_every",
     "augment",
     "data",
+    "crop",
 }
 
 
@@ -388,6 +391,7 @@ class Recipe:
     val_every: int = 1
     augment: dict = field(default_factory=dict)
     path: Path | None = None
+    crop: tuple[int, ...] | None = None  # 3-D: the training crop (z, y, x); None: the spec's inference.size
 
     def train_config(self) -> dict:
         """The recipe as trainer.loop.TrainConfig keyword arguments (augment still a dict)."""
@@ -446,6 +450,13 @@ def recipe_from_dict(raw: object, organ: str, path: Path, repo: Path) -> Recipe:
         isinstance(widths, list) and widths and all(isinstance(w, int) and w > 0 for w in widths)
     ):
         raise RecipeError(f"{where}: `widths` must be a list of positive channel counts, e.g. [12, 24, 48]")
+    crop = raw.get("crop")
+    if crop is not None and not (
+        isinstance(crop, list) and len(crop) == 3 and all(_whole(v) and v > 0 and v % 8 == 0 for v in crop)
+    ):
+        raise RecipeError(
+            f"{where}: `crop` (3-D organs) must be [z, y, x] in multiples of 8, e.g. [32, 48, 32]"
+        )
     augment = raw.get("augment") or {}
     if not isinstance(augment, dict):
         raise RecipeError(f"{where}: `augment` must be a mapping of trainer.augment.AugmentConfig fields")
@@ -460,6 +471,7 @@ def recipe_from_dict(raw: object, organ: str, path: Path, repo: Path) -> Recipe:
         val_every=_positive(raw, "val_every", int, where, required=False) or 1,
         augment=augment,
         path=path,
+        crop=tuple(crop) if crop else None,
     )
 
 
