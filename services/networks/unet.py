@@ -44,13 +44,16 @@ class EncoderDecoder(nn.Module):
         self.head = layers(CONV, dims)(prev, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = x.shape[-self.dims :]
-        if any(n % self.stride != 0 for n in size):
-            what = "images" if self.dims == 2 else "volumes"
-            raise ValueError(
-                f"input size {'×'.join(str(n) for n in size)} is not a multiple of {self.stride}: pad your "
-                f"{what} to a multiple of {self.stride} (services.preprocess does this)"
-            )
+        size = x.shape[2:]
+        for n in size:
+            if n % self.stride != 0:
+                what = "images" if self.dims == 2 else "volumes"
+                # no loop or comprehension here: the TorchScript → ONNX exporter fails on one in this branch
+                shown = f"{size[0]}×{size[1]}" + (f"×{size[2]}" if len(size) == 3 else "")
+                raise ValueError(
+                    f"input size {shown} is not a multiple of {self.stride}: pad your "
+                    f"{what} to a multiple of {self.stride} (services.preprocess does this)"
+                )
         skips: list[torch.Tensor] = []
         for i, encoder in enumerate(self.encoders):
             if i > 0:
