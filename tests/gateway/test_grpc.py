@@ -190,3 +190,15 @@ def test_health_and_reflection(stub):
     for service in clinic:
         status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service))
         assert status.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_2d_image_for_a_3d_organ_is_invalid_argument_naming_the_studies(tmp_path, grpc_stub_for, api_keys):
+    stub = grpc_stub_for(make_plane(tmp_path))
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Segment(
+            pb.SegmentRequest(organ="hippocampus", image=png(np.zeros((32, 32), np.uint8))),
+            metadata=auth(api_keys["segment"]),
+            timeout=30,
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "is 3-D" in info.value.details() and "/api/v1/studies" in info.value.details()
