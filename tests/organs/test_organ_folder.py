@@ -64,6 +64,19 @@ def _tiny_mar(path: Path, organ: str, version: str) -> None:
         mar.writestr("MAR-INF/MANIFEST.json", json.dumps(manifest))
 
 
+def _fake_plane(registry: OrganRegistry, settings: Settings) -> DataPlane:
+    """A data plane over the registry's organs with fake servers and store (what the gateway lists)."""
+    return DataPlane(
+        registry,
+        {name: FakeClient() for name in registry.names()},
+        FakeStore(),
+        results_bucket="results",
+        record_segmentation=lambda session, **row: None,
+        max_upload_bytes=settings.max_upload_bytes,
+        max_image_pixels=settings.max_image_pixels,
+    )
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     """A temporary repository: the real services/ and k8s/, plus services/spleen/ and a spleen .mar."""
@@ -107,15 +120,7 @@ def test_the_trainer_builds_its_training_config_from_the_recipe(repo, settings):
 def test_the_gateway_lists_it_with_its_deadline(settings, http_client_for, api_keys):
     registry = OrganRegistry(settings.services_dir, settings.model_store_dir)
     assert sorted(registry.names()) == ["cells", "hippocampus", "liver", "spleen"]
-    plane = DataPlane(
-        registry,
-        {name: FakeClient() for name in registry.names()},
-        FakeStore(),
-        results_bucket="results",
-        record_segmentation=lambda session, **row: None,
-        max_upload_bytes=settings.max_upload_bytes,
-        max_image_pixels=settings.max_image_pixels,
-    )
+    plane = _fake_plane(registry, settings)
     response = http_client_for(plane, settings).get("/api/v1/organs", headers=bearer(api_keys["evaluate"]))
     assert response.status_code == 200, response.text
     organs = {o["name"]: o for o in response.json()["organs"]}
@@ -215,15 +220,7 @@ def test_a_3d_multi_label_organ_is_one_folder_too(tmp_path, http_client_for, api
     (services / "thalamus" / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     settings = Settings(services_dir=services, model_store_dir=tmp_path, state_dir=tmp_path / ".medseg")
     registry = OrganRegistry(settings.services_dir, settings.model_store_dir)
-    plane = DataPlane(
-        registry,
-        {name: FakeClient() for name in registry.names()},
-        FakeStore(),
-        results_bucket="results",
-        record_segmentation=lambda session, **row: None,
-        max_upload_bytes=settings.max_upload_bytes,
-        max_image_pixels=settings.max_image_pixels,
-    )
+    plane = _fake_plane(registry, settings)
     http = http_client_for(plane, settings)
     organs = {
         o["name"]: o

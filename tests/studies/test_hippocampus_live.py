@@ -22,8 +22,7 @@ from medseg.v1 import studies_pb2, studies_pb2_grpc
 
 from tests import hippodata
 from tests.fixtures.torchserve import _require_runtime, repacked_with_current_code
-from tests.hardening.live_gateway import LiveGateway, model_store_for
-from tests.studies.conftest import REPO, STUDY_MAX_BYTES, wait_finished
+from tests.studies.conftest import REPO, study_settings_for, wait_finished
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -67,29 +66,12 @@ def hippocampus_server(study_work, torchserve_root, _torchserve_cleanup):
 @pytest.fixture(scope="module")
 def study_settings(study_work, s3_settings, objectstore, hippocampus_server):
     address, key, store, _ = hippocampus_server
-    return s3_settings.model_copy(
-        update={
-            "state_dir": study_work / "state",
-            "model_store_dir": model_store_for(
-                {"hippocampus": (store, "hippocampus")}, study_work / "model-store"
-            ),
-            "organ_addresses": {"hippocampus": address},
-            "organ_inference_keys": {"hippocampus": key},
-            "study_max_bytes": STUDY_MAX_BYTES,
-            "study_poll_s": 0.5,
-            "study_stale_after_s": 4.0,
-        }
-    )
+    return study_settings_for(study_work, s3_settings, {"hippocampus": (address, key, store, "hippocampus")})
 
 
 @pytest.fixture(scope="module")
-def study_gateway(study_work, study_settings):
-    live = LiveGateway.create(study_settings, study_work)
-    try:
-        live.start(required=("organ:hippocampus", "objectstore"))
-        yield live
-    finally:
-        live.close()
+def study_required() -> tuple[str, ...]:
+    return ("organ:hippocampus", "objectstore")
 
 
 @pytest.fixture(scope="module")
