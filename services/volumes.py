@@ -930,12 +930,16 @@ def dicom_seg(
     threshold: float,
     limits: StudyLimits = StudyLimits(),
     series_index: int = 0,
+    structure: str | None = None,
 ) -> bytes:
     """A DICOM Segmentation (highdicom, BINARY) of the series in ``source_files``: one segment per label
     (``labels_ijk`` holds 0 for background and n for ``label_names[n-1]``, on the series' (i, j, k) grid),
     referencing the source series and instances, one frame per source slice that holds a segment.
     A new series each call; its number is the source's + 1000 + ``series_index`` (the how-many-th SEG of
-    this source, so SEGs stored side by side in a PACS are told apart)."""
+    this source, so SEGs stored side by side in a PACS are told apart). `structure`: the anatomical structure
+    the labels are parts of (an organ of several labels, e.g. "hippocampus" for its anterior and posterior
+    labels): every segment's property type is then that structure's code (labels are its parts, named in
+    SegmentLabel), else each label's own."""
     series = _dicom_series(_unpacked(source_files, limits), limits)
     labels_ijk = np.asarray(labels_ijk)
     grid = (int(series.slices[0].ds.Columns), int(series.slices[0].ds.Rows), len(series.slices))
@@ -956,7 +960,7 @@ def dicom_seg(
             segment_number=number,
             segment_label=name,
             segmented_property_category=codes.SCT.AnatomicalStructure,
-            segmented_property_type=_property_type(name),
+            segmented_property_type=_property_type(structure or name),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm_id,
         )

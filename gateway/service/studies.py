@@ -506,6 +506,8 @@ class StudyJobs:
             version=row.model_version or "unknown",
             threshold=threshold,
             series_index=series_index,
+            # several labels: the parts of one structure (the spec's `label`), named by SegmentLabel
+            structure=self.dataplane.registry.get(row.organ).spec.label if len(row.labels) > 1 else None,
         )
 
     def image_nifti(self, row: Study) -> bytes:

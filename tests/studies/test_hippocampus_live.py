@@ -166,6 +166,8 @@ def test_a_dicom_mr_series_gives_one_seg_segment_per_label(client):
     seg = hd.seg.segread(io.BytesIO(answer.content))
     assert [int(n) for n in seg.get_segment_numbers()] == [1, 2]
     assert [seg.get_segment_description(n).SegmentLabel for n in (1, 2)] == LABELS
+    for n in (1, 2):  # each label is a part of the hippocampus (SNOMED CT 5366008), not a direction
+        assert seg.get_segment_description(n).segmented_property_type.value == "5366008"
     sources = sorted(
         (pydicom.dcmread(io.BytesIO(b)) for _, b in files), key=lambda d: d.ImagePositionPatient[2]
     )
