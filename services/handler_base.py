@@ -313,7 +313,7 @@ class VolumeSegmentationHandler(SegmentationHandler):
         except (ImageDecodeError, ValueError) as exc:
             logger.info("request refused: %s", exc)
             return _Item(error=str(exc))
-        return _Item(tensor=tensor, how=Restore(*volume.shape[1:]), volume=True, shape=volume.shape)
+        return _Item(tensor=tensor, volume=True, shape=volume.shape)
 
     def inference(self, data, *args, **kwargs):
         """One forward pass per volume (they differ in size before padding, not after: each is its own)."""
