@@ -90,6 +90,9 @@ class OrganSpec:
     # first). Thresholds: see `labels_at` in gateway/service/masks.py and the README's API section.
     labels: tuple[str, ...] = ()
     per_volume: str | None = None  # 3-D: services.preprocess.normalize_mr's `how` (e.g. "zscore")
+    # The organ's words in the web pages' other languages, kept in its folder: {lang: {"display_name": …,
+    # "labels": {label: …}}} (the pages' catalogue wins where it has a word).
+    translations: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if not self.labels:
@@ -149,6 +152,7 @@ class OrganSpec:
             "postprocess_3d",
             "dimensions",
             "labels",
+            "translations",
         }
         dimensions, labels, spacing, per_volume = _volume_fields(raw, mode, size, norm)
         deadline = raw.get("inference_deadline_s")
@@ -185,6 +189,7 @@ class OrganSpec:
             dimensions=dimensions,
             labels=labels,
             per_volume=per_volume,
+            translations=_translations(raw.get("translations"), labels, raw.get("name")),
         )
 
     def with_inference(
@@ -207,6 +212,7 @@ class OrganSpec:
         labels = {"labels": list(self.labels)} if self.labels != (self.label,) else {}
         spacing = {"spacing_mm": list(self.inference.spacing_mm)} if self.inference.spacing_mm else {}
         per_volume = {"per_volume": self.per_volume} if self.per_volume else {}
+        translations = {"translations": self.translations} if self.translations else {}
         return {
             "name": self.name,
             "display_name": self.display_name,
@@ -231,6 +237,7 @@ class OrganSpec:
             # only when set, so the specs (and run cards) of organs without one keep their shape
             **({"inference_deadline_s": self.inference_deadline_s} if self.inference_deadline_s else {}),
             "runtime": self.runtime,
+            **translations,
             # only when enabled, so the specs (and run cards) of organs without it keep their shape
             **(
                 {"postprocess_3d": dataclasses.asdict(self.postprocess_3d)}
@@ -286,6 +293,27 @@ def _volume_fields(
             f"{', '.join(PER_VOLUME_NORMALIZATIONS)}, not {per_volume!r}"
         )
     return 3, tuple(labels), tuple(float(v) for v in spacing), per_volume
+
+
+def _translations(raw: object, labels: tuple[str, ...], organ: str | None) -> dict:
+    """`translations` checked: {language: {"display_name": text, "labels": {one of `labels`: text}}}."""
+    if raw is None:
+        return {}
+    form = "{language: {display_name: text, labels: {label: text}}}"
+    if not isinstance(raw, dict):
+        raise ValueError(f"organ {organ!r}: translations must map languages to words, {form}, not {raw!r}")
+    for lang, words in raw.items():
+        valid = (
+            isinstance(lang, str) and isinstance(words, dict) and not set(words) - {"display_name", "labels"}
+        )
+        names = (words or {}).get("labels", {}) if isinstance(words, dict) else None
+        valid = valid and isinstance(words.get("display_name", ""), str) and isinstance(names, dict)
+        if not valid or set(names) - set(labels) or not all(isinstance(v, str) for v in names.values()):
+            raise ValueError(
+                f"organ {organ!r}: translations.{lang} must be {form} with labels among "
+                f"{', '.join(labels)}, not {words!r}"
+            )
+    return raw
 
 
 def _whole(value) -> bool:

@@ -1319,9 +1319,19 @@ def translate(lang: str, key: str, **params: object) -> str:
     return text.format(**params) if params else text
 
 
-def organ_name(lang: str, organ: str, display_name: str) -> str:
-    """An organ's name in `lang`: the catalogue's word for it, else the organ spec's display name."""
-    return CATALOGUE.get(lang, EN).get(f"organ.{organ}") or EN.get(f"organ.{organ}") or display_name
+def organ_name(lang: str, organ: str, display_name: str, translations: dict | None = None) -> str:
+    """An organ's name in `lang`: the catalogue's word for it, else its spec's `translations` for `lang`, else
+    the organ spec's display name."""
+    own = ((translations or {}).get(lang) or {}).get("display_name")
+    return CATALOGUE.get(lang, EN).get(f"organ.{organ}") or own or EN.get(f"organ.{organ}") or display_name
+
+
+def label_names(lang: str, translations: dict | None) -> dict[str, str]:
+    """`label.<label>` words in `lang` from an organ spec's `translations` (the study pages name labels with
+    them), except where the catalogue has its own."""
+    own = ((translations or {}).get(lang) or {}).get("labels") or {}
+    catalogue = CATALOGUE.get(lang, EN)
+    return {f"label.{label}": word for label, word in own.items() if f"label.{label}" not in catalogue}
 
 
 def pick_language(*candidates: str | None, accept_language: str | None = None) -> str:

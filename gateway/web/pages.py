@@ -170,9 +170,12 @@ def render(request: Request, viewer: Viewer, name: str, status_code: int = 200, 
     nav_items = [(p, k) for p, k, roles in NAV if viewer.role in roles]
     # every organ the gateway serves has a name in the pages' catalogue (its spec's display name when the
     # catalogue has no word for it), so page scripts name organs as the templates do
-    organ_names = {
-        f"organ.{name}": i18n.organ_name(lang, name, display) for name, display in _organs(request)
-    }
+    organ_names = {}
+    for organ in _organs(request):
+        organ_names[f"organ.{organ.name}"] = i18n.organ_name(
+            lang, organ.name, organ.spec.display_name, organ.spec.translations
+        )
+        organ_names.update(i18n.label_names(lang, organ.spec.translations))
     admin_items = [(p, k) for p, k, roles in ADMIN_NAV if viewer.role in roles]
     settings = request.app.state.web_settings
     response = templates.TemplateResponse(
@@ -199,19 +202,15 @@ def render(request: Request, viewer: Viewer, name: str, status_code: int = 200, 
     return response
 
 
-def _display_names(dataplane) -> list[tuple[str, str]]:
-    return [(o.name, o.spec.display_name) for o in dataplane.registry.all()]
+def organ_choices(request: Request) -> list:
+    """Every organ the gateway serves (gateway.service.organs.Organ), from its registry (no network call)."""
+    return request.app.state.dataplane.registry.all()
 
 
-def organ_choices(request: Request) -> list[tuple[str, str]]:
-    """(name, display name) of every organ the gateway serves, from its registry (no network call)."""
-    return _display_names(request.app.state.dataplane)
-
-
-def _organs(request: Request) -> list[tuple[str, str]]:
+def _organs(request: Request) -> list:
     """The organs for every page's catalogue, error pages' too (none when the app has no data plane yet)."""
     dataplane = getattr(request.app.state, "dataplane", None)
-    return _display_names(dataplane) if dataplane else []
+    return dataplane.registry.all() if dataplane else []
 
 
 FALLBACK_ORGAN = "liver"
@@ -240,11 +239,10 @@ def organ_context(request: Request, viewer: Viewer, session: Session, *, images_
     modality: histology opens in deep zoom; its label: nuclei are counted; its labels and dimensions).
     `images_only`: only the organs that segment 2-D images (a 3-D organ takes studies, /studies)."""
     registry = request.app.state.dataplane.registry
-    three_d = {o.name for o in registry.all() if o.spec.volumetric} if images_only else set()
     organs = [
-        (name, i18n.organ_name(viewer.lang, name, display))
-        for name, display in organ_choices(request)
-        if name not in three_d
+        (o.name, i18n.organ_name(viewer.lang, o.name, o.spec.display_name, o.spec.translations))
+        for o in organ_choices(request)
+        if not (images_only and o.spec.volumetric)
     ]
     kinds = {
         o.name: {

@@ -117,3 +117,13 @@ def test_volume_fields_are_refused_on_a_2d_organ():
     ):
         with pytest.raises(ValueError, match="are for 3-D organs"):
             OrganSpec.from_dict(raw)
+
+
+def test_an_organ_carries_its_own_words_for_other_languages():
+    spec = load_organ_spec("hippocampus")
+    assert spec.translations["zh"]["labels"]["anterior"] and spec.translations["zh"]["display_name"]
+    raw = spec.to_dict()
+    for bad in ({"zh": {"labels": {"middle": "中"}}}, {"zh": "海马体"}, {"zh": {"display": "x"}}, ["zh"]):
+        with pytest.raises(ValueError, match="translations"):
+            OrganSpec.from_dict({**raw, "translations": bad})
+    assert "translations" not in load_organ_spec("liver").to_dict()
