@@ -319,3 +319,34 @@ def test_the_evaluation_refuses_a_label_on_another_grid_or_with_unknown_values(c
     answer = client.post("/api/v1/evaluate", data={"organ": "hippocampus"}, files=[image, bad])
     assert answer.status_code == 400 and answer.json()["error"]["code"] == "invalid_label", answer.text
     assert "anterior, posterior" in answer.json()["error"]["message"]
+
+
+def test_grpc_evaluate_answers_the_same_scores_per_label(study_gateway, client):
+    from medseg.v1 import segmentation_pb2 as seg_pb
+    from medseg.v1 import segmentation_pb2_grpc as seg_grpc
+
+    name = "hippocampus_006"
+    files = {"images": hippodata.nifti_bytes(name), "labels": _label_bytes(name)}
+    http = client.post(
+        "/api/v1/evaluate",
+        data={"organ": "hippocampus"},
+        files=[(field, (f"{name}.nii.gz", data)) for field, data in files.items()],
+    ).json()
+    metadata = (("authorization", f"Bearer {study_gateway.api_key}"),)
+    with grpc.insecure_channel(study_gateway.grpc_address) as channel:
+        answer = seg_grpc.SegmentationStub(channel).Evaluate(
+            seg_pb.EvaluateRequest(
+                organ="hippocampus",
+                images=[seg_pb.LabelledImage(filename=f"{name}.nii.gz", image=files["images"])],
+                labels=[seg_pb.LabelledImage(filename=f"{name}.nii.gz", image=files["labels"])],
+            ),
+            metadata=metadata,
+            timeout=300,
+        )
+    (image,) = answer.images
+    assert [s.label for s in image.per_label] == LABELS and [s.label for s in answer.per_label] == LABELS
+    for score in image.per_label:
+        expected = http["images"][0]["per_label"][score.label]
+        assert (score.dice, score.iou) == pytest.approx((expected["dice"], expected["iou"]))
+        assert score.HasField("hd95_mm") == (expected["hd95_mm"] is not None)
+    assert answer.mean_dice == pytest.approx(http["mean_dice"])
