@@ -214,6 +214,7 @@ def test_a_3d_multi_label_organ_is_one_folder_too(tmp_path, http_client_for, api
     shutil.copytree(SERVICES_DIR, services, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(services / "hippocampus", services / "thalamus")
     spec = yaml.safe_load((services / "thalamus" / "spec.yaml").read_text())
+    spec.pop("translations")  # the hippocampus's words
     spec.update(
         name="thalamus", display_name="Thalamus (brain MRI)", label="thalamus", labels=["a", "b", "c"]
     )
@@ -236,3 +237,13 @@ def test_a_3d_multi_label_organ_is_one_folder_too(tmp_path, http_client_for, api
     assert response.status_code == 400, response.text
     assert response.json()["error"]["code"] == "organ_needs_volume"
     assert "POST /api/v1/studies" in response.json()["error"]["message"]
+    kept = http.post(  # a kept evaluation scores 2-D pairs: refused the same way, before any work
+        "/api/v1/evaluations",
+        headers=bearer(api_keys["evaluate"]),
+        data={"organ": "thalamus"},
+        files=[
+            ("images", ("x.png", _png(np.zeros((32, 32), np.uint8)))),
+            ("labels", ("x.png", _png(np.zeros((32, 32), np.uint8)))),
+        ],
+    )
+    assert kept.status_code == 400 and kept.json()["error"]["code"] == "organ_needs_volume", kept.text
