@@ -140,6 +140,7 @@ def test_segment_liver_slice_over_grpc(stub, api_keys):
     assert {o.name: (o.ready, o.model.version) for o in organs.organs} == {
         "liver": (True, "1"),
         "cells": (True, "1"),
+        "hippocampus": (True, "1"),
     }
 
 
