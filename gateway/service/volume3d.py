@@ -53,18 +53,20 @@ def infer_3d(
 
 def check_fits(spec, volume: volumes.Volume) -> None:
     """A 3-D organ's network takes a volume of at most `inference.size` voxels at `inference.spacing_mm`
-    (a crop around the organ): a single image, or a volume larger than that once resampled, is a 400 naming
-    both shapes. Checked before anything is stored or sent."""
+    (a crop around the organ): a single image (or a slab one voxel thick at that spacing), or a volume
+    larger than that once resampled, is a 400 naming both shapes. Checked before anything is stored or
+    sent."""
     shape = volume.canonical_shape(AXCODES)
     spacing = volume.canonical_spacing(AXCODES)
-    if min(shape) < 2:
+    target = volumes.resampled_shape(shape, spacing, spec.inference.spacing_mm)
+    if min(shape) < 2 or min(target) < 2:
         raise InvalidInput(
-            f"the upload is a single image ({'×'.join(map(str, shape))} voxels, z×y×x); organ {spec.name!r} "
-            "segments whole volumes",
+            f"the upload is a single image ({'×'.join(map(str, shape))} voxels, z×y×x, "
+            f"{'×'.join(map(str, target))} at the network's voxel size); organ {spec.name!r} segments whole "
+            "volumes",
             code="not_a_volume",
             params={"organ": spec.name},
         )
-    target = volumes.resampled_shape(shape, spacing, spec.inference.spacing_mm)
     if any(n > m for n, m in zip(target, spec.inference.size, strict=True)):
         at = "×".join(f"{s:g}" for s in spec.inference.spacing_mm)
         raise InvalidInput(

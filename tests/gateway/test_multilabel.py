@@ -81,6 +81,7 @@ def _volume(shape, zooms=(1.0, 1.0, 1.0)) -> volumes.Volume:
     ("shape", "zooms", "code"),
     [
         ((40, 50, 1), (1, 1, 1), "not_a_volume"),
+        ((40, 50, 2), (1, 1, 0.4), "not_a_volume"),  # two slices 0.4 mm apart: one at 1 mm
         ((160, 192, 160), (1, 1, 1), "volume_too_large_for_organ"),
         ((40, 50, 40), (2, 2, 2), "volume_too_large_for_organ"),
     ],
