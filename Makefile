@@ -107,6 +107,7 @@ lint: $(STAMP)
 bench: system-deps $(STAMP) protos
 	$(PY) -m tools.bench
 	$(PY) -m tools.study_bench
+	$(PY) -m tools.study_bench --organ hippocampus --runs 10
 
 # 500 segmentations at concurrency 16 through HTTP and gRPC against the running stack (or one of its own),
 # with errors, p50/p95/p99, throughput and every process's memory; e.g. SOAK_ARGS="--requests 50".

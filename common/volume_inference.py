@@ -18,6 +18,10 @@ organ's config.properties max_request_size). Whole numbers within int16 (Hounsfi
 travel as int16, exactly (a 512² slice is 0.5 MiB: 64 slices take 32 MiB); anything else as float32
 (1 MiB a 512² slice). A chunk is cut to what fits a message, whatever `chunk` asks.
 
+A 3-D organ (spec `dimensions: 3`) takes the whole volume in one request instead (`segment_whole_volume`):
+an .npy (z, y, x) at the network's voxel size, answered by uint8 (N + 1, z, y, x) softmax probabilities of
+background and its N labels (services.handler_base.VolumeSegmentationHandler).
+
 Errors: a volume that is not (z, y, x) finite numbers → InvalidInput before anything is sent; the server's
 InvalidInput / NotFound / ServiceUnavailable pass through (common.torchserve_client); an answer that is not
 a uint8 .npy of the chunk's shape → ServiceUnavailable "organ_error"; `cancelled()` turning true →
@@ -152,18 +156,42 @@ def _segment_chunk(
 ) -> np.ndarray:
     """One chunk through the organ server: uint8 probabilities of the chunk's shape, or organ_error."""
     body = client.predict(organ, encode_npy(part), version=version, timeout=timeout, answer_magic=NPY_MAGIC)
+    return _checked_answer(client, body, part.shape, "a volume chunk")
+
+
+def segment_whole_volume(
+    client: InferenceClient,
+    organ: str,
+    volume_zyx: np.ndarray,
+    *,
+    version: str | None,
+    classes: int,
+    timeout: float | None = None,
+) -> np.ndarray:
+    """uint8 (classes, z, y, x) probabilities (background first) of a 3-D organ for a canonical volume at
+    its network's voxel size, in one request (see the module docstring)."""
+    volume = _checked_volume(volume_zyx)
+    dtype = wire_dtype(volume)
+    if volume.nbytes and volume.size * dtype.itemsize > MAX_MESSAGE_BYTES - MESSAGE_HEADROOM_BYTES:
+        raise InvalidInput(
+            f"a volume of {volume.shape} does not fit one {MAX_MESSAGE_BYTES >> 20} MiB message"
+        )
+    body = client.predict(
+        organ, encode_npy(volume.astype(dtype)), version=version, timeout=timeout, answer_magic=NPY_MAGIC
+    )
+    return _checked_answer(client, body, (classes, *volume.shape), "a volume")
+
+
+def _checked_answer(client: InferenceClient, body: bytes, shape: tuple[int, ...], what: str) -> np.ndarray:
+    """The organ server's .npy answer as uint8 probabilities of `shape`, or organ_error."""
     try:
         probs = decode_npy(body)
     except ValueError as exc:
-        logger.error("%s answered a volume chunk with an unreadable .npy: %s", client.label, exc)
+        logger.error("%s answered %s with an unreadable .npy: %s", client.label, what, exc)
         raise ServiceUnavailable(f"{client.label} returned an invalid answer", code="organ_error") from None
-    if probs.dtype != np.uint8 or probs.shape != part.shape:
+    if probs.dtype != np.uint8 or probs.shape != tuple(shape):
         logger.error(
-            "%s answered %s %s for a volume chunk of shape %s",
-            client.label,
-            probs.dtype,
-            probs.shape,
-            part.shape,
+            "%s answered %s %s for %s of shape %s", client.label, probs.dtype, probs.shape, what, shape
         )
         raise ServiceUnavailable(
             f"{client.label} returned probabilities of the wrong shape or type", code="organ_error"

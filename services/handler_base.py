@@ -60,11 +60,19 @@ from services.imaging import (  # noqa: E402
     ImageDecodeError,
     decode_image,
     decode_volume_chunk,
+    decode_whole_volume,
     encode_npy,
     encode_png,
     is_npy,
 )
-from services.preprocess import Restore, prepare, probabilities, restore  # noqa: E402
+from services.preprocess import (  # noqa: E402
+    Restore,
+    prepare,
+    prepare_volume,
+    probabilities,
+    restore,
+    volume_probabilities,
+)
 from services.runtime import load_runtime  # noqa: E402
 from services.spec import OrganSpec, load_spec  # noqa: E402
 
@@ -85,6 +93,7 @@ class _Item:
     error: str | None = None
     prob: torch.Tensor | None = None
     volume: bool = False
+    shape: tuple[int, int, int] | None = None  # a 3-D organ's volume (z, y, x) before padding
 
 
 class SegmentationHandler(BaseHandler):
@@ -195,7 +204,7 @@ class SegmentationHandler(BaseHandler):
             logits = self.model(x, *args, **kwargs)
         if isinstance(logits, (tuple, list)):
             logits = logits[0]
-        expected = (x.shape[0], 1, *x.shape[2:])
+        expected = self._expected_logits(x)
         if tuple(logits.shape) != expected:
             raise PredictionException(
                 f"model returned shape {tuple(logits.shape)} for input {tuple(x.shape)}; "
@@ -204,16 +213,22 @@ class SegmentationHandler(BaseHandler):
             )
         return logits
 
+    def _expected_logits(self, x: torch.Tensor) -> tuple[int, ...]:
+        """The logits' shape the network must answer for input `x`: one sigmoid channel here."""
+        return (x.shape[0], 1, *x.shape[2:])
+
+    def _refused(self, idx: int, error: str) -> bytes:
+        self._set_status(idx, 400, "Bad Request")  # an HTTP reason phrase: keep it ASCII
+        self._set_content_type(idx, ERROR_CONTENT_TYPE)
+        return json.dumps({"error": {"code": "invalid_input", "message": error}}).encode()
+
     def postprocess(self, data):
         """Probabilities back at the input's size → 8-bit PNG bytes (a volume chunk: one .npy of uint8
         (n, H, W)); refused items → JSON error + 400."""
         out = []
         for idx, item in enumerate(data):
             if item.error is not None:
-                self._set_status(idx, 400, "Bad Request")  # an HTTP reason phrase: keep it ASCII
-                self._set_content_type(idx, ERROR_CONTENT_TYPE)
-                body = {"error": {"code": "invalid_input", "message": item.error}}
-                out.append(json.dumps(body).encode())
+                out.append(self._refused(idx, item.error))
                 continue
             if item.volume:
                 grey = np.stack([_grey(p, item.how) for p in item.prob.split(1)])
@@ -277,3 +292,60 @@ def _grey(prob: torch.Tensor, how: Restore) -> np.ndarray:
     """(1, 1, h, w) probabilities at model size → uint8 (H, W) = round(255 · p) at the input's size."""
     with torch.inference_mode():  # restore() clamps in place; probs are inference tensors
         return (restore(prob, how) * 255.0).round_().to(torch.uint8).numpy()
+
+
+class VolumeSegmentationHandler(SegmentationHandler):
+    """A 3-D organ (spec `dimensions: 3`): one whole volume per request, several labels.
+
+    Request: an .npy of one (z, y, x) float32 or int16 volume of raw intensities in the network's
+    orientation, already resampled to the spec's `inference.spacing_mm` (common.volume_inference sends it;
+    services.volumes.resample_zyx). It is normalised per volume (services.preprocess.normalize_mr, the
+    spec's `normalize.per_volume`), padded to `inference.size` and run in one forward pass; the network's
+    (1, N + 1, *size) logits are softmaxed over background + the N labels and cropped back.
+    Response: an .npy uint8 (N + 1, z, y, x), round(255 · p) per class, background first. A 2-D image, a
+    4-D array or a volume larger than `inference.size` is refused (400) naming what was sent."""
+
+    def _warmup(self) -> None:
+        x = torch.zeros((1, self.spec.channels, *self.spec.inference.size), device=self.device)
+        with torch.inference_mode():
+            self._logits(x)
+
+    def _prepare_one(self, row) -> _Item:
+        try:
+            body = self._body(row)
+            if not is_npy(body):
+                raise ImageDecodeError(
+                    f"organ {self.spec.name!r} is 3-D: send one whole volume as an .npy (z, y, x), "
+                    "not a 2-D image"
+                )
+            volume = decode_whole_volume(body, max_shape=self.spec.inference.size)
+            tensor = prepare_volume(volume, self.spec)
+        except (ImageDecodeError, ValueError) as exc:
+            logger.info("request refused: %s", exc)
+            return _Item(error=str(exc))
+        return _Item(tensor=tensor, volume=True, shape=volume.shape)
+
+    def inference(self, data, *args, **kwargs):
+        """One forward pass per volume (they differ in size before padding, not after: each is its own)."""
+        with torch.inference_mode():
+            for item in data:
+                if item.error is None:
+                    x = item.tensor.to(self.device)
+                    item.prob = volume_probabilities(
+                        lambda t: self._logits(t, *args, **kwargs), x, item.shape
+                    )
+                    item.prob = item.prob.cpu()
+        return data
+
+    def _expected_logits(self, x: torch.Tensor) -> tuple[int, ...]:
+        return (x.shape[0], len(self.spec.labels) + 1, *x.shape[2:])
+
+    def postprocess(self, data):
+        out = []
+        for idx, item in enumerate(data):
+            if item.error is not None:
+                out.append(self._refused(idx, item.error))
+                continue
+            self._set_content_type(idx, NPY_CONTENT_TYPE)
+            out.append(encode_npy((item.prob * 255.0).round_().to(torch.uint8).numpy()))
+        return out

@@ -306,6 +306,37 @@ def decode_volume_chunk(
     return out
 
 
+def decode_whole_volume(data: bytes, *, max_shape: tuple[int, int, int]) -> np.ndarray:
+    """A 3-D organ's request — an .npy holding one whole (z, y, x) float32 or int16 volume of raw intensities
+    (MR has no fixed scale: the handler normalises per volume) — as float32 (z, y, x). The header is checked
+    (dtype, 3 dimensions, no axis of 1 voxel or larger than `max_shape`, the byte count) before any value is
+    read; non-finite values are refused."""
+    form = "an .npy of one (z, y, x) float32 or int16 volume"
+    shape, dtype, fortran, offset = read_npy_header(data)
+    if dtype.newbyteorder("=") not in VOLUME_DTYPES:
+        raise ImageDecodeError(f"volume of dtype {dtype}; send float32 or int16 intensities ({form})")
+    if len(shape) != 3:
+        raise ImageDecodeError(f"an array of shape {shape} is not a volume: expected (z, y, x), {form}")
+    if min(shape) < 2:
+        raise ImageDecodeError(f"a volume of shape {shape} is a single image, not a volume ({form})")
+    if any(n > m for n, m in zip(shape, max_shape, strict=True)):
+        raise ImageDecodeError(
+            f"a volume of shape {shape} is larger than the network's input {tuple(max_shape)} (z, y, x)"
+        )
+    count = int(np.prod(shape))
+    if len(data) - offset != count * dtype.itemsize:
+        raise ImageDecodeError(
+            f"volume header says {shape} {dtype} ({count * dtype.itemsize} bytes) but {len(data) - offset} "
+            "bytes follow it: a truncated or padded .npy"
+        )
+    values = np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(
+        shape, order="F" if fortran else "C"
+    )
+    if dtype.kind == "f" and not np.isfinite(values).all():
+        raise ImageDecodeError("the volume holds non-finite values (NaN or infinity)")
+    return values.astype(np.float32)
+
+
 def read_npy_header(data: bytes) -> tuple[tuple[int, ...], np.dtype, bool, int]:
     """(shape, dtype, fortran_order, offset of the values) of .npy bytes, from the header alone; refuses
     anything else, and object arrays (which would need unpickling)."""

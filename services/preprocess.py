@@ -128,3 +128,47 @@ def restore(prob: torch.Tensor, how: Restore) -> torch.Tensor:
     else:
         prob = prob[..., : how.height, : how.width]
     return prob[0, 0].clamp_(0.0, 1.0)
+
+
+# --- 3-D organs (spec dimensions: 3) ------------------------------------------------------------------------
+
+
+def normalize_mr(volume: np.ndarray, how: str) -> np.ndarray:
+    """An MR volume's intensities (any scale: MR has no physical unit) → float32 on a per-volume scale, the
+    way the organ's network was trained (spec `normalize.per_volume`). "zscore": (v − mean) / std over the
+    whole volume (std 0, a constant volume: all zeros). The one implementation the trainer and the handler
+    share; the trainer's cross-validation picks `how`."""
+    v = np.asarray(volume, dtype=np.float32)
+    if how == "zscore":
+        mean, std = float(v.mean(dtype=np.float64)), float(v.std(dtype=np.float64))
+        return ((v - np.float32(mean)) / np.float32(std if std > 0 else 1.0)).astype(np.float32, copy=False)
+    raise ValueError(f"unknown per-volume normalisation {how!r}")
+
+
+def pad_volume(x: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:
+    """(N, C, z, y, x) → (N, C, *size), padded at the far end of each axis by repeating the edge voxels (so
+    the padding holds no intensity the volume does not have); crop back with [..., :z, :y, :x]. A volume
+    larger than `size` along any axis is a ValueError (the caller refuses it before it gets here)."""
+    shape = tuple(int(n) for n in x.shape[-3:])
+    if any(n > s for n, s in zip(shape, size, strict=True)):
+        raise ValueError(f"volume {shape} is larger than the network's input {tuple(size)}")
+    pads = [s - n for n, s in zip(shape, size, strict=True)]
+    if not any(pads):
+        return x
+    return F.pad(x, (0, pads[2], 0, pads[1], 0, pads[0]), mode="replicate")
+
+
+def prepare_volume(volume_zyx: np.ndarray, spec: OrganSpec) -> torch.Tensor:
+    """A canonical volume (z, y, x) at the spec's spacing → the normalised, padded (1, 1, *size) input."""
+    arr = normalize_mr(volume_zyx, spec.per_volume)
+    return pad_volume(torch.from_numpy(np.ascontiguousarray(arr))[None, None], spec.inference.size)
+
+
+def volume_probabilities(
+    model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, shape: tuple[int, int, int]
+) -> torch.Tensor:
+    """Softmax probabilities (N + 1 classes, background first) of a prepared (1, 1, *size) input, cropped
+    back to the volume's `shape` (z, y, x): (N + 1, z, y, x) float."""
+    probs = torch.softmax(model(x).float(), dim=1)
+    z, y, w = shape
+    return probs[0, :, :z, :y, :w]

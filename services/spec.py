@@ -12,7 +12,11 @@ from pathlib import Path
 import yaml
 
 SERVICES_DIR = Path(__file__).resolve().parent
-INFERENCE_MODES = ("resize", "whole", "sliding")
+INFERENCE_MODES = ("resize", "whole", "sliding", "pad")
+# A 3-D organ's network sees one whole volume: "pad" (resampled to `spacing_mm`, padded to `size`).
+VOLUME_MODES = ("pad",)
+# A 3-D organ's per-volume intensity normalisations, `normalize.per_volume` (preprocess.normalize_mr).
+PER_VOLUME_NORMALIZATIONS = ("zscore",)
 TTA_MODES = ("none", "flips")
 # What the organ server runs the network in (services.runtime); TorchScript is always in the .mar and is the
 # fallback. The default for a spec that names none: the .mar files built before ONNX was packed.
@@ -30,8 +34,10 @@ class InferenceSpec:
     """How the served network sees an image. "resize": scaled to `size` and back; "whole": the whole
     image at native resolution, padded to `pad_multiple`; "sliding": at native resolution through windows
     of `size` that overlap by `overlap` of a window, blended with Gaussian weights (images no larger than
-    a window go through whole). `tta` "flips": the probabilities are averaged over the image and its
-    horizontal, vertical and both-way mirror images (four passes; for organs with no orientation).
+    a window go through whole); "pad" (3-D organs): the whole volume, resampled to `spacing_mm` (z, y, x),
+    padded to `size` (z, y, x), in one forward pass (a larger volume is refused). `tta` "flips": the
+    probabilities are averaged over the image and its horizontal, vertical and both-way mirror images (four
+    passes; for organs with no orientation).
     A volume goes to the server `volume_chunk` slices per request, and the handler runs them through the
     network `volume_batch` slices per forward pass (both chosen by measurement: tools.runtime_bench
     --volume)."""
@@ -43,6 +49,7 @@ class InferenceSpec:
     tta: str = "none"
     volume_chunk: int = DEFAULT_VOLUME_CHUNK
     volume_batch: int = DEFAULT_VOLUME_BATCH
+    spacing_mm: tuple[float, float, float] | None = None  # 3-D: the voxel size the network was trained at
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,24 @@ class OrganSpec:
     inference_deadline_s: float | None = None
     runtime: str = "torchscript"
     postprocess_3d: Postprocess3D = Postprocess3D()
+    # 2: the network segments 2-D images (a volume slice by slice); 3: whole volumes (inference.mode "pad").
+    dimensions: int = 2
+    # The mask values 1..N name these (0 is background); one label, `label`, unless the spec lists several.
+    # A 2-D organ's network answers one sigmoid channel; a 3-D organ's N + 1 softmax channels (background
+    # first). Thresholds: see `labels_at` in gateway/service/masks.py and the README's API section.
+    labels: tuple[str, ...] = ()
+    per_volume: str | None = None  # 3-D: services.preprocess.normalize_mr's `how` (e.g. "zscore")
+    # The organ's words in the web pages' other languages, kept in its folder: {lang: {"display_name": …,
+    # "labels": {label: …}}} (the pages' catalogue wins where it has a word).
+    translations: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.labels:
+            object.__setattr__(self, "labels", (self.label,))
+
+    @property
+    def volumetric(self) -> bool:
+        return self.dimensions == 3
 
     @classmethod
     def from_dict(cls, raw: dict) -> OrganSpec:
@@ -105,6 +130,8 @@ class OrganSpec:
                 f"organ {raw.get('name')!r}: runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}"
             )
         norm = raw.get("normalize") or {}
+        if not isinstance(norm, dict):
+            raise ValueError(f"organ {raw.get('name')!r}: normalize must be a mapping, not {norm!r}")
         channels = int(raw["channels"])
         mean = tuple(float(v) for v in norm.get("mean", [0.0] * channels))
         std = tuple(float(v) for v in norm.get("std", [1.0] * channels))
@@ -123,7 +150,11 @@ class OrganSpec:
             "inference_deadline_s",
             "runtime",
             "postprocess_3d",
+            "dimensions",
+            "labels",
+            "translations",
         }
+        dimensions, labels, spacing, per_volume = _volume_fields(raw, mode, size, norm)
         deadline = raw.get("inference_deadline_s")
         valid = isinstance(deadline, int | float) and not isinstance(deadline, bool) and deadline > 0
         if deadline is not None and not valid:
@@ -145,6 +176,7 @@ class OrganSpec:
                 tta=tta,
                 volume_chunk=_slice_count(inf, "volume_chunk", DEFAULT_VOLUME_CHUNK, raw.get("name")),
                 volume_batch=_slice_count(inf, "volume_batch", DEFAULT_VOLUME_BATCH, raw.get("name")),
+                spacing_mm=spacing,
             ),
             window=raw.get("window"),
             mean=mean,
@@ -154,6 +186,10 @@ class OrganSpec:
             inference_deadline_s=None if deadline is None else float(deadline),
             runtime=runtime,
             postprocess_3d=_postprocess_3d(raw.get("postprocess_3d"), raw.get("name")),
+            dimensions=dimensions,
+            labels=labels,
+            per_volume=per_volume,
+            translations=_translations(raw.get("translations"), labels, raw.get("name")),
         )
 
     def with_inference(
@@ -170,11 +206,20 @@ class OrganSpec:
         return dataclasses.replace(self, inference=dataclasses.replace(self.inference, tta="none"))
 
     def to_dict(self) -> dict:
+        # the fields of a 3-D or multi-label organ only when they differ from a 2-D one-label organ's, so the
+        # specs (and run cards) of those keep their shape
+        volume = {"dimensions": self.dimensions} if self.volumetric else {}
+        labels = {"labels": list(self.labels)} if self.labels != (self.label,) else {}
+        spacing = {"spacing_mm": list(self.inference.spacing_mm)} if self.inference.spacing_mm else {}
+        per_volume = {"per_volume": self.per_volume} if self.per_volume else {}
+        translations = {"translations": self.translations} if self.translations else {}
         return {
             "name": self.name,
             "display_name": self.display_name,
             "modality": self.modality,
+            **volume,
             "label": self.label,
+            **labels,
             "channels": self.channels,
             "inference": {
                 "mode": self.inference.mode,
@@ -184,13 +229,15 @@ class OrganSpec:
                 "tta": self.inference.tta,
                 "volume_chunk": self.inference.volume_chunk,
                 "volume_batch": self.inference.volume_batch,
+                **spacing,
             },
             "window": self.window,
-            "normalize": {"mean": list(self.mean), "std": list(self.std)},
+            "normalize": {"mean": list(self.mean), "std": list(self.std), **per_volume},
             "default_threshold": self.default_threshold,
             # only when set, so the specs (and run cards) of organs without one keep their shape
             **({"inference_deadline_s": self.inference_deadline_s} if self.inference_deadline_s else {}),
             "runtime": self.runtime,
+            **translations,
             # only when enabled, so the specs (and run cards) of organs without it keep their shape
             **(
                 {"postprocess_3d": dataclasses.asdict(self.postprocess_3d)}
@@ -199,6 +246,82 @@ class OrganSpec:
             ),
             **self.extra,
         }
+
+
+def _volume_fields(
+    raw: dict, mode: str, size, norm: dict
+) -> tuple[int, tuple[str, ...], tuple[float, float, float] | None, str | None]:
+    """(dimensions, labels, inference.spacing_mm, normalize.per_volume), checked: a 3-D organ names the "pad"
+    mode, a (z, y, x) size in multiples of 8 and the spacing it was trained at; labels are distinct names."""
+    organ = raw.get("name")
+    dimensions = raw.get("dimensions", 2)
+    if dimensions not in (2, 3) or isinstance(dimensions, bool):
+        raise ValueError(f"organ {organ!r}: dimensions must be 2 or 3, not {dimensions!r}")
+    labels = raw.get("labels") or [raw.get("label", organ)]
+    valid = isinstance(labels, list) and all(isinstance(v, str) and v.strip() for v in labels)
+    if not valid or len(set(labels)) != len(labels) or len(labels) > 255:
+        raise ValueError(
+            f"organ {organ!r}: labels must be a list of distinct names (mask values 1..N), not {labels!r}"
+        )
+    inf = raw.get("inference") or {}
+    spacing, per_volume = inf.get("spacing_mm"), norm.get("per_volume")
+    if dimensions == 2:
+        if mode in VOLUME_MODES or spacing is not None or per_volume is not None:
+            raise ValueError(
+                f"organ {organ!r}: inference.mode {mode!r}, inference.spacing_mm and normalize.per_volume "
+                "are for 3-D organs (dimensions: 3)"
+            )
+        return 2, tuple(labels), None, None
+    if mode not in VOLUME_MODES:
+        raise ValueError(
+            f"organ {organ!r}: a 3-D organ's inference.mode must be one of {', '.join(VOLUME_MODES)}"
+        )
+    if not (
+        isinstance(size, list) and len(size) == 3 and all(_whole(v) and v > 0 and v % 8 == 0 for v in size)
+    ):
+        raise ValueError(
+            f"organ {organ!r}: a 3-D organ needs inference.size [z, y, x], multiples of 8, not {size!r}"
+        )
+    if not (isinstance(spacing, list) and len(spacing) == 3 and all(_number(v) and v > 0 for v in spacing)):
+        raise ValueError(
+            f"organ {organ!r}: a 3-D organ needs inference.spacing_mm [z, y, x] (the training voxel size), "
+            f"not {spacing!r}"
+        )
+    if per_volume not in PER_VOLUME_NORMALIZATIONS:
+        raise ValueError(
+            f"organ {organ!r}: a 3-D organ needs normalize.per_volume, one of "
+            f"{', '.join(PER_VOLUME_NORMALIZATIONS)}, not {per_volume!r}"
+        )
+    return 3, tuple(labels), tuple(float(v) for v in spacing), per_volume
+
+
+def _translations(raw: object, labels: tuple[str, ...], organ: str | None) -> dict:
+    """`translations` checked: {language: {"display_name": text, "labels": {one of `labels`: text}}}."""
+    if raw is None:
+        return {}
+    form = "{language: {display_name: text, labels: {label: text}}}"
+    if not isinstance(raw, dict):
+        raise ValueError(f"organ {organ!r}: translations must map languages to words, {form}, not {raw!r}")
+    for lang, words in raw.items():
+        valid = (
+            isinstance(lang, str) and isinstance(words, dict) and not set(words) - {"display_name", "labels"}
+        )
+        names = (words or {}).get("labels", {}) if isinstance(words, dict) else None
+        valid = valid and isinstance(words.get("display_name", ""), str) and isinstance(names, dict)
+        if not valid or set(names) - set(labels) or not all(isinstance(v, str) for v in names.values()):
+            raise ValueError(
+                f"organ {organ!r}: translations.{lang} must be {form} with labels among "
+                f"{', '.join(labels)}, not {words!r}"
+            )
+    return raw
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _slice_count(inf: dict, key: str, default: int, organ: str | None) -> int:
@@ -245,7 +368,9 @@ def load_organ_spec(organ: str, services_dir: Path = SERVICES_DIR) -> OrganSpec:
     return load_spec(dirs[organ] / "spec.yaml")
 
 
-DATA_LAYOUTS = ("paired", "split")  # the layouts trainer.data.find_pairs reads (see trainer/datasets.py)
+# the layouts trainer.data.find_pairs reads (see trainer/datasets.py), and "nifti" for a 3-D organ
+# (images/X.nii.gz + labels/X.nii.gz, the Medical Segmentation Decathlon's: trainer.volumes)
+DATA_LAYOUTS = ("paired", "split", "nifti")
 # How the trainer groups pairs into patients when the dataset names no groups (trainer.data.pair_groups):
 # "pairs": every pair is its own patient (one tile per patient); "volumes": the pairs are slices cut in order
 # from a few volumes, found from the images (trainer.groups.volume_groups).
@@ -259,6 +384,7 @@ RECIPE_FIELDS = {
     "val_every",
     "augment",
     "data",
+    "crop",
 }
 
 
@@ -293,6 +419,7 @@ class Recipe:
     val_every: int = 1
     augment: dict = field(default_factory=dict)
     path: Path | None = None
+    crop: tuple[int, ...] | None = None  # 3-D: the training crop (z, y, x); None: the spec's inference.size
 
     def train_config(self) -> dict:
         """The recipe as trainer.loop.TrainConfig keyword arguments (augment still a dict)."""
@@ -351,6 +478,13 @@ def recipe_from_dict(raw: object, organ: str, path: Path, repo: Path) -> Recipe:
         isinstance(widths, list) and widths and all(isinstance(w, int) and w > 0 for w in widths)
     ):
         raise RecipeError(f"{where}: `widths` must be a list of positive channel counts, e.g. [12, 24, 48]")
+    crop = raw.get("crop")
+    if crop is not None and not (
+        isinstance(crop, list) and len(crop) == 3 and all(_whole(v) and v > 0 and v % 8 == 0 for v in crop)
+    ):
+        raise RecipeError(
+            f"{where}: `crop` (3-D organs) must be [z, y, x] in multiples of 8, e.g. [32, 48, 32]"
+        )
     augment = raw.get("augment") or {}
     if not isinstance(augment, dict):
         raise RecipeError(f"{where}: `augment` must be a mapping of trainer.augment.AugmentConfig fields")
@@ -365,6 +499,7 @@ def recipe_from_dict(raw: object, organ: str, path: Path, repo: Path) -> Recipe:
         val_every=_positive(raw, "val_every", int, where, required=False) or 1,
         augment=augment,
         path=path,
+        crop=tuple(crop) if crop else None,
     )
 
 

@@ -849,6 +849,48 @@ def _series_info(series: _Series) -> SeriesInfo:
     )
 
 
+# --- resampling (3-D organs: the network's voxel size) ------------------------------------------------------
+
+# Spacings within this fraction of each other are the same grid: no resampling (no interpolation at all).
+SPACING_MATCH = 1e-3
+
+
+def resampled_shape(
+    shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]
+) -> tuple[int, int, int]:
+    """The (z, y, x) shape a canonical volume of `shape` at `spacing` mm has at `target` mm (the same extent,
+    rounded to whole voxels, at least one); `shape` itself when the spacings match."""
+    if same_spacing(spacing, target):
+        return tuple(int(n) for n in shape)
+    return tuple(max(1, round(n * s / t)) for n, s, t in zip(shape, spacing, target, strict=True))
+
+
+def same_spacing(spacing: Sequence[float], target: Sequence[float]) -> bool:
+    return all(abs(s - t) <= SPACING_MATCH * t for s, t in zip(spacing, target, strict=True))
+
+
+def resample_zyx(array: np.ndarray, shape: Sequence[int], *, order: int) -> np.ndarray:
+    """A canonical array (z, y, x) onto another grid of the same extent, `shape` voxels (scipy.ndimage.zoom
+    with grid_mode: voxel edges, not centres, line up, so a volume and its resampling cover the same
+    millimetres). `order` 1 (trilinear) for intensities and probabilities, 0 (nearest) for labels; the
+    dtype is kept (a rounded, clipped result for integers). The same shape: a copy, nothing interpolated."""
+    from scipy import ndimage
+
+    array = np.asarray(array)
+    shape = tuple(int(n) for n in shape)
+    if tuple(array.shape) == shape:
+        return array.copy()
+    zoom = [n / m for n, m in zip(shape, array.shape, strict=True)]
+    work = array if array.dtype.kind == "f" or order == 0 else array.astype(np.float32)
+    out = ndimage.zoom(work, zoom, order=order, mode="nearest", grid_mode=True)
+    if out.shape != shape:  # zoom rounds the output shape itself; never more than one voxel off
+        raise ValueError(f"resampled to {out.shape}, not {shape}")
+    if array.dtype.kind in "iub" and order != 0:
+        info = np.iinfo(array.dtype)
+        out = np.clip(np.rint(out), info.min, info.max)
+    return out.astype(array.dtype, copy=False)
+
+
 # --- writing ------------------------------------------------------------------------------------------------
 
 
@@ -888,12 +930,16 @@ def dicom_seg(
     threshold: float,
     limits: StudyLimits = StudyLimits(),
     series_index: int = 0,
+    structure: str | None = None,
 ) -> bytes:
     """A DICOM Segmentation (highdicom, BINARY) of the series in ``source_files``: one segment per label
     (``labels_ijk`` holds 0 for background and n for ``label_names[n-1]``, on the series' (i, j, k) grid),
     referencing the source series and instances, one frame per source slice that holds a segment.
     A new series each call; its number is the source's + 1000 + ``series_index`` (the how-many-th SEG of
-    this source, so SEGs stored side by side in a PACS are told apart)."""
+    this source, so SEGs stored side by side in a PACS are told apart). `structure`: the anatomical structure
+    the labels are parts of (an organ of several labels, e.g. "hippocampus" for its anterior and posterior
+    labels): every segment's property type is then that structure's code (labels are its parts, named in
+    SegmentLabel), else each label's own."""
     series = _dicom_series(_unpacked(source_files, limits), limits)
     labels_ijk = np.asarray(labels_ijk)
     grid = (int(series.slices[0].ds.Columns), int(series.slices[0].ds.Rows), len(series.slices))
@@ -914,7 +960,7 @@ def dicom_seg(
             segment_number=number,
             segment_label=name,
             segmented_property_category=codes.SCT.AnatomicalStructure,
-            segmented_property_type=_property_type(name),
+            segmented_property_type=_property_type(structure or name),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm_id,
         )

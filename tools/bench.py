@@ -58,7 +58,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from common.settings import Settings
-from services.spec import load_recipe
+from services.spec import load_recipe, organ_dirs
 
 logger = logging.getLogger(__name__)
 
@@ -299,8 +299,8 @@ class ModelChoice:
 
 
 def choose_model(model_store: Path, work_dir: Path) -> ModelChoice:
-    """model-store/liver.mar (copied, so a model published mid-run does not change under us), else a .mar of
-    an untrained ERU-Net built now."""
+    """model-store/<ORGAN>.mar (copied, so a model published mid-run does not change under us), else a .mar
+    of an untrained ERU-Net built now (3-D for a 3-D organ)."""
     shipped = model_store / f"{ORGAN}.mar"
     if shipped.is_file():
         mar = work_dir / shipped.name
@@ -311,9 +311,10 @@ def choose_model(model_store: Path, work_dir: Path) -> ModelChoice:
             copied_card = work_dir / card.name
             shutil.copyfile(card, copied_card)
         return ModelChoice(mar, f"trained model {shipped} ({_manifest_version(mar)})", copied_card)
-    return ModelChoice(
-        build_untrained_mar(work_dir), "UNTRAINED erunet widths=(12, 24, 48), built on the fly"
-    )
+    from services.spec import load_organ_spec
+
+    arch = "eru_net_3d" if load_organ_spec(ORGAN).volumetric else "erunet widths=(12, 24, 48)"
+    return ModelChoice(build_untrained_mar(work_dir), f"UNTRAINED {arch}, built on the fly")
 
 
 def build_untrained_mar(out_dir: Path) -> Path:
@@ -325,11 +326,14 @@ def build_untrained_mar(out_dir: Path) -> Path:
 
     spec = load_organ_spec(ORGAN)
     torch.manual_seed(0)
-    net = create_model("erunet", in_channels=spec.channels, widths=(12, 24, 48)).eval()
+    if spec.volumetric:  # a logit per class, background + labels; it runs TorchScript (the spec's runtime)
+        net = create_model("eru_net_3d", in_channels=spec.channels, out_channels=len(spec.labels) + 1).eval()
+    else:
+        net = create_model("erunet", in_channels=spec.channels, widths=(12, 24, 48)).eval()
     scripted = out_dir / "untrained.pt"
     torch.jit.script(net).save(str(scripted))
     try:
-        return build_mar(scripted, ORGAN, spec, out_dir, ORGAN, "untrained")
+        return build_mar(scripted, ORGAN, spec, out_dir, ORGAN, "untrained", onnx=not spec.volumetric)
     finally:
         scripted.unlink(missing_ok=True)
 
@@ -503,9 +507,9 @@ def running_stack(state_dir: Path, choice: ModelChoice) -> Iterator[Stack]:
             s3_endpoint=store.endpoint,
             http_port=http_port,
             grpc_port=grpc_port,
-            # the other organ is not started: point it at a port nobody listens on, never at someone else's
+            # the other organs are not started: point them at a port nobody listens on, never someone else's
             organ_addresses={
-                **{other: f"127.0.0.1:{_free_port(taken)}" for other in ("liver", "cells")},
+                **{other: f"127.0.0.1:{_free_port(taken)}" for other in organ_dirs()},
                 ORGAN: organ.grpc_inference_address,
             },
             inference_timeout_s=60.0,  # the machine is shared with training runs

@@ -35,6 +35,7 @@ from trainer.data import (
 )
 from trainer.loop import THRESHOLDS
 from trainer.train import default_config, default_run_dir, run_training
+from trainer.volumes import find_volumes
 
 log = logging.getLogger(__name__)
 GRID = [f"{t:.1f}" for t in THRESHOLDS]
@@ -64,7 +65,10 @@ def run_split(
 
 
 def organ_groups(organ: str, data: str | Path, limit: int | None = None) -> Groups:
-    """The groups a run of `organ` on `data` splits by (as trainer.train does)."""
+    """The groups a run of `organ` on `data` splits by (as trainer.train does; a 3-D organ: by volume)."""
+    if load_organ_spec(organ).volumetric:
+        names = [name for name, _, _ in find_volumes(data)[:limit]]
+        return Groups(labels=names, source="pairs")
     pairs = load_pairs(data, load_organ_spec(organ), limit=limit)
     return pair_groups(data, pairs, load_recipe(organ).data.groups)
 
@@ -84,6 +88,12 @@ def fold_row(fold: int, card: dict, run_dir: Path) -> dict:
         "validation_pairs": card["dataset"]["validation"],
         "val_dice_at_threshold": last["val_dice_at_threshold"],
         "val_dice_pooled_at_threshold": last.get("val_dice_pooled_at_threshold"),
+        # a multi-label organ: Dice per label (the figure above is their mean)
+        **(
+            {"val_dice_per_label_at_threshold": last["val_dice_per_label_at_threshold"]}
+            if "val_dice_per_label_at_threshold" in last
+            else {}
+        ),
         "best_threshold": best_of(last["val_dice_at_threshold"]),
         "epoch": last["epoch"],
         "best_epoch": {
@@ -119,11 +129,27 @@ def summarize(organ: str, rows: list[dict], default_threshold: float) -> dict:
             held_out.append(
                 {"fold": r["fold"], "threshold": t, "val_dice": r["val_dice_at_threshold"][f"{t:.1f}"]}
             )
+    per_label = {}
+    if all("val_dice_per_label_at_threshold" in r for r in rows):
+        at = f"{default_threshold:.1f}"
+        labels = list(rows[0]["val_dice_per_label_at_threshold"][at])
+        per_label = {
+            "mean_val_dice_per_label": {
+                name: mean(r["val_dice_per_label_at_threshold"][at][name] for r in rows) for name in labels
+            }
+        }
     return {
         "organ": organ,
         "grouping": "grouped folds (trainer.cv): no patient/volume on both sides of a fold",
-        "figures": "last epoch of each fold, single pass, Dice per slice/tile averaged over the held-out "
-        "group at its native resolution; best_epoch figures were chosen on the held-out group (optimistic)",
+        **per_label,
+        "figures": "last epoch of each fold, single pass, "
+        + (
+            "3-D Dice per label of each held-out volume (the serving rule at each threshold), averaged over "
+            "the volumes; the figure is the mean over the labels"
+            if per_label
+            else "Dice per slice/tile averaged over the held-out group at its native resolution"
+        )
+        + "; best_epoch figures were chosen on the held-out group (optimistic)",
         "folds": rows,
         "default_threshold": default_threshold,
         "mean_val_dice": mean(at_default),
@@ -160,6 +186,25 @@ def table(summary: dict) -> str:
         )
     means = " | ".join(f"{summary['mean_val_dice_at_threshold'][t]:.4f}" for t in GRID)
     lines.append(f"| mean | | {means} | {summary['calibrated_threshold']} | | | | |")
+    if "mean_val_dice_per_label" in summary:
+        lines += ["", per_label_table(summary)]
+    return "\n".join(lines)
+
+
+def per_label_table(summary: dict) -> str:
+    """A multi-label organ's Dice per label and fold at the default threshold, and their means."""
+    at = f"{summary['default_threshold']:.1f}"
+    labels = list(summary["mean_val_dice_per_label"])
+    lines = [
+        f"| fold | {' | '.join(f'{name} @{at}' for name in labels)} | mean @{at} |",
+        "|---|" + "---|" * (len(labels) + 1),
+    ]
+    for r in summary["folds"]:
+        dice = r["val_dice_per_label_at_threshold"][at]
+        cells = " | ".join(f"{dice[name]:.4f}" for name in labels)
+        lines.append(f"| {r['fold']} | {cells} | {r['val_dice_at_threshold'][at]:.4f} |")
+    means = " | ".join(f"{summary['mean_val_dice_per_label'][name]:.4f}" for name in labels)
+    lines.append(f"| mean | {means} | {summary['mean_val_dice']:.4f} |")
     return "\n".join(lines)
 
 
@@ -169,8 +214,11 @@ def _reusable(organ: str, run_dir: Path, data: Path, groups: Groups, folds: int,
     if not card_path.is_file():
         return False
     card = json.loads(card_path.read_text())
-    _, _, theirs = run_split(organ, card, load_organ_spec(organ), data)
     _, ours = split_indices(groups, folds, fold, card["split"]["seed"])
+    if load_organ_spec(organ).volumetric:  # one volume per group: the held-out volumes by name
+        held_out = set(card["split"]["validation_groups"])
+        return card["split"]["folds"] == folds and held_out == {groups.labels[i] for i in ours}
+    _, _, theirs = run_split(organ, card, load_organ_spec(organ), data)
     if len(theirs) != len(ours) or not (theirs == ours).all():
         log.warning("%s did not hold out grouped fold %d (%s): training that fold", run_dir, fold,
                     card["split"].get("grouping", "shuffled pairs"))  # fmt: skip

@@ -21,9 +21,12 @@ log = logging.getLogger(__name__)
 
 
 def layout_of(root: str | Path) -> str:
-    """ "split" when the folder has images/ and masks/, else "paired" (services.spec.DATA_LAYOUTS)."""
+    """ "split" when the folder has images/ and masks/, "nifti" when it has images/ and labels/ (volumes:
+    trainer.volumes), else "paired" (services.spec.DATA_LAYOUTS)."""
     root = Path(root)
-    return "split" if (root / "images").is_dir() and (root / "masks").is_dir() else "paired"
+    if (root / "images").is_dir() and (root / "masks").is_dir():
+        return "split"
+    return "nifti" if (root / "images").is_dir() and (root / "labels").is_dir() else "paired"
 
 
 def recipe_data(organ: str, services_dir: Path = SERVICES_DIR) -> Path:

@@ -21,15 +21,21 @@ class ExportError(RuntimeError):
 
 
 def export_onnx(
-    scripted: str | Path | torch.jit.ScriptModule, channels: int, out: str | Path, size: int = 64
+    scripted: str | Path | torch.jit.ScriptModule,
+    channels: int,
+    out: str | Path,
+    size: int | tuple[int, ...] = 64,
 ) -> Path:
-    """TorchScript network → ONNX file with dynamic batch, height and width (the TorchScript exporter:
-    it takes a ScriptModule as it is, with no Python class needed)."""
+    """TorchScript network → ONNX file with dynamic batch and spatial axes (the TorchScript exporter:
+    it takes a ScriptModule as it is, with no Python class needed). `size`: the sample's side (a 2-D
+    network) or its spatial shape ((H, W), or (D, H, W) for a 3-D network)."""
     module = torch.jit.load(str(scripted), map_location="cpu") if not hasattr(scripted, "graph") else scripted
     module = module.eval()
     out = Path(out)
-    sample = torch.zeros(1, channels, size, size)
-    axes = {0: "batch", 2: "height", 3: "width"}
+    spatial = (size, size) if isinstance(size, int) else tuple(size)
+    sample = torch.zeros(1, channels, *spatial)
+    names = ("height", "width") if len(spatial) == 2 else ("depth", "height", "width")
+    axes = {0: "batch", **{2 + i: name for i, name in enumerate(names)}}
     with warnings.catch_warnings():  # the exporter's deprecation note: this is the path for ScriptModules
         warnings.simplefilter("ignore")
         try:
@@ -47,7 +53,7 @@ def export_onnx(
             raise ExportError(f"ONNX export failed: {exc}") from exc
     # an export can succeed and still be wrong (shapes traced as constants, ops ORT refuses): run it at
     # another batch and size than the sample
-    check = (2, size * 2, size + 32)
+    check = (2, *(n * 2 if i == 0 else n + 32 for i, n in enumerate(spatial)))
     try:
         diff = max_logit_difference(module, out, channels, [check], "onnxruntime")
     except Exception as exc:
@@ -61,12 +67,12 @@ def max_logit_difference(
     module: torch.nn.Module, onnx_path: Path, channels: int, shapes, runtime: str, threads: int = 1
 ) -> float:
     """Largest |logit difference| between the TorchScript network and the ONNX file run in `runtime`,
-    over random inputs of `shapes` ((n, h, w) each)."""
+    over random inputs of `shapes` ((n, h, w) each, or (n, d, h, w) for a 3-D network)."""
     other = build(runtime, onnx_path.parent, threads, onnx_file=onnx_path.name)
     gen = torch.Generator().manual_seed(0)
     worst = 0.0
     with torch.inference_mode():
-        for n, h, w in shapes:
-            x = torch.randn(n, channels, h, w, generator=gen)
+        for n, *spatial in shapes:
+            x = torch.randn(n, channels, *spatial, generator=gen)
             worst = max(worst, float((module(x) - other(x)).abs().max()))
     return worst

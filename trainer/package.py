@@ -146,7 +146,10 @@ def _stage_onnx(
     export is an error only when the spec's runtime needs it; otherwise the server runs TorchScript."""
     if onnx is True:
         try:
-            export_onnx(scripted, spec.channels, target)
+            # a 3-D network is traced on a volume of its input size; a 2-D one on the exporter's square
+            export_onnx(
+                scripted, spec.channels, target, **({"size": spec.inference.size} if spec.volumetric else {})
+            )
         except ExportError as exc:
             target.unlink(missing_ok=True)
             if spec.runtime != "torchscript":

@@ -20,8 +20,18 @@ from common.datasets import dataset_hash as manifest_hash
 from services.networks import create_model
 from services.spec import SERVICES_DIR, OrganSpec, Recipe, RecipeError, load_organ_spec, load_recipe
 from trainer.augment import AugmentConfig
-from trainer.data import Groups, channel_stats, find_pairs, fold_count, load_pairs, pair_groups, split_indices
+from trainer.data import (
+    Groups,
+    channel_stats,
+    find_pairs,
+    fold_count,
+    layout_of,
+    load_pairs,
+    pair_groups,
+    split_indices,
+)
 from trainer.loop import TrainConfig, Trainer
+from trainer.volumes import VolumeSet, VolumeTrainer, find_volumes, load_volumes, volume_config
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +40,8 @@ def dataset_hash(root: str | Path) -> str:
     """The dataset hash of a local folder by the manifests' rule (common.datasets.dataset_hash: sha256
     over the sorted per-file sha256 of every image and mask), so a pushed folder keeps its hash."""
     digests = []
-    for _, image, mask in find_pairs(root):
+    files = find_volumes(root) if layout_of(root) == "nifti" else find_pairs(root)
+    for _, image, mask in files:
         digests += [hashlib.sha256(path.read_bytes()).hexdigest() for path in (image, mask)]
     return manifest_hash(digests)
 
@@ -132,6 +143,10 @@ def run_training(
     """Train one fold; returns the run summary. Rank 0 writes best.pt, model.ts, spec.yaml, metrics.json,
     curves.png and card.json (naming `run_id`, default the run dir's name) into run_dir."""
     run_dir = Path(run_dir)
+    if load_organ_spec(organ).volumetric:
+        return run_volume_training(
+            organ, data, run_dir, config, fold=fold, folds=folds, limit=limit, resume=resume, run_id=run_id
+        )
     commit = git_commit()
     spec, pairs, groups, train_idx, val_idx = _fold_data(
         organ, data, config, fold=fold, folds=folds, limit=limit
@@ -171,6 +186,75 @@ def run_training(
     log.info("run done: best validation Dice %s at epoch %d, threshold %s, %.0fs",
              trainer.best_dice, trainer.best_epoch, threshold, trainer.elapsed())  # fmt: skip
     return {**result, "card": card, "spec": spec}
+
+
+def run_volume_training(
+    organ: str,
+    data: str | Path,
+    run_dir: Path,
+    config: TrainConfig,
+    *,
+    fold: int,
+    folds: int,
+    limit: int | None,
+    resume: bool,
+    run_id: str | None,
+) -> dict:
+    """run_training for a 3-D organ (spec `dimensions: 3`; trainer.volumes): each volume is one subject, so
+    the folds are by file; the card carries Dice per label (and their mean) at every threshold."""
+    commit = git_commit()
+    spec = load_organ_spec(organ)
+    config = volume_config(config)
+    volumes = load_volumes(data, spec, limit=limit)
+    groups = volume_groups(volumes)
+    train_idx, val_idx = split_indices(groups, folds, fold, config.seed)
+    log.info("fold %d of %d: %d training and %d validation volumes", fold, fold_count(groups, folds),
+             len(train_idx), len(val_idx))  # fmt: skip
+    recipe = load_recipe(organ)
+    train, val = volumes.subset(train_idx), volumes.subset(val_idx)
+    trainer = VolumeTrainer(spec, train, val, config, run_dir, crop=recipe.crop)
+    if resume and (run_dir / "checkpoint.pt").exists():
+        trainer.load_checkpoint(run_dir / "checkpoint.pt")
+    result = trainer.fit()
+    model = trainer.build_model()
+    model.load_state_dict(torch.load(run_dir / "best.pt", map_location="cpu"))
+    best = next(h for h in trainer.history if h["epoch"] == trainer.best_epoch)
+    last = trainer.history[-1]
+    threshold = best_threshold(last["val_dice_at"]) if last["val_dice_at"] else spec.default_threshold
+    spec = dataclasses.replace(spec, default_threshold=threshold)
+    _write_model_files(run_dir, spec, model, trainer.history)
+    metrics = _card_metrics(best, trainer.best_epoch, {}, last)
+    metrics["val_dice_per_label_at_threshold"] = best["val_dice_per_label_at"]
+    metrics["last_epoch"]["val_dice_per_label_at_threshold"] = last["val_dice_per_label_at"]
+    card = {
+        "run_id": run_id or run_dir.name,
+        "organ": organ,
+        "architecture": config.arch,
+        "labels": list(spec.labels),
+        **_model_size(model, spec),
+        "dataset": {
+            **dataset_record(data, len(volumes), limit),
+            "volumes": len(volumes),
+            "train": len(train),
+            "validation": len(val),
+        },
+        "split": split_record(groups, folds, fold, config.seed, val_idx),
+        "metrics": metrics,
+        "default_threshold": float(threshold),
+        "training": {**_card_training(trainer, config), "crop": list(trainer.crop)},
+        "commit": commit,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+    }
+    (run_dir / "card.json").write_text(json.dumps(card, indent=1))
+    log.info("run done: best validation Dice %s at epoch %d, last %s, %.0fs", trainer.best_dice,
+             trainer.best_epoch, last["val_dice"], trainer.elapsed())  # fmt: skip
+    return {**result, "card": card, "spec": spec}
+
+
+def volume_groups(volumes: VolumeSet) -> Groups:
+    """Each volume is one subject (the Decathlon's hippocampus crops: one per subject)."""
+    return Groups(labels=list(volumes.names), source="pairs")
 
 
 def _fold_data(organ: str, data, config: TrainConfig, *, fold: int, folds: int, limit: int | None):

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 from typing import TypeVar
 
@@ -30,9 +30,10 @@ import numpy as np
 from common.errors import InvalidInput, MedSegError, NotFound, PayloadTooLarge, ServiceUnavailable
 from common.torchserve_client import InferenceClient
 from gateway import metrics
-from gateway.service import images, scoring, views
+from gateway.service import images, scoring, views, volume3d
 from gateway.service.masks import THRESHOLDS, areas, mask_png, probability_mask, stability
 from gateway.service.organs import ModelInfo, Organ, OrganRegistry
+from services import volumes
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,8 @@ class OrganStatus:
     model: ModelInfo
     default_threshold: float
     ready: bool
+    labels: tuple[str, ...] = ()  # the mask values 1..N name these
+    dimensions: int = 2  # 2: images (a volume slice by slice); 3: whole volumes only (studies)
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,8 @@ class ImageScore:
     height: int
     predicted_px: int
     label_px: int
+    # an organ of several labels (3-D): {label: {"dice", "iou", "hd95_mm"}}; dice and iou: their means
+    per_label: dict[str, dict[str, float | None]] | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,8 @@ class EvaluateResult:
     mean_dice: float
     mean_iou: float
     per_threshold: list[ThresholdScore]
+    # an organ of several labels: {label: {"mean_dice", "mean_iou", "mean_hd95_mm"}} over the cases
+    per_label: dict[str, dict[str, float | None]] | None = None
 
 
 @dataclass(frozen=True)
@@ -240,11 +247,18 @@ class DataPlane:
         return True, "ok"
 
     def list_organs(self) -> list[OrganStatus]:
-        futures = {o.name: self._probes.submit(self._organ_health, o.name) for o in self.registry.all()}
+        """Every organ folder with its model and whether it is ready (an organ this data plane has no client for
+        cannot be reached: not ready)."""
+        futures = {
+            o.name: self._probes.submit(self._organ_health, o.name) for o in self.registry.all() if o.name in self.clients
+        }
         statuses = []
         for organ in self.registry.all():
             try:
-                ready = futures[organ.name].result(timeout=self.readiness_timeout_s + 0.5)[0]
+                ready = (
+                    organ.name in futures
+                    and futures[organ.name].result(timeout=self.readiness_timeout_s + 0.5)[0]
+                )
             except FutureTimeout:
                 ready = False
             spec = organ.spec
@@ -257,6 +271,8 @@ class DataPlane:
                     self.registry.model(organ.name),
                     self.registry.default_threshold(organ.name),
                     ready,
+                    spec.labels,
+                    spec.dimensions,
                 )
             )
         return statuses
@@ -276,6 +292,7 @@ class DataPlane:
     def _infer(self, organ: Organ, data: bytes, filename: str) -> tuple[np.ndarray, bytes, tuple | None]:
         """Validate, run the organ server; return the probability map (uint8 H×W), its PNG and the
         image's pixel spacing (mm, when the file carries one)."""
+        check_two_dimensional(organ)
         self._check_upload(data, filename)
         height, width, spacing_mm = images.inspect(data, filename, max_pixels=self.max_image_pixels)
         # Ask for the version the registry reports, so the answer and its label always agree.
@@ -466,6 +483,11 @@ class DataPlane:
         organ = self.registry.get(organ_name)
         cases = labelled_cases(image_files, label_files, self.max_evaluate_images)
         threshold = self.registry.default_threshold(organ.name)
+        if organ.spec.volumetric:
+            result = self._evaluate_volumes(organ, cases, threshold)
+            metrics.observe_latency("evaluate", organ.name, result.model.version, started)
+            metrics.observe_evaluation(organ.name, result.model.version, "evaluate", result.mean_dice)
+            return result
         scored = score_cases(
             cases,
             lambda image: self._infer(organ, image.data, image.filename)[0],
@@ -477,6 +499,34 @@ class DataPlane:
         metrics.observe_latency("evaluate", organ.name, result.model.version, started)
         metrics.observe_evaluation(organ.name, result.model.version, "evaluate", result.mean_dice)
         return result
+
+    def _evaluate_volumes(self, organ: Organ, cases: Sequence[Case], threshold: float) -> EvaluateResult:
+        """A 3-D organ's evaluation: each NIfTI / DICOM-zip volume through volume3d.infer_3d, its label map at
+        every threshold (masks.labels_at) against the label volume on the same grid, Dice / IoU / HD95 (mm)
+        per label and their mean (volume3d.score_volume)."""
+        model = self.registry.model(organ.name)
+        version = model.version if model.version != "unknown" else None
+        limits = volumes.StudyLimits(max_bytes=self.max_upload_bytes)
+        scored = []
+        for case in cases:
+            s = volume3d.score_volume(
+                self.clients[organ.name], organ.spec, case, threshold, version=version, limits=limits
+            )
+            score = ImageScore(
+                case.image.filename, s.dice, s.iou, s.width, s.height, s.predicted_voxels, s.label_voxels,
+                per_label=s.per_label,
+            )  # fmt: skip
+            scored.append(_ScoredImage(score, s.at))
+        names = organ.spec.labels
+        per_label = {
+            name: {
+                "mean_dice": float(np.mean([s.score.per_label[name]["dice"] for s in scored])),
+                "mean_iou": float(np.mean([s.score.per_label[name]["iou"] for s in scored])),
+                "mean_hd95_mm": _mean_or_none([s.score.per_label[name]["hd95_mm"] for s in scored]),
+            }
+            for name in names
+        }
+        return replace(_evaluate_result(organ.name, model, threshold, scored), per_label=per_label)
 
     def close(self) -> None:
         self._probes.shutdown(wait=False, cancel_futures=True)
@@ -635,6 +685,22 @@ def _evaluate_result(
             for t in THRESHOLDS
         ],
     )
+
+
+def _mean_or_none(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return float(np.mean(known)) if known else None
+
+
+def check_two_dimensional(organ: Organ) -> None:
+    """A 3-D organ segments whole volumes only: a 2-D image for it is a 400 naming where volumes go."""
+    if organ.spec.volumetric:
+        raise InvalidInput(
+            f"organ {organ.name!r} is 3-D: it segments whole volumes, not 2-D images; send the volume "
+            "(a NIfTI or a DICOM series) as a study, POST /api/v1/studies",
+            code="organ_needs_volume",
+            params={"organ": organ.name},
+        )
 
 
 def organ_deadline_s(settings, organ: Organ) -> float:

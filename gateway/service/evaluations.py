@@ -29,7 +29,14 @@ from gateway.core.db import database_unavailable
 from gateway.models import Dataset, Evaluation, EvaluationCase, ModelVersion, audit
 from gateway.principal import Principal
 from gateway.service import images, model_registry, scoring
-from gateway.service.dataplane import Case, DataPlane, Upload, labelled_cases, score_cases
+from gateway.service.dataplane import (
+    Case,
+    DataPlane,
+    Upload,
+    check_two_dimensional,
+    labelled_cases,
+    score_cases,
+)
 from services import imaging
 
 logger = logging.getLogger(__name__)
@@ -277,6 +284,7 @@ class Evaluator:
         with its cases (`_store`), and count it in the metrics."""
         if not cases:
             raise InvalidInput("nothing to evaluate: no image/label pairs", code="missing_images")
+        check_two_dimensional(self.dataplane.registry.get(target.organ))  # kept ones: 2-D pairs, for now
         started = time.perf_counter()
         scored = self.score(target, cases)
         evaluation = self._store(session, principal, target, scored, purpose=purpose, dataset=dataset)

@@ -25,6 +25,33 @@ def probability_mask(prob_u8: np.ndarray, threshold: float) -> np.ndarray:
     return prob_u8 >= byte_cutoff(threshold)
 
 
+def labels_at(fg_u8: np.ndarray, label_u8: np.ndarray | None, threshold: float) -> np.ndarray:
+    """The label map (uint8: 0 background, i for the organ's i-th label) at `threshold`: THE rule of
+    thresholds for an organ of N labels. A voxel is labelled when the probability that it is any of the
+    labels, 1 − p(background) (`fg_u8`, byte / 255), is at least `threshold`; it takes the label whose
+    probability is the largest (`label_u8`, 1..N; None for a one-label organ: 1). With one label this is
+    the binary rule p ≥ t; with N labels the seven thresholds give seven nested label maps (a voxel labelled
+    at 0.6 is labelled, with the same label, at 0.5), so volumes fall as the threshold rises."""
+    return label_map(probability_mask(fg_u8, threshold), label_u8)
+
+
+def label_map(mask: np.ndarray, label_u8: np.ndarray | None) -> np.ndarray:
+    """`labels_at` once the foreground `mask` is known (and perhaps post-processed): uint8 `label_u8` inside
+    it (1 everywhere when None), 0 outside."""
+    if label_u8 is None:
+        return mask.astype(np.uint8)
+    return np.where(mask, label_u8, 0).astype(np.uint8)
+
+
+def split_classes(probs_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A 3-D organ's softmax answer, uint8 (N + 1, …) with background first, as (the foreground probability
+    1 − p(background) in bytes, the label 1..N of largest probability) — all `labels_at` needs."""
+    probs_u8 = np.asarray(probs_u8)
+    foreground = (255 - probs_u8[0]).astype(np.uint8)
+    label = (np.argmax(probs_u8[1:], axis=0) + 1).astype(np.uint8)
+    return foreground, label
+
+
 def mask_png(prob_u8: np.ndarray, threshold: float) -> bytes:
     """The 0/255 grey PNG of the mask at `threshold`: the segment answer's and, made again from the stored
     map, the stored result's (the same bytes: the encoder is deterministic)."""

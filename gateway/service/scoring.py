@@ -41,19 +41,22 @@ def _tensor(mask: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
 
 
-def dice_iou_hd95(pred: np.ndarray, label: np.ndarray) -> tuple[float, float, float | None]:
-    """MONAI's Dice, IoU and HD95 (pixels) of two boolean masks of the same shape."""
+def dice_iou_hd95(
+    pred: np.ndarray, label: np.ndarray, *, with_hd95: bool = True
+) -> tuple[float, float, float | None]:
+    """MONAI's Dice, IoU and HD95 (pixels; None when `with_hd95` is false) of two boolean masks of the same
+    shape (2-D or 3-D)."""
     from monai.metrics import compute_dice, compute_iou
 
     p, y = _tensor(pred), _tensor(label)
     dice = float(compute_dice(p, y, include_background=True, ignore_empty=False).item())
     iou = float(compute_iou(p, y, include_background=True, ignore_empty=False).item())
-    return dice, iou, hd95(pred, label)
+    return dice, iou, hd95(pred, label) if with_hd95 else None
 
 
-def hd95(pred: np.ndarray, label: np.ndarray, spacing_mm: tuple[float, float] | None = None) -> float | None:
+def hd95(pred: np.ndarray, label: np.ndarray, spacing_mm: tuple[float, ...] | None = None) -> float | None:
     """MONAI's 95 % Hausdorff distance of two boolean masks: in pixels, or in millimetres with the (row,
-    column) pixel spacing; None when either mask is empty."""
+    column) pixel spacing (a volume: one spacing per axis); None when either mask is empty."""
     from monai.metrics import compute_hausdorff_distance
 
     if not (pred.any() and label.any()):

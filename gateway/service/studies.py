@@ -40,7 +40,8 @@ from gateway.core.db import get_sessionmaker
 from gateway.models import Study, audit
 from gateway.principal import Principal
 from gateway.service.dataplane import DataPlane, check_patient_id
-from gateway.service.masks import THRESHOLDS, nearest_threshold, probability_mask
+from gateway.service.masks import THRESHOLDS, label_map, nearest_threshold, probability_mask
+from gateway.service.volume3d import check_fits, infer_3d, modalities
 from services import volumes
 from services.postprocess3d import postprocess_mask
 
@@ -215,11 +216,13 @@ class StudyJobs:
             volume = volumes.read_study([(f.filename, f.data) for f in files], limits=self.limits)
         except volumes.StudyInputError as exc:
             raise input_error(exc) from None
-        if volume.modality and organ.spec.modality and volume.modality.upper() not in _modalities(organ.spec):
+        if volume.modality and organ.spec.modality and volume.modality.upper() not in modalities(organ.spec):
             raise InvalidInput(
                 f"the series is {volume.modality}; organ {organ.name!r} segments {organ.spec.modality}",
                 code="wrong_modality",
             )
+        if organ.spec.volumetric:
+            check_fits(organ.spec, volume)
         study_id = uuid.uuid4()
         prefix = f"studies/{organ.name}/{study_id}"
         key, blob, kind = _source_object(prefix, volume, files)
@@ -239,7 +242,7 @@ class StudyJobs:
             attempts=0,
             shape=list(volume.canonical_shape(_axcodes(organ.spec))),
             spacing_mm=[round(float(s), 4) for s in volume.canonical_spacing(_axcodes(organ.spec))],
-            labels=[organ.spec.label],
+            labels=list(organ.spec.labels),
             volumes_ml={},
             input_key=key,
             source_key=key if volume.source == "dicom" else None,
@@ -300,13 +303,27 @@ class StudyJobs:
             input_key, prefix = row.input_key, row.input_key.rsplit("/", 1)[0]
         volume = self._fresh.pop(study_id, None) or self._read_stored(input_key)
         axcodes = _axcodes(organ.spec)
-        canonical = volume.canonical(axcodes)
         model = self.dataplane.registry.model(organ.name)
         with _Beat(self, study_id) as beat:
-            prob = self._infer(organ, model, canonical, beat)
+            if organ.spec.volumetric:
+                prob, label = self._infer_3d(organ, model, volume, beat)
+            else:
+                prob, label = self._infer(organ, model, volume.canonical(axcodes), beat), None
         if beat.cancelled(force=True):
             raise Cancelled()
-        self._store_result(study_id, volume, organ, model, prob, prefix, axcodes)
+        self._store_result(study_id, volume, organ, model, prob, label, prefix, axcodes)
+
+    def _infer_3d(self, organ, model, volume: volumes.Volume, beat: _Beat) -> tuple[np.ndarray, np.ndarray]:
+        """A 3-D organ: the whole volume in one request (gateway.service.volume3d)."""
+        answer = infer_3d(
+            self.dataplane.clients[organ.name],
+            organ.spec,
+            volume,
+            version=model.version if model.version != "unknown" else None,
+            timeout=max(60.0, 4 * self.settings.inference_timeout_s),
+        )
+        beat.progress(1, 1)
+        return answer
 
     def _infer(self, organ, model, canonical: np.ndarray, beat: _Beat) -> np.ndarray:
         return segment_volume(
@@ -322,29 +339,39 @@ class StudyJobs:
         )
 
     def _store_result(
-        self, study_id, volume: volumes.Volume, organ, model, prob: np.ndarray, prefix, axcodes
+        self, study_id, volume: volumes.Volume, organ, model, prob: np.ndarray, label, prefix, axcodes
     ):
+        """Store the foreground probability volume on the input grid (and, for an organ of several labels,
+        the label of largest probability beside it, `labels_key`), the mL per label at every threshold, the
+        PACS's SEG when asked; then the row is done."""
         prob_ijk = np.ascontiguousarray(volume.from_canonical(prob, axcodes))
+        label_ijk = None if label is None else np.ascontiguousarray(volume.from_canonical(label, axcodes))
         key = f"{prefix}/probability.nii.gz"
-        blob = volumes.nifti_bytes(volume, prob_ijk)
-        self.dataplane.store.put_bytes(
-            self.dataplane.results_bucket, key, blob, content_type="application/gzip"
-        )
-        per_voxel = volume.voxel_volume_ml
-        label, options = organ.spec.label, organ.spec.postprocess_3d
-        volumes_ml = {  # on the canonical grid, where the post-processing's slices are axial
-            f"{t:.1f}": {
-                label: round(
-                    np.count_nonzero(postprocess_mask(probability_mask(prob, t), options)) * per_voxel, 2
+        written = []
+        try:
+            for target, array in ((key, prob_ijk), (labels_key(key), label_ijk)):
+                if array is not None:
+                    blob = volumes.nifti_bytes(volume, array)
+                    self.dataplane.store.put_bytes(
+                        self.dataplane.results_bucket, target, blob, content_type="application/gzip"
+                    )
+                    written.append(target)
+            per_voxel = volume.voxel_volume_ml
+            names, options = organ.spec.labels, organ.spec.postprocess_3d
+            volumes_ml = {}  # on the canonical grid, where the post-processing's slices are axial
+            for t in THRESHOLDS:
+                counts = np.bincount(
+                    label_map(postprocess_mask(probability_mask(prob, t), options), label).ravel(),
+                    minlength=len(names) + 1,
                 )
-            }
-            for t in THRESHOLDS
-        }
-        try:  # the SEG goes back to the PACS before the study is done: a refusal fails it, nothing half-kept
+                volumes_ml[f"{t:.1f}"] = {
+                    n: round(int(counts[i]) * per_voxel, 2) for i, n in enumerate(names, 1)
+                }
+            # the SEG goes back to the PACS before the study is done: a refusal fails it, nothing half-kept
             with _Beat(self, study_id):  # a slow PACS must not make the study look abandoned
-                pacs_segs = self._publish_result(study_id, organ.spec, volume, prob_ijk)
+                pacs_segs = self._publish_result(study_id, organ.spec, volume, prob_ijk, label_ijk)
         except Exception:
-            self.dataplane._remove([key])
+            self.dataplane._remove(written)
             raise
         with self._session() as session:
             session.execute(
@@ -361,7 +388,7 @@ class StudyJobs:
         logger.info("study %s done: %d slices", study_id, prob.shape[0])
 
     def _publish_result(
-        self, study_id: uuid.UUID, spec, volume: volumes.Volume, prob_ijk: np.ndarray
+        self, study_id: uuid.UUID, spec, volume: volumes.Volume, prob_ijk: np.ndarray, label_ijk
     ) -> list | None:
         """The study's SEGs after its result is published: when it came from the PACS with `store_result`, its
         DICOM SEG at the saved (else the default) threshold, stored back there."""
@@ -370,7 +397,7 @@ class StudyJobs:
             if not (row.pacs_store_result and self.publish_seg):
                 return row.pacs_segs
             threshold = self.threshold_of(row, None)
-            return self._published(row, self._labels(spec, volume, prob_ijk, threshold), threshold)
+            return self._published(row, self._labels(spec, volume, prob_ijk, threshold, label_ijk), threshold)
 
     def _published(self, row: Study, labels: np.ndarray, threshold: float) -> list:
         """`row.pacs_segs` with one more: the SEG at `threshold`, a new series, stored by `publish_seg`."""
@@ -383,15 +410,23 @@ class StudyJobs:
         return volumes.read_study(_stored_files(key, blob), limits=self.limits)
 
     @staticmethod
-    def _labels(spec, volume: volumes.Volume, prob_ijk: np.ndarray, threshold: float) -> np.ndarray:
-        """uint8 labels on the input grid at `threshold`, post-processed (spec.postprocess_3d) on the
-        canonical grid, whose first axis is the axial one the options work slice by slice on."""
+    def _labels(
+        spec,
+        volume: volumes.Volume,
+        prob_ijk: np.ndarray,
+        threshold: float,
+        label_ijk: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """uint8 labels on the input grid at `threshold` (masks.labels_at's rule: `label_ijk`, the label of
+        largest probability, where the foreground probability `prob_ijk` reaches it), the foreground
+        post-processed (spec.postprocess_3d) on the canonical grid, whose first axis is the axial one the
+        options work slice by slice on."""
         mask = probability_mask(prob_ijk, threshold)
         if spec.postprocess_3d.enabled:
             axcodes = _axcodes(spec)
             canonical = replace(volume, data=mask.view(np.uint8)).canonical(axcodes) > 0.5
             mask = volume.from_canonical(postprocess_mask(canonical, spec.postprocess_3d), axcodes)
-        return mask.astype(np.uint8)
+        return label_map(mask, label_ijk)
 
     def _finish_failed(self, session: Session, study_id, code: str, message: str) -> None:
         session.execute(
@@ -437,7 +472,14 @@ class StudyJobs:
         organ = self.dataplane.registry.get(row.organ)
         blob = self.dataplane.store.get_bytes(self.dataplane.results_bucket, row.probability_key)
         prob = volumes.read_study([("probability.nii.gz", blob)], limits=self.limits)
-        labels = self._labels(organ.spec, prob, prob.data.round().astype(np.uint8), threshold)
+        label = None
+        if len(row.labels) > 1:  # the label of largest probability, stored beside it
+            blob = self.dataplane.store.get_bytes(
+                self.dataplane.results_bucket, labels_key(row.probability_key)
+            )
+            label = volumes.read_study([("labels.nii.gz", blob)], limits=self.limits).data.round()
+            label = label.astype(np.uint8)
+        labels = self._labels(organ.spec, prob, prob.data.round().astype(np.uint8), threshold, label)
         return prob, labels
 
     def mask_nifti(self, row: Study, threshold: float) -> bytes:
@@ -464,6 +506,8 @@ class StudyJobs:
             version=row.model_version or "unknown",
             threshold=threshold,
             series_index=series_index,
+            # several labels: the parts of one structure (the spec's `label`), named by SegmentLabel
+            structure=self.dataplane.registry.get(row.organ).spec.label if len(row.labels) > 1 else None,
         )
 
     def image_nifti(self, row: Study) -> bytes:
@@ -613,10 +657,10 @@ def _axcodes(spec) -> tuple[str, str, str]:
     return tuple(getattr(spec, "volume_axcodes", None) or ("L", "A", "S"))
 
 
-def _modalities(spec) -> set[str]:
-    """The DICOM modalities an organ's spec accepts (its `modality`, e.g. CT, or "MR" for MRI)."""
-    value = spec.modality.upper()
-    return {"MR", "MRI"} if value in ("MR", "MRI") else {value}
+def labels_key(probability_key: str) -> str:
+    """Where an organ of several labels keeps the label of largest probability beside the study's
+    probability volume."""
+    return probability_key.rsplit("/", 1)[0] + "/labels.nii.gz"
 
 
 def _study_uuid(study_id: str) -> uuid.UUID:

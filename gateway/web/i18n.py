@@ -366,6 +366,7 @@ EN: dict[str, str] = {
     ),
     "err.duplicate_name": "Two images are named {name}: image file names must differ.",
     "err.duplicate_label": "Two label masks belong to the image {name}.",
+    "err.invalid_label": "The label volume {label} holds values that are not this organ's labels.",
     "err.size_mismatch": "The label mask {label} is not the same size as its image {image}.",
     "err.ambiguous_input": "Choose either uploaded images with labels or a dataset, not both.",
     "err.unknown_dataset": "This dataset does not exist or you may not use it.",
@@ -509,6 +510,9 @@ EN: dict[str, str] = {
     "err.nested_zip": "A zip inside the zip is not accepted.",
     "err.nifti_bad_affine": "The NIfTI's geometry (affine) is not usable.",
     "err.nifti_not_3d": "Only 3-D NIfTI volumes are accepted.",
+    "err.organ_needs_volume": "This organ's model segments whole volumes: upload the study as a volume (NIfTI or DICOM series).",
+    "err.not_a_volume": "This organ's model segments volumes, and the upload is a single image.",
+    "err.volume_too_large_for_organ": "The volume is much larger than what this organ's model takes (a crop around the organ).",
     "err.nifti_not_finite": "The NIfTI holds values that are not numbers (NaN or infinity).",
     "err.nifti_truncated": "The NIfTI file is cut short.",
     "err.not_an_image": "A file holds no image (e.g. a report or a segmentation object).",
@@ -1009,6 +1013,7 @@ ZH: dict[str, str] = {
     ),
     "err.duplicate_name": "有两张图像名为 {name}：图像文件名不能重复。",
     "err.duplicate_label": "图像 {name} 有两个标注掩膜。",
+    "err.invalid_label": "标注体数据 {label} 含有不属于该器官标签的值。",
     "err.size_mismatch": "标注掩膜 {label} 与图像 {image} 的尺寸不一致。",
     "err.ambiguous_input": "请在上传的图像与标注、或数据集之间二选一，不能同时使用。",
     "err.unknown_dataset": "该数据集不存在，或您无权使用。",
@@ -1131,6 +1136,9 @@ ZH: dict[str, str] = {
     "err.nested_zip": "不接受 zip 中嵌套的 zip。",
     "err.nifti_bad_affine": "该 NIfTI 的几何信息（仿射矩阵）无法使用。",
     "err.nifti_not_3d": "只接受三维 NIfTI 体数据。",
+    "err.organ_needs_volume": "该器官模型分割整个体数据：请以体数据（NIfTI 或 DICOM 序列）上传检查。",
+    "err.not_a_volume": "该器官模型分割体数据，而上传的是单幅图像。",
+    "err.volume_too_large_for_organ": "该体数据远大于该器官模型所接受的大小（器官周围的裁剪区域）。",
     "err.nifti_not_finite": "该 NIfTI 含有非数值（NaN 或无穷大）。",
     "err.nifti_truncated": "该 NIfTI 文件不完整。",
     "err.not_an_image": "某个文件不含图像（例如报告或分割对象）。",
@@ -1314,9 +1322,19 @@ def translate(lang: str, key: str, **params: object) -> str:
     return text.format(**params) if params else text
 
 
-def organ_name(lang: str, organ: str, display_name: str) -> str:
-    """An organ's name in `lang`: the catalogue's word for it, else the organ spec's display name."""
-    return CATALOGUE.get(lang, EN).get(f"organ.{organ}") or EN.get(f"organ.{organ}") or display_name
+def organ_name(lang: str, organ: str, display_name: str, translations: dict | None = None) -> str:
+    """An organ's name in `lang`: the catalogue's word for it, else its spec's `translations` for `lang`, else
+    the organ spec's display name."""
+    own = ((translations or {}).get(lang) or {}).get("display_name")
+    return CATALOGUE.get(lang, EN).get(f"organ.{organ}") or own or EN.get(f"organ.{organ}") or display_name
+
+
+def label_names(lang: str, translations: dict | None) -> dict[str, str]:
+    """`label.<label>` words in `lang` from an organ spec's `translations` (the study pages name labels with
+    them), except where the catalogue has its own."""
+    own = ((translations or {}).get(lang) or {}).get("labels") or {}
+    catalogue = CATALOGUE.get(lang, EN)
+    return {f"label.{label}": word for label, word in own.items() if f"label.{label}" not in catalogue}
 
 
 def pick_language(*candidates: str | None, accept_language: str | None = None) -> str:

@@ -170,9 +170,12 @@ def render(request: Request, viewer: Viewer, name: str, status_code: int = 200, 
     nav_items = [(p, k) for p, k, roles in NAV if viewer.role in roles]
     # every organ the gateway serves has a name in the pages' catalogue (its spec's display name when the
     # catalogue has no word for it), so page scripts name organs as the templates do
-    organ_names = {
-        f"organ.{name}": i18n.organ_name(lang, name, display) for name, display in _organs(request)
-    }
+    organ_names = {}
+    for organ in _organs(request):
+        organ_names[f"organ.{organ.name}"] = i18n.organ_name(
+            lang, organ.name, organ.spec.display_name, organ.spec.translations
+        )
+        organ_names.update(i18n.label_names(lang, organ.spec.translations))
     admin_items = [(p, k) for p, k, roles in ADMIN_NAV if viewer.role in roles]
     settings = request.app.state.web_settings
     response = templates.TemplateResponse(
@@ -199,19 +202,15 @@ def render(request: Request, viewer: Viewer, name: str, status_code: int = 200, 
     return response
 
 
-def _display_names(dataplane) -> list[tuple[str, str]]:
-    return [(o.name, o.spec.display_name) for o in dataplane.registry.all()]
+def organ_choices(request: Request) -> list:
+    """Every organ the gateway serves (gateway.service.organs.Organ), from its registry (no network call)."""
+    return request.app.state.dataplane.registry.all()
 
 
-def organ_choices(request: Request) -> list[tuple[str, str]]:
-    """(name, display name) of every organ the gateway serves, from its registry (no network call)."""
-    return _display_names(request.app.state.dataplane)
-
-
-def _organs(request: Request) -> list[tuple[str, str]]:
+def _organs(request: Request) -> list:
     """The organs for every page's catalogue, error pages' too (none when the app has no data plane yet)."""
     dataplane = getattr(request.app.state, "dataplane", None)
-    return _display_names(dataplane) if dataplane else []
+    return dataplane.registry.all() if dataplane else []
 
 
 FALLBACK_ORGAN = "liver"
@@ -235,13 +234,24 @@ def default_organ(session: Session, user: User, organs: list[str]) -> str | None
     return FALLBACK_ORGAN if FALLBACK_ORGAN in organs else next(iter(organs), None)
 
 
-def organ_context(request: Request, viewer: Viewer, session: Session) -> dict:
+def organ_context(request: Request, viewer: Viewer, session: Session, *, images_only: bool = False) -> dict:
     """The organ select's choices and the organ it starts on; what the viewer needs of each organ (its
-    modality: histology opens in deep zoom; its label: nuclei are counted)."""
-    organs = [(name, i18n.organ_name(viewer.lang, name, display)) for name, display in organ_choices(request)]
+    modality: histology opens in deep zoom; its label: nuclei are counted; its labels and dimensions).
+    `images_only`: only the organs that segment 2-D images (a 3-D organ takes studies, /studies)."""
+    registry = request.app.state.dataplane.registry
+    organs = [
+        (o.name, i18n.organ_name(viewer.lang, o.name, o.spec.display_name, o.spec.translations))
+        for o in organ_choices(request)
+        if not (images_only and o.spec.volumetric)
+    ]
     kinds = {
-        o.name: {"modality": o.spec.modality, "label": o.spec.label}
-        for o in request.app.state.dataplane.registry.all()
+        o.name: {
+            "modality": o.spec.modality,
+            "label": o.spec.label,
+            "labels": list(o.spec.labels),
+            "dimensions": o.spec.dimensions,
+        }
+        for o in registry.all()
     }
     return {
         "organs": organs,
@@ -289,11 +299,13 @@ def profile_page(request: Request, viewer: SignedInPage):
     return render(request, viewer, "profile.html")
 
 
-def _doctor_page(template: str) -> Callable[..., Response]:
-    """A doctor-side page: its template with the organ choices."""
+def _doctor_page(template: str, images_only: bool = False) -> Callable[..., Response]:
+    """A doctor-side page: its template with the organ choices (`images_only`: the 2-D organs)."""
 
     def page(request: Request, viewer: DoctorSide, session: SessionDep):
-        return render(request, viewer, template, **organ_context(request, viewer, session))
+        return render(
+            request, viewer, template, **organ_context(request, viewer, session, images_only=images_only)
+        )
 
     return page
 
@@ -305,7 +317,9 @@ for _path, _name in (
     ("/model-test", "model_test"),
     ("/feedback", "feedback"),
 ):
-    router.add_api_route(_path, _doctor_page(f"{_name}.html"), methods=["GET"], name=f"{_name}_page")
+    # the segment page sends 2-D images: a 3-D organ is offered on /studies
+    page = _doctor_page(f"{_name}.html", images_only=_name == "segment")
+    router.add_api_route(_path, page, methods=["GET"], name=f"{_name}_page")
 
 
 @router.get("/training")

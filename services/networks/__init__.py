@@ -10,6 +10,11 @@ job's architecture against `MODELS`, so neither imports the other for them.
 | unet-eg        | U-Net with the EG module                                               |
 | erunet         | ERU-Net (liver): 5 EGRConv blocks — two down, bottom, two up            |
 | erunet-cells   | ERU-Net-cells: dilated convolutions in the residual blocks, depth 5     |
+| eru_net_3d     | 3-D ERU-Net (volumes): 3-D EG modules, GroupNorm, Residual Block II, 4 levels |
+| unet_3d        | plain 3-D U-Net baseline (double conv + BatchNorm), 4 levels           |
+
+2-D networks take (B, C, H, W); 3-D ones (B, C, D, H, W) and return (B, out_channels, D, H, W) logits: for
+a multi-label organ out_channels = labels + 1 (softmax over background and the labels); pass it.
 """
 
 from __future__ import annotations
@@ -27,7 +32,14 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "unet-eg": partial(EncoderDecoder, widths=(24, 48, 96), block="eg"),
     "erunet": partial(EncoderDecoder, widths=(24, 48, 96), block="egr"),
     "erunet-cells": partial(EncoderDecoder, widths=(12, 24, 48, 96, 192), block="egr", dilation=2),
+    "eru_net_3d": partial(EncoderDecoder, widths=(12, 24, 48, 96), block="egr", dims=3),
+    "unet_3d": partial(EncoderDecoder, widths=(12, 24, 48, 96), block="double", dims=3),
 }
+
+
+def model_dims(name: str) -> int:
+    """2 for a network of images, 3 for one of volumes."""
+    return create_model(name, widths=(3, 6)).dims
 
 
 def create_model(name: str, **kw) -> nn.Module:

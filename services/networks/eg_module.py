@@ -8,6 +8,11 @@ How we read the paper's formulas:
 - each branch keeps d channels ("same" padding) and the K outputs are concatenated back to N channels.
 For i = 1 the kernel is 1×1, so its dilation has no effect. `dilation_base` lets a variant use
 r_i = base^(i+1) with another base; the paper's value is 2. GroupNorm follows every convolution.
+
+In 3-D (`dims=3`, the hippocampus) the branches are `GEOMETRY_3D` instead: 1×1×1, 3×3×3 dilated 2 and
+3×3×3 dilated 4 (effective 1, 5, 9 voxels). The 2-D geometry was made for 256² slices: in a ~40×56×40
+volume a 5-kernel dilated 16 reaches 65 voxels, past the whole volume (all padding), and a 5³ kernel costs
+4.6 times a 3³ one.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from services.networks.norm import group_norm
+from services.networks.norm import CONV, group_norm, layers
+
+GEOMETRY_3D = ((1, 1), (3, 2), (3, 4))  # (kernel, dilation) of each branch of a 3-D EG module
 
 
 def branch_geometry(i: int, dilation_base: int = 2) -> tuple[int, int, int]:
@@ -26,25 +33,39 @@ def branch_geometry(i: int, dilation_base: int = 2) -> tuple[int, int, int]:
 
 
 class EGModule(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, branches: int = 3, dilation_base: int = 2):
+    """`geometry`: (kernel, dilation) per branch; by default the paper's (branch_geometry) in 2-D and
+    GEOMETRY_3D in 3-D (`branches` of them)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        branches: int = 3,
+        dilation_base: int = 2,
+        dims: int = 2,
+        geometry: tuple[tuple[int, int], ...] | None = None,
+    ):
         super().__init__()
+        if geometry is None:
+            geometry = (
+                GEOMETRY_3D[:branches]
+                if dims == 3
+                else tuple(branch_geometry(i, dilation_base)[:2] for i in range(1, branches + 1))
+            )
+        branches = len(geometry)
+        conv = layers(CONV, dims)
         if out_channels % branches:
             raise ValueError(
                 f"EG module: out_channels ({out_channels}) must be divisible by K={branches} branches; "
                 f"choose widths that are multiples of {branches}"
             )
         d = out_channels // branches
-        self.reduce = nn.Sequential(
-            nn.Conv2d(in_channels, d, 1, bias=False), group_norm(d), nn.ReLU(inplace=True)
-        )
+        self.reduce = nn.Sequential(conv(in_channels, d, 1, bias=False), group_norm(d), nn.ReLU(inplace=True))
         self.branches = nn.ModuleList()
-        for i in range(1, branches + 1):
-            kernel, dilation, _ = branch_geometry(i, dilation_base)
+        for kernel, dilation in geometry:
             self.branches.append(
                 nn.Sequential(
-                    nn.Conv2d(
-                        d, d, kernel, padding=dilation * (kernel - 1) // 2, dilation=dilation, bias=False
-                    ),
+                    conv(d, d, kernel, padding=dilation * (kernel - 1) // 2, dilation=dilation, bias=False),
                     group_norm(d),
                 )
             )

@@ -6,11 +6,13 @@ import torch
 from torch import nn
 
 from services.networks.blocks import BLOCKS
+from services.networks.norm import CONV, CONV_TRANSPOSE, MAX_POOL, layers
 
 
 class EncoderDecoder(nn.Module):
     """U-Net topology: len(widths) levels (the last is the bottom), max-pool down, transposed-conv up,
-    skip concatenation. Returns logits (N, out_channels, H, W); H and W must be multiples of `stride`."""
+    skip concatenation. Returns logits (N, out_channels, H, W); H and W must be multiples of `stride`.
+    `dims=3`: the same on volumes, (N, C, D, H, W) → (N, out_channels, D, H, W)."""
 
     def __init__(
         self,
@@ -19,8 +21,10 @@ class EncoderDecoder(nn.Module):
         widths: tuple[int, ...] = (24, 48, 96),
         block: str = "egr",
         dilation: int = 1,
+        dims: int = 2,
     ):
         super().__init__()
+        self.dims = dims
         if block not in BLOCKS:
             raise KeyError(f"unknown block {block!r}; valid: {', '.join(BLOCKS)}")
         make = BLOCKS[block]
@@ -28,24 +32,28 @@ class EncoderDecoder(nn.Module):
         self.encoders = nn.ModuleList()
         prev = in_channels
         for width in widths:
-            self.encoders.append(make(prev, width, dilation=dilation))
+            self.encoders.append(make(prev, width, dilation=dilation, dims=dims))
             prev = width
-        self.pool = nn.MaxPool2d(2)
+        self.pool = layers(MAX_POOL, dims)(2)
         self.ups = nn.ModuleList()
         self.decoders = nn.ModuleList()
         for width in reversed(widths[:-1]):
-            self.ups.append(nn.ConvTranspose2d(prev, width, 2, stride=2))
-            self.decoders.append(make(2 * width, width, dilation=dilation))
+            self.ups.append(layers(CONV_TRANSPOSE, dims)(prev, width, 2, stride=2))
+            self.decoders.append(make(2 * width, width, dilation=dilation, dims=dims))
             prev = width
-        self.head = nn.Conv2d(prev, out_channels, 1)
+        self.head = layers(CONV, dims)(prev, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2], x.shape[-1]
-        if h % self.stride != 0 or w % self.stride != 0:
-            raise ValueError(
-                f"input size {h}×{w} is not a multiple of {self.stride}: pad your images to a "
-                f"multiple of {self.stride} (services.preprocess.prepare does this)"
-            )
+        size = x.shape[2:]
+        for n in size:
+            if n % self.stride != 0:
+                what = "images" if self.dims == 2 else "volumes"
+                # no loop or comprehension here: the TorchScript → ONNX exporter fails on one in this branch
+                shown = f"{size[0]}×{size[1]}" + (f"×{size[2]}" if len(size) == 3 else "")
+                raise ValueError(
+                    f"input size {shown} is not a multiple of {self.stride}: pad your "
+                    f"{what} to a multiple of {self.stride} (services.preprocess does this)"
+                )
         skips: list[torch.Tensor] = []
         for i, encoder in enumerate(self.encoders):
             if i > 0:

@@ -128,11 +128,11 @@ def test_organ_down_is_unavailable_other_organ_answers(tmp_path, grpc_stub_for, 
         pb.SegmentRequest(organ="cells", image=rgb), metadata=auth(api_keys["segment"]), timeout=30
     )
     assert (ok.width, ok.height) == (32, 32)
-    organs = {
-        o.name: o.ready
-        for o in stub.ListOrgans(pb.ListOrgansRequest(), metadata=auth(api_keys["both"])).organs
-    }
-    assert organs == {"liver": False, "cells": True}
+    listed = stub.ListOrgans(pb.ListOrgansRequest(), metadata=auth(api_keys["both"])).organs
+    organs = {o.name: o.ready for o in listed}
+    assert organs == {"liver": False, "cells": True, "hippocampus": False}  # no client for it here
+    kinds = {o.name: (list(o.labels), o.dimensions) for o in listed}
+    assert kinds["liver"] == (["liver"], 2) and kinds["hippocampus"] == (["anterior", "posterior"], 3)
 
 
 def test_unexpected_error_is_internal_without_details(tmp_path, grpc_stub_for, api_keys):
@@ -190,3 +190,15 @@ def test_health_and_reflection(stub):
     for service in clinic:
         status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service))
         assert status.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_2d_image_for_a_3d_organ_is_invalid_argument_naming_the_studies(tmp_path, grpc_stub_for, api_keys):
+    stub = grpc_stub_for(make_plane(tmp_path))
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Segment(
+            pb.SegmentRequest(organ="hippocampus", image=png(np.zeros((32, 32), np.uint8))),
+            metadata=auth(api_keys["segment"]),
+            timeout=30,
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "is 3-D" in info.value.details() and "/api/v1/studies" in info.value.details()

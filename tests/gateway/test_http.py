@@ -74,6 +74,7 @@ def test_readyz_ok(client):
     assert response.json()["components"] == {
         "organ:liver": "ok",
         "organ:cells": "ok",
+        "organ:hippocampus": "ok",
         "objectstore": "ok",
         "disk": "ok",
     }
@@ -83,8 +84,12 @@ def test_organs_lists_every_folder(client, api_keys):
     response = client.get("/api/v1/organs", headers=bearer(api_keys["evaluate"]))
     assert response.status_code == 200
     organs = {o["name"]: o for o in response.json()["organs"]}
-    assert set(organs) == {"liver", "cells"}
+    assert set(organs) == {"liver", "cells", "hippocampus"}
     assert organs["liver"]["ready"] is True and organs["liver"]["model"]["name"] == "liver"
+    assert (organs["liver"]["labels"], organs["liver"]["dimensions"]) == (["liver"], 2)
+    hippocampus = organs["hippocampus"]
+    assert (hippocampus["labels"], hippocampus["dimensions"]) == (["anterior", "posterior"], 3)
+    assert hippocampus["modality"] == "MR" and hippocampus["label"] == "hippocampus"
 
 
 def test_segment_contract_shape(client, api_keys):

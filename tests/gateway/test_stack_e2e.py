@@ -92,6 +92,7 @@ def test_ready(http):
     assert response.json()["components"] == {
         "organ:liver": "ok",
         "organ:cells": "ok",
+        "organ:hippocampus": "ok",
         "objectstore": "ok",
         "disk": "ok",
     }
@@ -139,6 +140,7 @@ def test_segment_liver_slice_over_grpc(stub, api_keys):
     assert {o.name: (o.ready, o.model.version) for o in organs.organs} == {
         "liver": (True, "1"),
         "cells": (True, "1"),
+        "hippocampus": (True, "1"),
     }
 
 
@@ -275,6 +277,7 @@ def test_one_organ_server_down_other_answers(stack_settings, objectstore, http_c
             assert ready.json()["components"] == {
                 "organ:liver": "ok",
                 "organ:cells": "unavailable",
+                "organ:hippocampus": "ok",
                 "objectstore": "ok",
                 "disk": "ok",
             }

@@ -31,6 +31,7 @@ from PIL import Image
 from sqlalchemy import select
 
 from gateway.models import Base, Dataset, EvaluationCase, ModelVersion, Segmentation, Study
+from gateway.service.studies import labels_key
 from tests.api.conftest import small_dataset_zip
 from tests.data import CELLS_TRAIN, LIVER_SLICE
 from tests.fixtures.torchserve import MODEL_VERSION, build_test_mar
@@ -81,8 +82,9 @@ def cells_server(work):
 
 
 @pytest.fixture(scope="module")
-def gateway(work, s3_settings, objectstore, torchserve_liver, cells_server):
-    """`medseg serve` over the session's object store and liver server and this module's cells server."""
+def gateway(work, s3_settings, objectstore, torchserve_liver, torchserve_hippocampus, cells_server):
+    """`medseg serve` over the session's object store, liver and hippocampus servers and this module's cells
+    server (every organ folder has its server: the gateway is ready when all answer)."""
     settings = s3_settings.model_copy(
         update={
             "state_dir": work / "state",
@@ -90,15 +92,21 @@ def gateway(work, s3_settings, objectstore, torchserve_liver, cells_server):
                 {
                     "liver": (torchserve_liver.model_store, torchserve_liver.model_name),
                     "cells": (cells_server.model_store, "cells"),
+                    "hippocampus": (torchserve_hippocampus.model_store, torchserve_hippocampus.model_name),
                 },
                 work / "model-store",
             ),
             "organ_addresses": {
                 "liver": torchserve_liver.grpc_inference_address,
                 "cells": cells_server.grpc_inference_address,
+                "hippocampus": torchserve_hippocampus.grpc_inference_address,
             },
-            # liver's server is never restarted here; cells' key is read from its key file on every call
-            "organ_inference_keys": {"liver": torchserve_liver.inference_key},
+            # liver's and hippocampus's servers are never restarted here; cells' key is read from its key
+            # file on every call
+            "organ_inference_keys": {
+                "liver": torchserve_liver.inference_key,
+                "hippocampus": torchserve_hippocampus.inference_key,
+            },
             "inference_timeout_s": DEADLINE_S,
         }
     )
@@ -269,6 +277,11 @@ def referenced_objects(session, buckets, store) -> list[tuple[str, str, str]]:
                 ("input", row.input_key),
                 ("source", row.source_key),
                 ("probability", row.probability_key),
+                # an organ of several labels: the label of largest probability, beside the probabilities
+                (
+                    "labels",
+                    labels_key(row.probability_key) if row.probability_key and len(row.labels) > 1 else None,
+                ),
             )
             if key
         ]
@@ -363,6 +376,7 @@ def test_one_organ_server_stops_the_other_keeps_answering_and_it_recovers(gatewa
     assert wait_ready(gateway, RECOVERY_S) == {
         "organ:liver": "ok",
         "organ:cells": "ok",
+        "organ:hippocampus": "ok",
         "objectstore": "ok",
         "disk": "ok",
     }

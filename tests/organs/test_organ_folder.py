@@ -64,6 +64,19 @@ def _tiny_mar(path: Path, organ: str, version: str) -> None:
         mar.writestr("MAR-INF/MANIFEST.json", json.dumps(manifest))
 
 
+def _fake_plane(registry: OrganRegistry, settings: Settings) -> DataPlane:
+    """A data plane over the registry's organs with fake servers and store (what the gateway lists)."""
+    return DataPlane(
+        registry,
+        {name: FakeClient() for name in registry.names()},
+        FakeStore(),
+        results_bucket="results",
+        record_segmentation=lambda session, **row: None,
+        max_upload_bytes=settings.max_upload_bytes,
+        max_image_pixels=settings.max_image_pixels,
+    )
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     """A temporary repository: the real services/ and k8s/, plus services/spleen/ and a spleen .mar."""
@@ -106,23 +119,16 @@ def test_the_trainer_builds_its_training_config_from_the_recipe(repo, settings):
 
 def test_the_gateway_lists_it_with_its_deadline(settings, http_client_for, api_keys):
     registry = OrganRegistry(settings.services_dir, settings.model_store_dir)
-    assert sorted(registry.names()) == ["cells", "liver", "spleen"]
-    plane = DataPlane(
-        registry,
-        {name: FakeClient() for name in registry.names()},
-        FakeStore(),
-        results_bucket="results",
-        record_segmentation=lambda session, **row: None,
-        max_upload_bytes=settings.max_upload_bytes,
-        max_image_pixels=settings.max_image_pixels,
-    )
+    assert sorted(registry.names()) == ["cells", "hippocampus", "liver", "spleen"]
+    plane = _fake_plane(registry, settings)
     response = http_client_for(plane, settings).get("/api/v1/organs", headers=bearer(api_keys["evaluate"]))
     assert response.status_code == 200, response.text
     organs = {o["name"]: o for o in response.json()["organs"]}
-    assert set(organs) == {"cells", "liver", "spleen"}
+    assert set(organs) == {"cells", "hippocampus", "liver", "spleen"}
     assert organs["spleen"]["model"] == {**organs["spleen"]["model"], "name": "spleen", "version": "1"}
     deadlines = {o.name: organ_deadline_s(settings, o) for o in registry.all()}
-    assert deadlines == {"cells": 30.0, "liver": settings.inference_timeout_s, "spleen": 12.0}
+    default = settings.inference_timeout_s
+    assert deadlines == {"cells": 30.0, "hippocampus": default, "liver": default, "spleen": 12.0}
     override = settings.model_copy(update={"organ_inference_timeouts_s": {"spleen": 3.0}})
     assert organ_deadline_s(override, registry.get("spleen")) == 3.0
 
@@ -131,7 +137,8 @@ def test_the_stack_launcher_starts_it(settings):
     from tools.stack import _organs_with_models
 
     ready, skipped = _organs_with_models(settings)
-    assert ready == ["spleen"] and sorted(skipped) == ["cells", "liver"]  # only spleen has a .mar here
+    # only spleen has a .mar here
+    assert ready == ["spleen"] and sorted(skipped) == ["cells", "hippocampus", "liver"]
 
 
 def test_the_kubernetes_manifests_deploy_it(repo):
@@ -155,7 +162,9 @@ def test_the_kubernetes_manifests_deploy_it(repo):
     assert inference["spleen"] == "dns:///torchserve-pods-spleen:7070"
     assert management["spleen"] == "torchserve-spleen:7071"
     rollout = by_kind(objects, "Role")["medseg-gateway-model-rollout"]["rules"][0]["resourceNames"]
-    assert sorted(rollout) == ["torchserve-cells", "torchserve-liver", "torchserve-spleen"]
+    assert sorted(rollout) == [
+        "torchserve-cells", "torchserve-hippocampus", "torchserve-liver", "torchserve-spleen"
+    ]  # fmt: skip
 
 
 def test_removing_the_folder_removes_its_manifests(tmp_path):
@@ -196,3 +205,45 @@ def test_a_broken_recipe_names_the_file_and_the_fix(tmp_path):
     recipe.unlink()
     with pytest.raises(RecipeError, match="recipe.yaml is missing"):
         load_recipe("spleen", services)
+
+
+def test_a_3d_multi_label_organ_is_one_folder_too(tmp_path, http_client_for, api_keys):
+    """A copy of hippocampus's folder under another name (3-D, three labels) is listed with its labels and
+    dimensions, and its 2-D images are refused naming the studies endpoint: nothing outside the folder."""
+    services = tmp_path / "services"
+    shutil.copytree(SERVICES_DIR, services, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(services / "hippocampus", services / "thalamus")
+    spec = yaml.safe_load((services / "thalamus" / "spec.yaml").read_text())
+    spec.pop("translations")  # the hippocampus's words
+    spec.update(
+        name="thalamus", display_name="Thalamus (brain MRI)", label="thalamus", labels=["a", "b", "c"]
+    )
+    (services / "thalamus" / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    settings = Settings(services_dir=services, model_store_dir=tmp_path, state_dir=tmp_path / ".medseg")
+    registry = OrganRegistry(settings.services_dir, settings.model_store_dir)
+    plane = _fake_plane(registry, settings)
+    http = http_client_for(plane, settings)
+    organs = {
+        o["name"]: o
+        for o in http.get("/api/v1/organs", headers=bearer(api_keys["evaluate"])).json()["organs"]
+    }
+    assert (organs["thalamus"]["labels"], organs["thalamus"]["dimensions"]) == (["a", "b", "c"], 3)
+    response = http.post(
+        "/api/v1/segment",
+        headers=bearer(api_keys["segment"]),
+        data={"organ": "thalamus"},
+        files={"file": ("x.png", _png(np.zeros((32, 32), np.uint8)))},
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "organ_needs_volume"
+    assert "POST /api/v1/studies" in response.json()["error"]["message"]
+    kept = http.post(  # a kept evaluation scores 2-D pairs: refused the same way, before any work
+        "/api/v1/evaluations",
+        headers=bearer(api_keys["evaluate"]),
+        data={"organ": "thalamus"},
+        files=[
+            ("images", ("x.png", _png(np.zeros((32, 32), np.uint8)))),
+            ("labels", ("x.png", _png(np.zeros((32, 32), np.uint8)))),
+        ],
+    )
+    assert kept.status_code == 400 and kept.json()["error"]["code"] == "organ_needs_volume", kept.text

@@ -1,5 +1,7 @@
 """Organ specs: the inference modes a spec may name, and what each needs."""
 
+import re
+
 import pytest
 
 from services.spec import (
@@ -30,7 +32,7 @@ def test_sliding_window_needs_a_window_size_and_an_overlap_below_one():
 
 
 def test_an_unknown_mode_is_refused_naming_the_valid_ones():
-    with pytest.raises(ValueError, match="must be one of resize, whole, sliding, not 'tiles'"):
+    with pytest.raises(ValueError, match="must be one of resize, whole, sliding, pad, not 'tiles'"):
         load_organ_spec("cells").with_inference("tiles", 256)
 
 
@@ -66,3 +68,62 @@ def test_volume_chunk_and_mini_batch_are_slice_counts_up_to_the_handlers_cap():
                 ValueError, match=f"inference.{key} must be a whole number of slices from 1 to 64"
             ):
                 OrganSpec.from_dict({**cells, "inference": {**inference, key: bad}})
+
+
+def test_a_3d_organ_names_its_labels_size_spacing_and_normalisation():
+    spec = load_organ_spec("hippocampus")
+    assert spec.volumetric and spec.labels == ("anterior", "posterior") and spec.label == "hippocampus"
+    assert spec.inference.mode == "pad" and spec.inference.size == (48, 64, 48)
+    assert spec.inference.spacing_mm == (1.0, 1.0, 1.0) and spec.per_volume == "zscore"
+    assert OrganSpec.from_dict(spec.to_dict()) == spec
+    liver = load_organ_spec("liver")
+    assert not liver.volumetric and liver.labels == ("liver",)
+    assert not {"dimensions", "labels"} & set(liver.to_dict())  # 2-D one-label specs keep their shape
+    assert (
+        "spacing_mm" not in liver.to_dict()["inference"] and "per_volume" not in liver.to_dict()["normalize"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"dimensions": 4}, "dimensions must be 2 or 3"),
+        ({"labels": ["a", "a"]}, "labels must be a list of distinct names"),
+        ({"labels": "anterior"}, "labels must be a list of distinct names"),
+        (
+            {"inference": {"mode": "resize", "size": [48, 64, 48], "spacing_mm": [1, 1, 1]}},
+            "must be one of pad",
+        ),
+        ({"inference": {"mode": "pad", "size": [48, 64], "spacing_mm": [1, 1, 1]}}, "multiples of 8"),
+        ({"inference": {"mode": "pad", "size": [48, 60, 48], "spacing_mm": [1, 1, 1]}}, "multiples of 8"),
+        ({"inference": {"mode": "pad", "size": [48, 64, 48]}}, "needs inference.spacing_mm"),
+        ({"inference": {"mode": "pad", "size": [48, 64, 48], "spacing_mm": [1, 0, 1]}}, "spacing_mm"),
+        ({"normalize": {"mean": [0.0], "std": [1.0]}}, "needs normalize.per_volume"),
+        ({"normalize": {"per_volume": "minmax"}}, "not 'minmax'"),
+    ],
+)
+def test_a_broken_3d_spec_names_the_field(change, message):
+    raw = {**load_organ_spec("hippocampus").to_dict(), **change}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        OrganSpec.from_dict(raw)
+
+
+def test_volume_fields_are_refused_on_a_2d_organ():
+    liver = load_organ_spec("liver").to_dict()
+    for raw in (
+        {**liver, "inference": {**liver["inference"], "spacing_mm": [1, 1, 1]}},
+        {**liver, "normalize": {**liver["normalize"], "per_volume": "zscore"}},
+        {**liver, "inference": {**liver["inference"], "mode": "pad"}},
+    ):
+        with pytest.raises(ValueError, match="are for 3-D organs"):
+            OrganSpec.from_dict(raw)
+
+
+def test_an_organ_carries_its_own_words_for_other_languages():
+    spec = load_organ_spec("hippocampus")
+    assert spec.translations["zh"]["labels"]["anterior"] and spec.translations["zh"]["display_name"]
+    raw = spec.to_dict()
+    for bad in ({"zh": {"labels": {"middle": "中"}}}, {"zh": "海马体"}, {"zh": {"display": "x"}}, ["zh"]):
+        with pytest.raises(ValueError, match="translations"):
+            OrganSpec.from_dict({**raw, "translations": bad})
+    assert "translations" not in load_organ_spec("liver").to_dict()

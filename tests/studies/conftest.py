@@ -49,24 +49,38 @@ def shipped_liver(study_work):
 @pytest.fixture(scope="module")
 def study_settings(study_work, s3_settings, objectstore, shipped_liver, torchserve_cells):
     """The live gateway's settings (a module overrides this fixture to add its own, e.g. a PACS)."""
+    return study_settings_for(
+        study_work,
+        s3_settings,
+        {
+            "liver": (
+                shipped_liver.grpc_inference_address,
+                shipped_liver.keys.inference,
+                study_work / "liver-store",
+                "liver",
+            ),
+            "cells": (
+                torchserve_cells.grpc_inference_address,
+                torchserve_cells.inference_key,
+                torchserve_cells.model_store,
+                torchserve_cells.model_name,
+            ),
+        },
+    )
+
+
+def study_settings_for(study_work: Path, s3_settings, servers: dict[str, tuple[str, str, Path, str]]):
+    """The live gateway's settings over `servers`: organ → (gRPC address, inference key, model store, model
+    name)."""
     return s3_settings.model_copy(
         update={
             "state_dir": study_work / "state",
             "model_store_dir": model_store_for(
-                {
-                    "liver": (study_work / "liver-store", "liver"),
-                    "cells": (torchserve_cells.model_store, torchserve_cells.model_name),
-                },
+                {organ: (store, name) for organ, (_, _, store, name) in servers.items()},
                 study_work / "model-store",
             ),
-            "organ_addresses": {
-                "liver": shipped_liver.grpc_inference_address,
-                "cells": torchserve_cells.grpc_inference_address,
-            },
-            "organ_inference_keys": {
-                "liver": shipped_liver.keys.inference,
-                "cells": torchserve_cells.inference_key,
-            },
+            "organ_addresses": {organ: address for organ, (address, _, _, _) in servers.items()},
+            "organ_inference_keys": {organ: key for organ, (_, key, _, _) in servers.items()},
             "study_max_bytes": STUDY_MAX_BYTES,
             "study_poll_s": 0.5,
             "study_stale_after_s": 4.0,
@@ -75,10 +89,16 @@ def study_settings(study_work, s3_settings, objectstore, shipped_liver, torchser
 
 
 @pytest.fixture(scope="module")
-def study_gateway(study_work, study_settings):
+def study_required() -> tuple[str, ...]:
+    """What the live gateway waits for before the module's tests run (a module overrides it)."""
+    return ("organ:liver", "objectstore")
+
+
+@pytest.fixture(scope="module")
+def study_gateway(study_work, study_settings, study_required):
     live = LiveGateway.create(study_settings, study_work)
     try:
-        live.start(required=("organ:liver", "objectstore"))
+        live.start(required=study_required)
         yield live
     finally:
         live.close()

@@ -474,3 +474,51 @@ def test_a_dicom_series_folder_opens_in_the_viewer_with_its_dicom_seg(web, brows
     seg = pydicom.dcmread(io.BytesIO(answer.body()))
     assert seg.Modality == "SEG" and seg.PatientID == PATIENT_ID
     assert watch.problems == []
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_a_hippocampus_mri_opens_with_a_colour_and_ml_per_label(web, browser_page, lang):
+    """Issue 19: the 3-D two-label organ on /studies (the web stack's hippocampus server, an untrained 3-D
+    U-Net): the legend lists both labels in their colours with each one's mL at the threshold shown, and it
+    follows the threshold; the 2-D segment page does not offer the organ. In Chinese the organ and its labels
+    are named by the words its spec carries (services/hippocampus/spec.yaml `translations`)."""
+    from tests import hippodata
+
+    if not hippodata.HIPPO.is_dir():
+        pytest.skip("needs ../shared/data/hippocampus3d")
+    page, watch = _doctor_page(web, browser_page, lang, "/segment")
+    assert page.locator("#organ option[value='hippocampus']").count() == 0
+    page.goto("/studies")
+    page.locator("#organ").select_option("hippocampus")
+    page.locator("#files").set_input_files(
+        files=[{"name": "h.nii.gz", "mimeType": "application/gzip", "buffer": hippodata.nifti_bytes()}]
+    )
+    page.locator("#study-form button[type=submit]").click()
+    page.wait_for_url(re.compile(r"/studies/[0-9a-f-]{36}$"))
+    study_id = page.url.rsplit("/", 1)[1]
+    page.wait_for_selector(READY, timeout=240_000)
+    web.shot(page, f"study-viewer-hippocampus-{lang}")
+    names = {
+        "en": {"anterior": "anterior", "posterior": "posterior"},
+        "zh": {"anterior": "前部", "posterior": "后部"},
+    }
+    if lang == "zh":
+        expect(page.locator("body")).to_contain_text("海马体（脑部 MRI）")
+    study = page.request.get(f"/api/v1/studies/{study_id}").json()
+    assert study["labels"] == ["anterior", "posterior"]
+    slider = page.locator("#threshold")
+    slider.focus()
+    page.keyboard.press("Home")
+    for threshold in ["0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8"]:
+        if threshold != "0.2":
+            page.keyboard.press("ArrowRight")
+        expect(page.locator("#threshold-value")).to_have_text(threshold, timeout=MASK_TIMEOUT)
+        for label in study["labels"]:
+            item = page.locator(f"#legend li[data-legend='{label}']")
+            expect(item).to_contain_text(names[lang][label])
+            expect(item).to_contain_text(f"{study['volumes_ml'][threshold][label]:.1f}")
+    swatches = page.locator("#legend li[data-legend] span").evaluate_all(
+        "els => els.map(e => getComputedStyle(e).backgroundColor)"
+    )
+    assert len(set(swatches)) == 2, swatches  # a colour per label
+    assert watch.problems == []

@@ -26,11 +26,29 @@ class EvaluateRpc(Servicer):
             organ=r.organ,
             model=model_ref(r.model),
             threshold=r.threshold,
-            images=[seg_pb.ImageScore(**vars(s)) for s in r.images],
+            images=[
+                seg_pb.ImageScore(
+                    **{k: v for k, v in vars(s).items() if k != "per_label"},
+                    per_label=_label_scores(s.per_label, "dice", "iou", "hd95_mm"),
+                )
+                for s in r.images
+            ],
             mean_dice=r.mean_dice,
             mean_iou=r.mean_iou,
             per_threshold=[seg_pb.ThresholdScore(**vars(t)) for t in r.per_threshold],
+            per_label=_label_scores(r.per_label, "mean_dice", "mean_iou", "mean_hd95_mm"),
         )
+
+
+def _label_scores(scores: dict | None, dice: str, iou: str, hd95: str) -> list:
+    """An organ of several labels' scores ({label: {dice, iou, hd95}} by the given keys) as LabelScores (none
+    for a one-label organ); an unknown HD95 is left unset."""
+    return [
+        seg_pb.LabelScore(label=label, dice=s[dice], iou=s[iou], hd95_mm=s[hd95])
+        if s[hd95] is not None
+        else seg_pb.LabelScore(label=label, dice=s[dice], iou=s[iou])
+        for label, s in (scores or {}).items()
+    ]
 
 
 class Evaluations(Servicer, pb_grpc.EvaluationsServicer):

@@ -4,21 +4,36 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from gateway import models as m
 from gateway.resources.shared import ModelPublic
 from gateway.service import dataplane as dp
 
 
+class LabelScorePublic(BaseModel):
+    dice: float
+    iou: float
+    hd95_mm: float | None = Field(description="95 % Hausdorff distance in mm; null when either mask is empty")
+
+
+class LabelMeanPublic(BaseModel):
+    mean_dice: float
+    mean_iou: float
+    mean_hd95_mm: float | None
+
+
 class ImageScorePublic(BaseModel):
     filename: str
-    dice: float
+    dice: float = Field(description="an organ of several labels: the mean over its labels")
     iou: float
     width: int
     height: int
-    predicted_px: int
+    predicted_px: int = Field(description="pixels (a volume: voxels) labelled")
     label_px: int
+    per_label: dict[str, LabelScorePublic] | None = Field(
+        default=None, description="an organ of several labels (3-D): scores per label"
+    )
 
 
 class ThresholdScorePublic(BaseModel):
@@ -35,6 +50,9 @@ class EvaluationPublic(BaseModel):
     mean_dice: float
     mean_iou: float
     per_threshold: list[ThresholdScorePublic]
+    per_label: dict[str, LabelMeanPublic] | None = Field(
+        default=None, description="an organ of several labels (3-D): mean scores per label over the cases"
+    )
 
     @classmethod
     def of(cls, r: dp.EvaluateResult) -> EvaluationPublic:
@@ -46,6 +64,7 @@ class EvaluationPublic(BaseModel):
             mean_dice=r.mean_dice,
             mean_iou=r.mean_iou,
             per_threshold=[ThresholdScorePublic(**vars(t)) for t in r.per_threshold],
+            per_label=r.per_label,
         )
 
 

@@ -20,6 +20,8 @@ class OrgansRpc(Servicer):
                     display_name=s.display_name,
                     modality=s.modality,
                     label=s.label,
+                    labels=list(s.labels),
+                    dimensions=s.dimensions,
                     model=model_ref(s.model),
                     default_threshold=s.default_threshold,
                     ready=s.ready,
