@@ -894,12 +894,13 @@ def run(args: argparse.Namespace) -> dict:
             checked = targets(rows)
             handler = torchserve_handler_ms(stack.state_dir)
             breakdown = breakdown_no_masks = None
-            if ORGAN == "liver" and (
-                args.breakdown or not (checked["http_p50_met"] and checked["http_ratio_met"])
+            if args.breakdown or (
+                ORGAN == "liver" and not (checked["http_p50_met"] and checked["http_ratio_met"])
             ):
                 print("measuring where the gateway's time goes (all masks, then none) …", flush=True)
-                breakdown = segment_breakdown(stack, image)
-                breakdown_no_masks = segment_breakdown(stack, image, masks=())
+                runs = min(15, max(3, args.requests))  # a cells tile's organ call takes seconds
+                breakdown = segment_breakdown(stack, image, runs=runs)
+                breakdown_no_masks = segment_breakdown(stack, image, runs=runs, masks=())
         report = {
             "when": datetime.now(UTC).isoformat(timespec="seconds"),
             "image": str(image_path),

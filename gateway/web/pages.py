@@ -237,11 +237,13 @@ def default_organ(session: Session, user: User, organs: list[str]) -> str | None
 
 def organ_context(request: Request, viewer: Viewer, session: Session) -> dict:
     """The organ select's choices and the organ it starts on; what the viewer needs of each organ (its
-    modality: histology opens in deep zoom; its label: nuclei are counted)."""
+    modality: histology opens in deep zoom; its label: nuclei are counted; `expected_s`: what its last
+    segmentations here took, for the progress bar, None before the first)."""
     organs = [(name, i18n.organ_name(viewer.lang, name, display)) for name, display in organ_choices(request)]
+    dataplane = request.app.state.dataplane
     kinds = {
-        o.name: {"modality": o.spec.modality, "label": o.spec.label}
-        for o in request.app.state.dataplane.registry.all()
+        o.name: {"modality": o.spec.modality, "label": o.spec.label, "expected_s": dataplane.expected_seconds(o.name)}
+        for o in dataplane.registry.all()
     }
     return {
         "organs": organs,
