@@ -22,8 +22,8 @@ from scipy import ndimage
 from skimage.feature import peak_local_max
 from skimage.segmentation import watershed
 
-MIN_PEAK_DISTANCE_PX = 4  # two nuclei's centres are at least this far apart (MoNuSeg at 40×, see above)
-SMOOTH_SIGMA_PX = 0.0  # Gaussian smoothing of the distance transform before its peaks are found
+MIN_PEAK_DISTANCE_PX = 3  # two nuclei's centres are at least this far apart (chosen on training tiles, above)
+SMOOTH_SIGMA_PX = 1.0  # Gaussian smoothing of the distance transform before its peaks are found
 MIN_AREA_PX = 10  # smaller pieces are rim fragments, not nuclei
 
 

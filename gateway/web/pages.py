@@ -242,7 +242,11 @@ def organ_context(request: Request, viewer: Viewer, session: Session) -> dict:
     organs = [(name, i18n.organ_name(viewer.lang, name, display)) for name, display in organ_choices(request)]
     dataplane = request.app.state.dataplane
     kinds = {
-        o.name: {"modality": o.spec.modality, "label": o.spec.label, "expected_s": dataplane.expected_seconds(o.name)}
+        o.name: {
+            "modality": o.spec.modality,
+            "label": o.spec.label,
+            "expected_s": dataplane.expected_seconds(o.name),
+        }
         for o in dataplane.registry.all()
     }
     return {

@@ -60,7 +60,7 @@ def _segment_recording(page, lang: str, tile, patient: str) -> list[str]:
 
 
 @pytest.mark.parametrize("lang", ["en", "zh"])
-def test_a_cells_tile_shows_its_upload_then_the_time_against_the_recent_ones(web, browser_page, tmp_path, lang):
+def test_a_cells_tile_shows_its_upload_then_the_time_against_recent_ones(web, browser_page, tmp_path, lang):
     w = WORDS[lang]
     source = CELLS_TRAIN / "images" / "TCGA-18-5592-01Z-00-DX1.png"
     if not source.exists():
