@@ -376,7 +376,7 @@ class DataPlane:
         expects a new one to take."""
         with self._recent_lock:
             recent = list(self._recent_seconds.get(organ, ()))
-        return round(statistics.median(recent), 2) if recent else None
+        return statistics.median(recent) if recent else None
 
     def _ensure_buckets_once(self) -> None:
         # once per process, at the first segmentation: the store may have been empty or down at start
