@@ -20,7 +20,8 @@ PER_VOLUME_NORMALIZATIONS = ("zscore",)
 TTA_MODES = ("none", "flips")
 # What the organ server runs the network in (services.runtime); TorchScript is always in the .mar and is the
 # fallback. The default for a spec that names none: the .mar files built before ONNX was packed.
-RUNTIMES = ("torchscript", "onnxruntime", "openvino")
+# "openvino-bf16" is OpenVINO computing in bfloat16 where the CPU has it (AVX512-BF16, AMX; elsewhere f32).
+RUNTIMES = ("torchscript", "onnxruntime", "openvino", "openvino-bf16")
 # A volume is sent to the organ server in chunks of slices (services.handler_base, common.volume_inference):
 # at most this many slices per request (the handler's max_volume_slices default; a 512² chunk of 64 int16
 # slices is 32 MiB, half the 64 MiB message limit).

@@ -76,7 +76,7 @@ MASK_COUNT = 7  # thresholds 0.2 … 0.8
 # The issue's targets on this 2-core machine, and what the original system reported.
 HTTP_P50_TARGET_MS = 150.0
 HTTP_RATIO_TARGET = 1.2
-CELLS_TILE_TARGET_MS = 2000.0  # a 1000² tile with its mirror images, in-process in the chosen runtime
+CELLS_TILE_TARGET_MS = 2000.0  # a 1000² tile with its mirror images, end to end over HTTP (issue 16)
 SGEMM_SHARE_TARGET = 0.6  # the model's GFLOP/s against f32 matrix multiplication's on the same threads
 ORIGINAL_MS_PER_IMAGE = 340.0
 
@@ -898,12 +898,14 @@ def run(args: argparse.Namespace) -> dict:
             checked = targets(rows)
             handler = torchserve_handler_ms(stack.state_dir)
             breakdown = breakdown_no_masks = None
-            if ORGAN == "liver" and (
-                args.breakdown or not (checked["http_p50_met"] and checked["http_ratio_met"])
+            runs = None
+            if args.breakdown or (
+                ORGAN == "liver" and not (checked["http_p50_met"] and checked["http_ratio_met"])
             ):
                 print("measuring where the gateway's time goes (all masks, then none) …", flush=True)
-                breakdown = segment_breakdown(stack, image)
-                breakdown_no_masks = segment_breakdown(stack, image, masks=())
+                runs = min(15, max(3, args.requests))  # a cells tile's organ call takes seconds
+                breakdown = segment_breakdown(stack, image, runs=runs)
+                breakdown_no_masks = segment_breakdown(stack, image, runs=runs, masks=())
         report = {
             "when": datetime.now(UTC).isoformat(timespec="seconds"),
             "image": str(image_path),
@@ -922,6 +924,7 @@ def run(args: argparse.Namespace) -> dict:
             "targets": checked,
             "http_breakdown_ms": breakdown,
             "http_breakdown_ms_no_masks": breakdown_no_masks,
+            "http_breakdown_runs": runs,
             "torchserve_handler_ms": handler,
         }
     finally:
@@ -972,11 +975,12 @@ def print_report(report: dict) -> None:
 
     by_path = {r["path"]: r for r in report["rows"]}
     runtime_row = by_path.get(RUNTIME_PATH)
+    http_row = by_path.get("gateway-http")
     if runtime_row and runtime_row.get("share_of_sgemm") is not None:
         tile = (
-            f"; cells tile ≤ {CELLS_TILE_TARGET_MS:.0f} ms → {runtime_row['p50_ms']:.0f} ms "
-            f"{verdict(runtime_row['p50_ms'] <= CELLS_TILE_TARGET_MS)}"
-            if report["organ"] == "cells"
+            f"; cells tile over HTTP ≤ {CELLS_TILE_TARGET_MS:.0f} ms → {http_row['p50_ms']:.0f} ms "
+            f"{verdict(http_row['p50_ms'] <= CELLS_TILE_TARGET_MS)}"
+            if report["organ"] == "cells" and http_row
             else ""
         )
         print(
@@ -984,15 +988,13 @@ def print_report(report: dict) -> None:
             f"sgemm → {100 * runtime_row['share_of_sgemm']:.0f}% "
             f"{verdict(runtime_row['share_of_sgemm'] >= SGEMM_SHARE_TARGET)}{tile}"
         )
-    if report["organ"] != "liver":
-        return
-    print(
-        f"targets: HTTP p50 ≤ {t['http_p50_target_ms']:.0f} ms → {t['http_p50_ms']} ms "
-        f"{verdict(t['http_p50_met'])}; HTTP ≤ {t['http_ratio_target']}× in-process → "
-        f"{t['http_ratio']}× {verdict(t['http_ratio_met'])}; original system: "
-        f"{t['original_ms_per_image']:.0f} ms/image"
-    )
-    by_path = {r["path"]: r for r in report["rows"]}
+    if report["organ"] == "liver":  # the slice targets; a cells tile's is above
+        print(
+            f"targets: HTTP p50 ≤ {t['http_p50_target_ms']:.0f} ms → {t['http_p50_ms']} ms "
+            f"{verdict(t['http_p50_met'])}; HTTP ≤ {t['http_ratio_target']}× in-process → "
+            f"{t['http_ratio']}× {verdict(t['http_ratio_met'])}; original system: "
+            f"{t['original_ms_per_image']:.0f} ms/image"
+        )
     if {"torchserve", "gateway-grpc", "gateway-http"} <= set(by_path):
         ts, grpc_, http = (by_path[p]["p50_ms"] for p in ("torchserve", "gateway-grpc", "gateway-http"))
         print(
@@ -1022,7 +1024,8 @@ def print_report(report: dict) -> None:
         print()
         print(
             "where the time goes (the gateway's DataPlane.segment run in the bench process against the same "
-            "stack, median ms of 15 sequential runs; the parts are medians, so they need not add up):"
+            f"stack, median ms of {report.get('http_breakdown_runs') or 15} sequential runs; the parts are "
+            "medians, so they need not add up):"
         )
         print()
         print(breakdown_table(report["http_breakdown_ms"], report.get("http_breakdown_ms_no_masks")))

@@ -1,5 +1,6 @@
-"""How many nuclei gateway/service/nuclei.py finds in a folder of binary masks, for a few peak distances: the
-measurement behind its MIN_PEAK_DISTANCE_PX (README, API).
+"""How many nuclei gateway/service/nuclei.py finds in a folder of binary masks, for a few peak distances (with
+its default smoothing): the totals in its docstring and the README. Its settings themselves are chosen by
+how well they split nuclei, `python -m tools.nuclei_instances` (docs/cells-instances.md).
 
     python -m tools.nuclei_count [--masks ../shared/data/monuseg/train/masks] [--distances 3 4 5 6]
 """

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import logging
 import re
+import statistics
+import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -179,6 +182,9 @@ class Readiness:
         return [k for k, v in self.components.items() if v != "ok"]
 
 
+RECENT_SEGMENTATIONS = 9  # per organ, for expected_seconds
+
+
 class DataPlane:
     """Everything both edges serve. Collaborators are injected so tests can swap any of them."""
 
@@ -213,6 +219,9 @@ class DataPlane:
         self._probes = ThreadPoolExecutor(max_workers=4, thread_name_prefix="medseg-probe")
         # A segmentation's one object is written here while the request thread makes the answer's masks.
         self._writers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="medseg-store")
+        # How long this gateway's last segmentations of each organ took, for the pages' progress estimate.
+        self._recent_seconds: dict[str, deque[float]] = {}
+        self._recent_lock = threading.Lock()
 
     # --- health -------------------------------------------------------------------------------
     def readiness(self) -> Readiness:
@@ -374,10 +383,23 @@ class DataPlane:
             self._remove(written)  # a row never points at an object that is not there
             raise
         metrics.observe_latency("segment", organ.name, model.version, started)
+        self._remember_seconds(organ.name, time.perf_counter() - started)
         threshold = self.registry.default_threshold(organ.name)
         return SegmentResult(
             seg_id, organ.name, model, width, height, threshold, prob_png, answered, areas_px
         )
+
+    def _remember_seconds(self, organ: str, seconds: float) -> None:
+        with self._recent_lock:
+            self._recent_seconds.setdefault(organ, deque(maxlen=RECENT_SEGMENTATIONS)).append(seconds)
+
+    def expected_seconds(self, organ: str) -> float | None:
+        """The median time of this gateway's last RECENT_SEGMENTATIONS successful segmentations of `organ`
+        (upload received to answer made), or None before the first: what the segment page's progress bar
+        expects a new one to take."""
+        with self._recent_lock:
+            recent = list(self._recent_seconds.get(organ, ()))
+        return statistics.median(recent) if recent else None
 
     def _ensure_buckets_once(self) -> None:
         # once per process, at the first segmentation: the store may have been empty or down at start

@@ -236,9 +236,11 @@ def default_organ(session: Session, user: User, organs: list[str]) -> str | None
 
 def organ_context(request: Request, viewer: Viewer, session: Session, *, images_only: bool = False) -> dict:
     """The organ select's choices and the organ it starts on; what the viewer needs of each organ (its
-    modality: histology opens in deep zoom; its label: nuclei are counted; its labels and dimensions).
+    modality: histology opens in deep zoom; its label: nuclei are counted; its labels and dimensions;
+    `expected_s`: what its last segmentations here took, for the progress bar, None before the first).
     `images_only`: only the organs that segment 2-D images (a 3-D organ takes studies, /studies)."""
-    registry = request.app.state.dataplane.registry
+    dataplane = request.app.state.dataplane
+    registry = dataplane.registry
     organs = [
         (o.name, i18n.organ_name(viewer.lang, o.name, o.spec.display_name, o.spec.translations))
         for o in organ_choices(request)
@@ -250,6 +252,7 @@ def organ_context(request: Request, viewer: Viewer, session: Session, *, images_
             "label": o.spec.label,
             "labels": list(o.spec.labels),
             "dimensions": o.spec.dimensions,
+            "expected_s": dataplane.expected_seconds(o.name),
         }
         for o in registry.all()
     }

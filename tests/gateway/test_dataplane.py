@@ -387,3 +387,26 @@ def test_score_records_and_their_http_schemas_name_the_same_fields():
     ignores names it does not know: a field added to a record only would vanish from the answer silently."""
     for record, schema in ((ImageScore, ImageScorePublic), (ThresholdScore, ThresholdScorePublic)):
         assert [f.name for f in fields(record)] == list(schema.model_fields)
+
+
+def test_the_expected_time_is_the_median_of_the_organs_recent_successful_segmentations(registry):
+    """What the segment page's progress bar expects (DataPlane.expected_seconds): nothing before the first
+    segmentation of an organ, failures not counted, each organ its own, the median of the last few."""
+    from gateway.service.dataplane import RECENT_SEGMENTATIONS
+
+    store = FakeStore()
+    plane = make_plane(registry, {"liver": FakeClient(ramp), "cells": FakeClient(ramp)}, store)
+    assert plane.expected_seconds("liver") is None
+    store.fail_after = 0
+    with pytest.raises(ServiceUnavailable):
+        plane.segment(None, "liver", png(np.zeros((32, 32), np.uint8)), "x.png")
+    assert plane.expected_seconds("liver") is None  # a failure says nothing of how long one takes
+    store.fail_after = None
+    plane.segment(None, "liver", png(np.zeros((32, 32), np.uint8)), "x.png")
+    assert plane.expected_seconds("liver") > 0 and plane.expected_seconds("cells") is None
+    for seconds in [50.0, 2.0, 3.0, 4.0]:  # a slow outlier does not move the median far
+        plane._remember_seconds("cells", seconds)
+    assert plane.expected_seconds("cells") == 3.5
+    for _ in range(RECENT_SEGMENTATIONS):  # only the recent ones count
+        plane._remember_seconds("cells", 1.0)
+    assert plane.expected_seconds("cells") == 1.0

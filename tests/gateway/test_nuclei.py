@@ -68,3 +68,25 @@ def test_a_monuseg_mask_is_split_into_about_as_many_nuclei_as_are_annotated():
     median = float(np.median(found.areas_px))
     assert 150 < median < 1500, median  # px: discs 14-44 px across
     assert sum(found.areas_px) >= 0.99 * mask.sum()  # only rim fragments are left out
+
+
+def ellipse(shape, centre, axes, angle_deg=0.0) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(float)
+    a = np.deg2rad(angle_deg)
+    dy, dx = yy - centre[0], xx - centre[1]
+    u, v = dx * np.cos(a) + dy * np.sin(a), -dx * np.sin(a) + dy * np.cos(a)
+    return (u / axes[1]) ** 2 + (v / axes[0]) ** 2 <= 1
+
+
+@pytest.mark.parametrize("angle", [0, 30, 90])
+def test_one_elongated_nucleus_is_one_at_any_angle(angle):
+    """An ellipse twice as long as wide (a spindle-shaped nucleus, 12 × 24 px radii) has a ridge of equal
+    distances along its long axis, not two peaks: it stays one nucleus."""
+    mask = ellipse((90, 90), (45, 45), (12, 24), angle)
+    assert count_nuclei(mask).count == 1
+
+
+def test_two_touching_ellipses_are_two():
+    mask = ellipse((90, 140), (45, 45), (14, 22)) | ellipse((90, 140), (45, 87), (14, 22))
+    assert ndimage.label(mask)[1] == 1
+    assert count_nuclei(mask).count == 2

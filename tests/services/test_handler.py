@@ -17,6 +17,7 @@ from ts.context import Context, RequestProcessor
 from ts.metrics.metrics_store import MetricsStore
 from ts.utils.util import PredictionException
 
+from services import handler_base
 from services.cells.handler import CellsHandler
 from services.imaging import decode_image
 from services.liver.handler import LiverHandler
@@ -162,9 +163,10 @@ def test_tiles_no_larger_than_a_window_go_whole_grouped_by_shape_with_padding_cr
     sizes = [(50, 70), (50, 70), (33, 41)]
     images = [png(RNG.integers(0, 256, size=(*s, 3), dtype=np.uint8)) for s in sizes]
     outputs = run(handler, ctx, images)
-    # two distinct padded shapes, each seen as itself and three mirror images (cells: tta flips)
+    # two distinct padded shapes, each seen as itself and three mirror images (cells: tta flips), all of a
+    # shape's images and mirror images in one forward pass (small enough: BATCH_VIEWS_PIXELS)
     assert handler.spec.inference.tta == "flips"
-    assert sorted(counting.shapes) == [(1, 3, 48, 48)] * 4 + [(2, 3, 64, 80)] * 4
+    assert sorted(counting.shapes) == [(4, 3, 48, 48), (8, 3, 64, 80)]
     for (h, w), data, body in zip(sizes, images, outputs, strict=True):
         out = decode_png(body)
         assert out.shape == (h, w)
@@ -196,13 +198,16 @@ class LeftNeighbour(nn.Module):
         return torch.cat([mean[..., :1], mean[..., :-1]], dim=-1)
 
 
-def test_mirror_images_are_averaged_when_the_spec_asks(tmp_path):
+@pytest.mark.parametrize("bound", [4 * 48 * 64, 4 * 48 * 64 - 1])
+def test_mirror_images_are_averaged_when_the_spec_asks(tmp_path, monkeypatch, bound):
+    monkeypatch.setattr(handler_base, "BATCH_VIEWS_PIXELS", bound)
     spec = load_organ_spec("cells").with_inference("whole", tta="flips")
     handler, ctx = initialized(tmp_path, "cells", LeftNeighbour(), spec)
     handler.model = counting = CountingModel(handler.model)
     data = png(RNG.integers(0, 256, size=(40, 56, 3), dtype=np.uint8))
     (body,) = run(handler, ctx, [data])
-    assert counting.shapes == [(1, 3, 48, 64)] * 4  # the image and three mirror images, one pass each
+    # the image and three mirror images: one batch while they fit the bound, else one pass each
+    assert counting.shapes == ([(4, 3, 48, 64)] if bound >= 4 * 48 * 64 else [(1, 3, 48, 64)] * 4)
     x, how = prepare(decode_image(data).array, spec)
     net = LeftNeighbour()
     views = [net(x), net(x.flip(-1)).flip(-1), net(x.flip(-2)).flip(-2), net(x.flip((-2, -1))).flip((-2, -1))]

@@ -22,6 +22,53 @@
 
   let state = null; // {result, masks[], suggestedIndex, patientId, downloadUrl, counts}
 
+  /** What the page shows while a segmentation runs (a histology tile takes seconds): the upload's progress,
+      from the browser's own events, then the seconds the server has been at it against what this organ's
+      recent segmentations took on this gateway (`expected_s`, measured there; the page's own last one once
+      it has one). The server sends nothing between the upload and its answer, so that part is an estimate:
+      the bar stops short of the end and the text says so when the wait runs over; with no measurement yet
+      it shows the seconds so far only. Returns {uploaded(fraction), stop()}. */
+  function startProgress(organ) {
+    const box = document.getElementById("segment-progress");
+    const bar = box.querySelector(".progress"), fill = bar.querySelector(".progress-bar");
+    const text = box.querySelector('[data-field="progress-text"]');
+    const expected = (organs[organ] || {}).expected_s;
+    let sentAt = null, timer = null;
+    function set(percent, message, striped) {
+      fill.style.width = percent + "%";
+      fill.classList.toggle("progress-bar-striped", striped);
+      fill.classList.toggle("progress-bar-animated", striped);
+      bar.setAttribute("aria-valuenow", String(Math.round(percent)));
+      text.textContent = message;
+    }
+    function tick() {
+      const elapsed = (performance.now() - sentAt) / 1000, s = Math.floor(elapsed);
+      if (!expected) { set(100, M.t("segment.elapsed", { s: s }), true); return; }
+      const shown = expected.toFixed(1);
+      if (elapsed < expected) {
+        set(95 * elapsed / expected, M.t("segment.eta", { left: Math.max(1, Math.ceil(expected - elapsed)), organ: M.organ(organ), expected: shown }), false);
+      } else {
+        set(95, M.t("segment.overdue", { s: s, expected: shown }), true);
+      }
+    }
+    box.classList.remove("d-none");
+    set(0, M.t("segment.uploading", { percent: 0 }), false);
+    return {
+      uploaded: function (fraction) {
+        if (sentAt !== null) return;
+        if (fraction < 1) { set(100 * fraction, M.t("segment.uploading", { percent: Math.round(100 * fraction) }), false); return; }
+        sentAt = performance.now();
+        tick();
+        timer = setInterval(tick, 250);
+      },
+      stop: function (ok) {
+        if (timer) clearInterval(timer);
+        if (ok && sentAt !== null && organs[organ]) organs[organ].expected_s = (performance.now() - sentAt) / 1000;
+        box.classList.add("d-none");
+      },
+    };
+  }
+
   /** What the page shows for threshold `i`: its value and area, the gallery's pressed picture, the download,
       and (histology) the nuclei at it. The viewer has drawn it already. */
   function update(i) {
@@ -135,12 +182,17 @@
     data.append("keep_image", "true"); // for the viewer, now and when the result is opened again
     const button = form.querySelector("button[type=submit]");
     M.busy(button, true, M.t("segment.running"));
+    const progress = startProgress(form.elements.organ.value);
+    let ok = false;
     try {
-      const result = await M.api("POST", "/api/v1/segment", { form: data });
+      const result = await M.upload("/api/v1/segment", data, progress.uploaded);
+      ok = true;
+      progress.stop(true);
       await show(result, file, patientId);
     } catch (err) {
       M.showError(errorBox, err instanceof M.ApiError ? err : M.t("common.error"));
     } finally {
+      if (!ok) progress.stop(false);
       M.busy(button, false);
     }
   });
