@@ -46,18 +46,23 @@ def worker_threads(organ_dir: Path) -> int:
     return int((config.get("handler") or {}).get("torch_threads", 1))
 
 
-def sizing(organ: str, organ_dir: Path, k8s_dir: Path) -> dict:
-    """The organ server's resources from its measurement (a new organ: its threads, the largest measured
-    frontend share and worker memory): CPU request = the worker's threads, so one saturated pod uses
-    (1 + frontend share) × the request and the HPA's 70 % is reached well before it saturates; memory for
-    the Java frontend and every version it loads (tests/k8s/test_organ_pods.py checks the arithmetic)."""
-    table = measured(k8s_dir)
-    known = table.get(organ) or {
+def measurement(organ: str, organ_dir: Path, table: dict[str, dict]) -> dict:
+    """The organ's row of measured.yaml; a new organ without one: its threads, the largest measured frontend
+    share and worker memory (the conservative stand-in until `python -m tools.organ_cpu` measures it)."""
+    return table.get(organ) or {
         "worker_threads": worker_threads(organ_dir),
         "frontend_per_worker_core": max(m["frontend_per_worker_core"] for m in table.values()),
         "frontend_mib": max(m["frontend_mib"] for m in table.values()),
         "worker_mib": max(m["worker_mib"] for m in table.values()),
     }
+
+
+def sizing(organ: str, organ_dir: Path, k8s_dir: Path) -> dict:
+    """The organ server's resources from its measurement (a new organ: its threads, the largest measured
+    frontend share and worker memory): CPU request = the worker's threads, so one saturated pod uses
+    (1 + frontend share) × the request and the HPA's 70 % is reached well before it saturates; memory for
+    the Java frontend and every version it loads (tests/k8s/test_organ_pods.py checks the arithmetic)."""
+    known = measurement(organ, organ_dir, measured(k8s_dir))
     cores = known["worker_threads"]
     memory = known["frontend_mib"] + VERSIONS_LOADED * known["worker_mib"]
     memory = -(-memory // 64) * 64  # a multiple of 64 Mi

@@ -14,6 +14,7 @@ from common.settings import Settings
 from gateway.service.dataplane import organ_deadline_s
 from services.spec import load_organ_spec, organ_dirs
 from tests.k8s.conftest import K8S, OVERLAYS, by_kind
+from tools.k8s_organs import measurement
 
 ORGANS = sorted(organ_dirs())
 MEASURED = yaml.safe_load((K8S / "base" / "organs" / "measured.yaml").read_text())
@@ -143,7 +144,7 @@ def test_the_autoscaler_can_fire_before_a_pod_saturates(rendered, overlay, organ
     hpa = by_kind(objects, "HorizontalPodAutoscaler")[f"torchserve-{organ}"]
     (metric,) = hpa["spec"]["metrics"]
     target = metric["resource"]["target"]["averageUtilization"] / 100
-    measured = MEASURED[organ]
+    measured = measurement(organ, organ_dirs()[organ], MEASURED)
     config = yaml.safe_load((organ_dirs()[organ] / "model-config.yaml").read_text())
     threads = config["handler"]["torch_threads"]
     assert measured["worker_threads"] == threads, "measured.yaml is stale: the organ's threads changed"
@@ -169,7 +170,7 @@ def test_memory_holds_every_version_a_pod_loads(rendered, overlay, organ):
     from gateway.service.model_registry import MAX_SERVED_CANDIDATES
 
     (server,) = _pod(rendered[overlay], organ)["spec"]["containers"]
-    measured = MEASURED[organ]
+    measured = measurement(organ, organ_dirs()[organ], MEASURED)
     versions = 2 + MAX_SERVED_CANDIDATES  # the default, the rollback target, the newest candidates
     needed = measured["frontend_mib"] + versions * measured["worker_mib"]
     assert _mib(server["resources"]["requests"]["memory"]) >= needed

@@ -160,7 +160,7 @@ def test_the_kubernetes_manifests_deploy_it(repo):
     inference = json.loads(gateway["data"]["MEDSEG_ORGAN_ADDRESSES"])
     management = json.loads(trainer["data"]["MEDSEG_ORGAN_MANAGEMENT_ADDRESSES"])
     assert inference["spleen"] == "dns:///torchserve-pods-spleen:7070"
-    assert management["spleen"] == "torchserve-spleen:7071"
+    assert management["spleen"] == "dns:///torchserve-pods-spleen:7071"  # every pod (headless Service)
     rollout = by_kind(objects, "Role")["medseg-gateway-model-rollout"]["rules"][0]["resourceNames"]
     assert sorted(rollout) == [
         "torchserve-cells", "torchserve-hippocampus", "torchserve-liver", "torchserve-spleen"
