@@ -128,9 +128,8 @@ class ObjectStore:
         self.buckets = buckets or Buckets()
         if secure and ca_file is not None and not Path(ca_file).is_file():
             # A missing CA would only show as a TLS failure on the first call: name the setting instead.
-            raise ServiceUnavailable(
-                f"object store CA file {ca_file} not found (MEDSEG_S3_CA_FILE)", code="objectstore_unavailable"
-            )
+            missing = f"object store CA file {ca_file} not found (MEDSEG_S3_CA_FILE)"
+            raise ServiceUnavailable(missing, code="objectstore_unavailable")
         # minio's default pool waits 5 minutes and retries 5 times; a dependency being down must show fast.
         # raise_on_status=False: after the last retry the 5xx response goes back to minio, which raises it.
         http = urllib3.PoolManager(

@@ -256,11 +256,10 @@ class DataPlane:
         return True, "ok"
 
     def list_organs(self) -> list[OrganStatus]:
-        """Every organ folder with its model and whether it is ready (an organ this data plane has no client for
-        cannot be reached: not ready)."""
-        futures = {
-            o.name: self._probes.submit(self._organ_health, o.name) for o in self.registry.all() if o.name in self.clients
-        }
+        """Every organ folder with its model and whether it is ready (an organ this data plane has no client
+        for cannot be reached: not ready)."""
+        organs = [o.name for o in self.registry.all() if o.name in self.clients]
+        futures = {name: self._probes.submit(self._organ_health, name) for name in organs}
         statuses = []
         for organ in self.registry.all():
             try:

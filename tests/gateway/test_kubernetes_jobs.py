@@ -309,8 +309,9 @@ def test_an_unreachable_or_refusing_api_fails_the_start_with_the_reason(world):
 
 
 def test_the_jobs_trainer_reaches_the_management_api_the_manifests_name(dev_objects):
-    """--register in the Job: the trainer's ConfigMap (k8s/base/trainer) gives the organ's headless Service,
-    so the version is registered with every replica; TorchServe token auth is off in the cluster, so no key."""
+    """--register in the Job: the trainer's ConfigMap (k8s/base/trainer) gives the organ's headless
+    Service, so the version is registered with every replica; TorchServe token auth is off in the cluster,
+    so no key."""
     config = next(
         o
         for o in dev_objects
