@@ -172,7 +172,9 @@ def test_a_job_on_a_missing_dataset_fails_and_says_why(jobs_world):
     )
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "unknown_dataset", unknown.text
     wrong = client.post("/api/v1/training/jobs", json={**TINY, "arch": "resnet", "dataset_id": "x"})
-    assert wrong.status_code == 400 and "valid: erunet" in wrong.json()["error"]["message"], wrong.text
+    error = wrong.json()["error"]
+    assert wrong.status_code == 400 and error["code"] == "unknown_arch", wrong.text
+    assert "erunet" in error["message"].split("valid: ")[1].split(", "), wrong.text  # the valid ones named
 
     with jobs_world.session() as session:  # a row whose objects are gone from the store
         session.add(
