@@ -6,15 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tests.shapes import discs
 from tools.nuclei_instances import score_tile, summarise
-
-
-def discs(shape, centres, radius) -> np.ndarray:
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    mask = np.zeros(shape, bool)
-    for cy, cx in centres:
-        mask |= (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
-    return mask
 
 
 def test_two_nuclei_joined_by_the_model_and_split_by_the_counter():

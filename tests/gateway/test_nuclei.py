@@ -10,14 +10,7 @@ from scipy import ndimage
 
 from gateway.service.nuclei import MIN_AREA_PX, count_nuclei, split_nuclei
 from tests.data import CELLS_TRAIN
-
-
-def discs(shape, centres, radius) -> np.ndarray:
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    mask = np.zeros(shape, bool)
-    for cy, cx in centres:
-        mask |= (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
-    return mask
+from tests.shapes import discs
 
 
 def test_two_touching_discs_are_two_nuclei():

@@ -14,8 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
+from tests.data import CELLS_TRAIN
 from tests.services.test_imaging import dicom_bytes
 
 PASSWORD = "correct horse battery"
@@ -215,3 +217,14 @@ def shipped_card_on_default(web, organ: str = "liver"):
         with session_scope(web.engine) as session:
             row = session.get(ModelVersion, row_id)
             row.card, row.metrics = before
+
+
+def cells_tile(folder: Path) -> Path:
+    """A real MoNuSeg tile from the shared data, as a JPEG in `folder` (under the test gateway's upload
+    limit)."""
+    source = CELLS_TRAIN / "images" / "TCGA-18-5592-01Z-00-DX1.png"
+    if not source.exists():
+        pytest.fail(f"{source} is missing: the shared MoNuSeg data (../shared/data/README.md)")
+    tile = folder / "tile.jpg"
+    Image.open(source).convert("RGB").save(tile, quality=92)
+    return tile

@@ -13,10 +13,9 @@ import math
 import re
 
 import pytest
-from PIL import Image
 
 from gateway.web.i18n import EN, ZH
-from tests.data import CELLS_TRAIN
+from tests.web.helpers import cells_tile
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -63,11 +62,7 @@ def _segment_recording(page, lang: str, tile, patient: str) -> list[str]:
 @pytest.mark.parametrize("lang", ["en", "zh"])
 def test_a_cells_tile_shows_its_upload_then_the_time_against_recent_ones(web, browser_page, tmp_path, lang):
     w = WORDS[lang]
-    source = CELLS_TRAIN / "images" / "TCGA-18-5592-01Z-00-DX1.png"
-    if not source.exists():
-        pytest.fail(f"{source} is missing: the shared MoNuSeg data (../shared/data/README.md)")
-    tile = tmp_path / "tile.jpg"  # under the test gateway's upload limit
-    Image.open(source).convert("RGB").save(tile, quality=92)
+    tile = cells_tile(tmp_path)
     page = browser_page(viewport={"width": 1280, "height": 900})
     errors: list[str] = []
     page.on("console", lambda m: m.type == "error" and errors.append(m.text))

@@ -18,9 +18,8 @@ from PIL import Image
 from playwright.sync_api import expect
 
 from gateway.web.i18n import EN, ZH
-from tests.data import CELLS_TRAIN
 from tests.studydata import liver_dicom_series
-from tests.web.helpers import VIEWER_PIXEL, api_client, png_bytes
+from tests.web.helpers import VIEWER_PIXEL, api_client, cells_tile, png_bytes
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -183,11 +182,7 @@ def test_a_ct_slice_is_zoomed_panned_windowed_and_its_thresholds_compared(web, b
 @pytest.mark.parametrize("lang", ["en", "zh"])
 def test_a_histology_tile_opens_in_deep_zoom_with_its_nuclei_counted(web, browser_page, tmp_path, lang):
     w = WORDS[lang]
-    source = CELLS_TRAIN / "images" / "TCGA-18-5592-01Z-00-DX1.png"
-    if not source.exists():
-        pytest.fail(f"{source} is missing: the shared MoNuSeg data (../shared/data/README.md)")
-    tile = tmp_path / "tile.jpg"  # under the test gateway's upload limit
-    Image.open(source).convert("RGB").save(tile, quality=92)
+    tile = cells_tile(tmp_path)
     page, errors = _signed_in(web, browser_page, lang, "/segment")
     _segment(page, lang, "cells", tile, f"P-CELLS-{lang.upper()}")
     viewer = page.locator("#viewer")
