@@ -141,8 +141,11 @@ def test_a_fresh_cluster_seeds_serves_the_pinned_version_and_drains(clean_bucket
     secrets = {
         "medseg-s3": {"access-key": s3_settings.s3_access_key, "secret-key": s3_settings.s3_secret_key},
         "medseg-postgres": {"password": "not-used-sqlite-stands-in"},
+        # cert-manager's internal CA: mounted by every pod that speaks S3, unused here (plain HTTP, below)
+        "medseg-internal-ca": {"ca.crt": "not-used-the-test-store-speaks-plain-http"},
+        "medseg-db-ca": {"ca.crt": "not-used-sqlite-stands-in"},  # CloudNativePG's CA, for the gateway
     }
-    s3_rewrites = {"minio:9000": endpoint}
+    s3_rewrites = {"minio.medseg.svc:9000": endpoint}
     s3_overrides = {"MEDSEG_S3_SECURE": "false"}  # the test's SeaweedFS speaks plain HTTP
     pods: list[LocalPod] = []
     api = FakeKubernetes(objects)

@@ -82,6 +82,9 @@ def _doctor_page(web, browser_page, lang: str, next_path: str, **options):
 
 
 def _upload(page, nifti: bytes, patient: str):
+    # the organ select starts on the first organ this doctor has data for (earlier tests may have left a
+    # hippocampus result): a liver volume is sent to the liver, as a doctor picks it
+    page.locator("#organ").select_option("liver")
     page.locator("#patient_id").fill(patient)
     page.locator("#files").set_input_files(
         files=[{"name": "liver.nii.gz", "mimeType": "application/gzip", "buffer": nifti}]
@@ -373,6 +376,9 @@ def test_a_queued_study_shows_its_progress_and_can_be_cancelled(web, browser_pag
         expect(page.locator("#failed-text")).to_have_text(words[2])
         expect(page.locator("#job")).to_be_hidden()
     assert page.request.get(f"/api/v1/studies/{study_id}").json()["error"]["code"] == "cancelled"
+    page.goto("/studies")  # the list says cancelled, not failed
+    row = page.locator("#studies-table tbody tr", has_text=f"QUEUED-{lang.upper()}")
+    expect(row.locator('[data-field="status"]')).to_have_text({"en": "Cancelled", "zh": "已取消"}[lang])
 
     # the ETA comes from the progress rate, once the progress has moved twice
     eta = page.evaluate(
@@ -457,6 +463,7 @@ def test_a_dicom_series_folder_opens_in_the_viewer_with_its_dicom_seg(web, brows
     watch = PageWatch(page)
     web.sign_in(page, "doctor")
     page.goto("/studies")
+    page.locator("#organ").select_option("liver")
     page.locator("#folder").set_input_files(folder)
     expect(page.locator("#chosen")).to_contain_text("4 files")
     page.locator("#study-form button[type=submit]").click()

@@ -78,7 +78,10 @@
         return;
       }
       table.replaceChildren.apply(table, body.studies.map(function (s) {
-        const status = s.status === "running" ? S.statusText(s.status) + " " + Math.round(s.progress * 100) + " %" : S.statusText(s.status);
+        // a cancelled study is stored as failed with the code "cancelled": the list says which it was
+        const cancelled = s.status === "failed" && s.error && s.error.code === "cancelled";
+        const status = s.status === "running" ? S.statusText(s.status) + " " + Math.round(s.progress * 100) + " %"
+          : S.statusText(cancelled ? "cancelled" : s.status);
         const link = M.h("a", { class: "btn btn-sm btn-outline-primary", href: "/studies/" + encodeURIComponent(s.id), "data-action": "open", text: M.t("studies.open") });
         return M.h("tr", { "data-study-id": s.id }, [
           M.h("td", { text: s.study_date || "—" }), M.h("td", { text: s.patient_id || "—" }),
