@@ -26,18 +26,23 @@ import numpy as np
 import psutil
 
 from common.launcher import OrganServer, free_ports
-from common.torchserve_client import InferenceClient
-from services.imaging import encode_png
+from common.torchserve_client import PNG_MAGIC, InferenceClient
+from services.imaging import NPY_MAGIC, encode_npy, encode_png
 from services.spec import load_organ_spec
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def request_image(organ: str) -> bytes:
+    """One request of the organ's model size: a PNG for a 2-D organ; for a 3-D organ (spec `dimensions: 3`)
+    one whole float32 volume as .npy (z, y, x) at `inference.size`, as common.volume_inference sends it."""
     spec = load_organ_spec(organ)
+    rng = np.random.default_rng(0)
+    if spec.volumetric:
+        return encode_npy(rng.normal(100.0, 30.0, spec.inference.size).astype(np.float32))
     height, width = spec.inference.size or (1000, 1000)
     shape = (height, width) if spec.channels == 1 else (height, width, spec.channels)
-    return encode_png(np.random.default_rng(0).integers(0, 255, shape).astype(np.uint8))
+    return encode_png(rng.integers(0, 255, shape).astype(np.uint8))
 
 
 def measure(organ: str, seconds: float, clients: int) -> dict:
@@ -48,13 +53,14 @@ def measure(organ: str, seconds: float, clients: int) -> dict:
     server = OrganServer(organ, state_dir=work, model_store=store, models={organ: f"{organ}.mar"},
                          ports=free_ports())  # fmt: skip
     image, done, stop = request_image(organ), [0], threading.Event()
+    answer = NPY_MAGIC if load_organ_spec(organ).volumetric else PNG_MAGIC  # a volume's answer is an .npy
     try:
         server.start(timeout=300)
 
         def client() -> None:
             with InferenceClient(server.grpc_inference_address, server.keys.inference, timeout=120) as c:
                 while not stop.is_set():
-                    c.predict(organ, image, timeout=120)
+                    c.predict(organ, image, timeout=120, answer_magic=answer)
                     done[0] += 1
 
         threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]

@@ -31,7 +31,7 @@ from trainer.data import (
     split_indices,
 )
 from trainer.loop import TrainConfig, Trainer
-from trainer.volumes import VolumeSet, VolumeTrainer, find_volumes, load_volumes, volume_config
+from trainer.volumes import VolumeSet, VolumeTrainer, find_volumes, load_volumes
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,6 @@ def run_volume_training(
     the folds are by file; the card carries Dice per label (and their mean) at every threshold."""
     commit = git_commit()
     spec = load_organ_spec(organ)
-    config = volume_config(config)
     volumes = load_volumes(data, spec, limit=limit)
     groups = volume_groups(volumes)
     train_idx, val_idx = split_indices(groups, folds, fold, config.seed)

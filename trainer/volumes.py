@@ -8,15 +8,15 @@ normalised per volume (services.preprocess.normalize_mr with the spec's `normali
 the spec's `inference.size` (services.preprocess.pad_volume, edge voxels repeated).
 
 Training: random crops of `crop` voxels inside the volume, small rotations and scales (one trilinear resample
-of the image, nearest for the labels), intensity scale/shift and noise; loss MONAI DiceCELoss (softmax, Dice
-over the labels, not the background). Validation: the whole padded volume in one pass, as served, Dice per
-label (MONAI DiceMetric) at every threshold of the grid by the serving rule (a voxel is labelled when
-1 − p(background) ≥ t and takes the label of largest p), their mean the run's figure.
+of the image, nearest for the labels), intensity scale/shift and noise; loss MONAI DiceFocalLoss (softmax,
+Dice over the labels, not the background; chosen over DiceCELoss by measurement, docs/hippocampus.md).
+Validation: the whole padded volume in one pass, as served, Dice per label (MONAI DiceMetric) at every
+threshold of the grid by the serving rule (a voxel is labelled when 1 − p(background) ≥ t and takes the
+label of largest p), their mean the run's figure.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -26,7 +26,7 @@ import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceCELoss
+from monai.losses import DiceCELoss, DiceFocalLoss
 from monai.metrics import DiceMetric
 from torch import nn
 
@@ -186,10 +186,13 @@ class VolumeTrainer(Trainer):
         return create_model(self.cfg.arch, **kw).to(memory_format=torch.channels_last_3d)
 
     def build_loss(self) -> nn.Module:
-        if self.cfg.loss not in ("dicece", "dicefocal"):
-            raise KeyError(f"unknown loss {self.cfg.loss!r} for a 3-D organ; valid: dicece")
-        # Dice over the labels (the background would dominate it) + cross-entropy over all classes
-        return DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
+        """Dice over the labels (the background would dominate it) + focal loss (the default: fold 0 of the
+        hippocampus, 344 epochs each, 0.8729 vs 0.8697 at 0.5 and flat over 0.2–0.8) or cross-entropy."""
+        if self.cfg.loss == "dicefocal":
+            return DiceFocalLoss(to_onehot_y=True, softmax=True, include_background=False)
+        if self.cfg.loss == "dicece":
+            return DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
+        raise KeyError(f"unknown loss {self.cfg.loss!r} for a 3-D organ; valid: dicefocal, dicece")
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = self._crops(idx)
@@ -251,8 +254,3 @@ class VolumeTrainer(Trainer):
                 for name, s in zip(self.val_set.names, scores[0.5], strict=True)
             },
         }
-
-
-def volume_config(config):
-    """A TrainConfig for a 3-D organ: its loss is Dice + cross-entropy."""
-    return dataclasses.replace(config, loss="dicece") if config.loss == "dicefocal" else config

@@ -99,7 +99,7 @@ def test_smoke_run_trains_scores_each_label_and_packages_a_mar(spec, tmp_path):
     result = run_training("hippocampus", HIPPO, run, config, fold=0, folds=4, limit=4)
     card = json.loads((run / "card.json").read_text())
     assert card["dataset"]["volumes"] == 4 and card["dataset"]["validation"] == 1
-    assert card["training"]["config"]["loss"] == "dicece" and card["training"]["epochs"] == 2
+    assert card["training"]["config"]["loss"] == "dicefocal" and card["training"]["epochs"] == 2
     assert card["labels"] == ["anterior", "posterior"]
     per_label = card["metrics"]["last_epoch"]["val_dice_per_label_at_threshold"]
     assert set(per_label) == {f"{t:.1f}" for t in THRESHOLDS}
