@@ -55,6 +55,25 @@ class Cancelled(Exception):
     """The study's cancel flag was seen between two chunks."""
 
 
+def _check_for_organ(organ, volume: volumes.Volume) -> None:
+    """The study's modality is one the organ segments; a 3-D organ's volume fits its network (check_fits)."""
+    if volume.modality and organ.spec.modality and volume.modality.upper() not in modalities(organ.spec):
+        raise InvalidInput(
+            f"the series is {volume.modality}; organ {organ.name!r} segments {organ.spec.modality}",
+            code="wrong_modality",
+        )
+    if organ.spec.volumetric:
+        check_fits(organ.spec, volume)
+
+
+def _headers_only(info: volumes.StudyInfo) -> volumes.Volume:
+    """A Volume of the study's grid and modality whose voxels are one broadcast zero: what the checks on
+    shape, spacing and modality read, without a pixel decoded."""
+    return volumes.Volume(
+        np.broadcast_to(np.float32(0.0), info.shape), info.affine, info.source, modality=info.modality
+    )
+
+
 def input_error(exc: volumes.StudyInputError) -> MedSegError:
     """The reader's refusal as the platform's error of the same status (400 / 409 / 413 / 415)."""
     kind = {409: Conflict, 413: PayloadTooLarge}.get(exc.status, InvalidInput)
@@ -212,17 +231,14 @@ class StudyJobs:
                 f"the study is {total} bytes; the limit is {self.settings.study_max_bytes} bytes",
                 code="study_too_large",
             )
+        pairs = [(f.filename, f.data) for f in files]
         try:
-            volume = volumes.read_study([(f.filename, f.data) for f in files], limits=self.limits)
+            if organ.spec.volumetric:  # a crop around the organ: refused from the headers, before any pixel
+                _check_for_organ(organ, _headers_only(volumes.inspect_study(pairs, limits=self.limits)))
+            volume = volumes.read_study(pairs, limits=self.limits)
         except volumes.StudyInputError as exc:
             raise input_error(exc) from None
-        if volume.modality and organ.spec.modality and volume.modality.upper() not in modalities(organ.spec):
-            raise InvalidInput(
-                f"the series is {volume.modality}; organ {organ.name!r} segments {organ.spec.modality}",
-                code="wrong_modality",
-            )
-        if organ.spec.volumetric:
-            check_fits(organ.spec, volume)
+        _check_for_organ(organ, volume)
         study_id = uuid.uuid4()
         prefix = f"studies/{organ.name}/{study_id}"
         key, blob, kind = _source_object(prefix, volume, files)
