@@ -1,6 +1,6 @@
-"""A 3-D organ takes a crop around the organ (services/hippocampus/spec.yaml inference.size): a DICOM series far
-larger than that is refused from its headers, 400 `volume_too_large_for_organ`, before a pixel is decoded
-(the check used to come after `read_study` had decoded the whole series); one that fits is read as before."""
+"""A 3-D organ takes a crop around the organ (services/hippocampus/spec.yaml inference.size): a DICOM series
+far larger than that is refused from its headers, 400 `volume_too_large_for_organ`, before a pixel is
+decoded (the check used to come after `read_study` had decoded the whole series); one that fits is read."""
 
 from __future__ import annotations
 
