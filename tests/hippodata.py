@@ -56,12 +56,20 @@ def mr_series(name: str = CASE, *, reverse: bool = False) -> list[tuple[str, byt
     writes it."""
     image, _ = case(name)
     values = np.rint(np.asarray(image.dataobj)).astype(np.int16)
+    return mr_series_of(values, name=f"hippocampus-{name}", patient_id="HIPPO-0003", reverse=reverse)
+
+
+def mr_series_of(
+    values: np.ndarray, *, name: str, patient_id: str, reverse: bool = False
+) -> list[tuple[str, bytes]]:
+    """`values` (i, j, k) int16 as the files of one DICOM MR series (MR Image Storage, axial, 1 mm, no CT
+    rescale or window) on the base grid of tests/studydata.py; `name` seeds the UIDs."""
     datasets = studydata.ct_datasets(
         values,
-        name=f"hippocampus-{name}",
+        name=name,
         pixel_mm=1.0,
         slice_mm=1.0,
-        patient_id="HIPPO-0003",
+        patient_id=patient_id,
         series_description="T1 MR (test series from hippocampus3d)",
         intercept=0.0,
     )

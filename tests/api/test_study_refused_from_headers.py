@@ -6,21 +6,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from pydicom.uid import MRImageStorage
 
 from services import volumes
-from tests import studydata
+from tests import hippodata
 
 
 def _mr_series(shape_ijk: tuple[int, int, int]) -> list[tuple[str, bytes]]:
-    datasets = studydata.ct_datasets(
-        np.zeros(shape_ijk, np.int16), name=f"mr-{'x'.join(map(str, shape_ijk))}", pixel_mm=1.0, slice_mm=1.0,
-        patient_id="HIPPO-BIG", series_description="T1 MR", intercept=0.0,
-    )  # fmt: skip
-    for ds in datasets:
-        ds.Modality = "MR"
-        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
-    return studydata.series_files(datasets)
+    name = f"mr-{'x'.join(map(str, shape_ijk))}"
+    return hippodata.mr_series_of(np.zeros(shape_ijk, np.int16), name=name, patient_id="HIPPO-BIG")
 
 
 def _submit(world, files):
