@@ -30,6 +30,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -69,25 +70,44 @@ class Ports:
     grpc_management: int
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port the OS reports free right now (tests: give each server its own)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+_HANDED_OUT: set[int] = set()
+_HANDED_OUT_LOCK = threading.Lock()
 
 
-def free_ports(host: str = "127.0.0.1") -> Ports:
-    """Five distinct free ports, held open together while choosing so they cannot repeat."""
-    socks = []
+def claim_port(port: int) -> bool:
+    """Mark `port` handed out; False if this process handed it out before (the OS reuses a port as soon as it
+    is closed, so two servers chosen one after the other could otherwise be given the same one)."""
+    with _HANDED_OUT_LOCK:
+        if port in _HANDED_OUT:
+            return False
+        _HANDED_OUT.add(port)
+        return True
+
+
+def _choose(host: str, count: int) -> list[int]:
+    """`count` distinct free ports, held open together while choosing so they cannot repeat."""
+    socks, chosen = [], []
     try:
-        for _ in PORT_KEYS:
+        while len(chosen) < count:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.bind((host, 0))
             socks.append(sock)
-        return Ports(*(s.getsockname()[1] for s in socks))
+            if claim_port(port := sock.getsockname()[1]):
+                chosen.append(port)
+        return chosen
     finally:
         for sock in socks:
             sock.close()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port the OS reports free right now and this process has not handed out before."""
+    return _choose(host, 1)[0]
+
+
+def free_ports(host: str = "127.0.0.1") -> Ports:
+    """A server's five free ports, distinct and never handed out before by this process."""
+    return Ports(*_choose(host, len(PORT_KEYS)))
 
 
 def server_dir(state_dir: str | Path, organ: str) -> Path:

@@ -41,7 +41,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -424,32 +423,6 @@ def compute_rates(rows: list[dict], gflop: float | None, sgemm: float) -> None:
 
 
 # --- the stack ----------------------------------------------------------------------------------------
-def _free_port(taken: set[int]) -> int:
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port not in taken:
-            taken.add(port)
-            return port
-    raise RuntimeError("no free TCP port found on 127.0.0.1")
-
-
-def free_objectstore_ports(taken: set[int]):
-    """Free ports for every SeaweedFS component (the admin gRPC port is always admin + 10000)."""
-    from tools.objectstore_server import ObjectStorePorts, port_is_free
-
-    for _ in range(200):
-        admin = _free_port(taken)
-        if admin + 10000 <= 65535 and port_is_free(admin + 10000) and admin + 10000 not in taken:
-            taken.add(admin + 10000)
-            break
-    else:
-        raise RuntimeError("no free port pair for the object store's admin server")
-    names = ("s3", "master", "volume", "filer", "s3_grpc", "master_grpc", "volume_grpc", "filer_grpc")
-    return ObjectStorePorts(admin=admin, **{name: _free_port(taken) for name in names})
-
-
 @dataclass
 class Stack:
     state_dir: Path
@@ -469,12 +442,11 @@ class Stack:
 def running_stack(state_dir: Path, choice: ModelChoice) -> Iterator[Stack]:
     """Object store, the organ's TorchServe and gateway on free ports under `state_dir`; all stopped on
     exit."""
-    from common.launcher import OrganServer, free_ports
+    from common.launcher import OrganServer, free_port, free_ports
     from gateway.core.db import make_engine, run_migrations, session_scope
     from gateway.security import create_api_key
-    from tools.objectstore_server import ObjectStoreServer
+    from tools.objectstore_server import ObjectStoreServer, free_objectstore_ports
 
-    taken: set[int] = set()
     model_store = state_dir / "model-store"
     model_store.mkdir(parents=True)
     shutil.copyfile(choice.mar, model_store / f"{ORGAN}.mar")
@@ -482,7 +454,7 @@ def running_stack(state_dir: Path, choice: ModelChoice) -> Iterator[Stack]:
         shutil.copyfile(choice.card, model_store / f"{ORGAN}.json")
 
     with contextlib.ExitStack() as cleanup:
-        store = ObjectStoreServer(state_dir, free_objectstore_ports(taken))
+        store = ObjectStoreServer(state_dir, free_objectstore_ports())
         print(f"starting object store on {store.endpoint} …", flush=True)
         store.start(timeout=60)
         cleanup.callback(store.stop)
@@ -499,7 +471,7 @@ def running_stack(state_dir: Path, choice: ModelChoice) -> Iterator[Stack]:
             api_key = create_api_key(session, "bench", "segment", actor="bench")[1]
         engine.dispose()
 
-        http_port, grpc_port = _free_port(taken), _free_port(taken)
+        http_port, grpc_port = free_port(), free_port()
         settings = Settings.model_construct(  # these settings only, not this process's MEDSEG_* environment
             state_dir=state_dir,
             model_store_dir=model_store,
@@ -509,7 +481,7 @@ def running_stack(state_dir: Path, choice: ModelChoice) -> Iterator[Stack]:
             grpc_port=grpc_port,
             # the other organs are not started: point them at a port nobody listens on, never someone else's
             organ_addresses={
-                **{other: f"127.0.0.1:{_free_port(taken)}" for other in organ_dirs()},
+                **{other: f"127.0.0.1:{free_port()}" for other in organ_dirs()},
                 ORGAN: organ.grpc_inference_address,
             },
             inference_timeout_s=60.0,  # the machine is shared with training runs

@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from common.errors import ServiceUnavailable
+from common.launcher import claim_port, free_port
 from common.objectstore import CREDENTIALS_FILE, S3Credentials
 from common.settings import Settings
 from tools.managed_process import HOST, ManagedProcess, port_is_free, write_private
@@ -78,6 +79,20 @@ class ObjectStorePorts:
         ports["admin"] = self.admin
         ports["admin_grpc"] = self.admin + _GRPC_OFFSET
         return ports
+
+
+def free_objectstore_ports() -> ObjectStorePorts:
+    """Free ports for every component, each never handed out before by this process; the admin server's gRPC
+    port is always admin + 10000 (see ObjectStorePorts), so that one must be free too."""
+    for _ in range(200):
+        admin = free_port()
+        grpc = admin + _GRPC_OFFSET
+        if grpc <= 65535 and port_is_free(grpc) and claim_port(grpc):
+            break
+    else:
+        raise ServiceUnavailable("no free port pair for the object store's admin server")
+    names = ("s3", "master", "volume", "filer", "s3_grpc", "master_grpc", "volume_grpc", "filer_grpc")
+    return ObjectStorePorts(admin=admin, **{name: free_port() for name in names})
 
 
 def weed_binary() -> Path:

@@ -67,17 +67,15 @@ def running_stack(state_dir: Path) -> Iterator[Stack]:
     from gateway.service.dataplane import build_dataplane
     from gateway.service.model_registry import seed_from_model_store
     from tests.web.helpers import serving
-    from tools.bench import free_objectstore_ports
-    from tools.objectstore_server import ObjectStoreServer
+    from tools.objectstore_server import ObjectStoreServer, free_objectstore_ports
 
-    taken: set[int] = set()
     model_store = state_dir / "model-store"
     model_store.mkdir(parents=True)
     for organ in ORGANS:
         for suffix in (".mar", ".json"):
             shutil.copyfile(REPO / "model-store" / f"{organ}{suffix}", model_store / f"{organ}{suffix}")
     with contextlib.ExitStack() as cleanup:
-        store = ObjectStoreServer(state_dir, free_objectstore_ports(taken))
+        store = ObjectStoreServer(state_dir, free_objectstore_ports())
         logger.info("starting the object store on %s", store.endpoint)
         store.start(timeout=60)
         cleanup.callback(store.stop)

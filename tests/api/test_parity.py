@@ -50,6 +50,7 @@ from medseg.v1 import (
 from sqlalchemy import func, select
 
 from common.errors import ServiceUnavailable
+from common.launcher import free_port
 from common.pacs import Pacs, PacsCredentials
 from gateway import crud
 from gateway.access import OPERATIONS
@@ -91,7 +92,6 @@ from tests.api.clinic_access import (
 )
 from tests.api.conftest import KEY_SCOPES, grpc_channel, png, sqlite_database
 from tests.api.test_access import ACCESS as ROUTE_RULES
-from tests.fixtures.objectstore import _free_port
 from tests.gateway.fakes import FakeClient
 
 IMAGE = png(np.full((32, 32), 90, np.uint8))
@@ -484,7 +484,7 @@ def _pacs_swapped(world, pacs: Pacs):
 
 
 def _pacs_down(world):
-    return _pacs_swapped(world, Pacs(f"http://127.0.0.1:{_free_port()}/dicom-web", PacsCredentials("u", "p")))
+    return _pacs_swapped(world, Pacs(f"http://127.0.0.1:{free_port()}/dicom-web", PacsCredentials("u", "p")))
 
 
 def _pacs_refusing_us(world):

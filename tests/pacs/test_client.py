@@ -16,8 +16,8 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from common.errors import InvalidInput, NotFound, PayloadTooLarge, ServiceUnavailable
+from common.launcher import free_port
 from common.pacs import Pacs, PacsCredentials
-from tests.fixtures.objectstore import _free_port
 from tests.fixtures.pacs import REFUSED_PATIENT
 from tests.pacsdata import ct_series
 
@@ -103,7 +103,7 @@ def test_unknown_study_or_series_is_not_found(pacs, stored):
 
 
 def test_bad_search_terms_are_refused_before_the_pacs_is_asked():
-    nowhere = Pacs(f"http://127.0.0.1:{_free_port()}/dicom-web", PacsCredentials("u", "p"))
+    nowhere = Pacs(f"http://127.0.0.1:{free_port()}/dicom-web", PacsCredentials("u", "p"))
     for call in (
         lambda: nowhere.list_series("1.2.abc"),
         lambda: nowhere.fetch_series("1.2.3", "../../instances", max_bytes=1),
@@ -146,7 +146,7 @@ def test_wrong_credentials_are_our_configuration_not_the_callers_fault(pacs_serv
 
 
 def test_a_pacs_that_is_not_there_is_a_503_naming_it():
-    url = f"http://127.0.0.1:{_free_port()}/dicom-web"
+    url = f"http://127.0.0.1:{free_port()}/dicom-web"
     with pytest.raises(ServiceUnavailable) as down:
         Pacs(url, PacsCredentials("u", "p"), connect_timeout_s=1).search_studies()
     assert down.value.code == "pacs_unavailable" and url in down.value.message

@@ -11,9 +11,9 @@ import uuid
 import pytest
 from sqlalchemy import func, select, text
 
+from common.launcher import free_port
 from common.pacs import Pacs, PacsCredentials
 from gateway.models import Study
-from tests.fixtures.objectstore import _free_port
 from tests.pacsdata import stored_study
 
 pytestmark = pytest.mark.integration
@@ -129,7 +129,7 @@ def test_a_series_over_the_study_limit_is_refused_before_its_pixels_are_fetched(
     ("pacs", "code"),
     [
         (
-            lambda url: Pacs(f"http://127.0.0.1:{_free_port()}/dicom-web", PacsCredentials("u", "p")),
+            lambda url: Pacs(f"http://127.0.0.1:{free_port()}/dicom-web", PacsCredentials("u", "p")),
             "pacs_unavailable",
         ),
         (lambda url: Pacs(url, PacsCredentials("medseg", "not-the-password")), "pacs_credentials"),

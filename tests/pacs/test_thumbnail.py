@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 from pydicom.uid import generate_uid
 
+from common.launcher import free_port
 from common.pacs import Pacs, PacsCredentials
-from tests.fixtures.objectstore import _free_port
 from tests.pacsdata import ct_series
 
 pytestmark = pytest.mark.integration
@@ -64,7 +64,7 @@ def test_unknown_series_and_a_pacs_down(world, series):
     assert (answer.status_code, answer.json()["error"]["code"]) == (404, "pacs_not_found")
     gateway = world.app().state.clinic.pacs
     configured = gateway.pacs
-    gateway.pacs = Pacs(f"http://127.0.0.1:{_free_port()}/dicom-web", PacsCredentials("u", "p"))
+    gateway.pacs = Pacs(f"http://127.0.0.1:{free_port()}/dicom-web", PacsCredentials("u", "p"))
     try:
         answer = world.client("doctor").get(_url(series[0].StudyInstanceUID, series[0].SeriesInstanceUID))
     finally:

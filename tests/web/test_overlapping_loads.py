@@ -21,10 +21,10 @@ def _first_call_slow(page, pattern: str) -> None:
         if not held:
             held.append(r)  # the first: held
             return
+        first, held[0] = held[0], None  # taken before continuing: another request's handler may run meanwhile
         r.continue_()
-        if held[0] is not None:
-            held[0].continue_()
-            held[0] = None  # released once; later requests pass
+        if first is not None:
+            first.continue_()  # released once; later requests pass
 
     page.route(pattern, route)
 
