@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -84,17 +85,33 @@ def claim_port(port: int) -> bool:
         return True
 
 
+def _below_ephemeral() -> range:
+    """Ports under the kernel's ephemeral range: no outgoing connection is ever given one of them, so a port
+    chosen here stays free until the server it was chosen for binds it."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return range(10000, max(low, 10001))
+
+
 def _choose(host: str, count: int) -> list[int]:
     """`count` distinct free ports, held open together while choosing so they cannot repeat."""
+    candidates = _below_ephemeral()
     socks, chosen = [], []
     try:
-        while len(chosen) < count:
+        for attempt in range(count * 200):
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((host, 0))
             socks.append(sock)
+            try:  # the OS's own pick (port 0) once a quarter of the tries under the ephemeral range failed
+                sock.bind((host, random.choice(candidates) if attempt < count * 50 else 0))
+            except OSError:
+                continue
             if claim_port(port := sock.getsockname()[1]):
                 chosen.append(port)
-        return chosen
+            if len(chosen) == count:
+                return chosen
+        raise OSError(f"no {count} free TCP ports on {host}")
     finally:
         for sock in socks:
             sock.close()
