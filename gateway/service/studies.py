@@ -40,7 +40,7 @@ from gateway.core.db import get_sessionmaker
 from gateway.models import Study, audit
 from gateway.principal import Principal
 from gateway.service.dataplane import DataPlane, check_patient_id
-from gateway.service.masks import THRESHOLDS, label_map, nearest_threshold, probability_mask
+from gateway.service.masks import THRESHOLDS, label_counts, label_map, nearest_threshold, probability_mask
 from gateway.service.volume3d import check_fits, infer_3d, modalities
 from services import volumes
 from services.postprocess3d import postprocess_mask
@@ -374,15 +374,10 @@ class StudyJobs:
                     written.append(target)
             per_voxel = volume.voxel_volume_ml
             names, options = organ.spec.labels, organ.spec.postprocess_3d
-            volumes_ml = {}  # on the canonical grid, where the post-processing's slices are axial
-            for t in THRESHOLDS:
-                counts = np.bincount(
-                    label_map(postprocess_mask(probability_mask(prob, t), options), label).ravel(),
-                    minlength=len(names) + 1,
-                )
-                volumes_ml[f"{t:.1f}"] = {
-                    n: round(int(counts[i]) * per_voxel, 2) for i, n in enumerate(names, 1)
-                }
+            volumes_ml = {
+                t: {n: round(int(counts[i]) * per_voxel, 2) for i, n in enumerate(names)}
+                for t, counts in _voxel_counts(prob, label, len(names), options).items()
+            }
             # the SEG goes back to the PACS before the study is done: a refusal fails it, nothing half-kept
             with _Beat(self, study_id):  # a slow PACS must not make the study look abandoned
                 pacs_segs = self._publish_result(study_id, organ.spec, volume, prob_ijk, label_ijk)
@@ -671,6 +666,20 @@ class _Beat:
 
 def _axcodes(spec) -> tuple[str, str, str]:
     return tuple(getattr(spec, "volume_axcodes", None) or ("L", "A", "S"))
+
+
+def _voxel_counts(prob: np.ndarray, label, n_labels: int, options) -> dict[str, np.ndarray]:
+    """Voxels per label at every threshold on the canonical grid (where the post-processing's slices are
+    axial): from one histogram when no post-processing is on, else each threshold's mask post-processed."""
+    if not options.enabled:
+        return label_counts(prob, label, n_labels)
+    return {
+        f"{t:.1f}": np.bincount(
+            label_map(postprocess_mask(probability_mask(prob, t), options), label).ravel(),
+            minlength=n_labels + 1,
+        )[1:]
+        for t in THRESHOLDS
+    }
 
 
 def labels_key(probability_key: str) -> str:

@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 
 from common.errors import InvalidInput
-from gateway.service.masks import THRESHOLDS, byte_cutoff, labels_at, probability_mask, split_classes
+from gateway.service.masks import (
+    THRESHOLDS,
+    areas,
+    byte_cutoff,
+    label_counts,
+    labels_at,
+    probability_mask,
+    split_classes,
+)
 from gateway.service.volume3d import check_fits
 from services import volumes
 from services.spec import load_organ_spec
@@ -75,6 +83,22 @@ def test_the_same_spacing_is_no_resampling_at_all():
 
 def _volume(shape, zooms=(1.0, 1.0, 1.0)) -> volumes.Volume:
     return volumes.Volume(np.zeros(shape, np.float32), np.diag([*zooms, 1.0]), "nifti")
+
+
+@pytest.mark.parametrize("labels", [None, 1, 2, 3])
+def test_the_counts_per_label_from_one_histogram_are_the_label_maps_counts(labels):
+    rng = np.random.default_rng(labels or 0)
+    fg = rng.integers(0, 256, (9, 31, 17), dtype=np.uint8)
+    fg[0, 0, :3] = (byte_cutoff(0.5) - 1, byte_cutoff(0.5), 255)  # either side of a cutoff, and the top
+    label = None if labels is None else rng.integers(1, labels + 1, fg.shape, dtype=np.uint8)
+    n = labels or 1
+    counts = label_counts(fg, label, n)
+    assert list(counts) == [f"{t:.1f}" for t in THRESHOLDS]
+    for t in THRESHOLDS:
+        expected = np.bincount(labels_at(fg, label, t).ravel(), minlength=n + 1)[1:]
+        assert counts[f"{t:.1f}"].tolist() == expected.tolist()
+    if labels is None:
+        assert areas(fg) == {t: int(c[0]) for t, c in counts.items()}
 
 
 @pytest.mark.parametrize(
