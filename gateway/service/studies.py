@@ -360,8 +360,11 @@ class StudyJobs:
         """Store the foreground probability volume on the input grid (and, for an organ of several labels,
         the label of largest probability beside it, `labels_key`), the mL per label at every threshold, the
         PACS's SEG when asked; then the row is done."""
-        prob_ijk = np.ascontiguousarray(volume.from_canonical(prob, axcodes))
-        label_ijk = None if label is None else np.ascontiguousarray(volume.from_canonical(label, axcodes))
+        # views, not copies: on the input grid they lie in NIfTI's own voxel order (i fastest), which the
+        # .nii.gz and the SEG's frames are written in (a C-order copy cost 0.5 s for 200×512², and 0.4 s more
+        # to write it back in that order)
+        prob_ijk = volume.from_canonical(prob, axcodes)
+        label_ijk = None if label is None else volume.from_canonical(label, axcodes)
         key = f"{prefix}/probability.nii.gz"
         written = []
         try:
