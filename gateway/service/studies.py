@@ -232,6 +232,7 @@ class StudyJobs:
                 code="study_too_large",
             )
         pairs = [(f.filename, f.data) for f in files]
+        clock = [time.perf_counter()]
         try:
             if organ.spec.volumetric:  # a crop around the organ: refused from the headers, before any pixel
                 _check_for_organ(organ, _headers_only(volumes.inspect_study(pairs, limits=self.limits)))
@@ -239,11 +240,13 @@ class StudyJobs:
         except volumes.StudyInputError as exc:
             raise input_error(exc) from None
         _check_for_organ(organ, volume)
+        clock.append(time.perf_counter())
         study_id = uuid.uuid4()
         prefix = f"studies/{organ.name}/{study_id}"
         key, blob, kind = _source_object(prefix, volume, files)
         self.dataplane._ensure_buckets_once()
         self.dataplane.store.put_bytes(self.dataplane.results_bucket, key, blob, content_type=kind)
+        clock.append(time.perf_counter())
         row = Study(
             id=study_id,
             organ=organ.name,
@@ -284,9 +287,14 @@ class StudyJobs:
         except Exception:
             self.dataplane._remove([key])
             raise
+        clock.append(time.perf_counter())
         self._fresh[study_id] = volume
         self.start()
         self._wake.set()
+        logger.info(
+            "study %s queued: %d bytes read in %.2f s, stored in %.2f s, recorded in %.2f s",
+            study_id, total, *np.diff(clock),
+        )  # fmt: skip
         return row
 
     # --- the job --------------------------------------------------------------------------------------
@@ -317,17 +325,26 @@ class StudyJobs:
             row = session.get(Study, study_id)
             organ = self.dataplane.registry.get(row.organ)
             input_key, prefix = row.input_key, row.input_key.rsplit("/", 1)[0]
+        clock = [time.perf_counter()]  # the phases' ends, logged with the study's end (operators, benchmarks)
         volume = self._fresh.pop(study_id, None) or self._read_stored(input_key)
         axcodes = _axcodes(organ.spec)
         model = self.dataplane.registry.model(organ.name)
+        clock.append(time.perf_counter())
         with _Beat(self, study_id) as beat:
             if organ.spec.volumetric:
                 prob, label = self._infer_3d(organ, model, volume, beat)
             else:
                 prob, label = self._infer(organ, model, volume.canonical(axcodes), beat), None
+        clock.append(time.perf_counter())
         if beat.cancelled(force=True):
             raise Cancelled()
         self._store_result(study_id, volume, organ, model, prob, label, prefix, axcodes)
+        clock.append(time.perf_counter())
+        read, infer, store = np.diff(clock)
+        logger.info(
+            "study %s done: %d slices in %.2f s (input %.2f, organ server %.2f, results %.2f)",
+            study_id, prob.shape[0], clock[-1] - clock[0], read, infer, store,
+        )  # fmt: skip
 
     def _infer_3d(self, organ, model, volume: volumes.Volume, beat: _Beat) -> tuple[np.ndarray, np.ndarray]:
         """A 3-D organ: the whole volume in one request (gateway.service.volume3d)."""
@@ -399,7 +416,6 @@ class StudyJobs:
                 )
             )  # fmt: skip
             session.commit()
-        logger.info("study %s done: %d slices", study_id, prob.shape[0])
 
     def _publish_result(
         self, study_id: uuid.UUID, spec, volume: volumes.Volume, prob_ijk: np.ndarray, label_ijk
