@@ -29,6 +29,10 @@ CASES = {"liver": (LIVER_TRAIN, 4), "cells": (CELLS_TRAIN, 1)}
 # float32 summation order differs between the runtimes' kernels. Worst cases measured on these images
 # (printed with -s), 2026-12-02: liver ONNX Runtime 7.9e-4, OpenVINO 5.0e-4; cells 3.2e-4 and 1.8e-4.
 LOGIT_ATOL = {"liver": 2e-3, "cells": 2e-3}
+# bfloat16 keeps 8 bits of mantissa: logits move by up to a few tenths where they are large, the masks at 0.5
+# stay (the organ's choice of it rests on trainer.export's validation: Dice unchanged, every mask ≥ 0.999).
+# Worst case measured on these images (-s), 2026-12-02 15:40 UTC: liver 0.143.
+BF16_LOGIT_ATOL = 0.3
 
 pytestmark = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs ../shared/data")
 
@@ -51,9 +55,11 @@ def shipped(request, tmp_path_factory):
     return organ, work, spec, inputs
 
 
-@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino", "openvino-bf16"])
 def test_same_masks_as_torchscript_on_held_out_images(shipped, runtime):
     organ, work, spec, inputs = shipped
+    if runtime == "openvino-bf16" and spec.runtime != runtime:
+        pytest.skip(f"{organ} is not served in bfloat16")
     threads = organ_threads(organ)
     torch.set_num_threads(threads)
     reference = build("torchscript", work, threads)
@@ -67,5 +73,5 @@ def test_same_masks_as_torchscript_on_held_out_images(shipped, runtime):
             dice = dice_score(a >= 0, b >= 0)  # logit 0 = probability 0.5
             assert dice >= MASK_DICE, f"{organ} {runtime}: mask Dice {dice:.5f}"
     print(f"{organ} {runtime}: max |Δ logit| {worst:.2e} over {len(inputs)} held-out image(s)")
-    assert worst <= LOGIT_ATOL[organ]
+    assert worst <= (BF16_LOGIT_ATOL if runtime == "openvino-bf16" else LOGIT_ATOL[organ])
     assert np.isfinite(worst)

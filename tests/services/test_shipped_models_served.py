@@ -1,6 +1,7 @@
 """The shipped archives (model-store/<organ>.mar) on a real TorchServe: each worker runs the network in the
 runtime its spec names (not a fallback), and answers a real image with the probability map that the same
-archive gives in this process through TorchScript (within one grey level)."""
+archive gives in this process through TorchScript (within one grey level; in bfloat16 within 0.1 with the
+mask at 0.5 kept)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from services.preprocess import prepare, probabilities, restore
 from services.spec import load_spec
 from tests.data import CELLS_TRAIN, LIVER_SLICE, SHARED_DATA
 from tests.fixtures.torchserve import _require_runtime
+from trainer.export import MASK_DICE
+from trainer.loop import dice_score
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -41,7 +44,7 @@ def test_shipped_archive_serves_in_its_runtime(organ, tmp_path):
         archive.extract("model.pt", tmp_path)
         archive.extract("spec.yaml", tmp_path)
         assert "model.onnx" in archive.namelist()
-    assert spec_raw["runtime"] in ("onnxruntime", "openvino")
+    assert spec_raw["runtime"] in ("onnxruntime", "openvino", "openvino-bf16")
     store = tmp_path / "store"
     store.mkdir()
     shutil.copyfile(shipped, store / shipped.name)
@@ -68,4 +71,8 @@ def test_shipped_archive_serves_in_its_runtime(organ, tmp_path):
         prob = restore(probabilities(model, x, spec), how)
     reference = (prob * 255.0).round().to(torch.uint8).numpy().astype(int)
     assert served.shape == reference.shape
-    assert np.abs(served - reference).max() <= 1
+    if spec_raw["runtime"] == "openvino-bf16":  # 8 bits of mantissa: probabilities move, masks stay
+        assert np.abs(served - reference).max() <= 0.1 * 255  # trainer.export measured at most 0.09
+        assert dice_score(torch.from_numpy(served >= 128), torch.from_numpy(reference >= 128)) >= MASK_DICE
+    else:
+        assert np.abs(served - reference).max() <= 1
