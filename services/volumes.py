@@ -372,6 +372,11 @@ def _checked_nifti_header(
     return header, shape, needed
 
 
+def is_nifti(data: bytes) -> bool:
+    """The bytes (or their gzip) are a single-file NIfTI-1 or NIfTI-2."""
+    return _nifti_kind(data) is not None
+
+
 def _nifti_kind(data: bytes) -> str | None:
     """ "nifti1" / "nifti2" when the bytes (or their gzip) are a single-file NIfTI, else None."""
     head = _head(data, 544)
