@@ -1,7 +1,7 @@
 """`make bench`'s study rows: a 200-slice 512² CT series, upload to done, through the real stack; and
 (`--organ hippocampus`) MRI volumes of the 3-D organ, upload to done, one after another.
 
-    .venv/bin/python -m tools.study_bench [--slices 200] [--runs 2] [--model-store DIR]
+    .venv/bin/python -m tools.study_bench [--slices 200] [--runs 2] [--model-store DIR] [--timeline]
     .venv/bin/python -m tools.study_bench --organ hippocampus [--runs 10]
 
 What it starts: as `tools.bench` (its `running_stack`: the object store, the liver TorchServe with
@@ -121,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--model-store", default=str(bench.REPO_ROOT / "model-store"))
     parser.add_argument("--organ", choices=("liver", "hippocampus"), default="liver")
+    parser.add_argument(
+        "--timeline", action="store_true", help="print the gateway's log of each study's parts (liver)"
+    )
     args = parser.parse_args(argv)
     if args.organ == "hippocampus":
         return hippocampus_rows(Path(args.model_store), args.runs)
@@ -134,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
             running = stack.enter_context(bench.running_stack(work / "state", choice))
             time_study(running.http_url, running.api_key, series_zip(8))  # warm-up: the first chunks
             results = [time_study(running.http_url, running.api_key, blob) for _ in range(args.runs)]
+            if args.timeline:  # where each study's time went, as the gateway logged it
+                for line in running.gateway_log.read_text(errors="replace").splitlines():
+                    if "gateway.service.studies" in line and (" queued: " in line or " done: " in line):
+                        print(line)
     best = min(r["seconds"] for r in results)
     load = os.getloadavg()
     print()
