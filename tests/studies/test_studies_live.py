@@ -157,6 +157,27 @@ def test_a_nifti_study_has_no_dicom_seg(client, nifti_study):
     assert answer.status_code == 409 and answer.json()["error"]["code"] == "not_dicom"
 
 
+def test_a_nifti_in_a_zip_is_kept_as_the_zip_and_shown_from_it(study_gateway, objectstore, client):
+    """The upload is stored as it came (here: the zip), and the viewer's image and the mask are still the
+    NIfTI's grid and values."""
+    data = studydata.liver_nifti(FIRST, 12)
+    zipped = studydata.zipped([("case/liver.nii.gz", data)])
+    study = run(client, [("case.zip", zipped)])
+    bucket, prefix = study_gateway.settings.bucket_results, f"studies/liver/{study['id']}/"
+    names = {o.key.rsplit("/", 1)[-1] for o in objectstore.list(bucket, prefix=prefix)}
+    assert "source.zip" in names and not names & {"source.nii.gz", "source.nii"}, names
+    assert objectstore.get_bytes(bucket, prefix + "source.zip") == zipped
+    source = nifti(data)
+    image = client.get(f"/api/v1/studies/{study['id']}/image.nii.gz")
+    assert image.status_code == 200, image.text
+    shown = nifti(image.content)
+    assert shown.shape == source.shape
+    np.testing.assert_allclose(shown.affine, source.affine, atol=1e-5)
+    np.testing.assert_array_equal(np.asanyarray(shown.dataobj), np.asanyarray(source.dataobj))
+    mask = client.get(f"/api/v1/studies/{study['id']}/mask.nii.gz", params={"threshold": 0.5})
+    assert nifti(mask.content).shape == source.shape
+
+
 def test_progress_is_reported_and_only_grows(client):
     study = run(client, [("p.nii.gz", studydata.liver_nifti(FIRST, COUNT, layout="ras"))])
     seen = study["_progress_seen"]
