@@ -19,4 +19,3 @@ def test_ports_are_never_handed_out_twice_and_stay_clear_of_the_ephemeral_range(
 def test_a_chosen_port_can_be_bound():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", free_port()))
-
