@@ -737,7 +737,7 @@ def segment_breakdown(
         "check upload (header)": (images, "inspect"),
         "TorchServe call": (dataplane.clients[ORGAN], "predict"),
         "decode probability PNG": (images, "decode_probability"),
-        "areas at 7 thresholds (one histogram)": (dataplane_module, "areas"),
+        "areas at 7 thresholds (counted from the map)": (dataplane_module, "areas"),
         "threshold + encode the mask PNGs asked for": (dataplane_module, "mask_png"),
         "object store: 1 write (beside the masks)": (dataplane, "_store_probability"),
         "areas, masks + the write, overlapped": (dataplane, "_store_results"),

@@ -3,7 +3,7 @@
 Segment: validate organ and upload (size; format, pixel count and spacing from the header) before
 bothering an organ server, call the organ server (which decodes the image, and refuses one whose pixels
 are corrupt: a 400 naming the file), then store what cannot be derived: one object, the probability map
-the organ server answered, and one row (areas at 0.2 … 0.8 from one histogram of the map, stability, who
+the organ server answered, and one row (areas at 0.2 … 0.8 counted from the map, stability, who
 asked). Masks at any threshold and the history's thumbnail are made from the stored map when asked for
 (gateway.service.masks); the answer carries the masks the caller asked for (all seven by default). The
 object is written before the row and removed again when the row fails, so a row never points at an object
@@ -448,7 +448,7 @@ class DataPlane:
         self, key: str, prob: np.ndarray, prob_png: bytes, thresholds: Sequence[float], written: list[str]
     ) -> tuple[dict[str, int], list[MaskResult]]:
         """Write the probability map (the organ server's PNG, as it came) at `key` in the writer pool while
-        this thread takes the map's areas at every threshold (one histogram) and makes the masks at
+        this thread takes the map's areas at every threshold (counted, no mask made) and makes the masks at
         `thresholds` (zlib and numpy release the GIL, so they overlap the write's round trip). Appends `key`
         to `written` once the object is there. Returns (areas, masks) when the write succeeded, else raises
         its failure; either way only after the write has finished, so nothing is in flight when the caller

@@ -1,7 +1,7 @@
 """Thresholds, masks and overlap scores on the organ server's 8-bit probability map.
 
 A segmentation stores only its probability map: every mask (`mask_png`), the areas at every threshold
-(`areas`, one histogram) and the thumbnail (scoring.thumbnail_png) are pure functions of it, made again when
+(`areas`, counted from it) and the thumbnail (scoring.thumbnail_png) are pure functions of it, made again when
 asked for. Rows written before kept their masks in a zip (`MASKS_OBJECT`, read by `unpack_mask`).
 """
 
@@ -67,8 +67,8 @@ def byte_cutoff(threshold: float) -> int:
 
 
 def areas(prob_u8: np.ndarray) -> dict[str, int]:
-    """The mask area in pixels at every threshold ("0.2" … "0.8"), from one histogram of the map: the
-    pixels at or above each threshold's byte cutoff, no mask made."""
+    """The mask area in pixels at every threshold ("0.2" … "0.8"): the pixels at or above each threshold's
+    byte cutoff, counted (label_counts)."""
     return {t: int(counts[0]) for t, counts in label_counts(prob_u8, None, 1).items()}
 
 

@@ -706,7 +706,8 @@ def _axcodes(spec) -> tuple[str, str, str]:
 
 def _voxel_counts(prob: np.ndarray, label, n_labels: int, options) -> dict[str, np.ndarray]:
     """Voxels per label at every threshold on the canonical grid (where the post-processing's slices are
-    axial): from one histogram when no post-processing is on, else each threshold's mask post-processed."""
+    axial): counted from the probabilities when no post-processing is on (masks.label_counts), else each
+    threshold's mask post-processed and counted."""
     if not options.enabled:
         return label_counts(prob, label, n_labels)
     return {
