@@ -86,7 +86,7 @@ def _volume(shape, zooms=(1.0, 1.0, 1.0)) -> volumes.Volume:
 
 
 @pytest.mark.parametrize("labels", [None, 1, 2, 3])
-def test_the_counts_per_label_from_one_histogram_are_the_label_maps_counts(labels):
+def test_the_counts_per_label_at_each_threshold_are_the_label_maps_counts(labels):
     rng = np.random.default_rng(labels or 0)
     fg = rng.integers(0, 256, (9, 31, 17), dtype=np.uint8)
     fg[0, 0, :3] = (byte_cutoff(0.5) - 1, byte_cutoff(0.5), 255)  # either side of a cutoff, and the top
