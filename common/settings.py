@@ -53,6 +53,13 @@ class Settings(BaseSettings):
     # Where the trainer reaches each organ's gRPC management API in Kubernetes (k8s/base/trainer), e.g.
     # '{"liver": "torchserve-liver:7071"}'. Empty: organ_host at the port in config.properties.
     organ_management_addresses: dict[str, str] = {}
+    # TLS to the organ servers' gRPC ports (inference and management): the PEM file of the CA that signs their
+    # certificates (in Kubernetes the namespace's private CA, k8s/base/internal-tls.yaml); None: plaintext
+    # (the local stack, whose organ servers listen on the loopback address only).
+    organ_tls_ca_file: Path | None = None
+    # The name an organ server's certificate must carry, by organ, where its address does not say it (an
+    # `ipv4:` list of replicas, a port-forward to 127.0.0.1); by default the address's host is checked.
+    organ_tls_server_names: dict[str, str] = {}
     inference_timeout_s: float = 10.0  # deadline of one call to an organ server
     # Per-organ deadlines by name (JSON in the environment), overriding the `inference_deadline_s` an organ's
     # services/<organ>/spec.yaml sets for its slower calls (gateway.service.dataplane.organ_deadline_s).
@@ -100,6 +107,9 @@ class Settings(BaseSettings):
     study_poll_s: float = 2.0
     study_stale_after_s: float = 60.0
     study_max_attempts: int = 3
+    # Evaluations submitted with `Prefer: respond-async` (gateway/service/evaluation_jobs.py) run on this many
+    # threads per gateway, with the studies' poll, stale limit and attempts.
+    evaluation_workers: int = 1
 
     # The hospital's PACS over DICOMweb (common/pacs.py: QIDO-RS search, WADO-RS fetch, STOW-RS store).
     # Locally `make up` runs Orthanc at this URL and writes its generated credentials to

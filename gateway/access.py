@@ -60,7 +60,8 @@ KINDS = ("doctor", "researcher", "admin", "key")  # admin: a hospital's admin; k
 class Rows:
     """The rows of `resource` an operation reaches (`action`: read, write, delete), per kind of caller."""
 
-    resource: str  # dataset | evaluation | feedback | segmentation | study | user | api_key | audit
+    # dataset | evaluation | evaluation_job | feedback | segmentation | study | user | api_key | audit
+    resource: str
     action: str
     doctor: frozenset[str] = frozenset()
     researcher: frozenset[str] = frozenset()
@@ -100,6 +101,10 @@ STUDY_READ = Rows("study", "read", OWN, OWN, OWN_OR_HOSPITAL, OWN_OR_HOSPITAL)
 STUDY_WRITE = Rows("study", "write", OWN, _r(), _r(), OWN)  # the threshold choice: a doctor's, or their key's
 # Cancelling: whoever submitted the study (anyone who may segment may submit one); a platform admin any.
 STUDY_CANCEL = Rows("study", "write", OWN, OWN, OWN, OWN)
+# Evaluation jobs (an evaluation run in the background) as evaluations: their maker's, and their hospital's
+# admin and systems; cancelled by whoever submitted them.
+EVALUATION_JOB_READ = Rows("evaluation_job", "read", OWN, OWN, OWN_OR_HOSPITAL, OWN_OR_HOSPITAL)
+EVALUATION_JOB_CANCEL = Rows("evaluation_job", "write", OWN, OWN, OWN, OWN)
 # Administration (admins only): a hospital's admin administers its people (own: their own account, which
 # they may not disable or demote, gateway/resources/accounts/service.py), its keys and its audit entries.
 USERS_READ = Rows("user", "read", admin=OWN_OR_HOSPITAL)
@@ -227,6 +232,14 @@ OPERATIONS: dict[str, Operation] = {
         ("GET", "/evaluations/{evaluation_id}/cases/{case_id}/overlay.png"),
         "Evaluations/GetOverlay",
         rows=EVALUATION_READ,
+    ),
+    # the evaluations run in the background (evaluations.run with `Prefer: respond-async`): HTTP's polling;
+    # over gRPC RunEvaluation answers when done, within the client's deadline
+    "evaluations.jobs.show": Operation(
+        EVALUATOR, ("GET", "/evaluation-jobs/{job_id}"), None, rows=EVALUATION_JOB_READ
+    ),
+    "evaluations.jobs.cancel": Operation(
+        EVALUATOR, ("POST", "/evaluation-jobs/{job_id}/cancel"), None, rows=EVALUATION_JOB_CANCEL
     ),
     # --- feedback on model versions
     "feedback.create": Operation(

@@ -162,8 +162,9 @@ def create_server(
     `clinic`: the HTTP app's (`app.state.clinic`), so both edges share one model directory and one set of
     training workers; without it, one is built over `dataplane` (a gRPC-only gateway, tests)."""
     clinic = clinic or Clinic(dataplane, get_settings())
-    if clinic.studies.session_factory is None:  # the study workers use this server's database
-        clinic.studies.session_factory = session_factory
+    for jobs in (clinic.studies, clinic.evaluation_jobs):  # the job workers use this server's database
+        if jobs.session_factory is None:
+            jobs.session_factory = session_factory
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="medseg-grpc"),
         interceptors=[ErrorMappingInterceptor()],

@@ -100,10 +100,12 @@ def create_app(settings: Settings | None = None, dataplane: DataPlane | None = N
             app.state.clinic = Clinic(app.state.dataplane, settings)
         if owned:  # a serving gateway takes up queued studies, and those a stopped gateway left running
             app.state.clinic.studies.start()
+            app.state.clinic.evaluation_jobs.start()
         try:
             yield
         finally:
             app.state.clinic.studies.close()
+            app.state.clinic.evaluation_jobs.close()
             if owned:
                 app.state.dataplane.close()
 
@@ -129,6 +131,7 @@ def create_app(settings: Settings | None = None, dataplane: DataPlane | None = N
         audit.router,
         models.router,
         evaluations.router,
+        evaluations.jobs_router,
         feedback.router,
         segmentations.router,
         studies.router,

@@ -132,7 +132,23 @@ class Segmentation(Base):
     chosen_at: Mapped[datetime | None]
 
 
-class Study(Base):
+class JobState:
+    """The columns of a row that is a background job (gateway/service/jobs.py): queued | running | done |
+    failed; a running row whose heartbeat is older than the stale limit is taken up again by any gateway's
+    worker (a restart loses nothing); `error_*` say why a failed one failed."""
+
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    heartbeat_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+
+
+class Study(JobState, Base):
     """One study (a DICOM series or a NIfTI volume) segmented as a background job
     (gateway/service/studies.py).
     Voxels live in the results bucket under `studies/<id>/`: the input as NIfTI, the DICOM files (for the
@@ -148,17 +164,6 @@ class Study(Base):
     modality: Mapped[str | None] = mapped_column(String(16))
     study_uid: Mapped[str | None] = mapped_column(String(128))
     series_uid: Mapped[str | None] = mapped_column(String(128))
-    # queued | running | done | failed; a running row whose heartbeat is older than the stale limit is taken
-    # up again by any gateway's worker (a restart loses nothing).
-    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
-    progress: Mapped[float] = mapped_column(Float, default=0.0)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
-    heartbeat_at: Mapped[datetime | None]
-    started_at: Mapped[datetime | None]
-    finished_at: Mapped[datetime | None]
-    error_code: Mapped[str | None] = mapped_column(String(64))
-    error_message: Mapped[str | None] = mapped_column(Text)
     model_name: Mapped[str | None] = mapped_column(String(128))
     model_version: Mapped[str | None] = mapped_column(String(64))
     shape: Mapped[list] = mapped_column(JSON, default=list)  # [z, y, x] of the canonical (axial) volume
@@ -378,6 +383,31 @@ class Evaluation(Base):
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), index=True)
     api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
     hospital: Mapped[str | None] = mapped_column(String(200), index=True)  # the owner's (gateway/tenancy.py)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class EvaluationJob(JobState, Base):
+    """An evaluation run as a background job (gateway/service/evaluation_jobs.py): `POST /api/v1/evaluations`
+    with `Prefer: respond-async` answers 202 at once and the caller polls `/api/v1/evaluation-jobs/<id>`,
+    instead of holding the request open for as long as the cases take. Done, it names the Evaluation made.
+    Uploaded cases wait in the results bucket (`input_key`, a zip) until the job ends."""
+
+    __tablename__ = "evaluation_jobs"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    organ: Mapped[str] = mapped_column(String(64), index=True)
+    model_version: Mapped[str] = mapped_column(String(64))  # resolved when submitted
+    dataset_id: Mapped[str | None] = mapped_column(String(64))
+    input_key: Mapped[str | None] = mapped_column(String(512))  # uploaded cases (zip), removed when done
+    case_count: Mapped[int] = mapped_column(Integer, default=0)
+    cases_done: Mapped[int] = mapped_column(Integer, default=0)
+    evaluation_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("evaluations.id", ondelete="SET NULL"), index=True
+    )
+    created_by: Mapped[str] = mapped_column(String(128))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), index=True)
+    api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"), index=True)
+    hospital: Mapped[str | None] = mapped_column(String(200), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 

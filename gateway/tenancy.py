@@ -26,6 +26,7 @@ from gateway.models import (
     Dataset,
     Evaluation,
     EvaluationCase,
+    EvaluationJob,
     Feedback,
     Segmentation,
     Study,
@@ -52,6 +53,9 @@ RESOURCES = {
     "feedback": Owned(Feedback, Feedback.author_user_id, Feedback.author_api_key_id, Feedback.hospital),
     "segmentation": Owned(Segmentation, Segmentation.user_id, Segmentation.api_key_id, Segmentation.hospital),
     "study": Owned(Study, Study.user_id, Study.api_key_id, Study.hospital),
+    "evaluation_job": Owned(
+        EvaluationJob, EvaluationJob.user_id, EvaluationJob.api_key_id, EvaluationJob.hospital
+    ),
     # administration: a person's own account is theirs; keys and audit entries are nobody's own
     "user": Owned(User, User.id, None, User.hospital),
     "api_key": Owned(ApiKey, None, None, ApiKey.hospital, lookup=ApiKey.prefix),

@@ -49,6 +49,7 @@ def serve(settings: Settings) -> int:
     logger.info("gRPC medseg.v1 on %s:%d", settings.grpc_host, grpc_port)
     # the study workers: queued studies, and those a stopped gateway left running, are taken up now
     app.state.clinic.studies.start()
+    app.state.clinic.evaluation_jobs.start()  # and the evaluations run in the background
     try:
         config = uvicorn.Config(
             app,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from common import model_store
 from common.pacs import Pacs
 from gateway.service.dataplane import DataPlane
+from gateway.service.evaluation_jobs import EvaluationJobs
 from gateway.service.evaluations import Evaluator
 from gateway.service.model_registry import ModelDirectory, Promotions
 from gateway.service.model_rollout import ManagementFactory, ModelRollout, build_rollout
@@ -45,6 +46,7 @@ class Clinic:
         self.jobs = TrainingJobs(settings, dataplane.store, management=management)
         self.jobs.on_candidate = self.promotions.serve_candidates
         self.studies = StudyJobs(dataplane, settings)  # workers start with the gateway, or at the first study
+        self.evaluation_jobs = EvaluationJobs(self.evaluator, settings)  # the same
         self.pacs = PacsGateway(Pacs.from_settings(settings), settings)
         self.studies.publish_seg = self.pacs.store_seg  # a study from the PACS stores its SEG back there
 

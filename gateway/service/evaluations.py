@@ -15,7 +15,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -287,22 +287,29 @@ class Evaluator:
         check_two_dimensional(self.dataplane.registry.get(target.organ))  # kept ones: 2-D pairs, for now
         started = time.perf_counter()
         scored = self.score(target, cases)
-        evaluation = self._store(session, principal, target, scored, purpose=purpose, dataset=dataset)
+        evaluation = self.store(session, principal, target, scored, purpose=purpose, dataset=dataset)
         metrics.observe_latency("evaluation", target.organ, target.version, started)
         metrics.observe_evaluation(target.organ, target.version, purpose, evaluation.mean_dice)
         return evaluation
 
-    def score(self, target: Target, cases: Sequence[Case]) -> list[ScoredCase]:
+    def score(
+        self, target: Target, cases: Sequence[Case], step: Callable[[int, int], None] | None = None
+    ) -> list[ScoredCase]:
         """Each case segmented by the target version, scored against its label at the target's threshold and
-        drawn as an overlay. The loop is `dataplane.score_cases`, the one `DataPlane.evaluate` runs."""
+        drawn as an overlay. The loop is `dataplane.score_cases`, the one `DataPlane.evaluate` runs.
+        `step(done, total)` is called after each case (a background job's progress and cancel point)."""
         dp = self.dataplane
         window = dp.registry.get(target.organ).spec.window
+        done = [0]
 
         def scored(case: Case, prob: np.ndarray, label: np.ndarray) -> ScoredCase:
             image = imaging.decode_image(case.image.data, window=window, max_pixels=dp.max_image_pixels)
             score = scoring.score_case(prob, label, target.threshold, image.spacing_mm)
             overlay = scoring.overlay_png(scoring.grey_preview(image.array), label, score.prediction)
             height, width = prob.shape
+            done[0] += 1
+            if step is not None:
+                step(done[0], len(cases))
             return ScoredCase(case.name, score, overlay, width, height, image.spacing_mm)
 
         return score_cases(
@@ -312,7 +319,7 @@ class Evaluator:
             max_image_pixels=dp.max_image_pixels,
         )
 
-    def _store(
+    def store(
         self,
         session: Session,
         principal: Principal,
@@ -321,10 +328,11 @@ class Evaluator:
         *,
         purpose: str,
         dataset: Dataset | None,
+        before_commit: Callable[[Session, Evaluation], None] | None = None,
     ) -> Evaluation:
-        """Write the overlays, then the Evaluation, its cases and the audit entry in one commit. When anything
-        fails the session is rolled back and the overlays written so far are removed: no row names a missing
-        object."""
+        """Write the overlays, then the Evaluation, its cases and the audit entry in one commit (with what
+        `before_commit` adds, e.g. the job that made it marked done). When anything fails the session is
+        rolled back and the overlays written so far are removed: no row names a missing object."""
         evaluation_id = uuid.uuid4()
         summary = scoring.summarize([case.score for case in scored])
         written: list[str] = []
@@ -338,6 +346,9 @@ class Evaluator:
             session.flush()  # the evaluation's row first: its cases refer to it
             session.add_all(rows)
             self._audit_evaluation(session, principal, target, evaluation_id, len(rows), summary, purpose)
+            if before_commit is not None:
+                session.flush()
+                before_commit(session, evaluation)
             self._commit(session)
         except BaseException:
             session.rollback()

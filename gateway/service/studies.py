@@ -20,27 +20,26 @@ from __future__ import annotations
 
 import io
 import logging
-import threading
 import time
 import uuid
 import zipfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 
 import numpy as np
-from sqlalchemy import or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from common.errors import Conflict, InvalidInput, MedSegError, NotFound, PayloadTooLarge
 from common.volume_inference import segment_volume
 from gateway import metrics, tenancy
 from gateway.access import STUDY_CANCEL, STUDY_READ, STUDY_WRITE
-from gateway.core.db import get_sessionmaker
 from gateway.models import Study, audit
 from gateway.principal import Principal
 from gateway.service.dataplane import DataPlane, check_patient_id
+from gateway.service.jobs import Beat, JobLimits, JobService, JobWorkers, finish_failed
 from gateway.service.masks import THRESHOLDS, label_counts, label_map, nearest_threshold, probability_mask
 from gateway.service.volume3d import check_fits, infer_3d, modalities
 from services import volumes
@@ -114,96 +113,34 @@ def parse_study_date(value: str | None) -> date | None:
         ) from None
 
 
-class StudyJobs:
+class StudyJobs(JobService):
     """The study service of one gateway process: submit, read, derive, cancel, and the worker threads."""
 
     def __init__(self, dataplane: DataPlane, settings, session_factory: Callable[[], Session] | None = None):
         self.dataplane = dataplane
         self.settings = settings
-        self.session_factory = session_factory  # None: the process's database (tests bind their own)
         self.limits = volumes.StudyLimits(
             max_voxels=settings.study_max_voxels, max_bytes=settings.study_max_bytes
         )
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._lock = threading.Lock()
+        self.workers = JobWorkers(
+            Study,
+            lambda: JobLimits(
+                self.settings.study_workers, self.settings.study_poll_s, self.settings.study_stale_after_s,
+                self.settings.study_max_attempts,
+            ),
+            self._run,
+            self._finish_failed,
+            "study",
+            session_factory,
+        )  # fmt: skip
         # Volumes read by this process's submit, handed to its own worker (no second parse of the upload);
         # a worker of another process (or after a restart) reads the stored upload instead.
         self._fresh: dict[uuid.UUID, volumes.Volume] = {}
         self.publish_seg: SegPublisher | None = None  # set by the Clinic: the PACS's STOW-RS
 
-    # --- sessions, workers --------------------------------------------------------------------------
+    # --- sessions, workers: gateway.service.jobs.JobService -----------------------------------------
     def _session(self) -> Session:
-        factory = self.session_factory or get_sessionmaker()
-        return factory()
-
-    def start(self) -> None:
-        """Start the worker threads (once); they take up queued and abandoned studies at once."""
-        with self._lock:
-            if self._threads or self.settings.study_workers < 1:
-                return
-            self._stop.clear()
-            for n in range(self.settings.study_workers):
-                thread = threading.Thread(target=self._loop, name=f"medseg-study-{n}", daemon=True)
-                thread.start()
-                self._threads.append(thread)
-        self._wake.set()
-
-    def close(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        for thread in self._threads:
-            thread.join(timeout)
-        self._threads = []
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                study_id = self._claim()
-            except Exception as exc:  # the database is down: wait and try again, never die
-                logger.warning("study worker could not claim work: %s", exc)
-                study_id = None
-            if study_id is None:
-                self._wake.wait(self.settings.study_poll_s)
-                self._wake.clear()
-                continue
-            try:
-                self._run(study_id)
-            except Exception as exc:  # the database went away as the study ended: it stays running, and is
-                # taken up again once its heartbeat is stale; this worker lives on for the next one
-                logger.warning("study %s: its end could not be recorded: %s", study_id, exc)
-
-    def _claim(self) -> uuid.UUID | None:
-        """Take the oldest queued study, or a running one whose worker stopped beating; None if none."""
-        now = datetime.now(UTC)
-        stale = now - timedelta(seconds=self.settings.study_stale_after_s)
-        claimable = or_(
-            Study.status == "queued",
-            (Study.status == "running") & ((Study.heartbeat_at.is_(None)) | (Study.heartbeat_at < stale)),
-        )
-        with self._session() as session:
-            for row in session.scalars(select(Study).where(claimable).order_by(Study.created_at).limit(5)):
-                if row.attempts >= self.settings.study_max_attempts:
-                    self._finish_failed(
-                        session, row.id, "interrupted",
-                        f"the study was interrupted {row.attempts} times (gateway stopped while it ran); "
-                        "submit it again",
-                    )  # fmt: skip
-                    continue
-                taken = session.execute(
-                    update(Study)
-                    .where(Study.id == row.id, claimable)
-                    .values(status="running", heartbeat_at=now, started_at=now, attempts=Study.attempts + 1)
-                )
-                session.commit()
-                if taken.rowcount == 1:  # another worker may have taken it first
-                    if row.status == "running":
-                        logger.info(
-                            "study %s resumed after its worker stopped (attempt %d)", row.id, row.attempts + 1
-                        )
-                    return row.id
-        return None
+        return self.workers.session()
 
     # --- submit -------------------------------------------------------------------------------------
     def submit(
@@ -292,7 +229,7 @@ class StudyJobs:
         clock.append(time.perf_counter())
         self._fresh[study_id] = volume
         self.start()
-        self._wake.set()
+        self.workers.wake()
         logger.info(
             "study %s queued: %d bytes read in %.2f s, stored %.2f s later, recorded in %.2f s",
             study_id, total, *np.diff(clock),
@@ -347,7 +284,7 @@ class StudyJobs:
         axcodes = _axcodes(organ.spec)
         model = self.dataplane.registry.model(organ.name)
         clock.append(time.perf_counter())
-        with _Beat(self, study_id) as beat:
+        with self.workers.beat(study_id) as beat:
             if organ.spec.volumetric:
                 prob, label = self._infer_3d(organ, model, volume, beat)
             else:
@@ -363,7 +300,7 @@ class StudyJobs:
             study_id, prob.shape[0], clock[-1] - clock[0], read, infer, store,
         )  # fmt: skip
 
-    def _infer_3d(self, organ, model, volume: volumes.Volume, beat: _Beat) -> tuple[np.ndarray, np.ndarray]:
+    def _infer_3d(self, organ, model, volume: volumes.Volume, beat: Beat) -> tuple[np.ndarray, np.ndarray]:
         """A 3-D organ: the whole volume in one request (gateway.service.volume3d)."""
         answer = infer_3d(
             self.dataplane.clients[organ.name],
@@ -375,7 +312,7 @@ class StudyJobs:
         beat.progress(1, 1)
         return answer
 
-    def _infer(self, organ, model, canonical: np.ndarray, beat: _Beat) -> np.ndarray:
+    def _infer(self, organ, model, canonical: np.ndarray, beat: Beat) -> np.ndarray:
         return segment_volume(
             self.dataplane.clients[organ.name],
             organ.name,
@@ -416,7 +353,7 @@ class StudyJobs:
                 for t, counts in _voxel_counts(prob, label, len(names), options).items()
             }
             # the SEG goes back to the PACS before the study is done: a refusal fails it, nothing half-kept
-            with _Beat(self, study_id):  # a slow PACS must not make the study look abandoned
+            with self.workers.beat(study_id):  # a slow PACS must not make the study look abandoned
                 pacs_segs = self._publish_result(study_id, organ.spec, volume, prob_ijk, label_ijk)
         except Exception:
             self.dataplane._remove(written)
@@ -476,12 +413,7 @@ class StudyJobs:
         return label_map(mask, label_ijk)
 
     def _finish_failed(self, session: Session, study_id, code: str, message: str) -> None:
-        session.execute(
-            update(Study)
-            .where(Study.id == study_id)
-            .values(status="failed", error_code=code, error_message=message, finished_at=datetime.now(UTC))
-        )
-        session.commit()
+        finish_failed(session, Study, study_id, code, message)
 
     # --- reading ----------------------------------------------------------------------------------------
     def get(self, session: Session, principal: Principal, study_id: str) -> Study:
@@ -637,67 +569,6 @@ class StudyJobs:
                 }
             )
         return sorted(points, key=lambda p: (p["study_date"], p["study_id"]))
-
-
-class _Beat:
-    """While a study runs: its heartbeat every quarter of the stale limit (from a thread of its own, so a slow
-    chunk never makes a live study look abandoned), its progress at most every half second, its cancel flag
-    read at most every second."""
-
-    def __init__(self, jobs: StudyJobs, study_id: uuid.UUID):
-        self.jobs, self.study_id = jobs, study_id
-        self._last_write = 0.0
-        self._last_read = 0.0
-        self._cancelled = False
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"medseg-beat-{study_id}", daemon=True)
-
-    def __enter__(self) -> _Beat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._done.set()
-        self._thread.join(5)
-
-    def _beat(self) -> None:
-        interval = max(self.jobs.settings.study_stale_after_s / 4, 0.2)
-        while not self._done.wait(interval):
-            try:
-                with self.jobs._session() as session:
-                    session.execute(
-                        update(Study)
-                        .where(Study.id == self.study_id, Study.status == "running")
-                        .values(heartbeat_at=datetime.now(UTC))
-                    )
-                    session.commit()
-            except Exception as exc:  # the database is away for a moment: the next beat tries again
-                logger.warning("study %s: heartbeat not written: %s", self.study_id, exc)
-
-    def progress(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if now - self._last_write < 0.5 and done < total:
-            return
-        self._last_write = now
-        # the last few percent are writing the result: keep them for that
-        value = round(0.95 * done / max(total, 1), 3)
-        with self.jobs._session() as session:
-            session.execute(
-                update(Study)
-                .where(Study.id == self.study_id, Study.status == "running")
-                .values(progress=value, heartbeat_at=datetime.now(UTC))
-            )
-            session.commit()
-
-    def cancelled(self, force: bool = False) -> bool:
-        now = time.monotonic()
-        if not self._cancelled and (force or now - self._last_read >= 1.0):
-            self._last_read = now
-            with self.jobs._session() as session:
-                self._cancelled = bool(
-                    session.scalar(select(Study.cancel_requested).where(Study.id == self.study_id))
-                )
-        return self._cancelled
 
 
 def _axcodes(spec) -> tuple[str, str, str]:

@@ -345,6 +345,21 @@ def _study(world, who, **kw) -> str:
     return make_study(world, **owner, hospital=hospital, **kw)
 
 
+def _evaluation_job(world, who) -> str:
+    """A queued evaluation job made by `who` (a PEOPLE name, or "key_with_scope": the `evaluate` key)."""
+    from gateway.models import EvaluationJob
+
+    owner = _owner(world, who, "evaluate")
+    with world.session() as session:
+        row = EvaluationJob(
+            organ="liver", model_version="acc", case_count=1, created_by=who,
+            hospital=world.users[who].hospital if who in world.users else None, **owner,
+        )  # fmt: skip
+        session.add(row)
+        session.flush()
+        return str(row.id)
+
+
 def _study_submit(world, client, who):
     return client.post(
         "/api/v1/studies", data={"organ": "liver"}, files=[("files", f) for f in study_files("nifti")]
@@ -554,6 +569,16 @@ def _rules() -> dict:
         ),
         ("GET", "/api/v1/studies/{study_id}/image.nii.gz"): _rule(
             PEOPLE, ("segment",), lambda w, c, who: c.get(f"/api/v1/studies/{_study(w, who)}/image.nii.gz")
+        ),
+        ("GET", "/api/v1/evaluation-jobs/{job_id}"): _rule(
+            PEOPLE,
+            ("evaluate",),
+            lambda w, c, who: c.get(f"/api/v1/evaluation-jobs/{_evaluation_job(w, who)}"),
+        ),
+        ("POST", "/api/v1/evaluation-jobs/{job_id}/cancel"): _rule(
+            PEOPLE,
+            ("evaluate",),
+            lambda w, c, who: c.post(f"/api/v1/evaluation-jobs/{_evaluation_job(w, who)}/cancel"),
         ),
         ("POST", "/api/v1/studies/{study_id}/cancel"): _rule(
             PEOPLE,

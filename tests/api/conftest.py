@@ -160,13 +160,15 @@ class World:
         app.dependency_overrides[get_settings] = lambda: settings
         # the study workers (started by a submitted study) claim and write studies in this database
         app.state.clinic.studies.session_factory = factory
+        app.state.clinic.evaluation_jobs.session_factory = factory
         self._built.append(app)
         return app
 
     def close(self) -> None:
-        """Stop the study workers of every app built here (before the database goes)."""
+        """Stop the study and evaluation workers of every app built here (before the database goes)."""
         for app in self._built:
             app.state.clinic.studies.close()
+            app.state.clinic.evaluation_jobs.close()
 
     def session(self):
         return session_scope(self.engine)

@@ -22,6 +22,7 @@ import pytest
 from gateway.access import (
     AUDIT_READ,
     DATASET_READ,
+    EVALUATION_JOB_READ,
     EVALUATION_READ,
     FEEDBACK_READ,
     KEYS_READ,
@@ -31,7 +32,16 @@ from gateway.access import (
     USERS_READ,
     Rows,
 )
-from gateway.models import AuditLog, Dataset, Evaluation, EvaluationCase, Feedback, Segmentation, User
+from gateway.models import (
+    AuditLog,
+    Dataset,
+    Evaluation,
+    EvaluationCase,
+    EvaluationJob,
+    Feedback,
+    Segmentation,
+    User,
+)
 from gateway.resources.accounts import service as accounts
 from gateway.security import create_api_key
 from gateway.service.masks import MASKS_OBJECT, THRESHOLDS, pack_masks
@@ -49,8 +59,8 @@ from tests.api.conftest import (
 from tests.api.test_parity import HTTP_CALLS, Failure, Row, call_grpc
 
 READ = {"dataset": DATASET_READ, "evaluation": EVALUATION_READ, "feedback": FEEDBACK_READ,
-        "segmentation": SEGMENTATION_READ, "study": STUDY_READ, "user": USERS_READ, "api_key": KEYS_READ,
-        "audit": AUDIT_READ}  # fmt: skip
+        "segmentation": SEGMENTATION_READ, "study": STUDY_READ, "evaluation_job": EVALUATION_JOB_READ,
+        "user": USERS_READ, "api_key": KEYS_READ, "audit": AUDIT_READ}  # fmt: skip
 KEY = "tenant_a"  # world.keys name of hospital A's system, with these scopes:
 KEY_SCOPES = ("segment", "evaluate", "datasets", "feedback", "models", "train")
 ADMIN_KEY = "tenant_a_admin"  # hospital A's admin-scoped key (an admin of that hospital, as a system)
@@ -175,6 +185,8 @@ CALLS: dict[str, Call] = {
     "studies.image": Call("study", lambda w, r: {"id": r["id"]}),
     "studies.cancel": Call("study", lambda w, r: {"id": r["id"]}, made=(("status", "queued"),)),
     "studies.choose_threshold": Call("study", lambda w, r: {"id": r["id"], "threshold": 0.5}),
+    "evaluations.jobs.show": Call("evaluation_job", lambda w, r: {"job_id": r["id"]}),
+    "evaluations.jobs.cancel": Call("evaluation_job", lambda w, r: {"job_id": r["id"]}),
     # a request field with a rule of its own: "<operation>[<field>]"
     "feedback.update[shared]": Call("feedback", lambda w, r: {"id": r["id"], "shared": True}),
     # administration
@@ -186,6 +198,8 @@ CALLS: dict[str, Call] = {
     "audit.export": Call("audit", lambda w, r: {"action": PROBE}, _csv_ids),
 }
 HTTP_ONLY = {  # the operations without an RPC, which tests/api/test_parity.py's HTTP_CALLS leaves out
+    "evaluations.jobs.show": lambda c, a: c.get(f"/api/v1/evaluation-jobs/{a['job_id']}"),
+    "evaluations.jobs.cancel": lambda c, a: c.post(f"/api/v1/evaluation-jobs/{a['job_id']}/cancel"),
     "datasets.list": lambda c, a: c.get("/api/v1/datasets"),
     "segmentations.image": lambda c, a: c.get(f"/api/v1/segmentations/{a['segmentation_id']}/image.png"),
     "segmentations.values": lambda c, a: c.get(f"/api/v1/segmentations/{a['segmentation_id']}/values.npy"),
@@ -234,6 +248,13 @@ def _make(world, resource: str, maker: str, shared: bool, relation: str, made: d
     if resource == "study":
         study = make_study(world, user_id=who["user"], api_key_id=who["key"], hospital=hospital, **made)
         return {"id": study}
+    if resource == "evaluation_job":  # queued, with no worker to take it (the world's settings have none)
+        with world.session() as session:
+            session.add(EvaluationJob(
+                id=rid, organ="liver", model_version="acc", case_count=1, created_by=maker,
+                user_id=who["user"], api_key_id=who["key"], hospital=hospital,
+            ))  # fmt: skip
+        return {"id": str(rid)}
     with world.session() as session:
         if resource == "dataset":  # a copy of the template dataset's objects under a new id
             template = session.get(Dataset, world._tenancy_template)

@@ -103,6 +103,7 @@ def serving(app, engine, settings, name: str = "web-gateway", timeout: float = 6
     app.dependency_overrides[get_db] = this_db
     app.dependency_overrides[get_settings] = lambda: settings
     app.state.clinic.studies.session_factory = factory  # the study workers use this database too
+    app.state.clinic.evaluation_jobs.session_factory = factory  # and the evaluation workers
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, name=name, daemon=True)

@@ -31,8 +31,12 @@ def _run_test(page, tmp_path, labels: dict[str, np.ndarray]) -> str:
     page.get_by_label("Images").set_input_files(images)
     page.get_by_label("Label masks").set_input_files(masks)
     page.evaluate("document.getElementById('test-result').classList.add('d-none')")
+    seen = []  # the page tests in the background: 202 and a job it follows, no request held open (issue 23)
+    page.on("response", lambda r: seen.append((r.request.method, urlparse(r.url).path, r.status)))
     page.get_by_role("button", name="Run the test").click()
     page.locator("#test-result").wait_for(state="visible", timeout=RESULT_TIMEOUT_MS)
+    assert ("POST", "/api/v1/evaluations", 202) in seen, seen
+    assert any(m == "GET" and p.startswith("/api/v1/evaluation-jobs/") and s == 200 for m, p, s in seen), seen
     # the page then refreshes the stored tests the comparison offers; the button is busy until it has
     expect(page.get_by_role("button", name="Run the test")).to_be_enabled(timeout=RESULT_TIMEOUT_MS)
     expect(page.locator("#cases-table tbody tr")).to_have_count(len(CASES))

@@ -2,7 +2,8 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile, status
+from fastapi.responses import JSONResponse
 
 from gateway.api.deps import AuthenticateFirst, ClinicDep, DataPlaneDep, SessionDep, caller
 from gateway.api.uploads import read_upload
@@ -10,6 +11,7 @@ from gateway.resources.evaluations import service
 from gateway.resources.evaluations.schemas import (
     ComparisonPublic,
     EvaluationDetail,
+    EvaluationJobPublic,
     EvaluationPublic,
     EvaluationsPublic,
 )
@@ -24,7 +26,17 @@ ShowEvaluationCaller = caller("evaluations.show")
 OverlayCaller = caller("evaluations.overlay")
 
 
-@router.post("", response_model=EvaluationDetail, status_code=status.HTTP_201_CREATED)
+@router.post(
+    "",
+    response_model=EvaluationDetail,
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        202: {
+            "model": EvaluationJobPublic,
+            "description": "with `Prefer: respond-async`: queued; follow it at the Location answered",
+        }
+    },
+)
 def run_evaluation(
     clinic: ClinicDep,
     who: RunEvaluationCaller,
@@ -34,10 +46,19 @@ def run_evaluation(
     dataset_id: Annotated[str | None, Form(max_length=64)] = None,
     images: Annotated[list[UploadFile] | None, File(description="images (or give dataset_id)")] = None,
     labels: Annotated[list[UploadFile] | None, File(description="one label per image, by file name")] = None,
-) -> EvaluationDetail:
-    """Test a model version (default: the current one) on uploaded labelled images or a dataset; kept."""
+    prefer: Annotated[
+        str | None,
+        Header(
+            max_length=200,
+            description="`respond-async` (RFC 7240): answer 202 at once and evaluate in the background",
+        ),
+    ] = None,
+) -> EvaluationDetail | JSONResponse:
+    """Test a model version (default: the current one) on uploaded labelled images or a dataset; kept.
+    A large set takes as long as its cases: send `Prefer: respond-async` to get 202 and the job to poll
+    (GET /api/v1/evaluation-jobs/{id}) instead of holding the request open."""
     limit = clinic.dataplane.max_upload_bytes
-    return service.run_evaluation(
+    args = (
         clinic,
         session,
         who,
@@ -47,6 +68,20 @@ def run_evaluation(
         [read_upload(f, limit) for f in images or []],
         [read_upload(f, limit) for f in labels or []],
     )
+    if not _respond_async(prefer):
+        return service.run_evaluation(*args)
+    job = service.submit_evaluation(*args)
+    return JSONResponse(  # not the route's response model (the evaluation): the job, as documented above
+        job.model_dump(mode="json"),
+        status_code=status.HTTP_202_ACCEPTED,
+        headers={"Location": job.url, "Preference-Applied": "respond-async"},
+    )
+
+
+def _respond_async(prefer: str | None) -> bool:
+    """Whether the Prefer header (RFC 7240: comma-separated preferences, each maybe with parameters) asks
+    for respond-async."""
+    return any(part.split(";", 1)[0].strip().lower() == "respond-async" for part in (prefer or "").split(","))
 
 
 @router.get("", response_model=EvaluationsPublic)
@@ -87,6 +122,28 @@ def overlay(evaluation_id: str, case_id: RowId, clinic: ClinicDep, who: OverlayC
     """The case's overlay: image | label | prediction | differences."""
     png = service.overlay(clinic, session, who, evaluation_id, case_id)
     return Response(content=png, media_type="image/png")
+
+
+# --- evaluations run in the background -------------------------------------------------------------------
+jobs_router = APIRouter(prefix="/evaluation-jobs", tags=["evaluations"], route_class=AuthenticateFirst)
+
+ShowJobCaller = caller("evaluations.jobs.show")
+CancelJobCaller = caller("evaluations.jobs.cancel")
+
+
+@jobs_router.get("/{job_id}", response_model=EvaluationJobPublic)
+def show_job(job_id: str, clinic: ClinicDep, who: ShowJobCaller, session: SessionDep) -> EvaluationJobPublic:
+    """An evaluation submitted with `Prefer: respond-async`: queued, running (cases done of all), done (the
+    kept evaluation's id) or failed (the error the request would have answered)."""
+    return service.show_job(clinic, session, who, job_id)
+
+
+@jobs_router.post("/{job_id}/cancel", response_model=EvaluationJobPublic)
+def cancel_job(
+    job_id: str, clinic: ClinicDep, who: CancelJobCaller, session: SessionDep
+) -> EvaluationJobPublic:
+    """Stop an evaluation job: a queued one fails at once, a running one after the case in hand."""
+    return service.cancel_job(clinic, session, who, job_id)
 
 
 # --- evaluating at once, nothing kept -----------------------------------------------------------------------

@@ -161,3 +161,47 @@ class ComparisonPublic(BaseModel):
     cases: list[PairedCase]
     only_in_a: list[str]
     only_in_b: list[str]
+
+
+class JobErrorPublic(BaseModel):
+    code: str
+    message: str
+
+
+class EvaluationJobPublic(BaseModel):
+    """An evaluation running in the background (`Prefer: respond-async`): poll `url` until `status` is done
+    (then `evaluation_url` is the kept evaluation) or failed (`error` says why, as the request would have)."""
+
+    id: str
+    url: str = Field(description="this job: GET it to follow the evaluation")
+    organ: str
+    model_version: str
+    dataset_id: str | None
+    status: str = Field(description="queued | running | done | failed")
+    progress: float = Field(description="0 to 1")
+    case_count: int
+    cases_done: int
+    evaluation_id: str | None
+    evaluation_url: str | None
+    error: JobErrorPublic | None
+    created_at: datetime
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, j: m.EvaluationJob) -> EvaluationJobPublic:
+        return cls(
+            id=str(j.id),
+            url=f"/api/v1/evaluation-jobs/{j.id}",
+            organ=j.organ,
+            model_version=j.model_version,
+            dataset_id=j.dataset_id,
+            status=j.status,
+            progress=j.progress,
+            case_count=j.case_count,
+            cases_done=j.cases_done,
+            evaluation_id=str(j.evaluation_id) if j.evaluation_id else None,
+            evaluation_url=f"/api/v1/evaluations/{j.evaluation_id}" if j.evaluation_id else None,
+            error=JobErrorPublic(code=j.error_code, message=j.error_message or "") if j.error_code else None,
+            created_at=j.created_at,
+            finished_at=j.finished_at,
+        )

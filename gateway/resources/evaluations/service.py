@@ -9,12 +9,13 @@ from sqlalchemy.orm import Session
 from common.errors import InvalidInput, NotFound
 from gateway import tenancy
 from gateway.access import DATASET_READ
-from gateway.models import EvaluationCase
+from gateway.models import Dataset, EvaluationCase
 from gateway.principal import Principal
 from gateway.resources.evaluations.schemas import (
     ComparisonPublic,
     EvaluationCasePublic,
     EvaluationDetail,
+    EvaluationJobPublic,
     EvaluationsPublic,
     EvaluationSummary,
     PairedCase,
@@ -61,20 +62,49 @@ def run_evaluation(
     labels: list[Upload],
 ) -> EvaluationDetail:
     """Test a version (default: the current one) on uploaded labelled images or on a stored dataset."""
-    if dataset_id and (images or labels):
-        raise InvalidInput("send either images with labels or a dataset_id, not both", code="ambiguous_input")
-    if dataset_id:  # a dataset the caller may see (access.DATASET_READ), else 404 as for none
-        tenancy.get(
-            session,
-            who,
-            DATASET_READ,
-            dataset_id,
-            NotFound(f"no dataset {dataset_id!r}", code="unknown_dataset"),
-        )
+    if _readable_dataset(session, who, dataset_id, images, labels) is not None:
         row = clinic.evaluator.evaluate_dataset(session, who, organ, version or None, dataset_id)
     else:
         row = clinic.evaluator.evaluate_uploads(session, who, organ, version or None, images, labels)
     return _evaluation_detail(session, row)
+
+
+def submit_evaluation(
+    clinic: Clinic,
+    session: Session,
+    who: Principal,
+    organ: str,
+    version: str | None,
+    dataset_id: str | None,
+    images: list[Upload],
+    labels: list[Upload],
+) -> EvaluationJobPublic:
+    """The same evaluation as a background job (gateway.service.evaluation_jobs): queued, answered at once."""
+    dataset = _readable_dataset(session, who, dataset_id, images, labels)
+    job = clinic.evaluation_jobs.submit(session, who, organ, version or None, dataset, images, labels)
+    return EvaluationJobPublic.of(job)
+
+
+def show_job(clinic: Clinic, session: Session, who: Principal, job_id: str) -> EvaluationJobPublic:
+    return EvaluationJobPublic.of(clinic.evaluation_jobs.get(session, who, job_id))
+
+
+def cancel_job(clinic: Clinic, session: Session, who: Principal, job_id: str) -> EvaluationJobPublic:
+    return EvaluationJobPublic.of(clinic.evaluation_jobs.cancel(session, who, job_id))
+
+
+def _readable_dataset(
+    session: Session, who: Principal, dataset_id: str | None, images, labels
+) -> Dataset | None:
+    """The dataset to evaluate on, if one was named: one the caller may see (access.DATASET_READ), else 404
+    as for none. Naming one and uploading images as well is a 400."""
+    if dataset_id and (images or labels):
+        raise InvalidInput("send either images with labels or a dataset_id, not both", code="ambiguous_input")
+    if not dataset_id:
+        return None
+    return tenancy.get(
+        session, who, DATASET_READ, dataset_id, NotFound(f"no dataset {dataset_id!r}", code="unknown_dataset")
+    )
 
 
 def list_evaluations(

@@ -84,7 +84,7 @@
   /** fetch() against /api/v1: resolves to the parsed JSON (or null), rejects with an ApiError. */
   async function api(method, path, options) {
     options = options || {};
-    const init = { method: method, headers: headers(), credentials: "same-origin" };
+    const init = { method: method, headers: headers(options.headers), credentials: "same-origin" };
     if (options.json !== undefined) {
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(options.json);

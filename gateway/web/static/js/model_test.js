@@ -95,16 +95,29 @@
     }, [picture]);
   }
 
-  async function runTest(data, version) {
+  const sleep = function (ms) { return new Promise(function (resolve) { setTimeout(resolve, ms); }); };
+
+  /** Test one version: submitted as a background job (Prefer: respond-async), followed until done with the
+      cases done shown on the button, then the kept evaluation. A long test holds no request open. */
+  async function runTest(data, version, button) {
     const body = new FormData();
     for (const [name, value] of data.entries()) body.append(name, value);
     if (version) body.set("version", version);
+    let job;
     try {
-      return await M.api("POST", "/api/v1/evaluations", { form: body });
+      job = await M.api("POST", "/api/v1/evaluations", { form: body, headers: { Prefer: "respond-async" } });
     } catch (err) {
       if (err.status !== 404 && err.status !== 405) throw err;
       return await M.api("POST", "/api/v1/evaluate", { form: body }); // the v1 contract's evaluate
     }
+    if (!job.url) return job; // a gateway that answered the evaluation itself
+    while (job.status === "queued" || job.status === "running") {
+      button.textContent = M.t("model_test.progress", { done: job.cases_done, total: job.case_count });
+      await sleep(job.status === "queued" ? 500 : 1000);
+      job = await M.api("GET", job.url);
+    }
+    if (job.status !== "done") throw new M.ApiError(409, job.error.code, job.error.message, {});
+    return await M.api("GET", job.evaluation_url);
   }
 
   form.addEventListener("submit", async function (event) {
@@ -128,11 +141,11 @@
     const button = form.querySelector("button[type=submit]");
     M.busy(button, true, M.t("model_test.running"));
     try {
-      const a = await runTest(data, form.elements.version.value);
+      const a = await runTest(data, form.elements.version.value, button);
       render(a);
       if (form.elements.version_b.value) {
         // the same cases through the second version, then the paired comparison of the two tests
-        const b = await runTest(data, form.elements.version_b.value);
+        const b = await runTest(data, form.elements.version_b.value, button);
         await loadEvaluations(a.id, b.id);
         await compare(a.id, b.id);
       } else {
