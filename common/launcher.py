@@ -71,6 +71,19 @@ class Ports:
     grpc_management: int
 
 
+@dataclass(frozen=True)
+class GrpcTls:
+    """TLS on an organ server's gRPC ports (TorchServe's enable_grpc_ssl): its certificate chain and private
+    key, PEM files as TorchServe's gRPC server reads them (the key in PKCS#8), and what the launcher's own
+    clients verify it with: the CA file and, when the certificate does not name the address's host, the name
+    it carries."""
+
+    certificate: Path
+    private_key: Path
+    ca_file: Path
+    server_name: str | None = None
+
+
 _HANDED_OUT: set[int] = set()
 _HANDED_OUT_LOCK = threading.Lock()
 
@@ -189,6 +202,7 @@ class OrganServer:
     ports:  override the organ's configured ports (tests: `free_ports()`).
     allowed_urls: comma-separated regexes of URLs the management API may fetch .mar files from
             (default: the organ's config.properties — the local object store's model bucket).
+    grpc_tls: serve both gRPC ports over TLS (tests; the local stack stays plaintext on the loopback address).
     """
 
     def __init__(
@@ -204,6 +218,7 @@ class OrganServer:
         host: str = "127.0.0.1",
         services_dir: Path = SERVICES_DIR,
         extra_properties: Mapping[str, str] | None = None,
+        grpc_tls: GrpcTls | None = None,
     ):
         self.organ = organ
         self.services_dir = Path(services_dir)
@@ -219,6 +234,7 @@ class OrganServer:
         self.allowed_urls = allowed_urls
         self.host = host
         self.extra_properties = dict(extra_properties or {})
+        self.grpc_tls = grpc_tls
         self.process: subprocess.Popen | None = None
         self._log = None
 
@@ -239,6 +255,13 @@ class OrganServer:
     @property
     def http_management_url(self) -> str:
         return f"http://{self.host}:{self.ports.management}"
+
+    @property
+    def client_tls(self) -> dict:
+        """The TLS arguments of a client of this server's gRPC ports (none: plaintext)."""
+        if self.grpc_tls is None:
+            return {}
+        return {"ca_file": self.grpc_tls.ca_file, "server_name": self.grpc_tls.server_name}
 
     @property
     def key_file(self) -> Path:
@@ -283,6 +306,12 @@ class OrganServer:
             props.pop("load_models", None)
         if self.allowed_urls is not None:
             props["allowed_urls"] = _escape(self.allowed_urls)
+        if self.grpc_tls is not None:
+            props.update(
+                enable_grpc_ssl="true",
+                certificate_file=_escape(str(Path(self.grpc_tls.certificate).resolve())),
+                private_key_file=_escape(str(Path(self.grpc_tls.private_key).resolve())),
+            )
         props.update({k: _escape(str(v)) for k, v in self.extra_properties.items()})
         self.dir.mkdir(parents=True, exist_ok=True)
         lines = [f"# written by services/launcher.py from {self.base_config}; edits are overwritten"]
@@ -365,7 +394,7 @@ class OrganServer:
 
         registered = []
         key = lambda: self.keys.management  # noqa: E731 - re-read: TorchServe may renew it
-        with ManagementClient(self.grpc_management_address, key, timeout=timeout) as mgmt:
+        with ManagementClient(self.grpc_management_address, key, timeout=timeout, **self.client_tls) as mgmt:
             for model_name, mar in self.also_serve:
                 try:
                     message = mgmt.register(mar, model_name, synchronous=True, timeout=timeout)
@@ -391,9 +420,12 @@ class OrganServer:
             if self.key_file.is_file():
                 try:
                     keys = self.keys
-                    with InferenceClient(self.grpc_inference_address, keys.inference, timeout=5) as inference:
+                    tls = self.client_tls
+                    inference = InferenceClient(self.grpc_inference_address, keys.inference, timeout=5, **tls)
+                    with inference:
                         inference.ping()
-                    with ManagementClient(self.grpc_management_address, keys.management, timeout=5) as mgmt:
+                    mgmt = ManagementClient(self.grpc_management_address, keys.management, timeout=5, **tls)
+                    with mgmt:
                         if all(mgmt.is_ready(name) for name in self.models):
                             logger.info("%s server ready on %s", self.organ, self.grpc_inference_address)
                             return

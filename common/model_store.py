@@ -234,8 +234,19 @@ class PodsManagement:
         self.clients = clients
 
     @classmethod
-    def from_dns(cls, target: str, key=None, *, timeout: float = 30.0, resolve=socket.getaddrinfo):
-        """`dns:///host:port` → one client per address the name resolves to."""
+    def from_dns(
+        cls,
+        target: str,
+        key=None,
+        *,
+        timeout: float = 30.0,
+        ca_file: Path | None = None,
+        server_name: str | None = None,
+        resolve=socket.getaddrinfo,
+    ):
+        """`dns:///host:port` → one client per address the name resolves to. With TLS (`ca_file`) each
+        replica, dialled by its IP address, must present a certificate for `server_name`, by default the
+        target's host (the headless Service's name, which every replica's certificate carries)."""
         host, _, port = target.removeprefix("dns:///").rpartition(":")
         try:
             found = resolve(host, int(port), type=socket.SOCK_STREAM)
@@ -243,7 +254,12 @@ class PodsManagement:
             raise ServiceUnavailable(f"{host} does not resolve ({exc}): no organ server replica") from None
         ips = sorted({info[4][0] for info in found})
         addresses = [f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}" for ip in ips]
-        return cls([ManagementClient(address, key, timeout=timeout) for address in addresses], target)
+        name = server_name or host
+        clients = [
+            ManagementClient(address, key, timeout=timeout, ca_file=ca_file, server_name=name)
+            for address in addresses
+        ]
+        return cls(clients, target)
 
     def describe(self, model_name: str, version: str | None = None, timeout: float | None = None):
         """The first replica's description; NotFound when any replica lacks the version."""
@@ -287,17 +303,19 @@ def management_client(
     Address: `address`, else `Settings.organ_management_addresses[organ]` (Kubernetes, without a key), else
     `Settings.organ_host` at the organ's configured gRPC management port (services/<organ>/config.properties).
     Key: `key`, else the management key in the key_file.json the local launcher's TorchServe wrote under the
-    state dir (re-read on every call, so renewed keys work).
+    state dir (re-read on every call, so renewed keys work). TLS: `Settings.organ_tls_ca_file` and
+    `organ_tls_server_names` (see common.torchserve_client).
     """
     settings = settings or get_settings()
+    tls = {"ca_file": settings.organ_tls_ca_file, "server_name": settings.organ_tls_server_names.get(organ)}
     if address is None and organ in settings.organ_management_addresses:
         # Kubernetes: the organ's headless Service, every replica. TorchServe token auth is off there
         # (NetworkPolicies admit only trainer pods to the management port), so no key unless one is given.
         address = settings.organ_management_addresses[organ]
         if not address.startswith("dns:///"):
-            return ManagementClient(address, key, timeout=timeout)
+            return ManagementClient(address, key, timeout=timeout, **tls)
     if address is not None and address.startswith("dns:///"):
-        return PodsManagement.from_dns(address, key, timeout=timeout)
+        return PodsManagement.from_dns(address, key, timeout=timeout, **tls)
     if address is None:
         try:
             port = configured_ports(organ, Path(settings.services_dir)).grpc_management
@@ -315,8 +333,8 @@ def management_client(
                 f"no management key for the {organ} organ server: {exc} "
                 "(start it with `make up`, or pass --management-key-file)"
             ) from exc
-        return ManagementClient(address, lambda: read_keys(key_file).management, timeout=timeout)
-    return ManagementClient(address, key, timeout=timeout)
+        return ManagementClient(address, lambda: read_keys(key_file).management, timeout=timeout, **tls)
+    return ManagementClient(address, key, timeout=timeout, **tls)
 
 
 def pull_archive(store, mar_key: str, dest: Path, sha256: str | None = None) -> Path:

@@ -34,6 +34,13 @@ DEADLINE_EXCEEDED → ServiceUnavailable, a refused token → ServiceUnavailable
 (our configuration, never the caller's fault). A bad image in a batch with good ones comes back as OK +
 JSON error body (see services.handler_base); `predict` turns that into InvalidInput too.
 
+TLS: with `ca_file` (the PEM file of the CA that signs the servers' certificates; in Kubernetes the
+namespace's internal CA, MEDSEG_ORGAN_TLS_CA_FILE) every channel, renewed ones included, is a TLS channel
+that verifies the server's certificate against that CA and its name against the target's host (for
+`dns:///torchserve-pods-liver:7070`: `torchserve-pods-liver`). `server_name` names the host instead, for
+targets that carry no name: a replica dialled by IP address (common.model_store.PodsManagement), an
+`ipv4:` list. Without `ca_file` the channel is plaintext (the local stack, on the loopback address).
+
 Registration: `url` is either a .mar file name in the server's model store or an http(s) URL matching the
 server's `allowed_urls` (e.g. a presigned URL from the object store). TorchServe downloads a URL into its
 model store under the URL path's last segment, so that name must be unique per model version
@@ -48,6 +55,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 from google.protobuf import empty_pb2
@@ -101,9 +109,24 @@ _ERRORS: dict[grpc.StatusCode, tuple[type[MedSegError], str]] = {
 _NOT_FOUND = re.compile(r"Model (version )?not found|Model version: .* does not exist", re.IGNORECASE)
 
 
+def channel_credentials(ca_file: str | Path | None) -> grpc.ChannelCredentials | None:
+    """TLS credentials trusting only the CA in the PEM file `ca_file`; None (plaintext) without one. A file
+    that is not there is named at once, with its setting, instead of failing every call's handshake."""
+    if ca_file is None:
+        return None
+    try:
+        return grpc.ssl_channel_credentials(root_certificates=Path(ca_file).read_bytes())
+    except OSError as exc:
+        raise ServiceUnavailable(
+            f"organ server CA file {ca_file} cannot be read ({exc.strerror}; MEDSEG_ORGAN_TLS_CA_FILE)",
+            code="organ_unavailable",
+        ) from exc
+
+
 class _Client:
     """One channel to one TorchServe port; `label` names the server in error messages (default: its
-    address; the gateway uses "organ server 'liver'", so callers never see internal addresses)."""
+    address; the gateway uses "organ server 'liver'", so callers never see internal addresses).
+    `ca_file`, `server_name`: TLS (see the module's doc)."""
 
     def __init__(
         self,
@@ -113,12 +136,24 @@ class _Client:
         timeout: float = 10.0,
         label: str | None = None,
         channel: grpc.Channel | None = None,
+        ca_file: str | Path | None = None,
+        server_name: str | None = None,
     ):
         self.address = address
         self.label = label or f"organ server {address}"
         self._key = key
         self.timeout = timeout
-        self._channel = channel or grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._credentials = channel_credentials(ca_file)
+        self._options = list(CHANNEL_OPTIONS)
+        if self._credentials is not None and server_name:
+            self._options.append(("grpc.ssl_target_name_override", server_name))
+        self._channel = channel or self._dial()
+
+    def _dial(self) -> grpc.Channel:
+        """A new channel to `address`: TLS with the client's CA, else plaintext."""
+        if self._credentials is None:
+            return grpc.insecure_channel(self.address, options=self._options)
+        return grpc.secure_channel(self.address, self._credentials, options=self._options)
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
         key = self._key() if callable(self._key) else self._key
@@ -188,8 +223,18 @@ class InferenceClient(_Client):
         label: str | None = None,
         channel: grpc.Channel | None = None,
         renew_after_s: float | None = None,
+        ca_file: str | Path | None = None,
+        server_name: str | None = None,
     ):
-        super().__init__(address, key, timeout=timeout, label=label, channel=channel)
+        super().__init__(
+            address,
+            key,
+            timeout=timeout,
+            label=label,
+            channel=channel,
+            ca_file=ca_file,
+            server_name=server_name,
+        )
         self.retries = max(0, retries)
         self._stub = inference_pb2_grpc.InferenceAPIsServiceStub(self._channel)
         # at least twice the deadline: a retired channel is closed only after its last call's deadline
@@ -206,7 +251,7 @@ class InferenceClient(_Client):
                     if self._retired is not None:  # retired one renewal ago: its calls are all over
                         self._retired.close()
                     self._retired = self._channel
-                    self._channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+                    self._channel = self._dial()
                     self._stub = inference_pb2_grpc.InferenceAPIsServiceStub(self._channel)
                     self._born = time.monotonic()
         return self._stub
@@ -303,8 +348,16 @@ class InferenceClient(_Client):
 class ManagementClient(_Client):
     """TorchServe gRPC management API of one organ server (address "host:port", management key)."""
 
-    def __init__(self, address: str, key: KeySource = None, *, timeout: float = 30.0):
-        super().__init__(address, key, timeout=timeout)
+    def __init__(
+        self,
+        address: str,
+        key: KeySource = None,
+        *,
+        timeout: float = 30.0,
+        ca_file: str | Path | None = None,
+        server_name: str | None = None,
+    ):
+        super().__init__(address, key, timeout=timeout, ca_file=ca_file, server_name=server_name)
         self._stub = management_pb2_grpc.ManagementAPIsServiceStub(self._channel)
 
     def register(

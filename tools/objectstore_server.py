@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
 import shutil
 import string
@@ -47,6 +46,7 @@ from common.objectstore import CREDENTIALS_FILE, S3Credentials
 from common.settings import Settings
 from tools.managed_process import HOST, ManagedProcess, port_is_free, write_private
 from tools.managed_process import proc_start_time as _proc_start_time  # noqa: F401  (tests import it here)
+from tools.private_ca import create_ca, issue
 
 logger = logging.getLogger(__name__)
 
@@ -138,8 +138,7 @@ def load_or_create_tls(directory: Path) -> dict[str, Path]:
     }
     if all(path.exists() for path in files.values()):
         return files
-    openssl = shutil.which("openssl")
-    if not openssl:
+    if not shutil.which("openssl"):
         raise ServiceUnavailable(
             "object store cannot start: the `openssl` command is needed once, to create its TLS keys"
         )
@@ -147,28 +146,13 @@ def load_or_create_tls(directory: Path) -> dict[str, Path]:
     directory.chmod(0o700)
     for path in files.values():
         path.unlink(missing_ok=True)
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
-    ext = directory / "node.ext"
-    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n")
-    csr = directory / "node.csr"
-    old_umask = os.umask(0o077)  # keys are created private, never world-readable in between
     try:
-        for args in (
-            ["req", "-x509", *ec, "-keyout", files["ca_key"], "-out", files["ca"], "-days", "3650",
-             "-subj", "/CN=medseg-objectstore-ca"],
-            ["req", *ec, "-keyout", files["key"], "-out", csr, "-subj", "/CN=127.0.0.1"],
-            ["x509", "-req", "-in", csr, "-CA", files["ca"], "-CAkey", files["ca_key"], "-CAcreateserial",
-             "-out", files["cert"], "-days", "3650", "-extfile", ext],
-        ):  # fmt: skip
-            subprocess.run([openssl, *map(str, args)], check=True, capture_output=True, timeout=60)
+        ca = create_ca(directory, "medseg-objectstore-ca")
+        issue(ca, directory, "127.0.0.1", ["IP:127.0.0.1", "DNS:localhost"], stem="node")
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
         raise ServiceUnavailable(
             f"object store cannot start: openssl failed to create its TLS keys: {exc}"
         ) from exc
-    finally:
-        os.umask(old_umask)
-        csr.unlink(missing_ok=True)
-        ext.unlink(missing_ok=True)
     logger.info("generated the object store's private CA and certificate in %s", directory)
     return files
 

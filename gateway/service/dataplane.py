@@ -753,6 +753,8 @@ def build_dataplane(settings) -> DataPlane:
             retries=settings.inference_retries,
             label=f"organ server {organ.name!r}",
             renew_after_s=settings.organ_channel_renew_s or None,
+            ca_file=settings.organ_tls_ca_file,
+            server_name=settings.organ_tls_server_names.get(organ.name),
         )
         for organ in registry.all()
     }

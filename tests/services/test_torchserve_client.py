@@ -1,5 +1,5 @@
 """InferenceClient against an in-process fake of TorchServe's gRPC inference API: deadline, bounded retry
-on UNAVAILABLE, token in metadata, fast failure when the organ server is down, per-image JSON errors."""
+on UNAVAILABLE, token in metadata, fast failure when the organ server is down, per-image JSON errors, TLS."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ inference_pb2 = pytest.importorskip("torchserve_grpc.inference_pb2", reason="run
 from torchserve_grpc import inference_pb2_grpc  # noqa: E402
 
 from common.torchserve_client import InferenceClient  # noqa: E402
+from tools.private_ca import create_ca, issue  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -46,10 +47,15 @@ class FakeTorchServe(inference_pb2_grpc.InferenceAPIsServiceServicer):
         return inference_pb2.TorchServeHealthResponse(health='{"status": "Healthy"}')
 
 
-def _serve(servicer: FakeTorchServe) -> tuple[grpc.Server, int]:
+def _serve(
+    servicer: FakeTorchServe, credentials: grpc.ServerCredentials | None = None
+) -> tuple[grpc.Server, int]:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     inference_pb2_grpc.add_InferenceAPIsServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    if credentials is None:
+        port = server.add_insecure_port("127.0.0.1:0")
+    else:
+        port = server.add_secure_port("127.0.0.1:0", credentials)
     server.start()
     return server, port
 
@@ -237,3 +243,34 @@ def test_a_renewed_channel_reaches_the_replicas_a_scale_out_added(monkeypatch):
 def test_renewal_waits_at_least_twice_the_deadline():
     assert InferenceClient("127.0.0.1:1", timeout=10, renew_after_s=5).renew_after_s == 20
     assert InferenceClient("127.0.0.1:1", timeout=10).renew_after_s is None
+
+
+def test_every_channel_of_a_tls_client_is_tls_renewed_ones_included(monkeypatch, tmp_path):
+    """A server that speaks TLS only, its certificate for the headless Service's name (as in Kubernetes):
+    the client holding the CA reaches it before and after renewing its channel; the name is checked."""
+    ca = create_ca(tmp_path / "ca", "medseg-internal-ca")
+    pair = issue(ca, tmp_path / "server", "torchserve-pods-liver", ["DNS:torchserve-pods-liver"])
+    credentials = grpc.ssl_server_credentials([(pair.key.read_bytes(), pair.cert.read_bytes())])
+    servicer = FakeTorchServe()
+    server, port = _serve(servicer, credentials)
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    try:
+        address = f"ipv4:127.0.0.1:{port}"  # names no host: the certificate's name is given
+        client = InferenceClient(address, timeout=5, renew_after_s=60, ca_file=ca.cert,
+                                 server_name="torchserve-pods-liver")  # fmt: skip
+        assert client.predict("liver", b"a") == PNG + b"a"
+        first = client._channel
+        clock[0] += 60
+        assert client.predict("liver", b"b") == PNG + b"b"
+        assert client._channel is not first and servicer.calls == 2  # a new channel, TLS too
+        plaintext = InferenceClient(address, timeout=5, retries=0)
+        other_name = InferenceClient(
+            address, timeout=5, retries=0, ca_file=ca.cert, server_name="torchserve-pods-cells"
+        )
+        for refused in (plaintext, other_name):
+            with pytest.raises(ServiceUnavailable):
+                refused.predict("liver", b"c")
+        assert servicer.calls == 2
+    finally:
+        server.stop(0)
