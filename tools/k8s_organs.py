@@ -7,8 +7,9 @@ An organ is one folder, so everything in k8s/ that names organs is written here 
 reads files, it runs no generators): k8s/base/organs/kustomization.yaml (one entry per organ),
 k8s/base/organs/<organ>/kustomization.yaml (its organ server from k8s/base/organ-server, configured from
 the organ's files), the organ servers' addresses for the gateway and the trainer (organs.env beside their
-kustomizations) and the gateway's model-rollout Role (which Deployments it may patch). tests/k8s checks
-that the checked-in files are this module's output.
+kustomizations), the Secret and names of each organ server's gRPC certificate and the gateway's
+model-rollout Role (which Deployments it may patch). tests/k8s checks that the checked-in files are this
+module's output.
 """
 
 from __future__ import annotations
@@ -79,6 +80,25 @@ def service_port(k8s_dir: Path, service_file: str, port_name: str) -> int:
     return next(p["port"] for p in service["spec"]["ports"] if p["name"] == port_name)
 
 
+def service_name(k8s_dir: Path, service_file: str) -> str:
+    """The name of a Service of the shared organ server (k8s/base/organ-server), before its organ suffix."""
+    service = yaml.safe_load((k8s_dir / "base" / "organ-server" / service_file).read_text())
+    return service["metadata"]["name"]
+
+
+def grpc_dns_names(organ: str, k8s_dir: Path) -> list[str]:
+    """The names the organ server's gRPC certificate carries: both its Services (the headless one the gateway
+    and the trainer dial, dns:///torchserve-pods-<organ>:7070, and the ClusterIP one), short and qualified
+    with the namespace (k8s/base/kustomization.yaml)."""
+    namespace = yaml.safe_load((k8s_dir / "base" / "kustomization.yaml").read_text())["namespace"]
+    names = []
+    for service_file in ("service-pods.yaml", "service.yaml"):
+        host = f"{service_name(k8s_dir, service_file)}-{organ}"
+        qualified = f"{host}.{namespace}"
+        names += [host, qualified, f"{qualified}.svc", f"{qualified}.svc.cluster.local"]
+    return names
+
+
 def organ_kustomization(organ: str, organ_dir: Path, k8s_dir: Path) -> str:
     """k8s/base/organs/<organ>/kustomization.yaml: the organ server with the organ's name and files."""
     here = k8s_dir / "base" / "organs" / organ
@@ -86,6 +106,7 @@ def organ_kustomization(organ: str, organ_dir: Path, k8s_dir: Path) -> str:
         f"      - {Path(os.path.relpath(organ_dir / name, here)).as_posix()}\n" for name in ORGAN_FILES
     )
     resources = json.dumps(sizing(organ, organ_dir, k8s_dir), separators=(", ", ": "))
+    dns_names = json.dumps(grpc_dns_names(organ, k8s_dir), separators=(", ", ": "))
     title = f"# The {organ} organ server: torchserve-{organ} Deployment, Service, HPA and PDB, configured\n"
     return f"""{GENERATED}{title}# from its organ folder.
 apiVersion: kustomize.config.k8s.io/v1beta1
@@ -107,6 +128,30 @@ patches:
       - op: replace
         path: /spec/template/spec/containers/0/resources
         value: {resources}
+  # Its gRPC certificate (k8s/base/organ-server/certificate.yaml): its own Secret, for the names of its
+  # Services, which the gateway and the trainer dial and check.
+  - target:
+      kind: Certificate
+      name: torchserve-grpc
+    patch: |-
+      - op: replace
+        path: /spec/secretName
+        value: torchserve-grpc-{organ}
+      - op: replace
+        path: /spec/dnsNames
+        value: {dns_names}
+  - patch: |-
+      apiVersion: apps/v1
+      kind: Deployment
+      metadata:
+        name: torchserve
+      spec:
+        template:
+          spec:
+            volumes:
+              - name: grpc-tls
+                secret:
+                  secretName: torchserve-grpc-{organ}
 configMapGenerator:
   # The organ's own files, mounted at /etc/medseg/organ (files outside k8s/: render with
   # --load-restrictor LoadRestrictionsNone, see docs/operations.md).

@@ -5,11 +5,12 @@ SeaweedFS) and a new database (SQLite):
 
 1. the seed Job fills the empty models bucket with the shipped archives and pins each organ's version;
 2. each organ pod's init container pulls the pinned version, its server starts from it and serves that
-   version (every organ: the gateway's /readyz asks them all);
+   version (every organ: the gateway's /readyz asks them all), its gRPC over TLS only, with the certificate
+   its Certificate describes (a plaintext client is refused);
 3. the gateway's migrations (its init container) and the gateway start: /readyz is 200, it records the
    shipped versions in its registry (read from the bucket), finds the organ Deployments already serving
    them (a stand-in Kubernetes API serves the rendered objects and records any patch: none, nothing
-   rolls), and a liver segmentation answers, by the pinned version;
+   rolls), and a liver segmentation answers, by the pinned version, over TLS verified against the CA;
 4. the kubelet's stop of a liver replica mid-request (SIGTERM while its worker runs a volume chunk sent by
    the gateway's client over both replicas): the request is answered in full and the process exits within
    the pod's grace period. The JVM's own stop answers the request its worker runs in most stops; in 3 of 17
@@ -17,9 +18,11 @@ SeaweedFS) and a new database (SQLite):
    UNAVAILABLE, which the client retries on another replica (common/torchserve_client.py), as requests
    still queued at SIGTERM always are: so the request is answered either way, which is what is asserted.
 
-What stands in for the cluster, and nothing else: service names → local addresses, the containers' ports →
-free ones, 0.0.0.0 → 127.0.0.1, the database URL → SQLite, the Kubernetes API → a recorder serving the
-rendered objects.
+What stands in for the cluster, and nothing else: service names → local addresses (and, since an address
+list names no host, the gateway is told which name each organ server's certificate must carry: the
+headless Service's, as its DNS target says in the cluster), the containers' ports → free ones, 0.0.0.0 →
+127.0.0.1, the database URL → SQLite, the Kubernetes API → a recorder serving the rendered objects,
+cert-manager → a throwaway CA (Secret medseg-internal-ca) issuing each Certificate of it as rendered.
 """
 
 from __future__ import annotations
@@ -36,10 +39,10 @@ import httpx
 import numpy as np
 import pytest
 
-from common.errors import MedSegError
+from common.errors import MedSegError, ServiceUnavailable
 from common.launcher import free_port
 from common.model_store import mar_manifest, read_pin
-from common.torchserve_client import InferenceClient
+from common.torchserve_client import InferenceClient, ManagementClient
 from common.volume_inference import NPY_MAGIC
 from services.imaging import decode_npy, encode_npy
 from services.spec import organ_dirs
@@ -47,6 +50,7 @@ from tests.api.conftest import png
 from tests.fixtures.torchserve import _require_runtime
 from tests.k8s.conftest import K8S, by_kind, render
 from tests.k8s.localpods import REPO, LocalPod
+from tools.private_ca import create_ca, issue
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -127,6 +131,20 @@ def _ping(port: int) -> bool:
         return json.loads(reply.read())["status"] == "Healthy"
 
 
+def cert_manager(objects: list[dict], root) -> dict[str, dict[str, str]]:
+    """What cert-manager would write: the internal CA's Secret (its ca.crt) and, for every Certificate that
+    CA issues, a Secret with tls.crt and tls.key for the Certificate's DNS names (PKCS#8 keys)."""
+    ca = create_ca(root / "internal-ca", "medseg-internal-ca")
+    secrets = {"medseg-internal-ca": {"ca.crt": ca.cert.read_text()}}
+    for name, certificate in by_kind(objects, "Certificate").items():
+        spec = certificate["spec"]
+        if spec.get("isCA") or spec["issuerRef"]["name"] != "medseg-internal-ca":
+            continue
+        pair = issue(ca, root / name, spec["dnsNames"][0], [f"DNS:{n}" for n in spec["dnsNames"]])
+        secrets[spec["secretName"]] = {"tls.crt": pair.cert.read_text(), "tls.key": pair.key.read_text()}
+    return secrets
+
+
 def _worker_received(log) -> int:
     """Requests the server's Python worker has taken up so far (its log line, relayed by the frontend)."""
     return log.read_text(errors="replace").count("Backend received inference")
@@ -138,11 +156,14 @@ def test_a_fresh_cluster_seeds_serves_the_pinned_version_and_drains(clean_bucket
     store = clean_buckets
     assert not store.list(store.buckets.models), "the models bucket of a fresh cluster is empty"
     endpoint = s3_settings.s3_endpoint
-    secrets = {
+    # cert-manager's internal CA and the certificates it issues: the organ servers' gRPC TLS (S3 is plain
+    # HTTP here, below, so the store's certificate and the CA in the S3 clients go unused)
+    issued = cert_manager(objects, tmp_path / "cert-manager")
+    ca_file = tmp_path / "internal-ca.crt"
+    ca_file.write_text(issued["medseg-internal-ca"]["ca.crt"])
+    secrets = issued | {
         "medseg-s3": {"access-key": s3_settings.s3_access_key, "secret-key": s3_settings.s3_secret_key},
         "medseg-postgres": {"password": "not-used-sqlite-stands-in"},
-        # cert-manager's internal CA: mounted by every pod that speaks S3, unused here (plain HTTP, below)
-        "medseg-internal-ca": {"ca.crt": "not-used-the-test-store-speaks-plain-http"},
         "medseg-db-ca": {"ca.crt": "not-used-sqlite-stands-in"},  # CloudNativePG's CA, for the gateway
     }
     s3_rewrites = {"minio.medseg.svc:9000": endpoint}
@@ -194,6 +215,23 @@ def test_a_fresh_cluster_seeds_serves_the_pinned_version_and_drains(clean_bucket
             + ",".join(f"127.0.0.1:{organ_ports[o, i]['grpc-inference']}" for o, i in replicas if o == organ)
             for organ in ORGANS
         }
+        # the name the gateway dials, and checks in each organ server's certificate
+        gateway_config = next(
+            c for n, c in by_kind(objects, "ConfigMap").items() if n.startswith("medseg-gateway-")
+        )
+        addresses = json.loads(gateway_config["data"]["MEDSEG_ORGAN_ADDRESSES"])
+        service_names = {o: a.removeprefix("dns:///").rsplit(":", 1)[0] for o, a in addresses.items()}
+        # gRPC speaks TLS, with the certificate the organ's Certificate describes, and nothing else
+        for (organ, i), ports in organ_ports.items():
+            inference, management = (f"127.0.0.1:{ports[p]}" for p in ("grpc-inference", "grpc-management"))
+            tls = {"ca_file": ca_file, "server_name": service_names[organ]}
+            with InferenceClient(inference, timeout=10, **tls) as verified:  # gRPC listens after HTTP
+                _wait(lambda c=verified: c.health(5)[0], f"{organ} server {i}: gRPC over TLS",
+                      [servers[organ, i][1]])  # fmt: skip
+            with InferenceClient(inference, timeout=10, retries=0) as plaintext:
+                assert plaintext.health(5) == (False, "unavailable"), f"{organ} {i}: inference in clear text"
+            with ManagementClient(management, timeout=10) as plaintext, pytest.raises(ServiceUnavailable):
+                plaintext.list_models()  # token auth is off in the pods: only TLS refuses it
 
         # 3. the gateway: migrations (init container), then `medseg serve` from the image
         gateway_deployment = by_kind(objects, "Deployment")["medseg-gateway"]
@@ -210,6 +248,7 @@ def test_a_fresh_cluster_seeds_serves_the_pinned_version_and_drains(clean_bucket
                 "MEDSEG_DATABASE_URL": database, "MEDSEG_HTTP_PORT": str(http_port),
                 "MEDSEG_GRPC_PORT": str(grpc_port), "MEDSEG_KUBERNETES_API_URL": api.url,
                 "MEDSEG_SERVICE_ACCOUNT_DIR": str(account),
+                "MEDSEG_ORGAN_TLS_SERVER_NAMES": json.dumps(service_names),
             },
         )  # fmt: skip
         pods.append(gateway)
@@ -251,7 +290,8 @@ def test_a_fresh_cluster_seeds_serves_the_pinned_version_and_drains(clean_bucket
         received = {i: _worker_received(process.log) for i, (_, process) in liver.items()}
 
         def predict() -> bytes:
-            with InferenceClient(targets["liver"], None, timeout=300) as client:  # the gateway's client
+            tls = {"ca_file": ca_file, "server_name": service_names["liver"]}
+            with InferenceClient(targets["liver"], None, timeout=300, **tls) as client:  # the gateway's
                 return client.predict("liver", encode_npy(chunk), timeout=300, answer_magic=NPY_MAGIC)
 
         def busy_replica():

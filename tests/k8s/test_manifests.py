@@ -230,8 +230,10 @@ def test_only_the_gateway_reaches_inference_and_only_the_trainer_management(rend
                     sources.add(json.dumps(peer, sort_keys=True))
             for port in rule["ports"]:
                 allowed.setdefault(port["port"], set()).update(sources)
-    assert allowed["grpc-inference"] == allowed["http-inference"] == {"gateway"}
-    assert allowed["grpc-management"] == allowed["http-management"] == {"trainer"}
+    assert allowed["grpc-inference"] == {"gateway"}
+    assert allowed["grpc-management"] == {"trainer"}
+    # the plaintext HTTP APIs (images in clear) admit no pod: the gateway and the trainer speak gRPC over TLS
+    assert "http-inference" not in allowed and "http-management" not in allowed
     # The named ports the policies rely on exist on every organ server's container.
     for organ in ORGANS:
         container = by_kind(objects, "Deployment")[f"torchserve-{organ}"]["spec"]["template"]["spec"]

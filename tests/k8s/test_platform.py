@@ -7,13 +7,15 @@
   Deployment: the organ servers' fail until their template (branch k8sboot) adds spread and preStop);
 * prod pins every image by digest, nothing is `latest`, our images come from the registry the project sets;
 * the body limits of the app, the route timeouts and the gateway's spool volume agree;
-* TLS inside (S3 verified against the internal CA, PostgreSQL with sslmode=verify-full);
+* TLS inside (S3 and the organ servers' gRPC verified against the internal CA, PostgreSQL with
+  sslmode=verify-full);
 * egress is denied by default and each hole is one a component needs;
 * PostgreSQL is archived and backed up into a bucket the bucket-policy Job creates, results are versioned.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import PurePosixPath
 from urllib.parse import parse_qs, urlsplit
@@ -402,6 +404,63 @@ def test_s3_runs_over_https_verified_against_the_internal_ca(rendered, overlay):
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_gateway_and_the_trainer_verify_the_organ_servers_against_the_internal_ca(rendered, overlay):
+    objects = rendered[overlay]
+    config_maps = by_kind(objects, "ConfigMap")
+    certificates = by_kind(objects, "Certificate")
+    clients = {  # settings ConfigMap: (its workload, the organ servers' addresses it dials)
+        "medseg-gateway": (by_kind(objects, "Deployment")["medseg-gateway"], "MEDSEG_ORGAN_ADDRESSES"),
+        "medseg-trainer-settings": (
+            by_kind(objects, "CronJob")["medseg-trainer"],
+            "MEDSEG_ORGAN_MANAGEMENT_ADDRESSES",
+        ),
+    }
+    for config_name, (workload, addresses) in clients.items():
+        config = next(c for n, c in config_maps.items() if n.startswith(f"{config_name}-"))["data"]
+        ca = PurePosixPath(config["MEDSEG_ORGAN_TLS_CA_FILE"])
+        spec = pod_spec(workload)
+        [container] = spec["containers"]
+        assert any(
+            e.get("configMapRef", {}).get("name", "").startswith(config_name) for e in container["envFrom"]
+        )
+        mount = next(m for m in container["volumeMounts"] if m["mountPath"] == str(ca.parent))
+        volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+        # the CA's certificate only, never its key
+        assert volume["secret"] == {
+            "secretName": "medseg-internal-ca",
+            "items": [{"key": "ca.crt", "path": ca.name}],
+        }
+        # each organ server's certificate is the CA's, for the name its client dials (and checks)
+        for organ, target in json.loads(config[addresses]).items():
+            host = target.removeprefix("dns:///").rsplit(":", 1)[0]
+            certificate = certificates[f"torchserve-grpc-{organ}"]["spec"]
+            assert host in certificate["dnsNames"]
+            assert certificate["issuerRef"]["name"] == "medseg-internal-ca"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("organ", sorted(organ_dirs()))
+def test_each_organ_server_serves_grpc_over_tls_with_its_own_certificate(rendered, overlay, organ):
+    objects = rendered[overlay]
+    certificate = by_kind(objects, "Certificate")[f"torchserve-grpc-{organ}"]["spec"]
+    assert certificate["secretName"] == f"torchserve-grpc-{organ}"  # not another organ's
+    assert {f"torchserve-pods-{organ}", f"torchserve-{organ}"} <= set(certificate["dnsNames"])
+    assert "server auth" in certificate["usages"]
+    assert certificate["privateKey"]["encoding"] == "PKCS8"  # TorchServe's gRPC server reads no other
+    spec = by_kind(objects, "Deployment")[f"torchserve-{organ}"]["spec"]["template"]["spec"]
+    [server] = spec["containers"]
+    env = {e["name"]: e.get("value") for e in server["env"]}
+    assert env["TS_ENABLE_GRPC_SSL"] == "true"
+    volume = next(
+        v for v in spec["volumes"] if v.get("secret", {}).get("secretName") == certificate["secretName"]
+    )
+    directory = next(m for m in server["volumeMounts"] if m["name"] == volume["name"])["mountPath"]
+    files = {item["key"]: f"{directory}/{item['path']}" for item in volume["secret"]["items"]}
+    assert (env["TS_CERTIFICATE_FILE"], env["TS_PRIVATE_KEY_FILE"]) == (files["tls.crt"], files["tls.key"])
+    assert volume["secret"]["defaultMode"] == 0o440  # the key: readable by the pod's group only
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_postgresql_is_reached_over_verified_tls(rendered, overlay):
     objects = rendered[overlay]
     cluster = by_kind(objects, "Cluster")["medseg-db"]
@@ -432,12 +491,11 @@ NEEDS = {  # component: (destination component or "dns"/"outside", port)
     "gateway": {
         ("database", 5432),
         ("organ-server", 7070),
-        ("organ-server", 8080),
         ("objectstore", 9000),
         ("outside", 443),
         ("dns", 53),
     },
-    "trainer": {("organ-server", 7071), ("organ-server", 8081), ("objectstore", 9000), ("dns", 53)},
+    "trainer": {("organ-server", 7071), ("objectstore", 9000), ("dns", 53)},
     "organ-server": {("objectstore", 9000), ("dns", 53)},
     "objectstore-init": {("objectstore", 9000), ("dns", 53)},
     "database": {("database", 5432), ("objectstore", 9000), ("outside", 443), ("dns", 53)},
