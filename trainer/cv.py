@@ -238,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patience", type=int, default=None, help="early stopping (default: the recipe's)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument(
+        "--precision", choices=("f32", "bf16"), default=None, help="training forward pass (default: f32)"
+    )
+    parser.add_argument(
         "--augment",
         default=None,
         help='JSON of AugmentConfig fields over the recipe\'s, e.g. {"scale": [0.7, 1.4]}',
@@ -274,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
                 time_budget_min=args.minutes,
                 threads=args.threads,
                 patience=args.patience,
+                precision=args.precision,
             )
             if augment:
                 cfg = _with_augment(cfg, augment)

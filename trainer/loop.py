@@ -49,6 +49,9 @@ class TrainConfig:
     loss: str = "dicefocal"  # dicefocal | bce
     seed: int = 0
     threads: int | None = None
+    # f32 | bf16: the training forward pass under torch.autocast in bfloat16 (weights, optimiser and loss stay
+    # f32); on a CPU with AMX (this machine) a 3-D step is 2.4× faster. Validation and export are f32.
+    precision: str = "f32"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -131,7 +134,9 @@ class Trainer:
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss_fn(self.net(x), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
+            out = self.net(x)
+        loss = self.loss_fn(out.float(), y)
         loss.backward()
         self.optimizer.step()
         return float(loss.detach())

@@ -22,6 +22,7 @@ from trainer.augment import AugmentConfig
 from trainer.loop import THRESHOLDS
 from trainer.train import default_config, run_training
 from trainer.volumes import (
+    VolumeTrainer,
     augment_volumes,
     canonical_pair,
     find_volumes,
@@ -161,3 +162,24 @@ def test_the_cv_summary_gives_dice_per_label_and_their_mean():
     assert summary["mean_val_dice"] == pytest.approx(0.8)
     assert "3-D Dice per label" in summary["figures"]
     assert "| mean | 0.8500 | 0.7500 | 0.8000 |" in table(summary)
+
+
+@pytest.mark.parametrize("precision, forward_dtype", [("f32", torch.float32), ("bf16", torch.bfloat16)])
+def test_a_training_step_runs_the_forward_in_the_configured_precision_and_keeps_f32_weights(
+    spec, tmp_path, precision, forward_dtype
+):
+    volumes = load_volumes(HIPPO, spec, limit=3)
+    config = default_config(
+        "hippocampus", arch="unet_3d", widths=(4, 8, 16, 32), batch_size=2, threads=1, precision=precision
+    )
+    trainer = VolumeTrainer(
+        spec, volumes.subset([0, 1]), volumes.subset([2]), config, tmp_path, crop=(16,) * 3
+    )
+    seen = []
+    trainer.net.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    before = [p.detach().clone() for p in trainer.net.parameters()]
+    loss = trainer.train_step(*trainer.batch(torch.tensor([0, 1])))
+    assert seen == [forward_dtype] and np.isfinite(loss) and loss > 0
+    assert all(p.dtype == torch.float32 for p in trainer.net.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.net.parameters(), strict=True))
+    assert trainer.predict_val(0).dtype == torch.float32  # validation (and export) stay f32
