@@ -379,6 +379,8 @@ class Evaluation(Base):
     mean_hd95: Mapped[float | None] = mapped_column(Float)
     per_threshold: Mapped[list] = mapped_column(JSON, default=list)
     best_threshold: Mapped[float] = mapped_column(Float)
+    # An organ of several labels (3-D): {label: {"mean_dice", "mean_iou", "mean_hd95_mm"}} over the cases.
+    per_label: Mapped[dict | None] = mapped_column(JSON)
     created_by: Mapped[str] = mapped_column(String(128))
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), index=True)
     api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
@@ -427,6 +429,8 @@ class EvaluationCase(Base):
     pixel_spacing_col_mm: Mapped[float | None] = mapped_column(Float)
     hd95_mm: Mapped[float | None] = mapped_column(Float)
     dice_at: Mapped[dict] = mapped_column(JSON, default=dict)  # {"0.2": dice, ...}
+    # An organ of several labels (3-D): {label: {"dice", "iou", "hd95_mm"}}; dice and iou above: their means.
+    per_label: Mapped[dict | None] = mapped_column(JSON)
     width: Mapped[int]
     height: Mapped[int]
     predicted_px: Mapped[int]
