@@ -23,10 +23,11 @@ the same overall deadline. Reconnect backoff is kept short so a server that come
 within seconds instead of gRPC's default two minutes.
 
 Scale-out: gRPC resolves a target's addresses when the channel connects and again only when a connection
-breaks, and TorchServe cannot make clients reconnect (it has no max-connection-age setting). So with
-`renew_after_s` the inference client dials a new channel that often, which resolves the target afresh: in
-Kubernetes the organ's headless Service then names the replicas a scale-out added, and they get calls
-within that time. The old channel is closed one renewal later, when every call on it is past its deadline.
+breaks. TorchServe 0.12 could make clients reconnect (its `grpc_inference_max_connection_age_ms`), but the
+gateway does not rely on the server for it: with `renew_after_s` the inference client dials a new channel
+that often, which resolves the target afresh: in Kubernetes the organ's headless Service then names the
+replicas a scale-out added, and they get calls within that time. The old channel is closed one renewal
+later, when every call on it is past its deadline.
 
 Failures are raised as the platform's transport-neutral errors (common.errors): INVALID_ARGUMENT →
 InvalidInput, NOT_FOUND (and the inference API's "Model not found") → NotFound, UNAVAILABLE /
