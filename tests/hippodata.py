@@ -89,3 +89,41 @@ def dice(pred: np.ndarray, label: np.ndarray, value: int) -> float:
 
 def mean_dice(pred: np.ndarray, label: np.ndarray, values: Sequence[int] = (1, 2)) -> float:
     return float(np.mean([dice(pred, label, v) for v in values]))
+
+
+# --- synthetic labelled volumes for the fake organ server ---------------------------------------------------
+SYNTHETIC_SHAPE = (20, 24, 16)  # (i, j, k) at 1 mm: within the hippocampus network's 48×64×48
+
+
+def synthetic_case(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(image, labels) (i, j, k) on a 1 mm grid, made for tests/gateway/fakes.FakeVolumeClient, which labels a
+    voxel of value 100·i + c as label i with P = (c + 50) / 100: the anterior block is found (part of it only
+    at 0.2), the posterior one too plus a rim it wrongly adds below 0.5 — or, for an odd `seed`, mistaken for
+    anterior (no posterior predicted: its HD95 unknown). Slices along k hold different amounts of label."""
+    image = np.full(SYNTHETIC_SHAPE, 10, np.int16)
+    labels = np.zeros(SYNTHETIC_SHAPE, np.uint8)
+    shift = seed % 3
+    anterior = (slice(3 + shift, 9 + shift), slice(6, 14), slice(4, 12))
+    posterior = (slice(10 + shift, 15 + shift), slice(5, 15), slice(6, 10))
+    labels[anterior], labels[posterior] = 1, 2
+    image[anterior] = 130  # anterior, P 0.8
+    image[anterior[0], 6:8, anterior[2]] = 70  # anterior at P 0.2: found at 0.2 only
+    image[posterior] = 140 if seed % 2 else 230  # anterior at P 0.9 (wrong), or posterior at P 0.8
+    image[15 + shift : 17 + shift, 5:15, 6:10] = 190  # posterior at P 0.4, outside the label
+    return image, labels
+
+
+def synthetic_nifti(array: np.ndarray) -> bytes:
+    """`array` as a .nii.gz on the 1 mm grid of synthetic_case."""
+    return gzip.compress(nib.Nifti1Image(array, np.eye(4)).to_bytes(), mtime=0)
+
+
+def synthetic_files(*names: str) -> list[tuple[str, tuple[str, bytes]]]:
+    """Multipart files ("images" / "labels", (file name, .nii.gz)) of synthetic cases named `names` (each its
+    own seed, by position)."""
+    files = []
+    for seed, name in enumerate(names):
+        image, labels = synthetic_case(seed)
+        files.append(("images", (f"{name}.nii.gz", synthetic_nifti(image))))
+        files.append(("labels", (f"{name}.nii.gz", synthetic_nifti(labels))))
+    return files

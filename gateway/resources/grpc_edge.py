@@ -43,12 +43,34 @@ def _jsonable(value):
 
 def to_message(model: BaseModel, message: type[Message], nest: tuple[str, type[BaseModel]] | None = None):
     """The schema's fields into the message of the same field names. `nest=(field, Base)`: a detail shape
-    (Base's fields plus more) carries Base's fields in a sub-message `field`, as proto3 has no inheritance."""
+    (Base's fields plus more) carries Base's fields in a sub-message `field`, as proto3 has no inheritance.
+    Scores per label (`_label_scores`) become LabelScores."""
     data = _jsonable(model.model_dump())
     if nest is not None:
         name, base = nest
         data = {name: {k: data.pop(k) for k in base.model_fields}, **data}
-    return json_format.ParseDict(data, message())
+    return json_format.ParseDict(_label_scores(data, message.DESCRIPTOR), message())
+
+
+def _label_scores(data: dict, descriptor) -> dict:
+    """`data` for the message `descriptor` with scores per label — over HTTP an object keyed by label,
+    {"dice", "iou", "hd95_mm"} or their means {"mean_dice", …} — as the message's `repeated LabelScore` field
+    carries them: one LabelScore per label, a mean's `mean_` dropped (as Evaluate answers them). Nested
+    messages likewise; `data` is changed in place."""
+    for field in descriptor.fields:
+        value, kind = data.get(field.name), field.message_type
+        if value is None or kind is None or kind.GetOptions().map_entry:
+            continue
+        if kind is seg_pb.LabelScore.DESCRIPTOR and isinstance(value, dict):
+            data[field.name] = [
+                {"label": label, **{k.removeprefix("mean_"): v for k, v in scores.items()}}
+                for label, scores in value.items()
+            ]
+        else:  # a sub-message (a timestamp, a Struct's value: not an object of fields, left as it is)
+            for item in value if field.is_repeated else [value]:
+                if isinstance(item, dict):
+                    _label_scores(item, kind)
+    return data
 
 
 def from_message(message: Message, schema: type[BaseModel]):

@@ -30,10 +30,11 @@ from gateway import metrics, tenancy
 from gateway.access import EVALUATION_JOB_CANCEL, EVALUATION_JOB_READ
 from gateway.models import ApiKey, Dataset, Evaluation, EvaluationJob, User, audit
 from gateway.principal import Principal
-from gateway.service import images
-from gateway.service.dataplane import Case, Upload, check_two_dimensional
-from gateway.service.evaluations import Evaluator
+from gateway.service import images, volume3d
+from gateway.service.dataplane import Case, Upload
+from gateway.service.evaluations import Evaluator, check_dataset_organ
 from gateway.service.jobs import JobLimits, JobService, JobWorkers, finish_failed
+from services import volumes
 
 logger = logging.getLogger(__name__)
 
@@ -77,16 +78,20 @@ class EvaluationJobs(JobService):
         """Check what can be checked now (a 4xx, nothing stored), store the uploaded cases, queue the job."""
         evaluator = self.evaluator
         target = evaluator.target(session, organ, version)
-        check_two_dimensional(evaluator.dataplane.registry.get(target.organ))
+        served = evaluator.dataplane.registry.get(target.organ)
         job_id = uuid.uuid4()
         input_key = None
         if dataset is not None:
+            check_dataset_organ(served)
             case_count = self._check_dataset(dataset, target.organ)
         else:
             cases = evaluator.upload_cases(image_files, label_files)
             if not cases:
                 raise InvalidInput("nothing to evaluate: no image/label pairs", code="missing_images")
-            self._check_headers(cases)
+            if served.spec.volumetric:
+                self._check_volumes(served.spec, cases)
+            else:
+                self._check_headers(cases)
             case_count = len(cases)
             input_key = f"evaluation-jobs/{job_id}/cases.zip"
             dp = evaluator.dataplane
@@ -151,6 +156,14 @@ class EvaluationJobs(JobService):
                         params={"name": upload.filename, "limit": dp.max_upload_bytes},
                     )
                 images.inspect(upload.data, upload.filename, max_pixels=dp.max_image_pixels)
+
+    def _check_volumes(self, spec, cases: Sequence[Case]) -> None:
+        """A 3-D organ's cases read and checked as the job will (volume3d.read_case: volumes, the label on the
+        image's grid, its values the spec's labels, the size the network takes), one at a time: volumes are
+        small crops, and a bad one is refused now rather than failing the job later."""
+        limits = volumes.StudyLimits(max_bytes=self.evaluator.dataplane.max_upload_bytes)
+        for case in cases:
+            volume3d.read_case(spec, case, limits)
 
     # --- the worker ---------------------------------------------------------------------------------
     def _run(self, job_id: uuid.UUID) -> None:

@@ -6,6 +6,12 @@ at the requested version, scored (gateway.service.scoring: Dice, IoU, HD95, Dice
 as an overlay stored in the results bucket under `evaluations/<id>/`. Objects are written before the rows
 and removed again when the rows cannot be written.
 
+A 3-D organ (spec `dimensions: 3`) takes uploaded volumes only (a NIfTI, or a zip of one DICOM series, and
+a NIfTI label volume on its grid; datasets are 2-D pairs): each is scored as `POST /api/v1/evaluate` scores
+it (gateway.service.volume3d.score_volume: Dice and IoU per label and their mean, at every threshold; HD95
+in mm per label), and its overlay is one axial slice, the one with the most label voxels, drawn as a 2-D
+case's on the foreground (any label).
+
 Comparison pairs two evaluations case by case (by case name): per case which version wins, and the totals.
 """
 
@@ -15,7 +21,8 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,16 +35,11 @@ from gateway.access import EVALUATION_READ
 from gateway.core.db import database_unavailable
 from gateway.models import Dataset, Evaluation, EvaluationCase, ModelVersion, audit
 from gateway.principal import Principal
-from gateway.service import images, model_registry, scoring
-from gateway.service.dataplane import (
-    Case,
-    DataPlane,
-    Upload,
-    check_two_dimensional,
-    labelled_cases,
-    score_cases,
-)
-from services import imaging
+from gateway.service import images, model_registry, scoring, volume3d
+from gateway.service.dataplane import Case, DataPlane, Upload, labelled_cases, score_cases
+from gateway.service.masks import THRESHOLDS
+from gateway.service.organs import Organ
+from services import imaging, volumes
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +87,7 @@ def case_row(evaluation_id: uuid.UUID, case: ScoredCase, key: str) -> Evaluation
         pixel_spacing_row_mm=case.spacing_mm[0] if case.spacing_mm else None,
         pixel_spacing_col_mm=case.spacing_mm[1] if case.spacing_mm else None,
         dice_at=score.dice_at,
+        per_label=score.per_label,
         width=case.width,
         height=case.height,
         predicted_px=score.predicted_px,
@@ -122,11 +125,36 @@ def evaluation_row(
         mean_hd95=summary["mean_hd95"],
         per_threshold=summary["per_threshold"],
         best_threshold=summary["best_threshold"],
+        per_label=summary["per_label"],
         created_by=principal.actor,
         user_id=principal.user.id if principal.user else None,
         api_key_id=principal.api_key.id if principal.api_key else None,
         hospital=principal.hospital,
     )
+
+
+def check_dataset_organ(organ: Organ) -> None:
+    """Datasets hold 2-D image/label pairs: a 3-D organ's evaluation takes uploaded volumes instead (400)."""
+    if organ.spec.volumetric:
+        raise InvalidInput(
+            f"organ {organ.name!r} is 3-D and datasets hold 2-D image pairs: upload the volumes instead "
+            "(images: NIfTI files or zips of one DICOM series each; labels: NIfTI label volumes on those "
+            "grids)",
+            code="organ_needs_volume",
+            params={"organ": organ.name},
+        )
+
+
+def volume_case_score(score: volume3d.VolumeScore) -> scoring.CaseScore:
+    """A scored volume as a kept case's scores: Dice and IoU (also at every threshold) the means over labels,
+    HD95 in mm the mean over labels (None unless every label's is known; no HD95 in pixels), the prediction
+    the overlay's axial slice."""
+    hd95 = [s["hd95_mm"] for s in score.per_label.values()]
+    return scoring.CaseScore(
+        score.dice, score.iou, None, {f"{t:.1f}": score.at[t][0] for t in THRESHOLDS},
+        score.predicted_voxels, score.label_voxels, score.axial.prediction,
+        hd95_mm=float(np.mean(hd95)) if None not in hd95 else None, per_label=score.per_label,
+    )  # fmt: skip
 
 
 class Evaluator:
@@ -228,6 +256,7 @@ class Evaluator:
             if isinstance(version, ModelVersion)
             else self.target(session, organ, version)
         )
+        check_dataset_organ(self.dataplane.registry.get(target.organ))
         dataset, cases = self.dataset_cases(session, dataset_id, expected_hash)
         if dataset.organ != target.organ:
             raise InvalidInput(
@@ -247,17 +276,10 @@ class Evaluator:
             )
         height, width, _ = images.inspect(data, filename, max_pixels=dp.max_image_pixels)
         try:
-            png = dp.clients[target.organ].predict(target.model_name, data, version=target.version)
+            with self._served(target):
+                png = dp.clients[target.organ].predict(target.model_name, data, version=target.version)
         except InvalidInput as exc:  # the organ server could not decode the pixels
             raise images.refused_by_organ(exc, filename) from None
-        except NotFound:  # recorded, but not (or no longer) among the versions the organ server serves
-            raise Conflict(
-                f"the {target.organ} organ server does not serve {target.model_name} version "
-                f"{target.version}; it serves the default, the version a rollback restores and the "
-                f"{model_registry.MAX_SERVED_CANDIDATES} newest candidates (GET /api/v1/models/"
-                f"{target.organ}/versions)",
-                code="version_not_served",
-            ) from None
         try:
             prob = images.decode_probability(png)
         except ValueError:
@@ -269,6 +291,22 @@ class Evaluator:
                 f"organ server {target.organ!r} returned a map of the wrong size", code="organ_error"
             )
         return prob
+
+    @staticmethod
+    @contextmanager
+    def _served(target: Target) -> Iterator[None]:
+        """The organ server's NotFound for the target's version: recorded, but not (or no longer) among the
+        versions the organ server serves, a 409."""
+        try:
+            yield
+        except NotFound:
+            raise Conflict(
+                f"the {target.organ} organ server does not serve {target.model_name} version "
+                f"{target.version}; it serves the default, the version a rollback restores and the "
+                f"{model_registry.MAX_SERVED_CANDIDATES} newest candidates (GET /api/v1/models/"
+                f"{target.organ}/versions)",
+                code="version_not_served",
+            ) from None
 
     def run(
         self,
@@ -284,7 +322,6 @@ class Evaluator:
         with its cases (`_store`), and count it in the metrics."""
         if not cases:
             raise InvalidInput("nothing to evaluate: no image/label pairs", code="missing_images")
-        check_two_dimensional(self.dataplane.registry.get(target.organ))  # kept ones: 2-D pairs, for now
         started = time.perf_counter()
         scored = self.score(target, cases)
         evaluation = self.store(session, principal, target, scored, purpose=purpose, dataset=dataset)
@@ -296,9 +333,12 @@ class Evaluator:
         self, target: Target, cases: Sequence[Case], step: Callable[[int, int], None] | None = None
     ) -> list[ScoredCase]:
         """Each case segmented by the target version, scored against its label at the target's threshold and
-        drawn as an overlay. The loop is `dataplane.score_cases`, the one `DataPlane.evaluate` runs.
-        `step(done, total)` is called after each case (a background job's progress and cancel point)."""
+        drawn as an overlay. The loop is `dataplane.score_cases`, the one `DataPlane.evaluate` runs (a 3-D
+        organ: `_score_volumes`). `step(done, total)` is called after each case (a background job's progress
+        and cancel point)."""
         dp = self.dataplane
+        if dp.registry.get(target.organ).spec.volumetric:
+            return self._score_volumes(target, cases, step)
         window = dp.registry.get(target.organ).spec.window
         done = [0]
 
@@ -318,6 +358,32 @@ class Evaluator:
             scored,
             max_image_pixels=dp.max_image_pixels,
         )
+
+    def _score_volumes(
+        self, target: Target, cases: Sequence[Case], step: Callable[[int, int], None] | None
+    ) -> list[ScoredCase]:
+        """A 3-D organ's cases, each volume scored as `DataPlane.evaluate` scores it (volume3d.score_volume)
+        and drawn as an overlay of its axial slice with the most label voxels (volume3d.AxialSlice)."""
+        dp = self.dataplane
+        spec = dp.registry.get(target.organ).spec
+        limits = volumes.StudyLimits(max_bytes=dp.max_upload_bytes)
+        scored = []
+        for done, case in enumerate(cases, start=1):
+            with self._served(target):
+                score = volume3d.score_volume(
+                    dp.clients[target.organ],
+                    spec,
+                    case,
+                    target.threshold,
+                    version=target.version,
+                    limits=limits,
+                )
+            axial = score.axial
+            overlay = scoring.overlay_png(scoring.grey_preview(axial.image), axial.label, axial.prediction)
+            scored.append(ScoredCase(case.name, volume_case_score(score), overlay, score.width, score.height))
+            if step is not None:
+                step(done, len(cases))
+        return scored
 
     def store(
         self,

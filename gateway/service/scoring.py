@@ -33,8 +33,10 @@ class CaseScore:
     dice_at: dict[str, float]  # "0.2" → Dice at that threshold
     predicted_px: int
     label_px: int
-    prediction: np.ndarray  # bool H×W at the evaluation's threshold
+    prediction: np.ndarray  # bool H×W at the evaluation's threshold (a volume: its overlay's axial slice)
     hd95_mm: float | None = None  # with the image's pixel spacing, when it carried one
+    # an organ of several labels (3-D): {label: {"dice", "iou", "hd95_mm"}}; dice, iou, hd95_mm: their means
+    per_label: dict[str, dict[str, float | None]] | None = None
 
 
 def _tensor(mask: np.ndarray) -> torch.Tensor:
@@ -101,7 +103,8 @@ def score_case(
 
 
 def summarize(cases: list[CaseScore]) -> dict:
-    """Mean and spread over cases, Dice per threshold with the best threshold (ties: the lower one)."""
+    """Mean and spread over cases, Dice per threshold with the best threshold (ties: the lower one), and for
+    an organ of several labels the means per label (`label_means`; else None)."""
     dice = np.array([c.dice for c in cases], dtype=np.float64)
     hd = [c.hd95 for c in cases if c.hd95 is not None]
     per_threshold = [
@@ -120,7 +123,22 @@ def summarize(cases: list[CaseScore]) -> dict:
         "mean_hd95": float(np.mean(hd)) if hd else None,
         "per_threshold": per_threshold,
         "best_threshold": best["threshold"],
+        "per_label": label_means([c.per_label for c in cases]) if cases[0].per_label else None,
     }
+
+
+def label_means(cases: list[dict[str, dict[str, float | None]]]) -> dict[str, dict[str, float | None]]:
+    """{label: {"mean_dice", "mean_iou", "mean_hd95_mm"}} over cases scored per label ({label: {"dice", "iou",
+    "hd95_mm"}}); HD95 is the mean of the cases where it is known, None when it is known for none."""
+    means = {}
+    for label in cases[0]:
+        hd = [c[label]["hd95_mm"] for c in cases if c[label]["hd95_mm"] is not None]
+        means[label] = {
+            "mean_dice": float(np.mean([c[label]["dice"] for c in cases])),
+            "mean_iou": float(np.mean([c[label]["iou"] for c in cases])),
+            "mean_hd95_mm": float(np.mean(hd)) if hd else None,
+        }
+    return means
 
 
 def grey_preview(image: np.ndarray) -> np.ndarray:

@@ -1,5 +1,6 @@
 """A 3-D organ's network on one volume (spec `dimensions: 3`): the studies' job and the evaluation of labelled
-volumes both run this, so a study's mask and an evaluation's prediction are the same voxels.
+volumes (at once, `POST /api/v1/evaluate`, and kept, gateway.service.evaluations) all run this, so a study's
+mask and an evaluation's prediction are the same voxels.
 
     foreground, label = infer_3d(client, spec, volume, version=...)   # uint8 (z, y, x) each, canonical grid
 
@@ -19,9 +20,10 @@ from common.errors import InvalidInput
 from common.torchserve_client import InferenceClient
 from common.volume_inference import segment_whole_volume
 from gateway.service.masks import THRESHOLDS, labels_at, split_classes
-from services import volumes
+from services import imaging, volumes
 
 AXCODES = volumes.CANONICAL_AXCODES
+TWO_D_FORMATS = ("PNG", "JPEG", "TIFF")
 
 
 def infer_3d(
@@ -79,9 +81,22 @@ def check_fits(spec, volume: volumes.Volume) -> None:
 
 
 @dataclass(frozen=True)
+class AxialSlice:
+    """The axial slice (canonical z) of a scored volume with the most label voxels (any label), for its
+    overlay: the image as grey [0, 1] (the spec's window, else the volume's 1st-99th percentile), the label
+    and the prediction at the evaluation's threshold as foreground (any label), bool (y, x)."""
+
+    z: int
+    image: np.ndarray
+    label: np.ndarray
+    prediction: np.ndarray
+
+
+@dataclass(frozen=True)
 class VolumeScore:
     """One labelled volume scored at the evaluation's threshold: per label {"dice", "iou", "hd95_mm"}, their
-    means, the mean Dice / IoU over labels at every grid threshold, and sizes (x, y of the input grid)."""
+    means, the mean Dice / IoU over labels at every grid threshold, sizes (x, y of the input grid) and the
+    axial slice an overlay draws."""
 
     per_label: dict[str, dict[str, float | None]]
     dice: float
@@ -91,29 +106,21 @@ class VolumeScore:
     height: int
     predicted_voxels: int
     label_voxels: int
+    axial: AxialSlice
 
 
-def score_volume(
-    client: InferenceClient,
-    spec,
-    case,
-    threshold: float,
-    *,
-    version: str | None,
-    limits: volumes.StudyLimits,
-) -> VolumeScore:
-    """`case.image` (a NIfTI, or a zip of one DICOM series) segmented as a study is, against `case.label` (a
-    NIfTI label volume, 0 background and i for the spec's i-th label, on exactly the image's grid)."""
-    from gateway.service import scoring
-
-    image = _read(case.image, limits, "image")
+def read_case(spec, case, limits: volumes.StudyLimits) -> tuple[volumes.Volume, np.ndarray]:
+    """(the image volume, its label values on the input grid) of `case.image` (a NIfTI, or a zip of one DICOM
+    series) and `case.label` (a NIfTI label volume, 0 background and i for the spec's i-th label, on exactly
+    the image's grid), checked as a 3-D organ's network takes them; bad input is a 400 naming the file."""
+    image = _read(spec, case.image, limits, "image")
     if image.modality and spec.modality and image.modality.upper() not in modalities(spec):
         raise InvalidInput(
             f"image {case.image.filename!r} is {image.modality}; organ {spec.name!r} segments "
             f"{spec.modality}",
             code="wrong_modality",
         )
-    label_volume = _read(case.label, limits, "label")
+    label_volume = _read(spec, case.label, limits, "label")
     if label_volume.shape != image.shape or not np.allclose(label_volume.affine, image.affine, atol=1e-3):
         raise InvalidInput(
             f"label {case.label.filename!r} ({'×'.join(map(str, label_volume.shape))}) is not on the grid "
@@ -131,6 +138,22 @@ def score_volume(
             params={"label": case.label.filename},
         )
     check_fits(spec, image)
+    return image, truth
+
+
+def score_volume(
+    client: InferenceClient,
+    spec,
+    case,
+    threshold: float,
+    *,
+    version: str | None,
+    limits: volumes.StudyLimits,
+) -> VolumeScore:
+    """`case` (read and checked by `read_case`) segmented as a study is and scored against its label."""
+    from gateway.service import scoring
+
+    image, truth = read_case(spec, case, limits)
     foreground, label = infer_3d(client, spec, image, version=version)
     fg_ijk, label_ijk = image.from_canonical(foreground, AXCODES), image.from_canonical(label, AXCODES)
     values = range(1, len(spec.labels) + 1)
@@ -155,10 +178,32 @@ def score_volume(
         height=image.shape[1],
         predicted_voxels=int(np.count_nonzero(predicted)),
         label_voxels=int(np.count_nonzero(truth)),
+        axial=axial_slice(spec, image, truth, labels_at(foreground, label, threshold)),
     )
 
 
-def _read(upload, limits: volumes.StudyLimits, what: str) -> volumes.Volume:
+def axial_slice(spec, image: volumes.Volume, truth_ijk: np.ndarray, predicted_zyx: np.ndarray) -> AxialSlice:
+    """The `AxialSlice` of a scored volume: `truth_ijk` on the image's grid, `predicted_zyx` (the label map
+    at the threshold) on its canonical grid. Ties (or no label at all): the lowest such slice."""
+    truth = volumes.Volume(truth_ijk, image.affine, image.source).canonical(AXCODES) > 0
+    z = int(np.argmax(np.count_nonzero(truth, axis=(1, 2))))
+    plane = image.canonical(AXCODES)[z]
+    if spec.window:
+        grey = imaging.apply_window(plane, spec.window)
+    else:
+        lo, hi = np.percentile(image.data, (1, 99))
+        grey = imaging.scale_to_unit(plane, float(lo), float(hi))
+    return AxialSlice(z, grey, truth[z], predicted_zyx[z] > 0)
+
+
+def _read(spec, upload, limits: volumes.StudyLimits, what: str) -> volumes.Volume:
+    if imaging.sniff_format(upload.data) in TWO_D_FORMATS:
+        raise InvalidInput(
+            f"{what} {upload.filename!r} is a 2-D image; organ {spec.name!r} is 3-D: send its cases as "
+            "volumes (a NIfTI, or a zip of one DICOM series, and a NIfTI label volume on the same grid)",
+            code="organ_needs_volume",
+            params={"organ": spec.name},
+        )
     try:
         return volumes.read_study([(upload.filename, upload.data)], limits=limits)
     except volumes.StudyInputError as exc:

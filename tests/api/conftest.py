@@ -35,7 +35,7 @@ from gateway.service.dataplane import DataPlane
 from gateway.service.organs import OrganRegistry
 from services.spec import SERVICES_DIR
 from tests.fixtures.pacs import pacs_settings_for
-from tests.gateway.fakes import FakeClient
+from tests.gateway.fakes import FakeClient, FakeVolumeClient
 
 PASSWORD = "correct horse battery"
 HOSPITAL_A, HOSPITAL_B = "St. Anna", "Bellevue"
@@ -102,7 +102,12 @@ def make_dataplane(store) -> DataPlane:
     registry = OrganRegistry(SERVICES_DIR, SERVICES_DIR)
     return DataPlane(
         registry,
-        {name: FakeClient() for name in registry.names()},
+        {
+            organ.name: FakeVolumeClient(len(organ.spec.labels) + 1)
+            if organ.spec.volumetric
+            else FakeClient()
+            for organ in registry.all()
+        },
         store,
         results_bucket="medseg-results",
         record_segmentation=lambda session, record: None,

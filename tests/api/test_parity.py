@@ -66,7 +66,7 @@ from gateway.models import (
 from gateway.resources.studies import grpc as studies_grpc
 from gateway.service import masks, scoring
 from gateway.service.training_jobs import FINISHED
-from tests import studydata
+from tests import hippodata, studydata
 from tests.api.clinic_access import (
     LEGACY_MASK,
     LEGACY_THUMBNAIL,
@@ -504,6 +504,21 @@ def _organs(names: list) -> bool:
     return "liver" in [o["name"] for o in names]
 
 
+def _hippocampus_volumes(w) -> dict:
+    """One synthetic hippocampus case (NIfTI image and label volume) the fake 3-D organ server answers."""
+    files = hippodata.synthetic_files("h")
+    return {
+        "organ": "hippocampus",
+        **{field: [f for kind, f in files if kind == field] for field in ("images", "labels")},
+    }
+
+
+def _two_labels(scores) -> bool:
+    """Scores per label, HTTP's object keyed by label or gRPC's LabelScores, of the hippocampus's labels."""
+    names = list(scores) if isinstance(scores, dict) else [s["label"] for s in scores]
+    return names == ["anterior", "posterior"]
+
+
 # --- studies ------------------------------------------------------------------------------------------------
 def _upload(source: str = "nifti", **fields):
     return lambda w: {"organ": "liver", "files": list(study_files(source)), **fields}
@@ -709,6 +724,10 @@ ROWS = [
     Row("evaluations.run", "evaluate",
         lambda w: {"organ": "liver", "images": [("a.png", IMAGE)], "labels": [("a_mask.png", LABEL)]},
         {"case_count": 1, "purpose": "test", "cases": lambda v: [c["name"] for c in v] == ["a"]}),
+    Row("evaluations.run", "evaluate", _hippocampus_volumes,
+        {"case_count": 1, "per_label": _two_labels, "mean_hd95": None,
+         "cases": lambda v: [c["name"] for c in v] == ["h"] and _two_labels(v[0]["per_label"])},
+        id="a 3-D organ of two labels"),
     Row("evaluations.run", "evaluate",
         lambda w: {"organ": "liver", "images": [("a.png", IMAGE)], "labels": [("b.png", LABEL)]},
         Err(400, S.INVALID_ARGUMENT, "label_mismatch"), id="labels that do not match images"),

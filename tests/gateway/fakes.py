@@ -67,6 +67,41 @@ class FakeClient:
         pass
 
 
+def voxel_probabilities(volume: np.ndarray, classes: int) -> np.ndarray:
+    """What FakeVolumeClient answers for a volume (z, y, x): uint8 (classes, z, y, x) softmax, background
+    first, read off each voxel's value v: label i = round(v / 100) (1 … classes − 1) with P(labelled) =
+    (v − 100·i + 50) / 100 — 100·i is labelled at 0.5, 100·i + 30 up to 0.8, 100·i − 30 only at 0.2 — and
+    background (P = 1) below 50 or above the last label."""
+    label = np.rint(volume / 100.0)
+    inside = (label >= 1) & (label <= classes - 1)
+    foreground = np.where(inside, np.clip((volume - 100.0 * label + 50.0) / 100.0, 0.0, 1.0), 0.0)
+    probs = np.zeros((classes, *volume.shape), np.float64)
+    probs[0] = 1.0 - foreground
+    for i in range(1, classes):
+        probs[i] = np.where(label == i, foreground, 0.0)
+    return np.rint(probs * 255).astype(np.uint8)
+
+
+class FakeVolumeClient(FakeClient):
+    """A 3-D organ's server (services.handler_base.VolumeSegmentationHandler) answering a whole volume, the
+    .npy (z, y, x) common.volume_inference.segment_whole_volume sends, with `voxel_probabilities` of its
+    `classes` (background and the organ's labels)."""
+
+    def __init__(self, classes: int, error: Exception | None = None):
+        super().__init__(error=error)
+        self.classes = classes
+
+    def predict(self, model_name, data, version=None, timeout=None, answer_magic=None) -> bytes:
+        with self.lock:
+            self.calls += 1
+            self.versions.append(version)
+        if self.error:
+            raise self.error
+        if not is_npy(data):
+            raise InvalidInput("a 3-D organ server takes a whole volume as .npy (z, y, x)")
+        return encode_npy(voxel_probabilities(decode_npy(data).astype(np.float64), self.classes))
+
+
 class FakeStore:
     def __init__(self, fail_after: int | None = None):
         self.objects: dict[tuple[str, str], bytes] = {}

@@ -237,7 +237,7 @@ def test_a_3d_multi_label_organ_is_one_folder_too(tmp_path, http_client_for, api
     assert response.status_code == 400, response.text
     assert response.json()["error"]["code"] == "organ_needs_volume"
     assert "POST /api/v1/studies" in response.json()["error"]["message"]
-    kept = http.post(  # a kept evaluation scores 2-D pairs: refused the same way, before any work
+    kept = http.post(  # a kept evaluation of a 3-D organ scores volumes: 2-D pairs refused, before any work
         "/api/v1/evaluations",
         headers=bearer(api_keys["evaluate"]),
         data={"organ": "thalamus"},

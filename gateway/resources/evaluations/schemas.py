@@ -71,19 +71,25 @@ class EvaluationPublic(BaseModel):
 class EvaluationCasePublic(BaseModel):
     id: int
     name: str
-    dice: float
+    dice: float = Field(description="an organ of several labels: the mean over its labels")
     iou: float
-    hd95: float | None
+    hd95: float | None = Field(
+        description="95 % Hausdorff distance in pixels; null for a volume (see hd95_mm)"
+    )
     dice_at: dict[str, float]
     width: int
     height: int
     predicted_px: int
     label_px: int
     overlay_url: str
-    # HD95 in millimetres with the image's pixel spacing, when it carried one (DICOM); else None (px only)
+    # HD95 in millimetres with the image's pixel spacing, when it carried one (DICOM); else None (px only).
+    # A volume: the mean over its labels, null unless every label's is known.
     hd95_mm: float | None = None
     pixel_spacing_row_mm: float | None = None
     pixel_spacing_col_mm: float | None = None
+    per_label: dict[str, LabelScorePublic] | None = Field(
+        default=None, description="an organ of several labels (3-D): scores per label"
+    )
 
 
 class ThresholdDicePublic(BaseModel):
@@ -110,6 +116,9 @@ class EvaluationSummary(BaseModel):
     per_threshold: list[ThresholdDicePublic]
     created_by: str
     created_at: datetime
+    per_label: dict[str, LabelMeanPublic] | None = Field(
+        default=None, description="an organ of several labels (3-D): mean scores per label over the cases"
+    )
 
     @classmethod
     def of(cls, e: m.Evaluation) -> EvaluationSummary:
@@ -131,6 +140,7 @@ class EvaluationSummary(BaseModel):
             per_threshold=[ThresholdDicePublic(**t) for t in e.per_threshold],
             created_by=e.created_by,
             created_at=e.created_at,
+            per_label=e.per_label,
         )
 
 

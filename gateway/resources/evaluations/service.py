@@ -45,6 +45,7 @@ def _evaluation_detail(session: Session, row) -> EvaluationDetail:
                 hd95_mm=c.hd95_mm,
                 pixel_spacing_row_mm=c.pixel_spacing_row_mm,
                 pixel_spacing_col_mm=c.pixel_spacing_col_mm,
+                per_label=c.per_label,
             )
             for c in evaluations.cases_of(session, row)
         ],
