@@ -1,10 +1,11 @@
 """The inference runtime an organ server runs its network in: OpenVINO, ONNX Runtime or TorchScript.
 
 The .mar carries the TorchScript network (`model.pt`, always) and, from trainer.export, the same network
-exported to ONNX (`model.onnx`, dynamic batch and spatial axes). The organ spec names the runtime
-(`runtime: openvino | openvino-bf16 | onnxruntime | torchscript`, chosen per organ by measurement:
-trainer.export prints the table); `load_runtime` builds it with the threads the worker was given and falls
-back to TorchScript, logging why, when the runtime's package or file is missing or fails to load.
+exported to ONNX (`model.onnx`, dynamic batch and spatial axes), and where it holds its int8 quantisation
+(`model-int8.onnx`, trainer.quantize). The organ spec names the runtime (`runtime: openvino |
+openvino-bf16 | openvino-int8 | onnxruntime | torchscript`, chosen per organ by measurement: trainer.export
+and trainer.quantize print the tables); `load_runtime` builds it with the threads the worker was given and
+falls back to TorchScript, logging why, when the runtime's package or file is missing or fails to load.
 
 A runtime is a callable (N, C, h, w) float32 tensor → logits (N, 1, h, w) float32 tensor, so
 services.preprocess.probabilities (windows, mirror images) runs any of them unchanged.
@@ -26,6 +27,9 @@ from services.spec import RUNTIMES
 logger = logging.getLogger(__name__)
 
 ONNX_FILE = "model.onnx"
+# The same network quantised after training (trainer.quantize: NNCF, int8 weights and activations as QDQ
+# pairs), kept only where its validation Dice holds; OpenVINO runs its quantised layers in int8.
+INT8_FILE = "model-int8.onnx"
 TORCHSCRIPT_FILE = "model.pt"
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -33,7 +37,9 @@ OUTPUT_NAME = "logits"
 # has it: a max logit difference of 0.46 against TorchScript was measured that way (liver). f32 keeps it
 # within 1e-3 of TorchScript; "openvino-bf16" asks for bf16 on purpose, for an organ whose validation shows
 # that it holds (trainer.export measures every runtime).
-OPENVINO_PRECISIONS = {"openvino": "f32", "openvino-bf16": "bf16"}
+# "openvino-int8": the int8 network's layers that are not quantised stay f32.
+OPENVINO_PRECISIONS = {"openvino": "f32", "openvino-bf16": "bf16", "openvino-int8": "f32"}
+NETWORK_FILES = {"openvino-int8": INT8_FILE}  # the runtimes that run another file than model.onnx
 
 
 class RuntimeUnavailable(RuntimeError):
@@ -128,9 +134,11 @@ def build(
         return TorchScriptModel(model_dir / TORCHSCRIPT_FILE)
     if name not in RUNTIMES:
         raise RuntimeUnavailable(f"unknown runtime {name!r}; known: {', '.join(RUNTIMES)}")
+    onnx_file = NETWORK_FILES.get(name, onnx_file)
     path = model_dir / onnx_file
     if not path.is_file():
-        raise RuntimeUnavailable(f"{onnx_file} missing from {model_dir} (package with trainer.export)")
+        how = "trainer.quantize" if name in NETWORK_FILES else "trainer.export"
+        raise RuntimeUnavailable(f"{onnx_file} missing from {model_dir} (package with {how})")
     if name == "onnxruntime":
         return OnnxRuntimeModel(path, threads)
     return OpenVinoModel(path, threads, OPENVINO_PRECISIONS[name])

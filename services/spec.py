@@ -20,8 +20,9 @@ PER_VOLUME_NORMALIZATIONS = ("zscore",)
 TTA_MODES = ("none", "flips")
 # What the organ server runs the network in (services.runtime); TorchScript is always in the .mar and is the
 # fallback. The default for a spec that names none: the .mar files built before ONNX was packed.
-# "openvino-bf16" is OpenVINO computing in bfloat16 where the CPU has it (AVX512-BF16, AMX; elsewhere f32).
-RUNTIMES = ("torchscript", "onnxruntime", "openvino", "openvino-bf16")
+# "openvino-bf16" is OpenVINO computing in bfloat16 where the CPU has it (AVX512-BF16, AMX; elsewhere f32);
+# "openvino-int8": OpenVINO running the archive's int8 network (model-int8.onnx, made by trainer.quantize).
+RUNTIMES = ("torchscript", "onnxruntime", "openvino", "openvino-bf16", "openvino-int8")
 # A volume is sent to the organ server in chunks of slices (services.handler_base, common.volume_inference):
 # at most this many slices per request (the handler's max_volume_slices default; a 512² chunk of 64 int16
 # slices is 32 MiB, half the 64 MiB message limit).

@@ -32,7 +32,7 @@ import torch
 import yaml
 
 from services.preprocess import TTA_FLIPS, normalize, pad_to_multiple
-from services.runtime import RUNTIMES, build
+from services.runtime import INT8_FILE, RUNTIMES, build
 from services.spec import SERVICES_DIR, OrganSpec, load_spec
 from trainer.cv import run_split
 from trainer.loop import Trainer, dice_score
@@ -151,10 +151,11 @@ def compare(reference: Measured, other: Measured) -> None:
 
 
 def unpack_runtimes(mar: Path, into: Path) -> OrganSpec:
-    """Unpack an archive's networks and spec into `into` (model.pt, spec.yaml and model.onnx, exporting the
-    ONNX network from TorchScript when an older archive has none) for `services.runtime.build`."""
+    """Unpack an archive's networks and spec into `into` (model.pt, spec.yaml, model.onnx and, when it has
+    one, model-int8.onnx; exporting the ONNX network from TorchScript when an older archive has none) for
+    `services.runtime.build`."""
     with zipfile.ZipFile(mar) as archive:
-        for name in ("model.pt", "spec.yaml", "model.onnx"):
+        for name in ("model.pt", "spec.yaml", "model.onnx", INT8_FILE):
             if name in archive.namelist():
                 archive.extract(name, into)
     spec = load_spec(into / "spec.yaml")

@@ -12,6 +12,7 @@ What goes in (archive root = the model dir TorchServe unpacks and puts first on 
                          over any installed ones, so the archive runs exactly the code it was built with
     model.onnx           the same network exported to ONNX (trainer.export), for the runtime the spec names
                          (`runtime:` onnxruntime / openvino; services.runtime falls back to model.pt)
+    model-int8.onnx      where the spec's runtime is openvino-int8: the network quantised (trainer.quantize)
     spec.yaml            the organ spec as passed (may carry normalisation values measured in training)
     model-config.yaml    services/<organ>/model-config.yaml: batching, workers, timeouts, torch threads
 """
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from services.runtime import ONNX_FILE
+from services.runtime import INT8_FILE, ONNX_FILE
 from services.spec import SERVICES_DIR, OrganSpec, load_spec
 from trainer.onnx_export import ExportError, export_onnx
 
@@ -55,6 +56,7 @@ def build_mar(
     *,
     services_dir: Path = SERVICES_DIR,
     onnx: str | Path | bool = True,
+    int8: str | Path | None = None,
 ) -> Path:
     """Archive a TorchScript model for `organ` as `<out_dir>/<model_name>.mar` and return its path.
 
@@ -62,6 +64,8 @@ def build_mar(
     archive's sha256 and size added. An existing archive of the same name is replaced.
     `onnx`: an exported model.onnx to pack, True to export one from the TorchScript network here
     (trainer.onnx_export.export_onnx), False for none (the server then runs TorchScript, saying why).
+    `int8`: the network's int8 quantisation (trainer.quantize) to pack as model-int8.onnx, for the runtime
+    openvino-int8; a spec naming that runtime needs it.
     """
     scripted = Path(scripted_model_path)
     organ_dir = Path(services_dir) / organ
@@ -75,6 +79,10 @@ def build_mar(
         extra = stage / "extra"
         (extra / "services").mkdir(parents=True)
         _stage_onnx(onnx, scripted, spec, extra / ONNX_FILE, model_name)
+        if int8 is not None:
+            shutil.copyfile(int8, extra / INT8_FILE)
+        elif spec.runtime == "openvino-int8":
+            raise PackageError(f"the spec asks for openvino-int8: pack its {INT8_FILE} (trainer.quantize)")
         for name in HELPER_MODULES:
             shutil.copyfile(Path(services_dir) / name, extra / "services" / name)
         (extra / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
@@ -108,12 +116,13 @@ def repackage(
         work = Path(tmp)
         with zipfile.ZipFile(mar) as archive:
             names = set(archive.namelist())
-            for name in ("model.pt", "spec.yaml", ONNX_FILE):
+            for name in ("model.pt", "spec.yaml", ONNX_FILE, INT8_FILE):
                 if name in names:
                     archive.extract(name, work)
         if spec is None:
             spec = load_spec(work / "spec.yaml")
         onnx = work / ONNX_FILE if (work / ONNX_FILE).is_file() else True
+        int8 = work / INT8_FILE if (work / INT8_FILE).is_file() else None
         return build_mar(
             work / "model.pt",
             spec.name,
@@ -124,6 +133,7 @@ def repackage(
             card,
             services_dir=services_dir,
             onnx=onnx,
+            int8=int8,
         )
 
 

@@ -3,7 +3,8 @@ prepared as the organ server prepares them, through TorchScript, ONNX Runtime an
 model.onnx, or one exported now from its model.pt when the archive has none).
 
 Stated tolerances, per organ: masks at 0.5 with Dice ≥ 0.999 against TorchScript's on every image, and
-logits within LOGIT_ATOL (absolute) of TorchScript's. Liver: 4 held-out slices; cells: 1 held-out tile in
+logits within LOGIT_ATOL (absolute) of TorchScript's; the reduced-precision runtime an organ is served in
+(bfloat16, int8) within its own stated bounds below. Liver: 4 held-out slices; cells: 1 held-out tile in
 one pass (a 1008² pass takes seconds; the mirror images are the same network on flipped input).
 """
 
@@ -33,6 +34,14 @@ LOGIT_ATOL = {"liver": 2e-3, "cells": 2e-3}
 # stay (the organ's choice of it rests on trainer.export's validation: Dice unchanged, every mask ≥ 0.999).
 # Worst case measured on these images (-s), 2026-12-02 15:40 UTC: liver 0.143.
 BF16_LOGIT_ATOL = 0.3
+# int8 (trainer.quantize: adopted where the held-out Dice drops by at most 0.002) is another network: its
+# masks differ at the edges of nuclei. Stated for an organ served in it: masks at 0.5 within INT8_MASK_DICE of
+# TorchScript's, logits within INT8_LOGIT_ATOL. Measured on the held-out tile in one pass (-s), 2026-12-02:
+# cells 1.6 mask Dice 0.9898, max |Δ logit| 0.97 (trainer.quantize over the fold, with mirror images: every
+# mask ≥ 0.9926 against f32, held-out Dice 0.8012 against 0.8008).
+INT8_MASK_DICE = 0.98
+INT8_LOGIT_ATOL = 2.0
+REDUCED = {"openvino-bf16": (MASK_DICE, BF16_LOGIT_ATOL), "openvino-int8": (INT8_MASK_DICE, INT8_LOGIT_ATOL)}
 
 pytestmark = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs ../shared/data")
 
@@ -55,11 +64,12 @@ def shipped(request, tmp_path_factory):
     return organ, work, spec, inputs
 
 
-@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino", "openvino-bf16"])
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino", "openvino-bf16", "openvino-int8"])
 def test_same_masks_as_torchscript_on_held_out_images(shipped, runtime):
     organ, work, spec, inputs = shipped
-    if runtime == "openvino-bf16" and spec.runtime != runtime:
-        pytest.skip(f"{organ} is not served in bfloat16")
+    if runtime in REDUCED and spec.runtime != runtime:
+        pytest.skip(f"{organ} is not served in {runtime}")
+    mask_dice, logit_atol = REDUCED.get(runtime, (MASK_DICE, LOGIT_ATOL[organ]))
     threads = organ_threads(organ)
     torch.set_num_threads(threads)
     reference = build("torchscript", work, threads)
@@ -71,7 +81,8 @@ def test_same_masks_as_torchscript_on_held_out_images(shipped, runtime):
             assert a.shape == b.shape == (1, 1, *x.shape[-2:])
             worst = max(worst, float((a - b).abs().max()))
             dice = dice_score(a >= 0, b >= 0)  # logit 0 = probability 0.5
-            assert dice >= MASK_DICE, f"{organ} {runtime}: mask Dice {dice:.5f}"
+            print(f"{organ} {runtime}: mask Dice {dice:.5f}")
+            assert dice >= mask_dice, f"{organ} {runtime}: mask Dice {dice:.5f}"
     print(f"{organ} {runtime}: max |Δ logit| {worst:.2e} over {len(inputs)} held-out image(s)")
-    assert worst <= (BF16_LOGIT_ATOL if runtime == "openvino-bf16" else LOGIT_ATOL[organ])
+    assert worst <= logit_atol
     assert np.isfinite(worst)

@@ -1,7 +1,8 @@
 """The shipped archives (model-store/<organ>.mar) on a real TorchServe: each worker runs the network in the
 runtime its spec names (not a fallback), and answers a real image with the probability map that the same
 archive gives in this process through TorchScript (within one grey level; in bfloat16 within 0.1 with the
-mask at 0.5 kept)."""
+mask at 0.5 kept; in int8, another network, with the mask at 0.5 kept within tests/services/
+test_runtime_parity.py's INT8_MASK_DICE)."""
 
 from __future__ import annotations
 
@@ -20,9 +21,11 @@ from common.launcher import OrganServer, free_ports, server_dir
 from common.torchserve_client import InferenceClient
 from services.imaging import decode_image
 from services.preprocess import prepare, probabilities, restore
+from services.runtime import INT8_FILE
 from services.spec import load_spec
 from tests.data import CELLS_TRAIN, LIVER_SLICE, SHARED_DATA
 from tests.fixtures.torchserve import _require_runtime
+from tests.services.test_runtime_parity import INT8_MASK_DICE
 from trainer.export import MASK_DICE
 from trainer.loop import dice_score
 
@@ -44,7 +47,8 @@ def test_shipped_archive_serves_in_its_runtime(organ, tmp_path):
         archive.extract("model.pt", tmp_path)
         archive.extract("spec.yaml", tmp_path)
         assert "model.onnx" in archive.namelist()
-    assert spec_raw["runtime"] in ("onnxruntime", "openvino", "openvino-bf16")
+        assert spec_raw["runtime"] != "openvino-int8" or INT8_FILE in archive.namelist()
+    assert spec_raw["runtime"] in ("onnxruntime", "openvino", "openvino-bf16", "openvino-int8")
     store = tmp_path / "store"
     store.mkdir()
     shutil.copyfile(shipped, store / shipped.name)
@@ -74,5 +78,9 @@ def test_shipped_archive_serves_in_its_runtime(organ, tmp_path):
     if spec_raw["runtime"] == "openvino-bf16":  # 8 bits of mantissa: probabilities move, masks stay
         assert np.abs(served - reference).max() <= 0.1 * 255  # trainer.export measured at most 0.09
         assert dice_score(torch.from_numpy(served >= 128), torch.from_numpy(reference >= 128)) >= MASK_DICE
+    elif spec_raw["runtime"] == "openvino-int8":
+        mask_dice = dice_score(torch.from_numpy(served >= 128), torch.from_numpy(reference >= 128))
+        print(f"{organ} int8: mask Dice {mask_dice:.5f}, mean |Δ| {np.abs(served - reference).mean():.2f}")
+        assert mask_dice >= INT8_MASK_DICE
     else:
         assert np.abs(served - reference).max() <= 1
