@@ -379,6 +379,9 @@ EN: dict[str, str] = {
     "err.wrong_organ": "The dataset is a {dataset_organ} dataset, not {organ}.",
     "err.unknown_version": "There is no version {version} of the {organ} model.",
     "err.unknown_evaluation": "This test does not exist or you may not see it.",
+    "err.unknown_evaluation_job": "This test job does not exist or you may not see it.",
+    "err.evaluation_finished": "This test has already finished; there is nothing left to cancel.",
+    "err.submitter_gone": "The account or key that started this test no longer exists, so it cannot be kept.",
     "err.unknown_case": "This tested image does not exist or you may not see it.",
     "err.compare_organs_differ": "The two tests are of different organs: compare two tests of one organ.",
     "err.no_common_cases": (
@@ -684,6 +687,14 @@ EN: dict[str, str] = {
     "model_test.legend_tp": "Both (true positive)",
     "model_test.legend_fp": "Prediction only (false positive)",
     "model_test.legend_fn": "Label only (false negative)",
+    "model_test.volumes_help": (
+        "A 3-D organ: each image is a volume (.nii, .nii.gz, or a .zip of one DICOM series) and each label a NIfTI "
+        "label volume on the same grid, matched by file name; datasets hold 2-D images and are not offered. A "
+        "case's overlays show its axial slice with the most labelled voxels."
+    ),
+    "model_test.mean_dice_labels": "Dice (mean)",
+    "model_test.dice_of": "Dice {label}",
+    "model_test.label_means": "{label}: Dice {dice}, IoU {iou}, HD95 {hd95}",
     "unit.mm": "mm",
     "err.no_image": "This result was made without keeping its image: only its masks can be shown.",
     "err.no_values": "This image has no values to window: it came windowed already.",
@@ -1032,6 +1043,9 @@ ZH: dict[str, str] = {
     "err.wrong_organ": "该数据集属于{dataset_organ}，而不是{organ}。",
     "err.unknown_version": "{organ}模型没有版本 {version}。",
     "err.unknown_evaluation": "该测试不存在，或您无权查看。",
+    "err.unknown_evaluation_job": "该测试任务不存在，或您无权查看。",
+    "err.evaluation_finished": "该测试已结束，无可取消。",
+    "err.submitter_gone": "发起此测试的账户或密钥已不存在，因此无法保存结果。",
     "err.unknown_case": "该测试图像不存在，或您无权查看。",
     "err.compare_organs_differ": "两次测试属于不同器官：请比较同一器官的两次测试。",
     "err.no_common_cases": "两次测试没有共同的图像（按文件名匹配）：请选择使用相同病例的两次测试。",
@@ -1310,6 +1324,13 @@ ZH: dict[str, str] = {
     "model_test.legend_tp": "两者重合（真阳性）",
     "model_test.legend_fp": "仅预测（假阳性）",
     "model_test.legend_fn": "仅标注（假阴性）",
+    "model_test.volumes_help": (
+        "三维器官：每个图像为体数据（.nii、.nii.gz，或一个 DICOM 序列的 .zip），每个标注为同一网格上的 NIfTI 标注体数据，"
+        "按文件名匹配；数据集只含二维图像，此处不提供。每例的叠加图显示标注体素最多的轴位切片。"
+    ),
+    "model_test.mean_dice_labels": "Dice（平均）",
+    "model_test.dice_of": "Dice {label}",
+    "model_test.label_means": "{label}：Dice {dice}，IoU {iou}，HD95 {hd95}",
     "unit.mm": "毫米",
     "err.no_image": "该结果未保存原图：只能显示其掩膜。",
     "err.no_values": "该图像没有可调窗的数值：它本身已经过窗宽窗位处理。",

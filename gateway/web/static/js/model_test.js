@@ -1,5 +1,7 @@
 /* Model test: images + labels (or a dataset) → per-image Dice/IoU/HD95 with overlays, Dice per threshold, a
-   feedback link per image; and the paired comparison of two stored tests (two versions on the same cases). */
+   feedback link per image; and the paired comparison of two stored tests (two versions on the same cases).
+   A 3-D organ takes volumes (NIfTI, or a zip of one DICOM series) and NIfTI label volumes, no dataset; its
+   results add Dice per label (a column each) and the means per label. */
 "use strict";
 (function () {
   const M = window.MedSeg;
@@ -8,7 +10,27 @@
   const compareForm = document.getElementById("compare-form");
   const compareError = document.getElementById("compare-error");
   const IMAGE_TYPES = [".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom"];
+  const VOLUME_TYPES = [".nii", ".nii.gz", ".zip"];
   const organ = function () { return form.elements.organ.value; };
+  // getAttribute, not form.dataset: the form's control named "dataset" shadows that property
+  const kinds = JSON.parse(form.getAttribute("data-organs") || "{}");
+  const limit = Number(form.getAttribute("data-limit"));
+  const volumetric = function () { return (kinds[organ()] || {}).dimensions === 3; };
+  const accepts = { images: form.elements.images.accept, labels: form.elements.labels.accept };
+
+  function labelName(label) { return M.t("label." + label) !== "label." + label ? M.t("label." + label) : label; }
+
+  /** A 3-D organ's inputs take volumes and its tests no dataset (datasets hold 2-D pairs); a 2-D organ's as
+      the page has them. */
+  function fitInputs() {
+    const volumes = volumetric();
+    // ".gz" too: a file chooser may match only the last extension of ".nii.gz" (checkFile checks the whole)
+    form.elements.images.accept = volumes ? VOLUME_TYPES.concat(".gz").join(",") : accepts.images;
+    form.elements.labels.accept = volumes ? VOLUME_TYPES.concat(".gz").join(",") : accepts.labels;
+    document.getElementById("volumes-help").classList.toggle("d-none", !volumes);
+    document.getElementById("dataset-field").classList.toggle("d-none", volumes);
+    if (volumes) form.elements.dataset.value = "";
+  }
 
   const versionsTurn = M.latest(), datasetsTurn = M.latest();
   async function loadVersions() {
@@ -46,28 +68,51 @@
     document.getElementById("test-heading").textContent = M.organ(result.organ) + " · v" + version;
     const best = result.best_threshold !== undefined ? result.best_threshold
       : result.per_threshold.reduce(function (a, b) { return b.mean_dice > a.mean_dice ? b : a; }).threshold;
+    const labels = Object.keys(result.per_label || {});  // a 3-D organ of several labels: its labels, in order
     document.getElementById("test-summary").textContent =
       M.t("model_test.mean_dice") + " " + result.mean_dice.toFixed(3) +
       (result.std_dice !== undefined ? " ± " + result.std_dice.toFixed(3) : "") + " · " +
-      M.t("model_test.mean_iou") + " " + result.mean_iou.toFixed(3) + " (" + M.t("model_test.at_threshold", { t: result.threshold }) + ")";
+      M.t("model_test.mean_iou") + " " + result.mean_iou.toFixed(3) + " (" + M.t("model_test.at_threshold", { t: result.threshold }) + ")" +
+      labels.map(function (label) {
+        const m = result.per_label[label];
+        return " · " + M.t("model_test.label_means", {
+          label: labelName(label), dice: m.mean_dice.toFixed(3), iou: m.mean_iou.toFixed(3),
+          hd95: typeof m.mean_hd95_mm === "number" ? m.mean_hd95_mm.toFixed(1) + " " + M.t("unit.mm") : "—",
+        });
+      }).join("");
     M.plot(document.getElementById("dice-plot"), [{
       label: "Dice",
       points: result.per_threshold.map(function (p) { return [p.threshold, p.mean_dice, Math.abs(p.threshold - best) < 1e-9]; }),
     }], { yMin: 0, yMax: 1, xTicks: [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8], label: M.t("model_test.dice_plot") + " (" + M.t("model_test.best") + " " + best + ")" });
+    // a column of Dice per label after the mean's (the header first: app.js labels the cells from it); the
+    // wider table then takes the whole row, under the plot
+    document.getElementById("cases-column").classList.toggle("col-lg-6", !labels.length);
+    const diceHeading = document.getElementById("dice-heading");
+    document.querySelectorAll("#cases-table thead th[data-label-dice]").forEach(function (th) { th.remove(); });
+    diceHeading.textContent = labels.length ? M.t("model_test.mean_dice_labels") : "Dice";
+    diceHeading.after.apply(diceHeading, labels.map(function (label) {
+      return M.h("th", { scope: "col", "data-label-dice": label, text: M.t("model_test.dice_of", { label: labelName(label) }) });
+    }));
     const tbody = document.querySelector("#cases-table tbody");
     tbody.replaceChildren.apply(tbody, cases.map(function (c) {
       const overlay = c.overlay_url ? overlayButton(c.overlay_url, c.name,
         M.h("img", { class: "overlay-img", src: c.overlay_url, alt: M.t("model_test.overlays") + ": " + c.name })) : "—";
+      const perLabel = labels.map(function (label) {
+        const s = (c.per_label || {})[label];
+        return M.h("td", { "data-field": "dice-" + label, text: s ? s.dice.toFixed(3) : "—" });
+      });
       return M.h("tr", { "data-case": c.name }, [
         M.h("td", { class: "name-cell", text: c.name }), M.h("td", { "data-field": "dice", text: c.dice.toFixed(3) }),
+      ].concat(perLabel, [
         M.h("td", { text: c.iou.toFixed(3) }), M.h("td", { "data-field": "hd95", text: hd95(c) }),
         M.h("td", {}, [overlay]), M.h("td", {}, [feedbackLink(result, c)]),
-      ]);
+      ]));
     }));
     document.getElementById("test-result").classList.remove("d-none");
   }
 
-  /** HD95 in millimetres when the image carried its pixel spacing (a DICOM), else in pixels. */
+  /** HD95 in millimetres when the image carried its pixel spacing (a DICOM; a volume: the mean over its
+      labels), else in pixels. */
   function hd95(c) {
     if (typeof c.hd95_mm === "number") return c.hd95_mm.toFixed(1) + " " + M.t("unit.mm");
     return typeof c.hd95 === "number" ? c.hd95.toFixed(1) + " " + M.t("unit.px") : "—";
@@ -124,7 +169,8 @@
     event.preventDefault();
     M.hide(error);
     const images = Array.from(form.elements.images.files), labels = Array.from(form.elements.labels.files);
-    const dataset = form.elements.dataset.value;
+    const dataset = volumetric() ? "" : form.elements.dataset.value;
+    const types = volumetric() ? VOLUME_TYPES : IMAGE_TYPES;
     const data = new FormData();
     data.append("organ", organ());
     if (dataset && !images.length) {
@@ -132,7 +178,7 @@
     } else {
       if (!images.length || !labels.length) { M.showError(error, M.t("model_test.help")); return; }
       for (const f of images.concat(labels)) {
-        const problem = M.checkFile(f, IMAGE_TYPES, Number(form.dataset.limit));
+        const problem = M.checkFile(f, types, limit);
         if (problem) { M.showError(error, problem); return; }
       }
       images.forEach(function (f) { data.append("images", f); });
@@ -290,7 +336,8 @@
     event.preventDefault();
     compare(compareForm.elements.eval_a.value, compareForm.elements.eval_b.value);
   });
-  form.elements.organ.addEventListener("change", function () { loadVersions(); loadDatasets(); loadEvaluations(); });
+  form.elements.organ.addEventListener("change", function () { fitInputs(); loadVersions(); loadDatasets(); loadEvaluations(); });
+  fitInputs();
   loadVersions();
   loadDatasets();
   loadEvaluations();
