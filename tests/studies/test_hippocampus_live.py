@@ -353,3 +353,27 @@ def test_grpc_evaluate_answers_the_same_scores_per_label(study_gateway, client):
         assert (score.dice, score.iou) == pytest.approx((expected["dice"], expected["iou"]))
         assert score.HasField("hd95_mm") == (expected["hd95_mm"] is not None)
     assert answer.mean_dice == pytest.approx(http["mean_dice"])
+
+
+def test_a_kept_evaluation_of_real_volumes_scores_as_evaluate_does(client):
+    """Kept (`POST /api/v1/evaluations`) on the real server and volumes: the per-label scores `/evaluate`
+    answers for the same pairs, stored with an overlay of one axial slice (issue 19)."""
+    names = ["hippocampus_003", "hippocampus_004"]
+    files = [("images", (f"{n}.nii.gz", hippodata.nifti_bytes(n))) for n in names] + [
+        ("labels", (f"{n}.nii.gz", _label_bytes(n))) for n in names
+    ]
+    evaluated = client.post("/api/v1/evaluate", data={"organ": "hippocampus"}, files=files)
+    kept = client.post("/api/v1/evaluations", data={"organ": "hippocampus"}, files=files)
+    assert evaluated.status_code == 200 and kept.status_code == 201, (evaluated.text, kept.text)
+    evaluated, kept = evaluated.json(), kept.json()
+    assert [c["name"] for c in kept["cases"]] == names
+    for case, image in zip(kept["cases"], evaluated["images"], strict=True):
+        for name in LABELS:
+            mine, theirs = case["per_label"][name], image["per_label"][name]
+            assert (mine["dice"], mine["iou"]) == pytest.approx((theirs["dice"], theirs["iou"]))
+        assert case["dice"] == pytest.approx(image["dice"])
+        overlay = client.get(case["overlay_url"])
+        assert overlay.status_code == 200 and overlay.content.startswith(b"\x89PNG")
+    assert list(kept["per_label"]) == LABELS
+    for name, means in kept["per_label"].items():
+        assert means["mean_dice"] == pytest.approx(evaluated["per_label"][name]["mean_dice"])
