@@ -365,12 +365,12 @@ class InProcessSegmenter:
     ):
         import torch
 
-        from services.runtime import build, load_runtime
+        from services.runtime import INT8_FILE, ONNX_FILE, build, load_runtime
         from services.spec import load_spec
 
         work_dir.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(mar) as archive:
-            for name in ("model.pt", "spec.yaml", "model.onnx"):
+            for name in ("model.pt", "spec.yaml", ONNX_FILE, INT8_FILE):
                 if name in archive.namelist():
                     archive.extract(name, work_dir)
         self.spec = load_spec(work_dir / "spec.yaml")

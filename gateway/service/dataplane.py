@@ -538,15 +538,7 @@ class DataPlane:
                 per_label=s.per_label,
             )  # fmt: skip
             scored.append(_ScoredImage(score, s.at))
-        names = organ.spec.labels
-        per_label = {
-            name: {
-                "mean_dice": float(np.mean([s.score.per_label[name]["dice"] for s in scored])),
-                "mean_iou": float(np.mean([s.score.per_label[name]["iou"] for s in scored])),
-                "mean_hd95_mm": _mean_or_none([s.score.per_label[name]["hd95_mm"] for s in scored]),
-            }
-            for name in names
-        }
+        per_label = scoring.label_means([s.score.per_label for s in scored])  # as kept evaluations count them
         return replace(_evaluate_result(organ.name, model, threshold, scored), per_label=per_label)
 
     def close(self) -> None:
@@ -706,11 +698,6 @@ def _evaluate_result(
             for t in THRESHOLDS
         ],
     )
-
-
-def _mean_or_none(values: Sequence[float | None]) -> float | None:
-    known = [v for v in values if v is not None]
-    return float(np.mean(known)) if known else None
 
 
 def check_two_dimensional(organ: Organ) -> None:

@@ -22,13 +22,13 @@ import zipfile
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from common.errors import Conflict, InvalidInput, MedSegError, NotFound
 from gateway import metrics, tenancy
 from gateway.access import EVALUATION_JOB_CANCEL, EVALUATION_JOB_READ
-from gateway.models import ApiKey, Dataset, Evaluation, EvaluationJob, User, audit
+from gateway.models import ApiKey, Dataset, Evaluation, EvaluationJob, ModelVersion, User, audit
 from gateway.principal import Principal
 from gateway.service import images, volume3d
 from gateway.service.dataplane import Case, Upload
@@ -185,7 +185,7 @@ class EvaluationJobs(JobService):
         evaluator = self.evaluator
         with self.workers.session() as session:
             job = session.get(EvaluationJob, job_id)
-            target = evaluator.target(session, job.organ, job.model_version)
+            target = self._target(session, job)
             principal = _principal(session, job)
             dataset = None
             if job.dataset_id:
@@ -225,6 +225,16 @@ class EvaluationJobs(JobService):
         if input_key:
             self._remove(input_key)
         logger.info("evaluation job %s done: %d cases, evaluation %s", job_id, len(scored), evaluation.id)
+
+    def _target(self, session: Session, job: EvaluationJob):
+        """The version the job was submitted for; for an organ with no recorded version (its server's model,
+        "unknown" in the registry) what the organ serves, as the submit resolved it."""
+        recorded = session.scalar(
+            select(ModelVersion.id).where(
+                ModelVersion.organ == job.organ, ModelVersion.version == job.model_version
+            )
+        )
+        return self.evaluator.target(session, job.organ, job.model_version if recorded else None)
 
     def _read_cases(self, key: str) -> list[Case]:
         dp = self.evaluator.dataplane

@@ -247,3 +247,17 @@ def test_a_job_whose_worker_stopped_is_taken_up_again(jobs):
     assert done["status"] == "done", done
     with world.session() as session:
         assert session.get(EvaluationJob, uuid.UUID(job["id"])).attempts == 2
+
+
+def test_an_organ_with_no_recorded_version_is_evaluated_as_it_serves(jobs):
+    """Cells has no row in this world's registry: the job evaluates what its server serves ("unknown"), as the
+    request would, instead of failing on a version it cannot find."""
+    world, _ = jobs
+    doctor = world.client("doctor")
+    rgb = np.dstack([np.full((SIZE, SIZE), 90, np.uint8)] * 3)
+    files = [("images", ("t.png", png(rgb))), ("labels", ("t_mask.png", png(SQUARE)))]
+    answer = doctor.post("/api/v1/evaluations", data={"organ": "cells"}, files=files, headers=ASYNC)
+    assert answer.status_code == 202, answer.text
+    done = _until_finished(doctor, answer.json()["url"])
+    assert done["status"] == "done", done
+    assert doctor.get(done["evaluation_url"]).json()["case_count"] == 1
