@@ -251,14 +251,16 @@ class EvaluationJobs(JobService):
 
     def _end_failed(self, job_id: uuid.UUID, code: str, message: str) -> None:
         with self.workers.session() as session:
-            job = session.get(EvaluationJob, job_id)
-            input_key = job.input_key if job is not None else None
             self._finish_failed(session, job_id, code, message)
-        if input_key:
-            self._remove(input_key)
 
     def _finish_failed(self, session: Session, job_id, code: str, message: str) -> None:
+        """The job failed (also when its claims ran out): recorded, and its uploaded cases removed with the
+        row's reference to them."""
+        key = session.scalar(select(EvaluationJob.input_key).where(EvaluationJob.id == job_id))
+        session.execute(update(EvaluationJob).where(EvaluationJob.id == job_id).values(input_key=None))
         finish_failed(session, EvaluationJob, job_id, code, message)
+        if key:
+            self._remove(key)
 
     def _remove(self, key: str) -> None:
         dp = self.evaluator.dataplane

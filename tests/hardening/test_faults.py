@@ -30,7 +30,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from gateway.models import Base, Dataset, EvaluationCase, ModelVersion, Segmentation, Study
+from gateway.models import Base, Dataset, EvaluationCase, EvaluationJob, ModelVersion, Segmentation, Study
 from gateway.service.studies import labels_key
 from tests.api.conftest import small_dataset_zip
 from tests.data import CELLS_TRAIN, LIVER_SLICE
@@ -256,6 +256,7 @@ OBJECT_KEY_COLUMNS = {
     ("studies", "input_key"): "results",
     ("studies", "source_key"): "results",  # the same object as input_key for a DICOM series
     ("studies", "probability_key"): "results",  # once done
+    ("evaluation_jobs", "input_key"): "results",  # the uploaded cases, while the job is queued or running
 }
 
 
@@ -294,6 +295,8 @@ def referenced_objects(session, buckets, store) -> list[tuple[str, str, str]]:
                     refs.append(
                         (f"dataset {row.id} {part}", buckets.datasets, f"{row.id}/{pair[part]['key']}")
                     )
+    for row in session.scalars(select(EvaluationJob).where(EvaluationJob.input_key.is_not(None))):
+        refs.append((f"evaluation job {row.id} ({row.status})", buckets.results, row.input_key))
     for row in session.scalars(select(EvaluationCase).where(EvaluationCase.overlay_key.is_not(None))):
         refs.append((f"evaluation case {row.id}", buckets.results, row.overlay_key))
     for row in session.scalars(select(ModelVersion).where(ModelVersion.mar_key.is_not(None))):
