@@ -88,6 +88,17 @@ def database_unavailable(exc: DBAPIError) -> ServiceUnavailable:
     return ServiceUnavailable(f"database unavailable: {text}", code="database_unavailable")
 
 
+def commit(session: Session) -> None:
+    """Commit; a failure of the database itself (is_unavailable) is rolled back and raised as 503."""
+    try:
+        session.commit()
+    except DBAPIError as exc:
+        session.rollback()
+        if is_unavailable(exc):
+            raise database_unavailable(exc) from exc
+        raise
+
+
 def get_db() -> Iterator[Session]:
     """FastAPI dependency: one session per request; driver failures become ServiceUnavailable."""
     yield from request_session(get_sessionmaker())

@@ -379,7 +379,7 @@ class DataPlane:
             )  # fmt: skip
             self.record_segmentation(session, record)
         except Exception:
-            self._remove(written)  # a row never points at an object that is not there
+            self.remove_results(written)  # a row never points at an object that is not there
             raise
         metrics.observe_latency("segment", organ.name, model.version, started)
         self._remember_seconds(organ.name, time.perf_counter() - started)
@@ -487,7 +487,7 @@ class DataPlane:
         logger.warning("the image of %s was not kept: %s", key, failed)
         return None
 
-    def _remove(self, keys: Sequence[str]) -> None:
+    def remove_results(self, keys: Sequence[str]) -> None:
         for key in keys:
             try:
                 self.store.delete(self.results_bucket, key)

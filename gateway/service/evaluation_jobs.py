@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from common.errors import Conflict, InvalidInput, MedSegError, NotFound
 from gateway import metrics, tenancy
 from gateway.access import EVALUATION_JOB_CANCEL, EVALUATION_JOB_READ
+from gateway.core.db import commit
 from gateway.models import ApiKey, Dataset, Evaluation, EvaluationJob, ModelVersion, User, audit
 from gateway.principal import Principal
 from gateway.service import images, volume3d
@@ -115,11 +116,11 @@ class EvaluationJobs(JobService):
                 session, principal.actor, "evaluation.submit", f"evaluation-job:{job_id}",
                 {"organ": target.organ, "version": target.version, "cases": case_count},
             )  # fmt: skip
-            self.evaluator._commit(session)
+            commit(session)
         except BaseException:
             session.rollback()
             if input_key:
-                self._remove(input_key)
+                self.evaluator.dataplane.remove_results([input_key])
             raise
         self.start()  # workers start with the gateway, or at the first job
         self.workers.wake()
@@ -223,7 +224,7 @@ class EvaluationJobs(JobService):
         metrics.observe_latency("evaluation", target.organ, target.version, started)
         metrics.observe_evaluation(target.organ, target.version, "test", mean_dice)
         if input_key:
-            self._remove(input_key)
+            self.evaluator.dataplane.remove_results([input_key])
         logger.info("evaluation job %s done: %d cases, evaluation %s", job_id, len(scored), evaluation.id)
 
     def _target(self, session: Session, job: EvaluationJob):
@@ -260,14 +261,7 @@ class EvaluationJobs(JobService):
         session.execute(update(EvaluationJob).where(EvaluationJob.id == job_id).values(input_key=None))
         finish_failed(session, EvaluationJob, job_id, code, message)
         if key:
-            self._remove(key)
-
-    def _remove(self, key: str) -> None:
-        dp = self.evaluator.dataplane
-        try:
-            dp.store.delete(dp.results_bucket, key)
-        except Exception as exc:  # the store is down: an object without a job is harmless
-            logger.warning("could not remove evaluation job input %s: %s", key, exc)
+            self.evaluator.dataplane.remove_results([key])
 
     # --- reading, cancelling ------------------------------------------------------------------------
     def get(self, session: Session, principal: Principal, job_id: str) -> EvaluationJob:
@@ -295,7 +289,7 @@ class EvaluationJobs(JobService):
         audit(session, principal.actor, "evaluation.cancel", f"evaluation-job:{row.id}")
         session.commit()
         if input_key:
-            self._remove(input_key)
+            self.evaluator.dataplane.remove_results([input_key])
         return row
 
 

@@ -18,7 +18,6 @@ Comparison pairs two evaluations case by case (by case name): per case which ver
 from __future__ import annotations
 
 import json
-import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -32,7 +31,7 @@ from sqlalchemy.orm import Session
 from common.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
 from gateway import metrics, tenancy
 from gateway.access import EVALUATION_READ
-from gateway.core.db import database_unavailable
+from gateway.core.db import commit
 from gateway.models import Dataset, Evaluation, EvaluationCase, ModelVersion, audit
 from gateway.principal import Principal
 from gateway.service import images, model_registry, scoring, volume3d
@@ -40,8 +39,6 @@ from gateway.service.dataplane import Case, DataPlane, Upload, labelled_cases, s
 from gateway.service.masks import THRESHOLDS
 from gateway.service.organs import Organ
 from services import imaging, volumes
-
-logger = logging.getLogger(__name__)
 
 TIE = 1e-9
 
@@ -415,10 +412,10 @@ class Evaluator:
             if before_commit is not None:
                 session.flush()
                 before_commit(session, evaluation)
-            self._commit(session)
+            commit(session)
         except BaseException:
             session.rollback()
-            self._remove_overlays(written)
+            self.dataplane.remove_results(written)
             raise
         return evaluation
 
@@ -461,22 +458,6 @@ class Evaluator:
             written.append(key)
             rows.append(case_row(evaluation_id, case, key))
         return rows
-
-    def _remove_overlays(self, keys: list[str]) -> None:
-        for key in keys:
-            try:
-                self.dataplane.store.delete(self.dataplane.results_bucket, key)
-            except Exception as exc:  # the store is probably down; objects without a row are harmless
-                logger.warning("could not remove orphaned overlay %s: %s", key, exc)
-
-    @staticmethod
-    def _commit(session: Session) -> None:
-        from sqlalchemy.exc import OperationalError
-
-        try:
-            session.commit()
-        except OperationalError as exc:
-            raise database_unavailable(exc) from exc
 
 
 # --- reading and comparing --------------------------------------------------------------------------------

@@ -22,13 +22,12 @@ from datetime import UTC, datetime
 
 import numpy as np
 from sqlalchemy import select
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from common.errors import NotFound
 from gateway import metrics, tenancy
 from gateway.access import SEGMENTATION_READ, SEGMENTATION_WRITE
-from gateway.core.db import database_unavailable
+from gateway.core.db import commit
 from gateway.models import Evaluation, Segmentation, audit
 from gateway.principal import Principal
 from gateway.service import images, masks, scoring
@@ -99,14 +98,6 @@ def segment(
     )
 
 
-def _commit(session: Session) -> None:
-    try:
-        session.commit()
-    except OperationalError as exc:
-        session.rollback()
-        raise database_unavailable(exc) from exc
-
-
 def get_segmentation(session: Session, principal: Principal, segmentation_id: str) -> Segmentation:
     """A segmentation the caller reaches (access.SEGMENTATION_READ); 404 otherwise, so ids of others are not
     revealed."""
@@ -160,7 +151,7 @@ def choose_threshold(
     row.chosen_threshold, row.chosen_note, row.chosen_at = chosen, note, datetime.now(UTC)
     detail = {"threshold": f"{chosen:.1f}"}
     audit(session, principal.actor, "segmentation.choose", f"segmentation:{row.id}", detail)
-    _commit(session)
+    commit(session)
     metrics.observe_chosen_threshold(row.organ, row.model_version, row.chosen_threshold)
     return row
 

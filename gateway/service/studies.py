@@ -181,7 +181,7 @@ class StudyJobs(JobService):
                 volume = self._read_for_organ(organ, pairs)
             except BaseException:
                 if stored.exception() is None:
-                    self.dataplane._remove([key])
+                    self.dataplane.remove_results([key])
                 raise
             clock.append(time.perf_counter())
             stored.result()
@@ -224,7 +224,7 @@ class StudyJobs(JobService):
             )
             session.commit()
         except Exception:
-            self.dataplane._remove([key])
+            self.dataplane.remove_results([key])
             raise
         clock.append(time.perf_counter())
         self._fresh[study_id] = volume
@@ -356,7 +356,7 @@ class StudyJobs(JobService):
             with self.workers.beat(study_id):  # a slow PACS must not make the study look abandoned
                 pacs_segs = self._publish_result(study_id, organ.spec, volume, prob_ijk, label_ijk)
         except Exception:
-            self.dataplane._remove(written)
+            self.dataplane.remove_results(written)
             raise
         with self._session() as session:
             session.execute(
