@@ -387,7 +387,10 @@ RECIPE_FIELDS = {
     "augment",
     "data",
     "crop",
+    "precision",
 }
+# Training forward-pass precision (trainer.loop.TrainConfig.precision): weights stay f32 either way.
+PRECISIONS = ("f32", "bf16")
 
 
 class RecipeError(ValueError):
@@ -422,6 +425,7 @@ class Recipe:
     augment: dict = field(default_factory=dict)
     path: Path | None = None
     crop: tuple[int, ...] | None = None  # 3-D: the training crop (z, y, x); None: the spec's inference.size
+    precision: str | None = None  # PRECISIONS; None: TrainConfig's default (f32)
 
     def train_config(self) -> dict:
         """The recipe as trainer.loop.TrainConfig keyword arguments (augment still a dict)."""
@@ -432,6 +436,7 @@ class Recipe:
             "val_every": self.val_every,
             "widths": self.widths,
             "samples_per_epoch": self.samples_per_epoch,
+            "precision": self.precision,
         }
         return {k: v for k, v in config.items() if v is not None}
 
@@ -487,6 +492,9 @@ def recipe_from_dict(raw: object, organ: str, path: Path, repo: Path) -> Recipe:
         raise RecipeError(
             f"{where}: `crop` (3-D organs) must be [z, y, x] in multiples of 8, e.g. [32, 48, 32]"
         )
+    precision = raw.get("precision")
+    if precision is not None and precision not in PRECISIONS:
+        raise RecipeError(f"{where}: `precision` must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     augment = raw.get("augment") or {}
     if not isinstance(augment, dict):
         raise RecipeError(f"{where}: `augment` must be a mapping of trainer.augment.AugmentConfig fields")
@@ -502,6 +510,7 @@ def recipe_from_dict(raw: object, organ: str, path: Path, repo: Path) -> Recipe:
         augment=augment,
         path=path,
         crop=tuple(crop) if crop else None,
+        precision=precision,
     )
 
 

@@ -30,6 +30,7 @@ from common.launcher import LauncherError, read_keys
 from common.model_store import management_client, mar_manifest, register_version
 from common.objectstore import ObjectStore
 from common.settings import get_settings
+from services.spec import PRECISIONS
 from trainer.data import recipe_data
 from trainer.publish import default_run_id, default_version, publish_run, upload_run
 
@@ -64,6 +65,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-every", type=int, default=None, help="validate every N epochs (and after the last)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N pairs (smoke runs)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument(
+        "--precision", choices=PRECISIONS, default=None, help="training forward pass (default: the recipe's)"
+    )
     p.add_argument("--resume", action="store_true")
     p.add_argument("--upload-run", action="store_true", help="upload the run files to the runs bucket")
     p.add_argument(
@@ -188,6 +192,7 @@ def _train_config(args: argparse.Namespace):
         patience=args.patience,
         val_every=args.val_every,
         threads=args.threads,
+        precision=args.precision,
     )
 
 

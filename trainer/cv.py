@@ -22,7 +22,7 @@ from statistics import mean, stdev
 
 import numpy as np
 
-from services.spec import DATA_GROUPINGS, OrganSpec, load_organ_spec, load_recipe, organ_dirs
+from services.spec import DATA_GROUPINGS, PRECISIONS, OrganSpec, load_organ_spec, load_recipe, organ_dirs
 from trainer.data import (
     Groups,
     PairSet,
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patience", type=int, default=None, help="early stopping (default: the recipe's)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument(
-        "--precision", choices=("f32", "bf16"), default=None, help="training forward pass (default: f32)"
+        "--precision", choices=PRECISIONS, default=None, help="training forward pass (default: the recipe's)"
     )
     parser.add_argument(
         "--augment",

@@ -195,6 +195,10 @@ def test_a_broken_recipe_names_the_file_and_the_fix(tmp_path):
             "data: {train: x, layout: paired, groups: slices}\n",
             "data.groups must be one of pairs, volumes, not 'slices'",
         ),
+        (
+            "arch: erunet\nbudget_minutes: 5\nbatch_size: 8\nprecision: fp16\n" + data,
+            "`precision` must be one of f32, bf16, not 'fp16'",
+        ),
     ):
         recipe.write_text(text)
         with pytest.raises(RecipeError, match=f"{re.escape(str(recipe))}: .*{re.escape(message)}"):

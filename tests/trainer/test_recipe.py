@@ -55,6 +55,13 @@ def test_options_given_win_over_the_recipe():
     assert (config.arch, config.time_budget_min, config.val_every) == ("unet", 3.0, 5)
 
 
+def test_the_hippocampus_trains_whole_volumes_in_bfloat16_and_the_command_line_wins():
+    assert load_recipe("hippocampus").crop is None  # whole 48×64×48 volumes, as served
+    assert default_config("hippocampus").precision == "bf16"
+    assert default_config("hippocampus", precision="f32").precision == "f32"
+    assert default_config("liver").precision == "f32"  # a recipe without the field: TrainConfig's default
+
+
 def test_the_recipes_data_is_found_in_its_layout():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not found under {SHARED_DATA}")
