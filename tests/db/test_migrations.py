@@ -15,9 +15,10 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.orm import Session
 
 from common.errors import ServiceUnavailable
-from gateway.core.db import alembic_config, make_engine, run_migrations, session_scope
+from gateway.core.db import alembic_config, commit, make_engine, run_migrations, session_scope
 from gateway.models import ApiKey, AuditLog, Base, Segmentation, audit
 from tests.fixtures.db_lock import write_lock_held
 
@@ -118,6 +119,27 @@ def test_a_locked_database_gives_a_clear_error_not_a_hang(db_url):
                 with session_scope(waiter) as session:
                     audit(session, "y", "blocked")
             assert time.monotonic() - started < 3.0
+    finally:
+        waiter.dispose()
+
+
+def test_the_services_commit_answers_503_for_a_locked_database_and_lets_a_bad_statement_through(db_url):
+    """gateway.core.db.commit, which evaluations, evaluation jobs and history commit through: a database
+    that stays locked is a 503 and the session is rolled back (usable again); a constraint error is the
+    caller's."""
+    waiter = make_engine(db_url, busy_timeout_s=0.3)
+    try:
+        with write_lock_held(db_url, wait_s=5), Session(bind=waiter) as session:
+            audit(session, "y", "blocked")
+            with pytest.raises(ServiceUnavailable, match="locked"):
+                commit(session)
+            assert not session.new  # rolled back: the row is gone from the session
+        with Session(bind=waiter) as session:
+            session.add(ApiKey(name="k", prefix="p", hashed_secret="h"))
+            commit(session)
+            session.add(ApiKey(name="k", prefix="p", hashed_secret="h"))
+            with pytest.raises(IntegrityError):
+                commit(session)
     finally:
         waiter.dispose()
 
