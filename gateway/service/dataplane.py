@@ -300,6 +300,14 @@ class DataPlane:
     def _infer(self, organ: Organ, data: bytes, filename: str) -> tuple[np.ndarray, bytes, tuple | None]:
         """Validate, run the organ server; return the probability map (uint8 H×W), its PNG and the
         image's pixel spacing (mm, when the file carries one)."""
+        prob_png, shape, spacing_mm = self._predict(organ, data, filename)
+        return self._probability(organ, prob_png, shape), prob_png, spacing_mm
+
+    def _predict(
+        self, organ: Organ, data: bytes, filename: str
+    ) -> tuple[bytes, tuple[int, int], tuple | None]:
+        """Validate, run the organ server; return its probability PNG as it came (not yet read: see
+        `_probability`), the image's (height, width) and its pixel spacing (mm, when the file carries one)."""
         check_two_dimensional(organ)
         self._check_upload(data, filename)
         height, width, spacing_mm = images.inspect(data, filename, max_pixels=self.max_image_pixels)
@@ -317,6 +325,12 @@ class DataPlane:
                 f"organ {organ.name!r} does not serve its default model version {model.version} yet",
                 code="model_not_ready",
             ) from None
+        return prob_png, (height, width), spacing_mm
+
+    @staticmethod
+    def _probability(organ: Organ, prob_png: bytes, shape: tuple[int, int]) -> np.ndarray:
+        """The organ server's probability PNG as uint8 H×W; 503 when it is unreadable or not `shape`."""
+        height, width = shape
         try:
             prob = images.decode_probability(prob_png)
         except ValueError as exc:
@@ -329,7 +343,7 @@ class DataPlane:
             raise ServiceUnavailable(
                 f"organ server {organ.name!r} returned a map of the wrong size", code="organ_error"
             )
-        return prob, prob_png, spacing_mm
+        return prob
 
     def segment(
         self,
@@ -354,8 +368,7 @@ class DataPlane:
         filename = filename or "upload"
         if patient_id is not None:
             check_patient_id(patient_id)
-        prob, prob_png, spacing_mm = self._infer(organ, data, filename)
-        height, width = prob.shape
+        prob_png, (height, width), spacing_mm = self._predict(organ, data, filename)
         seg_id = str(uuid.uuid4())
         written: list[str] = []
         try:
@@ -368,7 +381,9 @@ class DataPlane:
                 else None
             )
             try:
-                areas_px, answered = self._store_results(probability_key, prob, prob_png, masks, written)
+                areas_px, answered = self._store_results(
+                    organ, probability_key, prob_png, (height, width), masks, written
+                )
             finally:
                 view_key = self._kept(view, view_key, written)
             model = self.registry.model(organ.name)
@@ -445,16 +460,23 @@ class DataPlane:
         )
 
     def _store_results(
-        self, key: str, prob: np.ndarray, prob_png: bytes, thresholds: Sequence[float], written: list[str]
+        self,
+        organ: Organ,
+        key: str,
+        prob_png: bytes,
+        shape: tuple[int, int],
+        thresholds: Sequence[float],
+        written: list[str],
     ) -> tuple[dict[str, int], list[MaskResult]]:
         """Write the probability map (the organ server's PNG, as it came) at `key` in the writer pool while
-        this thread takes the map's areas at every threshold (counted, no mask made) and makes the masks at
-        `thresholds` (zlib and numpy release the GIL, so they overlap the write's round trip). Appends `key`
-        to `written` once the object is there. Returns (areas, masks) when the write succeeded, else raises
-        its failure; either way only after the write has finished, so nothing is in flight when the caller
-        removes what was written."""
+        this thread reads it (`_probability`: 503 when it is unreadable), takes its areas at every threshold
+        (counted, no mask made) and makes the masks at `thresholds` (zlib and numpy release the GIL, so they
+        overlap the write's round trip). Appends `key` to `written` once the object is there. Returns (areas,
+        masks) when the write succeeded, else raises its failure; either way only after the write has
+        finished, so nothing is in flight when the caller removes what was written."""
         write = self._writers.submit(self._store_probability, key, prob_png)
         try:
+            prob = self._probability(organ, prob_png, shape)
             areas_px = areas(prob)
             answered = [MaskResult(t, areas_px[f"{t:.1f}"], mask_png(prob, t)) for t in thresholds]
         finally:

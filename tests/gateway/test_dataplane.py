@@ -244,12 +244,25 @@ def test_corrupt_pixels_are_refused_by_the_organ_server_as_the_callers_bad_image
     assert rows == [] and store.objects == {}
 
 
-def test_wrong_size_answer_is_unavailable_not_a_crash(registry):
-    plane = make_plane(
-        registry, {"liver": FakeClient(lambda h, w: ramp(h // 2, w)), "cells": FakeClient(ramp)}
-    )
-    with pytest.raises(ServiceUnavailable):
+class GarbageClient(FakeClient):
+    """An organ server whose answer is not a PNG at all."""
+
+    def predict(self, model_name, data, version=None, timeout=None, answer_magic=None):
+        super().predict(model_name, data, version, timeout, answer_magic)
+        return b"\x89PNG\r\n\x1a\n not really"
+
+
+@pytest.mark.parametrize(
+    "client", [FakeClient(lambda h, w: ramp(h // 2, w)), GarbageClient()], ids=["wrong size", "unreadable"]
+)
+def test_a_bad_answer_is_unavailable_and_leaves_no_object_and_no_row(registry, client):
+    """The map is written while it is read: an answer that turns out wrong is removed again."""
+    rows, store = [], FakeStore()
+    plane = make_plane(registry, {"liver": client, "cells": FakeClient(ramp)}, store, rows)
+    with pytest.raises(ServiceUnavailable) as info:
         plane.segment(None, "liver", png(np.zeros((32, 32), np.uint8)), "x.png")
+    assert info.value.code == "organ_error" and client.calls == 1
+    assert store.objects == {} and rows == []
 
 
 def test_readiness_names_what_is_down(registry):
