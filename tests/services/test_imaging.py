@@ -15,9 +15,11 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from services import imaging
 from services.imaging import (
     DecodedImage,
     ImageDecodeError,
+    decode_grey8,
     decode_image,
     decode_mask,
     encode_png,
@@ -88,12 +90,13 @@ def dicom_bytes(
     return buf.getvalue()
 
 
+def chunk(kind: bytes, body: bytes) -> bytes:
+    """A PNG chunk: length, kind, body, CRC."""
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims width×height, followed by an IDAT that could never decode to it."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     idat = chunk(b"IDAT", zlib.compress(b"\0" * 64))
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + idat + chunk(b"IEND", b"")
@@ -391,7 +394,7 @@ def test_encode_png_round_trip():
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 300), (300, 1), (2, 2), (512, 512), (77, 513)])
 def test_grey_png_writer_is_lossless_and_decodes_everywhere(shape):
-    """The hand-written grey encoder (Up filter, Z_RLE) against Pillow's decoder and our own."""
+    """The hand-written grey encoder (unfiltered rows, Z_RLE) against Pillow's decoder and our own."""
     for grey in (
         RNG.integers(0, 256, size=shape, dtype=np.uint8),
         np.zeros(shape, np.uint8),
@@ -404,6 +407,32 @@ def test_grey_png_writer_is_lossless_and_decodes_everywhere(shape):
             np.testing.assert_array_equal(np.asarray(im), grey)
         if min(shape) >= 16:
             np.testing.assert_array_equal(decode_image(data).array, grey.astype(np.float32) / 255.0)
+        np.testing.assert_array_equal(decode_grey8(data), grey)
+
+
+def test_grey_pngs_written_elsewhere_still_decode_and_damaged_ones_are_refused():
+    """decode_grey8 reads encode_png's layout itself and leaves every other PNG to Pillow: filtered rows
+    (Pillow's adaptive filters), several IDAT chunks, other modes; a bad CRC is no fast-path answer."""
+    grey = np.tile(np.arange(64, dtype=np.uint8), (40, 1)) + RNG.integers(0, 3, size=(40, 64), dtype=np.uint8)
+    filtered = pil_bytes(Image.fromarray(grey), "PNG", optimize=True)
+    np.testing.assert_array_equal(decode_grey8(filtered), grey)
+    ours = encode_png(grey)
+    # the same pixels split over two IDAT chunks: still read directly
+    ihdr_end = 8 + 25
+    length = struct.unpack(">I", ours[ihdr_end : ihdr_end + 4])[0]
+    stream = ours[ihdr_end + 8 : ihdr_end + 8 + length]
+    half = len(stream) // 2
+    idats = chunk(b"IDAT", stream[:half]) + chunk(b"IDAT", stream[half:])
+    split = ours[:ihdr_end] + idats + chunk(b"IEND", b"")
+    np.testing.assert_array_equal(decode_grey8(split), grey)
+    for direct in (ours, split):  # read without Pillow
+        np.testing.assert_array_equal(imaging._decode_unfiltered_grey(direct), grey)
+    assert imaging._decode_unfiltered_grey(filtered) is None  # Pillow's rows are filtered: its own decoder
+    assert decode_grey8(pil_bytes(Image.fromarray(np.stack([grey] * 3, axis=2)), "PNG")) is None  # RGB
+    damaged = bytearray(ours)
+    damaged[ihdr_end + 8 + 3] ^= 0xFF  # a byte of the deflated pixels: the IDAT CRC no longer matches
+    assert decode_grey8(bytes(damaged)) is None
+    assert decode_grey8(ours[: len(ours) // 2]) is None  # truncated
 
 
 def test_encode_png_takes_non_contiguous_and_single_channel_arrays():
