@@ -177,8 +177,8 @@ def read_header(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: 
 def decode_grey8(data: bytes) -> np.ndarray | None:
     """An 8-bit grey PNG's bytes as uint8 H×W, or None when the data are anything else (the caller then
     decodes them the general way, which explains what is wrong). What `encode_png` writes (every
-    probability map) is read directly: inflated and its filter bytes dropped, 0.25 ms for a 512² map against
-    Pillow's 1.8."""
+    probability map) is read directly: inflated and its filter bytes dropped, 0.3 ms for a 512² map against
+    Pillow's 1.3–1.8."""
     if not data.startswith(_PNG_MAGIC):
         return None
     unfiltered = _decode_unfiltered_grey(data)
@@ -439,17 +439,17 @@ def _decode_unfiltered_grey(data: bytes) -> np.ndarray | None:
     width, height = header[0], header[1]
     if not 0 < width * height <= DEFAULT_MAX_PIXELS:  # no allocation a header alone asks for
         return None
-    stream = b"".join(idat)
+    inflater, first = zlib_ng.decompressobj(), min(height, 2) * (width + 1)
     try:
-        # the first two scanlines' filter bytes before the whole inflate: an archive packed before this
-        # encoder (its organ server filters rows with "Up") costs a microsecond here, not an inflate
-        head = zlib_ng.decompressobj().decompress(stream, min(height, 2) * (width + 1))
-        if len(head) < min(height, 2) * (width + 1) or head[0] != 0 or (height > 1 and head[width + 1] != 0):
+        # the first two scanlines' filter bytes before the rest: an archive packed before this encoder
+        # (its organ server filters rows with "Up") costs a microsecond here, not an inflate
+        head = inflater.decompress(b"".join(idat), first)
+        if len(head) < first or head[0] != 0 or (height > 1 and head[width + 1] != 0):
             return None
-        raw = zlib_ng.decompress(stream, bufsize=height * (width + 1))
+        raw = head + inflater.decompress(inflater.unconsumed_tail) + inflater.flush()
     except zlib_ng.error:
         return None
-    if len(raw) != height * (width + 1):
+    if not inflater.eof or len(raw) != height * (width + 1):  # truncated (its checksum unread) or off size
         return None
     rows = np.frombuffer(raw, np.uint8).reshape(height, width + 1)
     if rows[:, 0].any():  # some scanline is filtered

@@ -433,6 +433,8 @@ def test_grey_pngs_written_elsewhere_still_decode_and_damaged_ones_are_refused()
     damaged[ihdr_end + 8 + 3] ^= 0xFF  # a byte of the deflated pixels: the IDAT CRC no longer matches
     assert decode_grey8(bytes(damaged)) is None
     assert decode_grey8(ours[: len(ours) // 2]) is None  # truncated
+    cut = ours[:ihdr_end] + chunk(b"IDAT", stream[: len(stream) - 6]) + chunk(b"IEND", b"")
+    assert imaging._decode_unfiltered_grey(cut) is None  # chunks whole, the deflate stream cut short
 
 
 def test_encode_png_takes_non_contiguous_and_single_channel_arrays():
