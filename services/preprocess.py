@@ -104,7 +104,9 @@ def forward(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, spec
     )
 
 
-TTA_FLIPS = {"none": ((),), "flips": ((), (-1,), (-2,), (-2, -1))}  # dims each view mirrors
+# the dims each view mirrors: "flips" the image and its three mirror images; "rot180" the image and the one
+# mirrored both ways (a half turn), half the passes of "flips"
+TTA_FLIPS = {"none": ((),), "flips": ((), (-1,), (-2,), (-2, -1)), "rot180": ((), (-2, -1))}
 
 
 def probabilities(
@@ -114,7 +116,8 @@ def probabilities(
     batch_views_pixels: int = 0,
 ) -> torch.Tensor:
     """Sigmoid probabilities (N, 1, h, w) for a prepared input (N, C, h, w): forward() once, or with
-    `inference.tta` "flips" the mean over the input and its mirror images, each mirrored back.
+    `inference.tta` "flips" / "rot180" the mean over the input and its mirror images (TTA_FLIPS), each
+    mirrored back.
     `batch_views_pixels`: the mirror images go through the network as one batch (one call instead of four:
     the same arithmetic per image, less overhead per pass; the organ server's choice) when all of them
     together hold at most this many pixels, so memory stays bounded; 0 (the default) runs them one by one."""

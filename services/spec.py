@@ -17,7 +17,7 @@ INFERENCE_MODES = ("resize", "whole", "sliding", "pad")
 VOLUME_MODES = ("pad",)
 # A 3-D organ's per-volume intensity normalisations, `normalize.per_volume` (preprocess.normalize_mr).
 PER_VOLUME_NORMALIZATIONS = ("zscore",)
-TTA_MODES = ("none", "flips")
+TTA_MODES = ("none", "flips", "rot180")
 # What the organ server runs the network in (services.runtime); TorchScript is always in the .mar and is the
 # fallback. The default for a spec that names none: the .mar files built before ONNX was packed.
 # "openvino-bf16" is OpenVINO computing in bfloat16 where the CPU has it (AVX512-BF16, AMX; elsewhere f32);
@@ -39,7 +39,8 @@ class InferenceSpec:
     a window go through whole); "pad" (3-D organs): the whole volume, resampled to `spacing_mm` (z, y, x),
     padded to `size` (z, y, x), in one forward pass (a larger volume is refused). `tta` "flips": the
     probabilities are averaged over the image and its horizontal, vertical and both-way mirror images (four
-    passes; for organs with no orientation).
+    passes; for organs with no orientation); "rot180": over the image and its both-way mirror image, the
+    image turned half a turn (two passes).
     A volume goes to the server `volume_chunk` slices per request, and the handler runs them through the
     network `volume_batch` slices per forward pass (both chosen by measurement: tools.runtime_bench
     --volume)."""

@@ -78,6 +78,7 @@ class Measured:
     validation_seconds: float = 0.0  # all forward passes of validate(), a second, noisier figure
     mask_dice_min: float = 1.0  # against TorchScript
     max_prob_diff: float = 0.0
+    scores: dict = dataclasses.field(default_factory=dict)  # all of Trainer.validate()'s figures
 
 
 def organ_threads(organ: str, services_dir: Path = SERVICES_DIR) -> int:
@@ -114,7 +115,12 @@ def measure(trainer, runtime: str, model) -> Measured:
     scores = trainer.validate()
     del trainer.predict_val
     return Measured(
-        runtime, scores["val_dice"], scores["val_dice_at"], probs, validation_seconds=timed.seconds
+        runtime,
+        scores["val_dice"],
+        scores["val_dice_at"],
+        probs,
+        validation_seconds=timed.seconds,
+        scores=scores,
     )
 
 

@@ -1,25 +1,32 @@
 """Whole tile or sliding window? Score a finished run's model both ways on its validation fold.
 
     python -m trainer.inference_modes --organ cells --run .medseg/runs/cells-v12
+    python -m trainer.inference_modes --organ cells --run model-store/cells.mar --threads 2
 
 The organ's spec says how the served model sees a tile (`inference`); this scores the run's model
-through every candidate way — the whole tile padded to the network's stride, alone or averaged with its
-mirror images, and MONAI's sliding window with Gaussian blending over windows of the training crop's size
-and larger — with the serving code (services.preprocess.probabilities), and prints Dice per mode and
-threshold with the seconds per tile.
+through every candidate way — the whole tile padded to the network's stride, alone, averaged with its
+half-turned image (two passes) or with its three mirror images (four), and MONAI's sliding window with
+Gaussian blending over windows of the training crop's size and larger — with the serving code
+(services.preprocess.probabilities), and prints Dice per mode and threshold with the seconds per tile.
+A shipped archive (`--run` an .mar, its card beside it) is scored in the runtime its spec serves it in,
+on the held-out fold its card names.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from services.preprocess import normalize, pad_to_multiple, probabilities, restore
+from services.runtime import build
 from services.spec import OrganSpec, load_spec
 from trainer.cv import run_split
+from trainer.export import unpack_runtimes
 from trainer.loop import dice_score
 from trainer.run_args import run_tool_parser
 
@@ -38,6 +45,7 @@ def candidate_modes(spec: OrganSpec, crop: int) -> dict[str, OrganSpec]:
 
     modes = {
         "whole tile": spec.with_inference("whole", tta="none"),
+        "whole tile and its half turn averaged": spec.with_inference("whole", tta="rot180"),
         "whole tile, mirror images averaged": spec.with_inference("whole", tta="flips"),
     }
     for roi, overlap in ((crop, 0.25), (crop, 0.5), (2 * crop, 0.25)):
@@ -46,17 +54,32 @@ def candidate_modes(spec: OrganSpec, crop: int) -> dict[str, OrganSpec]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = run_tool_parser(__doc__, "run folder (model.ts, spec.yaml, card.json)").parse_args(argv)
+    run_help = "run folder (model.ts, spec.yaml, card.json), or a shipped .mar (its card beside it)"
+    args = run_tool_parser(__doc__, run_help).parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    card = json.loads((args.run / "card.json").read_text())
-    spec = load_spec(args.run / "spec.yaml")
+    with tempfile.TemporaryDirectory(prefix="inference-modes-") as tmp:
+        card, spec, model = _load(args.run, Path(tmp), args.threads)
+        return _score(args, card, spec, model)
+
+
+def _load(run: Path, work: Path, threads: int):
+    """(card, spec, model) of a run folder (TorchScript), or of a shipped .mar in its spec's runtime."""
+    if run.suffix == ".mar":
+        spec = unpack_runtimes(run, work)
+        return json.loads(run.with_suffix(".json").read_text()), spec, build(spec.runtime, work, threads)
+    card = json.loads((run / "card.json").read_text())
+    model = torch.jit.load(str(run / "model.ts"), map_location="cpu").eval()
+    return card, load_spec(run / "spec.yaml"), model
+
+
+def _score(args, card: dict, spec: OrganSpec, model) -> int:
     data, _, val = run_split(args.organ, card, spec)
-    model = torch.jit.load(str(args.run / "model.ts"), map_location="cpu").eval()
     crop = card["training"]["config"]["augment"].get("crop") or 256
     modes = candidate_modes(spec, crop)
 
-    print(f"{args.run}: fold {card['split']['fold']}, {len(val)} validation images\n")
+    served_by = f", {spec.runtime}" if args.run.suffix == ".mar" else ""
+    print(f"{args.run}: fold {card['split']['fold']}, {len(val)} validation images{served_by}\n")
     print("| mode | " + " | ".join(f"Dice @{t}" for t in THRESHOLDS) + " | s per image |")
     print("|---|" + "---:|" * (len(THRESHOLDS) + 1))
     for name, mode_spec in modes.items():

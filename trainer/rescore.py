@@ -2,6 +2,8 @@
 
     python -m trainer.rescore --organ cells --run .medseg/runs/cells-v12 --out .medseg/runs/cells-v13 \
         [--package model-store --version 1.3]
+    python -m trainer.rescore --organ cells --run model-store/cells.mar --package model-store --version 1.7 \
+        --threads 2
 
 When an organ's spec changes how the served network sees an image (`inference` in
 services/<organ>/spec.yaml), a run's weights stay valid but its validation figures and recommended
@@ -11,6 +13,10 @@ services.preprocess.probabilities as the organ server does), and rewrites spec.y
 the threshold it now recommends, the run's own normalisation) and card.json there; the card keeps the
 figures it had under `rescored.before`.
 --package builds the .mar and its card from the result, as `medseg train --out` does.
+
+A shipped archive (`--run` an .mar, its card beside it) is scored in the runtime its spec serves it in,
+on the held-out fold its card names, and packed again (trainer.package.repackage: the same networks) with
+the new inference and threshold as --version in --package.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import datetime as dt
 import json
 import logging
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -46,6 +53,80 @@ def train_config(card: dict) -> TrainConfig:
     return TrainConfig(**raw, augment=augment)
 
 
+def _rescored_card(card: dict, trained, spec, scores: dict) -> tuple[dict, object]:
+    """`card` with `scores` as its metrics (the old ones under `rescored.before`) and `spec` with the
+    threshold they recommend."""
+    threshold = best_threshold(scores["val_dice_at"])
+    spec = dataclasses.replace(spec, default_threshold=threshold)
+    before = {
+        "inference": trained.to_dict()["inference"],
+        "default_threshold": card["default_threshold"],
+        "metrics": card["metrics"],
+    }
+    card = {
+        **card,
+        "metrics": {
+            **card["metrics"],
+            "val_dice": scores["val_dice"],
+            "val_dice_at_threshold": scores["val_dice_at"],
+            "val_loss": scores["val_loss"],
+            "val_dice_per_case": scores["val_dice_per_case"],
+        },
+        "default_threshold": threshold,
+        "rescored": {
+            "inference": spec.to_dict()["inference"],
+            "before": before,
+            "commit": git_commit(),
+            "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            **({"earlier": card["rescored"]} if "rescored" in card else {}),
+        },
+    }
+    return card, spec
+
+
+def rescore_archive(
+    organ: str, mar: Path, out_dir: Path, version: str, threads: int, data: str | Path | None = None
+) -> tuple[Path, dict]:
+    """A shipped archive scored under the organ's current inference in the runtime it is served in, packed
+    again with that inference as `version` in `out_dir`: the new archive and its card."""
+    from services.runtime import build
+    from trainer.export import measure, unpack_runtimes, validator
+    from trainer.package import repackage
+
+    card = json.loads(mar.with_suffix(".json").read_text())
+    with tempfile.TemporaryDirectory(prefix=f"rescore-{organ}-") as tmp:
+        work = Path(tmp)
+        trained = unpack_runtimes(mar, work)
+        spec = dataclasses.replace(trained, inference=load_organ_spec(organ).inference)
+        trainer = validator(organ, card, spec, threads, data)
+        scores = measure(trainer, spec.runtime, build(spec.runtime, work, threads)).scores
+    card, spec = _rescored_card(card, trained, spec, scores)
+    card["rescored"]["runtime"] = spec.runtime
+    earlier = card.get("repackaged")
+    card["repackaged"] = {
+        "at": card["rescored"]["at"],
+        "command": f"python -m trainer.rescore --organ {organ} --run {mar} --package {out_dir} "
+        f"--version {version}",
+        "commit": card["rescored"]["commit"],
+        "from_version": card["version"],
+        "why": "the same networks served under the organ's current inference (rescored)",
+        **(
+            {"earlier": [{k: v for k, v in earlier.items() if k != "earlier"}, *earlier.get("earlier", [])]}
+            if earlier
+            else {}
+        ),
+    }
+    card["version"] = version
+    # the packed archive first goes to a scratch folder: `mar` itself may be the target
+    with tempfile.TemporaryDirectory(prefix=f"rescore-{organ}-out-") as tmp:
+        built = repackage(mar, tmp, card.get("model_name", organ), version, spec=spec, card=card)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for path in (built, built.with_suffix(".json")):
+            shutil.move(path, out_dir / path.name)
+    new = out_dir / built.name
+    return new, json.loads(new.with_suffix(".json").read_text())
+
+
 def rescore(organ: str, run: Path, out: Path, data: str | Path | None = None) -> dict:
     """Copy `run` to `out`, score its best weights under the organ's current inference; return the card."""
     if out.resolve() != run.resolve():
@@ -57,61 +138,55 @@ def rescore(organ: str, run: Path, out: Path, data: str | Path | None = None) ->
     config = dataclasses.replace(train_config(card), threads=torch.get_num_threads())
     trainer = Trainer(spec, pairs.subset(train_idx), pairs.subset(val_idx), config, out)
     trainer.model.load_state_dict(torch.load(out / "best.pt", map_location="cpu"))
-    scores = trainer.validate()
-    threshold = best_threshold(scores["val_dice_at"])
-    spec = dataclasses.replace(spec, default_threshold=threshold)
+    card, spec = _rescored_card(card, trained, spec, trainer.validate())
     (out / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
-    before = {
-        "inference": trained.to_dict()["inference"],
-        "default_threshold": card["default_threshold"],
-        "metrics": card["metrics"],
-    }
-    card["metrics"] = {
-        **card["metrics"],
-        "val_dice": scores["val_dice"],
-        "val_dice_at_threshold": scores["val_dice_at"],
-        "val_loss": scores["val_loss"],
-        "val_dice_per_case": scores["val_dice_per_case"],
-    }
-    card["default_threshold"] = threshold
-    card["rescored"] = {
-        "inference": spec.to_dict()["inference"],
-        "before": before,
-        "commit": git_commit(),
-        "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    }
     (out / "card.json").write_text(json.dumps(card, indent=1))
     log.info(
         "%s: validation Dice @0.5 %.4f → %.4f under inference %s; threshold %s",
         out,
-        before["metrics"]["val_dice"],
-        scores["val_dice"],
-        spec.to_dict()["inference"],
-        threshold,
+        card["rescored"]["before"]["metrics"]["val_dice"],
+        card["metrics"]["val_dice"],
+        card["rescored"]["inference"],
+        spec.default_threshold,
     )
     return card
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = run_tool_parser(__doc__, "finished run folder (best.pt, card.json, …)")
-    parser.add_argument("--out", required=True, type=Path, help="folder for the rescored run (may be --run)")
+    parser.add_argument(
+        "--out", type=Path, help="folder for the rescored run (may be --run; none for an .mar)"
+    )
     parser.add_argument("--data", help="image/mask folder (default: the organ's training data)")
     parser.add_argument("--package", type=Path, help="model store folder for <organ>.mar and its card")
     parser.add_argument("--version", help="with --package: the model version")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
+    if args.run.suffix == ".mar":
+        if not (args.package and args.version):
+            parser.error("an archive (--run *.mar) is packed again: give --package and --version")
+        mar, card = rescore_archive(args.organ, args.run, args.package, args.version, args.threads, args.data)
+        _print_scores(card)
+        print(f"packaged {mar} (version {args.version})")
+        return 0
+    if args.out is None:
+        parser.error("--out is required for a run folder")
     card = rescore(args.organ, args.run, args.out, args.data)
-    before = card["rescored"]["before"]["metrics"]["val_dice_at_threshold"]
-    print("| threshold | Dice before | Dice now |\n|---|---:|---:|")
-    for t, dice in card["metrics"]["val_dice_at_threshold"].items():
-        print(f"| {t} | {before[t]:.4f} | {dice:.4f} |")
+    _print_scores(card)
     if args.package:
         from trainer.publish import publish_run
 
         mar = publish_run(args.out, args.organ, args.package, version=args.version)
         print(f"packaged {mar} (version {args.version})")
     return 0
+
+
+def _print_scores(card: dict) -> None:
+    before = card["rescored"]["before"]["metrics"]["val_dice_at_threshold"]
+    print("| threshold | Dice before | Dice now |\n|---|---:|---:|")
+    for t, dice in card["metrics"]["val_dice_at_threshold"].items():
+        print(f"| {t} | {before[t]:.4f} | {dice:.4f} |")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ class Counting(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def spec():
-    return load_organ_spec("cells")  # inference: whole tile, tta flips
+    return load_organ_spec("cells").with_inference("whole", tta="flips")  # the tile and 3 mirror images
 
 
 def test_one_batch_of_mirror_images_is_the_four_passes(spec):
@@ -58,6 +58,24 @@ def test_no_mirror_images_means_one_pass_either_way(spec):
     with torch.inference_mode():
         probabilities(model, torch.randn(1, 3, 32, 32), plain, batch_views_pixels=10**7)
     assert model.calls == 1
+
+
+def test_a_half_turn_is_two_passes_and_its_mean_does_not_depend_on_the_turn(spec):
+    half = spec.with_inference("whole", tta="rot180")
+    model = Counting().eval()
+    x = torch.randn(1, 3, 48, 64)
+    with torch.inference_mode():
+        batched = probabilities(model, x, half, batch_views_pixels=2 * 48 * 64)
+        assert model.calls == 1
+        one_by_one = probabilities(model, x, half)
+        assert model.calls == 3
+        expected = (
+            torch.sigmoid(model.net(x)) + torch.sigmoid(model.net(x.flip((-2, -1)))).flip((-2, -1))
+        ) / 2
+        turned = probabilities(model, x.flip((-2, -1)), half, batch_views_pixels=10**7)
+    assert torch.allclose(batched, one_by_one, atol=1e-6) and torch.allclose(batched, expected, atol=1e-6)
+    assert torch.allclose(turned.flip((-2, -1)), batched, atol=1e-6)
+    assert not torch.allclose(batched, probabilities(model, x, spec), atol=1e-4)  # not the four views' mean
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino", "openvino-bf16"])

@@ -41,7 +41,9 @@ def test_test_time_mirror_images_are_named_and_checked():
     flips = cells.with_inference("whole", tta="flips")
     assert flips.inference.tta == "flips" and flips.single_pass().inference.tta == "none"
     assert flips.single_pass().inference.mode == "whole"
-    with pytest.raises(ValueError, match="inference.tta must be one of none, flips, not 'rot90'"):
+    half = cells.with_inference("whole", tta="rot180")
+    assert half.inference.tta == "rot180" and half.single_pass().inference.tta == "none"
+    with pytest.raises(ValueError, match="inference.tta must be one of none, flips, rot180, not 'rot90'"):
         cells.with_inference("whole", tta="rot90")
 
 

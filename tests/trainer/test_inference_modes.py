@@ -15,6 +15,7 @@ def test_whole_tile_and_windows_agree_for_a_pointwise_model():
     assert [spec.inference.mode for spec in modes.values()] == [
         "whole",
         "whole",
+        "whole",
         "sliding",
         "sliding",
         "sliding",

@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from services.preprocess import normalize
-from services.spec import load_organ_spec, load_spec
+from services.spec import OrganSpec, load_organ_spec, load_spec
 from tests.data import SHARED_DATA
 from trainer.data import kfold_indices, load_pairs
 from trainer.inference_modes import tile_probabilities
@@ -72,3 +72,46 @@ def test_rescore_packages_the_result(sliding_run, tmp_path):
     with zipfile.ZipFile(store / "cells.mar") as mar:
         packed = yaml.safe_load(mar.read("spec.yaml"))
     assert packed["inference"]["mode"] == "whole"
+
+
+def test_a_shipped_archive_is_scored_in_its_runtime_and_packed_again(sliding_run, tmp_path):
+    shipped, store = tmp_path / "shipped", tmp_path / "store"
+    run = ["--organ", "cells", "--run", str(sliding_run), "--out", str(tmp_path / "run")]
+    assert main([*run, "--data", str(CELLS), "--package", str(shipped), "--version", "1.0"]) == 0
+    before = json.loads((shipped / "cells.json").read_text())
+    old_spec = yaml.safe_load(zipfile.ZipFile(shipped / "cells.mar").read("spec.yaml"))
+    old_spec["inference"]["tta"] = "none"  # served another way than the organ's spec now says
+    with zipfile.ZipFile(shipped / "cells.mar") as mar:
+        items = {name: mar.read(name) for name in mar.namelist()}
+    items["spec.yaml"] = yaml.safe_dump(old_spec, sort_keys=False).encode()
+    with zipfile.ZipFile(shipped / "cells.mar", "w") as mar:
+        for name, body in items.items():
+            mar.writestr(name, body)
+
+    argv = ["--organ", "cells", "--run", str(shipped / "cells.mar"), "--data", str(CELLS)]
+    assert main([*argv, "--package", str(store), "--version", "1.1"]) == 0
+    card = json.loads((store / "cells.json").read_text())
+    with zipfile.ZipFile(store / "cells.mar") as mar:
+        packed = OrganSpec.from_dict(yaml.safe_load(mar.read("spec.yaml")))
+        assert mar.read("model.pt") == items["model.pt"]  # the same network
+    assert packed.inference == load_organ_spec("cells").inference and packed.inference.tta == "rot180"
+    assert packed.mean == OrganSpec.from_dict(old_spec).mean and packed.runtime == old_spec["runtime"]
+    assert card["version"] == "1.1" and card["repackaged"]["from_version"] == "1.0"
+    assert card["rescored"]["runtime"] == packed.runtime
+    assert card["rescored"]["before"]["inference"]["tta"] == "none"
+    assert card["rescored"]["before"]["metrics"] == before["metrics"]
+    assert card["rescored"]["earlier"] == before["rescored"]  # the earlier rescoring is kept
+    assert card["default_threshold"] == packed.default_threshold
+
+    # the figures against the run's TorchScript weights through the serving path, on the same held-out tile
+    data = load_pairs(CELLS, packed, limit=3)
+    _, val = kfold_indices(len(data), 3, 0, card["split"]["seed"])
+    model = torch.jit.load(str(tmp_path / "run" / "model.ts")).eval()
+    with torch.inference_mode():
+        probs = [
+            tile_probabilities(model, normalize(data.images[i : i + 1].float() / 255.0, packed), packed)
+            for i in val
+        ]
+    for t in THRESHOLDS:
+        expected = np.mean([dice_score(p >= t, data.full_masks[i]) for p, i in zip(probs, val, strict=True)])
+        assert card["metrics"]["val_dice_at_threshold"][f"{t:.1f}"] == pytest.approx(expected, abs=2e-3)
