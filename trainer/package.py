@@ -19,6 +19,7 @@ What goes in (archive root = the model dir TorchServe unpacks and puts first on 
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import logging
@@ -35,6 +36,7 @@ import yaml
 from services.runtime import INT8_FILE, ONNX_FILE
 from services.spec import SERVICES_DIR, OrganSpec, load_spec
 from trainer.onnx_export import ExportError, export_onnx
+from trainer.train import git_commit
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +139,71 @@ def repackage(
         )
 
 
+def repack(
+    mar: str | Path,
+    out_dir: str | Path,
+    version: str,
+    why: str,
+    command: str,
+    *,
+    spec: OrganSpec | None = None,
+    card: dict | None = None,
+) -> Path:
+    """repackage() for a shipped archive and its card (`card`, default the one beside `mar`), which gains a
+    `repackaged` entry (when, `command`, `why`, the version it came from; earlier entries kept under
+    `earlier`). `out_dir` may be the archive's own folder: the new one is built aside and moved in."""
+    mar, out_dir = Path(mar), Path(out_dir)
+    card = dict(card or json.loads(mar.with_suffix(".json").read_text()))
+    earlier = card.get("repackaged")
+    card["repackaged"] = {
+        "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "command": command,
+        "commit": git_commit(),
+        "from_version": card.get("version"),
+        "why": why,
+        **(
+            {"earlier": [{k: v for k, v in earlier.items() if k != "earlier"}, *earlier.get("earlier", [])]}
+            if earlier
+            else {}
+        ),
+    }
+    card["version"] = version
+    name = card.get("model_name") or mar.stem
+    with tempfile.TemporaryDirectory(prefix=f"repack-{name}-out-") as tmp:
+        built = repackage(mar, tmp, name, version, spec=spec, card=card)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for path in (built, built.with_suffix(".json")):
+            shutil.move(path, out_dir / path.name)
+    return out_dir / built.name
+
+
+def _commit() -> str | None:
+    result = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    )
+    return result.stdout.strip() or None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m trainer.package --repack model-store/liver.mar --version 1.5 --why "…" [--out DIR]"""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="Pack a shipped archive's networks and spec again with this checkout's handler code "
+        "(trainer.package.repack); its card beside it gains a `repackaged` entry."
+    )
+    parser.add_argument("--repack", required=True, type=Path, help="the archive (its card beside it)")
+    parser.add_argument("--version", required=True)
+    parser.add_argument("--why", required=True, help="what changed in the handler code, for the card")
+    parser.add_argument("--out", type=Path, help="model store folder (default: the archive's own)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    command = " ".join(["python -m trainer.package", *(argv if argv is not None else sys.argv[1:])])
+    out = repack(args.repack, args.out or args.repack.parent, args.version, args.why, command)
+    print(f"packaged {out} (version {args.version})")
+    return 0
+
+
 def _check_inputs(scripted: Path, organ_dir: Path, organ: str, spec: OrganSpec) -> None:
     for required, what in (
         (scripted, "TorchScript model"),
@@ -209,3 +276,7 @@ def _archiver_executable() -> str:
     if found:
         return found
     raise PackageError("torch-model-archiver not found; install the project's dependencies (make up)")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

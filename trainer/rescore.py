@@ -91,7 +91,7 @@ def rescore_archive(
     again with that inference as `version` in `out_dir`: the new archive and its card."""
     from services.runtime import build
     from trainer.export import measure, unpack_runtimes, validator
-    from trainer.package import repackage
+    from trainer.package import repack
 
     card = json.loads(mar.with_suffix(".json").read_text())
     with tempfile.TemporaryDirectory(prefix=f"rescore-{organ}-") as tmp:
@@ -102,28 +102,9 @@ def rescore_archive(
         scores = measure(trainer, spec.runtime, build(spec.runtime, work, threads)).scores
     card, spec = _rescored_card(card, trained, spec, scores)
     card["rescored"]["runtime"] = spec.runtime
-    earlier = card.get("repackaged")
-    card["repackaged"] = {
-        "at": card["rescored"]["at"],
-        "command": f"python -m trainer.rescore --organ {organ} --run {mar} --package {out_dir} "
-        f"--version {version}",
-        "commit": card["rescored"]["commit"],
-        "from_version": card["version"],
-        "why": "the same networks served under the organ's current inference (rescored)",
-        **(
-            {"earlier": [{k: v for k, v in earlier.items() if k != "earlier"}, *earlier.get("earlier", [])]}
-            if earlier
-            else {}
-        ),
-    }
-    card["version"] = version
-    # the packed archive first goes to a scratch folder: `mar` itself may be the target
-    with tempfile.TemporaryDirectory(prefix=f"rescore-{organ}-out-") as tmp:
-        built = repackage(mar, tmp, card.get("model_name", organ), version, spec=spec, card=card)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for path in (built, built.with_suffix(".json")):
-            shutil.move(path, out_dir / path.name)
-    new = out_dir / built.name
+    command = f"python -m trainer.rescore --organ {organ} --run {mar} --package {out_dir} --version {version}"
+    why = "the same networks served under the organ's current inference (rescored)"
+    new = repack(mar, out_dir, version, why, command, spec=spec, card=card)
     return new, json.loads(new.with_suffix(".json").read_text())
 
 

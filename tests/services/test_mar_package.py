@@ -18,6 +18,7 @@ from torch import nn
 
 from services.spec import SERVICES_DIR, load_organ_spec
 from trainer.package import PackageError, build_mar, repackage
+from trainer.package import main as package_main
 
 
 class Tiny(nn.Module):
@@ -131,3 +132,33 @@ def test_repackage_keeps_the_networks_and_spec_and_packs_this_checkouts_code(tmp
     changed = dataclasses.replace(spec, default_threshold=0.4)
     with zipfile.ZipFile(repackage(old, tmp_path / "given", "cells", "3", spec=changed)) as zf:
         assert yaml.safe_load(zf.read("spec.yaml"))["default_threshold"] == 0.4
+
+
+def test_a_shipped_archive_is_repacked_in_place_and_its_card_says_so(tmp_path, scripted):
+    spec = load_organ_spec("cells")
+    older_code = tmp_path / "services"
+    shutil.copytree(SERVICES_DIR, older_code, ignore=shutil.ignore_patterns("__pycache__"))
+    (older_code / "imaging.py").write_text("# older imaging\n")
+    store = tmp_path / "store"
+    card = {"model_name": "cells", "version": "1.6", "metrics": {"val_dice": 0.8}, "repackaged": {"why": "a"}}
+    mar = build_mar(scripted, "cells", spec, store, "cells", "1.6", card=card, services_dir=older_code)
+    with zipfile.ZipFile(mar) as zf:
+        network = zf.read("model.pt")
+    argv = ["--repack", str(mar), "--version", "1.7", "--why", "the new imaging code"]
+    assert package_main(argv) == 0
+    assert sorted(p.name for p in store.iterdir()) == [
+        "cells.json",
+        "cells.mar",
+    ]  # replaced, nothing left over
+    with zipfile.ZipFile(mar) as zf:
+        assert zf.read("model.pt") == network
+        assert zf.read("services/imaging.py").decode() == (SERVICES_DIR / "imaging.py").read_text()
+        assert json.loads(zf.read("MAR-INF/MANIFEST.json"))["model"]["modelVersion"] == "1.7"
+    card = json.loads((store / "cells.json").read_text())
+    assert card["version"] == "1.7" and card["metrics"] == {"val_dice": 0.8}
+    assert card["mar_sha256"] == hashlib.sha256(mar.read_bytes()).hexdigest()
+    entry = card["repackaged"]
+    assert entry["from_version"] == "1.6" and entry["why"] == "the new imaging code"
+    assert entry["command"] == "python -m trainer.package " + " ".join(argv) and entry["earlier"] == [
+        {"why": "a"}
+    ]
