@@ -80,24 +80,53 @@ class OnnxRuntimeModel:
 
 
 class OpenVinoModel:
+    """A network in OpenVINO. One image goes through one inference request on all the worker's threads; a
+    batch of several (a tile's mirror images, a chunk of slices) is split over as many streams as threads,
+    each image on one thread, all at once: with two threads the two views of a 1008² cells tile took 1.53 s
+    that way against 1.97 s as one request of two on both threads (int8, one-off timing, 2026-12-03). The
+    streams are compiled the first time a batch comes."""
+
     name = "openvino"
 
     def __init__(self, path: Path, threads: int, precision: str = "f32"):
-        ov = _runtime_package("openvino")
+        self._ov = _runtime_package("openvino")
+        self._core = self._ov.Core()
+        self._path, self._threads, self._precision = path, threads, precision
+        self.compiled = self._compile(streams=1)
+        self.request = self.compiled.create_infer_request()
+        self._queue = None  # AsyncInferQueue over `threads` streams of one thread each
+
+    def _compile(self, streams: int):
         config = {
-            "INFERENCE_PRECISION_HINT": precision,
-            "INFERENCE_NUM_THREADS": threads,
-            "NUM_STREAMS": 1,
+            "INFERENCE_PRECISION_HINT": self._precision,
+            "INFERENCE_NUM_THREADS": self._threads,
+            "NUM_STREAMS": streams,
         }
         try:
-            self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+            return self._core.compile_model(str(self._path), "CPU", config)
         except Exception as exc:
-            raise RuntimeUnavailable(f"openvino could not compile {path.name}: {exc}") from exc
-        self.request = self.compiled.create_infer_request()
+            raise RuntimeUnavailable(f"openvino could not compile {self._path.name}: {exc}") from exc
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self._threads > 1 and x.shape[0] > 1:
+            return self._in_streams(_as_numpy(x))
         self.request.infer({0: _as_numpy(x)})
         return torch.from_numpy(self.request.get_output_tensor(0).data.copy())
+
+    def _in_streams(self, x: np.ndarray) -> torch.Tensor:
+        if self._queue is None:
+            self._queue = self._ov.AsyncInferQueue(self._compile(streams=self._threads), self._threads)
+        parts = np.array_split(x, min(self._threads, len(x)))
+        out: list[np.ndarray | None] = [None] * len(parts)
+
+        def done(request, i: int) -> None:
+            out[i] = request.get_output_tensor(0).data.copy()
+
+        self._queue.set_callback(done)
+        for i, part in enumerate(parts):
+            self._queue.start_async({0: part}, i)
+        self._queue.wait_all()
+        return torch.from_numpy(np.concatenate(out))
 
 
 class TorchScriptModel:
