@@ -15,8 +15,8 @@ figures it had under `rescored.before`.
 --package builds the .mar and its card from the result, as `medseg train --out` does.
 
 A shipped archive (`--run` an .mar, its card beside it) is scored in the runtime its spec serves it in,
-on the held-out fold its card names, and packed again (trainer.package.repackage: the same networks) with
-the new inference and threshold as --version in --package.
+on the held-out fold its card names, and packed again (trainer.package.repack: the same networks) with
+the new inference as --version in --package; its default threshold is kept.
 """
 
 from __future__ import annotations
@@ -53,10 +53,12 @@ def train_config(card: dict) -> TrainConfig:
     return TrainConfig(**raw, augment=augment)
 
 
-def _rescored_card(card: dict, trained, spec, scores: dict) -> tuple[dict, object]:
-    """`card` with `scores` as its metrics (the old ones under `rescored.before`) and `spec` with the
-    threshold they recommend."""
-    threshold = best_threshold(scores["val_dice_at"])
+def _rescored_card(
+    card: dict, trained, spec, scores: dict, threshold: float | None = None
+) -> tuple[dict, object]:
+    """`card` with `scores` as its metrics (the old ones under `rescored.before`) and `spec` with
+    `threshold`, default the one the scores recommend."""
+    threshold = best_threshold(scores["val_dice_at"]) if threshold is None else threshold
     spec = dataclasses.replace(spec, default_threshold=threshold)
     before = {
         "inference": trained.to_dict()["inference"],
@@ -100,9 +102,11 @@ def rescore_archive(
         spec = dataclasses.replace(trained, inference=load_organ_spec(organ).inference)
         trainer = validator(organ, card, spec, threads, data)
         scores = measure(trainer, spec.runtime, build(spec.runtime, work, threads)).scores
-    card, spec = _rescored_card(card, trained, spec, scores)
+    # a shipped threshold may have been chosen otherwise (calibrated on grouped folds): kept
+    card, spec = _rescored_card(card, trained, spec, scores, trained.default_threshold)
     card["rescored"]["runtime"] = spec.runtime
-    command = f"python -m trainer.rescore --organ {organ} --run {mar} --package {out_dir} --version {version}"
+    command = f"python -m trainer.rescore --organ {organ} --run {mar} --package {out_dir} "
+    command += f"--version {version} --threads {threads}"
     why = "the same networks served under the organ's current inference (rescored)"
     new = repack(mar, out_dir, version, why, command, spec=spec, card=card)
     return new, json.loads(new.with_suffix(".json").read_text())

@@ -81,6 +81,7 @@ def test_a_shipped_archive_is_scored_in_its_runtime_and_packed_again(sliding_run
     before = json.loads((shipped / "cells.json").read_text())
     old_spec = yaml.safe_load(zipfile.ZipFile(shipped / "cells.mar").read("spec.yaml"))
     old_spec["inference"]["tta"] = "none"  # served another way than the organ's spec now says
+    old_spec["default_threshold"] = 0.3  # a threshold chosen otherwise (grouped folds): kept
     with zipfile.ZipFile(shipped / "cells.mar") as mar:
         items = {name: mar.read(name) for name in mar.namelist()}
     items["spec.yaml"] = yaml.safe_dump(old_spec, sort_keys=False).encode()
@@ -101,7 +102,7 @@ def test_a_shipped_archive_is_scored_in_its_runtime_and_packed_again(sliding_run
     assert card["rescored"]["before"]["inference"]["tta"] == "none"
     assert card["rescored"]["before"]["metrics"] == before["metrics"]
     assert card["rescored"]["earlier"] == before["rescored"]  # the earlier rescoring is kept
-    assert card["default_threshold"] == packed.default_threshold
+    assert card["default_threshold"] == packed.default_threshold == old_spec["default_threshold"]
 
     # the figures against the run's TorchScript weights through the serving path, on the same held-out tile
     data = load_pairs(CELLS, packed, limit=3)
