@@ -80,53 +80,40 @@ class OnnxRuntimeModel:
 
 
 class OpenVinoModel:
-    """A network in OpenVINO. One image goes through one inference request on all the worker's threads; a
-    batch of several (a tile's mirror images, a chunk of slices) is split over as many streams as threads,
-    each image on one thread, all at once: with two threads the two views of a 1008² cells tile took 1.53 s
-    that way against 1.97 s as one request of two on both threads (int8, one-off timing, 2026-12-03). The
-    streams are compiled the first time a batch comes."""
+    """A network in OpenVINO, compiled into as many streams as the worker has threads, one thread each: every
+    image runs on one thread, and a batch (a tile's mirror views, a volume chunk's slices, requests that
+    TorchServe batched) is spread over the streams and runs side by side. The two views of a 1008² cells
+    tile took 1.53 s that way against 1.97 s as one request of two on both threads (int8, 2026-12-03); one
+    liver slice on two threads cost 2.4 times the CPU of one on one thread (python -m tools.organ_cpu)."""
 
     name = "openvino"
 
     def __init__(self, path: Path, threads: int, precision: str = "f32"):
-        self._ov = _runtime_package("openvino")
-        self._core = self._ov.Core()
-        self._path, self._threads, self._precision = path, threads, precision
-        self.compiled = self._compile(streams=1)
-        self.request = self.compiled.create_infer_request()
-        self._queue = None  # AsyncInferQueue over `threads` streams of one thread each
-
-    def _compile(self, streams: int):
+        ov = _runtime_package("openvino")
+        self.streams = max(1, threads)
         config = {
-            "INFERENCE_PRECISION_HINT": self._precision,
-            "INFERENCE_NUM_THREADS": self._threads,
-            "NUM_STREAMS": streams,
+            "INFERENCE_PRECISION_HINT": precision,
+            "INFERENCE_NUM_THREADS": self.streams,
+            "NUM_STREAMS": self.streams,
         }
         try:
-            return self._core.compile_model(str(self._path), "CPU", config)
+            self.compiled = ov.Core().compile_model(str(path), "CPU", config)
         except Exception as exc:
-            raise RuntimeUnavailable(f"openvino could not compile {self._path.name}: {exc}") from exc
+            raise RuntimeUnavailable(f"openvino could not compile {path.name}: {exc}") from exc
+        self.queue = ov.AsyncInferQueue(self.compiled, self.streams)
+        self.queue.set_callback(self._done)
+        self._out: list[np.ndarray | None] = []
+
+    def _done(self, request, i: int) -> None:
+        self._out[i] = request.get_output_tensor(0).data.copy()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self._threads > 1 and x.shape[0] > 1:
-            return self._in_streams(_as_numpy(x))
-        self.request.infer({0: _as_numpy(x)})
-        return torch.from_numpy(self.request.get_output_tensor(0).data.copy())
-
-    def _in_streams(self, x: np.ndarray) -> torch.Tensor:
-        if self._queue is None:
-            self._queue = self._ov.AsyncInferQueue(self._compile(streams=self._threads), self._threads)
-        parts = np.array_split(x, min(self._threads, len(x)))
-        out: list[np.ndarray | None] = [None] * len(parts)
-
-        def done(request, i: int) -> None:
-            out[i] = request.get_output_tensor(0).data.copy()
-
-        self._queue.set_callback(done)
+        parts = np.array_split(_as_numpy(x), min(self.streams, x.shape[0]))
+        self._out = [None] * len(parts)
         for i, part in enumerate(parts):
-            self._queue.start_async({0: part}, i)
-        self._queue.wait_all()
-        return torch.from_numpy(np.concatenate(out))
+            self.queue.start_async({0: part}, i)
+        self.queue.wait_all()
+        return torch.from_numpy(np.concatenate(self._out))
 
 
 class TorchScriptModel:
