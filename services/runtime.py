@@ -80,40 +80,56 @@ class OnnxRuntimeModel:
 
 
 class OpenVinoModel:
-    """A network in OpenVINO, compiled into as many streams as the worker has threads, one thread each: every
-    image runs on one thread, and a batch (a tile's mirror views, a volume chunk's slices, requests that
-    TorchServe batched) is spread over the streams and runs side by side. The two views of a 1008² cells
-    tile took 1.53 s that way against 1.97 s as one request of two on both threads (int8, 2026-12-03); one
-    liver slice on two threads cost 2.4 times the CPU of one on one thread (python -m tools.organ_cpu)."""
+    """A network in OpenVINO. Every image runs on one thread: a single image in a one-thread request, a batch
+    (a tile's mirror views, a volume chunk's slices) spread over as many streams as the worker has threads,
+    one thread each, side by side (compiled the first time a batch comes). The two views of a 1008² cells
+    tile took 1.53 s that way against 1.97 s as one request of two on both threads (int8, 2026-12-03); a
+    single liver slice cost 0.074-0.079 CPU-s on one thread against 0.097-0.099 on two (python -m
+    tools.organ_cpu --organ liver)."""
 
     name = "openvino"
 
     def __init__(self, path: Path, threads: int, precision: str = "f32"):
-        ov = _runtime_package("openvino")
+        self._ov = _runtime_package("openvino")
+        self._core = self._ov.Core()
+        self._path, self._precision = path, precision
         self.streams = max(1, threads)
-        config = {
-            "INFERENCE_PRECISION_HINT": precision,
-            "INFERENCE_NUM_THREADS": self.streams,
-            "NUM_STREAMS": self.streams,
-        }
-        try:
-            self.compiled = ov.Core().compile_model(str(path), "CPU", config)
-        except Exception as exc:
-            raise RuntimeUnavailable(f"openvino could not compile {path.name}: {exc}") from exc
-        self.queue = ov.AsyncInferQueue(self.compiled, self.streams)
-        self.queue.set_callback(self._done)
+        self.compiled = self._compile(streams=1, threads=1)
+        self.request = self.compiled.create_infer_request()
+        self.queue = None  # AsyncInferQueue over the streams, made for the first batch
         self._out: list[np.ndarray | None] = []
 
-    def _done(self, request, i: int) -> None:
-        self._out[i] = request.get_output_tensor(0).data.copy()
+    def _compile(self, streams: int, threads: int):
+        config = {
+            "INFERENCE_PRECISION_HINT": self._precision,
+            "INFERENCE_NUM_THREADS": threads,
+            "NUM_STREAMS": streams,
+        }
+        try:
+            return self._core.compile_model(str(self._path), "CPU", config)
+        except Exception as exc:
+            raise RuntimeUnavailable(f"openvino could not compile {self._path.name}: {exc}") from exc
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        parts = np.array_split(_as_numpy(x), min(self.streams, x.shape[0]))
+        if self.streams > 1 and x.shape[0] > 1:
+            return self._side_by_side(_as_numpy(x))
+        self.request.infer({0: _as_numpy(x)})
+        return torch.from_numpy(self.request.get_output_tensor(0).data.copy())
+
+    def _side_by_side(self, x: np.ndarray) -> torch.Tensor:
+        if self.queue is None:
+            compiled = self._compile(streams=self.streams, threads=self.streams)
+            self.queue = self._ov.AsyncInferQueue(compiled, self.streams)
+            self.queue.set_callback(self._done)
+        parts = np.array_split(x, min(self.streams, len(x)))
         self._out = [None] * len(parts)
         for i, part in enumerate(parts):
             self.queue.start_async({0: part}, i)
         self.queue.wait_all()
         return torch.from_numpy(np.concatenate(self._out))
+
+    def _done(self, request, i: int) -> None:
+        self._out[i] = request.get_output_tensor(0).data.copy()
 
 
 class TorchScriptModel:

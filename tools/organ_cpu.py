@@ -45,11 +45,11 @@ def request_image(organ: str) -> bytes:
     return encode_png(rng.integers(0, 255, shape).astype(np.uint8))
 
 
-def measure(organ: str, seconds: float, clients: int) -> dict:
+def measure(organ: str, seconds: float, clients: int, model_store: Path = REPO / "model-store") -> dict:
     work = Path(tempfile.mkdtemp(prefix=f"organ-cpu-{organ}-"))
     store = work / "model-store"
     store.mkdir()
-    shutil.copy(REPO / "model-store" / f"{organ}.mar", store / f"{organ}.mar")
+    shutil.copy(Path(model_store) / f"{organ}.mar", store / f"{organ}.mar")
     server = OrganServer(organ, state_dir=work, model_store=store, models={organ: f"{organ}.mar"},
                          ports=free_ports())  # fmt: skip
     image, done, stop = request_image(organ), [0], threading.Event()
@@ -106,8 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--organ", default="liver")
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument(
+        "--model-store", type=Path, default=REPO / "model-store", help="where <organ>.mar comes from"
+    )
     args = parser.parse_args(argv)
-    print(json.dumps(measure(args.organ, args.seconds, args.clients), indent=2))
+    print(json.dumps(measure(args.organ, args.seconds, args.clients, args.model_store), indent=2))
     return 0
 
 

@@ -102,13 +102,17 @@ def test_openvino_spreads_a_batch_over_one_stream_a_thread(tmp_path, n):
     scripted.save(str(tmp_path / "model.pt"))
     export_onnx(tmp_path / "model.pt", 3, tmp_path / "model.onnx")
     run = build("openvino", tmp_path, threads=2)
-    assert run.compiled.get_property("NUM_STREAMS") == 2
-    assert run.compiled.get_property("INFERENCE_NUM_THREADS") == 2  # one thread per stream
+    assert run.compiled.get_property("INFERENCE_NUM_THREADS") == 1  # one image: one thread
     x = torch.randn(n, 3, 40, 56)
     with torch.inference_mode():
-        together = run(x)
         alone = run(x[-1:])
+        assert run.queue is None
+        together = run(x)
         reference = scripted(x)
+    if n > 1:  # a batch: two streams of one thread each, side by side
+        assert run.queue is not None and len(run.queue) == 2
+    else:
+        assert run.queue is None
     assert together.shape == (n, 1, 40, 56)
     assert (together - reference).abs().max() < 1e-4  # every image in its place
     assert (together[-1:] - alone).abs().max() < 1e-4
