@@ -64,7 +64,9 @@ def test_runtimes_take_the_worker_threads(model_dir):
     ort_model = build("onnxruntime", model_dir, threads=2)
     assert ort_model.session.get_session_options().intra_op_num_threads == 2
     ov_model = build("openvino", model_dir, threads=2)
-    assert int(ov_model.compiled.get_property("INFERENCE_NUM_THREADS")) == 2
+    assert int(ov_model.compiled.get_property("INFERENCE_NUM_THREADS")) == 1  # one image, one thread
+    ov_model(torch.zeros(2, 1, 64, 64))  # a batch: the worker's threads, one stream each
+    assert len(ov_model.queue) == 2
     precision = str(ov_model.compiled.get_property("INFERENCE_PRECISION_HINT"))  # "<Type: 'float32'>"
     assert "float32" in precision  # "openvino" is f32 whatever the CPU offers
     bf16 = build("openvino-bf16", model_dir, threads=2)  # bf16 where the CPU has it, else f32
