@@ -66,6 +66,7 @@ from services.imaging import (  # noqa: E402
     is_npy,
 )
 from services.preprocess import (  # noqa: E402
+    BATCH_VIEWS_PIXELS,
     Restore,
     prepare,
     prepare_volume,
@@ -81,13 +82,6 @@ logger = logging.getLogger(__name__)
 INPUT_KEYS = ("data", "body")  # gRPC client / HTTP raw body; anything else: the first bytes value
 PNG_CONTENT_TYPE = "image/png"
 ERROR_CONTENT_TYPE = "application/json"
-# The mirror images of an input (spec inference.tta) go through the network as one batch when together they
-# hold at most this many pixels: the two of a 1000² H&E tile (1008² padded, tta rot180), which OpenVINO
-# runs side by side in two streams (services.runtime.OpenVinoModel). Two tiles in one TorchServe batch pass
-# one after the other: as one batch of four their two streams held two images each, and the worker grew
-# from 1.0 to 1.6 GiB (python -m tools.organ_cpu --organ cells, 2026-12-03). (Four views of one tile in one
-# call measured ~11 % faster than four of one before the streams: docs/cells-instances.md "Serving time".)
-BATCH_VIEWS_PIXELS = 2 * 1008 * 1008
 
 
 @dataclass

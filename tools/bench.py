@@ -356,9 +356,9 @@ def mar_handler_settings(mar: Path) -> dict:
 
 class InProcessSegmenter:
     """The organ handler's pipeline in this process, with the network and spec from the .mar: decode →
-    prepare → services.preprocess.probabilities (mirror images where the spec says) → restore → PNG, the
-    network in `runtime` (services.runtime; "spec": the one the packed spec names, TorchScript when the
-    archive has no model.onnx)."""
+    prepare → services.preprocess.probabilities (mirror images where the spec says, batched as the handler
+    batches them) → restore → PNG, the network in `runtime` (services.runtime; "spec": the one the packed
+    spec names, TorchScript when the archive has no model.onnx)."""
 
     def __init__(
         self, mar: Path, work_dir: Path, torch_threads: int | None = None, runtime: str = "torchscript"
@@ -388,12 +388,12 @@ class InProcessSegmenter:
         import torch
 
         from services.imaging import decode_image, encode_png
-        from services.preprocess import prepare, probabilities, restore
+        from services.preprocess import BATCH_VIEWS_PIXELS, prepare, probabilities, restore
 
         image = decode_image(data, window=self.spec.window).array
         x, how = prepare(image, self.spec)
-        with self._lock, torch.inference_mode():
-            prob = restore(probabilities(self.model, x, self.spec), how)
+        with self._lock, torch.inference_mode():  # the mirror views batched as the handler batches them
+            prob = restore(probabilities(self.model, x, self.spec, BATCH_VIEWS_PIXELS), how)
             grey = (prob * 255.0).round_().to(torch.uint8).numpy()
         return encode_png(grey)
 
