@@ -125,17 +125,19 @@ class SegmentationHandler(BaseHandler):
         super().initialize(context)  # device, manifest, torch.jit.load(serializedFile)
         # the spec's runtime with the worker's threads; TorchScript (self.model) with a logged reason if
         # its package or file is missing or fails to load
-        loaded = load_runtime(
-            self.spec.runtime, model_dir, torch.get_num_threads(), torchscript=lambda: self.model
-        )
+        # the runtime's threads (model-config handler.runtime_threads, default torch_threads): OpenVINO runs
+        # one image on one of them and a batch's images side by side (services.runtime.OpenVinoModel)
+        runtime_threads = int(settings.get("runtime_threads") or torch.get_num_threads())
+        loaded = load_runtime(self.spec.runtime, model_dir, runtime_threads, torchscript=lambda: self.model)
         self.runtime = None if loaded.name == "torchscript" else loaded.model
         self.runtime_name = loaded.name
         logger.info(
-            "organ %s: model %s loaded (runtime %s%s, %d intra-op threads, inference %s)",
+            "organ %s: model %s loaded (runtime %s%s, %d runtime / %d torch intra-op threads, inference %s)",
             self.spec.name,
             self.model_pt_path,
             loaded.name,
             f", not {loaded.requested}: {loaded.fallback_reason}" if loaded.fallback_reason else "",
+            runtime_threads,
             torch.get_num_threads(),
             self.spec.inference.mode,
         )

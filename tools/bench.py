@@ -361,7 +361,12 @@ class InProcessSegmenter:
     spec names, TorchScript when the archive has no model.onnx)."""
 
     def __init__(
-        self, mar: Path, work_dir: Path, torch_threads: int | None = None, runtime: str = "torchscript"
+        self,
+        mar: Path,
+        work_dir: Path,
+        torch_threads: int | None = None,
+        runtime: str = "torchscript",
+        runtime_threads: int | None = None,
     ):
         import torch
 
@@ -376,7 +381,7 @@ class InProcessSegmenter:
         self.spec = load_spec(work_dir / "spec.yaml")
         if torch_threads:
             torch.set_num_threads(int(torch_threads))  # as the organ server's handler does
-        threads = torch.get_num_threads()
+        threads = int(runtime_threads or torch.get_num_threads())  # the handler's runtime_threads
         if runtime == "spec":
             loaded = load_runtime(self.spec.runtime, work_dir, threads)
             self.model, self.runtime = loaded.model, loaded.name
@@ -829,7 +834,13 @@ def run(args: argparse.Namespace) -> dict:
         handler_settings = mar_handler_settings(choice.mar)
         server_threads = handler_settings.get("torch_threads")
         in_process = InProcessSegmenter(choice.mar, work / "torchscript", server_threads)
-        in_runtime = InProcessSegmenter(choice.mar, work / "runtime", server_threads, runtime="spec")
+        in_runtime = InProcessSegmenter(
+            choice.mar,
+            work / "runtime",
+            server_threads,
+            runtime="spec",
+            runtime_threads=handler_settings.get("runtime_threads"),
+        )
         print(f"in-process runtime: {in_runtime.runtime} (the archive's spec: {in_runtime.spec.runtime})")
         from tools.runtime_bench import sgemm_gflops
 

@@ -42,9 +42,12 @@ def measured(k8s_dir: Path) -> dict[str, dict]:
 
 
 def worker_threads(organ_dir: Path) -> int:
-    """Cores one worker's compute can use: its intra-op threads (model-config.yaml torch_threads)."""
+    """Cores one worker's compute can use: its intra-op threads (model-config.yaml torch_threads, or the
+    runtime's runtime_threads where more)."""
     config = yaml.safe_load((organ_dir / "model-config.yaml").read_text()) or {}
-    return int((config.get("handler") or {}).get("torch_threads", 1))
+    handler = config.get("handler") or {}
+    torch_threads = int(handler.get("torch_threads", 1))
+    return max(torch_threads, int(handler.get("runtime_threads") or torch_threads))
 
 
 def measurement(organ: str, organ_dir: Path, table: dict[str, dict]) -> dict:

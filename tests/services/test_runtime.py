@@ -127,3 +127,13 @@ def test_handler_serves_through_the_spec_runtime(model_dir, tmp_path, caplog):
     reference = decode_png(run(fallback, ctx2, [body])[0])
     assert served.shape == reference.shape
     assert np.abs(served.astype(int) - reference.astype(int)).max() <= 1  # 8-bit rounding of equal logits
+
+
+@pytest.mark.parametrize(
+    ("settings", "streams"), [({"torch_threads": 1}, 1), ({"torch_threads": 1, "runtime_threads": 2}, 2)]
+)
+def test_the_runtime_takes_its_own_threads_where_the_model_config_gives_them(model_dir, settings, streams):
+    handler = LiverHandler()
+    handler.initialize(make_context(model_dir, "liver", {**settings, "warmup": False}))
+    assert handler.runtime_name == "openvino" and handler.runtime.streams == streams
+    assert torch.get_num_threads() == 1  # torch's own work keeps torch_threads
