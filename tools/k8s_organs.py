@@ -42,12 +42,11 @@ def measured(k8s_dir: Path) -> dict[str, dict]:
 
 
 def worker_threads(organ_dir: Path) -> int:
-    """Cores one worker's compute can use: its intra-op threads (model-config.yaml torch_threads, or the
-    runtime's runtime_threads where more)."""
+    """Cores one worker's compute uses on single images: its intra-op threads (model-config.yaml
+    torch_threads). A runtime given more (runtime_threads: liver's volume chunks, two slices side by side)
+    bursts into the limit, twice the request (`sizing`)."""
     config = yaml.safe_load((organ_dir / "model-config.yaml").read_text()) or {}
-    handler = config.get("handler") or {}
-    torch_threads = int(handler.get("torch_threads", 1))
-    return max(torch_threads, int(handler.get("runtime_threads") or torch_threads))
+    return int((config.get("handler") or {}).get("torch_threads", 1))
 
 
 def measurement(organ: str, organ_dir: Path, table: dict[str, dict]) -> dict:
