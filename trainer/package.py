@@ -19,6 +19,7 @@ What goes in (archive root = the model dir TorchServe unpacks and puts first on 
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import hashlib
 import json
@@ -177,17 +178,8 @@ def repack(
     return out_dir / built.name
 
 
-def _commit() -> str | None:
-    result = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    )
-    return result.stdout.strip() or None
-
-
 def main(argv: list[str] | None = None) -> int:
     """python -m trainer.package --repack model-store/liver.mar --version 1.5 --why "…" [--out DIR]"""
-    import argparse
-
     parser = argparse.ArgumentParser(
         description="Pack a shipped archive's networks and spec again with this checkout's handler code "
         "(trainer.package.repack); its card beside it gains a `repackaged` entry."
