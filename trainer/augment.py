@@ -27,6 +27,10 @@ class AugmentConfig:
     hed_jitter: float = 0.0  # stain variation for H&E in haematoxylin/eosin/DAB space (Tellez et al. 2018)
     noise_std: float = 0.03
     blur_sigma: float = 0.0  # Gaussian blur of σ ~ U(0, blur_sigma) pixels per image (scanner sharpness)
+    # Elastic deformation (another patient's organ shape): a smooth displacement of up to `elastic`
+    # half-widths (0.05 at 256²: ~6 px) per image, interpolated from an `elastic_grid`² lattice of points
+    elastic: float = 0.0
+    elastic_grid: int = 5
 
 
 def random_crop(images: torch.Tensor, masks: torch.Tensor, size: int, gen: torch.Generator):
@@ -79,6 +83,17 @@ def gaussian_blur(images: torch.Tensor, sigma_max: float, gen: torch.Generator) 
     return flat.reshape(n, c, h, w)
 
 
+def elastic_field(
+    n: int, size: tuple[int, int], amplitude: float, lattice: int, gen: torch.Generator
+) -> torch.Tensor:
+    """(n, H, W, 2) smooth displacements for F.grid_sample's normalised grid: per image, control points on
+    a `lattice`² grid drawn from U(−1, 1), scaled by U(0, amplitude), interpolated bicubically."""
+    points = (2 * torch.rand(n, 2, lattice, lattice, generator=gen) - 1) * amplitude
+    points = points * torch.rand(n, 1, 1, 1, generator=gen)
+    field = F.interpolate(points, size=tuple(size), mode="bicubic", align_corners=True)
+    return field.permute(0, 2, 3, 1)
+
+
 def augment(images: torch.Tensor, masks: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator):
     """images float (N, C, H, W) in [0, 1], masks float (N, 1, H, W) → augmented copies."""
     n = images.shape[0]
@@ -96,13 +111,15 @@ def augment(images: torch.Tensor, masks: torch.Tensor, cfg: AugmentConfig, gen: 
     if cfg.rot90:
         k = int(torch.randint(0, 4, (1,), generator=gen))
         images, masks = images.rot90(k, (-2, -1)), masks.rot90(k, (-2, -1))
-    if cfg.rotate_deg or cfg.scale != (1.0, 1.0) or cfg.translate:
+    if cfg.rotate_deg or cfg.scale != (1.0, 1.0) or cfg.translate or cfg.elastic:
         angle = uniform(-cfg.rotate_deg, cfg.rotate_deg) * math.pi / 180
         zoom = uniform(*cfg.scale)
         cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
         tx, ty = uniform(-cfg.translate, cfg.translate), uniform(-cfg.translate, cfg.translate)
         theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
         grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        if cfg.elastic:
+            grid = grid + elastic_field(n, images.shape[-2:], cfg.elastic, cfg.elastic_grid, gen)
         images = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
         masks = (
             F.grid_sample(masks, grid, mode="bilinear", padding_mode="zeros", align_corners=False) > 0.5

@@ -1,5 +1,5 @@
 """Augmentation: shapes and ranges kept, masks untouched by colour, stain jitter acting in H&E space, blur
-spreading each image by its own σ."""
+spreading each image by its own σ, elastic deformation moving an organ's outline smoothly and boundedly."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,15 @@ import torch
 from PIL import Image
 
 from tests.data import CELLS_TRAIN
-from trainer.augment import HED_FROM_RGB, RGB_FROM_HED, AugmentConfig, augment, gaussian_blur, hed_jitter
+from trainer.augment import (
+    HED_FROM_RGB,
+    RGB_FROM_HED,
+    AugmentConfig,
+    augment,
+    elastic_field,
+    gaussian_blur,
+    hed_jitter,
+)
 
 
 def tile(size: int = 128) -> torch.Tensor:
@@ -55,6 +63,7 @@ def test_hed_jitter_scales_each_stain_not_each_rgb_channel():
         AugmentConfig(crop=64, flips=True, rot90=True, hed_jitter=0.05),
         AugmentConfig(),
         AugmentConfig(scale=(0.75, 1.3), contrast=(0.75, 1.3), noise_std=0.05, blur_sigma=1.0),
+        AugmentConfig(elastic=0.08),
     ],
 )
 def test_augment_keeps_shapes_ranges_and_binary_masks(cfg):
@@ -82,3 +91,36 @@ def test_blur_spreads_a_point_by_each_images_own_sigma_and_keeps_flat_images_fla
     assert len({round(float(v), 3) for v in variance}) == 4  # one σ per image
     flat = torch.full((2, 3, 16, 16), 0.4)
     torch.testing.assert_close(gaussian_blur(flat, 2.0, torch.Generator().manual_seed(0)), flat)
+
+
+def test_elastic_fields_are_smooth_bounded_and_one_per_image():
+    field = elastic_field(6, (96, 80), 0.1, 5, torch.Generator().manual_seed(2))
+    assert field.shape == (6, 96, 80, 2)
+    assert float(field.abs().max()) <= 0.1 * 1.3  # bicubic overshoots its control points a little
+    step = max(
+        float((field[:, 1:] - field[:, :-1]).abs().max()),
+        float((field[:, :, 1:] - field[:, :, :-1]).abs().max()),
+    )
+    assert step < 0.1 * 2 / 5  # neighbouring pixels move alike: no tearing
+    spans = [float(f.abs().max()) for f in field]
+    assert len({round(s, 4) for s in spans}) == 6 and max(spans) > 0.03  # each image its own strength
+
+
+def test_elastic_deforms_an_outline_by_a_few_pixels_and_leaves_the_rest():
+    yy, xx = torch.meshgrid(torch.arange(128.0), torch.arange(128.0), indexing="ij")
+    disc = (((yy - 64) ** 2 + (xx - 60) ** 2) < 35**2).float()[None, None].repeat(4, 1, 1, 1)
+    image = disc * 0.6 + 0.2
+    still = {"rotate_deg": 0, "scale": (1.0, 1.0), "translate": 0, "brightness": 0, "contrast": (1, 1)}
+    cfg = AugmentConfig(**still, gamma=(1, 1), noise_std=0, elastic=0.06)
+    img, msk = augment(image.clone(), disc.clone(), cfg, torch.Generator().manual_seed(4))
+    changed = msk != disc
+    assert changed.any()  # the outline moved
+    dice = 2 * (msk * disc).sum() / (msk.sum() + disc.sum())
+    assert 0.85 < float(dice) < 0.999
+    # only near the outline: 0.06 half-widths of 128 px is ~4 px (bicubic overshoot allowed)
+    radius = ((yy - 64) ** 2 + (xx - 60) ** 2).sqrt()
+    assert float((radius - 35).abs()[changed[0, 0]].max()) <= 6
+    inside = (img - (msk * 0.6 + 0.2)).abs() > 0.05  # the image moved with its mask
+    assert float(inside.float().mean()) < 0.02
+    again = augment(image.clone(), disc.clone(), cfg, torch.Generator().manual_seed(4))
+    assert torch.equal(again[1], msk)
