@@ -20,7 +20,6 @@ the first slice's ImagePositionPatient.
 from __future__ import annotations
 
 import datetime
-import gzip
 import io
 import logging
 import struct
@@ -38,6 +37,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
+from zlib_ng import gzip_ng, zlib_ng
 
 from services.imaging import ImageDecodeError, check_deflated_dicom
 
@@ -426,8 +426,8 @@ def _nifti_file_bytes(name: str, data: bytes, needed: int) -> bytes:
     """The first ``needed`` bytes of the (decompressed) file: header, extensions and voxels, no more."""
     if data[:2] == b"\x1f\x8b":
         try:
-            raw = gzip.GzipFile(fileobj=io.BytesIO(data)).read(needed)
-        except (OSError, EOFError, zlib.error) as exc:
+            raw = gzip_ng.GzipNGFile(fileobj=io.BytesIO(data)).read(needed)
+        except (OSError, EOFError, zlib.error, zlib_ng.error) as exc:
             raise StudyInputError(f"{name} is a damaged .gz ({exc})", code="unreadable_nifti") from exc
     else:
         raw = data[:needed]
@@ -921,8 +921,9 @@ def nifti_bytes(volume: Volume, array_ijk: np.ndarray) -> bytes:
         image.set_sform(volume.affine, code="scanner")
         image.header.set_xyzt_units("mm")
     image.header["descrip"] = b"MedSeg"
-    # level 1: a 100-slice 512² uint8 mask in 0.2 s (1.7 MB) against 1.0 s (1.1 MB) at level 6
-    return gzip.compress(image.to_bytes(), compresslevel=1, mtime=0)
+    # zlib-ng at level 2: 200×512² uint8 probabilities in 0.07 s (1.5 MB) against 0.21 s (1.7 MB) for
+    # Python's gzip at level 1 (and 1.0 s at its default 6); any gzip reader reads it
+    return gzip_ng.compress(image.to_bytes(), compresslevel=2, mtime=0)
 
 
 def dicom_seg(
@@ -1030,8 +1031,8 @@ def _head(data: bytes, size: int) -> bytes:
     if data[:2] != b"\x1f\x8b":
         return data[:size]
     try:
-        return gzip.GzipFile(fileobj=io.BytesIO(data)).read(size)
-    except (OSError, EOFError, zlib.error):
+        return gzip_ng.GzipNGFile(fileobj=io.BytesIO(data)).read(size)
+    except (OSError, EOFError, zlib.error, zlib_ng.error):
         return b""
 
 
