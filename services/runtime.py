@@ -81,10 +81,10 @@ class OnnxRuntimeModel:
 
 class OpenVinoModel:
     """A network in OpenVINO. Every image runs on one thread: a single image in a one-thread request, a batch
-    (a tile's mirror views, a volume chunk's slices) spread over as many streams as the worker has threads,
-    one thread each, side by side (compiled the first time a batch comes). The two views of a 1008² cells
-    tile took 1.53 s that way against 1.97 s as one request of two on both threads (int8, 2026-12-03); a
-    single liver slice cost 0.074-0.079 CPU-s on one thread against 0.097-0.099 on two (python -m
+    (a tile's mirror views, a volume chunk's slices) image by image over as many streams as the worker has
+    threads, one thread each, side by side (compiled the first time a batch comes). The two views of a 1008²
+    cells tile took 1.53 s that way against 1.97 s as one request of two on both threads (int8, 2026-12-03);
+    a single liver slice cost 0.074-0.079 CPU-s on one thread against 0.097-0.099 on two (python -m
     tools.organ_cpu --organ liver)."""
 
     name = "openvino"
@@ -121,10 +121,11 @@ class OpenVinoModel:
             compiled = self._compile(streams=self.streams, threads=self.streams)
             self.queue = self._ov.AsyncInferQueue(compiled, self.streams)
             self.queue.set_callback(self._done)
-        parts = np.array_split(x, min(self.streams, len(x)))
-        self._out = [None] * len(parts)
-        for i, part in enumerate(parts):
-            self.queue.start_async({0: part}, i)
+        # one image a request: the queue hands the next image to whichever stream is free, so a batch of
+        # several per stream (a volume chunk's slices) has no stream waiting on the other at every pair
+        self._out = [None] * len(x)
+        for i in range(len(x)):
+            self.queue.start_async({0: x[i : i + 1]}, i)
         self.queue.wait_all()
         return torch.from_numpy(np.concatenate(self._out))
 
