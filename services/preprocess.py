@@ -107,8 +107,9 @@ def forward(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, spec
 # The mirror images of an input (spec inference.tta) go through the network as one batch when together they
 # hold at most this many pixels: the two of a 1000² H&E tile (1008² padded, tta rot180), which OpenVINO
 # runs side by side in two streams (services.runtime.OpenVinoModel). Two tiles in one TorchServe batch pass
-# one after the other: as one batch of four their two streams held two images each, and the worker grew
-# from 1.0 to 1.6 GiB (python -m tools.organ_cpu --organ cells, 2026-12-03). (Four views of one tile in one
+# one after the other: as one batch of four (measured when each stream still took half a batch, two images
+# at once) the worker grew from 1.0 to 1.6 GiB (python -m tools.organ_cpu --organ cells, 2026-12-03); with
+# one image a request since then, not measured again. (Four views of one tile in one
 # call measured ~11 % faster than four of one before the streams: docs/cells-instances.md "Serving time".)
 BATCH_VIEWS_PIXELS = 2 * 1008 * 1008
 
