@@ -792,7 +792,7 @@ def _read_dicom_volume(series: _Series) -> Volume:
     cols, rows, _ = info.shape
     stack = np.empty((len(series.slices), rows, cols), dtype=np.float32)
     for k, s in enumerate(series.slices):
-        stack[k] = _decoded(s, rows, cols)
+        _decode_into(stack[k], s, rows, cols)
     return Volume(
         data=stack.transpose(2, 1, 0),  # (slice, row, column) -> (i, j, k) = (column, row, slice), a view
         affine=info.affine,
@@ -817,7 +817,29 @@ def _dicom_info(series: _Series) -> StudyInfo:
     )
 
 
-def _decoded(s: _Slice, rows: int, cols: int) -> np.ndarray:
+def _decode_into(out: np.ndarray, s: _Slice, rows: int, cols: int) -> None:
+    """One slice's HU into `out` (float32): an integer rescale of stored values of up to 16 bits (slope 1, a
+    whole intercept: CT's usual) in place and exactly, without pydicom's float64 copy (0.1-0.2 s of a
+    200-slice 512² series); anything else (a modality LUT, a fractional rescale) by pydicom's
+    apply_modality_lut."""
+    pixels = _pixels(s, rows, cols)
+    slope, intercept = s.ds.get("RescaleSlope"), s.ds.get("RescaleIntercept")
+    if (
+        pixels.dtype.kind in "iu"
+        and pixels.dtype.itemsize <= 2
+        and not s.ds.get("ModalityLUTSequence")
+        and slope is not None
+        and intercept is not None
+        and float(slope) == 1.0
+        and float(intercept).is_integer()
+    ):
+        np.copyto(out, pixels, casting="unsafe")  # stored values of up to 16 bits: exact in float32
+        out += np.float32(intercept)
+    else:
+        out[...] = apply_modality_lut(pixels, s.ds)
+
+
+def _pixels(s: _Slice, rows: int, cols: int) -> np.ndarray:
     syntax = s.ds.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)
     try:
         pixels = s.ds.pixel_array
@@ -837,7 +859,7 @@ def _decoded(s: _Slice, rows: int, cols: int) -> np.ndarray:
             f"{_instance(s.name, s.ds)} decodes to {pixels.shape}, not the {rows}×{cols} its header declares",
             code="unreadable_dicom",
         )
-    return np.asarray(apply_modality_lut(pixels, s.ds), dtype=np.float32)
+    return pixels
 
 
 def _series_info(series: _Series) -> SeriesInfo:

@@ -106,6 +106,25 @@ def test_dicom_hu_applies_rescale_slope_and_intercept(training):
     assert volume.data.min() >= -1024 - 0.5  # HU, not stored values
 
 
+@pytest.mark.parametrize(
+    "slope, intercept, unsigned",
+    [(1.0, -1024.0, False), (1.0, -1024.0, True), (1.0, 0.0, False), (0.5, -2048.0, False), (1.0, -0.5, False)],
+)
+def test_dicom_hu_are_pydicoms_modality_lut_whichever_way_they_are_decoded(slope, intercept, unsigned):
+    """An integer rescale is applied in place (the fast way), anything else by pydicom: both give pydicom's
+    HU, exactly, for signed and unsigned stored values."""
+    hu = np.linspace(-1024, 1500, 16 * 16 * 3, dtype=np.float32).reshape(16, 16, 3)
+    datasets = sd.ct_datasets(hu, name="lut", slope=slope, intercept=intercept)
+    if unsigned:  # stored values of 0..2524 as uint16 (PixelRepresentation 0)
+        for ds in datasets:
+            ds.PixelData = ds.pixel_array.astype(np.uint16).tobytes()
+            ds.PixelRepresentation = 0
+    expected = np.stack([pydicom.pixels.apply_modality_lut(ds.pixel_array, ds) for ds in datasets])
+    volume = read_study(sd.series_files(datasets))
+    assert volume.data.dtype == np.float32
+    assert np.array_equal(volume.data.transpose(2, 1, 0), expected.astype(np.float32))
+
+
 def test_dicom_geometry_matches_dicom2nifti(series, dicom_volume):
     reference = dicom2nifti.convert_dicom.dicom_array_to_nifti(
         [pydicom.dcmread(io.BytesIO(data)) for _, data in series], None, reorient_nifti=False
