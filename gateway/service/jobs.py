@@ -101,6 +101,7 @@ class JobWorkers:
         return None
 
     def close(self, timeout: float = 10.0) -> None:
+        self._slots = None  # no job starts from its submit either (a job running from one ends on its own)
         self._stop.set()
         self._wake.set()
         for thread in self._threads:
