@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             results = [time_study(running.http_url, running.api_key, blob) for _ in range(args.runs)]
             if args.timeline:  # where each study's time went, as the gateway logged it
                 for line in running.gateway_log.read_text(errors="replace").splitlines():
-                    if "gateway.service.studies" in line and (" queued: " in line or " segmenting: " in line or " done: " in line):
+                    if "gateway.service.studies" in line and (" queued: " in line or " done: " in line):
                         print(line)
     best = min(r["seconds"] for r in results)
     load = os.getloadavg()

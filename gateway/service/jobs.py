@@ -26,9 +26,6 @@ from gateway.core.db import get_sessionmaker
 logger = logging.getLogger(__name__)
 
 
-CLAIM_WAIT_S = 1.0  # how long take_slot waits for a worker that is only looking for work to let go its slot
-
-
 @dataclass(frozen=True)
 class JobLimits:
     workers: int  # threads per gateway process (0: this process runs none)
@@ -60,10 +57,6 @@ class JobWorkers:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
-        # one slot per worker thread: a worker holds one while it claims and runs a job, and a job started
-        # by its own submit (take_slot) holds one instead, so never more jobs run here than workers
-        self._slots: threading.Semaphore | None = None
-        self._claiming = 0  # workers between taking their slot and a claim's answer
 
     def session(self) -> Session:
         factory = self.session_factory or get_sessionmaker()
@@ -75,7 +68,6 @@ class JobWorkers:
             if self._threads or self.limits().workers < 1:
                 return
             self._stop.clear()
-            self._slots = threading.Semaphore(self.limits().workers)
             for n in range(self.limits().workers):
                 thread = threading.Thread(target=self._loop, name=f"medseg-{self.kind}-{n}", daemon=True)
                 thread.start()
@@ -86,22 +78,7 @@ class JobWorkers:
         """A job was queued: an idle worker takes it now rather than at its next poll."""
         self._wake.set()
 
-    def take_slot(self) -> threading.Semaphore | None:
-        """A worker's slot for a job its submitter runs from the start (its row written as running, claimed
-        at birth): the semaphore to release when that job ends; None when the workers are not started or
-        every slot is taken."""
-        slots = self._slots
-        if slots is None:
-            return None
-        if slots.acquire(blocking=False):
-            return slots
-        # an idle worker holds its slot for the moment of a claim: wait that moment out, not a running job
-        if self._claiming and slots.acquire(timeout=CLAIM_WAIT_S):
-            return slots
-        return None
-
     def close(self, timeout: float = 10.0) -> None:
-        self._slots = None  # no job starts from its submit either (a job running from one ends on its own)
         self._stop.set()
         self._wake.set()
         for thread in self._threads:
@@ -109,40 +86,21 @@ class JobWorkers:
         self._threads = []
 
     def _loop(self) -> None:
-        slots = self._slots
         while not self._stop.is_set():
-            if not slots.acquire(timeout=self.limits().poll_s):
-                continue  # a job started by its submit holds the slot
             try:
-                job_id = self._claim_and_run()
-            finally:
-                slots.release()
+                job_id = self.claim()
+            except Exception as exc:  # the database is down: wait and try again, never die
+                logger.warning("%s worker could not claim work: %s", self.kind, exc)
+                job_id = None
             if job_id is None:
                 self._wake.wait(self.limits().poll_s)
                 self._wake.clear()
-
-    def _claim_and_run(self) -> uuid.UUID | None:
-        with self._lock:
-            self._claiming += 1
-        try:
-            job_id = self.claim()
-        except Exception as exc:  # the database is down: wait and try again, never die
-            logger.warning("%s worker could not claim work: %s", self.kind, exc)
-            return None
-        finally:
-            with self._lock:
-                self._claiming -= 1
-        if job_id is not None:
-            self.run_logged(job_id)
-        return job_id
-
-    def run_logged(self, job_id: uuid.UUID, *args) -> None:
-        """`run(job_id, *args)`; an end that could not be recorded is logged, not raised."""
-        try:
-            self._run(job_id, *args)
-        except Exception as exc:  # the database went away as the job ended: it stays running, and is
-            # taken up again once its heartbeat is stale; this worker lives on for the next one
-            logger.warning("%s %s: its end could not be recorded: %s", self.kind, job_id, exc)
+                continue
+            try:
+                self._run(job_id)
+            except Exception as exc:  # the database went away as the job ended: it stays running, and is
+                # taken up again once its heartbeat is stale; this worker lives on for the next one
+                logger.warning("%s %s: its end could not be recorded: %s", self.kind, job_id, exc)
 
     def claim(self) -> uuid.UUID | None:
         """Take the oldest queued job, or a running one whose worker stopped beating; None if none."""

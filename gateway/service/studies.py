@@ -1,8 +1,7 @@
 """Studies: a DICOM series or a NIfTI volume, segmented as a background job, followed per patient in mL.
 
     submit (the request: read and check the volume, store the upload once, a queued row; 4xx and nothing
-        stored for bad input) → a worker thread claims the row (or, with a worker's slot free, the organ
-        server is already at work from the read on: HeadStart) → the organ server segments the volume's
+        stored for bad input) → a worker thread claims the row → the organ server segments the volume's
         axial slices in chunks (common.volume_inference) while the row's progress and heartbeat move → the
         8-bit probability volume on the INPUT grid is stored → organ volumes in mL at the seven thresholds
         → done.
@@ -21,13 +20,12 @@ from __future__ import annotations
 
 import io
 import logging
-import threading
 import time
 import uuid
 import zipfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 
 import numpy as np
@@ -55,42 +53,6 @@ CANCELLED = "cancelled"
 
 class Cancelled(Exception):
     """The study's cancel flag was seen between two chunks."""
-
-
-class _Abandoned(Exception):
-    """The submit of a study segmented from its start failed after all (the upload not stored, the row not
-    written): there is no study to record anything in."""
-
-
-@dataclass
-class HeadStart:
-    """A study whose segmentation begins in its submit, as soon as the upload is read and checked: the organ
-    server works while the upload is still going to the object store and the row is written (a 200-slice
-    CT series: the store's last 1-1.5 s). The row is written as running, claimed by this process at birth
-    (a restart takes it up again from the stored upload once its heartbeat is stale, as any running study);
-    nothing is recorded before the submit `settle`s, and nothing at all when the submit failed."""
-
-    organ: object
-    model: object
-    volume: volumes.Volume
-    prefix: str
-    slot: threading.Semaphore  # the worker's slot it runs in (JobWorkers.take_slot)
-    _settled: threading.Event = field(default_factory=threading.Event)
-    _written: bool = False
-
-    def settle(self, written: bool) -> None:
-        """The submit's end: the row written (go on, record the result) or not (stop, keep nothing)."""
-        self._written = written
-        self._settled.set()
-
-    def abandoned(self) -> bool:
-        return self._settled.is_set() and not self._written
-
-    def wait_written(self) -> None:
-        """Block until the submit ends; raises _Abandoned when it wrote no row."""
-        self._settled.wait()
-        if not self._written:
-            raise _Abandoned()
 
 
 def _check_for_organ(organ, volume: volumes.Volume) -> None:
@@ -222,15 +184,8 @@ class StudyJobs(JobService):
                     self.dataplane.remove_results([key])
                 raise
             clock.append(time.perf_counter())
-            head = self._head_start(study_id, organ, volume, key.rsplit("/", 1)[0])
-            try:
-                stored.result()
-            except BaseException:
-                if head is not None:
-                    head.settle(False)
-                raise
+            stored.result()
         clock.append(time.perf_counter())
-        now = datetime.now(UTC)
         row = Study(
             id=study_id,
             organ=organ.name,
@@ -240,11 +195,9 @@ class StudyJobs(JobService):
             modality=volume.modality,
             study_uid=volume.series.study_instance_uid if volume.series else None,
             series_uid=volume.series.series_instance_uid if volume.series else None,
-            status="running" if head else "queued",
+            status="queued",
             progress=0.0,
-            attempts=1 if head else 0,
-            started_at=now if head else None,
-            heartbeat_at=now if head else None,
+            attempts=0,
             shape=list(volume.canonical_shape(_axcodes(organ.spec))),
             spacing_mm=[round(float(s), 4) for s in volume.canonical_spacing(_axcodes(organ.spec))],
             labels=list(organ.spec.labels),
@@ -270,47 +223,18 @@ class StudyJobs(JobService):
                 {"organ": organ.name, "slices": row.shape[0]},
             )
             session.commit()
-        except BaseException:
-            if head is not None:
-                head.settle(False)
+        except Exception:
             self.dataplane.remove_results([key])
             raise
         clock.append(time.perf_counter())
-        if head is not None:
-            head.settle(True)
-        else:
-            self._fresh[study_id] = volume
-            self.start()  # (a serving gateway starts them with the app: gateway.main)
-            self.workers.wake()
+        self._fresh[study_id] = volume
+        self.start()
+        self.workers.wake()
         logger.info(
-            "study %s %s: %d bytes read in %.2f s, stored %.2f s later, recorded in %.2f s",
-            study_id, "segmenting" if head else "queued", total, *np.diff(clock),
+            "study %s queued: %d bytes read in %.2f s, stored %.2f s later, recorded in %.2f s",
+            study_id, total, *np.diff(clock),
         )  # fmt: skip
         return row
-
-    def _head_start(
-        self, study_id: uuid.UUID, organ, volume: volumes.Volume, prefix: str
-    ) -> HeadStart | None:
-        """Start segmenting the study now (HeadStart) when a worker's slot is free; None: it queues."""
-        slot = self.workers.take_slot()
-        if slot is None:
-            return None
-        try:
-            head = HeadStart(organ, self.dataplane.registry.model(organ.name), volume, prefix, slot)
-            threading.Thread(
-                target=self._run_head, args=(study_id, head), name=f"medseg-study-{study_id}", daemon=True
-            ).start()
-        except Exception as exc:  # the study queues for a worker instead, which meets the trouble itself
-            slot.release()
-            logger.warning("study %s queued, not started at once: %s", study_id, exc)
-            return None
-        return head
-
-    def _run_head(self, study_id: uuid.UUID, head: HeadStart) -> None:
-        try:
-            self.workers.run_logged(study_id, head)
-        finally:
-            head.slot.release()
 
     def _read_for_organ(self, organ, pairs: list[tuple[str, bytes]]) -> volumes.Volume:
         """The study read and checked against what the organ's network takes (4xx when it does not)."""
@@ -328,12 +252,10 @@ class StudyJobs(JobService):
         self.dataplane.store.put_bytes(self.dataplane.results_bucket, key, blob, content_type=kind)
 
     # --- the job --------------------------------------------------------------------------------------
-    def _run(self, study_id: uuid.UUID, head: HeadStart | None = None) -> None:
+    def _run(self, study_id: uuid.UUID) -> None:
         started = time.perf_counter()
         try:
-            self._segment(study_id, head)
-        except _Abandoned:
-            return  # its submit failed: no row, nothing to record
+            self._segment(study_id)
         except Cancelled:
             with self._session() as session:
                 self._finish_failed(session, study_id, CANCELLED, "the study was cancelled")
@@ -352,30 +274,21 @@ class StudyJobs(JobService):
             self._fresh.pop(study_id, None)
             metrics.observe_latency("study", "-", "-", started)
 
-    def _segment(self, study_id: uuid.UUID, head: HeadStart | None = None) -> None:
+    def _segment(self, study_id: uuid.UUID) -> None:
+        with self._session() as session:
+            row = session.get(Study, study_id)
+            organ = self.dataplane.registry.get(row.organ)
+            input_key, prefix = row.input_key, row.input_key.rsplit("/", 1)[0]
         clock = [time.perf_counter()]  # the phases' ends, logged with the study's end (operators, benchmarks)
-        if head is None:
-            with self._session() as session:
-                row = session.get(Study, study_id)
-                organ = self.dataplane.registry.get(row.organ)
-                input_key, prefix = row.input_key, row.input_key.rsplit("/", 1)[0]
-            volume = self._fresh.pop(study_id, None) or self._read_stored(input_key)
-            model = self.dataplane.registry.model(organ.name)
-        else:
-            organ, model, volume, prefix = head.organ, head.model, head.volume, head.prefix
+        volume = self._fresh.pop(study_id, None) or self._read_stored(input_key)
         axcodes = _axcodes(organ.spec)
+        model = self.dataplane.registry.model(organ.name)
         clock.append(time.perf_counter())
-        # (before its submit has written the row, the beat's writes and reads find no row and do nothing)
         with self.workers.beat(study_id) as beat:
-            try:
-                if organ.spec.volumetric:
-                    prob, label = self._infer_3d(organ, model, volume, beat)
-                else:
-                    stop = beat.cancelled if head is None else lambda: head.abandoned() or beat.cancelled()
-                    prob, label = self._infer(organ, model, volume.canonical(axcodes), beat, stop), None
-            finally:
-                if head is not None:
-                    head.wait_written()  # nothing is recorded before the row is there, nor without one
+            if organ.spec.volumetric:
+                prob, label = self._infer_3d(organ, model, volume, beat)
+            else:
+                prob, label = self._infer(organ, model, volume.canonical(axcodes), beat), None
         clock.append(time.perf_counter())
         if beat.cancelled(force=True):
             raise Cancelled()
@@ -399,9 +312,7 @@ class StudyJobs(JobService):
         beat.progress(1, 1)
         return answer
 
-    def _infer(
-        self, organ, model, canonical: np.ndarray, beat: Beat, cancelled: Callable[[], bool]
-    ) -> np.ndarray:
+    def _infer(self, organ, model, canonical: np.ndarray, beat: Beat) -> np.ndarray:
         return segment_volume(
             self.dataplane.clients[organ.name],
             organ.name,
@@ -409,7 +320,7 @@ class StudyJobs(JobService):
             version=model.version if model.version != "unknown" else None,
             chunk=organ.spec.inference.volume_chunk,
             progress=beat.progress,
-            cancelled=cancelled,
+            cancelled=beat.cancelled,
             # a chunk may queue behind another study's (and 2-D requests) on a busy server
             timeout=max(60.0, 4 * self.settings.inference_timeout_s),
         )
