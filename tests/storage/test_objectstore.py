@@ -13,6 +13,7 @@ import time
 import httpx
 import pytest
 
+from common import objectstore
 from common.errors import NotFound, ServiceUnavailable
 from common.objectstore import PART_SIZE, ObjectStore
 from tools.objectstore_server import S3Credentials
@@ -49,6 +50,18 @@ def test_missing_object_and_bucket_are_not_found(objectstore):
         objectstore.stat(objectstore.buckets.results, "no/such/key")
     with pytest.raises(NotFound):
         objectstore.get_bytes("medseg-no-such-bucket", "key")
+
+
+def test_bytes_in_memory_go_in_one_put_and_only_very_large_ones_in_parts(clean_buckets, monkeypatch):
+    """A multipart object's ETag is "<md5 of the parts' md5s>-<parts>"; one PUT's is the data's own md5."""
+    store = clean_buckets
+    data = os.urandom(PART_SIZE + 1024 * 1024)  # minio's own default would cut this in 5 MiB parts
+    store.put_bytes(store.buckets.runs, "one-put.bin", data)
+    assert store.stat(store.buckets.runs, "one-put.bin").etag.strip('"') == hashlib.md5(data).hexdigest()
+    monkeypatch.setattr(objectstore, "SINGLE_PUT_MAX_BYTES", 8 * 1024 * 1024)
+    store.put_bytes(store.buckets.runs, "in-parts.bin", data)
+    assert store.stat(store.buckets.runs, "in-parts.bin").etag.strip('"').endswith("-2")  # PART_SIZE, rest
+    assert store.get_bytes(store.buckets.runs, "in-parts.bin") == data
 
 
 def test_big_file_is_uploaded_in_parts_and_streamed_back(clean_buckets, tmp_path):
