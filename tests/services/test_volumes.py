@@ -108,7 +108,13 @@ def test_dicom_hu_applies_rescale_slope_and_intercept(training):
 
 @pytest.mark.parametrize(
     "slope, intercept, unsigned",
-    [(1.0, -1024.0, False), (1.0, -1024.0, True), (1.0, 0.0, False), (0.5, -2048.0, False), (1.0, -0.5, False)],
+    [
+        (1.0, -1024.0, False),
+        (1.0, -1024.0, True),
+        (1.0, 0.0, False),
+        (0.5, -2048.0, False),
+        (1.0, -0.5, False),
+    ],
 )
 def test_dicom_hu_are_pydicoms_modality_lut_whichever_way_they_are_decoded(slope, intercept, unsigned):
     """An integer rescale is applied in place (the fast way), anything else by pydicom: both give pydicom's
