@@ -206,7 +206,7 @@ class ObjectStore:
             result = self.client.put_object(
                 bucket, key, io.BytesIO(data), size, content_type=content_type, part_size=part_size
             )
-        return ObjectInfo(key, len(data), result.etag, None, content_type)
+        return ObjectInfo(key, size, result.etag, None, content_type)
 
     def put_stream(
         self,
