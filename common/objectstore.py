@@ -24,6 +24,7 @@ import urllib3
 from minio import Minio
 from minio.deleteobjects import DeleteObject
 from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
+from minio.helpers import MIN_PART_SIZE
 
 from common.errors import NotFound, ServiceUnavailable
 from common.settings import Settings, get_settings
@@ -40,7 +41,6 @@ PART_SIZE = 16 * 1024 * 1024  # multipart chunk: bounds memory when streaming bi
 # 0.91-0.93 s and 1.5-1.6 CPU-s of SeaweedFS that way against 1.31-1.76 s and 2.4-2.5 CPU-s in minio's
 # default 5 MiB parts (/work/exp/putexp.py, 2026-12-03); larger ones in PART_SIZE parts.
 SINGLE_PUT_MAX_BYTES = 256 * 1024 * 1024
-MIN_PART_BYTES = 5 * 1024 * 1024  # S3's smallest part, and the smallest part_size minio accepts
 
 
 def sha256_of(chunks: Iterable[bytes]) -> str:
@@ -201,7 +201,7 @@ class ObjectStore:
     ) -> ObjectInfo:
         """Store `data` at bucket/key (overwrites): in one PUT up to SINGLE_PUT_MAX_BYTES, else in parts."""
         size = len(data)
-        part_size = max(size, MIN_PART_BYTES) if size <= SINGLE_PUT_MAX_BYTES else PART_SIZE
+        part_size = max(size, MIN_PART_SIZE) if size <= SINGLE_PUT_MAX_BYTES else PART_SIZE
         with self._errors(f"put {bucket}/{key}"):
             result = self.client.put_object(
                 bucket, key, io.BytesIO(data), size, content_type=content_type, part_size=part_size

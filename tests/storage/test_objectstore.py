@@ -13,7 +13,6 @@ import time
 import httpx
 import pytest
 
-from common import objectstore
 from common.errors import NotFound, ServiceUnavailable
 from common.objectstore import PART_SIZE, ObjectStore
 from tools.objectstore_server import S3Credentials
@@ -58,7 +57,7 @@ def test_bytes_in_memory_go_in_one_put_and_only_very_large_ones_in_parts(clean_b
     data = os.urandom(PART_SIZE + 1024 * 1024)  # minio's own default would cut this in 5 MiB parts
     store.put_bytes(store.buckets.runs, "one-put.bin", data)
     assert store.stat(store.buckets.runs, "one-put.bin").etag.strip('"') == hashlib.md5(data).hexdigest()
-    monkeypatch.setattr(objectstore, "SINGLE_PUT_MAX_BYTES", 8 * 1024 * 1024)
+    monkeypatch.setattr("common.objectstore.SINGLE_PUT_MAX_BYTES", 8 * 1024 * 1024)
     store.put_bytes(store.buckets.runs, "in-parts.bin", data)
     assert store.stat(store.buckets.runs, "in-parts.bin").etag.strip('"').endswith("-2")  # PART_SIZE, rest
     assert store.get_bytes(store.buckets.runs, "in-parts.bin") == data
