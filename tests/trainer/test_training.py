@@ -159,3 +159,38 @@ def test_one_fold_trains_on_every_pair_and_keeps_the_last_epoch(tmp_path):
     assert all(torch.equal(best[k], v) for k, v in checkpoint["model"].items())
     with pytest.raises(ValueError, match="one fold .* is fold 0, not 1"):
         run_training("liver", LIVER, tmp_path / "again", tiny("liver"), limit=4, folds=1, fold=1)
+
+
+@pytest.mark.parametrize(
+    "precision, forward_dtype, layout",
+    [("f32", torch.float32, torch.channels_last), ("bf16", torch.bfloat16, torch.contiguous_format)],
+)
+def test_a_2d_step_runs_in_the_configured_precision_and_the_layout_that_is_fast_in_it(
+    tmp_path, precision, forward_dtype, layout
+):
+    from services.spec import load_organ_spec
+    from trainer.data import load_pairs
+    from trainer.loop import Trainer
+
+    spec = load_organ_spec("liver")
+    pairs = load_pairs(LIVER, spec, limit=3)
+    config = tiny("liver", precision=precision)
+    trainer = Trainer(spec, pairs.subset([0, 1]), pairs.subset([2]), config, tmp_path)
+    seen = []
+    trainer.net.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    x, y = trainer.batch(torch.tensor([0, 1]))
+    # a 3×3 convolution of several channels, whose weight is in one layout only (1×1 or one channel: both)
+    conv = next(
+        m for m in trainer.net.modules()
+        if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1 and m.kernel_size[0] > 1
+    )  # fmt: skip
+    other = torch.contiguous_format if precision == "f32" else torch.channels_last
+    assert conv.weight.is_contiguous(memory_format=layout)
+    assert not conv.weight.is_contiguous(memory_format=other)
+    assert x.is_contiguous(memory_format=layout)  # one channel: either layout's strides
+    before = [p.detach().clone() for p in trainer.net.parameters()]
+    loss = trainer.train_step(x, y)
+    assert seen == [forward_dtype] and np.isfinite(loss) and loss > 0
+    assert all(p.dtype == torch.float32 for p in trainer.net.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.net.parameters(), strict=True))
+    assert trainer.predict_val(0).dtype == torch.float32  # validation (and export) stay f32
