@@ -15,7 +15,6 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from PIL import Image
 
 from gateway.service.masks import THRESHOLDS, probability_mask
@@ -39,7 +38,9 @@ class CaseScore:
     per_label: dict[str, dict[str, float | None]] | None = None
 
 
-def _tensor(mask: np.ndarray) -> torch.Tensor:
+def _tensor(mask: np.ndarray):
+    import torch  # with MONAI, on the first evaluation: not at the gateway's start
+
     return torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
 
 
@@ -76,6 +77,7 @@ def hd95(pred: np.ndarray, label: np.ndarray, spacing_mm: tuple[float, ...] | No
 
 def dice_iou_at(prob_u8: np.ndarray, label: np.ndarray, thresholds) -> dict[float, tuple[float, float]]:
     """MONAI's Dice and IoU of the mask at each threshold against the label, in one batched call each."""
+    import torch
     from monai.metrics import compute_dice, compute_iou
 
     thresholds = list(thresholds)

@@ -55,7 +55,7 @@ from gateway.principal import Principal
 from gateway.service import model_registry
 from gateway.service.kubernetes_jobs import KubernetesLauncher
 from gateway.service.trainer_launch import LOG_TAIL_CHARS, JobRequest, TrainerExit, trainer_args
-from services.networks import MODELS
+from services.architectures import ARCHITECTURES
 
 logger = logging.getLogger(__name__)
 
@@ -365,9 +365,9 @@ class TrainingJobs:
     def _checked_request(session: Session, principal: Principal, request: JobRequest) -> Dataset:
         """The dataset to train on: a known architecture and a ready dataset of the request's organ that the
         caller sees."""
-        if request.arch not in MODELS:
+        if request.arch not in ARCHITECTURES:
             raise InvalidInput(
-                f"unknown architecture {request.arch!r}; valid: {', '.join(sorted(MODELS))}",
+                f"unknown architecture {request.arch!r}; valid: {', '.join(sorted(ARCHITECTURES))}",
                 code="unknown_arch",
                 params={"arch": request.arch},
             )

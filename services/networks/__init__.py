@@ -1,7 +1,8 @@
 """The network architectures: `create_model(name, **kw)` and the registry `MODELS` of their names.
 
 Part of the model contract (services/): the trainer builds these networks and the gateway checks a training
-job's architecture against `MODELS`, so neither imports the other for them.
+job's architecture against its names (services.architectures, the table `MODELS` is built from, read
+without torch), so neither imports the other for them.
 
 | name           | what                                                                   |
 |----------------|------------------------------------------------------------------------|
@@ -24,16 +25,12 @@ from functools import partial
 
 from torch import nn
 
+from services.architectures import ARCHITECTURES
 from services.networks.unet import EncoderDecoder
 
+# built from services.architectures' table, which the gateway reads without torch
 MODELS: dict[str, Callable[..., nn.Module]] = {
-    "unet": partial(EncoderDecoder, widths=(24, 48, 96), block="double"),
-    "unet-res": partial(EncoderDecoder, widths=(24, 48, 96), block="residual"),
-    "unet-eg": partial(EncoderDecoder, widths=(24, 48, 96), block="eg"),
-    "erunet": partial(EncoderDecoder, widths=(24, 48, 96), block="egr"),
-    "erunet-cells": partial(EncoderDecoder, widths=(12, 24, 48, 96, 192), block="egr", dilation=2),
-    "eru_net_3d": partial(EncoderDecoder, widths=(12, 24, 48, 96), block="egr", dims=3),
-    "unet_3d": partial(EncoderDecoder, widths=(12, 24, 48, 96), block="double", dims=3),
+    name: partial(EncoderDecoder, **arguments) for name, arguments in ARCHITECTURES.items()
 }
 
 

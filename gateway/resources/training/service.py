@@ -17,12 +17,13 @@ from gateway.resources.training.schemas import (
 )
 from gateway.service.clinic import Clinic
 from gateway.service.training_jobs import JobRequest
-from services.networks import MODELS
+from services.architectures import ARCHITECTURES
 
 
 def architectures() -> ArchitecturesPublic:
-    """The network architectures a job can train: the registry's names (services.networks.MODELS)."""
-    return ArchitecturesPublic(architectures=sorted(MODELS))
+    """The network architectures a job can train: the registry's names (services.architectures, the table
+    services.networks.MODELS is built from)."""
+    return ArchitecturesPublic(architectures=sorted(ARCHITECTURES))
 
 
 def list_jobs(clinic: Clinic, session: Session) -> TrainingJobsPublic:
