@@ -18,7 +18,12 @@ SHARED_DATA = (
 
 def test_liver_trains_as_it_shipped():
     assert default_config("liver") == TrainConfig(
-        arch="erunet", widths=(12, 24, 48), batch_size=8, time_budget_min=50.0, augment=AugmentConfig()
+        arch="erunet",
+        widths=(12, 24, 48),
+        batch_size=8,
+        time_budget_min=50.0,
+        precision="bf16",
+        augment=AugmentConfig(elastic=0.06),
     )
     assert load_recipe("liver").data.train == SHARED_DATA / "liver" / "train"
     assert load_recipe("liver").data.layout == "paired"
@@ -59,7 +64,8 @@ def test_the_hippocampus_trains_whole_volumes_in_bfloat16_and_the_command_line_w
     assert load_recipe("hippocampus").crop is None  # whole 48×64×48 volumes, as served
     assert default_config("hippocampus").precision == "bf16"
     assert default_config("hippocampus", precision="f32").precision == "f32"
-    assert default_config("liver").precision == "f32"  # a recipe without the field: TrainConfig's default
+    assert default_config("liver").precision == "bf16"
+    assert default_config("cells").precision == "f32"  # a recipe without the field: TrainConfig's default
 
 
 def test_the_recipes_data_is_found_in_its_layout():
