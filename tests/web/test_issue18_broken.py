@@ -99,8 +99,16 @@ def test_2_models_page_formats_metrics_summarises_the_card_and_keeps_actions_in_
     page.get_by_label("Organ", exact=True).select_option("liver")
     row = page.locator(f'#versions-table tr[data-version="{version}"]')
     metrics = row.locator('[data-field="metrics"]')
-    expect(metrics).to_contain_text("best epoch 19")
-    expect(metrics).to_contain_text("Dice 0.981")
+    card_metrics = shipped_liver_card["metrics"]
+    expect(metrics).to_contain_text(f"best epoch {card_metrics['best_epoch']}")
+    # the shipped card's Dice: held-out slices', or for a model trained on every slice its recipe's
+    # leave-one-volume-out figure, named as such
+    dice = (
+        f"Dice {card_metrics['val_dice']:.3f}"
+        if isinstance(card_metrics.get("val_dice"), float)
+        else f"Dice on unseen volumes (CV) {card_metrics['leave_one_volume_out_dice']:.3f}"
+    )
+    expect(metrics).to_contain_text(dice)
     text = metrics.inner_text()
     assert "[object Object]" not in text and "best_epoch" not in text and "19.000" not in text, text
 
@@ -110,7 +118,14 @@ def test_2_models_page_formats_metrics_summarises_the_card_and_keeps_actions_in_
     expect(card).to_contain_text(f"Liver v{version}")
     runtime = shipped_liver_card["runtime"]  # the runtime it is served in, and its time a slice
     shown_runtime = (runtime["name"], f"{runtime['ms_per_input']} ms")
-    for shown in ("0.981", "fold 0 of 5", *shown_runtime, "400 pairs", "320 training", "erunet"):
+    cv, dataset = shipped_liver_card["cross_validation"], shipped_liver_card["dataset"]
+    split = shipped_liver_card["split"]
+    shown_split = (
+        "every pair, none held out" if split["folds"] == 1 else f"fold {split['fold']} of {split['folds']}"
+    )
+    shown_cv = f"mean Dice {cv['mean_val_dice']:.3f} ± {cv['std_val_dice']:.3f} over {len(cv['folds'])} folds"
+    shown_data = (f"{dataset['pairs']} pairs", f"{dataset['train']} training")
+    for shown in (shown_cv, shown_split, *shown_runtime, *shown_data, "erunet"):
         expect(card).to_contain_text(shown)
     assert card.locator("pre").count() == 0 and "{" not in card.inner_text()  # a summary, not the JSON
     web.shot(page, "issue18-2-model-card")

@@ -58,7 +58,9 @@
       add("per_threshold", Object.keys(perThreshold).sort().map(function (k) { return k + ": " + M.number(perThreshold[k]); }).join(" · "));
     }
     const split = c.split || {};
-    if (typeof split.fold === "number" && typeof split.folds === "number") {
+    if (split.folds === 1) {  // a final model (medseg train --folds 1): nothing held out
+      add("split", M.t("models.card.split_all"));
+    } else if (typeof split.fold === "number" && typeof split.folds === "number") {
       add("split", M.t("models.card.split_value", { fold: split.fold, folds: split.folds }), typeof split.grouping === "string" ? split.grouping : null);
     }
     const cv = c.cross_validation || {};
