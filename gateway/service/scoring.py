@@ -13,11 +13,15 @@ import io
 import math
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from gateway.service.masks import THRESHOLDS, probability_mask
+
+if TYPE_CHECKING:  # torch itself comes with MONAI at the first evaluation, not at the gateway's start
+    import torch
 
 # Longest side of each of the four overlay panels: a 512² CT slice at its own size (the viewer zooms into it),
 # a 1000² histology tile halved.
@@ -38,8 +42,8 @@ class CaseScore:
     per_label: dict[str, dict[str, float | None]] | None = None
 
 
-def _tensor(mask: np.ndarray):
-    import torch  # with MONAI, on the first evaluation: not at the gateway's start
+def _tensor(mask: np.ndarray) -> torch.Tensor:
+    import torch
 
     return torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
 
