@@ -23,7 +23,16 @@ def test_liver_trains_as_it_shipped():
         batch_size=8,
         time_budget_min=50.0,
         precision="bf16",
-        augment=AugmentConfig(elastic=0.06),
+        augment=AugmentConfig(
+            elastic=0.06,
+            scale=(0.75, 1.3),
+            rotate_deg=15.0,
+            brightness=0.15,
+            contrast=(0.75, 1.35),
+            gamma=(0.7, 1.45),
+            noise_std=0.05,
+            blur_sigma=1.0,
+        ),
     )
     assert load_recipe("liver").data.train == SHARED_DATA / "liver" / "train"
     assert load_recipe("liver").data.layout == "paired"
