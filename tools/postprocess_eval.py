@@ -1,6 +1,7 @@
 """Does 3-D post-processing help? Volume Dice of liver masks with and without it.
 
     .venv/bin/python -m tools.postprocess_eval [--mar model-store/liver.mar] [--json out.json]
+    .venv/bin/python -m tools.postprocess_eval --cv .medseg/cv-grouped/<recipe> [--json out.json]
 
 Segments the three liver CT volumes built from the training slices (tools.liver_volumes) through a real
 liver TorchServe (the archive's networks repacked with this checkout's handler, common.volume_inference at
@@ -13,6 +14,11 @@ at 0.5, the mean over the seven thresholds, the change against no post-processin
 
 Every slice here was in the training data of the shipped model or is a near-twin of one (its card says
 so): the model is flattered, so islands and holes are rarer than on a new patient's CT.
+
+With --cv, the measurement that decides: the fold models of a grouped cross-validation (`make cv`'s
+output folder, <organ>-fold<k>/ with checkpoint.pt, card.json and spec.yaml) segment the volume each of
+them never saw, in-process, at the last epoch's weights (those the CV table scores), and each option is
+scored on it as the CV scores (Dice per slice averaged over the held-out volume) and as one volume (3-D).
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from services.spec import Postprocess3D, load_organ_spec
 from tools.liver_volumes import PATIENTS, liver_volume, volume_dice
 from trainer.data import kfold_indices
 from trainer.package import repackage
+
+ORGAN = "liver"
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OPTIONS = {
@@ -114,11 +122,115 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def held_out_probabilities(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities float32 (z, y, x), labels bool) of the volume a CV fold's run held out, its slices in
+    order, predicted in-process by the run's last-epoch weights at the native resolution."""
+    import torch
+
+    from services.networks import create_model
+    from services.preprocess import Restore, normalize, probabilities, restore
+    from services.spec import load_spec
+    from trainer.cv import run_split
+
+    card = json.loads((run_dir / "card.json").read_text())
+    spec = load_spec(run_dir / "spec.yaml")
+    pairs, _, held = run_split(ORGAN, card, spec)
+    config = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    widths = config["config"].get("widths")
+    model = create_model(
+        config["config"]["arch"],
+        in_channels=spec.channels,
+        out_channels=1,
+        **({"widths": tuple(widths)} if widths else {}),
+    )
+    model.load_state_dict(config["model"])
+    model.eval()
+    probs, labels = [], []
+    with torch.no_grad():
+        for i in sorted(int(i) for i in held):
+            full = pairs.full_masks[i]
+            x = normalize(pairs.images[i : i + 1].float() / 255.0, spec)
+            how = Restore(full.shape[0], full.shape[1], resized=True)
+            probs.append(restore(probabilities(model, x, spec), how).numpy())
+            labels.append(full.numpy().astype(bool))
+    return np.stack(probs), np.stack(labels)
+
+
+def slice_mean_dice(mask: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean([volume_dice(m, g) for m, g in zip(mask, labels, strict=True)]))
+
+
+def evaluate_cv(folds: list[tuple[np.ndarray, np.ndarray]]) -> list[dict]:
+    """One row per option: per fold and mean, Dice per slice averaged (as the CV table) and volume Dice, at
+    0.5 and averaged over the seven thresholds."""
+    rows = []
+    for option in OPTIONS:
+        per_slice = {t: [] for t in THRESHOLDS}
+        per_volume = {t: [] for t in THRESHOLDS}
+        for probs, labels in folds:
+            for threshold in THRESHOLDS:
+                mask = masks_after(option, probs >= threshold)
+                per_slice[threshold].append(slice_mean_dice(mask, labels))
+                per_volume[threshold].append(volume_dice(mask, labels))
+        rows.append(
+            {
+                "option": option,
+                "slice_dice_per_fold_at_0.5": per_slice[0.5],
+                "slice_dice_at_0.5": float(np.mean(per_slice[0.5])),
+                "volume_dice_per_fold_at_0.5": per_volume[0.5],
+                "volume_dice_at_0.5": float(np.mean(per_volume[0.5])),
+                "slice_dice_mean_7_thresholds": float(np.mean([np.mean(v) for v in per_slice.values()])),
+            }
+        )
+    for row in rows:
+        for key in ("slice_dice_at_0.5", "volume_dice_at_0.5", "slice_dice_mean_7_thresholds"):
+            row[f"delta_{key}"] = row[key] - rows[0][key]
+    return rows
+
+
+def markdown_cv(rows: list[dict]) -> str:
+    lines = [
+        "| option | per slice @0.5, fold 0 / 1 / 2 | mean | Δ | volume @0.5, fold 0 / 1 / 2 | mean | Δ "
+        "| per slice, mean of 7 thresholds | Δ |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        per_slice = " / ".join(f"{d:.4f}" for d in r["slice_dice_per_fold_at_0.5"])
+        per_volume = " / ".join(f"{d:.4f}" for d in r["volume_dice_per_fold_at_0.5"])
+        lines.append(
+            f"| {r['option']} | {per_slice} | {r['slice_dice_at_0.5']:.4f} "
+            f"| {r['delta_slice_dice_at_0.5']:+.4f} "
+            f"| {per_volume} | {r['volume_dice_at_0.5']:.4f} | {r['delta_volume_dice_at_0.5']:+.4f} "
+            f"| {r['slice_dice_mean_7_thresholds']:.4f} | {r['delta_slice_dice_mean_7_thresholds']:+.4f} |"
+        )
+    return "\n".join(lines)
+
+
+def main_cv(cv_dir: Path, json_out: Path | None) -> int:
+    runs = sorted(cv_dir.glob(f"{ORGAN}-fold*"), key=lambda p: int(p.name.rsplit("fold", 1)[1]))
+    if not runs:
+        raise SystemExit(f"no {ORGAN}-fold<k> run folders in {cv_dir}")
+    folds = [held_out_probabilities(run) for run in runs]
+    rows = evaluate_cv(folds)
+    sizes = " / ".join(str(len(labels)) for _, labels in folds)
+    print(
+        f"{ORGAN} cross-validation {cv_dir}: {len(runs)} fold models on the volumes they held out "
+        f"({sizes} slices)"
+    )
+    print(markdown_cv(rows))
+    if json_out:
+        json_out.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tools.postprocess_eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("--mar", type=Path, default=REPO_ROOT / "model-store" / "liver.mar")
+    parser.add_argument("--cv", type=Path, help="a grouped CV's output folder: score its fold models instead")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args(argv)
+    if args.cv:
+        return main_cv(args.cv, args.json)
     card = json.loads(args.mar.with_suffix(".json").read_text())
     split = card["split"]
     _, held_out = kfold_indices(card["dataset"]["pairs"], split["folds"], split["fold"], split["seed"])
