@@ -43,7 +43,7 @@ from gateway.service.jobs import Beat, JobLimits, JobService, JobWorkers, finish
 from gateway.service.masks import THRESHOLDS, label_counts, label_map, nearest_threshold, probability_mask
 from gateway.service.volume3d import check_fits, infer_3d, modalities
 from services import volumes
-from services.postprocess3d import postprocess_mask
+from services.postprocess3d import organ_box, postprocess_mask
 
 logger = logging.getLogger(__name__)
 
@@ -581,6 +581,13 @@ def _voxel_counts(prob: np.ndarray, label, n_labels: int, options) -> dict[str, 
     threshold's mask post-processed and counted."""
     if not options.enabled:
         return label_counts(prob, label, n_labels)
+    # the masks are nested (a voxel in the mask at 0.3 is in it at 0.2), so every one lies within the lowest
+    # threshold's box: the post-processing and the counting work on that crop (a liver is ~1/3 of a CT slice)
+    box = organ_box(probability_mask(prob, THRESHOLDS[0]))
+    if box is None:
+        return label_counts(prob, label, n_labels)  # nothing at any threshold
+    prob = prob[box]
+    label = None if label is None else label[box]
     return {
         f"{t:.1f}": np.bincount(
             label_map(postprocess_mask(probability_mask(prob, t), options), label).ravel(),
