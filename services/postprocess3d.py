@@ -39,9 +39,11 @@ def postprocess_mask(mask_zyx: np.ndarray, options: Postprocess3D) -> np.ndarray
     part = out[box]
     if options.largest_component:
         part = largest_component(part)
+        out[box] = part
+        box = organ_box(out)  # the organ's own box, without the islands
+        part = out[box]
     if options.fill_holes:
-        part = fill_holes_per_slice(part)
-    out[box] = part
+        out[box] = fill_holes_per_slice(part)
     return out
 
 
@@ -61,9 +63,15 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     labels, count = ndimage.label(mask)
     if count <= 1:
         return mask.copy()
+    if count <= _FEW:  # a comparison per component is cheaper than np.bincount's int64 copy of every voxel
+        sizes = [np.count_nonzero(labels == k) for k in range(1, count + 1)]
+        return labels == int(np.argmax(sizes)) + 1
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0  # background
     return labels == int(sizes.argmax())
+
+
+_FEW = 8
 
 
 # Background connectivity within an axial slice only (edges, as scipy's binary_fill_holes in 2-D): one

