@@ -58,6 +58,9 @@ def organ_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
     return tuple(box)
 
 
+_FEW = 8  # up to this many components, largest_component counts each by a comparison
+
+
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """Only the largest face-connected component of a bool volume (an empty one stays empty)."""
     labels, count = ndimage.label(mask)
@@ -69,9 +72,6 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0  # background
     return labels == int(sizes.argmax())
-
-
-_FEW = 8
 
 
 # Background connectivity within an axial slice only (edges, as scipy's binary_fill_holes in 2-D): one

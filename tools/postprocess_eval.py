@@ -135,15 +135,16 @@ def held_out_probabilities(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     card = json.loads((run_dir / "card.json").read_text())
     spec = load_spec(run_dir / "spec.yaml")
     pairs, _, held = run_split(ORGAN, card, spec)
-    config = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
-    widths = config["config"].get("widths")
+    state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)  # the last epoch's
+    config = state["config"]
+    widths = config.get("widths")
     model = create_model(
-        config["config"]["arch"],
+        config["arch"],
         in_channels=spec.channels,
         out_channels=1,
         **({"widths": tuple(widths)} if widths else {}),
     )
-    model.load_state_dict(config["model"])
+    model.load_state_dict(state["model"])
     model.eval()
     probs, labels = [], []
     with torch.no_grad():
