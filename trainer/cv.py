@@ -226,7 +226,7 @@ def _reusable(organ: str, run_dir: Path, data: Path, groups: Groups, folds: int,
     return True
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -245,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help='JSON of AugmentConfig fields over the recipe\'s, e.g. {"scale": [0.7, 1.4]}',
     )
+    parser.add_argument(
+        "--widths", type=int, nargs="+", default=None, help="channels per level (default: the recipe's)"
+    )
     parser.add_argument("--out", default=".medseg/cv")
     parser.add_argument("--reuse", nargs="*", default=[], help="fold=run_dir pairs of finished runs to count")
     parser.add_argument(
@@ -254,14 +257,17 @@ def main(argv: list[str] | None = None) -> int:
         "when that run was trained on the same grouped fold",
     )
     parser.add_argument("--card", help="model card JSON to record the result in (its cross_validation)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     data = recipe_data(args.organ)
     spec = load_organ_spec(args.organ)
     groups = organ_groups(args.organ, data)
     n_folds = fold_count(groups, args.folds)
-    augment = json.loads(args.augment) if args.augment else {}
     reused = {int(k): Path(v) for k, v in (item.split("=", 1) for item in args.reuse)}
     if args.reuse_shipped:
         shipped = default_run_dir(args.organ, default_config(args.organ).arch, 0)
@@ -271,17 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     for fold in sorted(set(args.only if args.only is not None else range(n_folds)) | set(reused)):
         run_dir = reused.get(fold) or Path(args.out) / f"{args.organ}-fold{fold}"
         if fold not in reused:
-            cfg = default_config(
-                args.organ,
-                epochs=args.epochs,
-                time_budget_min=args.minutes,
-                threads=args.threads,
-                patience=args.patience,
-                precision=args.precision,
-            )
-            if augment:
-                cfg = _with_augment(cfg, augment)
-            run_training(args.organ, data, run_dir, cfg, fold=fold, folds=args.folds)
+            run_training(args.organ, data, run_dir, fold_config(args), fold=fold, folds=args.folds)
         rows.append(fold_row(fold, json.loads((run_dir / "card.json").read_text()), run_dir))
     summary = summarize(args.organ, rows, spec.default_threshold)
     summary["describes"] = (
@@ -300,6 +296,20 @@ def main(argv: list[str] | None = None) -> int:
         card["cross_validation"] = summary
         card_path.write_text(json.dumps(card, indent=2) + "\n")  # the model store's cards are indented by 2
     return 0
+
+
+def fold_config(args: argparse.Namespace):
+    """The TrainConfig each fold trains with: the organ's recipe under the command line's overrides."""
+    cfg = default_config(
+        args.organ,
+        epochs=args.epochs,
+        time_budget_min=args.minutes,
+        threads=args.threads,
+        patience=args.patience,
+        precision=args.precision,
+        widths=tuple(args.widths) if args.widths else None,
+    )
+    return _with_augment(cfg, json.loads(args.augment)) if args.augment else cfg
 
 
 def _with_augment(cfg, overrides: dict):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from trainer.ablation import table as ablation_table
-from trainer.cv import GRID, summarize, table
+from trainer.cv import GRID, fold_config, parse_args, summarize, table
 
 
 def _row(fold: int, peak: str, group: str) -> dict:
@@ -49,3 +49,16 @@ def test_the_ablation_table_has_a_column_per_held_out_volume_and_their_mean():
     text = ablation_table(rows, [0, 2])
     assert "fold 0 (volume-1)" in text and "fold 2 (volume-2)" in text
     assert "| U-Net | 0.9000 | 0.8000 | 0.8500 | 4/4 | 1,000 |" in text
+
+
+def test_the_command_line_overrides_the_recipe_for_every_fold_and_leaves_the_rest():
+    recipe = fold_config(parse_args(["--organ", "liver"]))
+    assert recipe.widths == (12, 24, 48) and recipe.augment.scale == (0.75, 1.3)
+    cfg = fold_config(
+        parse_args(
+            ["--organ", "liver", "--widths", "12", "24", "48", "96", "--augment", '{"scale": [0.8, 1.2]}']
+        )
+    )
+    assert cfg.widths == (12, 24, 48, 96)
+    assert cfg.augment.scale == (0.8, 1.2)
+    assert cfg.augment.rotate_deg == recipe.augment.rotate_deg and cfg.precision == recipe.precision
