@@ -127,33 +127,22 @@ def held_out_probabilities(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     order, predicted in-process by the run's last-epoch weights at the native resolution."""
     import torch
 
-    from services.networks import create_model
-    from services.preprocess import Restore, normalize, probabilities, restore
     from services.spec import load_spec
     from trainer.cv import run_split
+    from trainer.loop import network, predict_full
 
     card = json.loads((run_dir / "card.json").read_text())
     spec = load_spec(run_dir / "spec.yaml")
     pairs, _, held = run_split(ORGAN, card, spec)
     state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)  # the last epoch's
-    config = state["config"]
-    widths = config.get("widths")
-    model = create_model(
-        config["arch"],
-        in_channels=spec.channels,
-        out_channels=1,
-        **({"widths": tuple(widths)} if widths else {}),
-    )
+    model = network(state["config"]["arch"], state["config"].get("widths"), spec.channels)
     model.load_state_dict(state["model"])
     model.eval()
     probs, labels = [], []
     with torch.no_grad():
         for i in sorted(int(i) for i in held):
-            full = pairs.full_masks[i]
-            x = normalize(pairs.images[i : i + 1].float() / 255.0, spec)
-            how = Restore(full.shape[0], full.shape[1], resized=True)
-            probs.append(restore(probabilities(model, x, spec), how).numpy())
-            labels.append(full.numpy().astype(bool))
+            probs.append(predict_full(model, pairs, i, spec).numpy())
+            labels.append(pairs.full_masks[i].numpy().astype(bool))
     return np.stack(probs), np.stack(labels)
 
 

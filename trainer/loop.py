@@ -68,6 +68,27 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
+def network(arch: str, widths, channels: int) -> nn.Module:
+    """A fresh network of a run's architecture (its config's arch and widths; None: the architecture's
+    default widths): what the run's checkpoints load into."""
+    sized = {"widths": tuple(widths)} if widths else {}
+    return create_model(arch, in_channels=channels, out_channels=1, **sized)
+
+
+def predict_full(
+    model: nn.Module, pairs: PairSet, i: int, spec: OrganSpec, memory_format=torch.contiguous_format
+) -> torch.Tensor:
+    """Probability map of pair i at its original size, as the organ server returns it (call under no_grad)."""
+    img = pairs.images[i : i + 1].float() / 255.0
+    full = pairs.full_masks[i]
+    x = normalize(img, spec)
+    if spec.inference.mode == "resize":
+        how = Restore(full.shape[0], full.shape[1], resized=True)
+    else:
+        x, how = pad_to_multiple(x, spec.inference.pad_multiple)
+    return restore(probabilities(model, x.contiguous(memory_format=memory_format), spec), how)
+
+
 class Trainer:
     """Hooks, in order: build_model, build_loss, build_optimizer; per epoch: on_epoch_start, train_step × n,
     validate, on_epoch_end (checkpoint, early stopping). Override one to make a variant."""
@@ -97,10 +118,8 @@ class Trainer:
 
     # --- hooks ------------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
-        kw = {"in_channels": self.spec.channels, "out_channels": 1}
-        if self.cfg.widths:
-            kw["widths"] = tuple(self.cfg.widths)
-        return create_model(self.cfg.arch, **kw).to(memory_format=self.memory_format)
+        model = network(self.cfg.arch, self.cfg.widths, self.spec.channels)
+        return model.to(memory_format=self.memory_format)
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -152,15 +171,7 @@ class Trainer:
     @torch.no_grad()
     def predict_val(self, i: int) -> torch.Tensor:
         """Probability map of validation case i at its original size (as the organ server returns it)."""
-        img = self.val_set.images[i : i + 1].float() / 255.0
-        full = self.val_set.full_masks[i]
-        x = normalize(img, self.spec)
-        if self.spec.inference.mode == "resize":
-            how = Restore(full.shape[0], full.shape[1], resized=True)
-        else:
-            x, how = pad_to_multiple(x, self.spec.inference.pad_multiple)
-        prob = probabilities(self.model, x.contiguous(memory_format=self.memory_format), self.spec)
-        return restore(prob, how)
+        return predict_full(self.model, self.val_set, i, self.spec, self.memory_format)
 
     @torch.no_grad()
     def validate(self) -> dict:

@@ -17,7 +17,6 @@ import torch.distributed as dist
 from torch.utils.flop_counter import FlopCounterMode
 
 from common.datasets import dataset_hash as manifest_hash
-from services.networks import create_model
 from services.spec import SERVICES_DIR, OrganSpec, Recipe, RecipeError, load_organ_spec, load_recipe
 from trainer.augment import AugmentConfig
 from trainer.data import (
@@ -30,7 +29,7 @@ from trainer.data import (
     pair_groups,
     split_indices,
 )
-from trainer.loop import TrainConfig, Trainer
+from trainer.loop import TrainConfig, Trainer, network
 from trainer.volumes import VolumeSet, VolumeTrainer, find_volumes, load_volumes
 
 log = logging.getLogger(__name__)
@@ -292,12 +291,7 @@ def split_record(groups: Groups, folds: int, fold: int, seed: int, val_idx) -> d
 
 def _best_model(config: TrainConfig, spec: OrganSpec, run_dir: Path):
     """A fresh model of the run's architecture with the best epoch's weights (best.pt)."""
-    model = create_model(
-        config.arch,
-        in_channels=spec.channels,
-        out_channels=1,
-        **({"widths": tuple(config.widths)} if config.widths else {}),
-    )
+    model = network(config.arch, config.widths, spec.channels)
     model.load_state_dict(torch.load(run_dir / "best.pt", map_location="cpu"))
     return model
 
