@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from services.liver.handler import LiverHandler
-from services.runtime import RuntimeUnavailable, build, load_runtime
+from services.runtime import STATIC_SHAPES, RuntimeUnavailable, build, load_runtime
 from services.spec import OrganSpec, load_organ_spec
 from tests.data import LIVER_SLICE
 from tests.services.test_handler import decode_png, make_context, make_model_dir, run
@@ -71,6 +71,24 @@ def test_runtimes_take_the_worker_threads(model_dir):
     assert "float32" in precision  # "openvino" is f32 whatever the CPU offers
     bf16 = build("openvino-bf16", model_dir, threads=2)  # bf16 where the CPU has it, else f32
     assert str(bf16.compiled.get_property("INFERENCE_PRECISION_HINT")) in (precision, "<Type: 'bfloat16'>")
+
+
+def test_openvino_compiles_for_each_shape_it_runs_and_keeps_the_last_few(model_dir):
+    scripted = torch.jit.load(str(model_dir / "model.pt"))
+    model = build("openvino", model_dir, threads=1)
+    gen = torch.Generator().manual_seed(2)
+    shapes = [(1, 1, 64, 64), (2, 1, 64, 64), (1, 1, 96, 128), (1, 1, 32, 48), (1, 1, 64, 64)]
+    for shape in shapes:
+        x = torch.randn(*shape, generator=gen)
+        assert torch.allclose(model(x), scripted(x), atol=1e-4, rtol=0)
+    kept = list(model._by_shape)
+    assert len(kept) == STATIC_SHAPES and kept[-1] == (
+        (1, 1, 64, 64),
+        1,
+    )  # the first shape, dropped, came back
+    for (shape, _streams), request in model._by_shape.items():
+        compiled = request.get_compiled_model().input(0).get_partial_shape()
+        assert compiled.is_static and tuple(compiled.to_shape()) == shape
 
 
 def test_missing_onnx_falls_back_to_torchscript_with_the_reason(model_dir, caplog):
