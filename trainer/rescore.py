@@ -9,9 +9,10 @@ When an organ's spec changes how the served network sees an image (`inference` i
 services/<organ>/spec.yaml), a run's weights stay valid but its validation figures and recommended
 threshold do not. This copies the run to --out, validates its best weights on the same held-out fold
 with the trainer's own validation (Trainer.validate, which predicts through
-services.preprocess.probabilities as the organ server does), and rewrites spec.yaml (the new inference,
-the threshold it now recommends, the run's own normalisation) and card.json there; the card keeps the
-figures it had under `rescored.before`.
+services.preprocess.probabilities as the organ server does), the last epoch's weights too where the run
+kept them (checkpoint.pt: the card's `last_epoch`, which `make cv` tables), and rewrites spec.yaml (the new
+inference, the threshold it now recommends, the run's own normalisation) and card.json there; the card
+keeps the figures it had under `rescored.before`.
 --package builds the .mar and its card from the result, as `medseg train --out` does.
 
 A shipped archive (`--run` an .mar, its card beside it) is scored in the runtime its spec serves it in,
@@ -37,7 +38,7 @@ from trainer.augment import AugmentConfig
 from trainer.cv import run_split
 from trainer.loop import TrainConfig, Trainer
 from trainer.run_args import run_tool_parser
-from trainer.train import best_threshold, git_commit
+from trainer.train import best_threshold, git_commit, last_epoch_metrics
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +55,10 @@ def train_config(card: dict) -> TrainConfig:
 
 
 def _rescored_card(
-    card: dict, trained, spec, scores: dict, threshold: float | None = None
+    card: dict, trained, spec, scores: dict, threshold: float | None = None, last: dict | None = None
 ) -> tuple[dict, object]:
     """`card` with `scores` as its metrics (the old ones under `rescored.before`) and `spec` with
-    `threshold`, default the one the scores recommend."""
+    `threshold`, default the one the scores recommend; `last`: the last epoch's weights, scored alike."""
     threshold = best_threshold(scores["val_dice_at"]) if threshold is None else threshold
     spec = dataclasses.replace(spec, default_threshold=threshold)
     before = {
@@ -73,6 +74,7 @@ def _rescored_card(
             "val_dice_at_threshold": scores["val_dice_at"],
             "val_loss": scores["val_loss"],
             "val_dice_per_case": scores["val_dice_per_case"],
+            **({"last_epoch": last_epoch_metrics(last)} if last else {}),
         },
         "default_threshold": threshold,
         "rescored": {
@@ -84,6 +86,16 @@ def _rescored_card(
         },
     }
     return card, spec
+
+
+def _last_epoch_scores(trainer: Trainer, run: Path) -> dict | None:
+    """The weights a run ended with (checkpoint.pt) scored by `trainer`: None for a run without them."""
+    path = run / "checkpoint.pt"
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    trainer.model.load_state_dict(state["model"])
+    return {"epoch": state["epoch"], **trainer.validate()}
 
 
 def rescore_archive(
@@ -113,7 +125,8 @@ def rescore_archive(
 
 
 def rescore(organ: str, run: Path, out: Path, data: str | Path | None = None) -> dict:
-    """Copy `run` to `out`, score its best weights under the organ's current inference; return the card."""
+    """Copy `run` to `out`, score its best weights (and its last epoch's, checkpoint.pt, where the run kept
+    them) under the organ's current inference; return the card."""
     if out.resolve() != run.resolve():
         shutil.copytree(run, out, dirs_exist_ok=True)
     card = json.loads((out / "card.json").read_text())
@@ -122,8 +135,9 @@ def rescore(organ: str, run: Path, out: Path, data: str | Path | None = None) ->
     pairs, train_idx, val_idx = run_split(organ, card, spec, data)
     config = dataclasses.replace(train_config(card), threads=torch.get_num_threads())
     trainer = Trainer(spec, pairs.subset(train_idx), pairs.subset(val_idx), config, out)
+    last = _last_epoch_scores(trainer, out)
     trainer.model.load_state_dict(torch.load(out / "best.pt", map_location="cpu"))
-    card, spec = _rescored_card(card, trained, spec, trainer.validate())
+    card, spec = _rescored_card(card, trained, spec, trainer.validate(), last=last)
     (out / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
     (out / "card.json").write_text(json.dumps(card, indent=1))
     log.info(

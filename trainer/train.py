@@ -162,7 +162,7 @@ def run_training(
         return result
 
     model = _best_model(config, spec, run_dir)
-    best, single_pass = _score_as_served(trainer, spec, model)
+    best, single_pass, last = _score_as_served(trainer, spec, model)
     # nothing held out (--folds 1): the spec's threshold stays (calibrate it with `make cv`)
     threshold = best_threshold(best["val_dice_at"]) if best["val_dice_at"] else spec.default_threshold
     spec = dataclasses.replace(spec, default_threshold=threshold)
@@ -174,7 +174,7 @@ def run_training(
         **_model_size(model, spec),
         "dataset": {**dataset_record(data, len(pairs), limit), "train": len(train), "validation": len(val)},
         "split": split_record(groups, folds, fold, config.seed, val_idx),
-        "metrics": _card_metrics(best, trainer.best_epoch, single_pass, trainer.history[-1]),
+        "metrics": _card_metrics(best, trainer.best_epoch, single_pass, last),
         "default_threshold": float(threshold),
         "training": _card_training(trainer, config),
         "commit": commit,
@@ -296,17 +296,21 @@ def _best_model(config: TrainConfig, spec: OrganSpec, run_dir: Path):
     return model
 
 
-def _score_as_served(trainer: Trainer, spec: OrganSpec, model) -> tuple[dict, dict]:
-    """The best epoch's validation scores and, when the organ serves with test-time augmentation, those
-    scores rescored that way (the single-pass Dice kept as val_dice_single_pass)."""
+def _score_as_served(trainer: Trainer, spec: OrganSpec, model) -> tuple[dict, dict, dict]:
+    """The best and the last epoch's validation scores and, when the organ serves with test-time
+    augmentation, both rescored that way (their single-pass Dice kept as val_dice_single_pass). The last
+    epoch's are the honest figures (chosen by nothing but the budget), so they are scored as served too."""
     best = next(h for h in trainer.history if h["epoch"] == trainer.best_epoch)
+    last = trainer.history[-1]
     single_pass = {}
     if spec.inference.tta != "none":
         trainer.spec = spec
-        trainer.model.load_state_dict(model.state_dict())
         single_pass = {"val_dice_single_pass": best["val_dice"]}
+        # the trainer's network holds the weights the run ended with
+        last = {**last, **trainer.validate(), "val_dice_single_pass": last["val_dice"]}
+        trainer.model.load_state_dict(model.state_dict())
         best = {**best, **trainer.validate()}
-    return best, single_pass
+    return best, single_pass, last
 
 
 def _write_model_files(run_dir: Path, spec: OrganSpec, model, history: list[dict]) -> None:
@@ -330,7 +334,7 @@ def _model_size(model, spec: OrganSpec) -> dict:
 
 def _card_metrics(best: dict, best_epoch: int, single_pass: dict, last: dict) -> dict:
     """The best epoch's validation figures (that epoch was chosen on the validation set itself) and the
-    last epoch's, single-pass (chosen by nothing but the budget)."""
+    last epoch's (chosen by nothing but the budget), both as served when `single_pass` is given."""
     return {
         "val_dice": best["val_dice"],
         "val_dice_at_threshold": best["val_dice_at"],
@@ -338,11 +342,18 @@ def _card_metrics(best: dict, best_epoch: int, single_pass: dict, last: dict) ->
         "val_loss": best["val_loss"],
         "best_epoch": best_epoch,
         **single_pass,
-        "last_epoch": {
-            "epoch": last["epoch"],
-            "val_dice_at_threshold": last["val_dice_at"],
-            "val_dice_pooled_at_threshold": last.get("val_dice_pooled_at"),
-        },
+        "last_epoch": last_epoch_metrics(last),
+    }
+
+
+def last_epoch_metrics(last: dict) -> dict:
+    """A card's `last_epoch` from the last epoch's validation scores."""
+    single_pass = {k: last[k] for k in ("val_dice_single_pass",) if k in last}
+    return {
+        "epoch": last["epoch"],
+        "val_dice_at_threshold": last["val_dice_at"],
+        "val_dice_pooled_at_threshold": last.get("val_dice_pooled_at"),
+        **single_pass,
     }
 
 

@@ -2,6 +2,7 @@
 
 import json
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from services.spec import OrganSpec, load_organ_spec, load_spec
 from tests.data import SHARED_DATA
 from trainer.data import kfold_indices, load_pairs
 from trainer.inference_modes import tile_probabilities
-from trainer.loop import THRESHOLDS, dice_score
+from trainer.loop import THRESHOLDS, dice_score, network
 from trainer.rescore import main
 from trainer.train import default_config, run_training
 
@@ -47,8 +48,12 @@ def test_rescore_scores_the_weights_as_the_organ_now_serves_them(sliding_run, tm
     dice_at = card["metrics"]["val_dice_at_threshold"]
     assert spec.default_threshold == float(max(dice_at, key=dice_at.get))
 
-    # the same figures, computed independently through the serving path on the held-out tile
-    assert_served_figures(card, spec, out / "model.ts", tolerance=1e-3)
+    # the same figures, computed independently through the serving path on the held-out tile, for the best
+    # weights and for the weights the run ended with (the last epoch: what `make cv` tables)
+    assert_served_figures(card["metrics"]["val_dice_at_threshold"], card, spec, out / "model.ts", 1e-3)
+    last = card["metrics"]["last_epoch"]
+    assert last["epoch"] == 1
+    assert_served_figures(last["val_dice_at_threshold"], card, spec, last_epoch_network(out), 1e-3)
     # the source run is left as it was
     assert json.loads((sliding_run / "card.json").read_text()) == before
 
@@ -95,15 +100,16 @@ def test_a_shipped_archive_is_scored_in_its_runtime_and_packed_again(sliding_run
     assert card["default_threshold"] == packed.default_threshold == old_spec["default_threshold"]
 
     # the figures against the run's TorchScript weights through the serving path, on the same held-out tile
-    assert_served_figures(card, packed, tmp_path / "run" / "model.ts", tolerance=2e-3)
+    dice_at = card["metrics"]["val_dice_at_threshold"]
+    assert_served_figures(dice_at, card, packed, tmp_path / "run" / "model.ts", tolerance=2e-3)
 
 
-def assert_served_figures(card: dict, spec, model_path, tolerance: float) -> None:
-    """The card's Dice per threshold against the TorchScript weights run through the serving path on the
-    card's held-out tile."""
+def assert_served_figures(dice_at: dict, card: dict, spec, model, tolerance: float) -> None:
+    """`dice_at` (a card's Dice per threshold) against `model` (a network or the path of its TorchScript)
+    run through the serving path on the card's held-out tile."""
     data = load_pairs(CELLS, spec, limit=3)
     _, val = kfold_indices(len(data), 3, 0, card["split"]["seed"])
-    model = torch.jit.load(str(model_path)).eval()
+    model = (torch.jit.load(str(model)) if isinstance(model, Path) else model).eval()
     with torch.inference_mode():
         probs = [
             tile_probabilities(model, normalize(data.images[i : i + 1].float() / 255.0, spec), spec)
@@ -111,4 +117,12 @@ def assert_served_figures(card: dict, spec, model_path, tolerance: float) -> Non
         ]
     for t in THRESHOLDS:
         expected = np.mean([dice_score(p >= t, data.full_masks[i]) for p, i in zip(probs, val, strict=True)])
-        assert card["metrics"]["val_dice_at_threshold"][f"{t:.1f}"] == pytest.approx(expected, abs=tolerance)
+        assert dice_at[f"{t:.1f}"] == pytest.approx(expected, abs=tolerance)
+
+
+def last_epoch_network(run: Path) -> torch.nn.Module:
+    """The network with the weights a run ended with (its checkpoint.pt)."""
+    state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
+    model = network(state["config"]["arch"], state["config"]["widths"], 3)
+    model.load_state_dict(state["model"])
+    return model

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from services.spec import load_spec
 from tests.data import SHARED_DATA
+from tests.trainer.test_rescore import assert_served_figures, last_epoch_network
 from trainer.data import kfold_indices
 from trainer.loop import THRESHOLDS
 from trainer.train import default_config, run_training
@@ -97,6 +99,11 @@ def test_cells_trains_on_crops_and_validates_on_whole_tiles(tmp_path):
     best = next(h for h in metrics["history"] if h["epoch"] == metrics["best_epoch"])
     assert card["metrics"]["val_dice_single_pass"] == best["val_dice"]
     assert set(card["metrics"]["val_dice_at_threshold"]) == {f"{t:.1f}" for t in THRESHOLDS}
+    # the weights the run ended with, scored as served too (the honest figure `make cv` tables)
+    last = card["metrics"]["last_epoch"]
+    assert last["val_dice_single_pass"] == metrics["history"][-1]["val_dice"]
+    served = load_spec(tmp_path / "spec.yaml")
+    assert_served_figures(last["val_dice_at_threshold"], card, served, last_epoch_network(tmp_path), 1e-3)
 
 
 def test_ddp_with_two_processes(tmp_path):
