@@ -22,14 +22,34 @@ HOST = "127.0.0.1"
 
 def write_private(path: Path, text: str) -> None:
     """Write a secret file readable by the owner only (created 0600, never world-readable in between)."""
+    tmp = _private_tmp(path, text)
+    os.replace(tmp, path)
+
+
+def create_private(path: Path, text: str) -> str:
+    """Create a secret file once (0600) and return its text: the first process to create it wins and every
+    other gets the winner's text, so programs starting together agree on one generated secret (the object
+    store and the gateway of one `make up` both create its credentials on a first start)."""
+    tmp = _private_tmp(path, text)
+    try:
+        os.link(tmp, path)  # atomic, and fails when the file exists
+    except FileExistsError:
+        text = path.read_text()
+    finally:
+        tmp.unlink()
+    return text
+
+
+def _private_tmp(path: Path, text: str) -> Path:
+    """`text` in a 0600 file beside `path`, named for this process (concurrent writers never share one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
-    os.replace(tmp, path)
+    return tmp
 
 
 def port_is_free(port: int, host: str = HOST) -> bool:

@@ -28,7 +28,7 @@ import httpx
 from common.errors import ServiceUnavailable
 from common.pacs import CREDENTIALS_FILE, PacsCredentials, read_credentials_file
 from common.settings import Settings
-from tools.managed_process import HOST, ManagedProcess, port_is_free, write_private
+from tools.managed_process import HOST, ManagedProcess, create_private, port_is_free, write_private
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +61,10 @@ def load_or_create_credentials(path: Path) -> PacsCredentials:
     if existing:
         return existing
     creds = PacsCredentials("medseg", secrets.token_urlsafe(24))
-    write_private(path, json.dumps({"username": creds.username, "password": creds.password}, indent=2))
-    logger.info("generated the local PACS credentials in %s", path)
-    return creds
+    text = json.dumps({"username": creds.username, "password": creds.password}, indent=2)
+    create_private(path, text)  # another program's, if it won
+    logger.info("the local PACS credentials in %s", path)
+    return read_credentials_file(path)
 
 
 def local_port(settings: Settings) -> int | None:

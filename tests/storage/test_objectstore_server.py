@@ -119,3 +119,32 @@ def test_start_refuses_a_busy_port(tmp_path, objectstore_server):
     with pytest.raises(Exception, match=f"s3={objectstore_server.ports.s3}"):
         server.start(timeout=10)
     assert server.running_pid() is None
+
+
+def _credentials_in_a_process(path: str, start: float) -> dict:
+    import time
+
+    from tools.objectstore_server import load_or_create_credentials
+
+    time.sleep(max(0.0, start - time.time()))  # every process reaches the first start together
+    return load_or_create_credentials(Path(path))
+
+
+def test_programs_starting_together_agree_on_one_generated_secret(tmp_path):
+    """The object store and the gateway of one first `make up` both create the S3 credentials: the first
+    creation wins and every program gets its credentials (before, a second writer's rename failed or
+    replaced them with another set)."""
+    import multiprocessing
+    import time
+
+    from tools.managed_process import create_private
+
+    first = tmp_path / "secret.json"
+    assert create_private(first, "one") == "one" and create_private(first, "two") == "one"
+    assert first.read_text() == "one" and stat.S_IMODE(first.stat().st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["secret.json"]  # no temporary file left
+
+    path, start = tmp_path / "s3-credentials.json", time.time() + 1.0
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        seen = pool.starmap(_credentials_in_a_process, [(str(path), start)] * 4)
+    assert all(creds == seen[0] for creds in seen) and json.loads(path.read_text()) == seen[0]
