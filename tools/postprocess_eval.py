@@ -129,15 +129,12 @@ def held_out_probabilities(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
 
     from services.spec import load_spec
     from trainer.cv import run_split
-    from trainer.loop import network, predict_full
+    from trainer.loop import last_epoch_network, predict_full
 
     card = json.loads((run_dir / "card.json").read_text())
     spec = load_spec(run_dir / "spec.yaml")
     pairs, _, held = run_split(ORGAN, card, spec)
-    state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)  # the last epoch's
-    model = network(state["config"]["arch"], state["config"].get("widths"), spec.channels)
-    model.load_state_dict(state["model"])
-    model.eval()
+    model = last_epoch_network(run_dir, spec.channels)
     probs, labels = [], []
     with torch.no_grad():
         for i in sorted(int(i) for i in held):

@@ -75,6 +75,14 @@ def network(arch: str, widths, channels: int) -> nn.Module:
     return create_model(arch, in_channels=channels, out_channels=1, **sized)
 
 
+def last_epoch_network(run_dir: Path, channels: int) -> nn.Module:
+    """A run's network with the weights it ended with (its checkpoint.pt), in eval mode."""
+    state = torch.load(Path(run_dir) / "checkpoint.pt", map_location="cpu", weights_only=False)
+    model = network(state["config"]["arch"], state["config"].get("widths"), channels)
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
 def predict_full(
     model: nn.Module, pairs: PairSet, i: int, spec: OrganSpec, memory_format=torch.contiguous_format
 ) -> torch.Tensor:

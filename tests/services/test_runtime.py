@@ -82,10 +82,8 @@ def test_openvino_compiles_for_each_shape_it_runs_and_keeps_the_last_few(model_d
         x = torch.randn(*shape, generator=gen)
         assert torch.allclose(model(x), scripted(x), atol=1e-4, rtol=0)
     kept = list(model._by_shape)
-    assert len(kept) == STATIC_SHAPES and kept[-1] == (
-        (1, 1, 64, 64),
-        1,
-    )  # the first shape, dropped, came back
+    # the first shape, dropped, came back
+    assert len(kept) == STATIC_SHAPES and kept[-1] == ((1, 1, 64, 64), 1)
     for (shape, _streams), request in model._by_shape.items():
         compiled = request.get_compiled_model().input(0).get_partial_shape()
         assert compiled.is_static and tuple(compiled.to_shape()) == shape

@@ -14,7 +14,7 @@ from services.spec import OrganSpec, load_organ_spec, load_spec
 from tests.data import SHARED_DATA
 from trainer.data import kfold_indices, load_pairs
 from trainer.inference_modes import tile_probabilities
-from trainer.loop import THRESHOLDS, dice_score, network
+from trainer.loop import THRESHOLDS, dice_score, last_epoch_network
 from trainer.rescore import main
 from trainer.train import default_config, run_training
 
@@ -53,7 +53,7 @@ def test_rescore_scores_the_weights_as_the_organ_now_serves_them(sliding_run, tm
     assert_served_figures(card["metrics"]["val_dice_at_threshold"], card, spec, out / "model.ts", 1e-3)
     last = card["metrics"]["last_epoch"]
     assert last["epoch"] == 1
-    assert_served_figures(last["val_dice_at_threshold"], card, spec, last_epoch_network(out), 1e-3)
+    assert_served_figures(last["val_dice_at_threshold"], card, spec, last_epoch_network(out, 3), 1e-3)
     # the source run is left as it was
     assert json.loads((sliding_run / "card.json").read_text()) == before
 
@@ -118,11 +118,3 @@ def assert_served_figures(dice_at: dict, card: dict, spec, model, tolerance: flo
     for t in THRESHOLDS:
         expected = np.mean([dice_score(p >= t, data.full_masks[i]) for p, i in zip(probs, val, strict=True)])
         assert dice_at[f"{t:.1f}"] == pytest.approx(expected, abs=tolerance)
-
-
-def last_epoch_network(run: Path) -> torch.nn.Module:
-    """The network with the weights a run ended with (its checkpoint.pt)."""
-    state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
-    model = network(state["config"]["arch"], state["config"]["widths"], 3)
-    model.load_state_dict(state["model"])
-    return model

@@ -12,9 +12,9 @@ import torch
 
 from services.spec import load_spec
 from tests.data import SHARED_DATA
-from tests.trainer.test_rescore import assert_served_figures, last_epoch_network
+from tests.trainer.test_rescore import assert_served_figures
 from trainer.data import kfold_indices
-from trainer.loop import THRESHOLDS
+from trainer.loop import THRESHOLDS, last_epoch_network
 from trainer.train import default_config, run_training
 
 DATA = SHARED_DATA
@@ -103,7 +103,7 @@ def test_cells_trains_on_crops_and_validates_on_whole_tiles(tmp_path):
     last = card["metrics"]["last_epoch"]
     assert last["val_dice_single_pass"] == metrics["history"][-1]["val_dice"]
     served = load_spec(tmp_path / "spec.yaml")
-    assert_served_figures(last["val_dice_at_threshold"], card, served, last_epoch_network(tmp_path), 1e-3)
+    assert_served_figures(last["val_dice_at_threshold"], card, served, last_epoch_network(tmp_path, 3), 1e-3)
 
 
 def test_ddp_with_two_processes(tmp_path):
