@@ -142,7 +142,7 @@ class SegmentationHandler(BaseHandler):
             self.spec.inference.mode,
         )
         if settings.get("warmup", True):
-            self._warmup()
+            self._warmup(settings.get("warmup_image"))
 
     @staticmethod
     def _set_threads(settings: dict) -> None:
@@ -156,13 +156,19 @@ class SegmentationHandler(BaseHandler):
             except RuntimeError:  # only settable before the first parallel work in the process
                 logger.warning("torch interop threads already fixed at %d", torch.get_num_interop_threads())
 
-    def _warmup(self) -> None:
+    def _warmup(self, image: list[int] | None = None) -> None:
         """One forward pass on zeros, so the TorchScript profiling passes (or the runtime's first-call
-        allocations) do not land on the first patient."""
-        size = self.spec.inference.size or (256, 256)
-        x = torch.zeros((1, self.spec.channels, *size), device=self.device)
+        allocations) do not land on the first patient. With `image` (model-config `handler.warmup_image`,
+        [height, width]: the size this organ's images come in) a zero image of that size goes the whole
+        served way (padding, test-time views), so the networks a runtime compiles per input shape
+        (services.runtime.STATIC_SHAPES) are ready before the first patient's image of that size."""
         with torch.inference_mode():
-            self._logits(x)
+            if image:
+                height, width = (int(n) for n in image)
+                self._probabilities(prepare(np.zeros((height, width), np.float32), self.spec)[0])
+                return
+            size = self.spec.inference.size or (256, 256)
+            self._logits(torch.zeros((1, self.spec.channels, *size), device=self.device))
 
     # --- the four hooks ---------------------------------------------------------------------
 
@@ -310,7 +316,7 @@ class VolumeSegmentationHandler(SegmentationHandler):
     Response: an .npy uint8 (N + 1, z, y, x), round(255 · p) per class, background first. A 2-D image, a
     4-D array or a volume larger than `inference.size` is refused (400) naming what was sent."""
 
-    def _warmup(self) -> None:
+    def _warmup(self, image: list[int] | None = None) -> None:  # a volume is always padded to one size
         x = torch.zeros((1, self.spec.channels, *self.spec.inference.size), device=self.device)
         with torch.inference_mode():
             self._logits(x)

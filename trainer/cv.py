@@ -142,7 +142,8 @@ def summarize(organ: str, rows: list[dict], default_threshold: float) -> dict:
         "organ": organ,
         "grouping": "grouped folds (trainer.cv): no patient/volume on both sides of a fold",
         **per_label,
-        "figures": "last epoch of each fold, single pass, "
+        "figures": "last epoch of each fold, scored as served (the organ's inference, its test-time views "
+        "included), "
         + (
             "3-D Dice per label of each held-out volume (the serving rule at each threshold), averaged over "
             "the volumes; the figure is the mean over the labels"

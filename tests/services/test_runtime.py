@@ -145,6 +145,30 @@ def test_handler_serves_through_the_spec_runtime(model_dir, tmp_path, caplog):
     assert np.abs(served.astype(int) - reference.astype(int)).max() <= 1  # 8-bit rounding of equal logits
 
 
+def test_a_warm_up_at_the_organs_image_size_compiles_what_its_first_image_runs(tmp_path):
+    """model-config `handler.warmup_image`: a whole-tile organ served with its half turn (as cells) warms
+    up at the size its images come in, so its first image runs networks already compiled; the default
+    warm-up (one pass at 256²) compiles another shape."""
+    liver = load_organ_spec("liver")
+    whole = dataclasses.replace(liver.inference, mode="whole", size=None, tta="rot180")
+    spec = dataclasses.replace(liver, runtime="openvino", inference=whole)
+    path = make_model_dir(tmp_path, "liver", SmallNet(), spec)
+    export_onnx(path / "model.pt", 1, path / "model.onnx")
+    body = LIVER_SLICE.read_bytes()  # 512×512
+    compiled = {}
+    for image in ([512, 512], None):
+        handler = LiverHandler()
+        context = make_context(path, "liver", {"torch_threads": 1, "warmup": True, "warmup_image": image})
+        handler.initialize(context)
+        before = list(handler.runtime._by_shape)
+        run(handler, context, [body])
+        compiled[str(image)] = before, list(handler.runtime._by_shape)
+    before, after = compiled["[512, 512]"]
+    assert before == after == [((2, 1, 512, 512), 1)]  # the slice and its half turn, one batch
+    before, after = compiled["None"]
+    assert before == [((1, 1, 256, 256), 1)] and after == [*before, ((2, 1, 512, 512), 1)]
+
+
 @pytest.mark.parametrize(
     ("settings", "streams"), [({"torch_threads": 1}, 1), ({"torch_threads": 1, "runtime_threads": 2}, 2)]
 )
