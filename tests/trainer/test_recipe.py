@@ -57,6 +57,7 @@ def test_cells_trains_as_it_shipped():
         samples_per_epoch=96,
         val_every=5,
         time_budget_min=56.0,
+        precision="bf16",
         augment=augment,
     )
     assert load_recipe("cells").data.train == SHARED_DATA / "monuseg" / "train"
@@ -74,7 +75,9 @@ def test_the_hippocampus_trains_whole_volumes_in_bfloat16_and_the_command_line_w
     assert default_config("hippocampus").precision == "bf16"
     assert default_config("hippocampus", precision="f32").precision == "f32"
     assert default_config("liver").precision == "bf16"
-    assert default_config("cells").precision == "f32"  # a recipe without the field: TrainConfig's default
+    assert default_config("cells").precision == "bf16"  # since cells 1.8
+    assert default_config("cells", precision="f32").precision == "f32"
+    assert TrainConfig().precision == "f32"  # a recipe without the field
 
 
 def test_the_recipes_data_is_found_in_its_layout():
