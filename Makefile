@@ -83,7 +83,7 @@ down:
 # --- checks -----------------------------------------------------------------------------------
 test: system-deps test-deps $(STAMP) protos assets audit
 	$(VENV)/bin/lint-imports  # the layers (pyproject.toml [tool.importlinter]): fails before an hour of tests
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=30  # the slowest 30: where the 20-minute budget goes
 
 # Known vulnerabilities in the installed, pinned dependencies (PyPI's JSON API; the local editable package is
 # skipped). Accepted ones are listed in .pip-audit-ignore, each with its reason. Packages the service cannot

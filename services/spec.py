@@ -389,6 +389,7 @@ RECIPE_FIELDS = {
     "data",
     "crop",
     "precision",
+    "ema",
 }
 # Training forward-pass precision (trainer.loop.TrainConfig.precision): weights stay f32 either way.
 PRECISIONS = ("f32", "bf16")
@@ -427,6 +428,7 @@ class Recipe:
     path: Path | None = None
     crop: tuple[int, ...] | None = None  # 3-D: the training crop (z, y, x); None: the spec's inference.size
     precision: str | None = None  # PRECISIONS; None: TrainConfig's default (f32)
+    ema: float | None = None  # the weights' moving average per step (trainer.loop.TrainConfig.ema)
 
     def train_config(self) -> dict:
         """The recipe as trainer.loop.TrainConfig keyword arguments (augment still a dict)."""
@@ -438,6 +440,7 @@ class Recipe:
             "widths": self.widths,
             "samples_per_epoch": self.samples_per_epoch,
             "precision": self.precision,
+            "ema": self.ema,
         }
         return {k: v for k, v in config.items() if v is not None}
 
@@ -496,6 +499,9 @@ def recipe_from_dict(raw: object, organ: str, path: Path, repo: Path) -> Recipe:
     precision = raw.get("precision")
     if precision is not None and precision not in PRECISIONS:
         raise RecipeError(f"{where}: `precision` must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    ema = raw.get("ema")
+    if ema is not None and (isinstance(ema, bool) or not isinstance(ema, int | float) or not 0 < ema < 1):
+        raise RecipeError(f"{where}: `ema` must be a decay per step between 0 and 1 (e.g. 0.99), not {ema!r}")
     augment = raw.get("augment") or {}
     if not isinstance(augment, dict):
         raise RecipeError(f"{where}: `augment` must be a mapping of trainer.augment.AugmentConfig fields")
@@ -512,6 +518,7 @@ def recipe_from_dict(raw: object, organ: str, path: Path, repo: Path) -> Recipe:
         path=path,
         crop=tuple(crop) if crop else None,
         precision=precision,
+        ema=float(ema) if ema is not None else None,
     )
 
 

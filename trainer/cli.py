@@ -68,6 +68,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--precision", choices=PRECISIONS, default=None, help="training forward pass (default: the recipe's)"
     )
+    p.add_argument(
+        "--ema",
+        type=float,
+        default=None,
+        help="decay per step of the weights' moving average, e.g. 0.99 (default: the recipe's)",
+    )
     p.add_argument("--resume", action="store_true")
     p.add_argument("--upload-run", action="store_true", help="upload the run files to the runs bucket")
     p.add_argument(
@@ -193,6 +199,7 @@ def _train_config(args: argparse.Namespace):
         val_every=args.val_every,
         threads=args.threads,
         precision=args.precision,
+        ema=args.ema,
     )
 
 

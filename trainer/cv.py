@@ -242,6 +242,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--precision", choices=PRECISIONS, default=None, help="training forward pass (default: the recipe's)"
     )
     parser.add_argument(
+        "--ema",
+        type=float,
+        default=None,
+        help="decay per step of the weights' moving average, e.g. 0.99 (default: the recipe's)",
+    )
+    parser.add_argument(
         "--augment",
         default=None,
         help='JSON of AugmentConfig fields over the recipe\'s, e.g. {"scale": [0.7, 1.4]}',
@@ -308,6 +314,7 @@ def fold_config(args: argparse.Namespace):
         threads=args.threads,
         patience=args.patience,
         precision=args.precision,
+        ema=args.ema,
         widths=tuple(args.widths) if args.widths else None,
     )
     return _with_augment(cfg, json.loads(args.augment)) if args.augment else cfg

@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from monai.losses import DiceFocalLoss
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from services.networks import create_model
@@ -52,6 +53,9 @@ class TrainConfig:
     # f32 | bf16: the training forward pass under torch.autocast in bfloat16 (weights, optimiser and loss stay
     # f32); on a CPU with AMX (this machine) a 3-D step is 2.4× faster. Validation and export are f32.
     precision: str = "f32"
+    # decay per step of an exponential moving average of the weights (0: none). Where one is kept, the average
+    # is what is validated, kept (best.pt, the checkpoint's "model") and exported; training steps the weights.
+    ema: float = 0.0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -118,11 +122,26 @@ class Trainer:
         )
         self.loss_fn = self.build_loss()
         self.optimizer = self.build_optimizer()
+        self.ema: AveragedModel | None = None  # made by fit() (or a resumed checkpoint) when cfg.ema is set
+        self.trained_weights_scores: dict | None = None
         self.epoch = 0
         self.best_dice = -1.0
         self.best_epoch = -1
         self.history: list[dict] = []
         self.elapsed_before = 0.0  # seconds spent in earlier (resumed) sessions
+
+    @property
+    def served(self) -> nn.Module:
+        """The network validated, kept and exported: the weights' moving average while a run keeps one,
+        else the trained network itself (also in a Trainer made only to score weights)."""
+        return self.model if self.ema is None else self.ema.module
+
+    def _keep_average(self) -> None:
+        if self.cfg.ema and self.ema is None:
+            if not 0.0 < self.cfg.ema < 1.0:
+                raise ValueError(f"ema must be a decay between 0 and 1 (e.g. 0.99), not {self.cfg.ema!r}")
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.ema))
+            self.ema.module.eval()
 
     # --- hooks ------------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
@@ -174,12 +193,14 @@ class Trainer:
         loss = self.loss_fn(out.float(), y)
         loss.backward()
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         return float(loss.detach())
 
     @torch.no_grad()
     def predict_val(self, i: int) -> torch.Tensor:
         """Probability map of validation case i at its original size (as the organ server returns it)."""
-        return predict_full(self.model, self.val_set, i, self.spec, self.memory_format)
+        return predict_full(self.served, self.val_set, i, self.spec, self.memory_format)
 
     @torch.no_grad()
     def validate(self) -> dict:
@@ -187,7 +208,7 @@ class Trainer:
         if len(self.val_set) == 0:
             return {"val_dice": None, "val_loss": None, "val_dice_at": {}, "val_dice_pooled_at": {},
                     "val_dice_per_case": {}}  # fmt: skip
-        self.model.eval()
+        self.served.eval()
         per_threshold = {t: [] for t in THRESHOLDS}
         overlap = {t: [0, 0] for t in THRESHOLDS}  # over every validation pixel: (2|P∩T|, |P|+|T|)
         losses = []
@@ -217,12 +238,22 @@ class Trainer:
             "val_dice_per_case": dict(zip(self.val_set.names, per_threshold[0.5], strict=True)),
         }
 
+    def score_trained_weights(self) -> dict:
+        """With a moving average: the trained weights of the last step scored as well, what the run would
+        serve without the average (the same run, so the two compare pair by pair)."""
+        ema, self.ema = self.ema, None  # validate() scores `served`: the trained network while ema is None
+        try:
+            scores = self.validate()
+        finally:
+            self.ema = ema
+        return {k: v for k, v in scores.items() if k != "val_dice_per_case"}
+
     def on_epoch_end(self, record: dict) -> bool:
         """Record, checkpoint, and return True to stop early."""
         self.history.append(record)
         if record["val_dice"] is None or record["val_dice"] > self.best_dice:  # nothing held out: the latest
             self.best_dice, self.best_epoch = record["val_dice"], record["epoch"]
-            torch.save(self.model.state_dict(), self.run_dir / "best.pt")
+            torch.save(self.served.state_dict(), self.run_dir / "best.pt")
         self.save_checkpoint()
         self.write_metrics()
         return record["epoch"] - self.best_epoch >= self.cfg.patience
@@ -230,7 +261,7 @@ class Trainer:
     # --- state ------------------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
         state = {
-            "model": self.model.state_dict(),
+            "model": self.served.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "epoch": self.epoch,
             "best_dice": self.best_dice,
@@ -240,13 +271,20 @@ class Trainer:
             "gen": self.gen.get_state(),
             "config": asdict(self.cfg),
         }
+        if self.ema is not None:  # "model" is the average; a resumed run needs what it averages
+            state["trained_model"] = self.model.state_dict()
+            state["ema"] = self.ema.state_dict()
         tmp = self.run_dir / "checkpoint.pt.tmp"
         torch.save(state, tmp)
         os.replace(tmp, self.run_dir / "checkpoint.pt")  # a crash mid-save never corrupts the last checkpoint
 
     def load_checkpoint(self, path: str | Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=False)
-        self.model.load_state_dict(state["model"])
+        self.model.load_state_dict(state.get("trained_model", state["model"]))
+        if "ema" in state:
+            self._keep_average()
+            if self.ema is not None:
+                self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.best_dice, self.best_epoch = state["epoch"], state["best_dice"], state["best_epoch"]
         self.history, self.elapsed_before = state["history"], state["elapsed"]
@@ -264,6 +302,8 @@ class Trainer:
             "val_dice_per_case_at_best": best["val_dice_per_case"] if best else None,
             "history": [{k: v for k, v in h.items() if k != "val_dice_per_case"} for h in self.history],
         }
+        if self.trained_weights_scores is not None:
+            summary["trained_weights_at_end"] = self.trained_weights_scores
         (self.run_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
 
     def elapsed(self) -> float:
@@ -299,6 +339,7 @@ class Trainer:
 
     def fit(self) -> dict:
         self.started = time.monotonic()
+        self._keep_average()
         self.unvalidated_loss: float | None = None
         cfg = self.cfg
         budget = cfg.time_budget_min * 60
@@ -338,6 +379,8 @@ class Trainer:
         if self.rank == 0:
             if self.unvalidated_loss is not None:  # budget ended between validations
                 self.end_epoch(self.unvalidated_loss)
+            if self.ema is not None and len(self.val_set):
+                self.trained_weights_scores = self.score_trained_weights()
             self.write_metrics()
         return {
             "best_val_dice": self.best_dice,

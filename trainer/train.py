@@ -308,7 +308,7 @@ def _score_as_served(trainer: Trainer, spec: OrganSpec, model) -> tuple[dict, di
         single_pass = {"val_dice_single_pass": best["val_dice"]}
         # the trainer's network holds the weights the run ended with
         last = {**last, **trainer.validate(), "val_dice_single_pass": last["val_dice"]}
-        trainer.model.load_state_dict(model.state_dict())
+        trainer.served.load_state_dict(model.state_dict())
         best = {**best, **trainer.validate()}
     return best, single_pass, last
 

@@ -217,7 +217,7 @@ class VolumeTrainer(Trainer):
         """Softmax probabilities (N + 1, z, y, x) of validation volume i, cropped to its own voxels."""
         x = self.val_set.images[i : i + 1].contiguous(memory_format=torch.channels_last_3d)
         z, y, w = self.val_set.shapes[i]
-        return torch.softmax(self.model(x).float(), dim=1)[0, :, :z, :y, :w]
+        return torch.softmax(self.served(x).float(), dim=1)[0, :, :z, :y, :w]
 
     @torch.no_grad()
     def validate(self) -> dict:
@@ -226,7 +226,7 @@ class VolumeTrainer(Trainer):
         if len(self.val_set) == 0:
             return {"val_dice": None, "val_loss": None, "val_dice_at": {}, "val_dice_pooled_at": {},
                     "val_dice_per_case": {}, "val_dice_per_label_at": {}}  # fmt: skip
-        self.model.eval()
+        self.served.eval()
         n_labels = len(self.spec.labels)
         scores = {t: [] for t in THRESHOLDS}  # per volume: [dice of label 1, …, label N]
         losses = []

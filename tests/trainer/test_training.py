@@ -1,5 +1,6 @@
 """Smoke training runs on a few real images: single process, resume, cells crops, and DDP with torchrun."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -77,6 +78,50 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
     assert result["epochs"] == 2
     history = json.loads((tmp_path / "metrics.json").read_text())["history"]
     assert [h["epoch"] for h in history] == [1, 2]
+
+
+def test_a_run_with_a_moving_average_validates_keeps_and_resumes_the_average(tmp_path):
+    from trainer.loop import Trainer
+
+    seen = []
+    original = Trainer.validate
+
+    def validate(self):  # what each epoch's validation judged, against the weights being trained
+        seen.append((self.ema is not None and self.served is self.ema.module, _same(self.served, self.model)))
+        return original(self)
+
+    cfg = default_config("liver", epochs=1, batch_size=2, widths=(6, 12, 24), threads=1, ema=0.9)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Trainer, "validate", validate)
+        run_training("liver", LIVER, tmp_path, cfg, limit=5)
+    assert seen == [(True, False), (False, True)]  # each epoch the average; at the end the trained weights
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(metrics["trained_weights_at_end"]["val_dice_at"]) == {f"{t:.1f}" for t in THRESHOLDS}
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    dataset = json.loads((tmp_path / "card.json").read_text())["dataset"]
+    steps = (dataset["pairs"] - dataset["validation"]) // 2  # an epoch: one pass in batches of 2
+    assert steps >= 1 and state["ema"]["n_averaged"] == steps  # one update a step
+    best = torch.load(tmp_path / "best.pt")
+    for k, v in state["model"].items():  # best.pt and the checkpoint's "model" hold the average
+        torch.testing.assert_close(best[k], v)
+    assert any(not torch.equal(v, state["trained_model"][k]) for k, v in state["model"].items())
+    # resumed, the run goes on averaging from where it stopped
+    run_training("liver", LIVER, tmp_path, dataclasses.replace(cfg, epochs=2), limit=5, resume=True)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["ema"]["n_averaged"] == 2 * steps
+    # a Trainer made only to score weights (export, rescore) scores the network it is given
+    scorer = Trainer(load_spec(tmp_path / "spec.yaml"), *[_pairs(tmp_path)] * 2, cfg, tmp_path / "score")
+    assert scorer.served is scorer.model
+
+
+def _same(a, b) -> bool:
+    pairs = zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    return all(torch.equal(p, q) for p, q in pairs)
+
+
+def _pairs(run_dir):
+    from trainer.data import load_pairs
+
+    return load_pairs(LIVER, load_spec(run_dir / "spec.yaml"), limit=2)
 
 
 def test_validation_every_n_epochs_still_judges_the_last_weights(tmp_path):
