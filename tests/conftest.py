@@ -10,6 +10,7 @@ pytest_plugins = [
         "tests.fixtures.stack",
         "tests.fixtures.postgres",
         "tests.fixtures.pacs",
+        "tests.fixtures.passwords",
     )
     if importlib.util.find_spec(name) is not None
 ]

@@ -16,6 +16,7 @@ from tests.web.helpers import (
     ADMIN_PAGES,
     BROKEN_VALUES,
     LAYOUT_PROBLEMS,
+    Settle,
     api_client,
     dataset_zip,
     disc_image,
@@ -120,6 +121,7 @@ def test_every_page_reads_and_works(web, browser_page, world, role, lang, width)
         "response",
         lambda r: r.status >= 400 and problems.append(f"HTTP {r.status}: {r.request.method} {r.url}"),
     )
+    settled = Settle(page)
     web.sign_in(page, world.emails[role], next_path="/profile")
     page.goto(f"/set-language?lang={lang}&next=/profile")
 
@@ -128,7 +130,7 @@ def test_every_page_reads_and_works(web, browser_page, world, role, lang, width)
         problems.clear()
         response = page.goto(path)
         assert response.status == 200, path
-        page.wait_for_load_state("networkidle")
+        settled()
         shown = page.locator("body").inner_text()
         broken = sorted(set(re.findall(BROKEN_VALUES, shown)))
         layout = page.evaluate(LAYOUT_PROBLEMS, "body")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
-from tests.web.helpers import ADMIN_PAGES, disc_image, png_bytes
+from tests.web.helpers import ADMIN_PAGES, Settle, disc_image, png_bytes
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -22,6 +22,7 @@ def _overflow(page) -> int:
 @pytest.mark.parametrize("orientation", sorted(TABLETS))
 def test_every_page_fits_a_tablet_and_the_navigation_works_by_keyboard(web, browser_page, orientation):
     page = browser_page(viewport=TABLETS[orientation], has_touch=True)
+    settled = Settle(page)
     web.sign_in(page, "admin")
     # one saved segmentation, so the history table has a row with its thumbnail
     csrf = {"X-CSRF-Token": page.locator('meta[name="csrf-token"]').get_attribute("content")}
@@ -36,7 +37,7 @@ def test_every_page_fits_a_tablet_and_the_navigation_works_by_keyboard(web, brow
     for path in ADMIN_PAGES:
         response = page.goto(path)
         assert response.status == 200, path
-        page.wait_for_load_state("networkidle")
+        settled()
         wide[path] = _overflow(page)
         web.shot(page, f"tablet-{orientation}-{path.strip('/').replace('/', '-')}")
     assert {p: px for p, px in wide.items() if px > 0} == {}

@@ -243,3 +243,46 @@ def test_cli_creates_the_first_admin_and_env_bootstrap_is_idempotent(tmp_path, m
         engine.dispose()
     finally:
         get_settings.cache_clear()
+
+
+def test_the_gateway_hashes_passwords_with_argon2id_at_rfc9106_low_memory():
+    """The gateway's own hasher, in an interpreter the test plugin (tests/fixtures/passwords.py, a cheaper
+    argon2id for the suite's thousands of accounts) has not touched: 3 passes over 64 MiB, 4 lanes; and a
+    stored hash at a lower cost is upgraded at the next sign-in (check_needs_rehash)."""
+    import subprocess
+    import sys
+
+    from argon2 import extract_parameters, profiles
+
+    made = subprocess.run(
+        [sys.executable, "-c", "from gateway.resources.accounts.service import hash_password; "
+         f"print(hash_password({PASSWORD!r}))"],
+        capture_output=True, text=True, check=True, timeout=120,
+    )  # fmt: skip
+    stored = made.stdout.strip()
+    assert stored.startswith("$argon2id$")
+    assert extract_parameters(stored) == profiles.RFC_9106_LOW_MEMORY
+
+
+def test_a_password_hashed_at_another_cost_is_rehashed_at_the_next_sign_in(world):
+    """A stored hash made with other parameters (here the production profile, as the suite's hasher is the
+    cheaper one) still signs in, and is replaced by one at the hasher's current parameters."""
+    from argon2 import PasswordHasher, extract_parameters, profiles
+
+    from gateway.resources.accounts import service
+
+    user = _register(world)
+    assert world.client("admin").patch(f"/api/v1/users/{user['id']}", json={"status": "active"}).is_success
+    with world.session() as session:
+        row = session.get(User, user["id"])
+        row.password_hash = PasswordHasher.from_parameters(profiles.RFC_9106_LOW_MEMORY).hash(PASSWORD)
+    with world.session() as session:
+        assert extract_parameters(session.get(User, user["id"]).password_hash) == profiles.RFC_9106_LOW_MEMORY
+    signed_in = world.client("anonymous").post(
+        "/api/v1/auth/sign-in", json={"email": user["email"], "password": PASSWORD}
+    )
+    assert signed_in.status_code == 200, signed_in.text
+    with world.session() as session:
+        stored = session.get(User, user["id"]).password_hash
+    assert extract_parameters(stored) == extract_parameters(service._hasher.hash("x"))
+    assert extract_parameters(stored) != profiles.RFC_9106_LOW_MEMORY

@@ -184,9 +184,14 @@
   }
 
   // --- drawing ---------------------------------------------------------------------------------------
-  function drawMask() {
+  /** The mask's voxels at the threshold shown (filled or outlined), not yet on the GPU. */
+  function setMaskVoxels() {
     const data = state.masks.get(state.t);
     state.mask.img.set(state.outline ? outlineOf(data) : data);
+  }
+
+  function drawMask() {
+    setMaskVoxels();
     state.nv.updateGLVolume();
   }
 
@@ -299,7 +304,9 @@
     } catch (err) { M.showError($("study-error"), err); return; }
     if (t !== S.THRESHOLDS[Number($("threshold").value)]) return; // a later move has won
     state.t = t;
-    drawMask();
+    // one upload of the volumes to the GPU for both layers: each one re-renders every volume (seconds in
+    // software WebGL on a machine without a GPU)
+    setMaskVoxels();
     await drawDifference();
     const study = state.study;
     $("threshold-value").textContent = t;
