@@ -247,8 +247,8 @@ def test_cli_creates_the_first_admin_and_env_bootstrap_is_idempotent(tmp_path, m
 
 def test_the_gateway_hashes_passwords_with_argon2id_at_rfc9106_low_memory():
     """The gateway's own hasher, in an interpreter the test plugin (tests/fixtures/passwords.py, a cheaper
-    argon2id for the suite's thousands of accounts) has not touched: 3 passes over 64 MiB, 4 lanes; and a
-    stored hash at a lower cost is upgraded at the next sign-in (check_needs_rehash)."""
+    argon2id for the suite's thousands of accounts) has not touched: 3 passes over 64 MiB, 4 lanes (a hash at
+    other parameters is replaced at sign-in: the next test)."""
     import subprocess
     import sys
 
