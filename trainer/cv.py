@@ -33,7 +33,7 @@ from trainer.data import (
     recipe_data,
     split_indices,
 )
-from trainer.loop import THRESHOLDS
+from trainer.loop import LOSSES, THRESHOLDS
 from trainer.train import default_config, default_run_dir, run_training
 from trainer.volumes import find_volumes
 
@@ -255,6 +255,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--widths", type=int, nargs="+", default=None, help="channels per level (default: the recipe's)"
     )
+    parser.add_argument("--loss", choices=LOSSES, default=None, help="training loss (default: the recipe's)")
     parser.add_argument("--out", default=".medseg/cv")
     parser.add_argument("--reuse", nargs="*", default=[], help="fold=run_dir pairs of finished runs to count")
     parser.add_argument(
@@ -316,6 +317,7 @@ def fold_config(args: argparse.Namespace):
         precision=args.precision,
         ema=args.ema,
         widths=tuple(args.widths) if args.widths else None,
+        loss=args.loss,
     )
     return _with_augment(cfg, json.loads(args.augment)) if args.augment else cfg
 

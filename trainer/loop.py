@@ -47,7 +47,9 @@ class TrainConfig:
     patience: int = 40  # epochs without a better validation Dice
     val_every: int = 1  # validate every N epochs (and always after the last); full-size validation is costly
     samples_per_epoch: int | None = None  # default: one pass over the training images
-    loss: str = "dicefocal"  # dicefocal | bce
+    # dicefocal | dicefocal-batch | bce; dicefocal-batch takes Dice over the whole batch's pixels instead of
+    # averaging it per crop (a crop with few nuclei then weighs by its pixels, as in the tile's pixel Dice)
+    loss: str = "dicefocal"
     seed: int = 0
     threads: int | None = None
     # f32 | bf16: the training forward pass under torch.autocast in bfloat16 (weights, optimiser and loss stay
@@ -57,6 +59,9 @@ class TrainConfig:
     # is what is validated, kept (best.pt, the checkpoint's "model") and exported; training steps the weights.
     ema: float = 0.0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+LOSSES = ("dicefocal", "dicefocal-batch", "bce")  # TrainConfig.loss
 
 
 def dice_score(pred: torch.Tensor, target: torch.Tensor) -> float:
@@ -157,12 +162,18 @@ class Trainer:
         return torch.contiguous_format if self.cfg.precision == "bf16" else torch.channels_last
 
     def build_loss(self) -> nn.Module:
-        if self.cfg.loss == "dicefocal":
+        if self.cfg.loss in ("dicefocal", "dicefocal-batch"):
             # Dice + binary focal, weighted α = β = 0.5.
-            return DiceFocalLoss(sigmoid=True, lambda_dice=0.5, lambda_focal=0.5, gamma=2.0)
+            return DiceFocalLoss(
+                sigmoid=True,
+                lambda_dice=0.5,
+                lambda_focal=0.5,
+                gamma=2.0,
+                batch=self.cfg.loss == "dicefocal-batch",
+            )
         if self.cfg.loss == "bce":
             return nn.BCEWithLogitsLoss()
-        raise KeyError(f"unknown loss {self.cfg.loss!r}; valid: dicefocal, bce")
+        raise KeyError(f"unknown loss {self.cfg.loss!r}; valid: {', '.join(LOSSES)}")
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
