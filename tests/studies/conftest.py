@@ -25,20 +25,20 @@ def study_work(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("studies")
 
 
-@pytest.fixture(scope="module")
-def shipped_liver(study_work):
-    """TorchServe serving the shipped liver model (trained weights) as model "liver"."""
+@pytest.fixture(scope="session")
+def shipped_liver(tmp_path_factory):
+    """TorchServe serving the shipped liver model (trained weights) as model "liver": one for the session, as
+    the modules' gateways only read from it."""
     from common.launcher import OrganServer, free_ports
 
     _require_runtime()
     if not SHARED_DATA.is_dir():
         pytest.skip("needs ../shared/data")
-    store = study_work / "liver-store"
+    root = tmp_path_factory.mktemp("shipped-liver")
+    store = root / "liver-store"
     store.mkdir()
     repacked_with_current_code(REPO / "model-store" / "liver.mar", "liver", store)
-    server = OrganServer(
-        "liver", study_work / "state", store, models={"liver": "liver.mar"}, ports=free_ports()
-    )
+    server = OrganServer("liver", root / "state", store, models={"liver": "liver.mar"}, ports=free_ports())
     try:
         server.start(timeout=300)
         yield server
@@ -56,7 +56,7 @@ def study_settings(study_work, s3_settings, objectstore, shipped_liver, torchser
             "liver": (
                 shipped_liver.grpc_inference_address,
                 shipped_liver.keys.inference,
-                study_work / "liver-store",
+                shipped_liver.model_store,
                 "liver",
             ),
             "cells": (

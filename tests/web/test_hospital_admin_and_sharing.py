@@ -69,8 +69,8 @@ def test_a_doctor_shares_a_thread_with_their_hospital_and_stops(web, browser_pag
     expect(seen.get_by_role("switch")).to_have_count(0)  # only the author switches it
     web.shot(colleague, "feedback-shared-seen-by-colleague")
 
-    switch.uncheck()
-    author.wait_for_load_state("networkidle")
+    with author.expect_response(lambda r: r.request.method == "PATCH" and "/api/v1/feedback/" in r.url):
+        switch.uncheck()
     _open_feedback(colleague)
     colleague.locator("#threads > *").first.wait_for()
     expect(colleague.locator("#threads article", has_text=text)).to_have_count(0)

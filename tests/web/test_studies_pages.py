@@ -21,7 +21,15 @@ from playwright.sync_api import expect
 
 from tests.data import SHARED_DATA
 from tests.studydata import liver_nifti
-from tests.web.helpers import BROKEN_VALUES, LAYOUT_PROBLEMS, api_client, dicom_ct, disc_image, png_bytes
+from tests.web.helpers import (
+    BROKEN_VALUES,
+    LAYOUT_PROBLEMS,
+    Settle,
+    api_client,
+    dicom_ct,
+    disc_image,
+    png_bytes,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -461,6 +469,7 @@ def test_a_refused_upload_is_worded_by_its_error_code(web, browser_page, lang):
 def test_the_study_pages_read_well_on_a_laptop_and_a_phone(web, browser_page, trend_patient, lang, width):
     viewport = {"width": width, "height": 800 if width > 500 else 844}
     page, watch = _doctor_page(web, browser_page, lang, "/studies", viewport=viewport, has_touch=width < 768)
+    settle = Settle(page)
     study_id = trend_patient["studies"]["2024-06-01"]["id"]
     for path in ("/studies", f"/studies/{study_id}"):
         page.goto(path)
@@ -468,7 +477,7 @@ def test_the_study_pages_read_well_on_a_laptop_and_a_phone(web, browser_page, tr
             expect(page.locator(f"#studies-table tr[data-study-id='{study_id}']")).to_be_visible()
         else:
             page.wait_for_selector(READY, timeout=60_000)
-        page.wait_for_load_state("networkidle")
+        settle()
         web.shot(page, f"studies-{lang}-{width}{path.replace('/', '-')[:18]}")
         assert re.findall(BROKEN_VALUES, page.locator("body").inner_text()) == [], path
         assert page.evaluate(LAYOUT_PROBLEMS, "body") == [], path
