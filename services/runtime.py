@@ -206,21 +206,47 @@ def build(
     return OpenVinoModel(path, threads, OPENVINO_PRECISIONS[name])
 
 
+def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU has AMX int8 tiles (Linux's `amx_int8` flag; False where that cannot be read)."""
+    try:
+        return "amx_int8" in cpuinfo.read_text().split()
+    except OSError:
+        return False
+
+
+def runtime_for_this_cpu(name: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, str | None]:
+    """(the runtime to run for the spec's `name` on this CPU, why it is another one or None).
+
+    OpenVINO 2026.4 runs the int8 networks right only where it was validated, a CPU with AMX: on an AMD EPYC
+    without it (AVX-512 VNNI) a U-Net skip that is both pooled and concatenated came out with logits
+    correlated r 0.79-0.89 with f32, where ONNX Runtime ran the same QDQ file at r 0.9997 (README, "Known
+    problem: OpenVINO int8 on a CPU without AMX"). There the f32 network runs instead."""
+    if name == "openvino-int8" and not cpu_has_amx(cpuinfo):
+        return (
+            "openvino",
+            "OpenVINO int8 is validated only on CPUs with AMX, which this one lacks: running f32",
+        )
+    return name, None
+
+
 def load_runtime(
     name: str,
     model_dir: Path,
     threads: int,
     torchscript: Callable[[], Callable[[torch.Tensor], torch.Tensor]] | None = None,
 ) -> Loaded:
-    """The runtime the spec names, or TorchScript (built by `torchscript()`, default model.pt in model_dir)
-    with the reason logged as a warning when that runtime cannot be had."""
-    if name != "torchscript":
+    """The runtime the spec names (or runtime_for_this_cpu's stand-in for it), or TorchScript (built by
+    `torchscript()`, default model.pt in model_dir) with the reason logged as a warning when that runtime
+    cannot be had."""
+    runtime, why = runtime_for_this_cpu(name)
+    if why is not None:
+        logger.warning("runtime %s: %s", name, why)
+    reason = None
+    if runtime != "torchscript":
         try:
-            return Loaded(build(name, model_dir, threads), name, name)
+            return Loaded(build(runtime, model_dir, threads), runtime, name, why)
         except RuntimeUnavailable as exc:
-            reason = str(exc)
-            logger.warning("runtime %s unavailable, falling back to TorchScript: %s", name, reason)
-    else:
-        reason = None
+            reason = f"{why}; {exc}" if why else str(exc)
+            logger.warning("runtime %s unavailable, falling back to TorchScript: %s", runtime, exc)
     model = torchscript() if torchscript is not None else build("torchscript", model_dir, threads)
     return Loaded(model, "torchscript", name, reason)

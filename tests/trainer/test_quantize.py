@@ -14,11 +14,16 @@ import torch
 import yaml
 
 from services.networks import create_model
-from services.runtime import INT8_FILE, build, load_runtime
+from services.runtime import INT8_FILE, build, load_runtime, runtime_for_this_cpu
 from services.spec import load_organ_spec
 from trainer.onnx_export import export_onnx
 from trainer.package import PackageError, build_mar, repackage
 from trainer.quantize import quantize_nncf
+
+# OpenVINO's int8 is run only on CPUs where it was validated (services.runtime.runtime_for_this_cpu): on
+# others it diverged from f32 (README, "Known problem: OpenVINO int8 on a CPU without AMX")
+INT8_HERE, NOT_HERE = runtime_for_this_cpu("openvino-int8")
+runs_int8_here = pytest.mark.skipif(INT8_HERE != "openvino-int8", reason=str(NOT_HERE))
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +40,7 @@ def networks(tmp_path_factory):
     return work, calibration
 
 
+@runs_int8_here
 def test_nncf_writes_qdq_pairs_that_openvino_runs_close_to_f32(networks):
     import onnx
 
@@ -66,6 +72,7 @@ def _zero_points(path) -> set[int]:
     return {int(v) for n in quantisers for v in np.asarray(values[n.input[2]]).ravel()}
 
 
+@runs_int8_here
 def test_the_mixed_preset_quantises_activations_asymmetrically(networks, tmp_path):
     """`--preset mixed`: a zero point per activation (a ReLU's output gets all 256 levels); the default
     (performance) keeps every quantiser symmetric, zero point 0."""
@@ -95,10 +102,46 @@ def test_the_archive_carries_it_and_the_spec_runs_it(networks, tmp_path):
     served = tmp_path / "served"
     zipfile.ZipFile(again).extractall(served)
     loaded = load_runtime("openvino-int8", served, 1)
-    assert (loaded.name, loaded.fallback_reason) == ("openvino-int8", None)
+    assert (loaded.name, loaded.fallback_reason) == (INT8_HERE, NOT_HERE)
 
 
-def test_without_its_file_the_server_falls_back_to_torchscript_saying_why(networks, tmp_path):
+@pytest.mark.parametrize(
+    "flags, runtime",
+    [
+        ("fpu avx512f avx512_vnni avx512_bf16", "openvino"),
+        ("fpu avx512f amx_bf16 amx_tile amx_int8", "openvino-int8"),
+    ],
+)
+def test_int8_runs_only_on_a_cpu_with_amx_and_f32_stands_in_saying_why(tmp_path, flags, runtime):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    chosen, why = runtime_for_this_cpu("openvino-int8", cpuinfo)
+    assert chosen == runtime and (why is None) == (runtime == "openvino-int8")
+    assert runtime_for_this_cpu("openvino-int8", tmp_path / "missing")[0] == "openvino"  # unknown: f32
+    for other in ("openvino", "openvino-bf16", "onnxruntime", "torchscript"):
+        assert runtime_for_this_cpu(other, cpuinfo) == (other, None)
+
+
+def test_without_amx_the_server_loads_the_f32_network_and_says_why(networks, tmp_path, monkeypatch):
+    import services.runtime as runtime
+
+    work, calibration = networks
+    for name in ("model.pt", "model.onnx", INT8_FILE):
+        (tmp_path / name).write_bytes((work / name).read_bytes())
+    monkeypatch.setattr(runtime, "cpu_has_amx", lambda cpuinfo=None: False)
+    loaded = load_runtime("openvino-int8", tmp_path, 1)
+    assert (loaded.name, loaded.requested) == (
+        "openvino",
+        "openvino-int8",
+    ) and "AMX" in loaded.fallback_reason
+    x = torch.from_numpy(calibration[0])
+    assert torch.equal(loaded.model(x), build("openvino", tmp_path, 1)(x))  # model.onnx, not the int8 file
+
+
+def test_without_its_file_the_server_falls_back_to_torchscript_saying_why(networks, tmp_path, monkeypatch):
+    import services.runtime as runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_amx", lambda cpuinfo=None: True)  # a CPU that would run int8
     work, _ = networks
     for name in ("model.pt", "model.onnx"):
         (tmp_path / name).write_bytes((work / name).read_bytes())
