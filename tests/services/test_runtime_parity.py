@@ -77,8 +77,9 @@ def test_same_masks_as_torchscript_on_held_out_images(shipped, runtime):
     organ, work, spec, inputs = shipped
     if runtime in REDUCED and spec.runtime != runtime:
         pytest.skip(f"{organ} is not served in {runtime}")
-    if runtime_for_this_cpu(runtime)[0] != runtime:
-        pytest.skip(f"{organ} is not served in {runtime} on this CPU: {runtime_for_this_cpu(runtime)[1]}")
+    served_here, why = runtime_for_this_cpu(runtime)
+    if served_here != runtime:
+        pytest.skip(f"{organ} is not served in {runtime} on this CPU: {why}")
     mask_dice, logit_atol = REDUCED.get(runtime, (MASK_DICE, LOGIT_ATOL[organ]))
     threads = organ_threads(organ)
     torch.set_num_threads(threads)
