@@ -390,9 +390,13 @@ RECIPE_FIELDS = {
     "crop",
     "precision",
     "ema",
+    "loss",
 }
 # Training forward-pass precision (trainer.loop.TrainConfig.precision): weights stay f32 either way.
 PRECISIONS = ("f32", "bf16")
+# Training loss (trainer.loop.TrainConfig.loss): "dicefocal" MONAI's DiceFocalLoss with the Dice term per
+# image (crop), "dicefocal-batch" the same with the Dice term over the whole batch's pixels, "bce" alone.
+LOSSES = ("dicefocal", "dicefocal-batch", "bce")
 
 
 class RecipeError(ValueError):
@@ -429,6 +433,7 @@ class Recipe:
     crop: tuple[int, ...] | None = None  # 3-D: the training crop (z, y, x); None: the spec's inference.size
     precision: str | None = None  # PRECISIONS; None: TrainConfig's default (f32)
     ema: float | None = None  # the weights' moving average per step (trainer.loop.TrainConfig.ema)
+    loss: str | None = None  # LOSSES; None: TrainConfig's default (dicefocal)
 
     def train_config(self) -> dict:
         """The recipe as trainer.loop.TrainConfig keyword arguments (augment still a dict)."""
@@ -441,6 +446,7 @@ class Recipe:
             "samples_per_epoch": self.samples_per_epoch,
             "precision": self.precision,
             "ema": self.ema,
+            "loss": self.loss,
         }
         return {k: v for k, v in config.items() if v is not None}
 
@@ -502,6 +508,9 @@ def recipe_from_dict(raw: object, organ: str, path: Path, repo: Path) -> Recipe:
     ema = raw.get("ema")
     if ema is not None and (isinstance(ema, bool) or not isinstance(ema, int | float) or not 0 < ema < 1):
         raise RecipeError(f"{where}: `ema` must be a decay per step between 0 and 1 (e.g. 0.99), not {ema!r}")
+    loss = raw.get("loss")
+    if loss is not None and loss not in LOSSES:
+        raise RecipeError(f"{where}: `loss` must be one of {', '.join(LOSSES)}, not {loss!r}")
     augment = raw.get("augment") or {}
     if not isinstance(augment, dict):
         raise RecipeError(f"{where}: `augment` must be a mapping of trainer.augment.AugmentConfig fields")
@@ -519,6 +528,7 @@ def recipe_from_dict(raw: object, organ: str, path: Path, repo: Path) -> Recipe:
         crop=tuple(crop) if crop else None,
         precision=precision,
         ema=float(ema) if ema is not None else None,
+        loss=loss,
     )
 
 

@@ -30,7 +30,7 @@ from common.launcher import LauncherError, read_keys
 from common.model_store import management_client, mar_manifest, register_version
 from common.objectstore import ObjectStore
 from common.settings import get_settings
-from services.spec import PRECISIONS
+from services.spec import LOSSES, PRECISIONS
 from trainer.data import recipe_data
 from trainer.publish import default_run_id, default_version, publish_run, upload_run
 
@@ -74,6 +74,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="decay per step of the weights' moving average, e.g. 0.99 (default: the recipe's)",
     )
+    p.add_argument("--loss", choices=LOSSES, default=None, help="training loss (default: the recipe's)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--upload-run", action="store_true", help="upload the run files to the runs bucket")
     p.add_argument(
@@ -200,6 +201,7 @@ def _train_config(args: argparse.Namespace):
         threads=args.threads,
         precision=args.precision,
         ema=args.ema,
+        loss=args.loss,
     )
 
 

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from services.networks import create_model
 from services.preprocess import Restore, normalize, pad_to_multiple, probabilities, restore
-from services.spec import OrganSpec
+from services.spec import LOSSES, OrganSpec
 from trainer.augment import AugmentConfig, augment
 from trainer.data import PairSet
 
@@ -49,7 +49,7 @@ class TrainConfig:
     samples_per_epoch: int | None = None  # default: one pass over the training images
     # dicefocal | dicefocal-batch | bce; dicefocal-batch takes Dice over the whole batch's pixels instead of
     # averaging it per crop (a crop with few nuclei then weighs by its pixels, as in the tile's pixel Dice)
-    loss: str = "dicefocal"
+    loss: str = "dicefocal"  # services.spec.LOSSES
     seed: int = 0
     threads: int | None = None
     # f32 | bf16: the training forward pass under torch.autocast in bfloat16 (weights, optimiser and loss stay
@@ -59,9 +59,6 @@ class TrainConfig:
     # is what is validated, kept (best.pt, the checkpoint's "model") and exported; training steps the weights.
     ema: float = 0.0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-
-
-LOSSES = ("dicefocal", "dicefocal-batch", "bce")  # TrainConfig.loss
 
 
 def dice_score(pred: torch.Tensor, target: torch.Tensor) -> float:

@@ -203,6 +203,10 @@ def test_a_broken_recipe_names_the_file_and_the_fix(tmp_path):
             "arch: erunet\nbudget_minutes: 5\nbatch_size: 8\nema: 1.5\n" + data,
             "`ema` must be a decay per step between 0 and 1 (e.g. 0.99), not 1.5",
         ),
+        (
+            "arch: erunet\nbudget_minutes: 5\nbatch_size: 8\nloss: dice\n" + data,
+            "`loss` must be one of dicefocal, dicefocal-batch, bce, not 'dice'",
+        ),
     ):
         recipe.write_text(text)
         with pytest.raises(RecipeError, match=f"{re.escape(str(recipe))}: .*{re.escape(message)}"):

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from services.spec import SERVICES_DIR, load_recipe
@@ -80,8 +82,34 @@ def test_the_hippocampus_trains_whole_volumes_in_bfloat16_and_the_command_line_w
     assert TrainConfig().precision == "f32"  # a recipe without the field
 
 
+def test_a_recipes_loss_is_trained_with_and_the_command_line_wins(tmp_path):
+    services = tmp_path / "services"
+    shutil.copytree(SERVICES_DIR / "liver", services / "spleen")
+    recipe = services / "spleen" / "recipe.yaml"
+    recipe.write_text(recipe.read_text() + "loss: dicefocal-batch\n")
+    assert load_recipe("spleen", services).loss == "dicefocal-batch"
+    assert default_config("spleen", services_dir=services).loss == "dicefocal-batch"
+    assert default_config("spleen", services_dir=services, loss="bce").loss == "bce"
+    assert default_config("liver").loss == TrainConfig().loss == "dicefocal"  # a recipe without the field
+
+
 def test_the_recipes_data_is_found_in_its_layout():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not found under {SHARED_DATA}")
     assert recipe_data("liver") == SHARED_DATA / "liver" / "train"
     assert recipe_data("cells") == SHARED_DATA / "monuseg" / "train"
+
+
+def test_medseg_train_takes_a_loss_and_refuses_an_unknown_one(capsys):
+    import argparse
+
+    from trainer.cli import _train_config, add_commands
+
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["train", "--organ", "cells", "--loss", "dicefocal-batch"])
+    assert _train_config(args).loss == "dicefocal-batch"
+    assert _train_config(parser.parse_args(["train", "--organ", "cells"])).loss == "dicefocal"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--organ", "cells", "--loss", "dice"])
+    assert "invalid choice: 'dice'" in capsys.readouterr().err
