@@ -462,6 +462,14 @@ def _positive(raw: dict, key: str, kind: type, where: str, *, required: bool = T
     return kind(value)
 
 
+def _one_of(raw: dict, key: str, choices: tuple[str, ...], where: str) -> str | None:
+    """raw[key] where it is one of choices, None where it is absent."""
+    value = raw.get(key)
+    if value is not None and value not in choices:
+        raise RecipeError(f"{where}: `{key}` must be one of {', '.join(choices)}, not {value!r}")
+    return value
+
+
 def _training_data(raw: object, repo: Path, where: str) -> TrainingData:
     if not isinstance(raw, dict) or not isinstance(raw.get("train"), str):
         raise RecipeError(
@@ -502,15 +510,11 @@ def recipe_from_dict(raw: object, organ: str, path: Path, repo: Path) -> Recipe:
         raise RecipeError(
             f"{where}: `crop` (3-D organs) must be [z, y, x] in multiples of 8, e.g. [32, 48, 32]"
         )
-    precision = raw.get("precision")
-    if precision is not None and precision not in PRECISIONS:
-        raise RecipeError(f"{where}: `precision` must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    precision = _one_of(raw, "precision", PRECISIONS, where)
     ema = raw.get("ema")
     if ema is not None and (isinstance(ema, bool) or not isinstance(ema, int | float) or not 0 < ema < 1):
         raise RecipeError(f"{where}: `ema` must be a decay per step between 0 and 1 (e.g. 0.99), not {ema!r}")
-    loss = raw.get("loss")
-    if loss is not None and loss not in LOSSES:
-        raise RecipeError(f"{where}: `loss` must be one of {', '.join(LOSSES)}, not {loss!r}")
+    loss = _one_of(raw, "loss", LOSSES, where)
     augment = raw.get("augment") or {}
     if not isinstance(augment, dict):
         raise RecipeError(f"{where}: `augment` must be a mapping of trainer.augment.AugmentConfig fields")
