@@ -22,7 +22,15 @@ from statistics import mean, stdev
 
 import numpy as np
 
-from services.spec import DATA_GROUPINGS, PRECISIONS, OrganSpec, load_organ_spec, load_recipe, organ_dirs
+from services.spec import (
+    DATA_GROUPINGS,
+    LOSSES,
+    PRECISIONS,
+    OrganSpec,
+    load_organ_spec,
+    load_recipe,
+    organ_dirs,
+)
 from trainer.data import (
     Groups,
     PairSet,
@@ -33,7 +41,7 @@ from trainer.data import (
     recipe_data,
     split_indices,
 )
-from trainer.loop import LOSSES, THRESHOLDS
+from trainer.loop import THRESHOLDS
 from trainer.train import default_config, default_run_dir, run_training
 from trainer.volumes import find_volumes
 
