@@ -105,13 +105,12 @@ def forward(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, spec
 
 
 # The mirror images of an input (spec inference.tta) go through the network as one batch when together they
-# hold at most this many pixels: the two of a 1000² H&E tile (1008² padded, tta rot180), which OpenVINO
-# runs side by side in two streams (services.runtime.OpenVinoModel). Two tiles in one TorchServe batch pass
-# one after the other: as one batch of four (measured when each stream still took half a batch, two images
-# at once) the worker grew from 1.0 to 1.6 GiB (python -m tools.organ_cpu --organ cells, 2026-12-03); with
-# one image a request since then, not measured again. (Four views of one tile in one
-# call measured ~11 % faster than four of one before the streams: docs/cells-instances.md "Serving time".)
-BATCH_VIEWS_PIXELS = 2 * 1008 * 1008
+# hold at most this many pixels: the four of a 1000² H&E tile (1008² padded, tta flips), which OpenVINO runs
+# side by side, one image a stream at a time (services.runtime.OpenVinoModel), so a batch of four holds no
+# more images in flight than one of two. Two tiles in one TorchServe batch pass one after the other. (When
+# each stream still took half a batch at once, a batch of four grew the worker from 1.0 to 1.6 GiB: python -m
+# tools.organ_cpu --organ cells, 2026-12-03; README "Benchmarks" has the worker's size with four views.)
+BATCH_VIEWS_PIXELS = 4 * 1008 * 1008
 
 # the dims each view mirrors: "flips" the image and its three mirror images; "rot180" the image and the one
 # mirrored both ways (a half turn), half the passes of "flips"

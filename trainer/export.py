@@ -47,6 +47,16 @@ log = logging.getLogger(__name__)
 # Dice >= MASK_DICE on every validation image, validation Dice within DICE_TOLERANCE of the card's.
 MASK_DICE = 0.999
 DICE_TOLERANCE = 0.001
+# bfloat16 keeps 8 bits of mantissa: it computes the same network in another arithmetic, so (as int8, whose
+# adoption is trainer.quantize's) the held-out Dice decides, and the masks are held to a looser bound that
+# still catches a broken runtime. Measured: liver 1.4 every mask ≥ 0.99935; cells 1.10 ≥ 0.99885 over its 6
+# held-out tiles with four views each, held-out Dice 0.8196 in both (2026-12-06, README "Benchmarks").
+REDUCED_MASK_DICE = {"openvino-bf16": 0.995}
+
+
+def mask_dice_bound(runtime: str) -> float:
+    """The Dice every mask of `runtime` must reach against TorchScript's to be chosen."""
+    return REDUCED_MASK_DICE.get(runtime, MASK_DICE)
 
 
 # --- measuring the runtimes on the validation fold -------------------------------------------------
@@ -251,7 +261,7 @@ def _print_table(
 
 
 def _agrees(r: Measured, reference: float) -> bool:
-    return r.mask_dice_min >= MASK_DICE and abs(r.val_dice - reference) <= DICE_TOLERANCE
+    return r.mask_dice_min >= mask_dice_bound(r.runtime) and abs(r.val_dice - reference) <= DICE_TOLERANCE
 
 
 def _choose(runtime: str, results: dict, reference: float) -> Measured | None:

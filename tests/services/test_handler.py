@@ -163,10 +163,10 @@ def test_tiles_no_larger_than_a_window_go_whole_grouped_by_shape_with_padding_cr
     sizes = [(50, 70), (50, 70), (33, 41)]
     images = [png(RNG.integers(0, 256, size=(*s, 3), dtype=np.uint8)) for s in sizes]
     outputs = run(handler, ctx, images)
-    # two distinct padded shapes, each seen as itself and turned half a turn (cells: tta rot180), all of a
-    # shape's images and their turned images in one forward pass (small enough: BATCH_VIEWS_PIXELS)
-    assert handler.spec.inference.tta == "rot180"
-    assert sorted(counting.shapes) == [(2, 3, 48, 48), (4, 3, 64, 80)]
+    # two distinct padded shapes, each seen as itself and its three mirror images (cells: tta flips), all
+    # of a shape's images and their mirror images in one forward pass (small enough: BATCH_VIEWS_PIXELS)
+    assert handler.spec.inference.tta == "flips"
+    assert sorted(counting.shapes) == [(4, 3, 48, 48), (8, 3, 64, 80)]
     for (h, w), data, body in zip(sizes, images, outputs, strict=True):
         out = decode_png(body)
         assert out.shape == (h, w)

@@ -26,7 +26,7 @@ from services.spec import load_spec
 from tests.data import CELLS_TRAIN, LIVER_SLICE, SHARED_DATA
 from tests.fixtures.torchserve import _require_runtime
 from tests.services.test_runtime_parity import INT8_MASK_DICE
-from trainer.export import MASK_DICE
+from trainer.export import mask_dice_bound
 from trainer.loop import dice_score
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -78,7 +78,9 @@ def test_shipped_archive_serves_in_its_runtime(organ, tmp_path):
     assert served.shape == reference.shape
     if runtime == "openvino-bf16":  # 8 bits of mantissa: probabilities move, masks stay
         assert np.abs(served - reference).max() <= 0.1 * 255  # trainer.export measured at most 0.09
-        assert dice_score(torch.from_numpy(served >= 128), torch.from_numpy(reference >= 128)) >= MASK_DICE
+        mask_dice = dice_score(torch.from_numpy(served >= 128), torch.from_numpy(reference >= 128))
+        print(f"{organ} bf16: mask Dice {mask_dice:.5f}, max |Δ| {np.abs(served - reference).max()}")
+        assert mask_dice >= mask_dice_bound(runtime)
     elif runtime == "openvino-int8":
         mask_dice = dice_score(torch.from_numpy(served >= 128), torch.from_numpy(reference >= 128))
         print(f"{organ} int8: mask Dice {mask_dice:.5f}, mean |Δ| {np.abs(served - reference).mean():.2f}")

@@ -60,6 +60,7 @@ def test_cells_trains_as_it_shipped():
         val_every=5,
         time_budget_min=56.0,
         precision="bf16",
+        loss="dicefocal-batch",  # since cells 1.10
         augment=augment,
     )
     assert load_recipe("cells").data.train == SHARED_DATA / "monuseg" / "train"
@@ -107,9 +108,10 @@ def test_medseg_train_takes_a_loss_and_refuses_an_unknown_one(capsys):
 
     parser = argparse.ArgumentParser()
     add_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["train", "--organ", "cells", "--loss", "dicefocal-batch"])
-    assert _train_config(args).loss == "dicefocal-batch"
-    assert _train_config(parser.parse_args(["train", "--organ", "cells"])).loss == "dicefocal"
+    args = parser.parse_args(["train", "--organ", "cells", "--loss", "bce"])
+    assert _train_config(args).loss == "bce"
+    assert _train_config(parser.parse_args(["train", "--organ", "cells"])).loss == "dicefocal-batch"
+    assert _train_config(parser.parse_args(["train", "--organ", "liver"])).loss == "dicefocal"
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--organ", "cells", "--loss", "dice"])
     assert "invalid choice: 'dice'" in capsys.readouterr().err

@@ -90,7 +90,7 @@ def test_a_shipped_archive_is_scored_in_its_runtime_and_packed_again(sliding_run
     with zipfile.ZipFile(store / "cells.mar") as mar:
         packed = OrganSpec.from_dict(yaml.safe_load(mar.read("spec.yaml")))
         assert mar.read("model.pt") == items["model.pt"]  # the same network
-    assert packed.inference == load_organ_spec("cells").inference and packed.inference.tta == "rot180"
+    assert packed.inference == load_organ_spec("cells").inference and packed.inference.tta == "flips"
     assert packed.mean == OrganSpec.from_dict(old_spec).mean and packed.runtime == old_spec["runtime"]
     assert card["version"] == "1.1" and card["repackaged"]["from_version"] == "1.0"
     assert card["rescored"]["runtime"] == packed.runtime

@@ -138,7 +138,7 @@ def test_cells_trains_on_crops_and_validates_on_whole_tiles(tmp_path):
     card = json.loads((tmp_path / "card.json").read_text())
     assert card["dataset"]["validation"] == 1
     spec = (tmp_path / "spec.yaml").read_text()
-    assert "mode: whole" in spec and "tta: rot180" in spec
+    assert "mode: whole" in spec and "tta: flips" in spec
     # epochs were chosen on single-pass validation; the card scores the best weights as they are served
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     best = next(h for h in metrics["history"] if h["epoch"] == metrics["best_epoch"])
