@@ -136,10 +136,20 @@ def test_gflop_rates_against_sgemm_from_known_numbers():
     )
 
 
+def test_a_bfloat16_runtime_is_also_set_against_a_bfloat16_gemm():
+    rows = [{"path": bench.BASELINE, "p50_ms": 1000.0}, {"path": bench.RUNTIME_PATH, "p50_ms": 250.0}]
+    bench.compute_rates(rows, gflop=10.0, sgemm=50.0)
+    assert rows[1]["share_of_sgemm"] == 0.8
+    own = bench.runtime_gemm(rows, bench.REDUCED_GEMM["openvino-bf16"], 100.0)
+    assert own == {"dtype": "bfloat16", "gflops": 100.0, "share": 0.4}  # 40 GFLOP/s of a 100 GFLOP/s GEMM
+    assert bench.runtime_gemm(rows, bench.REDUCED_GEMM.get("openvino"), None) is None  # f32: sgemm alone
+
+
 def test_sgemm_and_per_input_gflop():
     from tools import runtime_bench
 
     assert runtime_bench.sgemm_gflops(n=256, rounds=2) > 0
+    assert runtime_bench.sgemm_gflops(n=256, rounds=2, dtype="bfloat16") > 0
     card = {"inference_gflops": 15.741, "inference_gflops_input": [512, 512]}
     assert runtime_bench.gflop_per_input(card, (1008, 1008)) == pytest.approx(61.01, abs=0.01)
     assert runtime_bench.gflop_per_input(card, (512, 512)) == 15.741

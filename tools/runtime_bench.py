@@ -59,10 +59,11 @@ MODEL_STORE = REPO_ROOT / "model-store"
 MODEL_SIZES = {"liver": (256, 256), "cells": (1008, 1008)}  # what the network sees per served input
 
 
-def sgemm_gflops(n: int = 2048, rounds: int = 5) -> float:
+def sgemm_gflops(n: int = 2048, rounds: int = 5, dtype: str = "float32") -> float:
     """GFLOP/s of an n×n by n×n float32 matrix product (torch.mm, torch's current threads): the best
-    of `rounds`, the machine's attainable dense f32 rate against which a network's rate is judged."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    of `rounds`, the machine's attainable dense f32 rate against which a network's rate is judged.
+    `dtype` "bfloat16": the same in bfloat16, the yardstick of a network computed in it."""
+    a, b = (torch.randn(n, n).to(getattr(torch, dtype)) for _ in range(2))
     torch.mm(a, b)
     best = float("inf")
     for _ in range(rounds):
