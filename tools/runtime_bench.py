@@ -60,9 +60,9 @@ MODEL_SIZES = {"liver": (256, 256), "cells": (1008, 1008)}  # what the network s
 
 
 def sgemm_gflops(n: int = 2048, rounds: int = 5, dtype: str = "float32") -> float:
-    """GFLOP/s of an n×n by n×n float32 matrix product (torch.mm, torch's current threads): the best
-    of `rounds`, the machine's attainable dense f32 rate against which a network's rate is judged.
-    `dtype` "bfloat16": the same in bfloat16, the yardstick of a network computed in it."""
+    """GFLOP/s of an n×n by n×n matrix product in `dtype` (torch.mm, torch's current threads): the best
+    of `rounds`. In float32 (sgemm) the machine's attainable dense f32 rate against which a network's rate
+    is judged; in "bfloat16" the yardstick of a network computed in bfloat16."""
     a, b = (torch.randn(n, n).to(getattr(torch, dtype)) for _ in range(2))
     torch.mm(a, b)
     best = float("inf")
