@@ -1,10 +1,11 @@
 """The studies pages in Chromium (issue 17 item 6, issue 18's viewer for volumes): a doctor uploads a NIfTI
-built from consecutive liver training slices (tests/studydata.py) on /studies, follows the job's progress, and
-works the volume viewer (NiiVue, WebGL2): slice scroll with the slice number, threshold flip-through with the
-volume in mL, window presets and drag, axial/coronal/sagittal, zoom and pan, the difference of two thresholds,
-outline mode, saving the threshold; in English and Chinese, with no script error, console error or failed
-request. The organ server is the web stack's liver TorchServe (an untrained U-Net: these tests check the
-pages and their plumbing, not the model; tests/studies checks the masks against the labels)."""
+built from consecutive liver training slices (every second row and column, tests/studydata.py) on /studies,
+follows the job's progress, and works the volume viewer (NiiVue, WebGL2): slice scroll with the slice number,
+threshold flip-through with the volume in mL, window presets and drag, axial/coronal/sagittal, zoom and pan,
+the difference of two thresholds, outline mode, saving the threshold; in English and Chinese, with no script
+error, console error or failed request. The organ server is the web stack's liver TorchServe (an untrained
+U-Net: these tests check the pages and their plumbing, not the model; tests/studies checks the masks against
+the labels)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from tests.web.helpers import (
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SLICES = 12
+SIZE = 256  # the volume's columns and rows: every second one of the 512² slices (tests/studydata.py)
 READY = "#study-page[data-viewer='ready']"
 MASK_TIMEOUT = 60_000  # a mask is derived from the probabilities on request: seconds on a busy 2-core machine
 
@@ -57,7 +59,7 @@ def viewer_assets():
 def nifti_bytes() -> bytes:
     if not SHARED_DATA.is_dir():
         pytest.skip("needs ../shared/data (the liver training slices)")
-    return liver_nifti(40, SLICES)
+    return liver_nifti(40, SLICES, in_plane_step=512 // SIZE)
 
 
 class PageWatch:
@@ -163,12 +165,12 @@ def _compare_with(page, threshold: str, volumes: dict[str, float]) -> None:
 
 
 def _coronal_then_save(web, page, lang: str, study_id: str) -> None:
-    """Axial → coronal (the slices are now the 512 rows of the grid); then the threshold 0.4 saved with a note
-    is the study's, after a reload too."""
+    """Axial → coronal (the slices are now the SIZE rows of the grid); then the threshold 0.4 saved with a
+    note is the study's, after a reload too."""
     t = WORDS[lang]
     page.get_by_role("button", name=t["coronal"]).click()
     expect(page.get_by_role("button", name=t["coronal"])).to_have_attribute("aria-pressed", "true")
-    assert _slice(page)[1] == 512
+    assert _slice(page)[1] == SIZE
     web.shot(page, f"study-viewer-coronal-{lang}")
     slider = page.locator("#threshold")
     slider.focus()
