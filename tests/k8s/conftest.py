@@ -6,9 +6,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,60 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
 OVERLAYS = ("dev", "prod")
+CHECKOV_REQUIREMENTS = Path(__file__).with_name("requirements-checkov.txt")
+CHECKOV_VENV = REPO / "build" / "venv-checkov"
+CHECKOV_STAMP = CHECKOV_VENV / ".installed"
+CHECKOV_LOG = REPO / "build" / "venv-checkov.log"
+
+
+class CheckovInstall:
+    """checkov's own venv (test_security_scan.py says why it has one), installed in the background: the
+    download and install (half a minute on a fresh clone) overlap the Kubernetes tests before the scan."""
+
+    def __init__(self) -> None:
+        self.wanted = CHECKOV_REQUIREMENTS.read_text()
+        self.process: subprocess.Popen | None = None
+        if not self.installed():
+            script = (
+                f'"{sys.executable}" -m venv --clear "{CHECKOV_VENV}" && '
+                f'"{CHECKOV_VENV}/bin/pip" install -q -r "{CHECKOV_REQUIREMENTS}"'
+            )
+            CHECKOV_LOG.parent.mkdir(exist_ok=True)
+            with CHECKOV_LOG.open("w") as log:  # a file, not a pipe nobody reads until the scan
+                self.process = subprocess.Popen(
+                    ["bash", "-c", script], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                )
+
+    def installed(self) -> bool:
+        return (
+            CHECKOV_STAMP.is_file()
+            and CHECKOV_STAMP.read_text() == self.wanted
+            and (CHECKOV_VENV / "bin" / "checkov").is_file()
+        )
+
+    def wait(self, timeout: float = 900) -> Path:
+        """The venv's interpreter, once the install has finished (a failed install fails the caller)."""
+        if self.process is not None:
+            self.process.wait(timeout=timeout)
+            assert self.process.returncode == 0, (
+                f"could not install checkov into {CHECKOV_VENV}:\n{CHECKOV_LOG.read_text()[-3000:]}"
+            )
+            CHECKOV_STAMP.write_text(self.wanted)
+            self.process = None
+        return CHECKOV_VENV / "bin" / "python"
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:  # the scan was not selected
+            os.killpg(self.process.pid, signal.SIGKILL)  # bash and the pip it runs
+            self.process.wait()
+
+
+@pytest.fixture(scope="package", autouse=True)
+def checkov_install() -> Iterator[CheckovInstall]:
+    """Started with the first Kubernetes test; test_security_scan.py's `checkov` waits for it."""
+    install = CheckovInstall()
+    yield install
+    install.stop()
 
 
 def venv_tool(name: str) -> str:

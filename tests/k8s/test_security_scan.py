@@ -5,7 +5,8 @@ filter on "high" we allow none at all: an exception is a `checkov.io/skipN: CHEC
 the object, and each one must give its reason.
 
 checkov pins packaging<24 while our pytest needs packaging>=24, so it runs from its own venv,
-build/venv-checkov, created here on first use from tests/k8s/requirements-checkov.txt.
+build/venv-checkov, created from tests/k8s/requirements-checkov.txt in the background from the first
+Kubernetes test on (tests/k8s/conftest.py, `checkov_install`).
 """
 
 from __future__ import annotations
@@ -13,37 +14,21 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.k8s.conftest import K8S, OVERLAYS, REPO
-
-REQUIREMENTS = Path(__file__).with_name("requirements-checkov.txt")
-VENV = REPO / "build" / "venv-checkov"
-STAMP = VENV / ".installed"
+from tests.k8s.conftest import K8S, OVERLAYS
 
 
-@pytest.fixture(scope="session")
-def checkov() -> list[str]:
+@pytest.fixture(scope="module")
+def checkov(checkov_install) -> list[str]:
     """The command that runs checkov: its venv's interpreter with `-m checkov.main`, not the `checkov`
     script, whose shebang names the path the venv was created at (build/ is shared by worktrees, which come
     and go)."""
-    binary = VENV / "bin" / "checkov"
-    wanted = REQUIREMENTS.read_text()
-    if not (STAMP.is_file() and STAMP.read_text() == wanted and binary.is_file()):
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
-        install = subprocess.run(
-            [str(VENV / "bin" / "pip"), "install", "-q", "-r", str(REQUIREMENTS)],
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-        assert install.returncode == 0, f"could not install checkov into {VENV}:\n{install.stderr[-3000:]}"
-        STAMP.write_text(wanted)
-    return [str(VENV / "bin" / "python"), "-W", "ignore::SyntaxWarning", "-m", "checkov.main"]
+    python = checkov_install.wait()
+    return [str(python), "-W", "ignore::SyntaxWarning", "-m", "checkov.main"]
 
 
 def run_checkov(checkov: list[str], path: Path, framework: str) -> dict:
