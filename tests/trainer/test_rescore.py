@@ -1,6 +1,7 @@
 """trainer.rescore: a run trained under one inference mode, scored again under the organ's current one."""
 
 import json
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -16,17 +17,15 @@ from trainer.data import kfold_indices, load_pairs
 from trainer.inference_modes import tile_probabilities
 from trainer.loop import THRESHOLDS, dice_score, last_epoch_network
 from trainer.rescore import main
-from trainer.train import default_config, run_training
 
 CELLS = SHARED_DATA / "monuseg" / "train"
 
 
 @pytest.fixture(scope="module")
-def sliding_run(tmp_path_factory):
+def sliding_run(cells_smoke_run, tmp_path_factory):
     """A smoke cells run whose spec says it was validated through 256² sliding windows."""
     run = tmp_path_factory.mktemp("runs") / "cells-sliding"
-    cfg = default_config("cells", epochs=1, batch_size=2, widths=(6, 12, 24), samples_per_epoch=2, threads=1)
-    run_training("cells", CELLS, run, cfg, limit=3, folds=3)
+    shutil.copytree(cells_smoke_run, run)
     spec = yaml.safe_load((run / "spec.yaml").read_text())
     spec["inference"] = {"mode": "sliding", "size": [256, 256], "overlap": 0.25, "pad_multiple": 16}
     (run / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))

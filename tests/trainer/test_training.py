@@ -132,23 +132,22 @@ def test_validation_every_n_epochs_still_judges_the_last_weights(tmp_path):
     assert result["epochs"] == 5
 
 
-def test_cells_trains_on_crops_and_validates_on_whole_tiles(tmp_path):
-    cfg = default_config("cells", epochs=1, batch_size=2, widths=(6, 12, 24), samples_per_epoch=2, threads=1)
-    run_training("cells", CELLS, tmp_path, cfg, limit=3, folds=3)
-    card = json.loads((tmp_path / "card.json").read_text())
+def test_cells_trains_on_crops_and_validates_on_whole_tiles(cells_smoke_run):
+    run = cells_smoke_run  # one epoch on crops of two tiles, validated on the third (trainer/conftest.py)
+    card = json.loads((run / "card.json").read_text())
     assert card["dataset"]["validation"] == 1
-    spec = (tmp_path / "spec.yaml").read_text()
+    spec = (run / "spec.yaml").read_text()
     assert "mode: whole" in spec and "tta: flips" in spec
     # epochs were chosen on single-pass validation; the card scores the best weights as they are served
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
     best = next(h for h in metrics["history"] if h["epoch"] == metrics["best_epoch"])
     assert card["metrics"]["val_dice_single_pass"] == best["val_dice"]
     assert set(card["metrics"]["val_dice_at_threshold"]) == {f"{t:.1f}" for t in THRESHOLDS}
     # the weights the run ended with, scored as served too (the honest figure `make cv` tables)
     last = card["metrics"]["last_epoch"]
     assert last["val_dice_single_pass"] == metrics["history"][-1]["val_dice"]
-    served = load_spec(tmp_path / "spec.yaml")
-    assert_served_figures(last["val_dice_at_threshold"], card, served, last_epoch_network(tmp_path, 3), 1e-3)
+    served = load_spec(run / "spec.yaml")
+    assert_served_figures(last["val_dice_at_threshold"], card, served, last_epoch_network(run, 3), 1e-3)
 
 
 def test_ddp_with_two_processes(tmp_path):
