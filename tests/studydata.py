@@ -165,10 +165,16 @@ def liver_nifti(first: int = 20, count: int = 24, *, gz: bool = True, **kwargs) 
     return gzip.compress(raw, compresslevel=1, mtime=0) if gz else raw
 
 
-def liver_dicom_datasets(first: int = 20, count: int = 24, **kwargs) -> list[Dataset]:
+def liver_dicom_datasets(
+    first: int = 20, count: int = 24, *, in_plane_step: int = 1, **kwargs
+) -> list[Dataset]:
     """The liver volume as CT Image Storage datasets, one per slice in k order (uncompressed, int16).
-    Keywords as ``ct_datasets``; UIDs are deterministic for the same arguments."""
+    ``in_plane_step`` as for ``liver_nifti_image``; other keywords as ``ct_datasets``; UIDs are deterministic
+    for the same arguments."""
     hu, _ = liver_volume(first, count)
+    if in_plane_step != 1:
+        hu = hu[::in_plane_step, ::in_plane_step]
+        kwargs["pixel_mm"] = kwargs.get("pixel_mm", PIXEL_MM) * in_plane_step
     return ct_datasets(hu, name=f"liver-{first}-{count}", **kwargs)
 
 
