@@ -1,5 +1,5 @@
 """The studies pages in Chromium (issue 17 item 6, issue 18's viewer for volumes): a doctor uploads a NIfTI
-built from consecutive liver training slices (every second row and column, tests/studydata.py) on /studies,
+built from consecutive liver training slices (every fourth row and column, tests/studydata.py) on /studies,
 follows the job's progress, and works the volume viewer (NiiVue, WebGL2): slice scroll with the slice number,
 threshold flip-through with the volume in mL, window presets and drag, axial/coronal/sagittal, zoom and pan,
 the difference of two thresholds, outline mode, saving the threshold; in English and Chinese, with no script
@@ -35,7 +35,7 @@ from tests.web.helpers import (
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SLICES = 12
-SIZE = 256  # the volume's columns and rows: every second one of the 512² slices (tests/studydata.py)
+SIZE = 128  # the volume's columns and rows: every fourth one of the 512² slices (tests/studydata.py)
 READY = "#study-page[data-viewer='ready']"
 MASK_TIMEOUT = 60_000  # a mask is derived from the probabilities on request: seconds on a busy 2-core machine
 
