@@ -157,6 +157,14 @@ def load_or_create_tls(directory: Path) -> dict[str, Path]:
     return files
 
 
+# SIGTERM -> SIGKILL grace of `weed mini`. It stops in 2-3 s, its filer (metadata) first. After a multipart
+# upload its volume server then waits for open HTTP connections to close (httpdown.Stop in the shutdown of
+# weed/command/volume.go: a goroutine dump of a stop held that way, 2026-12-06) and holds the stop past 20 s,
+# with nothing in flight. Killed after this grace, as `make down` and the supervisor (tools/stack.py) do;
+# tests/storage/test_objectstore.py and tests/fixtures/objectstore.py check that the data survives.
+STOP_GRACE_S = 6
+
+
 class ObjectStoreServer(ManagedProcess):
     """Start and stop one local SeaweedFS S3 server whose data lives under `state_dir/s3`."""
 
@@ -213,6 +221,10 @@ class ObjectStoreServer(ManagedProcess):
         return S3Credentials(data["access_key"], data["secret_key"])
 
     # --- process control ------------------------------------------------------------------------------
+    def stop(self, timeout: float = STOP_GRACE_S) -> bool:
+        """SIGTERM weed, SIGKILL it after `timeout` (STOP_GRACE_S: why it is short)."""
+        return super().stop(timeout)
+
     def start(self, timeout: float = 30.0) -> S3Credentials:
         """Start weed (no-op when already running), wait until S3 answers a signed request."""
         if self.running_pid():

@@ -92,9 +92,11 @@ def local_pacs(settings: Settings) -> pacs_server.PacsServer | None:
 
 
 def process_table(settings: Settings) -> list[Program]:
+    from tools.objectstore_server import STOP_GRACE_S
+
     organs, _ = _organs_with_models(settings)
     return [
-        Program("objectstore", priority=10, startsecs=2),
+        Program("objectstore", priority=10, startsecs=2, stopwaitsecs=STOP_GRACE_S),
         *([Program("pacs", priority=10, startsecs=2)] if local_pacs(settings) else []),
         *(Program(f"torchserve-{organ}", priority=20, stopwaitsecs=30) for organ in organs),
         Program("gateway", priority=30, stopwaitsecs=20),
