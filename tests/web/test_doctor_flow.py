@@ -111,7 +111,7 @@ def test_doctor_registers_is_approved_and_works_through_the_clinical_pages(web, 
     doctor.get_by_role("button", name="Segment").click()
     doctor.locator("#result").wait_for(state="visible", timeout=RESULT_TIMEOUT_MS)
     gallery = doctor.locator("#gallery button")
-    assert gallery.count() == 7
+    expect(gallery).to_have_count(7)  # segment.js builds it after the result box shows and the viewer opens
     assert [b.get_attribute("data-threshold") for b in gallery.all()] == [
         "0.2",
         "0.3",
