@@ -11,6 +11,7 @@ the candidate does not."""
 from __future__ import annotations
 
 import io
+import re
 import shutil
 import zipfile
 from collections.abc import Iterator
@@ -243,3 +244,37 @@ def test_worse_candidate_refused_forced_by_an_admin_and_rolled_back(
     assert _versions(web) == {gate.default: "default", CANDIDATE: "retired"}
     assert _torchserve_default(torchserve_cells) == gate.default
     web.shot(page, "models-rolled-back")
+
+
+def test_an_answer_for_the_organ_left_does_not_replace_the_one_chosen(web, browser_page):
+    """The first organ's versions are still on their way when the researcher picks the other organ: the table
+    ends with the organ picked, whichever answer comes last (a fresh-clone run's promotion test timed out on a
+    candidate row gone from under its click, as it would if the organ left had been drawn over it)."""
+    page = browser_page()
+    held = []
+    page.route(
+        re.compile(r"/api/v1/models/[^/]+/versions$"),
+        lambda route: held.append(route) if not held else route.continue_(),
+    )
+    web.sign_in(page, "researcher", next_path="/models")
+    for _ in range(200):
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert held, "the page asked for no versions"
+    first = held[0].request.url.split("/models/")[1].split("/")[0]
+    other = next(organ for organ in ("liver", "cells") if organ != first)
+    page.get_by_label("Organ").select_option(other)
+    wanted = {v["version"] for v in page.request.get(f"/api/v1/models/{other}/versions").json()["versions"]}
+    rows = page.locator("#versions-table tbody tr")
+    expect(rows.first).to_have_attribute("data-version", re.compile("|".join(map(re.escape, wanted))))
+    # the held answer, its versions renamed so that the organ left is told apart even when both organs
+    # have the same version numbers
+    answer = held[0].fetch()
+    body = answer.json()
+    for version in body["versions"]:
+        version["version"] = f"left-{version['version']}"
+    with page.expect_response(lambda r: f"/models/{first}/versions" in r.url):
+        held[0].fulfill(response=answer, json=body)
+    page.wait_for_timeout(300)  # the late answer has been read by the page
+    assert {tr.get_attribute("data-version") for tr in rows.all()} == wanted

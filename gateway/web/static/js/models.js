@@ -161,8 +161,10 @@
   }
 
   async function load() {
+    const asked = organ.value;
     try {
       const body = await M.api("GET", base() + "/versions");
+      if (organ.value !== asked) return; // the organ changed while this was under way: its own load shows it
       defaultVersion = body.default_version;
       tbody.replaceChildren.apply(tbody, body.versions.length ? body.versions.map(row)
         : [M.h("tr", {}, [M.h("td", { colspan: 6, text: M.t("common.none") })])]);
@@ -186,9 +188,13 @@
   }
 
   async function loadReference() {
+    const asked = organ.value;
+    let found;
     try {
-      datasets = (await M.api("GET", "/api/v1/datasets?organ=" + encodeURIComponent(organ.value))).datasets;
-    } catch (err) { datasets = []; M.showError(error, err); }
+      found = (await M.api("GET", "/api/v1/datasets?organ=" + encodeURIComponent(asked))).datasets;
+    } catch (err) { found = []; M.showError(error, err); }
+    if (organ.value !== asked) return; // as in load(): a later organ's answer is the one to show
+    datasets = found;
     const ref = referenceSets[organ.value];
     referenceSelect.replaceChildren.apply(referenceSelect, datasets.length ? datasets.map(function (d) {
       return M.h("option", { value: d.id, selected: ref && ref.dataset_id === d.id }, [d.name + " (" + d.pair_count + ")"]);
