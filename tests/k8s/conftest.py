@@ -63,9 +63,14 @@ class CheckovInstall:
         return CHECKOV_VENV / "bin" / "python"
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:  # the scan was not selected
+        """At the package's end, the scan not run: a finished install is kept, one under way killed."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)  # bash and the pip it runs
             self.process.wait()
+        elif self.process.returncode == 0:
+            CHECKOV_STAMP.write_text(self.wanted)
 
 
 @pytest.fixture(scope="package", autouse=True)
