@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 GEN := build/gen
 TS_JAR = $(shell $(PY) -c "import ts, os; print(os.path.join(os.path.dirname(ts.__file__), 'frontend', 'model-server.jar'))")
 
-.PHONY: up down test audit protos assets bench soak lint train cv k8s-organs ablation system-deps test-deps clean-gen \
+.PHONY: up down test audit protos bytecode assets bench soak lint train cv k8s-organs ablation system-deps test-deps clean-gen \
 	screenshots
 
 # --- installation -----------------------------------------------------------------------------
@@ -35,9 +35,10 @@ test-deps:
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PY_BOOT) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel uv==0.13.9
-	@# uv installs what pip would, from the sources pip is configured with (tools/pip_sources.py), ~6× faster;
-	@# pip itself if uv cannot
-	$(VENV)/bin/uv pip install -q --python $(PY) $$($(PY) -m tools.pip_sources) -e '.[dev]' \
+	@# uv installs what pip would, from the sources pip is configured with (tools/pip_sources.py), ~3× faster
+	@# with the bytecode compiled as pip does (where PYTHONDONTWRITEBYTECODE is set, as in CI, nothing else
+	@# would write it: every process would compile torch's modules again); pip itself if uv cannot
+	$(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) $$($(PY) -m tools.pip_sources) -e '.[dev]' \
 	  || $(PIP) install -q -e '.[dev]'
 	@# generated gRPC code lives outside the source tree; make it importable from the venv
 	@echo "$(CURDIR)/$(GEN)" > $$($(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/medseg-generated.pth
@@ -52,6 +53,11 @@ $(GEN)/.stamp: $(STAMP) $(wildcard protos/medseg/v1/*.proto)
 	@touch $@
 
 protos: $(GEN)/.stamp
+
+# Our own modules' bytecode, for the same reason (the editable install compiles none): each gateway, organ
+# worker and trainer process starts ~0.4 s sooner. Only what changed since is compiled again.
+bytecode: $(STAMP)
+	@$(PY) -m compileall -q -j 0 gateway services trainer common tools >/dev/null
 
 # --- web assets -------------------------------------------------------------------------------
 # Bootstrap, Swagger UI (the API docs at /docs), NiiVue (the volume viewer, WebGL2), Chart.js with its date
@@ -77,14 +83,14 @@ $(VENDOR)/.stamp: package.json package-lock.json
 assets: $(VENDOR)/.stamp
 
 # --- running ----------------------------------------------------------------------------------
-up: system-deps $(STAMP) protos assets
+up: system-deps $(STAMP) protos assets bytecode
 	$(PY) -m tools.stack up
 
 down:
 	@test -x $(PY) && $(PY) -m tools.stack down || echo "nothing to stop (no .venv)"
 
 # --- checks -----------------------------------------------------------------------------------
-test: system-deps test-deps $(STAMP) protos assets audit
+test: system-deps test-deps $(STAMP) protos assets bytecode audit
 	$(VENV)/bin/lint-imports  # the layers (pyproject.toml [tool.importlinter]): fails before an hour of tests
 	$(PY) -m pytest -q -p no:cacheprovider --durations=30  # the slowest 30: where the 20-minute budget goes
 

@@ -6,8 +6,9 @@ uv does not read pip's configuration (pip.conf, PIP_* variables), so on a machin
 local wheel folders and indexes it would look on PyPI instead. This reads `pip config list` (every file and
 the environment) and prints the same sources for uv: find-links, index-url, extra-index-url, constraint and
 no-index, with pip's way of choosing among indexes (the best version from any of them). The set of packages
-installed is pip's (compared on 2026-12-06: the same 150 distributions and versions); uv installs them in
-~11 s instead of pip's ~72 s on a fresh venv. Standard library only: it runs before anything is installed.
+installed is pip's (compared on 2026-12-06: the same 150 distributions and versions); uv installs them,
+bytecode compiled, in ~24 s instead of pip's ~72 s on a fresh venv. Standard library only: it runs before
+anything is installed.
 """
 
 from __future__ import annotations
