@@ -86,9 +86,7 @@ def venv_tool(name: str) -> str:
     beside = Path(sys.executable).with_name(name)
     found = str(beside) if beside.is_file() else shutil.which(name)
     if not found:
-        pytest.fail(
-            f"{name} not found: install the dev dependencies (`make test` does: pip install -e '.[dev]')"
-        )
+        pytest.fail(f"{name} not found: install the dev dependencies (`make test` installs the `dev` extra)")
     return found
 
 
