@@ -34,12 +34,13 @@ def uv_args(config_list: str) -> list[str]:
     """uv options for the sources in `pip config list`'s output."""
     values: dict[str, list[str]] = {}
     no_index = False
-    lines = [line.partition("=") for line in config_list.splitlines() if "=" in line]
-    ranked = sorted(lines, key=lambda kv: _rank(kv[0]))
-    for key, _, raw in ranked:
+    settings = []  # (variant, option, raw value) of the variants read
+    for line in config_list.splitlines():
+        key, _, raw = line.partition("=")
         variant, _, option = key.rpartition(".")
-        if variant not in VARIANTS:
-            continue
+        if variant in VARIANTS:
+            settings.append((variant, option, raw))
+    for _, option, raw in sorted(settings, key=lambda s: VARIANTS.index(s[0])):
         value = " ".join(shlex.split(raw)).replace("\\n", " ")  # repr of a value on several lines
         if option == "no-index":
             no_index = value.lower() in ("1", "true", "yes", "on")
@@ -53,11 +54,6 @@ def uv_args(config_list: str) -> list[str]:
         for value in values.get(option, []):
             args += [flag, value]
     return args
-
-
-def _rank(key: str) -> int:
-    variant = key.rpartition(".")[0]
-    return VARIANTS.index(variant) if variant in VARIANTS else -1
 
 
 def main() -> int:
