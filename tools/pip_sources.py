@@ -25,8 +25,8 @@ OPTIONS = {
     "constraint": "--constraint",
 }
 SINGLE = {"index-url"}
-# pip's `config list` names each setting `<file>.<option>` (`global.`, `install.`) or `:env:.<option>`;
-# a later variant of a single-valued option wins, as the environment does over the files in pip
+# pip's `config list` names each setting `<section>.<option>` (a config file's `[global]` or `[install]`)
+# or `:env:.<option>` (a PIP_* variable); a later variant of a single-valued option wins, as in pip
 VARIANTS = ("global", "install", ":env:")
 
 
