@@ -36,7 +36,7 @@ def test_convolution_flop_are_counted_from_the_graph():
 
 
 def test_a_profile_times_the_network_by_layer_type():
-    seconds, by_type = runtime_profile.profile(_conv_groupnorm_deconv(), [1, 2, 16, 16], "f32", 1, rounds=3)
+    seconds, by_type = runtime_profile.profile(_conv_groupnorm_deconv(), "f32", 1, rounds=3)
     assert seconds > 0
     assert {"Convolution", "ConvolutionBackpropData", "MVN"} <= set(by_type)
     assert all(s >= 0 for s in by_type.values())
@@ -69,9 +69,7 @@ def test_the_shipped_liver_network_profiled(tmp_path, capsys):
     )
     result = json.loads(out.read_text())
     card = json.loads((runtime_profile.MODEL_STORE / "liver.json").read_text())
-    assert result["gflop"] == pytest.approx(
-        card["inference_gflops"], abs=0.01
-    )  # the graph's count is the card's
+    assert result["gflop"] == pytest.approx(card["inference_gflops"], abs=0.01)  # as counted in training
     assert result["precision"] == "bf16"  # the spec's runtime is openvino-bf16
     assert {"Convolution", "Reorder", "MVN"} <= {r["type"] for r in result["by_type"]}
     assert 0 < result["network"]["gflops"] < result["without_reorders"]["gflops"]

@@ -26,19 +26,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from services.spec import load_spec
 from tools.runtime_bench import MODEL_SIZES, MODEL_STORE, sgemm_gflops
-from trainer.export import organ_threads
+from trainer.export import organ_threads, unpack_runtimes
 
 PRECISIONS = {"f32": "float32", "bf16": "bfloat16"}  # OpenVINO's precision hint → its GEMM's torch dtype
 REORDER = "Reorder"
@@ -59,15 +56,12 @@ def conv_gflop(model) -> float:
     return flop / 1e9
 
 
-def profile(
-    model, shape: list[int], precision: str, threads: int, rounds: int
-) -> tuple[float, dict[str, float]]:
-    """(median seconds a pass, mean seconds a pass by OpenVINO layer type) of `model` run `rounds` times on
-    one random input of `shape`, compiled for that shape on one stream of `threads` threads."""
+def profile(model, precision: str, threads: int, rounds: int) -> tuple[float, dict[str, float]]:
+    """(median seconds a pass, mean seconds a pass by OpenVINO layer type) of the static-shaped `model` run
+    `rounds` times on one random input, compiled on one stream of `threads` threads."""
     import openvino as ov
 
-    model = model.clone()
-    model.reshape(shape)
+    shape = list(model.input(0).get_shape())
     config = {
         "INFERENCE_PRECISION_HINT": precision,
         "INFERENCE_NUM_THREADS": threads,
@@ -120,7 +114,10 @@ def summary(
 
 def report(organ: str, threads: int, result: dict) -> str:
     gemm = result["gemm_gflops"]
-    shares = lambda row: ", ".join(f"{100 * row[f'of_{n}_gemm']:.0f}% of the {n} GEMM" for n in gemm)  # noqa: E731
+
+    def shares(row: dict) -> str:
+        return ", ".join(f"{100 * row[f'of_{n}_gemm']:.0f}% of the {n} GEMM" for n in gemm)
+
     lines = [
         f"{organ}: {result['gflop']:.3f} GFLOP of convolutions a pass; OpenVINO {result['precision']}, "
         f"{threads} thread(s); GEMM (torch.mm 2048²) "
@@ -157,19 +154,15 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or organ_threads(args.organ)
     torch.set_num_threads(threads)
     mar = args.mar or MODEL_STORE / f"{args.organ}.mar"
-    with tempfile.TemporaryDirectory(prefix="runtime-profile-") as tmp, zipfile.ZipFile(mar) as archive:
-        archive.extract("model.onnx", tmp)
-        archive.extract("spec.yaml", tmp)
-        spec = load_spec(Path(tmp) / "spec.yaml")
-        model = ov.Core().read_model(os.path.join(tmp, "model.onnx"))
+    with tempfile.TemporaryDirectory(prefix="runtime-profile-") as tmp:
+        spec = unpack_runtimes(mar, Path(tmp))
+        model = ov.Core().read_model(str(Path(tmp) / "model.onnx"))
     precision = args.precision or ("bf16" if spec.runtime == "openvino-bf16" else "f32")
-    shape = [1, spec.channels, *MODEL_SIZES[args.organ]]
-    static = model.clone()
-    static.reshape(shape)
+    model.reshape([1, spec.channels, *MODEL_SIZES[args.organ]])
     gemm_before = {name: sgemm_gflops(dtype=dtype) for name, dtype in PRECISIONS.items()}
-    seconds, by_type = profile(model, shape, precision, threads, args.rounds)
+    seconds, by_type = profile(model, precision, threads, args.rounds)
     gemm = {name: max(gemm_before[name], sgemm_gflops(dtype=dtype)) for name, dtype in PRECISIONS.items()}
-    result = summary(seconds, by_type, conv_gflop(static), gemm, precision)
+    result = summary(seconds, by_type, conv_gflop(model), gemm, precision)
     print(report(args.organ, threads, result))
     if args.json:
         args.json.write_text(json.dumps({"organ": args.organ, "threads": threads, **result}))
