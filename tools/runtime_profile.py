@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from services.runtime import OPENVINO_PRECISIONS
 from tools.runtime_bench import MODEL_SIZES, MODEL_STORE, sgemm_gflops
 from trainer.export import organ_threads, unpack_runtimes
 
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="runtime-profile-") as tmp:
         spec = unpack_runtimes(mar, Path(tmp))
         model = ov.Core().read_model(str(Path(tmp) / "model.onnx"))
-    precision = args.precision or ("bf16" if spec.runtime == "openvino-bf16" else "f32")
+    precision = args.precision or OPENVINO_PRECISIONS.get(spec.runtime, "f32")
     model.reshape([1, spec.channels, *MODEL_SIZES[args.organ]])
     gemm_before = {name: sgemm_gflops(dtype=dtype) for name, dtype in PRECISIONS.items()}
     seconds, by_type = profile(model, precision, threads, args.rounds)
